@@ -1,1 +1,53 @@
-fn main() {}
+//! The `outpost` binary. It holds no logic of its own: it parses the command line, sets up
+//! logging, and hands a validated configuration to the library crates.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Outpost: an offline-first sync backend.
+///
+/// A CouchDB-compatible document store and replication endpoint on embedded SQLite, and an
+/// offline request gateway that queues writes while the backend behind it is down.
+#[derive(Debug, Parser)]
+#[command(name = "outpost", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the CouchDB-compatible sync server.
+    Serve(cmd::serve::ServeArgs),
+    /// Run the offline request gateway in front of an HTTP backend.
+    Gateway(cmd::gateway::GatewayArgs),
+    /// Inspect and operate a gateway's durable request queue.
+    Queue(cmd::queue::QueueArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    cmd::logging::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("outpost: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => cmd::serve::run(args).await,
+            Command::Gateway(args) => cmd::gateway::run(args).await,
+            Command::Queue(args) => cmd::queue::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outpost: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

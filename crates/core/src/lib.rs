@@ -1,1 +1,14 @@
-//! placeholder
+//! The pure heart of Outpost: revision ids, revision trees, CouchDB's winner rule, deterministic
+//! revision hashing, Mango selectors and the naming rules for databases and documents.
+//!
+//! Nothing in this crate does I/O, so everything in it can be tested exhaustively.
+
+pub mod hash;
+pub mod names;
+pub mod rev;
+pub mod selector;
+pub mod tree;
+
+pub use rev::{Rev, RevError};
+pub use names::{DocKind, NameError};
+pub use tree::{Leaf, MergeError, RevTree};

@@ -1,0 +1,7 @@
+//! One module per subcommand.
+
+pub mod gateway;
+pub mod logging;
+pub mod queue;
+pub mod serve;
+pub mod shutdown;

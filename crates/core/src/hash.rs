@@ -1,0 +1,115 @@
+//! Deterministic revision signatures.
+//!
+//! CouchDB hashes its own binary encoding of (deleted, parent, body, attachment digests) and
+//! PouchDB hashes `JSON.stringify(doc)`; the two differ and the protocol only compares revisions
+//! for equality and order, so no particular hash is required. Ours is md5 over a canonical form
+//! (object keys sorted) of the same inputs, so an identical retried edit produces the same rev on
+//! every replica, whatever order the client wrote the fields in.
+
+use md5::{Digest, Md5};
+use serde_json::Value;
+
+use crate::Rev;
+
+/// The revision an edit of `parent` with `body` produces. `body` is the document without `_id`,
+/// `_rev` and `_revisions`; attachments are included as stubs (with their digests), so a change
+/// of attachment content changes the revision.
+pub fn next_rev(parent: Option<&Rev>, deleted: bool, body: &Value) -> Rev {
+    let mut hasher = Md5::new();
+    match parent {
+        Some(p) => hasher.update(p.to_string().as_bytes()),
+        None => hasher.update(b"-"),
+    }
+    hasher.update(if deleted { b"\0d\0" } else { b"\0l\0" });
+    let mut canonical = Vec::with_capacity(128);
+    write_canonical(body, &mut canonical);
+    hasher.update(&canonical);
+    let digest = hasher.finalize();
+    let generation = parent.map_or(1, |p| p.generation + 1);
+    Rev::new(generation, hex(&digest))
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 0xf) as usize] as char);
+    }
+    s
+}
+
+/// The `md5-<base64>` digest CouchDB and PouchDB give an attachment's bytes.
+pub fn attachment_digest(data: &[u8]) -> String {
+    use base64::Engine;
+    let digest = Md5::digest(data);
+    format!("md5-{}", base64::engine::general_purpose::STANDARD.encode(digest))
+}
+
+/// Writes `v` as JSON with object keys in sorted order, recursively.
+pub fn write_canonical(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                // Serialising a string or a number into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *out, k);
+                out.push(b':');
+                write_canonical(&map[k], out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        other => {
+            let _ = serde_json::to_writer(&mut *out, other);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn same_edit_same_rev_regardless_of_key_order() {
+        let a = next_rev(None, false, &json!({"a": 1, "b": [1, {"y": 2, "x": 1}]}));
+        let b = next_rev(None, false, &json!({"b": [1, {"x": 1, "y": 2}], "a": 1}));
+        assert_eq!(a, b);
+        assert_eq!(a.generation, 1);
+        assert_eq!(a.hash.len(), 32);
+        assert!(a.hash.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+    }
+
+    #[test]
+    fn parent_deletion_and_body_change_the_rev() {
+        let body = json!({"a": 1});
+        let r1 = next_rev(None, false, &body);
+        let r2 = next_rev(Some(&r1), false, &body);
+        assert_eq!(r2.generation, 2);
+        assert_ne!(r1.hash, r2.hash);
+        assert_ne!(next_rev(Some(&r1), true, &body), r2);
+        assert_ne!(next_rev(Some(&r1), false, &json!({"a": 2})), r2);
+    }
+
+    #[test]
+    fn attachment_digest_matches_couchdb() {
+        // md5("hello") = 5d41402abc4b2a76b9719d911017c592, as base64.
+        assert_eq!(attachment_digest(b"hello"), "md5-XUFAKrxLKna5cZ2REBfFkg==");
+    }
+}

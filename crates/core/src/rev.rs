@@ -1,0 +1,118 @@
+//! Revision ids: `N-sig`, where `N` ≥ 1 is the generation and `sig` an opaque signature.
+//!
+//! Outpost writes 32 lowercase hex characters as the signature, but accepts any non-empty
+//! signature without `-` from peers: PouchDB validates revs with `/^\d+-[^-]*$/` and CouchDB keeps
+//! non-hex signatures as strings, and the replication protocol only compares revisions for
+//! equality and order.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The longest signature accepted, in bytes. CouchDB's are 32 hex characters; anything far
+/// longer is an attack on memory rather than a revision.
+pub const MAX_SIG_LEN: usize = 256;
+
+/// A revision id. Ordered as CouchDB orders revisions: by generation, then by signature compared
+/// as a string (for lowercase hex this is the same as CouchDB's comparison of the binary form).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Rev {
+    /// The generation: the number of edits from the document's first revision.
+    pub generation: u64,
+    /// The signature that tells revisions of the same generation apart.
+    pub hash: String,
+}
+
+/// Why a string is not a revision id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RevError {
+    /// The string does not have the form `N-sig`.
+    #[error("invalid rev format")]
+    Format,
+}
+
+impl Rev {
+    /// Makes a revision from its parts.
+    pub fn new(generation: u64, hash: impl Into<String>) -> Rev {
+        Rev {
+            generation,
+            hash: hash.into(),
+        }
+    }
+}
+
+/// Whether `s` may be a revision signature.
+pub fn valid_sig(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_SIG_LEN
+        && s.bytes().all(|b| b.is_ascii_graphic() && b != b'-')
+}
+
+impl FromStr for Rev {
+    type Err = RevError;
+
+    fn from_str(s: &str) -> Result<Rev, RevError> {
+        let (generation, hash) = s.split_once('-').ok_or(RevError::Format)?;
+        if generation.is_empty() || generation.len() > 19 || !generation.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(RevError::Format);
+        }
+        let generation: u64 = generation.parse().map_err(|_| RevError::Format)?;
+        if generation == 0 || !valid_sig(hash) {
+            return Err(RevError::Format);
+        }
+        Ok(Rev::new(generation, hash))
+    }
+}
+
+impl fmt::Display for Rev {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.generation, self.hash)
+    }
+}
+
+impl Serialize for Rev {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Rev {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Rev, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expect: Option<(u64, &str)>) {
+        let got = input.parse::<Rev>().ok().map(|r| (r.generation, r.hash));
+        assert_eq!(got, expect.map(|(g, h)| (g, h.to_string())), "{input}");
+    }
+
+    #[test]
+    fn parses_revs() {
+        check("1-abc", Some((1, "abc")));
+        check("12-0123456789abcdef0123456789abcdef", Some((12, "0123456789abcdef0123456789abcdef")));
+        check("0-abc", None);
+        check("1-", None);
+        check("-abc", None);
+        check("1-a-b", None);
+        check("x-abc", None);
+        check("1", None);
+        check("99999999999999999999-a", None);
+        check("1-a b", None);
+    }
+
+    #[test]
+    fn orders_by_generation_then_signature() {
+        let a: Rev = "2-a".parse().unwrap();
+        let b: Rev = "2-b".parse().unwrap();
+        let c: Rev = "10-a".parse().unwrap();
+        assert!(a < b && b < c);
+        assert_eq!(c.to_string(), "10-a");
+    }
+}

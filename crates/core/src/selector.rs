@@ -1,0 +1,1 @@
+//! Mango selectors, as used by `_changes?filter=_selector` and selector replication.

@@ -1,0 +1,291 @@
+//! Revision trees (MVCC): every known revision of a document, its parent, and whether it is a
+//! deletion.
+//!
+//! A tree is a set of nodes keyed by revision id. A node whose parent is unknown is a root: the
+//! document's first revision, or the oldest revision kept after stemming (`_revs_limit`), so a
+//! tree may be a forest of paths that start above generation 1. Because nodes are keyed by the
+//! full revision id, merging a path from a peer aligns on generation for free.
+//!
+//! The winner is CouchDB's: over all leaves, the greatest by (not deleted, generation, signature);
+//! every peer computes the same one from the same tree.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Rev;
+
+/// The longest `_revisions` path accepted in one write.
+pub const MAX_PATH_LEN: usize = 10_000;
+
+/// One revision in a tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Node {
+    /// The revision this one edits; `None` for a root.
+    parent: Option<Rev>,
+    /// Whether this revision is a deletion (a tombstone). Only meaningful for leaves, but kept
+    /// for every node so that history can be shown as it was.
+    deleted: bool,
+}
+
+/// A leaf of a revision tree: a revision nothing edits yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    pub rev: Rev,
+    pub deleted: bool,
+}
+
+/// Why an edit or a merge was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MergeError {
+    /// The edit's base revision is not a leaf of the tree: somebody edited it first.
+    #[error("Document update conflict.")]
+    Conflict,
+    /// A `_revisions` path whose generations do not step down by one, or that is empty or too
+    /// long.
+    #[error("invalid revision path")]
+    InvalidPath,
+}
+
+/// All known revisions of one document.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RevTree {
+    nodes: BTreeMap<Rev, Node>,
+}
+
+impl RevTree {
+    /// An empty tree: a document that does not exist.
+    pub fn new() -> RevTree {
+        RevTree::default()
+    }
+
+    /// Whether the tree has no revision at all.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// How many revisions the tree holds.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the tree holds `rev`.
+    pub fn contains(&self, rev: &Rev) -> bool {
+        self.nodes.contains_key(rev)
+    }
+
+    /// Whether `rev` is in the tree and is a deletion.
+    pub fn is_deleted_rev(&self, rev: &Rev) -> Option<bool> {
+        self.nodes.get(rev).map(|n| n.deleted)
+    }
+
+    /// The parent of `rev`, if both are known.
+    pub fn parent(&self, rev: &Rev) -> Option<&Rev> {
+        self.nodes.get(rev).and_then(|n| n.parent.as_ref())
+    }
+
+    /// Every revision in the tree, in (generation, signature) order.
+    pub fn revs(&self) -> impl Iterator<Item = &Rev> {
+        self.nodes.keys()
+    }
+
+    fn parents(&self) -> HashSet<&Rev> {
+        self.nodes.values().filter_map(|n| n.parent.as_ref()).collect()
+    }
+
+    /// Whether `rev` is in the tree and nothing edits it.
+    pub fn is_leaf(&self, rev: &Rev) -> bool {
+        self.nodes.contains_key(rev) && !self.nodes.values().any(|n| n.parent.as_ref() == Some(rev))
+    }
+
+    /// The leaves, winner first, then in CouchDB's winner order.
+    pub fn leaves(&self) -> Vec<Leaf> {
+        let parents = self.parents();
+        let mut leaves: Vec<Leaf> = self
+            .nodes
+            .iter()
+            .filter(|(rev, _)| !parents.contains(rev))
+            .map(|(rev, node)| Leaf { rev: rev.clone(), deleted: node.deleted })
+            .collect();
+        leaves.sort_by(|a, b| winner_key(b).cmp(&winner_key(a)));
+        leaves
+    }
+
+    /// CouchDB's winning revision: the greatest leaf by (not deleted, generation, signature).
+    pub fn winner(&self) -> Option<Leaf> {
+        self.leaves().into_iter().next()
+    }
+
+    /// Live leaves other than the winner (`_conflicts`), in winner order.
+    pub fn conflicts(&self) -> Vec<Rev> {
+        self.leaves().into_iter().skip(1).filter(|l| !l.deleted).map(|l| l.rev).collect()
+    }
+
+    /// Deleted leaves other than the winner (`_deleted_conflicts`), in winner order.
+    pub fn deleted_conflicts(&self) -> Vec<Rev> {
+        self.leaves().into_iter().skip(1).filter(|l| l.deleted).map(|l| l.rev).collect()
+    }
+
+    /// `rev` and its known ancestors, newest first (the `_revisions` path).
+    pub fn ancestry(&self, rev: &Rev) -> Vec<Rev> {
+        let mut path = Vec::new();
+        let mut cursor = self.nodes.get_key_value(rev);
+        while let Some((r, node)) = cursor {
+            path.push(r.clone());
+            cursor = node.parent.as_ref().and_then(|p| self.nodes.get_key_value(p));
+        }
+        path
+    }
+
+    /// The leaves that descend from `rev` (itself if it is a leaf), winner order: what
+    /// `latest=true` serves for a revision that has since been edited.
+    pub fn latest(&self, rev: &Rev) -> Vec<Rev> {
+        if !self.contains(rev) {
+            return Vec::new();
+        }
+        self.leaves()
+            .into_iter()
+            .filter(|leaf| self.ancestry(&leaf.rev).contains(rev))
+            .map(|leaf| leaf.rev)
+            .collect()
+    }
+
+    /// For `_revs_diff`: the leaves of lower generation than `rev`, which may be its ancestors.
+    pub fn possible_ancestors(&self, rev: &Rev) -> Vec<Rev> {
+        let mut found: Vec<Rev> =
+            self.leaves().into_iter().filter(|l| l.rev.generation < rev.generation).map(|l| l.rev).collect();
+        found.sort();
+        found
+    }
+
+    /// Adds an interactive edit: `rev` edits `parent` (or starts the document when `parent` is
+    /// `None`). The parent must be a leaf; a new document may only start an empty tree or follow a
+    /// deleted winner (CouchDB lets a deleted document be recreated without a rev, and the caller
+    /// passes the deleted winner as parent in that case).
+    pub fn add_edit(&mut self, parent: Option<&Rev>, rev: Rev, deleted: bool) -> Result<(), MergeError> {
+        match parent {
+            Some(p) if !self.is_leaf(p) => return Err(MergeError::Conflict),
+            None if !self.is_empty() => return Err(MergeError::Conflict),
+            _ => {}
+        }
+        if self.nodes.contains_key(&rev) {
+            return Err(MergeError::Conflict);
+        }
+        self.nodes.insert(rev, Node { parent: parent.cloned(), deleted });
+        Ok(())
+    }
+
+    /// Merges a replicated path (`_revisions`, newest first; the first is the leaf that arrives)
+    /// into the tree, as `new_edits=false` does. Returns the revisions that were not there
+    /// before, oldest first; an empty result means the tree already had the leaf.
+    ///
+    /// A node that was a root (its parent stemmed away) gains its parent back when the path
+    /// knows it; stemming again trims it.
+    pub fn merge_path(&mut self, path: &[Rev], leaf_deleted: bool) -> Result<Vec<Rev>, MergeError> {
+        if path.is_empty() || path.len() > MAX_PATH_LEN {
+            return Err(MergeError::InvalidPath);
+        }
+        for pair in path.windows(2) {
+            if pair[0].generation != pair[1].generation + 1 {
+                return Err(MergeError::InvalidPath);
+            }
+        }
+        let mut added = Vec::new();
+        for (i, rev) in path.iter().enumerate().rev() {
+            let parent = path.get(i + 1).cloned();
+            match self.nodes.get_mut(rev) {
+                Some(node) => {
+                    if node.parent.is_none() && parent.is_some() {
+                        node.parent = parent;
+                    }
+                }
+                None => {
+                    let deleted = i == 0 && leaf_deleted;
+                    self.nodes.insert(rev.clone(), Node { parent, deleted });
+                    added.push(rev.clone());
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    /// Keeps at most `limit` revisions on every path from a leaf toward its root, as
+    /// `_revs_limit` asks. Returns the revisions removed.
+    pub fn stem(&mut self, limit: usize) -> Vec<Rev> {
+        let limit = limit.max(1);
+        let mut keep: BTreeSet<Rev> = BTreeSet::new();
+        for leaf in self.leaves() {
+            for rev in self.ancestry(&leaf.rev).into_iter().take(limit) {
+                keep.insert(rev);
+            }
+        }
+        if keep.len() == self.nodes.len() {
+            return Vec::new();
+        }
+        let removed: Vec<Rev> =
+            self.nodes.keys().filter(|r| !keep.contains(*r)).cloned().collect();
+        for rev in &removed {
+            self.nodes.remove(rev);
+        }
+        for node in self.nodes.values_mut() {
+            if node.parent.as_ref().is_some_and(|p| !keep.contains(p)) {
+                node.parent = None;
+            }
+        }
+        removed
+    }
+
+    /// Whether the document's winner is a deletion (or the tree is empty).
+    pub fn is_deleted(&self) -> bool {
+        self.winner().is_none_or(|w| w.deleted)
+    }
+}
+
+/// Sort key of CouchDB's winner order: live before deleted, then generation, then signature.
+fn winner_key(leaf: &Leaf) -> (bool, u64, &str) {
+    (!leaf.deleted, leaf.rev.generation, leaf.rev.hash.as_str())
+}
+
+/// The stored form of a tree: one entry per node, `[rev, parent index or -1, deleted]`, parents
+/// referred to by their position so a long history stays compact.
+#[derive(Serialize, Deserialize)]
+struct StoredNode(Rev, i64, u8);
+
+impl Serialize for RevTree {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let index: BTreeMap<&Rev, i64> =
+            self.nodes.keys().enumerate().map(|(i, r)| (r, i as i64)).collect();
+        let stored: Vec<StoredNode> = self
+            .nodes
+            .iter()
+            .map(|(rev, node)| {
+                let parent = node.parent.as_ref().and_then(|p| index.get(p)).copied().unwrap_or(-1);
+                StoredNode(rev.clone(), parent, node.deleted as u8)
+            })
+            .collect();
+        stored.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RevTree {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RevTree, D::Error> {
+        let stored = Vec::<StoredNode>::deserialize(d)?;
+        let revs: Vec<Rev> = stored.iter().map(|n| n.0.clone()).collect();
+        let mut nodes = BTreeMap::new();
+        for StoredNode(rev, parent, deleted) in stored {
+            let parent = match parent {
+                -1 => None,
+                i => Some(
+                    revs.get(usize::try_from(i).map_err(serde::de::Error::custom)?)
+                        .cloned()
+                        .ok_or_else(|| serde::de::Error::custom("parent index out of range"))?,
+                ),
+            };
+            nodes.insert(rev, Node { parent, deleted: deleted != 0 });
+        }
+        Ok(RevTree { nodes })
+    }
+}
+
+#[cfg(test)]
+mod tests;
