@@ -9,6 +9,7 @@ pub mod rev;
 pub mod selector;
 pub mod tree;
 
-pub use rev::{Rev, RevError};
 pub use names::{DocKind, NameError};
+pub use rev::{Rev, RevError};
+pub use selector::{Selector, SelectorError};
 pub use tree::{Leaf, MergeError, RevTree};
