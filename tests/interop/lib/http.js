@@ -1,0 +1,52 @@
+'use strict';
+// Plain HTTP calls to the server under test, for setting up server-side state and checking what
+// the server stored without going through PouchDB (so a PouchDB bug cannot hide a server bug).
+
+/**
+ * Sends one request and returns `{ status, headers, body }`; `body` is parsed JSON when the
+ * response's content type says JSON (we send `Accept: application/json` unless told otherwise,
+ * as PouchDB does, so CouchDB labels JSON answers as such), a Buffer otherwise. Never throws on
+ * an HTTP error status: tests assert on the status themselves.
+ */
+async function request(method, url, { json, raw, contentType, headers = {} } = {}) {
+  const init = { method, headers: { Accept: 'application/json', ...headers } };
+  if (json !== undefined) {
+    init.body = JSON.stringify(json);
+    init.headers['Content-Type'] = 'application/json';
+  } else if (raw !== undefined) {
+    init.body = raw;
+    init.headers['Content-Type'] = contentType || 'application/octet-stream';
+  }
+  const res = await fetch(url, init);
+  const bytes = Buffer.from(await res.arrayBuffer());
+  const type = res.headers.get('content-type') || '';
+  let body = bytes;
+  if (type.includes('json')) {
+    try {
+      body = JSON.parse(bytes.toString('utf8'));
+    } catch {
+      // Left as bytes: the assertion on the body will show what the server sent.
+    }
+  }
+  return { status: res.status, headers: res.headers, body };
+}
+
+/** Like `request`, but throws with the server's answer unless the status is 2xx. */
+async function ok(method, url, options) {
+  const res = await request(method, url, options);
+  if (res.status < 200 || res.status > 299) {
+    const shown = Buffer.isBuffer(res.body) ? res.body.toString('utf8') : JSON.stringify(res.body);
+    throw new Error(`${method} ${url} -> ${res.status} ${shown}`);
+  }
+  return res.body;
+}
+
+/** The path segment for a document id, encoded as PouchDB does (`_design/` and `_local/` keep their slash). */
+function docPath(id) {
+  for (const prefix of ['_design/', '_local/']) {
+    if (id.startsWith(prefix)) return prefix + encodeURIComponent(id.slice(prefix.length));
+  }
+  return encodeURIComponent(id);
+}
+
+module.exports = { request, ok, docPath };

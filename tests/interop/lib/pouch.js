@@ -1,0 +1,100 @@
+'use strict';
+// The real PouchDB 9 client, with the in-memory adapter for local databases (each test starts from
+// an empty local database and nothing is left on disk) and the HTTP adapter for the server.
+
+const crypto = require('node:crypto');
+const { before, after } = require('node:test');
+const PouchDB = require('pouchdb');
+const { startServer } = require('./server');
+
+PouchDB.plugin(require('pouchdb-adapter-memory'));
+
+/** A unique database name that satisfies CouchDB's rule `^[a-z][a-z0-9_$()+/-]*$`. */
+function dbName(prefix) {
+  return `${prefix}-${crypto.randomBytes(5).toString('hex')}`;
+}
+
+/** A new, empty local database. */
+function localDb(prefix = 'local') {
+  return new PouchDB(dbName(prefix), { adapter: 'memory' });
+}
+
+/**
+ * A PouchDB handle on a database of the server. Every request PouchDB sends is appended to
+ * `db.requests` as `{ method, url, status, body }`, so tests can check what went over the wire
+ * (for example the `since` of a replication's first `_changes`). `body` is the parsed JSON answer
+ * of `_changes` requests only, to keep memory small in the 10,000-document tests.
+ */
+function remoteDb(server, name) {
+  const requests = [];
+  const db = new PouchDB(`${server.url}/${encodeURIComponent(name)}`, {
+    fetch: async (url, opts = {}) => {
+      const res = await PouchDB.fetch(url, opts);
+      const entry = { method: opts.method || 'GET', url: String(url), status: res.status };
+      requests.push(entry);
+      if (new URL(String(url)).pathname.endsWith('/_changes')) {
+        entry.body = await res.clone().json().catch(() => null);
+      }
+      return res;
+    },
+  });
+  db.requests = requests;
+  db.url = `${server.url}/${encodeURIComponent(name)}`;
+  return db;
+}
+
+/**
+ * Starts a server before the tests of the calling file and destroys it after them. Returns an
+ * object whose `server` property is set once the server is up.
+ */
+function useServer() {
+  const ctx = { server: null };
+  before(async () => {
+    ctx.server = await startServer();
+  });
+  after(async () => {
+    if (!ctx.server) return;
+    if (process.env.INTEROP_KEEP_DATA === '1') {
+      await ctx.server.stop();
+      console.error(`server data and log kept in ${ctx.server.dir}`);
+    } else {
+      await ctx.server.destroy();
+    }
+  });
+  return ctx;
+}
+
+/**
+ * Every document of a database (local or remote), as `[{ id, rev, doc }]` sorted by id, with
+ * `_conflicts` included: two databases have converged when their snapshots are deep-equal.
+ */
+async function snapshot(db) {
+  const res = await db.allDocs({ include_docs: true, conflicts: true });
+  return res.rows.map((row) => ({ id: row.id, rev: row.value.rev, doc: row.doc }));
+}
+
+/** Resolves when a one-shot replication or sync completes, with its result. */
+function done(replication) {
+  return new Promise((resolve, reject) => {
+    replication.on('complete', resolve);
+    replication.on('error', reject);
+  });
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Polls `check` until it returns a truthy value or `timeoutMs` passes; returns the last value. */
+async function waitFor(check, { timeoutMs = 30_000, intervalMs = 100 } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < deadline) {
+    last = await check();
+    if (last) return last;
+    await sleep(intervalMs);
+  }
+  return last;
+}
+
+module.exports = { PouchDB, dbName, localDb, remoteDb, useServer, snapshot, done, sleep, waitFor };
