@@ -1,1 +1,88 @@
-//! placeholder
+//! Storage for Outpost's document databases.
+//!
+//! [`Store`] is the one interface the server sees; [`sqlite::SqliteStore`] is the embedded
+//! default engine. This is the only crate that speaks SQL.
+//!
+//! Writes go through [`Store::write_docs`] and friends, and return only once the transaction that
+//! holds them is durable on disk. Reads are served from committed state, so a reader never sees a
+//! write that could still be lost.
+
+mod error;
+pub mod sqlite;
+mod types;
+
+pub use error::{DocError, StoreError};
+pub use types::*;
+
+use async_trait::async_trait;
+use outpost_core::Rev;
+use tokio::sync::watch;
+
+/// A document store: named databases of revisioned JSON documents.
+///
+/// Every method that changes data returns after the change is committed to disk.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The server's identity, created once per data directory and kept forever (replication
+    /// checkpoints are keyed on it).
+    fn server_uuid(&self) -> &str;
+
+    /// Names of every database, sorted.
+    async fn all_dbs(&self) -> Result<Vec<String>, StoreError>;
+    /// Creates a database; [`StoreError::DbExists`] when it is already there.
+    async fn create_db(&self, name: &str) -> Result<(), StoreError>;
+    /// Deletes a database and everything in it.
+    async fn delete_db(&self, name: &str) -> Result<(), StoreError>;
+    /// Counters and sequence of a database.
+    async fn db_info(&self, name: &str) -> Result<DbInfo, StoreError>;
+    /// Sets how many revisions each path of a revision tree keeps.
+    async fn set_revs_limit(&self, db: &str, limit: u64) -> Result<(), StoreError>;
+    /// Makes the files small again and applies retention; returns when done.
+    async fn compact(&self, db: &str) -> Result<(), StoreError>;
+
+    /// Applies document updates in one durable transaction; one result per update, in order.
+    async fn write_docs(
+        &self,
+        db: &str,
+        updates: Vec<DocUpdate>,
+    ) -> Result<Vec<Result<Rev, DocError>>, StoreError>;
+
+    /// A document's revision tree and latest sequence, or `None` if it was never written.
+    async fn doc(&self, db: &str, id: &str) -> Result<Option<DocRecord>, StoreError>;
+    /// Stored bodies of some revisions of one document (missing ones are absent: stemmed or
+    /// never received).
+    async fn rev_bodies(
+        &self,
+        db: &str,
+        id: &str,
+        revs: &[Rev],
+    ) -> Result<Vec<(Rev, StoredBody)>, StoreError>;
+    /// One page of `_all_docs`, live documents only, in id order.
+    async fn all_docs(&self, db: &str, query: &AllDocsQuery) -> Result<Vec<DocRow>, StoreError>;
+    /// How many live documents sort before `id` (the `offset` of `_all_docs`).
+    async fn count_before(&self, db: &str, id: &str, descending: bool) -> Result<u64, StoreError>;
+    /// One page of the changes feed: each document once, at its latest sequence.
+    async fn changes(&self, db: &str, query: &ChangesQuery) -> Result<Vec<ChangeRow>, StoreError>;
+
+    /// A `_local` document: its revision number and body.
+    async fn local_doc(&self, db: &str, id: &str) -> Result<Option<LocalDoc>, StoreError>;
+    /// Writes a `_local` document; `base` must match its current revision number (0 when new).
+    async fn put_local(
+        &self,
+        db: &str,
+        id: &str,
+        base: u64,
+        body: String,
+    ) -> Result<u64, StoreError>;
+    /// Deletes a `_local` document whose current revision number is `base`.
+    async fn delete_local(&self, db: &str, id: &str, base: u64) -> Result<(), StoreError>;
+
+    /// The bytes of an attachment, by digest.
+    async fn attachment(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The event log of a database from `since` (exclusive), oldest first.
+    async fn events(&self, db: &str, query: &EventsQuery) -> Result<Vec<Event>, StoreError>;
+
+    /// A receiver that sees the database's update sequence each time it moves, for live feeds.
+    fn watch(&self, db: &str) -> watch::Receiver<u64>;
+}

@@ -1,0 +1,276 @@
+//! The embedded engine: one SQLite file in WAL mode, one writer thread with group commit, and a
+//! small pool of read connections used from `spawn_blocking`.
+
+mod read;
+mod schema;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+
+use async_trait::async_trait;
+use outpost_core::Rev;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use tokio::sync::{oneshot, watch};
+
+use crate::{
+    AllDocsQuery, ChangeRow, ChangesQuery, DbInfo, DocError, DocRecord, DocRow, DocUpdate, Event,
+    EventsQuery, LocalDoc, Store, StoreError, StoredBody,
+};
+use writer::{Job, WriteOp, WriteReply};
+
+/// The name of the database file inside the data directory.
+pub const FILE_NAME: &str = "outpost.sqlite";
+
+/// How many idle read connections are kept.
+const MAX_IDLE_READERS: usize = 8;
+
+/// A [`Store`] on one SQLite file.
+pub struct SqliteStore {
+    path: PathBuf,
+    uuid: String,
+    /// Sends jobs to the writer thread; the thread ends when this (the last sender) is dropped.
+    writer: Mutex<Option<mpsc::Sender<Job>>>,
+    /// Idle read connections. A reader is taken out for the duration of one query and put back;
+    /// more are opened on demand when all are busy.
+    readers: Arc<Mutex<Vec<Connection>>>,
+    /// Live feed listeners, per database: the writer publishes each database's new update
+    /// sequence after every commit.
+    watchers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Corrupt(format!("cannot create data directory {}: {e}", dir.display())))?;
+        let path = dir.join(FILE_NAME);
+        let conn = Connection::open(&path)?;
+        schema::configure(&conn)?;
+        schema::migrate(&conn)?;
+        let uuid = match conn
+            .query_row("SELECT value FROM meta WHERE key = 'server_uuid'", [], |r| r.get::<_, String>(0))
+            .optional()?
+        {
+            Some(u) => u,
+            None => {
+                let u = uuid::Uuid::new_v4().simple().to_string();
+                conn.execute("INSERT INTO meta (key, value) VALUES ('server_uuid', ?1)", [&u])?;
+                u
+            }
+        };
+        let watchers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>> = Arc::default();
+        let announce_to = watchers.clone();
+        let announce: writer::Announce = Box::new(move |db, seq| {
+            let mut map = announce_to.lock().unwrap_or_else(|e| e.into_inner());
+            match seq {
+                Some(seq) => {
+                    if let Some(tx) = map.get(db) {
+                        tx.send_replace(seq);
+                    }
+                }
+                // Dropping the sender ends every live feed of the deleted database.
+                None => {
+                    map.remove(db);
+                }
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("outpost-writer".into())
+            .spawn(move || writer::run(conn, rx, announce))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore {
+            path,
+            uuid,
+            writer: Mutex::new(Some(tx)),
+            readers: Arc::default(),
+            watchers,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting writes; jobs already queued are still committed.
+    pub fn close(&self) {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<WriteReply, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+            sender.send(Job { op, reply }).map_err(|_| StoreError::Closed)?;
+        }
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a read connection on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open_reader(&path)?,
+            };
+            let result = f(&conn);
+            let mut idle = readers.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("read task failed: {e}")))?
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.execute_batch("PRAGMA busy_timeout = 10000; PRAGMA cache_size = -16384;")?;
+    Ok(conn)
+}
+
+fn unexpected(reply: WriteReply) -> StoreError {
+    let what = match reply {
+        WriteReply::Done => "done",
+        WriteReply::Docs(_) => "docs",
+        WriteReply::LocalRev(_) => "local rev",
+    };
+    StoreError::Corrupt(format!("writer answered {what} to another request"))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn server_uuid(&self) -> &str {
+        &self.uuid
+    }
+
+    async fn all_dbs(&self) -> Result<Vec<String>, StoreError> {
+        self.read(read::all_dbs).await
+    }
+
+    async fn create_db(&self, name: &str) -> Result<(), StoreError> {
+        self.write(WriteOp::CreateDb { name: name.to_owned() }).await.map(|_| ())
+    }
+
+    async fn delete_db(&self, name: &str) -> Result<(), StoreError> {
+        self.write(WriteOp::DeleteDb { name: name.to_owned() }).await.map(|_| ())
+    }
+
+    async fn db_info(&self, name: &str) -> Result<DbInfo, StoreError> {
+        let name = name.to_owned();
+        let path = self.path.clone();
+        self.read(move |c| read::db_info(c, &name, &path)).await
+    }
+
+    async fn set_revs_limit(&self, db: &str, limit: u64) -> Result<(), StoreError> {
+        self.write(WriteOp::SetRevsLimit { db: db.to_owned(), limit }).await.map(|_| ())
+    }
+
+    async fn compact(&self, db: &str) -> Result<(), StoreError> {
+        self.db_info(db).await?;
+        self.write(WriteOp::Checkpoint).await.map(|_| ())
+    }
+
+    async fn write_docs(
+        &self,
+        db: &str,
+        updates: Vec<DocUpdate>,
+    ) -> Result<Vec<Result<Rev, DocError>>, StoreError> {
+        match self.write(WriteOp::Docs { db: db.to_owned(), updates }).await? {
+            WriteReply::Docs(results) => Ok(results),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn doc(&self, db: &str, id: &str) -> Result<Option<DocRecord>, StoreError> {
+        let (db, id) = (db.to_owned(), id.to_owned());
+        self.read(move |c| read::doc(c, &db, &id)).await
+    }
+
+    async fn rev_bodies(
+        &self,
+        db: &str,
+        id: &str,
+        revs: &[Rev],
+    ) -> Result<Vec<(Rev, StoredBody)>, StoreError> {
+        let (db, id, revs) = (db.to_owned(), id.to_owned(), revs.to_vec());
+        self.read(move |c| read::rev_bodies(c, &db, &id, &revs)).await
+    }
+
+    async fn all_docs(&self, db: &str, query: &AllDocsQuery) -> Result<Vec<DocRow>, StoreError> {
+        let (db, query) = (db.to_owned(), query.clone());
+        self.read(move |c| read::all_docs(c, &db, &query)).await
+    }
+
+    async fn count_before(&self, db: &str, id: &str, descending: bool) -> Result<u64, StoreError> {
+        let (db, id) = (db.to_owned(), id.to_owned());
+        self.read(move |c| read::count_before(c, &db, &id, descending)).await
+    }
+
+    async fn changes(&self, db: &str, query: &ChangesQuery) -> Result<Vec<ChangeRow>, StoreError> {
+        let (db, query) = (db.to_owned(), query.clone());
+        self.read(move |c| read::changes(c, &db, &query)).await
+    }
+
+    async fn local_doc(&self, db: &str, id: &str) -> Result<Option<LocalDoc>, StoreError> {
+        let (db, id) = (db.to_owned(), id.to_owned());
+        self.read(move |c| read::local_doc(c, &db, &id)).await
+    }
+
+    async fn put_local(&self, db: &str, id: &str, base: u64, body: String) -> Result<u64, StoreError> {
+        let op = WriteOp::PutLocal { db: db.to_owned(), id: id.to_owned(), base, body };
+        match self.write(op).await? {
+            WriteReply::LocalRev(rev) => Ok(rev),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_local(&self, db: &str, id: &str, base: u64) -> Result<(), StoreError> {
+        let op = WriteOp::DeleteLocal { db: db.to_owned(), id: id.to_owned(), base };
+        self.write(op).await.map(|_| ())
+    }
+
+    async fn attachment(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let digest = digest.to_owned();
+        self.read(move |c| read::attachment(c, &digest)).await
+    }
+
+    async fn events(&self, db: &str, query: &EventsQuery) -> Result<Vec<Event>, StoreError> {
+        let (db, query) = (db.to_owned(), query.clone());
+        self.read(move |c| read::events(c, &db, &query)).await
+    }
+
+    fn watch(&self, db: &str) -> watch::Receiver<u64> {
+        let mut map = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(db) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel(0);
+                map.insert(db.to_owned(), tx);
+                rx
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Queries on a read connection. Each function runs on the blocking pool.
+
+use std::path::Path;
+
+use outpost_core::{Rev, RevTree};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{
+    AllDocsQuery, ChangeRow, ChangesQuery, DbInfo, DocRecord, DocRow, Event, EventsQuery, LocalDoc,
+    StoreError, StoredBody,
+};
+
+fn db_id(c: &Connection, name: &str) -> Result<i64, StoreError> {
+    c.prepare_cached("SELECT id FROM dbs WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()?
+        .ok_or(StoreError::NoDb)
+}
+
+fn parse_tree(id: &str, json: &str) -> Result<RevTree, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("revision tree of {id}: {e}")))
+}
+
+fn parse_rev(s: &str) -> Result<Rev, StoreError> {
+    s.parse().map_err(|e| StoreError::Corrupt(format!("stored revision {s}: {e}")))
+}
+
+pub fn all_dbs(c: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt = c.prepare_cached("SELECT name FROM dbs ORDER BY name")?;
+    let names = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    Ok(names)
+}
+
+pub fn db_info(c: &Connection, name: &str, file: &Path) -> Result<DbInfo, StoreError> {
+    let info = c
+        .prepare_cached(
+            "SELECT name, doc_count, doc_del_count, update_seq, revs_limit, active_size, created_at
+             FROM dbs WHERE name = ?1",
+        )?
+        .query_row([name], |r| {
+            Ok(DbInfo {
+                name: r.get(0)?,
+                doc_count: r.get::<_, i64>(1)?.max(0) as u64,
+                doc_del_count: r.get::<_, i64>(2)?.max(0) as u64,
+                update_seq: r.get::<_, i64>(3)? as u64,
+                revs_limit: r.get::<_, i64>(4)? as u64,
+                active_size: r.get::<_, i64>(5)?.max(0) as u64,
+                created_at: r.get(6)?,
+                file_size: 0,
+            })
+        })
+        .optional()?
+        .ok_or(StoreError::NoDb)?;
+    let file_size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    Ok(DbInfo { file_size, ..info })
+}
+
+pub fn doc(c: &Connection, db: &str, id: &str) -> Result<Option<DocRecord>, StoreError> {
+    let db = db_id(c, db)?;
+    let row: Option<(i64, String)> = c
+        .prepare_cached("SELECT seq, tree FROM docs WHERE db = ?1 AND id = ?2")?
+        .query_row(params![db, id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    row.map(|(seq, tree)| Ok(DocRecord { id: id.to_owned(), seq: seq as u64, tree: parse_tree(id, &tree)? }))
+        .transpose()
+}
+
+pub fn rev_bodies(c: &Connection, db: &str, id: &str, revs: &[Rev]) -> Result<Vec<(Rev, StoredBody)>, StoreError> {
+    let db = db_id(c, db)?;
+    let mut stmt = c.prepare_cached("SELECT deleted, body FROM revs WHERE db = ?1 AND doc = ?2 AND rev = ?3")?;
+    let mut out = Vec::with_capacity(revs.len());
+    for rev in revs {
+        let found = stmt
+            .query_row(params![db, id, rev.to_string()], |r| {
+                Ok(StoredBody { deleted: r.get(0)?, json: r.get(1)? })
+            })
+            .optional()?;
+        if let Some(body) = found {
+            out.push((rev.clone(), body));
+        }
+    }
+    Ok(out)
+}
+
+fn winner_body(c: &Connection, db: i64, id: &str, tree: &RevTree) -> Result<Option<String>, StoreError> {
+    let Some(winner) = tree.winner() else { return Ok(None) };
+    Ok(c.prepare_cached("SELECT body FROM revs WHERE db = ?1 AND doc = ?2 AND rev = ?3")?
+        .query_row(params![db, id, winner.rev.to_string()], |r| r.get(0))
+        .optional()?)
+}
+
+pub fn all_docs(c: &Connection, db: &str, q: &AllDocsQuery) -> Result<Vec<DocRow>, StoreError> {
+    let db = db_id(c, db)?;
+    let (lower, upper) = if q.descending { (&q.end, &q.start) } else { (&q.start, &q.end) };
+    let (lower_incl, upper_incl) =
+        if q.descending { (q.end_inclusive, q.start_inclusive) } else { (q.start_inclusive, q.end_inclusive) };
+    let mut sql = String::from("SELECT id, seq, tree FROM docs WHERE db = ?1 AND deleted = 0");
+    if lower.is_some() {
+        sql.push_str(if lower_incl { " AND id >= ?2" } else { " AND id > ?2" });
+    }
+    if upper.is_some() {
+        sql.push_str(if upper_incl { " AND id <= ?3" } else { " AND id < ?3" });
+    }
+    sql.push_str(if q.descending { " ORDER BY id DESC" } else { " ORDER BY id ASC" });
+    sql.push_str(" LIMIT ?4 OFFSET ?5");
+    let mut stmt = c.prepare_cached(&sql)?;
+    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+    let skip = i64::try_from(q.skip).unwrap_or(i64::MAX);
+    let rows: Vec<(String, i64, String)> = stmt
+        .query_map(params![db, lower, upper, limit, skip], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    rows.into_iter()
+        .map(|(id, seq, tree)| {
+            let tree = parse_tree(&id, &tree)?;
+            let body = if q.include_docs { winner_body(c, db, &id, &tree)? } else { None };
+            Ok(DocRow { id, seq: seq as u64, tree, body })
+        })
+        .collect()
+}
+
+pub fn count_before(c: &Connection, db: &str, id: &str, descending: bool) -> Result<u64, StoreError> {
+    let db = db_id(c, db)?;
+    let sql = if descending {
+        "SELECT count(*) FROM docs WHERE db = ?1 AND deleted = 0 AND id > ?2"
+    } else {
+        "SELECT count(*) FROM docs WHERE db = ?1 AND deleted = 0 AND id < ?2"
+    };
+    let n: i64 = c.prepare_cached(sql)?.query_row(params![db, id], |r| r.get(0))?;
+    Ok(n as u64)
+}
+
+pub fn changes(c: &Connection, db: &str, q: &ChangesQuery) -> Result<Vec<ChangeRow>, StoreError> {
+    let db = db_id(c, db)?;
+    let sql = if q.descending {
+        "SELECT id, seq, tree FROM docs WHERE db = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+    } else {
+        "SELECT id, seq, tree FROM docs WHERE db = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3"
+    };
+    let since = i64::try_from(q.since).unwrap_or(i64::MAX);
+    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+    let rows: Vec<(String, i64, String)> = c
+        .prepare_cached(sql)?
+        .query_map(params![db, since, limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    rows.into_iter()
+        .map(|(id, seq, tree)| {
+            let tree = parse_tree(&id, &tree)?;
+            let body = if q.include_docs { winner_body(c, db, &id, &tree)? } else { None };
+            Ok(ChangeRow { id, seq: seq as u64, tree, body })
+        })
+        .collect()
+}
+
+pub fn local_doc(c: &Connection, db: &str, id: &str) -> Result<Option<LocalDoc>, StoreError> {
+    let db = db_id(c, db)?;
+    Ok(c.prepare_cached("SELECT rev, body FROM local_docs WHERE db = ?1 AND id = ?2")?
+        .query_row(params![db, id], |r| Ok(LocalDoc { rev: r.get::<_, i64>(0)? as u64, body: r.get(1)? }))
+        .optional()?)
+}
+
+pub fn attachment(c: &Connection, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(c.prepare_cached("SELECT data FROM attachments WHERE digest = ?1")?
+        .query_row([digest], |r| r.get(0))
+        .optional()?)
+}
+
+pub fn events(c: &Connection, db: &str, q: &EventsQuery) -> Result<Vec<Event>, StoreError> {
+    let db = db_id(c, db)?;
+    let since = i64::try_from(q.since).unwrap_or(i64::MAX);
+    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+    let mut sql = String::from(
+        "SELECT e.seq, e.kind, e.doc, e.rev, e.parent, e.origin, e.at, CASE WHEN ?4 THEN r.body END
+         FROM events e LEFT JOIN revs r ON r.db = e.db AND r.doc = e.doc AND r.rev = e.rev
+         WHERE e.db = ?1 AND e.seq > ?2",
+    );
+    if q.doc_id.is_some() {
+        sql.push_str(" AND e.doc = ?5");
+    }
+    sql.push_str(" ORDER BY e.seq LIMIT ?3");
+    let mut stmt = c.prepare_cached(&sql)?;
+    let map = |r: &rusqlite::Row<'_>| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, Option<String>>(4)?,
+            r.get::<_, String>(5)?,
+            r.get::<_, i64>(6)?,
+            r.get::<_, Option<String>>(7)?,
+        ))
+    };
+    let rows: Vec<_> = match &q.doc_id {
+        Some(doc) => stmt.query_map(params![db, since, limit, q.include_docs, doc], map)?.collect::<Result<_, _>>()?,
+        None => stmt.query_map(params![db, since, limit, q.include_docs], map)?.collect::<Result<_, _>>()?,
+    };
+    rows.into_iter()
+        .map(|(seq, kind, id, rev, parent, origin, at, body)| {
+            Ok(Event {
+                seq: seq as u64,
+                kind,
+                id,
+                rev: parse_rev(&rev)?,
+                parent: parent.as_deref().map(parse_rev).transpose()?,
+                origin,
+                at,
+                body,
+            })
+        })
+        .collect()
+}

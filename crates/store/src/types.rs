@@ -1,0 +1,169 @@
+//! The values that cross the [`Store`](crate::Store) interface.
+
+use outpost_core::{Rev, RevTree};
+use serde_json::{Map, Value};
+
+/// One document change requested by a client or a replicator.
+#[derive(Debug, Clone)]
+pub struct DocUpdate {
+    pub id: String,
+    pub mode: UpdateMode,
+    /// Whether the new revision is a deletion (a tombstone).
+    pub deleted: bool,
+    /// The body without `_id`, `_rev`, `_deleted` and `_revisions`. `_attachments`, when present,
+    /// holds stubs (`"stub": true`, resolved against the parent revision) or new entries that
+    /// carry `content_type`, `digest` and `length` and whose bytes are in `new_attachments`.
+    pub body: Map<String, Value>,
+    /// Bytes of attachments new in this revision, by digest.
+    pub new_attachments: Vec<NewAttachment>,
+    pub origin: Origin,
+}
+
+/// How a revision id is chosen and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateMode {
+    /// An interactive edit (`new_edits=true`): `base` must be the current leaf being edited (or
+    /// absent for a new or deleted document); the store computes the new revision id.
+    Edit { base: Option<Rev> },
+    /// A replicated revision (`new_edits=false`): its `_revisions` path, newest first, is merged
+    /// into the tree as it is.
+    Replicate { path: Vec<Rev> },
+}
+
+/// The bytes of an attachment that the store keeps once per digest.
+#[derive(Debug, Clone)]
+pub struct NewAttachment {
+    /// `md5-<base64>` of the bytes.
+    pub digest: String,
+    pub data: Vec<u8>,
+}
+
+/// Where a revision came from, as recorded in the event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A client's interactive write.
+    Client,
+    /// A replicated revision (`new_edits=false`), with the peer when known.
+    Replication { peer: Option<String> },
+    /// A revision the server wrote itself to resolve a conflict.
+    Resolver,
+}
+
+impl Origin {
+    /// The form stored in the event log and shown by `_events`.
+    pub fn label(&self) -> String {
+        match self {
+            Origin::Client => "client".to_owned(),
+            Origin::Replication { peer: Some(p) } => format!("replication:{p}"),
+            Origin::Replication { peer: None } => "replication".to_owned(),
+            Origin::Resolver => "resolver".to_owned(),
+        }
+    }
+}
+
+/// What `GET /{db}` reports.
+#[derive(Debug, Clone)]
+pub struct DbInfo {
+    pub name: String,
+    pub doc_count: u64,
+    pub doc_del_count: u64,
+    pub update_seq: u64,
+    pub revs_limit: u64,
+    /// Bytes of stored document bodies.
+    pub active_size: u64,
+    /// Bytes of the whole store file (all databases share one file).
+    pub file_size: u64,
+    /// Creation time, microseconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+/// A document's revision tree and where it sits in the changes feed.
+#[derive(Debug, Clone)]
+pub struct DocRecord {
+    pub id: String,
+    pub seq: u64,
+    pub tree: RevTree,
+}
+
+/// The stored form of one revision: its body as JSON text (without `_id` and `_rev`).
+#[derive(Debug, Clone)]
+pub struct StoredBody {
+    pub deleted: bool,
+    pub json: String,
+}
+
+/// A key range and page of `_all_docs`.
+#[derive(Debug, Clone, Default)]
+pub struct AllDocsQuery {
+    pub start: Option<String>,
+    pub start_inclusive: bool,
+    pub end: Option<String>,
+    pub end_inclusive: bool,
+    pub descending: bool,
+    pub limit: u64,
+    pub skip: u64,
+    pub include_docs: bool,
+}
+
+/// One live document in `_all_docs`.
+#[derive(Debug, Clone)]
+pub struct DocRow {
+    pub id: String,
+    pub seq: u64,
+    pub tree: RevTree,
+    /// The winner's body, when asked for.
+    pub body: Option<String>,
+}
+
+/// A page of the changes feed.
+#[derive(Debug, Clone, Default)]
+pub struct ChangesQuery {
+    /// Rows with a sequence above this one (below it when descending; `u64::MAX` for the end).
+    pub since: u64,
+    pub limit: u64,
+    pub descending: bool,
+    pub include_docs: bool,
+}
+
+/// One document in the changes feed, at its latest sequence.
+#[derive(Debug, Clone)]
+pub struct ChangeRow {
+    pub id: String,
+    pub seq: u64,
+    pub tree: RevTree,
+    /// The winner's body, when asked for.
+    pub body: Option<String>,
+}
+
+/// A `_local` document: never replicated, revisions `0-N`.
+#[derive(Debug, Clone)]
+pub struct LocalDoc {
+    pub rev: u64,
+    pub body: String,
+}
+
+/// A page of the event log.
+#[derive(Debug, Clone, Default)]
+pub struct EventsQuery {
+    pub since: u64,
+    pub limit: u64,
+    pub doc_id: Option<String>,
+    pub include_docs: bool,
+}
+
+/// An accepted revision, as the immutable event log keeps it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The database sequence the revision was accepted at.
+    pub seq: u64,
+    /// `created`, `updated`, `deleted` or `conflict`.
+    pub kind: String,
+    pub id: String,
+    pub rev: Rev,
+    pub parent: Option<Rev>,
+    pub origin: String,
+    /// Server time of acceptance, milliseconds since the Unix epoch.
+    pub at: i64,
+    /// The revision's body, when asked for.
+    pub body: Option<String>,
+}
