@@ -1,0 +1,215 @@
+//! Encryption at rest of queued requests and stored answers: AES-256-GCM with a random 96-bit
+//! nonce per record and the entry id as associated data, so a record cannot be moved to another
+//! row without failing to open.
+//!
+//! The key comes from a file, from the environment (base64), or is created on first start in the
+//! data directory with owner-only permissions.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use crate::error::{Error, Result};
+
+/// Length of the random nonce stored in front of each ciphertext.
+const NONCE_LEN: usize = 12;
+
+/// Name of the key file created in the data directory when no key is given.
+pub const DEFAULT_KEY_FILE: &str = "gateway.key";
+
+/// Where the encryption key comes from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// A file holding the key as base64 text (created with mode 0600 if missing).
+    File(PathBuf),
+    /// The key itself as base64 text, typically from an environment variable.
+    Base64(String),
+    /// `gateway.key` in the data directory, created on first start.
+    DataDir,
+}
+
+/// Seals and opens records with one AES-256-GCM key.
+#[derive(Clone)]
+pub struct Cipher {
+    aead: Aes256Gcm,
+}
+
+impl std::fmt::Debug for Cipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key never appears in logs or debug output.
+        f.write_str("Cipher(..)")
+    }
+}
+
+impl Cipher {
+    /// A cipher for this 256-bit key.
+    pub fn new(key: &[u8; 32]) -> Self {
+        Self {
+            aead: Aes256Gcm::new(key.into()),
+        }
+    }
+
+    /// Loads (or creates) the key described by `source`.
+    pub fn load(source: &KeySource, data_dir: &Path) -> Result<Self> {
+        let key = match source {
+            KeySource::Base64(text) => decode_key(text)?,
+            KeySource::File(path) => load_or_create(path)?,
+            KeySource::DataDir => load_or_create(&data_dir.join(DEFAULT_KEY_FILE))?,
+        };
+        Ok(Self::new(&key))
+    }
+
+    /// Encrypts `plaintext`, binding it to `aad`; the result is `nonce || ciphertext || tag`.
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        let sealed = self
+            .aead
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .expect("aes-gcm encryption cannot fail for in-memory buffers");
+        let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// Decrypts a record made by [`Cipher::seal`] with the same `aad`.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+        if sealed.len() < NONCE_LEN {
+            return Err(Error::Corrupt("encrypted record is too short".into()));
+        }
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        self.aead
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
+            .map_err(|_| Error::WrongKey)
+    }
+}
+
+/// Generates a new random key as base64 text.
+pub fn generate_key_text() -> String {
+    let key: [u8; 32] = rand::random();
+    B64.encode(key)
+}
+
+fn decode_key(text: &str) -> Result<[u8; 32]> {
+    let bytes = B64
+        .decode(text.trim())
+        .map_err(|_| Error::InvalidKey("not valid base64".into()))?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| Error::InvalidKey(format!("expected 32 bytes, got {}", bytes.len())))
+}
+
+fn load_or_create(path: &Path) -> Result<[u8; 32]> {
+    let file_err = |source| Error::File {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            warn_if_shared(path);
+            decode_key(&text)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(file_err)?;
+            }
+            let text = generate_key_text();
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            match options.open(path) {
+                Ok(mut file) => {
+                    file.write_all(text.as_bytes())
+                        .and_then(|()| file.write_all(b"\n"))
+                        .and_then(|()| file.sync_all())
+                        .map_err(file_err)?;
+                    tracing::info!(path = %path.display(), "created a new queue encryption key");
+                    decode_key(&text)
+                }
+                // Another process created it between our read and our create: use theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    decode_key(&std::fs::read_to_string(path).map_err(file_err)?)
+                }
+                Err(e) => Err(file_err(e)),
+            }
+        }
+        Err(e) => Err(file_err(e)),
+    }
+}
+
+fn warn_if_shared(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(path = %path.display(), "the key file is readable by other users");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_round_trip_and_binding() {
+        let cipher = Cipher::new(&[7; 32]);
+        let sealed = cipher.seal(b"id-1", b"secret body");
+        assert_eq!(cipher.open(b"id-1", &sealed).unwrap(), b"secret body");
+        assert!(matches!(
+            cipher.open(b"id-2", &sealed),
+            Err(Error::WrongKey)
+        ));
+        let other = Cipher::new(&[8; 32]);
+        assert!(matches!(other.open(b"id-1", &sealed), Err(Error::WrongKey)));
+        assert!(!sealed.windows(6).any(|w| w == b"secret"));
+    }
+
+    #[test]
+    fn key_file_is_created_owner_only_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Cipher::load(&KeySource::DataDir, dir.path()).unwrap();
+        let b = Cipher::load(&KeySource::DataDir, dir.path()).unwrap();
+        let sealed = a.seal(b"x", b"y");
+        assert_eq!(b.open(b"x", &sealed).unwrap(), b"y");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(DEFAULT_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn bad_keys_are_rejected() {
+        assert!(matches!(decode_key("!!"), Err(Error::InvalidKey(_))));
+        assert!(matches!(decode_key("AAAA"), Err(Error::InvalidKey(_))));
+        assert!(decode_key(&generate_key_text()).is_ok());
+    }
+}

@@ -1,0 +1,81 @@
+//! The errors of the gateway library.
+//!
+//! [`Error`] says what went wrong inside the gateway; [`crate::api::ApiError`] is the one place
+//! that turns a failure into an HTTP answer.
+
+use std::path::PathBuf;
+
+/// What went wrong inside the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The queue database could not be read or written.
+    #[error("queue storage failed: {0}")]
+    Storage(#[from] rusqlite::Error),
+    /// A file could not be read, written or created.
+    #[error("cannot access {path}: {source}")]
+    File {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The listening socket could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address that was asked for.
+        addr: std::net::SocketAddr,
+        /// The underlying failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The queue is at its configured limit of entries or bytes.
+    #[error("the queue is full: {0}")]
+    QueueFull(&'static str),
+    /// No queue entry has this id.
+    #[error("no queue entry {0}")]
+    NotFound(String),
+    /// The operation does not apply to the entry in its current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// Stored data could not be decrypted or decoded.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The encryption key does not open this queue.
+    #[error("the encryption key does not match the one this queue was created with")]
+    WrongKey,
+    /// The key material is not a valid AES-256 key.
+    #[error("invalid encryption key: {0}")]
+    InvalidKey(String),
+    /// The configuration is not usable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The queue writer thread has stopped, so nothing more can be made durable.
+    #[error("the queue writer has stopped")]
+    Closed,
+}
+
+impl Error {
+    /// Whether trying the same operation again later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Storage(e) => matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            Error::QueueFull(_) => true,
+            Error::File { .. }
+            | Error::Listen { .. }
+            | Error::NotFound(_)
+            | Error::Conflict(_)
+            | Error::Corrupt(_)
+            | Error::WrongKey
+            | Error::InvalidKey(_)
+            | Error::Config(_)
+            | Error::Closed => false,
+        }
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

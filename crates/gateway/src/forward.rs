@@ -1,0 +1,153 @@
+//! Header rules for forwarding: hop-by-hop headers dropped, `X-Forwarded-*` added, and the
+//! `Idempotency-Key` every forwarded write carries.
+
+use std::net::IpAddr;
+
+use http::header::{CONNECTION, HOST};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+/// The header that lets the backend apply a retried write only once.
+pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether requests with this method are queued while the upstream is down.
+pub fn is_write(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
+}
+
+/// Removes hop-by-hop headers, including any the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Prepares a client's request headers for the upstream: hop-by-hop removed, `Host` replaced
+/// by the upstream's (set by the client library), the original host, client address and
+/// protocol passed on in `X-Forwarded-*`.
+pub fn prepare_request_headers(headers: &mut HeaderMap, client: IpAddr) {
+    strip_hop_by_hop(headers);
+    let host = headers.remove(HOST);
+    let client = client.to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {client}"),
+        None => client,
+    };
+    if let Ok(value) = HeaderValue::try_from(xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if let Some(host) = host
+        && !headers.contains_key(&X_FORWARDED_HOST)
+    {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+}
+
+/// Returns the request's `Idempotency-Key`, adding a new one when the client sent none.
+pub fn ensure_idempotency_key(headers: &mut HeaderMap) -> String {
+    if let Some(key) = headers
+        .get(&IDEMPOTENCY_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty())
+    {
+        return key.to_owned();
+    }
+    let key = uuid::Uuid::new_v4().to_string();
+    headers.insert(
+        IDEMPOTENCY_KEY.clone(),
+        HeaderValue::try_from(key.as_str()).expect("a uuid is a valid header value"),
+    );
+    key
+}
+
+/// Headers as stored in a queue record.
+pub fn to_pairs(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// Headers from a queue record; pairs that are no longer valid are skipped.
+pub fn from_pairs(pairs: &[(String, Vec<u8>)]) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::from_bytes(value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_forwarded_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-secret-hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("host", "public.example".parse().unwrap());
+        h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        h.insert("x-custom", "kept".parse().unwrap());
+        prepare_request_headers(&mut h, "127.0.0.1".parse().unwrap());
+        assert!(h.get("connection").is_none());
+        assert!(h.get("x-secret-hop").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get("transfer-encoding").is_none());
+        assert!(h.get("host").is_none());
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "public.example");
+        assert_eq!(h["x-custom"], "kept");
+    }
+
+    #[test]
+    fn idempotency_key_is_kept_or_made() {
+        let mut h = HeaderMap::new();
+        h.insert("idempotency-key", "abc".parse().unwrap());
+        assert_eq!(ensure_idempotency_key(&mut h), "abc");
+        let mut h = HeaderMap::new();
+        let made = ensure_idempotency_key(&mut h);
+        assert_eq!(h["idempotency-key"], made.as_str());
+        assert_eq!(made.len(), 36);
+    }
+}

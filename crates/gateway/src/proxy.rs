@@ -1,0 +1,274 @@
+//! The request path: pass through while the upstream is up, queue writes and answer reads from
+//! the stale cache (or 503) while it is down.
+//!
+//! A write is buffered (up to the body limit) before it is forwarded, because if the upstream
+//! cannot take it the very same bytes must go into the queue. A write also queues, even while
+//! the upstream is up, when earlier writes of its ordering key are still queued: it must not
+//! overtake them. Reads are streamed both ways.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, LOCATION, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::json;
+use tower::ServiceExt;
+
+use crate::api::{ApiError, status_url};
+use crate::cache::{CacheKey, StaleCache};
+use crate::config::{Ordering, QueuedStatus};
+use crate::error::Error;
+use crate::forward;
+use crate::health::Health;
+use crate::queue::{Enqueued, NewEntry, Queue};
+use crate::record::StoredRequest;
+use crate::stats::Stats;
+use crate::upstream::{SendError, Upstream};
+
+/// Settings of the request path.
+#[derive(Debug, Clone)]
+pub(crate) struct ProxySettings {
+    pub prefix: String,
+    pub ordering: Ordering,
+    pub queued_status: QueuedStatus,
+    pub retry_after_secs: u64,
+    pub max_body_bytes: u64,
+}
+
+/// Everything a request needs; shared by all connections.
+pub(crate) struct App {
+    pub settings: ProxySettings,
+    pub upstream: Upstream,
+    pub queue: Queue,
+    pub health: Arc<Health>,
+    pub stats: Arc<Stats>,
+    pub cache: Option<StaleCache>,
+    pub admin: axum::Router,
+}
+
+impl App {
+    /// Answers one request.
+    pub async fn handle(self: Arc<Self>, req: Request<Body>, client: SocketAddr) -> Response {
+        if req.uri().path().starts_with(&self.settings.prefix) {
+            return match self.admin.clone().oneshot(req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            };
+        }
+        if forward::is_write(req.method()) {
+            self.write(req, client).await
+        } else {
+            self.read(req, client).await
+        }
+    }
+
+    fn unavailable(&self, reason: &str) -> Response {
+        ApiError::Unavailable {
+            reason: reason.into(),
+            retry_after: self.settings.retry_after_secs,
+        }
+        .into_response()
+    }
+
+    async fn write(&self, req: Request<Body>, client: SocketAddr) -> Response {
+        let (mut parts, body) = req.into_parts();
+        let body = match read_body(&parts.headers, body, self.settings.max_body_bytes).await {
+            Ok(body) => body,
+            Err(e) => return e.into_response(),
+        };
+        forward::prepare_request_headers(&mut parts.headers, client.ip());
+        let idempotency_key = forward::ensure_idempotency_key(&mut parts.headers);
+        let target = target_of(&parts.uri);
+        let ordering_key = self.settings.ordering.key_of(&target, &parts.headers);
+
+        if self.health.is_up() && !self.queue.has_pending(&ordering_key) {
+            let mut up = Request::new(Body::from(body.clone()));
+            *up.method_mut() = parts.method.clone();
+            *up.uri_mut() = parts.uri.clone();
+            *up.headers_mut() = parts.headers.clone();
+            match self.upstream.send(up).await {
+                Ok(resp) if !matches!(resp.status().as_u16(), 502..=504) => {
+                    Stats::bump(&self.stats.passed);
+                    return pass_response(resp);
+                }
+                Ok(resp) => {
+                    self.health
+                        .mark_down(&format!("upstream answered {}", resp.status()));
+                }
+                Err(SendError::BadTarget) => {
+                    return ApiError::BadRequest("the request target cannot be forwarded".into())
+                        .into_response();
+                }
+                Err(e) => {
+                    if e.marks_down() {
+                        self.health.mark_down(&e.to_string());
+                    }
+                    tracing::info!(error = %e, "write not delivered; queueing it");
+                }
+            }
+        }
+
+        let entry = NewEntry {
+            ordering_key,
+            idempotency_key,
+            request: StoredRequest {
+                method: parts.method.as_str().to_owned(),
+                target,
+                headers: forward::to_pairs(&parts.headers),
+                body,
+            },
+        };
+        match self.queue.enqueue(entry).await {
+            Ok(enqueued) => self.queued_response(&enqueued),
+            Err(Error::QueueFull(why)) => {
+                Stats::bump(&self.stats.rejected_full);
+                tracing::warn!(why, "queue full; write refused");
+                ApiError::QueueFull(why).into_response()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot queue a write");
+                self.unavailable("the request could not be queued")
+            }
+        }
+    }
+
+    fn queued_response(&self, enqueued: &Enqueued) -> Response {
+        if enqueued.duplicate {
+            Stats::bump(&self.stats.deduplicated);
+        } else {
+            Stats::bump(&self.stats.queued);
+        }
+        queued_response(
+            &self.settings.prefix,
+            self.settings.queued_status,
+            self.settings.retry_after_secs,
+            enqueued,
+        )
+    }
+
+    async fn read(&self, req: Request<Body>, client: SocketAddr) -> Response {
+        let cacheable = matches!(*req.method(), Method::GET | Method::HEAD);
+        let target = target_of(req.uri());
+        let key = match (&self.cache, cacheable) {
+            (Some(_), true) => Some(CacheKey::of(&target, req.headers())),
+            _ => None,
+        };
+        let method = req.method().clone();
+        if self.health.is_up() {
+            let (mut parts, body) = req.into_parts();
+            forward::prepare_request_headers(&mut parts.headers, client.ip());
+            match self.upstream.send(Request::from_parts(parts, body)).await {
+                Ok(resp) if matches!(resp.status().as_u16(), 502..=504) => {
+                    self.health
+                        .mark_down(&format!("upstream answered {}", resp.status()));
+                    if let Some(stale) = self.stale(key.as_ref(), &method) {
+                        return stale;
+                    }
+                    return pass_response(resp);
+                }
+                Ok(resp) => {
+                    Stats::bump(&self.stats.passed);
+                    return match (&self.cache, key, method) {
+                        (Some(cache), Some(key), Method::GET) => {
+                            let (mut parts, body) = resp.into_parts();
+                            forward::strip_hop_by_hop(&mut parts.headers);
+                            let body = cache.capture(key, parts.status, &parts.headers, body);
+                            Response::from_parts(parts, body)
+                        }
+                        _ => pass_response(resp),
+                    };
+                }
+                Err(SendError::BadTarget) => {
+                    return ApiError::BadRequest("the request target cannot be forwarded".into())
+                        .into_response();
+                }
+                Err(e) => {
+                    if e.marks_down() {
+                        self.health.mark_down(&e.to_string());
+                    }
+                    tracing::info!(error = %e, "read failed");
+                }
+            }
+        }
+        if let Some(stale) = self.stale(key.as_ref(), &method) {
+            return stale;
+        }
+        Stats::bump(&self.stats.unavailable);
+        self.unavailable("the upstream is unavailable")
+    }
+
+    fn stale(&self, key: Option<&CacheKey>, method: &Method) -> Option<Response> {
+        let resp = self.cache.as_ref()?.serve(key?, method)?;
+        Stats::bump(&self.stats.stale_served);
+        Some(resp)
+    }
+}
+
+/// The request target (path and query) exactly as received.
+pub(crate) fn target_of(uri: &Uri) -> String {
+    uri.path_and_query()
+        .map(|pq| pq.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned())
+}
+
+/// Reads a whole request body, refusing more than `max` bytes.
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    max: u64,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(ApiError::PayloadTooLarge(max));
+    }
+    match Limited::new(body, max as usize).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge(max)),
+        Err(_) => Err(ApiError::BadRequest(
+            "the request body could not be read".into(),
+        )),
+    }
+}
+
+/// The answer acknowledging a queued write.
+pub(crate) fn queued_response(
+    prefix: &str,
+    queued_status: QueuedStatus,
+    retry_after_secs: u64,
+    enqueued: &Enqueued,
+) -> Response {
+    let url = status_url(prefix, &enqueued.id);
+    let body = json!({
+        "id": enqueued.id,
+        "status": "queued",
+        "status_url": url,
+        "duplicate": enqueued.duplicate,
+    });
+    let status = match queued_status {
+        QueuedStatus::Accepted => StatusCode::ACCEPTED,
+        QueuedStatus::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut resp = (status, axum::Json(body)).into_response();
+    if let Ok(loc) = HeaderValue::try_from(url) {
+        resp.headers_mut().insert(LOCATION, loc);
+    }
+    if queued_status == QueuedStatus::Unavailable {
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    }
+    resp
+}
+
+/// The upstream's answer, streamed, without its hop-by-hop headers.
+fn pass_response(resp: Response<hyper::body::Incoming>) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    forward::strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, Body::new(body))
+}

@@ -1,0 +1,679 @@
+//! The durable request queue: an SQLite database in WAL mode with `synchronous = FULL`.
+//!
+//! Changes go through one writer thread that group-commits concurrent callers (see [`writer`]);
+//! reads use their own connections on the blocking pool. Requests and answers are stored
+//! encrypted; only what the queue itself must query (state, ordering key, idempotency key,
+//! attempts, times, the last error) is stored in clear.
+//!
+//! An entry is `pending` until the upstream has answered it, then `done` (kept for a while so the
+//! caller can read the answer) or `dead` (dead-lettered, kept until an operator retries or drops
+//! it). Every change the worker makes is compare-and-set on the entry's `version`, so an entry
+//! dropped or retried by an operator while it was being delivered is never overwritten.
+
+mod schema;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::crypto::Cipher;
+use crate::error::{Error, Result};
+use crate::record::{StoredRequest, StoredResponse};
+
+use writer::{Command, Totals};
+
+/// File name of the queue database inside the data directory.
+pub const DB_FILE: &str = "queue.sqlite3";
+
+/// Capacity of the channel toward the writer thread; callers wait when it is full.
+const WRITER_CHANNEL: usize = 8192;
+
+/// Requests bigger than this are encrypted on the blocking pool instead of the async runtime.
+const INLINE_SEAL_BYTES: usize = 256 * 1024;
+
+/// The state of a queue entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Waiting for delivery (or being delivered).
+    Pending,
+    /// Delivered; the upstream's answer is kept for the retention period.
+    Done,
+    /// Dead-lettered: permanently refused by the upstream, or out of attempts or time.
+    Dead,
+}
+
+impl State {
+    /// The name stored in the database and used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Done => "done",
+            State::Dead => "dead",
+        }
+    }
+
+    /// Parses a stored or requested state name.
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "pending" => Ok(State::Pending),
+            "done" => Ok(State::Done),
+            "dead" => Ok(State::Dead),
+            other => Err(Error::Corrupt(format!("unknown entry state `{other}`"))),
+        }
+    }
+}
+
+/// Limits enforced when enqueueing.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Most pending plus dead entries.
+    pub max_entries: u64,
+    /// Most bytes of stored requests in pending plus dead entries.
+    pub max_bytes: u64,
+}
+
+/// A request to make durable.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    /// Entries with the same key are delivered in order, one at a time.
+    pub ordering_key: String,
+    /// The key sent to the upstream; a second pending entry with the same key is refused.
+    pub idempotency_key: String,
+    /// The request to replay.
+    pub request: StoredRequest,
+}
+
+/// The outcome of an enqueue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The entry's id.
+    pub id: String,
+    /// True when an entry with the same idempotency key was already pending: `id` is that entry.
+    pub duplicate: bool,
+}
+
+/// What is known about an entry without decrypting it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EntrySummary {
+    /// The entry's id.
+    pub id: String,
+    /// Arrival order.
+    pub seq: i64,
+    /// Current state.
+    pub state: State,
+    /// Delivery attempts made.
+    pub attempts: i64,
+    /// When it was queued (milliseconds since the Unix epoch).
+    pub created_ms: i64,
+    /// When it last changed.
+    pub updated_ms: i64,
+    /// Earliest time of the next attempt, while pending after a failure.
+    pub next_attempt_ms: Option<i64>,
+    /// Why the last attempt did not succeed.
+    pub last_error: Option<String>,
+    /// The upstream's status, once it answered.
+    pub response_status: Option<u16>,
+    /// Size of the stored request.
+    pub request_bytes: i64,
+    /// The ordering stream it belongs to.
+    pub ordering_key: String,
+    /// The key sent to the upstream as `Idempotency-Key`.
+    pub idempotency_key: String,
+}
+
+/// An entry with its decrypted request (while still kept) and the upstream's answer.
+#[derive(Debug, Clone)]
+pub struct EntryDetail {
+    /// The clear metadata.
+    pub summary: EntrySummary,
+    /// The request, until it is delivered.
+    pub request: Option<StoredRequest>,
+    /// The upstream's answer, once it answered.
+    pub response: Option<StoredResponse>,
+}
+
+/// Counts for the status endpoint.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueueStats {
+    /// Entries waiting for delivery.
+    pub pending: u64,
+    /// Dead-lettered entries.
+    pub dead: u64,
+    /// Delivered entries still kept.
+    pub done: u64,
+    /// Bytes of stored requests counted against the limit.
+    pub stored_bytes: u64,
+    /// Arrival time of the oldest pending entry.
+    pub oldest_pending_ms: Option<i64>,
+}
+
+/// A pending entry handed to the worker.
+#[derive(Debug, Clone)]
+pub(crate) struct Deliverable {
+    pub id: String,
+    pub version: i64,
+    pub attempts: i64,
+    pub created_ms: i64,
+    pub ordering_key: String,
+    pub request: StoredRequest,
+}
+
+/// How a delivery attempt ended, as recorded by the worker.
+#[derive(Debug)]
+pub(crate) enum Finish {
+    Done {
+        attempts: i64,
+        response: Vec<u8>,
+        status: u16,
+    },
+    Dead {
+        attempts: i64,
+        error: String,
+        response: Option<Vec<u8>>,
+        status: Option<u16>,
+    },
+    Later {
+        attempts: i64,
+        next_attempt_ms: i64,
+        error: String,
+    },
+}
+
+/// State shared between the writer thread and the handles.
+pub(crate) struct Shared {
+    /// Pending entries per ordering key, so a new write can tell at once whether it must queue
+    /// behind earlier ones instead of overtaking them.
+    pending: Mutex<HashMap<String, u64>>,
+    /// Limit totals, for the status endpoint without a query.
+    stored_entries: AtomicI64,
+    stored_bytes: AtomicI64,
+    /// Wakes the worker when something became deliverable.
+    pub(crate) changed: Notify,
+}
+
+impl Shared {
+    fn apply_pending(&self, deltas: &HashMap<String, i64>) {
+        let mut map = self.pending.lock().expect("pending map lock");
+        for (key, delta) in deltas {
+            let n = map.entry(key.clone()).or_default();
+            *n = (*n as i64 + delta).max(0) as u64;
+            if *n == 0 {
+                map.remove(key);
+            }
+        }
+    }
+
+    fn replace_pending(&self, map: HashMap<String, u64>) {
+        *self.pending.lock().expect("pending map lock") = map;
+    }
+
+    fn set_totals(&self, totals: Totals) {
+        self.stored_entries
+            .store(totals.entries, AtomicOrdering::Relaxed);
+        self.stored_bytes
+            .store(totals.bytes, AtomicOrdering::Relaxed);
+    }
+}
+
+/// A handle on the queue; cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+struct Inner {
+    path: PathBuf,
+    /// Sender toward the writer thread; taken on drop so the thread sees the end of input.
+    tx: Option<mpsc::Sender<Command>>,
+    /// The writer thread, joined on drop so the last batch is committed before we return.
+    writer: Option<std::thread::JoinHandle<()>>,
+    /// Read connections; a std mutex is fine because they are only used on the blocking pool.
+    readers: Vec<Mutex<Connection>>,
+    cipher: Cipher,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(handle) = self.writer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn request_aad(id: &str) -> Vec<u8> {
+    format!("{id}/request").into_bytes()
+}
+
+fn response_aad(id: &str) -> Vec<u8> {
+    format!("{id}/response").into_bytes()
+}
+
+impl Queue {
+    /// Opens (creating if needed) the queue in `data_dir`, checking that `cipher` is its key.
+    ///
+    /// This blocks briefly on file I/O; call it before serving or from a blocking context.
+    pub fn open(data_dir: &Path, cipher: Cipher, limits: QueueLimits) -> Result<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|source| Error::File {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let mut conn = schema::connect(&path)?;
+        schema::prepare(&mut conn, &cipher)?;
+        let readers = (0..2)
+            .map(|_| schema::connect(&path).map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            stored_entries: AtomicI64::new(0),
+            stored_bytes: AtomicI64::new(0),
+            changed: Notify::new(),
+        });
+        let totals = writer::load_totals(&conn, &shared)?;
+        shared.set_totals(totals);
+        let (tx, rx) = mpsc::channel(WRITER_CHANNEL);
+        let thread_shared = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("outpost-queue-writer".into())
+            .spawn(move || writer::run(conn, rx, thread_shared, limits))
+            .map_err(|source| Error::File {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                tx: Some(tx),
+                writer: Some(writer),
+                readers,
+                cipher,
+                shared,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    async fn send(&self, cmd: Command) -> Result<()> {
+        let tx = self.inner.tx.as_ref().ok_or(Error::Closed)?;
+        tx.send(cmd).await.map_err(|_| Error::Closed)
+    }
+
+    /// Makes `entry` durable. Returns once it is committed to disk.
+    pub async fn enqueue(&self, entry: NewEntry) -> Result<Enqueued> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let plain = entry.request.encode();
+        let bytes = plain.len() as i64;
+        let sealed = if plain.len() > INLINE_SEAL_BYTES {
+            let cipher = self.inner.cipher.clone();
+            let aad = request_aad(&id);
+            tokio::task::spawn_blocking(move || cipher.seal(&aad, &plain))
+                .await
+                .map_err(|_| Error::Closed)?
+        } else {
+            self.inner.cipher.seal(&request_aad(&id), &plain)
+        };
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Enqueue {
+            id,
+            ordering_key: entry.ordering_key,
+            idempotency_key: entry.idempotency_key,
+            created_ms: now_ms(),
+            sealed,
+            bytes,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Whether entries with this ordering key are waiting, so a new write must queue behind them.
+    pub fn has_pending(&self, ordering_key: &str) -> bool {
+        self.inner
+            .shared
+            .pending
+            .lock()
+            .expect("pending map lock")
+            .get(ordering_key)
+            .is_some_and(|n| *n > 0)
+    }
+
+    /// Number of pending entries, as last committed.
+    pub fn pending_count(&self) -> u64 {
+        self.inner
+            .shared
+            .pending
+            .lock()
+            .expect("pending map lock")
+            .values()
+            .sum()
+    }
+
+    /// Bytes of stored requests counted against the limit, as last committed.
+    pub fn stored_bytes(&self) -> u64 {
+        self.inner
+            .shared
+            .stored_bytes
+            .load(AtomicOrdering::Relaxed)
+            .max(0) as u64
+    }
+
+    /// Records the outcome of a delivery; the receiver says whether the entry was still unchanged.
+    pub(crate) async fn finish(
+        &self,
+        id: String,
+        version: i64,
+        finish: Finish,
+    ) -> Result<oneshot::Receiver<Result<bool>>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Finish {
+            id,
+            version,
+            now_ms: now_ms(),
+            finish,
+            reply,
+        })
+        .await?;
+        Ok(rx)
+    }
+
+    /// Makes an entry pending again at once (a dead one with its attempts reset).
+    pub async fn retry(&self, id: &str) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Retry {
+            id: id.to_owned(),
+            now_ms: now_ms(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Deletes an entry in any state.
+    pub async fn drop_entry(&self, id: &str) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Drop {
+            id: id.to_owned(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Dead-letters pending entries queued before `expire_before_ms` and deletes delivered ones
+    /// finished before `purge_before_ms`; returns how many of each.
+    pub async fn sweep(&self, expire_before_ms: i64, purge_before_ms: i64) -> Result<(u64, u64)> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Sweep {
+            now_ms: now_ms(),
+            expire_before_ms,
+            purge_before_ms,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Runs `f` with a read connection on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &Cipher) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.with_reader(f))
+            .await
+            .map_err(|_| Error::Closed)?
+    }
+
+    /// One entry with its request and answer decrypted.
+    pub async fn get(&self, id: &str) -> Result<EntryDetail> {
+        let id = id.to_owned();
+        self.read(move |conn, cipher| get_entry(conn, cipher, &id))
+            .await
+    }
+
+    /// Entries in arrival order, optionally of one state, after the given sequence number.
+    pub async fn list(
+        &self,
+        state: Option<State>,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<EntrySummary>> {
+        self.read(move |conn, _| list_entries(conn, state, after_seq, limit))
+            .await
+    }
+
+    /// Counts for the status endpoint.
+    pub async fn stats(&self) -> Result<QueueStats> {
+        let stored_bytes = self
+            .inner
+            .shared
+            .stored_bytes
+            .load(AtomicOrdering::Relaxed)
+            .max(0) as u64;
+        self.read(move |conn, _| {
+            let mut stats = QueueStats {
+                stored_bytes,
+                ..QueueStats::default()
+            };
+            let mut stmt =
+                conn.prepare_cached("SELECT state, COUNT(*) FROM entries GROUP BY state")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (state, n) = row?;
+                match State::parse(&state)? {
+                    State::Pending => stats.pending = n as u64,
+                    State::Done => stats.done = n as u64,
+                    State::Dead => stats.dead = n as u64,
+                }
+            }
+            stats.oldest_pending_ms = conn
+                .query_row(
+                    "SELECT created_ms FROM entries WHERE state = 'pending' ORDER BY seq LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(stats)
+        })
+        .await
+    }
+
+    /// The next deliverable entries in arrival order, skipping every ordering key that has an
+    /// entry waiting for its back-off to end; also the earliest end of such a back-off.
+    pub(crate) async fn load_deliverable(
+        &self,
+        now_ms: i64,
+        limit: u32,
+        max_bytes: i64,
+    ) -> Result<(Vec<Deliverable>, Option<i64>)> {
+        self.read(move |conn, cipher| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, version, attempts, created_ms, ordering_key, request, request_bytes
+                 FROM entries
+                 WHERE state = 'pending' AND ordering_key NOT IN (
+                     SELECT ordering_key FROM entries
+                     WHERE state = 'pending' AND next_attempt_ms > ?1)
+                 ORDER BY seq LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(params![now_ms, limit])?;
+            let mut out = Vec::new();
+            let mut bytes = 0i64;
+            while let Some(row) = rows.next()? {
+                let id: String = row.get(0)?;
+                let sealed: Vec<u8> = row.get(5)?;
+                let size: i64 = row.get(6)?;
+                if !out.is_empty() && bytes + size > max_bytes {
+                    break;
+                }
+                bytes += size;
+                let plain = cipher.open(&request_aad(&id), &sealed)?;
+                out.push(Deliverable {
+                    version: row.get(1)?,
+                    attempts: row.get(2)?,
+                    created_ms: row.get(3)?,
+                    ordering_key: row.get(4)?,
+                    request: StoredRequest::decode(&plain)?,
+                    id,
+                });
+            }
+            let wake: Option<i64> = conn.query_row(
+                "SELECT MIN(next_attempt_ms) FROM entries WHERE state = 'pending' AND next_attempt_ms > ?1",
+                params![now_ms],
+                |r| r.get(0),
+            )?;
+            Ok((out, wake))
+        })
+        .await
+    }
+
+    /// Seals an upstream answer for storage with entry `id`.
+    pub(crate) fn seal_response(&self, id: &str, response: &StoredResponse) -> Vec<u8> {
+        self.inner
+            .cipher
+            .seal(&response_aad(id), &response.encode())
+    }
+}
+
+impl Inner {
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection, &Cipher) -> Result<T>) -> Result<T> {
+        // Prefer an idle connection; fall back to waiting for the first one.
+        for reader in &self.readers {
+            if let Ok(conn) = reader.try_lock() {
+                return f(&conn, &self.cipher);
+            }
+        }
+        let conn = self.readers[0].lock().expect("reader lock");
+        f(&conn, &self.cipher)
+    }
+}
+
+const SUMMARY_COLUMNS: &str = "id, seq, state, attempts, created_ms, updated_ms, next_attempt_ms,
+    last_error, response_status, request_bytes, ordering_key, idempotency_key";
+
+fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(EntrySummary, String)> {
+    let state: String = row.get(2)?;
+    let next: i64 = row.get(6)?;
+    Ok((
+        EntrySummary {
+            id: row.get(0)?,
+            seq: row.get(1)?,
+            state: State::Pending,
+            attempts: row.get(3)?,
+            created_ms: row.get(4)?,
+            updated_ms: row.get(5)?,
+            next_attempt_ms: (next > 0).then_some(next),
+            last_error: row.get(7)?,
+            response_status: row.get(8)?,
+            request_bytes: row.get(9)?,
+            ordering_key: row.get(10)?,
+            idempotency_key: row.get(11)?,
+        },
+        state,
+    ))
+}
+
+fn finish_summary((mut summary, state): (EntrySummary, String)) -> Result<EntrySummary> {
+    summary.state = State::parse(&state)?;
+    if summary.state != State::Pending {
+        summary.next_attempt_ms = None;
+    }
+    Ok(summary)
+}
+
+fn get_entry(conn: &Connection, cipher: &Cipher, id: &str) -> Result<EntryDetail> {
+    let row = conn
+        .query_row(
+            &format!("SELECT {SUMMARY_COLUMNS}, request, response FROM entries WHERE id = ?1"),
+            params![id],
+            |r| {
+                Ok((
+                    summary_from_row(r)?,
+                    r.get::<_, Option<Vec<u8>>>(12)?,
+                    r.get::<_, Option<Vec<u8>>>(13)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((summary, request, response)) = row else {
+        return Err(Error::NotFound(id.to_owned()));
+    };
+    let summary = finish_summary(summary)?;
+    let request = request
+        .map(|sealed| {
+            cipher
+                .open(&request_aad(id), &sealed)
+                .and_then(|p| StoredRequest::decode(&p))
+        })
+        .transpose()?;
+    let response = response
+        .map(|sealed| {
+            cipher
+                .open(&response_aad(id), &sealed)
+                .and_then(|p| StoredResponse::decode(&p))
+        })
+        .transpose()?;
+    Ok(EntryDetail {
+        summary,
+        request,
+        response,
+    })
+}
+
+fn list_entries(
+    conn: &Connection,
+    state: Option<State>,
+    after_seq: i64,
+    limit: u32,
+) -> Result<Vec<EntrySummary>> {
+    let rows = match state {
+        Some(state) => {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {SUMMARY_COLUMNS} FROM entries WHERE state = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            ))?;
+            stmt.query_map(params![state.as_str(), after_seq, limit], summary_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+        }
+        None => {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {SUMMARY_COLUMNS} FROM entries WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ))?;
+            stmt.query_map(params![after_seq, limit], summary_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+        }
+    };
+    rows.into_iter().map(finish_summary).collect()
+}

@@ -1,0 +1,285 @@
+//! The gateway process: the listener, one task per connection, the probe, the replay worker and
+//! the maintenance sweep, all owned by one [`TaskTracker`] and stopped by one token.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, AdminState};
+use crate::cache::StaleCache;
+use crate::config::Config;
+use crate::crypto::Cipher;
+use crate::error::{Error, Result};
+use crate::health::Health;
+use crate::proxy::{App, ProxySettings};
+use crate::queue::{Queue, QueueLimits, now_ms};
+use crate::stats::Stats;
+use crate::upstream::Upstream;
+use crate::worker::Worker;
+
+/// Most connections served at once; further clients wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 4096;
+/// How long a client may take to send its request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest pause between maintenance sweeps.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A gateway bound to its address, ready to run.
+pub struct Gateway {
+    config: Config,
+    listener: TcpListener,
+    app: Arc<App>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("listen", &self.listener.local_addr().ok())
+            .finish()
+    }
+}
+
+/// Opens the queue of a data directory with the configured key (blocking file I/O).
+pub fn open_queue(config: &Config) -> Result<Queue> {
+    let cipher = Cipher::load(&config.key, &config.data_dir)?;
+    Queue::open(
+        &config.data_dir,
+        cipher,
+        QueueLimits {
+            max_entries: config.limits.max_queue_entries,
+            max_bytes: config.limits.max_queue_bytes,
+        },
+    )
+}
+
+impl Gateway {
+    /// Validates `config`, opens the queue and binds the listener.
+    pub async fn bind(config: Config) -> Result<Self> {
+        let config = config.validate()?;
+        let queue = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || open_queue(&config))
+                .await
+                .map_err(|_| Error::Closed)??
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let health = Arc::new(Health::new(true));
+        let stats = Arc::new(Stats::default());
+        let admin = api::router(Arc::new(AdminState {
+            queue: queue.clone(),
+            stats: stats.clone(),
+            health: Some(health.clone()),
+            upstream: Some(format!(
+                "{}://{}{}",
+                config.upstream.scheme, config.upstream.authority, config.upstream.base_path
+            )),
+            token: config.admin_token.clone(),
+            prefix: config.prefix.clone(),
+        }));
+        let app = Arc::new(App {
+            settings: ProxySettings {
+                prefix: config.prefix.clone(),
+                ordering: config.ordering.clone(),
+                queued_status: config.queued_status,
+                retry_after_secs: config.retry_after_secs,
+                max_body_bytes: config.limits.max_body_bytes,
+            },
+            upstream: Upstream::new(&config),
+            queue,
+            health,
+            stats,
+            cache: config
+                .stale_reads
+                .then(|| StaleCache::new(config.stale_cache_bytes)),
+            admin,
+        });
+        Ok(Self {
+            config,
+            listener,
+            app,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The queue, for inspection.
+    pub fn queue(&self) -> &Queue {
+        &self.app.queue
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets requests and the
+    /// delivery in flight finish (up to the configured grace period) and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let Gateway {
+            config,
+            listener,
+            app,
+        } = self;
+        let tracker = TaskTracker::new();
+
+        tracker.spawn(probe(
+            app.upstream.clone(),
+            app.health.clone(),
+            config.probe_path.clone(),
+            config.probe_interval,
+            shutdown.clone(),
+        ));
+        let worker = Worker::new(
+            app.queue.clone(),
+            app.upstream.clone(),
+            Some(app.health.clone()),
+            config.retry.clone(),
+            app.stats.clone(),
+        );
+        tracker.spawn(worker.run(shutdown.clone()));
+        tracker.spawn(sweep(app.clone(), config.clone(), shutdown.clone()));
+
+        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        tracing::info!(addr = %listener.local_addr().map_err(|source| Error::Listen { addr: config.listen, source })?, "gateway listening");
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            };
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Usually out of file descriptors: pause instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            tracker.spawn(serve_connection(
+                app.clone(),
+                stream,
+                peer,
+                config.limits.max_header_bytes,
+                config.limits.max_headers,
+                shutdown.clone(),
+                permit,
+            ));
+        }
+        drop(listener);
+        tracker.close();
+        if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace period over; abandoning unfinished work");
+        }
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+}
+
+async fn serve_connection(
+    app: Arc<App>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    max_header_bytes: usize,
+    max_headers: usize,
+    shutdown: CancellationToken,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let service = service_fn(move |req: hyper::Request<Incoming>| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(app.handle(req.map(Body::new), peer).await) }
+    });
+    let conn = http1::Builder::new()
+        // The buffer bound stops a client that trickles headers forever; the size bound also
+        // catches a head that arrived whole in one read.
+        .max_buf_size(max_header_bytes)
+        .max_header_size(max_header_bytes)
+        .max_headers(max_headers)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, %peer, "connection ended with an error");
+    }
+}
+
+async fn probe(
+    upstream: Upstream,
+    health: Arc<Health>,
+    path: String,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = upstream.probe(&path) => match r {
+                Ok(()) => health.mark_up(),
+                Err(reason) => health.mark_down(&reason),
+            },
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+async fn sweep(app: Arc<App>, config: Config, shutdown: CancellationToken) {
+    let every = SWEEP_INTERVAL
+        .min(config.done_retention)
+        .max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let now = now_ms();
+        let expire = now - config.retry.max_age.as_millis() as i64;
+        let purge = now - config.done_retention.as_millis() as i64;
+        match app.queue.sweep(expire, purge).await {
+            Ok((expired, purged)) => {
+                if expired > 0 {
+                    app.stats
+                        .dead_lettered
+                        .fetch_add(expired, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(expired, "dead-lettered entries older than the maximum age");
+                }
+                if purged > 0 {
+                    tracing::debug!(purged, "purged delivered entries past retention");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "queue sweep failed"),
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The HTTP client toward the backend: connect and response timeouts, and the replay delivery.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::{Config, UpstreamUrl};
+use crate::forward;
+use crate::record::{StoredRequest, StoredResponse};
+use crate::worker::{Deliver, Delivery};
+
+/// Why a request did not get an answer from the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be made.
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(String),
+    /// The upstream did not answer in time.
+    #[error("the upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection failed while the request was in flight.
+    #[error("the upstream connection failed: {0}")]
+    Broken(String),
+    /// The request target cannot be forwarded.
+    #[error("the request target cannot be forwarded")]
+    BadTarget,
+}
+
+impl SendError {
+    /// Whether this failure says the upstream is down (as opposed to one broken connection).
+    pub fn marks_down(&self) -> bool {
+        matches!(self, SendError::Connect(_) | SendError::Timeout(_))
+    }
+}
+
+/// The backend, as a client.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, Body>,
+    url: UpstreamUrl,
+    response_timeout: Duration,
+    capture: usize,
+}
+
+impl Upstream {
+    /// A client for the configured upstream.
+    pub fn new(config: &Config) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Self {
+            client,
+            url: config.upstream.clone(),
+            response_timeout: config.response_timeout,
+            capture: config.limits.max_response_capture,
+        }
+    }
+
+    /// Sends `req` (whose URI holds the target as received) and waits for the response head.
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, SendError> {
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned());
+        *req.uri_mut() = self.url.join(&target).map_err(|_| SendError::BadTarget)?;
+        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+            Err(_) => Err(SendError::Timeout(self.response_timeout)),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if e.is_connect() => Err(SendError::Connect(error_chain(&e))),
+            Ok(Err(e)) => Err(SendError::Broken(error_chain(&e))),
+        }
+    }
+
+    /// One probe: any answer below 500 counts as up.
+    pub async fn probe(&self, path: &str) -> Result<(), String> {
+        let req = Request::get(path)
+            .body(Body::empty())
+            .map_err(|e| e.to_string())?;
+        match self.send(req).await {
+            Ok(resp) if resp.status().as_u16() < 500 => {
+                // Reading the body lets the connection go back to the pool.
+                let _ =
+                    tokio::time::timeout(self.response_timeout, resp.into_body().collect()).await;
+                Ok(())
+            }
+            Ok(resp) => Err(format!("probe answered {}", resp.status())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// The error and its causes on one line, for logs and `last_error`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Reads at most `cap` bytes of a body; says whether there was more.
+pub async fn read_capped(body: Incoming, cap: usize) -> Result<(Bytes, bool), String> {
+    let mut body = body;
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| error_chain(&e))?;
+        if let Ok(data) = frame.into_data() {
+            let room = cap - buf.len();
+            if data.len() > room {
+                buf.extend_from_slice(&data[..room]);
+                return Ok((buf.freeze(), true));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok((buf.freeze(), false))
+}
+
+impl Deliver for Upstream {
+    async fn deliver(&self, request: &StoredRequest) -> Delivery {
+        let Ok(method) = Method::from_bytes(request.method.as_bytes()) else {
+            return Delivery::Rejected("stored method is invalid".into());
+        };
+        let mut req = Request::new(Body::from(request.body.clone()));
+        *req.method_mut() = method;
+        match request.target.parse() {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return Delivery::Rejected("stored target is invalid".into()),
+        }
+        *req.headers_mut() = forward::from_pairs(&request.headers);
+        let resp = match self.send(req).await {
+            Ok(resp) => resp,
+            Err(SendError::BadTarget) => {
+                return Delivery::Rejected("stored target cannot be forwarded".into());
+            }
+            Err(e) => {
+                return Delivery::Failed {
+                    upstream_down: e.marks_down(),
+                    reason: e.to_string(),
+                };
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let mut headers = parts.headers;
+        forward::strip_hop_by_hop(&mut headers);
+        match tokio::time::timeout(self.response_timeout, read_capped(body, self.capture)).await {
+            Ok(Ok((body, truncated))) => Delivery::Answered(StoredResponse {
+                status: parts.status.as_u16(),
+                headers: forward::to_pairs(&headers),
+                body,
+                truncated,
+            }),
+            Ok(Err(reason)) => Delivery::Failed {
+                upstream_down: false,
+                reason: format!("reading the answer failed: {reason}"),
+            },
+            Err(_) => Delivery::Failed {
+                upstream_down: true,
+                reason: format!(
+                    "the answer did not arrive within {:?}",
+                    self.response_timeout
+                ),
+            },
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! The replay worker: delivers queued writes in order, one in flight per ordering key.
+//!
+//! Shaped as `work()` / `wait_for_work()`: load the next deliverable entries (oldest first,
+//! skipping ordering keys whose head is backing off), deliver each key's entries one after the
+//! other, record each outcome compare-and-set on the entry's version, then wait for new entries,
+//! a back-off to end, the upstream to come back, or shutdown.
+//!
+//! Outcomes are committed in the background while the next entry of the same key is already on
+//! its way: an outcome lost to a crash only means the entry is delivered again, with the same
+//! `Idempotency-Key`, which is the at-least-once half of exactly-once toward a backend that
+//! honours the key. Before loading again the worker waits for every outcome to be committed, so
+//! it never sees an entry it has already delivered as pending.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RetryPolicy;
+use crate::health::Health;
+use crate::queue::{Deliverable, Finish, Queue, now_ms};
+use crate::record::{StoredRequest, StoredResponse};
+use crate::stats::Stats;
+
+/// Most entries loaded at once.
+const BATCH_ENTRIES: u32 = 512;
+/// Most request bytes loaded at once (at least one entry is always loaded).
+const BATCH_BYTES: i64 = 32 * 1024 * 1024;
+/// How often the worker looks at the queue when nothing woke it, so changes made by another
+/// process (`outpost queue retry`) are noticed.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Pause after the queue itself failed, so a broken disk does not turn into a busy loop.
+const STORAGE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Where queued requests are delivered: the upstream over HTTP, or a service in this process.
+pub trait Deliver: Send + Sync + 'static {
+    /// Makes one delivery attempt.
+    fn deliver(&self, request: &StoredRequest) -> impl Future<Output = Delivery> + Send;
+}
+
+/// The result of one delivery attempt.
+#[derive(Debug)]
+pub enum Delivery {
+    /// The target answered; the status decides what happens next.
+    Answered(StoredResponse),
+    /// No answer (connection failure, timeout, unavailable database): retried later.
+    Failed {
+        /// Whether this says the target as a whole is down.
+        upstream_down: bool,
+        /// What happened, for `last_error`.
+        reason: String,
+    },
+    /// The stored request cannot be sent at all: dead-lettered.
+    Rejected(String),
+}
+
+/// What a status means for a queued write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusClass {
+    /// Delivered.
+    Done,
+    /// Transient: try again later.
+    Retry,
+    /// Permanent refusal: dead-letter.
+    Dead,
+}
+
+/// Classifies an upstream status for a queued write.
+pub fn classify(status: u16) -> StatusClass {
+    match status {
+        200..=399 => StatusClass::Done,
+        408 | 425 | 429 | 500..=599 => StatusClass::Retry,
+        // 1xx cannot be a final answer; treat a confused upstream as transient.
+        100..=199 => StatusClass::Retry,
+        _ => StatusClass::Dead,
+    }
+}
+
+/// The delay before attempt `attempts + 1`: exponential from `base`, capped, with jitter in the
+/// upper half so a crowd of clients does not retry in lockstep; a longer `Retry-After` wins.
+pub fn backoff(policy: &RetryPolicy, attempts: u32, retry_after: Option<Duration>) -> Duration {
+    let exp = attempts.saturating_sub(1).min(30);
+    let delay = policy
+        .base_delay
+        .saturating_mul(1u32 << exp)
+        .min(policy.max_delay);
+    let half = delay / 2;
+    let jitter = if half.is_zero() {
+        Duration::ZERO
+    } else {
+        Duration::from_nanos(rand::random_range(0..=half.as_nanos() as u64))
+    };
+    let delay = half + jitter;
+    match retry_after {
+        Some(ra) if ra > delay => ra,
+        _ => delay,
+    }
+}
+
+/// Parses a `Retry-After` given in seconds (the HTTP-date form is not honoured).
+pub fn retry_after(response: &StoredResponse) -> Option<Duration> {
+    response
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("retry-after"))
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+struct Ctx<D> {
+    queue: Queue,
+    deliver: D,
+    /// When set, nothing is attempted while the upstream is known to be down; the probe brings
+    /// it back. The in-process layer has no probe and relies on back-off alone.
+    health: Option<Arc<Health>>,
+    retry: RetryPolicy,
+    stats: Arc<Stats>,
+}
+
+/// The replay worker.
+pub struct Worker<D> {
+    ctx: Arc<Ctx<D>>,
+}
+
+impl<D: Deliver> Worker<D> {
+    /// A worker delivering `queue` through `deliver`.
+    pub fn new(
+        queue: Queue,
+        deliver: D,
+        health: Option<Arc<Health>>,
+        retry: RetryPolicy,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            ctx: Arc::new(Ctx {
+                queue,
+                deliver,
+                health,
+                retry,
+                stats,
+            }),
+        }
+    }
+
+    /// Runs until `shutdown`; a delivery in flight at that moment is finished first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let ctx = self.ctx;
+        let mut health_rx = ctx.health.as_ref().map(|h| h.subscribe());
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if let Some(rx) = health_rx.as_mut()
+                && !*rx.borrow_and_update()
+            {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = rx.wait_for(|up| *up) => if r.is_err() { break },
+                }
+                continue;
+            }
+            let now = now_ms();
+            let (batch, wake) = match ctx
+                .queue
+                .load_deliverable(now, BATCH_ENTRIES, BATCH_BYTES)
+                .await
+            {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot load queued requests");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(STORAGE_BACKOFF) => continue,
+                    }
+                }
+            };
+            if batch.is_empty() {
+                let wait = wake
+                    .map(|at| Duration::from_millis((at - now).max(1) as u64))
+                    .unwrap_or(IDLE_POLL)
+                    .min(IDLE_POLL);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = ctx.queue.shared().changed.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            }
+            deliver_batch(&ctx, batch, &shutdown).await;
+        }
+    }
+}
+
+async fn deliver_batch<D: Deliver>(
+    ctx: &Arc<Ctx<D>>,
+    batch: Vec<Deliverable>,
+    shutdown: &CancellationToken,
+) {
+    let mut lanes: Vec<Vec<Deliverable>> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for entry in batch {
+        let i = *index.entry(entry.ordering_key.clone()).or_insert_with(|| {
+            lanes.push(Vec::new());
+            lanes.len() - 1
+        });
+        lanes[i].push(entry);
+    }
+    if lanes.len() == 1 {
+        let lane = lanes.pop().expect("one lane");
+        run_lane(ctx.clone(), lane, shutdown.clone()).await;
+        return;
+    }
+    // Independent ordering keys replay in parallel; each lane keeps one request in flight.
+    let mut set = JoinSet::new();
+    for lane in lanes {
+        set.spawn(run_lane(ctx.clone(), lane, shutdown.clone()));
+    }
+    while let Some(r) = set.join_next().await {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "replay lane failed");
+        }
+    }
+}
+
+async fn run_lane<D: Deliver>(
+    ctx: Arc<Ctx<D>>,
+    entries: Vec<Deliverable>,
+    shutdown: CancellationToken,
+) {
+    let mut commits = Vec::with_capacity(entries.len());
+    for entry in entries {
+        if shutdown.is_cancelled() || ctx.health.as_ref().is_some_and(|h| !h.is_up()) {
+            break;
+        }
+        let delivery = ctx.deliver.deliver(&entry.request).await;
+        let (finish, stop) = outcome(&ctx, &entry, delivery);
+        match ctx
+            .queue
+            .finish(entry.id.clone(), entry.version, finish)
+            .await
+        {
+            Ok(rx) => commits.push((entry.id, rx)),
+            Err(e) => {
+                tracing::error!(error = %e, id = %entry.id, "cannot record a delivery");
+                break;
+            }
+        }
+        if stop {
+            break;
+        }
+    }
+    for (id, rx) in commits {
+        match rx.await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                tracing::info!(%id, "entry changed during delivery; its new state was kept")
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, %id, "cannot record a delivery"),
+            Err(_) => tracing::error!(%id, "the queue writer stopped"),
+        }
+    }
+}
+
+/// What to record for a delivery, and whether the lane must stop (the key's head is now
+/// backing off, so nothing after it may overtake it).
+fn outcome<D>(ctx: &Ctx<D>, entry: &Deliverable, delivery: Delivery) -> (Finish, bool) {
+    let attempts = entry.attempts + 1;
+    match delivery {
+        Delivery::Answered(resp) => match classify(resp.status) {
+            StatusClass::Done => {
+                Stats::bump(&ctx.stats.delivered);
+                if let Some(h) = &ctx.health {
+                    h.mark_up();
+                }
+                let finish = Finish::Done {
+                    attempts,
+                    status: resp.status,
+                    response: ctx.queue.seal_response(&entry.id, &resp),
+                };
+                (finish, false)
+            }
+            StatusClass::Dead => {
+                Stats::bump(&ctx.stats.dead_lettered);
+                tracing::warn!(id = %entry.id, status = resp.status, "upstream refused a queued request; dead-lettered");
+                let finish = Finish::Dead {
+                    attempts,
+                    error: format!("the upstream refused it with status {}", resp.status),
+                    status: Some(resp.status),
+                    response: Some(ctx.queue.seal_response(&entry.id, &resp)),
+                };
+                (finish, false)
+            }
+            StatusClass::Retry => {
+                if matches!(resp.status, 502..=504)
+                    && let Some(h) = &ctx.health
+                {
+                    h.mark_down(&format!("delivery answered {}", resp.status));
+                }
+                let reason = format!("the upstream answered {}", resp.status);
+                let after = retry_after(&resp);
+                retry_or_dead(ctx, entry, attempts, reason, after, Some(resp))
+            }
+        },
+        Delivery::Failed {
+            upstream_down,
+            reason,
+        } => {
+            if upstream_down && let Some(h) = &ctx.health {
+                h.mark_down(&reason);
+            }
+            retry_or_dead(ctx, entry, attempts, reason, None, None)
+        }
+        Delivery::Rejected(reason) => {
+            Stats::bump(&ctx.stats.dead_lettered);
+            (
+                Finish::Dead {
+                    attempts,
+                    error: reason,
+                    status: None,
+                    response: None,
+                },
+                false,
+            )
+        }
+    }
+}
+
+fn retry_or_dead<D>(
+    ctx: &Ctx<D>,
+    entry: &Deliverable,
+    attempts: i64,
+    reason: String,
+    retry_after: Option<Duration>,
+    response: Option<StoredResponse>,
+) -> (Finish, bool) {
+    let now = now_ms();
+    let age = Duration::from_millis((now - entry.created_ms).max(0) as u64);
+    if attempts >= i64::from(ctx.retry.max_attempts) || age >= ctx.retry.max_age {
+        Stats::bump(&ctx.stats.dead_lettered);
+        tracing::warn!(id = %entry.id, attempts, %reason, "giving up on a queued request; dead-lettered");
+        let status = response.as_ref().map(|r| r.status);
+        let finish = Finish::Dead {
+            attempts,
+            error: format!("{reason}; gave up after {attempts} attempts"),
+            status,
+            response: response.map(|r| ctx.queue.seal_response(&entry.id, &r)),
+        };
+        return (finish, false);
+    }
+    Stats::bump(&ctx.stats.retried);
+    let delay = backoff(&ctx.retry, attempts as u32, retry_after);
+    tracing::debug!(id = %entry.id, attempts, ?delay, %reason, "delivery will be retried");
+    let finish = Finish::Later {
+        attempts,
+        next_attempt_ms: now + delay.as_millis() as i64,
+        error: reason,
+    };
+    (finish, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classes() {
+        for (status, class) in [
+            (200, StatusClass::Done),
+            (201, StatusClass::Done),
+            (204, StatusClass::Done),
+            (302, StatusClass::Done),
+            (400, StatusClass::Dead),
+            (401, StatusClass::Dead),
+            (404, StatusClass::Dead),
+            (409, StatusClass::Dead),
+            (422, StatusClass::Dead),
+            (408, StatusClass::Retry),
+            (425, StatusClass::Retry),
+            (429, StatusClass::Retry),
+            (500, StatusClass::Retry),
+            (503, StatusClass::Retry),
+            (599, StatusClass::Retry),
+        ] {
+            assert_eq!(classify(status), class, "{status}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_retry_after() {
+        let policy = RetryPolicy {
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+            ..RetryPolicy::default()
+        };
+        for _ in 0..100 {
+            let d1 = backoff(&policy, 1, None);
+            assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100));
+            let d3 = backoff(&policy, 3, None);
+            assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400));
+            let d20 = backoff(&policy, 20, None);
+            assert!(d20 >= Duration::from_secs(1) && d20 <= Duration::from_secs(2));
+            assert_eq!(
+                backoff(&policy, 1, Some(Duration::from_secs(7))),
+                Duration::from_secs(7)
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds() {
+        let resp = |v: &str| StoredResponse {
+            status: 429,
+            headers: vec![("Retry-After".into(), v.as_bytes().to_vec())],
+            body: bytes::Bytes::new(),
+            truncated: false,
+        };
+        assert_eq!(retry_after(&resp("3")), Some(Duration::from_secs(3)));
+        assert_eq!(retry_after(&resp("soon")), None);
+    }
+}

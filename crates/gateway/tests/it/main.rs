@@ -1,0 +1,10 @@
+//! Integration tests of the gateway against a real upstream HTTP server on 127.0.0.1.
+
+mod bad_input;
+mod encryption;
+mod idempotency;
+mod layer;
+mod passthrough;
+mod queueing;
+mod retry;
+mod support;

@@ -1,0 +1,173 @@
+//! Writes queued while the upstream is down and drained, in order and once, when it is back.
+
+use serde_json::Value;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn queue_while_down_and_drain_in_order_exactly_once() {
+    let mut upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let method = ["POST", "PUT", "PATCH", "DELETE"][i % 4];
+        let resp = client()
+            .request(method.parse().unwrap(), gw.url(&format!("/orders/{i}?v=1")))
+            .body(format!("order-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        let location = resp.headers()["location"].to_str().unwrap().to_owned();
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["status"], "queued");
+        let id = body["id"].as_str().unwrap().to_owned();
+        assert_eq!(location, format!("/_outpost/v1/queue/{id}"));
+        assert_eq!(body["status_url"], location.as_str());
+        ids.push(id);
+    }
+    let entry = gw.entry(&ids[0]).await;
+    assert_eq!(entry["state"], "pending");
+    assert_eq!(entry["request"]["target"], "/orders/0?v=1");
+
+    let read = client().get(gw.url("/orders")).send().await.unwrap();
+    assert_eq!(read.status(), 503);
+    assert!(read.headers().get("retry-after").is_some());
+
+    let status = gw.admin_get("/_outpost/v1/gateway").await;
+    assert_eq!(status["upstream"]["state"], "down");
+    assert_eq!(status["queue"]["depth"], 60);
+    assert!(status["queue"]["oldest_pending_age_ms"].is_u64());
+
+    upstream.restart().await;
+    let status = gw.wait_drained(60).await;
+    assert_eq!(status["counters"]["delivered"], 60);
+    assert_eq!(status["upstream"]["state"], "up");
+
+    let writes = upstream.writes();
+    let bodies: Vec<String> = writes
+        .iter()
+        .map(|w| String::from_utf8_lossy(&w.body).into_owned())
+        .collect();
+    let expected: Vec<String> = (0..60).map(|i| format!("order-{i}")).collect();
+    assert_eq!(
+        bodies, expected,
+        "delivered out of order or not exactly once"
+    );
+    for (i, w) in writes.iter().enumerate() {
+        assert_eq!(w.method, ["POST", "PUT", "PATCH", "DELETE"][i % 4]);
+        assert_eq!(w.target, format!("/orders/{i}?v=1"));
+        assert_eq!(w.headers["x-forwarded-for"], "127.0.0.1");
+    }
+
+    let done = gw.entry(&ids[5]).await;
+    assert_eq!(done["state"], "done");
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(done["response"]["status"], 201);
+    assert_eq!(done["response"]["body"], "PUT /orders/5?v=1 order-5");
+    assert_eq!(done["response"]["headers"]["x-upstream"], "yes");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_gateway_delivers_what_it_queued() {
+    let mut upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    for i in 0..10 {
+        let (status, _, _) = post(&gw.url("/r"), &format!("r-{i}"), &[]).await;
+        assert_eq!(status, 202);
+    }
+    gw.stop().await;
+
+    upstream.restart().await;
+    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    gw.wait_drained(10).await;
+    let bodies: Vec<_> = upstream.writes().iter().map(|w| w.body.clone()).collect();
+    let expected: Vec<_> = (0..10)
+        .map(|i| bytes::Bytes::from(format!("r-{i}")))
+        .collect();
+    assert_eq!(bodies, expected);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn unavailable_mode_answers_503_with_the_same_body() {
+    let upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&upstream, dir.path());
+    config.queued_status = outpost_gateway::QueuedStatus::Unavailable;
+    config.retry_after_secs = 7;
+    let gw = TestGateway::start(config).await;
+    let (status, headers, body) = post(&gw.url("/x"), "x", &[]).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["retry-after"], "7");
+    assert_eq!(body["status"], "queued");
+    assert_eq!(headers["location"], body["status_url"].as_str().unwrap());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn writes_queue_behind_pending_ones_even_when_the_upstream_is_up() {
+    let mut upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    // The first write is refused with a long Retry-After, so it stays pending while up.
+    let (status, _, first) = post(&gw.url("/w"), "first", &[]).await;
+    assert_eq!(status, 202);
+    upstream.script([Answer {
+        status: 429,
+        headers: vec![("retry-after", "1")],
+    }]);
+    upstream.restart().await;
+    let id = first["id"].as_str().unwrap();
+    for _ in 0..500 {
+        if gw.entry(id).await["attempts"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (status, _, _) = post(&gw.url("/w"), "second", &[]).await;
+    assert_eq!(status, 202, "a write overtook a pending one");
+    gw.wait_drained(2).await;
+    let bodies: Vec<_> = upstream.writes().iter().map(|w| w.body.clone()).collect();
+    assert_eq!(bodies, ["first", "first", "second"]);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn partitions_replay_independently() {
+    let mut upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&upstream, dir.path());
+    config.ordering = outpost_gateway::Ordering::parse("path:1").unwrap();
+    let gw = TestGateway::start(config).await;
+    for i in 0..20 {
+        let stream = if i % 2 == 0 { "a" } else { "b" };
+        let (status, _, _) = post(
+            &gw.url(&format!("/{stream}/{i}")),
+            &format!("{stream}{i}"),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    upstream.restart().await;
+    gw.wait_drained(20).await;
+    let writes = upstream.writes();
+    assert_eq!(writes.len(), 20);
+    for stream in ["/a/", "/b/"] {
+        let order: Vec<u32> = writes
+            .iter()
+            .filter(|w| w.target.starts_with(stream))
+            .map(|w| w.target[3..].parse().unwrap())
+            .collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted, "stream {stream} out of order");
+        assert_eq!(order.len(), 10);
+    }
+    gw.stop().await;
+}

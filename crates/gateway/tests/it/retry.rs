@@ -1,0 +1,179 @@
+//! Retry classes: 5xx and 429 retried with the same idempotency key, other 4xx dead-lettered,
+//! and the operator's retry and drop.
+
+use crate::support::*;
+
+#[tokio::test]
+async fn server_errors_and_429_are_retried_with_the_same_key() {
+    let mut upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    let (status, _, body) = post(&gw.url("/pay"), "pay-1", &[]).await;
+    assert_eq!(status, 202);
+    let id = body["id"].as_str().unwrap().to_owned();
+
+    upstream.script([
+        status_of(500),
+        Answer {
+            status: 429,
+            headers: vec![("retry-after", "0")],
+        },
+        status_of(503),
+        status_of(200),
+    ]);
+    upstream.restart().await;
+    let entry = gw.wait_state(&id, "done").await;
+    assert_eq!(entry["attempts"], 4);
+    assert_eq!(entry["response"]["status"], 200);
+    let writes = upstream.writes();
+    assert_eq!(writes.len(), 4);
+    let key = writes[0].headers["idempotency-key"].clone();
+    assert!(
+        writes
+            .iter()
+            .all(|w| w.headers["idempotency-key"] == key && w.body == "pay-1")
+    );
+    let status = gw.admin_get("/_outpost/v1/gateway").await;
+    assert_eq!(status["counters"]["retried"], 3);
+    assert_eq!(status["counters"]["delivered"], 1);
+    gw.stop().await;
+}
+
+fn status_of(code: u16) -> Answer {
+    status(code)
+}
+
+#[tokio::test]
+async fn client_errors_are_dead_lettered_without_blocking_the_rest() {
+    let mut upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (_, _, body) = post(&gw.url("/doc"), &format!("d{i}"), &[]).await;
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    upstream.script([status(422)]);
+    upstream.restart().await;
+    gw.wait_drained(3).await;
+
+    let dead = gw.entry(&ids[0]).await;
+    assert_eq!(dead["state"], "dead");
+    assert_eq!(dead["attempts"], 1);
+    assert_eq!(dead["response"]["status"], 422);
+    assert!(dead["last_error"].as_str().unwrap().contains("422"));
+    assert_eq!(gw.entry(&ids[1]).await["state"], "done");
+    assert_eq!(gw.entry(&ids[2]).await["state"], "done");
+
+    let listed = gw.admin_get("/_outpost/v1/queue?state=dead").await;
+    let listed = listed["entries"].as_array().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], ids[0].as_str());
+
+    // The operator fixes the cause and retries the dead letter.
+    let resp = client()
+        .post(gw.url(&format!("/_outpost/v1/queue/{}/retry", ids[0])))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let entry = gw.wait_state(&ids[0], "done").await;
+    assert_eq!(entry["response"]["status"], 201);
+    assert_eq!(upstream.writes().len(), 4);
+
+    // A delivered entry cannot be retried; it can be dropped.
+    let resp = client()
+        .post(gw.url(&format!("/_outpost/v1/queue/{}/retry", ids[1])))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    let resp = client()
+        .delete(gw.url(&format!("/_outpost/v1/queue/{}", ids[1])))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let gone = client()
+        .get(gw.url(&format!("/_outpost/v1/queue/{}", ids[1])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    let body: serde_json::Value = gone.json().await.unwrap();
+    assert_eq!(body["error"], "not_found");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn out_of_attempts_is_dead_lettered() {
+    let mut upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&upstream, dir.path());
+    config.retry.max_attempts = 2;
+    let gw = TestGateway::start(config).await;
+    let (_, _, body) = post(&gw.url("/x"), "x", &[]).await;
+    let (_, _, after) = post(&gw.url("/x"), "y", &[]).await;
+    upstream.script([status(500), status(500)]);
+    upstream.restart().await;
+    let dead = gw.wait_state(body["id"].as_str().unwrap(), "dead").await;
+    assert_eq!(dead["attempts"], 2);
+    assert!(
+        dead["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 2 attempts")
+    );
+    gw.wait_state(after["id"].as_str().unwrap(), "done").await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn admin_api_requires_the_token() {
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    for (method, path) in [
+        ("GET", "/_outpost/v1/gateway"),
+        ("GET", "/_outpost/v1/queue"),
+        ("GET", "/_outpost/v1/metrics"),
+        ("DELETE", "/_outpost/v1/queue/x"),
+        ("POST", "/_outpost/v1/queue/x/retry"),
+    ] {
+        let resp = client()
+            .request(method.parse().unwrap(), gw.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{method} {path}");
+        let resp = client()
+            .request(method.parse().unwrap(), gw.url(path))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{method} {path}");
+    }
+    let metrics = client()
+        .get(gw.url("/_outpost/v1/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("outpost_gateway_queue_pending 0"));
+    // The reserved prefix never reaches the upstream.
+    let resp = client()
+        .get(gw.url("/_outpost/other"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(upstream.received().is_empty());
+    gw.stop().await;
+}
