@@ -50,3 +50,14 @@ function docPath(id) {
 }
 
 module.exports = { request, ok, docPath };
+
+/**
+ * Every document of a server database over plain HTTP, in the same shape as `snapshot()` in
+ * pouch.js (`[{ id, rev, doc }]` sorted by id, `_conflicts` included).
+ */
+async function serverSnapshot(dbUrl) {
+  const all = await ok('GET', `${dbUrl}/_all_docs?include_docs=true&conflicts=true`);
+  return all.rows.map((row) => ({ id: row.id, rev: row.value.rev, doc: row.doc }));
+}
+
+module.exports.serverSnapshot = serverSnapshot;

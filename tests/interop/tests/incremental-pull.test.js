@@ -30,7 +30,7 @@ test('a second pull resumes from the checkpoint and transfers only the new docum
   await ok('POST', `${base}/_bulk_docs`, { json: { docs: batch('old', 0, 250) } });
 
   const local = localDb('incr');
-  const first = remoteDb(ctx.server, name);
+  const first = remoteDb(ctx.server, name, { record: true });
   const r1 = await local.replicate.from(first);
   assert.equal(r1.docs_written, 250);
 
@@ -50,7 +50,7 @@ test('a second pull resumes from the checkpoint and transfers only the new docum
 
   await ok('POST', `${base}/_bulk_docs`, { json: { docs: batch('new', 0, 7) } });
 
-  const second = remoteDb(ctx.server, name);
+  const second = remoteDb(ctx.server, name, { record: true });
   const r2 = await local.replicate.from(second);
   assert.equal(r2.docs_written, 7);
   assert.equal(r2.docs_read, 7);
@@ -77,7 +77,7 @@ test('a pull with nothing new reads no documents and keeps the checkpoint', asyn
   await ok('POST', `${base}/_bulk_docs`, { json: { docs: batch('d', 0, 30) } });
   const local = localDb('incr');
   const r1 = await local.replicate.from(remoteDb(ctx.server, name));
-  const second = remoteDb(ctx.server, name);
+  const second = remoteDb(ctx.server, name, { record: true });
   const r2 = await local.replicate.from(second);
   assert.equal(r2.docs_read, 0);
   assert.equal(r2.docs_written, 0);
