@@ -1,9 +1,216 @@
-//! `outpost gateway`.
+//! `outpost gateway`: the offline request gateway in front of an HTTP backend.
+//!
+//! Flags are parsed here into an [`outpost_gateway::Config`]; everything else happens in the
+//! gateway crate. Once listening, the bound address is printed on stdout as
+//! `listening on ADDR` (useful with port 0). Exit code 0 after a clean shutdown on SIGINT or
+//! SIGTERM, 1 when the configuration, the key, the queue or the listener cannot be set up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use outpost_gateway::{Config, Gateway, KeySource, Ordering, QueuedStatus, UpstreamUrl};
 
 /// Arguments of `outpost gateway`.
 #[derive(Debug, clap::Args)]
-pub struct GatewayArgs {}
+pub struct GatewayArgs {
+    /// Boxed because the options are many and the subcommand enum holds this by value.
+    #[command(flatten)]
+    pub options: Box<GatewayOptions>,
+}
 
-pub async fn run(_args: GatewayArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`outpost gateway` is not available in this build")
+/// The options of `outpost gateway`.
+#[derive(Debug, clap::Args)]
+pub struct GatewayOptions {
+    /// The backend, as `http://host:port[/base-path]`.
+    #[arg(long, env = "OUTPOST_GATEWAY_UPSTREAM")]
+    pub upstream: String,
+    /// Address to accept clients on.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    /// Directory of the queue database (and of the key file, unless one is given).
+    #[arg(long, default_value = "./gateway-data")]
+    pub data: PathBuf,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Path the health probe requests with GET; any answer below 500 counts as up.
+    #[arg(long, default_value = "/")]
+    pub probe_path: String,
+    /// Time between health probes (e.g. `2s`, `500ms`).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub probe_interval: Duration,
+    /// Limit on connecting to the backend.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Limit on waiting for the backend's response headers.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub response_timeout: Duration,
+    /// How queued writes are ordered: `global`, `header:NAME` (one stream per header value) or
+    /// `path:N` (one stream per first N path segments).
+    #[arg(long, default_value = "global")]
+    pub order_by: String,
+    /// Status acknowledging a queued write: 202, or 503 with Retry-After for clients built for it.
+    #[arg(long, default_value = "202", value_parser = ["202", "503"])]
+    pub queued_status: String,
+    /// Retry-After sent with 503 answers.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub retry_after: Duration,
+    /// Answer GET/HEAD with the last good response (with Age and X-Outpost-Stale) while down.
+    #[arg(long)]
+    pub stale_reads: bool,
+    /// Memory for the stale-read cache, in bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub stale_cache_bytes: usize,
+    /// Largest request body in bytes (413 above).
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    pub max_body: u64,
+    /// Largest request head (request line and headers) in bytes (431 above; at least 8192).
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+    /// Most headers in one request (431 above).
+    #[arg(long, default_value_t = 100)]
+    pub max_headers: usize,
+    /// Most pending plus dead-lettered entries (507 above).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_queue_entries: u64,
+    /// Most bytes of queued requests (507 above).
+    #[arg(long, default_value_t = 1024 * 1024 * 1024)]
+    pub max_queue_bytes: u64,
+    /// How much of the backend's answer to keep for the status URL, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_response_capture: usize,
+    /// How long delivered entries and their answers stay visible.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub done_retention: Duration,
+    /// Delivery attempts before an entry is dead-lettered.
+    #[arg(long, default_value_t = 50)]
+    pub max_attempts: u32,
+    /// Age after which a pending entry is dead-lettered.
+    #[arg(long, default_value = "72h", value_parser = parse_duration)]
+    pub max_age: Duration,
+    /// First retry delay; doubles per attempt, with jitter.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    pub retry_base: Duration,
+    /// Longest retry delay (a longer Retry-After from the backend still wins).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub retry_max: Duration,
+    /// Bearer token of the admin API; without it the admin API is disabled.
+    #[arg(long, env = "OUTPOST_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Reserved path prefix of the gateway's own API.
+    #[arg(long, default_value = "/_outpost/")]
+    pub prefix: String,
+    /// How long requests and the delivery in flight may take to finish on shutdown.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// Where the queue encryption key comes from; shared with `outpost queue`.
+#[derive(Debug, clap::Args)]
+pub struct KeyArgs {
+    /// File holding the AES-256 key as base64 (created with mode 0600 if missing).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// The key itself as base64; takes precedence over --key-file.
+    #[arg(long = "key", env = "OUTPOST_GATEWAY_KEY", hide_env_values = true)]
+    pub key_base64: Option<String>,
+}
+
+impl KeyArgs {
+    /// The key source: the given key, the given file, else `gateway.key` in the data directory.
+    pub fn source(&self) -> KeySource {
+        match (&self.key_base64, &self.key_file) {
+            (Some(key), _) => KeySource::Base64(key.clone()),
+            (None, Some(path)) => KeySource::File(path.clone()),
+            (None, None) => KeySource::DataDir,
+        }
+    }
+}
+
+/// Parses `250ms`, `2s`, `5m`, `24h`, `7d`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 500ms, 2s, 5m, 24h"))?;
+    let seconds = |s: u64| Duration::from_secs(n.saturating_mul(s));
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(seconds(1)),
+        "m" => Ok(seconds(60)),
+        "h" => Ok(seconds(3600)),
+        "d" => Ok(seconds(86400)),
+        _ => Err(format!(
+            "`{text}` has an unknown unit (use ms, s, m, h or d)"
+        )),
+    }
+}
+
+impl GatewayOptions {
+    /// The validated gateway configuration.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let upstream = UpstreamUrl::parse(&self.upstream)?;
+        let mut c = Config::new(upstream, self.listen, self.data.clone());
+        c.probe_path = self.probe_path.clone();
+        c.probe_interval = self.probe_interval;
+        c.connect_timeout = self.connect_timeout;
+        c.response_timeout = self.response_timeout;
+        c.ordering = Ordering::parse(&self.order_by)?;
+        c.queued_status = if self.queued_status == "503" {
+            QueuedStatus::Unavailable
+        } else {
+            QueuedStatus::Accepted
+        };
+        c.retry_after_secs = self.retry_after.as_secs().max(1);
+        c.stale_reads = self.stale_reads;
+        c.stale_cache_bytes = self.stale_cache_bytes;
+        c.limits.max_body_bytes = self.max_body;
+        c.limits.max_header_bytes = self.max_header_bytes;
+        c.limits.max_headers = self.max_headers;
+        c.limits.max_queue_entries = self.max_queue_entries;
+        c.limits.max_queue_bytes = self.max_queue_bytes;
+        c.limits.max_response_capture = self.max_response_capture;
+        c.done_retention = self.done_retention;
+        c.retry.max_attempts = self.max_attempts;
+        c.retry.max_age = self.max_age;
+        c.retry.base_delay = self.retry_base;
+        c.retry.max_delay = self.retry_max;
+        c.admin_token = self.admin_token.clone();
+        c.prefix = self.prefix.clone();
+        c.key = self.key.source();
+        c.shutdown_grace = self.shutdown_grace;
+        Ok(c.validate()?)
+    }
+}
+
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let config = args.options.config()?;
+    let shutdown = super::shutdown::on_signal();
+    let gateway = Gateway::bind(config)
+        .await
+        .context("cannot start the gateway")?;
+    println!("listening on {}", gateway.local_addr());
+    gateway.run(shutdown).await.context("gateway failed")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert!(parse_duration("2 weeks").is_err());
+        assert!(parse_duration("ms").is_err());
+    }
 }

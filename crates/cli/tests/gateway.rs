@@ -1,0 +1,343 @@
+//! End-to-end tests of `outpost gateway` and `outpost queue`, running the built binary against
+//! a real upstream server on 127.0.0.1.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use serde_json::Value;
+
+const TOKEN: &str = "cli-test-token";
+
+/// Every write the upstream received: (idempotency key, target, body).
+type Log = Arc<Mutex<Vec<(String, String, String)>>>;
+
+async fn record(State(log): State<Log>, uri: Uri, headers: HeaderMap, body: String) -> StatusCode {
+    if uri.path() == "/reject" {
+        return StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    let key = headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    log.lock().unwrap().push((key, uri.to_string(), body));
+    StatusCode::CREATED
+}
+
+/// A real upstream on a fixed port that can be started after the gateway.
+struct Upstream {
+    addr: SocketAddr,
+    log: Log,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Upstream {
+    async fn reserve() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        Self {
+            addr,
+            log: Arc::default(),
+            task: None,
+        }
+    }
+
+    async fn start(&mut self) {
+        let app = Router::new()
+            .route("/probe", axum::routing::get(|| async { "ok" }))
+            .fallback(record)
+            .with_state(self.log.clone());
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.task = Some(tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        }));
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// The gateway binary as a child process.
+struct GatewayProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl GatewayProcess {
+    fn start(upstream: SocketAddr, data: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args([
+                "gateway",
+                "--listen",
+                "127.0.0.1:0",
+                "--probe-path",
+                "/probe",
+            ])
+            .args([
+                "--probe-interval",
+                "50ms",
+                "--retry-base",
+                "20ms",
+                "--retry-max",
+                "200ms",
+            ])
+            .args(["--admin-token", TOKEN, "--upstream"])
+            .arg(format!("http://{upstream}"))
+            .arg("--data")
+            .arg(data)
+            .env("OUTPOST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        Self { child, addr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    fn sigkill(mut self) {
+        // `Child::kill` sends SIGKILL on Unix: no shutdown code runs.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn sigterm(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "gateway exited with {exit}");
+    }
+
+    async fn status(&self) -> Value {
+        client()
+            .get(self.url("/_outpost/v1/gateway"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn queue_cli(data: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .arg("queue")
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .env("OUTPOST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_nothing_acknowledged() {
+    let mut upstream = Upstream::reserve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = GatewayProcess::start(upstream.addr, dir.path());
+
+    // Sixteen clients write as fast as they can; each remembers what was acknowledged.
+    const CLIENTS: usize = 16;
+    let acked: Arc<Mutex<Vec<Vec<String>>>> = Arc::new(Mutex::new(vec![Vec::new(); CLIENTS]));
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let acked = acked.clone();
+        let url = gateway.url(&format!("/stream/{c}"));
+        tasks.push(tokio::spawn(async move {
+            let client = client();
+            for n in 0.. {
+                let body = format!("c{c}-{n}");
+                match client.post(&url).body(body.clone()).send().await {
+                    Ok(resp) if resp.status() == 202 => acked.lock().unwrap()[c].push(body),
+                    Ok(resp) => panic!("unexpected answer {}", resp.status()),
+                    // The gateway was killed: whatever was not acknowledged may be lost.
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if acked.lock().unwrap().iter().map(Vec::len).sum::<usize>() >= 2000 {
+            break;
+        }
+    }
+    gateway.sigkill();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let total: usize = acked.iter().map(Vec::len).sum();
+    assert!(total >= 2000);
+
+    upstream.start().await;
+    let gateway = GatewayProcess::start(upstream.addr, dir.path());
+    let mut drained = false;
+    for _ in 0..3000 {
+        let status = gateway.status().await;
+        if status["queue"]["depth"] == 0 {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(drained, "queue did not drain: {}", gateway.status().await);
+
+    let log = upstream.log.lock().unwrap().clone();
+    // Exactly once: no body and no idempotency key delivered twice.
+    let mut bodies = HashMap::new();
+    let mut keys = HashMap::new();
+    for (key, _, body) in &log {
+        *bodies.entry(body.clone()).or_insert(0) += 1;
+        *keys.entry(key.clone()).or_insert(0) += 1;
+    }
+    assert!(
+        bodies.values().all(|n| *n == 1),
+        "a request was delivered twice"
+    );
+    assert!(
+        keys.values().all(|n| *n == 1),
+        "an idempotency key was delivered twice"
+    );
+    // Nothing acknowledged is missing, and each client's writes arrived in its order.
+    for (c, acked) in acked.iter().enumerate() {
+        let prefix = format!("c{c}-");
+        let received: Vec<&String> = log
+            .iter()
+            .map(|(_, _, b)| b)
+            .filter(|b| b.starts_with(&prefix))
+            .collect();
+        for (i, body) in acked.iter().enumerate() {
+            assert_eq!(
+                received.get(i).copied(),
+                Some(body),
+                "client {c} lost or reordered"
+            );
+        }
+        for (n, body) in received.iter().enumerate() {
+            assert_eq!(**body, format!("c{c}-{n}"), "client {c} out of order");
+        }
+        for (_, target, body) in log.iter().filter(|(_, _, b)| b.starts_with(&prefix)) {
+            assert_eq!(target, &format!("/stream/{c}"), "{body}");
+        }
+    }
+    gateway.sigterm();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_commands_operate_on_the_data_directory() {
+    let mut upstream = Upstream::reserve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = GatewayProcess::start(upstream.addr, dir.path());
+    let mut ids = Vec::new();
+    for path in ["/reject", "/ok", "/later"] {
+        let resp = client()
+            .post(gateway.url(path))
+            .header("authorization", "Bearer SECRET-TOKEN")
+            .body(format!("body of {path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        let body: Value = resp.json().await.unwrap();
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    // Stop the gateway cleanly before the upstream exists: all three stay pending.
+    gateway.sigterm();
+
+    let (ok, out) = queue_cli(dir.path(), &["ls"]);
+    assert!(ok, "{out}");
+    for id in &ids {
+        assert!(out.contains(id.as_str()), "{out}");
+    }
+    assert_eq!(out.matches("pending").count(), 3, "{out}");
+
+    let (ok, out) = queue_cli(dir.path(), &["show", &ids[1], "--body"]);
+    assert!(ok, "{out}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["request"]["target"], "/ok");
+    assert_eq!(shown["request"]["body"], "body of /ok");
+    assert_eq!(shown["request"]["headers"]["authorization"], "[redacted]");
+    assert!(!out.contains("SECRET-TOKEN"));
+
+    let (ok, out) = queue_cli(dir.path(), &["drop", &ids[2]]);
+    assert!(ok, "{out}");
+    let (ok, out) = queue_cli(dir.path(), &["show", &ids[2]]);
+    assert!(!ok, "a dropped entry is still shown: {out}");
+
+    // Deliver: /reject is dead-lettered, /ok delivered, the dropped one never sent.
+    upstream.start().await;
+    let gateway = GatewayProcess::start(upstream.addr, dir.path());
+    for _ in 0..1000 {
+        let status = gateway.status().await;
+        if status["queue"]["depth"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gateway.sigterm();
+    let log = upstream.log.lock().unwrap().clone();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].2, "body of /ok");
+
+    let (ok, out) = queue_cli(dir.path(), &["ls", "--state", "dead"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(ids[0].as_str()) && out.contains("422"),
+        "{out}"
+    );
+    let (ok, out) = queue_cli(dir.path(), &["retry", &ids[0]]);
+    assert!(ok, "{out}");
+    let (ok, out) = queue_cli(dir.path(), &["ls", "--state", "pending"]);
+    assert!(ok && out.contains(ids[0].as_str()), "{out}");
+    let (ok, out) = queue_cli(dir.path(), &["retry", &ids[1]]);
+    assert!(!ok && out.contains("already delivered"), "{out}");
+}
