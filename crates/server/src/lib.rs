@@ -1,1 +1,201 @@
-//! placeholder
+//! Outpost's HTTP server: the CouchDB-compatible API over a [`Store`].
+//!
+//! [`app`] builds the request handler (testable without a socket); [`serve`] runs it on a
+//! listener until a shutdown token fires, then lets in-flight requests finish.
+//!
+//! Routing is done by hand on the *raw* request path ([`dispatch`]), not by a router on the
+//! decoded path: a document id may contain an encoded `/` (`a%2Fb`) that must stay part of the id,
+//! while `_design/x` keeps a literal slash.
+
+mod dispatch;
+mod docjson;
+mod error;
+mod feed;
+mod query;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::response::Response;
+use http::{HeaderName, HeaderValue, Method, header};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use outpost_store::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+
+pub use error::ApiError;
+
+/// The CouchDB version Outpost answers as: clients and their test suites branch on it.
+pub const COUCHDB_VERSION: &str = "3.3.3";
+
+/// Settings of the HTTP server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Largest accepted request head (request line and headers).
+    pub max_header_bytes: usize,
+    /// Origins allowed by CORS; `None` echoes any origin.
+    pub cors_origins: Option<Vec<String>>,
+    /// Most simultaneous connections; more wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_body_bytes: 64 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            cors_origins: None,
+            max_connections: 4096,
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub config: Arc<Config>,
+    /// Fires when the server shuts down, so live feeds end cleanly instead of being cut.
+    pub shutdown: CancellationToken,
+    /// Tasks that produce streamed responses (live feeds); waited for on shutdown.
+    pub tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, config: Config, shutdown: CancellationToken) -> AppState {
+        AppState {
+            store,
+            config: Arc::new(config),
+            shutdown,
+            tasks: TaskTracker::new(),
+        }
+    }
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let origins = match &state.config.cors_origins {
+        None => AllowOrigin::mirror_request(),
+        Some(list) => AllowOrigin::list(list.iter().filter_map(|o| HeaderValue::from_str(o).ok())),
+    };
+    // PouchDB in a browser sends credentials, so the origin must be echoed (never `*`) along with
+    // Allow-Credentials; almost every call is preflighted because of its JSON content type.
+    let cors = CorsLayer::new()
+        .allow_origin(origins)
+        .allow_credentials(true)
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+        ])
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers([
+            header::ETAG,
+            header::LOCATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-couch-request-id"),
+        ])
+        .max_age(Duration::from_secs(600));
+    Router::new()
+        .fallback(dispatch::handle)
+        .with_state(state)
+        .layer(cors)
+}
+
+/// Serves `app` on `listener` until `state.shutdown` fires, then stops accepting, lets requests
+/// in flight finish (live feeds end at once), and returns.
+pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
+    let router = app(state.clone());
+    let shutdown = state.shutdown.clone();
+    let connections = TaskTracker::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(state.config.max_connections));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => p.map_err(std::io::Error::other)?,
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Running out of file descriptors must not end the server.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let shutdown = shutdown.clone();
+        let max_header = state.config.max_header_bytes;
+        connections.spawn(async move {
+            let _permit = permit;
+            serve_connection(stream, peer, service, shutdown, max_header).await;
+        });
+    }
+    connections.close();
+    state.tasks.close();
+    connections.wait().await;
+    state.tasks.wait().await;
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    service: TowerToHyperService<Router>,
+    shutdown: CancellationToken,
+    max_header_bytes: usize,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .max_buf_size(max_header_bytes.max(8192))
+        .timer(hyper_util::rt::TokioTimer::new());
+    builder.header_read_timeout(Duration::from_secs(30));
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        }
+    }
+}
+
+/// A JSON response body with its content type.
+pub(crate) fn json_body(text: String) -> Response {
+    let mut response = Response::new(Body::from(text));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

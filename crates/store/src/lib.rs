@@ -63,6 +63,8 @@ pub trait Store: Send + Sync + 'static {
     async fn count_before(&self, db: &str, id: &str, descending: bool) -> Result<u64, StoreError>;
     /// One page of the changes feed: each document once, at its latest sequence.
     async fn changes(&self, db: &str, query: &ChangesQuery) -> Result<Vec<ChangeRow>, StoreError>;
+    /// How many documents changed after `since` (the `pending` of a truncated feed).
+    async fn changes_pending(&self, db: &str, since: u64) -> Result<u64, StoreError>;
 
     /// A `_local` document: its revision number and body.
     async fn local_doc(&self, db: &str, id: &str) -> Result<Option<LocalDoc>, StoreError>;

@@ -1,9 +1,69 @@
-//! `outpost serve`.
+//! `outpost serve`: the CouchDB-compatible sync server on the embedded SQLite store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use outpost_server::{AppState, Config};
+use outpost_store::sqlite::SqliteStore;
 
 /// Arguments of `outpost serve`.
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {}
+pub struct ServeArgs {
+    /// Directory holding the database file; created if missing.
+    #[arg(long, env = "OUTPOST_DATA", default_value = "./outpost-data")]
+    pub data: PathBuf,
+    /// Address and port to listen on.
+    #[arg(long, env = "OUTPOST_LISTEN", default_value = "127.0.0.1:5984")]
+    pub listen: SocketAddr,
+    /// Allow listening on a non-loopback address. Outpost has no authentication yet, so anyone
+    /// who can reach the port can read and change every database.
+    #[arg(long)]
+    pub insecure_open: bool,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "OUTPOST_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Origins allowed to call the API from a browser (CORS), comma-separated; by default any
+    /// origin is allowed.
+    #[arg(long, env = "OUTPOST_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origin: Vec<String>,
+}
 
-pub async fn run(_args: ServeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`outpost serve` is not available in this build")
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if !args.listen.ip().is_loopback() {
+        if !args.insecure_open {
+            anyhow::bail!(
+                "refusing to listen on {}: Outpost has no authentication yet, so anyone who can reach it \
+                 could read and change every database; listen on a loopback address, or pass \
+                 --insecure-open if the network is trusted",
+                args.listen
+            );
+        }
+        tracing::warn!(
+            listen = %args.listen,
+            "LISTENING ON A NON-LOOPBACK ADDRESS WITHOUT AUTHENTICATION: anyone who can reach this port can read and change every database"
+        );
+    }
+    let store = SqliteStore::open(&args.data)
+        .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
+    let store = Arc::new(store);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let config = Config {
+        max_body_bytes: args.max_body_bytes,
+        cors_origins: (!args.cors_origin.is_empty()).then_some(args.cors_origin),
+        ..Config::default()
+    };
+    let shutdown = super::shutdown::on_signal();
+    let state = AppState::new(store.clone(), config, shutdown);
+    tracing::info!(listen = %local, data = %args.data.display(), uuid = store.server_uuid_str(), "outpost is serving");
+    outpost_server::serve(listener, state)
+        .await
+        .context("server failed")?;
+    store.close();
+    tracing::info!("stopped");
+    Ok(())
 }

@@ -42,27 +42,40 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Corrupt(format!("cannot create data directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
         let path = dir.join(FILE_NAME);
         let conn = Connection::open(&path)?;
         schema::configure(&conn)?;
         schema::migrate(&conn)?;
         let uuid = match conn
-            .query_row("SELECT value FROM meta WHERE key = 'server_uuid'", [], |r| r.get::<_, String>(0))
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'server_uuid'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
             .optional()?
         {
             Some(u) => u,
             None => {
                 let u = uuid::Uuid::new_v4().simple().to_string();
-                conn.execute("INSERT INTO meta (key, value) VALUES ('server_uuid', ?1)", [&u])?;
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('server_uuid', ?1)",
+                    [&u],
+                )?;
                 u
             }
         };
@@ -96,6 +109,11 @@ impl SqliteStore {
         })
     }
 
+    /// The server's identity (see [`Store::server_uuid`]).
+    pub fn server_uuid_str(&self) -> &str {
+        &self.uuid
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -111,7 +129,9 @@ impl SqliteStore {
         {
             let guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
             let sender = guard.as_ref().ok_or(StoreError::Closed)?;
-            sender.send(Job { op, reply }).map_err(|_| StoreError::Closed)?;
+            sender
+                .send(Job { op, reply })
+                .map_err(|_| StoreError::Closed)?;
         }
         answer.await.map_err(|_| StoreError::Closed)?
     }
@@ -145,7 +165,9 @@ impl SqliteStore {
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
     )?;
     conn.execute_batch("PRAGMA busy_timeout = 10000; PRAGMA cache_size = -16384;")?;
     Ok(conn)
@@ -171,11 +193,19 @@ impl Store for SqliteStore {
     }
 
     async fn create_db(&self, name: &str) -> Result<(), StoreError> {
-        self.write(WriteOp::CreateDb { name: name.to_owned() }).await.map(|_| ())
+        self.write(WriteOp::CreateDb {
+            name: name.to_owned(),
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn delete_db(&self, name: &str) -> Result<(), StoreError> {
-        self.write(WriteOp::DeleteDb { name: name.to_owned() }).await.map(|_| ())
+        self.write(WriteOp::DeleteDb {
+            name: name.to_owned(),
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn db_info(&self, name: &str) -> Result<DbInfo, StoreError> {
@@ -185,7 +215,12 @@ impl Store for SqliteStore {
     }
 
     async fn set_revs_limit(&self, db: &str, limit: u64) -> Result<(), StoreError> {
-        self.write(WriteOp::SetRevsLimit { db: db.to_owned(), limit }).await.map(|_| ())
+        self.write(WriteOp::SetRevsLimit {
+            db: db.to_owned(),
+            limit,
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn compact(&self, db: &str) -> Result<(), StoreError> {
@@ -198,7 +233,13 @@ impl Store for SqliteStore {
         db: &str,
         updates: Vec<DocUpdate>,
     ) -> Result<Vec<Result<Rev, DocError>>, StoreError> {
-        match self.write(WriteOp::Docs { db: db.to_owned(), updates }).await? {
+        match self
+            .write(WriteOp::Docs {
+                db: db.to_owned(),
+                updates,
+            })
+            .await?
+        {
             WriteReply::Docs(results) => Ok(results),
             other => Err(unexpected(other)),
         }
@@ -216,7 +257,8 @@ impl Store for SqliteStore {
         revs: &[Rev],
     ) -> Result<Vec<(Rev, StoredBody)>, StoreError> {
         let (db, id, revs) = (db.to_owned(), id.to_owned(), revs.to_vec());
-        self.read(move |c| read::rev_bodies(c, &db, &id, &revs)).await
+        self.read(move |c| read::rev_bodies(c, &db, &id, &revs))
+            .await
     }
 
     async fn all_docs(&self, db: &str, query: &AllDocsQuery) -> Result<Vec<DocRow>, StoreError> {
@@ -226,7 +268,8 @@ impl Store for SqliteStore {
 
     async fn count_before(&self, db: &str, id: &str, descending: bool) -> Result<u64, StoreError> {
         let (db, id) = (db.to_owned(), id.to_owned());
-        self.read(move |c| read::count_before(c, &db, &id, descending)).await
+        self.read(move |c| read::count_before(c, &db, &id, descending))
+            .await
     }
 
     async fn changes(&self, db: &str, query: &ChangesQuery) -> Result<Vec<ChangeRow>, StoreError> {
@@ -234,13 +277,30 @@ impl Store for SqliteStore {
         self.read(move |c| read::changes(c, &db, &query)).await
     }
 
+    async fn changes_pending(&self, db: &str, since: u64) -> Result<u64, StoreError> {
+        let db = db.to_owned();
+        self.read(move |c| read::changes_pending(c, &db, since))
+            .await
+    }
+
     async fn local_doc(&self, db: &str, id: &str) -> Result<Option<LocalDoc>, StoreError> {
         let (db, id) = (db.to_owned(), id.to_owned());
         self.read(move |c| read::local_doc(c, &db, &id)).await
     }
 
-    async fn put_local(&self, db: &str, id: &str, base: u64, body: String) -> Result<u64, StoreError> {
-        let op = WriteOp::PutLocal { db: db.to_owned(), id: id.to_owned(), base, body };
+    async fn put_local(
+        &self,
+        db: &str,
+        id: &str,
+        base: u64,
+        body: String,
+    ) -> Result<u64, StoreError> {
+        let op = WriteOp::PutLocal {
+            db: db.to_owned(),
+            id: id.to_owned(),
+            base,
+            body,
+        };
         match self.write(op).await? {
             WriteReply::LocalRev(rev) => Ok(rev),
             other => Err(unexpected(other)),
@@ -248,7 +308,11 @@ impl Store for SqliteStore {
     }
 
     async fn delete_local(&self, db: &str, id: &str, base: u64) -> Result<(), StoreError> {
-        let op = WriteOp::DeleteLocal { db: db.to_owned(), id: id.to_owned(), base };
+        let op = WriteOp::DeleteLocal {
+            db: db.to_owned(),
+            id: id.to_owned(),
+            base,
+        };
         self.write(op).await.map(|_| ())
     }
 

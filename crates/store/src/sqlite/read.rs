@@ -18,16 +18,20 @@ fn db_id(c: &Connection, name: &str) -> Result<i64, StoreError> {
 }
 
 fn parse_tree(id: &str, json: &str) -> Result<RevTree, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("revision tree of {id}: {e}")))
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("revision tree of {id}: {e}")))
 }
 
 fn parse_rev(s: &str) -> Result<Rev, StoreError> {
-    s.parse().map_err(|e| StoreError::Corrupt(format!("stored revision {s}: {e}")))
+    s.parse()
+        .map_err(|e| StoreError::Corrupt(format!("stored revision {s}: {e}")))
 }
 
 pub fn all_dbs(c: &Connection) -> Result<Vec<String>, StoreError> {
     let mut stmt = c.prepare_cached("SELECT name FROM dbs ORDER BY name")?;
-    let names = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let names = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     Ok(names)
 }
 
@@ -61,18 +65,33 @@ pub fn doc(c: &Connection, db: &str, id: &str) -> Result<Option<DocRecord>, Stor
         .prepare_cached("SELECT seq, tree FROM docs WHERE db = ?1 AND id = ?2")?
         .query_row(params![db, id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    row.map(|(seq, tree)| Ok(DocRecord { id: id.to_owned(), seq: seq as u64, tree: parse_tree(id, &tree)? }))
-        .transpose()
+    row.map(|(seq, tree)| {
+        Ok(DocRecord {
+            id: id.to_owned(),
+            seq: seq as u64,
+            tree: parse_tree(id, &tree)?,
+        })
+    })
+    .transpose()
 }
 
-pub fn rev_bodies(c: &Connection, db: &str, id: &str, revs: &[Rev]) -> Result<Vec<(Rev, StoredBody)>, StoreError> {
+pub fn rev_bodies(
+    c: &Connection,
+    db: &str,
+    id: &str,
+    revs: &[Rev],
+) -> Result<Vec<(Rev, StoredBody)>, StoreError> {
     let db = db_id(c, db)?;
-    let mut stmt = c.prepare_cached("SELECT deleted, body FROM revs WHERE db = ?1 AND doc = ?2 AND rev = ?3")?;
+    let mut stmt =
+        c.prepare_cached("SELECT deleted, body FROM revs WHERE db = ?1 AND doc = ?2 AND rev = ?3")?;
     let mut out = Vec::with_capacity(revs.len());
     for rev in revs {
         let found = stmt
             .query_row(params![db, id, rev.to_string()], |r| {
-                Ok(StoredBody { deleted: r.get(0)?, json: r.get(1)? })
+                Ok(StoredBody {
+                    deleted: r.get(0)?,
+                    json: r.get(1)?,
+                })
             })
             .optional()?;
         if let Some(body) = found {
@@ -82,50 +101,96 @@ pub fn rev_bodies(c: &Connection, db: &str, id: &str, revs: &[Rev]) -> Result<Ve
     Ok(out)
 }
 
-fn winner_body(c: &Connection, db: i64, id: &str, tree: &RevTree) -> Result<Option<String>, StoreError> {
-    let Some(winner) = tree.winner() else { return Ok(None) };
-    Ok(c.prepare_cached("SELECT body FROM revs WHERE db = ?1 AND doc = ?2 AND rev = ?3")?
-        .query_row(params![db, id, winner.rev.to_string()], |r| r.get(0))
-        .optional()?)
+fn winner_body(
+    c: &Connection,
+    db: i64,
+    id: &str,
+    tree: &RevTree,
+) -> Result<Option<String>, StoreError> {
+    let Some(winner) = tree.winner() else {
+        return Ok(None);
+    };
+    Ok(
+        c.prepare_cached("SELECT body FROM revs WHERE db = ?1 AND doc = ?2 AND rev = ?3")?
+            .query_row(params![db, id, winner.rev.to_string()], |r| r.get(0))
+            .optional()?,
+    )
 }
 
 pub fn all_docs(c: &Connection, db: &str, q: &AllDocsQuery) -> Result<Vec<DocRow>, StoreError> {
     let db = db_id(c, db)?;
-    let (lower, upper) = if q.descending { (&q.end, &q.start) } else { (&q.start, &q.end) };
-    let (lower_incl, upper_incl) =
-        if q.descending { (q.end_inclusive, q.start_inclusive) } else { (q.start_inclusive, q.end_inclusive) };
+    let (lower, upper) = if q.descending {
+        (&q.end, &q.start)
+    } else {
+        (&q.start, &q.end)
+    };
+    let (lower_incl, upper_incl) = if q.descending {
+        (q.end_inclusive, q.start_inclusive)
+    } else {
+        (q.start_inclusive, q.end_inclusive)
+    };
     let mut sql = String::from("SELECT id, seq, tree FROM docs WHERE db = ?1 AND deleted = 0");
     if lower.is_some() {
-        sql.push_str(if lower_incl { " AND id >= ?2" } else { " AND id > ?2" });
+        sql.push_str(if lower_incl {
+            " AND id >= ?2"
+        } else {
+            " AND id > ?2"
+        });
     }
     if upper.is_some() {
-        sql.push_str(if upper_incl { " AND id <= ?3" } else { " AND id < ?3" });
+        sql.push_str(if upper_incl {
+            " AND id <= ?3"
+        } else {
+            " AND id < ?3"
+        });
     }
-    sql.push_str(if q.descending { " ORDER BY id DESC" } else { " ORDER BY id ASC" });
+    sql.push_str(if q.descending {
+        " ORDER BY id DESC"
+    } else {
+        " ORDER BY id ASC"
+    });
     sql.push_str(" LIMIT ?4 OFFSET ?5");
     let mut stmt = c.prepare_cached(&sql)?;
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
     let skip = i64::try_from(q.skip).unwrap_or(i64::MAX);
     let rows: Vec<(String, i64, String)> = stmt
-        .query_map(params![db, lower, upper, limit, skip], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .query_map(params![db, lower, upper, limit, skip], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
         .collect::<Result<_, _>>()?;
     rows.into_iter()
         .map(|(id, seq, tree)| {
             let tree = parse_tree(&id, &tree)?;
-            let body = if q.include_docs { winner_body(c, db, &id, &tree)? } else { None };
-            Ok(DocRow { id, seq: seq as u64, tree, body })
+            let body = if q.include_docs {
+                winner_body(c, db, &id, &tree)?
+            } else {
+                None
+            };
+            Ok(DocRow {
+                id,
+                seq: seq as u64,
+                tree,
+                body,
+            })
         })
         .collect()
 }
 
-pub fn count_before(c: &Connection, db: &str, id: &str, descending: bool) -> Result<u64, StoreError> {
+pub fn count_before(
+    c: &Connection,
+    db: &str,
+    id: &str,
+    descending: bool,
+) -> Result<u64, StoreError> {
     let db = db_id(c, db)?;
     let sql = if descending {
         "SELECT count(*) FROM docs WHERE db = ?1 AND deleted = 0 AND id > ?2"
     } else {
         "SELECT count(*) FROM docs WHERE db = ?1 AND deleted = 0 AND id < ?2"
     };
-    let n: i64 = c.prepare_cached(sql)?.query_row(params![db, id], |r| r.get(0))?;
+    let n: i64 = c
+        .prepare_cached(sql)?
+        .query_row(params![db, id], |r| r.get(0))?;
     Ok(n as u64)
 }
 
@@ -140,28 +205,57 @@ pub fn changes(c: &Connection, db: &str, q: &ChangesQuery) -> Result<Vec<ChangeR
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
     let rows: Vec<(String, i64, String)> = c
         .prepare_cached(sql)?
-        .query_map(params![db, since, limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .query_map(params![db, since, limit], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
         .collect::<Result<_, _>>()?;
     rows.into_iter()
         .map(|(id, seq, tree)| {
             let tree = parse_tree(&id, &tree)?;
-            let body = if q.include_docs { winner_body(c, db, &id, &tree)? } else { None };
-            Ok(ChangeRow { id, seq: seq as u64, tree, body })
+            let body = if q.include_docs {
+                winner_body(c, db, &id, &tree)?
+            } else {
+                None
+            };
+            Ok(ChangeRow {
+                id,
+                seq: seq as u64,
+                tree,
+                body,
+            })
         })
         .collect()
 }
 
+pub fn changes_pending(c: &Connection, db: &str, since: u64) -> Result<u64, StoreError> {
+    let db = db_id(c, db)?;
+    let since = i64::try_from(since).unwrap_or(i64::MAX);
+    let n: i64 = c
+        .prepare_cached("SELECT count(*) FROM docs WHERE db = ?1 AND seq > ?2")?
+        .query_row(params![db, since], |r| r.get(0))?;
+    Ok(n as u64)
+}
+
 pub fn local_doc(c: &Connection, db: &str, id: &str) -> Result<Option<LocalDoc>, StoreError> {
     let db = db_id(c, db)?;
-    Ok(c.prepare_cached("SELECT rev, body FROM local_docs WHERE db = ?1 AND id = ?2")?
-        .query_row(params![db, id], |r| Ok(LocalDoc { rev: r.get::<_, i64>(0)? as u64, body: r.get(1)? }))
-        .optional()?)
+    Ok(
+        c.prepare_cached("SELECT rev, body FROM local_docs WHERE db = ?1 AND id = ?2")?
+            .query_row(params![db, id], |r| {
+                Ok(LocalDoc {
+                    rev: r.get::<_, i64>(0)? as u64,
+                    body: r.get(1)?,
+                })
+            })
+            .optional()?,
+    )
 }
 
 pub fn attachment(c: &Connection, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
-    Ok(c.prepare_cached("SELECT data FROM attachments WHERE digest = ?1")?
-        .query_row([digest], |r| r.get(0))
-        .optional()?)
+    Ok(
+        c.prepare_cached("SELECT data FROM attachments WHERE digest = ?1")?
+            .query_row([digest], |r| r.get(0))
+            .optional()?,
+    )
 }
 
 pub fn events(c: &Connection, db: &str, q: &EventsQuery) -> Result<Vec<Event>, StoreError> {
@@ -191,8 +285,12 @@ pub fn events(c: &Connection, db: &str, q: &EventsQuery) -> Result<Vec<Event>, S
         ))
     };
     let rows: Vec<_> = match &q.doc_id {
-        Some(doc) => stmt.query_map(params![db, since, limit, q.include_docs, doc], map)?.collect::<Result<_, _>>()?,
-        None => stmt.query_map(params![db, since, limit, q.include_docs], map)?.collect::<Result<_, _>>()?,
+        Some(doc) => stmt
+            .query_map(params![db, since, limit, q.include_docs, doc], map)?
+            .collect::<Result<_, _>>()?,
+        None => stmt
+            .query_map(params![db, since, limit, q.include_docs], map)?
+            .collect::<Result<_, _>>()?,
     };
     rows.into_iter()
         .map(|(seq, kind, id, rev, parent, origin, at, body)| {

@@ -94,7 +94,11 @@ pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
 pub fn migrate(conn: &Connection) -> Result<(), crate::StoreError> {
     conn.execute_batch(SCHEMA)?;
     let found: Option<String> = conn
-        .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
         .ok();
     match found.as_deref().map(str::parse::<i64>) {
         None => {

@@ -20,12 +20,31 @@ const MAX_BATCH: usize = 512;
 
 /// A change for the writer to apply.
 pub(super) enum WriteOp {
-    CreateDb { name: String },
-    DeleteDb { name: String },
-    SetRevsLimit { db: String, limit: u64 },
-    Docs { db: String, updates: Vec<DocUpdate> },
-    PutLocal { db: String, id: String, base: u64, body: String },
-    DeleteLocal { db: String, id: String, base: u64 },
+    CreateDb {
+        name: String,
+    },
+    DeleteDb {
+        name: String,
+    },
+    SetRevsLimit {
+        db: String,
+        limit: u64,
+    },
+    Docs {
+        db: String,
+        updates: Vec<DocUpdate>,
+    },
+    PutLocal {
+        db: String,
+        id: String,
+        base: u64,
+        body: String,
+    },
+    DeleteLocal {
+        db: String,
+        id: String,
+        base: u64,
+    },
     /// Folds the WAL back into the main file.
     Checkpoint,
 }
@@ -133,7 +152,10 @@ fn apply(
             Ok(WriteReply::Done)
         }
         WriteOp::SetRevsLimit { db, limit } => {
-            let n = tx.execute("UPDATE dbs SET revs_limit = ?2 WHERE name = ?1", params![db, *limit as i64])?;
+            let n = tx.execute(
+                "UPDATE dbs SET revs_limit = ?2 WHERE name = ?1",
+                params![db, *limit as i64],
+            )?;
             if n == 0 {
                 return Err(StoreError::NoDb);
             }
@@ -141,7 +163,10 @@ fn apply(
         }
         WriteOp::Docs { db, updates } => {
             let results = apply_docs(tx, db, updates, now)?;
-            let seq: i64 = tx.query_row("SELECT update_seq FROM dbs WHERE name = ?1", [db], |r| r.get(0))?;
+            let seq: i64 =
+                tx.query_row("SELECT update_seq FROM dbs WHERE name = ?1", [db], |r| {
+                    r.get(0)
+                })?;
             moved.insert(db.clone(), Some(seq as u64));
             Ok(WriteReply::Docs(results))
         }
@@ -165,7 +190,10 @@ fn apply(
                 None => Err(StoreError::NotFound),
                 Some(current) if current != *base => Err(StoreError::Conflict),
                 Some(_) => {
-                    tx.execute("DELETE FROM local_docs WHERE db = ?1 AND id = ?2", params![db, id])?;
+                    tx.execute(
+                        "DELETE FROM local_docs WHERE db = ?1 AND id = ?2",
+                        params![db, id],
+                    )?;
                     Ok(WriteReply::Done)
                 }
             }
@@ -182,9 +210,11 @@ fn db_id(tx: &Connection, name: &str) -> Result<i64, StoreError> {
 
 fn local_rev(tx: &Connection, db: i64, id: &str) -> Result<Option<u64>, StoreError> {
     Ok(tx
-        .query_row("SELECT rev FROM local_docs WHERE db = ?1 AND id = ?2", params![db, id], |r| {
-            r.get::<_, i64>(0)
-        })
+        .query_row(
+            "SELECT rev FROM local_docs WHERE db = ?1 AND id = ?2",
+            params![db, id],
+            |r| r.get::<_, i64>(0),
+        )
         .optional()?
         .map(|r| r as u64))
 }
@@ -261,7 +291,12 @@ fn apply_docs(
     Ok(results)
 }
 
-fn apply_doc(tx: &Connection, state: &mut DbState, update: &DocUpdate, now: i64) -> Result<Rev, ApplyError> {
+fn apply_doc(
+    tx: &Connection,
+    state: &mut DbState,
+    update: &DocUpdate,
+    now: i64,
+) -> Result<Rev, ApplyError> {
     let existing: Option<(bool, String)> = tx
         .query_row(
             "SELECT deleted, tree FROM docs WHERE db = ?1 AND id = ?2",
@@ -271,7 +306,8 @@ fn apply_doc(tx: &Connection, state: &mut DbState, update: &DocUpdate, now: i64)
         .optional()?;
     let was_deleted = existing.as_ref().map(|(d, _)| *d);
     let mut tree: RevTree = match &existing {
-        Some((_, json)) => serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("revision tree of {}: {e}", update.id)))?,
+        Some((_, json)) => serde_json::from_str(json)
+            .map_err(|e| StoreError::Corrupt(format!("revision tree of {}: {e}", update.id)))?,
         None => RevTree::new(),
     };
     let before = tree.clone();
@@ -290,9 +326,16 @@ fn apply_doc(tx: &Connection, state: &mut DbState, update: &DocUpdate, now: i64)
             };
             let generation = parent.as_ref().map_or(1, |p| p.generation + 1);
             let sources: Vec<Rev> = parent.iter().cloned().collect();
-            resolve_attachments(tx, state.id, &update.id, &mut body, &sources, generation, false)?;
-            let rev = hash::next_rev(parent.as_ref(), update.deleted, &Value::Object(body.clone()));
-            tree.add_edit(parent.as_ref(), rev.clone(), update.deleted).map_err(|_| DocError::Conflict)?;
+            resolve_attachments(
+                tx, state.id, &update.id, &mut body, &sources, generation, false,
+            )?;
+            let rev = hash::next_rev(
+                parent.as_ref(),
+                update.deleted,
+                &Value::Object(body.clone()),
+            );
+            tree.add_edit(parent.as_ref(), rev.clone(), update.deleted)
+                .map_err(|_| DocError::Conflict)?;
             (rev, parent)
         }
         UpdateMode::Replicate { path } => {
@@ -303,8 +346,17 @@ fn apply_doc(tx: &Connection, state: &mut DbState, update: &DocUpdate, now: i64)
             }
             let mut sources: Vec<Rev> = path.iter().skip(1).cloned().collect();
             sources.extend(tree.leaves().into_iter().map(|l| l.rev));
-            resolve_attachments(tx, state.id, &update.id, &mut body, &sources, leaf.generation, true)?;
-            tree.merge_path(path, update.deleted).map_err(|_| DocError::InvalidPath)?;
+            resolve_attachments(
+                tx,
+                state.id,
+                &update.id,
+                &mut body,
+                &sources,
+                leaf.generation,
+                true,
+            )?;
+            tree.merge_path(path, update.deleted)
+                .map_err(|_| DocError::InvalidPath)?;
             let parent = tree.parent(&leaf).cloned();
             (leaf, parent)
         }
@@ -319,7 +371,13 @@ fn apply_doc(tx: &Connection, state: &mut DbState, update: &DocUpdate, now: i64)
     tx.execute(
         "INSERT INTO revs (db, doc, rev, deleted, body) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (db, doc, rev) DO NOTHING",
-        params![state.id, update.id, rev.to_string(), update.deleted, body_json],
+        params![
+            state.id,
+            update.id,
+            rev.to_string(),
+            update.deleted,
+            body_json
+        ],
     )?;
 
     state.seq += 1;
@@ -372,7 +430,11 @@ fn event_kind(before: &RevTree, parent: Option<&Rev>, deleted: bool) -> &'static
     // A new live branch: the revision does not extend an existing leaf, so the document now has
     // a second live leaf (or revives a deleted one on another branch).
     let extends_leaf = parent.is_some_and(|p| before.is_leaf(p));
-    if !extends_leaf && !before.is_deleted() { "conflict" } else { "updated" }
+    if !extends_leaf && !before.is_deleted() {
+        "conflict"
+    } else {
+        "updated"
+    }
 }
 
 /// Gives every attachment of `body` its stored form: stubs take their metadata from the first of
@@ -415,7 +477,11 @@ fn resolve_attachments(
             match found {
                 Some(prev) => *obj = prev,
                 None => {
-                    return Err(DocError::MissingStub { doc: doc.to_owned(), name: name.clone() }.into());
+                    return Err(DocError::MissingStub {
+                        doc: doc.to_owned(),
+                        name: name.clone(),
+                    }
+                    .into());
                 }
             }
         } else {
@@ -435,12 +501,15 @@ fn load_attachment_maps(
     sources: &[Rev],
 ) -> Result<Vec<Map<String, Value>>, ApplyError> {
     let mut out = Vec::new();
-    let mut stmt = tx.prepare_cached("SELECT body FROM revs WHERE db = ?1 AND doc = ?2 AND rev = ?3")?;
+    let mut stmt =
+        tx.prepare_cached("SELECT body FROM revs WHERE db = ?1 AND doc = ?2 AND rev = ?3")?;
     for rev in sources {
-        let body: Option<String> =
-            stmt.query_row(params![db, doc, rev.to_string()], |r| r.get(0)).optional()?;
+        let body: Option<String> = stmt
+            .query_row(params![db, doc, rev.to_string()], |r| r.get(0))
+            .optional()?;
         if let Some(body) = body {
-            let value: Value = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let value: Value =
+                serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             if let Some(Value::Object(atts)) = value.get("_attachments") {
                 out.push(atts.clone());
             }

@@ -1,0 +1,202 @@
+//! Routing on the raw request path.
+//!
+//! Each `/`-separated segment of the raw path is percent-decoded on its own, so `a%2Fb` is one
+//! segment `a/b` (PouchDB encodes every id with `encodeURIComponent`) while `_design/x` and
+//! `_local/x` arrive as two segments (PouchDB keeps their slash). Database names may contain `/`
+//! too, always encoded.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, Method, header};
+use outpost_core::names::{DocKind, classify_doc_id, validate_db_name};
+use percent_encoding::percent_decode_str;
+use serde_json::Value;
+
+use crate::query::Query;
+use crate::routes::{all_docs, attachment, bulk, changes, db, doc, local, server};
+use crate::{ApiError, AppState};
+
+/// The longest document id accepted, in bytes.
+pub const MAX_DOC_ID_BYTES: usize = 4096;
+
+/// A request, taken apart once for every handler.
+pub struct Req {
+    pub method: Method,
+    pub headers: HeaderMap,
+    pub query: Query,
+    /// Taken once by whoever reads it. In a mutex only so that `&Req` can cross an `.await`
+    /// (a body is `Send` but not `Sync`); it is never contended.
+    body: std::sync::Mutex<Option<Body>>,
+    max_body: usize,
+}
+
+impl Req {
+    /// The whole body, refused above the configured limit.
+    pub async fn bytes(&mut self) -> Result<Bytes, ApiError> {
+        let body = self
+            .body
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default();
+        axum::body::to_bytes(body, self.max_body)
+            .await
+            .map_err(|e| {
+                let too_large = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                    || e.to_string().contains("length limit");
+                if too_large {
+                    ApiError::TooLarge(format!(
+                        "request body is larger than {} bytes",
+                        self.max_body
+                    ))
+                } else {
+                    ApiError::bad_request("could not read the request body")
+                }
+            })
+    }
+
+    /// The body parsed as JSON; the content type, when given, must be JSON.
+    pub async fn json(&mut self) -> Result<Value, ApiError> {
+        self.require_json_type()?;
+        let bytes = self.bytes().await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::bad_request(
+                "request body must be a JSON document",
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+    }
+
+    /// Refuses a body sent with a content type other than JSON, as CouchDB does (a missing
+    /// content type is let through for the convenience of hand-written requests).
+    pub fn require_json_type(&self) -> Result<(), ApiError> {
+        match self
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+        {
+            None => Ok(()),
+            Some(ct) if media_type(ct) == "application/json" => Ok(()),
+            Some(ct) => Err(ApiError::BadContentType(format!(
+                "Content-Type must be application/json, not {}",
+                media_type(ct)
+            ))),
+        }
+    }
+}
+
+/// The media type of a `Content-Type` value, lowercase, without parameters.
+pub fn media_type(ct: &str) -> String {
+    ct.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// The entry point of every request.
+pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
+    match route(&state, request).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn decode(segment: &str) -> Result<String, ApiError> {
+    percent_decode_str(segment)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::bad_request("request path is not valid percent-encoded UTF-8"))
+}
+
+async fn route(state: &AppState, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let raw_path = parts.uri.path().to_owned();
+    let mut segments: Vec<String> = raw_path
+        .split('/')
+        .skip(1)
+        .map(decode)
+        .collect::<Result<_, _>>()?;
+    // `/db/` is `/db`, and `/` is the root.
+    if segments.last().is_some_and(String::is_empty) {
+        segments.pop();
+    }
+    let method = if parts.method == Method::HEAD {
+        Method::GET
+    } else {
+        parts.method.clone()
+    };
+    let mut req = Req {
+        method,
+        headers: parts.headers,
+        query: Query::parse(parts.uri.query())?,
+        body: std::sync::Mutex::new(Some(body)),
+        max_body: state.config.max_body_bytes,
+    };
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    match segs.as_slice() {
+        [] => server::root(state, &req).await,
+        ["_up"] => server::up(&req),
+        ["_all_dbs"] => server::all_dbs(state, &req).await,
+        ["_uuids"] => server::uuids(&req),
+        [first, ..] if first.starts_with('_') && validate_db_name(first).is_err() => Err(
+            ApiError::bad_request(format!("unknown server endpoint /{first}")),
+        ),
+        [name] => db::handle(state, name, &mut req).await,
+        [name, rest @ ..] => {
+            validate_db_name(name)?;
+            db_resource(state, name, rest, &mut req).await
+        }
+    }
+}
+
+async fn db_resource(
+    state: &AppState,
+    db: &str,
+    rest: &[&str],
+    req: &mut Req,
+) -> Result<Response, ApiError> {
+    match rest {
+        ["_all_docs"] => all_docs::handle(state, db, req).await,
+        ["_bulk_docs"] => bulk::bulk_docs(state, db, req).await,
+        ["_bulk_get"] => bulk::bulk_get(state, db, req).await,
+        ["_revs_diff"] => bulk::revs_diff(state, db, req).await,
+        ["_changes"] => changes::handle(state, db, req).await,
+        ["_revs_limit"] => db::revs_limit(state, db, req).await,
+        ["_compact"] | ["_compact", _] => db::compact(state, db, req).await,
+        ["_ensure_full_commit"] => db::ensure_full_commit(state, db, req).await,
+        ["_events"] => changes::events(state, db, req).await,
+        ["_design", name, att @ ..] | ["_local", name, att @ ..] => {
+            let id = format!("{}/{}", rest[0], name);
+            doc_or_attachment(state, db, &id, att, req).await
+        }
+        [id, att @ ..] => doc_or_attachment(state, db, id, att, req).await,
+        [] => db::handle(state, db, req).await,
+    }
+}
+
+async fn doc_or_attachment(
+    state: &AppState,
+    db: &str,
+    id: &str,
+    att: &[&str],
+    req: &mut Req,
+) -> Result<Response, ApiError> {
+    if id.len() > MAX_DOC_ID_BYTES {
+        return Err(ApiError::TooLarge(format!(
+            "document id is longer than {MAX_DOC_ID_BYTES} bytes"
+        )));
+    }
+    let kind = classify_doc_id(id)?;
+    match (kind, att) {
+        (DocKind::Local, []) => local::handle(state, db, id, req).await,
+        (DocKind::Local, _) => Err(ApiError::bad_request(
+            "_local documents do not have attachments",
+        )),
+        (_, []) => doc::handle(state, db, id, req).await,
+        (_, names) => attachment::handle(state, db, id, &names.join("/"), req).await,
+    }
+}

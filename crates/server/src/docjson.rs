@@ -1,0 +1,396 @@
+//! Documents in and out: a client's JSON turned into a [`DocUpdate`], and a stored revision turned
+//! back into the JSON a client expects.
+//!
+//! Bodies are stored as the JSON text they are served as (without `_id` and `_rev`), so a plain
+//! read splices the two in front of the stored text instead of parsing and re-serialising it.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use outpost_core::{Rev, RevTree, hash};
+use outpost_store::{DocUpdate, NewAttachment, Origin, StoredBody, UpdateMode};
+use serde_json::{Map, Value, json};
+
+use crate::{ApiError, AppState};
+
+/// Special fields a client may send that CouchDB accepts and ignores on write.
+const IGNORED_SPECIALS: &[&str] = &[
+    "_conflicts",
+    "_deleted_conflicts",
+    "_local_seq",
+    "_revs_info",
+    "_seq",
+];
+
+/// Parses a revision id from a client, with CouchDB's error.
+pub fn parse_rev(s: &str) -> Result<Rev, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::bad_request(format!("Invalid rev format: {s:?}")))
+}
+
+/// A new random document id, as CouchDB's `_uuids` gives them (32 lowercase hex digits).
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Turns a client's document into an update.
+///
+/// `url_id` is the id from the URL (a `PUT`), which wins over `_id`. `new_edits=false` takes the
+/// revision path from `_revisions` (or `_rev` alone) and merges it as given.
+pub fn parse_doc(
+    value: Value,
+    url_id: Option<&str>,
+    new_edits: bool,
+    origin: Origin,
+) -> Result<DocUpdate, ApiError> {
+    let Value::Object(mut fields) = value else {
+        return Err(ApiError::bad_request("Document must be a JSON object"));
+    };
+    let id = match (url_id, fields.remove("_id")) {
+        (Some(id), _) => id.to_owned(),
+        (None, Some(Value::String(id))) => id,
+        (None, Some(_)) => return Err(ApiError::bad_request("Document id must be a string")),
+        (None, None) if new_edits => new_id(),
+        (None, None) => return Err(ApiError::bad_request("Document id must be specified")),
+    };
+    if id.len() > crate::dispatch::MAX_DOC_ID_BYTES {
+        return Err(ApiError::TooLarge(format!(
+            "document id is longer than {} bytes",
+            crate::dispatch::MAX_DOC_ID_BYTES
+        )));
+    }
+    outpost_core::names::classify_doc_id(&id)?;
+    let rev = match fields.remove("_rev") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(parse_rev(&s)?),
+        Some(_) => return Err(ApiError::bad_request("Invalid rev format")),
+    };
+    let deleted = match fields.remove("_deleted") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => b,
+        Some(_) => return Err(ApiError::bad_request("_deleted must be a boolean")),
+    };
+    let revisions = fields
+        .remove("_revisions")
+        .map(parse_revisions)
+        .transpose()?;
+    for special in IGNORED_SPECIALS {
+        fields.remove(*special);
+    }
+    if let Some(bad) = fields
+        .keys()
+        .find(|k| k.starts_with('_') && *k != "_attachments")
+    {
+        return Err(ApiError::DocValidation(format!(
+            "Bad special document member: {bad}"
+        )));
+    }
+    let new_attachments = prepare_attachments(&mut fields)?;
+    let mode = if new_edits {
+        UpdateMode::Edit { base: rev }
+    } else {
+        let path = match (revisions, rev) {
+            (Some(path), Some(rev)) if path.first() != Some(&rev) => {
+                return Err(ApiError::bad_request(
+                    "_rev does not match the newest of _revisions",
+                ));
+            }
+            (Some(path), _) => path,
+            (None, Some(rev)) => vec![rev],
+            (None, None) => {
+                return Err(ApiError::bad_request(
+                    "new_edits=false needs a _rev for every document",
+                ));
+            }
+        };
+        UpdateMode::Replicate { path }
+    };
+    Ok(DocUpdate {
+        id,
+        mode,
+        deleted,
+        body: fields,
+        new_attachments,
+        origin,
+    })
+}
+
+/// `_revisions: {start, ids}` (newest first) as a path of revision ids.
+fn parse_revisions(value: Value) -> Result<Vec<Rev>, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "_revisions must be {\"start\": N, \"ids\": [...]} with N >= the number of ids",
+        )
+    };
+    let start = value.get("start").and_then(Value::as_u64).ok_or_else(bad)?;
+    let ids = value.get("ids").and_then(Value::as_array).ok_or_else(bad)?;
+    if ids.is_empty() || ids.len() as u64 > start || ids.len() > outpost_core::tree::MAX_PATH_LEN {
+        return Err(bad());
+    }
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let sig = id
+                .as_str()
+                .filter(|s| outpost_core::rev::valid_sig(s))
+                .ok_or_else(bad)?;
+            Ok(Rev::new(start - i as u64, sig))
+        })
+        .collect()
+}
+
+/// Decodes inline (`data`) attachments into their stored form and collects their bytes.
+fn prepare_attachments(fields: &mut Map<String, Value>) -> Result<Vec<NewAttachment>, ApiError> {
+    let Some(atts) = fields.get_mut("_attachments") else {
+        return Ok(Vec::new());
+    };
+    let Some(atts) = atts.as_object_mut() else {
+        return Err(ApiError::bad_request("_attachments must be an object"));
+    };
+    let mut new = Vec::new();
+    for (name, att) in atts.iter_mut() {
+        let Some(obj) = att.as_object_mut() else {
+            return Err(ApiError::bad_request(format!(
+                "attachment {name} must be an object"
+            )));
+        };
+        if obj.get("stub").and_then(Value::as_bool) == Some(true) {
+            continue;
+        }
+        if obj.get("follows").and_then(Value::as_bool) == Some(true) {
+            return Err(ApiError::BadContentType(
+                "attachments that follow in a multipart body are not supported; send them inline as base64".into(),
+            ));
+        }
+        let data = match obj.remove("data") {
+            Some(Value::String(s)) => BASE64.decode(s.as_bytes()).map_err(|_| {
+                ApiError::bad_request(format!("attachment {name}: data is not valid base64"))
+            })?,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "attachment {name} has neither data nor stub"
+                )));
+            }
+        };
+        let digest = hash::attachment_digest(&data);
+        let content_type = match obj.get("content_type") {
+            Some(Value::String(ct)) => ct.clone(),
+            _ => "application/octet-stream".to_owned(),
+        };
+        let revpos = obj.get("revpos").cloned();
+        let mut stored = Map::new();
+        stored.insert("content_type".into(), Value::String(content_type));
+        stored.insert("digest".into(), Value::String(digest.clone()));
+        stored.insert("length".into(), Value::from(data.len()));
+        if let Some(revpos) = revpos {
+            stored.insert("revpos".into(), revpos);
+        }
+        *obj = stored;
+        new.push(NewAttachment { digest, data });
+    }
+    Ok(new)
+}
+
+/// What to add to a rendered revision.
+#[derive(Debug, Default, Clone)]
+pub struct RenderOpts {
+    pub revs: bool,
+    pub revs_info: bool,
+    pub conflicts: bool,
+    pub deleted_conflicts: bool,
+    pub attachments: bool,
+    pub local_seq: bool,
+}
+
+/// A stored revision as the JSON document a client sees.
+pub async fn render(
+    state: &AppState,
+    db: &str,
+    id: &str,
+    tree: &RevTree,
+    seq: u64,
+    rev: &Rev,
+    body: &StoredBody,
+    opts: &RenderOpts,
+) -> Result<String, ApiError> {
+    let mut extras: Vec<(&str, Value)> = Vec::new();
+    let winner = tree.winner().map(|w| w.rev);
+    let is_winner = winner.as_ref() == Some(rev);
+    if opts.conflicts && is_winner {
+        let conflicts = tree.conflicts();
+        if !conflicts.is_empty() {
+            extras.push(("_conflicts", revs_json(&conflicts)));
+        }
+    }
+    if opts.deleted_conflicts && is_winner {
+        let deleted = tree.deleted_conflicts();
+        if !deleted.is_empty() {
+            extras.push(("_deleted_conflicts", revs_json(&deleted)));
+        }
+    }
+    if opts.local_seq {
+        extras.push(("_local_seq", Value::from(seq)));
+    }
+    let ancestry = tree.ancestry(rev);
+    if opts.revs {
+        let ids: Vec<Value> = ancestry
+            .iter()
+            .map(|r| Value::String(r.hash.clone()))
+            .collect();
+        extras.push(("_revisions", json!({ "start": rev.generation, "ids": ids })));
+    }
+    if opts.revs_info {
+        let have = state.store.rev_bodies(db, id, &ancestry).await?;
+        let info: Vec<Value> = ancestry
+            .iter()
+            .map(|r| {
+                let status = match have.iter().find(|(h, _)| h == r) {
+                    Some((_, b)) if b.deleted => "deleted",
+                    Some(_) => "available",
+                    None => "missing",
+                };
+                json!({ "rev": r.to_string(), "status": status })
+            })
+            .collect();
+        extras.push(("_revs_info", Value::Array(info)));
+    }
+    let inlined;
+    let text = if opts.attachments && body.json.contains("\"_attachments\"") {
+        inlined = inline_attachments(state, &body.json).await?;
+        inlined.as_str()
+    } else {
+        body.json.as_str()
+    };
+    Ok(splice(id, rev, body.deleted, text, &extras))
+}
+
+fn revs_json(revs: &[Rev]) -> Value {
+    Value::Array(revs.iter().map(|r| Value::String(r.to_string())).collect())
+}
+
+/// `{"_id":…,"_rev":…,` + the stored body + extras, without parsing the body.
+pub fn splice(id: &str, rev: &Rev, deleted: bool, body: &str, extras: &[(&str, Value)]) -> String {
+    let inner = body.trim();
+    let inner = inner
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .unwrap_or("")
+        .trim();
+    let mut out = String::with_capacity(body.len() + id.len() + 64);
+    out.push_str("{\"_id\":");
+    out.push_str(&Value::String(id.to_owned()).to_string());
+    out.push_str(",\"_rev\":\"");
+    out.push_str(&rev.to_string());
+    out.push('"');
+    if deleted {
+        out.push_str(",\"_deleted\":true");
+    }
+    if !inner.is_empty() {
+        out.push(',');
+        out.push_str(inner);
+    }
+    for (key, value) in extras {
+        out.push_str(",\"");
+        out.push_str(key);
+        out.push_str("\":");
+        out.push_str(&value.to_string());
+    }
+    out.push('}');
+    out
+}
+
+/// The body with every attachment stub replaced by its bytes in base64.
+async fn inline_attachments(state: &AppState, body: &str) -> Result<String, ApiError> {
+    let mut value: Value =
+        serde_json::from_str(body).map_err(|e| ApiError::Internal(format!("stored body: {e}")))?;
+    if let Some(Value::Object(atts)) = value.get_mut("_attachments") {
+        for att in atts.values_mut() {
+            let Some(obj) = att.as_object_mut() else {
+                continue;
+            };
+            let Some(digest) = obj.get("digest").and_then(Value::as_str).map(str::to_owned) else {
+                continue;
+            };
+            let data = state.store.attachment(&digest).await?.ok_or_else(|| {
+                ApiError::Internal(format!("attachment {digest} missing from the store"))
+            })?;
+            obj.remove("stub");
+            obj.insert("data".into(), Value::String(BASE64.encode(data)));
+        }
+    }
+    Ok(value.to_string())
+}
+
+/// The JSON of a successful write.
+pub fn ok_json(id: &str, rev: &Rev) -> String {
+    json!({ "ok": true, "id": id, "rev": rev.to_string() }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splices_without_parsing() {
+        let rev: Rev = "1-abc".parse().unwrap();
+        assert_eq!(
+            splice("a\"b", &rev, false, "{}", &[]),
+            r#"{"_id":"a\"b","_rev":"1-abc"}"#
+        );
+        assert_eq!(
+            splice(
+                "x",
+                &rev,
+                true,
+                r#"{"k":1}"#,
+                &[("_conflicts", json!(["1-b"]))]
+            ),
+            r#"{"_id":"x","_rev":"1-abc","_deleted":true,"k":1,"_conflicts":["1-b"]}"#
+        );
+    }
+
+    #[test]
+    fn parses_a_replicated_document() {
+        let doc = json!({"_id": "d", "_rev": "3-c", "_revisions": {"start": 3, "ids": ["c", "b", "a"]}, "v": 1});
+        let update = parse_doc(doc, None, false, Origin::Client).unwrap();
+        let UpdateMode::Replicate { path } = update.mode else {
+            panic!("expected a replicated update")
+        };
+        assert_eq!(
+            path.iter().map(Rev::to_string).collect::<Vec<_>>(),
+            ["3-c", "2-b", "1-a"]
+        );
+        assert_eq!(Value::Object(update.body), json!({"v": 1}));
+    }
+
+    #[test]
+    fn refuses_bad_documents() {
+        for (doc, new_edits) in [
+            (json!([1]), true),
+            (json!({"_id": "_bad"}), true),
+            (json!({"_foo": 1}), true),
+            (json!({"_id": "x", "_rev": "nope"}), true),
+            (json!({"_id": "x"}), false),
+            (
+                json!({"_id": "x", "_rev": "2-b", "_revisions": {"start": 1, "ids": ["a", "b"]}}),
+                false,
+            ),
+            (json!({"_attachments": {"a": {"data": "!!!"}}}), true),
+        ] {
+            assert!(
+                parse_doc(doc.clone(), None, new_edits, Origin::Client).is_err(),
+                "{doc}"
+            );
+        }
+    }
+
+    #[test]
+    fn decodes_inline_attachments() {
+        let doc =
+            json!({"_attachments": {"a.txt": {"content_type": "text/plain", "data": "aGVsbG8="}}});
+        let update = parse_doc(doc, Some("d"), true, Origin::Client).unwrap();
+        assert_eq!(update.new_attachments[0].data, b"hello");
+        let att = &update.body["_attachments"]["a.txt"];
+        assert_eq!(att["digest"], "md5-XUFAKrxLKna5cZ2REBfFkg==");
+        assert_eq!(att["length"], 5);
+    }
+}

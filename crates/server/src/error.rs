@@ -1,0 +1,152 @@
+//! The one error type of the HTTP API and its one mapping to status codes.
+//!
+//! Every error leaves as `{"error": code, "reason": text}` with CouchDB's codes, because clients
+//! branch on them (PouchDB creates a database on 404, treats 412 on create as success, retries
+//! 5xx). A 5xx body says nothing internal; the cause goes to the log.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use outpost_core::NameError;
+use outpost_store::{DocError, StoreError};
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed input: bad JSON, a bad parameter, an invalid revision.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A database name outside CouchDB's rule.
+    #[error("{0}")]
+    IllegalDbName(String),
+    /// A special field (`_foo`) CouchDB does not know.
+    #[error("{0}")]
+    DocValidation(String),
+    /// The database, document, revision or attachment does not exist; the reason is CouchDB's
+    /// (`missing`, `deleted`, `Database does not exist.`).
+    #[error("{0}")]
+    NotFound(String),
+    /// The method is not supported on this resource.
+    #[error("{0}")]
+    MethodNotAllowed(&'static str),
+    /// An edit of a revision that is not the current leaf.
+    #[error("Document update conflict.")]
+    Conflict,
+    /// The database to create already exists.
+    #[error("The database could not be created, the file already exists.")]
+    FileExists,
+    /// A precondition of the request does not hold (a missing attachment stub).
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// A body, id or batch above the configured limits.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A body in a content type this endpoint does not take.
+    #[error("{0}")]
+    BadContentType(String),
+    /// A feature Outpost does not have (yet), named in the reason.
+    #[error("{0}")]
+    NotImplemented(String),
+    /// The store is closing.
+    #[error("the server is shutting down")]
+    Unavailable,
+    /// A bug or a storage failure; the detail is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad_request(reason: impl Into<String>) -> ApiError {
+        ApiError::BadRequest(reason.into())
+    }
+
+    pub fn missing() -> ApiError {
+        ApiError::NotFound("missing".into())
+    }
+
+    pub fn no_db() -> ApiError {
+        ApiError::NotFound("Database does not exist.".into())
+    }
+
+    /// Status and CouchDB error code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::IllegalDbName(_) => (StatusCode::BAD_REQUEST, "illegal_database_name"),
+            ApiError::DocValidation(_) => (StatusCode::BAD_REQUEST, "doc_validation"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Conflict => (StatusCode::CONFLICT, "conflict"),
+            ApiError::FileExists => (StatusCode::PRECONDITION_FAILED, "file_exists"),
+            ApiError::PreconditionFailed(_) => {
+                (StatusCode::PRECONDITION_FAILED, "precondition_failed")
+            }
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::BadContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_content_type"),
+            ApiError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
+            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error"),
+        }
+    }
+
+    /// The `reason` a client sees.
+    pub fn reason(&self) -> String {
+        match self {
+            ApiError::Internal(_) => "an internal error occurred; see the server log".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The `{"error","reason"}` object.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({ "error": self.status_and_code().1, "reason": self.reason() })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, _) = self.status_and_code();
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(error = %cause, "request failed");
+        }
+        let mut response = (status, crate::json_body(self.body().to_string())).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::NoDb => ApiError::no_db(),
+            StoreError::DbExists => ApiError::FileExists,
+            StoreError::Conflict => ApiError::Conflict,
+            StoreError::NotFound => ApiError::missing(),
+            StoreError::Closed => ApiError::Unavailable,
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<DocError> for ApiError {
+    fn from(e: DocError) -> ApiError {
+        match e {
+            DocError::Conflict => ApiError::Conflict,
+            DocError::MissingStub { .. } => ApiError::PreconditionFailed(e.to_string()),
+            DocError::InvalidPath => ApiError::bad_request("Invalid _revisions path"),
+            DocError::Invalid(reason) => ApiError::BadRequest(reason),
+        }
+    }
+}
+
+impl From<NameError> for ApiError {
+    fn from(e: NameError) -> ApiError {
+        match e {
+            NameError::IllegalDbName(_) => ApiError::IllegalDbName(e.to_string()),
+            other => ApiError::BadRequest(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! The changes feed engine: scanning the store page by page through a filter, and writing the
+//! four feed formats (`normal`, `longpoll`, `continuous`, `eventsource`) as a streamed body.
+//!
+//! A feed runs as a tracked task that writes into a bounded channel; the response body reads
+//! from it. The task ends when the client goes away (the channel closes), when the feed is done,
+//! or when the server shuts down.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::response::Response;
+use http::{HeaderValue, header};
+use outpost_core::Selector;
+use outpost_store::{ChangeRow, ChangesQuery, StoredBody};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::docjson::{RenderOpts, render};
+use crate::{ApiError, AppState};
+
+/// Rows read from the store per page.
+const PAGE: u64 = 500;
+
+/// Which documents a feed shows.
+#[derive(Debug)]
+pub enum Filter {
+    All,
+    DocIds(HashSet<String>),
+    Selector(Selector),
+    /// Only `_design/` documents (CouchDB's built-in `_design` filter).
+    Design,
+}
+
+impl Filter {
+    fn needs_body(&self) -> bool {
+        matches!(self, Filter::Selector(_))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedKind {
+    Normal,
+    Longpoll,
+    Continuous,
+    EventSource,
+}
+
+/// A parsed `_changes` request.
+#[derive(Debug)]
+pub struct FeedOpts {
+    pub kind: FeedKind,
+    pub since: u64,
+    pub limit: Option<u64>,
+    pub descending: bool,
+    pub all_leaves: bool,
+    pub include_docs: bool,
+    pub render: RenderOpts,
+    pub filter: Filter,
+    pub heartbeat: Option<Duration>,
+    pub timeout: Duration,
+}
+
+/// One scan: the rows that passed the filter, the last sequence looked at, and whether the
+/// store has more beyond it.
+struct Scan {
+    rows: Vec<(u64, String)>,
+    last_seen: Option<u64>,
+    more: bool,
+}
+
+async fn scan(
+    state: &AppState,
+    db: &str,
+    opts: &FeedOpts,
+    since: u64,
+    want: u64,
+) -> Result<Scan, ApiError> {
+    let mut rows = Vec::new();
+    let mut cursor = since;
+    let mut last_seen = None;
+    loop {
+        let remaining = want.saturating_sub(rows.len() as u64);
+        if remaining == 0 {
+            return Ok(Scan {
+                rows,
+                last_seen,
+                more: true,
+            });
+        }
+        let page_size = if matches!(opts.filter, Filter::All) {
+            remaining.min(PAGE)
+        } else {
+            PAGE
+        };
+        let query = ChangesQuery {
+            since: cursor,
+            limit: page_size,
+            descending: opts.descending,
+            include_docs: opts.include_docs || opts.filter.needs_body(),
+        };
+        let page = state.store.changes(db, &query).await?;
+        let full = page.len() as u64 == page_size;
+        for row in page {
+            cursor = row.seq;
+            last_seen = Some(row.seq);
+            if let Some(text) = render_row(state, db, opts, row).await? {
+                rows.push((cursor, text));
+                if rows.len() as u64 == want {
+                    return Ok(Scan {
+                        rows,
+                        last_seen,
+                        more: true,
+                    });
+                }
+            }
+        }
+        if !full {
+            return Ok(Scan {
+                rows,
+                last_seen,
+                more: false,
+            });
+        }
+    }
+}
+
+/// A change row as JSON, or `None` when the filter leaves it out.
+async fn render_row(
+    state: &AppState,
+    db: &str,
+    opts: &FeedOpts,
+    row: ChangeRow,
+) -> Result<Option<String>, ApiError> {
+    let pass = match &opts.filter {
+        Filter::All | Filter::Selector(_) => true,
+        Filter::DocIds(ids) => ids.contains(&row.id),
+        Filter::Design => row.id.starts_with("_design/"),
+    };
+    if !pass {
+        return Ok(None);
+    }
+    let Some(winner) = row.tree.winner() else {
+        return Ok(None);
+    };
+    let doc = match &row.body {
+        Some(json) if opts.include_docs || opts.filter.needs_body() => {
+            let body = StoredBody {
+                deleted: winner.deleted,
+                json: json.clone(),
+            };
+            Some(
+                render(
+                    state,
+                    db,
+                    &row.id,
+                    &row.tree,
+                    row.seq,
+                    &winner.rev,
+                    &body,
+                    &opts.render,
+                )
+                .await?,
+            )
+        }
+        _ => None,
+    };
+    if let Filter::Selector(selector) = &opts.filter {
+        let value: Value = match &doc {
+            Some(text) => {
+                serde_json::from_str(text).map_err(|e| ApiError::Internal(e.to_string()))?
+            }
+            None => Value::Null,
+        };
+        if winner.deleted || !selector.matches(&value) {
+            return Ok(None);
+        }
+    }
+    let changes: Vec<Value> = if opts.all_leaves {
+        row.tree
+            .leaves()
+            .into_iter()
+            .map(|l| json!({ "rev": l.rev.to_string() }))
+            .collect()
+    } else {
+        vec![json!({ "rev": winner.rev.to_string() })]
+    };
+    let mut text = format!(
+        "{{\"seq\":{},\"id\":{},\"changes\":{}",
+        row.seq,
+        Value::String(row.id.clone()),
+        Value::Array(changes)
+    );
+    if winner.deleted {
+        text.push_str(",\"deleted\":true");
+    }
+    if opts.include_docs {
+        text.push_str(",\"doc\":");
+        text.push_str(doc.as_deref().unwrap_or("null"));
+    }
+    text.push('}');
+    Ok(Some(text))
+}
+
+type Chunk = Result<Bytes, std::io::Error>;
+
+/// Starts the feed and returns the streamed response.
+pub fn respond(state: &AppState, db: String, opts: FeedOpts) -> Response {
+    let (tx, rx) = mpsc::channel::<Chunk>(64);
+    let content_type = match opts.kind {
+        FeedKind::EventSource => "text/event-stream",
+        _ => "application/json",
+    };
+    let task_state = state.clone();
+    state.tasks.spawn(async move {
+        let out = Out { tx: tx.clone() };
+        if let Err(e) = run(&task_state, &db, opts, &out).await {
+            // The status is already sent; the client sees a truncated body and retries.
+            if let FeedEnd::Failed(e) = e {
+                tracing::warn!(db = %db, error = %e, "changes feed ended early");
+                let _ = tx.send(Err(std::io::Error::other("feed failed"))).await;
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let mut response = Response::new(Body::from_stream(stream));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("must-revalidate"),
+    );
+    response
+}
+
+#[derive(Debug)]
+enum FeedEnd {
+    ClientGone,
+    Failed(ApiError),
+}
+
+impl From<ApiError> for FeedEnd {
+    fn from(e: ApiError) -> FeedEnd {
+        FeedEnd::Failed(e)
+    }
+}
+
+struct Out {
+    tx: mpsc::Sender<Chunk>,
+}
+
+impl Out {
+    async fn send(&self, text: impl Into<Bytes>) -> Result<(), FeedEnd> {
+        self.tx
+            .send(Ok(text.into()))
+            .await
+            .map_err(|_| FeedEnd::ClientGone)
+    }
+}
+
+/// What ended a wait for new changes.
+enum Woken {
+    Changed,
+    Heartbeat,
+    TimedOut,
+    /// The database was deleted or the server is shutting down.
+    Closed,
+}
+
+async fn run(state: &AppState, db: &str, opts: FeedOpts, out: &Out) -> Result<(), FeedEnd> {
+    // Subscribe before the first read, so a write that lands in between still wakes us.
+    let mut watch = state.store.watch(db);
+    let limit = opts.limit.unwrap_or(u64::MAX);
+    match opts.kind {
+        FeedKind::Normal => {
+            let scan = scan(state, db, &opts, opts.since, limit.min(PAGE)).await?;
+            write_normal(state, db, &opts, scan, limit, out).await
+        }
+        FeedKind::Longpoll => {
+            let deadline = tokio::time::Instant::now() + opts.timeout;
+            let mut since = opts.since;
+            loop {
+                let found = scan(state, db, &opts, since, limit.min(PAGE)).await?;
+                if !found.rows.is_empty() {
+                    return write_normal(state, db, &opts, found, limit, out).await;
+                }
+                since = found.last_seen.unwrap_or(since);
+                match wait(state, &mut watch, &opts, deadline, out).await? {
+                    Woken::Changed | Woken::Heartbeat => continue,
+                    Woken::TimedOut | Woken::Closed => {
+                        let empty = Scan {
+                            rows: Vec::new(),
+                            last_seen: Some(since),
+                            more: false,
+                        };
+                        return write_normal(state, db, &opts, empty, limit, out).await;
+                    }
+                }
+            }
+        }
+        FeedKind::Continuous | FeedKind::EventSource => {
+            let sse = opts.kind == FeedKind::EventSource;
+            let mut since = opts.since;
+            let mut sent = 0u64;
+            let mut deadline = tokio::time::Instant::now() + opts.timeout;
+            loop {
+                let found = scan(state, db, &opts, since, (limit - sent).min(PAGE)).await?;
+                since = found.last_seen.unwrap_or(since);
+                for (seq, row) in &found.rows {
+                    let line = if sse {
+                        format!("data: {row}\nid: {seq}\n\n")
+                    } else {
+                        format!("{row}\n")
+                    };
+                    out.send(line).await?;
+                    sent += 1;
+                }
+                if !found.rows.is_empty() {
+                    deadline = tokio::time::Instant::now() + opts.timeout;
+                }
+                if sent >= limit {
+                    break;
+                }
+                if found.more {
+                    continue;
+                }
+                match wait(state, &mut watch, &opts, deadline, out).await? {
+                    Woken::Changed => {}
+                    Woken::Heartbeat => {
+                        out.send(if sse {
+                            "event: heartbeat\ndata: \n\n"
+                        } else {
+                            "\n"
+                        })
+                        .await?;
+                    }
+                    Woken::TimedOut | Woken::Closed => break,
+                }
+            }
+            if !sse {
+                out.send(format!("{}\n", json!({ "last_seq": since, "pending": 0 })))
+                    .await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Waits for a change, a heartbeat tick or the timeout. Heartbeats of longpoll feeds are written
+/// here (a newline before the JSON is harmless to every client); continuous feeds write their own.
+async fn wait(
+    state: &AppState,
+    watch: &mut tokio::sync::watch::Receiver<u64>,
+    opts: &FeedOpts,
+    deadline: tokio::time::Instant,
+    out: &Out,
+) -> Result<Woken, FeedEnd> {
+    loop {
+        let tick = opts.heartbeat.unwrap_or(Duration::from_secs(3600));
+        let woken = tokio::select! {
+            changed = watch.changed() => if changed.is_ok() { Woken::Changed } else { Woken::Closed },
+            _ = tokio::time::sleep(tick), if opts.heartbeat.is_some() => Woken::Heartbeat,
+            // With a heartbeat the feed runs until the client leaves, as in CouchDB.
+            _ = tokio::time::sleep_until(deadline), if opts.heartbeat.is_none() => Woken::TimedOut,
+            _ = state.shutdown.cancelled() => Woken::Closed,
+            _ = out.tx.closed() => return Err(FeedEnd::ClientGone),
+        };
+        if matches!(woken, Woken::Heartbeat) && opts.kind == FeedKind::Longpoll {
+            out.send("\n").await?;
+            continue;
+        }
+        return Ok(woken);
+    }
+}
+
+/// Writes a `normal` (or answered `longpoll`) feed: rows, `last_seq` and `pending`.
+async fn write_normal(
+    state: &AppState,
+    db: &str,
+    opts: &FeedOpts,
+    first: Scan,
+    limit: u64,
+    out: &Out,
+) -> Result<(), FeedEnd> {
+    out.send("{\"results\":[\n").await?;
+    let mut sent = 0u64;
+    let mut last_row_seq = None;
+    let mut scan_result = first;
+    let mut since = opts.since;
+    loop {
+        for (seq, row) in &scan_result.rows {
+            let sep = if sent == 0 { "" } else { ",\n" };
+            out.send(format!("{sep}{row}")).await?;
+            sent += 1;
+            last_row_seq = Some(*seq);
+        }
+        since = scan_result.last_seen.unwrap_or(since);
+        if sent >= limit || !scan_result.more {
+            break;
+        }
+        scan_result = scan(state, db, opts, since, (limit - sent).min(PAGE)).await?;
+    }
+    let truncated = sent >= limit && limit != u64::MAX;
+    // Clients page with `since=last_seq`, so when `limit` cut the feed short it must be the last
+    // returned row's sequence; otherwise it is the last sequence looked at (never the database's
+    // current sequence read afterwards, which could skip a change that landed in between).
+    let last_seq = if truncated {
+        last_row_seq.unwrap_or(since)
+    } else {
+        since
+    };
+    let pending = if truncated && !opts.descending {
+        state
+            .store
+            .changes_pending(db, last_seq)
+            .await
+            .map_err(ApiError::from)?
+    } else {
+        0
+    };
+    out.send(format!(
+        "\n],\n\"last_seq\":{last_seq},\"pending\":{pending}}}\n"
+    ))
+    .await?;
+    Ok(())
+}

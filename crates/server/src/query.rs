@@ -1,0 +1,103 @@
+//! Typed access to query parameters, with CouchDB's parsing rules and clear 400s.
+
+use serde_json::Value;
+
+use crate::ApiError;
+
+/// The decoded query string of a request.
+#[derive(Debug, Default, Clone)]
+pub struct Query {
+    pairs: Vec<(String, String)>,
+}
+
+impl Query {
+    /// Decodes a raw query string (`a=1&b=%22x%22`).
+    pub fn parse(raw: Option<&str>) -> Result<Query, ApiError> {
+        let pairs = match raw {
+            None | Some("") => Vec::new(),
+            Some(raw) => serde_urlencoded::from_str::<Vec<(String, String)>>(raw)
+                .map_err(|_| ApiError::bad_request("invalid query string"))?,
+        };
+        Ok(Query { pairs })
+    }
+
+    /// The last value given for `name` (CouchDB lets a later parameter win).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A `true`/`false` parameter.
+    pub fn bool(&self, name: &str) -> Result<Option<bool>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "invalid boolean parameter {name}={other}: expected true or false"
+            ))),
+        }
+    }
+
+    /// A `true`/`false` parameter that defaults to `false`.
+    pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        Ok(self.bool(name)?.unwrap_or(false))
+    }
+
+    /// A non-negative integer parameter.
+    pub fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "invalid value for {name}: {v:?} is not a non-negative integer"
+                ))
+            }),
+        }
+    }
+
+    /// A JSON-encoded parameter (`key`, `startkey`, `open_revs`, ...).
+    pub fn json(&self, name: &str) -> Result<Option<Value>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => serde_json::from_str(v).map(Some).map_err(|_| {
+                ApiError::bad_request(format!("invalid JSON in query parameter {name}"))
+            }),
+        }
+    }
+
+    /// The first of several aliases present (`startkey` / `start_key`) as JSON.
+    pub fn json_any(&self, names: &[&str]) -> Result<Option<Value>, ApiError> {
+        for name in names {
+            if let Some(v) = self.json(name)? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_types_parameters() {
+        let q = Query::parse(Some("limit=10&include_docs=true&key=%22a%2Fb%22&limit=20")).unwrap();
+        assert_eq!(q.u64("limit").unwrap(), Some(20));
+        assert_eq!(q.bool("include_docs").unwrap(), Some(true));
+        assert_eq!(q.json("key").unwrap(), Some(Value::String("a/b".into())));
+        assert!(q.bool("missing").unwrap().is_none());
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        let q = Query::parse(Some("limit=-1&descending=yes&key=%7B")).unwrap();
+        assert!(q.u64("limit").is_err());
+        assert!(q.bool("descending").is_err());
+        assert!(q.json("key").is_err());
+    }
+}

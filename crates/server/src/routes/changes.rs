@@ -1,0 +1,200 @@
+//! `/{db}/_changes` (GET, or POST for filters) and `/{db}/_events`.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::response::Response;
+use http::Method;
+use outpost_core::Selector;
+use outpost_store::EventsQuery;
+use serde_json::{Value, json};
+
+use super::{not_allowed, ok};
+use crate::dispatch::Req;
+use crate::docjson::RenderOpts;
+use crate::feed::{FeedKind, FeedOpts, Filter, respond};
+use crate::{ApiError, AppState};
+
+/// CouchDB's default `timeout` of live feeds.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The shortest heartbeat honoured; shorter ones would only burn CPU.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+/// Most `doc_ids` in one filter.
+const MAX_DOC_IDS: usize = 100_000;
+
+/// Parses `since`: a number, `now`, or an opaque sequence string that starts with one (as
+/// CouchDB's `N-…` sequences do).
+fn parse_since(raw: &str, current: u64) -> Result<u64, ApiError> {
+    let raw = raw.trim().trim_matches('"');
+    if raw == "now" {
+        return Ok(current);
+    }
+    let digits: String = raw.chars().take_while(char::is_ascii_digit).collect();
+    digits
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid since value {raw:?}")))
+}
+
+fn ms(req: &Req, name: &str) -> Result<Option<Duration>, ApiError> {
+    Ok(req.query.u64(name)?.map(Duration::from_millis))
+}
+
+pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Response, ApiError> {
+    let body = match req.method {
+        Method::GET => Value::Null,
+        Method::POST => req.json().await?,
+        _ => return Err(not_allowed("Only GET,HEAD,POST allowed")),
+    };
+    let info = state.store.db_info(db).await?;
+    let q = &req.query;
+    let kind = match q.get("feed").unwrap_or("normal") {
+        "normal" => FeedKind::Normal,
+        "longpoll" => FeedKind::Longpoll,
+        "continuous" => FeedKind::Continuous,
+        "eventsource" => FeedKind::EventSource,
+        other => return Err(ApiError::bad_request(format!("unknown feed {other:?}"))),
+    };
+    let descending = q.flag("descending")?;
+    let since_raw = match (
+        kind,
+        req.headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok()),
+    ) {
+        (FeedKind::EventSource, Some(id)) => Some(id.to_owned()),
+        _ => q.get("since").map(str::to_owned),
+    };
+    let since = match since_raw {
+        Some(raw) => parse_since(&raw, info.update_seq)?,
+        None if descending => u64::MAX,
+        None => 0,
+    };
+    let all_leaves = match q.get("style") {
+        None | Some("main_only") => false,
+        Some("all_docs") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("unknown style {other:?}"))),
+    };
+    let heartbeat = match q.get("heartbeat") {
+        None | Some("false") => None,
+        Some("true") => Some(DEFAULT_TIMEOUT),
+        Some(_) => ms(req, "heartbeat")?.map(|d| d.max(MIN_HEARTBEAT)),
+    };
+    let timeout = ms(req, "timeout")?.unwrap_or(DEFAULT_TIMEOUT);
+    let filter = parse_filter(req, &body)?;
+    if descending && kind != FeedKind::Normal {
+        return Err(ApiError::bad_request(
+            "descending is only supported by the normal feed",
+        ));
+    }
+    let opts = FeedOpts {
+        kind,
+        since,
+        limit: q.u64("limit")?,
+        descending,
+        all_leaves,
+        include_docs: q.flag("include_docs")?,
+        render: RenderOpts {
+            conflicts: q.flag("conflicts")?,
+            attachments: q.flag("attachments")?,
+            ..RenderOpts::default()
+        },
+        filter,
+        heartbeat,
+        timeout,
+    };
+    Ok(respond(state, db.to_owned(), opts))
+}
+
+fn parse_filter(req: &Req, body: &Value) -> Result<Filter, ApiError> {
+    match req.query.get("filter") {
+        None => Ok(Filter::All),
+        Some("_doc_ids") => {
+            let ids = match body.get("doc_ids") {
+                Some(ids) => ids.clone(),
+                None => req.query.json("doc_ids")?.ok_or_else(|| {
+                    ApiError::bad_request("filter=_doc_ids needs doc_ids in the query or the body")
+                })?,
+            };
+            let ids = ids
+                .as_array()
+                .ok_or_else(|| ApiError::bad_request("doc_ids must be an array of strings"))?;
+            if ids.len() > MAX_DOC_IDS {
+                return Err(ApiError::TooLarge(format!("at most {MAX_DOC_IDS} doc_ids")));
+            }
+            let ids: HashSet<String> = ids
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| ApiError::bad_request("doc_ids must be an array of strings"))
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(Filter::DocIds(ids))
+        }
+        Some("_selector") => {
+            let selector = match body.get("selector") {
+                Some(s) => s.clone(),
+                None => req.query.json("selector")?.ok_or_else(|| {
+                    ApiError::bad_request("filter=_selector needs a selector in the body")
+                })?,
+            };
+            let selector =
+                Selector::parse(&selector).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            Ok(Filter::Selector(selector))
+        }
+        Some("_design") => Ok(Filter::Design),
+        Some("_view") => Err(ApiError::NotImplemented(
+            "filter=_view needs map functions, which Outpost does not run".into(),
+        )),
+        Some(name) if name.contains('/') => Err(ApiError::NotImplemented(format!(
+            "filter {name:?} is a design document filter function; Outpost does not run server-side JavaScript. Use filter=_doc_ids or filter=_selector"
+        ))),
+        Some(other) => Err(ApiError::bad_request(format!("unknown filter {other:?}"))),
+    }
+}
+
+/// Most events in one `_events` answer when no `limit` is given.
+const DEFAULT_EVENTS_LIMIT: u64 = 10_000;
+
+/// `GET /{db}/_events`: the immutable log of accepted revisions, oldest first.
+pub async fn events(state: &AppState, db: &str, req: &mut Req) -> Result<Response, ApiError> {
+    if req.method != Method::GET {
+        return Err(not_allowed("Only GET,HEAD allowed"));
+    }
+    let q = &req.query;
+    let query = EventsQuery {
+        since: match q.get("since") {
+            Some(s) => parse_since(s, state.store.db_info(db).await?.update_seq)?,
+            None => 0,
+        },
+        limit: q.u64("limit")?.unwrap_or(DEFAULT_EVENTS_LIMIT),
+        doc_id: q.get("doc_id").map(str::to_owned),
+        include_docs: q.flag("include_docs")?,
+    };
+    let events = state.store.events(db, &query).await?;
+    let last_seq = events.last().map_or(query.since, |e| e.seq);
+    let rows: Vec<Value> = events
+        .into_iter()
+        .map(|e| {
+            let mut row = json!({
+                "seq": e.seq,
+                "type": e.kind,
+                "id": e.id,
+                "rev": e.rev.to_string(),
+                "parent": e.parent.map(|p| p.to_string()),
+                "origin": e.origin,
+                "at": e.at,
+            });
+            if query.include_docs {
+                row["doc"] = e
+                    .body
+                    .and_then(|b| serde_json::from_str(&b).ok())
+                    .unwrap_or(Value::Null);
+            }
+            row
+        })
+        .collect();
+    Ok(ok(
+        json!({ "results": rows, "last_seq": last_seq }).to_string()
+    ))
+}

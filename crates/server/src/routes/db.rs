@@ -1,0 +1,122 @@
+//! `/{db}`: create, inspect, delete a database, and `POST` a document into it; plus the small
+//! per-database endpoints `_revs_limit`, `_compact` and `_ensure_full_commit`.
+
+use axum::response::Response;
+use http::{Method, StatusCode, header};
+use outpost_core::names::validate_db_name;
+use outpost_store::Origin;
+use serde_json::{Value, json};
+
+use super::{json, not_allowed, ok, with_etag, write_one};
+use crate::dispatch::Req;
+use crate::docjson::{ok_json, parse_doc};
+use crate::{ApiError, AppState};
+
+pub async fn handle(state: &AppState, name: &str, req: &mut Req) -> Result<Response, ApiError> {
+    validate_db_name(name)?;
+    match req.method {
+        Method::GET => info(state, name).await,
+        Method::PUT => {
+            state.store.create_db(name).await?;
+            let mut response = json(StatusCode::CREATED, json!({ "ok": true }).to_string());
+            if let Ok(v) = http::HeaderValue::from_str(&format!("/{}", encode(name))) {
+                response.headers_mut().insert(header::LOCATION, v);
+            }
+            Ok(response)
+        }
+        Method::DELETE => {
+            if req.query.get("rev").is_some() {
+                // CouchDB's guard against `DELETE /db?rev=` meant for a document.
+                return Err(ApiError::bad_request(
+                    "You tried to DELETE a database with a ?rev= parameter. Did you mean to DELETE a document instead?",
+                ));
+            }
+            state.store.delete_db(name).await?;
+            Ok(ok(json!({ "ok": true }).to_string()))
+        }
+        Method::POST => {
+            let body = req.json().await?;
+            let update = parse_doc(body, None, true, Origin::Client)?;
+            let id = update.id.clone();
+            if matches!(
+                outpost_core::names::classify_doc_id(&id),
+                Ok(outpost_core::DocKind::Local)
+            ) {
+                return Err(ApiError::bad_request("use PUT to write _local documents"));
+            }
+            let rev = write_one(state, name, update).await?;
+            let response = json(StatusCode::CREATED, ok_json(&id, &rev));
+            Ok(with_etag(response, &rev))
+        }
+        _ => Err(not_allowed("Only DELETE,GET,HEAD,POST,PUT allowed")),
+    }
+}
+
+fn encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+async fn info(state: &AppState, name: &str) -> Result<Response, ApiError> {
+    let info = state.store.db_info(name).await?;
+    Ok(ok(json!({
+        "db_name": info.name,
+        "update_seq": info.update_seq,
+        "purge_seq": 0,
+        "doc_count": info.doc_count,
+        "doc_del_count": info.doc_del_count,
+        "sizes": { "file": info.file_size, "external": info.active_size, "active": info.active_size },
+        "props": {},
+        "disk_format_version": 8,
+        "compact_running": false,
+        "cluster": { "q": 1, "n": 1, "w": 1, "r": 1 },
+        "instance_start_time": (info.created_at).to_string(),
+    })
+    .to_string()))
+}
+
+/// `GET/PUT /{db}/_revs_limit`.
+pub async fn revs_limit(state: &AppState, db: &str, req: &mut Req) -> Result<Response, ApiError> {
+    match req.method {
+        Method::GET => Ok(ok(state.store.db_info(db).await?.revs_limit.to_string())),
+        Method::PUT => {
+            let limit = match req.json().await? {
+                Value::Number(n) => n.as_u64().filter(|n| *n >= 1),
+                _ => None,
+            }
+            .ok_or_else(|| ApiError::bad_request("_revs_limit must be a positive integer"))?;
+            state.store.set_revs_limit(db, limit).await?;
+            Ok(ok(json!({ "ok": true }).to_string()))
+        }
+        _ => Err(not_allowed("Only GET,PUT allowed")),
+    }
+}
+
+/// `POST /{db}/_compact`: runs to completion before answering, so `compact_running` is always
+/// false by the time a client polls it.
+pub async fn compact(state: &AppState, db: &str, req: &mut Req) -> Result<Response, ApiError> {
+    if req.method != Method::POST {
+        return Err(not_allowed("Only POST allowed"));
+    }
+    req.require_json_type()?;
+    state.store.compact(db).await?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        json!({ "ok": true }).to_string(),
+    ))
+}
+
+/// `POST /{db}/_ensure_full_commit`: every acknowledged write is already durable.
+pub async fn ensure_full_commit(
+    state: &AppState,
+    db: &str,
+    req: &mut Req,
+) -> Result<Response, ApiError> {
+    if req.method != Method::POST {
+        return Err(not_allowed("Only POST allowed"));
+    }
+    state.store.db_info(db).await?;
+    Ok(json(
+        StatusCode::CREATED,
+        json!({ "ok": true, "instance_start_time": "0" }).to_string(),
+    ))
+}

@@ -1,0 +1,242 @@
+//! `/{db}/{id}`: read, write and delete one document.
+
+use axum::response::Response;
+use http::{Method, StatusCode, header};
+use outpost_core::Rev;
+use outpost_store::{DocRecord, Origin, StoredBody, UpdateMode};
+use serde_json::{Map, Value};
+
+use super::{json, load_doc, not_allowed, ok, with_etag, write_one};
+use crate::dispatch::{Req, media_type};
+use crate::docjson::{RenderOpts, ok_json, parse_doc, parse_rev, render};
+use crate::{ApiError, AppState};
+
+pub async fn handle(
+    state: &AppState,
+    db: &str,
+    id: &str,
+    req: &mut Req,
+) -> Result<Response, ApiError> {
+    match req.method {
+        Method::GET => get(state, db, id, req).await,
+        Method::PUT => put(state, db, id, req).await,
+        Method::DELETE => delete(state, db, id, req).await,
+        _ => Err(not_allowed("Only DELETE,GET,HEAD,PUT allowed")),
+    }
+}
+
+/// The read options shared by `GET /{db}/{id}` and `_bulk_get`.
+pub fn render_opts(req: &Req) -> Result<RenderOpts, ApiError> {
+    let q = &req.query;
+    let meta = q.flag("meta")?;
+    Ok(RenderOpts {
+        revs: q.flag("revs")?,
+        revs_info: q.flag("revs_info")? || meta,
+        conflicts: q.flag("conflicts")? || meta,
+        deleted_conflicts: q.flag("deleted_conflicts")? || meta,
+        attachments: q.flag("attachments")?,
+        local_seq: q.flag("local_seq")?,
+    })
+}
+
+/// The `If-Match` revision, as CouchDB accepts it in place of `?rev=`.
+fn if_match(req: &Req) -> Result<Option<Rev>, ApiError> {
+    match req
+        .headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        None => Ok(None),
+        Some(v) => parse_rev(v.trim().trim_matches('"')).map(Some),
+    }
+}
+
+async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response, ApiError> {
+    let opts = render_opts(req)?;
+    let latest = req.query.flag("latest")?;
+    if let Some(open_revs) = req.query.get("open_revs") {
+        let record = load_doc(state, db, id).await?;
+        let wanted: Vec<Rev> = if open_revs == "all" {
+            record.tree.leaves().into_iter().map(|l| l.rev).collect()
+        } else {
+            let parsed: Value = serde_json::from_str(open_revs).map_err(|_| {
+                ApiError::bad_request("open_revs must be \"all\" or a JSON array of revisions")
+            })?;
+            let list = parsed.as_array().ok_or_else(|| {
+                ApiError::bad_request("open_revs must be \"all\" or a JSON array of revisions")
+            })?;
+            list.iter()
+                .map(|v| {
+                    v.as_str()
+                        .ok_or_else(|| ApiError::bad_request("Invalid rev format"))
+                        .and_then(parse_rev)
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let entries = open_revs_entries(state, db, &record, &wanted, latest, &opts).await?;
+        let entries: Vec<String> = entries
+            .into_iter()
+            .map(|entry| match entry {
+                OpenRev::Found(doc) => format!("{{\"ok\":{doc}}}"),
+                OpenRev::Missing(rev) => {
+                    serde_json::json!({ "missing": rev.to_string() }).to_string()
+                }
+            })
+            .collect();
+        return Ok(ok(format!("[{}]", entries.join(","))));
+    }
+    let rev = match req.query.get("rev") {
+        Some(r) => Some(parse_rev(r)?),
+        None => if_match(req)?,
+    };
+    let record = load_doc(state, db, id).await?;
+    let rev = match rev {
+        Some(rev) if latest => record
+            .tree
+            .latest(&rev)
+            .into_iter()
+            .next()
+            .ok_or_else(ApiError::missing)?,
+        Some(rev) => rev,
+        None => {
+            let winner = record.tree.winner().ok_or_else(ApiError::missing)?;
+            if winner.deleted {
+                return Err(ApiError::NotFound("deleted".into()));
+            }
+            winner.rev
+        }
+    };
+    let body = stored_body(state, db, id, &rev)
+        .await?
+        .ok_or_else(ApiError::missing)?;
+    let text = render(state, db, id, &record.tree, record.seq, &rev, &body, &opts).await?;
+    Ok(with_etag(ok(text), &rev))
+}
+
+/// One revision's stored body, if the store has it.
+pub async fn stored_body(
+    state: &AppState,
+    db: &str,
+    id: &str,
+    rev: &Rev,
+) -> Result<Option<StoredBody>, ApiError> {
+    let mut found = state
+        .store
+        .rev_bodies(db, id, std::slice::from_ref(rev))
+        .await?;
+    Ok(found.pop().map(|(_, body)| body))
+}
+
+/// One answer of `open_revs` or `_bulk_get`: a rendered revision, or the revision asked for that
+/// is not there.
+pub enum OpenRev {
+    Found(String),
+    Missing(Rev),
+}
+
+/// The revisions asked for (each replaced by its leaves when `latest`), rendered.
+pub async fn open_revs_entries(
+    state: &AppState,
+    db: &str,
+    record: &DocRecord,
+    wanted: &[Rev],
+    latest: bool,
+    opts: &RenderOpts,
+) -> Result<Vec<OpenRev>, ApiError> {
+    let mut revs: Vec<(Rev, Option<Rev>)> = Vec::new();
+    for rev in wanted {
+        let resolved = if latest {
+            record.tree.latest(rev)
+        } else {
+            vec![rev.clone()]
+        };
+        if resolved.is_empty() {
+            revs.push((rev.clone(), None));
+        }
+        for r in resolved {
+            if !revs.iter().any(|(_, seen)| seen.as_ref() == Some(&r)) {
+                revs.push((rev.clone(), Some(r)));
+            }
+        }
+    }
+    let mut entries = Vec::with_capacity(revs.len());
+    for (asked, resolved) in revs {
+        let body = match &resolved {
+            Some(r) if record.tree.contains(r) => stored_body(state, db, &record.id, r).await?,
+            _ => None,
+        };
+        match (resolved, body) {
+            (Some(r), Some(body)) => {
+                let text = render(
+                    state,
+                    db,
+                    &record.id,
+                    &record.tree,
+                    record.seq,
+                    &r,
+                    &body,
+                    opts,
+                )
+                .await?;
+                entries.push(OpenRev::Found(text));
+            }
+            _ => entries.push(OpenRev::Missing(asked)),
+        }
+    }
+    Ok(entries)
+}
+
+async fn put(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<Response, ApiError> {
+    if let Some(ct) = req
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        && media_type(ct).starts_with("multipart/")
+    {
+        return Err(ApiError::BadContentType(
+            "multipart document bodies are not supported; send attachments inline as base64".into(),
+        ));
+    }
+    let new_edits = req.query.bool("new_edits")?.unwrap_or(true);
+    let query_rev = match req.query.get("rev") {
+        Some(r) => Some(parse_rev(r)?),
+        None => if_match(req)?,
+    };
+    let mut body = req.json().await?;
+    if let (Some(rev), Some(obj)) = (query_rev, body.as_object_mut())
+        && !obj.contains_key("_rev")
+    {
+        obj.insert("_rev".into(), Value::String(rev.to_string()));
+    }
+    let update = parse_doc(body, Some(id), new_edits, Origin::Client)?;
+    let rev = write_one(state, db, update).await?;
+    let batch = req.query.get("batch") == Some("ok");
+    let status = if batch {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(with_etag(json(status, ok_json(id, &rev)), &rev))
+}
+
+async fn delete(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<Response, ApiError> {
+    let rev = match req.query.get("rev") {
+        Some(r) => Some(parse_rev(r)?),
+        None => if_match(req)?,
+    };
+    let Some(rev) = rev else {
+        // Without a revision CouchDB refuses a delete of an existing document as a conflict.
+        load_doc(state, db, id).await?;
+        return Err(ApiError::Conflict);
+    };
+    let update = outpost_store::DocUpdate {
+        id: id.to_owned(),
+        mode: UpdateMode::Edit { base: Some(rev) },
+        deleted: true,
+        body: Map::new(),
+        new_attachments: Vec::new(),
+        origin: Origin::Client,
+    };
+    let rev = write_one(state, db, update).await?;
+    Ok(with_etag(ok(ok_json(id, &rev)), &rev))
+}

@@ -1,0 +1,59 @@
+//! One module per HTTP resource, and the few helpers they share.
+
+pub mod all_docs;
+pub mod attachment;
+pub mod bulk;
+pub mod changes;
+pub mod db;
+pub mod doc;
+pub mod local;
+pub mod server;
+
+use axum::response::Response;
+use http::{StatusCode, header};
+use outpost_core::Rev;
+use outpost_store::{DocRecord, DocUpdate};
+
+use crate::{ApiError, AppState};
+
+/// A JSON answer with a status.
+pub fn json(status: StatusCode, text: String) -> Response {
+    let mut response = crate::json_body(text);
+    *response.status_mut() = status;
+    response
+}
+
+/// A JSON answer with 200.
+pub fn ok(text: String) -> Response {
+    json(StatusCode::OK, text)
+}
+
+/// Adds an `ETag` of a revision.
+pub fn with_etag(mut response: Response, rev: &Rev) -> Response {
+    if let Ok(v) = http::HeaderValue::from_str(&format!("\"{rev}\"")) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    response
+}
+
+/// A document's record, or CouchDB's 404 (`missing`).
+pub async fn load_doc(state: &AppState, db: &str, id: &str) -> Result<DocRecord, ApiError> {
+    state.store.doc(db, id).await?.ok_or_else(ApiError::missing)
+}
+
+/// Writes one document and returns its new revision.
+pub async fn write_one(state: &AppState, db: &str, update: DocUpdate) -> Result<Rev, ApiError> {
+    let mut results = state.store.write_docs(db, vec![update]).await?;
+    match results.pop() {
+        Some(Ok(rev)) => Ok(rev),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(ApiError::Internal(
+            "the store answered no result for a write".into(),
+        )),
+    }
+}
+
+/// Refuses a method, naming the ones allowed.
+pub fn not_allowed(allowed: &'static str) -> ApiError {
+    ApiError::MethodNotAllowed(allowed)
+}
