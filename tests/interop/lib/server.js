@@ -39,8 +39,8 @@ function freePort() {
   });
 }
 
-function outpostBin() {
-  const bin = process.env.OUTPOST_BIN || path.join(REPO_ROOT, 'target', 'debug', 'outpost');
+function outpostBin(explicit) {
+  const bin = explicit || process.env.OUTPOST_BIN || path.join(REPO_ROOT, 'target', 'debug', 'outpost');
   if (!fs.existsSync(bin)) {
     throw new Error(
       `outpost binary not found at ${bin}: build it (cargo build -p outpost-cli) or set OUTPOST_BIN, ` +
@@ -50,14 +50,18 @@ function outpostBin() {
   return bin;
 }
 
-/** The command line for each kind of server; `dir` is the temporary directory of this server. */
-function command(kind, { dir, port, logLevel }) {
+/**
+ * The command line for each kind of server; `dir` is the temporary directory of this server.
+ * `quiet` turns off per-request logging on both servers (the benchmark wants neither paying
+ * for a log line per request); otherwise both log at their info level.
+ */
+function command(kind, { dir, port, quiet, bin }) {
   const dataDir = path.join(dir, 'data');
   if (kind === 'outpost') {
     return {
-      cmd: outpostBin(),
+      cmd: outpostBin(bin),
       args: ['serve', '--data', dataDir, '--listen', `127.0.0.1:${port}`],
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || logLevel || 'info' },
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || (quiet ? 'warn' : 'info') },
     };
   }
   if (kind === 'pouchdb-server') {
@@ -66,7 +70,7 @@ function command(kind, { dir, port, logLevel }) {
     // restart finds the same uuid, as a restarted CouchDB would.
     const config = path.join(dir, 'config.json');
     if (!fs.existsSync(config)) {
-      const log = { file: path.join(dir, 'pouchdb-server.log'), level: logLevel || 'info' };
+      const log = { file: path.join(dir, 'pouchdb-server.log'), level: quiet ? 'warning' : 'info' };
       fs.writeFileSync(config, JSON.stringify({ log }, null, 2));
     }
     return {
@@ -99,7 +103,9 @@ function sleep(ms) {
 }
 
 /**
- * Starts a server and resolves once `GET /` answers with a welcome.
+ * Starts a server and resolves once `GET /` answers with a welcome. Options: `kind` (default
+ * INTEROP_SERVER, else outpost), `port` (default a free one), `bin` (the outpost binary, default
+ * OUTPOST_BIN), `quiet` (no per-request logging).
  *
  * Returns `{ kind, url, port, dir, pid, stop(), kill(), restart(), destroy() }`:
  * - `stop()` ends the process with SIGTERM (SIGKILL after 10 s) and keeps the data;
@@ -118,7 +124,7 @@ async function startServer(options = {}) {
   let exited = null;
 
   async function launch() {
-    const { cmd, args, env } = command(kind, { dir, port, logLevel: options.logLevel });
+    const { cmd, args, env } = command(kind, { dir, port, quiet: options.quiet, bin: options.bin });
     const out = fs.openSync(logFile, 'a');
     child = spawn(cmd, args, {
       cwd: dir,

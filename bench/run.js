@@ -1,0 +1,513 @@
+#!/usr/bin/env node
+'use strict';
+// Side-by-side benchmark of Outpost and pouchdb-server (LevelDB) on the same machine, in one run:
+// both servers are started, every workload runs against each in turn, and a markdown table with
+// the ratios is printed. See bench/README.md for how to run it and what each figure means.
+//
+// It uses the npm dependencies of tests/interop (pouchdb, pouchdb-server, undici) and its server
+// launcher, so there is one lockfile to keep and both servers start exactly as in the interop tests.
+
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { createRequire } = require('node:module');
+const { performance } = require('node:perf_hooks');
+const { execFileSync } = require('node:child_process');
+
+const REPO = path.resolve(__dirname, '..');
+const INTEROP = path.join(REPO, 'tests', 'interop');
+const interopRequire = createRequire(path.join(INTEROP, 'package.json'));
+let undici;
+let PouchDB;
+try {
+  undici = interopRequire('undici');
+  PouchDB = interopRequire('pouchdb');
+  PouchDB.plugin(interopRequire('pouchdb-adapter-memory'));
+} catch (err) {
+  console.error(`missing npm dependencies (${err.message}); run: (cd tests/interop && npm ci)`);
+  process.exit(2);
+}
+const { startServer } = require(path.join(INTEROP, 'lib', 'server.js'));
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+
+const USAGE = `usage: node bench/run.js [options]
+
+  --only KIND[,KIND]     servers to run: outpost, pouchdb-server (default both)
+  --workloads A[,B]      workloads to run (default all); --list shows them
+  --docs N               documents in the data sets (default 10000)
+  --seconds S            duration of the timed single-document workloads (default 5)
+  --clients C            concurrent keep-alive clients for single-document workloads (default 16)
+  --latency-samples N    live-sync latency samples (default 300)
+  --json FILE            also write the raw results as JSON
+  --list                 list the workloads and exit
+
+  OUTPOST_BIN            the outpost binary (default target/release/outpost)`;
+
+function parseArgs(argv) {
+  const opts = {
+    only: ['outpost', 'pouchdb-server'],
+    workloads: null,
+    docs: 10_000,
+    seconds: 5,
+    clients: 16,
+    latencySamples: 300,
+    json: null,
+    list: false,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    const value = () => {
+      if (i + 1 >= argv.length) throw new Error(`${arg} needs a value`);
+      return argv[++i];
+    };
+    const number = () => {
+      const n = Number(value());
+      if (!Number.isFinite(n) || n <= 0) throw new Error(`${arg} needs a positive number`);
+      return n;
+    };
+    switch (arg) {
+      case '--only': opts.only = value().split(','); break;
+      case '--workloads': opts.workloads = value().split(','); break;
+      case '--docs': opts.docs = number(); break;
+      case '--seconds': opts.seconds = number(); break;
+      case '--clients': opts.clients = number(); break;
+      case '--latency-samples': opts.latencySamples = number(); break;
+      case '--json': opts.json = value(); break;
+      case '--list': opts.list = true; break;
+      case '-h': case '--help': console.log(USAGE); process.exit(0); break;
+      default: throw new Error(`unknown option ${arg}\n\n${USAGE}`);
+    }
+  }
+  for (const kind of opts.only) {
+    if (!['outpost', 'pouchdb-server'].includes(kind)) throw new Error(`unknown server ${kind}`);
+  }
+  return opts;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurement helpers
+
+function percentile(sorted, p) {
+  if (sorted.length === 0) return NaN;
+  const idx = Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1);
+  return sorted[Math.max(0, idx)];
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** A small, realistic document: about 250 bytes of JSON. */
+function makeDoc(i, prefix = 'doc') {
+  return {
+    _id: `${prefix}-${String(i).padStart(6, '0')}`,
+    type: 'order',
+    n: i,
+    customer: { name: `customer ${i % 97}`, city: ['Lyon', 'Oslo', 'Lima', 'Kobe'][i % 4] },
+    items: [{ sku: `sku-${i % 13}`, qty: (i % 5) + 1 }, { sku: `sku-${i % 7}`, qty: 1 }],
+    note: 'benchmark document with a little text in it',
+    created: 1_700_000_000_000 + i,
+  };
+}
+
+/** Peak resident set size of a process in KiB, from the kernel's high-water mark. */
+function peakRssKiB(pid) {
+  try {
+    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+    const m = status.match(/^VmHWM:\s+(\d+)\s+kB/m);
+    return m ? Number(m[1]) : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+/**
+ * One server under benchmark: its process, an undici pool of keep-alive connections, and the
+ * data sets the workloads share (created once, outside any timing).
+ */
+class Target {
+  constructor(server, clients) {
+    this.server = server;
+    this.kind = server.kind;
+    this.url = server.url;
+    this.pool = new undici.Pool(server.url, { connections: clients, keepAliveTimeout: 30_000 });
+    this.fixtures = new Map();
+    this.dbCounter = 0;
+  }
+
+  /** A fresh database name for a workload that must start empty. */
+  freshDb(prefix) {
+    return `bench-${prefix}-${++this.dbCounter}`;
+  }
+
+  async request(method, path, body) {
+    const res = await this.pool.request({
+      method,
+      path,
+      headers: { 'content-type': 'application/json', accept: 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.body.text();
+    if (res.statusCode >= 300) throw new Error(`${this.kind}: ${method} ${path} -> ${res.statusCode} ${text.slice(0, 200)}`);
+    return text;
+  }
+
+  async json(method, path, body) {
+    return JSON.parse(await this.request(method, path, body));
+  }
+
+  /** A database holding `n` documents made by `makeDoc`, created once per target. */
+  async fixture(n) {
+    const name = `bench-fixture-${n}`;
+    if (!this.fixtures.has(name)) {
+      this.fixtures.set(name, (async () => {
+        await this.request('PUT', `/${name}`);
+        for (let i = 0; i < n; i += 1000) {
+          const docs = [];
+          for (let j = i; j < Math.min(n, i + 1000); j++) docs.push(makeDoc(j));
+          await this.request('POST', `/${name}/_bulk_docs`, { docs });
+        }
+        return name;
+      })());
+    }
+    return this.fixtures.get(name);
+  }
+
+  async close() {
+    await this.pool.close().catch(() => {});
+  }
+}
+
+/**
+ * Runs `op(workerIndex, iteration)` from `clients` concurrent workers for `seconds`, and returns
+ * throughput and latency percentiles.
+ */
+async function timedConcurrent(clients, seconds, op) {
+  const latencies = [];
+  const deadline = performance.now() + seconds * 1000;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: clients }, async (_, w) => {
+      for (let i = 0; performance.now() < deadline; i++) {
+        const t0 = performance.now();
+        await op(w, i);
+        latencies.push(performance.now() - t0);
+      }
+    }),
+  );
+  const elapsed = (performance.now() - started) / 1000;
+  latencies.sort((a, b) => a - b);
+  return {
+    value: latencies.length / elapsed,
+    unit: 'ops/s',
+    better: 'higher',
+    detail: `${latencies.length} ops, p50 ${percentile(latencies, 50).toFixed(2)} ms, p99 ${percentile(latencies, 99).toFixed(2)} ms`,
+  };
+}
+
+/** Median of `runs` timings of `fn` (after one untimed warm-up), as documents per second. */
+async function medianRate(docs, runs, fn) {
+  await fn();
+  const times = [];
+  for (let r = 0; r < runs; r++) {
+    const t0 = performance.now();
+    await fn();
+    times.push(performance.now() - t0);
+  }
+  times.sort((a, b) => a - b);
+  const ms = times[Math.floor(times.length / 2)];
+  return { value: docs / (ms / 1000), unit: 'docs/s', better: 'higher', detail: `median ${ms.toFixed(1)} ms of ${runs}` };
+}
+
+function replicate(from, to) {
+  return new Promise((resolve, reject) => {
+    PouchDB.replicate(from, to).on('complete', resolve).on('error', reject);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workloads. Each entry: name, what it measures, and run(target, opts) -> one result or an array
+// of results { metric, value, unit, better: 'higher' | 'lower', detail }. Add new workloads here
+// (replication between servers, attachments, ...); the table and the ratios follow.
+
+const WORKLOADS = [
+  {
+    name: 'put',
+    description: 'single-document PUT of new documents, N concurrent keep-alive clients',
+    async run(t, opts) {
+      const db = t.freshDb('put');
+      await t.request('PUT', `/${db}`);
+      const r = await timedConcurrent(opts.clients, opts.seconds, (w, i) =>
+        t.request('PUT', `/${db}/w${w}-${i}`, makeDoc(i, `w${w}`)),
+      );
+      return { metric: `PUT, ${opts.clients} clients`, ...r };
+    },
+  },
+  {
+    name: 'get',
+    description: 'single-document GET of random existing documents, N concurrent keep-alive clients',
+    async run(t, opts) {
+      const db = await t.fixture(opts.docs);
+      const r = await timedConcurrent(opts.clients, opts.seconds, () => {
+        const i = Math.floor(Math.random() * opts.docs);
+        return t.request('GET', `/${db}/${makeDoc(i)._id}`);
+      });
+      return { metric: `GET, ${opts.clients} clients`, ...r };
+    },
+  },
+  {
+    name: 'bulk-docs',
+    description: '_bulk_docs of N new documents in batches of 1,000, one client',
+    async run(t, opts) {
+      const db = t.freshDb('bulk');
+      await t.request('PUT', `/${db}`);
+      const batches = [];
+      for (let i = 0; i < opts.docs; i += 1000) {
+        const docs = [];
+        for (let j = i; j < Math.min(opts.docs, i + 1000); j++) docs.push(makeDoc(j));
+        batches.push(JSON.stringify({ docs }));
+      }
+      const t0 = performance.now();
+      for (const body of batches) {
+        const res = await t.pool.request({
+          method: 'POST',
+          path: `/${db}/_bulk_docs`,
+          headers: { 'content-type': 'application/json', accept: 'application/json' },
+          body,
+        });
+        const text = await res.body.text();
+        if (res.statusCode !== 201) throw new Error(`${t.kind}: _bulk_docs -> ${res.statusCode} ${text.slice(0, 200)}`);
+      }
+      const ms = performance.now() - t0;
+      return {
+        metric: `_bulk_docs ${opts.docs.toLocaleString('en-US')} docs / 1,000`,
+        value: opts.docs / (ms / 1000),
+        unit: 'docs/s',
+        better: 'higher',
+        detail: `${ms.toFixed(0)} ms`,
+      };
+    },
+  },
+  {
+    name: 'all-docs',
+    description: 'GET _all_docs?include_docs=true over N documents, body read to the end',
+    async run(t, opts) {
+      const db = await t.fixture(opts.docs);
+      const r = await medianRate(opts.docs, 5, async () => {
+        const body = await t.json('GET', `/${db}/_all_docs?include_docs=true`);
+        if (body.rows.length !== opts.docs) throw new Error(`${t.kind}: _all_docs returned ${body.rows.length} rows`);
+      });
+      return { metric: `_all_docs?include_docs=true, ${opts.docs.toLocaleString('en-US')} docs`, ...r };
+    },
+  },
+  {
+    name: 'changes',
+    description: 'GET _changes (normal feed, since=0) over N documents, body read to the end',
+    async run(t, opts) {
+      const db = await t.fixture(opts.docs);
+      const r = await medianRate(opts.docs, 5, async () => {
+        const body = await t.json('GET', `/${db}/_changes?style=all_docs`);
+        if (body.results.length !== opts.docs) throw new Error(`${t.kind}: _changes returned ${body.results.length} rows`);
+      });
+      return { metric: `_changes, ${opts.docs.toLocaleString('en-US')} docs`, ...r };
+    },
+  },
+  {
+    name: 'pouch-pull',
+    description: 'PouchDB 9 (memory adapter) pulls N documents into an empty database',
+    async run(t, opts) {
+      const db = await t.fixture(opts.docs);
+      const local = new PouchDB(`pull-${t.kind}-${Date.now()}`, { adapter: 'memory' });
+      const t0 = performance.now();
+      const res = await replicate(new PouchDB(`${t.url}/${db}`), local);
+      const ms = performance.now() - t0;
+      if (res.docs_written !== opts.docs) throw new Error(`${t.kind}: pulled ${res.docs_written} docs`);
+      await local.destroy();
+      return { metric: `PouchDB pull ${opts.docs.toLocaleString('en-US')} docs`, value: opts.docs / (ms / 1000), unit: 'docs/s', better: 'higher', detail: `${ms.toFixed(0)} ms` };
+    },
+  },
+  {
+    name: 'pouch-push',
+    description: 'PouchDB 9 (memory adapter) pushes N documents into an empty server database',
+    async run(t, opts) {
+      const local = new PouchDB(`push-${t.kind}-${Date.now()}`, { adapter: 'memory' });
+      for (let i = 0; i < opts.docs; i += 1000) {
+        const docs = [];
+        for (let j = i; j < Math.min(opts.docs, i + 1000); j++) docs.push(makeDoc(j));
+        await local.bulkDocs(docs);
+      }
+      const t0 = performance.now();
+      const res = await replicate(local, new PouchDB(`${t.url}/${t.freshDb('push')}`));
+      const ms = performance.now() - t0;
+      if (res.docs_written !== opts.docs) throw new Error(`${t.kind}: pushed ${res.docs_written} docs`);
+      await local.destroy();
+      return { metric: `PouchDB push ${opts.docs.toLocaleString('en-US')} docs`, value: opts.docs / (ms / 1000), unit: 'docs/s', better: 'higher', detail: `${ms.toFixed(0)} ms` };
+    },
+  },
+  {
+    name: 'live-latency',
+    description: 'time from a server write (PUT sent) to the change arriving in a live PouchDB pull',
+    async run(t, opts) {
+      const db = t.freshDb('live');
+      await t.request('PUT', `/${db}`);
+      const local = new PouchDB(`live-${t.kind}-${Date.now()}`, { adapter: 'memory' });
+      const waiting = new Map();
+      const rep = PouchDB.replicate(new PouchDB(`${t.url}/${db}`), local, { live: true, retry: true });
+      rep.on('change', (info) => {
+        for (const doc of info.docs) {
+          const resolve = waiting.get(doc._id);
+          if (resolve) {
+            waiting.delete(doc._id);
+            resolve(performance.now());
+          }
+        }
+      });
+      // Let the live replication reach its waiting longpoll before the first sample.
+      await sleep(500);
+      const samples = [];
+      for (let i = 0; i < opts.latencySamples; i++) {
+        const id = `live-${i}`;
+        const seen = new Promise((resolve) => waiting.set(id, resolve));
+        const t0 = performance.now();
+        await t.request('PUT', `/${db}/${id}`, { i, at: Date.now() });
+        const t1 = await Promise.race([seen, sleep(10_000).then(() => NaN)]);
+        if (Number.isNaN(t1)) throw new Error(`${t.kind}: change ${id} not seen within 10 s`);
+        samples.push(t1 - t0);
+        await sleep(5 + Math.random() * 20); // spread writes over the longpoll cycle
+      }
+      rep.cancel();
+      await local.destroy();
+      samples.sort((a, b) => a - b);
+      return [
+        { metric: 'live-sync latency p50', value: percentile(samples, 50), unit: 'ms', better: 'lower', detail: `${samples.length} samples` },
+        { metric: 'live-sync latency p99', value: percentile(samples, 99), unit: 'ms', better: 'lower', detail: `max ${samples[samples.length - 1].toFixed(2)} ms` },
+      ];
+    },
+  },
+];
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+function fmt(value, unit) {
+  if (!Number.isFinite(value)) return 'n/a';
+  if (unit === 'ms') return `${value.toFixed(2)} ms`;
+  if (unit === 'MiB') return `${value.toFixed(1)} MiB`;
+  return `${Math.round(value).toLocaleString('en-US')} ${unit}`;
+}
+
+/** How many times better Outpost is than pouchdb-server (>1 means Outpost is better). */
+function ratio(outpost, reference, better) {
+  if (!Number.isFinite(outpost) || !Number.isFinite(reference) || outpost === 0 || reference === 0) return '—';
+  const r = better === 'higher' ? outpost / reference : reference / outpost;
+  return `${r.toFixed(r < 10 ? 2 : 1)}×`;
+}
+
+function table(results, kinds) {
+  const lines = [];
+  const both = kinds.includes('outpost') && kinds.includes('pouchdb-server');
+  const header = ['workload', ...kinds, ...(both ? ['outpost vs pouchdb-server'] : [])];
+  lines.push(`| ${header.join(' | ')} |`);
+  lines.push(`| ${header.map((h, i) => (i === 0 ? '---' : '---:')).join(' | ')} |`);
+  for (const row of results) {
+    const cells = kinds.map((k) => (row.values[k] ? fmt(row.values[k].value, row.unit) : 'n/a'));
+    const extra = both ? [ratio(row.values.outpost?.value, row.values['pouchdb-server']?.value, row.better)] : [];
+    lines.push(`| ${row.metric} | ${[...cells, ...extra].join(' | ')} |`);
+  }
+  return lines.join('\n');
+}
+
+function machine(opts, targets) {
+  const cpus = os.cpus();
+  let outpostVersion = null;
+  const outpost = targets.find((t) => t.kind === 'outpost');
+  if (outpost) {
+    try {
+      outpostVersion = execFileSync(outpost.bin, ['--version'], { encoding: 'utf8' }).trim();
+    } catch {
+      outpostVersion = 'unknown';
+    }
+  }
+  return {
+    date: new Date().toISOString(),
+    cpu: `${cpus[0] ? cpus[0].model.trim() : 'unknown'} × ${cpus.length}`,
+    memory: `${(os.totalmem() / 2 ** 30).toFixed(1)} GiB`,
+    os: `${os.type()} ${os.release()}`,
+    node: process.version,
+    outpost: outpostVersion,
+    'pouchdb-server': interopRequire('pouchdb-server/package.json').version,
+    pouchdb: interopRequire('pouchdb/package.json').version,
+    command: `node bench/run.js ${process.argv.slice(2).join(' ')}`.trim(),
+    options: { docs: opts.docs, seconds: opts.seconds, clients: opts.clients, latencySamples: opts.latencySamples },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function main() {
+  const opts = parseArgs(process.argv.slice(2));
+  if (opts.list) {
+    for (const w of WORKLOADS) console.log(`${w.name.padEnd(14)} ${w.description}`);
+    return;
+  }
+  const selected = opts.workloads
+    ? opts.workloads.map((name) => {
+        const w = WORKLOADS.find((x) => x.name === name);
+        if (!w) throw new Error(`unknown workload ${name}; --list shows them`);
+        return w;
+      })
+    : WORKLOADS;
+
+  const outpostBin = process.env.OUTPOST_BIN || path.join(REPO, 'target', 'release', 'outpost');
+  const targets = [];
+  try {
+    for (const kind of opts.only) {
+      const server = await startServer({ kind, quiet: true, bin: kind === 'outpost' ? outpostBin : undefined });
+      const target = new Target(server, opts.clients);
+      target.bin = outpostBin;
+      targets.push(target);
+      console.error(`started ${kind} at ${server.url} (pid ${server.pid}, data in ${server.dir})`);
+    }
+
+    const rows = new Map();
+    for (const w of selected) {
+      for (const t of targets) {
+        console.error(`${w.name} on ${t.kind} ...`);
+        const out = await w.run(t, opts);
+        for (const r of Array.isArray(out) ? out : [out]) {
+          if (!rows.has(r.metric)) rows.set(r.metric, { metric: r.metric, unit: r.unit, better: r.better, values: {} });
+          rows.get(r.metric).values[t.kind] = r;
+          console.error(`  ${r.metric}: ${fmt(r.value, r.unit)} (${r.detail})`);
+        }
+      }
+    }
+    const rss = { metric: 'peak RSS of the server process (VmHWM)', unit: 'MiB', better: 'lower', values: {} };
+    for (const t of targets) rss.values[t.kind] = { value: peakRssKiB(t.server.pid) / 1024, detail: `pid ${t.server.pid}` };
+    rows.set(rss.metric, rss);
+
+    const results = [...rows.values()];
+    const info = machine(opts, targets);
+    console.log(`\n## Outpost vs pouchdb-server\n`);
+    console.log(`${info.date} · ${info.cpu} · ${info.memory} · ${info.os} · node ${info.node}`);
+    console.log(`outpost: ${info.outpost ?? 'not run'} · pouchdb-server ${info['pouchdb-server']} (LevelDB) · PouchDB ${info.pouchdb}`);
+    console.log(`command: ${info.command}\n`);
+    console.log(table(results, opts.only));
+    console.log('\nRatios are how many times better Outpost is (higher throughput, lower latency or memory).');
+    if (opts.json) {
+      fs.writeFileSync(opts.json, JSON.stringify({ machine: info, results }, null, 2));
+      console.error(`raw results written to ${opts.json}`);
+    }
+  } finally {
+    for (const t of targets) {
+      await t.close();
+      await t.server.destroy();
+    }
+  }
+}
+
+main().catch((err) => {
+  console.error(err.stack || String(err));
+  process.exit(1);
+});
