@@ -51,6 +51,9 @@ const OPEN_REVS_PARALLELISM: usize = 8;
 /// timeout.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long past its own timeout a longpoll request may run before we end it.
+const LONGPOLL_GRACE: Duration = Duration::from_secs(15);
+
 /// A silent connection is dead after this long. Longpoll feeds send a heartbeat far more often.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -509,8 +512,9 @@ impl Endpoint for HttpEndpoint {
                     ("heartbeat", &heartbeat),
                     ("timeout", &feed_timeout),
                 ]);
-                // The server ends the feed after `t`; allow for a slow answer on top.
-                timeout = t + REQUEST_TIMEOUT;
+                // The server should end the feed after `t`, but some (pouchdb-server 4) let the
+                // heartbeat keep it open for ever; our own limit ends it then.
+                timeout = t + LONGPOLL_GRACE;
             }
         }
         let (method, body) = match &req.filter {
@@ -525,9 +529,23 @@ impl Endpoint for HttpEndpoint {
             }
         };
         let url = self.url("_changes", &query);
-        let answer = self
+        let answer = match self
             .json("changes", method, url, body.as_ref(), timeout)
-            .await?;
+            .await
+        {
+            Ok(answer) => answer,
+            // A longpoll that outlived its time saw no change: an empty page, not an error. A
+            // peer that died mid-poll stops sending heartbeats, trips the read timeout the same
+            // way, and is found out by the next request.
+            Err(ReplicationError::Timeout { .. }) if matches!(req.feed, Feed::Longpoll { .. }) => {
+                return Ok(ChangesPage {
+                    results: Vec::new(),
+                    last_seq: req.since.clone(),
+                    pending: None,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let rows = answer
             .get("results")
             .and_then(Value::as_array)

@@ -523,11 +523,13 @@ impl Replication {
         }
         let parallelism = self.config.fetch_parallelism;
         let chunk = missing.len().div_ceil(parallelism).max(1);
-        let chunks: Vec<Stats> =
-            futures::stream::iter(missing.chunks(chunk).map(|docs| self.copy(docs)))
-                .buffer_unordered(parallelism)
-                .try_collect()
-                .await?;
+        // Collected first: a lazy `map` closure inside the stream would make `run`'s future
+        // fail the `Send` check that spawning it needs (rust-lang/rust#102211).
+        let copies: Vec<_> = missing.chunks(chunk).map(|docs| self.copy(docs)).collect();
+        let chunks: Vec<Stats> = futures::stream::iter(copies)
+            .buffer_unordered(parallelism)
+            .try_collect()
+            .await?;
         for c in &chunks {
             stats.add(c);
         }
@@ -597,5 +599,25 @@ impl Replication {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replications are spawned as tasks by the server and the CLI, so `run` must be `Send`.
+    #[test]
+    fn run_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let http = || -> Arc<dyn Endpoint> {
+            Arc::new(
+                crate::HttpEndpoint::new(crate::http_client().unwrap(), "http://h/db", &[])
+                    .unwrap(),
+            )
+        };
+        let replication = Replication::new(http(), http(), ReplicationConfig::default());
+        let run = replication.run(CancellationToken::new());
+        assert_send(&run);
     }
 }
