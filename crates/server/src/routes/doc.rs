@@ -55,9 +55,8 @@ async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response
     let opts = render_opts(req)?;
     let latest = req.query.flag("latest")?;
     if let Some(open_revs) = req.query.get("open_revs") {
-        let record = load_doc(state, db, id).await?;
-        let wanted: Vec<Rev> = if open_revs == "all" {
-            record.tree.leaves().into_iter().map(|l| l.rev).collect()
+        let listed: Option<Vec<Rev>> = if open_revs == "all" {
+            None
         } else {
             let parsed: Value = serde_json::from_str(open_revs).map_err(|_| {
                 ApiError::bad_request("open_revs must be \"all\" or a JSON array of revisions")
@@ -71,8 +70,12 @@ async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response
                         .ok_or_else(|| ApiError::bad_request("Invalid rev format"))
                         .and_then(parse_rev)
                 })
-                .collect::<Result<_, _>>()?
+                .collect::<Result<_, _>>()
+                .map(Some)?
         };
+        let record = load_doc(state, db, id).await?;
+        let wanted =
+            listed.unwrap_or_else(|| record.tree.leaves().into_iter().map(|l| l.rev).collect());
         let entries = open_revs_entries(state, db, &record, &wanted, latest, &opts).await?;
         let entries: Vec<String> = entries
             .into_iter()

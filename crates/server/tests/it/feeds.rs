@@ -1,0 +1,279 @@
+//! `_changes` in all four feed formats; the live ones against a real server on a socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_server::{AppState, Config, serve};
+use outpost_store::sqlite::SqliteStore;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{TestServer, assert_error};
+
+async fn filled() -> TestServer {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let docs: Vec<Value> = (0..10)
+        .map(|i| json!({"_id": format!("d{i}"), "n": i, "tags": [i % 3]}))
+        .collect();
+    s.expect("POST", "/db/_bulk_docs", Some(json!({"docs": docs})), 201)
+        .await;
+    s
+}
+
+fn ids(feed: &Value) -> Vec<String> {
+    feed["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn normal_feed_pages_with_limit_and_last_seq() {
+    let s = filled().await;
+    let page = s.expect("GET", "/db/_changes?limit=4", None, 200).await;
+    assert_eq!(ids(&page), ["d0", "d1", "d2", "d3"]);
+    // Truncated by limit: last_seq is the last row's seq, so `since=last_seq` continues exactly.
+    assert_eq!(page["last_seq"], 4);
+    assert_eq!(page["pending"], 6);
+    let rest = s.expect("GET", "/db/_changes?since=4", None, 200).await;
+    assert_eq!(rest["results"].as_array().unwrap().len(), 6);
+    assert_eq!(rest["last_seq"], 10);
+    let now = s.expect("GET", "/db/_changes?since=now", None, 200).await;
+    assert_eq!(
+        (
+            now["results"].as_array().unwrap().len(),
+            now["last_seq"].as_u64()
+        ),
+        (0, Some(10))
+    );
+    let desc = s
+        .expect("GET", "/db/_changes?descending=true&limit=2", None, 200)
+        .await;
+    assert_eq!(ids(&desc), ["d9", "d8"]);
+
+    // An update moves a document to the end of the feed; it appears once.
+    let rev = s.expect("GET", "/db/d0", None, 200).await["_rev"].clone();
+    s.expect("PUT", "/db/d0", Some(json!({"_rev": rev, "n": 100})), 201)
+        .await;
+    let all = s
+        .expect("GET", "/db/_changes?include_docs=true", None, 200)
+        .await;
+    assert_eq!(ids(&all).len(), 10);
+    assert_eq!(all["results"][9]["doc"]["n"], 100);
+    assert_eq!(all["results"][9]["seq"], 11);
+}
+
+#[tokio::test]
+async fn filters_doc_ids_selector_and_design() {
+    let s = filled().await;
+    s.expect("PUT", "/db/_design/app", Some(json!({"views": {}})), 201)
+        .await;
+    let by_ids = s
+        .expect(
+            "POST",
+            "/db/_changes?filter=_doc_ids",
+            Some(json!({"doc_ids": ["d3", "d7", "zz"]})),
+            200,
+        )
+        .await;
+    assert_eq!(ids(&by_ids), ["d3", "d7"]);
+    let by_query = s
+        .expect(
+            "GET",
+            "/db/_changes?filter=_doc_ids&doc_ids=%5B%22d1%22%5D",
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(ids(&by_query), ["d1"]);
+    let selected = s
+        .expect(
+            "POST",
+            "/db/_changes?filter=_selector&limit=2",
+            Some(json!({"selector": {"n": {"$gte": 4}, "tags": {"$elemMatch": {"$eq": 0}}}})),
+            200,
+        )
+        .await;
+    assert_eq!(ids(&selected), ["d6", "d9"]);
+    assert_eq!(selected["last_seq"], 10);
+    let design = s
+        .expect("GET", "/db/_changes?filter=_design", None, 200)
+        .await;
+    assert_eq!(ids(&design), ["_design/app"]);
+    assert_error(
+        &s.expect("GET", "/db/_changes?filter=app%2Fmine", None, 501)
+            .await,
+        "not_implemented",
+    );
+    assert_error(
+        &s.expect(
+            "POST",
+            "/db/_changes?filter=_selector",
+            Some(json!({"selector": {"n": {"$bogus": 1}}})),
+            400,
+        )
+        .await,
+        "bad_request",
+    );
+}
+
+#[tokio::test]
+async fn all_docs_style_lists_every_leaf() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let docs = json!({"new_edits": false, "docs": [
+        {"_id": "c", "_rev": "1-aaa"}, {"_id": "c", "_rev": "1-bbb"},
+    ]});
+    s.expect("POST", "/db/_bulk_docs", Some(docs), 201).await;
+    let main = s.expect("GET", "/db/_changes", None, 200).await;
+    assert_eq!(main["results"][0]["changes"], json!([{"rev": "1-bbb"}]));
+    let all = s
+        .expect("GET", "/db/_changes?style=all_docs", None, 200)
+        .await;
+    assert_eq!(
+        all["results"][0]["changes"],
+        json!([{"rev": "1-bbb"}, {"rev": "1-aaa"}])
+    );
+}
+
+/// A real server on a free port, stopped when dropped.
+struct Live {
+    base: String,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn live() -> Live {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let shutdown = CancellationToken::new();
+    let state = AppState::new(store, Config::default(), shutdown.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve(listener, state));
+    let client = reqwest::Client::new();
+    client.put(format!("{base}/db")).send().await.unwrap();
+    Live {
+        base,
+        shutdown,
+        _dir: dir,
+    }
+}
+
+async fn put(base: &str, id: &str) {
+    let response = reqwest::Client::new()
+        .put(format!("{base}/db/{id}"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+}
+
+#[tokio::test]
+async fn longpoll_waits_for_the_next_change() {
+    install_crypto();
+    let server = live().await;
+    let base = server.base.clone();
+    let poll = tokio::spawn(async move {
+        reqwest::get(format!(
+            "{base}/db/_changes?feed=longpoll&since=now&heartbeat=50"
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished(), "longpoll answered before any change");
+    put(&server.base, "late").await;
+    let text = poll.await.unwrap();
+    // Heartbeat newlines may precede the JSON; clients parse the whole body.
+    let feed: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(feed["results"][0]["id"], "late");
+    assert_eq!(feed["last_seq"], 1);
+
+    let empty: Value = reqwest::get(format!(
+        "{}/db/_changes?feed=longpoll&since=1&timeout=100",
+        server.base
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(empty, json!({"results": [], "last_seq": 1, "pending": 0}));
+}
+
+#[tokio::test]
+async fn continuous_and_eventsource_stream_rows_as_they_happen() {
+    install_crypto();
+    let server = live().await;
+    put(&server.base, "first").await;
+    let base = server.base.clone();
+    let continuous = tokio::spawn(async move {
+        reqwest::get(format!("{base}/db/_changes?feed=continuous&timeout=1500"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let base = server.base.clone();
+    let sse = tokio::spawn(async move {
+        let response = reqwest::get(format!("{base}/db/_changes?feed=eventsource&timeout=1500"))
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        response.text().await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    put(&server.base, "second").await;
+
+    let text = continuous.await.unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["id"], "first");
+    assert_eq!(lines[1]["id"], "second");
+    assert_eq!(lines[2], json!({"last_seq": 2, "pending": 0}));
+
+    let text = sse.await.unwrap();
+    assert!(text.contains("data: {\"seq\":1,\"id\":\"first\""), "{text}");
+    assert!(text.contains("id: 2\n"), "{text}");
+}
+
+#[tokio::test]
+async fn a_live_feed_ends_when_the_server_shuts_down() {
+    install_crypto();
+    let server = live().await;
+    let base = server.base.clone();
+    let feed = tokio::spawn(async move {
+        reqwest::get(format!("{base}/db/_changes?feed=continuous&heartbeat=100"))
+            .await
+            .unwrap()
+            .text()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.shutdown.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(10), feed).await;
+    assert!(ended.is_ok(), "the feed kept running after shutdown");
+}
+
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,163 @@
+//! Bad input gets a clear 4xx in CouchDB's error shape, and the server keeps serving.
+
+use outpost_server::Config;
+use serde_json::json;
+
+use crate::support::{TestServer, assert_error};
+
+#[tokio::test]
+async fn malformed_requests_get_couchdb_errors() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let cases: Vec<(&str, &str, Option<Vec<u8>>, &[(&str, &str)], u16, &str)> = vec![
+        (
+            "PUT",
+            "/db/d",
+            Some(b"{not json".to_vec()),
+            &[("content-type", "application/json")],
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            "/db/d",
+            Some(b"[1,2]".to_vec()),
+            &[("content-type", "application/json")],
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            "/db/d",
+            Some(b"{}".to_vec()),
+            &[("content-type", "text/plain")],
+            415,
+            "bad_content_type",
+        ),
+        (
+            "PUT",
+            "/db/d",
+            Some(br#"{"_rev":"x-1"}"#.to_vec()),
+            &[],
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            "/db/d",
+            Some(br#"{"_foo":1}"#.to_vec()),
+            &[],
+            400,
+            "doc_validation",
+        ),
+        ("GET", "/db/d?rev=nope", None, &[], 400, "bad_request"),
+        (
+            "GET",
+            "/db/_all_docs?limit=-5",
+            None,
+            &[],
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/db/_all_docs?startkey=%7Bbad",
+            None,
+            &[],
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/db/_changes?feed=sideways",
+            None,
+            &[],
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/db/_changes?since=yesterday",
+            None,
+            &[],
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/db/d?open_revs=%5B1%5D",
+            None,
+            &[],
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/db/_bulk_docs",
+            Some(br#"{"docs":{}}"#.to_vec()),
+            &[],
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/db/_revs_diff",
+            Some(br#"{"a":["bad"]}"#.to_vec()),
+            &[],
+            400,
+            "bad_request",
+        ),
+        ("GET", "/db/%FF%FE", None, &[], 400, "bad_request"),
+        ("PATCH", "/db/d", None, &[], 405, "method_not_allowed"),
+        ("GET", "/_nonsense", None, &[], 400, "bad_request"),
+        ("GET", "/_uuids?count=100000", None, &[], 400, "bad_request"),
+        (
+            "PUT",
+            "/db/_revs_limit",
+            Some(b"0".to_vec()),
+            &[],
+            400,
+            "bad_request",
+        ),
+    ];
+    for (method, path, body, headers, status, code) in cases {
+        let (got, _, bytes) = s.raw(method, path, headers, body).await;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            panic!(
+                "{method} {path}: error body is not JSON: {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+        assert_eq!(got.as_u16(), status, "{method} {path}: {value}");
+        assert_error(&value, code);
+    }
+    // In a batch, an invalid document is refused on its own, in its place.
+    let bad_path = json!({"new_edits": false, "docs": [
+        {"_id": "a", "_rev": "3-c", "_revisions": {"start": 1, "ids": ["c", "b"]}},
+    ]});
+    let out = s
+        .expect("POST", "/db/_bulk_docs", Some(bad_path), 201)
+        .await;
+    assert_eq!(out[0]["id"], "a");
+    assert_error(&out[0], "bad_request");
+    // Still serving, nothing written.
+    assert_eq!(s.expect("GET", "/db", None, 200).await["doc_count"], 0);
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_refused_with_413() {
+    let s = TestServer::with_config(Config {
+        max_body_bytes: 1024,
+        ..Config::default()
+    });
+    s.expect("PUT", "/db", None, 201).await;
+    let big = json!({"x": "y".repeat(4096)});
+    assert_error(&s.expect("PUT", "/db/d", Some(big), 413).await, "too_large");
+    let long_id = "i".repeat(5000);
+    assert_error(
+        &s.expect("GET", &format!("/db/{long_id}"), None, 413).await,
+        "too_large",
+    );
+    s.expect("PUT", "/db/d", Some(json!({"small": true})), 201)
+        .await;
+}

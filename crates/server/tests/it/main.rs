@@ -1,0 +1,7 @@
+//! Integration tests of the HTTP API: through the router without a socket, and against a real
+//! server on `127.0.0.1:0` for the live feeds.
+
+mod api;
+mod feeds;
+mod input;
+mod support;

@@ -1,0 +1,104 @@
+//! A fresh server over a temporary SQLite store, and a one-call request helper.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use outpost_server::{AppState, Config, app};
+use outpost_store::sqlite::SqliteStore;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+pub struct TestServer {
+    pub router: Router,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub fn new() -> TestServer {
+        Self::with_config(Config::default())
+    }
+
+    pub fn with_config(config: Config) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let state = AppState::new(store, config, CancellationToken::new());
+        TestServer {
+            router: app(state),
+            dir,
+        }
+    }
+
+    /// Sends a request; `body` is sent as JSON when given.
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let (status, _, bytes) = self
+            .raw(
+                method,
+                path,
+                &[("content-type", "application/json")],
+                body.map(|b| b.to_string().into_bytes()),
+            )
+            .await;
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!(
+                    "{method} {path}: not JSON ({e}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        (status, value)
+    }
+
+    /// Sends a request with explicit headers and raw body bytes.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, http::HeaderMap, Vec<u8>) {
+        let mut request = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = request
+            .body(body.map(Body::from).unwrap_or_else(Body::empty))
+            .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        (status, headers, bytes)
+    }
+
+    /// Asserts a status and returns the body.
+    pub async fn expect(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        status: u16,
+    ) -> Value {
+        let (got, value) = self.call(method, path, body).await;
+        assert_eq!(got.as_u16(), status, "{method} {path} answered {value}");
+        value
+    }
+}
+
+/// Asserts that an error body has CouchDB's shape and code.
+pub fn assert_error(body: &Value, code: &str) {
+    assert_eq!(body["error"], code, "{body}");
+    assert!(body["reason"].is_string(), "{body}");
+}
