@@ -44,7 +44,10 @@ pub fn hex(bytes: &[u8]) -> String {
 pub fn attachment_digest(data: &[u8]) -> String {
     use base64::Engine;
     let digest = Md5::digest(data);
-    format!("md5-{}", base64::engine::general_purpose::STANDARD.encode(digest))
+    format!(
+        "md5-{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
 }
 
 /// Writes `v` as JSON with object keys in sorted order, recursively.
@@ -93,7 +96,11 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.generation, 1);
         assert_eq!(a.hash.len(), 32);
-        assert!(a.hash.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        assert!(
+            a.hash
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        );
     }
 
     #[test]

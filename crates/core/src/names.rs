@@ -53,10 +53,18 @@ pub fn classify_doc_id(id: &str) -> Result<DocKind, NameError> {
         return Err(NameError::EmptyId);
     }
     if let Some(rest) = id.strip_prefix("_design/") {
-        return if rest.is_empty() { Err(NameError::EmptyId) } else { Ok(DocKind::Design) };
+        return if rest.is_empty() {
+            Err(NameError::EmptyId)
+        } else {
+            Ok(DocKind::Design)
+        };
     }
     if let Some(rest) = id.strip_prefix("_local/") {
-        return if rest.is_empty() { Err(NameError::EmptyId) } else { Ok(DocKind::Local) };
+        return if rest.is_empty() {
+            Err(NameError::EmptyId)
+        } else {
+            Ok(DocKind::Local)
+        };
     }
     if id.starts_with('_') {
         return Err(NameError::ReservedId);

@@ -44,9 +44,7 @@ impl Rev {
 
 /// Whether `s` may be a revision signature.
 pub fn valid_sig(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_SIG_LEN
-        && s.bytes().all(|b| b.is_ascii_graphic() && b != b'-')
+    !s.is_empty() && s.len() <= MAX_SIG_LEN && s.bytes().all(|b| b.is_ascii_graphic() && b != b'-')
 }
 
 impl FromStr for Rev {
@@ -54,7 +52,10 @@ impl FromStr for Rev {
 
     fn from_str(s: &str) -> Result<Rev, RevError> {
         let (generation, hash) = s.split_once('-').ok_or(RevError::Format)?;
-        if generation.is_empty() || generation.len() > 19 || !generation.bytes().all(|b| b.is_ascii_digit()) {
+        if generation.is_empty()
+            || generation.len() > 19
+            || !generation.bytes().all(|b| b.is_ascii_digit())
+        {
             return Err(RevError::Format);
         }
         let generation: u64 = generation.parse().map_err(|_| RevError::Format)?;
@@ -96,7 +97,10 @@ mod tests {
     #[test]
     fn parses_revs() {
         check("1-abc", Some((1, "abc")));
-        check("12-0123456789abcdef0123456789abcdef", Some((12, "0123456789abcdef0123456789abcdef")));
+        check(
+            "12-0123456789abcdef0123456789abcdef",
+            Some((12, "0123456789abcdef0123456789abcdef")),
+        );
         check("0-abc", None);
         check("1-", None);
         check("-abc", None);

@@ -90,7 +90,10 @@ impl RevTree {
     }
 
     fn parents(&self) -> HashSet<&Rev> {
-        self.nodes.values().filter_map(|n| n.parent.as_ref()).collect()
+        self.nodes
+            .values()
+            .filter_map(|n| n.parent.as_ref())
+            .collect()
     }
 
     /// Whether `rev` is in the tree and nothing edits it.
@@ -105,7 +108,10 @@ impl RevTree {
             .nodes
             .iter()
             .filter(|(rev, _)| !parents.contains(rev))
-            .map(|(rev, node)| Leaf { rev: rev.clone(), deleted: node.deleted })
+            .map(|(rev, node)| Leaf {
+                rev: rev.clone(),
+                deleted: node.deleted,
+            })
             .collect();
         leaves.sort_by(|a, b| winner_key(b).cmp(&winner_key(a)));
         leaves
@@ -118,12 +124,22 @@ impl RevTree {
 
     /// Live leaves other than the winner (`_conflicts`), in winner order.
     pub fn conflicts(&self) -> Vec<Rev> {
-        self.leaves().into_iter().skip(1).filter(|l| !l.deleted).map(|l| l.rev).collect()
+        self.leaves()
+            .into_iter()
+            .skip(1)
+            .filter(|l| !l.deleted)
+            .map(|l| l.rev)
+            .collect()
     }
 
     /// Deleted leaves other than the winner (`_deleted_conflicts`), in winner order.
     pub fn deleted_conflicts(&self) -> Vec<Rev> {
-        self.leaves().into_iter().skip(1).filter(|l| l.deleted).map(|l| l.rev).collect()
+        self.leaves()
+            .into_iter()
+            .skip(1)
+            .filter(|l| l.deleted)
+            .map(|l| l.rev)
+            .collect()
     }
 
     /// `rev` and its known ancestors, newest first (the `_revisions` path).
@@ -132,7 +148,10 @@ impl RevTree {
         let mut cursor = self.nodes.get_key_value(rev);
         while let Some((r, node)) = cursor {
             path.push(r.clone());
-            cursor = node.parent.as_ref().and_then(|p| self.nodes.get_key_value(p));
+            cursor = node
+                .parent
+                .as_ref()
+                .and_then(|p| self.nodes.get_key_value(p));
         }
         path
     }
@@ -152,8 +171,12 @@ impl RevTree {
 
     /// For `_revs_diff`: the leaves of lower generation than `rev`, which may be its ancestors.
     pub fn possible_ancestors(&self, rev: &Rev) -> Vec<Rev> {
-        let mut found: Vec<Rev> =
-            self.leaves().into_iter().filter(|l| l.rev.generation < rev.generation).map(|l| l.rev).collect();
+        let mut found: Vec<Rev> = self
+            .leaves()
+            .into_iter()
+            .filter(|l| l.rev.generation < rev.generation)
+            .map(|l| l.rev)
+            .collect();
         found.sort();
         found
     }
@@ -162,7 +185,12 @@ impl RevTree {
     /// `None`). The parent must be a leaf; a new document may only start an empty tree or follow a
     /// deleted winner (CouchDB lets a deleted document be recreated without a rev, and the caller
     /// passes the deleted winner as parent in that case).
-    pub fn add_edit(&mut self, parent: Option<&Rev>, rev: Rev, deleted: bool) -> Result<(), MergeError> {
+    pub fn add_edit(
+        &mut self,
+        parent: Option<&Rev>,
+        rev: Rev,
+        deleted: bool,
+    ) -> Result<(), MergeError> {
         match parent {
             Some(p) if !self.is_leaf(p) => return Err(MergeError::Conflict),
             None if !self.is_empty() => return Err(MergeError::Conflict),
@@ -171,7 +199,13 @@ impl RevTree {
         if self.nodes.contains_key(&rev) {
             return Err(MergeError::Conflict);
         }
-        self.nodes.insert(rev, Node { parent: parent.cloned(), deleted });
+        self.nodes.insert(
+            rev,
+            Node {
+                parent: parent.cloned(),
+                deleted,
+            },
+        );
         Ok(())
     }
 
@@ -222,8 +256,12 @@ impl RevTree {
         if keep.len() == self.nodes.len() {
             return Vec::new();
         }
-        let removed: Vec<Rev> =
-            self.nodes.keys().filter(|r| !keep.contains(*r)).cloned().collect();
+        let removed: Vec<Rev> = self
+            .nodes
+            .keys()
+            .filter(|r| !keep.contains(*r))
+            .cloned()
+            .collect();
         for rev in &removed {
             self.nodes.remove(rev);
         }
@@ -253,13 +291,22 @@ struct StoredNode(Rev, i64, u8);
 
 impl Serialize for RevTree {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let index: BTreeMap<&Rev, i64> =
-            self.nodes.keys().enumerate().map(|(i, r)| (r, i as i64)).collect();
+        let index: BTreeMap<&Rev, i64> = self
+            .nodes
+            .keys()
+            .enumerate()
+            .map(|(i, r)| (r, i as i64))
+            .collect();
         let stored: Vec<StoredNode> = self
             .nodes
             .iter()
             .map(|(rev, node)| {
-                let parent = node.parent.as_ref().and_then(|p| index.get(p)).copied().unwrap_or(-1);
+                let parent = node
+                    .parent
+                    .as_ref()
+                    .and_then(|p| index.get(p))
+                    .copied()
+                    .unwrap_or(-1);
                 StoredNode(rev.clone(), parent, node.deleted as u8)
             })
             .collect();
@@ -281,7 +328,13 @@ impl<'de> Deserialize<'de> for RevTree {
                         .ok_or_else(|| serde::de::Error::custom("parent index out of range"))?,
                 ),
             };
-            nodes.insert(rev, Node { parent, deleted: deleted != 0 });
+            nodes.insert(
+                rev,
+                Node {
+                    parent,
+                    deleted: deleted != 0,
+                },
+            );
         }
         Ok(RevTree { nodes })
     }

@@ -36,19 +36,40 @@ fn edits_must_extend_a_leaf() {
     let mut t = RevTree::new();
     t.add_edit(None, rev("1-a"), false).unwrap();
     t.add_edit(Some(&rev("1-a")), rev("2-a"), false).unwrap();
-    assert_eq!(t.add_edit(Some(&rev("1-a")), rev("2-b"), false), Err(MergeError::Conflict));
-    assert_eq!(t.add_edit(None, rev("1-z"), false), Err(MergeError::Conflict));
-    assert_eq!(t.add_edit(Some(&rev("9-x")), rev("10-x"), false), Err(MergeError::Conflict));
+    assert_eq!(
+        t.add_edit(Some(&rev("1-a")), rev("2-b"), false),
+        Err(MergeError::Conflict)
+    );
+    assert_eq!(
+        t.add_edit(None, rev("1-z"), false),
+        Err(MergeError::Conflict)
+    );
+    assert_eq!(
+        t.add_edit(Some(&rev("9-x")), rev("10-x"), false),
+        Err(MergeError::Conflict)
+    );
     assert_eq!(t.ancestry(&rev("2-a")), path(&["2-a", "1-a"]));
 }
 
 #[test]
 fn merge_reports_only_new_revisions() {
     let mut t = RevTree::new();
-    assert_eq!(t.merge_path(&path(&["2-a", "1-a"]), false).unwrap(), path(&["1-a", "2-a"]));
-    assert_eq!(t.merge_path(&path(&["2-a", "1-a"]), false).unwrap(), Vec::<Rev>::new());
-    assert_eq!(t.merge_path(&path(&["3-b", "2-a"]), false).unwrap(), path(&["3-b"]));
-    assert_eq!(t.merge_path(&path(&["3-b", "1-a"]), false), Err(MergeError::InvalidPath));
+    assert_eq!(
+        t.merge_path(&path(&["2-a", "1-a"]), false).unwrap(),
+        path(&["1-a", "2-a"])
+    );
+    assert_eq!(
+        t.merge_path(&path(&["2-a", "1-a"]), false).unwrap(),
+        Vec::<Rev>::new()
+    );
+    assert_eq!(
+        t.merge_path(&path(&["3-b", "2-a"]), false).unwrap(),
+        path(&["3-b"])
+    );
+    assert_eq!(
+        t.merge_path(&path(&["3-b", "1-a"]), false),
+        Err(MergeError::InvalidPath)
+    );
     assert_eq!(t.merge_path(&[], false), Err(MergeError::InvalidPath));
 }
 
@@ -57,7 +78,8 @@ fn stemmed_paths_align_on_generation() {
     let mut t = RevTree::new();
     t.merge_path(&path(&["5-e", "4-d"]), false).unwrap();
     // A later path that overlaps at 5-e joins the same branch.
-    t.merge_path(&path(&["6-f", "5-e", "4-d", "3-c"]), false).unwrap();
+    t.merge_path(&path(&["6-f", "5-e", "4-d", "3-c"]), false)
+        .unwrap();
     assert_eq!(t.leaves().len(), 1);
     assert_eq!(t.ancestry(&rev("6-f")), path(&["6-f", "5-e", "4-d", "3-c"]));
 }
@@ -65,7 +87,8 @@ fn stemmed_paths_align_on_generation() {
 #[test]
 fn stemming_keeps_limit_revisions_per_path() {
     let mut t = RevTree::new();
-    t.merge_path(&path(&["4-d", "3-c", "2-b", "1-a"]), false).unwrap();
+    t.merge_path(&path(&["4-d", "3-c", "2-b", "1-a"]), false)
+        .unwrap();
     t.merge_path(&path(&["2-x", "1-a"]), false).unwrap();
     // As CouchDB does, a revision survives when it is within the limit of any leaf: `1-a` is
     // too far from `4-d` but close enough to `2-x`.
