@@ -24,6 +24,8 @@ enum Command {
     Gateway(cmd::gateway::GatewayArgs),
     /// Inspect and operate a gateway's durable request queue.
     Queue(cmd::queue::QueueArgs),
+    /// Replicate one CouchDB-protocol database into another, once or continuously.
+    Replicate(cmd::replicate::ReplicateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +43,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => cmd::serve::run(args).await,
             Command::Gateway(args) => cmd::gateway::run(args).await,
             Command::Queue(args) => cmd::queue::run(args).await,
+            Command::Replicate(args) => cmd::replicate::run(args).await,
         }
     });
     match result {

@@ -3,5 +3,6 @@
 pub mod gateway;
 pub mod logging;
 pub mod queue;
+pub mod replicate;
 pub mod serve;
 pub mod shutdown;
