@@ -5,11 +5,13 @@
 
 pub mod hash;
 pub mod names;
+pub mod policy;
 pub mod rev;
 pub mod selector;
 pub mod tree;
 
 pub use names::{DocKind, NameError};
+pub use policy::{Policy, Resolution};
 pub use rev::{Rev, RevError};
 pub use selector::{Selector, SelectorError};
 pub use tree::{Leaf, MergeError, RevTree};
