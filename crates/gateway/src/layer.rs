@@ -359,10 +359,14 @@ where
             };
         }
         let (parts, body) = resp.into_parts();
-        let limited = http_body_util::Limited::new(body, self.capture);
-        let (body, truncated) = match http_body_util::BodyExt::collect(limited).await {
-            Ok(c) => (c.to_bytes(), false),
-            Err(_) => (bytes::Bytes::new(), true),
+        let (body, truncated) = match crate::upstream::read_capped(body, self.capture).await {
+            Ok(read) => read,
+            Err(reason) => {
+                return Delivery::Failed {
+                    upstream_down: false,
+                    reason: format!("reading the answer failed: {reason}"),
+                };
+            }
         };
         let status = if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             StatusCode::BAD_GATEWAY

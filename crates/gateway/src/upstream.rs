@@ -114,7 +114,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Reads at most `cap` bytes of a body; says whether there was more.
-pub async fn read_capped(body: Incoming, cap: usize) -> Result<(Bytes, bool), String> {
+pub async fn read_capped<B>(body: B, cap: usize) -> Result<(Bytes, bool), String>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::error::Error,
+{
     let mut body = body;
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{mpsc, oneshot};
@@ -16,6 +17,10 @@ use crate::error::{Error, Result};
 
 /// Most commands applied in one transaction.
 const MAX_BATCH: usize = 1024;
+/// Longest wait for a batch to fill up to the previous batch's size.
+const GATHER_WAIT: Duration = Duration::from_millis(1);
+/// Polling step of that wait.
+const GATHER_POLL: Duration = Duration::from_micros(50);
 
 /// A change to the queue, with the channel its outcome is sent on after the commit.
 pub(crate) enum Command {
@@ -61,6 +66,15 @@ enum Reply {
 }
 
 impl Reply {
+    fn is_ok(&self) -> bool {
+        match self {
+            Reply::Enqueued(_, r) => r.is_ok(),
+            Reply::Finished(_, r) => r.is_ok(),
+            Reply::Unit(_, r) => r.is_ok(),
+            Reply::Swept(_, r) => r.is_ok(),
+        }
+    }
+
     fn send(self) {
         // A caller that gave up waiting is not an error: the change is committed either way.
         match self {
@@ -116,14 +130,11 @@ pub(crate) fn run(
         }
     };
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut last_batch = 1;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(cmd) => batch.push(cmd),
-                Err(_) => break,
-            }
-        }
+        gather(&mut rx, &mut batch, last_batch);
+        last_batch = batch.len();
         let before = totals;
         let mut effects = Effects::default();
         let mut replies = Vec::with_capacity(batch.len());
@@ -164,6 +175,28 @@ pub(crate) fn run(
     }
 }
 
+/// Takes what is waiting; then, if fewer commands came than in the previous batch, waits a
+/// little for the rest. Callers answered by the previous commit send their next command a few
+/// hundred microseconds later; without this pause the first of them would get a commit (and an
+/// fsync) of its own and the others would wait for the next one, halving the commit rate under
+/// steady concurrency. A lone caller (previous batch of one) never waits.
+fn gather(rx: &mut mpsc::Receiver<Command>, batch: &mut Vec<Command>, expected: usize) {
+    let drain = |rx: &mut mpsc::Receiver<Command>, batch: &mut Vec<Command>| {
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
+        }
+    };
+    drain(rx, batch);
+    let deadline = Instant::now() + GATHER_WAIT;
+    while batch.len() < expected.min(MAX_BATCH) && Instant::now() < deadline {
+        std::thread::sleep(GATHER_POLL);
+        drain(rx, batch);
+    }
+}
+
 fn apply_batch(
     conn: &mut Connection,
     batch: std::vec::Drain<'_, Command>,
@@ -188,14 +221,47 @@ fn apply_one(
     limits: &QueueLimits,
     effects: &mut Effects,
 ) -> Reply {
-    // Each command runs in a savepoint: if it fails, only its own changes are undone.
-    let mut sp = match tx.savepoint() {
-        Ok(sp) => sp,
-        Err(e) => return reply_error(cmd, e.into()),
-    };
     let mut local = Effects::default();
     let mut local_totals = *totals;
-    let reply = match cmd {
+    // Every command but the sweep writes with a single statement, which SQLite applies
+    // atomically: when it fails nothing of it remains, so it needs no savepoint of its own. The
+    // sweep runs two statements and gets a savepoint so a failure undoes both.
+    let reply = if matches!(cmd, Command::Sweep { .. }) {
+        let sp = match tx.savepoint() {
+            Ok(sp) => sp,
+            Err(e) => return reply_error(cmd, e.into()),
+        };
+        let reply = run_command(&sp, cmd, &mut local_totals, limits, &mut local);
+        if !reply.is_ok() {
+            // Dropping the savepoint rolls it back.
+            return reply;
+        }
+        match sp.commit() {
+            Ok(()) => reply,
+            Err(e) => return reply_with_error(reply, e.into()),
+        }
+    } else {
+        run_command(tx, cmd, &mut local_totals, limits, &mut local)
+    };
+    if reply.is_ok() {
+        *totals = local_totals;
+        for (k, d) in local.pending {
+            effects.pending(&k, d);
+        }
+        effects.wake_worker |= local.wake_worker;
+        effects.reload |= local.reload;
+    }
+    reply
+}
+
+fn run_command(
+    conn: &Connection,
+    cmd: Command,
+    totals: &mut Totals,
+    limits: &QueueLimits,
+    effects: &mut Effects,
+) -> Reply {
+    match cmd {
         Command::Enqueue {
             id,
             ordering_key,
@@ -206,16 +272,16 @@ fn apply_one(
             reply,
         } => {
             let r = enqueue(
-                &sp,
+                conn,
                 &id,
                 &ordering_key,
                 &idempotency_key,
                 created_ms,
                 &sealed,
                 bytes,
-                &mut local_totals,
+                totals,
                 limits,
-                &mut local,
+                effects,
             );
             Reply::Enqueued(reply, r)
         }
@@ -227,22 +293,12 @@ fn apply_one(
             reply,
         } => Reply::Finished(
             reply,
-            finish_entry(
-                &sp,
-                &id,
-                version,
-                now_ms,
-                finish,
-                &mut local_totals,
-                &mut local,
-            ),
+            finish_entry(conn, &id, version, now_ms, finish, totals, effects),
         ),
         Command::Retry { id, now_ms, reply } => {
-            Reply::Unit(reply, retry(&sp, &id, now_ms, &mut local))
+            Reply::Unit(reply, retry(conn, &id, now_ms, effects))
         }
-        Command::Drop { id, reply } => {
-            Reply::Unit(reply, drop_entry(&sp, &id, &mut local_totals, &mut local))
-        }
+        Command::Drop { id, reply } => Reply::Unit(reply, drop_entry(conn, &id, totals, effects)),
         Command::Sweep {
             now_ms,
             expire_before_ms,
@@ -250,32 +306,8 @@ fn apply_one(
             reply,
         } => Reply::Swept(
             reply,
-            sweep(&sp, now_ms, expire_before_ms, purge_before_ms, &mut local),
+            sweep(conn, now_ms, expire_before_ms, purge_before_ms, effects),
         ),
-    };
-    let ok = match &reply {
-        Reply::Enqueued(_, r) => r.is_ok(),
-        Reply::Finished(_, r) => r.is_ok(),
-        Reply::Unit(_, r) => r.is_ok(),
-        Reply::Swept(_, r) => r.is_ok(),
-    };
-    if ok {
-        match sp.commit() {
-            Ok(()) => {
-                *totals = local_totals;
-                for (k, d) in local.pending {
-                    effects.pending(&k, d);
-                }
-                effects.wake_worker |= local.wake_worker;
-                effects.reload |= local.reload;
-                reply
-            }
-            Err(e) => reply_with_error(reply, e.into()),
-        }
-    } else {
-        // Dropping the savepoint rolls it back.
-        let _ = sp.rollback();
-        reply
     }
 }
 

@@ -177,3 +177,41 @@ async fn admin_api_requires_the_token() {
     assert!(upstream.received().is_empty());
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn old_entries_expire_and_delivered_ones_are_purged() {
+    let mut upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&upstream, dir.path());
+    config.retry.max_age = std::time::Duration::from_secs(1);
+    // The sweep runs at least as often as the retention period.
+    config.done_retention = std::time::Duration::from_millis(100);
+    let gw = TestGateway::start(config).await;
+    let (_, _, old) = post(&gw.url("/old"), "old", &[]).await;
+    let expired = gw.wait_state(old["id"].as_str().unwrap(), "dead").await;
+    assert!(
+        expired["last_error"].as_str().unwrap().contains("expired"),
+        "{expired}"
+    );
+
+    let (_, _, fresh) = post(&gw.url("/fresh"), "fresh", &[]).await;
+    upstream.restart().await;
+    let id = fresh["id"].as_str().unwrap();
+    let url = gw.url(&format!("/_outpost/v1/queue/{id}"));
+    let mut purged = false;
+    for _ in 0..500 {
+        if client().get(&url).send().await.unwrap().status() == 404 {
+            purged = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(purged, "a delivered entry outlived its retention");
+    assert_eq!(
+        upstream.writes().len(),
+        1,
+        "the expired entry was delivered"
+    );
+    assert_eq!(upstream.writes()[0].body, "fresh");
+    gw.stop().await;
+}
