@@ -14,7 +14,7 @@ use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
 use crate::query::Query;
-use crate::routes::{all_docs, attachment, bulk, changes, db, doc, local, server};
+use crate::routes::{all_docs, attachment, bulk, changes, conflicts, db, doc, local, server};
 use crate::{ApiError, AppState};
 
 /// The longest document id accepted, in bytes.
@@ -169,6 +169,9 @@ async fn db_resource(
         ["_compact"] | ["_compact", _] => db::compact(state, db, req).await,
         ["_ensure_full_commit"] => db::ensure_full_commit(state, db, req).await,
         ["_events"] => changes::events(state, db, req).await,
+        ["_outpost"] => conflicts::settings(state, db, req).await,
+        ["_conflicts"] => conflicts::list(state, db, req).await,
+        ["_resolve"] => conflicts::resolve(state, db, req).await,
         ["_design", name, att @ ..] | ["_local", name, att @ ..] => {
             let id = format!("{}/{}", rest[0], name);
             doc_or_attachment(state, db, &id, att, req).await

@@ -15,7 +15,7 @@ pub use error::{DocError, StoreError};
 pub use types::*;
 
 use async_trait::async_trait;
-use outpost_core::Rev;
+use outpost_core::{Policy, Rev};
 use tokio::sync::watch;
 
 /// A document store: named databases of revisioned JSON documents.
@@ -37,6 +37,25 @@ pub trait Store: Send + Sync + 'static {
     async fn db_info(&self, name: &str) -> Result<DbInfo, StoreError>;
     /// Sets how many revisions each path of a revision tree keeps.
     async fn set_revs_limit(&self, db: &str, limit: u64) -> Result<(), StoreError>;
+    /// Sets how conflicts are resolved in a database from now on.
+    async fn set_policy(&self, db: &str, policy: Policy) -> Result<(), StoreError>;
+    /// Resolves a document's conflict by hand: `body` becomes a child of the winner and every
+    /// other live leaf is tombstoned, in one transaction. `leaves` must be exactly the current
+    /// live leaves ([`DocError::Conflict`] otherwise).
+    async fn resolve(
+        &self,
+        db: &str,
+        id: &str,
+        leaves: Vec<Rev>,
+        update: DocUpdate,
+    ) -> Result<Result<Rev, DocError>, StoreError>;
+    /// Documents with more than one live leaf, in id order, from `start` (inclusive).
+    async fn conflicts(
+        &self,
+        db: &str,
+        start: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<DocRecord>, StoreError>;
     /// Makes the files small again and applies retention; returns when done.
     async fn compact(&self, db: &str) -> Result<(), StoreError>;
 

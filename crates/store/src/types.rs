@@ -1,6 +1,6 @@
 //! The values that cross the [`Store`](crate::Store) interface.
 
-use outpost_core::{Rev, RevTree};
+use outpost_core::{Policy, Rev, RevTree};
 use serde_json::{Map, Value};
 
 /// One document change requested by a client or a replicator.
@@ -69,6 +69,8 @@ pub struct DbInfo {
     pub doc_del_count: u64,
     pub update_seq: u64,
     pub revs_limit: u64,
+    /// How conflicts are resolved in this database.
+    pub policy: Policy,
     /// Bytes of stored document bodies.
     pub active_size: u64,
     /// Bytes of the whole store file (all databases share one file).
@@ -156,7 +158,7 @@ pub struct EventsQuery {
 pub struct Event {
     /// The database sequence the revision was accepted at.
     pub seq: u64,
-    /// `created`, `updated`, `deleted` or `conflict`.
+    /// `created`, `updated`, `deleted`, `conflict` or `resolved`.
     pub kind: String,
     pub id: String,
     pub rev: Rev,
@@ -166,4 +168,7 @@ pub struct Event {
     pub at: i64,
     /// The revision's body, when asked for.
     pub body: Option<String>,
+    /// For replicated revisions the path added; for resolutions the policy and what was
+    /// superseded (JSON).
+    pub detail: Option<String>,
 }

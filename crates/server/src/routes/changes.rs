@@ -185,6 +185,18 @@ pub async fn events(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
                 "origin": e.origin,
                 "at": e.at,
             });
+            if let Some(detail) = e
+                .detail
+                .as_deref()
+                .and_then(|d| serde_json::from_str::<Value>(d).ok())
+            {
+                if let Some(policy) = detail.get("policy") {
+                    row["policy"] = policy.clone();
+                }
+                if let Some(superseded) = detail.get("superseded") {
+                    row["superseded"] = superseded.clone();
+                }
+            }
             if query.include_docs {
                 row["doc"] = e
                     .body

@@ -4,6 +4,7 @@ pub mod all_docs;
 pub mod attachment;
 pub mod bulk;
 pub mod changes;
+pub mod conflicts;
 pub mod db;
 pub mod doc;
 pub mod local;

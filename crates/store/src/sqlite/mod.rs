@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 
 use async_trait::async_trait;
-use outpost_core::Rev;
+use outpost_core::{Policy, Rev};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
@@ -178,6 +178,7 @@ fn unexpected(reply: WriteReply) -> StoreError {
         WriteReply::Done => "done",
         WriteReply::Docs(_) => "docs",
         WriteReply::LocalRev(_) => "local rev",
+        WriteReply::Resolved(_) => "resolved",
     };
     StoreError::Corrupt(format!("writer answered {what} to another request"))
 }
@@ -221,6 +222,45 @@ impl Store for SqliteStore {
         })
         .await
         .map(|_| ())
+    }
+
+    async fn set_policy(&self, db: &str, policy: Policy) -> Result<(), StoreError> {
+        self.write(WriteOp::SetPolicy {
+            db: db.to_owned(),
+            policy,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn resolve(
+        &self,
+        db: &str,
+        id: &str,
+        leaves: Vec<Rev>,
+        update: DocUpdate,
+    ) -> Result<Result<Rev, DocError>, StoreError> {
+        let op = WriteOp::Resolve {
+            db: db.to_owned(),
+            id: id.to_owned(),
+            leaves,
+            update,
+        };
+        match self.write(op).await? {
+            WriteReply::Resolved(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn conflicts(
+        &self,
+        db: &str,
+        start: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<DocRecord>, StoreError> {
+        let (db, start) = (db.to_owned(), start.map(str::to_owned));
+        self.read(move |c| read::conflicts(c, &db, start.as_deref(), limit))
+            .await
     }
 
     async fn compact(&self, db: &str) -> Result<(), StoreError> {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use outpost_core::{Rev, RevTree};
+use outpost_core::{Policy, Rev, RevTree};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
@@ -38,7 +38,8 @@ pub fn all_dbs(c: &Connection) -> Result<Vec<String>, StoreError> {
 pub fn db_info(c: &Connection, name: &str, file: &Path) -> Result<DbInfo, StoreError> {
     let info = c
         .prepare_cached(
-            "SELECT name, doc_count, doc_del_count, update_seq, revs_limit, active_size, created_at
+            "SELECT name, doc_count, doc_del_count, update_seq, revs_limit, active_size, created_at,
+                    policy, lww_field
              FROM dbs WHERE name = ?1",
         )?
         .query_row([name], |r| {
@@ -50,6 +51,7 @@ pub fn db_info(c: &Connection, name: &str, file: &Path) -> Result<DbInfo, StoreE
                 revs_limit: r.get::<_, i64>(4)? as u64,
                 active_size: r.get::<_, i64>(5)?.max(0) as u64,
                 created_at: r.get(6)?,
+                policy: Policy::from_parts(&r.get::<_, String>(7)?, r.get(8)?).unwrap_or_default(),
                 file_size: 0,
             })
         })
@@ -236,6 +238,32 @@ pub fn changes_pending(c: &Connection, db: &str, since: u64) -> Result<u64, Stor
     Ok(n as u64)
 }
 
+pub fn conflicts(
+    c: &Connection,
+    db: &str,
+    start: Option<&str>,
+    limit: u64,
+) -> Result<Vec<DocRecord>, StoreError> {
+    let db = db_id(c, db)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows: Vec<(String, i64, String)> = c
+        .prepare_cached(
+            "SELECT id, seq, tree FROM docs WHERE db = ?1 AND conflicted = 1 AND id >= ?2 ORDER BY id LIMIT ?3",
+        )?
+        .query_map(params![db, start.unwrap_or(""), limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    rows.into_iter()
+        .map(|(id, seq, tree)| {
+            let tree = parse_tree(&id, &tree)?;
+            Ok(DocRecord {
+                id,
+                seq: seq as u64,
+                tree,
+            })
+        })
+        .collect()
+}
+
 pub fn local_doc(c: &Connection, db: &str, id: &str) -> Result<Option<LocalDoc>, StoreError> {
     let db = db_id(c, db)?;
     Ok(
@@ -263,7 +291,7 @@ pub fn events(c: &Connection, db: &str, q: &EventsQuery) -> Result<Vec<Event>, S
     let since = i64::try_from(q.since).unwrap_or(i64::MAX);
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
     let mut sql = String::from(
-        "SELECT e.seq, e.kind, e.doc, e.rev, e.parent, e.origin, e.at, CASE WHEN ?4 THEN r.body END
+        "SELECT e.seq, e.kind, e.doc, e.rev, e.parent, e.origin, e.at, CASE WHEN ?4 THEN r.body END, e.detail
          FROM events e LEFT JOIN revs r ON r.db = e.db AND r.doc = e.doc AND r.rev = e.rev
          WHERE e.db = ?1 AND e.seq > ?2",
     );
@@ -282,6 +310,7 @@ pub fn events(c: &Connection, db: &str, q: &EventsQuery) -> Result<Vec<Event>, S
             r.get::<_, String>(5)?,
             r.get::<_, i64>(6)?,
             r.get::<_, Option<String>>(7)?,
+            r.get::<_, Option<String>>(8)?,
         ))
     };
     let rows: Vec<_> = match &q.doc_id {
@@ -293,7 +322,7 @@ pub fn events(c: &Connection, db: &str, q: &EventsQuery) -> Result<Vec<Event>, S
             .collect::<Result<_, _>>()?,
     };
     rows.into_iter()
-        .map(|(seq, kind, id, rev, parent, origin, at, body)| {
+        .map(|(seq, kind, id, rev, parent, origin, at, body, detail)| {
             Ok(Event {
                 seq: seq as u64,
                 kind,
@@ -303,6 +332,7 @@ pub fn events(c: &Connection, db: &str, q: &EventsQuery) -> Result<Vec<Event>, S
                 origin,
                 at,
                 body,
+                detail,
             })
         })
         .collect()

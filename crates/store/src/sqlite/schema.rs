@@ -28,7 +28,9 @@ CREATE TABLE IF NOT EXISTS dbs (
     doc_count     INTEGER NOT NULL DEFAULT 0,
     doc_del_count INTEGER NOT NULL DEFAULT 0,
     active_size   INTEGER NOT NULL DEFAULT 0,
-    revs_limit    INTEGER NOT NULL DEFAULT 1000
+    revs_limit    INTEGER NOT NULL DEFAULT 1000,
+    policy        TEXT NOT NULL DEFAULT 'manual',
+    lww_field     TEXT
 );
 
 CREATE TABLE IF NOT EXISTS docs (
@@ -36,10 +38,13 @@ CREATE TABLE IF NOT EXISTS docs (
     id      TEXT NOT NULL,
     seq     INTEGER NOT NULL,
     deleted INTEGER NOT NULL,
+    -- 1 when the document has more than one live leaf, for `_conflicts`.
+    conflicted INTEGER NOT NULL DEFAULT 0,
     tree    TEXT NOT NULL,
     PRIMARY KEY (db, id)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS docs_by_seq ON docs (db, seq);
+CREATE INDEX IF NOT EXISTS docs_conflicted ON docs (db, id) WHERE conflicted = 1;
 
 CREATE TABLE IF NOT EXISTS revs (
     db      INTEGER NOT NULL,
@@ -73,6 +78,9 @@ CREATE TABLE IF NOT EXISTS events (
     parent TEXT,
     origin TEXT NOT NULL,
     at     INTEGER NOT NULL,
+    -- JSON: the revision path a replicated write added, and for resolutions the policy and the
+    -- leaves superseded. Enough to replay the log into the document tables.
+    detail TEXT,
     PRIMARY KEY (db, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_doc ON events (db, doc, seq);

@@ -8,12 +8,14 @@
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 
-use outpost_core::{Rev, RevTree, hash};
+use std::collections::HashMap;
+
+use outpost_core::{Policy, Rev, RevTree, hash, policy};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use crate::{DocError, DocUpdate, NewAttachment, StoreError, UpdateMode};
+use crate::{DocError, DocUpdate, NewAttachment, Origin, StoreError, UpdateMode};
 
 /// The most jobs applied in one transaction; bounds the latency a single commit adds.
 const MAX_BATCH: usize = 512;
@@ -29,6 +31,16 @@ pub(super) enum WriteOp {
     SetRevsLimit {
         db: String,
         limit: u64,
+    },
+    SetPolicy {
+        db: String,
+        policy: Policy,
+    },
+    Resolve {
+        db: String,
+        id: String,
+        leaves: Vec<Rev>,
+        update: DocUpdate,
     },
     Docs {
         db: String,
@@ -53,6 +65,7 @@ pub(super) enum WriteOp {
 pub(super) enum WriteReply {
     Done,
     Docs(Vec<Result<Rev, DocError>>),
+    Resolved(Result<Rev, DocError>),
     LocalRev(u64),
 }
 
@@ -161,6 +174,30 @@ fn apply(
             }
             Ok(WriteReply::Done)
         }
+        WriteOp::SetPolicy { db, policy } => {
+            let n = tx.execute(
+                "UPDATE dbs SET policy = ?2, lww_field = ?3 WHERE name = ?1",
+                params![db, policy.name(), policy.lww_field()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NoDb);
+            }
+            Ok(WriteReply::Done)
+        }
+        WriteOp::Resolve {
+            db,
+            id,
+            leaves,
+            update,
+        } => {
+            let result = apply_manual_resolution(tx, db, id, leaves, update, now)?;
+            let seq: i64 =
+                tx.query_row("SELECT update_seq FROM dbs WHERE name = ?1", [db], |r| {
+                    r.get(0)
+                })?;
+            moved.insert(db.clone(), Some(seq as u64));
+            Ok(WriteReply::Resolved(result))
+        }
         WriteOp::Docs { db, updates } => {
             let results = apply_docs(tx, db, updates, now)?;
             let seq: i64 =
@@ -227,6 +264,7 @@ struct DbState {
     doc_count: i64,
     doc_del_count: i64,
     active_size: i64,
+    policy: Policy,
 }
 
 /// Either a per-document refusal or a failure of the whole transaction.
@@ -253,42 +291,288 @@ impl From<rusqlite::Error> for ApplyError {
     }
 }
 
+fn load_state(tx: &Connection, db: &str) -> Result<DbState, StoreError> {
+    tx.query_row(
+        "SELECT id, update_seq, revs_limit, doc_count, doc_del_count, active_size, policy, lww_field
+         FROM dbs WHERE name = ?1",
+        [db],
+        |r| {
+            Ok(DbState {
+                id: r.get(0)?,
+                seq: r.get::<_, i64>(1)? as u64,
+                revs_limit: r.get::<_, i64>(2)? as usize,
+                doc_count: r.get(3)?,
+                doc_del_count: r.get(4)?,
+                active_size: r.get(5)?,
+                policy: Policy::from_parts(&r.get::<_, String>(6)?, r.get(7)?).unwrap_or_default(),
+            })
+        },
+    )
+    .optional()?
+    .ok_or(StoreError::NoDb)
+}
+
+fn save_state(tx: &Connection, state: &DbState) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE dbs SET update_seq = ?2, doc_count = ?3, doc_del_count = ?4, active_size = ?5 WHERE id = ?1",
+        params![state.id, state.seq as i64, state.doc_count, state.doc_del_count, state.active_size],
+    )?;
+    Ok(())
+}
+
 fn apply_docs(
     tx: &Connection,
     db: &str,
     updates: &[DocUpdate],
     now: i64,
 ) -> Result<Vec<Result<Rev, DocError>>, StoreError> {
-    let mut state = tx
-        .query_row(
-            "SELECT id, update_seq, revs_limit, doc_count, doc_del_count, active_size FROM dbs WHERE name = ?1",
-            [db],
-            |r| {
-                Ok(DbState {
-                    id: r.get(0)?,
-                    seq: r.get::<_, i64>(1)? as u64,
-                    revs_limit: r.get::<_, i64>(2)? as usize,
-                    doc_count: r.get(3)?,
-                    doc_del_count: r.get(4)?,
-                    active_size: r.get(5)?,
-                })
-            },
-        )
-        .optional()?
-        .ok_or(StoreError::NoDb)?;
+    let mut state = load_state(tx, db)?;
     let mut results = Vec::with_capacity(updates.len());
+    let mut touched: Vec<&str> = Vec::new();
     for update in updates {
         match apply_doc(tx, &mut state, update, now) {
-            Ok(rev) => results.push(Ok(rev)),
+            Ok(rev) => {
+                if !touched.contains(&update.id.as_str()) {
+                    touched.push(&update.id);
+                }
+                results.push(Ok(rev));
+            }
             Err(ApplyError::Doc(e)) => results.push(Err(e)),
             Err(ApplyError::Store(e)) => return Err(e),
         }
     }
-    tx.execute(
-        "UPDATE dbs SET update_seq = ?2, doc_count = ?3, doc_del_count = ?4, active_size = ?5 WHERE id = ?1",
-        params![state.id, state.seq as i64, state.doc_count, state.doc_del_count, state.active_size],
-    )?;
+    // Automatic policies resolve once per document after the whole request, so the revisions a
+    // replicator sends together (a peer's resolution and its tombstones) are judged together.
+    if state.policy != Policy::Manual {
+        for id in touched {
+            resolve_automatically(tx, &mut state, id, now)?;
+        }
+    }
+    save_state(tx, &state)?;
     Ok(results)
+}
+
+/// A document's current tree, if it has one.
+fn load_tree(tx: &Connection, db: i64, id: &str) -> Result<Option<(bool, RevTree)>, StoreError> {
+    let row: Option<(bool, String)> = tx
+        .prepare_cached("SELECT deleted, tree FROM docs WHERE db = ?1 AND id = ?2")?
+        .query_row(params![db, id], |r| Ok((r.get::<_, bool>(0)?, r.get(1)?)))
+        .optional()?;
+    row.map(|(deleted, json)| {
+        serde_json::from_str(&json)
+            .map(|tree| (deleted, tree))
+            .map_err(|e| StoreError::Corrupt(format!("revision tree of {id}: {e}")))
+    })
+    .transpose()
+}
+
+fn load_bodies(
+    tx: &Connection,
+    db: i64,
+    id: &str,
+    revs: &[Rev],
+) -> Result<HashMap<Rev, Value>, StoreError> {
+    let mut stmt =
+        tx.prepare_cached("SELECT body FROM revs WHERE db = ?1 AND doc = ?2 AND rev = ?3")?;
+    let mut out = HashMap::new();
+    for rev in revs {
+        let body: Option<String> = stmt
+            .query_row(params![db, id, rev.to_string()], |r| r.get(0))
+            .optional()?;
+        if let Some(body) = body {
+            let value =
+                serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.insert(rev.clone(), value);
+        }
+    }
+    Ok(out)
+}
+
+/// Applies the database's policy to a document that may have live conflicts.
+fn resolve_automatically(
+    tx: &Connection,
+    state: &mut DbState,
+    id: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let Some((was_deleted, mut tree)) = load_tree(tx, state.id, id)? else {
+        return Ok(());
+    };
+    let needed = policy::needed_bodies(&state.policy, &tree);
+    if needed.is_empty() {
+        return Ok(());
+    }
+    let bodies = load_bodies(tx, state.id, id, &needed)?;
+    let Some(resolution) = policy::resolve(&state.policy, &tree, &bodies) else {
+        return Ok(());
+    };
+    let detail = serde_json::json!({
+        "policy": state.policy.name(),
+        "superseded": resolution.superseded().iter().map(Rev::to_string).collect::<Vec<_>>(),
+    })
+    .to_string();
+    let mut was = Some(was_deleted);
+    if let Some((rev, body)) = &resolution.merged {
+        tree.add_edit(Some(&resolution.winner), rev.clone(), false)
+            .map_err(|_| {
+                StoreError::Corrupt(format!("resolution of {id} does not extend a leaf"))
+            })?;
+        let Value::Object(body) = body else {
+            return Err(StoreError::Corrupt(format!(
+                "merged body of {id} is not an object"
+            )));
+        };
+        let revision = NewRevision {
+            rev,
+            parent: Some(&resolution.winner),
+            deleted: false,
+            body,
+            kind: "resolved",
+        };
+        commit_revision(
+            tx,
+            state,
+            id,
+            &mut tree,
+            &mut was,
+            &revision,
+            &Origin::Resolver,
+            Some(&detail),
+            now,
+        )?;
+    }
+    let empty = Map::new();
+    for (loser, tombstone) in &resolution.tombstones {
+        tree.add_edit(Some(loser), tombstone.clone(), true)
+            .map_err(|_| {
+                StoreError::Corrupt(format!("resolution of {id} does not extend a leaf"))
+            })?;
+        let revision = NewRevision {
+            rev: tombstone,
+            parent: Some(loser),
+            deleted: true,
+            body: &empty,
+            kind: "resolved",
+        };
+        commit_revision(
+            tx,
+            state,
+            id,
+            &mut tree,
+            &mut was,
+            &revision,
+            &Origin::Resolver,
+            Some(&detail),
+            now,
+        )?;
+    }
+    Ok(())
+}
+
+/// `_resolve`: the client's body becomes a child of the winner and the other leaves it names are
+/// tombstoned. The leaves named must be exactly the live ones, so a resolution made from a
+/// stale read is refused as a conflict.
+fn apply_manual_resolution(
+    tx: &Connection,
+    db: &str,
+    id: &str,
+    leaves: &[Rev],
+    update: &DocUpdate,
+    now: i64,
+) -> Result<Result<Rev, DocError>, StoreError> {
+    let mut state = load_state(tx, db)?;
+    let Some((was_deleted, mut tree)) = load_tree(tx, state.id, id)? else {
+        return Ok(Err(DocError::Conflict));
+    };
+    let mut live: Vec<Rev> = tree
+        .leaves()
+        .into_iter()
+        .filter(|l| !l.deleted)
+        .map(|l| l.rev)
+        .collect();
+    let mut named = leaves.to_vec();
+    live.sort();
+    named.sort();
+    named.dedup();
+    let Some(winner) = tree.winner().filter(|w| !w.deleted).map(|w| w.rev) else {
+        return Ok(Err(DocError::Conflict));
+    };
+    if live != named {
+        return Ok(Err(DocError::Conflict));
+    }
+    let mut body = update.body.clone();
+    match resolve_attachments(
+        tx,
+        state.id,
+        id,
+        &mut body,
+        &live,
+        winner.generation + 1,
+        false,
+    ) {
+        Ok(()) => {}
+        Err(ApplyError::Doc(e)) => return Ok(Err(e)),
+        Err(ApplyError::Store(e)) => return Err(e),
+    }
+    for att in &update.new_attachments {
+        store_attachment(tx, att)?;
+    }
+    let rev = hash::next_rev(Some(&winner), false, &Value::Object(body.clone()));
+    if tree.add_edit(Some(&winner), rev.clone(), false).is_err() {
+        return Ok(Err(DocError::Conflict));
+    }
+    let detail = serde_json::json!({
+        "policy": "manual",
+        "superseded": live.iter().map(Rev::to_string).collect::<Vec<_>>(),
+    })
+    .to_string();
+    let mut was = Some(was_deleted);
+    let revision = NewRevision {
+        rev: &rev,
+        parent: Some(&winner),
+        deleted: false,
+        body: &body,
+        kind: "resolved",
+    };
+    commit_revision(
+        tx,
+        &mut state,
+        id,
+        &mut tree,
+        &mut was,
+        &revision,
+        &update.origin,
+        Some(&detail),
+        now,
+    )?;
+    let empty = Map::new();
+    for loser in live.iter().filter(|r| **r != winner) {
+        let tombstone = hash::next_rev(Some(loser), true, &Value::Object(Map::new()));
+        tree.add_edit(Some(loser), tombstone.clone(), true)
+            .map_err(|_| {
+                StoreError::Corrupt(format!("resolution of {id} does not extend a leaf"))
+            })?;
+        let revision = NewRevision {
+            rev: &tombstone,
+            parent: Some(loser),
+            deleted: true,
+            body: &empty,
+            kind: "resolved",
+        };
+        commit_revision(
+            tx,
+            &mut state,
+            id,
+            &mut tree,
+            &mut was,
+            &revision,
+            &update.origin,
+            Some(&detail),
+            now,
+        )?;
+    }
+    save_state(tx, &state)?;
+    Ok(Ok(rev))
 }
 
 fn apply_doc(
@@ -297,23 +581,13 @@ fn apply_doc(
     update: &DocUpdate,
     now: i64,
 ) -> Result<Rev, ApplyError> {
-    let existing: Option<(bool, String)> = tx
-        .query_row(
-            "SELECT deleted, tree FROM docs WHERE db = ?1 AND id = ?2",
-            params![state.id, update.id],
-            |r| Ok((r.get::<_, bool>(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let was_deleted = existing.as_ref().map(|(d, _)| *d);
-    let mut tree: RevTree = match &existing {
-        Some((_, json)) => serde_json::from_str(json)
-            .map_err(|e| StoreError::Corrupt(format!("revision tree of {}: {e}", update.id)))?,
-        None => RevTree::new(),
-    };
+    let existing = load_tree(tx, state.id, &update.id)?;
+    let mut was_deleted = existing.as_ref().map(|(d, _)| *d);
+    let mut tree = existing.map(|(_, t)| t).unwrap_or_default();
     let before = tree.clone();
     let mut body = update.body.clone();
 
-    let (rev, parent) = match &update.mode {
+    let (rev, parent, detail) = match &update.mode {
         UpdateMode::Edit { base } => {
             let parent = match base {
                 Some(b) if tree.is_leaf(b) => Some(b.clone()),
@@ -336,7 +610,7 @@ fn apply_doc(
             );
             tree.add_edit(parent.as_ref(), rev.clone(), update.deleted)
                 .map_err(|_| DocError::Conflict)?;
-            (rev, parent)
+            (rev, parent, None)
         }
         UpdateMode::Replicate { path } => {
             let leaf = path.first().ok_or(DocError::InvalidPath)?.clone();
@@ -355,40 +629,98 @@ fn apply_doc(
                 leaf.generation,
                 true,
             )?;
-            tree.merge_path(path, update.deleted)
+            let added = tree
+                .merge_path(path, update.deleted)
                 .map_err(|_| DocError::InvalidPath)?;
             let parent = tree.parent(&leaf).cloned();
-            (leaf, parent)
+            // The path is kept with the event so that replaying the log rebuilds the same tree.
+            let detail = serde_json::json!({ "path": path.iter().map(Rev::to_string).collect::<Vec<_>>(), "added": added.len() });
+            (leaf, parent, Some(detail.to_string()))
         }
     };
     for att in &update.new_attachments {
         store_attachment(tx, att)?;
     }
-    tree.stem(state.revs_limit);
+    let kind = event_kind(&before, parent.as_ref(), update.deleted);
+    let revision = NewRevision {
+        rev: &rev,
+        parent: parent.as_ref(),
+        deleted: update.deleted,
+        body: &body,
+        kind,
+    };
+    commit_revision(
+        tx,
+        state,
+        &update.id,
+        &mut tree,
+        &mut was_deleted,
+        &revision,
+        &update.origin,
+        detail.as_deref(),
+        now,
+    )?;
+    Ok(rev)
+}
 
-    let body_json = serde_json::to_string(&body).map_err(|e| DocError::Invalid(e.to_string()))?;
+/// A revision already added to the tree, to be stored.
+struct NewRevision<'a> {
+    rev: &'a Rev,
+    parent: Option<&'a Rev>,
+    deleted: bool,
+    body: &'a Map<String, Value>,
+    kind: &'static str,
+}
+
+/// Stores a revision that was just added to `tree`: its body, the document row with a new
+/// sequence, the counters, and its event.
+#[allow(clippy::too_many_arguments)]
+fn commit_revision(
+    tx: &Connection,
+    state: &mut DbState,
+    id: &str,
+    tree: &mut RevTree,
+    was_deleted: &mut Option<bool>,
+    revision: &NewRevision<'_>,
+    origin: &Origin,
+    detail: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    tree.stem(state.revs_limit);
+    let body_json =
+        serde_json::to_string(revision.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     state.active_size += body_json.len() as i64;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO revs (db, doc, rev, deleted, body) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (db, doc, rev) DO NOTHING",
-        params![
-            state.id,
-            update.id,
-            rev.to_string(),
-            update.deleted,
-            body_json
-        ],
-    )?;
+    )?
+    .execute(params![
+        state.id,
+        id,
+        revision.rev.to_string(),
+        revision.deleted,
+        body_json
+    ])?;
 
     state.seq += 1;
     let deleted = tree.is_deleted();
-    let tree_json = serde_json::to_string(&tree).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    tx.execute(
-        "INSERT INTO docs (db, id, seq, deleted, tree) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (db, id) DO UPDATE SET seq = excluded.seq, deleted = excluded.deleted, tree = excluded.tree",
-        params![state.id, update.id, state.seq as i64, deleted, tree_json],
-    )?;
-    match (was_deleted, deleted) {
+    let conflicted = tree.leaves().iter().filter(|l| !l.deleted).count() > 1;
+    let tree_json =
+        serde_json::to_string(&*tree).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    tx.prepare_cached(
+        "INSERT INTO docs (db, id, seq, deleted, conflicted, tree) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (db, id) DO UPDATE SET seq = excluded.seq, deleted = excluded.deleted,
+             conflicted = excluded.conflicted, tree = excluded.tree",
+    )?
+    .execute(params![
+        state.id,
+        id,
+        state.seq as i64,
+        deleted,
+        conflicted,
+        tree_json
+    ])?;
+    match (*was_deleted, deleted) {
         (None, false) => state.doc_count += 1,
         (None, true) => state.doc_del_count += 1,
         (Some(true), false) => {
@@ -401,22 +733,24 @@ fn apply_doc(
         }
         _ => {}
     }
+    *was_deleted = Some(deleted);
 
-    let kind = event_kind(&before, parent.as_ref(), update.deleted);
-    tx.execute(
-        "INSERT INTO events (db, seq, kind, doc, rev, parent, origin, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
-            state.id,
-            state.seq as i64,
-            kind,
-            update.id,
-            rev.to_string(),
-            parent.as_ref().map(Rev::to_string),
-            update.origin.label(),
-            now / 1000,
-        ],
-    )?;
-    Ok(rev)
+    tx.prepare_cached(
+        "INSERT INTO events (db, seq, kind, doc, rev, parent, origin, at, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        state.id,
+        state.seq as i64,
+        revision.kind,
+        id,
+        revision.rev.to_string(),
+        revision.parent.map(Rev::to_string),
+        origin.label(),
+        now / 1000,
+        detail,
+    ])?;
+    Ok(())
 }
 
 /// What an accepted revision did to its document, for the event log.

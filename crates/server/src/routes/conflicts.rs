@@ -1,0 +1,152 @@
+//! Conflict handling: the per-database policy (`/{db}/_outpost`), the list of conflicted
+//! documents (`/{db}/_conflicts`) and manual resolution (`/{db}/_resolve`).
+
+use axum::response::Response;
+use http::{Method, StatusCode};
+use outpost_core::{Policy, Rev};
+use outpost_store::Origin;
+use serde_json::{Value, json};
+
+use super::{json, not_allowed, ok, with_etag};
+use crate::dispatch::Req;
+use crate::docjson::{ok_json, parse_doc, parse_rev};
+use crate::{ApiError, AppState};
+
+/// Most rows of one `_conflicts` page.
+const MAX_CONFLICTS_PAGE: u64 = 10_000;
+
+/// The JSON form of a policy.
+pub fn policy_json(policy: &Policy) -> Value {
+    json!({ "conflict_policy": policy.name(), "lww_field": policy.lww_field() })
+}
+
+/// `GET/PUT /{db}/_outpost`: the database's Outpost settings.
+pub async fn settings(state: &AppState, db: &str, req: &mut Req) -> Result<Response, ApiError> {
+    match req.method {
+        Method::GET => Ok(ok(
+            policy_json(&state.store.db_info(db).await?.policy).to_string()
+        )),
+        Method::PUT => {
+            let body = req.json().await?;
+            let Value::Object(fields) = body else {
+                return Err(ApiError::bad_request("settings must be a JSON object"));
+            };
+            if let Some(unknown) = fields
+                .keys()
+                .find(|k| !["conflict_policy", "lww_field"].contains(&k.as_str()))
+            {
+                return Err(ApiError::bad_request(format!(
+                    "unknown setting {unknown:?}"
+                )));
+            }
+            let name = match fields.get("conflict_policy") {
+                Some(Value::String(name)) => name.clone(),
+                None => "manual".to_owned(),
+                Some(_) => return Err(ApiError::bad_request("conflict_policy must be a string")),
+            };
+            let field = match fields.get("lww_field") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(f)) if !f.is_empty() && f.len() <= 256 => Some(f.clone()),
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        "lww_field must be a non-empty field name",
+                    ));
+                }
+            };
+            let policy = Policy::from_parts(&name, field).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "unknown conflict_policy {name:?}: expected manual, lww or merge"
+                ))
+            })?;
+            state.store.set_policy(db, policy).await?;
+            Ok(ok(json!({ "ok": true }).to_string()))
+        }
+        _ => Err(not_allowed("Only GET,HEAD,PUT allowed")),
+    }
+}
+
+/// `GET /{db}/_conflicts?limit=&startkey=`: documents with more than one live leaf, by id.
+pub async fn list(state: &AppState, db: &str, req: &Req) -> Result<Response, ApiError> {
+    if req.method != Method::GET {
+        return Err(not_allowed("Only GET,HEAD allowed"));
+    }
+    let limit = req
+        .query
+        .u64("limit")?
+        .unwrap_or(1000)
+        .min(MAX_CONFLICTS_PAGE);
+    let start = match req.query.json_any(&["startkey", "start_key"])? {
+        None => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "startkey must be a document id (a JSON string)",
+            ));
+        }
+    };
+    // One row more than asked tells whether there is a next page, and where it starts.
+    let mut rows = state
+        .store
+        .conflicts(db, start.as_deref(), limit + 1)
+        .await?;
+    let next = if rows.len() as u64 > limit {
+        rows.pop().map(|r| r.id)
+    } else {
+        None
+    };
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            let winner = r.tree.winner().map(|w| w.rev.to_string());
+            let conflicts: Vec<String> = r.tree.conflicts().iter().map(Rev::to_string).collect();
+            json!({ "id": r.id, "rev": winner, "conflicts": conflicts })
+        })
+        .collect();
+    Ok(ok(json!({ "rows": rows, "next": next }).to_string()))
+}
+
+/// `POST /{db}/_resolve {"id", "doc", "revs"}`: keeps `doc` as a child of the winner and
+/// tombstones every other live leaf, in one transaction.
+pub async fn resolve(state: &AppState, db: &str, req: &mut Req) -> Result<Response, ApiError> {
+    if req.method != Method::POST {
+        return Err(not_allowed("Only POST allowed"));
+    }
+    let body = req.json().await?;
+    let id = body
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("`id` must name the document to resolve"))?
+        .to_owned();
+    let revs: Vec<Rev> = body
+        .get("revs")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            ApiError::bad_request("`revs` must list every live leaf the resolution supersedes")
+        })?
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .ok_or_else(|| ApiError::bad_request("Invalid rev format"))
+                .and_then(parse_rev)
+        })
+        .collect::<Result<_, _>>()?;
+    let mut doc = body
+        .get("doc")
+        .cloned()
+        .ok_or_else(|| ApiError::bad_request("`doc` must be the body to keep"))?;
+    if let Some(fields) = doc.as_object_mut() {
+        fields.remove("_rev");
+        fields.remove("_deleted");
+        fields.remove("_revisions");
+    }
+    let update = parse_doc(doc, Some(&id), true, Origin::Client)?;
+    let rev = state
+        .store
+        .resolve(db, &id, revs, update)
+        .await?
+        .map_err(ApiError::from)?;
+    Ok(with_etag(
+        json(StatusCode::CREATED, ok_json(&id, &rev)),
+        &rev,
+    ))
+}

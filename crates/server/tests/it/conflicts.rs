@@ -1,0 +1,213 @@
+//! Conflict policies: settings, listing, manual resolution, and automatic `lww`/`merge`
+//! resolutions that come out the same on every replica.
+
+use serde_json::{Value, json};
+
+use crate::support::{TestServer, assert_error};
+
+/// Two branches off `1-aaa`, as a replicator would deliver them.
+fn branches(b: Value, c: Value) -> Value {
+    let mut docs =
+        vec![json!({"_id": "d", "_rev": "1-aaa", "title": "base", "n": 0, "tags": ["x"]})];
+    for (hash, mut body) in [("bbb", b), ("ccc", c)] {
+        body["_id"] = json!("d");
+        body["_rev"] = json!(format!("2-{hash}"));
+        body["_revisions"] = json!({"start": 2, "ids": [hash, "aaa"]});
+        docs.push(body);
+    }
+    json!({"new_edits": false, "docs": docs})
+}
+
+async fn with_policy(policy: Value) -> TestServer {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    s.expect("PUT", "/db/_outpost", Some(policy), 200).await;
+    s
+}
+
+fn live_leaves(open_revs: &Value) -> Vec<String> {
+    open_revs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ok"]["_deleted"] != true)
+        .map(|e| e["ok"]["_rev"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn settings_default_to_manual_and_are_validated() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    assert_eq!(
+        s.expect("GET", "/db/_outpost", None, 200).await,
+        json!({"conflict_policy": "manual", "lww_field": null})
+    );
+    s.expect(
+        "PUT",
+        "/db/_outpost",
+        Some(json!({"conflict_policy": "lww", "lww_field": "updated_at"})),
+        200,
+    )
+    .await;
+    assert_eq!(
+        s.expect("GET", "/db", None, 200).await["outpost"]["conflict_policy"],
+        "lww"
+    );
+    assert_error(
+        &s.expect(
+            "PUT",
+            "/db/_outpost",
+            Some(json!({"conflict_policy": "newest"})),
+            400,
+        )
+        .await,
+        "bad_request",
+    );
+    assert_error(
+        &s.expect("PUT", "/db/_outpost", Some(json!({"colour": 1})), 400)
+            .await,
+        "bad_request",
+    );
+    s.expect("GET", "/nodb/_outpost", None, 404).await;
+}
+
+#[tokio::test]
+async fn manual_conflicts_are_listed_and_resolved_in_one_step() {
+    let s = with_policy(json!({"conflict_policy": "manual"})).await;
+    s.expect(
+        "POST",
+        "/db/_bulk_docs",
+        Some(branches(json!({"n": 1}), json!({"n": 2}))),
+        201,
+    )
+    .await;
+    let listed = s.expect("GET", "/db/_conflicts", None, 200).await;
+    assert_eq!(
+        listed["rows"],
+        json!([{"id": "d", "rev": "2-ccc", "conflicts": ["2-bbb"]}])
+    );
+
+    // A resolution that does not name every live leaf was made from a stale read.
+    let stale = json!({"id": "d", "doc": {"n": 3}, "revs": ["2-ccc"]});
+    assert_error(
+        &s.expect("POST", "/db/_resolve", Some(stale), 409).await,
+        "conflict",
+    );
+    let done = s
+        .expect(
+            "POST",
+            "/db/_resolve",
+            Some(json!({"id": "d", "doc": {"n": 3}, "revs": ["2-ccc", "2-bbb"]})),
+            201,
+        )
+        .await;
+    let doc = s.expect("GET", "/db/d?conflicts=true", None, 200).await;
+    assert_eq!(doc["_rev"], done["rev"]);
+    assert_eq!(doc["n"], 3);
+    assert!(doc.get("_conflicts").is_none(), "{doc}");
+    assert_eq!(
+        s.expect("GET", "/db/_conflicts", None, 200).await["rows"],
+        json!([])
+    );
+    let events = s.expect("GET", "/db/_events?doc_id=d", None, 200).await;
+    let resolved: Vec<&Value> = events["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "resolved")
+        .collect();
+    assert_eq!(resolved.len(), 2, "{events}");
+    assert_eq!(resolved[0]["policy"], "manual");
+    assert_eq!(resolved[0]["superseded"], json!(["2-bbb", "2-ccc"]));
+}
+
+#[tokio::test]
+async fn lww_keeps_the_latest_timestamp_and_tombstones_the_rest() {
+    let s = with_policy(json!({"conflict_policy": "lww", "lww_field": "updated_at"})).await;
+    let docs = branches(
+        json!({"n": 1, "updated_at": "2026-05-02T10:00:00Z"}),
+        json!({"n": 2, "updated_at": "2026-05-01T10:00:00Z"}),
+    );
+    s.expect("POST", "/db/_bulk_docs", Some(docs), 201).await;
+    let doc = s.expect("GET", "/db/d?conflicts=true", None, 200).await;
+    // 2-ccc would win by CouchDB's rule; lww picks 2-bbb for its later timestamp.
+    assert_eq!(
+        (doc["_rev"].as_str(), doc["n"].as_i64()),
+        (Some("2-bbb"), Some(1))
+    );
+    assert!(doc.get("_conflicts").is_none(), "{doc}");
+    assert_eq!(
+        live_leaves(&s.expect("GET", "/db/d?open_revs=all", None, 200).await),
+        ["2-bbb"]
+    );
+    assert_eq!(
+        s.expect("GET", "/db/_conflicts", None, 200).await["rows"],
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn merge_combines_fields_edited_on_different_sides() {
+    let s = with_policy(json!({"conflict_policy": "merge", "lww_field": "at"})).await;
+    let docs = branches(
+        json!({"title": "mine", "n": 0, "tags": ["x"], "at": 2}),
+        json!({"title": "theirs", "n": 7, "tags": ["x", "y"], "at": 1}),
+    );
+    s.expect("POST", "/db/_bulk_docs", Some(docs), 201).await;
+    let doc = s
+        .expect("GET", "/db/d?conflicts=true&revs=true", None, 200)
+        .await;
+    assert_eq!(doc["title"], "mine", "{doc}");
+    assert_eq!(doc["n"], 7);
+    assert_eq!(doc["tags"], json!(["x", "y"]));
+    assert_eq!(doc["_revisions"]["ids"][1], "bbb");
+    assert!(doc.get("_conflicts").is_none(), "{doc}");
+}
+
+#[tokio::test]
+async fn replicas_resolving_independently_converge() {
+    for policy in [
+        json!({"conflict_policy": "lww", "lww_field": "at"}),
+        json!({"conflict_policy": "merge", "lww_field": "at"}),
+    ] {
+        let a = with_policy(policy.clone()).await;
+        let b = with_policy(policy.clone()).await;
+        let docs = branches(json!({"x": 1, "at": 1}), json!({"y": 2, "at": 1}));
+        // A receives both branches at once; B one at a time, in the other order.
+        a.expect("POST", "/db/_bulk_docs", Some(docs.clone()), 201)
+            .await;
+        for i in [0, 2, 1] {
+            let one = json!({"new_edits": false, "docs": [docs["docs"][i].clone()]});
+            b.expect("POST", "/db/_bulk_docs", Some(one), 201).await;
+        }
+        let tree_a = a
+            .expect("GET", "/db/d?open_revs=all&revs=true", None, 200)
+            .await;
+        let tree_b = b
+            .expect("GET", "/db/d?open_revs=all&revs=true", None, 200)
+            .await;
+        assert_eq!(live_leaves(&tree_a), live_leaves(&tree_b), "{policy}");
+        assert_eq!(live_leaves(&tree_a).len(), 1, "{policy}");
+        // Exchanging what each wrote adds nothing new to the other: the same revisions exist.
+        let mut all = Vec::new();
+        for entry in tree_a.as_array().unwrap() {
+            let mut doc = entry["ok"].clone();
+            doc["_id"] = json!("d");
+            all.push(doc);
+        }
+        let seq = b.expect("GET", "/db", None, 200).await["update_seq"].clone();
+        b.expect(
+            "POST",
+            "/db/_bulk_docs",
+            Some(json!({"new_edits": false, "docs": all})),
+            201,
+        )
+        .await;
+        assert_eq!(
+            b.expect("GET", "/db", None, 200).await["update_seq"],
+            seq,
+            "{policy}"
+        );
+    }
+}
