@@ -40,7 +40,8 @@ function freePort() {
 }
 
 function outpostBin(explicit) {
-  const bin = explicit || process.env.OUTPOST_BIN || path.join(REPO_ROOT, 'target', 'debug', 'outpost');
+  // Resolved against our working directory: the server itself runs in its temporary directory.
+  const bin = path.resolve(explicit || process.env.OUTPOST_BIN || path.join(REPO_ROOT, 'target', 'debug', 'outpost'));
   if (!fs.existsSync(bin)) {
     throw new Error(
       `outpost binary not found at ${bin}: build it (cargo build -p outpost-cli) or set OUTPOST_BIN, ` +
