@@ -38,6 +38,16 @@ fn http_client() -> HttpClient {
 /// A minimal fast upstream: answers every request at once and logs the idempotency keys of
 /// writes in arrival order.
 async fn upstream(listener: TcpListener, log: Arc<Mutex<Vec<String>>>, stop: CancellationToken) {
+    upstream_with_delay(listener, log, stop, Duration::ZERO).await
+}
+
+/// Like [`upstream`], taking `delay` to answer each request (a backend doing real work).
+async fn upstream_with_delay(
+    listener: TcpListener,
+    log: Arc<Mutex<Vec<String>>>,
+    stop: CancellationToken,
+    delay: Duration,
+) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let (stream, _) = tokio::select! {
@@ -55,6 +65,9 @@ async fn upstream(listener: TcpListener, log: Arc<Mutex<Vec<String>>>, stop: Can
                         log.lock().unwrap().push(key.to_str().unwrap().to_owned());
                     }
                     let _ = req.into_body().collect().await;
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
                     let mut resp = Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")));
                     if is_write {
                         *resp.status_mut() = hyper::StatusCode::CREATED;
@@ -195,6 +208,31 @@ async fn bench() {
     up_stop.cancel();
     up_task.await.unwrap();
 
+    // The same against a backend that takes 1 ms per request: the figure when the backend, not
+    // this machine's two cores, is the limit.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_addr = listener.local_addr().unwrap();
+    let slow_stop = CancellationToken::new();
+    let slow_task = tokio::spawn(upstream_with_delay(
+        listener,
+        Arc::new(Mutex::new(Vec::new())),
+        slow_stop.clone(),
+        Duration::from_millis(1),
+    ));
+    let dir_slow = tempfile::tempdir().unwrap();
+    let gw_slow = Gateway::bind(config(slow_addr, dir_slow.path())).await.unwrap();
+    let gw_slow_addr = gw_slow.local_addr();
+    let gw_slow_task = tokio::spawn(gw_slow.run(shutdown.clone()));
+    load(&client, gw_slow_addr, 1_600, false, 200).await;
+    let direct_slow = load(&client, slow_addr, PASS_REQUESTS / 4, false, 200).await;
+    let through_slow = load(&client, gw_slow_addr, PASS_REQUESTS / 4, false, 200).await;
+    println!(
+        "pass-through GET, backend taking 1 ms, {CLIENTS} clients: direct {direct_slow:.0} req/s, through gateway {through_slow:.0} req/s, ratio {:.2}",
+        through_slow / direct_slow
+    );
+    slow_stop.cancel();
+    slow_task.await.unwrap();
+
     // The disk bounds any durable rate: with 16 clients each waiting for its commit, at most 16
     // requests share one sync, so 16 / (sync latency) is the ceiling for every implementation.
     let probe_dir = tempfile::tempdir().unwrap();
@@ -263,6 +301,7 @@ async fn bench() {
 
     shutdown.cancel();
     gw_task.await.unwrap().unwrap();
+    gw_slow_task.await.unwrap().unwrap();
     gw2_task.await.unwrap().unwrap();
     up2_stop.cancel();
     up2_task.await.unwrap();

@@ -209,7 +209,9 @@ async fn list(
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     s.authorize(&headers)?;
-    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Query(params) = params.map_err(|_| {
+        ApiError::BadRequest("the query parameters are invalid (state, after, limit)".into())
+    })?;
     let state = params
         .state
         .as_deref()
