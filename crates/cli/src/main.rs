@@ -26,12 +26,17 @@ enum Command {
     Queue(cmd::queue::QueueArgs),
     /// Replicate one CouchDB-protocol database into another, once or continuously.
     Replicate(cmd::replicate::ReplicateArgs),
+    /// Check and maintain the databases of a data directory.
+    Db(cmd::db::DbArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     cmd::logging::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("outpost: cannot start the async runtime: {e}");
@@ -44,6 +49,7 @@ fn main() -> std::process::ExitCode {
             Command::Gateway(args) => cmd::gateway::run(args).await,
             Command::Queue(args) => cmd::queue::run(args).await,
             Command::Replicate(args) => cmd::replicate::run(args).await,
+            Command::Db(args) => cmd::db::run(args).await,
         }
     });
     match result {

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod db;
 pub mod gateway;
 pub mod logging;
 pub mod queue;

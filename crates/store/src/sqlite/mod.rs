@@ -2,6 +2,7 @@
 //! small pool of read connections used from `spawn_blocking`.
 
 mod read;
+pub mod replay;
 mod schema;
 mod writer;
 

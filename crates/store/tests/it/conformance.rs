@@ -1,0 +1,171 @@
+//! What any `Store` engine must do. Each test takes the engine from `engines()`.
+
+use std::sync::Arc;
+
+use outpost_core::Rev;
+use outpost_store::sqlite::SqliteStore;
+use outpost_store::{ChangesQuery, DocUpdate, Origin, Store, StoreError, UpdateMode};
+use serde_json::{Map, json};
+
+fn body(v: serde_json::Value) -> Map<String, serde_json::Value> {
+    v.as_object().unwrap().clone()
+}
+
+pub fn edit(id: &str, base: Option<&Rev>, v: serde_json::Value) -> DocUpdate {
+    DocUpdate {
+        id: id.to_owned(),
+        mode: UpdateMode::Edit {
+            base: base.cloned(),
+        },
+        deleted: false,
+        body: body(v),
+        new_attachments: Vec::new(),
+        origin: Origin::Client,
+    }
+}
+
+/// Every engine available in this build, each over a fresh temporary directory.
+fn engines() -> Vec<(Arc<dyn Store>, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    vec![(sqlite, dir)]
+}
+
+#[tokio::test]
+async fn writes_are_read_back_and_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let uuid;
+    {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        uuid = store.server_uuid().to_owned();
+        store.create_db("db").await.unwrap();
+        let out = store
+            .write_docs("db", vec![edit("a", None, json!({"v": 1}))])
+            .await
+            .unwrap();
+        assert!(out[0].is_ok());
+        store.close();
+    }
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(store.server_uuid(), uuid);
+    let doc = store.doc("db", "a").await.unwrap().unwrap();
+    assert_eq!(doc.seq, 1);
+    let winner = doc.tree.winner().unwrap().rev;
+    let bodies = store.rev_bodies("db", "a", &[winner]).await.unwrap();
+    assert_eq!(bodies[0].1.json, r#"{"v":1}"#);
+}
+
+#[tokio::test]
+async fn databases_are_created_once_and_deleted_with_their_documents() {
+    for (store, _dir) in engines() {
+        store.create_db("db").await.unwrap();
+        assert!(matches!(
+            store.create_db("db").await,
+            Err(StoreError::DbExists)
+        ));
+        store
+            .write_docs("db", vec![edit("a", None, json!({}))])
+            .await
+            .unwrap();
+        store.delete_db("db").await.unwrap();
+        assert!(matches!(store.db_info("db").await, Err(StoreError::NoDb)));
+        store.create_db("db").await.unwrap();
+        assert!(store.doc("db", "a").await.unwrap().is_none());
+        assert!(matches!(
+            store.write_docs("nope", vec![]).await,
+            Err(StoreError::NoDb)
+        ));
+    }
+}
+
+#[tokio::test]
+async fn concurrent_writers_all_commit() {
+    for (store, _dir) in engines() {
+        store.create_db("db").await.unwrap();
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .write_docs("db", vec![edit(&format!("d{i}"), None, json!({"i": i}))])
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap()[0].is_ok());
+        }
+        let info = store.db_info("db").await.unwrap();
+        assert_eq!((info.doc_count, info.update_seq), (64, 64));
+        let page = store
+            .changes(
+                "db",
+                &ChangesQuery {
+                    since: 60,
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            page.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [61, 62, 63, 64]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_conflicting_edit_fails_alone() {
+    for (store, _dir) in engines() {
+        store.create_db("db").await.unwrap();
+        let first = store
+            .write_docs("db", vec![edit("a", None, json!({}))])
+            .await
+            .unwrap();
+        let rev = first[0].clone().unwrap();
+        let out = store
+            .write_docs(
+                "db",
+                vec![
+                    edit("a", None, json!({"x": 1})),
+                    edit("a", Some(&rev), json!({"x": 2})),
+                    edit("b", None, json!({})),
+                ],
+            )
+            .await
+            .unwrap();
+        assert!(out[0].is_err());
+        assert!(out[1].is_ok());
+        assert!(out[2].is_ok());
+    }
+}
+
+#[tokio::test]
+async fn local_documents_check_their_revision() {
+    for (store, _dir) in engines() {
+        store.create_db("db").await.unwrap();
+        assert_eq!(
+            store
+                .put_local("db", "_local/x", 0, "{}".into())
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(matches!(
+            store.put_local("db", "_local/x", 0, "{}".into()).await,
+            Err(StoreError::Conflict)
+        ));
+        assert_eq!(
+            store
+                .put_local("db", "_local/x", 1, "{\"a\":1}".into())
+                .await
+                .unwrap(),
+            2
+        );
+        store.delete_local("db", "_local/x", 2).await.unwrap();
+        assert!(store.local_doc("db", "_local/x").await.unwrap().is_none());
+        assert_eq!(store.db_info("db").await.unwrap().update_seq, 0);
+    }
+}
