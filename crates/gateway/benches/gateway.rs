@@ -220,7 +220,9 @@ async fn bench() {
         Duration::from_millis(1),
     ));
     let dir_slow = tempfile::tempdir().unwrap();
-    let gw_slow = Gateway::bind(config(slow_addr, dir_slow.path())).await.unwrap();
+    let gw_slow = Gateway::bind(config(slow_addr, dir_slow.path()))
+        .await
+        .unwrap();
     let gw_slow_addr = gw_slow.local_addr();
     let gw_slow_task = tokio::spawn(gw_slow.run(shutdown.clone()));
     load(&client, gw_slow_addr, 1_600, false, 200).await;

@@ -677,3 +677,168 @@ fn list_entries(
     };
     rows.into_iter().map(finish_summary).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path, max_entries: u64) -> Queue {
+        Queue::open(
+            dir,
+            Cipher::new(&[3; 32]),
+            QueueLimits {
+                max_entries,
+                max_bytes: 1 << 30,
+            },
+        )
+        .unwrap()
+    }
+
+    fn entry(key: &str, body: &'static str) -> NewEntry {
+        NewEntry {
+            ordering_key: String::new(),
+            idempotency_key: key.into(),
+            request: StoredRequest {
+                method: "POST".into(),
+                target: "/t".into(),
+                headers: vec![],
+                body: bytes::Bytes::from_static(body.as_bytes()),
+            },
+        }
+    }
+
+    fn done(q: &Queue, id: &str) -> Finish {
+        let response = StoredResponse {
+            status: 200,
+            headers: vec![],
+            body: bytes::Bytes::from_static(b"ok"),
+            truncated: false,
+        };
+        Finish::Done {
+            attempts: 1,
+            response: q.seal_response(id, &response),
+            status: 200,
+        }
+    }
+
+    #[tokio::test]
+    async fn finish_is_compare_and_set_on_the_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), 100);
+        let a = q.enqueue(entry("a", "1")).await.unwrap();
+        let (loaded, _) = q.load_deliverable(now_ms(), 10, 1 << 20).await.unwrap();
+        assert_eq!(loaded.len(), 1);
+        let version = loaded[0].version;
+
+        // An operator retries it while it is being delivered: the delivery's outcome is dropped.
+        q.retry(&a.id).await.unwrap();
+        let stale = q
+            .finish(a.id.clone(), version, done(&q, &a.id))
+            .await
+            .unwrap();
+        assert!(!stale.await.unwrap().unwrap());
+        assert_eq!(q.get(&a.id).await.unwrap().summary.state, State::Pending);
+
+        let (loaded, _) = q.load_deliverable(now_ms(), 10, 1 << 20).await.unwrap();
+        let fresh = q
+            .finish(a.id.clone(), loaded[0].version, done(&q, &a.id))
+            .await
+            .unwrap();
+        assert!(fresh.await.unwrap().unwrap());
+        let detail = q.get(&a.id).await.unwrap();
+        assert_eq!(detail.summary.state, State::Done);
+        assert_eq!(detail.response.unwrap().body, "ok");
+        assert!(
+            detail.request.is_none(),
+            "a delivered entry keeps no request"
+        );
+        assert_eq!(q.pending_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn backing_off_keys_are_skipped_and_order_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), 100);
+        let mut ids = Vec::new();
+        for (i, key) in ["a", "b", "c"].iter().enumerate() {
+            let mut e = entry(key, "x");
+            e.ordering_key = if i == 1 {
+                "other".into()
+            } else {
+                String::new()
+            };
+            ids.push(q.enqueue(e).await.unwrap().id);
+        }
+        let (loaded, _) = q.load_deliverable(now_ms(), 10, 1 << 20).await.unwrap();
+        let order: Vec<_> = loaded.iter().map(|d| d.id.clone()).collect();
+        assert_eq!(order, ids);
+
+        let head = &loaded[0];
+        let later = Finish::Later {
+            attempts: 1,
+            next_attempt_ms: now_ms() + 60_000,
+            error: "503".into(),
+        };
+        q.finish(head.id.clone(), head.version, later)
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        let (loaded, wake) = q.load_deliverable(now_ms(), 10, 1 << 20).await.unwrap();
+        // Only the other ordering key may proceed; the third entry waits behind its head.
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].id, ids[1]);
+        assert!(wake.unwrap() > now_ms());
+    }
+
+    #[tokio::test]
+    async fn dedup_limits_and_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), 2);
+        let first = q.enqueue(entry("k", "1")).await.unwrap();
+        let again = q.enqueue(entry("k", "2")).await.unwrap();
+        assert_eq!(
+            again,
+            Enqueued {
+                id: first.id.clone(),
+                duplicate: true
+            }
+        );
+        q.enqueue(entry("k2", "3")).await.unwrap();
+        assert!(matches!(
+            q.enqueue(entry("k3", "4")).await,
+            Err(Error::QueueFull(_))
+        ));
+        q.drop_entry(&first.id).await.unwrap();
+        assert!(matches!(q.get(&first.id).await, Err(Error::NotFound(_))));
+        assert!(matches!(
+            q.drop_entry(&first.id).await,
+            Err(Error::NotFound(_))
+        ));
+        q.enqueue(entry("k3", "4")).await.unwrap();
+        assert_eq!(q.pending_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_enqueues_all_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open(dir.path(), 10_000);
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let q = q.clone();
+            set.spawn(async move { q.enqueue(entry(&format!("k{i}"), "x")).await.unwrap() });
+        }
+        while let Some(r) = set.join_next().await {
+            assert!(!r.unwrap().duplicate);
+        }
+        drop(q);
+        // Reopened from disk: everything acknowledged is there.
+        let q = open(dir.path(), 10_000);
+        assert_eq!(q.pending_count(), 200);
+        assert_eq!(
+            q.list(Some(State::Pending), 0, 1000).await.unwrap().len(),
+            200
+        );
+    }
+}
