@@ -12,7 +12,7 @@ use axum::body::{Body, Bytes};
 use axum::response::Response;
 use http::{HeaderValue, header};
 use outpost_core::Selector;
-use outpost_store::{ChangeRow, ChangesQuery, StoredBody};
+use outpost_store::{ChangeRow, ChangesQuery, Event, EventsQuery, StoredBody};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -46,9 +46,19 @@ pub enum FeedKind {
     EventSource,
 }
 
-/// A parsed `_changes` request.
+/// What a feed lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `_changes`: each document once, at its latest sequence.
+    Changes,
+    /// `_events`: every accepted revision, optionally of one document.
+    Events { doc_id: Option<String> },
+}
+
+/// A parsed `_changes` or `_events` request.
 #[derive(Debug)]
 pub struct FeedOpts {
+    pub source: Source,
     pub kind: FeedKind,
     pub since: u64,
     pub limit: Option<u64>,
@@ -93,19 +103,13 @@ async fn scan(
         } else {
             PAGE
         };
-        let query = ChangesQuery {
-            since: cursor,
-            limit: page_size,
-            descending: opts.descending,
-            include_docs: opts.include_docs || opts.filter.needs_body(),
-        };
-        let page = state.store.changes(db, &query).await?;
+        let page = read_page(state, db, opts, cursor, page_size).await?;
         let full = page.len() as u64 == page_size;
-        for row in page {
-            cursor = row.seq;
-            last_seen = Some(row.seq);
-            if let Some(text) = render_row(state, db, opts, row).await? {
-                rows.push((cursor, text));
+        for (seq, row) in page {
+            cursor = seq;
+            last_seen = Some(seq);
+            if let Some(text) = row {
+                rows.push((seq, text));
                 if rows.len() as u64 == want {
                     return Ok(Scan {
                         rows,
@@ -123,6 +127,76 @@ async fn scan(
             });
         }
     }
+}
+
+/// One page from the store: every sequence read, with its row when the filter keeps it.
+async fn read_page(
+    state: &AppState,
+    db: &str,
+    opts: &FeedOpts,
+    since: u64,
+    limit: u64,
+) -> Result<Vec<(u64, Option<String>)>, ApiError> {
+    match &opts.source {
+        Source::Changes => {
+            let query = ChangesQuery {
+                since,
+                limit,
+                descending: opts.descending,
+                include_docs: opts.include_docs || opts.filter.needs_body(),
+            };
+            let mut out = Vec::new();
+            for row in state.store.changes(db, &query).await? {
+                let seq = row.seq;
+                out.push((seq, render_row(state, db, opts, row).await?));
+            }
+            Ok(out)
+        }
+        Source::Events { doc_id } => {
+            let query = EventsQuery {
+                since,
+                limit,
+                doc_id: doc_id.clone(),
+                include_docs: opts.include_docs,
+            };
+            let events = state.store.events(db, &query).await?;
+            Ok(events
+                .into_iter()
+                .map(|e| (e.seq, Some(event_json(e, opts.include_docs).to_string())))
+                .collect())
+        }
+    }
+}
+
+/// An event as `_events` shows it.
+pub fn event_json(e: Event, include_docs: bool) -> Value {
+    let mut row = json!({
+        "seq": e.seq,
+        "type": e.kind,
+        "id": e.id,
+        "rev": e.rev.to_string(),
+        "parent": e.parent.map(|p| p.to_string()),
+        "origin": e.origin,
+        "at": e.at,
+    });
+    if let Some(detail) = e
+        .detail
+        .as_deref()
+        .and_then(|d| serde_json::from_str::<Value>(d).ok())
+    {
+        for key in ["policy", "superseded"] {
+            if let Some(v) = detail.get(key) {
+                row[key] = v.clone();
+            }
+        }
+    }
+    if include_docs {
+        row["doc"] = e
+            .body
+            .and_then(|b| serde_json::from_str(&b).ok())
+            .unwrap_or(Value::Null);
+    }
+    row
 }
 
 /// A change row as JSON, or `None` when the filter leaves it out.
@@ -410,7 +484,7 @@ async fn write_normal(
     } else {
         since
     };
-    let pending = if truncated && !opts.descending {
+    let pending = if truncated && !opts.descending && opts.source == Source::Changes {
         state
             .store
             .changes_pending(db, last_seq)

@@ -6,13 +6,12 @@ use std::time::Duration;
 use axum::response::Response;
 use http::Method;
 use outpost_core::Selector;
-use outpost_store::EventsQuery;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{not_allowed, ok};
+use super::not_allowed;
 use crate::dispatch::Req;
 use crate::docjson::RenderOpts;
-use crate::feed::{FeedKind, FeedOpts, Filter, respond};
+use crate::feed::{FeedKind, FeedOpts, Filter, Source, respond};
 use crate::{ApiError, AppState};
 
 /// CouchDB's default `timeout` of live feeds.
@@ -37,6 +36,37 @@ fn parse_since(raw: &str, current: u64) -> Result<u64, ApiError> {
 
 fn ms(req: &Req, name: &str) -> Result<Option<Duration>, ApiError> {
     Ok(req.query.u64(name)?.map(Duration::from_millis))
+}
+
+fn parse_kind(req: &Req) -> Result<FeedKind, ApiError> {
+    match req.query.get("feed").unwrap_or("normal") {
+        "normal" => Ok(FeedKind::Normal),
+        "longpoll" => Ok(FeedKind::Longpoll),
+        "continuous" => Ok(FeedKind::Continuous),
+        "eventsource" => Ok(FeedKind::EventSource),
+        other => Err(ApiError::bad_request(format!("unknown feed {other:?}"))),
+    }
+}
+
+/// `since`, or for an event source that reconnects, its `Last-Event-ID`.
+fn since_param(req: &Req, kind: FeedKind) -> Option<String> {
+    match (
+        kind,
+        req.headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok()),
+    ) {
+        (FeedKind::EventSource, Some(id)) => Some(id.to_owned()),
+        _ => req.query.get("since").map(str::to_owned),
+    }
+}
+
+fn parse_heartbeat(req: &Req) -> Result<Option<Duration>, ApiError> {
+    match req.query.get("heartbeat") {
+        None | Some("false") => Ok(None),
+        Some("true") => Ok(Some(DEFAULT_TIMEOUT)),
+        Some(_) => Ok(ms(req, "heartbeat")?.map(|d| d.max(MIN_HEARTBEAT))),
+    }
 }
 
 pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Response, ApiError> {
@@ -74,11 +104,7 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
         Some("all_docs") => true,
         Some(other) => return Err(ApiError::bad_request(format!("unknown style {other:?}"))),
     };
-    let heartbeat = match q.get("heartbeat") {
-        None | Some("false") => None,
-        Some("true") => Some(DEFAULT_TIMEOUT),
-        Some(_) => ms(req, "heartbeat")?.map(|d| d.max(MIN_HEARTBEAT)),
-    };
+    let heartbeat = parse_heartbeat(req)?;
     let timeout = ms(req, "timeout")?.unwrap_or(DEFAULT_TIMEOUT);
     let filter = parse_filter(req, &body)?;
     if descending && kind != FeedKind::Normal {
@@ -87,6 +113,7 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
         ));
     }
     let opts = FeedOpts {
+        source: Source::Changes,
         kind,
         since,
         limit: q.u64("limit")?,
@@ -153,60 +180,33 @@ fn parse_filter(req: &Req, body: &Value) -> Result<Filter, ApiError> {
     }
 }
 
-/// Most events in one `_events` answer when no `limit` is given.
-const DEFAULT_EVENTS_LIMIT: u64 = 10_000;
-
-/// `GET /{db}/_events`: the immutable log of accepted revisions, oldest first.
+/// `GET /{db}/_events`: the immutable log of accepted revisions, oldest first, in the same feed
+/// formats as `_changes`.
 pub async fn events(state: &AppState, db: &str, req: &mut Req) -> Result<Response, ApiError> {
     if req.method != Method::GET {
         return Err(not_allowed("Only GET,HEAD allowed"));
     }
+    let info = state.store.db_info(db).await?;
     let q = &req.query;
-    let query = EventsQuery {
-        since: match q.get("since") {
-            Some(s) => parse_since(s, state.store.db_info(db).await?.update_seq)?,
-            None => 0,
-        },
-        limit: q.u64("limit")?.unwrap_or(DEFAULT_EVENTS_LIMIT),
-        doc_id: q.get("doc_id").map(str::to_owned),
-        include_docs: q.flag("include_docs")?,
+    let kind = parse_kind(req)?;
+    let since = match since_param(req, kind) {
+        Some(raw) => parse_since(&raw, info.update_seq)?,
+        None => 0,
     };
-    let events = state.store.events(db, &query).await?;
-    let last_seq = events.last().map_or(query.since, |e| e.seq);
-    let rows: Vec<Value> = events
-        .into_iter()
-        .map(|e| {
-            let mut row = json!({
-                "seq": e.seq,
-                "type": e.kind,
-                "id": e.id,
-                "rev": e.rev.to_string(),
-                "parent": e.parent.map(|p| p.to_string()),
-                "origin": e.origin,
-                "at": e.at,
-            });
-            if let Some(detail) = e
-                .detail
-                .as_deref()
-                .and_then(|d| serde_json::from_str::<Value>(d).ok())
-            {
-                if let Some(policy) = detail.get("policy") {
-                    row["policy"] = policy.clone();
-                }
-                if let Some(superseded) = detail.get("superseded") {
-                    row["superseded"] = superseded.clone();
-                }
-            }
-            if query.include_docs {
-                row["doc"] = e
-                    .body
-                    .and_then(|b| serde_json::from_str(&b).ok())
-                    .unwrap_or(Value::Null);
-            }
-            row
-        })
-        .collect();
-    Ok(ok(
-        json!({ "results": rows, "last_seq": last_seq }).to_string()
-    ))
+    let opts = FeedOpts {
+        source: Source::Events {
+            doc_id: q.get("doc_id").map(str::to_owned),
+        },
+        kind,
+        since,
+        limit: q.u64("limit")?,
+        descending: false,
+        all_leaves: false,
+        include_docs: q.flag("include_docs")?,
+        render: RenderOpts::default(),
+        filter: Filter::All,
+        heartbeat: parse_heartbeat(req)?,
+        timeout: ms(req, "timeout")?.unwrap_or(DEFAULT_TIMEOUT),
+    };
+    Ok(respond(state, db.to_owned(), opts))
 }

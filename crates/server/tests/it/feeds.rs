@@ -277,3 +277,48 @@ async fn a_live_feed_ends_when_the_server_shuts_down() {
 fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+#[tokio::test]
+async fn the_event_log_has_the_same_feed_formats() {
+    install_crypto();
+    let server = live().await;
+    put(&server.base, "a").await;
+    let base = server.base.clone();
+    let poll = tokio::spawn(async move {
+        reqwest::get(format!(
+            "{base}/db/_events?feed=longpoll&since=1&heartbeat=50"
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !poll.is_finished(),
+        "longpoll on _events answered before any event"
+    );
+    put(&server.base, "b").await;
+    let feed: Value = serde_json::from_str(poll.await.unwrap().trim()).unwrap();
+    assert_eq!(feed["results"][0]["id"], "b");
+    assert_eq!(feed["results"][0]["type"], "created");
+    assert_eq!(feed["last_seq"], 2);
+
+    let text = reqwest::get(format!(
+        "{}/db/_events?feed=continuous&timeout=200",
+        server.base
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[2]["last_seq"], 2);
+}
