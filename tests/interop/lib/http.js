@@ -57,7 +57,17 @@ module.exports = { request, ok, docPath };
  */
 async function serverSnapshot(dbUrl) {
   const all = await ok('GET', `${dbUrl}/_all_docs?include_docs=true&conflicts=true`);
-  return all.rows.map((row) => ({ id: row.id, rev: row.value.rev, doc: row.doc }));
+  return all.rows.map((row) => normalise({ id: row.id, rev: row.value.rev, doc: row.doc }));
+}
+
+/**
+ * Sorts `_conflicts` in a snapshot entry: CouchDB does not document their order and clients do
+ * not depend on it, so comparisons between replicas should not either.
+ */
+function normalise(entry) {
+  if (entry.doc && Array.isArray(entry.doc._conflicts)) entry.doc._conflicts = [...entry.doc._conflicts].sort();
+  return entry;
 }
 
 module.exports.serverSnapshot = serverSnapshot;
+module.exports.normalise = normalise;

@@ -6,6 +6,7 @@ const crypto = require('node:crypto');
 const { before, after } = require('node:test');
 const PouchDB = require('pouchdb');
 const { startServer } = require('./server');
+const { normalise } = require('./http');
 
 PouchDB.plugin(require('pouchdb-adapter-memory'));
 
@@ -80,15 +81,7 @@ function useServer() {
  */
 async function snapshot(db) {
   const res = await db.allDocs({ include_docs: true, conflicts: true });
-  return res.rows.map((row) => ({ id: row.id, rev: row.value.rev, doc: row.doc }));
-}
-
-/** Resolves when a one-shot replication or sync completes, with its result. */
-function done(replication) {
-  return new Promise((resolve, reject) => {
-    replication.on('complete', resolve);
-    replication.on('error', reject);
-  });
+  return res.rows.map((row) => normalise({ id: row.id, rev: row.value.rev, doc: row.doc }));
 }
 
 function sleep(ms) {
@@ -107,4 +100,4 @@ async function waitFor(check, { timeoutMs = 30_000, intervalMs = 100 } = {}) {
   return last;
 }
 
-module.exports = { PouchDB, dbName, localDb, remoteDb, useServer, snapshot, done, sleep, waitFor };
+module.exports = { PouchDB, dbName, localDb, remoteDb, useServer, snapshot, sleep, waitFor };

@@ -80,6 +80,11 @@ test('live sync survives SIGKILL and restart while the client keeps writing', { 
         const shared = await local.get('client-shared').catch(() => ({ _id: 'client-shared' }));
         await local.put({ ...shared, n });
       }
+      if (n % 5 === 0) {
+        // Edited on both sides, so concurrent edits become conflicts that must converge too.
+        const both = await local.get('both-sides').catch(() => ({ _id: 'both-sides' }));
+        await local.put({ ...both, by: 'client', n });
+      }
       n++;
       await sleep(20);
     }
@@ -94,6 +99,11 @@ test('live sync survives SIGKILL and restart while the client keeps writing', { 
       try {
         const res = await request('PUT', `${base}/${id}`, { json: { n } });
         if (res.status === 201 || res.status === 202) acked.set(id, res.body.rev);
+        if (n % 3 === 0) {
+          const current = await request('GET', `${base}/both-sides`);
+          const body = current.status === 200 ? { ...current.body, by: 'server', n } : { by: 'server', n };
+          await request('PUT', `${base}/both-sides`, { json: body }); // a 409 just loses this edit
+        }
       } catch {
         // The server is down: connection refused or reset. Not acknowledged, so no expectation.
       }
@@ -145,6 +155,10 @@ test('live sync survives SIGKILL and restart while the client keeps writing', { 
   t.diagnostic(`PouchDB progress-update rejections set aside: ${diverted.length}`);
   const shared = byId.get('client-shared');
   assert.equal(shared.doc._conflicts, undefined, 'a document edited only by the client has no conflicts');
+  // The document edited on both sides converged (same winner and conflicts, compared above).
+  const both = byId.get('both-sides');
+  assert.ok(both, 'the document edited on both sides exists');
+  t.diagnostic(`both-sides: winner ${both.rev}, ${(both.doc._conflicts || []).length} conflicts`);
 });
 
 function diffSummary(a, b) {
