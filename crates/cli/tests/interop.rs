@@ -63,18 +63,37 @@ fn install_dependencies(dir: &Path) {
     // `npm ci` installs exactly the lockfile; without one (a fresh checkout of a branch that
     // dropped it) fall back to `npm install`. `--prefer-offline` lets a warm npm cache work
     // without network access.
-    let subcommand = if dir.join("package-lock.json").exists() { "ci" } else { "install" };
+    let subcommand = if dir.join("package-lock.json").exists() {
+        "ci"
+    } else {
+        "install"
+    };
     let mut npm = Command::new("npm");
-    npm.current_dir(dir).args([subcommand, "--no-audit", "--no-fund", "--prefer-offline"]);
-    let status = run(npm, &format!("npm {subcommand}"), Duration::from_secs(10 * 60));
-    assert!(status.success(), "npm {subcommand} in {} failed: {status}", dir.display());
+    npm.current_dir(dir)
+        .args([subcommand, "--no-audit", "--no-fund", "--prefer-offline"]);
+    let status = run(
+        npm,
+        &format!("npm {subcommand}"),
+        Duration::from_secs(10 * 60),
+    );
+    assert!(
+        status.success(),
+        "npm {subcommand} in {} failed: {status}",
+        dir.display()
+    );
 }
 
 /// The test files, listed explicitly: `node --test <dir>` is read as a glob by newer Node versions.
 fn test_files(dir: &Path) -> Vec<String> {
     let mut files: Vec<String> = std::fs::read_dir(dir.join("tests"))
         .expect("tests/interop/tests exists")
-        .map(|entry| entry.expect("readable directory entry").file_name().to_string_lossy().into_owned())
+        .map(|entry| {
+            entry
+                .expect("readable directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|name| name.ends_with(".test.js"))
         .map(|name| format!("tests/{name}"))
         .collect();
@@ -95,5 +114,8 @@ fn pouchdb_interop_suite() {
         .env("INTEROP_SERVER", "outpost")
         .env("OUTPOST_BIN", env!("CARGO_BIN_EXE_outpost"));
     let status = run(node, "node --test", SUITE_DEADLINE);
-    assert!(status.success(), "the PouchDB interop suite failed ({status}); see the node output above");
+    assert!(
+        status.success(),
+        "the PouchDB interop suite failed ({status}); see the node output above"
+    );
 }
