@@ -142,6 +142,10 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
         ["_up"] => server::up(&req),
         ["_all_dbs"] => server::all_dbs(state, &req).await,
         ["_uuids"] => server::uuids(&req),
+        ["_replicate"] => crate::routes::replicate::handle(state, &mut req).await,
+        ["_scheduler", "jobs"] => crate::routes::scheduler::jobs(state, &req),
+        ["_scheduler", "docs"] => crate::routes::scheduler::docs(state, &req),
+        ["_active_tasks"] => crate::routes::scheduler::active_tasks(state, &req),
         [first, ..] if first.starts_with('_') && validate_db_name(first).is_err() => Err(
             ApiError::bad_request(format!("unknown server endpoint /{first}")),
         ),

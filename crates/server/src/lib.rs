@@ -12,6 +12,7 @@ mod docjson;
 mod error;
 mod feed;
 mod query;
+pub mod replication;
 mod routes;
 
 use std::net::SocketAddr;
@@ -68,6 +69,9 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tasks that produce streamed responses (live feeds); waited for on shutdown.
     pub tasks: TaskTracker,
+    /// Replications running in this server (`_replicate`, `_replicator` jobs), for
+    /// cancellation and the `_scheduler` and `_active_tasks` views.
+    pub replications: Arc<replication::Replications>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -85,6 +89,7 @@ impl AppState {
             config: Arc::new(config),
             shutdown,
             tasks: TaskTracker::new(),
+            replications: replication::Replications::new(),
         }
     }
 }

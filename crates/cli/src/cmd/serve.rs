@@ -3,10 +3,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use outpost_server::{AppState, Config};
 use outpost_store::sqlite::SqliteStore;
+
+use crate::cmd::gateway::parse_duration;
 
 /// Arguments of `outpost serve`.
 #[derive(Debug, clap::Args)]
@@ -28,6 +31,13 @@ pub struct ServeArgs {
     /// origin is allowed.
     #[arg(long, env = "OUTPOST_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origin: Vec<String>,
+    /// First delay before a failed replication (`_replicate`, `_replicator`) is retried; it
+    /// doubles on each further failure.
+    #[arg(long, env = "OUTPOST_REPLICATION_RETRY_INITIAL", default_value = "1s", value_parser = parse_duration)]
+    pub replication_retry_initial: Duration,
+    /// Longest delay between retries of a failed replication.
+    #[arg(long, env = "OUTPOST_REPLICATION_RETRY_MAX", default_value = "60s", value_parser = parse_duration)]
+    pub replication_retry_max: Duration,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -59,6 +69,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let shutdown = super::shutdown::on_signal();
     let state = AppState::new(store.clone(), config, shutdown);
+    state
+        .replications
+        .set_settings(outpost_server::replication::Settings {
+            backoff: outpost_replicator::Backoff {
+                initial: args.replication_retry_initial,
+                max: args.replication_retry_max,
+            },
+        });
+    // Persistent replications: the `_replicator` database's documents, resumed from their
+    // checkpoints.
+    outpost_server::replication::start_jobs(&state);
     tracing::info!(listen = %local, data = %args.data.display(), uuid = store.server_uuid_str(), "outpost is serving");
     outpost_server::serve(listener, state)
         .await

@@ -8,6 +8,8 @@ pub mod conflicts;
 pub mod db;
 pub mod doc;
 pub mod local;
+pub mod replicate;
+pub mod scheduler;
 pub mod server;
 
 use axum::response::Response;

@@ -1,0 +1,223 @@
+//! The replications this server is running, whoever started them (`POST /_replicate` or a
+//! `_replicator` document), and the per-document states `_scheduler/docs` reports.
+//!
+//! Every replication runs as a task on [`AppState::tasks`] with a child of the shutdown token,
+//! so it is cancelled on shutdown (after checkpointing the batch in flight) and waited for.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use outpost_replicator::{Backoff, ReplicationError, Status, http_client};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Retry settings of replications run by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub backoff: Backoff,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            backoff: Backoff {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+            },
+        }
+    }
+}
+
+/// One running replication.
+#[derive(Clone)]
+pub struct Job {
+    /// CouchDB's job id: the replication id with `+continuous` / `+create_target` suffixes.
+    pub id: String,
+    /// The `_replicator` document that started it, if any.
+    pub doc_id: Option<String>,
+    /// Source and target, without credentials.
+    pub source: String,
+    pub target: String,
+    pub continuous: bool,
+    /// The replication's own progress.
+    pub status: watch::Receiver<Status>,
+    /// Stops it (after the batch in flight is checkpointed).
+    pub cancel: CancellationToken,
+    pub started: SystemTime,
+}
+
+/// What `_scheduler/docs` says about one `_replicator` document.
+#[derive(Clone, Debug)]
+pub struct DocState {
+    pub replication_id: Option<String>,
+    pub source: String,
+    pub target: String,
+    /// CouchDB's scheduler state: `initializing`, `running`, `crashing`, `completed`,
+    /// `failed`.
+    pub state: &'static str,
+    pub error: Option<String>,
+    pub error_count: u32,
+    pub last_updated: SystemTime,
+    pub start_time: SystemTime,
+}
+
+/// The registry of jobs and document states. Locks are held only to copy in or out, never
+/// across an `.await`.
+#[derive(Default)]
+pub struct Replications {
+    jobs: Mutex<BTreeMap<String, Job>>,
+    docs: Mutex<BTreeMap<String, DocState>>,
+    /// Built on first use: most servers never replicate over HTTP.
+    client: OnceLock<reqwest::Client>,
+    settings: Mutex<Settings>,
+}
+
+impl std::fmt::Debug for Replications {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replications").finish_non_exhaustive()
+    }
+}
+
+impl Replications {
+    pub fn new() -> Arc<Replications> {
+        Arc::new(Replications::default())
+    }
+
+    pub fn settings(&self) -> Settings {
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_settings(&self, settings: Settings) {
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings;
+    }
+
+    pub fn client(&self) -> Result<reqwest::Client, ReplicationError> {
+        if let Some(c) = self.client.get() {
+            return Ok(c.clone());
+        }
+        let c = http_client()?;
+        Ok(self.client.get_or_init(|| c).clone())
+    }
+
+    /// Registers a job; `false` (and nothing registered) when one with that id runs already.
+    pub fn insert(&self, job: Job) -> bool {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if jobs.contains_key(&job.id) {
+            return false;
+        }
+        jobs.insert(job.id.clone(), job);
+        true
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    pub fn get(&self, id: &str) -> Option<Job> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    pub fn jobs(&self) -> Vec<Job> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn set_doc(&self, doc_id: &str, state: DocState) {
+        self.docs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(doc_id.to_owned(), state);
+    }
+
+    pub fn update_doc(&self, doc_id: &str, f: impl FnOnce(&mut DocState)) {
+        if let Some(d) = self
+            .docs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(doc_id)
+        {
+            f(d);
+        }
+    }
+
+    pub fn remove_doc(&self, doc_id: &str) {
+        self.docs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(doc_id);
+    }
+
+    pub fn docs(&self) -> Vec<(String, DocState)> {
+        self.docs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// CouchDB's job id: the replication id and the options that make a different job of it.
+pub fn job_id(replication_id: &str, continuous: bool, create_target: bool) -> String {
+    let mut id = replication_id.to_owned();
+    if continuous {
+        id.push_str("+continuous");
+    }
+    if create_target {
+        id.push_str("+create_target");
+    }
+    id
+}
+
+/// An ISO 8601 UTC timestamp (`2024-01-31T12:00:00Z`), the form of CouchDB's
+/// `_replication_state_time` and scheduler times.
+pub fn iso_time(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's days-to-civil conversion.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_ids() {
+        assert_eq!(iso_time(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_210_096);
+        assert_eq!(iso_time(t), "2024-02-29T12:34:56Z");
+        assert_eq!(job_id("abc", true, true), "abc+continuous+create_target");
+        assert_eq!(job_id("abc", false, false), "abc");
+    }
+}

@@ -1,0 +1,99 @@
+//! `POST /_replicate`: a one-shot replication answered with its result, or a continuous one
+//! started (or cancelled) as a tracked task, with CouchDB's request and answer fields
+//! (docs.couchdb.org, "api/server/common", `/_replicate`).
+
+use axum::response::Response;
+use http::{Method, StatusCode};
+use outpost_replicator::ReplicationError;
+use serde_json::{Value, json};
+
+use super::{json, not_allowed, ok};
+use crate::dispatch::Req;
+use crate::replication::{self, Spec};
+use crate::{ApiError, AppState};
+
+pub async fn handle(state: &AppState, req: &mut Req) -> Result<Response, ApiError> {
+    if req.method != Method::POST {
+        return Err(not_allowed("Only POST allowed"));
+    }
+    let body = req.json().await?;
+    let Value::Object(body) = body else {
+        return Err(ApiError::bad_request("request body must be a JSON object"));
+    };
+    let cancel = matches!(body.get("cancel"), Some(Value::Bool(true)));
+    if cancel {
+        return cancel_job(state, &body).await;
+    }
+    let spec = Spec::parse(&body).map_err(ApiError::BadRequest)?;
+    if spec.continuous {
+        return match replication::start_continuous(state, &spec).await {
+            Ok(id) => Ok(json(
+                StatusCode::ACCEPTED,
+                json!({ "ok": true, "_local_id": id }).to_string(),
+            )),
+            Err(e) => Ok(failure(&e)),
+        };
+    }
+    match replication::run_one_shot(state, &spec).await {
+        Ok(result) => Ok(ok(serde_json::to_string(&result).map_err(|e| {
+            ApiError::Internal(format!("cannot serialise a replication result: {e}"))
+        })?)),
+        Err(e) => Ok(failure(&e)),
+    }
+}
+
+/// `{"cancel": true}` with `replication_id` (or its aliases `_local_id` and `id`), or with the
+/// same fields the replication was started with.
+async fn cancel_job(
+    state: &AppState,
+    body: &serde_json::Map<String, Value>,
+) -> Result<Response, ApiError> {
+    let named = ["replication_id", "_local_id", "id"]
+        .iter()
+        .find_map(|k| body.get(*k).and_then(Value::as_str).map(str::to_owned));
+    let id = match named {
+        Some(id) => id,
+        None => {
+            let spec = Spec::parse(body).map_err(ApiError::BadRequest)?;
+            match replication::job_id_of(state, &spec).await {
+                Ok(id) => id,
+                Err(e) => return Ok(failure(&e)),
+            }
+        }
+    };
+    // Jobs of `_replicator` documents are stopped by deleting their document, as in CouchDB.
+    match state.replications.get(&id).filter(|j| j.doc_id.is_none()) {
+        Some(job) => {
+            job.cancel.cancel();
+            Ok(ok(json!({ "ok": true, "_local_id": id }).to_string()))
+        }
+        None => Err(ApiError::NotFound(format!(
+            "replication {id} is not running"
+        ))),
+    }
+}
+
+/// A failed replication as CouchDB reports it. The reason names the endpoint and operation but
+/// never credentials (endpoints redact themselves), so unlike internal errors it is sent.
+fn failure(e: &ReplicationError) -> Response {
+    let (status, error) = match e {
+        ReplicationError::NotFound { .. } => (StatusCode::NOT_FOUND, "db_not_found"),
+        ReplicationError::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized"),
+        ReplicationError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+        ReplicationError::InvalidConfig(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+        ReplicationError::Unreachable { .. }
+        | ReplicationError::Timeout { .. }
+        | ReplicationError::Conflict { .. }
+        | ReplicationError::Http { .. }
+        | ReplicationError::InvalidResponse { .. }
+        | ReplicationError::WriteFailed { .. }
+        | ReplicationError::FetchFailed { .. } => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "replication_failed")
+        }
+    };
+    tracing::warn!(error = %e, "replication request failed");
+    json(
+        status,
+        json!({ "error": error, "reason": e.to_string() }).to_string(),
+    )
+}
