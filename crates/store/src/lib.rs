@@ -12,6 +12,7 @@ pub mod sqlite;
 mod types;
 
 pub use error::{DocError, StoreError};
+pub use sqlite::retention::Retention;
 pub use types::*;
 
 use async_trait::async_trait;
@@ -39,6 +40,8 @@ pub trait Store: Send + Sync + 'static {
     async fn set_revs_limit(&self, db: &str, limit: u64) -> Result<(), StoreError>;
     /// Sets how conflicts are resolved in a database from now on.
     async fn set_policy(&self, db: &str, policy: Policy) -> Result<(), StoreError>;
+    /// Sets how much history `compact` keeps.
+    async fn set_retention(&self, db: &str, retention: Retention) -> Result<(), StoreError>;
     /// Resolves a document's conflict by hand: `body` becomes a child of the winner and every
     /// other live leaf is tombstoned, in one transaction. `leaves` must be exactly the current
     /// live leaves ([`DocError::Conflict`] otherwise).

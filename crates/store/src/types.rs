@@ -71,6 +71,8 @@ pub struct DbInfo {
     pub revs_limit: u64,
     /// How conflicts are resolved in this database.
     pub policy: Policy,
+    /// How much history `_compact` keeps.
+    pub retention: crate::Retention,
     /// Bytes of stored document bodies.
     pub active_size: u64,
     /// Bytes of the whole store file (all databases share one file).

@@ -4,7 +4,7 @@
 use axum::response::Response;
 use http::{Method, StatusCode};
 use outpost_core::{Policy, Rev};
-use outpost_store::Origin;
+use outpost_store::{DbInfo, Origin, Retention};
 use serde_json::{Value, json};
 
 use super::{json, not_allowed, ok, with_etag};
@@ -15,50 +15,84 @@ use crate::{ApiError, AppState};
 /// Most rows of one `_conflicts` page.
 const MAX_CONFLICTS_PAGE: u64 = 10_000;
 
-/// The JSON form of a policy.
-pub fn policy_json(policy: &Policy) -> Value {
-    json!({ "conflict_policy": policy.name(), "lww_field": policy.lww_field() })
+/// The JSON form of a database's Outpost settings.
+pub fn settings_json(info: &DbInfo) -> Value {
+    let retention = if info.retention.keeps_everything() {
+        Value::Null
+    } else {
+        json!({
+            "max_events_per_doc": info.retention.max_events_per_doc,
+            "max_age_seconds": info.retention.max_age_seconds,
+        })
+    };
+    json!({
+        "conflict_policy": info.policy.name(),
+        "lww_field": info.policy.lww_field(),
+        "retention": retention,
+    })
+}
+
+fn parse_retention(value: &Value) -> Result<Retention, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "retention must be null or {\"max_events_per_doc\": N, \"max_age_seconds\": S} with positive integers",
+        )
+    };
+    match value {
+        Value::Null => Ok(Retention::default()),
+        Value::Object(fields) => {
+            if fields.keys().any(|k| k != "max_events_per_doc" && k != "max_age_seconds") {
+                return Err(bad());
+            }
+            let get = |name: &str| match fields.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v.as_u64().filter(|n| *n >= 1).map(Some).ok_or_else(bad),
+            };
+            Ok(Retention { max_events_per_doc: get("max_events_per_doc")?, max_age_seconds: get("max_age_seconds")? })
+        }
+        _ => Err(bad()),
+    }
 }
 
 /// `GET/PUT /{db}/_outpost`: the database's Outpost settings.
 pub async fn settings(state: &AppState, db: &str, req: &mut Req) -> Result<Response, ApiError> {
     match req.method {
-        Method::GET => Ok(ok(
-            policy_json(&state.store.db_info(db).await?.policy).to_string()
-        )),
+        Method::GET => Ok(ok(settings_json(&state.store.db_info(db).await?).to_string())),
         Method::PUT => {
             let body = req.json().await?;
             let Value::Object(fields) = body else {
                 return Err(ApiError::bad_request("settings must be a JSON object"));
             };
-            if let Some(unknown) = fields
-                .keys()
-                .find(|k| !["conflict_policy", "lww_field"].contains(&k.as_str()))
-            {
-                return Err(ApiError::bad_request(format!(
-                    "unknown setting {unknown:?}"
-                )));
+            let known = ["conflict_policy", "lww_field", "retention"];
+            if let Some(unknown) = fields.keys().find(|k| !known.contains(&k.as_str())) {
+                return Err(ApiError::bad_request(format!("unknown setting {unknown:?}")));
             }
-            let name = match fields.get("conflict_policy") {
-                Some(Value::String(name)) => name.clone(),
-                None => "manual".to_owned(),
-                Some(_) => return Err(ApiError::bad_request("conflict_policy must be a string")),
-            };
+            // Only the settings named change; all are validated before any is stored.
+            let retention = fields.get("retention").map(parse_retention).transpose()?;
             let field = match fields.get("lww_field") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(f)) if !f.is_empty() && f.len() <= 256 => Some(f.clone()),
-                Some(_) => {
-                    return Err(ApiError::bad_request(
-                        "lww_field must be a non-empty field name",
-                    ));
-                }
+                Some(_) => return Err(ApiError::bad_request("lww_field must be a non-empty field name")),
             };
-            let policy = Policy::from_parts(&name, field).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "unknown conflict_policy {name:?}: expected manual, lww or merge"
-                ))
-            })?;
-            state.store.set_policy(db, policy).await?;
+            let policy = match fields.get("conflict_policy") {
+                Some(Value::String(name)) => Some(Policy::from_parts(name, field).ok_or_else(|| {
+                    ApiError::bad_request(format!("unknown conflict_policy {name:?}: expected manual, lww or merge"))
+                })?),
+                None if fields.contains_key("lww_field") => {
+                    return Err(ApiError::bad_request("lww_field is set together with conflict_policy"));
+                }
+                None => None,
+                Some(_) => return Err(ApiError::bad_request("conflict_policy must be a string")),
+            };
+            if let Some(policy) = policy {
+                state.store.set_policy(db, policy).await?;
+            }
+            if let Some(retention) = retention {
+                state.store.set_retention(db, retention).await?;
+            }
+            if fields.is_empty() {
+                state.store.db_info(db).await?;
+            }
             Ok(ok(json!({ "ok": true }).to_string()))
         }
         _ => Err(not_allowed("Only GET,HEAD,PUT allowed")),

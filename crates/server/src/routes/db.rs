@@ -70,7 +70,7 @@ async fn info(state: &AppState, name: &str) -> Result<Response, ApiError> {
         "compact_running": false,
         "cluster": { "q": 1, "n": 1, "w": 1, "r": 1 },
         "instance_start_time": (info.created_at).to_string(),
-        "outpost": super::conflicts::policy_json(&info.policy),
+        "outpost": super::conflicts::settings_json(&info),
     })
     .to_string()))
 }

@@ -3,6 +3,7 @@
 
 mod read;
 pub mod replay;
+pub mod retention;
 mod schema;
 mod writer;
 
@@ -17,7 +18,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::{
     AllDocsQuery, ChangeRow, ChangesQuery, DbInfo, DocError, DocRecord, DocRow, DocUpdate, Event,
-    EventsQuery, LocalDoc, Store, StoreError, StoredBody,
+    EventsQuery, LocalDoc, Retention, Store, StoreError, StoredBody,
 };
 use writer::{Job, WriteOp, WriteReply};
 
@@ -265,8 +266,17 @@ impl Store for SqliteStore {
     }
 
     async fn compact(&self, db: &str) -> Result<(), StoreError> {
-        self.db_info(db).await?;
+        self.write(WriteOp::Compact { db: db.to_owned() }).await?;
         self.write(WriteOp::Checkpoint).await.map(|_| ())
+    }
+
+    async fn set_retention(&self, db: &str, retention: Retention) -> Result<(), StoreError> {
+        self.write(WriteOp::SetRetention {
+            db: db.to_owned(),
+            retention,
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn write_docs(

@@ -39,7 +39,7 @@ pub fn db_info(c: &Connection, name: &str, file: &Path) -> Result<DbInfo, StoreE
     let info = c
         .prepare_cached(
             "SELECT name, doc_count, doc_del_count, update_seq, revs_limit, active_size, created_at,
-                    policy, lww_field
+                    policy, lww_field, retention_count, retention_age
              FROM dbs WHERE name = ?1",
         )?
         .query_row([name], |r| {
@@ -52,6 +52,10 @@ pub fn db_info(c: &Connection, name: &str, file: &Path) -> Result<DbInfo, StoreE
                 active_size: r.get::<_, i64>(5)?.max(0) as u64,
                 created_at: r.get(6)?,
                 policy: Policy::from_parts(&r.get::<_, String>(7)?, r.get(8)?).unwrap_or_default(),
+                retention: crate::Retention {
+                    max_events_per_doc: r.get::<_, Option<i64>>(9)?.map(|c| c as u64),
+                    max_age_seconds: r.get::<_, Option<i64>>(10)?.map(|a| a as u64),
+                },
                 file_size: 0,
             })
         })

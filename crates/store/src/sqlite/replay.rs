@@ -4,15 +4,17 @@
 //! Every event names its revision and parent; a replicated write also keeps the `_revisions` path
 //! it merged, and the `revs` table says whether each revision was a deletion. Applying the events
 //! in sequence order with the same tree operations the writer used (edit, path merge, stemming)
-//! must give every document the same tree, winner and latest sequence as the live tables.
+//! must give every document the same tree, winner and latest sequence as the live tables. When
+//! retention trimmed old events, a document's replay starts from the baseline tree compaction
+//! kept for it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use outpost_core::{Rev, RevTree};
+use outpost_core::RevTree;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use serde_json::Value;
 
+use super::retention;
 use crate::StoreError;
 
 /// What a replay found.
@@ -62,52 +64,35 @@ pub fn rebuild(dir: &Path, db: &str) -> Result<ReplayReport, StoreError> {
         .ok_or(StoreError::NoDb)?;
     let mut report = ReplayReport::default();
     let mut rebuilt: BTreeMap<String, Rebuilt> = BTreeMap::new();
+    for (id, event) in retention::read_events(&tx, db_id, None)? {
+        if !rebuilt.contains_key(&id) {
+            // Retention may have folded older events into a baseline tree: start from it.
+            let start = retention::baseline(&tx, db_id, &id)?;
+            let (seq, tree) = start.unwrap_or((0, RevTree::new()));
+            rebuilt.insert(id.clone(), Rebuilt { tree, seq });
+        }
+        let doc = rebuilt.get_mut(&id).expect("inserted above");
+        retention::apply_event(&mut doc.tree, &event, revs_limit.max(1) as usize)?;
+        doc.seq = event.seq;
+        report.events += 1;
+    }
+    // A document whose every event was trimmed lives on in its baseline alone.
     {
-        let mut stmt = tx.prepare(
-            "SELECT e.seq, e.doc, e.rev, e.parent, e.detail, r.deleted
-             FROM events e LEFT JOIN revs r ON r.db = e.db AND r.doc = e.doc AND r.rev = e.rev
-             WHERE e.db = ?1 ORDER BY e.seq",
-        )?;
+        let mut stmt = tx.prepare("SELECT doc, seq, tree FROM event_baselines WHERE db = ?1")?;
         let mut rows = stmt.query(params![db_id])?;
         while let Some(row) = rows.next()? {
-            let seq = row.get::<_, i64>(0)? as u64;
-            let id: String = row.get(1)?;
-            let rev: Rev = row.get::<_, String>(2)?.parse().map_err(corrupt)?;
-            let parent: Option<Rev> = row
-                .get::<_, Option<String>>(3)?
-                .map(|p| p.parse())
-                .transpose()
-                .map_err(corrupt)?;
-            let detail: Option<Value> = row
-                .get::<_, Option<String>>(4)?
-                .map(|d| serde_json::from_str(&d))
-                .transpose()
-                .map_err(corrupt)?;
-            let deleted = row
-                .get::<_, Option<bool>>(5)?
-                .ok_or_else(|| corrupt(format!("event {seq}: no stored revision {rev} of {id}")))?;
-            let doc = rebuilt.entry(id).or_insert_with(|| Rebuilt {
-                tree: RevTree::new(),
-                seq: 0,
-            });
-            let path: Vec<Rev> = match detail
-                .as_ref()
-                .and_then(|d| d.get("path"))
-                .and_then(Value::as_array)
-            {
-                Some(path) => path
-                    .iter()
-                    .map(|r| r.as_str().unwrap_or_default().parse())
-                    .collect::<Result<_, _>>()
-                    .map_err(corrupt)?,
-                None => std::iter::once(rev.clone()).chain(parent).collect(),
-            };
-            doc.tree
-                .merge_path(&path, deleted)
-                .map_err(|e| corrupt(format!("event {seq}: {e}")))?;
-            doc.tree.stem(revs_limit.max(1) as usize);
-            doc.seq = seq;
-            report.events += 1;
+            let id: String = row.get(0)?;
+            if !rebuilt.contains_key(&id) {
+                let tree: RevTree =
+                    serde_json::from_str(&row.get::<_, String>(2)?).map_err(corrupt)?;
+                rebuilt.insert(
+                    id,
+                    Rebuilt {
+                        tree,
+                        seq: row.get::<_, i64>(1)? as u64,
+                    },
+                );
+            }
         }
     }
     report.docs = rebuilt.len() as u64;

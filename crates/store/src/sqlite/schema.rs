@@ -30,7 +30,10 @@ CREATE TABLE IF NOT EXISTS dbs (
     active_size   INTEGER NOT NULL DEFAULT 0,
     revs_limit    INTEGER NOT NULL DEFAULT 1000,
     policy        TEXT NOT NULL DEFAULT 'manual',
-    lww_field     TEXT
+    lww_field     TEXT,
+    -- History retention applied by `_compact`; NULL keeps everything.
+    retention_count INTEGER,
+    retention_age   INTEGER
 );
 
 CREATE TABLE IF NOT EXISTS docs (
@@ -84,6 +87,15 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (db, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_doc ON events (db, doc, seq);
+
+-- A document's revision tree after the last event retention dropped: where replay starts.
+CREATE TABLE IF NOT EXISTS event_baselines (
+    db   INTEGER NOT NULL,
+    doc  TEXT NOT NULL,
+    seq  INTEGER NOT NULL,
+    tree TEXT NOT NULL,
+    PRIMARY KEY (db, doc)
+) WITHOUT ROWID;
 "#;
 
 /// Connection settings every connection needs. `synchronous=FULL` makes each commit fsync the

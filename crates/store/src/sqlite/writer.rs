@@ -57,6 +57,15 @@ pub(super) enum WriteOp {
         id: String,
         base: u64,
     },
+    /// Applies the database's history retention.
+    Compact {
+        db: String,
+    },
+    /// Sets the database's history retention.
+    SetRetention {
+        db: String,
+        retention: super::retention::Retention,
+    },
     /// Folds the WAL back into the main file.
     Checkpoint,
 }
@@ -157,7 +166,7 @@ fn apply(
         }
         WriteOp::DeleteDb { name } => {
             let db = db_id(tx, name)?;
-            for table in ["docs", "revs", "local_docs", "events"] {
+            for table in ["docs", "revs", "local_docs", "events", "event_baselines"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE db = ?1"), [db])?;
             }
             tx.execute("DELETE FROM dbs WHERE id = ?1", [db])?;
@@ -234,6 +243,40 @@ fn apply(
                     Ok(WriteReply::Done)
                 }
             }
+        }
+        WriteOp::Compact { db } => {
+            let (id, count, age, revs_limit): (i64, Option<i64>, Option<i64>, i64) = tx
+                .query_row(
+                    "SELECT id, retention_count, retention_age, revs_limit FROM dbs WHERE name = ?1",
+                    [db],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?
+                .ok_or(StoreError::NoDb)?;
+            let retention = super::retention::Retention {
+                max_events_per_doc: count.map(|c| c as u64),
+                max_age_seconds: age.map(|a| a as u64),
+            };
+            let dropped =
+                super::retention::apply(tx, id, retention, revs_limit as usize, now / 1000)?;
+            if dropped > 0 {
+                tracing::info!(db = %db, events = dropped, "retention trimmed the event log");
+            }
+            Ok(WriteReply::Done)
+        }
+        WriteOp::SetRetention { db, retention } => {
+            let n = tx.execute(
+                "UPDATE dbs SET retention_count = ?2, retention_age = ?3 WHERE name = ?1",
+                params![
+                    db,
+                    retention.max_events_per_doc.map(|c| c as i64),
+                    retention.max_age_seconds.map(|a| a as i64)
+                ],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NoDb);
+            }
+            Ok(WriteReply::Done)
         }
         WriteOp::Checkpoint => Ok(WriteReply::Done),
     }

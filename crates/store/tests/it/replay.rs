@@ -2,7 +2,7 @@
 
 use outpost_core::{Policy, Rev};
 use outpost_store::sqlite::{SqliteStore, replay};
-use outpost_store::{DocUpdate, Origin, Store, UpdateMode};
+use outpost_store::{DocUpdate, Origin, Retention, Store, UpdateMode};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -71,7 +71,7 @@ async fn workload(store: &SqliteStore, seed: u64) {
     }
 }
 
-async fn check_replay(policy: Policy, revs_limit: Option<u64>) {
+async fn check_replay(policy: Policy, revs_limit: Option<u64>, retention: Option<Retention>) {
     let mut conflicts_seen = 0;
     for seed in 0..6 {
         let dir = tempfile::tempdir().unwrap();
@@ -82,6 +82,13 @@ async fn check_replay(policy: Policy, revs_limit: Option<u64>) {
             store.set_revs_limit("db", limit).await.unwrap();
         }
         workload(&store, seed).await;
+        if let Some(retention) = retention {
+            // Trim the history half-way, then keep writing: replay starts from the baselines.
+            store.set_retention("db", retention).await.unwrap();
+            store.compact("db").await.unwrap();
+            workload(&store, seed + 100).await;
+            store.compact("db").await.unwrap();
+        }
         let report = replay::rebuild(dir.path(), "db").unwrap();
         assert!(
             report.matches(),
@@ -144,12 +151,12 @@ async fn check_replay(policy: Policy, revs_limit: Option<u64>) {
 
 #[tokio::test]
 async fn replay_rebuilds_the_tables_under_manual() {
-    check_replay(Policy::Manual, None).await;
+    check_replay(Policy::Manual, None, None).await;
 }
 
 #[tokio::test]
 async fn replay_rebuilds_the_tables_with_stemming() {
-    check_replay(Policy::Manual, Some(3)).await;
+    check_replay(Policy::Manual, Some(3), None).await;
 }
 
 #[tokio::test]
@@ -158,6 +165,7 @@ async fn replay_rebuilds_the_tables_under_lww() {
         Policy::Lww {
             field: Some("at".into()),
         },
+        None,
         None,
     )
     .await;
@@ -170,8 +178,26 @@ async fn replay_rebuilds_the_tables_under_merge() {
             field: Some("at".into()),
         },
         None,
+        None,
     )
     .await;
+}
+
+#[tokio::test]
+async fn replay_rebuilds_the_tables_after_retention_trimmed_the_log() {
+    let retention = Retention {
+        max_events_per_doc: Some(2),
+        max_age_seconds: None,
+    };
+    check_replay(
+        Policy::Merge {
+            field: Some("at".into()),
+        },
+        None,
+        Some(retention),
+    )
+    .await;
+    check_replay(Policy::Manual, Some(4), Some(retention)).await;
 }
 
 #[tokio::test]
