@@ -19,7 +19,19 @@ const TOKEN: &str = "cli-test-token";
 /// Every write the upstream received: (idempotency key, target, body).
 type Log = Arc<Mutex<Vec<(String, String, String)>>>;
 
-async fn record(State(log): State<Log>, uri: Uri, headers: HeaderMap, body: String) -> StatusCode {
+#[derive(Clone, Default)]
+struct UpstreamState {
+    log: Log,
+    /// While set, `/hang` is recorded and then never answered.
+    hang: Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn record(
+    State(state): State<UpstreamState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: String,
+) -> StatusCode {
     if uri.path() == "/reject" {
         return StatusCode::UNPROCESSABLE_ENTITY;
     }
@@ -27,7 +39,10 @@ async fn record(State(log): State<Log>, uri: Uri, headers: HeaderMap, body: Stri
         .get("idempotency-key")
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
-    log.lock().unwrap().push((key, uri.to_string(), body));
+    state.log.lock().unwrap().push((key, uri.to_string(), body));
+    if uri.path() == "/hang" && state.hang.load(std::sync::atomic::Ordering::SeqCst) {
+        std::future::pending::<()>().await;
+    }
     StatusCode::CREATED
 }
 
@@ -35,6 +50,7 @@ async fn record(State(log): State<Log>, uri: Uri, headers: HeaderMap, body: Stri
 struct Upstream {
     addr: SocketAddr,
     log: Log,
+    state: UpstreamState,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -43,10 +59,19 @@ impl Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
+        let state = UpstreamState::default();
         Self {
             addr,
-            log: Arc::default(),
+            log: state.log.clone(),
+            state,
             task: None,
+        }
+    }
+
+    async fn stop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
         }
     }
 
@@ -54,7 +79,7 @@ impl Upstream {
         let app = Router::new()
             .route("/probe", axum::routing::get(|| async { "ok" }))
             .fallback(record)
-            .with_state(self.log.clone());
+            .with_state(self.state.clone());
         let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
         self.task = Some(tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
@@ -340,4 +365,73 @@ async fn queue_commands_operate_on_the_data_directory() {
     assert!(ok && out.contains(ids[0].as_str()), "{out}");
     let (ok, out) = queue_cli(dir.path(), &["retry", &ids[1]]);
     assert!(!ok && out.contains("already delivered"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_in_flight_at_sigkill_is_delivered_again_with_the_same_key() {
+    let mut upstream = Upstream::reserve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = GatewayProcess::start(upstream.addr, dir.path());
+    let resp = client()
+        .post(gateway.url("/hang"))
+        .body("in flight")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The upstream takes the request and never answers: the delivery is in flight.
+    upstream
+        .state
+        .hang
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    upstream.start().await;
+    for _ in 0..1000 {
+        if !upstream.log.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        upstream.log.lock().unwrap().len(),
+        1,
+        "delivery never started"
+    );
+    gateway.sigkill();
+
+    upstream.stop().await;
+    upstream
+        .state
+        .hang
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    upstream.start().await;
+    let gateway = GatewayProcess::start(upstream.addr, dir.path());
+    let mut entry = Value::Null;
+    for _ in 0..1000 {
+        entry = client()
+            .get(gateway.url(&format!("/_outpost/v1/queue/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if entry["state"] == "done" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(entry["state"], "done", "{entry}");
+    let log = upstream.log.lock().unwrap().clone();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(
+        log[0].0, log[1].0,
+        "the redelivery changed the idempotency key"
+    );
+    assert_eq!(log[1].2, "in flight");
+    gateway.sigterm();
 }
