@@ -107,22 +107,6 @@ pub fn rev_bodies(
     Ok(out)
 }
 
-fn winner_body(
-    c: &Connection,
-    db: i64,
-    id: &str,
-    tree: &RevTree,
-) -> Result<Option<String>, StoreError> {
-    let Some(winner) = tree.winner() else {
-        return Ok(None);
-    };
-    Ok(
-        c.prepare_cached("SELECT body FROM revs WHERE db = ?1 AND doc = ?2 AND rev = ?3")?
-            .query_row(params![db, id, winner.rev.to_string()], |r| r.get(0))
-            .optional()?,
-    )
-}
-
 pub fn all_docs(c: &Connection, db: &str, q: &AllDocsQuery) -> Result<Vec<DocRow>, StoreError> {
     let db = db_id(c, db)?;
     let (lower, upper) = if q.descending {
@@ -135,43 +119,44 @@ pub fn all_docs(c: &Connection, db: &str, q: &AllDocsQuery) -> Result<Vec<DocRow
     } else {
         (q.start_inclusive, q.end_inclusive)
     };
-    let mut sql = String::from("SELECT id, seq, tree FROM docs WHERE db = ?1 AND deleted = 0");
+    // The winner's body is joined in the same query: one statement per page, not per row.
+    let mut sql = String::from(
+        "SELECT d.id, d.seq, d.tree, CASE WHEN ?6 THEN r.body END FROM docs d
+         LEFT JOIN revs r ON ?6 AND r.db = d.db AND r.doc = d.id AND r.rev = d.winner
+         WHERE d.db = ?1 AND d.deleted = 0",
+    );
     if lower.is_some() {
         sql.push_str(if lower_incl {
-            " AND id >= ?2"
+            " AND d.id >= ?2"
         } else {
-            " AND id > ?2"
+            " AND d.id > ?2"
         });
     }
     if upper.is_some() {
         sql.push_str(if upper_incl {
-            " AND id <= ?3"
+            " AND d.id <= ?3"
         } else {
-            " AND id < ?3"
+            " AND d.id < ?3"
         });
     }
     sql.push_str(if q.descending {
-        " ORDER BY id DESC"
+        " ORDER BY d.id DESC"
     } else {
-        " ORDER BY id ASC"
+        " ORDER BY d.id ASC"
     });
     sql.push_str(" LIMIT ?4 OFFSET ?5");
     let mut stmt = c.prepare_cached(&sql)?;
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
     let skip = i64::try_from(q.skip).unwrap_or(i64::MAX);
-    let rows: Vec<(String, i64, String)> = stmt
-        .query_map(params![db, lower, upper, limit, skip], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?
+    let rows: Vec<(String, i64, String, Option<String>)> = stmt
+        .query_map(
+            params![db, lower, upper, limit, skip, q.include_docs],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?
         .collect::<Result<_, _>>()?;
     rows.into_iter()
-        .map(|(id, seq, tree)| {
+        .map(|(id, seq, tree, body)| {
             let tree = parse_tree(&id, &tree)?;
-            let body = if q.include_docs {
-                winner_body(c, db, &id, &tree)?
-            } else {
-                None
-            };
             Ok(DocRow {
                 id,
                 seq: seq as u64,
@@ -203,26 +188,25 @@ pub fn count_before(
 pub fn changes(c: &Connection, db: &str, q: &ChangesQuery) -> Result<Vec<ChangeRow>, StoreError> {
     let db = db_id(c, db)?;
     let sql = if q.descending {
-        "SELECT id, seq, tree FROM docs WHERE db = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+        "SELECT d.id, d.seq, d.tree, CASE WHEN ?4 THEN r.body END FROM docs d
+         LEFT JOIN revs r ON ?4 AND r.db = d.db AND r.doc = d.id AND r.rev = d.winner
+         WHERE d.db = ?1 AND d.seq < ?2 ORDER BY d.seq DESC LIMIT ?3"
     } else {
-        "SELECT id, seq, tree FROM docs WHERE db = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3"
+        "SELECT d.id, d.seq, d.tree, CASE WHEN ?4 THEN r.body END FROM docs d
+         LEFT JOIN revs r ON ?4 AND r.db = d.db AND r.doc = d.id AND r.rev = d.winner
+         WHERE d.db = ?1 AND d.seq > ?2 ORDER BY d.seq ASC LIMIT ?3"
     };
     let since = i64::try_from(q.since).unwrap_or(i64::MAX);
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-    let rows: Vec<(String, i64, String)> = c
+    let rows: Vec<(String, i64, String, Option<String>)> = c
         .prepare_cached(sql)?
-        .query_map(params![db, since, limit], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        .query_map(params![db, since, limit, q.include_docs], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?
         .collect::<Result<_, _>>()?;
     rows.into_iter()
-        .map(|(id, seq, tree)| {
+        .map(|(id, seq, tree, body)| {
             let tree = parse_tree(&id, &tree)?;
-            let body = if q.include_docs {
-                winner_body(c, db, &id, &tree)?
-            } else {
-                None
-            };
             Ok(ChangeRow {
                 id,
                 seq: seq as u64,

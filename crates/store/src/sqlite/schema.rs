@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS docs (
     deleted INTEGER NOT NULL,
     -- 1 when the document has more than one live leaf, for `_conflicts`.
     conflicted INTEGER NOT NULL DEFAULT 0,
+    -- The winning revision, so reads can join its body without parsing the tree.
+    winner  TEXT NOT NULL DEFAULT '',
     tree    TEXT NOT NULL,
     PRIMARY KEY (db, id)
 ) WITHOUT ROWID;

@@ -747,13 +747,18 @@ fn commit_revision(
 
     state.seq += 1;
     let deleted = tree.is_deleted();
-    let conflicted = tree.leaves().iter().filter(|l| !l.deleted).count() > 1;
+    let leaves = tree.leaves();
+    let conflicted = leaves.iter().filter(|l| !l.deleted).count() > 1;
+    let winner = leaves
+        .first()
+        .map(|l| l.rev.to_string())
+        .unwrap_or_default();
     let tree_json =
         serde_json::to_string(&*tree).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     tx.prepare_cached(
-        "INSERT INTO docs (db, id, seq, deleted, conflicted, tree) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO docs (db, id, seq, deleted, conflicted, winner, tree) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (db, id) DO UPDATE SET seq = excluded.seq, deleted = excluded.deleted,
-             conflicted = excluded.conflicted, tree = excluded.tree",
+             conflicted = excluded.conflicted, winner = excluded.winner, tree = excluded.tree",
     )?
     .execute(params![
         state.id,
@@ -761,6 +766,7 @@ fn commit_revision(
         state.seq as i64,
         deleted,
         conflicted,
+        winner,
         tree_json
     ])?;
     match (*was_deleted, deleted) {
