@@ -12,7 +12,7 @@ const os = require('node:os');
 const path = require('node:path');
 const { createRequire } = require('node:module');
 const { performance } = require('node:perf_hooks');
-const { execFileSync } = require('node:child_process');
+const { execFileSync, execFile, spawn } = require('node:child_process');
 
 const REPO = path.resolve(__dirname, '..');
 const INTEROP = path.join(REPO, 'tests', 'interop');
@@ -40,6 +40,7 @@ const USAGE = `usage: node bench/run.js [options]
   --seconds S            duration of the timed single-document workloads (default 5)
   --clients C            concurrent keep-alive clients for single-document workloads (default 16)
   --latency-samples N    live-sync latency samples (default 300)
+  --repl-docs N          documents replicated server to server by replicate (default 100000)
   --json FILE            also write the raw results as JSON
   --list                 list the workloads and exit
 
@@ -53,6 +54,7 @@ function parseArgs(argv) {
     seconds: 5,
     clients: 16,
     latencySamples: 300,
+    replDocs: 100_000,
     json: null,
     list: false,
   };
@@ -74,6 +76,7 @@ function parseArgs(argv) {
       case '--seconds': opts.seconds = number(); break;
       case '--clients': opts.clients = number(); break;
       case '--latency-samples': opts.latencySamples = number(); break;
+      case '--repl-docs': opts.replDocs = number(); break;
       case '--json': opts.json = value(); break;
       case '--list': opts.list = true; break;
       case '-h': case '--help': console.log(USAGE); process.exit(0); break;
@@ -219,6 +222,58 @@ async function medianRate(docs, runs, fn) {
   times.sort((a, b) => a - b);
   const ms = times[Math.floor(times.length / 2)];
   return { value: docs / (ms / 1000), unit: 'docs/s', better: 'higher', detail: `median ${ms.toFixed(1)} ms of ${runs}` };
+}
+
+/** Fills a new database with `n` documents made by `makeDoc`, 1,000 per request. */
+async function fillDb(t, db, n) {
+  await t.request('PUT', `/${db}`);
+  for (let i = 0; i < n; i += 1000) {
+    const docs = [];
+    for (let j = i; j < Math.min(n, i + 1000); j++) docs.push(makeDoc(j));
+    await t.request('POST', `/${db}/_bulk_docs`, { docs });
+  }
+}
+
+/** `POST /_replicate` without a time limit: a one-shot answer comes when the copy is done. */
+async function postReplicate(t, body) {
+  const res = await undici.request(`${t.url}/_replicate`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', accept: 'application/json' },
+    body: JSON.stringify(body),
+    headersTimeout: 0,
+    bodyTimeout: 0,
+  });
+  const text = await res.body.text();
+  if (res.statusCode >= 300) throw new Error(`${t.kind}: POST /_replicate -> ${res.statusCode} ${text.slice(0, 300)}`);
+  return JSON.parse(text);
+}
+
+/**
+ * Server-to-server replication as each server does it: for Outpost the `outpost replicate`
+ * command (a separate process speaking HTTP to both sides), for pouchdb-server its own
+ * `POST /_replicate`. Both sides are full URLs on the same server, so both go over loopback
+ * HTTP. `continuous` returns a function that stops the replication.
+ */
+async function serverReplicate(t, source, target, continuous) {
+  const from = `${t.url}/${source}`;
+  const to = `${t.url}/${target}`;
+  if (t.kind === 'outpost') {
+    const args = ['replicate', from, to, '--create-target'];
+    if (continuous) {
+      args.push('--continuous');
+      const child = spawn(t.bin, args, { stdio: ['ignore', 'ignore', 'ignore'] });
+      return () => child.kill('SIGTERM');
+    }
+    const out = await new Promise((resolve, reject) => {
+      execFile(t.bin, args, { maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout)));
+    });
+    return JSON.parse(out);
+  }
+  if (continuous) {
+    await postReplicate(t, { source: from, target: to, create_target: true, continuous: true });
+    return () => postReplicate(t, { source: from, target: to, create_target: true, continuous: true, cancel: true }).catch(() => {});
+  }
+  return postReplicate(t, { source: from, target: to, create_target: true });
 }
 
 function replicate(from, to) {
@@ -384,6 +439,71 @@ const WORKLOADS = [
         { metric: 'live-sync latency p50', value: percentile(samples, 50), unit: 'ms', better: 'lower', detail: `${samples.length} samples` },
         { metric: 'live-sync latency p99', value: percentile(samples, 99), unit: 'ms', better: 'lower', detail: `max ${samples[samples.length - 1].toFixed(2)} ms` },
       ];
+    },
+  },
+  {
+    name: 'replicate',
+    description: 'one-shot server-to-server replication of --repl-docs new documents (outpost replicate vs pouchdb-server POST /_replicate)',
+    async run(t, opts) {
+      const n = opts.replDocs;
+      const source = t.freshDb('repl-src');
+      await fillDb(t, source, n);
+      const t0 = performance.now();
+      const res = await serverReplicate(t, source, t.freshDb('repl-dst'), false);
+      const ms = performance.now() - t0;
+      if (res.docs_written !== n) throw new Error(`${t.kind}: replicated ${res.docs_written} of ${n} docs`);
+      return { metric: `replicate ${n.toLocaleString('en-US')} docs server to server`, value: n / (ms / 1000), unit: 'docs/s', better: 'higher', detail: `${(ms / 1000).toFixed(1)} s` };
+    },
+  },
+  {
+    name: 'replication-lag',
+    description: 'continuous server-to-server replication: time from a PUT on the source to the change in the target\'s longpoll feed',
+    async run(t, opts) {
+      const source = t.freshDb('lag-src');
+      const target = t.freshDb('lag-dst');
+      await t.request('PUT', `/${source}`);
+      await t.request('PUT', `/${target}`);
+      const stop = await serverReplicate(t, source, target, true);
+      try {
+        // The replication is live once a first document goes through.
+        await t.request('PUT', `/${source}/warm-up`, { warm: true });
+        const deadline = performance.now() + 20_000;
+        for (;;) {
+          const res = await t.pool.request({ method: 'GET', path: `/${target}/warm-up` });
+          await res.body.text();
+          if (res.statusCode === 200) break;
+          if (performance.now() > deadline) throw new Error(`${t.kind}: continuous replication did not start`);
+          await sleep(50);
+        }
+        const samples = [];
+        for (let i = 0; i < opts.latencySamples; i++) {
+          const id = `lag-${i}`;
+          const { update_seq: since } = await t.json('GET', `/${target}`);
+          const seen = (async () => {
+            let seq = since;
+            for (;;) {
+              const q = encodeURIComponent(typeof seq === 'string' ? seq : JSON.stringify(seq));
+              const feed = await t.json('GET', `/${target}/_changes?feed=longpoll&timeout=10000&since=${q}`);
+              if (feed.results.some((r) => r.id === id)) return performance.now();
+              if (feed.results.length === 0) return NaN;
+              seq = feed.last_seq;
+            }
+          })();
+          const t0 = performance.now();
+          await t.request('PUT', `/${source}/${id}`, { i, at: Date.now() });
+          const t1 = await seen;
+          if (Number.isNaN(t1)) throw new Error(`${t.kind}: change ${id} not replicated within 10 s`);
+          samples.push(t1 - t0);
+          await sleep(5 + Math.random() * 20);
+        }
+        samples.sort((a, b) => a - b);
+        return [
+          { metric: 'continuous replication lag p50', value: percentile(samples, 50), unit: 'ms', better: 'lower', detail: `${samples.length} samples` },
+          { metric: 'continuous replication lag p99', value: percentile(samples, 99), unit: 'ms', better: 'lower', detail: `max ${samples[samples.length - 1].toFixed(2)} ms` },
+        ];
+      } finally {
+        await stop();
+      }
     },
   },
 ];
