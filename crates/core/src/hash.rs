@@ -7,7 +7,7 @@
 //! every replica, whatever order the client wrote the fields in.
 
 use md5::{Digest, Md5};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::Rev;
 
@@ -15,15 +15,26 @@ use crate::Rev;
 /// `_rev` and `_revisions`; attachments are included as stubs (with their digests), so a change
 /// of attachment content changes the revision.
 pub fn next_rev(parent: Option<&Rev>, deleted: bool, body: &Value) -> Rev {
+    let mut canonical = Vec::with_capacity(128);
+    write_canonical(body, &mut canonical);
+    rev_of(parent, deleted, &canonical)
+}
+
+/// [`next_rev`] of a body given as its fields, without building a `Value` around them.
+pub fn next_rev_of_fields(parent: Option<&Rev>, deleted: bool, fields: &Map<String, Value>) -> Rev {
+    let mut canonical = Vec::with_capacity(128);
+    write_canonical_object(fields, &mut canonical);
+    rev_of(parent, deleted, &canonical)
+}
+
+fn rev_of(parent: Option<&Rev>, deleted: bool, canonical: &[u8]) -> Rev {
     let mut hasher = Md5::new();
     match parent {
         Some(p) => hasher.update(p.to_string().as_bytes()),
         None => hasher.update(b"-"),
     }
     hasher.update(if deleted { b"\0d\0" } else { b"\0l\0" });
-    let mut canonical = Vec::with_capacity(128);
-    write_canonical(body, &mut canonical);
-    hasher.update(&canonical);
+    hasher.update(canonical);
     let digest = hasher.finalize();
     let generation = parent.map_or(1, |p| p.generation + 1);
     Rev::new(generation, hex(&digest))
@@ -50,24 +61,27 @@ pub fn attachment_digest(data: &[u8]) -> String {
     )
 }
 
+/// Writes an object as JSON with its keys in sorted order, recursively.
+fn write_canonical_object(map: &Map<String, Value>, out: &mut Vec<u8>) {
+    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    out.push(b'{');
+    for (i, (k, v)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Serialising a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, k);
+        out.push(b':');
+        write_canonical(v, out);
+    }
+    out.push(b'}');
+}
+
 /// Writes `v` as JSON with object keys in sorted order, recursively.
 pub fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push(b'{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                // Serialising a string or a number into a Vec cannot fail.
-                let _ = serde_json::to_writer(&mut *out, k);
-                out.push(b':');
-                write_canonical(&map[k], out);
-            }
-            out.push(b'}');
-        }
+        Value::Object(map) => write_canonical_object(map, out),
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {

@@ -560,7 +560,7 @@ fn apply_manual_resolution(
     for att in &update.new_attachments {
         store_attachment(tx, att)?;
     }
-    let rev = hash::next_rev(Some(&winner), false, &Value::Object(body.clone()));
+    let rev = hash::next_rev_of_fields(Some(&winner), false, &body);
     if tree.add_edit(Some(&winner), rev.clone(), false).is_err() {
         return Ok(Err(DocError::Conflict));
     }
@@ -646,11 +646,7 @@ fn apply_doc(
             resolve_attachments(
                 tx, state.id, &update.id, &mut body, &sources, generation, false,
             )?;
-            let rev = hash::next_rev(
-                parent.as_ref(),
-                update.deleted,
-                &Value::Object(body.clone()),
-            );
+            let rev = hash::next_rev_of_fields(parent.as_ref(), update.deleted, &body);
             tree.add_edit(parent.as_ref(), rev.clone(), update.deleted)
                 .map_err(|_| DocError::Conflict)?;
             (rev, parent, None)
