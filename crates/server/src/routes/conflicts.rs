@@ -41,14 +41,20 @@ fn parse_retention(value: &Value) -> Result<Retention, ApiError> {
     match value {
         Value::Null => Ok(Retention::default()),
         Value::Object(fields) => {
-            if fields.keys().any(|k| k != "max_events_per_doc" && k != "max_age_seconds") {
+            if fields
+                .keys()
+                .any(|k| k != "max_events_per_doc" && k != "max_age_seconds")
+            {
                 return Err(bad());
             }
             let get = |name: &str| match fields.get(name) {
                 None | Some(Value::Null) => Ok(None),
                 Some(v) => v.as_u64().filter(|n| *n >= 1).map(Some).ok_or_else(bad),
             };
-            Ok(Retention { max_events_per_doc: get("max_events_per_doc")?, max_age_seconds: get("max_age_seconds")? })
+            Ok(Retention {
+                max_events_per_doc: get("max_events_per_doc")?,
+                max_age_seconds: get("max_age_seconds")?,
+            })
         }
         _ => Err(bad()),
     }
@@ -57,7 +63,9 @@ fn parse_retention(value: &Value) -> Result<Retention, ApiError> {
 /// `GET/PUT /{db}/_outpost`: the database's Outpost settings.
 pub async fn settings(state: &AppState, db: &str, req: &mut Req) -> Result<Response, ApiError> {
     match req.method {
-        Method::GET => Ok(ok(settings_json(&state.store.db_info(db).await?).to_string())),
+        Method::GET => Ok(ok(
+            settings_json(&state.store.db_info(db).await?).to_string()
+        )),
         Method::PUT => {
             let body = req.json().await?;
             let Value::Object(fields) = body else {
@@ -65,21 +73,33 @@ pub async fn settings(state: &AppState, db: &str, req: &mut Req) -> Result<Respo
             };
             let known = ["conflict_policy", "lww_field", "retention"];
             if let Some(unknown) = fields.keys().find(|k| !known.contains(&k.as_str())) {
-                return Err(ApiError::bad_request(format!("unknown setting {unknown:?}")));
+                return Err(ApiError::bad_request(format!(
+                    "unknown setting {unknown:?}"
+                )));
             }
             // Only the settings named change; all are validated before any is stored.
             let retention = fields.get("retention").map(parse_retention).transpose()?;
             let field = match fields.get("lww_field") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(f)) if !f.is_empty() && f.len() <= 256 => Some(f.clone()),
-                Some(_) => return Err(ApiError::bad_request("lww_field must be a non-empty field name")),
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        "lww_field must be a non-empty field name",
+                    ));
+                }
             };
             let policy = match fields.get("conflict_policy") {
-                Some(Value::String(name)) => Some(Policy::from_parts(name, field).ok_or_else(|| {
-                    ApiError::bad_request(format!("unknown conflict_policy {name:?}: expected manual, lww or merge"))
-                })?),
+                Some(Value::String(name)) => {
+                    Some(Policy::from_parts(name, field).ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "unknown conflict_policy {name:?}: expected manual, lww or merge"
+                        ))
+                    })?)
+                }
                 None if fields.contains_key("lww_field") => {
-                    return Err(ApiError::bad_request("lww_field is set together with conflict_policy"));
+                    return Err(ApiError::bad_request(
+                        "lww_field is set together with conflict_policy",
+                    ));
                 }
                 None => None,
                 Some(_) => return Err(ApiError::bad_request("conflict_policy must be a string")),

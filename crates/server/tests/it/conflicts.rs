@@ -218,21 +218,64 @@ async fn retention_trims_history_on_compact_and_keeps_the_document() {
     s.expect("PUT", "/db", None, 201).await;
     let retention = json!({"retention": {"max_events_per_doc": 2}});
     s.expect("PUT", "/db/_outpost", Some(retention), 200).await;
-    assert_eq!(s.expect("GET", "/db/_outpost", None, 200).await["retention"]["max_events_per_doc"], 2);
-    assert_error(&s.expect("PUT", "/db/_outpost", Some(json!({"retention": {"max_events_per_doc": 0}})), 400).await, "bad_request");
+    assert_eq!(
+        s.expect("GET", "/db/_outpost", None, 200).await["retention"]["max_events_per_doc"],
+        2
+    );
+    assert_error(
+        &s.expect(
+            "PUT",
+            "/db/_outpost",
+            Some(json!({"retention": {"max_events_per_doc": 0}})),
+            400,
+        )
+        .await,
+        "bad_request",
+    );
     let mut revs = vec![s.expect("PUT", "/db/d", Some(json!({"n": 0})), 201).await["rev"].clone()];
     for n in 1..5 {
-        let rev = s.expect("PUT", "/db/d", Some(json!({"_rev": revs.last().unwrap(), "n": n})), 201).await["rev"].clone();
+        let rev = s
+            .expect(
+                "PUT",
+                "/db/d",
+                Some(json!({"_rev": revs.last().unwrap(), "n": n})),
+                201,
+            )
+            .await["rev"]
+            .clone();
         revs.push(rev);
     }
-    assert_eq!(s.expect("GET", "/db/_events?doc_id=d", None, 200).await["results"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        s.expect("GET", "/db/_events?doc_id=d", None, 200).await["results"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
     s.expect("POST", "/db/_compact", Some(json!({})), 202).await;
     let history = s.expect("GET", "/db/_events?doc_id=d", None, 200).await;
-    let kept: Vec<&Value> = history["results"].as_array().unwrap().iter().map(|e| &e["rev"]).collect();
+    let kept: Vec<&Value> = history["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["rev"])
+        .collect();
     assert_eq!(kept, [&revs[3], &revs[4]]);
     // Superseded bodies whose history went are gone, as after a CouchDB compaction; the
     // document itself is untouched.
-    s.expect("GET", &format!("/db/d?rev={}", revs[0].as_str().unwrap()), None, 404).await;
+    s.expect(
+        "GET",
+        &format!("/db/d?rev={}", revs[0].as_str().unwrap()),
+        None,
+        404,
+    )
+    .await;
     assert_eq!(s.expect("GET", "/db/d", None, 200).await["n"], 4);
-    assert_eq!(s.expect("GET", "/db/d?revs=true", None, 200).await["_revisions"]["ids"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        s.expect("GET", "/db/d?revs=true", None, 200).await["_revisions"]["ids"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
 }
