@@ -1,0 +1,205 @@
+//! The process-wide metrics recorder, shared by the sync server and the gateway.
+//!
+//! Code everywhere records through the `metrics` facade (`metrics::counter!` and friends); this
+//! crate installs the one Prometheus recorder behind it and renders the text exposition format
+//! for the `/_outpost/v1/metrics` endpoints. It sits below `server` and `gateway` so that both,
+//! when they run in one process, publish into the same registry instead of racing to install
+//! their own.
+//!
+//! Gauges that describe the outside world (file sizes, process memory, open descriptors) are not
+//! kept up to date in the background: [`render`] samples them on each scrape, which is when
+//! Prometheus wants them.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// The `Content-Type` of [`render`]'s output (Prometheus text format 0.0.4).
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Bucket bounds, in seconds, of every `_seconds` histogram: from a cached read (~100 µs) to a
+/// long poll that ran into its timeout.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Database files whose sizes are sampled on each scrape, with the `store` label they go under.
+static DATABASES: Mutex<Vec<(&'static str, PathBuf)>> = Mutex::new(Vec::new());
+
+/// Installs the Prometheus recorder as the global `metrics` recorder, once per process, and
+/// returns the handle that renders it. Later calls return the same handle.
+///
+/// If another recorder was installed first (an embedding application's), Outpost's metrics go
+/// to that one and [`render`] shows only the sampled gauges.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+            .expect("the bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // An error means another recorder is installed; see the doc comment.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+/// Samples the file, memory and descriptor gauges, then renders every metric in the Prometheus
+/// text format.
+pub fn render() -> String {
+    let handle = install();
+    sample_databases();
+    sample_process();
+    handle.run_upkeep();
+    handle.render()
+}
+
+/// Publishes the size of a SQLite database file and of its write-ahead log as
+/// `outpost_storage_database_bytes{store}` and `outpost_storage_wal_bytes{store}`.
+///
+/// `store` names the file's role (`sync`, `gateway_queue`); it is a label value, so it must come
+/// from a small fixed set, never from user input.
+pub fn watch_database(store: &'static str, path: PathBuf) {
+    install();
+    let mut files = DATABASES.lock().unwrap_or_else(|e| e.into_inner());
+    files.retain(|(s, _)| *s != store);
+    files.push((store, path));
+}
+
+fn sample_databases() {
+    let files = DATABASES.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for (store, path) in files {
+        let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        gauge!("outpost_storage_database_bytes", "store" => store).set(size(&path) as f64);
+        gauge!("outpost_storage_wal_bytes", "store" => store).set(size(wal.as_ref()) as f64);
+    }
+}
+
+/// Reads the resident set size and the number of open descriptors from `/proc/self`. On systems
+/// without `/proc` the gauges are simply absent.
+fn sample_process() {
+    if let Some(rss) = resident_bytes() {
+        gauge!("outpost_process_resident_memory_bytes").set(rss as f64);
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        gauge!("outpost_process_open_fds").set(dir.count() as f64);
+    }
+}
+
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_rss(&status)
+}
+
+/// The `VmRSS:` line of `/proc/self/status`, which is in kB, in bytes.
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// The `# HELP` text of every metric Outpost records, in one place so the list in
+/// `docs/operations.md` can be checked against it.
+fn describe() {
+    describe_counter!(
+        "outpost_http_requests_total",
+        "HTTP requests answered, by route template, method and status."
+    );
+    describe_histogram!(
+        "outpost_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time from a request's arrival to its response head, by route template and method."
+    );
+    describe_counter!(
+        "outpost_documents_written_total",
+        "Document revisions stored, by what they did (created, updated, deleted, conflict, resolved)."
+    );
+    describe_counter!(
+        "outpost_documents_read_total",
+        "Documents read by clients (single reads, _bulk_get, _all_docs with include_docs)."
+    );
+    describe_counter!(
+        "outpost_conflicts_detected_total",
+        "Revisions that opened a new conflicting branch, by the database's conflict policy."
+    );
+    describe_counter!(
+        "outpost_conflicts_resolved_total",
+        "Conflicts resolved, by the policy that resolved them (lww, merge, or manual via _resolve)."
+    );
+    describe_gauge!(
+        "outpost_changes_feeds_open",
+        "Change feeds being served, by feed type."
+    );
+    describe_gauge!(
+        "outpost_storage_database_bytes",
+        Unit::Bytes,
+        "Size of a SQLite database file, by store."
+    );
+    describe_gauge!(
+        "outpost_storage_wal_bytes",
+        Unit::Bytes,
+        "Size of a SQLite database's write-ahead log, by store."
+    );
+    describe_gauge!(
+        "outpost_process_resident_memory_bytes",
+        Unit::Bytes,
+        "Resident memory of the process."
+    );
+    describe_gauge!(
+        "outpost_process_open_fds",
+        "File descriptors the process holds open."
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_rss_is_read_in_bytes() {
+        let status = "Name:\toutpost\nVmPeak:\t  9000 kB\nVmRSS:\t    5120 kB\nThreads:\t4\n";
+        assert_eq!(parse_vm_rss(status), Some(5120 * 1024));
+        assert_eq!(parse_vm_rss("Name:\toutpost\n"), None);
+    }
+
+    #[test]
+    fn render_samples_watched_files_and_the_process() {
+        let dir = std::env::temp_dir().join(format!("outpost-telemetry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("t.sqlite3");
+        std::fs::write(&db, vec![0u8; 4096]).unwrap();
+        std::fs::write(dir.join("t.sqlite3-wal"), vec![0u8; 100]).unwrap();
+        watch_database("test", db);
+        let text = render();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            text.contains("outpost_storage_database_bytes{store=\"test\"} 4096"),
+            "{text}"
+        );
+        assert!(
+            text.contains("outpost_storage_wal_bytes{store=\"test\"} 100"),
+            "{text}"
+        );
+        if cfg!(target_os = "linux") {
+            assert!(text.contains("outpost_process_open_fds "), "{text}");
+            assert!(
+                text.contains("# TYPE outpost_process_resident_memory_bytes gauge"),
+                "{text}"
+            );
+        }
+    }
+}
