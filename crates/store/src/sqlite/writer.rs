@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use outpost_core::{Policy, Rev, RevTree, hash, policy};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -98,7 +98,7 @@ pub(super) fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>, announce: Ann
             }
         }
         let mut moved: BTreeMap<String, Option<u64>> = BTreeMap::new();
-        let outcome = apply_batch(&mut conn, &batch, &mut moved);
+        let outcome = apply_batch(&mut conn, &mut batch, &mut moved);
         match outcome {
             Ok(results) => {
                 for (db, seq) in &moved {
@@ -122,7 +122,7 @@ pub(super) fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>, announce: Ann
 /// Applies a batch in one transaction; the outer error means nothing was committed.
 fn apply_batch(
     conn: &mut Connection,
-    batch: &[Job],
+    batch: &mut [Job],
     moved: &mut BTreeMap<String, Option<u64>>,
 ) -> Result<Vec<Result<WriteReply, StoreError>>, StoreError> {
     if batch.iter().all(|j| matches!(j.op, WriteOp::Checkpoint)) {
@@ -132,9 +132,9 @@ fn apply_batch(
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let now = now_micros();
     let mut results = Vec::with_capacity(batch.len());
-    for job in batch {
+    for job in batch.iter_mut() {
         let mut sp = tx.savepoint()?;
-        let result = apply(&sp, &job.op, now, moved);
+        let result = apply(&sp, &mut job.op, now, moved);
         match result {
             Ok(_) => sp.commit()?,
             Err(_) => sp.rollback()?,
@@ -148,10 +148,23 @@ fn apply_batch(
 
 fn apply(
     tx: &Connection,
-    op: &WriteOp,
+    op: &mut WriteOp,
     now: i64,
     moved: &mut BTreeMap<String, Option<u64>>,
 ) -> Result<WriteReply, StoreError> {
+    // Only document writes need their update by value (bodies are moved, not cloned).
+    let op: &WriteOp = match op {
+        WriteOp::Docs { db, updates } => {
+            let results = apply_docs(tx, db, updates, now)?;
+            let seq: i64 =
+                tx.query_row("SELECT update_seq FROM dbs WHERE name = ?1", [&*db], |r| {
+                    r.get(0)
+                })?;
+            moved.insert(db.clone(), Some(seq as u64));
+            return Ok(WriteReply::Docs(results));
+        }
+        other => other,
+    };
     match op {
         WriteOp::CreateDb { name } => {
             let inserted = tx.execute(
@@ -207,15 +220,9 @@ fn apply(
             moved.insert(db.clone(), Some(seq as u64));
             Ok(WriteReply::Resolved(result))
         }
-        WriteOp::Docs { db, updates } => {
-            let results = apply_docs(tx, db, updates, now)?;
-            let seq: i64 =
-                tx.query_row("SELECT update_seq FROM dbs WHERE name = ?1", [db], |r| {
-                    r.get(0)
-                })?;
-            moved.insert(db.clone(), Some(seq as u64));
-            Ok(WriteReply::Docs(results))
-        }
+        WriteOp::Docs { .. } => Err(StoreError::Corrupt(
+            "document writes are applied above".into(),
+        )),
         WriteOp::PutLocal { db, id, base, body } => {
             let db = db_id(tx, db)?;
             let current = local_rev(tx, db, id)?.unwrap_or(0);
@@ -366,17 +373,19 @@ fn save_state(tx: &Connection, state: &DbState) -> Result<(), StoreError> {
 fn apply_docs(
     tx: &Connection,
     db: &str,
-    updates: &[DocUpdate],
+    updates: &mut [DocUpdate],
     now: i64,
 ) -> Result<Vec<Result<Rev, DocError>>, StoreError> {
     let mut state = load_state(tx, db)?;
     let mut results = Vec::with_capacity(updates.len());
-    let mut touched: Vec<&str> = Vec::new();
-    for update in updates {
+    // Documents written, in first-write order; the set keeps the check cheap for big batches.
+    let mut touched: Vec<String> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    for update in updates.iter_mut() {
         match apply_doc(tx, &mut state, update, now) {
             Ok(rev) => {
-                if !touched.contains(&update.id.as_str()) {
-                    touched.push(&update.id);
+                if seen.insert(update.id.clone()) {
+                    touched.push(update.id.clone());
                 }
                 results.push(Ok(rev));
             }
@@ -387,7 +396,7 @@ fn apply_docs(
     // Automatic policies resolve once per document after the whole request, so the revisions a
     // replicator sends together (a peer's resolution and its tombstones) are judged together.
     if state.policy != Policy::Manual {
-        for id in touched {
+        for id in &touched {
             resolve_automatically(tx, &mut state, id, now)?;
         }
     }
@@ -621,14 +630,15 @@ fn apply_manual_resolution(
 fn apply_doc(
     tx: &Connection,
     state: &mut DbState,
-    update: &DocUpdate,
+    update: &mut DocUpdate,
     now: i64,
 ) -> Result<Rev, ApplyError> {
     let existing = load_tree(tx, state.id, &update.id)?;
     let mut was_deleted = existing.as_ref().map(|(d, _)| *d);
     let mut tree = existing.map(|(_, t)| t).unwrap_or_default();
     let before = tree.clone();
-    let mut body = update.body.clone();
+    // Taken, not cloned: a write is applied once, and its body is not needed afterwards.
+    let mut body = std::mem::take(&mut update.body);
 
     let (rev, parent, detail) = match &update.mode {
         UpdateMode::Edit { base } => {
@@ -795,6 +805,20 @@ fn commit_revision(
         now / 1000,
         detail,
     ])?;
+    // Counted when stored in the transaction, so a rolled-back batch is counted too; rare
+    // enough (a failed commit) not to matter for rates.
+    metrics::counter!("outpost_documents_written_total", "kind" => revision.kind).increment(1);
+    match revision.kind {
+        "conflict" => {
+            metrics::counter!("outpost_conflicts_detected_total", "policy" => state.policy.name())
+                .increment(1)
+        }
+        "resolved" => {
+            metrics::counter!("outpost_conflicts_resolved_total", "policy" => state.policy.name())
+                .increment(1)
+        }
+        _ => {}
+    }
     Ok(())
 }
 
