@@ -14,7 +14,7 @@ use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
 use crate::query::Query;
-use crate::routes::{all_docs, attachment, bulk, changes, conflicts, db, doc, local, server};
+use crate::routes::{all_docs, attachment, bulk, changes, conflicts, db, doc, local, ops, server};
 use crate::{ApiError, AppState};
 
 /// The longest document id accepted, in bytes.
@@ -146,6 +146,10 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
         ["_scheduler", "jobs"] => crate::routes::scheduler::jobs(state, &req),
         ["_scheduler", "docs"] => crate::routes::scheduler::docs(state, &req),
         ["_active_tasks"] => crate::routes::scheduler::active_tasks(state, &req),
+        ["_outpost", "v1", "metrics"] => ops::metrics(&req),
+        // The conventional scrape path; it shadows `GET` of a database named `metrics`.
+        ["metrics"] if req.method == Method::GET => ops::metrics(&req),
+        ["_outpost", "v1", "ready"] => ops::ready(state, &req).await,
         [first, ..] if first.starts_with('_') && validate_db_name(first).is_err() => Err(
             ApiError::bad_request(format!("unknown server endpoint /{first}")),
         ),
@@ -205,5 +209,84 @@ async fn doc_or_attachment(
         )),
         (_, []) => doc::handle(state, db, id, req).await,
         (_, names) => attachment::handle(state, db, id, &names.join("/"), req).await,
+    }
+}
+
+/// The route template of a raw request path, the `route` label of the HTTP metrics and logs:
+/// bounded, because database names and document ids are replaced by `{db}`, `{docid}`,
+/// `{ddoc}` and `{attachment}`. It mirrors the `match` in [`route`] and [`db_resource`].
+pub fn template(raw_path: &str) -> &'static str {
+    let mut segs: Vec<&str> = raw_path.split('/').skip(1).collect();
+    if segs.last().is_some_and(|s| s.is_empty()) {
+        segs.pop();
+    }
+    match segs.as_slice() {
+        [] => "/",
+        ["_up"] => "/_up",
+        ["_all_dbs"] => "/_all_dbs",
+        ["_uuids"] => "/_uuids",
+        ["_replicate"] => "/_replicate",
+        ["_scheduler", "jobs"] => "/_scheduler/jobs",
+        ["_scheduler", "docs"] => "/_scheduler/docs",
+        ["_active_tasks"] => "/_active_tasks",
+        ["_outpost", "v1", "metrics"] => "/_outpost/v1/metrics",
+        ["metrics"] => "/metrics",
+        ["_outpost", "v1", "ready"] => "/_outpost/v1/ready",
+        [first, ..] if first.starts_with('_') && validate_db_name(first).is_err() => "unknown",
+        [_] => "/{db}",
+        [_, rest @ ..] => match rest {
+            ["_all_docs"] => "/{db}/_all_docs",
+            ["_bulk_docs"] => "/{db}/_bulk_docs",
+            ["_bulk_get"] => "/{db}/_bulk_get",
+            ["_revs_diff"] => "/{db}/_revs_diff",
+            ["_changes"] => "/{db}/_changes",
+            ["_revs_limit"] => "/{db}/_revs_limit",
+            ["_compact"] | ["_compact", _] => "/{db}/_compact",
+            ["_ensure_full_commit"] => "/{db}/_ensure_full_commit",
+            ["_events"] => "/{db}/_events",
+            ["_outpost"] => "/{db}/_outpost",
+            ["_conflicts"] => "/{db}/_conflicts",
+            ["_resolve"] => "/{db}/_resolve",
+            ["_design", _] => "/{db}/_design/{ddoc}",
+            ["_design", _, ..] => "/{db}/_design/{ddoc}/{attachment}",
+            ["_local", _] => "/{db}/_local/{docid}",
+            ["_local", ..] => "/{db}/_local/{docid}/{attachment}",
+            [_] => "/{db}/{docid}",
+            _ => "/{db}/{docid}/{attachment}",
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::template;
+
+    #[test]
+    fn templates_hide_names_and_ids() {
+        let cases = [
+            ("/", "/"),
+            ("/_up", "/_up"),
+            ("/_outpost/v1/metrics", "/_outpost/v1/metrics"),
+            ("/_outpost/v1/ready", "/_outpost/v1/ready"),
+            ("/_nonsense", "unknown"),
+            ("/notes", "/{db}"),
+            ("/notes/", "/{db}"),
+            ("/_replicator", "/{db}"),
+            ("/a%2Fb/_changes", "/{db}/_changes"),
+            ("/notes/_compact/ddoc", "/{db}/_compact"),
+            ("/notes/secret-id", "/{db}/{docid}"),
+            ("/notes/a%2Fb", "/{db}/{docid}"),
+            ("/notes/doc/photo.jpg", "/{db}/{docid}/{attachment}"),
+            ("/notes/doc/dir/photo.jpg", "/{db}/{docid}/{attachment}"),
+            ("/notes/_design/app", "/{db}/_design/{ddoc}"),
+            (
+                "/notes/_design/app/x.js",
+                "/{db}/_design/{ddoc}/{attachment}",
+            ),
+            ("/notes/_local/cp", "/{db}/_local/{docid}"),
+        ];
+        for (path, expected) in cases {
+            assert_eq!(template(path), expected, "{path}");
+        }
     }
 }

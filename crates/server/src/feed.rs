@@ -286,7 +286,9 @@ pub fn respond(state: &AppState, db: String, opts: FeedOpts) -> Response {
         _ => "application/json",
     };
     let task_state = state.clone();
+    let open = crate::observe::OpenFeed::start(&opts.kind);
     state.tasks.spawn(async move {
+        let _open = open;
         let out = Out { tx: tx.clone() };
         if let Err(e) = run(&task_state, &db, opts, &out).await {
             // The status is already sent; the client sees a truncated body and retries.

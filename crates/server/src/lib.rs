@@ -11,6 +11,7 @@ mod dispatch;
 mod docjson;
 mod error;
 mod feed;
+mod observe;
 mod query;
 pub mod replication;
 mod routes;
@@ -96,6 +97,9 @@ impl AppState {
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
+    // The recorder is process-wide and installed once; doing it here means every server, an
+    // embedded or a tested one included, records from its first request.
+    outpost_telemetry::install();
     let origins = match &state.config.cors_origins {
         None => AllowOrigin::mirror_request(),
         Some(list) => AllowOrigin::list(list.iter().filter_map(|o| HeaderValue::from_str(o).ok())),
@@ -118,12 +122,15 @@ pub fn app(state: AppState) -> Router {
             header::LOCATION,
             header::CONTENT_TYPE,
             HeaderName::from_static("x-couch-request-id"),
+            observe::REQUEST_ID,
         ])
         .max_age(Duration::from_secs(600));
     Router::new()
         .fallback(dispatch::handle)
         .with_state(state)
         .layer(cors)
+        // Outermost, so preflights and refusals are logged and counted too.
+        .layer(axum::middleware::from_fn(observe::layer))
 }
 
 /// Serves `app` on `listener` until `state.shutdown` fires, then stops accepting, lets requests

@@ -215,6 +215,7 @@ async fn render_row(
         winner.rev
     );
     if opts.include_docs {
+        crate::observe::documents_read(1);
         let doc = match row.body {
             Some(json) => {
                 let body = StoredBody {
@@ -286,6 +287,7 @@ async fn by_keys(
             continue;
         }
         let body = if opts.include_docs {
+            crate::observe::documents_read(1);
             super::doc::stored_body(state, db, id, &winner.rev)
                 .await?
                 .map(|b| b.json)

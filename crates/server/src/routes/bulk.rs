@@ -139,6 +139,7 @@ pub async fn bulk_get(state: &AppState, db: &str, req: &mut Req) -> Result<Respo
             results.push(error("not_found", "missing"));
             continue;
         };
+        crate::observe::documents_read(1);
         let wanted: Vec<Rev> = match rev {
             Some(rev) => vec![rev],
             None => record.tree.winner().map(|w| w.rev).into_iter().collect(),

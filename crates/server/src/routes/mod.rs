@@ -8,6 +8,7 @@ pub mod conflicts;
 pub mod db;
 pub mod doc;
 pub mod local;
+pub mod ops;
 pub mod replicate;
 pub mod scheduler;
 pub mod server;
@@ -41,7 +42,13 @@ pub fn with_etag(mut response: Response, rev: &Rev) -> Response {
 
 /// A document's record, or CouchDB's 404 (`missing`).
 pub async fn load_doc(state: &AppState, db: &str, id: &str) -> Result<DocRecord, ApiError> {
-    state.store.doc(db, id).await?.ok_or_else(ApiError::missing)
+    let record = state
+        .store
+        .doc(db, id)
+        .await?
+        .ok_or_else(ApiError::missing)?;
+    crate::observe::documents_read(1);
+    Ok(record)
 }
 
 /// Writes one document and returns its new revision.

@@ -5,4 +5,5 @@ mod api;
 mod conflicts;
 mod feeds;
 mod input;
+mod ops;
 mod support;

@@ -1,0 +1,144 @@
+//! The operational endpoints: metrics that move with traffic, readiness, request ids.
+//!
+//! Metrics are process-wide and the other tests of this binary run alongside, so counters are
+//! compared as "grew by at least what this test did", never as exact values.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use outpost_server::{AppState, Config, app};
+use outpost_store::sqlite::SqliteStore;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::TestServer;
+
+/// The sum of every sample of `name` whose labels include all of `labels`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+async fn scrape(server: &TestServer, path: &str) -> String {
+    let (status, headers, body) = server.raw("GET", path, &[], None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    String::from_utf8(body).unwrap()
+}
+
+#[tokio::test]
+async fn metrics_move_with_a_small_workload() {
+    let s = TestServer::new();
+    s.expect("PUT", "/opsdb", None, 201).await;
+    s.expect("PUT", "/opsdb/a", Some(json!({"n": 1})), 201)
+        .await;
+    let before = scrape(&s, "/_outpost/v1/metrics").await;
+
+    for i in 0..3 {
+        s.expect("PUT", &format!("/opsdb/doc{i}"), Some(json!({"n": i})), 201)
+            .await;
+        s.expect("GET", &format!("/opsdb/doc{i}"), None, 200).await;
+    }
+    s.expect("GET", "/opsdb/missing", None, 404).await;
+    // A second branch of `a` from a replication: a conflict under the default manual policy.
+    s.expect(
+        "POST",
+        "/opsdb/_bulk_docs",
+        Some(json!({"new_edits": false, "docs": [
+            {"_id": "a", "_rev": "1-0123456789abcdef0123456789abcdef", "n": 2}
+        ]})),
+        201,
+    )
+    .await;
+    let after = scrape(&s, "/metrics").await;
+
+    let grew = |name: &str, labels: &[(&str, &str)]| {
+        sample(&after, name, labels) - sample(&before, name, labels)
+    };
+    let put = [
+        ("route", "/{db}/{docid}"),
+        ("method", "PUT"),
+        ("status", "201"),
+    ];
+    assert!(grew("outpost_http_requests_total", &put) >= 3.0, "{after}");
+    let missing = [
+        ("route", "/{db}/{docid}"),
+        ("method", "GET"),
+        ("status", "404"),
+    ];
+    assert!(grew("outpost_http_requests_total", &missing) >= 1.0);
+    let timed = [("route", "/{db}/{docid}"), ("method", "GET")];
+    assert!(grew("outpost_http_request_duration_seconds_count", &timed) >= 4.0);
+    assert!(grew("outpost_documents_written_total", &[("kind", "created")]) >= 3.0);
+    assert!(grew("outpost_documents_read_total", &[]) >= 3.0);
+    assert!(grew("outpost_conflicts_detected_total", &[("policy", "manual")]) >= 1.0);
+    // No raw path or document id ever becomes a label.
+    assert!(
+        !after.contains("doc1") && !after.contains("opsdb"),
+        "{after}"
+    );
+}
+
+#[tokio::test]
+async fn the_request_id_is_echoed_or_generated() {
+    let s = TestServer::new();
+    let (_, headers, _) = s
+        .raw("GET", "/_up", &[("x-request-id", "client-42")], None)
+        .await;
+    assert_eq!(headers["x-request-id"], "client-42");
+    let (_, headers, _) = s.raw("GET", "/_up", &[], None).await;
+    let generated = headers["x-request-id"].to_str().unwrap();
+    assert_eq!(generated.len(), 32, "{generated}");
+    let (_, headers, _) = s
+        .raw(
+            "GET",
+            "/_up",
+            &[("x-request-id", "forged\" level=\"error")],
+            None,
+        )
+        .await;
+    assert_ne!(headers["x-request-id"], "forged\" level=\"error");
+}
+
+#[tokio::test]
+async fn ready_until_shutdown_begins() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let shutdown = CancellationToken::new();
+    let s = TestServer {
+        router: app(AppState::new(store, Config::default(), shutdown.clone())),
+        dir,
+    };
+    let (status, body) = s.call("GET", "/_outpost/v1/ready", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"status": "ready"}));
+
+    shutdown.cancel();
+    let (status, headers, body) = s.raw("GET", "/_outpost/v1/ready", &[], None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "5");
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"], "service_unavailable", "{body}");
+}
+
+#[tokio::test]
+async fn ops_endpoints_refuse_writes() {
+    let s = TestServer::new();
+    let (status, _) = s.call("POST", "/_outpost/v1/metrics", None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, _) = s.call("DELETE", "/_outpost/v1/ready", None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
