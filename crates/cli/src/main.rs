@@ -14,6 +14,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to stderr: `pretty` for people, `json` (one object per line,
+    /// with the request's span) for log pipelines.
+    #[arg(long, global = true, env = "OUTPOST_LOG_FORMAT", value_enum, default_value_t = cmd::logging::LogFormat::Pretty)]
+    log_format: cmd::logging::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -32,7 +36,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    cmd::logging::init();
+    cmd::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -146,9 +146,9 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
         ["_scheduler", "jobs"] => crate::routes::scheduler::jobs(state, &req),
         ["_scheduler", "docs"] => crate::routes::scheduler::docs(state, &req),
         ["_active_tasks"] => crate::routes::scheduler::active_tasks(state, &req),
-        ["_outpost", "v1", "metrics"] => ops::metrics(&req),
+        ["_outpost", "v1", "metrics"] => ops::metrics(state, &req),
         // The conventional scrape path; it shadows `GET` of a database named `metrics`.
-        ["metrics"] if req.method == Method::GET => ops::metrics(&req),
+        ["metrics"] if req.method == Method::GET => ops::metrics(state, &req),
         ["_outpost", "v1", "ready"] => ops::ready(state, &req).await,
         [first, ..] if first.starts_with('_') && validate_db_name(first).is_err() => Err(
             ApiError::bad_request(format!("unknown server endpoint /{first}")),

@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// Longest delay between retries of a failed replication.
     #[arg(long, env = "OUTPOST_REPLICATION_RETRY_MAX", default_value = "60s", value_parser = parse_duration)]
     pub replication_retry_max: Duration,
+    /// On SIGINT/SIGTERM, how long requests in flight may take to finish before the server
+    /// stops anyway (live change feeds end at once).
+    #[arg(long, env = "OUTPOST_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -58,6 +62,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = SqliteStore::open(&args.data)
         .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
     let store = Arc::new(store);
+    outpost_telemetry::watch_database("sync", store.path().to_path_buf());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -68,7 +73,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ..Config::default()
     };
     let shutdown = super::shutdown::on_signal();
-    let state = AppState::new(store.clone(), config, shutdown);
+    let state = AppState::new(store.clone(), config, shutdown.clone());
     state
         .replications
         .set_settings(outpost_server::replication::Settings {
@@ -81,9 +86,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // checkpoints.
     outpost_server::replication::start_jobs(&state);
     tracing::info!(listen = %local, data = %args.data.display(), uuid = store.server_uuid_str(), "outpost is serving");
-    outpost_server::serve(listener, state)
-        .await
-        .context("server failed")?;
+    let grace = args.shutdown_grace;
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = outpost_server::serve(listener, state) => served.context("server failed")?,
+        () = deadline => tracing::warn!(
+            grace = ?grace,
+            "requests still in flight after the shutdown grace period; stopping anyway"
+        ),
+    }
     store.close();
     tracing::info!("stopped");
     Ok(())

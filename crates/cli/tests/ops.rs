@@ -1,0 +1,429 @@
+//! Operating `outpost serve` as a process: the Prometheus rules and the scraped exposition pass
+//! `promtool`, metrics move under a small workload, JSON log lines carry the request id, and
+//! SIGTERM during live change feeds exits 0 without losing an acknowledged write.
+//!
+//! `promtool` comes with Debian's `prometheus` package (`apt-get install prometheus`); where it is
+//! not on `PATH` the promtool checks say so on stderr and are skipped, the rest still runs.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_outpost");
+
+/// Most time `outpost serve` may take to stop after SIGTERM (its own grace period is 10 s).
+const EXIT_DEADLINE: Duration = Duration::from_secs(30);
+
+struct Server {
+    child: Child,
+    base: String,
+    log: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `outpost serve` on `data`, logging JSON at `info` into `log`.
+async fn start(data: &Path, log: PathBuf) -> Server {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["serve", "--log-format", "json", "--data"])
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("OUTPOST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("{base}/_up")).await.is_err() {
+        assert!(Instant::now() < deadline, "outpost did not start on {base}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Server { child, base, log }
+}
+
+async fn call(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method, url);
+    if let Some(body) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn scrape(base: &str) -> String {
+    let resp = reqwest::get(format!("{base}/_outpost/v1/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap()
+}
+
+/// The sum of every sample of `name` whose labels include all of `labels`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// `promtool` on `PATH`, or `None` after saying on stderr that its checks are skipped.
+fn promtool(check: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("promtool"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        eprintln!(
+            "SKIPPED: {check}: promtool is not on PATH (install Debian's `prometheus` package)"
+        );
+    }
+    found
+}
+
+fn ops_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/prometheus")
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_unit_tests() {
+    let Some(promtool) = promtool("promtool check rules / test rules") else {
+        return;
+    };
+    let dir = ops_dir();
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts.test.yml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_move_under_a_small_workload_and_pass_promtool() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("data"), dir.path().join("log")).await;
+    let base = &server.base;
+    let before = scrape(base).await;
+
+    call(reqwest::Method::PUT, &format!("{base}/notes"), None).await;
+    for i in 0..5 {
+        let url = format!("{base}/notes/n{i}");
+        let (status, _) = call(reqwest::Method::PUT, &url, Some(json!({"i": i}))).await;
+        assert_eq!(status, 201);
+        let (status, _) = call(reqwest::Method::GET, &url, None).await;
+        assert_eq!(status, 200);
+    }
+    // A live feed held open while scraping.
+    let feed = reqwest::get(format!(
+        "{base}/notes/_changes?feed=continuous&heartbeat=1000"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(feed.status(), 200);
+    let after = scrape(base).await;
+
+    let grew = |name: &str, labels: &[(&str, &str)]| {
+        sample(&after, name, labels) - sample(&before, name, labels)
+    };
+    let puts = [
+        ("route", "/{db}/{docid}"),
+        ("method", "PUT"),
+        ("status", "201"),
+    ];
+    assert_eq!(grew("outpost_http_requests_total", &puts), 5.0, "{after}");
+    let gets = [("route", "/{db}/{docid}"), ("method", "GET")];
+    assert_eq!(
+        grew("outpost_http_request_duration_seconds_count", &gets),
+        5.0
+    );
+    assert_eq!(
+        grew("outpost_documents_written_total", &[("kind", "created")]),
+        5.0
+    );
+    assert_eq!(grew("outpost_documents_read_total", &[]), 5.0);
+    assert_eq!(
+        sample(
+            &after,
+            "outpost_changes_feeds_open",
+            &[("feed", "continuous")]
+        ),
+        1.0
+    );
+    assert!(
+        sample(
+            &after,
+            "outpost_storage_database_bytes",
+            &[("store", "sync")]
+        ) > 0.0
+    );
+    assert!(sample(&after, "outpost_process_resident_memory_bytes", &[]) > 0.0);
+    assert!(sample(&after, "outpost_process_open_fds", &[]) > 0.0);
+
+    // The feed's end is counted too: the gauge is back to 0 once its client is gone.
+    drop(feed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = scrape(base).await;
+        if sample(
+            &now,
+            "outpost_changes_feeds_open",
+            &[("feed", "continuous")],
+        ) == 0.0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed feed is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let Some(promtool) = promtool("promtool check metrics") else {
+        return;
+    };
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut check.stdin.take().unwrap(), after.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n{after}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn json_log_lines_parse_and_carry_the_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("data"), dir.path().join("log")).await;
+    let base = &server.base;
+    let client = reqwest::Client::new();
+    client.put(format!("{base}/logs")).send().await.unwrap();
+    let resp = client
+        .put(format!("{base}/logs/private-id"))
+        .header("x-request-id", "ops-test-42")
+        .header("authorization", "Basic c2VjcmV0LXVzZXI6aHVudGVyMg==")
+        .header("content-type", "application/json")
+        .body(r#"{"secret":"body-marker-7f3a"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["x-request-id"], "ops-test-42");
+
+    let log = read_log_until(&server.log, "ops-test-42").await;
+    let mut ours = 0;
+    for line in log.lines() {
+        let entry: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        assert!(
+            entry["level"].is_string() && entry["timestamp"].is_string(),
+            "{line}"
+        );
+        if entry["span"]["request_id"] == "ops-test-42" {
+            ours += 1;
+            assert_eq!(entry["span"]["route"], "/{db}/{docid}", "{line}");
+            assert_eq!(entry["span"]["method"], "PUT", "{line}");
+            assert_eq!(entry["status"], 201, "{line}");
+        }
+    }
+    assert!(ours >= 1, "no line carries the request id:\n{log}");
+    for secret in ["body-marker-7f3a", "c2VjcmV0", "hunter2", "private-id"] {
+        assert!(!log.contains(secret), "the log shows `{secret}`:\n{log}");
+    }
+}
+
+/// The log file's content once it mentions `needle` (lines are flushed as they are written,
+/// but the request may be answered before its log line is).
+async fn read_log_until(path: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{needle}` never logged:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_during_change_feeds_exits_0_and_keeps_acknowledged_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = start(&data, dir.path().join("log")).await;
+    let base = server.base.clone();
+    call(reqwest::Method::PUT, &format!("{base}/live"), None).await;
+
+    // Change feeds of every live kind, read until they end.
+    let mut feeds = Vec::new();
+    call(reqwest::Method::PUT, &format!("{base}/quiet"), None).await;
+    // The longpoll watches a database nobody writes to, so it is still waiting at the signal.
+    for (db, kind) in [
+        ("live", "continuous"),
+        ("live", "eventsource"),
+        ("quiet", "longpoll"),
+        ("live", "continuous"),
+    ] {
+        let url =
+            format!("{base}/{db}/_changes?feed={kind}&since=now&heartbeat=500&timeout=600000");
+        let resp = reqwest::get(url).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        feeds.push((
+            kind,
+            tokio::spawn(async move {
+                let mut resp = resp;
+                let mut body = Vec::new();
+                while let Some(chunk) = resp.chunk().await? {
+                    body.extend_from_slice(&chunk);
+                }
+                Ok::<_, reqwest::Error>(body)
+            }),
+        ));
+    }
+
+    // Writers keep going through the signal; only the writes answered 201 count.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let base = base.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut acked = Vec::new();
+                for i in 0.. {
+                    let id = format!("w{w}-{i}");
+                    let sent = client
+                        .put(format!("{base}/live/{id}"))
+                        .header("content-type", "application/json")
+                        .body(json!({"i": i}).to_string())
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(resp) if resp.status() == 201 => acked.push(id),
+                        _ => break,
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let open = sample(&scrape(&base).await, "outpost_changes_feeds_open", &[]);
+    assert_eq!(open, 4.0, "the feeds are not all open before the signal");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            started.elapsed() < EXIT_DEADLINE,
+            "outpost serve did not exit within {EXIT_DEADLINE:?} of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "outpost serve exited with {exit}");
+
+    for (kind, feed) in feeds {
+        let body = feed
+            .await
+            .unwrap()
+            .expect("a feed was cut instead of ended");
+        let body = String::from_utf8(body).unwrap();
+        // JSON feeds end with their `last_seq`, so a client resumes where it stopped.
+        if kind != "eventsource" {
+            assert!(
+                body.contains("\"last_seq\""),
+                "{kind} feed ended without last_seq: {body}"
+            );
+        }
+    }
+    let mut acked = Vec::new();
+    for writer in writers {
+        acked.extend(writer.await.unwrap());
+    }
+    assert!(
+        !acked.is_empty(),
+        "no write was acknowledged before the signal"
+    );
+
+    // Every acknowledged write is there after a restart on the same data.
+    let server = start(&data, dir.path().join("log2")).await;
+    let (status, all) = call(
+        reqwest::Method::POST,
+        &format!("{}/live/_all_docs", server.base),
+        Some(json!({ "keys": acked })),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let rows = all["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), acked.len());
+    for row in rows {
+        assert!(
+            row["value"]["rev"].is_string(),
+            "lost an acknowledged write: {row}"
+        );
+    }
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    for line in BufReader::new(log.as_bytes()).lines() {
+        let line = line.unwrap();
+        let entry: Value = serde_json::from_str(&line).unwrap();
+        assert_ne!(entry["level"], "ERROR", "{line}");
+    }
+}
