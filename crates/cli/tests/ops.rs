@@ -112,6 +112,28 @@ fn promtool(check: &str) -> Option<PathBuf> {
     found
 }
 
+/// Runs `promtool check metrics` on a scraped exposition (linting names, types and help).
+fn check_metrics(text: &str, what: &str) {
+    let Some(promtool) = promtool(&format!("promtool check metrics ({what})")) else {
+        return;
+    };
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut check.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics ({what}) failed:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn ops_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/prometheus")
 }
@@ -221,24 +243,7 @@ async fn metrics_move_under_a_small_workload_and_pass_promtool() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let Some(promtool) = promtool("promtool check metrics") else {
-        return;
-    };
-    let mut check = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut check.stdin.take().unwrap(), after.as_bytes()).unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n{after}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    check_metrics(&after, "sync server");
 }
 
 #[tokio::test]
@@ -426,4 +431,85 @@ async fn sigterm_during_change_feeds_exits_0_and_keeps_acknowledged_writes() {
         let entry: Value = serde_json::from_str(&line).unwrap();
         assert_ne!(entry["level"], "ERROR", "{line}");
     }
+}
+
+#[tokio::test]
+async fn gateway_metrics_and_readiness_while_the_upstream_is_down() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let nobody = free_port();
+    let mut child = Command::new(BIN)
+        .args([
+            "gateway",
+            "--upstream",
+            &format!("http://127.0.0.1:{nobody}"),
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(dir.path())
+        .args(["--admin-token", "ops-token", "--probe-interval", "100ms"])
+        .env("OUTPOST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        if let Ok(resp) = client.get(format!("{base}/_outpost/v1/ready")).send().await {
+            let body: Value = resp.json().await.unwrap();
+            if body["upstream"] == "down" {
+                break body;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never saw its upstream down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Down upstream, yet ready: this is when the gateway must keep taking writes.
+    assert_eq!(ready["status"], "ready");
+
+    let resp = client
+        .post(format!("{base}/orders"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let resp = client
+        .get(format!("{base}/_outpost/v1/metrics"))
+        .bearer_auth("ops-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+
+    assert_eq!(
+        sample(&text, "outpost_gateway_upstream_up", &[]),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(sample(&text, "outpost_gateway_queue_pending", &[]), 1.0);
+    assert_eq!(sample(&text, "outpost_gateway_queued_total", &[]), 1.0);
+    assert_eq!(
+        sample(&text, "outpost_gateway_enqueue_duration_seconds_count", &[]),
+        1.0
+    );
+    assert!(
+        sample(
+            &text,
+            "outpost_gateway_queue_oldest_pending_age_seconds",
+            &[]
+        ) >= 0.0
+    );
+    assert!(text.contains("# TYPE outpost_gateway_queue_oldest_pending_age_seconds gauge"));
+    let queue_file = [("store", "gateway_queue")];
+    assert!(sample(&text, "outpost_storage_database_bytes", &queue_file) > 0.0);
+
+    check_metrics(&text, "gateway");
 }

@@ -2,7 +2,8 @@
 //! `{"error","reason"}` answers.
 //!
 //! `GET {prefix}v1/queue/{id}` is open to whoever holds the id (an unguessable UUID handed out
-//! in the `Location` of the 202), so a client can follow its own request. Everything else
+//! in the `Location` of the 202), so a client can follow its own request, and
+//! `GET {prefix}v1/ready` to load-balancer probes. Everything else
 //! (listing, retry, drop, gateway status, metrics) is the admin part and needs
 //! `Authorization: Bearer <admin token>`; without a configured token it is disabled.
 
@@ -191,6 +192,7 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route(&format!("{p}v1/queue/{{id}}/retry"), post(retry))
         .route(&format!("{p}v1/gateway"), get(gateway))
         .route(&format!("{p}v1/metrics"), get(metrics))
+        .route(&format!("{p}v1/ready"), get(ready))
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
@@ -289,12 +291,132 @@ async fn metrics(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     s.authorize(&headers)?;
+    publish_metrics(&s).await?;
+    Ok((
+        [(header::CONTENT_TYPE, outpost_telemetry::CONTENT_TYPE)],
+        outpost_telemetry::render(),
+    )
+        .into_response())
+}
+
+/// Readiness, open to probes: 200 while the queue answers, whatever the upstream's state (a
+/// gateway whose upstream is down is doing its job by taking writes, so a balancer must keep
+/// sending them), which the body reports; 503 with `Retry-After` when the queue does not answer.
+async fn ready(State(s): State<Arc<AdminState>>) -> Result<Response, ApiError> {
+    if let Err(e) = s.queue.stats().await {
+        tracing::warn!(error = %e, "readiness check: the queue does not answer");
+        return Err(ApiError::Unavailable {
+            reason: "the queue does not answer".into(),
+            retry_after: 5,
+        });
+    }
+    let upstream = s
+        .health
+        .as_ref()
+        .map(|h| if h.is_up() { "up" } else { "down" });
+    Ok(axum::Json(json!({ "status": "ready", "upstream": upstream })).into_response())
+}
+
+/// Copies the gateway's counters and the queue's state into the process-wide `metrics`
+/// registry, which the scrape then renders with everything else the process records (the
+/// enqueue latency, the queue file's size, memory and descriptors).
+async fn publish_metrics(s: &AdminState) -> Result<(), ApiError> {
+    use metrics::{counter, gauge};
+    // Usually installed at start (`outpost gateway` does); an embedding that did not gets
+    // the gateway's series from its first scrape on.
+    outpost_telemetry::install();
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(describe_metrics);
+    let c = s.stats.snapshot();
+    for (name, value) in [
+        ("outpost_gateway_passed_total", c.passed),
+        ("outpost_gateway_queued_total", c.queued),
+        ("outpost_gateway_deduplicated_total", c.deduplicated),
+        ("outpost_gateway_delivered_total", c.delivered),
+        ("outpost_gateway_retried_total", c.retried),
+        ("outpost_gateway_dead_lettered_total", c.dead_lettered),
+        (
+            "outpost_gateway_queue_full_rejections_total",
+            c.rejected_full,
+        ),
+        ("outpost_gateway_stale_served_total", c.stale_served),
+        ("outpost_gateway_unavailable_total", c.unavailable),
+    ] {
+        counter!(name).absolute(value);
+    }
+    let q = s.queue.stats().await?;
     let up = s.health.as_ref().is_none_or(|h| h.is_up());
-    let text = s
-        .stats
-        .snapshot()
-        .prometheus(up, s.queue.pending_count(), s.queue.stored_bytes());
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+    let oldest = q.oldest_pending_ms.map_or(0, |t| (now_ms() - t).max(0));
+    gauge!("outpost_gateway_upstream_up").set(if up { 1.0 } else { 0.0 });
+    gauge!("outpost_gateway_queue_pending").set(q.pending as f64);
+    gauge!("outpost_gateway_queue_dead").set(q.dead as f64);
+    gauge!("outpost_gateway_queue_stored_bytes").set(q.stored_bytes as f64);
+    gauge!("outpost_gateway_queue_oldest_pending_age_seconds").set(oldest as f64 / 1000.0);
+    Ok(())
+}
+
+fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "outpost_gateway_passed_total",
+        "Requests passed through to the upstream."
+    );
+    describe_counter!(
+        "outpost_gateway_queued_total",
+        "Writes made durable in the queue."
+    );
+    describe_counter!(
+        "outpost_gateway_deduplicated_total",
+        "Writes answered with an already queued entry."
+    );
+    describe_counter!(
+        "outpost_gateway_delivered_total",
+        "Queued writes delivered."
+    );
+    describe_counter!(
+        "outpost_gateway_retried_total",
+        "Delivery attempts scheduled for retry."
+    );
+    describe_counter!(
+        "outpost_gateway_dead_lettered_total",
+        "Entries moved to the dead-letter queue."
+    );
+    describe_counter!(
+        "outpost_gateway_queue_full_rejections_total",
+        "Writes refused because the queue was full."
+    );
+    describe_counter!(
+        "outpost_gateway_stale_served_total",
+        "Reads answered from the stale cache."
+    );
+    describe_counter!(
+        "outpost_gateway_unavailable_total",
+        "Reads refused while the upstream was down."
+    );
+    describe_gauge!(
+        "outpost_gateway_upstream_up",
+        "Whether the upstream is believed up (1) or down (0)."
+    );
+    describe_gauge!(
+        "outpost_gateway_queue_pending",
+        "Entries waiting for delivery."
+    );
+    describe_gauge!("outpost_gateway_queue_dead", "Dead-lettered entries kept.");
+    describe_gauge!(
+        "outpost_gateway_queue_stored_bytes",
+        Unit::Bytes,
+        "Bytes of queued requests held."
+    );
+    describe_gauge!(
+        "outpost_gateway_queue_oldest_pending_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest pending entry; 0 when none is pending."
+    );
+    describe_histogram!(
+        "outpost_gateway_enqueue_duration_seconds",
+        Unit::Seconds,
+        "Time to make a write durable in the queue (encryption, group commit, fsync)."
+    );
 }
 
 /// The JSON form of an entry for the status URL: state and history, the request line, and the

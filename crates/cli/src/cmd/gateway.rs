@@ -190,6 +190,10 @@ impl GatewayOptions {
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let config = args.options.config()?;
+    outpost_telemetry::watch_database(
+        "gateway_queue",
+        config.data_dir.join(outpost_gateway::queue::DB_FILE),
+    );
     let shutdown = super::shutdown::on_signal();
     let gateway = Gateway::bind(config)
         .await

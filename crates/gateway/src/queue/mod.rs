@@ -333,6 +333,7 @@ impl Queue {
 
     /// Makes `entry` durable. Returns once it is committed to disk.
     pub async fn enqueue(&self, entry: NewEntry) -> Result<Enqueued> {
+        let started = std::time::Instant::now();
         let id = uuid::Uuid::new_v4().to_string();
         let plain = entry.request.encode();
         let bytes = plain.len() as i64;
@@ -356,7 +357,10 @@ impl Queue {
             reply,
         })
         .await?;
-        rx.await.map_err(|_| Error::Closed)?
+        let enqueued = rx.await.map_err(|_| Error::Closed)?;
+        metrics::histogram!("outpost_gateway_enqueue_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        enqueued
     }
 
     /// Whether entries with this ordering key are waiting, so a new write must queue behind them.
