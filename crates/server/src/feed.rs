@@ -287,7 +287,8 @@ pub fn respond(state: &AppState, db: String, opts: FeedOpts) -> Response {
     };
     let task_state = state.clone();
     let open = crate::observe::OpenFeed::start(&opts.kind);
-    state.tasks.spawn(async move {
+    // The feed outlives the handler; instrumented, its log lines keep the request's id.
+    let feed = async move {
         let _open = open;
         let out = Out { tx: tx.clone() };
         if let Err(e) = run(&task_state, &db, opts, &out).await {
@@ -297,7 +298,10 @@ pub fn respond(state: &AppState, db: String, opts: FeedOpts) -> Response {
                 let _ = tx.send(Err(std::io::Error::other("feed failed"))).await;
             }
         }
-    });
+    };
+    state
+        .tasks
+        .spawn(tracing::Instrument::in_current_span(feed));
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
     let mut response = Response::new(Body::from_stream(stream));
     response
