@@ -29,6 +29,7 @@ pub struct Req {
     /// (a body is `Send` but not `Sync`); it is never contended.
     body: std::sync::Mutex<Option<Body>>,
     max_body: usize,
+    body_timeout: std::time::Duration,
 }
 
 impl Req {
@@ -40,21 +41,26 @@ impl Req {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .unwrap_or_default();
-        axum::body::to_bytes(body, self.max_body)
-            .await
-            .map_err(|e| {
-                let too_large = std::error::Error::source(&e)
-                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                    || e.to_string().contains("length limit");
-                if too_large {
-                    ApiError::TooLarge(format!(
-                        "request body is larger than {} bytes",
-                        self.max_body
-                    ))
-                } else {
-                    ApiError::bad_request("could not read the request body")
-                }
-            })
+        // A client that stops sending mid-body must not hold a connection (and its memory)
+        // forever.
+        let read =
+            tokio::time::timeout(self.body_timeout, axum::body::to_bytes(body, self.max_body));
+        let Ok(read) = read.await else {
+            return Err(ApiError::RequestTimeout);
+        };
+        read.map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            if too_large {
+                ApiError::TooLarge(format!(
+                    "request body is larger than {} bytes",
+                    self.max_body
+                ))
+            } else {
+                ApiError::bad_request("could not read the request body")
+            }
+        })
     }
 
     /// The body parsed as JSON; the content type, when given, must be JSON.
@@ -135,6 +141,7 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
         query: Query::parse(parts.uri.query())?,
         body: std::sync::Mutex::new(Some(body)),
         max_body: state.config.max_body_bytes,
+        body_timeout: state.config.body_read_timeout,
     };
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     match segs.as_slice() {

@@ -46,6 +46,9 @@ pub enum ApiError {
     /// A feature Outpost does not have (yet), named in the reason.
     #[error("{0}")]
     NotImplemented(String),
+    /// The request body did not arrive in time.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     /// The store is closing.
     #[error("the server is shutting down")]
     Unavailable,
@@ -83,6 +86,7 @@ impl ApiError {
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::BadContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_content_type"),
             ApiError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
+            ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error"),
         }

@@ -42,6 +42,9 @@ pub const COUCHDB_VERSION: &str = "3.3.3";
 pub struct Config {
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive; a client that stops sending mid-body gets
+    /// 408 instead of holding its connection forever.
+    pub body_read_timeout: Duration,
     /// Largest accepted request head (request line and headers).
     pub max_header_bytes: usize,
     /// Origins allowed by CORS; `None` echoes any origin.
@@ -54,6 +57,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             max_body_bytes: 64 * 1024 * 1024,
+            body_read_timeout: Duration::from_secs(120),
             max_header_bytes: 64 * 1024,
             cors_origins: None,
             max_connections: 4096,

@@ -161,3 +161,36 @@ async fn bodies_over_the_limit_are_refused_with_413() {
     s.expect("PUT", "/db/d", Some(json!({"small": true})), 201)
         .await;
 }
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(outpost_store::sqlite::SqliteStore::open(dir.path()).unwrap());
+    let config = Config {
+        body_read_timeout: std::time::Duration::from_millis(300),
+        ..Config::default()
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let state = outpost_server::AppState::new(store, config, shutdown.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(outpost_server::serve(listener, state));
+
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Promises 100 bytes, sends 2, then goes quiet.
+    conn.write_all(b"PUT /db/d HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nContent-Type: application/json\r\n\r\n{}")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conn.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the server kept waiting for the body");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    shutdown.cancel();
+}
