@@ -463,61 +463,23 @@ fn resolve_automatically(
         "superseded": resolution.superseded().iter().map(Rev::to_string).collect::<Vec<_>>(),
     })
     .to_string();
-    let mut was = Some(was_deleted);
-    if let Some((rev, body)) = &resolution.merged {
-        tree.add_edit(Some(&resolution.winner), rev.clone(), false)
-            .map_err(|_| {
-                StoreError::Corrupt(format!("resolution of {id} does not extend a leaf"))
-            })?;
-        let Value::Object(body) = body else {
+    let kept = match &resolution.merged {
+        Some((rev, Value::Object(body))) => Some((rev, body)),
+        Some(_) => {
             return Err(StoreError::Corrupt(format!(
                 "merged body of {id} is not an object"
             )));
-        };
-        let revision = NewRevision {
-            rev,
-            parent: Some(&resolution.winner),
-            deleted: false,
-            body,
-            kind: "resolved",
-        };
-        commit_revision(
-            tx,
-            state,
-            id,
-            &mut tree,
-            &mut was,
-            &revision,
-            &Origin::Resolver,
-            Some(&detail),
-            now,
-        )?;
-    }
-    let empty = Map::new();
-    for (loser, tombstone) in &resolution.tombstones {
-        tree.add_edit(Some(loser), tombstone.clone(), true)
-            .map_err(|_| {
-                StoreError::Corrupt(format!("resolution of {id} does not extend a leaf"))
-            })?;
-        let revision = NewRevision {
-            rev: tombstone,
-            parent: Some(loser),
-            deleted: true,
-            body: &empty,
-            kind: "resolved",
-        };
-        commit_revision(
-            tx,
-            state,
-            id,
-            &mut tree,
-            &mut was,
-            &revision,
-            &Origin::Resolver,
-            Some(&detail),
-            now,
-        )?;
-    }
+        }
+        None => None,
+    };
+    let written = Resolved {
+        winner: &resolution.winner,
+        kept,
+        tombstones: &resolution.tombstones,
+        origin: &Origin::Resolver,
+        detail: &detail,
+    };
+    commit_resolution(tx, state, id, &mut tree, Some(was_deleted), &written, now)?;
     Ok(())
 }
 
@@ -570,7 +532,7 @@ fn apply_manual_resolution(
         store_attachment(tx, att)?;
     }
     let rev = hash::next_rev_of_fields(Some(&winner), false, &body);
-    if tree.add_edit(Some(&winner), rev.clone(), false).is_err() {
+    if tree.contains(&rev) {
         return Ok(Err(DocError::Conflict));
     }
     let detail = serde_json::json!({
@@ -578,53 +540,92 @@ fn apply_manual_resolution(
         "superseded": live.iter().map(Rev::to_string).collect::<Vec<_>>(),
     })
     .to_string();
-    let mut was = Some(was_deleted);
-    let revision = NewRevision {
-        rev: &rev,
-        parent: Some(&winner),
-        deleted: false,
-        body: &body,
-        kind: "resolved",
+    let tombstones: Vec<(Rev, Rev)> = live
+        .iter()
+        .filter(|r| **r != winner)
+        .map(|loser| {
+            (
+                loser.clone(),
+                hash::next_rev_of_fields(Some(loser), true, &Map::new()),
+            )
+        })
+        .collect();
+    let written = Resolved {
+        winner: &winner,
+        kept: Some((&rev, &body)),
+        tombstones: &tombstones,
+        origin: &update.origin,
+        detail: &detail,
     };
-    commit_revision(
+    commit_resolution(
         tx,
         &mut state,
         id,
         &mut tree,
-        &mut was,
-        &revision,
-        &update.origin,
-        Some(&detail),
+        Some(was_deleted),
+        &written,
         now,
     )?;
+    save_state(tx, &state)?;
+    Ok(Ok(rev))
+}
+
+/// The revisions one resolution writes.
+struct Resolved<'a> {
+    winner: &'a Rev,
+    /// The body kept, written as a child of `winner` (absent when the winner stays as it is).
+    kept: Option<(&'a Rev, &'a Map<String, Value>)>,
+    /// (losing leaf, its tombstone).
+    tombstones: &'a [(Rev, Rev)],
+    origin: &'a Origin,
+    /// The event detail: policy and superseded leaves.
+    detail: &'a str,
+}
+
+/// Adds a resolution's revisions to the tree and stores each as a `resolved` event.
+fn commit_resolution(
+    tx: &Connection,
+    state: &mut DbState,
+    id: &str,
+    tree: &mut RevTree,
+    was_deleted: Option<bool>,
+    resolved: &Resolved<'_>,
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut was = was_deleted;
     let empty = Map::new();
-    for loser in live.iter().filter(|r| **r != winner) {
-        let tombstone = hash::next_rev(Some(loser), true, &Value::Object(Map::new()));
-        tree.add_edit(Some(loser), tombstone.clone(), true)
+    let kept = resolved
+        .kept
+        .map(|(rev, body)| (rev, resolved.winner, false, body));
+    let tombstones = resolved
+        .tombstones
+        .iter()
+        .map(|(loser, tomb)| (tomb, loser, true, &empty));
+    for (rev, parent, deleted, body) in kept.into_iter().chain(tombstones) {
+        tree.add_edit(Some(parent), rev.clone(), deleted)
             .map_err(|_| {
                 StoreError::Corrupt(format!("resolution of {id} does not extend a leaf"))
             })?;
         let revision = NewRevision {
-            rev: &tombstone,
-            parent: Some(loser),
-            deleted: true,
-            body: &empty,
+            rev,
+            parent: Some(parent),
+            deleted,
+            body,
             kind: "resolved",
         };
         commit_revision(
             tx,
-            &mut state,
+            state,
             id,
-            &mut tree,
+            tree,
             &mut was,
             &revision,
-            &update.origin,
-            Some(&detail),
+            resolved.origin,
+            Some(resolved.detail),
             now,
         )?;
     }
-    save_state(tx, &state)?;
-    Ok(Ok(rev))
+    Ok(())
 }
 
 fn apply_doc(
