@@ -268,7 +268,13 @@ fn revs_json(revs: &[Rev]) -> Value {
 }
 
 /// `{"_id":…,"_rev":…,` + the stored body + extras, without parsing the body.
-pub fn splice(id: &str, rev: &Rev, deleted: bool, body: &str, extras: &[(&str, Value)]) -> String {
+pub fn splice(
+    id: &str,
+    rev: &dyn std::fmt::Display,
+    deleted: bool,
+    body: &str,
+    extras: &[(&str, Value)],
+) -> String {
     let inner = body.trim();
     let inner = inner
         .strip_prefix('{')

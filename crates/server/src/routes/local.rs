@@ -30,7 +30,8 @@ pub async fn handle(
                 .local_doc(db, id)
                 .await?
                 .ok_or_else(ApiError::missing)?;
-            let text = splice_local(id, doc.rev, &doc.body);
+            let text =
+                crate::docjson::splice(id, &format_args!("0-{}", doc.rev), false, &doc.body, &[]);
             Ok(ok(text))
         }
         Method::PUT => {
@@ -71,24 +72,4 @@ pub async fn handle(
         }
         _ => Err(not_allowed("Only DELETE,GET,HEAD,PUT allowed")),
     }
-}
-
-/// `{"_id":…,"_rev":"0-N",` + the stored body.
-fn splice_local(id: &str, rev: u64, body: &str) -> String {
-    let inner = body
-        .trim()
-        .strip_prefix('{')
-        .and_then(|b| b.strip_suffix('}'))
-        .unwrap_or("")
-        .trim();
-    let mut out = format!(
-        "{{\"_id\":{},\"_rev\":\"0-{rev}\"",
-        Value::String(id.to_owned())
-    );
-    if !inner.is_empty() {
-        out.push(',');
-        out.push_str(inner);
-    }
-    out.push('}');
-    out
 }
