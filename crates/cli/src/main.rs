@@ -18,6 +18,10 @@ struct Cli {
     /// with the request's span) for log pipelines.
     #[arg(long, global = true, env = "OUTPOST_LOG_FORMAT", value_enum, default_value_t = cmd::logging::LogFormat::Pretty)]
     log_format: cmd::logging::LogFormat,
+    /// A TOML file of settings, one table per command (`[serve]`, `[gateway]`); flags and
+    /// environment variables take precedence over it. See docs/configuration.md.
+    #[arg(long, global = true, env = "OUTPOST_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -32,10 +36,18 @@ enum Command {
     Replicate(cmd::replicate::ReplicateArgs),
     /// Check and maintain the databases of a data directory.
     Db(cmd::db::DbArgs),
+    /// Check or show the configuration given by --config, the environment and flags.
+    Config(cmd::config::ConfigArgs),
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match cmd::config::parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("outpost: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     cmd::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -54,6 +66,7 @@ fn main() -> std::process::ExitCode {
             Command::Queue(args) => cmd::queue::run(args).await,
             Command::Replicate(args) => cmd::replicate::run(args).await,
             Command::Db(args) => cmd::db::run(args).await,
+            Command::Config(args) => cmd::config::run(args, cli.config.as_deref()),
         }
     });
     match result {

@@ -50,7 +50,7 @@ pub async fn layer(request: Request, next: Next) -> Response {
     span.in_scope(|| {
         tracing::info!(
             status,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             "answered"
         )
     });
