@@ -153,10 +153,9 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
         ["_scheduler", "jobs"] => crate::routes::scheduler::jobs(state, &req),
         ["_scheduler", "docs"] => crate::routes::scheduler::docs(state, &req),
         ["_active_tasks"] => crate::routes::scheduler::active_tasks(state, &req),
-        ["_outpost", "v1", "metrics"] => ops::metrics(state, &req),
+        ["_outpost", "v1", rest @ ..] => ops::route(state, rest, &req).await,
         // The conventional scrape path; it shadows `GET` of a database named `metrics`.
         ["metrics"] if req.method == Method::GET => ops::metrics(state, &req),
-        ["_outpost", "v1", "ready"] => ops::ready(state, &req).await,
         [first, ..] if first.starts_with('_') && validate_db_name(first).is_err() => Err(
             ApiError::bad_request(format!("unknown server endpoint /{first}")),
         ),
@@ -239,6 +238,7 @@ pub fn template(raw_path: &str) -> &'static str {
         ["_outpost", "v1", "metrics"] => "/_outpost/v1/metrics",
         ["metrics"] => "/metrics",
         ["_outpost", "v1", "ready"] => "/_outpost/v1/ready",
+        ["_outpost", "v1", "openapi.json"] => "/_outpost/v1/openapi.json",
         [first, ..] if first.starts_with('_') && validate_db_name(first).is_err() => "unknown",
         [_] => "/{db}",
         [_, rest @ ..] => match rest {
@@ -275,6 +275,8 @@ mod tests {
             ("/_up", "/_up"),
             ("/_outpost/v1/metrics", "/_outpost/v1/metrics"),
             ("/_outpost/v1/ready", "/_outpost/v1/ready"),
+            ("/_outpost/v1/openapi.json", "/_outpost/v1/openapi.json"),
+            ("/_outpost/v1/secret-name", "unknown"),
             ("/_nonsense", "unknown"),
             ("/notes", "/{db}"),
             ("/notes/", "/{db}"),

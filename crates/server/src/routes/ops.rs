@@ -1,13 +1,15 @@
-//! Outpost's own operational endpoints: `GET /_outpost/v1/metrics` (and `GET /metrics`), the
-//! Prometheus exposition, and `GET /_outpost/v1/ready`, readiness for load balancers and
-//! orchestrators. Liveness is CouchDB's `GET /_up` ([`super::server::up`]).
+//! Outpost's own versioned API under `/_outpost/v1/`: `metrics` (also at `GET /metrics`), the
+//! Prometheus exposition; `ready`, readiness for load balancers and orchestrators; and
+//! `openapi.json`, the OpenAPI document of these routes, generated from the `#[utoipa::path]`
+//! attributes on their handlers. Liveness is CouchDB's `GET /_up` ([`super::server::up`]).
 
-use axum::response::Response;
 use std::time::SystemTime;
 
+use axum::response::Response;
 use http::{HeaderValue, Method, StatusCode, header};
 use metrics::{counter, gauge};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::OpenApi;
 
 use super::{json, not_allowed};
 use crate::dispatch::Req;
@@ -16,7 +18,40 @@ use crate::{ApiError, AppState};
 /// Seconds a client is told to wait before asking an unready server again.
 const RETRY_AFTER_SECONDS: u64 = 5;
 
-/// `GET /_outpost/v1/metrics`: every metric in the Prometheus text format.
+/// The OpenAPI document of `/_outpost/v1/`; a route missing from `paths` fails the test that
+/// compares it with [`route`].
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Outpost operations API",
+        description = "Outpost's own endpoints next to the CouchDB API: metrics, readiness, and this document."
+    ),
+    paths(metrics, ready, openapi),
+    components(schemas(ReadyBody, UnavailableBody))
+)]
+struct ApiDoc;
+
+/// `/_outpost/v1/{rest}`.
+pub async fn route(state: &AppState, rest: &[&str], req: &Req) -> Result<Response, ApiError> {
+    match rest {
+        ["metrics"] => metrics(state, req),
+        ["ready"] => ready(state, req).await,
+        ["openapi.json"] => openapi(req),
+        _ => Err(ApiError::NotFound(format!(
+            "no such resource /_outpost/v1/{}",
+            rest.join("/")
+        ))),
+    }
+}
+
+/// Every metric in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/_outpost/v1/metrics",
+    tag = "operations",
+    description = "Every metric in the Prometheus text format (docs/operations.md lists them). Also served at `GET /metrics`.",
+    responses((status = 200, description = "The exposition", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String))
+)]
 pub fn metrics(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     if req.method != Method::GET {
         return Err(not_allowed("Only GET, HEAD allowed"));
@@ -63,9 +98,36 @@ fn publish_replications(state: &AppState) {
     }
 }
 
-/// `GET /_outpost/v1/ready`: 200 while the store answers and the server is not shutting down,
-/// otherwise 503 with `Retry-After`, so a balancer stops sending traffic before the listener
-/// closes.
+/// The answer of a ready server.
+#[derive(Serialize, utoipa::ToSchema)]
+struct ReadyBody {
+    /// Always `ready`.
+    status: &'static str,
+}
+
+/// The answer of a server that is not ready.
+#[derive(Serialize, utoipa::ToSchema)]
+struct UnavailableBody {
+    /// Always `unavailable`.
+    status: &'static str,
+    /// Always `service_unavailable`.
+    error: &'static str,
+    /// Why: shutting down, or the store does not answer.
+    reason: String,
+}
+
+/// Readiness: 200 while the store answers and the server is not shutting down, otherwise 503
+/// with `Retry-After`, so a balancer stops sending traffic to a draining server.
+#[utoipa::path(
+    get,
+    path = "/_outpost/v1/ready",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready to serve", body = ReadyBody),
+        (status = 503, description = "Shutting down, or the store does not answer", body = UnavailableBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before asking again")))
+    )
+)]
 pub async fn ready(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     if req.method != Method::GET {
         return Err(not_allowed("Only GET, HEAD allowed"));
@@ -82,11 +144,19 @@ pub async fn ready(state: &AppState, req: &Req) -> Result<Response, ApiError> {
         }
     };
     Ok(match problem {
-        None => json(StatusCode::OK, json!({ "status": "ready" }).to_string()),
+        None => json(
+            StatusCode::OK,
+            serde_json::to_string(&ReadyBody { status: "ready" }).unwrap_or_default(),
+        ),
         Some(reason) => {
+            let body = UnavailableBody {
+                status: "unavailable",
+                error: "service_unavailable",
+                reason: reason.to_owned(),
+            };
             let mut response = json(
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({ "status": "unavailable", "error": "service_unavailable", "reason": reason }).to_string(),
+                serde_json::to_string(&body).unwrap_or_default(),
             );
             response
                 .headers_mut()
@@ -94,4 +164,21 @@ pub async fn ready(state: &AppState, req: &Req) -> Result<Response, ApiError> {
             response
         }
     })
+}
+
+/// This API's OpenAPI 3.1 document.
+#[utoipa::path(
+    get,
+    path = "/_outpost/v1/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json"))
+)]
+pub fn openapi(req: &Req) -> Result<Response, ApiError> {
+    if req.method != Method::GET {
+        return Err(not_allowed("Only GET, HEAD allowed"));
+    }
+    let text = ApiDoc::openapi()
+        .to_json()
+        .map_err(|e| ApiError::Internal(format!("cannot serialise the OpenAPI document: {e}")))?;
+    Ok(json(StatusCode::OK, text))
 }

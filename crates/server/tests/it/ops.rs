@@ -142,3 +142,56 @@ async fn ops_endpoints_refuse_writes() {
     let (status, _) = s.call("DELETE", "/_outpost/v1/ready", None).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_v1_route() {
+    let s = TestServer::new();
+    let (status, doc) = s.call("GET", "/_outpost/v1/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{doc}");
+    assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
+    let paths = doc["paths"].as_object().unwrap();
+
+    // The routes `ops::route` serves, read from its match arms, so a new route that is not in
+    // the document fails here.
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/routes/ops.rs"),
+    )
+    .unwrap();
+    let body = source
+        .split("pub async fn route(")
+        .nth(1)
+        .unwrap()
+        .split("\n}\n")
+        .next()
+        .unwrap();
+    let served: Vec<String> = body
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("[\"")?.split_once("\"] =>"))
+        .map(|(name, _)| format!("/_outpost/v1/{name}"))
+        .collect();
+    assert!(served.len() >= 3, "{served:?}");
+    for path in &served {
+        assert!(
+            paths.contains_key(path),
+            "{path} is served but not in the document"
+        );
+    }
+    // And everything documented is served, with a documented status.
+    for (path, item) in paths {
+        assert!(served.contains(path), "{path} is documented but not served");
+        let responses = item["get"]["responses"].as_object().unwrap();
+        let (status, _, _) = s.raw("GET", path, &[], None).await;
+        assert!(
+            responses.contains_key(status.as_str()),
+            "GET {path} answered {status}, not documented"
+        );
+    }
+    // Schemas referenced are defined.
+    let text = doc.to_string();
+    for schema in doc["components"]["schemas"].as_object().unwrap().keys() {
+        assert!(text.contains(&format!("#/components/schemas/{schema}")));
+    }
+    let (status, _) = s.call("GET", "/_outpost/v1/nothing", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
