@@ -41,8 +41,12 @@ fn free_port() -> u16 {
 
 /// Starts `outpost serve` on `data`, logging JSON at `info` into `log`.
 async fn start(data: &Path, log: PathBuf) -> Server {
+    start_on(data, log, free_port()).await
+}
+
+/// [`start`] on a given port.
+async fn start_on(data: &Path, log: PathBuf, port: u16) -> Server {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let port = free_port();
     let child = Command::new(BIN)
         .args(["serve", "--log-format", "json", "--data"])
         .arg(data)
@@ -574,4 +578,143 @@ async fn gateway_metrics_and_readiness_while_the_upstream_is_down() {
     assert!(sample(&text, "outpost_storage_database_bytes", &queue_file) > 0.0);
 
     check_metrics(&text, "gateway");
+}
+
+#[tokio::test]
+async fn sigterm_during_a_replication_exits_0_and_the_job_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = start(&data, dir.path().join("log")).await;
+    let base = server.base.clone();
+    call(reqwest::Method::PUT, &format!("{base}/src"), None).await;
+    call(reqwest::Method::PUT, &format!("{base}/_replicator"), None).await;
+    // A continuous job from a local database to the same server over HTTP.
+    let (status, body) = call(
+        reqwest::Method::PUT,
+        &format!("{base}/_replicator/to-dst"),
+        Some(json!({
+            "source": "src",
+            "target": format!("{base}/dst"),
+            "create_target": true,
+            "continuous": true,
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+
+    let client = reqwest::Client::new();
+    let mut acked = Vec::new();
+    for i in 0..40 {
+        let id = format!("r{i}");
+        let resp = client
+            .put(format!("{base}/src/{id}"))
+            .header("content-type", "application/json")
+            .body(json!({ "i": i }).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        acked.push(id);
+    }
+    // The job's series are there (and moving) before the signal.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = scrape(&base).await;
+        let job = [("replication", "to-dst")];
+        if sample(&text, "outpost_replication_docs_written_total", &job) > 0.0 {
+            assert!(text.contains("outpost_replication_checkpoint_age_seconds{"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replication progress:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // More writes while the job copies them and the signal arrives.
+    let writer = {
+        let base = base.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut acked = Vec::new();
+            for i in 40.. {
+                let id = format!("r{i}");
+                let sent = client
+                    .put(format!("{base}/src/{id}"))
+                    .header("content-type", "application/json")
+                    .body(json!({ "i": i }).to_string())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(resp) if resp.status() == 201 => acked.push(id),
+                    _ => break,
+                }
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            started.elapsed() < EXIT_DEADLINE,
+            "outpost serve did not exit within {EXIT_DEADLINE:?} of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "outpost serve exited with {exit}");
+    acked.extend(writer.await.unwrap());
+
+    // After a restart (on the same port: the job's target is a URL) the job resumes and the
+    // target ends with every acknowledged document.
+    let port = server.base.rsplit(':').next().unwrap().parse().unwrap();
+    let server = start_on(&data, dir.path().join("log2"), port).await;
+    let base = server.base.clone();
+    let target_url = format!("{base}/dst/_all_docs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, all) = call(
+            reqwest::Method::POST,
+            &target_url,
+            Some(json!({ "keys": acked })),
+        )
+        .await;
+        let complete = status == 200
+            && all["rows"]
+                .as_array()
+                .is_some_and(|rows| rows.iter().all(|r| r["value"]["rev"].is_string()));
+        if complete {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let missing: Vec<&Value> = all["rows"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| !r["value"]["rev"].is_string())
+                .collect();
+            let (_, src) = call(
+                reqwest::Method::POST,
+                &format!("{base}/src/_all_docs"),
+                Some(json!({ "keys": missing.iter().map(|r| &r["key"]).collect::<Vec<_>>() })),
+            )
+            .await;
+            let (_, jobs) = call(
+                reqwest::Method::GET,
+                &format!("{base}/_scheduler/docs"),
+                None,
+            )
+            .await;
+            panic!("the resumed job did not copy {missing:?}; in the source: {src}; jobs: {jobs}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
