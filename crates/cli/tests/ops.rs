@@ -9,6 +9,8 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -717,4 +719,156 @@ async fn sigterm_during_a_replication_exits_0_and_the_job_resumes() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Idempotency keys an upstream received; while `hang` is set it records and never answers.
+#[derive(Clone, Default)]
+struct HangingUpstream {
+    keys: Arc<Mutex<Vec<String>>>,
+    hang: Arc<AtomicBool>,
+}
+
+async fn hanging_upstream_on(listener: tokio::net::TcpListener, upstream: HangingUpstream) {
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let upstream = upstream.clone();
+        async move {
+            let key = headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            upstream.keys.lock().unwrap().push(key);
+            if upstream.hang.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            axum::http::StatusCode::CREATED
+        }
+    });
+    axum::serve(listener, app).await.unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_during_a_gateway_replay_exits_0_and_the_entry_is_delivered_later() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream_listener.local_addr().unwrap();
+    let port = free_port();
+    let gateway = |grace: &str| {
+        Command::new(BIN)
+            .args(["gateway", "--upstream", &format!("http://{upstream_addr}")])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(dir.path())
+            .args(["--probe-interval", "100ms", "--shutdown-grace", grace])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let wait_ready = async || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while client
+            .get(format!("{base}/_outpost/v1/ready"))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "the gateway did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
+    // Writes queued while nothing listens upstream.
+    drop(upstream_listener);
+    let mut child = gateway("2s");
+    wait_ready().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let resp = client
+            .post(format!("{base}/orders"))
+            .header("idempotency-key", format!("k{i}"))
+            .body(format!("{{\"n\":{i}}}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        ids.push(
+            resp.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+
+    // The upstream comes back, takes the first delivery and never answers it.
+    let upstream = HangingUpstream::default();
+    upstream.hang.store(true, Ordering::SeqCst);
+    let listener = tokio::net::TcpListener::bind(upstream_addr).await.unwrap();
+    let server = tokio::spawn(hanging_upstream_on(listener, upstream.clone()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while upstream.keys.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no delivery started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            started.elapsed() < EXIT_DEADLINE,
+            "the gateway did not exit within {EXIT_DEADLINE:?} of SIGTERM with a delivery hanging"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "the gateway exited with {exit}");
+
+    // Restarted with an upstream that answers, every acknowledged write is delivered.
+    upstream.hang.store(false, Ordering::SeqCst);
+    let mut child = gateway("10s");
+    wait_ready().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &ids {
+        loop {
+            let entry: Value = client
+                .get(format!("{base}/_outpost/v1/queue/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if entry["state"] == "done" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not delivered after restart: {entry}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let keys = upstream.keys.lock().unwrap().clone();
+    for i in 0..5 {
+        assert!(
+            keys.contains(&format!("k{i}")),
+            "k{i} never delivered: {keys:?}"
+        );
+    }
+    // The delivery cut by the shutdown went out again, with the same key.
+    let first = keys.iter().filter(|k| *k == &keys[0]).count();
+    assert!(
+        first >= 2,
+        "the interrupted delivery was not retried: {keys:?}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    server.abort();
 }
