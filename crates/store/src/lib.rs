@@ -71,6 +71,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// A document's revision tree and latest sequence, or `None` if it was never written.
     async fn doc(&self, db: &str, id: &str) -> Result<Option<DocRecord>, StoreError>;
+    /// Several documents' trees read from one snapshot, one per id in order (`None` for a
+    /// document never written): what `_revs_diff` and `_bulk_get` use instead of one
+    /// [`Store::doc`] per document, which costs a round trip to the blocking pool each.
+    async fn docs(&self, db: &str, ids: &[String]) -> Result<Vec<Option<DocRecord>>, StoreError>;
+    /// Stored bodies of revisions of several documents read from one snapshot, one per
+    /// `(id, rev)` in order (`None` when missing: stemmed or never received).
+    async fn bodies(
+        &self,
+        db: &str,
+        wanted: &[(String, Rev)],
+    ) -> Result<Vec<Option<StoredBody>>, StoreError>;
     /// Stored bodies of some revisions of one document (missing ones are absent: stemmed or
     /// never received).
     async fn rev_bodies(

@@ -18,11 +18,11 @@ use outpost_replicator::{
     Change, ChangesFilter, ChangesPage, ChangesRequest, DbInfo, DocRevs, Endpoint, Feed,
     ReplicationError, RevsDiffEntry, Seq, WriteFailure,
 };
-use outpost_store::{ChangesQuery, Origin, StoreError};
+use outpost_store::{ChangesQuery, DocRecord, Origin, StoreError};
 use serde_json::{Map, Value};
 
 use crate::docjson::{RenderOpts, parse_doc};
-use crate::routes::doc::{OpenRev, open_revs_entries};
+use crate::routes::doc::{OpenRev, open_revs_batch};
 use crate::{ApiError, AppState};
 
 /// Rows read from the store per page when a filter may leave some out.
@@ -298,16 +298,17 @@ impl Endpoint for LocalEndpoint {
         &self,
         revs: &BTreeMap<String, Vec<String>>,
     ) -> Result<BTreeMap<String, RevsDiffEntry>, ReplicationError> {
+        let ids: Vec<String> = revs.keys().cloned().collect();
+        let records = self
+            .state
+            .store
+            .docs(&self.db, &ids)
+            .await
+            .map_err(|e| self.store_error("revs_diff", e))?;
         let mut out = BTreeMap::new();
-        for (id, asked) in revs {
+        for ((id, asked), record) in revs.iter().zip(records) {
             let asked: Vec<Rev> = asked.iter().filter_map(|r| r.parse().ok()).collect();
-            let tree = self
-                .state
-                .store
-                .doc(&self.db, id)
-                .await
-                .map_err(|e| self.store_error("revs_diff", e))?
-                .map(|r| r.tree);
+            let tree = record.map(|r| r.tree);
             let missing: Vec<&Rev> = asked
                 .iter()
                 .filter(|r| !tree.as_ref().is_some_and(|t| t.contains(r)))
@@ -343,33 +344,37 @@ impl Endpoint for LocalEndpoint {
             attachments: true,
             ..RenderOpts::default()
         };
+        let ids: Vec<String> = docs.iter().map(|d| d.id.clone()).collect();
+        let records = self
+            .state
+            .store
+            .docs(&self.db, &ids)
+            .await
+            .map_err(|e| self.store_error("get_revs", e))?;
+        let found: Vec<(DocRecord, Vec<Rev>)> = docs
+            .iter()
+            .zip(records)
+            .filter_map(|(doc, record)| {
+                let wanted = doc.revs.iter().filter_map(|r| r.parse().ok()).collect();
+                record.map(|record| (record, wanted))
+            })
+            .collect();
+        let batch: Vec<(&DocRecord, &[Rev])> =
+            found.iter().map(|(r, w)| (r, w.as_slice())).collect();
+        let rendered = open_revs_batch(&self.state, &self.db, &batch, true, &opts)
+            .await
+            .map_err(|e| self.api_error("get_revs", e))?;
         let mut out = Vec::new();
-        for doc in docs {
-            let Some(record) = self
-                .state
-                .store
-                .doc(&self.db, &doc.id)
-                .await
-                .map_err(|e| self.store_error("get_revs", e))?
-            else {
-                continue;
-            };
-            let wanted: Vec<Rev> = doc.revs.iter().filter_map(|r| r.parse().ok()).collect();
-            let entries = open_revs_entries(&self.state, &self.db, &record, &wanted, true, &opts)
-                .await
-                .map_err(|e| self.api_error("get_revs", e))?;
-            for entry in entries {
-                // A revision compacted away since the feed listed it is skipped, as over HTTP.
-                if let OpenRev::Found(text) = entry {
-                    let value = serde_json::from_str(&text).map_err(|e| {
-                        ReplicationError::InvalidResponse {
-                            endpoint: self.to_string(),
-                            op: "get_revs",
-                            reason: e.to_string(),
-                        }
+        for entry in rendered.into_iter().flatten() {
+            // A revision compacted away since the feed listed it is skipped, as over HTTP.
+            if let OpenRev::Found(text) = entry {
+                let value =
+                    serde_json::from_str(&text).map_err(|e| ReplicationError::InvalidResponse {
+                        endpoint: self.to_string(),
+                        op: "get_revs",
+                        reason: e.to_string(),
                     })?;
-                    out.push(value);
-                }
+                out.push(value);
             }
         }
         Ok(out)

@@ -3,10 +3,10 @@
 use axum::response::Response;
 use http::{Method, StatusCode};
 use outpost_core::Rev;
-use outpost_store::{DocError, Origin};
+use outpost_store::{DocError, DocRecord, Origin};
 use serde_json::{Map, Value, json};
 
-use super::doc::{OpenRev, open_revs_entries, render_opts};
+use super::doc::{OpenRev, open_revs_batch, render_opts};
 use super::{json, not_allowed, ok};
 use crate::dispatch::Req;
 use crate::docjson::{ok_json, parse_doc, parse_rev};
@@ -114,53 +114,99 @@ pub async fn bulk_get(state: &AppState, db: &str, req: &mut Req) -> Result<Respo
             "at most {MAX_BATCH_DOCS} documents per request"
         )));
     }
-    state.store.db_info(db).await?;
-    let mut results = Vec::with_capacity(docs.len());
+    // Every item is checked first, then the trees and bodies of the whole batch are read with
+    // one store call each: a replication batch asks for hundreds of documents at once.
+    let mut items: Vec<Result<(&str, Option<Rev>), String>> = Vec::with_capacity(docs.len());
     for item in docs {
         let id = item.get("id").and_then(Value::as_str);
         let asked = item.get("rev").and_then(Value::as_str);
-        let error_doc = |rev: &str, error: &str, reason: &str| json!({ "error": { "id": id, "rev": rev, "error": error, "reason": reason } });
         let error = |error: &str, reason: &str| {
-            json!({ "id": id, "docs": [error_doc(asked.unwrap_or("undefined"), error, reason)] })
+            json!({ "id": id, "docs": [bulk_get_error(id, asked.unwrap_or("undefined"), error, reason)] })
                 .to_string()
         };
         let Some(id) = id else {
-            results.push(error("bad_request", "missing document id"));
+            items.push(Err(error("bad_request", "missing document id")));
             continue;
         };
-        let rev = match asked.map(parse_rev).transpose() {
-            Ok(rev) => rev,
-            Err(e) => {
-                results.push(error("bad_request", &e.reason()));
+        match asked.map(parse_rev).transpose() {
+            Ok(rev) => items.push(Ok((id, rev))),
+            Err(e) => items.push(Err(error("bad_request", &e.reason()))),
+        }
+    }
+    let ids: Vec<String> = items
+        .iter()
+        .filter_map(|item| item.as_ref().ok().map(|(id, _)| (*id).to_owned()))
+        .collect();
+    // Also answers 404 for a missing database, even when every item was refused.
+    let records = state.store.docs(db, &ids).await?;
+    let mut records = records.into_iter();
+    let mut found: Vec<(DocRecord, Vec<Rev>)> = Vec::new();
+    // Per item: its error entry, or `None` for a missing document, or its index in `found`.
+    let mut slots: Vec<Result<Option<usize>, String>> = Vec::with_capacity(items.len());
+    for item in &items {
+        let (_, rev) = match item {
+            Ok(item) => item,
+            Err(entry) => {
+                slots.push(Err(entry.clone()));
                 continue;
             }
         };
-        let Some(record) = state.store.doc(db, id).await? else {
-            results.push(error("not_found", "missing"));
+        let Some(record) = records.next().flatten() else {
+            slots.push(Ok(None));
             continue;
         };
-        crate::observe::documents_read(1);
         let wanted: Vec<Rev> = match rev {
-            Some(rev) => vec![rev],
+            Some(rev) => vec![rev.clone()],
             None => record.tree.winner().map(|w| w.rev).into_iter().collect(),
         };
-        let entries = open_revs_entries(state, db, &record, &wanted, latest, &opts).await?;
-        let entries: Vec<String> = entries
-            .into_iter()
-            .map(|entry| match entry {
-                OpenRev::Found(doc) => format!("{{\"ok\":{doc}}}"),
-                OpenRev::Missing(rev) => {
-                    error_doc(&rev.to_string(), "not_found", "missing").to_string()
-                }
-            })
-            .collect();
-        results.push(format!(
-            "{{\"id\":{},\"docs\":[{}]}}",
-            Value::String(id.to_owned()),
-            entries.join(",")
-        ));
+        slots.push(Ok(Some(found.len())));
+        found.push((record, wanted));
+    }
+    crate::observe::documents_read(found.len());
+    let batch: Vec<(&DocRecord, &[Rev])> = found.iter().map(|(r, w)| (r, w.as_slice())).collect();
+    let mut rendered = open_revs_batch(state, db, &batch, latest, &opts)
+        .await?
+        .into_iter();
+    let mut results = Vec::with_capacity(items.len());
+    for (item, slot) in items.iter().zip(slots) {
+        match slot {
+            Err(entry) => results.push(entry),
+            Ok(None) => {
+                let (id, rev) = item.as_ref().expect("only parsed items have a slot");
+                let asked = rev.as_ref().map(Rev::to_string);
+                results.push(
+                    json!({ "id": id, "docs": [bulk_get_error(Some(id), asked.as_deref().unwrap_or("undefined"), "not_found", "missing")] })
+                        .to_string(),
+                );
+            }
+            Ok(Some(_)) => {
+                let (id, _) = item.as_ref().expect("only parsed items have a slot");
+                let entries: Vec<String> = rendered
+                    .next()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|entry| match entry {
+                        OpenRev::Found(doc) => format!("{{\"ok\":{doc}}}"),
+                        OpenRev::Missing(rev) => {
+                            bulk_get_error(Some(id), &rev.to_string(), "not_found", "missing")
+                                .to_string()
+                        }
+                    })
+                    .collect();
+                results.push(format!(
+                    "{{\"id\":{},\"docs\":[{}]}}",
+                    Value::String((*id).to_owned()),
+                    entries.join(",")
+                ));
+            }
+        }
     }
     Ok(ok(format!("{{\"results\":[{}]}}", results.join(","))))
+}
+
+/// One error element of a `_bulk_get` result.
+fn bulk_get_error(id: Option<&str>, rev: &str, error: &str, reason: &str) -> Value {
+    json!({ "error": { "id": id, "rev": rev, "error": error, "reason": reason } })
 }
 
 /// `POST /{db}/_revs_diff`: which of the given revisions this database lacks.
@@ -179,8 +225,7 @@ pub async fn revs_diff(state: &AppState, db: &str, req: &mut Req) -> Result<Resp
             "at most {MAX_REVS_DIFF_IDS} documents per request"
         )));
     }
-    state.store.db_info(db).await?;
-    let mut out = Map::new();
+    let mut parsed: Vec<(String, Vec<Rev>)> = Vec::with_capacity(asked.len());
     for (id, revs) in asked {
         let revs: Vec<Rev> = revs
             .as_array()
@@ -192,7 +237,14 @@ pub async fn revs_diff(state: &AppState, db: &str, req: &mut Req) -> Result<Resp
                     .and_then(parse_rev)
             })
             .collect::<Result<_, _>>()?;
-        let tree = state.store.doc(db, &id).await?.map(|r| r.tree);
+        parsed.push((id, revs));
+    }
+    let ids: Vec<String> = parsed.iter().map(|(id, _)| id.clone()).collect();
+    // One store call for the whole request; it also answers 404 for a missing database.
+    let records = state.store.docs(db, &ids).await?;
+    let mut out = Map::new();
+    for ((id, revs), record) in parsed.into_iter().zip(records) {
+        let tree = record.map(|r| r.tree);
         let missing: Vec<&Rev> = revs
             .iter()
             .filter(|r| !tree.as_ref().is_some_and(|t| t.contains(r)))

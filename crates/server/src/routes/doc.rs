@@ -146,47 +146,87 @@ pub async fn open_revs_entries(
     latest: bool,
     opts: &RenderOpts,
 ) -> Result<Vec<OpenRev>, ApiError> {
-    let mut revs: Vec<(Rev, Option<Rev>)> = Vec::new();
-    for rev in wanted {
-        let resolved = if latest {
-            record.tree.latest(rev)
-        } else {
-            vec![rev.clone()]
-        };
-        if resolved.is_empty() {
-            revs.push((rev.clone(), None));
-        }
-        for r in resolved {
-            if !revs.iter().any(|(_, seen)| seen.as_ref() == Some(&r)) {
-                revs.push((rev.clone(), Some(r)));
+    let mut batch = open_revs_batch(state, db, &[(record, wanted)], latest, opts).await?;
+    Ok(batch.pop().unwrap_or_default())
+}
+
+/// [`open_revs_entries`] for several documents, with every body read in one store call: a
+/// `_bulk_get` of a replication batch would otherwise pay one blocking-pool round trip per
+/// revision.
+pub async fn open_revs_batch(
+    state: &AppState,
+    db: &str,
+    docs: &[(&DocRecord, &[Rev])],
+    latest: bool,
+    opts: &RenderOpts,
+) -> Result<Vec<Vec<OpenRev>>, ApiError> {
+    // Per document: each revision asked for, with what it resolves to (`None`: not there).
+    let mut resolved_docs: Vec<Vec<(Rev, Option<Rev>)>> = Vec::with_capacity(docs.len());
+    let mut to_read: Vec<(String, Rev)> = Vec::new();
+    for (record, wanted) in docs {
+        let mut revs: Vec<(Rev, Option<Rev>)> = Vec::new();
+        for rev in *wanted {
+            let resolved = if latest {
+                record.tree.latest(rev)
+            } else {
+                vec![rev.clone()]
+            };
+            if resolved.is_empty() {
+                revs.push((rev.clone(), None));
+            }
+            for r in resolved {
+                if !revs.iter().any(|(_, seen)| seen.as_ref() == Some(&r)) {
+                    revs.push((rev.clone(), Some(r)));
+                }
             }
         }
-    }
-    let mut entries = Vec::with_capacity(revs.len());
-    for (asked, resolved) in revs {
-        let body = match &resolved {
-            Some(r) if record.tree.contains(r) => stored_body(state, db, &record.id, r).await?,
-            _ => None,
-        };
-        match (resolved, body) {
-            (Some(r), Some(body)) => {
-                let text = render(
-                    state,
-                    db,
-                    &record.id,
-                    &record.tree,
-                    record.seq,
-                    &r,
-                    &body,
-                    opts,
-                )
-                .await?;
-                entries.push(OpenRev::Found(text));
+        for (_, r) in &mut revs {
+            match r {
+                Some(rev) if record.tree.contains(rev) => {
+                    to_read.push((record.id.clone(), rev.clone()));
+                }
+                _ => *r = None,
             }
-            _ => entries.push(OpenRev::Missing(asked)),
         }
+        resolved_docs.push(revs);
     }
-    Ok(entries)
+    let mut bodies = if to_read.is_empty() {
+        Vec::new()
+    } else {
+        state.store.bodies(db, &to_read).await?
+    }
+    .into_iter();
+    let mut out = Vec::with_capacity(docs.len());
+    for ((record, _), revs) in docs.iter().zip(resolved_docs) {
+        let mut entries = Vec::with_capacity(revs.len());
+        for (asked, resolved) in revs {
+            // Bodies come back in the order of `to_read`, which holds exactly the resolved
+            // revisions, in this order.
+            let body = match &resolved {
+                Some(_) => bodies.next().flatten(),
+                None => None,
+            };
+            match (resolved, body) {
+                (Some(r), Some(body)) => {
+                    let text = render(
+                        state,
+                        db,
+                        &record.id,
+                        &record.tree,
+                        record.seq,
+                        &r,
+                        &body,
+                        opts,
+                    )
+                    .await?;
+                    entries.push(OpenRev::Found(text));
+                }
+                _ => entries.push(OpenRev::Missing(asked)),
+            }
+        }
+        out.push(entries);
+    }
+    Ok(out)
 }
 
 async fn put(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<Response, ApiError> {

@@ -301,6 +301,20 @@ impl Store for SqliteStore {
         self.read(move |c| read::doc(c, &db, &id)).await
     }
 
+    async fn docs(&self, db: &str, ids: &[String]) -> Result<Vec<Option<DocRecord>>, StoreError> {
+        let (db, ids) = (db.to_owned(), ids.to_vec());
+        self.read(move |c| read::docs(c, &db, &ids)).await
+    }
+
+    async fn bodies(
+        &self,
+        db: &str,
+        wanted: &[(String, Rev)],
+    ) -> Result<Vec<Option<StoredBody>>, StoreError> {
+        let (db, wanted) = (db.to_owned(), wanted.to_vec());
+        self.read(move |c| read::bodies(c, &db, &wanted)).await
+    }
+
     async fn rev_bodies(
         &self,
         db: &str,

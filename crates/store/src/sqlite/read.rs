@@ -81,6 +81,64 @@ pub fn doc(c: &Connection, db: &str, id: &str) -> Result<Option<DocRecord>, Stor
     .transpose()
 }
 
+/// Several documents in one read transaction, so the batch comes from one snapshot and SQLite
+/// takes its read lock once rather than once per statement.
+pub fn docs(
+    c: &Connection,
+    db: &str,
+    ids: &[String],
+) -> Result<Vec<Option<DocRecord>>, StoreError> {
+    let tx = c.unchecked_transaction()?;
+    let db = db_id(&tx, db)?;
+    let mut stmt = tx.prepare_cached("SELECT seq, tree FROM docs WHERE db = ?1 AND id = ?2")?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let row: Option<(i64, String)> = stmt
+            .query_row(params![db, id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        out.push(
+            row.map(|(seq, tree)| {
+                Ok::<_, StoreError>(DocRecord {
+                    id: id.clone(),
+                    seq: seq as u64,
+                    tree: parse_tree(id, &tree)?,
+                })
+            })
+            .transpose()?,
+        );
+    }
+    drop(stmt);
+    tx.finish()?;
+    Ok(out)
+}
+
+/// Bodies of revisions of several documents in one read transaction (see [`docs`]).
+pub fn bodies(
+    c: &Connection,
+    db: &str,
+    wanted: &[(String, Rev)],
+) -> Result<Vec<Option<StoredBody>>, StoreError> {
+    let tx = c.unchecked_transaction()?;
+    let db = db_id(&tx, db)?;
+    let mut stmt = tx
+        .prepare_cached("SELECT deleted, body FROM revs WHERE db = ?1 AND doc = ?2 AND rev = ?3")?;
+    let mut out = Vec::with_capacity(wanted.len());
+    for (id, rev) in wanted {
+        let found = stmt
+            .query_row(params![db, id, rev.to_string()], |r| {
+                Ok(StoredBody {
+                    deleted: r.get(0)?,
+                    json: r.get(1)?,
+                })
+            })
+            .optional()?;
+        out.push(found);
+    }
+    drop(stmt);
+    tx.finish()?;
+    Ok(out)
+}
+
 pub fn rev_bodies(
     c: &Connection,
     db: &str,

@@ -169,3 +169,74 @@ async fn local_documents_check_their_revision() {
         assert_eq!(store.db_info("db").await.unwrap().update_seq, 0);
     }
 }
+
+#[tokio::test]
+async fn batched_reads_match_single_reads_in_the_order_asked() {
+    for (store, _dir) in engines() {
+        store.create_db("db").await.unwrap();
+        let first = store
+            .write_docs(
+                "db",
+                vec![
+                    edit("a", None, json!({"v": "a1"})),
+                    edit("b", None, json!({"v": "b1"})),
+                ],
+            )
+            .await
+            .unwrap();
+        let a1 = first[0].clone().unwrap();
+        let b1 = first[1].clone().unwrap();
+        let a2 = store
+            .write_docs("db", vec![edit("a", Some(&a1), json!({"v": "a2"}))])
+            .await
+            .unwrap()[0]
+            .clone()
+            .unwrap();
+
+        let ids = ["b", "nope", "a", "b"].map(String::from);
+        let docs = store.docs("db", &ids).await.unwrap();
+        assert_eq!(docs.len(), 4);
+        for (id, got) in ids.iter().zip(&docs) {
+            let single = store.doc("db", id).await.unwrap();
+            assert_eq!(got.as_ref().map(|d| &d.id), single.as_ref().map(|d| &d.id));
+            assert_eq!(got.as_ref().map(|d| d.seq), single.as_ref().map(|d| d.seq));
+            assert_eq!(
+                got.as_ref().and_then(|d| d.tree.winner()).map(|w| w.rev),
+                single.as_ref().and_then(|d| d.tree.winner()).map(|w| w.rev),
+            );
+        }
+        assert!(docs[1].is_none());
+        assert_eq!(docs[2].as_ref().unwrap().tree.winner().unwrap().rev, a2);
+
+        let unknown: Rev = "1-00000000000000000000000000000000".parse().unwrap();
+        let wanted = vec![
+            ("a".to_owned(), a2.clone()),
+            ("b".to_owned(), unknown.clone()),
+            ("a".to_owned(), a1.clone()),
+            ("nope".to_owned(), unknown),
+            ("b".to_owned(), b1.clone()),
+        ];
+        let bodies: Vec<Option<String>> = store
+            .bodies("db", &wanted)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|b| b.map(|b| b.json))
+            .collect();
+        assert_eq!(
+            bodies,
+            [
+                Some(r#"{"v":"a2"}"#.to_owned()),
+                None,
+                Some(r#"{"v":"a1"}"#.to_owned()),
+                None,
+                Some(r#"{"v":"b1"}"#.to_owned()),
+            ]
+        );
+        assert!(matches!(
+            store.docs("missing", &ids).await,
+            Err(StoreError::NoDb)
+        ));
+        assert!(store.docs("db", &[]).await.unwrap().is_empty());
+    }
+}
