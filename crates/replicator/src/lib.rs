@@ -4,8 +4,9 @@
 //! [`Endpoint`] directly.
 //!
 //! - [`Endpoint`]: the operations the protocol needs; [`HttpEndpoint`] implements them over HTTP.
-//! - [`Replication`]: the batch loop (changes → `_revs_diff` → `_bulk_get` → `_bulk_docs` →
-//!   checkpoint), retries with [`Backoff`], progress through [`Status`].
+//! - [`Replication`]: the batch loop (changes → `_revs_diff` → `_bulk_get` → `_bulk_docs`, read
+//!   and write stages overlapping, checkpoints on an interval), retries with [`Backoff`],
+//!   progress through [`Status`].
 //! - [`checkpoint`]: the replication logs both sides keep, and where to resume.
 //! - [`replication_id`]: the name of those logs, computed as PouchDB does.
 
@@ -25,4 +26,7 @@ pub use endpoint::{
 pub use error::ReplicationError;
 pub use http::{HttpEndpoint, encode_doc_id, http_client};
 pub use id::replication_id;
-pub use replication::{Replication, ReplicationConfig, ReplicationResult, State, Stats, Status};
+pub use replication::{
+    DEFAULT_BATCH_SIZE, DEFAULT_CHECKPOINT_INTERVAL, Replication, ReplicationConfig,
+    ReplicationResult, State, Stats, Status,
+};

@@ -3,15 +3,19 @@
 //! Each batch follows CouchDB's protocol description (docs.couchdb.org, "replication/protocol"):
 //! read up to `batch_size` changes (`style=all_docs`), ask the target which of those revisions
 //! it lacks (`_revs_diff`), fetch them from the source with their history (`_bulk_get`, in
-//! chunks fetched in parallel), write them with `new_edits: false`, then record a checkpoint on
-//! both sides. A batch is checkpointed only once every document in it is written, so a restart
-//! resumes after the last complete batch and never skips a change; revisions it re-reads are
-//! filtered out by `_revs_diff`, so nothing already on the target is written twice.
+//! chunks fetched in parallel), write them with `new_edits: false` in one `_bulk_docs`.
 //!
-//! While one full batch is being written the next page of changes is already being read, so the
-//! source's feed and the target's writes overlap.
+//! Reading and writing are two stages joined by a queue one batch deep: while one batch is
+//! written to the target, the next is read from the source. Batches are written in feed order,
+//! so once a batch is acknowledged every change up to its last sequence is on the target.
+//!
+//! Checkpoints are recorded on both sides on an interval (as CouchDB's replicator does), at the
+//! end of a one-shot run and when a replication is stopped, never after every batch. A
+//! checkpoint only ever names a sequence whose batch the target acknowledged, so a restart
+//! resumes at or before the last written change and never skips one; the revisions it re-reads
+//! are filtered out by `_revs_diff`, so nothing already on the target is written twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -19,13 +23,34 @@ use base64::Engine;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::checkpoint::{Checkpointer, HistoryEntry};
-use crate::endpoint::{Change, ChangesPage, ChangesRequest, DocRevs, Endpoint, Feed};
+use crate::endpoint::{Change, ChangesRequest, DocRevs, Endpoint, Feed};
 use crate::{Backoff, ChangesFilter, ReplicationError, Seq, replication_id};
+
+/// Changes per batch unless configured: CouchDB's `worker_batch_size`.
+pub const DEFAULT_BATCH_SIZE: usize = 500;
+
+/// Least time between checkpoints unless configured. CouchDB waits 30 s; a shorter interval
+/// costs two small writes and bounds the work a crash makes the next run repeat.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Fetched batches waiting for the write stage: one queued while the next is being read.
+const PIPELINE_DEPTH: usize = 1;
+
+/// One batch read from the source, ready to write.
+struct Fetched {
+    /// The revisions the target lacks, with `_revisions` and inline attachments.
+    docs: Vec<Value>,
+    /// What the fetch counted (`missing_checked`, `missing_found`, `docs_read`).
+    stats: Stats,
+    /// The source sequence this batch reaches: once it is written, every change up to here is.
+    seq: Seq,
+}
 
 /// How a replication runs.
 #[derive(Clone, Debug)]
@@ -38,10 +63,17 @@ pub struct ReplicationConfig {
     pub filter: ChangesFilter,
     /// Start here instead of where the checkpoints say.
     pub since_seq: Option<Seq>,
-    /// Changes per batch (CouchDB's and PouchDB's default is 100).
+    /// Changes per batch. CouchDB's replicator reads 500 per batch (`worker_batch_size`),
+    /// PouchDB 100; a batch is one `_revs_diff` and one `_bulk_docs`, so larger batches mean
+    /// fewer round trips and fewer durable commits on the target.
     pub batch_size: usize,
-    /// How many chunks of a batch are fetched and written at once.
+    /// How many `_bulk_get` chunks of a batch are fetched at once.
     pub fetch_parallelism: usize,
+    /// Least time between two checkpoints (CouchDB's `checkpoint_interval`). A checkpoint is
+    /// also written when a one-shot replication ends and when a replication is stopped; zero
+    /// checkpoints after every batch, as PouchDB does. A crash loses at most this much progress
+    /// (the changes are read again and `_revs_diff` finds them already there), never a change.
+    pub checkpoint_interval: Duration,
     /// Delays between retries.
     pub backoff: Backoff,
     /// Consecutive failed attempts before giving up; `None` retries transient errors forever.
@@ -60,8 +92,9 @@ impl Default for ReplicationConfig {
             create_target: false,
             filter: ChangesFilter::All,
             since_seq: None,
-            batch_size: 100,
+            batch_size: DEFAULT_BATCH_SIZE,
             fetch_parallelism: 4,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
             backoff: Backoff::default(),
             max_attempts: Some(5),
             heartbeat: Duration::from_secs(10),
@@ -381,31 +414,72 @@ impl Replication {
             resume.as_ref(),
         )
         .await?;
-        let mut since = checkpointer.start_seq().clone();
+        let since = checkpointer.start_seq().clone();
         progress.start_seq.get_or_insert_with(|| since.clone());
         debug!(replication_id = %rep_id, since = %since, "starting from checkpoint");
 
-        let mut prefetched: Option<ChangesPage> = None;
+        // Two stages joined by a short queue: the fetch stage reads the source (changes,
+        // `_revs_diff`, `_bulk_get`) while the write stage writes the previous batch to the
+        // target, so neither side waits for the other's round trips.
+        let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+        let fetch = self.fetch_stage(since, tx, cancel);
+        let write = self.write_stage(rx, &mut checkpointer, progress);
+        tokio::pin!(fetch, write);
+        tokio::select! {
+            // The write stage ends early only on an error; the fetch stage is dropped with it.
+            written = &mut write => {
+                written?;
+                fetch.await
+            }
+            // When the fetch stage ends (caught up, stopped or failed) its queue closes: the
+            // write stage writes what was already fetched and records the final checkpoint, so a
+            // failed read never throws away completed writes.
+            fetched = &mut fetch => {
+                write.await?;
+                fetched
+            }
+        }
+    }
+
+    /// Reads batches from the source until a one-shot replication has caught up or `cancel`
+    /// fires, and queues each for the write stage.
+    async fn fetch_stage(
+        &self,
+        mut since: Seq,
+        tx: mpsc::Sender<Fetched>,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, ReplicationError> {
+        let source = &*self.source;
+        // After a full page more changes are waiting, so the next read need not wait for one.
+        let mut longpoll = self.config.continuous;
+        // The revisions of the batches that may not be written yet: the one being written and
+        // those queued. The target's `_revs_diff` still lists them as missing, and a document
+        // that changed again shows up in a later page with the same leaves, so without this a
+        // revision could be fetched and written twice. Batches are written in order and any
+        // failed write ends the attempt, so skipping them here never loses one.
+        let mut in_flight: VecDeque<HashSet<(String, String)>> = VecDeque::new();
         loop {
             if cancel.is_cancelled() {
                 return Ok(Outcome::Stopped);
             }
-            let page = match prefetched.take() {
-                Some(page) => page,
-                None => {
-                    let req = self.changes_request(&since, self.config.continuous);
-                    tokio::select! {
-                        _ = cancel.cancelled() => return Ok(Outcome::Stopped),
-                        page = source.changes(&req) => page?,
-                    }
-                }
+            let req = self.changes_request(&since, longpoll);
+            let page = tokio::select! {
+                _ = cancel.cancelled() => return Ok(Outcome::Stopped),
+                page = source.changes(&req) => page?,
             };
             if page.results.is_empty() {
                 // Nothing (left) to copy. With a filter, the feed may still have moved past
                 // changes that were filtered out: record that so the next run skips them too.
                 if page.last_seq != since && !page.last_seq.is_zero() {
                     since = page.last_seq.clone();
-                    self.checkpoint(&mut checkpointer, progress, &since).await?;
+                    let fetched = Fetched {
+                        docs: Vec::new(),
+                        stats: Stats::default(),
+                        seq: since.clone(),
+                    };
+                    if tx.send(fetched).await.is_err() {
+                        return Ok(Outcome::Stopped);
+                    }
                 }
                 self.status.send_modify(|s| {
                     s.last_sync = Some(SystemTime::now());
@@ -415,6 +489,7 @@ impl Replication {
                 if !self.config.continuous {
                     return Ok(Outcome::Completed);
                 }
+                longpoll = true;
                 continue;
             }
             self.status.send_modify(|s| {
@@ -422,30 +497,73 @@ impl Replication {
                 s.pending = page.pending;
             });
             let full = page.results.len() >= self.config.batch_size;
-            let next_since = page
+            since = page
                 .results
                 .last()
                 .map(|c| c.seq.clone())
                 .expect("non-empty page");
-            let batch_stats = if full {
-                let req = self.changes_request(&next_since, false);
-                let (next, done) = tokio::join!(source.changes(&req), self.batch(&page.results));
-                let batch_stats = done?;
-                self.record(progress, &batch_stats);
-                since = next_since;
-                self.checkpoint(&mut checkpointer, progress, &since).await?;
-                prefetched = Some(next?);
-                batch_stats
-            } else {
-                let batch_stats = self.batch(&page.results).await?;
-                self.record(progress, &batch_stats);
-                since = next_since;
-                self.checkpoint(&mut checkpointer, progress, &since).await?;
-                batch_stats
+            let (docs, stats, sent) = self.fetch(&page.results, &in_flight).await?;
+            if in_flight.len() > PIPELINE_DEPTH {
+                in_flight.pop_front();
+            }
+            in_flight.push_back(sent);
+            let fetched = Fetched {
+                docs,
+                stats,
+                seq: since.clone(),
             };
-            debug!(since = %since, written = batch_stats.docs_written, "batch checkpointed");
+            // The write stage only goes away on an error, which the caller reports.
+            if tx.send(fetched).await.is_err() {
+                return Ok(Outcome::Stopped);
+            }
             if !self.config.continuous && !full {
                 return Ok(Outcome::Completed);
+            }
+            longpoll = self.config.continuous && !full;
+        }
+    }
+
+    /// Writes each fetched batch, in order, and checkpoints at most once per
+    /// `checkpoint_interval` (and once more when the queue closes). A checkpoint names the
+    /// last batch whose write the target acknowledged, so it is never ahead of the target.
+    async fn write_stage(
+        &self,
+        mut rx: mpsc::Receiver<Fetched>,
+        checkpointer: &mut Checkpointer,
+        progress: &mut Progress,
+    ) -> Result<(), ReplicationError> {
+        let interval = self.config.checkpoint_interval;
+        let mut last_checkpoint = Instant::now();
+        // The sequence up to which every change is on the target, when not yet checkpointed.
+        let mut unrecorded: Option<Seq> = None;
+        loop {
+            let due = last_checkpoint + interval;
+            let fetched = tokio::select! {
+                fetched = rx.recv() => fetched,
+                // Idle with writes not yet recorded (a continuous replication waiting for
+                // changes): record them once the interval is up rather than at the next change.
+                _ = tokio::time::sleep_until(due), if unrecorded.is_some() => {
+                    let seq = unrecorded.take().expect("guarded");
+                    self.checkpoint(checkpointer, progress, &seq).await?;
+                    last_checkpoint = Instant::now();
+                    continue;
+                }
+            };
+            let Some(fetched) = fetched else {
+                if let Some(seq) = unrecorded {
+                    self.checkpoint(checkpointer, progress, &seq).await?;
+                }
+                return Ok(());
+            };
+            let mut stats = fetched.stats;
+            stats.add(&self.write(&fetched.docs).await?);
+            self.record(progress, &stats);
+            debug!(since = %fetched.seq, written = stats.docs_written, "batch written");
+            unrecorded = Some(fetched.seq);
+            if last_checkpoint.elapsed() >= interval {
+                let seq = unrecorded.take().expect("just set");
+                self.checkpoint(checkpointer, progress, &seq).await?;
+                last_checkpoint = Instant::now();
             }
         }
     }
@@ -468,8 +586,14 @@ impl Replication {
 
     fn record(&self, progress: &mut Progress, batch: &Stats) {
         progress.stats.add(batch);
+        progress.failures = 0;
         let stats = progress.stats.clone();
-        self.status.send_modify(|s| s.stats = stats);
+        self.status.send_modify(|s| {
+            s.stats = stats;
+            s.last_sync = Some(SystemTime::now());
+            s.consecutive_failures = 0;
+            s.last_error = None;
+        });
     }
 
     async fn checkpoint(
@@ -493,8 +617,15 @@ impl Replication {
         Ok(())
     }
 
-    /// Copies the revisions of one page of changes that the target lacks.
-    async fn batch(&self, changes: &[Change]) -> Result<Stats, ReplicationError> {
+    /// Fetches the revisions of one page of changes that the target lacks, with their history
+    /// and attachments.
+    /// Also returns the revisions asked for and fetched, as `(id, rev)`. Revisions in
+    /// `in_flight` are already on their way to the target and are not fetched again.
+    async fn fetch(
+        &self,
+        changes: &[Change],
+        in_flight: &VecDeque<HashSet<(String, String)>>,
+    ) -> Result<(Vec<Value>, Stats, HashSet<(String, String)>), ReplicationError> {
         let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for change in changes {
             let revs = wanted.entry(change.id.clone()).or_default();
@@ -509,40 +640,70 @@ impl Replication {
             ..Stats::default()
         };
         let diff = self.target.revs_diff(&wanted).await?;
+        let mut sent = HashSet::new();
         let missing: Vec<DocRevs> = diff
             .into_iter()
-            .filter(|(_, entry)| !entry.missing.is_empty())
-            .map(|(id, entry)| DocRevs {
-                id,
-                revs: entry.missing,
+            .filter_map(|(id, entry)| {
+                let revs: Vec<String> = entry
+                    .missing
+                    .into_iter()
+                    .filter(|rev| {
+                        let key = (id.clone(), rev.clone());
+                        !in_flight.iter().any(|batch| batch.contains(&key))
+                    })
+                    .collect();
+                for rev in &revs {
+                    sent.insert((id.clone(), rev.clone()));
+                }
+                (!revs.is_empty()).then_some(DocRevs { id, revs })
             })
             .collect();
         stats.missing_found = missing.iter().map(|d| d.revs.len() as u64).sum();
         if missing.is_empty() {
-            return Ok(stats);
+            return Ok((Vec::new(), stats, sent));
         }
         let parallelism = self.config.fetch_parallelism;
         let chunk = missing.len().div_ceil(parallelism).max(1);
         // Collected first: a lazy `map` closure inside the stream would make `run`'s future
         // fail the `Send` check that spawning it needs (rust-lang/rust#102211).
-        let copies: Vec<_> = missing.chunks(chunk).map(|docs| self.copy(docs)).collect();
-        let chunks: Vec<Stats> = futures::stream::iter(copies)
-            .buffer_unordered(parallelism)
+        let gets: Vec<_> = missing
+            .chunks(chunk)
+            .map(|docs| self.fetch_chunk(docs))
+            .collect();
+        let chunks: Vec<Vec<Value>> = futures::stream::iter(gets)
+            .buffered(parallelism)
             .try_collect()
             .await?;
-        for c in &chunks {
-            stats.add(c);
+        let docs: Vec<Value> = chunks.into_iter().flatten().collect();
+        stats.docs_read = docs.len() as u64;
+        // With `latest`, a revision asked for may come back as a newer leaf: that one is on its
+        // way too.
+        for doc in &docs {
+            if let (Some(id), Some(rev)) = (
+                doc.get("_id").and_then(Value::as_str),
+                doc.get("_rev").and_then(Value::as_str),
+            ) {
+                sent.insert((id.to_owned(), rev.to_owned()));
+            }
         }
-        Ok(stats)
+        Ok((docs, stats, sent))
     }
 
-    /// Fetches some revisions from the source and writes them to the target.
-    async fn copy(&self, docs: &[DocRevs]) -> Result<Stats, ReplicationError> {
+    async fn fetch_chunk(&self, docs: &[DocRevs]) -> Result<Vec<Value>, ReplicationError> {
         let mut fetched = self.source.get_revs(docs).await?;
         for doc in &mut fetched {
             self.inline_attachments(doc).await?;
         }
-        let failures = self.target.bulk_docs(&fetched).await?;
+        Ok(fetched)
+    }
+
+    /// Writes one batch to the target with a single `_bulk_docs`: one request and, on our
+    /// own server, one durable commit per batch.
+    async fn write(&self, docs: &[Value]) -> Result<Stats, ReplicationError> {
+        if docs.is_empty() {
+            return Ok(Stats::default());
+        }
+        let failures = self.target.bulk_docs(docs).await?;
         let (denied, errors): (Vec<_>, Vec<_>) = failures.into_iter().partition(|f| f.is_denied());
         if let Some(first) = errors.first() {
             return Err(ReplicationError::WriteFailed {
@@ -556,10 +717,8 @@ impl Replication {
         for d in &denied {
             warn!(target = %self.target, id = %d.id, error = %d.error, reason = %d.reason, "document refused by the target");
         }
-        let read = fetched.len() as u64;
         Ok(Stats {
-            docs_read: read,
-            docs_written: read - denied.len() as u64,
+            docs_written: docs.len() as u64 - denied.len() as u64,
             doc_write_failures: denied.len() as u64,
             ..Stats::default()
         })

@@ -50,12 +50,16 @@ pub struct ReplicateArgs {
     /// A header sent to the target, as `Name: value` (repeatable).
     #[arg(long = "target-header", value_name = "HEADER")]
     pub target_headers: Vec<String>,
-    /// Changes per batch; a checkpoint is written after each.
-    #[arg(long, default_value_t = 100)]
+    /// Changes per batch: one `_revs_diff` and one `_bulk_docs` each.
+    #[arg(long, default_value_t = outpost_replicator::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
-    /// Parts of a batch fetched and written at once.
+    /// Parts of a batch fetched from the source at once.
     #[arg(long, default_value_t = 4)]
     pub parallelism: usize,
+    /// Least time between two checkpoints (one is always written at the end or on a stop);
+    /// 0s checkpoints after every batch.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub checkpoint_interval: Duration,
     /// First delay after a transient failure; it doubles on each further failure.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub retry_initial: Duration,
@@ -107,6 +111,7 @@ fn config(args: &ReplicateArgs) -> anyhow::Result<ReplicationConfig> {
         since_seq,
         batch_size: args.batch_size,
         fetch_parallelism: args.parallelism,
+        checkpoint_interval: args.checkpoint_interval,
         backoff: Backoff {
             initial: args.retry_initial,
             max: args.retry_max,
