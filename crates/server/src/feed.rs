@@ -291,12 +291,11 @@ pub fn respond(state: &AppState, db: String, opts: FeedOpts) -> Response {
     let feed = async move {
         let _open = open;
         let out = Out { tx: tx.clone() };
-        if let Err(e) = run(&task_state, &db, opts, &out).await {
-            // The status is already sent; the client sees a truncated body and retries.
-            if let FeedEnd::Failed(e) = e {
-                tracing::warn!(db = %db, error = %e, "changes feed ended early");
-                let _ = tx.send(Err(std::io::Error::other("feed failed"))).await;
-            }
+        // A client that went away ends the feed quietly; a failure is logged, and since the
+        // status is already sent, the client sees a truncated body and retries.
+        if let Err(FeedEnd::Failed(e)) = run(&task_state, &db, opts, &out).await {
+            tracing::warn!(db = %db, error = %e, "changes feed ended early");
+            let _ = tx.send(Err(std::io::Error::other("feed failed"))).await;
         }
     };
     state

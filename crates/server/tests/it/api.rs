@@ -94,9 +94,7 @@ async fn documents_are_written_read_and_deleted_with_revisions() {
         format!("\"{}\"", rev2.as_str().unwrap()).as_str()
     );
 
-    let info = s
-        .expect("GET", &format!("/db/doc?revs_info=true"), None, 200)
-        .await;
+    let info = s.expect("GET", "/db/doc?revs_info=true", None, 200).await;
     assert_eq!(
         info["_revs_info"][1],
         json!({"rev": rev1, "status": "available"})

@@ -9,7 +9,16 @@ use crate::support::{TestServer, assert_error};
 async fn malformed_requests_get_couchdb_errors() {
     let s = TestServer::new();
     s.expect("PUT", "/db", None, 201).await;
-    let cases: Vec<(&str, &str, Option<Vec<u8>>, &[(&str, &str)], u16, &str)> = vec![
+    // (method, path, body, headers, status, error code)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<Vec<u8>>,
+        &'a [(&'a str, &'a str)],
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "PUT",
             "/db/d",

@@ -82,16 +82,13 @@ pub fn rebuild(dir: &Path, db: &str) -> Result<ReplayReport, StoreError> {
         let mut rows = stmt.query(params![db_id])?;
         while let Some(row) = rows.next()? {
             let id: String = row.get(0)?;
-            if !rebuilt.contains_key(&id) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = rebuilt.entry(id) {
                 let tree: RevTree =
                     serde_json::from_str(&row.get::<_, String>(2)?).map_err(corrupt)?;
-                rebuilt.insert(
-                    id,
-                    Rebuilt {
-                        tree,
-                        seq: row.get::<_, i64>(1)? as u64,
-                    },
-                );
+                slot.insert(Rebuilt {
+                    tree,
+                    seq: row.get::<_, i64>(1)? as u64,
+                });
             }
         }
     }
