@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use outpost_replicator::{Backoff, ReplicationError, Status, http_client};
+use outpost_replicator::{Backoff, ReplicationError, State, Status, http_client};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use super::spec::LocalDbs;
 
 /// Retry settings of replications run by the server.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +41,8 @@ pub struct Job {
     /// Source and target, without credentials.
     pub source: String,
     pub target: String,
+    /// Which sides are databases of this server, so database info can list the job.
+    pub local: LocalDbs,
     pub continuous: bool,
     /// The replication's own progress.
     pub status: watch::Receiver<Status>,
@@ -62,12 +66,46 @@ pub struct DocState {
     pub start_time: SystemTime,
 }
 
+/// Which way documents flow, seen from a database of this server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Direction {
+    /// The database is the source: it pushes to the peer.
+    Push,
+    /// The database is the target: it pulls from the peer.
+    Pull,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Push => "push",
+            Direction::Pull => "pull",
+        }
+    }
+}
+
+/// The replication of one local database with one peer, running or ended, as database info
+/// reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerSync {
+    /// The other side, without credentials.
+    pub peer: String,
+    pub direction: Direction,
+    /// When a batch last completed or the replication last found nothing to do.
+    pub last_sync: Option<SystemTime>,
+    pub state: State,
+}
+
 /// The registry of jobs and document states. Locks are held only to copy in or out, never
 /// across an `.await`.
 #[derive(Default)]
 pub struct Replications {
     jobs: Mutex<BTreeMap<String, Job>>,
     docs: Mutex<BTreeMap<String, DocState>>,
+    /// How each ended job left each local database it involved, by (database, peer,
+    /// direction): database info reports the last successful sync after the job is gone.
+    /// Bounded by the replications an operator configures; dropped with the database.
+    ended: Mutex<BTreeMap<(String, String, Direction), PeerSync>>,
     /// Built on first use: most servers never replicate over HTTP.
     client: OnceLock<reqwest::Client>,
     settings: Mutex<Settings>,
@@ -110,11 +148,58 @@ impl Replications {
         true
     }
 
+    /// Unregisters a job that has ended, keeping its last sync for database info.
     pub fn remove(&self, id: &str) {
-        self.jobs
+        let job = self
+            .jobs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
+        let Some(job) = job else { return };
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        for (db, sync) in job.peer_syncs() {
+            let key = (db, sync.peer.clone(), sync.direction);
+            let last_sync = latest(
+                sync.last_sync,
+                ended.get(&key).and_then(|old| old.last_sync),
+            );
+            ended.insert(key, PeerSync { last_sync, ..sync });
+        }
+    }
+
+    /// The replications of database `db` of this server, running or ended, one per peer and
+    /// direction, a running job taking precedence over an ended one.
+    pub fn peer_syncs(&self, db: &str) -> Vec<PeerSync> {
+        let mut by_peer: BTreeMap<(String, Direction), PeerSync> = self
+            .ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|((d, _, _), _)| d == db)
+            .map(|((_, peer, dir), sync)| ((peer.clone(), *dir), sync.clone()))
+            .collect();
+        for job in self.jobs() {
+            for (d, sync) in job.peer_syncs() {
+                if d != db {
+                    continue;
+                }
+                let key = (sync.peer.clone(), sync.direction);
+                let last_sync = latest(
+                    sync.last_sync,
+                    by_peer.get(&key).and_then(|old| old.last_sync),
+                );
+                by_peer.insert(key, PeerSync { last_sync, ..sync });
+            }
+        }
+        by_peer.into_values().collect()
+    }
+
+    /// Forgets the ended replications of a database that is deleted.
+    pub fn forget_db(&self, db: &str) {
+        self.ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(d, _, _), _| d != db);
     }
 
     pub fn get(&self, id: &str) -> Option<Job> {
@@ -167,6 +252,35 @@ impl Replications {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
+}
+
+impl Job {
+    /// The job as seen from each database of this server it involves: the source pushes to
+    /// the target, the target pulls from the source.
+    fn peer_syncs(&self) -> Vec<(String, PeerSync)> {
+        let status = self.status.borrow();
+        let mut out = Vec::new();
+        let sides = [
+            (&self.local.source, &self.target, Direction::Push),
+            (&self.local.target, &self.source, Direction::Pull),
+        ];
+        for (db, peer, direction) in sides {
+            if let Some(db) = db {
+                let sync = PeerSync {
+                    peer: peer.clone(),
+                    direction,
+                    last_sync: status.last_sync,
+                    state: status.state,
+                };
+                out.push((db.clone(), sync));
+            }
+        }
+        out
+    }
+}
+
+fn latest(a: Option<SystemTime>, b: Option<SystemTime>) -> Option<SystemTime> {
+    a.max(b)
 }
 
 /// CouchDB's job id: the replication id and the options that make a different job of it.

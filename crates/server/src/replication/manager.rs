@@ -260,12 +260,12 @@ async fn run_job(
     let replication = loop {
         let built = async {
             let client = registry.client()?;
-            let (source, target) = spec.endpoints(&state, &client).await?;
+            let endpoints = spec.endpoints(&state, &client).await?;
             let mut config = spec.config(None);
             config.backoff = registry.settings().backoff;
-            let replication = Replication::new(source, target, config);
+            let replication = Replication::new(endpoints.source, endpoints.target, config);
             let rep_id = replication.replication_id().await?;
-            Ok::<_, outpost_replicator::ReplicationError>((replication, rep_id))
+            Ok::<_, outpost_replicator::ReplicationError>((replication, rep_id, endpoints.local))
         }
         .await;
         match built {
@@ -300,13 +300,14 @@ async fn run_job(
             }
         }
     };
-    let (replication, rep_id) = replication;
+    let (replication, rep_id, local) = replication;
     let job_key = job_id(&rep_id, spec.continuous, spec.create_target);
     let job = Job {
         id: job_key.clone(),
         doc_id: Some(doc_id.clone()),
         source: spec.source.redacted(),
         target: spec.target.redacted(),
+        local,
         continuous: spec.continuous,
         status: replication.subscribe(),
         cancel: cancel.clone(),

@@ -21,21 +21,22 @@ use tracing::Instrument;
 
 pub use jobs::{Job, Replications, Settings};
 pub use manager::start as start_jobs;
-pub use spec::Spec;
+pub use spec::{LocalDbs, Spec};
 
 use crate::AppState;
 
-/// Builds the replication a spec describes.
+/// Builds the replication a spec describes, and says which sides are databases of this server.
 async fn build(
     state: &AppState,
     spec: &Spec,
     max_attempts: Option<u32>,
-) -> Result<Replication, ReplicationError> {
+) -> Result<(Replication, LocalDbs), ReplicationError> {
     let client = state.replications.client()?;
-    let (source, target) = spec.endpoints(state, &client).await?;
+    let endpoints = spec.endpoints(state, &client).await?;
     let mut config = spec.config(max_attempts);
     config.backoff = state.replications.settings().backoff;
-    Ok(Replication::new(source, target, config))
+    let replication = Replication::new(endpoints.source, endpoints.target, config);
+    Ok((replication, endpoints.local))
 }
 
 /// Runs a one-shot replication to the end as a tracked task (so it finishes its checkpoint
@@ -44,7 +45,8 @@ pub async fn run_one_shot(
     state: &AppState,
     spec: &Spec,
 ) -> Result<ReplicationResult, ReplicationError> {
-    let replication = Arc::new(build(state, spec, Some(5)).await?);
+    let (replication, local) = build(state, spec, Some(5)).await?;
+    let replication = Arc::new(replication);
     let rep_id = replication.replication_id().await?;
     let id = jobs::job_id(&rep_id, false, spec.create_target);
     let cancel = state.shutdown.child_token();
@@ -53,6 +55,7 @@ pub async fn run_one_shot(
         doc_id: None,
         source: spec.source.redacted(),
         target: spec.target.redacted(),
+        local,
         continuous: false,
         status: replication.subscribe(),
         cancel: cancel.clone(),
@@ -80,7 +83,8 @@ pub async fn run_one_shot(
 /// Starts a continuous replication as a tracked task and returns its job id at once. Starting
 /// one that already runs returns the same id.
 pub async fn start_continuous(state: &AppState, spec: &Spec) -> Result<String, ReplicationError> {
-    let replication = Arc::new(build(state, spec, None).await?);
+    let (replication, local) = build(state, spec, None).await?;
+    let replication = Arc::new(replication);
     let rep_id = replication.replication_id().await?;
     let id = jobs::job_id(&rep_id, true, spec.create_target);
     let cancel = state.shutdown.child_token();
@@ -89,6 +93,7 @@ pub async fn start_continuous(state: &AppState, spec: &Spec) -> Result<String, R
         doc_id: None,
         source: spec.source.redacted(),
         target: spec.target.redacted(),
+        local,
         continuous: true,
         status: replication.subscribe(),
         cancel: cancel.clone(),
@@ -113,7 +118,7 @@ pub async fn start_continuous(state: &AppState, spec: &Spec) -> Result<String, R
 
 /// The job id a spec would run under, for `cancel`.
 pub async fn job_id_of(state: &AppState, spec: &Spec) -> Result<String, ReplicationError> {
-    let replication = build(state, spec, None).await?;
+    let (replication, _) = build(state, spec, None).await?;
     let rep_id = replication.replication_id().await?;
     Ok(jobs::job_id(&rep_id, spec.continuous, spec.create_target))
 }

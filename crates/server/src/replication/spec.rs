@@ -83,34 +83,30 @@ impl Side {
         }
     }
 
-    /// Builds the endpoint. `peer` names the other side in the event log of a local target.
+    /// Builds the endpoint, and names the database when it is one of this server's. `peer`
+    /// names the other side in the event log of a local target.
     async fn endpoint(
         &self,
         state: &AppState,
         client: &reqwest::Client,
         peer: String,
-    ) -> Result<Arc<dyn Endpoint>, ReplicationError> {
+    ) -> Result<(Arc<dyn Endpoint>, Option<String>), ReplicationError> {
         if self.is_db_name() {
             validate_db_name(&self.url)
                 .map_err(|e| ReplicationError::InvalidConfig(format!("{}: {e}", self.url)))?;
-            return Ok(Arc::new(LocalEndpoint::new(
-                state.clone(),
-                self.url.clone(),
-                Some(peer),
-            )));
+            let endpoint = LocalEndpoint::new(state.clone(), self.url.clone(), Some(peer));
+            return Ok((Arc::new(endpoint), Some(self.url.clone())));
         }
         let http = HttpEndpoint::new(client.clone(), &self.url, &self.headers)?;
         // A URL of this very server (same uuid) goes through the store. When the peer cannot be
         // asked now, HTTP is always correct, only slower.
         let ours = format!("{}{}", state.store.server_uuid(), http.db_name());
         if http.id().await.is_ok_and(|id| id == ours) {
-            return Ok(Arc::new(LocalEndpoint::new(
-                state.clone(),
-                http.db_name().to_owned(),
-                Some(peer),
-            )));
+            let db = http.db_name().to_owned();
+            let endpoint = LocalEndpoint::new(state.clone(), db.clone(), Some(peer));
+            return Ok((Arc::new(endpoint), Some(db)));
         }
-        Ok(Arc::new(http))
+        Ok((Arc::new(http), None))
     }
 }
 
@@ -118,6 +114,21 @@ impl fmt::Debug for Side {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())
     }
+}
+
+/// The two endpoints of a replication, built.
+pub struct Endpoints {
+    pub source: Arc<dyn Endpoint>,
+    pub target: Arc<dyn Endpoint>,
+    pub local: LocalDbs,
+}
+
+/// The sides of a replication that are databases of this server, replicated through the store;
+/// database info lists a job under these names only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalDbs {
+    pub source: Option<String>,
+    pub target: Option<String>,
 }
 
 /// A validated replication request.
@@ -196,21 +207,28 @@ impl Spec {
         }
     }
 
-    /// Both endpoints.
+    /// Both endpoints, and which of this server's databases they are.
     pub async fn endpoints(
         &self,
         state: &AppState,
         client: &reqwest::Client,
-    ) -> Result<(Arc<dyn Endpoint>, Arc<dyn Endpoint>), ReplicationError> {
-        let source = self
+    ) -> Result<Endpoints, ReplicationError> {
+        let (source, source_db) = self
             .source
             .endpoint(state, client, self.target.redacted())
             .await?;
-        let target = self
+        let (target, target_db) = self
             .target
             .endpoint(state, client, self.source.redacted())
             .await?;
-        Ok((source, target))
+        Ok(Endpoints {
+            source,
+            target,
+            local: LocalDbs {
+                source: source_db,
+                target: target_db,
+            },
+        })
     }
 }
 

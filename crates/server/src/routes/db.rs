@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::{json, not_allowed, ok, with_etag, write_one};
 use crate::dispatch::Req;
 use crate::docjson::{ok_json, parse_doc};
+use crate::replication::jobs::iso_time;
 use crate::{ApiError, AppState};
 
 pub async fn handle(state: &AppState, name: &str, req: &mut Req) -> Result<Response, ApiError> {
@@ -32,6 +33,7 @@ pub async fn handle(state: &AppState, name: &str, req: &mut Req) -> Result<Respo
                 ));
             }
             state.store.delete_db(name).await?;
+            state.replications.forget_db(name);
             Ok(ok(json!({ "ok": true }).to_string()))
         }
         Method::POST => {
@@ -70,9 +72,30 @@ async fn info(state: &AppState, name: &str) -> Result<Response, ApiError> {
         "compact_running": false,
         "cluster": { "q": 1, "n": 1, "w": 1, "r": 1 },
         "instance_start_time": (info.created_at).to_string(),
-        "outpost": super::conflicts::settings_json(&info),
+        "outpost": outpost_json(state, &info),
     })
     .to_string()))
+}
+
+/// The `outpost` object of database info: the conflict settings and, per peer, the last
+/// successful replication.
+fn outpost_json(state: &AppState, info: &outpost_store::DbInfo) -> Value {
+    let mut outpost = super::conflicts::settings_json(info);
+    let replications: Vec<Value> = state
+        .replications
+        .peer_syncs(&info.name)
+        .into_iter()
+        .map(|sync| {
+            json!({
+                "peer": sync.peer,
+                "direction": sync.direction.as_str(),
+                "last_sync": sync.last_sync.map(iso_time),
+                "state": sync.state,
+            })
+        })
+        .collect();
+    outpost["replications"] = Value::Array(replications);
+    outpost
 }
 
 /// `GET/PUT /{db}/_revs_limit`.

@@ -195,3 +195,43 @@ async fn the_openapi_document_lists_every_v1_route() {
     let (status, _) = s.call("GET", "/_outpost/v1/nothing", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn database_info_reports_the_last_sync_per_peer() {
+    let s = TestServer::new();
+    for db in ["/here", "/there"] {
+        assert_eq!(s.call("PUT", db, None).await.0, StatusCode::CREATED);
+    }
+    let (_, info) = s.call("GET", "/here", None).await;
+    assert_eq!(info["outpost"]["replications"], json!([]), "{info}");
+    assert_eq!(info["outpost"]["conflict_policy"], "manual", "{info}");
+
+    s.call("PUT", "/here/doc", Some(json!({"v": 1}))).await;
+    let (status, result) = s
+        .call(
+            "POST",
+            "/_replicate",
+            Some(json!({"source": "here", "target": "there"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+
+    let check = |info: &serde_json::Value, peer: &str, direction: &str| {
+        let reps = info["outpost"]["replications"].as_array().unwrap();
+        assert_eq!(reps.len(), 1, "{info}");
+        let rep = &reps[0];
+        assert_eq!(rep["peer"], peer, "{info}");
+        assert_eq!(rep["direction"], direction, "{info}");
+        assert_eq!(rep["state"], "completed", "{info}");
+        let time = rep["last_sync"].as_str().unwrap_or_else(|| panic!("{info}"));
+        assert!(time.len() == 20 && time.ends_with('Z'), "{time}");
+    };
+    check(&s.call("GET", "/here", None).await.1, "there", "push");
+    check(&s.call("GET", "/there", None).await.1, "here", "pull");
+
+    // A database deleted and created again has no history.
+    s.call("DELETE", "/there", None).await;
+    s.call("PUT", "/there", None).await;
+    let (_, info) = s.call("GET", "/there", None).await;
+    assert_eq!(info["outpost"]["replications"], json!([]), "{info}");
+}
