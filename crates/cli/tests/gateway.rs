@@ -332,6 +332,7 @@ async fn queue_commands_operate_on_the_data_directory() {
     assert_eq!(shown["request"]["body"], "body of /ok");
     assert_eq!(shown["request"]["headers"]["authorization"], "[redacted]");
     assert!(!out.contains("SECRET-TOKEN"));
+    assert_eq!(shown["delivered_at"], Value::Null, "{out}");
 
     let (ok, out) = queue_cli(dir.path(), &["drop", &ids[2]]);
     assert!(ok, "{out}");
@@ -352,6 +353,15 @@ async fn queue_commands_operate_on_the_data_directory() {
     let log = upstream.log.lock().unwrap().clone();
     assert_eq!(log.len(), 1, "{log:?}");
     assert_eq!(log[0].2, "body of /ok");
+
+    let (ok, out) = queue_cli(dir.path(), &["show", &ids[1]]);
+    assert!(ok, "{out}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["state"], "done", "{out}");
+    let at = shown["delivered_at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(at.ends_with('Z') && at.len() == 24, "{out}");
 
     let (ok, out) = queue_cli(dir.path(), &["ls", "--state", "dead"]);
     assert!(ok, "{out}");

@@ -423,6 +423,9 @@ fn describe_metrics() {
 /// upstream's answer once there is one. Request headers are left out: they carry credentials.
 pub fn entry_json(detail: &EntryDetail, status_url: &str) -> Value {
     let s = &detail.summary;
+    // A delivered entry never changes again (it cannot be retried), so its last change is its
+    // delivery.
+    let delivered_ms = (s.state == EntryState::Done).then_some(s.updated_ms);
     let mut v = json!({
         "id": s.id,
         "state": s.state,
@@ -431,6 +434,8 @@ pub fn entry_json(detail: &EntryDetail, status_url: &str) -> Value {
         "created_ms": s.created_ms,
         "updated_ms": s.updated_ms,
         "next_attempt_ms": s.next_attempt_ms,
+        "delivered_ms": delivered_ms,
+        "delivered_at": delivered_ms.map(rfc3339_ms),
         "last_error": s.last_error,
         "idempotency_key": s.idempotency_key,
         "ordering_key": s.ordering_key,
@@ -468,4 +473,40 @@ pub fn entry_json(detail: &EntryDetail, status_url: &str) -> Value {
         v["response"] = r;
     }
     v
+}
+
+/// Milliseconds since the Unix epoch as an RFC 3339 UTC time with milliseconds
+/// (`2024-02-29T12:34:56.789Z`).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's days-to-civil conversion.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339_ms;
+
+    #[test]
+    fn times() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_709_210_096_789), "2024-02-29T12:34:56.789Z");
+    }
 }

@@ -29,6 +29,19 @@ use crate::record::StoredRequest;
 use crate::stats::Stats;
 use crate::upstream::{SendError, Upstream};
 
+/// `up` or `down`: whether the gateway believes the upstream answers, as of this response.
+pub const UPSTREAM_HEADER: &str = "x-outpost-upstream";
+/// How many queued writes wait for delivery, as of this response.
+pub const QUEUE_DEPTH_HEADER: &str = "x-outpost-queue-depth";
+
+/// Sets the sync-state headers every gateway answer carries, replacing any the upstream sent,
+/// so an offline-first client learns from any answer whether its writes are still queued.
+pub fn sync_headers(headers: &mut HeaderMap, up: bool, depth: u64) {
+    let state = if up { "up" } else { "down" };
+    headers.insert(UPSTREAM_HEADER, HeaderValue::from_static(state));
+    headers.insert(QUEUE_DEPTH_HEADER, HeaderValue::from(depth));
+}
+
 /// Settings of the request path.
 #[derive(Debug, Clone)]
 pub(crate) struct ProxySettings {
@@ -51,19 +64,25 @@ pub(crate) struct App {
 }
 
 impl App {
-    /// Answers one request.
+    /// Answers one request, passed through, queued or refused, and says in its headers whether
+    /// the upstream is up and how many writes wait (see [`sync_headers`]).
     pub async fn handle(self: Arc<Self>, req: Request<Body>, client: SocketAddr) -> Response {
-        if req.uri().path().starts_with(&self.settings.prefix) {
-            return match self.admin.clone().oneshot(req).await {
+        let mut response = if req.uri().path().starts_with(&self.settings.prefix) {
+            match self.admin.clone().oneshot(req).await {
                 Ok(resp) => resp,
                 Err(never) => match never {},
-            };
-        }
-        if forward::is_write(req.method()) {
+            }
+        } else if forward::is_write(req.method()) {
             self.write(req, client).await
         } else {
             self.read(req, client).await
-        }
+        };
+        sync_headers(
+            response.headers_mut(),
+            self.health.is_up(),
+            self.queue.pending_count(),
+        );
+        response
     }
 
     fn unavailable(&self, reason: &str) -> Response {

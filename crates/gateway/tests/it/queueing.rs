@@ -20,6 +20,11 @@ async fn queue_while_down_and_drain_in_order_exactly_once() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 202);
+        assert_eq!(resp.headers()["x-outpost-upstream"], "down");
+        assert_eq!(
+            resp.headers()["x-outpost-queue-depth"],
+            (i + 1).to_string().as_str()
+        );
         let location = resp.headers()["location"].to_str().unwrap().to_owned();
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["status"], "queued");
@@ -30,11 +35,14 @@ async fn queue_while_down_and_drain_in_order_exactly_once() {
     }
     let entry = gw.entry(&ids[0]).await;
     assert_eq!(entry["state"], "pending");
+    assert_eq!(entry["delivered_at"], Value::Null);
     assert_eq!(entry["request"]["target"], "/orders/0?v=1");
 
     let read = client().get(gw.url("/orders")).send().await.unwrap();
     assert_eq!(read.status(), 503);
     assert!(read.headers().get("retry-after").is_some());
+    assert_eq!(read.headers()["x-outpost-upstream"], "down");
+    assert_eq!(read.headers()["x-outpost-queue-depth"], "60");
 
     let status = gw.admin_get("/_outpost/v1/gateway").await;
     assert_eq!(status["upstream"]["state"], "down");
@@ -68,6 +76,17 @@ async fn queue_while_down_and_drain_in_order_exactly_once() {
     assert_eq!(done["response"]["status"], 201);
     assert_eq!(done["response"]["body"], "PUT /orders/5?v=1 order-5");
     assert_eq!(done["response"]["headers"]["x-upstream"], "yes");
+    let delivered = done["delivered_ms"].as_i64().unwrap();
+    assert!(delivered >= done["created_ms"].as_i64().unwrap(), "{done}");
+    assert_eq!(
+        done["delivered_at"],
+        outpost_gateway::api::rfc3339_ms(delivered).as_str()
+    );
+
+    // Passed-through answers say the same, now that everything is delivered.
+    let read = client().get(gw.url("/orders")).send().await.unwrap();
+    assert_eq!(read.headers()["x-outpost-upstream"], "up");
+    assert_eq!(read.headers()["x-outpost-queue-depth"], "0");
     gw.stop().await;
 }
 
