@@ -223,7 +223,9 @@ async fn database_info_reports_the_last_sync_per_peer() {
         assert_eq!(rep["peer"], peer, "{info}");
         assert_eq!(rep["direction"], direction, "{info}");
         assert_eq!(rep["state"], "completed", "{info}");
-        let time = rep["last_sync"].as_str().unwrap_or_else(|| panic!("{info}"));
+        let time = rep["last_sync"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{info}"));
         assert!(time.len() == 20 && time.ends_with('Z'), "{time}");
     };
     check(&s.call("GET", "/here", None).await.1, "there", "push");
