@@ -872,3 +872,86 @@ async fn sigterm_during_a_gateway_replay_exits_0_and_the_entry_is_delivered_late
     let _ = child.wait();
     server.abort();
 }
+
+#[tokio::test]
+async fn serve_with_a_gateway_table_runs_both_in_one_process() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let (sync_port, gateway_port) = (free_port(), free_port());
+    let sync = format!("http://127.0.0.1:{sync_port}");
+    let gateway = format!("http://127.0.0.1:{gateway_port}");
+    let config = dir.path().join("outpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[serve]\ndata = {:?}\nlisten = \"127.0.0.1:{sync_port}\"\n\n\
+             [gateway]\nupstream = \"{sync}\"\nlisten = \"127.0.0.1:{gateway_port}\"\n\
+             data = {:?}\nadmin_token = \"t0ken\"\nprobe_interval = \"100ms\"\n",
+            dir.path().join("sync"),
+            dir.path().join("gateway"),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&config)
+        .env("OUTPOST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for base in [&sync, &gateway] {
+        while reqwest::get(format!("{base}/_outpost/v1/ready"))
+            .await
+            .is_err()
+        {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(Instant::now() < deadline, "{base} did not start: {log}");
+            assert!(child.try_wait().unwrap().is_none(), "exited early: {log}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // A write through the gateway reaches the sync server of the same process.
+    let resp = reqwest::Client::new()
+        .put(format!("{gateway}/notes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["x-outpost-upstream"], "up");
+    assert_eq!(resp.headers()["x-outpost-queue-depth"], "0");
+    let (status, info) = call(reqwest::Method::GET, &format!("{sync}/notes"), None).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["db_name"], "notes");
+
+    // One registry: the sync server's scrape carries the gateway's series too.
+    let text = scrape(&sync).await;
+    assert!(text.contains("outpost_http_requests_total"), "{text}");
+    assert!(text.contains("outpost_gateway_upstream_up"), "{text}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            started.elapsed() < EXIT_DEADLINE,
+            "outpost serve did not exit within {EXIT_DEADLINE:?} of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(exit.success(), "outpost serve exited with {exit}: {log}");
+    assert!(log.contains("gateway stopped"), "{log}");
+    for base in [&sync, &gateway] {
+        assert!(reqwest::get(format!("{base}/_up")).await.is_err());
+    }
+}

@@ -320,7 +320,7 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Result<Response, ApiError> {
 /// Copies the gateway's counters and the queue's state into the process-wide `metrics`
 /// registry, which the scrape then renders with everything else the process records (the
 /// enqueue latency, the queue file's size, memory and descriptors).
-async fn publish_metrics(s: &AdminState) -> Result<(), ApiError> {
+pub(crate) async fn publish_metrics(s: &AdminState) -> Result<(), ApiError> {
     use metrics::{counter, gauge};
     // Usually installed at start (`outpost gateway` does); an embedding that did not gets
     // the gateway's series from its first scrape on.

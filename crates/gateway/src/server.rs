@@ -34,12 +34,18 @@ const MAX_CONNECTIONS: usize = 4096;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest pause between maintenance sweeps.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// Time between copies of the gateway's counters and queue state into the process-wide
+/// metrics registry, so a scrape of another listener of the process (the sync server's, when
+/// both run together) sees them too; a scrape of the gateway's own endpoint refreshes them at once.
+const PUBLISH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A gateway bound to its address, ready to run.
 pub struct Gateway {
     config: Config,
     listener: TcpListener,
     app: Arc<App>,
+    /// What the admin API reads, kept to publish metrics on an interval.
+    admin: Arc<AdminState>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -81,7 +87,7 @@ impl Gateway {
             })?;
         let health = Arc::new(Health::new(true));
         let stats = Arc::new(Stats::default());
-        let admin = api::router(Arc::new(AdminState {
+        let admin_state = Arc::new(AdminState {
             queue: queue.clone(),
             stats: stats.clone(),
             health: Some(health.clone()),
@@ -91,7 +97,8 @@ impl Gateway {
             )),
             token: config.admin_token.clone(),
             prefix: config.prefix.clone(),
-        }));
+        });
+        let admin = api::router(admin_state.clone());
         let app = Arc::new(App {
             settings: ProxySettings {
                 prefix: config.prefix.clone(),
@@ -113,6 +120,7 @@ impl Gateway {
             config,
             listener,
             app,
+            admin: admin_state,
         })
     }
 
@@ -135,6 +143,7 @@ impl Gateway {
             config,
             listener,
             app,
+            admin,
         } = self;
         let tracker = TaskTracker::new();
 
@@ -154,6 +163,7 @@ impl Gateway {
         );
         tracker.spawn(worker.run(shutdown.clone()));
         tracker.spawn(sweep(app.clone(), config.clone(), shutdown.clone()));
+        tracker.spawn(publish(admin, shutdown.clone()));
 
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         tracing::info!(addr = %listener.local_addr().map_err(|source| Error::Listen { addr: config.listen, source })?, "gateway listening");
@@ -251,6 +261,18 @@ async fn probe(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+async fn publish(admin: Arc<AdminState>, shutdown: CancellationToken) {
+    loop {
+        if let Err(e) = api::publish_metrics(&admin).await {
+            tracing::debug!(error = ?e, "cannot publish the gateway's metrics");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(PUBLISH_INTERVAL) => {}
         }
     }
 }

@@ -134,7 +134,49 @@ pub fn parse() -> anyhow::Result<Cli> {
             _ => e.exit(),
         },
     };
-    Ok(Cli::from_arg_matches(&matches)?)
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    if let crate::Command::Serve(serve) = &mut cli.command {
+        serve.gateway = cohosted_gateway(&command, file.as_ref(), serve)?;
+    }
+    Ok(cli)
+}
+
+/// The gateway `outpost serve` runs alongside the sync server: configured when the file has a
+/// `[gateway]` table or `--gateway-upstream`/`--gateway-listen` is given, and then resolved like
+/// `outpost gateway` (its flags, its variables, its table), those two serve flags taking the
+/// place of the gateway's `--upstream` and `--listen`.
+fn cohosted_gateway(
+    command: &Command,
+    file: Option<&File>,
+    serve: &crate::cmd::serve::ServeArgs,
+) -> anyhow::Result<Option<crate::cmd::gateway::GatewayArgs>> {
+    let in_file = file.is_some_and(|f| f.section("gateway").is_some());
+    if !in_file && serve.gateway_upstream.is_none() && serve.gateway_listen.is_none() {
+        return Ok(None);
+    }
+    let mut argv: Vec<OsString> = vec!["outpost".into(), "gateway".into()];
+    if let Some(upstream) = &serve.gateway_upstream {
+        argv.extend(["--upstream".into(), upstream.into()]);
+    }
+    if let Some(listen) = serve.gateway_listen {
+        argv.extend(["--listen".into(), listen.to_string().into()]);
+    }
+    let first = command.clone().ignore_errors(true).get_matches_from(&argv);
+    let given = first
+        .subcommand_matches("gateway")
+        .ok_or_else(|| anyhow!("no command gateway"))?;
+    let resolved = resolve(command, file, "gateway", argv, given)?;
+    let matches = match command.clone().try_get_matches_from(&resolved.argv) {
+        Ok(m) => m,
+        Err(e) if e.kind() == clap::error::ErrorKind::MissingRequiredArgument => {
+            bail!("{}", missing(command, "gateway", &resolved.sources, file)?)
+        }
+        Err(e) => bail!("[gateway]: {}", first_line(&e.to_string())),
+    };
+    match Cli::from_arg_matches(&matches)?.command {
+        crate::Command::Gateway(gateway) => Ok(Some(gateway)),
+        _ => bail!("no command gateway"),
+    }
 }
 
 /// The message for required settings given nowhere, naming each with its variable.

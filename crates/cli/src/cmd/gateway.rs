@@ -189,18 +189,25 @@ impl GatewayOptions {
 }
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let shutdown = super::shutdown::on_signal();
+    let gateway = bind(&args).await?;
+    gateway.run(shutdown).await.context("gateway failed")?;
+    Ok(())
+}
+
+/// Validates the configuration, opens the queue and binds the listener, then prints
+/// `listening on ADDR` (shared by `outpost gateway` and `outpost serve` running a gateway).
+pub async fn bind(args: &GatewayArgs) -> anyhow::Result<Gateway> {
     let config = args.options.config()?;
     outpost_telemetry::watch_database(
         "gateway_queue",
         config.data_dir.join(outpost_gateway::queue::DB_FILE),
     );
-    let shutdown = super::shutdown::on_signal();
     let gateway = Gateway::bind(config)
         .await
         .context("cannot start the gateway")?;
     println!("listening on {}", gateway.local_addr());
-    gateway.run(shutdown).await.context("gateway failed")?;
-    Ok(())
+    Ok(gateway)
 }
 
 #[cfg(test)]

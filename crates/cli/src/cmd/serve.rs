@@ -1,4 +1,8 @@
-//! `outpost serve`: the CouchDB-compatible sync server on the embedded SQLite store.
+//! `outpost serve`: the CouchDB-compatible sync server on the embedded SQLite store, and, when
+//! a gateway is configured too (a `[gateway]` table in the configuration file, or
+//! `--gateway-upstream`), the offline request gateway on its own listener in the same process.
+//! Both stop on the same SIGINT/SIGTERM and record into the same metrics registry; either
+//! failing stops the other, and the process exits 1.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +13,7 @@ use anyhow::Context;
 use outpost_server::{AppState, Config};
 use outpost_store::sqlite::SqliteStore;
 
-use crate::cmd::gateway::parse_duration;
+use crate::cmd::gateway::{GatewayArgs, parse_duration};
 
 /// Arguments of `outpost serve`.
 #[derive(Debug, clap::Args)]
@@ -42,9 +46,23 @@ pub struct ServeArgs {
     /// stops anyway (live change feeds end at once).
     #[arg(long, env = "OUTPOST_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Also run the offline request gateway in this process, in front of this backend
+    /// (`http://host:port[/base-path]`); its other settings come from the `[gateway]` table of
+    /// the configuration file and the `OUTPOST_GATEWAY_*` variables. A `[gateway]` table alone
+    /// starts it too.
+    #[arg(long)]
+    pub gateway_upstream: Option<String>,
+    /// Address the gateway started with the sync server accepts clients on (the gateway's
+    /// `listen`).
+    #[arg(long)]
+    pub gateway_listen: Option<SocketAddr>,
+    /// The gateway to run alongside, resolved from the file, the environment and the two flags
+    /// above by the configuration loader.
+    #[arg(skip)]
+    pub gateway: Option<GatewayArgs>,
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     if !args.listen.ip().is_loopback() {
         if !args.insecure_open {
             anyhow::bail!(
@@ -73,6 +91,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ..Config::default()
     };
     let shutdown = super::shutdown::on_signal();
+    let gateway = match args.gateway.take() {
+        Some(gateway) => Some(super::gateway::bind(&gateway).await?),
+        None => None,
+    };
     let state = AppState::new(store.clone(), config, shutdown.clone());
     state
         .replications
@@ -91,14 +113,36 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         shutdown.cancelled().await;
         tokio::time::sleep(grace).await;
     };
-    tokio::select! {
-        served = outpost_server::serve(listener, state) => served.context("server failed")?,
-        () = deadline => tracing::warn!(
-            grace = ?grace,
-            "requests still in flight after the shutdown grace period; stopping anyway"
-        ),
-    }
+    let server = async {
+        let result = tokio::select! {
+            served = outpost_server::serve(listener, state) => served.context("server failed"),
+            () = deadline => {
+                tracing::warn!(
+                    grace = ?grace,
+                    "requests still in flight after the shutdown grace period; stopping anyway"
+                );
+                Ok(())
+            }
+        };
+        // The gateway must not outlive a server that failed.
+        shutdown.cancel();
+        result
+    };
+    let gateway = async {
+        let Some(gateway) = gateway else {
+            return Ok(());
+        };
+        let result = gateway
+            .run(shutdown.clone())
+            .await
+            .context("gateway failed");
+        shutdown.cancel();
+        result
+    };
+    let (served, gatewayed) = tokio::join!(server, gateway);
     store.close();
+    served?;
+    gatewayed?;
     tracing::info!("stopped");
     Ok(())
 }
