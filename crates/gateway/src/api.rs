@@ -193,6 +193,7 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route(&format!("{p}v1/gateway"), get(gateway))
         .route(&format!("{p}v1/metrics"), get(metrics))
         .route(&format!("{p}v1/ready"), get(ready))
+        .route(&format!("{p}v1/openapi.json"), get(openapi))
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
@@ -205,6 +206,13 @@ struct ListParams {
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/_outpost/v1/queue",
+    tag = "gateway",
+    description = "Queue entries, oldest first, filtered by `state` (pending, dead, done); pages with `after` and `limit` (at most 1,000). Needs the admin token.",
+    responses((status = 200, description = "`{entries, next_after}`"), (status = 400, description = "Invalid query parameters"), (status = 401, description = "Missing or wrong admin token"), (status = 403, description = "No admin token configured"))
+)]
 async fn list(
     State(s): State<Arc<AdminState>>,
     headers: HeaderMap,
@@ -234,6 +242,13 @@ async fn list(
     Ok(axum::Json(json!({ "entries": entries, "next_after": next })).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/_outpost/v1/queue/{id}",
+    tag = "gateway",
+    description = "One queued request: state, attempts, last error, the upstream answer once delivered and `delivered_at`. Open to whoever holds the id (it is the `Location` of the 202).",
+    responses((status = 200, description = "The entry"), (status = 404, description = "No such entry"))
+)]
 async fn show(
     State(s): State<Arc<AdminState>>,
     Path(id): Path<String>,
@@ -242,6 +257,13 @@ async fn show(
     Ok(axum::Json(entry_json(&detail, &s.status_url(&id))).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/_outpost/v1/queue/{id}",
+    tag = "gateway",
+    description = "Drops a pending or dead entry. Needs the admin token.",
+    responses((status = 200, description = "`{id, dropped: true}`"), (status = 404, description = "No such entry"), (status = 409, description = "The entry is being delivered or was delivered"), (status = 401, description = "Missing or wrong admin token"), (status = 403, description = "No admin token configured"))
+)]
 async fn drop_entry(
     State(s): State<Arc<AdminState>>,
     headers: HeaderMap,
@@ -252,6 +274,13 @@ async fn drop_entry(
     Ok(axum::Json(json!({ "id": id, "dropped": true })).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/_outpost/v1/queue/{id}/retry",
+    tag = "gateway",
+    description = "Puts a dead entry back in line, with its attempts reset. Needs the admin token.",
+    responses((status = 200, description = "`{id, status: pending}`"), (status = 404, description = "No such entry"), (status = 409, description = "The entry is not dead"), (status = 401, description = "Missing or wrong admin token"), (status = 403, description = "No admin token configured"))
+)]
 async fn retry(
     State(s): State<Arc<AdminState>>,
     headers: HeaderMap,
@@ -262,6 +291,13 @@ async fn retry(
     Ok(axum::Json(json!({ "id": id, "status": "pending" })).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/_outpost/v1/gateway",
+    tag = "gateway",
+    description = "Upstream state, queue depth, oldest pending age and the delivery counters. Needs the admin token.",
+    responses((status = 200, description = "`{upstream, queue, counters}`"), (status = 401, description = "Missing or wrong admin token"), (status = 403, description = "No admin token configured"))
+)]
 async fn gateway(
     State(s): State<Arc<AdminState>>,
     headers: HeaderMap,
@@ -286,6 +322,13 @@ async fn gateway(
     Ok(axum::Json(body).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/_outpost/v1/metrics",
+    tag = "gateway",
+    description = "Every metric in the Prometheus text format. Needs the admin token.",
+    responses((status = 200, description = "The exposition", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String), (status = 401, description = "Missing or wrong admin token"), (status = 403, description = "No admin token configured"))
+)]
 async fn metrics(
     State(s): State<Arc<AdminState>>,
     headers: HeaderMap,
@@ -302,6 +345,13 @@ async fn metrics(
 /// Readiness, open to probes: 200 while the queue answers, whatever the upstream's state (a
 /// gateway whose upstream is down is doing its job by taking writes, so a balancer must keep
 /// sending them), which the body reports; 503 with `Retry-After` when the queue does not answer.
+#[utoipa::path(
+    get,
+    path = "/_outpost/v1/ready",
+    tag = "gateway",
+    description = "Readiness: 200 while the queue answers, whatever the upstream state (reported in the body); 503 with `Retry-After` otherwise.",
+    responses((status = 200, description = "`{status: ready, upstream}`"), (status = 503, description = "The queue does not answer"))
+)]
 async fn ready(State(s): State<Arc<AdminState>>) -> Result<Response, ApiError> {
     if let Err(e) = s.queue.stats().await {
         tracing::warn!(error = %e, "readiness check: the queue does not answer");
@@ -315,6 +365,42 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Result<Response, ApiError> {
         .as_ref()
         .map(|h| if h.is_up() { "up" } else { "down" });
     Ok(axum::Json(json!({ "status": "ready", "upstream": upstream })).into_response())
+}
+
+/// The OpenAPI document of the routes above, generated from their `#[utoipa::path]`
+/// attributes; a route missing from `paths` fails the test that compares it with the router.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Outpost gateway API",
+        description = "The offline request gateway's own endpoints under its reserved prefix (`/_outpost/` unless configured otherwise): queued requests, operations and this document."
+    ),
+    paths(list, show, drop_entry, retry, gateway, metrics, ready, openapi)
+)]
+struct ApiDoc;
+
+/// This API's OpenAPI 3.1 document, with the paths under the configured prefix.
+#[utoipa::path(
+    get,
+    path = "/_outpost/v1/openapi.json",
+    tag = "gateway",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json"))
+)]
+async fn openapi(State(s): State<Arc<AdminState>>) -> Result<Response, ApiError> {
+    use utoipa::OpenApi;
+    let mut doc = ApiDoc::openapi();
+    if s.prefix != "/_outpost/" {
+        let paths = std::mem::take(&mut doc.paths.paths);
+        doc.paths.paths = paths
+            .into_iter()
+            .map(|(path, item)| (path.replacen("/_outpost/", &s.prefix, 1), item))
+            .collect();
+    }
+    let text = doc.to_json().map_err(|e| {
+        tracing::error!(error = %e, "cannot serialise the OpenAPI document");
+        ApiError::Internal
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], text).into_response())
 }
 
 /// Copies the gateway's counters and the queue's state into the process-wide `metrics`

@@ -4,6 +4,7 @@ mod bad_input;
 mod encryption;
 mod idempotency;
 mod layer;
+mod openapi;
 mod passthrough;
 mod queueing;
 mod retry;
