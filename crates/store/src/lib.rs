@@ -38,6 +38,9 @@ pub trait Store: Send + Sync + 'static {
     async fn db_info(&self, name: &str) -> Result<DbInfo, StoreError>;
     /// Sets how many revisions each path of a revision tree keeps.
     async fn set_revs_limit(&self, db: &str, limit: u64) -> Result<(), StoreError>;
+    /// Takes the write lock through the writer and commits nothing: succeeds when writes can be
+    /// accepted (the writer runs and the file is writable), for readiness checks.
+    async fn check_writable(&self) -> Result<(), StoreError>;
     /// Sets how conflicts are resolved in a database from now on.
     async fn set_policy(&self, db: &str, policy: Policy) -> Result<(), StoreError>;
     /// Sets how much history `compact` keeps.

@@ -112,11 +112,11 @@ struct UnavailableBody {
     status: &'static str,
     /// Always `service_unavailable`.
     error: &'static str,
-    /// Why: shutting down, or the store does not answer.
+    /// Why: shutting down, or the store does not accept writes.
     reason: String,
 }
 
-/// Readiness: 200 while the store answers and the server is not shutting down, otherwise 503
+/// Readiness: 200 while the store accepts writes and the server is not shutting down, otherwise 503
 /// with `Retry-After`, so a balancer stops sending traffic to a draining server.
 #[utoipa::path(
     get,
@@ -124,7 +124,7 @@ struct UnavailableBody {
     tag = "operations",
     responses(
         (status = 200, description = "Ready to serve", body = ReadyBody),
-        (status = 503, description = "Shutting down, or the store does not answer", body = UnavailableBody,
+        (status = 503, description = "Shutting down, or the store does not accept writes", body = UnavailableBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before asking again")))
     )
 )]
@@ -135,11 +135,11 @@ pub async fn ready(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     let problem = if state.shutdown.is_cancelled() {
         Some("the server is shutting down")
     } else {
-        match state.store.all_dbs().await {
+        match state.store.check_writable().await {
             Ok(_) => None,
             Err(e) => {
-                tracing::warn!(error = %e, "readiness check: the store does not answer");
-                Some("the store does not answer")
+                tracing::warn!(error = %e, "readiness check: the store does not accept writes");
+                Some("the store does not accept writes")
             }
         }
     };

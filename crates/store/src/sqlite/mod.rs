@@ -226,6 +226,10 @@ impl Store for SqliteStore {
         .map(|_| ())
     }
 
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        self.write(WriteOp::Ping).await.map(|_| ())
+    }
+
     async fn set_policy(&self, db: &str, policy: Policy) -> Result<(), StoreError> {
         self.write(WriteOp::SetPolicy {
             db: db.to_owned(),

@@ -68,6 +68,9 @@ pub(super) enum WriteOp {
     },
     /// Folds the WAL back into the main file.
     Checkpoint,
+    /// Takes the write lock and commits nothing: proves the writer is alive and the file
+    /// writable, for readiness checks.
+    Ping,
 }
 
 /// What a job answers.
@@ -285,7 +288,7 @@ fn apply(
             }
             Ok(WriteReply::Done)
         }
-        WriteOp::Checkpoint => Ok(WriteReply::Done),
+        WriteOp::Checkpoint | WriteOp::Ping => Ok(WriteReply::Done),
     }
 }
 
