@@ -4,7 +4,8 @@
 use axum::body::{Body, Bytes};
 use axum::response::Response;
 use http::Method;
-use outpost_store::{AllDocsQuery, DocRow, StoredBody};
+use outpost_core::Rev;
+use outpost_store::{AllDocsQuery, DocRecord, DocRow, StoredBody};
 use serde_json::{Value, json};
 
 use super::{not_allowed, ok};
@@ -255,31 +256,50 @@ async fn by_keys(
     descending: bool,
     update_seq: Option<u64>,
 ) -> Result<Response, ApiError> {
-    let mut rows = Vec::with_capacity(keys.len());
     let ordered: Box<dyn Iterator<Item = &Value> + Send> = if descending {
         Box::new(keys.iter().rev())
     } else {
         Box::new(keys.iter())
     };
-    for key in ordered
+    let keys: Vec<&Value> = ordered
         .skip(skip as usize)
         .take(usize::try_from(limit).unwrap_or(usize::MAX))
-    {
-        let Some(id) = key.as_str() else {
-            rows.push(json!({ "key": key, "error": "not_found" }).to_string());
-            continue;
-        };
-        let record = state.store.doc(db, id).await?;
-        let Some(record) = record else {
-            rows.push(json!({ "key": key, "error": "not_found" }).to_string());
-            continue;
-        };
-        let Some(winner) = record.tree.winner() else {
+        .collect();
+    // Two reads for the whole request, each from one snapshot: the trees of every key that can
+    // be an id, then the winners' bodies of the live ones.
+    let ids: Vec<String> = keys
+        .iter()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+        .collect();
+    let mut records = state.store.docs(db, &ids).await?.into_iter();
+    let found: Vec<Option<DocRecord>> = keys
+        .iter()
+        .map(|k| k.as_str().and_then(|_| records.next().flatten()))
+        .collect();
+    let live: Vec<(String, Rev)> = found
+        .iter()
+        .flatten()
+        .filter_map(|r| {
+            r.tree
+                .winner()
+                .filter(|w| !w.deleted)
+                .map(|w| (r.id.clone(), w.rev))
+        })
+        .collect();
+    let mut bodies = if opts.include_docs {
+        crate::observe::documents_read(live.len());
+        state.store.bodies(db, &live).await?.into_iter()
+    } else {
+        Vec::new().into_iter()
+    };
+    let mut rows = Vec::with_capacity(keys.len());
+    for (key, record) in keys.into_iter().zip(found) {
+        let Some((record, winner)) = record.and_then(|r| r.tree.winner().map(|w| (r, w))) else {
             rows.push(json!({ "key": key, "error": "not_found" }).to_string());
             continue;
         };
         if winner.deleted {
-            let mut row = json!({ "id": id, "key": key, "value": { "rev": winner.rev.to_string(), "deleted": true } });
+            let mut row = json!({ "id": record.id, "key": key, "value": { "rev": winner.rev.to_string(), "deleted": true } });
             if opts.include_docs {
                 row["doc"] = Value::Null;
             }
@@ -287,15 +307,12 @@ async fn by_keys(
             continue;
         }
         let body = if opts.include_docs {
-            crate::observe::documents_read(1);
-            super::doc::stored_body(state, db, id, &winner.rev)
-                .await?
-                .map(|b| b.json)
+            bodies.next().flatten().map(|b| b.json)
         } else {
             None
         };
         let row = DocRow {
-            id: id.to_owned(),
+            id: record.id,
             seq: record.seq,
             tree: record.tree,
             body,
