@@ -640,11 +640,13 @@ fn apply_doc(
     let existing = load_tree(tx, state.id, &update.id)?;
     let mut was_deleted = existing.as_ref().map(|(d, _)| *d);
     let mut tree = existing.map(|(_, t)| t).unwrap_or_default();
-    let before = tree.clone();
+    // What the event log needs to know about the document before this revision.
+    let was_empty = tree.is_empty();
+    let was_deleted_doc = tree.is_deleted();
     // Taken, not cloned: a write is applied once, and its body is not needed afterwards.
     let mut body = std::mem::take(&mut update.body);
 
-    let (rev, parent, detail) = match &update.mode {
+    let (rev, parent, detail, extends_leaf) = match &update.mode {
         UpdateMode::Edit { base } => {
             let parent = match base {
                 Some(b) if tree.is_leaf(b) => Some(b.clone()),
@@ -663,7 +665,9 @@ fn apply_doc(
             let rev = hash::next_rev_of_fields(parent.as_ref(), update.deleted, &body);
             tree.add_edit(parent.as_ref(), rev.clone(), update.deleted)
                 .map_err(|_| DocError::Conflict)?;
-            (rev, parent, None)
+            // An interactive edit always continues a leaf (or starts the document).
+            let extends_leaf = parent.is_some();
+            (rev, parent, None, extends_leaf)
         }
         UpdateMode::Replicate { path } => {
             let leaf = path.first().ok_or(DocError::InvalidPath)?.clone();
@@ -682,19 +686,20 @@ fn apply_doc(
                 leaf.generation,
                 true,
             )?;
+            let extends_leaf = path.get(1).is_some_and(|p| tree.is_leaf(p));
             let added = tree
                 .merge_path(path, update.deleted)
                 .map_err(|_| DocError::InvalidPath)?;
             let parent = tree.parent(&leaf).cloned();
             // The path is kept with the event so that replaying the log rebuilds the same tree.
             let detail = serde_json::json!({ "path": path.iter().map(Rev::to_string).collect::<Vec<_>>(), "added": added.len() });
-            (leaf, parent, Some(detail.to_string()))
+            (leaf, parent, Some(detail.to_string()), extends_leaf)
         }
     };
     for att in &update.new_attachments {
         store_attachment(tx, att)?;
     }
-    let kind = event_kind(&before, parent.as_ref(), update.deleted);
+    let kind = event_kind(was_empty, was_deleted_doc, extends_leaf, update.deleted);
     let revision = NewRevision {
         rev: &rev,
         parent: parent.as_ref(),
@@ -826,9 +831,15 @@ fn commit_revision(
     Ok(())
 }
 
-/// What an accepted revision did to its document, for the event log.
-fn event_kind(before: &RevTree, parent: Option<&Rev>, deleted: bool) -> &'static str {
-    if before.is_empty() {
+/// What an accepted revision did to its document, for the event log, from what the document
+/// was before it (`was_empty`, `was_deleted`) and whether the revision continues a leaf.
+fn event_kind(
+    was_empty: bool,
+    was_deleted: bool,
+    extends_leaf: bool,
+    deleted: bool,
+) -> &'static str {
+    if was_empty {
         return if deleted { "deleted" } else { "created" };
     }
     if deleted {
@@ -836,8 +847,7 @@ fn event_kind(before: &RevTree, parent: Option<&Rev>, deleted: bool) -> &'static
     }
     // A new live branch: the revision does not extend an existing leaf, so the document now has
     // a second live leaf (or revives a deleted one on another branch).
-    let extends_leaf = parent.is_some_and(|p| before.is_leaf(p));
-    if !extends_leaf && !before.is_deleted() {
+    if !extends_leaf && !was_deleted {
         "conflict"
     } else {
         "updated"
