@@ -45,22 +45,8 @@ pub async fn run_one_shot(
     state: &AppState,
     spec: &Spec,
 ) -> Result<ReplicationResult, ReplicationError> {
-    let (replication, local) = build(state, spec, Some(5)).await?;
-    let replication = Arc::new(replication);
-    let rep_id = replication.replication_id().await?;
-    let id = jobs::job_id(&rep_id, false, spec.create_target);
-    let cancel = state.shutdown.child_token();
-    let job = Job {
-        id: id.clone(),
-        doc_id: None,
-        source: spec.source.redacted(),
-        target: spec.target.redacted(),
-        local,
-        continuous: false,
-        status: replication.subscribe(),
-        cancel: cancel.clone(),
-        started: SystemTime::now(),
-    };
+    let (replication, job) = prepare(state, spec, false, Some(5)).await?;
+    let (id, cancel) = (job.id.clone(), job.cancel.clone());
     // Two identical one-shot requests at once share nothing; only the first is listed.
     let listed = state.replications.insert(job);
     let registry = state.replications.clone();
@@ -83,22 +69,8 @@ pub async fn run_one_shot(
 /// Starts a continuous replication as a tracked task and returns its job id at once. Starting
 /// one that already runs returns the same id.
 pub async fn start_continuous(state: &AppState, spec: &Spec) -> Result<String, ReplicationError> {
-    let (replication, local) = build(state, spec, None).await?;
-    let replication = Arc::new(replication);
-    let rep_id = replication.replication_id().await?;
-    let id = jobs::job_id(&rep_id, true, spec.create_target);
-    let cancel = state.shutdown.child_token();
-    let job = Job {
-        id: id.clone(),
-        doc_id: None,
-        source: spec.source.redacted(),
-        target: spec.target.redacted(),
-        local,
-        continuous: true,
-        status: replication.subscribe(),
-        cancel: cancel.clone(),
-        started: SystemTime::now(),
-    };
+    let (replication, job) = prepare(state, spec, true, None).await?;
+    let (id, cancel) = (job.id.clone(), job.cancel.clone());
     if !state.replications.insert(job) {
         return Ok(id);
     }
@@ -114,6 +86,31 @@ pub async fn start_continuous(state: &AppState, spec: &Spec) -> Result<String, R
         .instrument(tracing::info_span!("replicate", job = %id)),
     );
     Ok(id)
+}
+
+/// Builds a `_replicate` replication and the registry entry it runs under, with a cancel token
+/// that the server's shutdown also fires.
+async fn prepare(
+    state: &AppState,
+    spec: &Spec,
+    continuous: bool,
+    max_attempts: Option<u32>,
+) -> Result<(Arc<Replication>, Job), ReplicationError> {
+    let (replication, local) = build(state, spec, max_attempts).await?;
+    let replication = Arc::new(replication);
+    let rep_id = replication.replication_id().await?;
+    let job = Job {
+        id: jobs::job_id(&rep_id, continuous, spec.create_target),
+        doc_id: None,
+        source: spec.source.redacted(),
+        target: spec.target.redacted(),
+        local,
+        continuous,
+        status: replication.subscribe(),
+        cancel: state.shutdown.child_token(),
+        started: SystemTime::now(),
+    };
+    Ok((replication, job))
 }
 
 /// The job id a spec would run under, for `cancel`.
