@@ -7,6 +7,7 @@
 // It uses the npm dependencies of tests/interop (pouchdb, pouchdb-server, undici) and its server
 // launcher, so there is one lockfile to keep and both servers start exactly as in the interop tests.
 
+const crypto = require('node:crypto');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
@@ -34,17 +35,28 @@ const { startServer } = require(path.join(INTEROP, 'lib', 'server.js'));
 
 const USAGE = `usage: node bench/run.js [options]
 
-  --only KIND[,KIND]     servers to run: outpost, pouchdb-server (default both)
+  --only KIND[,KIND]     servers to run: outpost, outpost-before, pouchdb-server, couchdb
+                         (default outpost,pouchdb-server)
   --workloads A[,B]      workloads to run (default all); --list shows them
   --docs N               documents in the data sets (default 10000)
   --seconds S            duration of the timed single-document workloads (default 5)
   --clients C            concurrent keep-alive clients for single-document workloads (default 16)
   --latency-samples N    live-sync latency samples (default 300)
   --repl-docs N          documents replicated server to server by replicate (default 100000)
+  --page-docs N          documents in the changes-paging data set (default 1000000)
+  --conflict-revs N      conflicting revisions in the conflicts workload (default 4000)
   --json FILE            also write the raw results as JSON
   --list                 list the workloads and exit
 
-  OUTPOST_BIN            the outpost binary (default target/release/outpost)`;
+  OUTPOST_BIN            the outpost binary (default target/release/outpost)
+  OUTPOST_BEFORE_BIN     an older outpost binary, run as the server kind outpost-before
+  COUCHDB_URL            a running CouchDB for the kind couchdb, with credentials
+                         (e.g. http://admin:password@127.0.0.1:5990); its bench-* databases
+                         are deleted first. COUCHDB_PID names its process for memory figures
+                         (default: the newest beam.smp)`;
+
+/** The servers a run can compare; `outpost` is the one every ratio is taken against. */
+const KINDS = ['outpost', 'outpost-before', 'pouchdb-server', 'couchdb'];
 
 function parseArgs(argv) {
   const opts = {
@@ -55,6 +67,8 @@ function parseArgs(argv) {
     clients: 16,
     latencySamples: 300,
     replDocs: 100_000,
+    pageDocs: 1_000_000,
+    conflictRevs: 4000,
     json: null,
     list: false,
   };
@@ -77,6 +91,8 @@ function parseArgs(argv) {
       case '--clients': opts.clients = number(); break;
       case '--latency-samples': opts.latencySamples = number(); break;
       case '--repl-docs': opts.replDocs = number(); break;
+      case '--page-docs': opts.pageDocs = number(); break;
+      case '--conflict-revs': opts.conflictRevs = number(); break;
       case '--json': opts.json = value(); break;
       case '--list': opts.list = true; break;
       case '-h': case '--help': console.log(USAGE); process.exit(0); break;
@@ -84,7 +100,7 @@ function parseArgs(argv) {
     }
   }
   for (const kind of opts.only) {
-    if (!['outpost', 'pouchdb-server'].includes(kind)) throw new Error(`unknown server ${kind}`);
+    if (!KINDS.includes(kind)) throw new Error(`unknown server ${kind}`);
   }
   return opts;
 }
@@ -126,15 +142,80 @@ function peakRssKiB(pid) {
   }
 }
 
+/** Current resident set size of a process in KiB. */
+function rssKiB(pid) {
+  try {
+    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+    const m = status.match(/^VmRSS:\s+(\d+)\s+kB/m);
+    return m ? Number(m[1]) : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+/**
+ * Runs `fn` while sampling the resident set size of `pid` every 10 ms; returns the result of
+ * `fn` and the highest RSS seen above the one before it started, in MiB.
+ */
+async function withRssSampling(pid, fn) {
+  const base = rssKiB(pid);
+  let peak = base;
+  const timer = setInterval(() => {
+    const now = rssKiB(pid);
+    if (now > peak) peak = now;
+  }, 10);
+  try {
+    const result = await fn();
+    const now = rssKiB(pid);
+    if (now > peak) peak = now;
+    return { result, growthMiB: (peak - base) / 1024, peakMiB: peak / 1024 };
+  } finally {
+    clearInterval(timer);
+  }
+}
+
+/**
+ * A CouchDB started outside this script (it cannot be built or launched from here), given by
+ * COUCHDB_URL with its credentials. Shaped like the servers of tests/interop/lib/server.js.
+ */
+function externalCouchDb() {
+  const raw = process.env.COUCHDB_URL;
+  if (!raw) throw new Error('the couchdb kind needs COUCHDB_URL (e.g. http://admin:password@127.0.0.1:5990)');
+  const u = new URL(raw);
+  const auth = u.username ? `Basic ${Buffer.from(`${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}`).toString('base64')}` : null;
+  const withCreds = u.origin.replace('//', `//${u.username}:${u.password}@`);
+  let pid = Number(process.env.COUCHDB_PID) || null;
+  if (!pid) {
+    try {
+      pid = Number(execFileSync('pgrep', ['-n', 'beam.smp'], { encoding: 'utf8' }).trim()) || null;
+    } catch {
+      pid = null;
+    }
+  }
+  return {
+    kind: 'couchdb',
+    url: u.origin,
+    pouchUrl: u.username ? withCreds : u.origin,
+    auth,
+    pid,
+    external: true,
+    destroy: async () => {},
+  };
+}
+
 /**
  * One server under benchmark: its process, an undici pool of keep-alive connections, and the
  * data sets the workloads share (created once, outside any timing).
  */
 class Target {
-  constructor(server, clients) {
+  constructor(server, clients, kind = server.kind) {
     this.server = server;
-    this.kind = server.kind;
+    this.kind = kind;
     this.url = server.url;
+    // The URL PouchDB and replications use: with credentials where the server needs them.
+    this.pouchUrl = server.pouchUrl || server.url;
+    this.auth = server.auth || null;
+    this.clients = clients;
     this.pool = new undici.Pool(server.url, { connections: clients, keepAliveTimeout: 30_000 });
     this.fixtures = new Map();
     this.dbCounter = 0;
@@ -149,8 +230,8 @@ class Target {
     const res = await this.pool.request({
       method,
       path,
-      headers: { 'content-type': 'application/json', accept: 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
+      headers: this.headers(),
+      body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
     });
     const text = await res.body.text();
     if (res.statusCode >= 300) throw new Error(`${this.kind}: ${method} ${path} -> ${res.statusCode} ${text.slice(0, 200)}`);
@@ -159,6 +240,32 @@ class Target {
 
   async json(method, path, body) {
     return JSON.parse(await this.request(method, path, body));
+  }
+
+  /** JSON request headers, with the server's credentials when it has some. */
+  headers() {
+    const h = { 'content-type': 'application/json', accept: 'application/json' };
+    if (this.auth) h.authorization = this.auth;
+    return h;
+  }
+
+  /** Sends a request and counts the answer's bytes without keeping them. */
+  async drain(method, path, body) {
+    const res = await this.pool.request({ method, path, headers: this.headers(), body: body === undefined ? undefined : JSON.stringify(body), bodyTimeout: 0, headersTimeout: 0 });
+    let bytes = 0;
+    for await (const chunk of res.body) bytes += chunk.length;
+    if (res.statusCode >= 300) throw new Error(`${this.kind}: ${method} ${path} -> ${res.statusCode}`);
+    return bytes;
+  }
+
+  /** Waits until a database reports no compaction running. */
+  async compacted(db) {
+    for (let i = 0; i < 6000; i++) {
+      const info = await this.json('GET', `/${db}`);
+      if (!info.compact_running) return info;
+      await sleep(50);
+    }
+    throw new Error(`${this.kind}: compaction of ${db} still running after 5 minutes`);
   }
 
   /** A database holding `n` documents made by `makeDoc`, created once per target. */
@@ -176,6 +283,25 @@ class Target {
       })());
     }
     return this.fixtures.get(name);
+  }
+
+  /**
+   * A target whose file holds nothing else: a new server of the same kind for Outpost, which
+   * keeps every database in one file; the same target for the others, which give each database
+   * its own file.
+   */
+  async isolated() {
+    if (!this.kind.startsWith('outpost')) return this;
+    const server = await startServer({ kind: 'outpost', quiet: true, bin: this.bin });
+    const target = new Target(server, this.clients, this.kind);
+    target.bin = this.bin;
+    return target;
+  }
+
+  /** Closes the pool and ends the server. */
+  async destroy() {
+    await this.close();
+    await this.server.destroy();
   }
 
   async close() {
@@ -238,7 +364,7 @@ async function fillDb(t, db, n) {
 async function postReplicate(t, body) {
   const res = await undici.request(`${t.url}/_replicate`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json', accept: 'application/json' },
+    headers: t.headers(),
     body: JSON.stringify(body),
     headersTimeout: 0,
     bodyTimeout: 0,
@@ -255,9 +381,9 @@ async function postReplicate(t, body) {
  * HTTP. `continuous` returns a function that stops the replication.
  */
 async function serverReplicate(t, source, target, continuous) {
-  const from = `${t.url}/${source}`;
-  const to = `${t.url}/${target}`;
-  if (t.kind === 'outpost') {
+  const from = `${t.pouchUrl}/${source}`;
+  const to = `${t.pouchUrl}/${target}`;
+  if (t.kind === 'outpost' || t.kind === 'outpost-before') {
     const args = ['replicate', from, to, '--create-target'];
     if (continuous) {
       args.push('--continuous');
@@ -329,7 +455,7 @@ const WORKLOADS = [
         const res = await t.pool.request({
           method: 'POST',
           path: `/${db}/_bulk_docs`,
-          headers: { 'content-type': 'application/json', accept: 'application/json' },
+          headers: t.headers(),
           body,
         });
         const text = await res.body.text();
@@ -376,7 +502,7 @@ const WORKLOADS = [
       const db = await t.fixture(opts.docs);
       const local = new PouchDB(`pull-${t.kind}-${Date.now()}`, { adapter: 'memory' });
       const t0 = performance.now();
-      const res = await replicate(new PouchDB(`${t.url}/${db}`), local);
+      const res = await replicate(new PouchDB(`${t.pouchUrl}/${db}`), local);
       const ms = performance.now() - t0;
       if (res.docs_written !== opts.docs) throw new Error(`${t.kind}: pulled ${res.docs_written} docs`);
       await local.destroy();
@@ -394,7 +520,7 @@ const WORKLOADS = [
         await local.bulkDocs(docs);
       }
       const t0 = performance.now();
-      const res = await replicate(local, new PouchDB(`${t.url}/${t.freshDb('push')}`));
+      const res = await replicate(local, new PouchDB(`${t.pouchUrl}/${t.freshDb('push')}`));
       const ms = performance.now() - t0;
       if (res.docs_written !== opts.docs) throw new Error(`${t.kind}: pushed ${res.docs_written} docs`);
       await local.destroy();
@@ -409,7 +535,7 @@ const WORKLOADS = [
       await t.request('PUT', `/${db}`);
       const local = new PouchDB(`live-${t.kind}-${Date.now()}`, { adapter: 'memory' });
       const waiting = new Map();
-      const rep = PouchDB.replicate(new PouchDB(`${t.url}/${db}`), local, { live: true, retry: true });
+      const rep = PouchDB.replicate(new PouchDB(`${t.pouchUrl}/${db}`), local, { live: true, retry: true });
       rep.on('change', (info) => {
         for (const doc of info.docs) {
           const resolve = waiting.get(doc._id);
@@ -469,7 +595,7 @@ const WORKLOADS = [
         await t.request('PUT', `/${source}/warm-up`, { warm: true });
         const deadline = performance.now() + 20_000;
         for (;;) {
-          const res = await t.pool.request({ method: 'GET', path: `/${target}/warm-up` });
+          const res = await t.pool.request({ method: 'GET', path: `/${target}/warm-up`, headers: t.headers() });
           await res.body.text();
           if (res.statusCode === 200) break;
           if (performance.now() > deadline) throw new Error(`${t.kind}: continuous replication did not start`);
@@ -506,6 +632,144 @@ const WORKLOADS = [
       }
     },
   },
+  {
+    name: 'conflicts',
+    description: 'one new_edits=false _bulk_docs of --conflict-revs conflicting revisions of one document, and the latency of PUTs to another database meanwhile',
+    async run(t, opts) {
+      const n = opts.conflictRevs;
+      const db = t.freshDb('conflicts');
+      const other = t.freshDb('bystander');
+      await t.request('PUT', `/${db}`);
+      await t.request('PUT', `/${other}`);
+      const docs = [];
+      for (let i = 0; i < n; i++) {
+        const sig = crypto.createHash('md5').update(`branch-${i}`).digest('hex');
+        docs.push({ _id: 'contested', _rev: `1-${sig}`, _revisions: { start: 1, ids: [sig] }, branch: i });
+      }
+      const body = JSON.stringify({ docs, new_edits: false });
+      let done = false;
+      const t0 = performance.now();
+      const big = t.request('POST', `/${db}/_bulk_docs`, body).then(() => {
+        done = true;
+        return performance.now() - t0;
+      });
+      // A bystander on its own connection writes to an unrelated database while the big request
+      // runs; its slowest write is what one pathological request costs everybody else.
+      const bystander = new undici.Pool(t.url, { connections: 1 });
+      const latencies = [];
+      try {
+        for (let i = 0; !done; i++) {
+          const s0 = performance.now();
+          const res = await bystander.request({ method: 'PUT', path: `/${other}/p${i}`, headers: t.headers(), body: JSON.stringify({ i }) });
+          await res.body.text();
+          latencies.push(performance.now() - s0);
+          await sleep(10);
+        }
+      } finally {
+        await bystander.close();
+      }
+      const ms = await big;
+      latencies.sort((a, b) => a - b);
+      return [
+        { metric: `new_edits=false, ${n.toLocaleString('en-US')} conflicting revisions of one doc`, value: ms, unit: 'ms', better: 'lower', detail: `${(n / (ms / 1000)).toFixed(0)} revs/s` },
+        { metric: 'unrelated PUT during it, slowest', value: latencies[latencies.length - 1] ?? NaN, unit: 'ms', better: 'lower', detail: `${latencies.length} PUTs, p50 ${percentile(latencies, 50).toFixed(2)} ms` },
+      ];
+    },
+  },
+  {
+    name: 'keys-memory',
+    description: 'growth of the server\'s RSS while it answers _all_docs?include_docs=true with 400 keys naming one 2 MB document, and the same through _bulk_get',
+    async run(t) {
+      if (!t.server.pid) return [];
+      const db = t.freshDb('keys');
+      await t.request('PUT', `/${db}`);
+      await t.request('PUT', `/${db}/big`, { blob: 'x'.repeat(2 * 1024 * 1024) });
+      const keys = Array.from({ length: 400 }, () => 'big');
+      const a = await withRssSampling(t.server.pid, () => t.drain('POST', `/${db}/_all_docs?include_docs=true`, { keys }));
+      const b = await withRssSampling(t.server.pid, () => t.drain('POST', `/${db}/_bulk_get`, { docs: keys.map((id) => ({ id })) }));
+      return [
+        { metric: '_all_docs keys ×400 of a 2 MB doc: RSS growth', value: a.growthMiB, unit: 'MiB', better: 'lower', detail: `${(a.result / 2 ** 20).toFixed(0)} MiB answered, peak RSS ${a.peakMiB.toFixed(0)} MiB` },
+        { metric: '_bulk_get ×400 of a 2 MB doc: RSS growth', value: b.growthMiB, unit: 'MiB', better: 'lower', detail: `${(b.result / 2 ** 20).toFixed(0)} MiB answered, peak RSS ${b.peakMiB.toFixed(0)} MiB` },
+      ];
+    },
+  },
+  {
+    name: 'changes-paging',
+    description: 'a full _changes pull of --page-docs documents in pages of 100: time per page at the start and at the end',
+    async run(t, opts) {
+      const n = opts.pageDocs;
+      const db = t.freshDb('paging');
+      await t.request('PUT', `/${db}`);
+      for (let i = 0; i < n; i += 5000) {
+        const docs = [];
+        for (let j = i; j < Math.min(n, i + 5000); j++) docs.push({ _id: `p${String(j).padStart(8, '0')}`, n: j });
+        await t.request('POST', `/${db}/_bulk_docs`, { docs });
+      }
+      const pages = [];
+      let since = 0;
+      let seen = 0;
+      const t0 = performance.now();
+      for (;;) {
+        const q = encodeURIComponent(typeof since === 'string' ? since : JSON.stringify(since));
+        const p0 = performance.now();
+        const page = await t.json('GET', `/${db}/_changes?limit=100&since=${q}`);
+        pages.push(performance.now() - p0);
+        seen += page.results.length;
+        if (page.results.length < 100) break;
+        since = page.last_seq;
+      }
+      const total = performance.now() - t0;
+      if (seen !== n) throw new Error(`${t.kind}: paged ${seen} of ${n} changes`);
+      const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+      const first = mean(pages.slice(0, 100));
+      const last = mean(pages.slice(-100));
+      return [
+        { metric: `_changes of ${n.toLocaleString('en-US')} docs by 100: first 100 pages`, value: first, unit: 'ms', better: 'lower', detail: 'mean per page' },
+        { metric: `_changes of ${n.toLocaleString('en-US')} docs by 100: last 100 pages`, value: last, unit: 'ms', better: 'lower', detail: 'mean per page' },
+        { metric: `_changes of ${n.toLocaleString('en-US')} docs by 100: whole pull`, value: total / 1000, unit: 's', better: 'lower', detail: `${pages.length} pages` },
+      ];
+    },
+  },
+  {
+    name: 'compact',
+    description: 'file size of a database churned to ten times its live size, before and after _compact, and of a fresh copy of its live data',
+    async run(t) {
+      // Outpost keeps every database in one file, so it gets servers of its own for this.
+      const churned = await t.isolated();
+      const fresh = await t.isolated();
+      try {
+        const db = churned.freshDb('churn');
+        const copy = fresh.freshDb('live');
+        await churned.request('PUT', `/${db}`);
+        await fresh.request('PUT', `/${copy}`);
+        const pad = 'y'.repeat(1000);
+        let docs = Array.from({ length: 2000 }, (_, i) => ({ _id: `c${i}`, v: 0, pad }));
+        for (let round = 0; round < 10; round++) {
+          for (let i = 0; i < docs.length; i += 500) {
+            const res = await churned.json('POST', `/${db}/_bulk_docs`, { docs: docs.slice(i, i + 500) });
+            res.forEach((r, k) => {
+              docs[i + k] = { ...docs[i + k], _rev: r.rev, v: round + 1 };
+            });
+          }
+        }
+        const live = docs.map(({ _rev, ...d }) => d);
+        for (let i = 0; i < live.length; i += 500) await fresh.request('POST', `/${copy}/_bulk_docs`, { docs: live.slice(i, i + 500) });
+        await fresh.request('POST', `/${copy}/_compact`);
+        const liveSize = (await fresh.compacted(copy)).sizes.file;
+        const before = (await churned.json('GET', `/${db}`)).sizes.file;
+        await churned.request('POST', `/${db}/_compact`);
+        const after = (await churned.compacted(db)).sizes.file;
+        const mib = (b) => b / 2 ** 20;
+        return [
+          { metric: 'churned database file before _compact', value: mib(before), unit: 'MiB', better: 'lower', detail: `${(before / liveSize).toFixed(1)}× live` },
+          { metric: 'churned database file after _compact', value: mib(after), unit: 'MiB', better: 'lower', detail: `${(after / liveSize).toFixed(2)}× live (${mib(liveSize).toFixed(1)} MiB)` },
+        ];
+      } finally {
+        if (churned !== t) await churned.destroy();
+        if (fresh !== t) await fresh.destroy();
+      }
+    },
+  },
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -515,10 +779,11 @@ function fmt(value, unit) {
   if (!Number.isFinite(value)) return 'n/a';
   if (unit === 'ms') return `${value.toFixed(2)} ms`;
   if (unit === 'MiB') return `${value.toFixed(1)} MiB`;
+  if (unit === 's') return `${value.toFixed(1)} s`;
   return `${Math.round(value).toLocaleString('en-US')} ${unit}`;
 }
 
-/** How many times better Outpost is than pouchdb-server (>1 means Outpost is better). */
+/** How many times better Outpost is than another server (>1 means Outpost is better). */
 function ratio(outpost, reference, better) {
   if (!Number.isFinite(outpost) || !Number.isFinite(reference) || outpost === 0 || reference === 0) return '—';
   const r = better === 'higher' ? outpost / reference : reference / outpost;
@@ -527,13 +792,13 @@ function ratio(outpost, reference, better) {
 
 function table(results, kinds) {
   const lines = [];
-  const both = kinds.includes('outpost') && kinds.includes('pouchdb-server');
-  const header = ['workload', ...kinds, ...(both ? ['outpost vs pouchdb-server'] : [])];
+  const others = kinds.includes('outpost') ? kinds.filter((k) => k !== 'outpost') : [];
+  const header = ['workload', ...kinds, ...others.map((k) => `outpost vs ${k}`)];
   lines.push(`| ${header.join(' | ')} |`);
   lines.push(`| ${header.map((h, i) => (i === 0 ? '---' : '---:')).join(' | ')} |`);
   for (const row of results) {
     const cells = kinds.map((k) => (row.values[k] ? fmt(row.values[k].value, row.unit) : 'n/a'));
-    const extra = both ? [ratio(row.values.outpost?.value, row.values['pouchdb-server']?.value, row.better)] : [];
+    const extra = others.map((k) => ratio(row.values.outpost?.value, row.values[k]?.value, row.better));
     lines.push(`| ${row.metric} | ${[...cells, ...extra].join(' | ')} |`);
   }
   return lines.join('\n');
@@ -580,13 +845,29 @@ async function main() {
       })
     : WORKLOADS;
 
-  const outpostBin = process.env.OUTPOST_BIN || path.join(REPO, 'target', 'release', 'outpost');
+  const bins = {
+    outpost: process.env.OUTPOST_BIN || path.join(REPO, 'target', 'release', 'outpost'),
+    'outpost-before': process.env.OUTPOST_BEFORE_BIN,
+  };
   const targets = [];
   try {
     for (const kind of opts.only) {
-      const server = await startServer({ kind, quiet: true, bin: kind === 'outpost' ? outpostBin : undefined });
-      const target = new Target(server, opts.clients);
-      target.bin = outpostBin;
+      let server;
+      if (kind === 'couchdb') {
+        server = externalCouchDb();
+        const target = new Target(server, opts.clients);
+        for (const db of await target.json('GET', '/_all_dbs')) {
+          if (db.startsWith('bench-')) await target.request('DELETE', `/${db}`);
+        }
+        targets.push(target);
+        console.error(`using couchdb at ${server.url} (pid ${server.pid ?? 'unknown'})`);
+        continue;
+      }
+      if (kind === 'outpost-before' && !bins[kind]) throw new Error('outpost-before needs OUTPOST_BEFORE_BIN');
+      const isOutpost = kind.startsWith('outpost');
+      server = await startServer({ kind: isOutpost ? 'outpost' : kind, quiet: true, bin: isOutpost ? bins[kind] : undefined });
+      const target = new Target(server, opts.clients, kind);
+      target.bin = bins[kind];
       targets.push(target);
       console.error(`started ${kind} at ${server.url} (pid ${server.pid}, data in ${server.dir})`);
     }
@@ -604,12 +885,14 @@ async function main() {
       }
     }
     const rss = { metric: 'peak RSS of the server process (VmHWM)', unit: 'MiB', better: 'lower', values: {} };
-    for (const t of targets) rss.values[t.kind] = { value: peakRssKiB(t.server.pid) / 1024, detail: `pid ${t.server.pid}` };
+    for (const t of targets) {
+      if (t.server.pid) rss.values[t.kind] = { value: peakRssKiB(t.server.pid) / 1024, detail: `pid ${t.server.pid}` };
+    }
     rows.set(rss.metric, rss);
 
     const results = [...rows.values()];
     const info = machine(opts, targets);
-    console.log(`\n## Outpost vs pouchdb-server\n`);
+    console.log(`\n## ${opts.only.join(' vs ')}\n`);
     console.log(`${info.date} · ${info.cpu} · ${info.memory} · ${info.os} · node ${info.node}`);
     console.log(`outpost: ${info.outpost ?? 'not run'} · pouchdb-server ${info['pouchdb-server']} (LevelDB) · PouchDB ${info.pouchdb}`);
     console.log(`command: ${info.command}\n`);
@@ -620,10 +903,7 @@ async function main() {
       console.error(`raw results written to ${opts.json}`);
     }
   } finally {
-    for (const t of targets) {
-      await t.close();
-      await t.server.destroy();
-    }
+    for (const t of targets) await t.destroy();
   }
 }
 
