@@ -210,8 +210,9 @@ async fn doc_or_attachment(
     let kind = classify_doc_id(id)?;
     match (kind, att) {
         (DocKind::Local, []) => local::handle(state, db, id, req).await,
+        // CouchDB's wording; PouchDB's suite checks it.
         (DocKind::Local, _) => Err(ApiError::bad_request(
-            "_local documents do not have attachments",
+            "_local documents do not accept attachments.",
         )),
         (_, []) => doc::handle(state, db, id, req).await,
         (_, names) => attachment::handle(state, db, id, &names.join("/"), req).await,

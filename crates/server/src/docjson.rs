@@ -21,6 +21,12 @@ const IGNORED_SPECIALS: &[&str] = &[
     "_seq",
 ];
 
+/// Special fields kept in the body as they are: attachments, and the fields CouchDB's replicator
+/// writes into `_replicator` documents (`_replication_id`, `_replication_state`, ...).
+fn kept_special(key: &str) -> bool {
+    key == "_attachments" || key.starts_with("_replication_")
+}
+
 /// Parses a revision id from a client, with CouchDB's error.
 pub fn parse_rev(s: &str) -> Result<Rev, ApiError> {
     s.parse()
@@ -78,7 +84,7 @@ pub fn parse_doc(
     }
     if let Some(bad) = fields
         .keys()
-        .find(|k| k.starts_with('_') && *k != "_attachments")
+        .find(|k| k.starts_with('_') && !kept_special(k))
     {
         return Err(ApiError::DocValidation(format!(
             "Bad special document member: {bad}"
@@ -88,12 +94,9 @@ pub fn parse_doc(
     let mode = if new_edits {
         UpdateMode::Edit { base: rev }
     } else {
+        // As in CouchDB, `_revisions` wins over `_rev` when both are given: PouchDB sends, for
+        // instance, `"_rev": "2-a"` with `{"start": 1, "ids": ["a"]}` and expects `1-a`.
         let path = match (revisions, rev) {
-            (Some(path), Some(rev)) if path.first() != Some(&rev) => {
-                return Err(ApiError::bad_request(
-                    "_rev does not match the newest of _revisions",
-                ));
-            }
             (Some(path), _) => path,
             (None, Some(rev)) => vec![rev],
             (None, None) => {
@@ -380,7 +383,7 @@ mod tests {
             (json!({"_id": "x", "_rev": "nope"}), true),
             (json!({"_id": "x"}), false),
             (
-                json!({"_id": "x", "_rev": "2-b", "_revisions": {"start": 1, "ids": ["a", "b"]}}),
+                json!({"_id": "x", "_revisions": {"start": 1, "ids": ["a", "b"]}}),
                 false,
             ),
             (json!({"_attachments": {"a": {"data": "!!!"}}}), true),

@@ -26,6 +26,14 @@ fn doc_error_entry(id: &str, e: &DocError) -> Value {
     error_entry(Some(id), api.status_and_code().1, &api.reason())
 }
 
+/// Where one document of a `_bulk_docs` request goes.
+enum Slot {
+    /// The index of its update among those sent to the store together.
+    Doc(usize),
+    /// A `_local` document, written after the others with its id and body.
+    Local(String, Value),
+}
+
 /// `POST /{db}/_bulk_docs`: results in request order, one per document, errors per document.
 pub async fn bulk_docs(state: &AppState, db: &str, req: &mut Req) -> Result<Response, ApiError> {
     if req.method != Method::POST {
@@ -53,27 +61,24 @@ pub async fn bulk_docs(state: &AppState, db: &str, req: &mut Req) -> Result<Resp
     } else {
         Origin::Replication { peer: None }
     };
-    // Parse every document first; refused ones keep their place in the answer.
-    let mut slots: Vec<Result<usize, Value>> = Vec::with_capacity(docs.len());
+    // Every document is parsed before anything is written, and one that cannot be parsed fails
+    // the whole request, as in CouchDB. `_local` documents are written on their own (they have
+    // no revision tree) and keep their place in the answer.
+    let mut slots: Vec<Slot> = Vec::with_capacity(docs.len());
     let mut updates = Vec::new();
     for doc in docs {
-        let id = doc.get("_id").and_then(Value::as_str).map(str::to_owned);
-        let id = id.as_deref();
-        if id.is_some_and(|id| id.starts_with("_local/")) {
-            slots.push(Err(error_entry(
-                id,
-                "bad_request",
-                "write _local documents with PUT",
-            )));
+        if let Some(id) = doc
+            .get("_id")
+            .and_then(Value::as_str)
+            .filter(|id| id.starts_with("_local/"))
+        {
+            outpost_core::names::classify_doc_id(id)?;
+            slots.push(Slot::Local(id.to_owned(), doc));
             continue;
         }
-        match parse_doc(doc, None, new_edits, origin.clone()) {
-            Ok(update) => {
-                slots.push(Ok(updates.len()));
-                updates.push(update);
-            }
-            Err(e) => slots.push(Err(error_entry(id, e.status_and_code().1, &e.reason()))),
-        }
+        let update = parse_doc(doc, None, new_edits, origin.clone())?;
+        slots.push(Slot::Doc(updates.len()));
+        updates.push(update);
     }
     let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
     let results = if updates.is_empty() {
@@ -85,13 +90,21 @@ pub async fn bulk_docs(state: &AppState, db: &str, req: &mut Req) -> Result<Resp
     let mut out: Vec<String> = Vec::with_capacity(slots.len());
     for slot in slots {
         match slot {
-            Ok(i) => match &results[i] {
+            Slot::Doc(i) => match &results[i] {
                 Ok(rev) if new_edits => out.push(ok_json(&ids[i], rev)),
                 // With new_edits=false only failures are reported, as CouchDB does.
                 Ok(_) => {}
                 Err(e) => out.push(doc_error_entry(&ids[i], e).to_string()),
             },
-            Err(entry) => out.push(entry.to_string()),
+            Slot::Local(id, doc) => match super::local::write(state, db, &id, doc, None).await {
+                Ok(rev) if new_edits => {
+                    out.push(json!({ "ok": true, "id": id, "rev": rev }).to_string())
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    out.push(error_entry(Some(&id), e.status_and_code().1, &e.reason()).to_string())
+                }
+            },
         }
     }
     Ok(json(StatusCode::CREATED, format!("[{}]", out.join(","))))

@@ -94,9 +94,11 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
         (FeedKind::EventSource, Some(id)) => Some(id.to_owned()),
         _ => q.get("since").map(str::to_owned),
     };
+    // CouchDB's descending feed ignores `since` and starts from the newest change; PouchDB
+    // sends `since=0` with it.
     let since = match since_raw {
+        _ if descending => u64::MAX,
         Some(raw) => parse_since(&raw, info.update_seq)?,
-        None if descending => u64::MAX,
         None => 0,
     };
     let all_leaves = match q.get("style") {
@@ -106,6 +108,7 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
     };
     let heartbeat = parse_heartbeat(req)?;
     let timeout = ms(req, "timeout")?.unwrap_or(DEFAULT_TIMEOUT);
+    check_design_filter(state, db, req).await?;
     let filter = parse_filter(req, &body)?;
     if descending && kind != FeedKind::Normal {
         return Err(ApiError::bad_request(
@@ -130,6 +133,49 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
         timeout,
     };
     Ok(respond(state, db.to_owned(), opts))
+}
+
+/// A filter that names a design-document function must name one that exists, as CouchDB checks
+/// before running it: 404 for a missing design document or function, 400 for `filter=_view`
+/// without a `view`. (Running one is a separate matter: see [`parse_filter`].)
+async fn check_design_filter(state: &AppState, db: &str, req: &Req) -> Result<(), ApiError> {
+    let (section, name) = match req.query.get("filter") {
+        Some("_view") => match req.query.get("view") {
+            Some(view) => ("views", view),
+            None => {
+                return Err(ApiError::bad_request(
+                    "`view` filter parameter is not provided.",
+                ));
+            }
+        },
+        Some(name) if name.contains('/') => ("filters", name),
+        _ => return Ok(()),
+    };
+    let (ddoc, function) = name
+        .split_once('/')
+        .ok_or_else(|| ApiError::bad_request(format!("invalid filter name {name:?}")))?;
+    let id = format!("_design/{ddoc}");
+    let winner = state
+        .store
+        .doc(db, &id)
+        .await?
+        .and_then(|d| d.tree.winner())
+        .filter(|w| !w.deleted)
+        .ok_or_else(ApiError::missing)?;
+    let body = state
+        .store
+        .rev_bodies(db, &id, std::slice::from_ref(&winner.rev))
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(ApiError::missing)?
+        .1;
+    let body: Value = serde_json::from_str(&body.json)
+        .map_err(|e| ApiError::Internal(format!("stored body of {id}: {e}")))?;
+    if body.get(section).and_then(|s| s.get(function)).is_none() {
+        return Err(ApiError::NotFound(format!("missing json key: {function}")));
+    }
+    Ok(())
 }
 
 fn parse_filter(req: &Req, body: &Value) -> Result<Filter, ApiError> {

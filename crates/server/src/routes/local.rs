@@ -1,5 +1,8 @@
 //! `/{db}/_local/{id}`: documents that are never replicated (replication checkpoints). Their
 //! revisions are `0-N`; a delete answers `0-0`. They never appear in `_changes` or `_all_docs`.
+//!
+//! As in CouchDB, a `_local` document's body is kept as it was sent: `_attachments` in it is
+//! plain JSON (no attachment is stored or served for it), and `_deleted: true` deletes it.
 
 use axum::response::Response;
 use http::{Method, StatusCode};
@@ -15,6 +18,43 @@ fn parse_local_rev(s: &str) -> Result<u64, ApiError> {
         .ok_or_else(|| {
             ApiError::bad_request(format!("Invalid rev format for a _local document: {s:?}"))
         })
+}
+
+/// Writes a `_local` document from a client's JSON (a `PUT`, or one document of `_bulk_docs`):
+/// the base revision is the body's `_rev`, else `query_rev`; `_deleted: true` deletes. Returns
+/// the new revision (`0-0` for a deletion).
+pub async fn write(
+    state: &AppState,
+    db: &str,
+    id: &str,
+    mut body: Value,
+    query_rev: Option<&str>,
+) -> Result<String, ApiError> {
+    let Some(fields) = body.as_object_mut() else {
+        return Err(ApiError::bad_request("Document must be a JSON object"));
+    };
+    fields.shift_remove("_id");
+    let base = match (fields.shift_remove("_rev"), query_rev) {
+        (Some(Value::String(r)), _) => parse_local_rev(&r)?,
+        (Some(Value::Null) | None, Some(r)) => parse_local_rev(r)?,
+        (Some(Value::Null) | None, None) => 0,
+        (Some(_), _) => return Err(ApiError::bad_request("Invalid rev format")),
+    };
+    fields.shift_remove("_revisions");
+    let deleted = match fields.shift_remove("_deleted") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => b,
+        Some(_) => return Err(ApiError::bad_request("_deleted must be a boolean")),
+    };
+    if deleted {
+        state.store.delete_local(db, id, base).await?;
+        return Ok("0-0".to_owned());
+    }
+    let rev = state
+        .store
+        .put_local(db, id, base, body.to_string())
+        .await?;
+    Ok(format!("0-{rev}"))
 }
 
 pub async fn handle(
@@ -35,31 +75,11 @@ pub async fn handle(
             Ok(ok(text))
         }
         Method::PUT => {
-            let mut body = req.json().await?;
-            let Some(fields) = body.as_object_mut() else {
-                return Err(ApiError::bad_request("Document must be a JSON object"));
-            };
-            fields.remove("_id");
-            let base = match (fields.remove("_rev"), req.query.get("rev")) {
-                (Some(Value::String(r)), _) => parse_local_rev(&r)?,
-                (Some(Value::Null) | None, Some(r)) => parse_local_rev(r)?,
-                (Some(Value::Null) | None, None) => 0,
-                (Some(_), _) => return Err(ApiError::bad_request("Invalid rev format")),
-            };
-            if fields.contains_key("_attachments") {
-                return Err(ApiError::bad_request(
-                    "_local documents do not have attachments",
-                ));
-            }
-            fields.remove("_revisions");
-            fields.remove("_deleted");
-            let rev = state
-                .store
-                .put_local(db, id, base, body.to_string())
-                .await?;
+            let body = req.json().await?;
+            let rev = write(state, db, id, body, req.query.get("rev")).await?;
             Ok(json(
                 StatusCode::CREATED,
-                json!({ "ok": true, "id": id, "rev": format!("0-{rev}") }).to_string(),
+                json!({ "ok": true, "id": id, "rev": rev }).to_string(),
             ))
         }
         Method::DELETE => {

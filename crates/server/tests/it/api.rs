@@ -265,7 +265,7 @@ async fn bulk_docs_answers_in_request_order_with_per_document_errors() {
         .expect(
             "POST",
             "/db/_bulk_docs",
-            Some(json!({"docs": [{"_id": "a"}, {"_id": "b"}, {"_id": "_bad"}, {"_id": "b", "_rev": first["rev"], "n": 2}, {"n": 3}]})),
+            Some(json!({"docs": [{"_id": "a"}, {"_id": "b"}, {"_id": "c", "_rev": "1-nope"}, {"_id": "b", "_rev": first["rev"], "n": 2}, {"n": 3}]})),
             201,
         )
         .await;
@@ -276,7 +276,7 @@ async fn bulk_docs_answers_in_request_order_with_per_document_errors() {
         (out[1]["id"].as_str(), out[1]["error"].as_str()),
         (Some("b"), Some("conflict"))
     );
-    assert_eq!(out[2]["error"], "bad_request");
+    assert_eq!(out[2]["error"], "conflict");
     assert_eq!(out[3]["ok"], true);
     assert_eq!(out[4]["id"].as_str().unwrap().len(), 32);
 }

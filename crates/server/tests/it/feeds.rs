@@ -103,8 +103,21 @@ async fn filters_doc_ids_selector_and_design() {
         .expect("GET", "/db/_changes?filter=_design", None, 200)
         .await;
     assert_eq!(ids(&design), ["_design/app"]);
+    // A filter function is looked up before anything else, as CouchDB does.
     assert_error(
-        &s.expect("GET", "/db/_changes?filter=app%2Fmine", None, 501)
+        &s.expect("GET", "/db/_changes?filter=app%2Fmine", None, 404)
+            .await,
+        "not_found",
+    );
+    s.expect(
+        "PUT",
+        "/db/_design/fns",
+        Some(json!({"filters": {"mine": "function (doc) { return true; }"}})),
+        201,
+    )
+    .await;
+    assert_error(
+        &s.expect("GET", "/db/_changes?filter=fns%2Fmine", None, 501)
             .await,
         "not_implemented",
     );
