@@ -14,7 +14,9 @@ use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
 use crate::query::Query;
-use crate::routes::{all_docs, attachment, bulk, changes, conflicts, db, doc, local, ops, server};
+use crate::routes::{
+    all_docs, attachment, bulk, changes, conflicts, db, doc, local, node, ops, server,
+};
 use crate::{ApiError, AppState};
 
 /// The longest document id accepted, in bytes.
@@ -48,7 +50,7 @@ impl Req {
         let Ok(read) = read.await else {
             return Err(ApiError::RequestTimeout);
         };
-        read.map_err(|e| {
+        let bytes = read.map_err(|e| {
             let too_large = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
                 || e.to_string().contains("length limit");
@@ -60,7 +62,44 @@ impl Req {
             } else {
                 ApiError::bad_request("could not read the request body")
             }
-        })
+        })?;
+        self.decode_content(bytes)
+    }
+
+    /// Undoes a `Content-Encoding` of the body (the Cloudant SDK under couchbackup gzips its
+    /// request bodies). The decoded size is held to the same limit as a plain body, so a small
+    /// compressed bomb cannot expand without bound.
+    fn decode_content(&self, bytes: Bytes) -> Result<Bytes, ApiError> {
+        use std::io::Read;
+        let encoding = self
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_ascii_lowercase());
+        let mut decoded = Vec::new();
+        let limit = self.max_body as u64 + 1;
+        let read = match encoding.as_deref() {
+            None | Some("identity") | Some("") => return Ok(bytes),
+            Some("gzip") | Some("x-gzip") => flate2::read::GzDecoder::new(&bytes[..])
+                .take(limit)
+                .read_to_end(&mut decoded),
+            Some("deflate") => flate2::read::ZlibDecoder::new(&bytes[..])
+                .take(limit)
+                .read_to_end(&mut decoded),
+            Some(other) => {
+                return Err(ApiError::BadContentType(format!(
+                    "unsupported Content-Encoding {other:?}; use gzip or deflate"
+                )));
+            }
+        };
+        read.map_err(|_| ApiError::bad_request("the request body is not validly compressed"))?;
+        if decoded.len() > self.max_body {
+            return Err(ApiError::TooLarge(format!(
+                "request body is larger than {} bytes once decompressed",
+                self.max_body
+            )));
+        }
+        Ok(Bytes::from(decoded))
     }
 
     /// The body parsed as JSON; the content type, when given, must be JSON.
@@ -130,10 +169,20 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
     if segments.last().is_some_and(String::is_empty) {
         segments.pop();
     }
-    let method = if parts.method == Method::HEAD {
+    // CouchDB lets a client that can only send POST name the method it means.
+    let method = match parts
+        .headers
+        .get("x-http-method-override")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(name) if parts.method == Method::POST => Method::from_bytes(name.trim().as_bytes())
+            .map_err(|_| ApiError::bad_request("invalid X-HTTP-Method-Override"))?,
+        _ => parts.method.clone(),
+    };
+    let method = if method == Method::HEAD {
         Method::GET
     } else {
-        parts.method.clone()
+        method
     };
     let mut req = Req {
         method,
@@ -148,6 +197,9 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
         [] => server::root(state, &req).await,
         ["_up"] => server::up(&req),
         ["_all_dbs"] => server::all_dbs(state, &req).await,
+        ["_dbs_info"] => server::dbs_info(state, &mut req).await,
+        ["_membership"] => node::membership(&req),
+        ["_node", name, rest @ ..] => node::route(state, name, rest, &req),
         ["_uuids"] => server::uuids(&req),
         ["_replicate"] => crate::routes::replicate::handle(state, &mut req).await,
         ["_scheduler", "jobs"] => crate::routes::scheduler::jobs(state, &req),
@@ -183,6 +235,9 @@ async fn db_resource(
         ["_compact"] | ["_compact", _] => db::compact(state, db, req).await,
         ["_ensure_full_commit"] => db::ensure_full_commit(state, db, req).await,
         ["_events"] => changes::events(state, db, req).await,
+        ["_temp_view"] => Err(ApiError::Gone(
+            "Temporary views are not supported in CouchDB".into(),
+        )),
         ["_outpost"] => conflicts::settings(state, db, req).await,
         ["_conflicts"] => conflicts::list(state, db, req).await,
         ["_resolve"] => conflicts::resolve(state, db, req).await,
@@ -231,6 +286,11 @@ pub fn template(raw_path: &str) -> &'static str {
         [] => "/",
         ["_up"] => "/_up",
         ["_all_dbs"] => "/_all_dbs",
+        ["_dbs_info"] => "/_dbs_info",
+        ["_membership"] => "/_membership",
+        ["_node", _] => "/_node/{node}",
+        ["_node", _, "_config", ..] => "/_node/{node}/_config",
+        ["_node", _, "_system"] => "/_node/{node}/_system",
         ["_uuids"] => "/_uuids",
         ["_replicate"] => "/_replicate",
         ["_scheduler", "jobs"] => "/_scheduler/jobs",
@@ -252,6 +312,7 @@ pub fn template(raw_path: &str) -> &'static str {
             ["_compact"] | ["_compact", _] => "/{db}/_compact",
             ["_ensure_full_commit"] => "/{db}/_ensure_full_commit",
             ["_events"] => "/{db}/_events",
+            ["_temp_view"] => "/{db}/_temp_view",
             ["_outpost"] => "/{db}/_outpost",
             ["_conflicts"] => "/{db}/_conflicts",
             ["_resolve"] => "/{db}/_resolve",

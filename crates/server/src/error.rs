@@ -43,6 +43,9 @@ pub enum ApiError {
     /// A body in a content type this endpoint does not take.
     #[error("{0}")]
     BadContentType(String),
+    /// An endpoint CouchDB removed (`_temp_view`).
+    #[error("{0}")]
+    Gone(String),
     /// A feature Outpost does not have (yet), named in the reason.
     #[error("{0}")]
     NotImplemented(String),
@@ -85,6 +88,7 @@ impl ApiError {
             }
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::BadContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_content_type"),
+            ApiError::Gone(_) => (StatusCode::GONE, "gone"),
             ApiError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
             ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),

@@ -104,6 +104,7 @@ pub fn app(state: AppState) -> Router {
     // The recorder is process-wide and installed once; doing it here means every server, an
     // embedded or a tested one included, records from its first request.
     outpost_telemetry::install();
+    routes::node::start_clock();
     let origins = match &state.config.cors_origins {
         None => AllowOrigin::mirror_request(),
         Some(list) => AllowOrigin::list(list.iter().filter_map(|o| HeaderValue::from_str(o).ok())),
@@ -119,13 +120,14 @@ pub fn app(state: AppState) -> Router {
             Method::POST,
             Method::PUT,
             Method::DELETE,
+            Method::from_bytes(b"COPY").expect("COPY is a valid method"),
         ])
         .allow_headers(AllowHeaders::mirror_request())
         .expose_headers([
             header::ETAG,
             header::LOCATION,
             header::CONTENT_TYPE,
-            HeaderName::from_static("x-couch-request-id"),
+            observe::COUCH_REQUEST_ID,
             observe::REQUEST_ID,
         ])
         .max_age(Duration::from_secs(600));

@@ -19,6 +19,8 @@ use crate::feed::FeedKind;
 
 /// The header a request id is read from and echoed in.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// CouchDB's header for the request id, sent alongside `X-Request-Id`.
+pub const COUCH_REQUEST_ID: HeaderName = HeaderName::from_static("x-couch-request-id");
 
 /// Longest client-given request id that is kept; a longer one is replaced.
 const MAX_REQUEST_ID: usize = 128;
@@ -55,6 +57,10 @@ pub async fn layer(request: Request, next: Next) -> Response {
         )
     });
     if let Ok(value) = HeaderValue::from_str(&id) {
+        // CouchDB's name for the same id, which its clients log.
+        response
+            .headers_mut()
+            .insert(COUCH_REQUEST_ID, value.clone());
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response

@@ -59,8 +59,13 @@ fn encode(s: &str) -> String {
 }
 
 async fn info(state: &AppState, name: &str) -> Result<Response, ApiError> {
+    Ok(ok(info_json(state, name).await?.to_string()))
+}
+
+/// What `GET /{db}` answers, also one entry of `_dbs_info`.
+pub async fn info_json(state: &AppState, name: &str) -> Result<Value, ApiError> {
     let info = state.store.db_info(name).await?;
-    Ok(ok(json!({
+    Ok(json!({
         "db_name": info.name,
         "update_seq": info.update_seq,
         "purge_seq": 0,
@@ -73,8 +78,7 @@ async fn info(state: &AppState, name: &str) -> Result<Response, ApiError> {
         "cluster": { "q": 1, "n": 1, "w": 1, "r": 1 },
         "instance_start_time": (info.created_at).to_string(),
         "outpost": outpost_json(state, &info),
-    })
-    .to_string()))
+    }))
 }
 
 /// The `outpost` object of database info: the conflict settings and, per peer, the last

@@ -21,7 +21,8 @@ pub async fn handle(
         Method::GET => get(state, db, id, req).await,
         Method::PUT => put(state, db, id, req).await,
         Method::DELETE => delete(state, db, id, req).await,
-        _ => Err(not_allowed("Only DELETE,GET,HEAD,PUT allowed")),
+        ref m if m.as_str() == "COPY" => copy(state, db, id, req).await,
+        _ => Err(not_allowed("Only COPY,DELETE,GET,HEAD,PUT allowed")),
     }
 }
 
@@ -112,8 +113,147 @@ async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response
     let body = stored_body(state, db, id, &rev)
         .await?
         .ok_or_else(ApiError::missing)?;
+    // A client that holds this revision already is told so without the body, when nothing
+    // else was asked for that could change the answer.
+    if !opts.revs
+        && !opts.revs_info
+        && !opts.conflicts
+        && !opts.deleted_conflicts
+        && !opts.local_seq
+        && if_none_match(req, &rev)
+    {
+        return Ok(with_etag(not_modified(), &rev));
+    }
     let text = render(state, db, id, &record.tree, record.seq, &rev, &body, &opts).await?;
     Ok(with_etag(ok(text), &rev))
+}
+
+/// Whether `If-None-Match` names `rev` (as the `ETag` of a document gives it, quoted).
+pub fn if_none_match(req: &Req, rev: &impl std::fmt::Display) -> bool {
+    let wanted = rev.to_string();
+    req.headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| {
+            let tag = tag.trim();
+            tag == "*" || tag.trim_start_matches("W/").trim_matches('"') == wanted
+        })
+}
+
+/// `304 Not Modified`, without a body.
+pub fn not_modified() -> Response {
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = StatusCode::NOT_MODIFIED;
+    response
+}
+
+/// Where a written document can be read, for the `Location` of a 201, as CouchDB gives it: an
+/// absolute URL when the request named its host.
+pub fn location(req: &Req, db: &str, id: &str) -> Option<http::HeaderValue> {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    let encode = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+    // `_design/x` keeps its slash, as CouchDB writes it.
+    let id = match id.split_once('/') {
+        Some((prefix @ ("_design" | "_local"), rest)) => format!("{prefix}/{}", encode(rest)),
+        _ => encode(id),
+    };
+    let path = format!("/{}/{id}", encode(db));
+    let url = match req.headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        Some(host) if !host.contains(['/', ' ']) => format!("http://{host}{path}"),
+        _ => path,
+    };
+    http::HeaderValue::from_str(&url).ok()
+}
+
+/// `COPY /{db}/{id}` with a `Destination: newid` (or `newid?rev=R` to overwrite revision `R`):
+/// the source's current (or `?rev=`) revision written as a new revision of the destination,
+/// attachments included.
+async fn copy(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<Response, ApiError> {
+    let destination = req
+        .headers
+        .get("destination")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::bad_request("Destination header is mandatory for COPY."))?;
+    let (dest_id, dest_rev) = match destination.split_once('?') {
+        None => (destination, None),
+        Some((dest, query)) => {
+            let rev = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("rev="))
+                .map(parse_rev)
+                .transpose()?;
+            (dest, rev)
+        }
+    };
+    let dest_id = percent_encoding::percent_decode_str(dest_id)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("Destination is not valid percent-encoded UTF-8"))?
+        .into_owned();
+    if dest_id.is_empty() {
+        return Err(ApiError::bad_request(
+            "Destination header is mandatory for COPY.",
+        ));
+    }
+    let record = load_doc(state, db, id).await?;
+    let rev = match req.query.get("rev") {
+        Some(r) => parse_rev(r)?,
+        None => {
+            let winner = record.tree.winner().ok_or_else(ApiError::missing)?;
+            if winner.deleted {
+                return Err(ApiError::NotFound("deleted".into()));
+            }
+            winner.rev
+        }
+    };
+    let body = stored_body(state, db, id, &rev)
+        .await?
+        .filter(|b| !b.deleted)
+        .ok_or_else(ApiError::missing)?;
+    let Value::Object(mut fields) = serde_json::from_str::<Value>(&body.json)
+        .map_err(|e| ApiError::Internal(format!("stored body of {id}: {e}")))?
+    else {
+        return Err(ApiError::Internal(format!(
+            "stored body of {id} is not an object"
+        )));
+    };
+    // The copy's attachments are the source's: each stub is made whole again so that it is
+    // stored against the destination as a new revision's attachment.
+    let mut new_attachments = Vec::new();
+    if let Some(Value::Object(atts)) = fields.get_mut("_attachments") {
+        for att in atts.values_mut() {
+            let Some(obj) = att.as_object_mut() else {
+                continue;
+            };
+            let Some(digest) = obj.get("digest").and_then(Value::as_str).map(str::to_owned) else {
+                continue;
+            };
+            let data = state.store.attachment(&digest).await?.ok_or_else(|| {
+                ApiError::Internal(format!("attachment {digest} missing from the store"))
+            })?;
+            obj.shift_remove("stub");
+            obj.shift_remove("revpos");
+            new_attachments.push(outpost_store::NewAttachment { digest, data });
+        }
+    }
+    let update = outpost_store::DocUpdate {
+        id: dest_id.clone(),
+        mode: UpdateMode::Edit { base: dest_rev },
+        deleted: false,
+        body: fields,
+        new_attachments,
+        origin: Origin::Client,
+    };
+    let new_rev = write_one(state, db, update).await?;
+    let mut response = with_etag(
+        json(StatusCode::CREATED, ok_json(&dest_id, &new_rev)),
+        &new_rev,
+    );
+    if let Some(v) = location(req, db, &dest_id) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
 }
 
 /// One revision's stored body, if the store has it.
@@ -259,7 +399,11 @@ async fn put(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<Resp
     } else {
         StatusCode::CREATED
     };
-    Ok(with_etag(json(status, ok_json(id, &rev)), &rev))
+    let mut response = with_etag(json(status, ok_json(id, &rev)), &rev);
+    if let Some(v) = location(req, db, id) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
 }
 
 async fn delete(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<Response, ApiError> {

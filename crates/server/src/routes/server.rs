@@ -73,6 +73,50 @@ pub async fn all_dbs(state: &AppState, req: &Req) -> Result<Response, ApiError> 
     ))
 }
 
+/// Most databases one `_dbs_info` request may name.
+const MAX_DBS_INFO_KEYS: usize = 100;
+
+/// `POST /_dbs_info` with `{"keys": [...]}` (at most 100, as CouchDB's default
+/// `max_db_number_for_dbs_info_req`), or `GET` for every database: one
+/// `{"key", "info"}` (or `"error"`) per database.
+pub async fn dbs_info(state: &AppState, req: &mut Req) -> Result<Response, ApiError> {
+    let names: Vec<String> = match req.method {
+        Method::GET => state.store.all_dbs().await?,
+        Method::POST => {
+            let body = req.json().await?;
+            let keys = body
+                .get("keys")
+                .and_then(Value::as_array)
+                .ok_or_else(|| ApiError::bad_request("`keys` member must exist."))?;
+            if keys.len() > MAX_DBS_INFO_KEYS {
+                return Err(ApiError::bad_request(format!(
+                    "`keys` member must have at most {MAX_DBS_INFO_KEYS} databases"
+                )));
+            }
+            keys.iter()
+                .map(|k| {
+                    k.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| ApiError::bad_request("`keys` must be database names"))
+                })
+                .collect::<Result<_, _>>()?
+        }
+        _ => return Err(not_allowed("Only GET, HEAD, POST allowed")),
+    };
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let entry = match super::db::info_json(state, &name).await {
+            Ok(info) => json!({ "key": name, "info": info }),
+            Err(ApiError::NotFound(_) | ApiError::IllegalDbName(_)) => {
+                json!({ "key": name, "error": "not_found" })
+            }
+            Err(e) => return Err(e),
+        };
+        out.push(entry);
+    }
+    Ok(ok(Value::Array(out).to_string()))
+}
+
 /// `GET /_uuids?count=N`.
 pub fn uuids(req: &Req) -> Result<Response, ApiError> {
     if req.method != Method::GET {

@@ -205,3 +205,233 @@ async fn replicator_fields_are_kept_in_the_body() {
         assert_eq!(got[key], doc[key], "{key}");
     }
 }
+
+#[tokio::test]
+async fn temporary_views_are_gone() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    assert_error(
+        &s.expect(
+            "POST",
+            "/db/_temp_view",
+            Some(json!({"map": "function(){}"})),
+            410,
+        )
+        .await,
+        "gone",
+    );
+}
+
+#[tokio::test]
+async fn post_with_a_method_override_acts_as_that_method() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let (status, _, _) = s
+        .raw(
+            "POST",
+            "/db/d",
+            &[
+                ("content-type", "application/json"),
+                ("x-http-method-override", "PUT"),
+            ],
+            Some(br#"{"v":1}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 201);
+    assert_eq!(s.expect("GET", "/db/d", None, 200).await["v"], 1);
+}
+
+#[tokio::test]
+async fn gzip_encoded_bodies_are_read() {
+    use std::io::Write;
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(br#"{"docs":[{"_id":"a","n":1},{"_id":"b","n":2}]}"#)
+        .unwrap();
+    let (status, _, body) = s
+        .raw(
+            "POST",
+            "/db/_bulk_docs",
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+            ],
+            Some(gz.finish().unwrap()),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 201, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(s.expect("GET", "/db", None, 200).await["doc_count"], 2);
+    let (status, _, _) = s
+        .raw(
+            "POST",
+            "/db/_bulk_docs",
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "br"),
+            ],
+            Some(b"xx".to_vec()),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 415);
+}
+
+#[tokio::test]
+async fn gzip_bombs_are_held_to_the_body_limit() {
+    use std::io::Write;
+    let s = TestServer::with_config(outpost_server::Config {
+        max_body_bytes: 64 * 1024,
+        ..outpost_server::Config::default()
+    });
+    s.expect("PUT", "/db", None, 201).await;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![b' '; 8 * 1024 * 1024]).unwrap();
+    let compressed = gz.finish().unwrap();
+    assert!(compressed.len() < 64 * 1024);
+    let (status, _, _) = s
+        .raw(
+            "POST",
+            "/db/_bulk_docs",
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+            ],
+            Some(compressed),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 413);
+}
+
+#[tokio::test]
+async fn documents_answer_304_to_a_matching_if_none_match() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let put = s.expect("PUT", "/db/d", Some(json!({"v": 1})), 201).await;
+    let etag = format!("\"{}\"", put["rev"].as_str().unwrap());
+    let (status, headers, body) = s
+        .raw("GET", "/db/d", &[("if-none-match", &etag)], None)
+        .await;
+    assert_eq!(status.as_u16(), 304);
+    assert!(body.is_empty());
+    assert_eq!(headers["etag"], etag.as_str());
+    let (status, _, _) = s
+        .raw("GET", "/db/d", &[("if-none-match", "\"1-other\"")], None)
+        .await;
+    assert_eq!(status.as_u16(), 200);
+}
+
+#[tokio::test]
+async fn created_documents_carry_their_location_and_couchdb_request_id() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let (status, headers, _) = s
+        .raw(
+            "PUT",
+            "/db/a%2Fb",
+            &[
+                ("content-type", "application/json"),
+                ("host", "example.test:5984"),
+            ],
+            Some(b"{}".to_vec()),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 201);
+    assert_eq!(headers["location"], "http://example.test:5984/db/a%2Fb");
+    assert!(headers.contains_key("x-couch-request-id"));
+}
+
+#[tokio::test]
+async fn copy_writes_the_source_under_the_destination_id() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let src = json!({"v": 1, "_attachments": {"a.txt": {"content_type": "text/plain", "data": "aGVsbG8="}}});
+    s.expect("PUT", "/db/src", Some(src), 201).await;
+    let (status, headers, body) = s
+        .raw("COPY", "/db/src", &[("destination", "dst")], None)
+        .await;
+    assert_eq!(status.as_u16(), 201, "{}", String::from_utf8_lossy(&body));
+    assert!(headers.contains_key("location"));
+    let copy = s.expect("GET", "/db/dst", None, 200).await;
+    assert_eq!(copy["v"], 1);
+    let (status, _, att) = s.raw("GET", "/db/dst/a.txt", &[], None).await;
+    assert_eq!((status.as_u16(), att.as_slice()), (200, &b"hello"[..]));
+    // Overwriting needs the destination's revision.
+    let (status, _, _) = s
+        .raw("COPY", "/db/src", &[("destination", "dst")], None)
+        .await;
+    assert_eq!(status.as_u16(), 409);
+    let dst_rev = copy["_rev"].as_str().unwrap();
+    let (status, _, _) = s
+        .raw(
+            "COPY",
+            "/db/src",
+            &[("destination", &format!("dst?rev={dst_rev}"))],
+            None,
+        )
+        .await;
+    assert_eq!(status.as_u16(), 201);
+    let (status, _, _) = s.raw("COPY", "/db/src", &[], None).await;
+    assert_eq!(status.as_u16(), 400);
+}
+
+#[tokio::test]
+async fn dbs_info_describes_the_databases_named() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    s.expect("PUT", "/db/d", Some(json!({})), 201).await;
+    let out = s
+        .expect(
+            "POST",
+            "/_dbs_info",
+            Some(json!({"keys": ["db", "nope"]})),
+            200,
+        )
+        .await;
+    assert_eq!(out[0]["key"], "db");
+    assert_eq!(out[0]["info"]["doc_count"], 1);
+    assert_eq!(out[1], json!({"key": "nope", "error": "not_found"}));
+    assert_eq!(
+        s.expect("GET", "/_dbs_info", None, 200).await[0]["key"],
+        "db"
+    );
+    s.expect("POST", "/_dbs_info", Some(json!({})), 400).await;
+}
+
+#[tokio::test]
+async fn the_node_endpoints_describe_one_node() {
+    let s = TestServer::new();
+    let members = s.expect("GET", "/_membership", None, 200).await;
+    let node = members["all_nodes"][0].as_str().unwrap().to_owned();
+    assert_eq!(members["cluster_nodes"][0], node.as_str());
+    for name in ["_local", node.as_str()] {
+        let config = s
+            .expect("GET", &format!("/_node/{name}/_config"), None, 200)
+            .await;
+        assert!(config["couchdb"]["uuid"].is_string(), "{config}");
+        assert_eq!(
+            s.expect(
+                "GET",
+                &format!("/_node/{name}/_config/couchdb/uuid"),
+                None,
+                200
+            )
+            .await,
+            config["couchdb"]["uuid"]
+        );
+    }
+    assert_error(
+        &s.expect("GET", "/_node/_local/_config/couchdb/nonsense", None, 404)
+            .await,
+        "not_found",
+    );
+    s.expect("GET", "/_node/other@host/_config", None, 404)
+        .await;
+    s.expect(
+        "PUT",
+        "/_node/_local/_config/couchdb/uuid",
+        Some(json!("x")),
+        405,
+    )
+    .await;
+    assert!(s.expect("GET", "/_node/_local/_system", None, 200).await["uptime"].is_u64());
+}
