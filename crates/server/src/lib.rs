@@ -23,7 +23,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::response::Response;
-use http::{HeaderName, HeaderValue, Method, header};
+use http::{HeaderValue, Method, header};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use outpost_store::Store;
