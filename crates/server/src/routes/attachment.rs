@@ -91,22 +91,96 @@ async fn get(
         .get("content_type")
         .and_then(Value::as_str)
         .unwrap_or("application/octet-stream");
+    // CouchDB's attachment ETag: the base64 MD5, without the `md5-` prefix of the digest.
+    let etag = format!("\"{}\"", digest.strip_prefix("md5-").unwrap_or(digest));
+    if super::doc::if_none_match(req, &etag.trim_matches('"')) {
+        let mut response = super::doc::not_modified();
+        if let Ok(v) = HeaderValue::from_str(&etag) {
+            response.headers_mut().insert(header::ETAG, v);
+        }
+        return Ok(response);
+    }
     let data =
         state.store.attachment(digest).await?.ok_or_else(|| {
             ApiError::Internal(format!("attachment {digest} missing from the store"))
         })?;
+    let total = data.len();
+    let (status, data, content_range) = match requested_range(req, total) {
+        RangeAsked::Whole => (StatusCode::OK, data, None),
+        RangeAsked::Part(start, end) => (
+            StatusCode::PARTIAL_CONTENT,
+            data[start..=end].to_vec(),
+            Some(format!("bytes {start}-{end}/{total}")),
+        ),
+        RangeAsked::Unsatisfiable => (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            Vec::new(),
+            Some(format!("bytes */{total}")),
+        ),
+    };
     let mut response = Response::new(Body::from(data));
+    *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_str(content_type)
             .unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+    if let Ok(v) = HeaderValue::from_str(&etag) {
         headers.insert(header::ETAG, v);
     }
-    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));
+    if let Some(range) = content_range.and_then(|r| HeaderValue::from_str(&r).ok()) {
+        headers.insert(header::CONTENT_RANGE, range);
+    }
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     Ok(response)
+}
+
+/// What a `Range` header asks of an attachment of `total` bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum RangeAsked {
+    /// No range, one that is not `bytes`, or several ranges (answered whole, as RFC 9110
+    /// allows).
+    Whole,
+    /// One range, inclusive byte positions within the attachment.
+    Part(usize, usize),
+    /// One range that starts past the end.
+    Unsatisfiable,
+}
+
+fn requested_range(req: &Req, total: usize) -> RangeAsked {
+    let Some(spec) = req
+        .headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+    else {
+        return RangeAsked::Whole;
+    };
+    parse_range(spec, total)
+}
+
+fn parse_range(spec: &str, total: usize) -> RangeAsked {
+    if spec.contains(',') {
+        return RangeAsked::Whole;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeAsked::Whole;
+    };
+    let parse = |s: &str| s.trim().parse::<usize>().ok();
+    let (start, end) = match (first.trim().is_empty(), parse(first), parse(last)) {
+        // `bytes=-N`: the last N bytes.
+        (true, _, Some(n)) if n > 0 => (total.saturating_sub(n), total.saturating_sub(1)),
+        (false, Some(start), None) if last.trim().is_empty() => (start, total.saturating_sub(1)),
+        (false, Some(start), Some(end)) if start <= end => {
+            (start, end.min(total.saturating_sub(1)))
+        }
+        _ => return RangeAsked::Whole,
+    };
+    if start >= total {
+        return RangeAsked::Unsatisfiable;
+    }
+    RangeAsked::Part(start, end)
 }
 
 async fn put(
@@ -172,12 +246,10 @@ async fn delete(
         return Err(ApiError::Conflict);
     };
     let mut body = body_of(state, db, id, &base).await?;
-    let removed = body
-        .get_mut("_attachments")
-        .and_then(Value::as_object_mut)
-        .and_then(|atts| atts.remove(name));
-    if removed.is_none() {
-        return Err(ApiError::NotFound("Document is missing attachment".into()));
+    // As in CouchDB, deleting an attachment the revision does not have still writes a new
+    // revision without it.
+    if let Some(atts) = body.get_mut("_attachments").and_then(Value::as_object_mut) {
+        atts.shift_remove(name);
     }
     if body
         .get("_attachments")
@@ -196,4 +268,27 @@ async fn delete(
     };
     let rev = write_one(state, db, update).await?;
     Ok(with_etag(ok(ok_json(id, &rev)), &rev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RangeAsked, parse_range};
+
+    #[test]
+    fn ranges_as_rfc_9110_reads_them() {
+        for (spec, expect) in [
+            ("0-4", RangeAsked::Part(0, 4)),
+            ("5-", RangeAsked::Part(5, 9)),
+            ("-3", RangeAsked::Part(7, 9)),
+            ("-30", RangeAsked::Part(0, 9)),
+            ("2-100", RangeAsked::Part(2, 9)),
+            ("10-12", RangeAsked::Unsatisfiable),
+            ("4-2", RangeAsked::Whole),
+            ("0-1,3-4", RangeAsked::Whole),
+            ("x-y", RangeAsked::Whole),
+            ("-0", RangeAsked::Whole),
+        ] {
+            assert_eq!(parse_range(spec, 10), expect, "{spec}");
+        }
+    }
 }

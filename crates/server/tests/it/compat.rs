@@ -435,3 +435,52 @@ async fn the_node_endpoints_describe_one_node() {
     .await;
     assert!(s.expect("GET", "/_node/_local/_system", None, 200).await["uptime"].is_u64());
 }
+
+#[tokio::test]
+async fn attachments_answer_ranges_and_conditional_gets_as_couchdb() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let (status, _, _) = s
+        .raw(
+            "PUT",
+            "/db/d/a.txt",
+            &[("content-type", "text/plain")],
+            Some(b"0123456789".to_vec()),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 201);
+    let (status, headers, body) = s.raw("GET", "/db/d/a.txt", &[], None).await;
+    assert_eq!(
+        (status.as_u16(), body.as_slice()),
+        (200, &b"0123456789"[..])
+    );
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    // The base64 MD5 of the bytes, quoted, without `md5-`.
+    assert_eq!(etag, "\"eB5eJF1ptWaXm4bijSPyxw==\"");
+    let (status, _, body) = s
+        .raw("GET", "/db/d/a.txt", &[("if-none-match", &etag)], None)
+        .await;
+    assert_eq!((status.as_u16(), body.len()), (304, 0));
+    let (status, headers, body) = s
+        .raw("GET", "/db/d/a.txt", &[("range", "bytes=2-4")], None)
+        .await;
+    assert_eq!((status.as_u16(), body.as_slice()), (206, &b"234"[..]));
+    assert_eq!(headers["content-range"], "bytes 2-4/10");
+    let (status, _, _) = s
+        .raw("GET", "/db/d/a.txt", &[("range", "bytes=20-")], None)
+        .await;
+    assert_eq!(status.as_u16(), 416);
+}
+
+#[tokio::test]
+async fn deleting_an_attachment_the_document_lacks_writes_a_revision() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let put = s.expect("PUT", "/db/d", Some(json!({"v": 1})), 201).await;
+    let rev = put["rev"].as_str().unwrap();
+    let out = s
+        .expect("DELETE", &format!("/db/d/nope.txt?rev={rev}"), None, 200)
+        .await;
+    assert!(out["rev"].as_str().unwrap().starts_with("2-"), "{out}");
+    assert_eq!(s.expect("GET", "/db/d", None, 200).await["v"], 1);
+}
