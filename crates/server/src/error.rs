@@ -18,6 +18,9 @@ pub enum ApiError {
     /// A database name outside CouchDB's rule.
     #[error("{0}")]
     IllegalDbName(String),
+    /// A document id CouchDB does not allow (empty, or `_` without a reserved prefix).
+    #[error("{0}")]
+    IllegalDocId(String),
     /// A special field (`_foo`) CouchDB does not know.
     #[error("{0}")]
     DocValidation(String),
@@ -78,6 +81,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::IllegalDbName(_) => (StatusCode::BAD_REQUEST, "illegal_database_name"),
+            ApiError::IllegalDocId(_) => (StatusCode::BAD_REQUEST, "illegal_docid"),
             ApiError::DocValidation(_) => (StatusCode::BAD_REQUEST, "doc_validation"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -154,7 +158,7 @@ impl From<NameError> for ApiError {
     fn from(e: NameError) -> ApiError {
         match e {
             NameError::IllegalDbName(_) => ApiError::IllegalDbName(e.to_string()),
-            other => ApiError::BadRequest(other.to_string()),
+            NameError::EmptyId | NameError::ReservedId => ApiError::IllegalDocId(e.to_string()),
         }
     }
 }

@@ -172,7 +172,7 @@ async fn odd_ids_keep_their_bytes() {
     }
     assert_error(
         &s.expect("PUT", "/db/_reserved", Some(json!({})), 400).await,
-        "bad_request",
+        "illegal_docid",
     );
     let all = s.expect("GET", "/db/_all_docs", None, 200).await;
     let ids: Vec<&str> = all["rows"]

@@ -484,3 +484,20 @@ async fn deleting_an_attachment_the_document_lacks_writes_a_revision() {
     assert!(out["rev"].as_str().unwrap().starts_with("2-"), "{out}");
     assert_eq!(s.expect("GET", "/db/d", None, 200).await["v"], 1);
 }
+
+#[tokio::test]
+async fn reserved_document_ids_are_illegal_docids() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let refused = s.expect("PUT", "/db/_nonsense", Some(json!({})), 400).await;
+    assert_eq!(refused["error"], "illegal_docid");
+    let refused = s
+        .expect(
+            "POST",
+            "/db/_bulk_docs",
+            Some(json!({"docs": [{"_id": "_x"}]})),
+            400,
+        )
+        .await;
+    assert_eq!(refused["error"], "illegal_docid");
+}
