@@ -6,18 +6,26 @@
 
 use axum::response::Response;
 use http::{Method, StatusCode};
+use outpost_store::StoreError;
 use serde_json::{Value, json};
 
 use super::{json, not_allowed, ok};
 use crate::dispatch::Req;
 use crate::{ApiError, AppState};
 
+/// A `_local` revision, `0-N`. Any other well-formed revision (`1-abc`, which PouchDB may send)
+/// is taken as one that matches no stored `_local` revision: an update with it conflicts, and
+/// a deletion with it of a document that is not there succeeds, as in CouchDB.
 fn parse_local_rev(s: &str) -> Result<u64, ApiError> {
-    s.strip_prefix("0-")
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("Invalid rev format for a _local document: {s:?}"))
-        })
+    if let Some(n) = s.strip_prefix("0-").and_then(|n| n.parse().ok()) {
+        return Ok(n);
+    }
+    match s.parse::<outpost_core::Rev>() {
+        Ok(_) => Ok(u64::MAX),
+        Err(_) => Err(ApiError::bad_request(format!(
+            "Invalid rev format for a _local document: {s:?}"
+        ))),
+    }
 }
 
 /// Writes a `_local` document from a client's JSON (a `PUT`, or one document of `_bulk_docs`):
@@ -47,8 +55,11 @@ pub async fn write(
         Some(_) => return Err(ApiError::bad_request("_deleted must be a boolean")),
     };
     if deleted {
-        state.store.delete_local(db, id, base).await?;
-        return Ok("0-0".to_owned());
+        // Deleting one that is not there is done already, as CouchDB answers it.
+        return match state.store.delete_local(db, id, base).await {
+            Ok(()) | Err(StoreError::NotFound) => Ok("0-0".to_owned()),
+            Err(e) => Err(e.into()),
+        };
     }
     let rev = state
         .store
