@@ -40,6 +40,9 @@ pub enum ApiError {
     /// A precondition of the request does not hold (a missing attachment stub).
     #[error("{0}")]
     PreconditionFailed(String),
+    /// An attachment stub that names no attachment of the revision it builds on.
+    #[error("{0}")]
+    MissingStub(String),
     /// A body, id or batch above the configured limits.
     #[error("{0}")]
     TooLarge(String),
@@ -90,6 +93,7 @@ impl ApiError {
             ApiError::PreconditionFailed(_) => {
                 (StatusCode::PRECONDITION_FAILED, "precondition_failed")
             }
+            ApiError::MissingStub(_) => (StatusCode::PRECONDITION_FAILED, "missing_stub"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::BadContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_content_type"),
             ApiError::Gone(_) => (StatusCode::GONE, "gone"),
@@ -147,7 +151,9 @@ impl From<DocError> for ApiError {
     fn from(e: DocError) -> ApiError {
         match e {
             DocError::Conflict => ApiError::Conflict,
-            DocError::MissingStub { .. } => ApiError::PreconditionFailed(e.to_string()),
+            DocError::MissingStub { doc, name } => {
+                ApiError::MissingStub(format!("Invalid attachment stub in {doc} for {name}"))
+            }
             DocError::InvalidPath => ApiError::bad_request("Invalid _revisions path"),
             DocError::Invalid(reason) => ApiError::BadRequest(reason),
         }

@@ -56,6 +56,24 @@ pub async fn bulk_docs(state: &AppState, db: &str, req: &mut Req) -> Result<Resp
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(ApiError::bad_request("new_edits must be a boolean")),
     };
+    if body.get("all_or_nothing") == Some(&Value::Bool(true)) {
+        // CouchDB 3 dropped all-or-nothing commits and says so per document, with 417.
+        let refused: Vec<Value> = docs
+            .iter()
+            .map(|d| {
+                json!({
+                    "id": d.get("_id"),
+                    "rev": "0-",
+                    "error": "not_implemented",
+                    "reason": "all_or_nothing is not supported",
+                })
+            })
+            .collect();
+        return Ok(json(
+            StatusCode::EXPECTATION_FAILED,
+            Value::Array(refused).to_string(),
+        ));
+    }
     let origin = if new_edits {
         Origin::Client
     } else {

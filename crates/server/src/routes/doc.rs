@@ -399,7 +399,13 @@ async fn put(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<Resp
     } else {
         StatusCode::CREATED
     };
-    let mut response = with_etag(json(status, ok_json(id, &rev)), &rev);
+    // CouchDB's batch answer names no revision.
+    let answer = if batch {
+        serde_json::json!({ "ok": true, "id": id }).to_string()
+    } else {
+        ok_json(id, &rev)
+    };
+    let mut response = with_etag(json(status, answer), &rev);
     if let Some(v) = location(req, db, id) {
         response.headers_mut().insert(header::LOCATION, v);
     }

@@ -505,3 +505,45 @@ async fn reserved_document_ids_are_illegal_docids() {
         .await;
     assert_eq!(refused["error"], "illegal_docid");
 }
+
+#[tokio::test]
+async fn all_or_nothing_is_refused_as_couchdb_3_refuses_it() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let out = s
+        .expect(
+            "POST",
+            "/db/_bulk_docs",
+            Some(json!({"all_or_nothing": true, "docs": [{"_id": "q1"}]})),
+            417,
+        )
+        .await;
+    assert_eq!(out[0]["error"], "not_implemented");
+    s.expect("GET", "/db/q1", None, 404).await;
+}
+
+#[tokio::test]
+async fn batch_writes_answer_202_without_a_revision() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let out = s
+        .expect("PUT", "/db/bt?batch=ok", Some(json!({})), 202)
+        .await;
+    assert_eq!(out, json!({"ok": true, "id": "bt"}));
+}
+
+#[tokio::test]
+async fn a_stub_for_a_missing_attachment_is_a_missing_stub() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let out = s
+        .expect(
+            "PUT",
+            "/db/st",
+            Some(json!({"_attachments": {"a": {"stub": true}}})),
+            412,
+        )
+        .await;
+    assert_eq!(out["error"], "missing_stub");
+    assert_eq!(out["reason"], "Invalid attachment stub in st for a");
+}
