@@ -8,6 +8,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use outpost_core::{Rev, RevTree, hash};
 use outpost_store::{DocUpdate, NewAttachment, Origin, StoredBody, UpdateMode};
+use std::collections::HashMap;
+
+use axum::body::Bytes;
 use serde_json::{Map, Value, json};
 
 use crate::{ApiError, AppState};
@@ -47,6 +50,18 @@ pub fn parse_doc(
     url_id: Option<&str>,
     new_edits: bool,
     origin: Origin,
+) -> Result<DocUpdate, ApiError> {
+    parse_doc_with_parts(value, url_id, new_edits, origin, &mut HashMap::new())
+}
+
+/// [`parse_doc`] for the document part of a `multipart/related` body: attachments marked
+/// `"follows": true` take their bytes from `parts`, by name.
+pub fn parse_doc_with_parts(
+    value: Value,
+    url_id: Option<&str>,
+    new_edits: bool,
+    origin: Origin,
+    parts: &mut HashMap<String, Bytes>,
 ) -> Result<DocUpdate, ApiError> {
     let Value::Object(mut fields) = value else {
         return Err(ApiError::bad_request("Document must be a JSON object"));
@@ -90,7 +105,7 @@ pub fn parse_doc(
             "Bad special document member: {bad}"
         )));
     }
-    let new_attachments = prepare_attachments(&mut fields)?;
+    let new_attachments = prepare_attachments(&mut fields, parts)?;
     let mode = if new_edits {
         UpdateMode::Edit { base: rev }
     } else {
@@ -142,7 +157,10 @@ fn parse_revisions(value: Value) -> Result<Vec<Rev>, ApiError> {
 }
 
 /// Decodes inline (`data`) attachments into their stored form and collects their bytes.
-fn prepare_attachments(fields: &mut Map<String, Value>) -> Result<Vec<NewAttachment>, ApiError> {
+fn prepare_attachments(
+    fields: &mut Map<String, Value>,
+    parts: &mut HashMap<String, Bytes>,
+) -> Result<Vec<NewAttachment>, ApiError> {
     let Some(atts) = fields.get_mut("_attachments") else {
         return Ok(Vec::new());
     };
@@ -159,12 +177,16 @@ fn prepare_attachments(fields: &mut Map<String, Value>) -> Result<Vec<NewAttachm
         if obj.get("stub").and_then(Value::as_bool) == Some(true) {
             continue;
         }
-        if obj.get("follows").and_then(Value::as_bool) == Some(true) {
-            return Err(ApiError::BadContentType(
-                "attachments that follow in a multipart body are not supported; send them inline as base64".into(),
-            ));
-        }
+        let follows = obj.get("follows").and_then(Value::as_bool) == Some(true);
         let data = match obj.remove("data") {
+            _ if follows => {
+                let bytes = parts.remove(name.as_str()).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "attachment {name} follows, but no part of a multipart/related body holds it"
+                    ))
+                })?;
+                decode_part(name, obj, bytes)?
+            }
             Some(Value::String(s)) => BASE64.decode(s.as_bytes()).map_err(|_| {
                 ApiError::bad_request(format!("attachment {name}: data is not valid base64"))
             })?,
@@ -192,6 +214,35 @@ fn prepare_attachments(fields: &mut Map<String, Value>) -> Result<Vec<NewAttachm
     }
     Ok(new)
 }
+
+/// The bytes of an attachment that followed in a multipart body. CouchDB sends attachments it
+/// keeps compressed as they are, marked `"encoding": "gzip"`; Outpost stores identity bytes,
+/// so those are decompressed here (never past the largest body the server accepts).
+fn decode_part(name: &str, entry: &Map<String, Value>, bytes: Bytes) -> Result<Vec<u8>, ApiError> {
+    use std::io::Read;
+    match entry.get("encoding").and_then(Value::as_str) {
+        None | Some("identity") => Ok(bytes.to_vec()),
+        Some("gzip") => {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&bytes[..])
+                .take(MAX_DECODED_ATTACHMENT as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|_| ApiError::bad_request(format!("attachment {name}: not valid gzip")))?;
+            if out.len() > MAX_DECODED_ATTACHMENT {
+                return Err(ApiError::TooLarge(format!(
+                    "attachment {name} is larger than {MAX_DECODED_ATTACHMENT} bytes decompressed"
+                )));
+            }
+            Ok(out)
+        }
+        Some(other) => Err(ApiError::BadContentType(format!(
+            "attachment {name}: unsupported encoding {other:?}"
+        ))),
+    }
+}
+
+/// The most bytes a gzip-encoded attachment of a multipart body may expand to.
+const MAX_DECODED_ATTACHMENT: usize = 256 * 1024 * 1024;
 
 /// What to add to a rendered revision.
 #[derive(Debug, Default, Clone)]

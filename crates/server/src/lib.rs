@@ -11,6 +11,7 @@ mod dispatch;
 mod docjson;
 mod error;
 mod feed;
+mod multipart;
 mod observe;
 mod query;
 pub mod replication;

@@ -2,13 +2,17 @@
 
 use axum::response::Response;
 use http::{Method, StatusCode, header};
+use std::collections::HashMap;
+
+use axum::body::Bytes;
 use outpost_core::Rev;
 use outpost_store::{DocRecord, Origin, StoredBody, UpdateMode};
 use serde_json::{Map, Value};
 
-use super::{json, load_doc, not_allowed, ok, with_etag, write_one};
+use super::{doc_multipart, json, load_doc, not_allowed, ok, with_etag, write_one};
 use crate::dispatch::{Req, media_type};
-use crate::docjson::{RenderOpts, ok_json, parse_doc, parse_rev, render};
+use crate::docjson::{RenderOpts, ok_json, parse_doc_with_parts, parse_rev, render};
+use crate::multipart;
 use crate::{ApiError, AppState};
 
 pub async fn handle(
@@ -77,6 +81,24 @@ async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response
         let record = load_doc(state, db, id).await?;
         let wanted =
             listed.unwrap_or_else(|| record.tree.leaves().into_iter().map(|l| l.rev).collect());
+        if doc_multipart::accepts(req, "mixed") {
+            // Attachments follow as raw bytes instead of base64 inside the JSON.
+            let stubs = RenderOpts {
+                attachments: false,
+                ..opts.clone()
+            };
+            let entries = open_revs_entries(state, db, &record, &wanted, latest, &stubs).await?;
+            let revisions = entries
+                .into_iter()
+                .map(|entry| match entry {
+                    OpenRev::Found(doc) => doc_multipart::Revision::Found(doc),
+                    OpenRev::Missing(rev) => doc_multipart::Revision::Missing(rev),
+                })
+                .collect();
+            let since = doc_multipart::atts_since(req)?;
+            let sending = doc_multipart::sending(&since, &record.tree);
+            return doc_multipart::mixed(state, revisions, opts.attachments, sending);
+        }
         let entries = open_revs_entries(state, db, &record, &wanted, latest, &opts).await?;
         let entries: Vec<String> = entries
             .into_iter()
@@ -124,6 +146,18 @@ async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response
     {
         return Ok(with_etag(not_modified(), &rev));
     }
+    if opts.attachments && doc_multipart::accepts(req, "related") {
+        let stubs = RenderOpts {
+            attachments: false,
+            ..opts.clone()
+        };
+        let text = render(state, db, id, &record.tree, record.seq, &rev, &body, &stubs).await?;
+        let since = doc_multipart::atts_since(req)?;
+        let sending = doc_multipart::sending(&since, &record.tree);
+        if let Some(response) = doc_multipart::related_response(state, &text, sending)? {
+            return Ok(with_etag(response, &rev));
+        }
+    }
     let text = render(state, db, id, &record.tree, record.seq, &rev, &body, &opts).await?;
     Ok(with_etag(ok(text), &rev))
 }
@@ -147,6 +181,53 @@ pub fn not_modified() -> Response {
     let mut response = Response::new(axum::body::Body::empty());
     *response.status_mut() = StatusCode::NOT_MODIFIED;
     response
+}
+
+/// A `multipart/related` document body, as CouchDB's replicator sends documents with
+/// attachments: the JSON document first, then one part per attachment marked `"follows": true`,
+/// matched by its `Content-Disposition` filename or else by order.
+async fn related_body(
+    req: &mut Req,
+    content_type: &str,
+) -> Result<(Value, HashMap<String, Bytes>), ApiError> {
+    let boundary =
+        multipart::boundary(content_type).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let bytes = req.bytes().await?;
+    let mut parts = multipart::parse(&bytes, &boundary)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?
+        .into_iter();
+    let doc = parts
+        .next()
+        .ok_or_else(|| ApiError::bad_request("multipart/related body without a document"))?;
+    let doc: Value = serde_json::from_slice(&doc.body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON in the document part: {e}")))?;
+    let mut waiting: Vec<String> = doc
+        .get("_attachments")
+        .and_then(Value::as_object)
+        .map(|atts| {
+            atts.iter()
+                .filter(|(_, a)| a.get("follows").and_then(Value::as_bool) == Some(true))
+                .map(|(name, _)| name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut by_name = HashMap::new();
+    for part in parts {
+        let named = part
+            .filename()
+            .and_then(|f| waiting.iter().position(|w| *w == f));
+        let index = match named {
+            Some(i) => i,
+            None if !waiting.is_empty() => 0,
+            None => {
+                return Err(ApiError::bad_request(
+                    "multipart/related body has more parts than attachments that follow",
+                ));
+            }
+        };
+        by_name.insert(waiting.remove(index), part.body);
+    }
+    Ok((doc, by_name))
 }
 
 /// Where a written document can be read, for the `Location` of a 201, as CouchDB gives it: an
@@ -370,28 +451,32 @@ pub async fn open_revs_batch(
 }
 
 async fn put(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<Response, ApiError> {
-    if let Some(ct) = req
+    let content_type = req
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        && media_type(ct).starts_with("multipart/")
-    {
-        return Err(ApiError::BadContentType(
-            "multipart document bodies are not supported; send attachments inline as base64".into(),
-        ));
-    }
+        .map(str::to_owned);
     let new_edits = req.query.bool("new_edits")?.unwrap_or(true);
     let query_rev = match req.query.get("rev") {
         Some(r) => Some(parse_rev(r)?),
         None => if_match(req)?,
     };
-    let mut body = req.json().await?;
+    let (mut body, mut parts) = match content_type.as_deref() {
+        Some(ct) if media_type(ct) == "multipart/related" => related_body(req, ct).await?,
+        Some(ct) if media_type(ct).starts_with("multipart/") => {
+            return Err(ApiError::BadContentType(format!(
+                "a document body may be JSON or multipart/related, not {}",
+                media_type(ct)
+            )));
+        }
+        _ => (req.json().await?, HashMap::new()),
+    };
     if let (Some(rev), Some(obj)) = (query_rev, body.as_object_mut())
         && !obj.contains_key("_rev")
     {
         obj.insert("_rev".into(), Value::String(rev.to_string()));
     }
-    let update = parse_doc(body, Some(id), new_edits, Origin::Client)?;
+    let update = parse_doc_with_parts(body, Some(id), new_edits, Origin::Client, &mut parts)?;
     let rev = write_one(state, db, update).await?;
     let batch = req.query.get("batch") == Some("ok");
     let status = if batch {

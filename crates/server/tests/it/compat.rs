@@ -547,3 +547,149 @@ async fn a_stub_for_a_missing_attachment_is_a_missing_stub() {
     assert_eq!(out["error"], "missing_stub");
     assert_eq!(out["reason"], "Invalid attachment stub in st for a");
 }
+
+/// A `multipart/related` body of a document and its attachments, as CouchDB's replicator sends it.
+fn related_body(boundary: &str, doc: &serde_json::Value, atts: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out =
+        format!("--{boundary}\r\nContent-Type: application/json\r\n\r\n{doc}\r\n").into_bytes();
+    for (name, bytes) in atts {
+        out.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: attachment; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
+        );
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("--{boundary}--").as_bytes());
+    out
+}
+
+#[tokio::test]
+async fn documents_with_attachments_arrive_as_multipart_related() {
+    use std::io::Write;
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(b"compressed text").unwrap();
+    let gzipped = gz.finish().unwrap();
+    let doc = json!({
+        "_id": "m", "_rev": "2-b", "_revisions": {"start": 2, "ids": ["b", "a"]}, "v": 1,
+        "_attachments": {
+            "one.bin": {"follows": true, "content_type": "application/octet-stream", "length": 4, "revpos": 1},
+            "two.txt": {"follows": true, "content_type": "text/plain", "encoding": "gzip", "length": 15, "encoded_length": gzipped.len(), "revpos": 2},
+        }
+    });
+    // Parts named out of order are matched by filename.
+    let body = related_body(
+        "xyz",
+        &doc,
+        &[("two.txt", &gzipped), ("one.bin", b"\x00\x01\r\n")],
+    );
+    let (status, _, answer) = s
+        .raw(
+            "PUT",
+            "/db/m?new_edits=false",
+            &[("content-type", "multipart/related; boundary=\"xyz\"")],
+            Some(body),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 201, "{}", String::from_utf8_lossy(&answer));
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["rev"], "2-b");
+    let (_, _, one) = s.raw("GET", "/db/m/one.bin", &[], None).await;
+    assert_eq!(one, b"\x00\x01\r\n");
+    let (_, _, two) = s.raw("GET", "/db/m/two.txt", &[], None).await;
+    assert_eq!(two, b"compressed text");
+    // A part for an attachment that does not follow is refused.
+    let doc = json!({"_attachments": {"a": {"follows": true}}});
+    let (status, _, _) = s
+        .raw(
+            "PUT",
+            "/db/n",
+            &[("content-type", "multipart/related; boundary=b")],
+            Some(related_body("b", &doc, &[("a", b"1"), ("b", b"2")])),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 400);
+}
+
+#[tokio::test]
+async fn open_revs_answer_multipart_mixed_when_asked() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let put = s
+        .expect(
+            "PUT",
+            "/db/d",
+            Some(json!({"v": 1, "_attachments": {"a.bin": {"content_type": "application/x-raw", "data": "AAECAw=="}}})),
+            201,
+        )
+        .await;
+    let rev = put["rev"].as_str().unwrap().to_owned();
+    s.expect("PUT", "/db/plain", Some(json!({"w": 2})), 201)
+        .await;
+    let path = format!("/db/d?open_revs=%5B%22{rev}%22%2C%229-x%22%5D&revs=true&attachments=true");
+    let (status, headers, body) = s
+        .raw("GET", &path, &[("accept", "multipart/mixed")], None)
+        .await;
+    assert_eq!(status.as_u16(), 200);
+    let ct = headers["content-type"].to_str().unwrap().to_owned();
+    assert!(ct.starts_with("multipart/mixed; boundary="), "{ct}");
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert!(
+        text.contains("Content-Type: multipart/related; boundary="),
+        "{text}"
+    );
+    assert!(text.contains("\"follows\":true"), "{text}");
+    assert!(
+        text.contains("Content-Disposition: attachment; filename=\"a.bin\""),
+        "{text}"
+    );
+    // The bytes travel raw, not as base64.
+    assert!(body.windows(4).any(|w| w == b"\x00\x01\x02\x03"), "{text}");
+    assert!(
+        text.contains(
+            "Content-Type: application/json; error=\"true\"\r\n\r\n{\"missing\":\"9-x\"}"
+        ),
+        "{text}"
+    );
+    // With atts_since naming the revision, the attachment stays a stub and the document is JSON.
+    let since = format!("{path}&atts_since=%5B%22{rev}%22%5D");
+    let (_, _, body) = s
+        .raw("GET", &since, &[("accept", "multipart/mixed")], None)
+        .await;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert!(!text.contains("multipart/related"), "{text}");
+    assert!(text.contains("\"stub\":true"), "{text}");
+    // A document read whole with Accept: multipart/related.
+    let (status, headers, body) = s
+        .raw(
+            "GET",
+            "/db/d?attachments=true",
+            &[("accept", "multipart/related")],
+            None,
+        )
+        .await;
+    assert_eq!(status.as_u16(), 200);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("multipart/related")
+    );
+    assert!(body.windows(4).any(|w| w == b"\x00\x01\x02\x03"));
+    // Without attachments to send, JSON as usual.
+    let (_, headers, _) = s
+        .raw(
+            "GET",
+            "/db/plain?attachments=true",
+            &[("accept", "multipart/related")],
+            None,
+        )
+        .await;
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+}
