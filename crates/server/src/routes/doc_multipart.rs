@@ -62,13 +62,13 @@ pub fn sending(atts_since: &[Rev], tree: &outpost_core::RevTree) -> Sending {
     Sending { known_up_to }
 }
 
+/// Attachments that follow a document's JSON part: name, content type, digest.
+type Follows = Vec<(String, String, String)>;
+
 /// Turns a rendered document with stubs into the JSON part of a `multipart/related` body and the
-/// list of attachments that follow it (name, content type, digest), or `None` when no attachment
-/// travels as bytes (the document then goes as plain JSON).
-fn related(
-    doc: &str,
-    sending: Sending,
-) -> Result<Option<(String, Vec<(String, String, String)>)>, ApiError> {
+/// attachments that follow it, or `None` when no attachment travels as bytes (the document then
+/// goes as plain JSON).
+fn related(doc: &str, sending: Sending) -> Result<Option<(String, Follows)>, ApiError> {
     let mut value: Value = serde_json::from_str(doc)
         .map_err(|e| ApiError::Internal(format!("rendered document: {e}")))?;
     let Some(atts) = value.get_mut("_attachments").and_then(Value::as_object_mut) else {
@@ -106,12 +106,7 @@ fn related(
 
 /// The pieces of one document as a `multipart/related` body with `boundary` (without the
 /// closing delimiter).
-fn related_pieces(
-    boundary: &str,
-    json: String,
-    follows: Vec<(String, String, String)>,
-    out: &mut Vec<Piece>,
-) {
+fn related_pieces(boundary: &str, json: String, follows: Follows, out: &mut Vec<Piece>) {
     out.push(Piece::Ready(part_head(
         boundary,
         &[("Content-Type", "application/json")],
