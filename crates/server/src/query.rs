@@ -47,11 +47,13 @@ impl Query {
         Ok(self.bool(name)?.unwrap_or(false))
     }
 
-    /// A non-negative integer parameter.
+    /// A non-negative integer parameter. A value too large for 64 bits stands for the largest
+    /// one (`skip=99999999999999999999` skips everything), so callers only ever see numbers
+    /// they must already handle without overflowing.
     pub fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
         match self.get(name) {
             None => Ok(None),
-            Some(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
+            Some(v) => saturating_u64(v).map(Some).ok_or_else(|| {
                 ApiError::bad_request(format!(
                     "invalid value for {name}: {v:?} is not a non-negative integer"
                 ))
@@ -80,6 +82,16 @@ impl Query {
     }
 }
 
+/// Parses decimal digits (surrounding spaces allowed), saturating at `u64::MAX`.
+pub fn saturating_u64(raw: &str) -> Option<u64> {
+    let digits = raw.trim();
+    let digits = digits.strip_prefix('+').unwrap_or(digits);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(digits.parse::<u64>().unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +103,19 @@ mod tests {
         assert_eq!(q.bool("include_docs").unwrap(), Some(true));
         assert_eq!(q.json("key").unwrap(), Some(Value::String("a/b".into())));
         assert!(q.bool("missing").unwrap().is_none());
+    }
+
+    #[test]
+    fn numbers_beyond_64_bits_saturate() {
+        let q = Query::parse(Some(
+            "skip=18446744073709551615&limit=99999999999999999999999",
+        ))
+        .unwrap();
+        assert_eq!(q.u64("skip").unwrap(), Some(u64::MAX));
+        assert_eq!(q.u64("limit").unwrap(), Some(u64::MAX));
+        assert_eq!(saturating_u64(" 7 "), Some(7));
+        assert_eq!(saturating_u64(""), None);
+        assert_eq!(saturating_u64("1e3"), None);
     }
 
     #[test]

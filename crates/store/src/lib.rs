@@ -7,10 +7,12 @@
 //! holds them is durable on disk. Reads are served from committed state, so a reader never sees a
 //! write that could still be lost.
 
+mod compacting;
 mod error;
 pub mod sqlite;
 mod types;
 
+pub use compacting::{CompactionMark, Compactions};
 pub use error::{DocError, StoreError};
 pub use sqlite::retention::Retention;
 pub use types::*;
@@ -62,8 +64,17 @@ pub trait Store: Send + Sync + 'static {
         start: Option<&str>,
         limit: u64,
     ) -> Result<Vec<DocRecord>, StoreError>;
-    /// Makes the files small again and applies retention; returns when done.
+    /// Compacts a database and returns when done: applies its history retention, drops the
+    /// bodies of revisions that are no longer leaves (superseded or stemmed), then does what
+    /// [`Store::reclaim`] does. [`DbInfo::compact_running`] is true meanwhile.
     async fn compact(&self, db: &str) -> Result<(), StoreError>;
+    /// Marks `db` as compacting ([`DbInfo::compact_running`]) until the mark is dropped, so a
+    /// compaction started in the background shows from the moment it is accepted; `None` when a
+    /// compaction of `db` is already marked.
+    fn mark_compacting(&self, db: &str) -> Option<CompactionMark>;
+    /// Collects attachment bytes no stored revision refers to any more (in any database) and
+    /// gives free pages back to the file system; returns when done.
+    async fn reclaim(&self) -> Result<(), StoreError>;
 
     /// Applies document updates in one durable transaction; one result per update, in order.
     async fn write_docs(
@@ -95,11 +106,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(Rev, StoredBody)>, StoreError>;
     /// One page of `_all_docs`, live documents only, in id order.
     async fn all_docs(&self, db: &str, query: &AllDocsQuery) -> Result<Vec<DocRow>, StoreError>;
-    /// How many live documents sort before `id` (the `offset` of `_all_docs`).
-    async fn count_before(&self, db: &str, id: &str, descending: bool) -> Result<u64, StoreError>;
+    /// How many live documents sort before `id` (after it when `descending`), the `offset` of
+    /// `_all_docs`, counted only up to `cap`: `None` when there are more, since counting them all
+    /// costs time in proportion to the database.
+    async fn count_before(
+        &self,
+        db: &str,
+        id: &str,
+        descending: bool,
+        cap: u64,
+    ) -> Result<Option<u64>, StoreError>;
     /// One page of the changes feed: each document once, at its latest sequence.
     async fn changes(&self, db: &str, query: &ChangesQuery) -> Result<Vec<ChangeRow>, StoreError>;
-    /// How many documents changed after `since` (the `pending` of a truncated feed).
+    /// How many documents changed after `since` (the `pending` of a truncated feed): exact up
+    /// to [`sqlite::PENDING_EXACT_UP_TO`], an upper-bound estimate beyond (see its doc), so a
+    /// page never costs time in proportion to the rest of the feed.
     async fn changes_pending(&self, db: &str, since: u64) -> Result<u64, StoreError>;
 
     /// A `_local` document: its revision number and body.

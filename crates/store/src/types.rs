@@ -79,6 +79,8 @@ pub struct DbInfo {
     pub file_size: u64,
     /// Creation time, microseconds since the Unix epoch.
     pub created_at: i64,
+    /// Whether a compaction of this database is running.
+    pub compact_running: bool,
 }
 
 /// A document's revision tree and where it sits in the changes feed.

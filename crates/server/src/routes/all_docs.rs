@@ -17,6 +17,9 @@ use crate::{ApiError, AppState};
 const PAGE: u64 = 1000;
 /// Most `keys` in one request.
 const MAX_KEYS: usize = 100_000;
+/// Up to how many rows before a `startkey` the `offset` is counted; beyond, it is `null`
+/// (counting further would cost time in proportion to the database on every page).
+const OFFSET_COUNTED_UP_TO: u64 = 10_000;
 
 /// Where a JSON key falls among document ids. CouchDB collates null, booleans and numbers before
 /// every string, and arrays and objects after.
@@ -113,14 +116,23 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
         Some(Bound::BeforeAll) => empty |= !descending,
         Some(Bound::AfterAll) => empty |= descending,
     }
+    // Without a start key the rows before the first one are the skipped ones; with one, they
+    // are counted, but only so far.
     let offset = match &query.start {
-        Some(s) if !empty => state.store.count_before(db, s, descending).await?,
-        _ => 0,
-    } + skip;
+        Some(s) if !empty => state
+            .store
+            .count_before(db, s, descending, OFFSET_COUNTED_UP_TO)
+            .await?
+            .map(|before| before.saturating_add(skip)),
+        _ => Some(skip),
+    };
+    let offset = match offset {
+        Some(n) => n.min(info.doc_count).to_string(),
+        None => "null".to_owned(),
+    };
     let head = format!(
-        "{{\"total_rows\":{},\"offset\":{},\"rows\":[\n",
-        info.doc_count,
-        offset.min(info.doc_count)
+        "{{\"total_rows\":{},\"offset\":{offset},\"rows\":[\n",
+        info.doc_count
     );
     let tail = match update_seq {
         Some(seq) => format!("\n],\n\"update_seq\":{seq}}}\n"),

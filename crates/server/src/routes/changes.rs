@@ -29,13 +29,19 @@ fn parse_since(raw: &str, current: u64) -> Result<u64, ApiError> {
         return Ok(current);
     }
     let digits: String = raw.chars().take_while(char::is_ascii_digit).collect();
-    digits
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("invalid since value {raw:?}")))
+    crate::query::saturating_u64(&digits)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid since value {raw:?}")))
 }
 
+/// The longest `timeout` or `heartbeat` honoured: a deadline is an instant, and a larger
+/// duration would overflow it.
+const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 fn ms(req: &Req, name: &str) -> Result<Option<Duration>, ApiError> {
-    Ok(req.query.u64(name)?.map(Duration::from_millis))
+    Ok(req
+        .query
+        .u64(name)?
+        .map(|ms| Duration::from_millis(ms).min(MAX_WAIT)))
 }
 
 fn parse_kind(req: &Req) -> Result<FeedKind, ApiError> {

@@ -34,6 +34,12 @@ pub async fn handle(state: &AppState, name: &str, req: &mut Req) -> Result<Respo
             }
             state.store.delete_db(name).await?;
             state.replications.forget_db(name);
+            // The rows are gone; the attachment bytes only this database used and the freed
+            // pages are given back in the background.
+            in_background(state, "reclaim", {
+                let store = state.store.clone();
+                async move { store.reclaim().await }
+            });
             Ok(ok(json!({ "ok": true }).to_string()))
         }
         Method::POST => {
@@ -74,7 +80,7 @@ pub async fn info_json(state: &AppState, name: &str) -> Result<Value, ApiError> 
         "sizes": { "file": info.file_size, "external": info.active_size, "active": info.active_size },
         "props": {},
         "disk_format_version": 8,
-        "compact_running": false,
+        "compact_running": info.compact_running,
         "cluster": { "q": 1, "n": 1, "w": 1, "r": 1 },
         "instance_start_time": (info.created_at).to_string(),
         "outpost": outpost_json(state, &info),
@@ -119,18 +125,46 @@ pub async fn revs_limit(state: &AppState, db: &str, req: &mut Req) -> Result<Res
     }
 }
 
-/// `POST /{db}/_compact`: runs to completion before answering, so `compact_running` is always
-/// false by the time a client polls it.
+/// `POST /{db}/_compact`: answers 202 at once, as CouchDB does, and compacts in the background;
+/// `compact_running` in the database info is true from before the answer until it is done.
 pub async fn compact(state: &AppState, db: &str, req: &mut Req) -> Result<Response, ApiError> {
     if req.method != Method::POST {
         return Err(not_allowed("Only POST allowed"));
     }
     req.require_json_type()?;
-    state.store.compact(db).await?;
+    state.store.db_info(db).await?;
+    // A compaction already running covers this request too.
+    if let Some(mark) = state.store.mark_compacting(db) {
+        let store = state.store.clone();
+        let db = db.to_owned();
+        in_background(state, "compaction", async move {
+            let _mark = mark;
+            store.compact(&db).await
+        });
+    }
     Ok(json(
         StatusCode::ACCEPTED,
         json!({ "ok": true }).to_string(),
     ))
+}
+
+/// Runs store maintenance as a tracked task that ends with the server: it is made of separate
+/// durable steps, so stopping between two loses nothing and the next run picks up the rest.
+fn in_background<F>(state: &AppState, what: &'static str, work: F)
+where
+    F: std::future::Future<Output = Result<(), outpost_store::StoreError>> + Send + 'static,
+{
+    let shutdown = state.shutdown.clone();
+    state.tasks.spawn(async move {
+        tokio::select! {
+            result = work => {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, task = what, "store maintenance failed");
+                }
+            }
+            _ = shutdown.cancelled() => {}
+        }
+    });
 }
 
 /// `POST /{db}/_ensure_full_commit`: every acknowledged write is already durable.

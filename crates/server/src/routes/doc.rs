@@ -123,6 +123,9 @@ async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response
             .into_iter()
             .next()
             .ok_or_else(ApiError::missing)?,
+        // A revision stemmed out of the tree by `_revs_limit` is gone, as in CouchDB, even
+        // while its body waits for compaction.
+        Some(rev) if !record.tree.contains(&rev) => return Err(ApiError::missing()),
         Some(rev) => rev,
         None => {
             let winner = record.tree.winner().ok_or_else(ApiError::missing)?;

@@ -74,8 +74,11 @@ fn job_json(job: &Job) -> Value {
 /// Reads `limit` and `skip` and pages a list.
 fn page(req: &Req, items: Vec<Value>) -> Result<(usize, usize, Vec<Value>), ApiError> {
     let total = items.len();
-    let skip = req.query.u64("skip")?.unwrap_or(0) as usize;
-    let limit = req.query.u64("limit")?.map_or(usize::MAX, |l| l as usize);
+    let skip = usize::try_from(req.query.u64("skip")?.unwrap_or(0)).unwrap_or(usize::MAX);
+    let limit = req
+        .query
+        .u64("limit")?
+        .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
     Ok((
         total,
         skip,

@@ -43,8 +43,10 @@ pub async fn all_dbs(state: &AppState, req: &Req) -> Result<Response, ApiError> 
     let descending = q.flag("descending")?;
     let start = q.json_any(&["startkey", "start_key"])?;
     let end = q.json_any(&["endkey", "end_key"])?;
-    let skip = q.u64("skip")?.unwrap_or(0) as usize;
-    let limit = q.u64("limit")?.map_or(usize::MAX, |l| l as usize);
+    let skip = usize::try_from(q.u64("skip")?.unwrap_or(0)).unwrap_or(usize::MAX);
+    let limit = q
+        .u64("limit")?
+        .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
     let mut names = state.store.all_dbs().await?;
     if descending {
         names.reverse();

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, assert_error};
+use crate::support::{TestServer, assert_error, compact};
 
 /// Two branches off `1-aaa`, as a replicator would deliver them.
 fn branches(b: Value, c: Value) -> Value {
@@ -252,7 +252,7 @@ async fn retention_trims_history_on_compact_and_keeps_the_document() {
             .len(),
         5
     );
-    s.expect("POST", "/db/_compact", Some(json!({})), 202).await;
+    compact(&s, "db").await;
     let history = s.expect("GET", "/db/_events?doc_id=d", None, 200).await;
     let kept: Vec<&Value> = history["results"]
         .as_array()

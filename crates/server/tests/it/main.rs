@@ -2,9 +2,11 @@
 //! server on `127.0.0.1:0` for the live feeds.
 
 mod api;
+mod compaction;
 mod compat;
 mod conflicts;
 mod feeds;
 mod input;
 mod ops;
+mod paging;
 mod support;

@@ -97,6 +97,29 @@ impl TestServer {
     }
 }
 
+/// `POST /{db}/_compact`, then polls the database info until `compact_running` is false, as
+/// PouchDB does.
+pub async fn compact(s: &TestServer, db: &str) {
+    s.expect(
+        "POST",
+        &format!("/{db}/_compact"),
+        Some(Value::Object(Default::default())),
+        202,
+    )
+    .await;
+    while s.expect("GET", &format!("/{db}"), None, 200).await["compact_running"] == true {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Bytes the store takes on disk: its file and its write-ahead log.
+pub fn store_bytes(dir: &std::path::Path) -> u64 {
+    ["outpost.sqlite", "outpost.sqlite-wal"]
+        .iter()
+        .map(|f| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len()))
+        .sum()
+}
+
 /// Asserts that an error body has CouchDB's shape and code.
 pub fn assert_error(body: &Value, code: &str) {
     assert_eq!(body["error"], code, "{body}");

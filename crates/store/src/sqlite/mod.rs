@@ -1,6 +1,7 @@
 //! The embedded engine: one SQLite file in WAL mode, one writer thread with group commit, and a
 //! small pool of read connections used from `spawn_blocking`.
 
+mod compaction;
 mod read;
 pub mod replay;
 pub mod retention;
@@ -17,8 +18,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
 use crate::{
-    AllDocsQuery, ChangeRow, ChangesQuery, DbInfo, DocError, DocRecord, DocRow, DocUpdate, Event,
-    EventsQuery, LocalDoc, Retention, Store, StoreError, StoredBody,
+    AllDocsQuery, ChangeRow, ChangesQuery, CompactionMark, Compactions, DbInfo, DocError,
+    DocRecord, DocRow, DocUpdate, Event, EventsQuery, LocalDoc, Retention, Store, StoreError,
+    StoredBody,
 };
 use writer::{Job, WriteOp, WriteReply};
 
@@ -27,6 +29,8 @@ pub const FILE_NAME: &str = "outpost.sqlite";
 
 /// How many idle read connections are kept.
 const MAX_IDLE_READERS: usize = 8;
+
+pub use read::PENDING_EXACT_UP_TO;
 
 /// A [`Store`] on one SQLite file.
 pub struct SqliteStore {
@@ -40,6 +44,8 @@ pub struct SqliteStore {
     /// Live feed listeners, per database: the writer publishes each database's new update
     /// sequence after every commit.
     watchers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+    /// Databases being compacted, for `compact_running`.
+    compactions: Compactions,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -108,6 +114,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(tx)),
             readers: Arc::default(),
             watchers,
+            compactions: Compactions::default(),
         })
     }
 
@@ -181,6 +188,8 @@ fn unexpected(reply: WriteReply) -> StoreError {
         WriteReply::Docs(_) => "docs",
         WriteReply::LocalRev(_) => "local rev",
         WriteReply::Resolved(_) => "resolved",
+        WriteReply::Cursor(_) => "cursor",
+        WriteReply::Count(_) => "count",
     };
     StoreError::Corrupt(format!("writer answered {what} to another request"))
 }
@@ -212,9 +221,13 @@ impl Store for SqliteStore {
     }
 
     async fn db_info(&self, name: &str) -> Result<DbInfo, StoreError> {
-        let name = name.to_owned();
+        let owned = name.to_owned();
         let path = self.path.clone();
-        self.read(move |c| read::db_info(c, &name, &path)).await
+        let info = self.read(move |c| read::db_info(c, &owned, &path)).await?;
+        Ok(DbInfo {
+            compact_running: self.compactions.is_running(name),
+            ..info
+        })
     }
 
     async fn set_revs_limit(&self, db: &str, limit: u64) -> Result<(), StoreError> {
@@ -270,7 +283,54 @@ impl Store for SqliteStore {
     }
 
     async fn compact(&self, db: &str) -> Result<(), StoreError> {
+        // Already marked when the caller started it in the background.
+        let _mark = self.compactions.mark(db);
         self.write(WriteOp::Compact { db: db.to_owned() }).await?;
+        let mut after = String::new();
+        loop {
+            let op = WriteOp::DropSuperseded {
+                db: db.to_owned(),
+                after,
+            };
+            match self.write(op).await? {
+                WriteReply::Cursor(Some(next)) => after = next,
+                WriteReply::Cursor(None) => break,
+                other => return Err(unexpected(other)),
+            }
+        }
+        self.reclaim().await
+    }
+
+    fn mark_compacting(&self, db: &str) -> Option<CompactionMark> {
+        self.compactions.mark(db)
+    }
+
+    async fn reclaim(&self) -> Result<(), StoreError> {
+        let plan = self.read(compaction::plan_sweep).await?;
+        let mut collected = 0;
+        for chunk in plan.candidates.chunks(compaction::ATTACHMENTS_PER_STEP) {
+            let op = WriteOp::SweepAttachments {
+                candidates: chunk.to_vec(),
+                seen: plan.seen.clone(),
+            };
+            match self.write(op).await? {
+                WriteReply::Count(n) => collected += n,
+                other => return Err(unexpected(other)),
+            }
+        }
+        if collected > 0 {
+            tracing::info!(attachments = collected, "compaction collected attachments");
+        }
+        // Stops when nothing is left, or when a step frees nothing (a file not in incremental
+        // auto-vacuum mode keeps its free pages for reuse).
+        let mut left = u64::MAX;
+        loop {
+            match self.write(WriteOp::Vacuum).await? {
+                WriteReply::Count(now) if now > 0 && now < left => left = now,
+                WriteReply::Count(_) => break,
+                other => return Err(unexpected(other)),
+            }
+        }
         self.write(WriteOp::Checkpoint).await.map(|_| ())
     }
 
@@ -335,9 +395,15 @@ impl Store for SqliteStore {
         self.read(move |c| read::all_docs(c, &db, &query)).await
     }
 
-    async fn count_before(&self, db: &str, id: &str, descending: bool) -> Result<u64, StoreError> {
+    async fn count_before(
+        &self,
+        db: &str,
+        id: &str,
+        descending: bool,
+        cap: u64,
+    ) -> Result<Option<u64>, StoreError> {
         let (db, id) = (db.to_owned(), id.to_owned());
-        self.read(move |c| read::count_before(c, &db, &id, descending))
+        self.read(move |c| read::count_before(c, &db, &id, descending, cap))
             .await
     }
 

@@ -57,6 +57,7 @@ pub fn db_info(c: &Connection, name: &str, file: &Path) -> Result<DbInfo, StoreE
                     max_age_seconds: r.get::<_, Option<i64>>(10)?.map(|a| a as u64),
                 },
                 file_size: 0,
+                compact_running: false,
             })
         })
         .optional()?
@@ -225,22 +226,34 @@ pub fn all_docs(c: &Connection, db: &str, q: &AllDocsQuery) -> Result<Vec<DocRow
         .collect()
 }
 
+const COUNT_BEFORE: &str =
+    "SELECT count(*) FROM (SELECT 1 FROM docs WHERE db = ?1 AND deleted = 0 AND id < ?2 LIMIT ?3)";
+const COUNT_AFTER: &str =
+    "SELECT count(*) FROM (SELECT 1 FROM docs WHERE db = ?1 AND deleted = 0 AND id > ?2 LIMIT ?3)";
+const COUNT_CHANGED_AFTER: &str =
+    "SELECT count(*) FROM (SELECT 1 FROM docs WHERE db = ?1 AND seq > ?2 LIMIT ?3)";
+
+/// Counts the live documents before `id` (after it when descending) up to `cap`, through the
+/// `docs_live` index: at most `cap + 1` index entries are visited, whatever the database's size.
 pub fn count_before(
     c: &Connection,
     db: &str,
     id: &str,
     descending: bool,
-) -> Result<u64, StoreError> {
+    cap: u64,
+) -> Result<Option<u64>, StoreError> {
     let db = db_id(c, db)?;
     let sql = if descending {
-        "SELECT count(*) FROM docs WHERE db = ?1 AND deleted = 0 AND id > ?2"
+        COUNT_AFTER
     } else {
-        "SELECT count(*) FROM docs WHERE db = ?1 AND deleted = 0 AND id < ?2"
+        COUNT_BEFORE
     };
+    let bound = i64::try_from(cap.saturating_add(1)).unwrap_or(i64::MAX);
     let n: i64 = c
         .prepare_cached(sql)?
-        .query_row(params![db, id], |r| r.get(0))?;
-    Ok(n as u64)
+        .query_row(params![db, id, bound], |r| r.get(0))?;
+    let n = n.max(0) as u64;
+    Ok((n <= cap).then_some(n))
 }
 
 pub fn changes(c: &Connection, db: &str, q: &ChangesQuery) -> Result<Vec<ChangeRow>, StoreError> {
@@ -275,13 +288,32 @@ pub fn changes(c: &Connection, db: &str, q: &ChangesQuery) -> Result<Vec<ChangeR
         .collect()
 }
 
+/// Up to how many remaining rows the `pending` of a truncated changes feed is exact.
+pub const PENDING_EXACT_UP_TO: u64 = 1000;
+
+/// The `pending` of a changes page ending at `since`. The rows after `since` are counted through
+/// the `docs_by_seq` index up to [`PENDING_EXACT_UP_TO`]; when there are more, the answer is the
+/// smaller of two upper bounds read from the database's counters: the sequences after `since`
+/// (each row has its own) and the number of documents. The estimate is exact when no document
+/// changed twice since `since`, and never below the true count.
 pub fn changes_pending(c: &Connection, db: &str, since: u64) -> Result<u64, StoreError> {
-    let db = db_id(c, db)?;
+    let tx = c.unchecked_transaction()?;
+    let db = db_id(&tx, db)?;
     let since = i64::try_from(since).unwrap_or(i64::MAX);
-    let n: i64 = c
-        .prepare_cached("SELECT count(*) FROM docs WHERE db = ?1 AND seq > ?2")?
-        .query_row(params![db, since], |r| r.get(0))?;
-    Ok(n as u64)
+    let n: i64 = tx
+        .prepare_cached(COUNT_CHANGED_AFTER)?
+        .query_row(params![db, since, PENDING_EXACT_UP_TO as i64 + 1], |r| {
+            r.get(0)
+        })?;
+    let n = n.max(0) as u64;
+    if n <= PENDING_EXACT_UP_TO {
+        return Ok(n);
+    }
+    let (update_seq, docs): (i64, i64) = tx
+        .prepare_cached("SELECT update_seq, doc_count + doc_del_count FROM dbs WHERE id = ?1")?
+        .query_row([db], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let after = (update_seq.saturating_sub(since)).max(0) as u64;
+    Ok(after.min(docs.max(0) as u64).max(n))
 }
 
 pub fn conflicts(
@@ -382,4 +414,60 @@ pub fn events(c: &Connection, db: &str, q: &EventsQuery) -> Result<Vec<Event>, S
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::StatementStatus;
+    use rusqlite::types::Value;
+
+    use super::*;
+
+    /// The capped counts behind `pending` and `offset` visit about as many rows as their cap,
+    /// however many the database holds; the same count without a cap visits them all.
+    #[test]
+    fn capped_counts_visit_a_bounded_number_of_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Connection::open(dir.path().join("t.sqlite")).unwrap();
+        crate::sqlite::schema::configure(&c).unwrap();
+        crate::sqlite::schema::migrate(&c).unwrap();
+        c.execute_batch(
+            "INSERT INTO dbs (id, name, created_at) VALUES (1, 'db', 0);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+             INSERT INTO docs (db, id, seq, deleted, tree)
+                 SELECT 1, printf('d%06d', i), i, i % 3 = 0, '[]' FROM n;",
+        )
+        .unwrap();
+        let cap = 11i64;
+        for (sql, bound) in [
+            (COUNT_BEFORE, Value::Text("d019999".into())),
+            (COUNT_AFTER, Value::Text("d000001".into())),
+            (COUNT_CHANGED_AFTER, Value::Integer(0)),
+        ] {
+            let plan: Vec<String> = c
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(params![1, bound, cap], |r| r.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                plan.iter().any(|p| p.contains("USING COVERING INDEX")),
+                "{sql}: {plan:?}"
+            );
+            let mut stmt = c.prepare(sql).unwrap();
+            let n: i64 = stmt
+                .query_row(params![1, bound, cap], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, cap);
+            let steps = stmt.get_status(StatementStatus::VmStep);
+            assert!(steps < 40 * cap as i32, "{sql}: {steps} steps");
+        }
+        let mut full = c
+            .prepare("SELECT count(*) FROM docs WHERE db = 1 AND seq > 0")
+            .unwrap();
+        let n: i64 = full.query_row([], |r| r.get(0)).unwrap();
+        assert_eq!(n, 20000);
+        assert!(full.get_status(StatementStatus::VmStep) > 20000);
+    }
 }

@@ -51,7 +51,8 @@ pub(super) fn read_events(
     db: i64,
     doc: Option<&str>,
 ) -> Result<Vec<(String, ReplayEvent)>, StoreError> {
-    let sql = "SELECT e.seq, e.doc, e.rev, e.parent, e.detail, r.deleted
+    // Compaction copies the deletion flag into the event before it drops a body's row.
+    let sql = "SELECT e.seq, e.doc, e.rev, e.parent, e.detail, coalesce(e.deleted, r.deleted)
                FROM events e LEFT JOIN revs r ON r.db = e.db AND r.doc = e.doc AND r.rev = e.rev
                WHERE e.db = ?1 AND (?2 IS NULL OR e.doc = ?2) ORDER BY e.seq";
     let mut stmt = c.prepare_cached(sql)?;
@@ -84,8 +85,8 @@ pub(super) fn read_events(
             ),
             None => None,
         };
-        // The deletion flag lives with the revision; a trimmed body keeps its row's flag, so a
-        // missing row means the store lost data.
+        // The deletion flag lives with the revision until compaction drops its body and copies
+        // the flag into the event; neither holding it means the store lost data.
         let deleted = row
             .get::<_, Option<bool>>(5)?
             .ok_or_else(|| corrupt(format!("event {seq}: no stored revision {rev} of {id}")))?;

@@ -4,15 +4,19 @@
 //! - `dbs`: one row per database with its counters and settings;
 //! - `docs`: one row per document: its revision tree, winner and latest sequence (the changes
 //!   feed is an index on `(db, seq)`, so every document appears once, at its latest change);
-//! - `revs`: the body of every revision received with one, leaves and superseded ones alike;
+//! - `revs`: the body of every revision received with one; compaction keeps only the leaves';
 //! - `local_docs`: `_local` documents, never replicated;
 //! - `attachments`: attachment bytes, once per digest;
 //! - `events`: the append-only event log, written in the same transaction as the projection.
+//!
+//! Versions: 1 was the first; 2 adds `events.deleted` (so replay no longer needs the bodies that
+//! compaction drops), the `docs_live` index and incremental auto-vacuum (so compaction can give
+//! freed pages back to the file system). [`migrate`] upgrades a version 1 file in place.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this build writes.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -50,6 +54,9 @@ CREATE TABLE IF NOT EXISTS docs (
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS docs_by_seq ON docs (db, seq);
 CREATE INDEX IF NOT EXISTS docs_conflicted ON docs (db, id) WHERE conflicted = 1;
+-- Live documents by id: `_all_docs` pages and its bounded `offset` count walk this instead of
+-- stepping over tombstones in `docs`.
+CREATE INDEX IF NOT EXISTS docs_live ON docs (db, id) WHERE deleted = 0;
 
 CREATE TABLE IF NOT EXISTS revs (
     db      INTEGER NOT NULL,
@@ -86,6 +93,9 @@ CREATE TABLE IF NOT EXISTS events (
     -- JSON: the revision path a replicated write added, and for resolutions the policy and the
     -- leaves superseded. Enough to replay the log into the document tables.
     detail TEXT,
+    -- Whether the revision is a deletion. NULL until compaction copies it here from `revs`, just
+    -- before it may drop that row; replay reads it from whichever holds it.
+    deleted INTEGER,
     PRIMARY KEY (db, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_doc ON events (db, doc, seq);
@@ -101,10 +111,13 @@ CREATE TABLE IF NOT EXISTS event_baselines (
 "#;
 
 /// Connection settings every connection needs. `synchronous=FULL` makes each commit fsync the
-/// WAL, which is what lets a 2xx mean "on disk".
+/// WAL, which is what lets a 2xx mean "on disk". Incremental auto-vacuum takes effect only on a
+/// new file, and only when chosen before the switch to WAL writes the file's first page; an
+/// older file changes mode when [`migrate`] upgrades it.
 pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
+        "PRAGMA auto_vacuum = INCREMENTAL;
+         PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = OFF;
          PRAGMA busy_timeout = 10000;
@@ -112,29 +125,60 @@ pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
-/// Creates the schema if needed and checks the file's version.
+/// Creates the schema if needed and brings an older file up to [`VERSION`].
 pub fn migrate(conn: &Connection) -> Result<(), crate::StoreError> {
-    conn.execute_batch(SCHEMA)?;
-    let found: Option<String> = conn
-        .query_row(
+    let fresh: bool = conn.query_row(
+        "SELECT count(*) = 0 FROM sqlite_master WHERE type = 'table'",
+        [],
+        |r| r.get(0),
+    )?;
+    let found: Option<String> = if fresh {
+        None
+    } else {
+        conn.query_row(
             "SELECT value FROM meta WHERE key = 'schema_version'",
             [],
             |r| r.get(0),
         )
-        .ok();
+        .optional()?
+    };
     match found.as_deref().map(str::parse::<i64>) {
         None => {
+            conn.execute_batch(SCHEMA)?;
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
                 [VERSION.to_string()],
             )?;
         }
-        Some(Ok(VERSION)) => {}
+        Some(Ok(1)) => upgrade_from_1(conn)?,
+        Some(Ok(VERSION)) => conn.execute_batch(SCHEMA)?,
         Some(other) => {
             return Err(crate::StoreError::Corrupt(format!(
                 "data directory has schema version {other:?}, this build reads version {VERSION}"
             )));
         }
     }
+    Ok(())
+}
+
+/// Version 1 to 2: the event's deletion flag, the live-documents index, and incremental
+/// auto-vacuum. Changing an existing file's auto-vacuum mode takes a VACUUM, which rewrites the
+/// file once (and needs as much free disk space as the file takes).
+fn upgrade_from_1(conn: &Connection) -> Result<(), crate::StoreError> {
+    tracing::info!("upgrading the store from schema version 1 to 2 (rewrites the file once)");
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         ALTER TABLE events ADD COLUMN deleted INTEGER;",
+    )?;
+    conn.execute_batch(SCHEMA)?;
+    conn.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+        [VERSION.to_string()],
+    )?;
+    conn.execute_batch(
+        "COMMIT;
+         PRAGMA auto_vacuum = INCREMENTAL;
+         VACUUM;",
+    )?;
     Ok(())
 }

@@ -66,6 +66,19 @@ pub(super) enum WriteOp {
         db: String,
         retention: super::retention::Retention,
     },
+    /// A step of compaction: drops superseded bodies of the documents after `after`.
+    DropSuperseded {
+        db: String,
+        after: String,
+    },
+    /// A step of compaction: deletes attachments that were unreferenced in a snapshot and still
+    /// are.
+    SweepAttachments {
+        candidates: Vec<String>,
+        seen: Vec<(i64, i64, i64)>,
+    },
+    /// A step of compaction: gives free pages back to the file system.
+    Vacuum,
     /// Folds the WAL back into the main file.
     Checkpoint,
     /// Takes the write lock and commits nothing: proves the writer is alive and the file
@@ -79,6 +92,10 @@ pub(super) enum WriteReply {
     Docs(Vec<Result<Rev, DocError>>),
     Resolved(Result<Rev, DocError>),
     LocalRev(u64),
+    /// Where the next step of a stepped job starts (`None`: done).
+    Cursor(Option<String>),
+    /// How many things a job found or removed.
+    Count(u64),
 }
 
 pub(super) struct Job {
@@ -288,6 +305,13 @@ fn apply(
             }
             Ok(WriteReply::Done)
         }
+        WriteOp::DropSuperseded { db, after } => Ok(WriteReply::Cursor(
+            super::compaction::drop_superseded(tx, db, after)?,
+        )),
+        WriteOp::SweepAttachments { candidates, seen } => Ok(WriteReply::Count(
+            super::compaction::sweep(tx, candidates, seen)?,
+        )),
+        WriteOp::Vacuum => Ok(WriteReply::Count(super::compaction::vacuum_step(tx)?)),
         WriteOp::Checkpoint | WriteOp::Ping => Ok(WriteReply::Done),
     }
 }

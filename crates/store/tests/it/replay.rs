@@ -17,7 +17,7 @@ fn random_hash(rng: &mut StdRng) -> String {
 
 /// A mix of interactive edits, deletions, re-creations and replicated branches (some deep, some
 /// deleted) over a few documents, several updates per write.
-async fn workload(store: &SqliteStore, seed: u64) {
+pub async fn workload(store: &SqliteStore, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     for _ in 0..60 {
         let mut batch = Vec::new();
