@@ -67,7 +67,7 @@ pub(super) fn drop_superseded(
             .map(|l| l.rev.to_string())
             .collect();
         let stored: Vec<(String, i64)> = tx
-            .prepare_cached("SELECT rev, length(body) FROM revs WHERE db = ?1 AND doc = ?2")?
+            .prepare_cached("SELECT rev, octet_length(body) FROM revs WHERE db = ?1 AND doc = ?2")?
             .query_map(params![db, id], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         let gone: Vec<&(String, i64)> = stored
