@@ -73,7 +73,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Fires when the server shuts down, so live feeds end cleanly instead of being cut.
     pub shutdown: CancellationToken,
-    /// Tasks that produce streamed responses (live feeds); waited for on shutdown.
+    /// Tasks that produce streamed responses (live feeds) and background store maintenance
+    /// (`_compact`); waited for on shutdown.
     pub tasks: TaskTracker,
     /// Replications running in this server (`_replicate`, `_replicator` jobs), for
     /// cancellation and the `_scheduler` and `_active_tasks` views.
