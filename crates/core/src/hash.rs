@@ -36,7 +36,9 @@ fn rev_of(parent: Option<&Rev>, deleted: bool, canonical: &[u8]) -> Rev {
     hasher.update(if deleted { b"\0d\0" } else { b"\0l\0" });
     hasher.update(canonical);
     let digest = hasher.finalize();
-    let generation = parent.map_or(1, |p| p.generation + 1);
+    // Saturating: callers refuse to edit a revision at `MAX_GENERATION`, so this never saturates
+    // on a tree the store wrote.
+    let generation = parent.map_or(1, |p| p.generation.saturating_add(1));
     Rev::new(generation, hex(&digest))
 }
 

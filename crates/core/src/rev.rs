@@ -14,6 +14,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// longer is an attack on memory rather than a revision.
 pub const MAX_SIG_LEN: usize = 256;
 
+/// The highest generation accepted from a client or a peer: 2^53 - 1. A JavaScript client
+/// (PouchDB) holds generations as doubles, which are exact only up to here, and no real history
+/// comes near it. Every generation Outpost stores is at most this, so `generation + 1` never
+/// overflows, every generation fits SQLite's signed 64-bit integers, and every revision it writes
+/// parses back. An edit of a revision at this generation is refused.
+pub const MAX_GENERATION: u64 = (1 << 53) - 1;
+
 /// A revision id. Ordered as CouchDB orders revisions: by generation, then by signature compared
 /// as a string (for lowercase hex this is the same as CouchDB's comparison of the binary form).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -30,6 +37,9 @@ pub enum RevError {
     /// The string does not have the form `N-sig`.
     #[error("invalid rev format")]
     Format,
+    /// The generation is above [`MAX_GENERATION`].
+    #[error("revision generation is above {MAX_GENERATION}")]
+    Generation,
 }
 
 impl Rev {
@@ -40,6 +50,30 @@ impl Rev {
             hash: hash.into(),
         }
     }
+
+    /// Parses a revision the store wrote itself: like [`FromStr`], but any `u64` generation is
+    /// read, so a tree stored before [`MAX_GENERATION`] was enforced still reads back.
+    pub fn parse_stored(s: &str) -> Result<Rev, RevError> {
+        parse(s, u64::MAX)
+    }
+}
+
+fn parse(s: &str, max_generation: u64) -> Result<Rev, RevError> {
+    let (generation, hash) = s.split_once('-').ok_or(RevError::Format)?;
+    if generation.is_empty()
+        || generation.len() > 20
+        || !generation.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(RevError::Format);
+    }
+    let generation: u64 = generation.parse().map_err(|_| RevError::Generation)?;
+    if generation == 0 || !valid_sig(hash) {
+        return Err(RevError::Format);
+    }
+    if generation > max_generation {
+        return Err(RevError::Generation);
+    }
+    Ok(Rev::new(generation, hash))
 }
 
 /// Whether `s` may be a revision signature. An empty one is allowed: CouchDB and PouchDB accept
@@ -51,19 +85,10 @@ pub fn valid_sig(s: &str) -> bool {
 impl FromStr for Rev {
     type Err = RevError;
 
+    /// Parses a revision from a client or a peer: the generation must be at most
+    /// [`MAX_GENERATION`].
     fn from_str(s: &str) -> Result<Rev, RevError> {
-        let (generation, hash) = s.split_once('-').ok_or(RevError::Format)?;
-        if generation.is_empty()
-            || generation.len() > 19
-            || !generation.bytes().all(|b| b.is_ascii_digit())
-        {
-            return Err(RevError::Format);
-        }
-        let generation: u64 = generation.parse().map_err(|_| RevError::Format)?;
-        if generation == 0 || !valid_sig(hash) {
-            return Err(RevError::Format);
-        }
-        Ok(Rev::new(generation, hash))
+        parse(s, MAX_GENERATION)
     }
 }
 
@@ -109,6 +134,13 @@ mod tests {
         check("x-abc", None);
         check("1", None);
         check("99999999999999999999-a", None);
+        check("9007199254740991-a", Some((MAX_GENERATION, "a")));
+        check("9007199254740992-a", None);
+        check("18446744073709551615-a", None);
+        let stored = Rev::parse_stored("18446744073709551615-a").unwrap();
+        assert_eq!(stored.generation, u64::MAX);
+        assert_eq!(stored.to_string(), "18446744073709551615-a");
+        assert!(Rev::parse_stored("18446744073709551616-a").is_err());
         check("1-a b", None);
     }
 

@@ -9,7 +9,7 @@
 //! The winner is CouchDB's: over all leaves, the greatest by (not deleted, generation, signature);
 //! every peer computes the same one from the same tree.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -21,11 +21,14 @@ pub const MAX_PATH_LEN: usize = 10_000;
 /// One revision in a tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Node {
-    /// The revision this one edits; `None` for a root.
+    /// The revision this one edits; `None` for a root. When set, the parent is in the tree.
     parent: Option<Rev>,
     /// Whether this revision is a deletion (a tombstone). Only meaningful for leaves, but kept
     /// for every node so that history can be shown as it was.
     deleted: bool,
+    /// How many revisions edit this one: zero for a leaf. Kept so that "is this a leaf" is a
+    /// lookup rather than a scan of the tree.
+    children: usize,
 }
 
 /// A leaf of a revision tree: a revision nothing edits yet.
@@ -33,6 +36,14 @@ struct Node {
 pub struct Leaf {
     pub rev: Rev,
     pub deleted: bool,
+}
+
+/// A leaf in CouchDB's winner order: live before deleted, then generation, then signature
+/// (the order of `Rev`). The greatest is the winner.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct LeafKey {
+    live: bool,
+    rev: Rev,
 }
 
 /// Why an edit or a merge was refused.
@@ -48,9 +59,15 @@ pub enum MergeError {
 }
 
 /// All known revisions of one document.
+///
+/// Besides the nodes, the tree keeps its leaves in winner order, so that the winner, the leaves
+/// and "is this a leaf" cost a lookup instead of a pass over every node: a writer asks them for
+/// each revision it adds, and a replicated document may have thousands of conflicting leaves.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RevTree {
     nodes: BTreeMap<Rev, Node>,
+    /// Exactly the nodes with no children, ordered so that the last is the winner.
+    leaves: BTreeSet<LeafKey>,
 }
 
 impl RevTree {
@@ -89,37 +106,39 @@ impl RevTree {
         self.nodes.keys()
     }
 
-    fn parents(&self) -> HashSet<&Rev> {
-        self.nodes
-            .values()
-            .filter_map(|n| n.parent.as_ref())
-            .collect()
-    }
-
     /// Whether `rev` is in the tree and nothing edits it.
     pub fn is_leaf(&self, rev: &Rev) -> bool {
-        self.nodes.contains_key(rev) && !self.nodes.values().any(|n| n.parent.as_ref() == Some(rev))
+        self.nodes.get(rev).is_some_and(|n| n.children == 0)
+    }
+
+    /// How many leaves the tree has.
+    pub fn leaf_count(&self) -> usize {
+        self.leaves.len()
     }
 
     /// The leaves, winner first, then in CouchDB's winner order.
     pub fn leaves(&self) -> Vec<Leaf> {
-        let parents = self.parents();
-        let mut leaves: Vec<Leaf> = self
-            .nodes
+        self.leaves
             .iter()
-            .filter(|(rev, _)| !parents.contains(rev))
-            .map(|(rev, node)| Leaf {
-                rev: rev.clone(),
-                deleted: node.deleted,
+            .rev()
+            .map(|k| Leaf {
+                rev: k.rev.clone(),
+                deleted: !k.live,
             })
-            .collect();
-        leaves.sort_by(|a, b| winner_key(b).cmp(&winner_key(a)));
-        leaves
+            .collect()
     }
 
     /// CouchDB's winning revision: the greatest leaf by (not deleted, generation, signature).
     pub fn winner(&self) -> Option<Leaf> {
-        self.leaves().into_iter().next()
+        self.leaves.last().map(|k| Leaf {
+            rev: k.rev.clone(),
+            deleted: !k.live,
+        })
+    }
+
+    /// Whether the document has more than one live leaf.
+    pub fn is_conflicted(&self) -> bool {
+        self.leaves.iter().rev().take(2).filter(|k| k.live).count() > 1
     }
 
     /// Live leaves other than the winner (`_conflicts`), in winner order.
@@ -144,16 +163,20 @@ impl RevTree {
 
     /// `rev` and its known ancestors, newest first (the `_revisions` path).
     pub fn ancestry(&self, rev: &Rev) -> Vec<Rev> {
-        let mut path = Vec::new();
+        self.ancestors(rev).cloned().collect()
+    }
+
+    /// `rev` and its known ancestors, newest first, without copying them.
+    fn ancestors<'a>(&'a self, rev: &Rev) -> impl Iterator<Item = &'a Rev> + 'a {
         let mut cursor = self.nodes.get_key_value(rev);
-        while let Some((r, node)) = cursor {
-            path.push(r.clone());
+        std::iter::from_fn(move || {
+            let (r, node) = cursor?;
             cursor = node
                 .parent
                 .as_ref()
                 .and_then(|p| self.nodes.get_key_value(p));
-        }
-        path
+            Some(r)
+        })
     }
 
     /// The leaves that descend from `rev` (itself if it is a leaf), winner order: what
@@ -164,7 +187,7 @@ impl RevTree {
         }
         self.leaves()
             .into_iter()
-            .filter(|leaf| self.ancestry(&leaf.rev).contains(rev))
+            .filter(|leaf| self.ancestors(&leaf.rev).any(|a| a == rev))
             .map(|leaf| leaf.rev)
             .collect()
     }
@@ -172,13 +195,66 @@ impl RevTree {
     /// For `_revs_diff`: the leaves of lower generation than `rev`, which may be its ancestors.
     pub fn possible_ancestors(&self, rev: &Rev) -> Vec<Rev> {
         let mut found: Vec<Rev> = self
-            .leaves()
-            .into_iter()
-            .filter(|l| l.rev.generation < rev.generation)
-            .map(|l| l.rev)
+            .leaves
+            .iter()
+            .filter(|k| k.rev.generation < rev.generation)
+            .map(|k| k.rev.clone())
             .collect();
         found.sort();
         found
+    }
+
+    /// Adds a node that is not in the tree yet. Its parent, when given, is in the tree; nothing
+    /// in the tree names the new node as its parent (parents are always known), so it is a leaf.
+    fn insert(&mut self, rev: Rev, parent: Option<Rev>, deleted: bool) {
+        if let Some(p) = &parent {
+            self.adopt(p);
+        }
+        self.leaves.insert(LeafKey {
+            live: !deleted,
+            rev: rev.clone(),
+        });
+        self.nodes.insert(
+            rev,
+            Node {
+                parent,
+                deleted,
+                children: 0,
+            },
+        );
+    }
+
+    /// Counts one more child of `parent`, which stops being a leaf.
+    fn adopt(&mut self, parent: &Rev) {
+        if let Some(node) = self.nodes.get_mut(parent) {
+            node.children += 1;
+            if node.children == 1 {
+                self.leaves.remove(&LeafKey {
+                    live: !node.deleted,
+                    rev: parent.clone(),
+                });
+            }
+        }
+    }
+
+    /// Recomputes the child counts and the leaf set from the nodes.
+    fn reindex(&mut self) {
+        let mut counts: BTreeMap<Rev, usize> = BTreeMap::new();
+        for node in self.nodes.values() {
+            if let Some(p) = &node.parent {
+                *counts.entry(p.clone()).or_default() += 1;
+            }
+        }
+        self.leaves.clear();
+        for (rev, node) in self.nodes.iter_mut() {
+            node.children = counts.get(rev).copied().unwrap_or(0);
+            if node.children == 0 {
+                self.leaves.insert(LeafKey {
+                    live: !node.deleted,
+                    rev: rev.clone(),
+                });
+            }
+        }
     }
 
     /// Adds an interactive edit: `rev` edits `parent` (or starts the document when `parent` is
@@ -199,13 +275,7 @@ impl RevTree {
         if self.nodes.contains_key(&rev) {
             return Err(MergeError::Conflict);
         }
-        self.nodes.insert(
-            rev,
-            Node {
-                parent: parent.cloned(),
-                deleted,
-            },
-        );
+        self.insert(rev, parent.cloned(), deleted);
         Ok(())
     }
 
@@ -220,22 +290,26 @@ impl RevTree {
             return Err(MergeError::InvalidPath);
         }
         for pair in path.windows(2) {
-            if pair[0].generation != pair[1].generation + 1 {
+            if pair[0].generation != pair[1].generation.saturating_add(1) {
                 return Err(MergeError::InvalidPath);
             }
         }
         let mut added = Vec::new();
+        // Oldest first, so every parent is in the tree before its child.
         for (i, rev) in path.iter().enumerate().rev() {
-            let parent = path.get(i + 1).cloned();
+            let parent = path.get(i + 1);
             match self.nodes.get_mut(rev) {
                 Some(node) => {
-                    if node.parent.is_none() && parent.is_some() {
-                        node.parent = parent;
+                    if node.parent.is_none()
+                        && let Some(p) = parent
+                    {
+                        node.parent = Some(p.clone());
+                        self.adopt(p);
                     }
                 }
                 None => {
                     let deleted = i == 0 && leaf_deleted;
-                    self.nodes.insert(rev.clone(), Node { parent, deleted });
+                    self.insert(rev.clone(), parent.cloned(), deleted);
                     added.push(rev.clone());
                 }
             }
@@ -247,11 +321,9 @@ impl RevTree {
     /// `_revs_limit` asks. Returns the revisions removed.
     pub fn stem(&mut self, limit: usize) -> Vec<Rev> {
         let limit = limit.max(1);
-        let mut keep: BTreeSet<Rev> = BTreeSet::new();
-        for leaf in self.leaves() {
-            for rev in self.ancestry(&leaf.rev).into_iter().take(limit) {
-                keep.insert(rev);
-            }
+        let mut keep: BTreeSet<&Rev> = BTreeSet::new();
+        for leaf in &self.leaves {
+            keep.extend(self.ancestors(&leaf.rev).take(limit));
         }
         if keep.len() == self.nodes.len() {
             return Vec::new();
@@ -265,29 +337,45 @@ impl RevTree {
         for rev in &removed {
             self.nodes.remove(rev);
         }
+        // `removed` is sorted: it was collected from the map's keys.
         for node in self.nodes.values_mut() {
-            if node.parent.as_ref().is_some_and(|p| !keep.contains(p)) {
+            if node
+                .parent
+                .as_ref()
+                .is_some_and(|p| removed.binary_search(p).is_ok())
+            {
                 node.parent = None;
             }
         }
+        self.reindex();
         removed
     }
 
     /// Whether the document's winner is a deletion (or the tree is empty).
     pub fn is_deleted(&self) -> bool {
-        self.winner().is_none_or(|w| w.deleted)
+        self.leaves.last().is_none_or(|k| !k.live)
     }
-}
-
-/// Sort key of CouchDB's winner order: live before deleted, then generation, then signature.
-fn winner_key(leaf: &Leaf) -> (bool, u64, &str) {
-    (!leaf.deleted, leaf.rev.generation, leaf.rev.hash.as_str())
 }
 
 /// The stored form of a tree: one entry per node, `[rev, parent index or -1, deleted]`, parents
 /// referred to by their position so a long history stays compact.
 #[derive(Serialize, Deserialize)]
-struct StoredNode(Rev, i64, u8);
+struct StoredNode(#[serde(with = "stored_rev")] Rev, i64, u8);
+
+/// A stored tree is read with [`Rev::parse_stored`], so no tree the store ever wrote fails to
+/// read back.
+mod stored_rev {
+    use crate::Rev;
+
+    pub fn serialize<S: serde::Serializer>(rev: &Rev, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(rev)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Rev, D::Error> {
+        let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        Rev::parse_stored(&s).map_err(serde::de::Error::custom)
+    }
+}
 
 impl Serialize for RevTree {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -333,10 +421,16 @@ impl<'de> Deserialize<'de> for RevTree {
                 Node {
                     parent,
                     deleted: deleted != 0,
+                    children: 0,
                 },
             );
         }
-        Ok(RevTree { nodes })
+        let mut tree = RevTree {
+            nodes,
+            leaves: BTreeSet::new(),
+        };
+        tree.reindex();
+        Ok(tree)
     }
 }
 

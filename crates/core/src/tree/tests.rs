@@ -141,6 +141,28 @@ fn histories() -> impl Strategy<Value = Vec<(Vec<Rev>, bool)>> {
     })
 }
 
+/// CouchDB's winner order, written out independently of the tree's leaf index.
+fn winner_key(leaf: &Leaf) -> (bool, u64, &str) {
+    (!leaf.deleted, leaf.rev.generation, leaf.rev.hash.as_str())
+}
+
+/// The leaves found by scanning every node, in winner order: what the tree's index must hold.
+fn scanned_leaves(t: &RevTree) -> Vec<Leaf> {
+    let parents: std::collections::HashSet<&Rev> =
+        t.nodes.values().filter_map(|n| n.parent.as_ref()).collect();
+    let mut leaves: Vec<Leaf> = t
+        .nodes
+        .iter()
+        .filter(|(r, _)| !parents.contains(r))
+        .map(|(r, n)| Leaf {
+            rev: r.clone(),
+            deleted: n.deleted,
+        })
+        .collect();
+    leaves.sort_by(|a, b| winner_key(b).cmp(&winner_key(a)));
+    leaves
+}
+
 fn build(history: &[(Vec<Rev>, bool)]) -> RevTree {
     let mut t = RevTree::new();
     for (p, deleted) in history {
@@ -222,6 +244,33 @@ proptest! {
     #[test]
     fn stored_form_round_trips_any_tree(history in histories()) {
         let t = build(&history);
+        let json = serde_json::to_vec(&t).unwrap();
+        prop_assert_eq!(serde_json::from_slice::<RevTree>(&json).unwrap(), t);
+    }
+
+    #[test]
+    fn the_leaf_index_matches_a_scan_of_the_nodes(
+        history in histories(),
+        limit in 1usize..5,
+        edits in prop::collection::vec((0usize..64, any::<bool>()), 0..6),
+    ) {
+        let mut t = RevTree::new();
+        for (p, deleted) in &history {
+            t.merge_path(p, *deleted).unwrap();
+            prop_assert_eq!(t.leaves(), scanned_leaves(&t));
+        }
+        for (n, (pick, deleted)) in edits.into_iter().enumerate() {
+            let leaves = t.leaves();
+            let base = &leaves[pick % leaves.len()].rev;
+            let child = Rev::new(base.generation + 1, format!("e{n}"));
+            t.add_edit(Some(base), child, deleted).unwrap();
+            prop_assert_eq!(t.leaves(), scanned_leaves(&t));
+        }
+        t.stem(limit);
+        prop_assert_eq!(t.leaves(), scanned_leaves(&t));
+        for leaf in scanned_leaves(&t) {
+            prop_assert!(t.is_leaf(&leaf.rev));
+        }
         let json = serde_json::to_vec(&t).unwrap();
         prop_assert_eq!(serde_json::from_slice::<RevTree>(&json).unwrap(), t);
     }
