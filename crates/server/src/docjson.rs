@@ -6,7 +6,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use outpost_core::{Rev, RevTree, hash};
+use outpost_core::{Rev, RevError, RevTree, hash};
 use outpost_store::{DocUpdate, NewAttachment, Origin, StoredBody, UpdateMode};
 use std::collections::HashMap;
 
@@ -32,8 +32,10 @@ fn kept_special(key: &str) -> bool {
 
 /// Parses a revision id from a client, with CouchDB's error.
 pub fn parse_rev(s: &str) -> Result<Rev, ApiError> {
-    s.parse()
-        .map_err(|_| ApiError::bad_request(format!("Invalid rev format: {s:?}")))
+    s.parse().map_err(|e| match e {
+        RevError::Format => ApiError::bad_request(format!("Invalid rev format: {s:?}")),
+        RevError::Generation => ApiError::bad_request(format!("Invalid rev {s:?}: {e}")),
+    })
 }
 
 /// A new random document id, as CouchDB's `_uuids` gives them (32 lowercase hex digits).
@@ -140,6 +142,12 @@ fn parse_revisions(value: Value) -> Result<Vec<Rev>, ApiError> {
         )
     };
     let start = value.get("start").and_then(Value::as_u64).ok_or_else(bad)?;
+    if start > outpost_core::rev::MAX_GENERATION {
+        return Err(ApiError::bad_request(format!(
+            "_revisions.start is above the highest generation, {}",
+            outpost_core::rev::MAX_GENERATION
+        )));
+    }
     let ids = value.get("ids").and_then(Value::as_array).ok_or_else(bad)?;
     if ids.is_empty() || ids.len() as u64 > start || ids.len() > outpost_core::tree::MAX_PATH_LEN {
         return Err(bad());

@@ -104,13 +104,18 @@ async fn scan(
             PAGE
         };
         let page = read_page(state, db, opts, cursor, page_size).await?;
-        let full = page.len() as u64 == page_size;
-        for (seq, row) in page {
+        // An `_events` page may be longer than asked: the store never ends one inside a sequence.
+        let full = page.len() as u64 >= page_size;
+        let mut page = page.into_iter().peekable();
+        while let Some((seq, row)) = page.next() {
             cursor = seq;
             last_seen = Some(seq);
             if let Some(text) = row {
                 rows.push((seq, text));
-                if rows.len() as u64 == want {
+                // Stop at `want`, but never inside a sequence (several events share one): the
+                // next page starts after the last sequence listed.
+                let same_seq_follows = page.peek().is_some_and(|(next, _)| *next == seq);
+                if rows.len() as u64 >= want && !same_seq_follows {
                     return Ok(Scan {
                         rows,
                         last_seen,
@@ -384,7 +389,14 @@ async fn run(state: &AppState, db: &str, opts: FeedOpts, out: &Out) -> Result<()
             let mut sent = 0u64;
             let mut deadline = tokio::time::Instant::now() + opts.timeout;
             loop {
-                let found = scan(state, db, &opts, since, (limit - sent).min(PAGE)).await?;
+                let found = scan(
+                    state,
+                    db,
+                    &opts,
+                    since,
+                    limit.saturating_sub(sent).min(PAGE),
+                )
+                .await?;
                 since = found.last_seen.unwrap_or(since);
                 for (seq, row) in &found.rows {
                     let line = if sse {

@@ -204,3 +204,74 @@ async fn a_body_that_stops_arriving_gets_408() {
     assert!(text.contains("request_timeout"), "{text}");
     shutdown.cancel();
 }
+
+/// The highest generation Outpost accepts (2^53 - 1, what a JavaScript client can hold exactly).
+const MAX_GENERATION: u64 = (1 << 53) - 1;
+
+#[tokio::test]
+async fn generations_beyond_the_bound_are_refused_and_the_database_stays_readable() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    s.expect("PUT", "/db/a", Some(json!({"v": 1})), 201).await;
+
+    // A replicated revision far beyond any real history, by `_revisions.start` or by `_rev`.
+    for start in [10_000_000_000_000_000_000u64, u64::MAX, MAX_GENERATION + 1] {
+        let doc = json!({"_id": "big", "_revisions": {"start": start, "ids": ["x", "w"]}});
+        let body = s
+            .expect("PUT", "/db/big?new_edits=false", Some(doc.clone()), 400)
+            .await;
+        assert_error(&body, "bad_request");
+        let answer = s
+            .expect(
+                "POST",
+                "/db/_bulk_docs",
+                Some(json!({"docs": [doc], "new_edits": false})),
+                201,
+            )
+            .await;
+        assert_eq!(answer[0]["error"], "bad_request", "{answer}");
+        let doc = json!({"_id": "big", "_rev": format!("{start}-x")});
+        s.expect("PUT", "/db/big?new_edits=false", Some(doc), 400)
+            .await;
+    }
+
+    // A revision at the bound is stored, but an edit of it would pass the bound: refused.
+    let top = format!("{MAX_GENERATION}-x");
+    let doc =
+        json!({"_id": "top", "_rev": top, "_revisions": {"start": MAX_GENERATION, "ids": ["x"]}});
+    s.expect("PUT", "/db/top?new_edits=false", Some(doc), 201)
+        .await;
+    let body = s
+        .expect("PUT", "/db/top", Some(json!({"_rev": top, "v": 2})), 400)
+        .await;
+    assert_error(&body, "bad_request");
+    s.expect("DELETE", &format!("/db/top?rev={top}"), None, 400)
+        .await;
+
+    // Every read path still works on every stored document.
+    let top_doc = s.expect("GET", "/db/top", None, 200).await;
+    assert_eq!(top_doc["_rev"], top);
+    s.expect("GET", "/db/a", None, 200).await;
+    let changes = s.expect("GET", "/db/_changes", None, 200).await;
+    assert_eq!(changes["results"].as_array().unwrap().len(), 2, "{changes}");
+    let all = s.expect("GET", "/db/_all_docs", None, 200).await;
+    assert_eq!(all["total_rows"], 2, "{all}");
+    let info = s.expect("GET", "/db", None, 200).await;
+    assert_eq!(info["doc_count"], 2, "{info}");
+    let diff = s
+        .expect(
+            "POST",
+            "/db/_revs_diff",
+            Some(json!({"top": [top, "1-y"]})),
+            200,
+        )
+        .await;
+    assert_eq!(diff["top"]["missing"], json!(["1-y"]), "{diff}");
+    s.expect(
+        "POST",
+        "/db/_bulk_get",
+        Some(json!({"docs": [{"id": "top"}, {"id": "a"}]})),
+        200,
+    )
+    .await;
+}

@@ -23,8 +23,7 @@ fn parse_tree(id: &str, json: &str) -> Result<RevTree, StoreError> {
 }
 
 fn parse_rev(s: &str) -> Result<Rev, StoreError> {
-    s.parse()
-        .map_err(|e| StoreError::Corrupt(format!("stored revision {s}: {e}")))
+    Rev::parse_stored(s).map_err(|e| StoreError::Corrupt(format!("stored revision {s}: {e}")))
 }
 
 pub fn all_dbs(c: &Connection) -> Result<Vec<String>, StoreError> {
@@ -364,20 +363,27 @@ pub fn attachment(c: &Connection, digest: &str) -> Result<Option<Vec<u8>>, Store
     )
 }
 
+/// A page of the event log. A page never ends inside a sequence: when `limit` falls among the
+/// events of one sequence (a document's revisions of one request), the rest of that sequence's
+/// events come too, so a reader resuming with `since=<last seq>` misses none.
 pub fn events(c: &Connection, db: &str, q: &EventsQuery) -> Result<Vec<Event>, StoreError> {
     let db = db_id(c, db)?;
     let since = i64::try_from(q.since).unwrap_or(i64::MAX);
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-    let mut sql = String::from(
-        "SELECT e.seq, e.kind, e.doc, e.rev, e.parent, e.origin, e.at, CASE WHEN ?4 THEN r.body END, e.detail
-         FROM events e LEFT JOIN revs r ON r.db = e.db AND r.doc = e.doc AND r.rev = e.rev
-         WHERE e.db = ?1 AND e.seq > ?2",
+    let select = "SELECT e.seq, e.kind, e.doc, e.rev, e.parent, e.origin, e.at, CASE WHEN ?4 THEN r.body END, e.detail, e.pos
+         FROM events e LEFT JOIN revs r ON r.db = e.db AND r.doc = e.doc AND r.rev = e.rev";
+    // ?5 is always bound: it filters by document when asked and is otherwise a no-op.
+    let doc_filter = if q.doc_id.is_some() {
+        " AND e.doc = ?5"
+    } else {
+        " AND ?5 IS NULL"
+    };
+    let page_sql = format!(
+        "{select} WHERE e.db = ?1 AND e.seq > ?2{doc_filter} ORDER BY e.seq, e.pos LIMIT ?3"
     );
-    if q.doc_id.is_some() {
-        sql.push_str(" AND e.doc = ?5");
-    }
-    sql.push_str(" ORDER BY e.seq LIMIT ?3");
-    let mut stmt = c.prepare_cached(&sql)?;
+    let rest_sql = format!(
+        "{select} WHERE e.db = ?1 AND e.seq = ?2 AND e.pos > ?3{doc_filter} ORDER BY e.pos"
+    );
     let map = |r: &rusqlite::Row<'_>| {
         Ok((
             r.get::<_, i64>(0)?,
@@ -389,30 +395,38 @@ pub fn events(c: &Connection, db: &str, q: &EventsQuery) -> Result<Vec<Event>, S
             r.get::<_, i64>(6)?,
             r.get::<_, Option<String>>(7)?,
             r.get::<_, Option<String>>(8)?,
+            r.get::<_, i64>(9)?,
         ))
     };
-    let rows: Vec<_> = match &q.doc_id {
-        Some(doc) => stmt
-            .query_map(params![db, since, limit, q.include_docs, doc], map)?
-            .collect::<Result<_, _>>()?,
-        None => stmt
-            .query_map(params![db, since, limit, q.include_docs], map)?
-            .collect::<Result<_, _>>()?,
-    };
+    let doc = q.doc_id.as_deref();
+    let mut rows: Vec<_> = c
+        .prepare_cached(&page_sql)?
+        .query_map(params![db, since, limit, q.include_docs, doc], map)?
+        .collect::<Result<_, _>>()?;
+    if limit > 0 && rows.len() as i64 == limit {
+        let (seq, pos) = rows.last().map(|r| (r.0, r.9)).unwrap_or_default();
+        let rest: Vec<_> = c
+            .prepare_cached(&rest_sql)?
+            .query_map(params![db, seq, pos, q.include_docs, doc], map)?
+            .collect::<Result<_, _>>()?;
+        rows.extend(rest);
+    }
     rows.into_iter()
-        .map(|(seq, kind, id, rev, parent, origin, at, body, detail)| {
-            Ok(Event {
-                seq: seq as u64,
-                kind,
-                id,
-                rev: parse_rev(&rev)?,
-                parent: parent.as_deref().map(parse_rev).transpose()?,
-                origin,
-                at,
-                body,
-                detail,
-            })
-        })
+        .map(
+            |(seq, kind, id, rev, parent, origin, at, body, detail, _)| {
+                Ok(Event {
+                    seq: seq as u64,
+                    kind,
+                    id,
+                    rev: parse_rev(&rev)?,
+                    parent: parent.as_deref().map(parse_rev).transpose()?,
+                    origin,
+                    at,
+                    body,
+                    detail,
+                })
+            },
+        )
         .collect()
 }
 

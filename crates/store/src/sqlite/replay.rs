@@ -64,15 +64,23 @@ pub fn rebuild(dir: &Path, db: &str) -> Result<ReplayReport, StoreError> {
         .ok_or(StoreError::NoDb)?;
     let mut report = ReplayReport::default();
     let mut rebuilt: BTreeMap<String, Rebuilt> = BTreeMap::new();
-    for (id, event) in retention::read_events(&tx, db_id, None)? {
-        if !rebuilt.contains_key(&id) {
+    let events = retention::read_events(&tx, db_id, None)?;
+    for (i, (id, event)) in events.iter().enumerate() {
+        if !rebuilt.contains_key(id) {
             // Retention may have folded older events into a baseline tree: start from it.
-            let start = retention::baseline(&tx, db_id, &id)?;
+            let start = retention::baseline(&tx, db_id, id)?;
             let (seq, tree) = start.unwrap_or((0, RevTree::new()));
             rebuilt.insert(id.clone(), Rebuilt { tree, seq });
         }
-        let doc = rebuilt.get_mut(&id).expect("inserted above");
-        retention::apply_event(&mut doc.tree, &event, revs_limit.max(1) as usize)?;
+        let doc = rebuilt.get_mut(id).expect("inserted above");
+        // A sequence holds one document's events, so the next event tells where it ends.
+        let last_of_seq = events.get(i + 1).is_none_or(|(_, e)| e.seq != event.seq);
+        retention::apply_event(
+            &mut doc.tree,
+            event,
+            revs_limit.max(1) as usize,
+            last_of_seq,
+        )?;
         doc.seq = event.seq;
         report.events += 1;
     }

@@ -54,7 +54,7 @@ pub(super) fn read_events(
     // Compaction copies the deletion flag into the event before it drops a body's row.
     let sql = "SELECT e.seq, e.doc, e.rev, e.parent, e.detail, coalesce(e.deleted, r.deleted)
                FROM events e LEFT JOIN revs r ON r.db = e.db AND r.doc = e.doc AND r.rev = e.rev
-               WHERE e.db = ?1 AND (?2 IS NULL OR e.doc = ?2) ORDER BY e.seq";
+               WHERE e.db = ?1 AND (?2 IS NULL OR e.doc = ?2) ORDER BY e.seq, e.pos";
     let mut stmt = c.prepare_cached(sql)?;
     let mut rows = stmt.query(params![db, doc])?;
     let mut out = Vec::new();
@@ -104,11 +104,14 @@ pub(super) fn read_events(
     Ok(out)
 }
 
-/// Applies one event to a tree exactly as the writer did.
+/// Applies one event to a tree exactly as the writer did. The writer stems a document once per
+/// sequence, after all of its events of that sequence: `last_of_seq` says whether this event is
+/// the last of its sequence.
 pub(super) fn apply_event(
     tree: &mut RevTree,
     event: &ReplayEvent,
     revs_limit: usize,
+    last_of_seq: bool,
 ) -> Result<(), StoreError> {
     let path: Vec<Rev> = match &event.path {
         Some(path) => path.clone(),
@@ -118,7 +121,9 @@ pub(super) fn apply_event(
     };
     tree.merge_path(&path, event.deleted)
         .map_err(|e| corrupt(format!("event {}: {e}", event.seq)))?;
-    tree.stem(revs_limit.max(1));
+    if last_of_seq {
+        tree.stem(revs_limit.max(1));
+    }
     Ok(())
 }
 
@@ -176,11 +181,13 @@ pub(super) fn apply(
         }
         let last_dropped = events[cut - 1].0 as u64;
         let mut tree = baseline(c, db, &doc)?.map(|(_, t)| t).unwrap_or_default();
-        for (_, event) in read_events(c, db, Some(&doc))? {
+        let events = read_events(c, db, Some(&doc))?;
+        for (i, (_, event)) in events.iter().enumerate() {
             if event.seq > last_dropped {
                 break;
             }
-            apply_event(&mut tree, &event, revs_limit)?;
+            let last_of_seq = events.get(i + 1).is_none_or(|(_, e)| e.seq != event.seq);
+            apply_event(&mut tree, event, revs_limit, last_of_seq)?;
         }
         let tree_json = serde_json::to_string(&tree).map_err(corrupt)?;
         c.prepare_cached(

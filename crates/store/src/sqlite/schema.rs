@@ -8,15 +8,18 @@
 //! - `local_docs`: `_local` documents, never replicated;
 //! - `attachments`: attachment bytes, once per digest;
 //! - `events`: the append-only event log, written in the same transaction as the projection.
+//!   A document takes one sequence per request however many revisions it received, so the
+//!   events of one sequence are told apart, and ordered, by `pos`.
 //!
 //! Versions: 1 was the first; 2 adds `events.deleted` (so replay no longer needs the bodies that
 //! compaction drops), the `docs_live` index and incremental auto-vacuum (so compaction can give
-//! freed pages back to the file system). [`migrate`] upgrades a version 1 file in place.
+//! freed pages back to the file system); 3 keys events by `(db, seq, pos)`. [`migrate`] brings
+//! an older file forward on open, one version at a time.
 
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this build writes.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -96,7 +99,9 @@ CREATE TABLE IF NOT EXISTS events (
     -- Whether the revision is a deletion. NULL until compaction copies it here from `revs`, just
     -- before it may drop that row; replay reads it from whichever holds it.
     deleted INTEGER,
-    PRIMARY KEY (db, seq)
+    -- The event's place among the events of its sequence (0, 1, ...).
+    pos    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (db, seq, pos)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_doc ON events (db, doc, seq);
 
@@ -142,22 +147,63 @@ pub fn migrate(conn: &Connection) -> Result<(), crate::StoreError> {
         )
         .optional()?
     };
-    match found.as_deref().map(str::parse::<i64>) {
+    let mut version = match found.as_deref().map(str::parse::<i64>) {
+        // A new file gets the current schema as a whole.
         None => {
             conn.execute_batch(SCHEMA)?;
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
                 [VERSION.to_string()],
             )?;
+            return Ok(());
         }
-        Some(Ok(1)) => upgrade_from_1(conn)?,
-        Some(Ok(VERSION)) => conn.execute_batch(SCHEMA)?,
+        Some(Ok(v)) if (1..=VERSION).contains(&v) => v,
         Some(other) => {
             return Err(crate::StoreError::Corrupt(format!(
-                "data directory has schema version {other:?}, this build reads version {VERSION}"
+                "data directory has schema version {other:?}, this build reads versions 1 to {VERSION}"
             )));
         }
+    };
+    if version == 1 {
+        upgrade_from_1(conn)?;
+        version = 2;
     }
+    if version == 2 {
+        upgrade_from_2(conn)?;
+    }
+    // Tables and indexes added without a version change.
+    conn.execute_batch(SCHEMA)?;
+    Ok(())
+}
+
+/// Version 2 to 3: events are keyed by `(db, seq, pos)`, since one sequence may hold several
+/// events.
+fn upgrade_from_2(conn: &Connection) -> Result<(), crate::StoreError> {
+    conn.execute_batch(
+        r#"BEGIN IMMEDIATE;
+        CREATE TABLE events_v3 (
+            db      INTEGER NOT NULL,
+            seq     INTEGER NOT NULL,
+            kind    TEXT NOT NULL,
+            doc     TEXT NOT NULL,
+            rev     TEXT NOT NULL,
+            parent  TEXT,
+            origin  TEXT NOT NULL,
+            at      INTEGER NOT NULL,
+            detail  TEXT,
+            deleted INTEGER,
+            pos     INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (db, seq, pos)
+        ) WITHOUT ROWID;
+        INSERT INTO events_v3 (db, seq, kind, doc, rev, parent, origin, at, detail, deleted, pos)
+            SELECT db, seq, kind, doc, rev, parent, origin, at, detail, deleted, 0 FROM events;
+        DROP TABLE events;
+        ALTER TABLE events_v3 RENAME TO events;
+        CREATE INDEX events_by_doc ON events (db, doc, seq);
+        UPDATE meta SET value = '3' WHERE key = 'schema_version';
+        COMMIT;"#,
+    )?;
+    tracing::info!("migrated the store's schema from version 2 to 3");
     Ok(())
 }
 
@@ -170,10 +216,13 @@ fn upgrade_from_1(conn: &Connection) -> Result<(), crate::StoreError> {
         "BEGIN IMMEDIATE;
          ALTER TABLE events ADD COLUMN deleted INTEGER;",
     )?;
-    conn.execute_batch(SCHEMA)?;
     conn.execute(
-        "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
-        [VERSION.to_string()],
+        "CREATE INDEX IF NOT EXISTS docs_live ON docs (db, id) WHERE deleted = 0",
+        [],
+    )?;
+    conn.execute(
+        "UPDATE meta SET value = '2' WHERE key = 'schema_version'",
+        [],
     )?;
     conn.execute_batch(
         "COMMIT;

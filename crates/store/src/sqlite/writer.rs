@@ -5,11 +5,10 @@
 //! once, and only then answers each job. Many concurrent writers thus share one fsync (group
 //! commit) and nobody hears "ok" before their data is durable.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::mpsc;
 
-use std::collections::{HashMap, HashSet};
-
+use outpost_core::rev::MAX_GENERATION;
 use outpost_core::{Policy, Rev, RevTree, hash, policy};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value};
@@ -19,6 +18,11 @@ use crate::{DocError, DocUpdate, NewAttachment, Origin, StoreError, UpdateMode};
 
 /// The most jobs applied in one transaction; bounds the latency a single commit adds.
 const MAX_BATCH: usize = 512;
+
+/// The most document updates applied in one transaction (a single document's revisions are never
+/// split, so one chunk may hold more when one document has more). Bounds how long one request
+/// holds the writer before other databases' writes get their turn (see [`run`]).
+const MAX_UPDATES_PER_COMMIT: usize = 2_000;
 
 /// A change for the writer to apply.
 pub(super) enum WriteOp {
@@ -108,83 +112,196 @@ pub(super) struct Job {
 pub(super) type Announce = Box<dyn Fn(&str, Option<u64>) + Send>;
 
 /// Runs the writer loop until every sender is gone.
+///
+/// Jobs wait in `queue` in arrival order. Each transaction takes jobs from its front until it
+/// holds [`MAX_BATCH`] jobs or [`MAX_UPDATES_PER_COMMIT`] document updates. A request with more
+/// updates than that is applied a bounded chunk at a time (whole documents per chunk), and
+/// between chunks it goes to the back of the queue, behind every job that arrived meanwhile: a
+/// write to another database waits for at most one bounded transaction, never for the whole of
+/// a pathological request. The request is answered when its last chunk is committed.
 pub(super) fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>, announce: Announce) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    let mut queue: VecDeque<Pending> = VecDeque::new();
+    loop {
+        if queue.is_empty() {
+            match jobs.recv() {
+                Ok(job) => queue.push_back(Pending::new(job)),
+                Err(_) => return,
             }
         }
-        let mut moved: BTreeMap<String, Option<u64>> = BTreeMap::new();
+        while let Ok(job) = jobs.try_recv() {
+            queue.push_back(Pending::new(job));
+        }
+        let mut batch = Vec::new();
+        let mut budget = MAX_UPDATES_PER_COMMIT;
+        while batch.len() < MAX_BATCH && budget > 0 {
+            let Some(pending) = queue.pop_front() else {
+                break;
+            };
+            let weight = pending.weight().min(budget);
+            batch.push((pending, budget));
+            budget -= weight;
+        }
+        let mut moved = Moved::default();
         let outcome = apply_batch(&mut conn, &mut batch, &mut moved);
         match outcome {
             Ok(results) => {
-                for (db, seq) in &moved {
-                    announce(db, *seq);
+                for db in &moved.deleted {
+                    announce(db, None);
                 }
-                for (job, result) in batch.into_iter().zip(results) {
-                    let _ = job.reply.send(result);
+                for (db, seq) in &moved.seqs {
+                    announce(db, Some(*seq));
+                }
+                for ((pending, _), result) in batch.into_iter().zip(results) {
+                    match result {
+                        Some(result) => {
+                            let _ = pending.job.reply.send(result);
+                        }
+                        // A chunked request with documents left: behind whatever arrived.
+                        None => {
+                            while let Ok(job) = jobs.try_recv() {
+                                queue.push_back(Pending::new(job));
+                            }
+                            queue.push_back(pending);
+                        }
+                    }
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, jobs = batch.len(), "write transaction failed");
                 let reason = e.to_string();
-                for job in batch {
-                    let _ = job.reply.send(Err(StoreError::Corrupt(reason.clone())));
+                for (pending, _) in batch {
+                    let _ = pending
+                        .job
+                        .reply
+                        .send(Err(StoreError::Corrupt(reason.clone())));
                 }
             }
         }
     }
 }
 
-/// Applies a batch in one transaction; the outer error means nothing was committed.
+/// A job in the writer's queue, with how far a chunked document write got.
+struct Pending {
+    job: Job,
+    docs: Option<DocsProgress>,
+}
+
+impl Pending {
+    fn new(job: Job) -> Pending {
+        Pending { job, docs: None }
+    }
+
+    /// How many document updates the job still has to apply (at least 1).
+    fn weight(&self) -> usize {
+        match (&self.job.op, &self.docs) {
+            (_, Some(progress)) => progress.remaining().max(1),
+            (WriteOp::Docs { updates, .. }, None) => updates.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
+/// What the announcements after a commit say: the databases deleted (their live feeds end, even
+/// when a database of the same name was created again in the same transaction), and the new
+/// update sequence of every database that moved.
+#[derive(Default)]
+struct Moved {
+    deleted: BTreeSet<String>,
+    seqs: BTreeMap<String, u64>,
+}
+
+impl Moved {
+    fn seq(&mut self, db: &str, seq: u64) {
+        self.seqs.insert(db.to_owned(), seq);
+    }
+
+    fn deleted(&mut self, db: &str) {
+        self.seqs.remove(db);
+        self.deleted.insert(db.to_owned());
+    }
+}
+
+/// Applies a batch in one transaction; the outer error means nothing was committed. Each job
+/// comes with the number of document updates it may apply; a job's result is `None` when it has
+/// more to apply in a later transaction.
 fn apply_batch(
     conn: &mut Connection,
-    batch: &mut [Job],
-    moved: &mut BTreeMap<String, Option<u64>>,
-) -> Result<Vec<Result<WriteReply, StoreError>>, StoreError> {
-    if batch.iter().all(|j| matches!(j.op, WriteOp::Checkpoint)) {
+    batch: &mut [(Pending, usize)],
+    moved: &mut Moved,
+) -> Result<Vec<Option<Result<WriteReply, StoreError>>>, StoreError> {
+    if batch
+        .iter()
+        .all(|(p, _)| matches!(p.job.op, WriteOp::Checkpoint))
+    {
         conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
-        return Ok(batch.iter().map(|_| Ok(WriteReply::Done)).collect());
+        return Ok(batch.iter().map(|_| Some(Ok(WriteReply::Done))).collect());
     }
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let now = now_micros();
     let mut results = Vec::with_capacity(batch.len());
-    for job in batch.iter_mut() {
+    for (pending, allowance) in batch.iter_mut() {
         let mut sp = tx.savepoint()?;
-        let result = apply(&sp, &mut job.op, now, moved);
-        match result {
+        let result = match &mut pending.job.op {
+            WriteOp::Docs { db, updates } => {
+                apply_docs_chunk(&sp, db, updates, &mut pending.docs, *allowance, now, moved)
+            }
+            op => apply(&sp, op, now, moved).map(Some),
+        };
+        match &result {
             Ok(_) => sp.commit()?,
             Err(_) => sp.rollback()?,
         }
-        results.push(result);
+        results.push(result.transpose());
     }
     tx.set_drop_behavior(rusqlite::DropBehavior::Rollback);
     tx.commit()?;
     Ok(results)
 }
 
+/// Applies the next chunk of a document write: whole documents, up to `allowance` updates (at
+/// least one document). Answers `None` while documents remain.
+fn apply_docs_chunk(
+    tx: &Connection,
+    db: &str,
+    updates: &mut [DocUpdate],
+    progress: &mut Option<DocsProgress>,
+    allowance: usize,
+    now: i64,
+    moved: &mut Moved,
+) -> Result<Option<WriteReply>, StoreError> {
+    let mut state = load_state(tx, db)?;
+    let progress = progress.get_or_insert_with(|| DocsProgress::new(state.id, updates));
+    if progress.db_id != state.id {
+        // Deleted and created again between two chunks: the rest is not for this database.
+        return Err(StoreError::NoDb);
+    }
+    let mut applied = 0;
+    while applied < allowance.max(1) {
+        let Some(group) = progress.groups.get(progress.next) else {
+            break;
+        };
+        applied += group.len();
+        apply_doc_group(tx, &mut state, updates, group, &mut progress.results, now)?;
+        progress.next += 1;
+    }
+    save_state(tx, &state)?;
+    moved.seq(db, state.seq);
+    if progress.next < progress.groups.len() {
+        return Ok(None);
+    }
+    let results = std::mem::take(&mut progress.results)
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(DocError::Conflict)))
+        .collect();
+    Ok(Some(WriteReply::Docs(results)))
+}
+
 fn apply(
     tx: &Connection,
-    op: &mut WriteOp,
+    op: &WriteOp,
     now: i64,
-    moved: &mut BTreeMap<String, Option<u64>>,
+    moved: &mut Moved,
 ) -> Result<WriteReply, StoreError> {
-    // Only document writes need their update by value (bodies are moved, not cloned).
-    let op: &WriteOp = match op {
-        WriteOp::Docs { db, updates } => {
-            let results = apply_docs(tx, db, updates, now)?;
-            let seq: i64 =
-                tx.query_row("SELECT update_seq FROM dbs WHERE name = ?1", [&*db], |r| {
-                    r.get(0)
-                })?;
-            moved.insert(db.clone(), Some(seq as u64));
-            return Ok(WriteReply::Docs(results));
-        }
-        other => other,
-    };
     match op {
         WriteOp::CreateDb { name } => {
             let inserted = tx.execute(
@@ -194,7 +311,7 @@ fn apply(
             if inserted == 0 {
                 return Err(StoreError::DbExists);
             }
-            moved.insert(name.clone(), Some(0));
+            moved.seq(name, 0);
             Ok(WriteReply::Done)
         }
         WriteOp::DeleteDb { name } => {
@@ -203,7 +320,7 @@ fn apply(
                 tx.execute(&format!("DELETE FROM {table} WHERE db = ?1"), [db])?;
             }
             tx.execute("DELETE FROM dbs WHERE id = ?1", [db])?;
-            moved.insert(name.clone(), None);
+            moved.deleted(name);
             Ok(WriteReply::Done)
         }
         WriteOp::SetRevsLimit { db, limit } => {
@@ -232,16 +349,12 @@ fn apply(
             leaves,
             update,
         } => {
-            let result = apply_manual_resolution(tx, db, id, leaves, update, now)?;
-            let seq: i64 =
-                tx.query_row("SELECT update_seq FROM dbs WHERE name = ?1", [db], |r| {
-                    r.get(0)
-                })?;
-            moved.insert(db.clone(), Some(seq as u64));
+            let (result, seq) = apply_manual_resolution(tx, db, id, leaves, update, now)?;
+            moved.seq(db, seq);
             Ok(WriteReply::Resolved(result))
         }
         WriteOp::Docs { .. } => Err(StoreError::Corrupt(
-            "document writes are applied above".into(),
+            "document writes are applied in chunks, above".into(),
         )),
         WriteOp::PutLocal { db, id, base, body } => {
             let db = db_id(tx, db)?;
@@ -397,52 +510,233 @@ fn save_state(tx: &Connection, state: &DbState) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn apply_docs(
-    tx: &Connection,
-    db: &str,
-    updates: &mut [DocUpdate],
-    now: i64,
-) -> Result<Vec<Result<Rev, DocError>>, StoreError> {
-    let mut state = load_state(tx, db)?;
-    let mut results = Vec::with_capacity(updates.len());
-    // Documents written, in first-write order; the set keeps the check cheap for big batches.
-    let mut touched: Vec<String> = Vec::new();
-    let mut seen: HashSet<String> = HashSet::new();
-    for update in updates.iter_mut() {
-        match apply_doc(tx, &mut state, update, now) {
-            Ok(rev) => {
-                if seen.insert(update.id.clone()) {
-                    touched.push(update.id.clone());
-                }
-                results.push(Ok(rev));
-            }
-            Err(ApplyError::Doc(e)) => results.push(Err(e)),
-            Err(ApplyError::Store(e)) => return Err(e),
-        }
-    }
-    // Automatic policies resolve once per document after the whole request, so the revisions a
-    // replicator sends together (a peer's resolution and its tombstones) are judged together.
-    if state.policy != Policy::Manual {
-        for id in &touched {
-            resolve_automatically(tx, &mut state, id, now)?;
-        }
-    }
-    save_state(tx, &state)?;
-    Ok(results)
+/// How far the writer got with one request's document updates.
+struct DocsProgress {
+    /// The database's row id when the first chunk ran: a later chunk that finds another database
+    /// of that name (deleted and created again in between) stops.
+    db_id: i64,
+    /// Indexes of the updates, grouped by document, documents in order of first appearance.
+    groups: Vec<Vec<usize>>,
+    /// The next group to apply.
+    next: usize,
+    /// One result per update, in request order, filled in as groups are applied.
+    results: Vec<Option<Result<Rev, DocError>>>,
 }
 
-/// A document's current tree, if it has one.
-fn load_tree(tx: &Connection, db: i64, id: &str) -> Result<Option<(bool, RevTree)>, StoreError> {
-    let row: Option<(bool, String)> = tx
-        .prepare_cached("SELECT deleted, tree FROM docs WHERE db = ?1 AND id = ?2")?
-        .query_row(params![db, id], |r| Ok((r.get::<_, bool>(0)?, r.get(1)?)))
-        .optional()?;
-    row.map(|(deleted, json)| {
-        serde_json::from_str(&json)
-            .map(|tree| (deleted, tree))
-            .map_err(|e| StoreError::Corrupt(format!("revision tree of {id}: {e}")))
-    })
-    .transpose()
+impl DocsProgress {
+    fn new(db_id: i64, updates: &[DocUpdate]) -> DocsProgress {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut by_id: HashMap<&str, usize> = HashMap::new();
+        for (i, update) in updates.iter().enumerate() {
+            let group = *by_id.entry(update.id.as_str()).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[group].push(i);
+        }
+        DocsProgress {
+            db_id,
+            groups,
+            next: 0,
+            results: vec![None; updates.len()],
+        }
+    }
+
+    /// Updates not applied yet.
+    fn remaining(&self) -> usize {
+        self.groups[self.next.min(self.groups.len())..]
+            .iter()
+            .map(Vec::len)
+            .sum()
+    }
+}
+
+/// Applies every update of one document in request order, on its tree loaded once, then
+/// resolves it once and stores it once.
+fn apply_doc_group(
+    tx: &Connection,
+    state: &mut DbState,
+    updates: &mut [DocUpdate],
+    group: &[usize],
+    results: &mut [Option<Result<Rev, DocError>>],
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut doc = DocWrite::load(tx, state.id, &updates[group[0]].id)?;
+    let mut accepted = false;
+    for &i in group {
+        results[i] = Some(match apply_doc(tx, state, &mut doc, &mut updates[i]) {
+            Ok(rev) => {
+                accepted = true;
+                Ok(rev)
+            }
+            Err(ApplyError::Doc(e)) => Err(e),
+            Err(ApplyError::Store(e)) => return Err(e),
+        });
+    }
+    // Automatic policies resolve once per document after all of its revisions in the request,
+    // so the revisions a replicator sends together (a peer's resolution and its tombstones) are
+    // judged together.
+    if accepted && state.policy != Policy::Manual {
+        resolve_automatically(tx, state, &mut doc)?;
+    }
+    doc.store(tx, state, now)
+}
+
+/// One document as a request writes it: its tree, loaded once; every revision the request adds
+/// goes into it, and the document row, the tree and the events are written once at the end, with
+/// one new sequence for the document however many revisions it received (as CouchDB does).
+struct DocWrite {
+    id: String,
+    tree: RevTree,
+    /// The stored row's `deleted` flag, for the counters; `None` when the document had no row.
+    was_deleted: Option<bool>,
+    /// Events of the revisions added, in order; they are written with the document's sequence.
+    events: Vec<PendingEvent>,
+}
+
+/// An accepted revision's event, waiting for its document's sequence.
+struct PendingEvent {
+    kind: &'static str,
+    rev: Rev,
+    parent: Option<Rev>,
+    origin: String,
+    detail: Option<String>,
+}
+
+impl DocWrite {
+    fn load(tx: &Connection, db: i64, id: &str) -> Result<DocWrite, StoreError> {
+        let row: Option<(bool, String)> = tx
+            .prepare_cached("SELECT deleted, tree FROM docs WHERE db = ?1 AND id = ?2")?
+            .query_row(params![db, id], |r| Ok((r.get::<_, bool>(0)?, r.get(1)?)))
+            .optional()?;
+        let (was_deleted, tree) = match row {
+            Some((deleted, json)) => {
+                let tree = serde_json::from_str(&json)
+                    .map_err(|e| StoreError::Corrupt(format!("revision tree of {id}: {e}")))?;
+                (Some(deleted), tree)
+            }
+            None => (None, RevTree::new()),
+        };
+        Ok(DocWrite {
+            id: id.to_owned(),
+            tree,
+            was_deleted,
+            events: Vec::new(),
+        })
+    }
+
+    /// Stores a revision just added to the tree: its body now (later revisions of the request may
+    /// take attachment stubs from it, and policies read it), its event with the document.
+    fn add(
+        &mut self,
+        tx: &Connection,
+        state: &mut DbState,
+        revision: &NewRevision<'_>,
+        origin: &Origin,
+        detail: Option<String>,
+    ) -> Result<(), StoreError> {
+        let body_json =
+            serde_json::to_string(revision.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        state.active_size += body_json.len() as i64;
+        tx.prepare_cached(
+            "INSERT INTO revs (db, doc, rev, deleted, body) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (db, doc, rev) DO NOTHING",
+        )?
+        .execute(params![
+            state.id,
+            self.id,
+            revision.rev.to_string(),
+            revision.deleted,
+            body_json
+        ])?;
+        self.events.push(PendingEvent {
+            kind: revision.kind,
+            rev: revision.rev.clone(),
+            parent: revision.parent.cloned(),
+            origin: origin.label(),
+            detail,
+        });
+        // Counted when stored in the transaction, so a rolled-back batch is counted too; rare
+        // enough (a failed commit) not to matter for rates.
+        metrics::counter!("outpost_documents_written_total", "kind" => revision.kind).increment(1);
+        match revision.kind {
+            "conflict" => {
+                metrics::counter!("outpost_conflicts_detected_total", "policy" => state.policy.name())
+                    .increment(1)
+            }
+            "resolved" => {
+                metrics::counter!("outpost_conflicts_resolved_total", "policy" => state.policy.name())
+                    .increment(1)
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Stems the tree and writes the document row, the counters and the events, under one new
+    /// sequence. Does nothing when no revision was added.
+    fn store(&mut self, tx: &Connection, state: &mut DbState, now: i64) -> Result<(), StoreError> {
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        self.tree.stem(state.revs_limit);
+        state.seq += 1;
+        let deleted = self.tree.is_deleted();
+        let winner = self
+            .tree
+            .winner()
+            .map(|l| l.rev.to_string())
+            .unwrap_or_default();
+        let tree_json =
+            serde_json::to_string(&self.tree).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        tx.prepare_cached(
+            "INSERT INTO docs (db, id, seq, deleted, conflicted, winner, tree) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (db, id) DO UPDATE SET seq = excluded.seq, deleted = excluded.deleted,
+                 conflicted = excluded.conflicted, winner = excluded.winner, tree = excluded.tree",
+        )?
+        .execute(params![
+            state.id,
+            self.id,
+            state.seq as i64,
+            deleted,
+            self.tree.is_conflicted(),
+            winner,
+            tree_json
+        ])?;
+        match (self.was_deleted, deleted) {
+            (None, false) => state.doc_count += 1,
+            (None, true) => state.doc_del_count += 1,
+            (Some(true), false) => {
+                state.doc_del_count -= 1;
+                state.doc_count += 1;
+            }
+            (Some(false), true) => {
+                state.doc_count -= 1;
+                state.doc_del_count += 1;
+            }
+            _ => {}
+        }
+        self.was_deleted = Some(deleted);
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO events (db, seq, pos, kind, doc, rev, parent, origin, at, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for (pos, event) in self.events.drain(..).enumerate() {
+            insert.execute(params![
+                state.id,
+                state.seq as i64,
+                pos as i64,
+                event.kind,
+                self.id,
+                event.rev.to_string(),
+                event.parent.as_ref().map(Rev::to_string),
+                event.origin,
+                now / 1000,
+                event.detail,
+            ])?;
+        }
+        Ok(())
+    }
 }
 
 fn load_bodies(
@@ -467,24 +761,36 @@ fn load_bodies(
     Ok(out)
 }
 
+/// Whether an edit of `rev` would pass [`MAX_GENERATION`].
+fn at_generation_limit(rev: &Rev) -> bool {
+    rev.generation >= MAX_GENERATION
+}
+
+fn generation_limit_error(rev: &Rev) -> DocError {
+    DocError::Invalid(format!(
+        "revision {rev} is at the highest generation ({MAX_GENERATION}) and cannot be edited"
+    ))
+}
+
 /// Applies the database's policy to a document that may have live conflicts.
 fn resolve_automatically(
     tx: &Connection,
     state: &mut DbState,
-    id: &str,
-    now: i64,
+    doc: &mut DocWrite,
 ) -> Result<(), StoreError> {
-    let Some((was_deleted, mut tree)) = load_tree(tx, state.id, id)? else {
-        return Ok(());
-    };
-    let needed = policy::needed_bodies(&state.policy, &tree);
+    let needed = policy::needed_bodies(&state.policy, &doc.tree);
     if needed.is_empty() {
         return Ok(());
     }
-    let bodies = load_bodies(tx, state.id, id, &needed)?;
-    let Some(resolution) = policy::resolve(&state.policy, &tree, &bodies) else {
+    let bodies = load_bodies(tx, state.id, &doc.id, &needed)?;
+    let Some(resolution) = policy::resolve(&state.policy, &doc.tree, &bodies) else {
         return Ok(());
     };
+    if resolution.superseded().iter().any(at_generation_limit) {
+        // Its revisions would pass the highest generation: the conflict stays for a client.
+        tracing::warn!(doc = %doc.id, "conflict at the highest generation left unresolved");
+        return Ok(());
+    }
     let detail = serde_json::json!({
         "policy": state.policy.name(),
         "superseded": resolution.superseded().iter().map(Rev::to_string).collect::<Vec<_>>(),
@@ -494,7 +800,8 @@ fn resolve_automatically(
         Some((rev, Value::Object(body))) => Some((rev, body)),
         Some(_) => {
             return Err(StoreError::Corrupt(format!(
-                "merged body of {id} is not an object"
+                "merged body of {} is not an object",
+                doc.id
             )));
         }
         None => None,
@@ -506,13 +813,12 @@ fn resolve_automatically(
         origin: &Origin::Resolver,
         detail: &detail,
     };
-    commit_resolution(tx, state, id, &mut tree, Some(was_deleted), &written, now)?;
-    Ok(())
+    commit_resolution(tx, state, doc, &written)
 }
 
 /// `_resolve`: the client's body becomes a child of the winner and the other leaves it names are
 /// tombstoned. The leaves named must be exactly the live ones, so a resolution made from a
-/// stale read is refused as a conflict.
+/// stale read is refused as a conflict. Answers the result and the database's sequence.
 fn apply_manual_resolution(
     tx: &Connection,
     db: &str,
@@ -520,12 +826,15 @@ fn apply_manual_resolution(
     leaves: &[Rev],
     update: &DocUpdate,
     now: i64,
-) -> Result<Result<Rev, DocError>, StoreError> {
+) -> Result<(Result<Rev, DocError>, u64), StoreError> {
     let mut state = load_state(tx, db)?;
-    let Some((was_deleted, mut tree)) = load_tree(tx, state.id, id)? else {
-        return Ok(Err(DocError::Conflict));
-    };
-    let mut live: Vec<Rev> = tree
+    let seq = state.seq;
+    let mut doc = DocWrite::load(tx, state.id, id)?;
+    if doc.tree.is_empty() {
+        return Ok((Err(DocError::Conflict), seq));
+    }
+    let mut live: Vec<Rev> = doc
+        .tree
         .leaves()
         .into_iter()
         .filter(|l| !l.deleted)
@@ -535,11 +844,14 @@ fn apply_manual_resolution(
     live.sort();
     named.sort();
     named.dedup();
-    let Some(winner) = tree.winner().filter(|w| !w.deleted).map(|w| w.rev) else {
-        return Ok(Err(DocError::Conflict));
+    let Some(winner) = doc.tree.winner().filter(|w| !w.deleted).map(|w| w.rev) else {
+        return Ok((Err(DocError::Conflict), seq));
     };
     if live != named {
-        return Ok(Err(DocError::Conflict));
+        return Ok((Err(DocError::Conflict), seq));
+    }
+    if let Some(top) = live.iter().find(|r| at_generation_limit(r)) {
+        return Ok((Err(generation_limit_error(top)), seq));
     }
     let mut body = update.body.clone();
     match resolve_attachments(
@@ -552,15 +864,15 @@ fn apply_manual_resolution(
         false,
     ) {
         Ok(()) => {}
-        Err(ApplyError::Doc(e)) => return Ok(Err(e)),
+        Err(ApplyError::Doc(e)) => return Ok((Err(e), seq)),
         Err(ApplyError::Store(e)) => return Err(e),
     }
     for att in &update.new_attachments {
         store_attachment(tx, att)?;
     }
     let rev = hash::next_rev_of_fields(Some(&winner), false, &body);
-    if tree.contains(&rev) {
-        return Ok(Err(DocError::Conflict));
+    if doc.tree.contains(&rev) {
+        return Ok((Err(DocError::Conflict), seq));
     }
     let detail = serde_json::json!({
         "policy": "manual",
@@ -584,17 +896,10 @@ fn apply_manual_resolution(
         origin: &update.origin,
         detail: &detail,
     };
-    commit_resolution(
-        tx,
-        &mut state,
-        id,
-        &mut tree,
-        Some(was_deleted),
-        &written,
-        now,
-    )?;
+    commit_resolution(tx, &mut state, &mut doc, &written)?;
+    doc.store(tx, &mut state, now)?;
     save_state(tx, &state)?;
-    Ok(Ok(rev))
+    Ok((Ok(rev), state.seq))
 }
 
 /// The revisions one resolution writes.
@@ -609,17 +914,13 @@ struct Resolved<'a> {
     detail: &'a str,
 }
 
-/// Adds a resolution's revisions to the tree and stores each as a `resolved` event.
+/// Adds a resolution's revisions to the document as `resolved` events.
 fn commit_resolution(
     tx: &Connection,
     state: &mut DbState,
-    id: &str,
-    tree: &mut RevTree,
-    was_deleted: Option<bool>,
+    doc: &mut DocWrite,
     resolved: &Resolved<'_>,
-    now: i64,
 ) -> Result<(), StoreError> {
-    let mut was = was_deleted;
     let empty = Map::new();
     let kept = resolved
         .kept
@@ -629,9 +930,10 @@ fn commit_resolution(
         .iter()
         .map(|(loser, tomb)| (tomb, loser, true, &empty));
     for (rev, parent, deleted, body) in kept.into_iter().chain(tombstones) {
-        tree.add_edit(Some(parent), rev.clone(), deleted)
+        doc.tree
+            .add_edit(Some(parent), rev.clone(), deleted)
             .map_err(|_| {
-                StoreError::Corrupt(format!("resolution of {id} does not extend a leaf"))
+                StoreError::Corrupt(format!("resolution of {} does not extend a leaf", doc.id))
             })?;
         let revision = NewRevision {
             rev,
@@ -640,16 +942,12 @@ fn commit_resolution(
             body,
             kind: "resolved",
         };
-        commit_revision(
+        doc.add(
             tx,
             state,
-            id,
-            tree,
-            &mut was,
             &revision,
             resolved.origin,
-            Some(resolved.detail),
-            now,
+            Some(resolved.detail.to_owned()),
         )?;
     }
     Ok(())
@@ -658,12 +956,10 @@ fn commit_resolution(
 fn apply_doc(
     tx: &Connection,
     state: &mut DbState,
+    doc: &mut DocWrite,
     update: &mut DocUpdate,
-    now: i64,
 ) -> Result<Rev, ApplyError> {
-    let existing = load_tree(tx, state.id, &update.id)?;
-    let mut was_deleted = existing.as_ref().map(|(d, _)| *d);
-    let mut tree = existing.map(|(_, t)| t).unwrap_or_default();
+    let tree = &mut doc.tree;
     // What the event log needs to know about the document before this revision.
     let was_empty = tree.is_empty();
     let was_deleted_doc = tree.is_deleted();
@@ -681,10 +977,13 @@ fn apply_doc(
                 None if tree.is_deleted() => tree.winner().map(|w| w.rev),
                 None => return Err(DocError::Conflict.into()),
             };
+            if let Some(p) = parent.as_ref().filter(|p| at_generation_limit(p)) {
+                return Err(generation_limit_error(p).into());
+            }
             let generation = parent.as_ref().map_or(1, |p| p.generation + 1);
             let sources: Vec<Rev> = parent.iter().cloned().collect();
             resolve_attachments(
-                tx, state.id, &update.id, &mut body, &sources, generation, false,
+                tx, state.id, &doc.id, &mut body, &sources, generation, false,
             )?;
             let rev = hash::next_rev_of_fields(parent.as_ref(), update.deleted, &body);
             tree.add_edit(parent.as_ref(), rev.clone(), update.deleted)
@@ -699,17 +998,24 @@ fn apply_doc(
                 // Already known: receiving a revision twice changes nothing and takes no sequence.
                 return Ok(leaf);
             }
-            let mut sources: Vec<Rev> = path.iter().skip(1).cloned().collect();
-            sources.extend(tree.leaves().into_iter().map(|l| l.rev));
-            resolve_attachments(
-                tx,
-                state.id,
-                &update.id,
-                &mut body,
-                &sources,
-                leaf.generation,
-                true,
-            )?;
+            if leaf.generation > MAX_GENERATION {
+                return Err(DocError::InvalidPath.into());
+            }
+            // Stubs take their metadata from the path, then from the current leaves; the leaves
+            // are only listed when there is an attachment to resolve.
+            if body.contains_key("_attachments") {
+                let mut sources: Vec<Rev> = path.iter().skip(1).cloned().collect();
+                sources.extend(tree.leaves().into_iter().map(|l| l.rev));
+                resolve_attachments(
+                    tx,
+                    state.id,
+                    &doc.id,
+                    &mut body,
+                    &sources,
+                    leaf.generation,
+                    true,
+                )?;
+            }
             let extends_leaf = path.get(1).is_some_and(|p| tree.is_leaf(p));
             let added = tree
                 .merge_path(path, update.deleted)
@@ -731,17 +1037,7 @@ fn apply_doc(
         body: &body,
         kind,
     };
-    commit_revision(
-        tx,
-        state,
-        &update.id,
-        &mut tree,
-        &mut was_deleted,
-        &revision,
-        &update.origin,
-        detail.as_deref(),
-        now,
-    )?;
+    doc.add(tx, state, &revision, &update.origin, detail)?;
     Ok(rev)
 }
 
@@ -752,107 +1048,6 @@ struct NewRevision<'a> {
     deleted: bool,
     body: &'a Map<String, Value>,
     kind: &'static str,
-}
-
-/// Stores a revision that was just added to `tree`: its body, the document row with a new
-/// sequence, the counters, and its event.
-#[allow(clippy::too_many_arguments)]
-fn commit_revision(
-    tx: &Connection,
-    state: &mut DbState,
-    id: &str,
-    tree: &mut RevTree,
-    was_deleted: &mut Option<bool>,
-    revision: &NewRevision<'_>,
-    origin: &Origin,
-    detail: Option<&str>,
-    now: i64,
-) -> Result<(), StoreError> {
-    tree.stem(state.revs_limit);
-    let body_json =
-        serde_json::to_string(revision.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    state.active_size += body_json.len() as i64;
-    tx.prepare_cached(
-        "INSERT INTO revs (db, doc, rev, deleted, body) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (db, doc, rev) DO NOTHING",
-    )?
-    .execute(params![
-        state.id,
-        id,
-        revision.rev.to_string(),
-        revision.deleted,
-        body_json
-    ])?;
-
-    state.seq += 1;
-    let deleted = tree.is_deleted();
-    let leaves = tree.leaves();
-    let conflicted = leaves.iter().filter(|l| !l.deleted).count() > 1;
-    let winner = leaves
-        .first()
-        .map(|l| l.rev.to_string())
-        .unwrap_or_default();
-    let tree_json =
-        serde_json::to_string(&*tree).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    tx.prepare_cached(
-        "INSERT INTO docs (db, id, seq, deleted, conflicted, winner, tree) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (db, id) DO UPDATE SET seq = excluded.seq, deleted = excluded.deleted,
-             conflicted = excluded.conflicted, winner = excluded.winner, tree = excluded.tree",
-    )?
-    .execute(params![
-        state.id,
-        id,
-        state.seq as i64,
-        deleted,
-        conflicted,
-        winner,
-        tree_json
-    ])?;
-    match (*was_deleted, deleted) {
-        (None, false) => state.doc_count += 1,
-        (None, true) => state.doc_del_count += 1,
-        (Some(true), false) => {
-            state.doc_del_count -= 1;
-            state.doc_count += 1;
-        }
-        (Some(false), true) => {
-            state.doc_count -= 1;
-            state.doc_del_count += 1;
-        }
-        _ => {}
-    }
-    *was_deleted = Some(deleted);
-
-    tx.prepare_cached(
-        "INSERT INTO events (db, seq, kind, doc, rev, parent, origin, at, detail)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        state.id,
-        state.seq as i64,
-        revision.kind,
-        id,
-        revision.rev.to_string(),
-        revision.parent.map(Rev::to_string),
-        origin.label(),
-        now / 1000,
-        detail,
-    ])?;
-    // Counted when stored in the transaction, so a rolled-back batch is counted too; rare
-    // enough (a failed commit) not to matter for rates.
-    metrics::counter!("outpost_documents_written_total", "kind" => revision.kind).increment(1);
-    match revision.kind {
-        "conflict" => {
-            metrics::counter!("outpost_conflicts_detected_total", "policy" => state.policy.name())
-                .increment(1)
-        }
-        "resolved" => {
-            metrics::counter!("outpost_conflicts_resolved_total", "policy" => state.policy.name())
-                .increment(1)
-        }
-        _ => {}
-    }
-    Ok(())
 }
 
 /// What an accepted revision did to its document, for the event log, from what the document
