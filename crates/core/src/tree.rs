@@ -111,11 +111,6 @@ impl RevTree {
         self.nodes.get(rev).is_some_and(|n| n.children == 0)
     }
 
-    /// How many leaves the tree has.
-    pub fn leaf_count(&self) -> usize {
-        self.leaves.len()
-    }
-
     /// The leaves, winner first, then in CouchDB's winner order.
     pub fn leaves(&self) -> Vec<Leaf> {
         self.leaves

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outpost_server::{AppState, Config, serve};
+use outpost_store::Store;
 use outpost_store::sqlite::SqliteStore;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -334,4 +335,92 @@ async fn the_event_log_has_the_same_feed_formats() {
         .collect();
     assert_eq!(lines.len(), 3, "{text}");
     assert_eq!(lines[2]["last_seq"], 2);
+}
+
+#[tokio::test]
+async fn revisions_of_one_document_in_one_request_take_one_sequence() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let docs = json!([
+        {"_id": "x", "_rev": "1-a", "v": 1},
+        {"_id": "x", "_rev": "1-b", "v": 2},
+        {"_id": "y", "_rev": "1-a"},
+        {"_id": "x", "_revisions": {"start": 2, "ids": ["c", "a"]}, "v": 3},
+    ]);
+    s.expect(
+        "POST",
+        "/db/_bulk_docs",
+        Some(json!({"docs": docs, "new_edits": false})),
+        201,
+    )
+    .await;
+    let info = s.expect("GET", "/db", None, 200).await;
+    assert_eq!(info["update_seq"], 2, "{info}");
+    let feed = s.expect("GET", "/db/_changes", None, 200).await;
+    assert_eq!(ids(&feed), ["x", "y"]);
+    assert_eq!(feed["results"][0]["seq"], 1);
+    assert_eq!(feed["last_seq"], 2);
+    // Every revision keeps its event; paging never splits a sequence.
+    let events = s.expect("GET", "/db/_events?limit=2", None, 200).await;
+    let revs: Vec<&str> = events["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["rev"].as_str().unwrap())
+        .collect();
+    assert_eq!(revs, ["1-a", "1-b", "2-c"], "{events}");
+    assert_eq!(events["last_seq"], 1);
+    let rest = s.expect("GET", "/db/_events?since=1", None, 200).await;
+    assert_eq!(rest["results"][0]["id"], "y", "{rest}");
+    assert_eq!(rest["results"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_database_deleted_and_created_again_in_one_commit_ends_its_live_feeds() {
+    install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let shutdown = CancellationToken::new();
+    let state = AppState::new(store.clone(), Config::default(), shutdown.clone());
+    let _stop = shutdown.clone().drop_guard();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve(listener, state));
+    store.create_db("db").await.unwrap();
+
+    let mut feed = reqwest::get(format!("{base}/db/_changes?feed=continuous&heartbeat=50"))
+        .await
+        .unwrap();
+    // The first heartbeat proves the feed is subscribed and waiting.
+    let first = feed.chunk().await.unwrap().unwrap();
+    assert_eq!(&first[..], b"\n");
+
+    // Both jobs are queued while the write lock is held elsewhere, so the writer commits them in
+    // one transaction.
+    let lock =
+        rusqlite::Connection::open(dir.path().join(outpost_store::sqlite::FILE_NAME)).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut delete = Box::pin(store.delete_db("db"));
+    let mut create = Box::pin(store.create_db("db"));
+    for job in [&mut delete, &mut create] {
+        std::future::poll_fn(|cx| {
+            let _ = job.as_mut().poll(cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+    }
+    lock.execute_batch("COMMIT").unwrap();
+    delete.await.unwrap();
+    create.await.unwrap();
+
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut text = String::new();
+        while let Some(chunk) = feed.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        text
+    })
+    .await
+    .expect("the old database's feed stayed open");
+    assert!(rest.contains("last_seq"), "{rest}");
 }
