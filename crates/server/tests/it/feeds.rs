@@ -395,13 +395,21 @@ async fn a_database_deleted_and_created_again_in_one_commit_ends_its_live_feeds(
     let first = feed.chunk().await.unwrap().unwrap();
     assert_eq!(&first[..], b"\n");
 
-    // Both jobs are queued while the write lock is held elsewhere, so the writer commits them in
-    // one transaction.
+    // The writer is kept busy with a ping while the write lock is held elsewhere; both jobs are
+    // queued behind it, so the writer takes them together and commits them in one transaction.
     let lock =
         rusqlite::Connection::open(dir.path().join(outpost_store::sqlite::FILE_NAME)).unwrap();
     lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut ping = Box::pin(store.check_writable());
     let mut delete = Box::pin(store.delete_db("db"));
     let mut create = Box::pin(store.create_db("db"));
+    std::future::poll_fn(|cx| {
+        let _ = ping.as_mut().poll(cx);
+        std::task::Poll::Ready(())
+    })
+    .await;
+    // Time for the writer to take the ping and wait for the lock.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     for job in [&mut delete, &mut create] {
         std::future::poll_fn(|cx| {
             let _ = job.as_mut().poll(cx);
@@ -410,6 +418,7 @@ async fn a_database_deleted_and_created_again_in_one_commit_ends_its_live_feeds(
         .await;
     }
     lock.execute_batch("COMMIT").unwrap();
+    ping.await.unwrap();
     delete.await.unwrap();
     create.await.unwrap();
 
