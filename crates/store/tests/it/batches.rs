@@ -271,3 +271,61 @@ async fn a_huge_request_lets_other_databases_write_between_its_chunks() {
     assert!(results.iter().all(Result::is_ok));
     assert_eq!(store.db_info("big").await.unwrap().doc_count, 6_000);
 }
+
+#[tokio::test]
+async fn a_version_1_file_is_migrated_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.create_db("db").await.unwrap();
+        let first = store
+            .write_docs("db", vec![edit("a", None, json!({"v": 1}))])
+            .await
+            .unwrap();
+        let rev = first[0].clone().unwrap();
+        store
+            .write_docs("db", vec![edit("a", Some(&rev), json!({"v": 2}))])
+            .await
+            .unwrap();
+        store.close();
+    }
+    // Turn the file back into version 1: events keyed by (db, seq), no `pos`.
+    let conn =
+        rusqlite::Connection::open(dir.path().join(outpost_store::sqlite::FILE_NAME)).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE events_v1 (db INTEGER NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
+             doc TEXT NOT NULL, rev TEXT NOT NULL, parent TEXT, origin TEXT NOT NULL,
+             at INTEGER NOT NULL, detail TEXT, PRIMARY KEY (db, seq)) WITHOUT ROWID;
+         INSERT INTO events_v1 SELECT db, seq, kind, doc, rev, parent, origin, at, detail FROM events;
+         DROP TABLE events;
+         ALTER TABLE events_v1 RENAME TO events;
+         CREATE INDEX events_by_doc ON events (db, doc, seq);
+         UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+    )
+    .unwrap();
+    drop(conn);
+
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let all = EventsQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    let events = store.events("db", &all).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.seq, e.kind.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "created"), (2, "updated")]
+    );
+    // Several revisions of one document in one request now share a sequence.
+    let updates = vec![
+        replicated("b", vec![Rev::new(1, "x".to_owned())], false, 0),
+        replicated("b", vec![Rev::new(1, "y".to_owned())], false, 1),
+    ];
+    store.write_docs("db", updates).await.unwrap();
+    let events = store.events("db", &all).await.unwrap();
+    assert_eq!(events.len(), 4);
+    assert!(events[2..].iter().all(|e| e.seq == 3));
+    assert!(replay::rebuild(dir.path(), "db").unwrap().matches());
+}
