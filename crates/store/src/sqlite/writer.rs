@@ -118,7 +118,9 @@ pub(super) type Announce = Box<dyn Fn(&str, Option<u64>) + Send>;
 /// updates than that is applied a bounded chunk at a time (whole documents per chunk), and
 /// between chunks it goes to the back of the queue, behind every job that arrived meanwhile: a
 /// write to another database waits for at most one bounded transaction, never for the whole of
-/// a pathological request. The request is answered when its last chunk is committed.
+/// a pathological request. The request is answered when its last chunk is committed. Like
+/// CouchDB's `_bulk_docs`, such a request is not atomic: should a later chunk fail, the
+/// documents of earlier chunks stay written and the request answers the failure.
 pub(super) fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>, announce: Announce) {
     let mut queue: VecDeque<Pending> = VecDeque::new();
     loop {
