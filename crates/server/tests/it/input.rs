@@ -226,10 +226,10 @@ async fn generations_beyond_the_bound_are_refused_and_the_database_stays_readabl
                 "POST",
                 "/db/_bulk_docs",
                 Some(json!({"docs": [doc], "new_edits": false})),
-                201,
+                400,
             )
             .await;
-        assert_eq!(answer[0]["error"], "bad_request", "{answer}");
+        assert_error(&answer, "bad_request");
         let doc = json!({"_id": "big", "_rev": format!("{start}-x")});
         s.expect("PUT", "/db/big?new_edits=false", Some(doc), 400)
             .await;
