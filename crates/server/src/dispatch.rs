@@ -32,10 +32,35 @@ pub struct Req {
     body: std::sync::Mutex<Option<Body>>,
     max_body: usize,
     body_timeout: std::time::Duration,
+    /// The server's budget of request body bytes in flight.
+    budget: BodyBudget,
+    /// This request's share of the budget, given back when the request is dropped.
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// The bytes of request bodies all requests together may hold: each body's bytes are counted
+/// as they are read and given back when its request is answered, so many large bodies at once
+/// get 503 instead of exhausting memory.
+#[derive(Debug, Clone)]
+pub struct BodyBudget {
+    bytes: std::sync::Arc<tokio::sync::Semaphore>,
+    total: u64,
+}
+
+impl BodyBudget {
+    pub fn new(total: usize) -> BodyBudget {
+        let total = total.min(tokio::sync::Semaphore::MAX_PERMITS);
+        BodyBudget {
+            bytes: std::sync::Arc::new(tokio::sync::Semaphore::new(total)),
+            total: total as u64,
+        }
+    }
 }
 
 impl Req {
-    /// The whole body, refused above the configured limit.
+    /// The whole body, refused above the configured limit, and with 503 when the server's
+    /// budget of body bytes in flight is spent. The bytes stay counted against that budget until
+    /// the request is answered.
     pub async fn bytes(&mut self) -> Result<Bytes, ApiError> {
         let body = self
             .body
@@ -43,27 +68,92 @@ impl Req {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .unwrap_or_default();
+        let declared = self
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(len) = declared {
+            self.reserve(len)?;
+        }
         // A client that stops sending mid-body must not hold a connection (and its memory)
         // forever.
-        let read =
-            tokio::time::timeout(self.body_timeout, axum::body::to_bytes(body, self.max_body));
+        let read = tokio::time::timeout(self.body_timeout, self.read_body(body, declared));
         let Ok(read) = read.await else {
             return Err(ApiError::RequestTimeout);
         };
-        let bytes = read.map_err(|e| {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            if too_large {
-                ApiError::TooLarge(format!(
-                    "request body is larger than {} bytes",
-                    self.max_body
-                ))
-            } else {
-                ApiError::bad_request("could not read the request body")
+        let bytes = read?;
+        let compressed = bytes.as_ptr();
+        let decoded = self.decode_content(bytes)?;
+        // Decompressed bytes are held as well as the compressed ones.
+        if decoded.as_ptr() != compressed {
+            self.reserve(decoded.len() as u64)?;
+        }
+        Ok(decoded)
+    }
+
+    async fn read_body(&mut self, body: Body, declared: Option<u64>) -> Result<Bytes, ApiError> {
+        use http_body_util::BodyExt;
+        let mut body = body;
+        let mut out = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|_| ApiError::bad_request("could not read the request body"))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let total = out.len() as u64 + data.len() as u64;
+            if total > self.max_body as u64 {
+                return Err(self.too_large());
             }
-        })?;
-        self.decode_content(bytes)
+            // A body without a length is counted as it arrives; one with a length was counted
+            // whole before reading (hyper refuses a body longer than it said).
+            if declared.is_none() {
+                self.reserve(data.len() as u64)?;
+            }
+            out.extend_from_slice(&data);
+        }
+        Ok(out.freeze())
+    }
+
+    fn too_large(&self) -> ApiError {
+        ApiError::TooLarge(format!(
+            "request body is larger than {} bytes",
+            self.max_body
+        ))
+    }
+
+    /// Counts `len` more body bytes against the server's budget, for as long as this request
+    /// lives.
+    fn reserve(&mut self, len: u64) -> Result<(), ApiError> {
+        if len > self.max_body as u64 {
+            return Err(self.too_large());
+        }
+        if len > self.budget.total {
+            return Err(ApiError::TooLarge(format!(
+                "request body is larger than the {} bytes all requests may have in flight",
+                self.budget.total
+            )));
+        }
+        let Ok(n) = u32::try_from(len) else {
+            return Err(self.too_large());
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let permit = self
+            .budget
+            .bytes
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| {
+                ApiError::Busy("too many request bytes in flight; retry shortly".into())
+            })?;
+        match &mut self.held {
+            Some(held) => held.merge(permit),
+            None => self.held = Some(permit),
+        }
+        Ok(())
     }
 
     /// Undoes a `Content-Encoding` of the body (the Cloudant SDK under couchbackup gzips its
@@ -191,6 +281,8 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
         body: std::sync::Mutex::new(Some(body)),
         max_body: state.config.max_body_bytes,
         body_timeout: state.config.body_read_timeout,
+        budget: state.body_budget.clone(),
+        held: None,
     };
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     match segs.as_slice() {
@@ -206,8 +298,6 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
         ["_scheduler", "docs"] => crate::routes::scheduler::docs(state, &req),
         ["_active_tasks"] => crate::routes::scheduler::active_tasks(state, &req),
         ["_outpost", "v1", rest @ ..] => ops::route(state, rest, &req).await,
-        // The conventional scrape path; it shadows `GET` of a database named `metrics`.
-        ["metrics"] if req.method == Method::GET => ops::metrics(state, &req),
         [first, ..] if first.starts_with('_') && validate_db_name(first).is_err() => Err(
             ApiError::bad_request(format!("unknown server endpoint /{first}")),
         ),
@@ -291,13 +381,13 @@ pub fn template(raw_path: &str) -> &'static str {
         ["_node", _] => "/_node/{node}",
         ["_node", _, "_config", ..] => "/_node/{node}/_config",
         ["_node", _, "_system"] => "/_node/{node}/_system",
+        ["_node", _, "_prometheus"] => "/_node/{node}/_prometheus",
         ["_uuids"] => "/_uuids",
         ["_replicate"] => "/_replicate",
         ["_scheduler", "jobs"] => "/_scheduler/jobs",
         ["_scheduler", "docs"] => "/_scheduler/docs",
         ["_active_tasks"] => "/_active_tasks",
         ["_outpost", "v1", "metrics"] => "/_outpost/v1/metrics",
-        ["metrics"] => "/metrics",
         ["_outpost", "v1", "ready"] => "/_outpost/v1/ready",
         ["_outpost", "v1", "openapi.json"] => "/_outpost/v1/openapi.json",
         [first, ..] if first.starts_with('_') && validate_db_name(first).is_err() => "unknown",
@@ -336,6 +426,8 @@ mod tests {
             ("/", "/"),
             ("/_up", "/_up"),
             ("/_outpost/v1/metrics", "/_outpost/v1/metrics"),
+            ("/_node/_local/_prometheus", "/_node/{node}/_prometheus"),
+            ("/metrics", "/{db}"),
             ("/_outpost/v1/ready", "/_outpost/v1/ready"),
             ("/_outpost/v1/openapi.json", "/_outpost/v1/openapi.json"),
             ("/_outpost/v1/secret-name", "unknown"),

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use axum::body::Bytes;
 use serde_json::{Map, Value, json};
 
+use crate::stream::{BodyWriter, StreamEnd};
 use crate::{ApiError, AppState};
 
 /// Special fields a client may send that CouchDB accepts and ignores on write.
@@ -177,6 +178,11 @@ fn prepare_attachments(
     };
     let mut new = Vec::new();
     for (name, att) in atts.iter_mut() {
+        if name.starts_with('_') {
+            return Err(ApiError::bad_request(
+                "Attachment name can't start with '_'",
+            ));
+        }
         let Some(obj) = att.as_object_mut() else {
             return Err(ApiError::bad_request(format!(
                 "attachment {name} must be an object"
@@ -263,6 +269,84 @@ pub struct RenderOpts {
     pub local_seq: bool,
 }
 
+/// A rendered revision: JSON text, with the places where inlined attachments' bytes go as
+/// base64. Kept in pieces so that a streamed response can read and encode each attachment range
+/// by range instead of holding it whole.
+#[derive(Debug)]
+pub struct Rendered {
+    pieces: Vec<Piece>,
+}
+
+#[derive(Debug)]
+enum Piece {
+    Text(String),
+    /// The base64 of the attachment with this digest (without quotes).
+    Attachment(String),
+}
+
+impl Rendered {
+    /// A rendering that is only text.
+    pub fn text(text: String) -> Rendered {
+        Rendered {
+            pieces: vec![Piece::Text(text)],
+        }
+    }
+
+    /// Whether attachments are inlined, to be read when written.
+    pub fn inlines(&self) -> bool {
+        self.pieces
+            .iter()
+            .any(|p| matches!(p, Piece::Attachment(_)))
+    }
+
+    /// Appends text.
+    pub fn push(&mut self, text: &str) {
+        match self.pieces.last_mut() {
+            Some(Piece::Text(last)) => last.push_str(text),
+            _ => self.pieces.push(Piece::Text(text.to_owned())),
+        }
+    }
+
+    /// Appends another rendering.
+    pub fn append(&mut self, other: Rendered) {
+        for piece in other.pieces {
+            match piece {
+                Piece::Text(t) => self.push(&t),
+                att => self.pieces.push(att),
+            }
+        }
+    }
+
+    /// The whole text, attachments read and encoded in memory: for answers that are one
+    /// document.
+    pub async fn into_string(self, state: &AppState) -> Result<String, ApiError> {
+        let mut out = String::new();
+        for piece in self.pieces {
+            match piece {
+                Piece::Text(t) => out.push_str(&t),
+                Piece::Attachment(digest) => {
+                    let data = state.store.attachment(&digest).await?.ok_or_else(|| {
+                        ApiError::Internal(format!("attachment {digest} missing from the store"))
+                    })?;
+                    out.push_str(&BASE64.encode(data));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the rendering into a streamed response, each attachment range by range.
+    pub async fn write(self, state: &AppState, out: &mut BodyWriter) -> Result<(), StreamEnd> {
+        for piece in self.pieces {
+            match piece {
+                Piece::Text(t) => out.write(&t).await?,
+                Piece::Attachment(digest) => out.attachment(state, &digest).await?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A stored revision as the JSON document a client sees.
 // Every argument is a different part of the one revision being rendered; a struct to carry them
 // would only be built to be taken apart here.
@@ -277,6 +361,24 @@ pub async fn render(
     body: &StoredBody,
     opts: &RenderOpts,
 ) -> Result<String, ApiError> {
+    render_parts(state, db, id, tree, seq, rev, body, opts)
+        .await?
+        .into_string(state)
+        .await
+}
+
+/// [`render`] in pieces, with inlined attachments left to be read by whoever writes it.
+#[allow(clippy::too_many_arguments)]
+pub async fn render_parts(
+    state: &AppState,
+    db: &str,
+    id: &str,
+    tree: &RevTree,
+    seq: u64,
+    rev: &Rev,
+    body: &StoredBody,
+    opts: &RenderOpts,
+) -> Result<Rendered, ApiError> {
     let mut extras: Vec<(&str, Value)> = Vec::new();
     let winner = tree.winner().map(|w| w.rev);
     let is_winner = winner.as_ref() == Some(rev);
@@ -318,14 +420,17 @@ pub async fn render(
             .collect();
         extras.push(("_revs_info", Value::Array(info)));
     }
-    let inlined;
-    let text = if opts.attachments && body.json.contains("\"_attachments\"") {
-        inlined = inline_attachments(state, &body.json).await?;
-        inlined.as_str()
-    } else {
-        body.json.as_str()
-    };
-    Ok(splice(id, rev, body.deleted, text, &extras))
+    if opts.attachments && body.json.contains("\"_attachments\"") {
+        let inner = inline_attachments(&body.json)?;
+        return Ok(splice_parts(id, rev, body.deleted, inner, &extras));
+    }
+    Ok(Rendered::text(splice(
+        id,
+        rev,
+        body.deleted,
+        &body.json,
+        &extras,
+    )))
 }
 
 fn revs_json(revs: &[Rev]) -> Value {
@@ -347,7 +452,34 @@ pub fn splice(
         .unwrap_or("")
         .trim();
     let mut out = String::with_capacity(body.len() + id.len() + 64);
-    out.push_str("{\"_id\":");
+    out.push_str(&splice_head(id, rev, deleted));
+    if !inner.is_empty() {
+        out.push(',');
+        out.push_str(inner);
+    }
+    out.push_str(&splice_tail(extras));
+    out
+}
+
+/// [`splice`] around a body already in pieces (the members between its braces).
+fn splice_parts(
+    id: &str,
+    rev: &dyn std::fmt::Display,
+    deleted: bool,
+    inner: Rendered,
+    extras: &[(&str, Value)],
+) -> Rendered {
+    let mut out = Rendered::text(splice_head(id, rev, deleted));
+    if !inner.pieces.is_empty() {
+        out.push(",");
+        out.append(inner);
+    }
+    out.push(&splice_tail(extras));
+    out
+}
+
+fn splice_head(id: &str, rev: &dyn std::fmt::Display, deleted: bool) -> String {
+    let mut out = String::from("{\"_id\":");
     out.push_str(&Value::String(id.to_owned()).to_string());
     out.push_str(",\"_rev\":\"");
     out.push_str(&rev.to_string());
@@ -355,10 +487,11 @@ pub fn splice(
     if deleted {
         out.push_str(",\"_deleted\":true");
     }
-    if !inner.is_empty() {
-        out.push(',');
-        out.push_str(inner);
-    }
+    out
+}
+
+fn splice_tail(extras: &[(&str, Value)]) -> String {
+    let mut out = String::new();
     for (key, value) in extras {
         out.push_str(",\"");
         out.push_str(key);
@@ -369,26 +502,54 @@ pub fn splice(
     out
 }
 
-/// The body with every attachment stub replaced by its bytes in base64.
-async fn inline_attachments(state: &AppState, body: &str) -> Result<String, ApiError> {
-    let mut value: Value =
+/// The members of a stored body (between its braces) with every attachment stub turned into an
+/// inline attachment: `stub` and `length` left out, as CouchDB does, and `data` a place for the
+/// bytes. The body is parsed, but no attachment is read here.
+fn inline_attachments(body: &str) -> Result<Rendered, ApiError> {
+    let fields: Map<String, Value> =
         serde_json::from_str(body).map_err(|e| ApiError::Internal(format!("stored body: {e}")))?;
-    if let Some(Value::Object(atts)) = value.get_mut("_attachments") {
-        for att in atts.values_mut() {
-            let Some(obj) = att.as_object_mut() else {
-                continue;
-            };
-            let Some(digest) = obj.get("digest").and_then(Value::as_str).map(str::to_owned) else {
-                continue;
-            };
-            let data = state.store.attachment(&digest).await?.ok_or_else(|| {
-                ApiError::Internal(format!("attachment {digest} missing from the store"))
-            })?;
-            obj.remove("stub");
-            obj.insert("data".into(), Value::String(BASE64.encode(data)));
+    let mut out = Rendered { pieces: Vec::new() };
+    for (i, (key, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(",");
+        }
+        out.push(&Value::String(key.clone()).to_string());
+        out.push(":");
+        match value {
+            Value::Object(atts) if key == "_attachments" => {
+                out.push("{");
+                for (j, (name, att)) in atts.iter().enumerate() {
+                    if j > 0 {
+                        out.push(",");
+                    }
+                    out.push(&Value::String(name.clone()).to_string());
+                    out.push(":");
+                    let digest = att.get("digest").and_then(Value::as_str);
+                    match (att.as_object(), digest) {
+                        (Some(meta), Some(digest)) => {
+                            out.push("{");
+                            for (name, v) in meta {
+                                if matches!(name.as_str(), "stub" | "length" | "data") {
+                                    continue;
+                                }
+                                out.push(&Value::String(name.clone()).to_string());
+                                out.push(":");
+                                out.push(&v.to_string());
+                                out.push(",");
+                            }
+                            out.push("\"data\":\"");
+                            out.pieces.push(Piece::Attachment(digest.to_owned()));
+                            out.push("\"}");
+                        }
+                        _ => out.push(&att.to_string()),
+                    }
+                }
+                out.push("}");
+            }
+            other => out.push(&other.to_string()),
         }
     }
-    Ok(value.to_string())
+    Ok(out)
 }
 
 /// The JSON of a successful write.

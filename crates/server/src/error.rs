@@ -46,6 +46,18 @@ pub enum ApiError {
     /// A body, id or batch above the configured limits.
     #[error("{0}")]
     TooLarge(String),
+    /// A document whose body is above `max_document_size`; the reason is its id, as CouchDB's.
+    #[error("{0}")]
+    DocumentTooLarge(String),
+    /// An attachment above `max_attachment_size`; the reason is its name, as CouchDB's.
+    #[error("{0}")]
+    AttachmentTooLarge(String),
+    /// Query parameters that cannot be used together (`key` with `keys`).
+    #[error("{0}")]
+    QueryParse(String),
+    /// Too many request bytes are already in flight; the client should retry shortly.
+    #[error("{0}")]
+    Busy(String),
     /// A body in a content type this endpoint does not take.
     #[error("{0}")]
     BadContentType(String),
@@ -95,6 +107,12 @@ impl ApiError {
             }
             ApiError::MissingStub(_) => (StatusCode::PRECONDITION_FAILED, "missing_stub"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::DocumentTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "document_too_large"),
+            ApiError::AttachmentTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "attachment_too_large")
+            }
+            ApiError::QueryParse(_) => (StatusCode::BAD_REQUEST, "query_parse_error"),
+            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             ApiError::BadContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_content_type"),
             ApiError::Gone(_) => (StatusCode::GONE, "gone"),
             ApiError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),

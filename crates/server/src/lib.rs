@@ -11,11 +11,13 @@ mod dispatch;
 mod docjson;
 mod error;
 mod feed;
+mod limits;
 mod multipart;
 mod observe;
 mod query;
 pub mod replication;
 mod routes;
+mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +45,13 @@ pub const COUCHDB_VERSION: &str = "3.3.3";
 pub struct Config {
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Request body bytes all requests together may hold at once; a body that would go beyond
+    /// gets 503 with `Retry-After`.
+    pub max_body_bytes_in_flight: usize,
+    /// Largest document body (its JSON without attachments), as CouchDB's `max_document_size`.
+    pub max_document_size: usize,
+    /// Largest attachment, inline or uploaded alone.
+    pub max_attachment_size: usize,
     /// How long a request body may take to arrive; a client that stops sending mid-body gets
     /// 408 instead of holding its connection forever.
     pub body_read_timeout: Duration,
@@ -58,6 +67,9 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             max_body_bytes: 64 * 1024 * 1024,
+            max_body_bytes_in_flight: 512 * 1024 * 1024,
+            max_document_size: 8_000_000,
+            max_attachment_size: 64 * 1024 * 1024,
             body_read_timeout: Duration::from_secs(120),
             max_header_bytes: 64 * 1024,
             cors_origins: None,
@@ -79,6 +91,8 @@ pub struct AppState {
     /// Replications running in this server (`_replicate`, `_replicator` jobs), for
     /// cancellation and the `_scheduler` and `_active_tasks` views.
     pub replications: Arc<replication::Replications>,
+    /// Request body bytes in flight, shared by every request (`max_body_bytes_in_flight`).
+    pub(crate) body_budget: dispatch::BodyBudget,
 }
 
 impl std::fmt::Debug for AppState {
@@ -93,6 +107,7 @@ impl AppState {
     pub fn new(store: Arc<dyn Store>, config: Config, shutdown: CancellationToken) -> AppState {
         AppState {
             store,
+            body_budget: dispatch::BodyBudget::new(config.max_body_bytes_in_flight),
             config: Arc::new(config),
             shutdown,
             tasks: TaskTracker::new(),

@@ -138,6 +138,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// The bytes of an attachment, by digest.
     async fn attachment(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// At most `len` bytes of an attachment from byte `offset` (fewer at its end, none past
+    /// it), by digest; `None` when there is no such attachment. Lets a response stream an
+    /// attachment in pieces instead of holding it whole.
+    async fn attachment_range(
+        &self,
+        digest: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// The event log of a database from `since` (exclusive), oldest first.
     async fn events(&self, db: &str, query: &EventsQuery) -> Result<Vec<Event>, StoreError>;

@@ -31,6 +31,18 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "OUTPOST_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Request body bytes all requests together may hold at once; a body that would go beyond
+    /// is answered 503 with Retry-After. At least --max-body-bytes.
+    #[arg(long, env = "OUTPOST_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 512 * 1024 * 1024)]
+    pub max_body_bytes_in_flight: usize,
+    /// Largest document accepted (its JSON without attachments), in bytes; above it a write is
+    /// answered 413 document_too_large, as by CouchDB's max_document_size.
+    #[arg(long, env = "OUTPOST_MAX_DOCUMENT_SIZE", default_value_t = 8_000_000)]
+    pub max_document_size: usize,
+    /// Largest attachment accepted, inline or uploaded alone, in bytes; above it a write is
+    /// answered 413 attachment_too_large.
+    #[arg(long, env = "OUTPOST_MAX_ATTACHMENT_SIZE", default_value_t = 64 * 1024 * 1024)]
+    pub max_attachment_size: usize,
     /// Origins allowed to call the API from a browser (CORS), comma-separated; by default any
     /// origin is allowed.
     #[arg(long, env = "OUTPOST_CORS_ORIGINS", value_delimiter = ',')]
@@ -77,6 +89,14 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             "LISTENING ON A NON-LOOPBACK ADDRESS WITHOUT AUTHENTICATION: anyone who can reach this port can read and change every database"
         );
     }
+    if args.max_body_bytes_in_flight < args.max_body_bytes {
+        anyhow::bail!(
+            "--max-body-bytes-in-flight ({}) is below --max-body-bytes ({}): a body of the largest \
+             size could never be accepted",
+            args.max_body_bytes_in_flight,
+            args.max_body_bytes
+        );
+    }
     let store = SqliteStore::open(&args.data)
         .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
     let store = Arc::new(store);
@@ -87,6 +107,9 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let config = Config {
         max_body_bytes: args.max_body_bytes,
+        max_body_bytes_in_flight: args.max_body_bytes_in_flight,
+        max_document_size: args.max_document_size,
+        max_attachment_size: args.max_attachment_size,
         cors_origins: (!args.cors_origin.is_empty()).then_some(args.cors_origin),
         ..Config::default()
     };

@@ -367,7 +367,11 @@ impl Endpoint for LocalEndpoint {
         let mut out = Vec::new();
         for entry in rendered.into_iter().flatten() {
             // A revision compacted away since the feed listed it is skipped, as over HTTP.
-            if let OpenRev::Found(text) = entry {
+            if let OpenRev::Found(doc) = entry {
+                let text = doc
+                    .into_string(&self.state)
+                    .await
+                    .map_err(|e| self.api_error("get_revs", e))?;
                 let value =
                     serde_json::from_str(&text).map_err(|e| ReplicationError::InvalidResponse {
                         endpoint: self.to_string(),

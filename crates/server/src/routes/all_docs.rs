@@ -1,16 +1,16 @@
 //! `/{db}/_all_docs`: live documents in id order, streamed page by page, or the rows of given
 //! `keys`.
 
-use axum::body::{Body, Bytes};
 use axum::response::Response;
-use http::Method;
+use http::{Method, StatusCode};
 use outpost_core::Rev;
 use outpost_store::{AllDocsQuery, DocRecord, DocRow, StoredBody};
 use serde_json::{Value, json};
 
 use super::{not_allowed, ok};
 use crate::dispatch::Req;
-use crate::docjson::{RenderOpts, render};
+use crate::docjson::{RenderOpts, Rendered, render_parts};
+use crate::stream;
 use crate::{ApiError, AppState};
 
 /// Rows read from the store per page.
@@ -20,6 +20,9 @@ const MAX_KEYS: usize = 100_000;
 /// Up to how many rows before a `startkey` the `offset` is counted; beyond, it is `null`
 /// (counting further would cost time in proportion to the database on every page).
 const OFFSET_COUNTED_UP_TO: u64 = 10_000;
+/// Rows of a `keys` request whose bodies are read with one store call: a bound on the bodies
+/// held at once, whatever the number of keys.
+const BODY_GROUP: usize = 16;
 
 /// Where a JSON key falls among document ids. CouchDB collates null, booleans and numbers before
 /// every string, and arrays and objects after.
@@ -67,6 +70,11 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
         None => q.json("keys")?,
     };
     if let Some(keys) = keys {
+        if q.get("key").is_some() {
+            return Err(ApiError::QueryParse(
+                "`keys` is incompatible with `key`".into(),
+            ));
+        }
         let keys = keys
             .as_array()
             .ok_or_else(|| ApiError::bad_request("`keys` must be an array"))?;
@@ -79,7 +87,7 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
             state,
             db,
             keys,
-            &opts,
+            opts,
             info.doc_count,
             skip,
             limit,
@@ -141,75 +149,48 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
     if empty {
         return Ok(ok(format!("{head}{tail}")));
     }
-    let pages = Pages {
-        state: state.clone(),
-        db: db.to_owned(),
-        query,
-        remaining: limit,
-        opts,
-        first: true,
-        done: false,
-    };
-    let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) })
-        .chain(futures::stream::unfold(pages, next_page))
-        .chain(futures::stream::once(async move { Ok(Bytes::from(tail)) }));
-    let mut response = ok(String::new());
-    *response.body_mut() = Body::from_stream(stream);
-    Ok(response)
-}
-
-use futures::StreamExt;
-
-/// The state of a streamed `_all_docs`.
-struct Pages {
-    state: AppState,
-    db: String,
-    query: AllDocsQuery,
-    remaining: u64,
-    opts: Opts,
-    first: bool,
-    done: bool,
-}
-
-async fn next_page(mut p: Pages) -> Option<(Result<Bytes, std::io::Error>, Pages)> {
-    if p.done || p.remaining == 0 {
-        return None;
-    }
-    p.query.limit = p.remaining.min(PAGE);
-    let rows = match p.state.store.all_docs(&p.db, &p.query).await {
-        Ok(rows) => rows,
-        Err(e) => {
-            tracing::warn!(db = %p.db, error = %e, "_all_docs failed mid-stream");
-            p.done = true;
-            return Some((Err(std::io::Error::other("all_docs failed")), p));
-        }
-    };
-    p.done = (rows.len() as u64) < p.query.limit;
-    p.remaining -= rows.len() as u64;
-    // Later pages continue after the last id, exclusive, without skipping again.
-    p.query.skip = 0;
-    if let Some(last) = rows.last() {
-        p.query.start = Some(last.id.clone());
-        p.query.start_inclusive = false;
-    }
-    let mut text = String::new();
-    for row in rows {
-        match render_row(&p.state, &p.db, &p.opts, row).await {
-            Ok(row) => {
-                if !p.first {
-                    text.push_str(",\n");
+    let state2 = state.clone();
+    let db = db.to_owned();
+    Ok(stream::respond(
+        state,
+        StatusCode::OK,
+        move |mut out| async move {
+            out.write(&head).await?;
+            let mut remaining = limit;
+            let mut first = true;
+            while remaining > 0 {
+                query.limit = remaining.min(PAGE);
+                let rows = state2
+                    .store
+                    .all_docs(&db, &query)
+                    .await
+                    .map_err(ApiError::from)?;
+                let done = (rows.len() as u64) < query.limit;
+                remaining -= rows.len() as u64;
+                // Later pages continue after the last id, exclusive, without skipping again.
+                query.skip = 0;
+                if let Some(last) = rows.last() {
+                    query.start = Some(last.id.clone());
+                    query.start_inclusive = false;
                 }
-                p.first = false;
-                text.push_str(&row);
+                for row in rows {
+                    if !first {
+                        out.write(",\n").await?;
+                    }
+                    first = false;
+                    render_row(&state2, &db, &opts, row)
+                        .await?
+                        .write(&state2, &mut out)
+                        .await?;
+                }
+                if done {
+                    break;
+                }
             }
-            Err(e) => {
-                tracing::warn!(db = %p.db, error = %e, "_all_docs row failed");
-                p.done = true;
-                return Some((Err(std::io::Error::other("all_docs failed")), p));
-            }
-        }
-    }
-    Some((Ok(Bytes::from(text)), p))
+            out.write(&tail).await?;
+            Ok(out)
+        },
+    ))
 }
 
 async fn render_row(
@@ -217,43 +198,44 @@ async fn render_row(
     db: &str,
     opts: &Opts,
     row: DocRow,
-) -> Result<String, ApiError> {
+) -> Result<Rendered, ApiError> {
     let winner = row
         .tree
         .winner()
         .ok_or_else(|| ApiError::Internal(format!("{} has no revision", row.id)))?;
     let id = Value::String(row.id.clone());
-    let mut text = format!(
+    let mut out = Rendered::text(format!(
         "{{\"id\":{id},\"key\":{id},\"value\":{{\"rev\":\"{}\"}}",
         winner.rev
-    );
+    ));
     if opts.include_docs {
         crate::observe::documents_read(1);
-        let doc = match row.body {
+        out.push(",\"doc\":");
+        match row.body {
             Some(json) => {
                 let body = StoredBody {
                     deleted: false,
                     json,
                 };
-                render(
-                    state,
-                    db,
-                    &row.id,
-                    &row.tree,
-                    row.seq,
-                    &winner.rev,
-                    &body,
-                    &opts.render,
-                )
-                .await?
+                out.append(
+                    render_parts(
+                        state,
+                        db,
+                        &row.id,
+                        &row.tree,
+                        row.seq,
+                        &winner.rev,
+                        &body,
+                        &opts.render,
+                    )
+                    .await?,
+                );
             }
-            None => "null".to_owned(),
-        };
-        text.push_str(",\"doc\":");
-        text.push_str(&doc);
+            None => out.push("null"),
+        }
     }
-    text.push('}');
-    Ok(text)
+    out.push("}");
+    Ok(out)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -261,7 +243,7 @@ async fn by_keys(
     state: &AppState,
     db: &str,
     keys: &[Value],
-    opts: &Opts,
+    opts: Opts,
     total_rows: u64,
     skip: u64,
     limit: u64,
@@ -273,12 +255,13 @@ async fn by_keys(
     } else {
         Box::new(keys.iter())
     };
-    let keys: Vec<&Value> = ordered
-        .skip(skip as usize)
+    let keys: Vec<Value> = ordered
+        .skip(usize::try_from(skip).unwrap_or(usize::MAX))
         .take(usize::try_from(limit).unwrap_or(usize::MAX))
+        .cloned()
         .collect();
-    // Two reads for the whole request, each from one snapshot: the trees of every key that can
-    // be an id, then the winners' bodies of the live ones.
+    // The trees of every key that can be an id, read before the answer starts so that a
+    // missing database is still a 404; the bodies are read while the answer is written.
     let ids: Vec<String> = keys
         .iter()
         .filter_map(|k| k.as_str().map(str::to_owned))
@@ -288,56 +271,89 @@ async fn by_keys(
         .iter()
         .map(|k| k.as_str().and_then(|_| records.next().flatten()))
         .collect();
-    let live: Vec<(String, Rev)> = found
-        .iter()
-        .flatten()
-        .filter_map(|r| {
-            r.tree
-                .winner()
-                .filter(|w| !w.deleted)
-                .map(|w| (r.id.clone(), w.rev))
-        })
-        .collect();
-    let mut bodies = if opts.include_docs {
-        crate::observe::documents_read(live.len());
-        state.store.bodies(db, &live).await?.into_iter()
-    } else {
-        Vec::new().into_iter()
-    };
-    let mut rows = Vec::with_capacity(keys.len());
-    for (key, record) in keys.into_iter().zip(found) {
-        let Some((record, winner)) = record.and_then(|r| r.tree.winner().map(|w| (r, w))) else {
-            rows.push(json!({ "key": key, "error": "not_found" }).to_string());
-            continue;
-        };
-        if winner.deleted {
-            let mut row = json!({ "id": record.id, "key": key, "value": { "rev": winner.rev.to_string(), "deleted": true } });
-            if opts.include_docs {
-                row["doc"] = Value::Null;
+    let state2 = state.clone();
+    let db = db.to_owned();
+    Ok(stream::respond(
+        state,
+        StatusCode::OK,
+        move |mut out| async move {
+            let state = state2;
+            out.write(&format!(
+                "{{\"total_rows\":{total_rows},\"offset\":{skip},\"rows\":[\n"
+            ))
+            .await?;
+            let mut first = true;
+            let mut rows = keys.into_iter().zip(found);
+            loop {
+                let group: Vec<(Value, Option<DocRecord>)> =
+                    rows.by_ref().take(BODY_GROUP).collect();
+                if group.is_empty() {
+                    break;
+                }
+                let live: Vec<(String, Rev)> = group
+                    .iter()
+                    .filter_map(|(_, r)| r.as_ref())
+                    .filter_map(|r| {
+                        r.tree
+                            .winner()
+                            .filter(|w| !w.deleted)
+                            .map(|w| (r.id.clone(), w.rev))
+                    })
+                    .collect();
+                let mut bodies = if opts.include_docs && !live.is_empty() {
+                    crate::observe::documents_read(live.len());
+                    state
+                        .store
+                        .bodies(&db, &live)
+                        .await
+                        .map_err(ApiError::from)?
+                        .into_iter()
+                } else {
+                    Vec::new().into_iter()
+                };
+                for (key, record) in group {
+                    if !first {
+                        out.write(",\n").await?;
+                    }
+                    first = false;
+                    let Some((record, winner)) =
+                        record.and_then(|r| r.tree.winner().map(|w| (r, w)))
+                    else {
+                        out.write(&json!({ "key": key, "error": "not_found" }).to_string())
+                            .await?;
+                        continue;
+                    };
+                    if winner.deleted {
+                        let mut row = json!({ "id": record.id, "key": key, "value": { "rev": winner.rev.to_string(), "deleted": true } });
+                        if opts.include_docs {
+                            row["doc"] = Value::Null;
+                        }
+                        out.write(&row.to_string()).await?;
+                        continue;
+                    }
+                    let body = if opts.include_docs {
+                        bodies.next().flatten().map(|b| b.json)
+                    } else {
+                        None
+                    };
+                    let row = DocRow {
+                        id: record.id,
+                        seq: record.seq,
+                        tree: record.tree,
+                        body,
+                    };
+                    render_row(&state, &db, &opts, row)
+                        .await?
+                        .write(&state, &mut out)
+                        .await?;
+                }
             }
-            rows.push(row.to_string());
-            continue;
-        }
-        let body = if opts.include_docs {
-            bodies.next().flatten().map(|b| b.json)
-        } else {
-            None
-        };
-        let row = DocRow {
-            id: record.id,
-            seq: record.seq,
-            tree: record.tree,
-            body,
-        };
-        rows.push(render_row(state, db, opts, row).await?);
-    }
-    let mut text = format!(
-        "{{\"total_rows\":{total_rows},\"offset\":{skip},\"rows\":[\n{}\n]",
-        rows.join(",\n")
-    );
-    if let Some(seq) = update_seq {
-        text.push_str(&format!(",\"update_seq\":{seq}"));
-    }
-    text.push('}');
-    Ok(ok(text))
+            out.write("\n]").await?;
+            if let Some(seq) = update_seq {
+                out.write(&format!(",\"update_seq\":{seq}")).await?;
+            }
+            out.write("}").await?;
+            Ok(out)
+        },
+    ))
 }

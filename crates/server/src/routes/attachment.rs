@@ -7,10 +7,10 @@ use outpost_core::{Rev, hash};
 use outpost_store::{DocUpdate, NewAttachment, Origin, UpdateMode};
 use serde_json::{Map, Value};
 
-use super::doc::stored_body;
+use super::doc::{requested_rev, stored_body};
 use super::{json, load_doc, not_allowed, ok, with_etag, write_one};
 use crate::dispatch::Req;
-use crate::docjson::{ok_json, parse_rev};
+use crate::docjson::ok_json;
 use crate::{ApiError, AppState};
 
 pub async fn handle(
@@ -25,20 +25,6 @@ pub async fn handle(
         Method::PUT => put(state, db, id, name, req).await,
         Method::DELETE => delete(state, db, id, name, req).await,
         _ => Err(not_allowed("Only DELETE,GET,HEAD,PUT allowed")),
-    }
-}
-
-fn requested_rev(req: &Req) -> Result<Option<Rev>, ApiError> {
-    match req.query.get("rev") {
-        Some(r) => parse_rev(r).map(Some),
-        None => match req
-            .headers
-            .get(header::IF_MATCH)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(v) => parse_rev(v.trim().trim_matches('"')).map(Some),
-            None => Ok(None),
-        },
     }
 }
 
@@ -190,6 +176,11 @@ async fn put(
     name: &str,
     req: &mut Req,
 ) -> Result<Response, ApiError> {
+    if name.starts_with('_') {
+        return Err(ApiError::bad_request(
+            "Attachment name can't start with '_'",
+        ));
+    }
     let base = requested_rev(req)?;
     let content_type = req
         .headers
@@ -198,6 +189,9 @@ async fn put(
         .unwrap_or("application/octet-stream")
         .to_owned();
     let data = req.bytes().await?.to_vec();
+    if data.len() > state.config.max_attachment_size {
+        return Err(ApiError::AttachmentTooLarge(name.to_owned()));
+    }
     let mut body = match &base {
         Some(rev) => body_of(state, db, id, rev).await.map_err(|e| match e {
             ApiError::NotFound(_) => ApiError::Conflict,

@@ -10,12 +10,16 @@ use super::doc::{OpenRev, open_revs_batch, render_opts};
 use super::{json, not_allowed, ok};
 use crate::dispatch::Req;
 use crate::docjson::{ok_json, parse_doc, parse_rev};
+use crate::stream;
 use crate::{ApiError, AppState};
 
 /// Most documents in one `_bulk_docs` or `_bulk_get` request.
 pub const MAX_BATCH_DOCS: usize = 100_000;
 /// Most document ids in one `_revs_diff` request.
 pub const MAX_REVS_DIFF_IDS: usize = 100_000;
+/// Documents of a `_bulk_get` whose bodies are read with one store call: a bound on the bodies
+/// held at once, whatever the size of the batch.
+const BODY_GROUP: usize = 16;
 
 fn error_entry(id: Option<&str>, error: &str, reason: &str) -> Value {
     json!({ "id": id, "error": error, "reason": reason })
@@ -95,6 +99,8 @@ pub async fn bulk_docs(state: &AppState, db: &str, req: &mut Req) -> Result<Resp
             continue;
         }
         let update = parse_doc(doc, None, new_edits, origin.clone())?;
+        // As in CouchDB, one document above the limits refuses the whole request.
+        crate::limits::check(&update, &state.config)?;
         slots.push(Slot::Doc(updates.len()));
         updates.push(update);
     }
@@ -145,8 +151,8 @@ pub async fn bulk_get(state: &AppState, db: &str, req: &mut Req) -> Result<Respo
             "at most {MAX_BATCH_DOCS} documents per request"
         )));
     }
-    // Every item is checked first, then the trees and bodies of the whole batch are read with
-    // one store call each: a replication batch asks for hundreds of documents at once.
+    // Every item is checked first: a replication batch asks for hundreds of documents at once,
+    // so their trees are read with one store call.
     let mut items: Vec<Result<(&str, Option<Rev>), String>> = Vec::with_capacity(docs.len());
     for item in docs {
         let id = item.get("id").and_then(Value::as_str);
@@ -168,71 +174,127 @@ pub async fn bulk_get(state: &AppState, db: &str, req: &mut Req) -> Result<Respo
         .iter()
         .filter_map(|item| item.as_ref().ok().map(|(id, _)| (*id).to_owned()))
         .collect();
-    // Also answers 404 for a missing database, even when every item was refused.
-    let records = state.store.docs(db, &ids).await?;
-    let mut records = records.into_iter();
-    let mut found: Vec<(DocRecord, Vec<Rev>)> = Vec::new();
-    // Per item: its error entry, or `None` for a missing document, or its index in `found`.
-    let mut slots: Vec<Result<Option<usize>, String>> = Vec::with_capacity(items.len());
-    for item in &items {
-        let (_, rev) = match item {
+    // The trees of the whole batch in one store call, before the answer starts (a missing
+    // database is still a 404, even when every item was refused); the bodies are read while
+    // the answer is written, a group of documents at a time.
+    let mut records = state.store.docs(db, &ids).await?.into_iter();
+    let mut slots: Vec<GetSlot> = Vec::with_capacity(items.len());
+    for item in items {
+        let (id, rev) = match item {
             Ok(item) => item,
             Err(entry) => {
-                slots.push(Err(entry.clone()));
+                slots.push(GetSlot::Done(entry));
                 continue;
             }
         };
+        let id = id.to_owned();
         let Some(record) = records.next().flatten() else {
-            slots.push(Ok(None));
+            let asked = rev.as_ref().map(Rev::to_string);
+            slots.push(GetSlot::Done(error_result(
+                &id,
+                asked.as_deref().unwrap_or("undefined"),
+                "missing",
+            )));
             continue;
         };
         let wanted: Vec<Rev> = match rev {
-            Some(rev) => vec![rev.clone()],
-            None => record.tree.winner().map(|w| w.rev).into_iter().collect(),
+            Some(rev) => vec![rev],
+            // Without a revision the item reads the document as `GET /{db}/{id}` does: a
+            // deleted one is `not_found`/`deleted`, not its tombstone.
+            None => match record.tree.winner() {
+                Some(w) if w.deleted => {
+                    slots.push(GetSlot::Done(error_result(&id, "undefined", "deleted")));
+                    continue;
+                }
+                w => w.map(|w| w.rev).into_iter().collect(),
+            },
         };
-        slots.push(Ok(Some(found.len())));
-        found.push((record, wanted));
+        slots.push(GetSlot::Read(id, record, wanted));
     }
-    crate::observe::documents_read(found.len());
-    let batch: Vec<(&DocRecord, &[Rev])> = found.iter().map(|(r, w)| (r, w.as_slice())).collect();
-    let mut rendered = open_revs_batch(state, db, &batch, latest, &opts)
-        .await?
-        .into_iter();
-    let mut results = Vec::with_capacity(items.len());
-    for (item, slot) in items.iter().zip(slots) {
-        match slot {
-            Err(entry) => results.push(entry),
-            Ok(None) => {
-                let (id, rev) = item.as_ref().expect("only parsed items have a slot");
-                let asked = rev.as_ref().map(Rev::to_string);
-                results.push(
-                    json!({ "id": id, "docs": [bulk_get_error(Some(id), asked.as_deref().unwrap_or("undefined"), "not_found", "missing")] })
-                        .to_string(),
-                );
-            }
-            Ok(Some(_)) => {
-                let (id, _) = item.as_ref().expect("only parsed items have a slot");
-                let entries: Vec<String> = rendered
-                    .next()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|entry| match entry {
-                        OpenRev::Found(doc) => format!("{{\"ok\":{doc}}}"),
-                        OpenRev::Missing(rev) => {
-                            bulk_get_error(Some(id), &rev.to_string(), "not_found", "missing")
-                                .to_string()
-                        }
+    let state2 = state.clone();
+    let db = db.to_owned();
+    Ok(stream::respond(
+        state,
+        StatusCode::OK,
+        move |mut out| async move {
+            let state = state2;
+            out.write("{\"results\":[").await?;
+            let mut first = true;
+            let mut slots = slots.into_iter();
+            loop {
+                let group: Vec<GetSlot> = slots.by_ref().take(BODY_GROUP).collect();
+                if group.is_empty() {
+                    break;
+                }
+                let batch: Vec<(&DocRecord, &[Rev])> = group
+                    .iter()
+                    .filter_map(|slot| match slot {
+                        GetSlot::Read(_, record, wanted) => Some((record, wanted.as_slice())),
+                        GetSlot::Done(_) => None,
                     })
                     .collect();
-                results.push(format!(
-                    "{{\"id\":{},\"docs\":[{}]}}",
-                    Value::String((*id).to_owned()),
-                    entries.join(",")
-                ));
+                crate::observe::documents_read(batch.len());
+                let mut rendered = open_revs_batch(&state, &db, &batch, latest, &opts)
+                    .await?
+                    .into_iter();
+                for slot in &group {
+                    if !first {
+                        out.write(",").await?;
+                    }
+                    first = false;
+                    let id = match slot {
+                        GetSlot::Done(entry) => {
+                            out.write(entry).await?;
+                            continue;
+                        }
+                        GetSlot::Read(id, _, _) => id,
+                    };
+                    out.write(&format!(
+                        "{{\"id\":{},\"docs\":[",
+                        Value::String(id.clone())
+                    ))
+                    .await?;
+                    for (i, entry) in rendered.next().unwrap_or_default().into_iter().enumerate() {
+                        if i > 0 {
+                            out.write(",").await?;
+                        }
+                        match entry {
+                            OpenRev::Found(doc) => {
+                                out.write("{\"ok\":").await?;
+                                doc.write(&state, &mut out).await?;
+                                out.write("}").await?;
+                            }
+                            OpenRev::Missing(rev) => {
+                                let error = bulk_get_error(
+                                    Some(id),
+                                    &rev.to_string(),
+                                    "not_found",
+                                    "missing",
+                                );
+                                out.write(&error.to_string()).await?;
+                            }
+                        }
+                    }
+                    out.write("]}").await?;
+                }
             }
-        }
-    }
-    Ok(ok(format!("{{\"results\":[{}]}}", results.join(","))))
+            out.write("]}").await?;
+            Ok(out)
+        },
+    ))
+}
+
+/// One item of a `_bulk_get` answer: either already known, or a document to read.
+enum GetSlot {
+    /// The item's whole result.
+    Done(String),
+    /// The document's id, its record and the revisions to read.
+    Read(String, DocRecord, Vec<Rev>),
+}
+
+/// A `_bulk_get` result of one `not_found` error.
+fn error_result(id: &str, rev: &str, reason: &str) -> String {
+    json!({ "id": id, "docs": [bulk_get_error(Some(id), rev, "not_found", reason)] }).to_string()
 }
 
 /// One error element of a `_bulk_get` result.

@@ -45,6 +45,7 @@ pub async fn handle(state: &AppState, name: &str, req: &mut Req) -> Result<Respo
         Method::POST => {
             let body = req.json().await?;
             let update = parse_doc(body, None, true, Origin::Client)?;
+            crate::limits::check(&update, &state.config)?;
             let id = update.id.clone();
             if matches!(
                 outpost_core::names::classify_doc_id(&id),

@@ -11,7 +11,9 @@ use serde_json::{Map, Value};
 
 use super::{doc_multipart, json, load_doc, not_allowed, ok, with_etag, write_one};
 use crate::dispatch::{Req, media_type};
-use crate::docjson::{RenderOpts, ok_json, parse_doc_with_parts, parse_rev, render};
+use crate::docjson::{
+    RenderOpts, Rendered, ok_json, parse_doc_with_parts, parse_rev, render, render_parts,
+};
 use crate::multipart;
 use crate::{ApiError, AppState};
 
@@ -56,6 +58,18 @@ fn if_match(req: &Req) -> Result<Option<Rev>, ApiError> {
     }
 }
 
+/// The revision a write names in `?rev=` or `If-Match`; both given must agree, as in CouchDB.
+pub fn requested_rev(req: &Req) -> Result<Option<Rev>, ApiError> {
+    let query = req.query.get("rev").map(parse_rev).transpose()?;
+    match (query, if_match(req)?) {
+        (Some(q), Some(h)) if q != h => Err(ApiError::bad_request(
+            "Document rev and etag have different values",
+        )),
+        (Some(rev), _) | (None, Some(rev)) => Ok(Some(rev)),
+        (None, None) => Ok(None),
+    }
+}
+
 async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response, ApiError> {
     let opts = render_opts(req)?;
     let latest = req.query.flag("latest")?;
@@ -78,7 +92,20 @@ async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response
                 .collect::<Result<_, _>>()
                 .map(Some)?
         };
-        let record = load_doc(state, db, id).await?;
+        let record = match (state.store.doc(db, id).await?, &listed) {
+            (Some(record), _) => record,
+            // Revisions asked for by name are each answered, even of a missing document, as
+            // CouchDB does; `all` of a missing document is a 404.
+            (None, Some(listed)) => {
+                let entries: Vec<String> = listed
+                    .iter()
+                    .map(|rev| serde_json::json!({ "missing": rev.to_string() }).to_string())
+                    .collect();
+                return Ok(ok(format!("[{}]", entries.join(","))));
+            }
+            (None, None) => return Err(ApiError::missing()),
+        };
+        crate::observe::documents_read(1);
         let wanted =
             listed.unwrap_or_else(|| record.tree.leaves().into_iter().map(|l| l.rev).collect());
         if doc_multipart::accepts(req, "mixed") {
@@ -88,27 +115,31 @@ async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response
                 ..opts.clone()
             };
             let entries = open_revs_entries(state, db, &record, &wanted, latest, &stubs).await?;
-            let revisions = entries
-                .into_iter()
-                .map(|entry| match entry {
-                    OpenRev::Found(doc) => doc_multipart::Revision::Found(doc),
+            let mut revisions = Vec::with_capacity(entries.len());
+            for entry in entries {
+                revisions.push(match entry {
+                    // Without inlined attachments this reads nothing more.
+                    OpenRev::Found(doc) => {
+                        doc_multipart::Revision::Found(doc.into_string(state).await?)
+                    }
                     OpenRev::Missing(rev) => doc_multipart::Revision::Missing(rev),
-                })
-                .collect();
+                });
+            }
             let since = doc_multipart::atts_since(req)?;
             let sending = doc_multipart::sending(&since, &record.tree);
             return doc_multipart::mixed(state, revisions, opts.attachments, sending);
         }
         let entries = open_revs_entries(state, db, &record, &wanted, latest, &opts).await?;
-        let entries: Vec<String> = entries
-            .into_iter()
-            .map(|entry| match entry {
-                OpenRev::Found(doc) => format!("{{\"ok\":{doc}}}"),
+        let mut texts = Vec::with_capacity(entries.len());
+        for entry in entries {
+            texts.push(match entry {
+                OpenRev::Found(doc) => format!("{{\"ok\":{}}}", doc.into_string(state).await?),
                 OpenRev::Missing(rev) => {
                     serde_json::json!({ "missing": rev.to_string() }).to_string()
                 }
-            })
-            .collect();
+            });
+        }
+        let entries = texts;
         return Ok(ok(format!("[{}]", entries.join(","))));
     }
     let rev = match req.query.get("rev") {
@@ -161,8 +192,17 @@ async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response
             return Ok(with_etag(response, &rev));
         }
     }
-    let text = render(state, db, id, &record.tree, record.seq, &rev, &body, &opts).await?;
-    Ok(with_etag(ok(text), &rev))
+    let doc = render_parts(state, db, id, &record.tree, record.seq, &rev, &body, &opts).await?;
+    if !doc.inlines() {
+        return Ok(with_etag(ok(doc.into_string(state).await?), &rev));
+    }
+    // Inlined attachments are streamed, read and encoded a range at a time.
+    let state2 = state.clone();
+    let response = crate::stream::respond(state, StatusCode::OK, move |mut out| async move {
+        doc.write(&state2, &mut out).await?;
+        Ok(out)
+    });
+    Ok(with_etag(response, &rev))
 }
 
 /// Whether `If-None-Match` names `rev` (as the `ETag` of a document gives it, quoted).
@@ -357,7 +397,7 @@ pub async fn stored_body(
 /// One answer of `open_revs` or `_bulk_get`: a rendered revision, or the revision asked for that
 /// is not there.
 pub enum OpenRev {
-    Found(String),
+    Found(Rendered),
     Missing(Rev),
 }
 
@@ -432,7 +472,7 @@ pub async fn open_revs_batch(
             };
             match (resolved, body) {
                 (Some(r), Some(body)) => {
-                    let text = render(
+                    let text = render_parts(
                         state,
                         db,
                         &record.id,
@@ -460,10 +500,7 @@ async fn put(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<Resp
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let new_edits = req.query.bool("new_edits")?.unwrap_or(true);
-    let query_rev = match req.query.get("rev") {
-        Some(r) => Some(parse_rev(r)?),
-        None => if_match(req)?,
-    };
+    let query_rev = requested_rev(req)?;
     let (mut body, mut parts) = match content_type.as_deref() {
         Some(ct) if media_type(ct) == "multipart/related" => related_body(req, ct).await?,
         Some(ct) if media_type(ct).starts_with("multipart/") => {
@@ -474,12 +511,22 @@ async fn put(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<Resp
         }
         _ => (req.json().await?, HashMap::new()),
     };
-    if let (Some(rev), Some(obj)) = (query_rev, body.as_object_mut())
-        && !obj.contains_key("_rev")
-    {
-        obj.insert("_rev".into(), Value::String(rev.to_string()));
+    if let (Some(rev), Some(obj)) = (query_rev, body.as_object_mut()) {
+        match obj.get("_rev") {
+            None | Some(Value::Null) => {
+                obj.insert("_rev".into(), Value::String(rev.to_string()));
+            }
+            // CouchDB refuses a body naming another revision than the URL or `If-Match`.
+            Some(Value::String(body_rev)) if parse_rev(body_rev)? != rev => {
+                return Err(ApiError::bad_request(
+                    "Document rev from request body and query string have different values",
+                ));
+            }
+            Some(_) => {}
+        }
     }
     let update = parse_doc_with_parts(body, Some(id), new_edits, Origin::Client, &mut parts)?;
+    crate::limits::check(&update, &state.config)?;
     let rev = write_one(state, db, update).await?;
     let batch = req.query.get("batch") == Some("ok");
     let status = if batch {
@@ -501,10 +548,7 @@ async fn put(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<Resp
 }
 
 async fn delete(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<Response, ApiError> {
-    let rev = match req.query.get("rev") {
-        Some(r) => Some(parse_rev(r)?),
-        None => if_match(req)?,
-    };
+    let rev = requested_rev(req)?;
     let Some(rev) = rev else {
         // Without a revision CouchDB refuses a delete of an existing document as a conflict.
         load_doc(state, db, id).await?;

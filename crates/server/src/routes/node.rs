@@ -41,6 +41,8 @@ pub fn route(state: &AppState, node: &str, rest: &[&str], req: &Req) -> Result<R
         [] if req.method == Method::GET => Ok(ok(json!({ "name": NODE_NAME }).to_string())),
         ["_config", path @ ..] => config(state, path, req),
         ["_system"] if req.method == Method::GET => Ok(ok(system().to_string())),
+        // Where CouchDB 3 serves Prometheus; no database name can collide with it.
+        ["_prometheus"] => super::ops::metrics(state, req),
         [] | ["_system"] => Err(not_allowed("Only GET, HEAD allowed")),
         _ => Err(ApiError::bad_request("unknown node endpoint")),
     }
@@ -62,6 +64,8 @@ fn config_sections(state: &AppState) -> Map<String, Value> {
         json!({
             "uuid": state.store.server_uuid(),
             "max_dbs_open": "unlimited",
+            "max_document_size": c.max_document_size.to_string(),
+            "max_attachment_size": c.max_attachment_size.to_string(),
         }),
     );
     let origins = match &c.cors_origins {

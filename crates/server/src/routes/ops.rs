@@ -1,5 +1,5 @@
-//! Outpost's own versioned API under `/_outpost/v1/`: `metrics` (also at `GET /metrics`), the
-//! Prometheus exposition; `ready`, readiness for load balancers and orchestrators; and
+//! Outpost's own versioned API under `/_outpost/v1/`: `metrics` (also at CouchDB's
+//! `GET /_node/_local/_prometheus`), the Prometheus exposition; `ready`, readiness for load balancers and orchestrators; and
 //! `openapi.json`, the OpenAPI document of these routes, generated from the `#[utoipa::path]`
 //! attributes on their handlers. Liveness is CouchDB's `GET /_up` ([`super::server::up`]).
 
@@ -49,7 +49,7 @@ pub async fn route(state: &AppState, rest: &[&str], req: &Req) -> Result<Respons
     get,
     path = "/_outpost/v1/metrics",
     tag = "operations",
-    description = "Every metric in the Prometheus text format (docs/operations.md lists them). Also served at `GET /metrics`.",
+    description = "Every metric in the Prometheus text format (docs/operations.md lists them). Also served at CouchDB's `GET /_node/_local/_prometheus`.",
     responses((status = 200, description = "The exposition", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String))
 )]
 pub fn metrics(state: &AppState, req: &Req) -> Result<Response, ApiError> {

@@ -2,9 +2,11 @@
 //! server on `127.0.0.1:0` for the live feeds.
 
 mod api;
+mod bounds;
 mod compaction;
 mod compat;
 mod conflicts;
+mod deviations;
 mod feeds;
 mod input;
 mod ops;

@@ -63,7 +63,7 @@ async fn metrics_move_with_a_small_workload() {
         201,
     )
     .await;
-    let after = scrape(&s, "/metrics").await;
+    let after = scrape(&s, "/_node/_local/_prometheus").await;
 
     let grew = |name: &str, labels: &[(&str, &str)]| {
         sample(&after, name, labels) - sample(&before, name, labels)

@@ -456,6 +456,17 @@ impl Store for SqliteStore {
         self.read(move |c| read::attachment(c, &digest)).await
     }
 
+    async fn attachment_range(
+        &self,
+        digest: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let digest = digest.to_owned();
+        self.read(move |c| read::attachment_range(c, &digest, offset, len))
+            .await
+    }
+
     async fn events(&self, db: &str, query: &EventsQuery) -> Result<Vec<Event>, StoreError> {
         let (db, query) = (db.to_owned(), query.clone());
         self.read(move |c| read::events(c, &db, &query)).await

@@ -363,6 +363,30 @@ pub fn attachment(c: &Connection, digest: &str) -> Result<Option<Vec<u8>>, Store
     )
 }
 
+/// A byte range of an attachment. The table is `WITHOUT ROWID`, so SQLite's incremental blob
+/// I/O is not available; `substr` on the BLOB returns only the range, though SQLite still reads
+/// the whole value from its pages for each call, so callers take large ranges.
+pub fn attachment_range(
+    c: &Connection,
+    digest: &str,
+    offset: u64,
+    len: u64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    // substr counts from 1; both bounds are clamped into i64, far beyond any BLOB.
+    let start = i64::try_from(offset)
+        .unwrap_or(i64::MAX - 1)
+        .saturating_add(1);
+    let len = i64::try_from(len).unwrap_or(i64::MAX);
+    Ok(
+        c.prepare_cached("SELECT substr(data, ?2, ?3) FROM attachments WHERE digest = ?1")?
+            .query_row(params![digest, start, len], |r| {
+                r.get::<_, Option<Vec<u8>>>(0)
+            })
+            .optional()?
+            .map(Option::unwrap_or_default),
+    )
+}
+
 /// A page of the event log. A page never ends inside a sequence: when `limit` falls among the
 /// events of one sequence (a document's revisions of one request), the rest of that sequence's
 /// events come too, so a reader resuming with `since=<last seq>` misses none.
