@@ -171,6 +171,44 @@ async fn local_documents_check_their_revision() {
 }
 
 #[tokio::test]
+async fn attachments_are_read_whole_or_by_range() {
+    for (store, _dir) in engines() {
+        store.create_db("db").await.unwrap();
+        let data: Vec<u8> = (0..1000u32).map(|i| (i % 256) as u8).collect();
+        let digest = outpost_core::hash::attachment_digest(&data);
+        let mut update = edit(
+            "a",
+            None,
+            json!({"_attachments": {"x.bin": {
+                "content_type": "application/octet-stream", "digest": digest, "length": 1000
+            }}}),
+        );
+        update.new_attachments = vec![outpost_store::NewAttachment {
+            digest: digest.clone(),
+            data: data.clone(),
+        }];
+        assert!(store.write_docs("db", vec![update]).await.unwrap()[0].is_ok());
+        assert_eq!(store.attachment(&digest).await.unwrap(), Some(data.clone()));
+        for (offset, len) in [(0, 10), (990, 10), (995, 10), (0, 5000), (400, 300)] {
+            let end = (offset + len).min(1000) as usize;
+            assert_eq!(
+                store.attachment_range(&digest, offset, len).await.unwrap(),
+                Some(data[offset as usize..end].to_vec()),
+                "{offset}+{len}"
+            );
+        }
+        assert_eq!(
+            store.attachment_range(&digest, 1000, 10).await.unwrap(),
+            Some(Vec::new())
+        );
+        assert_eq!(
+            store.attachment_range("md5-nope", 0, 10).await.unwrap(),
+            None
+        );
+    }
+}
+
+#[tokio::test]
 async fn batched_reads_match_single_reads_in_the_order_asked() {
     for (store, _dir) in engines() {
         store.create_db("db").await.unwrap();
