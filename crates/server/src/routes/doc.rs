@@ -130,17 +130,33 @@ async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response
             return doc_multipart::mixed(state, revisions, opts.attachments, sending);
         }
         let entries = open_revs_entries(state, db, &record, &wanted, latest, &opts).await?;
-        let mut texts = Vec::with_capacity(entries.len());
-        for entry in entries {
-            texts.push(match entry {
-                OpenRev::Found(doc) => format!("{{\"ok\":{}}}", doc.into_string(state).await?),
-                OpenRev::Missing(rev) => {
-                    serde_json::json!({ "missing": rev.to_string() }).to_string()
+        // Streamed: every leaf with its attachments inlined can be large.
+        let state2 = state.clone();
+        return Ok(crate::stream::respond(
+            state,
+            StatusCode::OK,
+            move |mut out| async move {
+                out.write("[").await?;
+                for (i, entry) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.write(",").await?;
+                    }
+                    match entry {
+                        OpenRev::Found(doc) => {
+                            out.write("{\"ok\":").await?;
+                            doc.write(&state2, &mut out).await?;
+                            out.write("}").await?;
+                        }
+                        OpenRev::Missing(rev) => {
+                            let missing = serde_json::json!({ "missing": rev.to_string() });
+                            out.write(&missing.to_string()).await?;
+                        }
+                    }
                 }
-            });
-        }
-        let entries = texts;
-        return Ok(ok(format!("[{}]", entries.join(","))));
+                out.write("]").await?;
+                Ok(out)
+            },
+        ));
     }
     let rev = match req.query.get("rev") {
         Some(r) => Some(parse_rev(r)?),

@@ -168,6 +168,14 @@ async fn inline_attachments_are_streamed_in_ranges() {
         doc["_attachments"]["blob.bin"]["data"],
         BASE64.encode(&data)
     );
+    let (status, frames) = framed(&s, "GET", "/db/d?open_revs=all&attachments=true", None).await;
+    assert_eq!(status, 200);
+    assert!(frames.len() > 2, "{} frames", frames.len());
+    let leaves: Value = serde_json::from_str(&joined(&frames)).unwrap();
+    assert_eq!(
+        leaves[0]["ok"]["_attachments"]["blob.bin"]["data"],
+        BASE64.encode(&data)
+    );
     let (status, frames) = framed(
         &s,
         "POST",
