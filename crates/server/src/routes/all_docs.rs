@@ -15,6 +15,8 @@ use crate::{ApiError, AppState};
 
 /// Rows read from the store per page.
 const PAGE: u64 = 1000;
+/// Rows read per page when their bodies come too: a bound on the bodies held at once.
+const DOC_PAGE: u64 = 64;
 /// Most `keys` in one request.
 const MAX_KEYS: usize = 100_000;
 /// Up to how many rows before a `startkey` the `offset` is counted; beyond, it is `null`
@@ -159,7 +161,7 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
             let mut remaining = limit;
             let mut first = true;
             while remaining > 0 {
-                query.limit = remaining.min(PAGE);
+                query.limit = remaining.min(if opts.include_docs { DOC_PAGE } else { PAGE });
                 let rows = state2
                     .store
                     .all_docs(&db, &query)

@@ -257,3 +257,31 @@ async fn a_body_larger_than_the_whole_budget_gets_413() {
     assert_eq!(status.as_u16(), 413);
     assert_error(&body, "too_large");
 }
+
+#[tokio::test]
+async fn all_docs_with_bodies_pages_through_the_store_without_gaps() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let docs: Vec<Value> = (0..150)
+        .map(|i| json!({"_id": format!("d{i:03}"), "n": i}))
+        .collect();
+    s.expect("POST", "/db/_bulk_docs", Some(json!({ "docs": docs })), 201)
+        .await;
+    for (query, first, count) in [
+        ("include_docs=true", 0, 150),
+        ("include_docs=true&skip=10&limit=100", 10, 100),
+        ("include_docs=true&descending=true&limit=130", 149, 130),
+    ] {
+        let answer = s
+            .expect("GET", &format!("/db/_all_docs?{query}"), None, 200)
+            .await;
+        let rows = answer["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), count, "{query}");
+        let descending = query.contains("descending");
+        for (i, row) in rows.iter().enumerate() {
+            let n = if descending { first - i } else { first + i };
+            assert_eq!(row["id"], format!("d{n:03}"), "{query}");
+            assert_eq!(row["doc"]["n"], n, "{query}");
+        }
+    }
+}
