@@ -127,7 +127,10 @@ async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response
             }
             let since = doc_multipart::atts_since(req)?;
             let sending = doc_multipart::sending(&since, &record.tree);
-            return doc_multipart::mixed(state, revisions, opts.attachments, sending);
+            // As CouchDB does, a multipart answer always carries the attachments (CouchDB's
+            // replicator does not ask with `attachments=true`); `atts_since` leaves out what the
+            // client has.
+            return doc_multipart::mixed(state, revisions, true, sending);
         }
         let entries = open_revs_entries(state, db, &record, &wanted, latest, &opts).await?;
         // Streamed: every leaf with its attachments inlined can be large.
