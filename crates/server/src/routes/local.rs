@@ -1,8 +1,8 @@
 //! `/{db}/_local/{id}`: documents that are never replicated (replication checkpoints). Their
 //! revisions are `0-N`; a delete answers `0-0`. They never appear in `_changes` or `_all_docs`.
 //!
-//! As in CouchDB, a `_local` document's body is kept as it was sent: `_attachments` in it is
-//! plain JSON (no attachment is stored or served for it), and `_deleted: true` deletes it.
+//! As in CouchDB, a `_local` document has no attachments: `_attachments` in a body written to one
+//! is accepted and dropped; and `_deleted: true` deletes it.
 
 use axum::response::Response;
 use http::{Method, StatusCode};
@@ -49,6 +49,7 @@ pub async fn write(
         (Some(_), _) => return Err(ApiError::bad_request("Invalid rev format")),
     };
     fields.shift_remove("_revisions");
+    fields.shift_remove("_attachments");
     let deleted = match fields.shift_remove("_deleted") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => b,
