@@ -76,10 +76,10 @@ pub fn parse_doc_with_parts(
         (None, None) if new_edits => new_id(),
         (None, None) => return Err(ApiError::bad_request("Document id must be specified")),
     };
-    if id.len() > crate::dispatch::MAX_DOC_ID_BYTES {
+    if id.len() > crate::request::MAX_DOC_ID_BYTES {
         return Err(ApiError::TooLarge(format!(
             "document id is longer than {} bytes",
-            crate::dispatch::MAX_DOC_ID_BYTES
+            crate::request::MAX_DOC_ID_BYTES
         )));
     }
     outpost_core::names::classify_doc_id(&id)?;

@@ -16,6 +16,7 @@ mod multipart;
 mod observe;
 mod query;
 pub mod replication;
+mod request;
 mod routes;
 mod stream;
 
@@ -92,7 +93,7 @@ pub struct AppState {
     /// cancellation and the `_scheduler` and `_active_tasks` views.
     pub replications: Arc<replication::Replications>,
     /// Request body bytes in flight, shared by every request (`max_body_bytes_in_flight`).
-    pub(crate) body_budget: dispatch::BodyBudget,
+    pub(crate) body_budget: request::BodyBudget,
 }
 
 impl std::fmt::Debug for AppState {
@@ -107,7 +108,7 @@ impl AppState {
     pub fn new(store: Arc<dyn Store>, config: Config, shutdown: CancellationToken) -> AppState {
         AppState {
             store,
-            body_budget: dispatch::BodyBudget::new(config.max_body_bytes_in_flight),
+            body_budget: request::BodyBudget::new(config.max_body_bytes_in_flight),
             config: Arc::new(config),
             shutdown,
             tasks: TaskTracker::new(),

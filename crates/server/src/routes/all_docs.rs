@@ -8,8 +8,8 @@ use outpost_store::{AllDocsQuery, DocRecord, DocRow, StoredBody};
 use serde_json::{Value, json};
 
 use super::{not_allowed, ok};
-use crate::dispatch::Req;
 use crate::docjson::{RenderOpts, Rendered, render_parts};
+use crate::request::Req;
 use crate::stream;
 use crate::{ApiError, AppState};
 

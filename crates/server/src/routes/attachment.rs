@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 
 use super::doc::{requested_rev, stored_body};
 use super::{json, load_doc, not_allowed, ok, with_etag, write_one};
-use crate::dispatch::Req;
 use crate::docjson::ok_json;
+use crate::request::Req;
 use crate::{ApiError, AppState};
 
 pub async fn handle(

@@ -8,8 +8,8 @@ use serde_json::{Map, Value, json};
 
 use super::doc::{OpenRev, open_revs_batch, render_opts};
 use super::{json, not_allowed, ok};
-use crate::dispatch::Req;
 use crate::docjson::{ok_json, parse_doc, parse_rev};
+use crate::request::Req;
 use crate::stream;
 use crate::{ApiError, AppState};
 

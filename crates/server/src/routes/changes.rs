@@ -9,9 +9,9 @@ use outpost_core::Selector;
 use serde_json::Value;
 
 use super::not_allowed;
-use crate::dispatch::Req;
 use crate::docjson::RenderOpts;
 use crate::feed::{FeedKind, FeedOpts, Filter, Source, respond};
+use crate::request::Req;
 use crate::{ApiError, AppState};
 
 /// CouchDB's default `timeout` of live feeds.

@@ -8,8 +8,8 @@ use outpost_store::{DbInfo, Origin, Retention};
 use serde_json::{Value, json};
 
 use super::{json, not_allowed, ok, with_etag};
-use crate::dispatch::Req;
 use crate::docjson::{ok_json, parse_doc, parse_rev};
+use crate::request::Req;
 use crate::{ApiError, AppState};
 
 /// Most rows of one `_conflicts` page.

@@ -8,9 +8,9 @@ use outpost_store::Origin;
 use serde_json::{Value, json};
 
 use super::{json, not_allowed, ok, with_etag, write_one};
-use crate::dispatch::Req;
 use crate::docjson::{ok_json, parse_doc};
 use crate::replication::jobs::iso_time;
+use crate::request::Req;
 use crate::{ApiError, AppState};
 
 pub async fn handle(state: &AppState, name: &str, req: &mut Req) -> Result<Response, ApiError> {

@@ -10,11 +10,11 @@ use outpost_store::{DocRecord, Origin, StoredBody, UpdateMode};
 use serde_json::{Map, Value};
 
 use super::{doc_multipart, json, load_doc, not_allowed, ok, with_etag, write_one};
-use crate::dispatch::{Req, media_type};
 use crate::docjson::{
     RenderOpts, Rendered, ok_json, parse_doc_with_parts, parse_rev, render, render_parts,
 };
 use crate::multipart;
+use crate::request::{Req, media_type};
 use crate::{ApiError, AppState};
 
 pub async fn handle(

@@ -14,8 +14,8 @@ use http::{HeaderValue, header};
 use outpost_core::Rev;
 use serde_json::Value;
 
-use crate::dispatch::Req;
 use crate::multipart::{PART_END, closing, content_type, new_boundary, part_head};
+use crate::request::Req;
 use crate::{ApiError, AppState};
 
 /// Whether the client's `Accept` asks for this multipart type.
@@ -26,7 +26,7 @@ pub fn accepts(req: &Req, kind: &str) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| crate::dispatch::media_type(t) == wanted)
+        .any(|t| crate::request::media_type(t) == wanted)
 }
 
 /// One revision of an `open_revs` answer: a rendered document (attachments as stubs), or a

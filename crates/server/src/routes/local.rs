@@ -10,7 +10,7 @@ use outpost_store::StoreError;
 use serde_json::{Value, json};
 
 use super::{json, not_allowed, ok};
-use crate::dispatch::Req;
+use crate::request::Req;
 use crate::{ApiError, AppState};
 
 /// A `_local` revision, `0-N`. Any other well-formed revision (`1-abc`, which PouchDB may send)

@@ -10,7 +10,7 @@ use http::Method;
 use serde_json::{Map, Value, json};
 
 use super::{not_allowed, ok};
-use crate::dispatch::Req;
+use crate::request::Req;
 use crate::{ApiError, AppState};
 
 /// The one node's name, as `_membership` lists it.

@@ -12,7 +12,7 @@ use serde::Serialize;
 use utoipa::OpenApi;
 
 use super::{json, not_allowed};
-use crate::dispatch::Req;
+use crate::request::Req;
 use crate::{ApiError, AppState};
 
 /// Seconds a client is told to wait before asking an unready server again.

@@ -8,8 +8,8 @@ use outpost_replicator::ReplicationError;
 use serde_json::{Value, json};
 
 use super::{json, not_allowed, ok};
-use crate::dispatch::Req;
 use crate::replication::{self, Spec};
+use crate::request::Req;
 use crate::{ApiError, AppState};
 
 pub async fn handle(state: &AppState, req: &mut Req) -> Result<Response, ApiError> {

@@ -10,9 +10,9 @@ use outpost_replicator::{State, Status};
 use serde_json::{Value, json};
 
 use super::{not_allowed, ok};
-use crate::dispatch::Req;
 use crate::replication::jobs::iso_time;
 use crate::replication::{Job, manager};
+use crate::request::Req;
 use crate::{ApiError, AppState};
 
 fn unix(t: SystemTime) -> u64 {

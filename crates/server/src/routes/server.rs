@@ -5,7 +5,7 @@ use http::Method;
 use serde_json::{Value, json};
 
 use super::{not_allowed, ok};
-use crate::dispatch::Req;
+use crate::request::Req;
 use crate::{ApiError, AppState, COUCHDB_VERSION};
 
 /// Most ids one `_uuids` call hands out.
