@@ -755,10 +755,12 @@ const WORKLOADS = [
         const live = docs.map(({ _rev, ...d }) => d);
         for (let i = 0; i < live.length; i += 500) await fresh.request('POST', `/${copy}/_bulk_docs`, { docs: live.slice(i, i + 500) });
         await fresh.request('POST', `/${copy}/_compact`);
-        const liveSize = (await fresh.compacted(copy)).sizes.file;
-        const before = (await churned.json('GET', `/${db}`)).sizes.file;
+        // CouchDB and Outpost report `sizes.file`; pouchdb-server reports `disk_size`.
+        const fileSize = (info) => info.sizes?.file ?? info.disk_size ?? NaN;
+        const liveSize = fileSize(await fresh.compacted(copy));
+        const before = fileSize(await churned.json('GET', `/${db}`));
         await churned.request('POST', `/${db}/_compact`);
-        const after = (await churned.compacted(db)).sizes.file;
+        const after = fileSize(await churned.compacted(db));
         const mib = (b) => b / 2 ** 20;
         return [
           { metric: 'churned database file before _compact', value: mib(before), unit: 'MiB', better: 'lower', detail: `${(before / liveSize).toFixed(1)}× live` },
