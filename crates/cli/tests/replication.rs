@@ -278,8 +278,8 @@ impl Db {
                 if let Some(atts) = leaf.get_mut("_attachments").and_then(Value::as_object_mut) {
                     for att in atts.values_mut() {
                         let att = att.as_object_mut().unwrap();
-                        att.remove("revpos");
-                        att.remove("length");
+                        att.shift_remove("revpos");
+                        att.shift_remove("length");
                     }
                 }
             }

@@ -3,8 +3,16 @@
 //! CouchDB hashes its own binary encoding of (deleted, parent, body, attachment digests) and
 //! PouchDB hashes `JSON.stringify(doc)`; the two differ and the protocol only compares revisions
 //! for equality and order, so no particular hash is required. Ours is md5 over a canonical form
-//! (object keys sorted) of the same inputs, so an identical retried edit produces the same rev on
-//! every replica, whatever order the client wrote the fields in.
+//! of the same inputs, so an identical retried edit produces the same rev on every replica,
+//! whatever order the client wrote the fields in.
+//!
+//! What is hashed, exactly: the parent revision's text (`-` for none), `\0d\0` or `\0l\0` for
+//! deleted or live, then the body as compact JSON with the keys of every object sorted by their
+//! UTF-8 bytes, strings escaped as serde_json escapes them (only `"`, `\\` and control
+//! characters), and numbers as their text: numbers are kept as written (see [`crate::json`]), so
+//! `1.0` and `1` are different bodies with different revisions, and two bodies that differ only
+//! beyond `f64`'s precision never share a revision. Replicas hold the same text for a revision
+//! (replication carries it exactly), so they compute the same revisions from it.
 
 use md5::{Digest, Md5};
 use serde_json::{Map, Value};
@@ -128,6 +136,36 @@ mod tests {
         assert_ne!(r1.hash, r2.hash);
         assert_ne!(next_rev(Some(&r1), true, &body), r2);
         assert_ne!(next_rev(Some(&r1), false, &json!({"a": 2})), r2);
+    }
+
+    #[test]
+    fn one_revision_names_one_content() {
+        // These parse to the same f64; they are different documents and get different revs.
+        let a = crate::json::from_str(r#"{"v":0.1}"#).unwrap();
+        let b = crate::json::from_str(r#"{"v":0.1000000000000000000001}"#).unwrap();
+        let c = crate::json::from_str(r#"{"v":[18446744073709551616]}"#).unwrap();
+        let d = crate::json::from_str(r#"{"v":[18446744073709551617]}"#).unwrap();
+        assert_ne!(next_rev(None, false, &a), next_rev(None, false, &b));
+        assert_ne!(next_rev(None, false, &c), next_rev(None, false, &d));
+    }
+
+    #[test]
+    fn the_rev_of_a_body_is_the_rev_of_its_stored_text() {
+        // A replica computes from the text it stored; the writer from what the client sent.
+        let sent = crate::json::from_str(
+            r#"{"z":[1.50,-0,1e+400,"\u00e9\ud83d\ude00\n"],"a":{"y":2,"x":0.30000000000000004}}"#,
+        )
+        .unwrap();
+        let stored = sent.to_string();
+        let reread = crate::json::from_str(&stored).unwrap();
+        assert_eq!(stored, reread.to_string());
+        assert_eq!(next_rev(None, false, &sent), next_rev(None, false, &reread));
+        let mut canonical = Vec::new();
+        write_canonical(&reread, &mut canonical);
+        assert_eq!(
+            String::from_utf8(canonical).unwrap(),
+            r#"{"a":{"x":0.30000000000000004,"y":2},"z":[1.50,-0,1e+400,"é😀\n"]}"#
+        );
     }
 
     #[test]

@@ -216,7 +216,7 @@ pub fn merge3(base: &Value, ours: &Value, theirs: &Value) -> Value {
                             out.insert(key.clone(), v.clone());
                         }
                         None => {
-                            out.remove(key);
+                            out.shift_remove(key);
                         }
                     }
                 } else if let (Some(bv), Some(ov), Some(tv)) = (bv, ov, tv)

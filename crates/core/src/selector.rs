@@ -445,18 +445,19 @@ pub fn collate(a: &Value, b: &Value) -> Ordering {
     }
 }
 
-/// Compares exactly when both numbers are integers (so large ids do not collide through `f64`),
-/// and as floating point otherwise; `1` and `1.0` are equal, as in CouchDB.
+/// Compares exactly when both numbers are integers of up to 128 bits (so large ids do not
+/// collide through `f64`), and as floating point otherwise; `1` and `1.0` are equal, as in
+/// CouchDB. Numbers are kept as written (see [`crate::json`]), so one beyond `f64`'s range
+/// (`1e400`) compares as an infinity of its sign.
 fn compare_numbers(x: &serde_json::Number, y: &serde_json::Number) -> Ordering {
-    if let (Some(a), Some(b)) = (x.as_i64(), y.as_i64()) {
+    if let (Some(a), Some(b)) = (x.as_i128(), y.as_i128()) {
         return a.cmp(&b);
     }
-    if let (Some(a), Some(b)) = (x.as_u64(), y.as_u64()) {
+    if let (Some(a), Some(b)) = (x.as_u128(), y.as_u128()) {
         return a.cmp(&b);
     }
-    let a = x.as_f64().unwrap_or(f64::NAN);
-    let b = y.as_f64().unwrap_or(f64::NAN);
-    a.partial_cmp(&b).unwrap_or(Ordering::Equal)
+    let float = |n: &serde_json::Number| n.to_string().parse::<f64>().unwrap_or(f64::NAN);
+    float(x).partial_cmp(&float(y)).unwrap_or(Ordering::Equal)
 }
 
 #[cfg(test)]
@@ -481,6 +482,35 @@ mod tests {
         match Selector::parse(&selector) {
             Ok(_) => panic!("{selector} was accepted"),
             Err(e) => assert_eq!(e.to_string(), expected, "{selector}"),
+        }
+    }
+
+    #[test]
+    fn numbers_compare_by_value_at_any_size() {
+        let v = |text: &str| crate::json::from_str(text).unwrap();
+        for (selector, doc, expected) in [
+            (r#"{"n": 1}"#, r#"{"n": 1.0}"#, true),
+            (r#"{"n": 100}"#, r#"{"n": 1e2}"#, true),
+            (
+                r#"{"n": {"$gt": 18446744073709551616}}"#,
+                r#"{"n": 18446744073709551617}"#,
+                true,
+            ),
+            (
+                r#"{"n": 18446744073709551616}"#,
+                r#"{"n": 18446744073709551617}"#,
+                false,
+            ),
+            (
+                r#"{"n": {"$lt": -9223372036854775809}}"#,
+                r#"{"n": -9223372036854775810}"#,
+                true,
+            ),
+            (r#"{"n": {"$gt": 1e300}}"#, r#"{"n": 1e400}"#, true),
+            (r#"{"n": {"$lt": -5}}"#, r#"{"n": -1e400}"#, true),
+            (r#"{"n": 0}"#, r#"{"n": -0}"#, true),
+        ] {
+            check(v(selector), v(doc), expected);
         }
     }
 

@@ -745,13 +745,13 @@ impl Replication {
                 continue;
             }
             let bytes = self.source.get_attachment(&id, name, &rev).await?;
-            meta.remove("stub");
-            meta.remove("length");
-            meta.remove("encoding");
-            meta.remove("encoded_length");
+            meta.shift_remove("stub");
+            meta.shift_remove("length");
+            meta.shift_remove("encoding");
+            meta.shift_remove("encoded_length");
             // The digest describes the bytes as the source stores them (possibly compressed);
             // the target computes its own from the data.
-            meta.remove("digest");
+            meta.shift_remove("digest");
             meta.insert(
                 "data".into(),
                 Value::String(base64::engine::general_purpose::STANDARD.encode(&bytes)),

@@ -6,7 +6,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use outpost_core::{Rev, RevError, RevTree, hash};
+use outpost_core::{Rev, RevError, RevTree, Selector, hash};
 use outpost_store::{DocUpdate, NewAttachment, Origin, StoredBody, UpdateMode};
 use std::collections::HashMap;
 
@@ -69,7 +69,7 @@ pub fn parse_doc_with_parts(
     let Value::Object(mut fields) = value else {
         return Err(ApiError::bad_request("Document must be a JSON object"));
     };
-    let id = match (url_id, fields.remove("_id")) {
+    let id = match (url_id, fields.shift_remove("_id")) {
         (Some(id), _) => id.to_owned(),
         (None, Some(Value::String(id))) => id,
         (None, Some(_)) => return Err(ApiError::bad_request("Document id must be a string")),
@@ -83,22 +83,22 @@ pub fn parse_doc_with_parts(
         )));
     }
     outpost_core::names::classify_doc_id(&id)?;
-    let rev = match fields.remove("_rev") {
+    let rev = match fields.shift_remove("_rev") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(parse_rev(&s)?),
         Some(_) => return Err(ApiError::bad_request("Invalid rev format")),
     };
-    let deleted = match fields.remove("_deleted") {
+    let deleted = match fields.shift_remove("_deleted") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => b,
         Some(_) => return Err(ApiError::bad_request("_deleted must be a boolean")),
     };
     let revisions = fields
-        .remove("_revisions")
+        .shift_remove("_revisions")
         .map(parse_revisions)
         .transpose()?;
     for special in IGNORED_SPECIALS {
-        fields.remove(*special);
+        fields.shift_remove(*special);
     }
     if let Some(bad) = fields
         .keys()
@@ -192,7 +192,7 @@ fn prepare_attachments(
             continue;
         }
         let follows = obj.get("follows").and_then(Value::as_bool) == Some(true);
-        let data = match obj.remove("data") {
+        let data = match obj.shift_remove("data") {
             _ if follows => {
                 let bytes = parts.remove(name.as_str()).ok_or_else(|| {
                     ApiError::bad_request(format!(
@@ -500,6 +500,23 @@ fn splice_tail(extras: &[(&str, Value)]) -> String {
     }
     out.push('}');
     out
+}
+
+/// Whether `selector` admits a revision, matched as CouchDB matches a `_selector` filter: against
+/// the document a client would read, with `_id`, `_rev` and, for a tombstone, `"_deleted": true`
+/// next to whatever fields the deleter kept. So `{"_deleted": true}` admits every deletion and a
+/// tombstone that kept `type` passes `{"type": …}`.
+pub fn selector_admits(
+    selector: &Selector,
+    id: &str,
+    rev: &Rev,
+    deleted: bool,
+    body: &str,
+) -> Result<bool, ApiError> {
+    let doc = splice(id, rev, deleted, body, &[]);
+    let value = outpost_core::json::from_str(&doc)
+        .map_err(|e| ApiError::Internal(format!("stored body: {e}")))?;
+    Ok(selector.matches(&value))
 }
 
 /// The members of a stored body (between its braces) with every attachment stub turned into an

@@ -251,7 +251,9 @@ async fn render_row(
             }
             None => Value::Null,
         };
-        if winner.deleted || !selector.matches(&value) {
+        // A tombstone is matched like any revision (its body is what the deleter kept, with
+        // `_deleted: true`), as CouchDB does: a filtered replica must learn of deletions.
+        if !selector.matches(&value) {
             return Ok(None);
         }
     }

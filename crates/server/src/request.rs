@@ -203,7 +203,8 @@ impl Req {
         Ok(Bytes::from(decoded))
     }
 
-    /// The body parsed as JSON; the content type, when given, must be JSON.
+    /// The body parsed as JSON (see [`outpost_core::json`]); the content type, when given, must
+    /// be JSON.
     pub async fn json(&mut self) -> Result<Value, ApiError> {
         self.require_json_type()?;
         let bytes = self.bytes().await?;
@@ -212,7 +213,8 @@ impl Req {
                 "request body must be a JSON document",
             ));
         }
-        serde_json::from_slice(&bytes)
+        // Numbers as written, keys in order, duplicate keys as CouchDB decodes them.
+        outpost_core::json::from_slice(&bytes)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
     }
 

@@ -120,7 +120,7 @@ async fn execute(queue: &Queue, command: QueueCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot show entry {id}"))?;
             let mut json = outpost_gateway::api::entry_json(&detail, "");
             if let Some(obj) = json.as_object_mut() {
-                obj.remove("status_url");
+                obj.shift_remove("status_url");
             }
             if let Some(req) = &detail.request {
                 let headers: serde_json::Map<String, serde_json::Value> = req

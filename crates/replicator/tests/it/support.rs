@@ -232,7 +232,7 @@ impl Db {
             for leaf in &mut leaves {
                 if let Some(atts) = leaf.get_mut("_attachments").and_then(Value::as_object_mut) {
                     for att in atts.values_mut() {
-                        att.as_object_mut().unwrap().remove("revpos");
+                        att.as_object_mut().unwrap().shift_remove("revpos");
                     }
                 }
             }

@@ -21,7 +21,7 @@ use outpost_replicator::{
 use outpost_store::{ChangesQuery, DocRecord, Origin, StoreError};
 use serde_json::{Map, Value};
 
-use crate::docjson::{RenderOpts, parse_doc};
+use crate::docjson::{RenderOpts, parse_doc, selector_admits};
 use crate::routes::doc::{OpenRev, open_revs_batch};
 use crate::{ApiError, AppState};
 
@@ -140,20 +140,14 @@ impl LocalEndpoint {
                 let pass = match filter {
                     Filter::All => true,
                     Filter::DocIds(ids) => ids.contains(&row.id),
-                    Filter::Selector(selector) => {
-                        !winner.deleted
-                            && row
-                                .body
-                                .as_deref()
-                                .and_then(|b| serde_json::from_str::<Value>(b).ok())
-                                .map(|mut v| {
-                                    if let Some(obj) = v.as_object_mut() {
-                                        obj.insert("_id".into(), Value::String(row.id.clone()));
-                                    }
-                                    selector.matches(&v)
-                                })
-                                .unwrap_or(false)
-                    }
+                    // Tombstones included, as `_changes?filter=_selector` does.
+                    Filter::Selector(selector) => match row.body.as_deref() {
+                        Some(body) => {
+                            selector_admits(selector, &row.id, &winner.rev, winner.deleted, body)
+                                .map_err(|e| self.api_error("changes", e))?
+                        }
+                        None => false,
+                    },
                 };
                 if !pass {
                     continue;
@@ -449,7 +443,7 @@ impl Endpoint for LocalEndpoint {
 
     async fn put_local(&self, doc: &Value) -> Result<String, ReplicationError> {
         let mut body = doc.as_object().cloned().unwrap_or_default();
-        let id = match body.remove("_id") {
+        let id = match body.shift_remove("_id") {
             Some(Value::String(id)) => id,
             _ => {
                 return Err(ReplicationError::InvalidConfig(
@@ -457,7 +451,7 @@ impl Endpoint for LocalEndpoint {
                 ));
             }
         };
-        let base = match body.remove("_rev") {
+        let base = match body.shift_remove("_rev") {
             Some(Value::String(r)) => r
                 .strip_prefix("0-")
                 .and_then(|n| n.parse().ok())

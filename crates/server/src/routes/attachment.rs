@@ -250,7 +250,7 @@ async fn delete(
         .and_then(Value::as_object)
         .is_some_and(Map::is_empty)
     {
-        body.remove("_attachments");
+        body.shift_remove("_attachments");
     }
     let update = DocUpdate {
         id: id.to_owned(),

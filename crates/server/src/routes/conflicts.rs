@@ -189,9 +189,9 @@ pub async fn resolve(state: &AppState, db: &str, req: &mut Req) -> Result<Respon
         .cloned()
         .ok_or_else(|| ApiError::bad_request("`doc` must be the body to keep"))?;
     if let Some(fields) = doc.as_object_mut() {
-        fields.remove("_rev");
-        fields.remove("_deleted");
-        fields.remove("_revisions");
+        fields.shift_remove("_rev");
+        fields.shift_remove("_deleted");
+        fields.shift_remove("_revisions");
     }
     let update = parse_doc(doc, Some(&id), true, Origin::Client)?;
     let rev = state

@@ -1,0 +1,211 @@
+//! JSON as CouchDB reads a document: every number kept exactly as written, keys in the order
+//! written, and a key written twice keeping its last value in its last place.
+//!
+//! Numbers stay text because the workspace builds serde_json with `arbitrary_precision`:
+//! `1.0`, `1.50`, `-0`, a full-precision double or an integer beyond 2^64 come back as sent,
+//! where parsing them into `f64` would change about one double in nine in its last digit. Every
+//! digit is kept; only an exponent is spelled one way (`1E2` comes back as `1e+2`, the same
+//! number).
+//! Key order comes from `preserve_order`; code that takes a field out of a `Map` must use
+//! `shift_remove` (the workspace's `clippy.toml` forbids the reordering `remove`).
+//!
+//! Duplicate keys are decoded as CouchDB 3 decodes them (jiffy with `dedupe_keys`): the last
+//! value wins and sits where the last occurrence was, so `{"a":1,"b":2,"a":3}` is `{"b":2,"a":3}`.
+//! serde_json's own `Value` would keep the last value in the first place.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+
+/// Parses a whole JSON text (trailing whitespace only) with CouchDB's handling of duplicate keys.
+pub fn from_slice(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = Decoded.deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// [`from_slice`] of a string.
+pub fn from_str(text: &str) -> Result<Value, serde_json::Error> {
+    from_slice(text.as_bytes())
+}
+
+/// How serde_json hands an `arbitrary_precision` number to a visitor: as a one-entry map under
+/// this key, whose value is the number's text. It is an implementation detail of serde_json;
+/// the round-trip tests below fail if it ever changes. (serde_json's own `Value` reads an object
+/// with this single key as a number in the same way.)
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+/// Seed that builds a [`Value`] with CouchDB's duplicate-key rule at every depth.
+#[derive(Clone, Copy)]
+struct Decoded;
+
+impl<'de> DeserializeSeed<'de> for Decoded {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Decoded {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<Value, E> {
+        Number::from_f64(n)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("number is not finite"))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(item) = seq.next_element_seed(Decoded)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let Some(first) = map.next_key::<String>()? else {
+            return Ok(Value::Object(Map::new()));
+        };
+        if first == NUMBER_TOKEN {
+            let text: String = map.next_value()?;
+            return text
+                .parse::<Number>()
+                .map(Value::Number)
+                .map_err(de::Error::custom);
+        }
+        let mut out = Map::new();
+        let mut key = first;
+        loop {
+            let value = map.next_value_seed(Decoded)?;
+            // The last occurrence of a key decides both its value and its place.
+            out.shift_remove(&key);
+            out.insert(key, value);
+            match map.next_key::<String>()? {
+                Some(next) => key = next,
+                None => return Ok(Value::Object(out)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check(input: &str, expected: &str) {
+        let value = from_str(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+        assert_eq!(value.to_string(), expected, "{input}");
+    }
+
+    #[test]
+    fn numbers_stay_as_written() {
+        for n in [
+            "0",
+            "-0",
+            "-0.0",
+            "1.0",
+            "1.50",
+            "1e+2",
+            "1e-7",
+            "0.30000000000000004",
+            "0.1000000000000000055511151231257827021181583404541015625",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "123456789012345678901234567890e-400",
+            "1e+400",
+        ] {
+            check(n, n);
+            check(&format!("[{n}]"), &format!("[{n}]"));
+            check(&format!("{{\"n\":{n}}}"), &format!("{{\"n\":{n}}}"));
+        }
+    }
+
+    #[test]
+    fn an_exponent_is_spelled_one_way() {
+        // Every digit stays; only the exponent's marker is written as serde_json scans it.
+        check("1E2", "1e+2");
+        check("1.5E-3", "1.5e-3");
+        check("-2e400", "-2e+400");
+    }
+
+    #[test]
+    fn duplicate_keys_keep_the_last_value_in_the_last_place() {
+        check(r#"{"a":1,"a":2}"#, r#"{"a":2}"#);
+        check(
+            r#"{"bar":1,"foo":2,"baz":3,"foo":4}"#,
+            r#"{"bar":1,"baz":3,"foo":4}"#,
+        );
+        check(r#"{"f":1,"f":2,"f":3}"#, r#"{"f":3}"#);
+        check(
+            r#"{"o":{"b":1,"b":{"c":1,"c":2}}}"#,
+            r#"{"o":{"b":{"c":2}}}"#,
+        );
+        check(r#"[{"x":1,"y":0,"x":2}]"#, r#"[{"y":0,"x":2}]"#);
+    }
+
+    #[test]
+    fn strings_keep_their_characters() {
+        check(r#""\u00e9\/\ud83d\ude00""#, "\"é/😀\"");
+        check(r#""a\"b\\c\n\u0001""#, r#""a\"b\\c\n\u0001""#);
+    }
+
+    #[test]
+    fn refuses_what_json_refuses() {
+        for bad in [
+            "",
+            "{",
+            "[1,]",
+            "01",
+            "1.",
+            "-",
+            "NaN",
+            "{\"a\":1} x",
+            r#"{"a"}"#,
+            "\"\\ud800\"",
+        ] {
+            assert!(from_str(bad).is_err(), "{bad}");
+        }
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(
+            from_str(&deep).is_err(),
+            "nesting beyond serde_json's limit"
+        );
+    }
+}
