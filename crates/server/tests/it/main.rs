@@ -13,4 +13,5 @@ mod fidelity;
 mod input;
 mod ops;
 mod paging;
+mod roundtrip;
 mod support;
