@@ -11,6 +11,7 @@ mod deviations;
 mod feeds;
 mod fidelity;
 mod input;
+mod model;
 mod ops;
 mod paging;
 mod roundtrip;
