@@ -136,7 +136,7 @@ pub fn parse_doc_with_parts(
 }
 
 /// `_revisions: {start, ids}` (newest first) as a path of revision ids.
-fn parse_revisions(value: Value) -> Result<Vec<Rev>, ApiError> {
+pub fn parse_revisions(value: Value) -> Result<Vec<Rev>, ApiError> {
     let bad = || {
         ApiError::bad_request(
             "_revisions must be {\"start\": N, \"ids\": [...]} with N >= the number of ids",

@@ -38,6 +38,15 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 pub use error::ApiError;
 
+/// The parsers the fuzz targets in `fuzz/` drive directly. Compiled only with the `fuzzing`
+/// feature, so the crate's API stays what the binary needs.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::docjson::{parse_doc, parse_revisions};
+    pub use crate::query::Query;
+}
+
 /// The CouchDB version Outpost answers as: clients and their test suites branch on it.
 pub const COUCHDB_VERSION: &str = "3.3.3";
 
