@@ -55,8 +55,8 @@ fn fuzz_targets_survive_a_smoke_run() {
             .expect("cargo fuzz runs");
         assert!(
             status.success(),
-            "fuzz target {target} failed; the input that failed is in fuzz/artifacts/{target}/ \
-             (replay it with `cargo fuzz run {target} <file>`)"
+            "fuzz target {target} failed to build or found a failing input (kept in fuzz/artifacts/{target}/; \
+             replay it with `cargo fuzz run {target} <file>`)"
         );
     }
 }

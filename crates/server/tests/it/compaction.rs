@@ -47,7 +47,7 @@ async fn copy_live(from: &TestServer, to: &TestServer, db: &str) {
         .iter()
         .map(|row| {
             let mut doc = row["doc"].clone();
-            doc.as_object_mut().unwrap().remove("_rev");
+            doc.as_object_mut().unwrap().shift_remove("_rev");
             doc
         })
         .collect();
