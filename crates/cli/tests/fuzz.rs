@@ -48,7 +48,7 @@ fn fuzz_targets_survive_a_smoke_run() {
             // cargo-fuzz passes `-Z` flags; this lets a stable toolchain accept them.
             .env("RUSTC_BOOTSTRAP", "1")
             .args(["fuzz", "run", "--sanitizer", "none", target, "--"])
-            .args(["-runs=20000", "-max_total_time=15", "-seed=1"])
+            .args(["-runs=500000", "-max_total_time=15", "-seed=1"])
             .arg(format!("-dict={dict}"))
             .stdin(Stdio::null())
             .status()
