@@ -60,17 +60,28 @@ fn server() -> &'static Server {
                     "/db/_bulk_docs",
                     r#"{"new_edits":false,"docs":[{"_id":"doc","_rev":"1-aaaa","w":1},{"_id":"b","_rev":"3-cc","_revisions":{"start":3,"ids":["cc","bb","aa"]}}]}"#,
                 ),
-                ("DELETE", "/db/gone?rev=1-d1d1ce1f2ed5bcf0a5d2aa7b08e2ce01", ""),
             ];
-            for (method, path, body) in setup {
+            let send = |method: &str, path: &str, body: &str| {
                 let request = Request::builder()
-                    .method(*method)
-                    .uri(*path)
+                    .method(method)
+                    .uri(path)
                     .header("content-type", "application/json")
-                    .body(Body::from(body.to_string()))
+                    .body(Body::from(body.to_owned()))
                     .unwrap();
-                router.clone().oneshot(request).await.unwrap();
+                let router = router.clone();
+                async move {
+                    let response = router.oneshot(request).await.unwrap();
+                    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+                    serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+                }
+            };
+            for (method, path, body) in setup {
+                send(method, path, body).await;
             }
+            let gone = send("GET", "/db/gone", "").await;
+            let rev = gone["_rev"].as_str().unwrap();
+            let deleted = send("DELETE", &format!("/db/gone?rev={rev}"), "").await;
+            assert_eq!(deleted["ok"], true, "{deleted}");
             router
         });
         Server {
