@@ -22,6 +22,17 @@ use crate::{ApiError, AppState};
 /// Rows read from the store per page.
 const PAGE: u64 = 500;
 
+/// Rows read from the store per page: [`PAGE`], or one when each row inlines its document's
+/// attachments, so that what a page holds in memory is one document's attachments at most,
+/// however many the feed carries.
+fn rows_per_page(opts: &FeedOpts) -> u64 {
+    if opts.include_docs && opts.render.attachments {
+        1
+    } else {
+        PAGE
+    }
+}
+
 /// Which documents a feed shows.
 #[derive(Debug)]
 pub enum Filter {
@@ -99,9 +110,9 @@ async fn scan(
             });
         }
         let page_size = if matches!(opts.filter, Filter::All) {
-            remaining.min(PAGE)
+            remaining.min(rows_per_page(opts))
         } else {
-            PAGE
+            rows_per_page(opts)
         };
         let page = read_page(state, db, opts, cursor, page_size).await?;
         // An `_events` page may be longer than asked: the store never ends one inside a sequence.
@@ -360,14 +371,21 @@ async fn run(state: &AppState, db: &str, opts: FeedOpts, out: &Out) -> Result<()
     let limit = opts.limit.unwrap_or(u64::MAX);
     match opts.kind {
         FeedKind::Normal => {
-            let scan = scan(state, db, &opts, opts.since, limit.min(PAGE)).await?;
+            let scan = scan(
+                state,
+                db,
+                &opts,
+                opts.since,
+                limit.min(rows_per_page(&opts)),
+            )
+            .await?;
             write_normal(state, db, &opts, scan, limit, out).await
         }
         FeedKind::Longpoll => {
             let deadline = tokio::time::Instant::now() + opts.timeout;
             let mut since = opts.since;
             loop {
-                let found = scan(state, db, &opts, since, limit.min(PAGE)).await?;
+                let found = scan(state, db, &opts, since, limit.min(rows_per_page(&opts))).await?;
                 if !found.rows.is_empty() {
                     return write_normal(state, db, &opts, found, limit, out).await;
                 }
@@ -396,7 +414,7 @@ async fn run(state: &AppState, db: &str, opts: FeedOpts, out: &Out) -> Result<()
                     db,
                     &opts,
                     since,
-                    limit.saturating_sub(sent).min(PAGE),
+                    limit.saturating_sub(sent).min(rows_per_page(&opts)),
                 )
                 .await?;
                 since = found.last_seen.unwrap_or(since);
@@ -492,7 +510,14 @@ async fn write_normal(
         if sent >= limit || !scan_result.more {
             break;
         }
-        scan_result = scan(state, db, opts, since, (limit - sent).min(PAGE)).await?;
+        scan_result = scan(
+            state,
+            db,
+            opts,
+            since,
+            (limit - sent).min(rows_per_page(opts)),
+        )
+        .await?;
     }
     let truncated = sent >= limit && limit != u64::MAX;
     // Clients page with `since=last_seq`, so when `limit` cut the feed short it must be the last

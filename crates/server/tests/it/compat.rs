@@ -694,3 +694,35 @@ async fn open_revs_answer_multipart_mixed_when_asked() {
             .starts_with("application/json")
     );
 }
+
+#[tokio::test]
+async fn changes_with_inline_attachments_carry_every_document() {
+    // Such a feed reads one document per page (its attachments are held while it is written);
+    // every change must still come, in order, with its bytes.
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    for i in 0..5 {
+        let doc = json!({"i": i, "_attachments": {"a.txt": {"content_type": "text/plain", "data": "aGVsbG8="}}});
+        s.expect("PUT", &format!("/db/d{i}"), Some(doc), 201).await;
+    }
+    for query in ["", "&limit=3", "&feed=longpoll"] {
+        let feed = s
+            .expect(
+                "GET",
+                &format!("/db/_changes?include_docs=true&attachments=true{query}"),
+                None,
+                200,
+            )
+            .await;
+        let rows = feed["results"].as_array().unwrap();
+        let expected = if query == "&limit=3" { 3 } else { 5 };
+        assert_eq!(rows.len(), expected, "{query}: {feed}");
+        for (i, row) in rows.iter().enumerate() {
+            assert_eq!(row["doc"]["i"], i, "{query}");
+            assert_eq!(
+                row["doc"]["_attachments"]["a.txt"]["data"], "aGVsbG8=",
+                "{query}"
+            );
+        }
+    }
+}
