@@ -233,24 +233,20 @@ fn prepare_attachments(
 /// keeps compressed as they are, marked `"encoding": "gzip"`; Outpost stores identity bytes,
 /// so those are decompressed here (never past the largest body the server accepts).
 fn decode_part(name: &str, entry: &Map<String, Value>, bytes: Bytes) -> Result<Vec<u8>, ApiError> {
-    use std::io::Read;
-    match entry.get("encoding").and_then(Value::as_str) {
-        None | Some("identity") => Ok(bytes.to_vec()),
-        Some("gzip") => {
-            let mut out = Vec::new();
-            flate2::read::GzDecoder::new(&bytes[..])
-                .take(MAX_DECODED_ATTACHMENT as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|_| ApiError::bad_request(format!("attachment {name}: not valid gzip")))?;
-            if out.len() > MAX_DECODED_ATTACHMENT {
-                return Err(ApiError::TooLarge(format!(
-                    "attachment {name} is larger than {MAX_DECODED_ATTACHMENT} bytes decompressed"
-                )));
-            }
-            Ok(out)
-        }
-        Some(other) => Err(ApiError::BadContentType(format!(
+    use crate::encoding::{InflateError, inflate};
+    let coding = entry.get("encoding").and_then(Value::as_str);
+    match inflate(coding, &bytes, MAX_DECODED_ATTACHMENT) {
+        Ok(None) => Ok(bytes.to_vec()),
+        Ok(Some(decoded)) => Ok(decoded),
+        Err(InflateError::Unsupported(other)) => Err(ApiError::BadContentType(format!(
             "attachment {name}: unsupported encoding {other:?}"
+        ))),
+        Err(InflateError::Corrupt) => Err(ApiError::bad_request(format!(
+            "attachment {name}: not valid {}",
+            coding.unwrap_or("identity")
+        ))),
+        Err(InflateError::TooLarge) => Err(ApiError::TooLarge(format!(
+            "attachment {name} is larger than {MAX_DECODED_ATTACHMENT} bytes decompressed"
         ))),
     }
 }

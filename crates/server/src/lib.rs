@@ -9,6 +9,7 @@
 
 mod dispatch;
 mod docjson;
+mod encoding;
 mod error;
 mod feed;
 mod limits;

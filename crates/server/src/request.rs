@@ -171,36 +171,26 @@ impl Req {
     /// request bodies). The decoded size is held to the same limit as a plain body, so a small
     /// compressed bomb cannot expand without bound.
     fn decode_content(&self, bytes: Bytes) -> Result<Bytes, ApiError> {
-        use std::io::Read;
-        let encoding = self
+        use crate::encoding::{InflateError, inflate};
+        let coding = self
             .headers
             .get(header::CONTENT_ENCODING)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.trim().to_ascii_lowercase());
-        let mut decoded = Vec::new();
-        let limit = self.max_body as u64 + 1;
-        let read = match encoding.as_deref() {
-            None | Some("identity") | Some("") => return Ok(bytes),
-            Some("gzip") | Some("x-gzip") => flate2::read::GzDecoder::new(&bytes[..])
-                .take(limit)
-                .read_to_end(&mut decoded),
-            Some("deflate") => flate2::read::ZlibDecoder::new(&bytes[..])
-                .take(limit)
-                .read_to_end(&mut decoded),
-            Some(other) => {
-                return Err(ApiError::BadContentType(format!(
-                    "unsupported Content-Encoding {other:?}; use gzip or deflate"
-                )));
-            }
-        };
-        read.map_err(|_| ApiError::bad_request("the request body is not validly compressed"))?;
-        if decoded.len() > self.max_body {
-            return Err(ApiError::TooLarge(format!(
+        match inflate(coding.as_deref(), &bytes, self.max_body) {
+            Ok(None) => Ok(bytes),
+            Ok(Some(decoded)) => Ok(Bytes::from(decoded)),
+            Err(InflateError::Unsupported(other)) => Err(ApiError::BadContentType(format!(
+                "unsupported Content-Encoding {other:?}; use gzip or deflate"
+            ))),
+            Err(InflateError::Corrupt) => Err(ApiError::bad_request(
+                "the request body is not validly compressed",
+            )),
+            Err(InflateError::TooLarge) => Err(ApiError::TooLarge(format!(
                 "request body is larger than {} bytes once decompressed",
                 self.max_body
-            )));
+            ))),
         }
-        Ok(Bytes::from(decoded))
     }
 
     /// The body parsed as JSON (see [`outpost_core::json`]); the content type, when given, must
