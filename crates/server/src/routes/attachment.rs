@@ -3,12 +3,12 @@
 use axum::body::Body;
 use axum::response::Response;
 use http::{HeaderValue, Method, StatusCode, header};
-use outpost_core::{Rev, hash};
+use outpost_core::hash;
 use outpost_store::{DocUpdate, NewAttachment, Origin, UpdateMode};
 use serde_json::{Map, Value};
 
-use super::doc::{requested_rev, stored_body};
-use super::{json, load_doc, not_allowed, ok, with_etag, write_one};
+use super::doc::{body_object, requested_rev};
+use super::{json, live_winner, load_doc, not_allowed, ok, with_etag, write_one};
 use crate::docjson::ok_json;
 use crate::request::Req;
 use crate::{ApiError, AppState};
@@ -28,24 +28,6 @@ pub async fn handle(
     }
 }
 
-/// The body of a revision as a JSON object.
-async fn body_of(
-    state: &AppState,
-    db: &str,
-    id: &str,
-    rev: &Rev,
-) -> Result<Map<String, Value>, ApiError> {
-    let stored = stored_body(state, db, id, rev)
-        .await?
-        .ok_or_else(ApiError::missing)?;
-    match serde_json::from_str(&stored.json) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(ApiError::Internal(format!(
-            "stored body of {id} {rev} is not an object"
-        ))),
-    }
-}
-
 async fn get(
     state: &AppState,
     db: &str,
@@ -56,15 +38,9 @@ async fn get(
     let record = load_doc(state, db, id).await?;
     let rev = match requested_rev(req)? {
         Some(rev) => rev,
-        None => {
-            let winner = record.tree.winner().ok_or_else(ApiError::missing)?;
-            if winner.deleted {
-                return Err(ApiError::NotFound("deleted".into()));
-            }
-            winner.rev
-        }
+        None => live_winner(&record)?,
     };
-    let body = body_of(state, db, id, &rev).await?;
+    let body = body_object(state, db, id, &rev).await?;
     let att = body
         .get("_attachments")
         .and_then(|a| a.get(name))
@@ -193,7 +169,7 @@ async fn put(
         return Err(ApiError::AttachmentTooLarge(name.to_owned()));
     }
     let mut body = match &base {
-        Some(rev) => body_of(state, db, id, rev).await.map_err(|e| match e {
+        Some(rev) => body_object(state, db, id, rev).await.map_err(|e| match e {
             ApiError::NotFound(_) => ApiError::Conflict,
             other => other,
         })?,
@@ -239,7 +215,7 @@ async fn delete(
         load_doc(state, db, id).await?;
         return Err(ApiError::Conflict);
     };
-    let mut body = body_of(state, db, id, &base).await?;
+    let mut body = body_object(state, db, id, &base).await?;
     // As in CouchDB, deleting an attachment the revision does not have still writes a new
     // revision without it.
     if let Some(atts) = body.get_mut("_attachments").and_then(Value::as_object_mut) {

@@ -161,23 +161,9 @@ async fn check_design_filter(state: &AppState, db: &str, req: &Req) -> Result<()
         .split_once('/')
         .ok_or_else(|| ApiError::bad_request(format!("invalid filter name {name:?}")))?;
     let id = format!("_design/{ddoc}");
-    let winner = state
-        .store
-        .doc(db, &id)
-        .await?
-        .and_then(|d| d.tree.winner())
-        .filter(|w| !w.deleted)
-        .ok_or_else(ApiError::missing)?;
-    let body = state
-        .store
-        .rev_bodies(db, &id, std::slice::from_ref(&winner.rev))
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(ApiError::missing)?
-        .1;
-    let body: Value = serde_json::from_str(&body.json)
-        .map_err(|e| ApiError::Internal(format!("stored body of {id}: {e}")))?;
+    let record = super::load_doc(state, db, &id).await?;
+    let winner = super::live_winner(&record)?;
+    let body = super::doc::body_object(state, db, &id, &winner).await?;
     if body.get(section).and_then(|s| s.get(function)).is_none() {
         return Err(ApiError::NotFound(format!("missing json key: {function}")));
     }

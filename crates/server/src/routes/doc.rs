@@ -9,7 +9,7 @@ use outpost_core::Rev;
 use outpost_store::{DocRecord, Origin, StoredBody, UpdateMode};
 use serde_json::{Map, Value};
 
-use super::{doc_multipart, json, load_doc, not_allowed, ok, with_etag, write_one};
+use super::{doc_multipart, json, live_winner, load_doc, not_allowed, ok, with_etag, write_one};
 use crate::docjson::{
     RenderOpts, Rendered, ok_json, parse_doc_with_parts, parse_rev, render, render_parts,
 };
@@ -177,13 +177,7 @@ async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response
         // while its body waits for compaction.
         Some(rev) if !record.tree.contains(&rev) => return Err(ApiError::missing()),
         Some(rev) => rev,
-        None => {
-            let winner = record.tree.winner().ok_or_else(ApiError::missing)?;
-            if winner.deleted {
-                return Err(ApiError::NotFound("deleted".into()));
-            }
-            winner.rev
-        }
+        None => live_winner(&record)?,
     };
     let body = stored_body(state, db, id, &rev)
         .await?
@@ -342,25 +336,12 @@ async fn copy(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<Res
     let record = load_doc(state, db, id).await?;
     let rev = match req.query.get("rev") {
         Some(r) => parse_rev(r)?,
-        None => {
-            let winner = record.tree.winner().ok_or_else(ApiError::missing)?;
-            if winner.deleted {
-                return Err(ApiError::NotFound("deleted".into()));
-            }
-            winner.rev
-        }
+        None => live_winner(&record)?,
     };
-    let body = stored_body(state, db, id, &rev)
-        .await?
-        .filter(|b| !b.deleted)
-        .ok_or_else(ApiError::missing)?;
-    let Value::Object(mut fields) = serde_json::from_str::<Value>(&body.json)
-        .map_err(|e| ApiError::Internal(format!("stored body of {id}: {e}")))?
-    else {
-        return Err(ApiError::Internal(format!(
-            "stored body of {id} is not an object"
-        )));
-    };
+    if record.tree.is_deleted_rev(&rev) == Some(true) {
+        return Err(ApiError::missing());
+    }
+    let mut fields = body_object(state, db, id, &rev).await?;
     // The copy's attachments are the source's: each stub is made whole again so that it is
     // stored against the destination as a new revision's attachment.
     let mut new_attachments = Vec::new();
@@ -397,6 +378,24 @@ async fn copy(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<Res
         response.headers_mut().insert(header::LOCATION, v);
     }
     Ok(response)
+}
+
+/// The body of a revision as a JSON object; 404 when it is not stored.
+pub async fn body_object(
+    state: &AppState,
+    db: &str,
+    id: &str,
+    rev: &Rev,
+) -> Result<Map<String, Value>, ApiError> {
+    let stored = stored_body(state, db, id, rev)
+        .await?
+        .ok_or_else(ApiError::missing)?;
+    match serde_json::from_str(&stored.json) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(ApiError::Internal(format!(
+            "stored body of {id} {rev} is not an object"
+        ))),
+    }
 }
 
 /// One revision's stored body, if the store has it.

@@ -53,6 +53,16 @@ pub async fn load_doc(state: &AppState, db: &str, id: &str) -> Result<DocRecord,
     Ok(record)
 }
 
+/// The revision a read without `rev` serves: the winner, or CouchDB's 404 (`deleted`) when the
+/// document is deleted.
+pub fn live_winner(record: &DocRecord) -> Result<Rev, ApiError> {
+    let winner = record.tree.winner().ok_or_else(ApiError::missing)?;
+    if winner.deleted {
+        return Err(ApiError::NotFound("deleted".into()));
+    }
+    Ok(winner.rev)
+}
+
 /// Writes one document and returns its new revision.
 pub async fn write_one(state: &AppState, db: &str, update: DocUpdate) -> Result<Rev, ApiError> {
     let mut results = state.store.write_docs(db, vec![update]).await?;
