@@ -496,6 +496,11 @@ async fn edge_and_cloud_converge_across_a_cloud_crash() {
     let (e, c) = (edge.db("orders"), cloud.db("orders"));
     e.create().await;
     c.create().await;
+    // The same document edited on both sides: a conflict both must end up with. Written before
+    // the jobs start, or the edge's revision could reach the cloud first and the cloud's own
+    // write would be a plain 409.
+    e.put("shared", json!({"by": "edge"})).await;
+    c.put("shared", json!({"by": "cloud"})).await;
     let jobs = edge.db("_replicator");
     jobs.put(
         "up",
@@ -520,9 +525,6 @@ async fn edge_and_cloud_converge_across_a_cloud_crash() {
     };
     write(&e, "edge", 0..100).await;
     write(&c, "cloud", 0..100).await;
-    // The same document edited on both sides: a conflict both must end up with.
-    e.put("shared", json!({"by": "edge"})).await;
-    c.put("shared", json!({"by": "cloud"})).await;
     eventually(Duration::from_secs(20), "first sync", || async {
         e.dump().await.len() == 201 && c.dump().await.len() == 201
     })
