@@ -122,15 +122,36 @@ impl Checkpointer {
         let doc_id = format!("_local/{replication_id}");
         let source_log = source.get_local(&doc_id).await?;
         let target_log = target.get_local(&doc_id).await?;
-        let start_seq = match since_seq {
-            Some(seq) => seq.clone(),
-            None => compare_logs(source_log.as_ref(), target_log.as_ref()),
-        };
         let rev = |log: &Option<Value>| {
             log.as_ref()
                 .and_then(|l| l.get("_rev"))
                 .and_then(Value::as_str)
                 .map(str::to_owned)
+        };
+        let mut source_rev = rev(&source_log);
+        let mut source_writable = true;
+        let start_seq = match (since_seq, &source_log, &target_log) {
+            (Some(seq), _, _) => seq.clone(),
+            // Only the target has a log: either the source lost its log, or it never took one
+            // because it is read-only. PouchDB (checkpointer `getCheckpoint`) tells the two apart
+            // by writing an empty log to the source: a refusal means a read-only source, whose
+            // changes the target's log is then trusted for, as nothing else could record them.
+            (None, None, Some(target_log)) => {
+                let probe = json!({ "_id": doc_id, "last_seq": Seq::zero() });
+                match source.put_local(&probe).await {
+                    Ok(rev) => {
+                        source_rev = Some(rev);
+                        Seq::zero()
+                    }
+                    Err(e) if refuses_checkpoints(&e) => {
+                        warn!(error = %e, endpoint = %source, "source refuses checkpoints; resuming from the target's log");
+                        source_writable = false;
+                        recorded(target_log, "source_last_seq", "last_seq").unwrap_or_default()
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            (None, _, _) => compare_logs(source_log.as_ref(), target_log.as_ref()),
         };
         let previous = target_log
             .as_ref()
@@ -142,11 +163,11 @@ impl Checkpointer {
             .filter_map(|h| serde_json::from_value::<HistoryEntry>(h).ok())
             .collect();
         Ok(Checkpointer {
-            source_rev: rev(&source_log),
+            source_rev,
             target_rev: rev(&target_log),
             doc_id,
             session_id: session_id.to_string(),
-            source_writable: true,
+            source_writable,
             previous,
             start_time: http_date(SystemTime::now()),
             last_written: Some(start_seq.clone()),
@@ -209,13 +230,7 @@ impl Checkpointer {
         if self.source_writable {
             match put_log(source, &body, self.source_rev.take(), &self.doc_id).await {
                 Ok(rev) => self.source_rev = Some(rev),
-                Err(
-                    e @ (ReplicationError::Forbidden { .. }
-                    | ReplicationError::Unauthorized { .. }
-                    | ReplicationError::Http {
-                        status: 400..=499, ..
-                    }),
-                ) => {
+                Err(e) if refuses_checkpoints(&e) => {
                     warn!(error = %e, endpoint = %source, "source refuses checkpoints; checkpointing the target only");
                     self.source_writable = false;
                 }
@@ -225,6 +240,20 @@ impl Checkpointer {
         self.last_written = Some(seq.clone());
         Ok(())
     }
+}
+
+/// Whether a failed log write means the endpoint does not take checkpoints at all (access
+/// rules, a read-only database), rather than a failure worth retrying.
+fn refuses_checkpoints(e: &ReplicationError) -> bool {
+    matches!(
+        e,
+        ReplicationError::Forbidden { .. }
+            | ReplicationError::Unauthorized { .. }
+            | ReplicationError::Http {
+                status: 400..=499,
+                ..
+            }
+    )
 }
 
 /// Writes one log, re-reading its `_rev` once on a conflict (another run of the same

@@ -138,7 +138,8 @@ pub struct DocRevs {
     pub revs: Vec<String>,
 }
 
-/// A document the target refused in `_bulk_docs`.
+/// A document the target refused in `_bulk_docs` (a `validate_doc_update`, an access rule, a
+/// size limit): the replicator counts it in `doc_write_failures` and moves on.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct WriteFailure {
     #[serde(default)]
@@ -148,15 +149,6 @@ pub struct WriteFailure {
     pub error: String,
     #[serde(default)]
     pub reason: String,
-}
-
-impl WriteFailure {
-    /// `forbidden` and `unauthorized` entries are validation refusals (a `validate_doc_update`
-    /// or an access rule): CouchDB and PouchDB count them in `doc_write_failures` and move on,
-    /// because sending the same document again would be refused again.
-    pub fn is_denied(&self) -> bool {
-        matches!(self.error.as_str(), "forbidden" | "unauthorized")
-    }
 }
 
 /// A database the replicator can read from or write to.

@@ -60,18 +60,6 @@ pub enum ReplicationError {
         op: &'static str,
         reason: String,
     },
-    /// The target refused some documents of a batch for a reason other than access rules, so
-    /// the batch is not complete and must not be checkpointed.
-    #[error(
-        "{endpoint}: writing documents failed ({count} refused, first {id}: {error}: {reason})"
-    )]
-    WriteFailed {
-        endpoint: String,
-        count: usize,
-        id: String,
-        error: String,
-        reason: String,
-    },
     /// The source could not produce a revision the changes feed listed.
     #[error("{endpoint}: {op}: fetching {id} failed: {error}: {reason}")]
     FetchFailed {
@@ -95,7 +83,6 @@ impl ReplicationError {
             ReplicationError::Unreachable { .. }
             | ReplicationError::Timeout { .. }
             | ReplicationError::Conflict { .. }
-            | ReplicationError::WriteFailed { .. }
             | ReplicationError::FetchFailed { .. } => true,
             ReplicationError::Http { status, .. } => *status >= 500 || matches!(status, 408 | 429),
             ReplicationError::Unauthorized { .. }
@@ -104,6 +91,11 @@ impl ReplicationError {
             | ReplicationError::InvalidResponse { .. }
             | ReplicationError::InvalidConfig(_) => false,
         }
+    }
+
+    /// Whether the peer found the request too large (413): the replicator then sends less.
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, ReplicationError::Http { status: 413, .. })
     }
 
     /// Whether the failure is an authorisation refusal (401 or 403), which CouchDB's scheduler

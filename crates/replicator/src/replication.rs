@@ -50,6 +50,9 @@ struct Fetched {
     stats: Stats,
     /// The source sequence this batch reaches: once it is written, every change up to here is.
     seq: Seq,
+    /// The source had nothing more to send after this batch: once it is written, the
+    /// replication has caught up.
+    caught_up: bool,
 }
 
 /// How a replication runs.
@@ -76,8 +79,10 @@ pub struct ReplicationConfig {
     pub checkpoint_interval: Duration,
     /// Delays between retries.
     pub backoff: Backoff,
-    /// Consecutive failed attempts before giving up; `None` retries transient errors forever.
-    /// Any completed batch resets the count.
+    /// Failed attempts in a row before giving up; `None` retries transient errors forever.
+    /// Only progress resets the count: a batch that wrote documents the target lacked, or
+    /// catching up with the source. A retry re-reads from the last checkpoint, and batches
+    /// re-read that way (already on the target) are not progress.
     pub max_attempts: Option<u32>,
     /// Longpoll heartbeat (PouchDB sends 10 s).
     pub heartbeat: Duration,
@@ -422,8 +427,8 @@ impl Replication {
         // `_revs_diff`, `_bulk_get`) while the write stage writes the previous batch to the
         // target, so neither side waits for the other's round trips.
         let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
-        let fetch = self.fetch_stage(since, tx, cancel);
-        let write = self.write_stage(rx, &mut checkpointer, progress);
+        let fetch = self.fetch_stage(since.clone(), tx, cancel);
+        let write = self.write_stage(rx, since, &mut checkpointer, progress);
         tokio::pin!(fetch, write);
         tokio::select! {
             // The write stage ends early only on an error; the fetch stage is dropped with it.
@@ -469,17 +474,19 @@ impl Replication {
             };
             if page.results.is_empty() {
                 // Nothing (left) to copy. With a filter, the feed may still have moved past
-                // changes that were filtered out: record that so the next run skips them too.
-                if page.last_seq != since && !page.last_seq.is_zero() {
+                // changes that were filtered out: the marker records that, so the next run skips
+                // them too.
+                if !page.last_seq.is_zero() {
                     since = page.last_seq.clone();
-                    let fetched = Fetched {
-                        docs: Vec::new(),
-                        stats: Stats::default(),
-                        seq: since.clone(),
-                    };
-                    if tx.send(fetched).await.is_err() {
-                        return Ok(Outcome::Stopped);
-                    }
+                }
+                let caught_up = Fetched {
+                    docs: Vec::new(),
+                    stats: Stats::default(),
+                    seq: since.clone(),
+                    caught_up: true,
+                };
+                if tx.send(caught_up).await.is_err() {
+                    return Ok(Outcome::Stopped);
                 }
                 self.status.send_modify(|s| {
                     s.last_sync = Some(SystemTime::now());
@@ -511,6 +518,7 @@ impl Replication {
                 docs,
                 stats,
                 seq: since.clone(),
+                caught_up: false,
             };
             // The write stage only goes away on an error, which the caller reports.
             if tx.send(fetched).await.is_err() {
@@ -529,6 +537,7 @@ impl Replication {
     async fn write_stage(
         &self,
         mut rx: mpsc::Receiver<Fetched>,
+        since: Seq,
         checkpointer: &mut Checkpointer,
         progress: &mut Progress,
     ) -> Result<(), ReplicationError> {
@@ -536,6 +545,9 @@ impl Replication {
         let mut last_checkpoint = Instant::now();
         // The sequence up to which every change is on the target, when not yet checkpointed.
         let mut unrecorded: Option<Seq> = None;
+        // The sequence the last batch reached (checkpointed or not), so an idle replication's
+        // repeated "caught up" markers do not count as new positions.
+        let mut reached = since;
         loop {
             let due = last_checkpoint + interval;
             let fetched = tokio::select! {
@@ -557,8 +569,13 @@ impl Replication {
             };
             let mut stats = fetched.stats;
             stats.add(&self.write(&fetched.docs).await?);
-            self.record(progress, &stats);
+            let progressed = fetched.caught_up || stats.docs_written + stats.doc_write_failures > 0;
+            self.record(progress, &stats, progressed);
             debug!(since = %fetched.seq, written = stats.docs_written, "batch written");
+            if fetched.seq == reached {
+                continue;
+            }
+            reached = fetched.seq.clone();
             unrecorded = Some(fetched.seq);
             if last_checkpoint.elapsed() >= interval {
                 let seq = unrecorded.take().expect("just set");
@@ -584,15 +601,22 @@ impl Replication {
         }
     }
 
-    fn record(&self, progress: &mut Progress, batch: &Stats) {
+    /// Adds a written batch's counters. `progressed` says whether the batch moved the
+    /// replication on (see [`ReplicationConfig::max_attempts`]); only then are past failures
+    /// forgiven.
+    fn record(&self, progress: &mut Progress, batch: &Stats, progressed: bool) {
         progress.stats.add(batch);
-        progress.failures = 0;
+        if progressed {
+            progress.failures = 0;
+        }
         let stats = progress.stats.clone();
         self.status.send_modify(|s| {
             s.stats = stats;
-            s.last_sync = Some(SystemTime::now());
-            s.consecutive_failures = 0;
-            s.last_error = None;
+            if progressed {
+                s.last_sync = Some(SystemTime::now());
+                s.consecutive_failures = 0;
+                s.last_error = None;
+            }
         });
     }
 
@@ -607,13 +631,8 @@ impl Replication {
             .await?;
         progress.checkpointed = Some(seq.clone());
         progress.history = checkpointer.history(seq, &progress.stats);
-        progress.failures = 0;
-        self.status.send_modify(|s| {
-            s.checkpointed_seq = Some(seq.clone());
-            s.last_sync = Some(SystemTime::now());
-            s.consecutive_failures = 0;
-            s.last_error = None;
-        });
+        self.status
+            .send_modify(|s| s.checkpointed_seq = Some(seq.clone()));
         Ok(())
     }
 
@@ -699,29 +718,42 @@ impl Replication {
 
     /// Writes one batch to the target with a single `_bulk_docs`: one request and, on our
     /// own server, one durable commit per batch.
+    ///
+    /// As CouchDB's replicator does, a batch the target finds too large (413) is split in
+    /// halves, down to single documents; a single document still too large, and every document
+    /// the target refuses (a `validate_doc_update`, an access rule, a size limit), is counted in
+    /// `doc_write_failures`, logged and skipped: sending it again would be refused again, and it
+    /// must not hold up the documents after it.
     async fn write(&self, docs: &[Value]) -> Result<Stats, ReplicationError> {
-        if docs.is_empty() {
-            return Ok(Stats::default());
+        let mut stats = Stats::default();
+        let mut parts: VecDeque<&[Value]> = VecDeque::from([docs]);
+        while let Some(part) = parts.pop_front() {
+            if part.is_empty() {
+                continue;
+            }
+            match self.target.bulk_docs(part).await {
+                Ok(refused) => {
+                    for r in &refused {
+                        warn!(target = %self.target, id = %r.id, error = %r.error, reason = %r.reason, "document refused by the target");
+                    }
+                    stats.docs_written += (part.len() - refused.len().min(part.len())) as u64;
+                    stats.doc_write_failures += refused.len() as u64;
+                }
+                Err(e) if e.is_too_large() && part.len() > 1 => {
+                    let (first, second) = part.split_at(part.len() / 2);
+                    debug!(target = %self.target, docs = part.len(), "batch too large; splitting it");
+                    parts.push_front(second);
+                    parts.push_front(first);
+                }
+                Err(e) if e.is_too_large() => {
+                    let id = part[0].get("_id").and_then(Value::as_str).unwrap_or("");
+                    warn!(target = %self.target, id, error = %e, "document too large for the target");
+                    stats.doc_write_failures += 1;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let failures = self.target.bulk_docs(docs).await?;
-        let (denied, errors): (Vec<_>, Vec<_>) = failures.into_iter().partition(|f| f.is_denied());
-        if let Some(first) = errors.first() {
-            return Err(ReplicationError::WriteFailed {
-                endpoint: self.target.to_string(),
-                count: errors.len(),
-                id: first.id.clone(),
-                error: first.error.clone(),
-                reason: first.reason.clone(),
-            });
-        }
-        for d in &denied {
-            warn!(target = %self.target, id = %d.id, error = %d.error, reason = %d.reason, "document refused by the target");
-        }
-        Ok(Stats {
-            docs_written: docs.len() as u64 - denied.len() as u64,
-            doc_write_failures: denied.len() as u64,
-            ..Stats::default()
-        })
+        Ok(stats)
     }
 
     /// Replaces attachment stubs with their data, fetched one by one as PouchDB does, so the

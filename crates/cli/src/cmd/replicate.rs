@@ -66,8 +66,9 @@ pub struct ReplicateArgs {
     /// Longest delay between retries.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub retry_max: Duration,
-    /// Consecutive failed attempts before giving up; 0 retries for ever. Defaults to 5 for a
-    /// one-shot replication and 0 for a continuous one.
+    /// Failed attempts in a row before giving up; 0 retries for ever. Only progress (documents
+    /// written, or catching up) resets the count. Defaults to 5 for a one-shot replication and
+    /// 0 for a continuous one.
     #[arg(long)]
     pub max_attempts: Option<u32>,
 }

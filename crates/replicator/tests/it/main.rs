@@ -1,5 +1,7 @@
 //! Integration tests: the replicator against real servers on real ports.
 
 mod errors;
+mod faults;
 mod pouchdb;
+mod proxy;
 mod support;

@@ -379,7 +379,8 @@ async fn run_job(
 }
 
 /// Mirrors the replication's progress into the scheduler's view and the document, writing the
-/// document only when its state changes (`running` ⇄ `error`).
+/// document only when its state changes (`running` ⇄ `error`), and back to `running` only
+/// after progress.
 async fn follow(
     state: &AppState,
     doc_id: &str,
@@ -390,7 +391,11 @@ async fn follow(
     let mut written = "triggered";
     while status.changed().await.is_ok() {
         let s = status.borrow_and_update().clone();
+        // A retry runs again before it fails again: the document says `error` until the
+        // replication makes progress (the replicator forgives failures only then), so a job
+        // failing on the same batch does not rewrite its document twice per attempt.
         let (doc_state, sched) = match s.state {
+            State::Running | State::Idle if s.consecutive_failures > 0 => ("error", "running"),
             State::Running | State::Idle => ("running", "running"),
             State::Retrying => ("error", "crashing"),
             _ => continue,

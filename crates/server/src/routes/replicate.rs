@@ -86,7 +86,6 @@ fn failure(e: &ReplicationError) -> Response {
         | ReplicationError::Conflict { .. }
         | ReplicationError::Http { .. }
         | ReplicationError::InvalidResponse { .. }
-        | ReplicationError::WriteFailed { .. }
         | ReplicationError::FetchFailed { .. } => {
             (StatusCode::INTERNAL_SERVER_ERROR, "replication_failed")
         }
