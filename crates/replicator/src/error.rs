@@ -98,6 +98,12 @@ impl ReplicationError {
         matches!(self, ReplicationError::Http { status: 413, .. })
     }
 
+    /// Whether the target could not resolve an attachment stub (412 `missing_stub`): the
+    /// replicator then sends the attachment's data.
+    pub fn is_missing_stub(&self) -> bool {
+        matches!(self, ReplicationError::Http { status: 412, error, .. } if error == "missing_stub")
+    }
+
     /// Whether the failure is an authorisation refusal (401 or 403), which CouchDB's scheduler
     /// reports as a failed job rather than a crashing one.
     pub fn is_auth(&self) -> bool {

@@ -15,7 +15,8 @@
 //! resumes at or before the last written change and never skips one; the revisions it re-reads
 //! are filtered out by `_revs_diff`, so nothing already on the target is written twice.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -660,9 +661,15 @@ impl Replication {
         };
         let diff = self.target.revs_diff(&wanted).await?;
         let mut sent = HashSet::new();
+        // Revisions the target holds that may be ancestors of the missing ones: attachments
+        // unchanged since one of them are already there and travel as stubs.
+        let mut ancestors: HashMap<String, Vec<String>> = HashMap::new();
         let missing: Vec<DocRevs> = diff
             .into_iter()
             .filter_map(|(id, entry)| {
+                if !entry.possible_ancestors.is_empty() {
+                    ancestors.insert(id.clone(), entry.possible_ancestors);
+                }
                 let revs: Vec<String> = entry
                     .missing
                     .into_iter()
@@ -687,7 +694,7 @@ impl Replication {
         // fail the `Send` check that spawning it needs (rust-lang/rust#102211).
         let gets: Vec<_> = missing
             .chunks(chunk)
-            .map(|docs| self.fetch_chunk(docs))
+            .map(|docs| self.fetch_chunk(docs, &ancestors))
             .collect();
         let chunks: Vec<Vec<Value>> = futures::stream::iter(gets)
             .buffered(parallelism)
@@ -708,12 +715,82 @@ impl Replication {
         Ok((docs, stats, sent))
     }
 
-    async fn fetch_chunk(&self, docs: &[DocRevs]) -> Result<Vec<Value>, ReplicationError> {
+    async fn fetch_chunk(
+        &self,
+        docs: &[DocRevs],
+        ancestors: &HashMap<String, Vec<String>>,
+    ) -> Result<Vec<Value>, ReplicationError> {
         let mut fetched = self.source.get_revs(docs).await?;
+        let probed = self.probe_ancestors(&fetched, ancestors).await?;
         for doc in &mut fetched {
-            self.inline_attachments(doc).await?;
+            let id = doc.get("_id").and_then(Value::as_str).unwrap_or_default();
+            let on_target = ancestors
+                .get(id)
+                .or_else(|| probed.get(id))
+                .map_or(0, |revs| target_ancestor_generation(doc, revs));
+            self.inline_attachments(doc, on_target).await?;
         }
         Ok(fetched)
+    }
+
+    /// For targets whose `_revs_diff` names no `possible_ancestors` (PouchDB), asks the
+    /// target which recent ancestors of each fetched revision it holds, for the documents
+    /// whose attachments may be unchanged since one of them: one `_revs_diff` per chunk, and
+    /// only when there is an attachment to save.
+    async fn probe_ancestors(
+        &self,
+        docs: &[Value],
+        known: &HashMap<String, Vec<String>>,
+    ) -> Result<HashMap<String, Vec<String>>, ReplicationError> {
+        let mut asked: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for doc in docs {
+            let Some(id) = doc.get("_id").and_then(Value::as_str) else {
+                continue;
+            };
+            if known.contains_key(id) {
+                continue;
+            }
+            let oldest = attachment_revpos(doc).min().unwrap_or(u64::MAX);
+            let history = doc.get("_revisions");
+            let start = history
+                .and_then(|h| h.get("start"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            let ids = history
+                .and_then(|h| h.get("ids"))
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let candidates: Vec<String> = ids
+                .iter()
+                .enumerate()
+                .skip(1)
+                .take(ANCESTORS_PROBED)
+                .filter_map(|(back, hash)| {
+                    let generation = start.checked_sub(back as u64)?;
+                    let hash = hash.as_str()?;
+                    (generation >= oldest).then(|| format!("{generation}-{hash}"))
+                })
+                .collect();
+            if !candidates.is_empty() {
+                asked.entry(id.to_owned()).or_default().extend(candidates);
+            }
+        }
+        if asked.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let missing = self.target.revs_diff(&asked).await?;
+        Ok(asked
+            .into_iter()
+            .map(|(id, revs)| {
+                let absent = missing
+                    .get(&id)
+                    .map(|e| e.missing.as_slice())
+                    .unwrap_or_default();
+                let held = revs.into_iter().filter(|r| !absent.contains(r)).collect();
+                (id, held)
+            })
+            .collect())
     }
 
     /// Writes one batch to the target with a single `_bulk_docs`: one request and, on our
@@ -726,29 +803,59 @@ impl Replication {
     /// must not hold up the documents after it.
     async fn write(&self, docs: &[Value]) -> Result<Stats, ReplicationError> {
         let mut stats = Stats::default();
-        let mut parts: VecDeque<&[Value]> = VecDeque::from([docs]);
-        while let Some(part) = parts.pop_front() {
+        // Each part, and whether its attachments were all inlined already (a retry after the
+        // target could not resolve a stub).
+        let mut parts: VecDeque<(Cow<'_, [Value]>, bool)> =
+            VecDeque::from([(Cow::Borrowed(docs), false)]);
+        while let Some((part, inlined)) = parts.pop_front() {
             if part.is_empty() {
                 continue;
             }
-            match self.target.bulk_docs(part).await {
+            match self.target.bulk_docs(&part).await {
                 Ok(refused) => {
+                    let (stubs, refused): (Vec<_>, Vec<_>) = refused
+                        .into_iter()
+                        .partition(|r| r.error == "missing_stub" && !inlined);
                     for r in &refused {
                         warn!(target = %self.target, id = %r.id, error = %r.error, reason = %r.reason, "document refused by the target");
                     }
-                    stats.docs_written += (part.len() - refused.len().min(part.len())) as u64;
                     stats.doc_write_failures += refused.len() as u64;
+                    stats.docs_written +=
+                        part.len().saturating_sub(refused.len() + stubs.len()) as u64;
+                    if !stubs.is_empty() {
+                        let again: Vec<Value> = part
+                            .iter()
+                            .filter(|d| {
+                                stubs
+                                    .iter()
+                                    .any(|r| d.get("_id") == Some(&Value::from(r.id.as_str())))
+                            })
+                            .cloned()
+                            .collect();
+                        parts.push_front((Cow::Owned(self.inline_all(again).await?), true));
+                    }
                 }
                 Err(e) if e.is_too_large() && part.len() > 1 => {
-                    let (first, second) = part.split_at(part.len() / 2);
                     debug!(target = %self.target, docs = part.len(), "batch too large; splitting it");
-                    parts.push_front(second);
-                    parts.push_front(first);
+                    let mid = part.len() / 2;
+                    let (first, second) = match part {
+                        Cow::Borrowed(p) => (Cow::Borrowed(&p[..mid]), Cow::Borrowed(&p[mid..])),
+                        Cow::Owned(mut p) => {
+                            let second = p.split_off(mid);
+                            (Cow::Owned(p), Cow::Owned(second))
+                        }
+                    };
+                    parts.push_front((second, inlined));
+                    parts.push_front((first, inlined));
                 }
                 Err(e) if e.is_too_large() => {
                     let id = part[0].get("_id").and_then(Value::as_str).unwrap_or("");
                     warn!(target = %self.target, id, error = %e, "document too large for the target");
                     stats.doc_write_failures += 1;
+                }
+                Err(e) if e.is_missing_stub() && !inlined => {
+                    debug!(target = %self.target, "the target lacks an attachment sent as a stub; sending the data");
+                    parts.push_front((Cow::Owned(self.inline_all(part.into_owned()).await?), true));
                 }
                 Err(e) => return Err(e),
             }
@@ -756,10 +863,24 @@ impl Replication {
         Ok(stats)
     }
 
+    /// Inlines every attachment of these documents, stubs kept for the target included.
+    async fn inline_all(&self, mut docs: Vec<Value>) -> Result<Vec<Value>, ReplicationError> {
+        for doc in &mut docs {
+            self.inline_attachments(doc, 0).await?;
+        }
+        Ok(docs)
+    }
+
     /// Replaces attachment stubs with their data, fetched one by one as PouchDB does, so the
     /// target receives complete revisions (`new_edits: false` cannot refer to attachment bodies
-    /// the target may not have).
-    async fn inline_attachments(&self, doc: &mut Value) -> Result<(), ReplicationError> {
+    /// the target may not have). Attachments last changed at or before generation `on_target`
+    /// (an ancestor the target holds, see [`target_ancestor_generation`]) are already on the
+    /// target: they stay, or become, stubs, so unchanged attachments never travel twice.
+    async fn inline_attachments(
+        &self,
+        doc: &mut Value,
+        on_target: u64,
+    ) -> Result<(), ReplicationError> {
         let (Some(id), Some(rev)) = (
             doc.get("_id").and_then(Value::as_str).map(str::to_owned),
             doc.get("_rev").and_then(Value::as_str).map(str::to_owned),
@@ -773,6 +894,15 @@ impl Replication {
             let Some(meta) = att.as_object_mut() else {
                 continue;
             };
+            let revpos = meta.get("revpos").and_then(Value::as_u64).unwrap_or(0);
+            if revpos >= 1 && revpos <= on_target && meta.contains_key("digest") {
+                if meta.shift_remove("data").is_some() {
+                    meta.shift_remove("encoding");
+                    meta.shift_remove("encoded_length");
+                }
+                meta.insert("stub".into(), Value::Bool(true));
+                continue;
+            }
             if meta.get("stub").and_then(Value::as_bool) != Some(true) {
                 continue;
             }
@@ -793,9 +923,66 @@ impl Replication {
     }
 }
 
+/// How many ancestors of a revision [`Replication::probe_ancestors`] asks the target about.
+const ANCESTORS_PROBED: usize = 10;
+
+/// The `revpos` of each attachment of a document.
+fn attachment_revpos(doc: &Value) -> impl Iterator<Item = u64> + '_ {
+    doc.get("_attachments")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|atts| atts.values())
+        .filter_map(|att| att.get("revpos").and_then(Value::as_u64))
+}
+
+/// The highest generation among `ancestors` (revisions the target holds, from `_revs_diff`'s
+/// `possible_ancestors`) that really is in this revision's `_revisions` history; 0 when none is.
+fn target_ancestor_generation(doc: &Value, ancestors: &[String]) -> u64 {
+    let Some(history) = doc.get("_revisions") else {
+        return 0;
+    };
+    let start = history.get("start").and_then(Value::as_u64).unwrap_or(0);
+    let ids = history
+        .get("ids")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    ancestors
+        .iter()
+        .filter_map(|rev| {
+            let (generation, hash) = rev.split_once('-')?;
+            let generation: u64 = generation.parse().ok()?;
+            let back = usize::try_from(start.checked_sub(generation)?).ok()?;
+            (ids.get(back)?.as_str()? == hash).then_some(generation)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ancestors_must_be_in_the_history() {
+        let doc = serde_json::json!({"_revisions": {"start": 4, "ids": ["d", "c", "b", "a"]}});
+        let generation = |revs: &[&str]| {
+            target_ancestor_generation(
+                &doc,
+                &revs.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(generation(&["2-b"]), 2);
+        assert_eq!(generation(&["2-b", "3-c"]), 3);
+        // Same generation, another branch; a later generation; garbage.
+        assert_eq!(generation(&["3-x"]), 0);
+        assert_eq!(generation(&["5-e"]), 0);
+        assert_eq!(generation(&["x-b", "2", ""]), 0);
+        assert_eq!(
+            target_ancestor_generation(&serde_json::json!({}), &["1-a".into()]),
+            0
+        );
+    }
 
     /// Replications are spawned as tasks by the server and the CLI, so `run` must be `Send`.
     #[test]

@@ -277,3 +277,39 @@ async fn a_read_only_source_resumes_from_the_targets_log() {
     );
     assert_ne!(since, "0");
 }
+
+/// A document with a 1 MB attachment edited ten times: only the first replication moves the
+/// attachment. Later revisions send it as a stub, because the target holds an ancestor with it
+/// (`possible_ancestors` of `_revs_diff`), and the replicator does not fetch it either.
+#[tokio::test]
+async fn unchanged_attachments_never_travel_again() {
+    let server = &pouchdb_server().url;
+    let src = Db::create(server, &db_name("src")).await;
+    let dst = Db::create(server, &db_name("dst")).await;
+    let photo: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    src.put_attachment("photo", None, "a.bin", &photo).await;
+    let proxy = FaultProxy::start(server, Faults::default()).await;
+    let via_proxy = |db: &Db| {
+        let name = db.url.rsplit('/').next().unwrap();
+        endpoint(&format!("{}/{name}", proxy.url))
+    };
+    let replicate = || async {
+        let replication = Replication::new(via_proxy(&src), via_proxy(&dst), config(100, 1));
+        run(&replication).await.unwrap()
+    };
+    replicate().await;
+    let first: usize = proxy.seen().iter().map(|s| s.bytes).sum();
+    assert!(
+        first > 1_000_000,
+        "the first copy carries the attachment: {first}"
+    );
+    for i in 0..10 {
+        let (_, mut doc) = src.get("photo").await;
+        doc["edit"] = json!(i);
+        src.put("photo", doc).await;
+        assert_eq!(replicate().await.stats.docs_written, 1);
+    }
+    let later: usize = proxy.seen().iter().map(|s| s.bytes).sum::<usize>() - first;
+    assert!(later < 100_000, "ten JSON edits moved {later} bytes");
+    crate::support::assert_same(&src.dump().await, &dst.dump().await);
+}

@@ -43,6 +43,8 @@ pub struct Seen {
     pub status: u16,
     /// Document ids in a `_bulk_docs` body.
     pub doc_ids: Vec<String>,
+    /// Bytes of the request body and of the answer's body.
+    pub bytes: usize,
     pub at: Instant,
 }
 
@@ -135,18 +137,19 @@ impl Shared {
             .filter_map(|d| d["_id"].as_str().map(str::to_owned))
             .collect::<Vec<_>>();
         tokio::time::sleep(self.faults.delay).await;
-        let record = |status: u16| {
+        let record = |status: u16, answered: usize| {
             self.seen.lock().unwrap().push(Seen {
                 method: method.to_string(),
                 target: target.clone(),
                 status,
                 doc_ids: doc_ids.clone(),
+                bytes: body.len() + answered,
                 at: Instant::now(),
             });
         };
         let f = &self.faults;
         if f.max_body.is_some_and(|max| body.len() > max) {
-            record(413);
+            record(413, 0);
             return error(413, "too_large", "the request entity is too large");
         }
         if bulk_docs
@@ -154,11 +157,11 @@ impl Shared {
                 .as_ref()
                 .is_some_and(|id| doc_ids.contains(id))
         {
-            record(503);
+            record(503, 0);
             return error(503, "unavailable", "try again later");
         }
         if f.read_only_local && method == hyper::Method::PUT && path.contains("/_local/") {
-            record(403);
+            record(403, 0);
             return error(403, "forbidden", "this database is read-only");
         }
         let mut refused = Vec::new();
@@ -191,7 +194,7 @@ impl Shared {
             rows.extend(refused);
             bytes = Bytes::from(serde_json::to_vec(&rows).unwrap());
         }
-        record(status);
+        record(status, bytes.len());
         let mut response = Response::builder()
             .status(status)
             .header("content-length", bytes.len());

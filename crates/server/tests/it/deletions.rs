@@ -135,3 +135,50 @@ async fn a_selector_replication_carries_deletions() {
     let gone = s.expect("GET", "/dst/emptied", None, 404).await;
     assert_eq!(gone["reason"], "deleted", "{gone}");
 }
+
+/// Replicating new revisions of a document whose attachment did not change: the target holds an
+/// ancestor with the attachment (`possible_ancestors`), so the replicator sends it as a stub,
+/// and the target resolves the stub against that ancestor.
+#[tokio::test]
+async fn unchanged_attachments_replicate_as_stubs() {
+    let s = TestServer::new();
+    for db in ["/src", "/dst"] {
+        s.expect("PUT", db, None, 201).await;
+    }
+    let photo: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let (status, _, _) = s
+        .raw(
+            "PUT",
+            "/src/photo/a.bin",
+            &[("content-type", "application/octet-stream")],
+            Some(photo.clone()),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let replicate = || async {
+        let result = s
+            .expect(
+                "POST",
+                "/_replicate",
+                Some(json!({"source": "src", "target": "dst"})),
+                200,
+            )
+            .await;
+        assert_eq!(result["doc_write_failures"], 0, "{result}");
+        assert_eq!(result["docs_written"], 1, "{result}");
+    };
+    replicate().await;
+    for i in 0..3 {
+        let mut doc = s.expect("GET", "/src/photo", None, 200).await;
+        doc["edit"] = json!(i);
+        s.expect("PUT", "/src/photo", Some(doc), 201).await;
+        replicate().await;
+    }
+    let src = s.expect("GET", "/src/photo", None, 200).await;
+    let dst = s.expect("GET", "/dst/photo", None, 200).await;
+    assert_eq!(src, dst);
+    assert_eq!(dst["_attachments"]["a.bin"]["revpos"], 1, "{dst}");
+    let (status, _, bytes) = s.raw("GET", "/dst/photo/a.bin", &[], None).await;
+    assert_eq!(status, 200);
+    assert_eq!(bytes, photo);
+}
