@@ -192,7 +192,28 @@ pub struct Status {
     pub consecutive_failures: u32,
     /// When the replication last completed a batch or found nothing to do.
     pub last_sync: Option<SystemTime>,
+    /// When the replication last recorded a checkpoint.
+    pub last_checkpoint: Option<SystemTime>,
     pub started_at: SystemTime,
+}
+
+impl Status {
+    /// A replication that started at `started_at` and has done nothing yet.
+    pub fn new(started_at: SystemTime) -> Status {
+        Status {
+            state: State::Starting,
+            stats: Stats::default(),
+            replication_id: None,
+            checkpointed_seq: None,
+            source_seq: None,
+            pending: None,
+            last_error: None,
+            consecutive_failures: 0,
+            last_sync: None,
+            last_checkpoint: None,
+            started_at,
+        }
+    }
 }
 
 /// What a replication did, with the fields of CouchDB's `POST /_replicate` answer.
@@ -248,23 +269,11 @@ impl Replication {
         target: Arc<dyn Endpoint>,
         config: ReplicationConfig,
     ) -> Replication {
-        let status = Status {
-            state: State::Starting,
-            stats: Stats::default(),
-            replication_id: None,
-            checkpointed_seq: None,
-            source_seq: None,
-            pending: None,
-            last_error: None,
-            consecutive_failures: 0,
-            last_sync: None,
-            started_at: SystemTime::now(),
-        };
         Replication {
             source,
             target,
             config,
-            status: watch::Sender::new(status),
+            status: watch::Sender::new(Status::new(SystemTime::now())),
         }
     }
 
@@ -632,8 +641,10 @@ impl Replication {
             .await?;
         progress.checkpointed = Some(seq.clone());
         progress.history = checkpointer.history(seq, &progress.stats);
-        self.status
-            .send_modify(|s| s.checkpointed_seq = Some(seq.clone()));
+        self.status.send_modify(|s| {
+            s.checkpointed_seq = Some(seq.clone());
+            s.last_checkpoint = Some(SystemTime::now());
+        });
         Ok(())
     }
 

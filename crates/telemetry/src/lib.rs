@@ -144,31 +144,6 @@ fn describe() {
         "outpost_changes_feeds_open",
         "Change feeds being served, by feed type."
     );
-    describe_counter!(
-        "outpost_replication_docs_read_total",
-        "Documents read from the source, by replication job."
-    );
-    describe_counter!(
-        "outpost_replication_docs_written_total",
-        "Documents written to the target, by replication job."
-    );
-    describe_counter!(
-        "outpost_replication_doc_write_failures_total",
-        "Documents the target refused, by replication job."
-    );
-    describe_gauge!(
-        "outpost_replication_consecutive_failures",
-        "Failed attempts since the job last succeeded, by replication job."
-    );
-    describe_gauge!(
-        "outpost_replication_pending_changes",
-        "Changes the source still has to send, as it last said, by replication job."
-    );
-    describe_gauge!(
-        "outpost_replication_checkpoint_age_seconds",
-        Unit::Seconds,
-        "Seconds since the job last completed a batch or found nothing to do, by replication job."
-    );
     describe_gauge!(
         "outpost_storage_database_bytes",
         Unit::Bytes,

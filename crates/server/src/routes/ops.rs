@@ -3,11 +3,12 @@
 //! `openapi.json`, the OpenAPI document of these routes, generated from the `#[utoipa::path]`
 //! attributes on their handlers. Liveness is CouchDB's `GET /_up` ([`super::server::up`]).
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use axum::response::Response;
 use http::{HeaderValue, Method, StatusCode, header};
-use metrics::{counter, gauge};
 use serde::Serialize;
 use utoipa::OpenApi;
 
@@ -56,8 +57,9 @@ pub fn metrics(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     if req.method != Method::GET {
         return Err(not_allowed("Only GET, HEAD allowed"));
     }
-    publish_replications(state);
-    let mut response = Response::new(axum::body::Body::from(outpost_telemetry::render()));
+    let mut text = outpost_telemetry::render();
+    text.push_str(&replication_series(state));
+    let mut response = Response::new(axum::body::Body::from(text));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(outpost_telemetry::CONTENT_TYPE),
@@ -65,37 +67,142 @@ pub fn metrics(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     Ok(response)
 }
 
-/// Copies each long-lived replication job's status into the `outpost_replication_*` series,
-/// labelled `replication` by its `_replicator` document id, or by its replication id for a continuous
-/// `_replicate`. One-shot `_replicate` calls are left out: each has a new id, so labelling by
-/// them would grow the series without bound.
-fn publish_replications(state: &AppState) {
+/// The `outpost_replication_*` series, rendered at scrape time from the jobs that exist now,
+/// so a job's series go when the job goes and its counters are its own (a restarted job starts
+/// again from 0, which Prometheus reads as a counter reset).
+///
+/// Label values stay bounded: `outpost_replication_jobs` counts jobs by scheduler state (a
+/// fixed set, failed jobs included); the per-job series carry `replication`, the
+/// `_replicator` document id (or the replication id of a continuous `POST /_replicate`), and
+/// exist only for jobs that exist. One-shot `_replicate` calls are left out: each has a new
+/// id.
+fn replication_series(state: &AppState) -> String {
     let now = SystemTime::now();
+    let mut states: BTreeMap<&'static str, u64> =
+        ["initializing", "running", "crashing", "completed", "failed"]
+            .into_iter()
+            .map(|s| (s, 0))
+            .collect();
+    let docs = state.replications.docs();
+    for (_, doc) in &docs {
+        *states.entry(doc.state).or_default() += 1;
+    }
+    let mut per_job: BTreeMap<String, outpost_replicator::Status> = BTreeMap::new();
     for job in state.replications.jobs() {
         let label = match (&job.doc_id, job.continuous) {
             (Some(doc), _) => doc.clone(),
-            (None, true) => job.id.clone(),
+            (None, true) => {
+                let status = job.status.borrow();
+                let scheduler = match status.state {
+                    outpost_replicator::State::Retrying => "crashing",
+                    outpost_replicator::State::Starting => "initializing",
+                    _ => "running",
+                };
+                *states.entry(scheduler).or_default() += 1;
+                job.id.clone()
+            }
             (None, false) => continue,
         };
-        let status = job.status.borrow().clone();
-        let stats = &status.stats;
-        counter!("outpost_replication_docs_read_total", "replication" => label.clone())
-            .absolute(stats.docs_read);
-        counter!("outpost_replication_docs_written_total", "replication" => label.clone())
-            .absolute(stats.docs_written);
-        counter!("outpost_replication_doc_write_failures_total", "replication" => label.clone())
-            .absolute(stats.doc_write_failures);
-        gauge!("outpost_replication_consecutive_failures", "replication" => label.clone())
-            .set(f64::from(status.consecutive_failures));
-        gauge!("outpost_replication_pending_changes", "replication" => label.clone())
-            .set(status.pending.unwrap_or(0) as f64);
-        // Never synced yet: the age counts from the job's start, so a job that cannot make its
-        // first checkpoint still ages into the alert.
-        let since = status.last_sync.unwrap_or(status.started_at);
-        let age = now.duration_since(since).unwrap_or_default();
-        gauge!("outpost_replication_checkpoint_age_seconds", "replication" => label)
-            .set(age.as_secs_f64());
+        per_job.insert(label, job.status.borrow().clone());
     }
+    // A `_replicator` document whose job is not running (it failed for good, or cannot even
+    // reach its endpoints and is waiting to try again) keeps its series until the document
+    // goes, with the failures the scheduler counted.
+    for (doc_id, doc) in &docs {
+        per_job.entry(doc_id.clone()).or_insert_with(|| {
+            let mut status = outpost_replicator::Status::new(doc.start_time);
+            status.consecutive_failures = doc.error_count;
+            status
+        });
+    }
+    let mut out = String::new();
+    let mut family =
+        |name: &str, kind: &str, help: &str, samples: &mut dyn Iterator<Item = (String, f64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
+        };
+    family(
+        "outpost_replication_jobs",
+        "gauge",
+        "Replication jobs by scheduler state (initializing, running, crashing, completed, failed).",
+        &mut states
+            .iter()
+            .map(|(s, n)| (format!("state=\"{s}\""), *n as f64)),
+    );
+    let job = |label: &str| format!("replication=\"{}\"", escape_label(label));
+    let series: [Series; 6] = [
+        (
+            "outpost_replication_docs_read_total",
+            "counter",
+            "Documents read from the source, by replication job.",
+            |s, _| s.stats.docs_read as f64,
+        ),
+        (
+            "outpost_replication_docs_written_total",
+            "counter",
+            "Documents written to the target, by replication job.",
+            |s, _| s.stats.docs_written as f64,
+        ),
+        (
+            "outpost_replication_doc_write_failures_total",
+            "counter",
+            "Documents the target refused, by replication job.",
+            |s, _| s.stats.doc_write_failures as f64,
+        ),
+        (
+            "outpost_replication_consecutive_failures",
+            "gauge",
+            "Failed attempts since the job last made progress, by replication job.",
+            |s, _| f64::from(s.consecutive_failures),
+        ),
+        (
+            "outpost_replication_pending_changes",
+            "gauge",
+            "Changes the source still has to send, as it last said, by replication job.",
+            |s, _| s.pending.unwrap_or(0) as f64,
+        ),
+        // Never checkpointed yet: the age counts from the job's start, so a job that cannot
+        // make its first checkpoint still ages into the alert.
+        (
+            "outpost_replication_checkpoint_age_seconds",
+            "gauge",
+            "Seconds since the job last recorded a checkpoint (since its start if it never has), by replication job.",
+            |s, now| {
+                now.duration_since(s.last_checkpoint.unwrap_or(s.started_at))
+                    .unwrap_or_default()
+                    .as_secs_f64()
+            },
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        family(
+            name,
+            kind,
+            help,
+            &mut per_job
+                .iter()
+                .map(|(label, status)| (job(label), value(status, now))),
+        );
+    }
+    out
+}
+
+/// One per-job series: name, type, help, and how to read its value from a job's status.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&outpost_replicator::Status, SystemTime) -> f64,
+);
+
+/// Escapes a label value for the Prometheus text format.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The answer of a ready server.

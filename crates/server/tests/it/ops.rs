@@ -237,3 +237,80 @@ async fn database_info_reports_the_last_sync_per_peer() {
     let (_, info) = s.call("GET", "/there", None).await;
     assert_eq!(info["outpost"]["replications"], json!([]), "{info}");
 }
+
+/// A replication job's series exist while the job does and go with it; a job that cannot make
+/// progress shows as `crashing` in the state counts and its failures in its own series.
+#[tokio::test]
+async fn replication_series_follow_the_jobs_that_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let state = AppState::new(store, Config::default(), CancellationToken::new());
+    outpost_server::replication::start_jobs(&state);
+    let s = TestServer {
+        router: app(state),
+        dir,
+    };
+    s.expect("PUT", "/src", None, 201).await;
+    let doc = json!({"source": "src", "target": "http://127.0.0.1:1/nowhere", "continuous": true});
+    let rev = s.expect("PUT", "/_replicator/stuck", Some(doc), 201).await["rev"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = [("replication", "stuck")];
+    let scrape_until = |what: &'static str, done: fn(&str) -> bool| {
+        let s = &s;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let text = scrape(s, "/_node/_local/_prometheus").await;
+                if done(&text) {
+                    return text;
+                }
+                assert!(std::time::Instant::now() < deadline, "{what}:\n{text}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let text = scrape_until("no failure counted", |t| {
+        sample(
+            t,
+            "outpost_replication_consecutive_failures",
+            &[("replication", "stuck")],
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        sample(&text, "outpost_replication_jobs", &[("state", "crashing")]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "outpost_replication_docs_written_total", &job),
+        0.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("outpost_replication_checkpoint_age_seconds{replication=\"stuck\"}"),
+        "{text}"
+    );
+    // The job wrote its state into the document meanwhile.
+    let current = s.expect("GET", "/_replicator/stuck", None, 200).await;
+    assert_ne!(current["_rev"], rev.as_str(), "{current}");
+    let rev = current["_rev"].as_str().unwrap();
+    s.expect(
+        "DELETE",
+        &format!("/_replicator/stuck?rev={rev}"),
+        None,
+        200,
+    )
+    .await;
+    let text = scrape_until("the job's series stayed", |t| {
+        !t.contains("replication=\"stuck\"")
+    })
+    .await;
+    assert_eq!(
+        sample(&text, "outpost_replication_jobs", &[("state", "crashing")]),
+        0.0,
+        "{text}"
+    );
+}
