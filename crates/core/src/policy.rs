@@ -10,9 +10,20 @@
 //!   collation; a leaf without the field sorts lowest), ties broken by CouchDB's winner order;
 //!   every other live leaf gets a tombstone child.
 //! - `merge`: three-way merge of every other live leaf into the `lww` winner against their
-//!   nearest common ancestor whose body is known. Object fields changed on one side only are
-//!   taken from that side (recursively); a field changed on both sides keeps the `lww` winner's
-//!   value. The result is written as a child of the winner, and the other leaves get tombstones.
+//!   nearest common ancestor. Object fields changed on one side only are taken from that side
+//!   (recursively); a field changed on both sides keeps the `lww` winner's value. Attachments
+//!   are atomic: each named attachment is taken whole from one side, never field by field (a
+//!   digest from one side with the length of the other would describe no real attachment). The
+//!   result is written as a child of the winner, and the other leaves get tombstones.
+//!
+//! A merge depends on the common ancestor's body, which replicas do not all hold: replication
+//! carries leaves only, and compaction and retention drop ancestors' bodies. Resolving with a
+//! guessed base would make a replica without it write a different resolution from one with it.
+//! So a replica resolves only with every input at hand: when a base body is missing, it leaves
+//! the conflict alone ([`Unresolved::MissingBase`]) and a replica that holds the base resolves
+//! it; its revisions then replicate and end the conflict everywhere. Two branches with no common
+//! ancestor merge against the empty document only when both histories reach generation 1 (two
+//! independent creations); a history cut short by stemming is a missing base.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -118,16 +129,33 @@ pub fn needed_bodies(policy: &Policy, tree: &RevTree) -> Vec<Rev> {
     needed
 }
 
-/// Resolves the document's live conflicts under `policy`, or `None` when there is nothing to do
-/// (one live leaf, or `manual`). `bodies` holds what [`needed_bodies`] asked for; a missing body
-/// counts as an empty object.
+/// Why a policy left live conflicts alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unresolved {
+    /// `merge` needs a common ancestor's body this replica does not hold.
+    MissingBase,
+}
+
+impl Unresolved {
+    /// A short name, for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unresolved::MissingBase => "missing_base",
+        }
+    }
+}
+
+/// Resolves the document's live conflicts under `policy`: `Ok(None)` when there is nothing to
+/// do (one live leaf, or `manual`), `Err` when this replica lacks an input the resolution
+/// depends on (see the module documentation). `bodies` holds what [`needed_bodies`] asked for,
+/// as far as the replica has them; a missing leaf body counts as an empty object.
 pub fn resolve(
     policy: &Policy,
     tree: &RevTree,
     bodies: &HashMap<Rev, Value>,
-) -> Option<Resolution> {
+) -> Result<Option<Resolution>, Unresolved> {
     if *policy == Policy::Manual {
-        return None;
+        return Ok(None);
     }
     let live: Vec<Rev> = tree
         .leaves()
@@ -136,7 +164,7 @@ pub fn resolve(
         .map(|l| l.rev)
         .collect();
     if live.len() < 2 {
-        return None;
+        return Ok(None);
     }
     let empty = Value::Object(Map::new());
     let body = |rev: &Rev| bodies.get(rev).unwrap_or(&empty);
@@ -155,9 +183,16 @@ pub fn resolve(
         Policy::Merge { .. } => {
             let mut result = body(&winner).clone();
             for loser in losers {
-                let base = nearest_common_ancestor(tree, &winner, loser).map(|r| body(&r).clone());
-                let base = base.unwrap_or_else(|| empty.clone());
-                result = merge3(&base, &result, body(loser));
+                let base = match nearest_common_ancestor(tree, &winner, loser) {
+                    Some(ancestor) => bodies.get(&ancestor).ok_or(Unresolved::MissingBase)?,
+                    None if reaches_generation_one(tree, &winner)
+                        && reaches_generation_one(tree, loser) =>
+                    {
+                        &empty
+                    }
+                    None => return Err(Unresolved::MissingBase),
+                };
+                result = merge3(base, &result, body(loser));
             }
             (result != *body(&winner)).then(|| {
                 let rev = hash::next_rev(Some(&winner), false, &result);
@@ -170,11 +205,16 @@ pub fn resolve(
         .iter()
         .map(|loser| (loser.clone(), hash::next_rev(Some(loser), true, &empty)))
         .collect();
-    Some(Resolution {
+    Ok(Some(Resolution {
         winner,
         merged,
         tombstones,
-    })
+    }))
+}
+
+/// Whether `rev`'s known history goes back to its first generation (nothing stemmed).
+fn reaches_generation_one(tree: &RevTree, rev: &Rev) -> bool {
+    tree.ancestry(rev).last().is_some_and(|r| r.generation == 1)
 }
 
 static NULL: Value = Value::Null;
@@ -196,8 +236,24 @@ fn nearest_common_ancestor(tree: &RevTree, a: &Rev, b: &Rev) -> Option<Rev> {
 }
 
 /// Three-way merge of `theirs` into `ours` against `base`: what only `theirs` changed is taken,
-/// everything else stays as in `ours`. Objects merge field by field, recursively.
+/// everything else stays as in `ours`. Objects merge field by field, recursively, except each
+/// attachment under the document's `_attachments`, which is one value.
 pub fn merge3(base: &Value, ours: &Value, theirs: &Value) -> Value {
+    merge_value(base, ours, theirs, Level::Document)
+}
+
+/// Where in a document a merge is.
+#[derive(Clone, Copy, PartialEq)]
+enum Level {
+    /// The document's own fields.
+    Document,
+    /// The members of the document's `_attachments`: each is merged as a whole.
+    Attachments,
+    /// Anywhere else.
+    Nested,
+}
+
+fn merge_value(base: &Value, ours: &Value, theirs: &Value, level: Level) -> Value {
     match (base, ours, theirs) {
         (Value::Object(b), Value::Object(o), Value::Object(t)) => {
             let mut out = o.clone();
@@ -223,8 +279,14 @@ pub fn merge3(base: &Value, ours: &Value, theirs: &Value) -> Value {
                     && bv.is_object()
                     && ov.is_object()
                     && tv.is_object()
+                    && level != Level::Attachments
                 {
-                    out.insert(key.clone(), merge3(bv, ov, tv));
+                    let inner = if level == Level::Document && key == "_attachments" {
+                        Level::Attachments
+                    } else {
+                        Level::Nested
+                    };
+                    out.insert(key.clone(), merge_value(bv, ov, tv, inner));
                 }
                 // Changed on both sides: ours (the lww winner) stays.
             }

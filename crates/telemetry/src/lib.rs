@@ -140,6 +140,10 @@ fn describe() {
         "outpost_conflicts_resolved_total",
         "Conflicts resolved, by the policy that resolved them (lww, merge, or manual via _resolve)."
     );
+    describe_counter!(
+        "outpost_conflicts_unresolved_total",
+        "Conflicts an automatic policy left for a replica holding what it lacks, by policy and reason."
+    );
     describe_gauge!(
         "outpost_changes_feeds_open",
         "Change feeds being served, by feed type."

@@ -37,9 +37,12 @@ fn apply(tree: &mut RevTree, res: &Resolution) {
 #[test]
 fn manual_and_single_leaves_resolve_nothing() {
     let (tree, bodies) = branches(&[("2-b", json!({})), ("2-c", json!({}))]);
-    assert_eq!(resolve(&Policy::Manual, &tree, &bodies), None);
+    assert_eq!(resolve(&Policy::Manual, &tree, &bodies), Ok(None));
     let (tree, bodies) = branches(&[("2-b", json!({}))]);
-    assert_eq!(resolve(&Policy::Lww { field: None }, &tree, &bodies), None);
+    assert_eq!(
+        resolve(&Policy::Lww { field: None }, &tree, &bodies),
+        Ok(None)
+    );
 }
 
 #[test]
@@ -51,7 +54,7 @@ fn lww_takes_the_greatest_timestamp_then_couchdb_order() {
         ("2-b", json!({"updated_at": "2026-01-02"})),
         ("2-c", json!({"updated_at": "2026-01-01"})),
     ]);
-    let res = resolve(&lww, &tree, &bodies).unwrap();
+    let res = resolve(&lww, &tree, &bodies).unwrap().unwrap();
     assert_eq!(res.winner, rev("2-b"));
     assert_eq!(res.tombstones.len(), 1);
     assert_eq!(res.tombstones[0].0, rev("2-c"));
@@ -59,7 +62,10 @@ fn lww_takes_the_greatest_timestamp_then_couchdb_order() {
 
     // Equal (or missing) timestamps fall back to CouchDB's winner: the greater hash.
     let (tree, bodies) = branches(&[("2-b", json!({})), ("2-c", json!({}))]);
-    assert_eq!(resolve(&lww, &tree, &bodies).unwrap().winner, rev("2-c"));
+    assert_eq!(
+        resolve(&lww, &tree, &bodies).unwrap().unwrap().winner,
+        rev("2-c")
+    );
 }
 
 #[test]
@@ -77,7 +83,7 @@ fn merge_combines_fields_changed_on_one_side() {
             json!({"title": "theirs", "n": 5, "nested": {"x": 1, "y": 3}, "at": 1, "new": true}),
         ),
     ]);
-    let res = resolve(&merge, &tree, &bodies).unwrap();
+    let res = resolve(&merge, &tree, &bodies).unwrap().unwrap();
     assert_eq!(res.winner, rev("2-b"));
     let (merged_rev, body) = res.merged.clone().unwrap();
     // title changed on both sides: the lww winner's value stays.
@@ -87,6 +93,86 @@ fn merge_combines_fields_changed_on_one_side() {
     );
     assert_eq!(merged_rev.generation, 3);
     assert_eq!(res.superseded(), vec![rev("2-b"), rev("2-c")]);
+}
+
+#[test]
+fn merge_takes_each_attachment_whole_from_one_side() {
+    // Issue 14, defect 8: field-by-field merging inside `_attachments` paired one side's digest
+    // with the other side's length.
+    let base = json!({"_attachments": {
+        "a.txt": {"digest": "md5-base", "length": 1, "revpos": 1, "stub": true},
+        "b.txt": {"digest": "md5-b", "length": 4, "revpos": 1, "stub": true}}});
+    let ours = json!({"_attachments": {
+        "a.txt": {"digest": "md5-ours", "length": 1, "revpos": 2, "stub": true},
+        "b.txt": {"digest": "md5-b", "length": 4, "revpos": 1, "stub": true}}});
+    let theirs = json!({"_attachments": {
+        "a.txt": {"digest": "md5-theirs", "length": 9, "revpos": 2, "stub": true},
+        "b.txt": {"digest": "md5-b2", "length": 5, "revpos": 2, "stub": true}}});
+    let merged = merge3(&base, &ours, &theirs);
+    // Changed on both sides: ours, whole. Changed on their side only: theirs, whole.
+    assert_eq!(
+        merged["_attachments"]["a.txt"],
+        ours["_attachments"]["a.txt"]
+    );
+    assert_eq!(
+        merged["_attachments"]["b.txt"],
+        theirs["_attachments"]["b.txt"]
+    );
+    // Objects elsewhere still merge field by field.
+    let merged = merge3(
+        &json!({"meta": {"x": {"p": 1, "q": 1}}}),
+        &json!({"meta": {"x": {"p": 2, "q": 1}}}),
+        &json!({"meta": {"x": {"p": 1, "q": 2}}}),
+    );
+    assert_eq!(merged, json!({"meta": {"x": {"p": 2, "q": 2}}}));
+}
+
+#[test]
+fn merge_without_the_base_body_leaves_the_conflict() {
+    // Issue 14, defect 9: a replica that never held the base used `{}` and wrote a different
+    // resolution from the replicas that did.
+    let merge = Policy::Merge {
+        field: Some("at".into()),
+    };
+    let (tree, mut bodies) = branches(&[
+        ("2-b", json!({"title": "t", "n": 2, "at": 2})),
+        ("2-c", json!({"title": "u", "n": 1, "at": 1})),
+    ]);
+    assert!(resolve(&merge, &tree, &bodies).unwrap().is_some());
+    bodies.remove(&rev("1-a"));
+    assert_eq!(
+        resolve(&merge, &tree, &bodies),
+        Err(Unresolved::MissingBase)
+    );
+    // `lww` needs no base.
+    let lww = Policy::Lww {
+        field: Some("at".into()),
+    };
+    assert!(resolve(&lww, &tree, &bodies).unwrap().is_some());
+    // Independent creations (no common ancestor, both from generation 1) merge against `{}`.
+    let mut tree = RevTree::new();
+    tree.merge_path(&[rev("1-x")], false).unwrap();
+    tree.merge_path(&[rev("1-y")], false).unwrap();
+    let bodies: HashMap<Rev, Value> = [
+        (rev("1-x"), json!({"a": 1, "at": 1})),
+        (rev("1-y"), json!({"b": 2, "at": 2})),
+    ]
+    .into();
+    let res = resolve(&merge, &tree, &bodies).unwrap().unwrap();
+    assert_eq!(res.merged.unwrap().1, json!({"b": 2, "at": 2, "a": 1}));
+    // A history cut by stemming is not an independent creation.
+    let mut tree = RevTree::new();
+    tree.merge_path(&[rev("5-x"), rev("4-p")], false).unwrap();
+    tree.merge_path(&[rev("5-y"), rev("4-q")], false).unwrap();
+    let bodies: HashMap<Rev, Value> = [
+        (rev("5-x"), json!({"at": 1})),
+        (rev("5-y"), json!({"at": 2})),
+    ]
+    .into();
+    assert_eq!(
+        resolve(&merge, &tree, &bodies),
+        Err(Unresolved::MissingBase)
+    );
 }
 
 #[test]
@@ -146,14 +232,38 @@ proptest! {
     #[test]
     fn resolution_leaves_one_live_leaf_and_is_idempotent(leaves in leaf_sets(), policy in policies()) {
         let (mut tree, mut bodies) = build(&leaves);
-        if let Some(res) = resolve(&policy, &tree, &bodies) {
+        if let Ok(Some(res)) = resolve(&policy, &tree, &bodies) {
             apply(&mut tree, &res);
             if let Some((r, body)) = &res.merged {
                 bodies.insert(r.clone(), body.clone());
             }
             let live = tree.leaves().into_iter().filter(|l| !l.deleted).count();
             prop_assert_eq!(live, 1);
-            prop_assert_eq!(resolve(&policy, &tree, &bodies), None);
+            prop_assert_eq!(resolve(&policy, &tree, &bodies), Ok(None));
+        }
+    }
+
+    /// Replicas that hold different subsets of the bodies never write different resolutions:
+    /// each either writes the one every full replica writes, or writes nothing.
+    #[test]
+    fn missing_bodies_never_change_a_resolution(
+        leaves in leaf_sets(),
+        policy in policies(),
+        keep_base in any::<bool>(),
+    ) {
+        let (tree, bodies) = build(&leaves);
+        let full = resolve(&policy, &tree, &bodies);
+        let mut partial = bodies.clone();
+        if !keep_base {
+            partial.remove(&rev("1-root"));
+        }
+        match resolve(&policy, &tree, &partial) {
+            Ok(res) => prop_assert_eq!(Ok(res), full),
+            Err(why) => {
+                prop_assert_eq!(why, Unresolved::MissingBase);
+                let is_merge = matches!(policy, Policy::Merge { .. });
+                prop_assert!(is_merge);
+            }
         }
     }
 
@@ -164,7 +274,7 @@ proptest! {
         let mut b = a.clone();
         let ra = resolve(&policy, &a, &bodies);
         let rb = resolve(&policy, &b, &bodies);
-        if let (Some(ra), Some(rb)) = (&ra, &rb) {
+        if let (Ok(Some(ra)), Ok(Some(rb))) = (&ra, &rb) {
             apply(&mut a, ra);
             apply(&mut b, rb);
         }

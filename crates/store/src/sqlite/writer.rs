@@ -785,8 +785,16 @@ fn resolve_automatically(
         return Ok(());
     }
     let bodies = load_bodies(tx, state.id, &doc.id, &needed)?;
-    let Some(resolution) = policy::resolve(&state.policy, &doc.tree, &bodies) else {
-        return Ok(());
+    let resolution = match policy::resolve(&state.policy, &doc.tree, &bodies) {
+        Ok(Some(resolution)) => resolution,
+        Ok(None) => return Ok(()),
+        Err(why) => {
+            // Another replica, one that holds what this one lacks, resolves it.
+            tracing::debug!(doc = %doc.id, reason = why.as_str(), "conflict left for a replica that can resolve it");
+            metrics::counter!("outpost_conflicts_unresolved_total", "policy" => state.policy.name(), "reason" => why.as_str())
+                .increment(1);
+            return Ok(());
+        }
     };
     if resolution.superseded().iter().any(at_generation_limit) {
         // Its revisions would pass the highest generation: the conflict stays for a client.
