@@ -6,6 +6,7 @@ mod bounds;
 mod compaction;
 mod compat;
 mod conflicts;
+mod convergence;
 mod deletions;
 mod deviations;
 mod feeds;
