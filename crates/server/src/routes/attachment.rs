@@ -175,6 +175,31 @@ async fn put(
         })?,
         None => Map::new(),
     };
+    let attachment = attach(&mut body, id, name, content_type, data)?;
+    let update = DocUpdate {
+        id: id.to_owned(),
+        mode: UpdateMode::Edit { base },
+        deleted: false,
+        body,
+        new_attachments: vec![attachment],
+        origin: Origin::Client,
+    };
+    let rev = write_one(state, db, update).await?;
+    Ok(with_etag(
+        json(StatusCode::CREATED, ok_json(id, &rev)),
+        &rev,
+    ))
+}
+
+/// Adds (or replaces) attachment `name` of document `id`'s body with `data`, and returns the
+/// bytes for the store to keep.
+pub fn attach(
+    body: &mut Map<String, Value>,
+    id: &str,
+    name: &str,
+    content_type: String,
+    data: Vec<u8>,
+) -> Result<NewAttachment, ApiError> {
     let digest = hash::attachment_digest(&data);
     let mut entry = Map::new();
     entry.insert("content_type".into(), Value::String(content_type));
@@ -189,19 +214,7 @@ async fn put(
         )));
     };
     atts.insert(name.to_owned(), Value::Object(entry));
-    let update = DocUpdate {
-        id: id.to_owned(),
-        mode: UpdateMode::Edit { base },
-        deleted: false,
-        body,
-        new_attachments: vec![NewAttachment { digest, data }],
-        origin: Origin::Client,
-    };
-    let rev = write_one(state, db, update).await?;
-    Ok(with_etag(
-        json(StatusCode::CREATED, ok_json(id, &rev)),
-        &rev,
-    ))
+    Ok(NewAttachment { digest, data })
 }
 
 async fn delete(

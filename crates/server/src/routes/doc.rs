@@ -9,7 +9,9 @@ use outpost_core::Rev;
 use outpost_store::{DocRecord, Origin, StoredBody, UpdateMode};
 use serde_json::{Map, Value};
 
-use super::{doc_multipart, json, live_winner, load_doc, not_allowed, ok, with_etag, write_one};
+use super::{
+    doc_form, doc_multipart, json, live_winner, load_doc, not_allowed, ok, with_etag, write_one,
+};
 use crate::docjson::{
     RenderOpts, Rendered, ok_json, parse_doc_with_parts, parse_rev, render, render_parts,
 };
@@ -27,8 +29,21 @@ pub async fn handle(
         Method::GET => get(state, db, id, req).await,
         Method::PUT => put(state, db, id, req).await,
         Method::DELETE => delete(state, db, id, req).await,
+        Method::POST => {
+            let content_type = req
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(media_type);
+            if content_type.as_deref() != Some("multipart/form-data") {
+                return Err(ApiError::BadContentType(
+                    "Content-Type must be multipart/form-data".into(),
+                ));
+            }
+            doc_form::post(state, db, id, req).await
+        }
         ref m if m.as_str() == "COPY" => copy(state, db, id, req).await,
-        _ => Err(not_allowed("Only COPY,DELETE,GET,HEAD,PUT allowed")),
+        _ => Err(not_allowed("Only DELETE,GET,HEAD,POST,PUT,COPY allowed")),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod changes;
 pub mod conflicts;
 pub mod db;
 pub mod doc;
+pub mod doc_form;
 pub mod doc_multipart;
 pub mod local;
 pub mod node;

@@ -726,3 +726,106 @@ async fn changes_with_inline_attachments_carry_every_document() {
         }
     }
 }
+
+/// One form field: its name, for a file its file name and content type, and its value.
+type FormField<'a> = (&'a str, Option<(&'a str, &'a str)>, &'a [u8]);
+
+/// A `multipart/form-data` body as an HTML form with file inputs sends it.
+fn form(fields: &[FormField<'_>]) -> (String, Vec<u8>) {
+    let boundary = "----outpostformboundary7MA4YWxk";
+    let mut body = Vec::new();
+    for (name, file, data) in fields {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match file {
+            Some((filename, content_type)) => body.extend_from_slice(
+                format!(
+                    "Content-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\nContent-Type: {content_type}\r\n\r\n"
+                )
+                .as_bytes(),
+            ),
+            None => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+            ),
+        }
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// Futon's and Fauxton's attachment upload: `POST /{db}/{id}` with a form holding `_rev` and
+/// `_attachments` files, which CouchDB accepts only from a page of its own host.
+#[tokio::test]
+async fn attachments_upload_from_an_html_form() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let rev = s.expect("PUT", "/db/doc", Some(json!({"n": 1})), 201).await["rev"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let png: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0binary";
+    let (ct, body) = form(&[
+        ("_rev", None, rev.as_bytes()),
+        ("_attachments", Some(("logo.png", "image/png")), png),
+        ("ignored", None, b"x"),
+    ]);
+    let same_host = [
+        ("content-type", ct.as_str()),
+        ("host", "couch.example:5984"),
+        ("referer", "http://couch.example:5984/_utils/"),
+    ];
+    let (status, _, answer) = s
+        .raw("POST", "/db/doc", &same_host, Some(body.clone()))
+        .await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["ok"], true);
+    let doc = s.expect("GET", "/db/doc", None, 200).await;
+    assert_eq!(doc["n"], 1, "the body is kept: {doc}");
+    assert_eq!(doc["_rev"], answer["rev"]);
+    assert_eq!(doc["_attachments"]["logo.png"]["content_type"], "image/png");
+    let (_, headers, bytes) = s.raw("GET", "/db/doc/logo.png", &[], None).await;
+    assert_eq!(bytes, png);
+    assert_eq!(headers["content-type"], "image/png");
+
+    // The same form again names a revision that is no longer current.
+    let (status, _, _) = s
+        .raw("POST", "/db/doc", &same_host, Some(body.clone()))
+        .await;
+    assert_eq!(status, 409);
+    // Without `_rev` the document is created.
+    let (ct2, fresh) = form(&[("_attachments", Some(("a.txt", "text/plain")), b"hello")]);
+    let headers = [
+        ("content-type", ct2.as_str()),
+        ("host", "couch.example:5984"),
+        ("referer", "http://couch.example:5984/_utils/"),
+    ];
+    let (status, _, _) = s.raw("POST", "/db/fresh", &headers, Some(fresh)).await;
+    assert_eq!(status, 201);
+    let (_, _, bytes) = s.raw("GET", "/db/fresh/a.txt", &[], None).await;
+    assert_eq!(bytes, b"hello");
+
+    // Forms from other sites, or without a Referer, are refused (a form needs no CORS
+    // preflight), and so is a POST that is not a form.
+    for referer in [Some("http://evil.example/page"), None] {
+        let mut headers = vec![
+            ("content-type", ct.as_str()),
+            ("host", "couch.example:5984"),
+        ];
+        if let Some(r) = referer {
+            headers.push(("referer", r));
+        }
+        let (status, _, answer) = s.raw("POST", "/db/doc", &headers, Some(body.clone())).await;
+        assert_eq!(status, 400, "{}", String::from_utf8_lossy(&answer));
+    }
+    let (status, _, _) = s
+        .raw(
+            "POST",
+            "/db/doc",
+            &[("content-type", "application/json")],
+            Some(b"{}".to_vec()),
+        )
+        .await;
+    assert_eq!(status, 415);
+}
