@@ -14,7 +14,7 @@ use percent_encoding::percent_decode_str;
 use crate::query::Query;
 use crate::request::{MAX_DOC_ID_BYTES, Req};
 use crate::routes::{
-    all_docs, attachment, bulk, changes, conflicts, db, doc, local, node, ops, server,
+    all_docs, attachment, bulk, changes, conflicts, db, db_updates, doc, local, node, ops, server,
 };
 use crate::{ApiError, AppState};
 
@@ -73,6 +73,7 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
         [] => server::root(state, &req).await,
         ["_up"] => server::up(&req),
         ["_all_dbs"] => server::all_dbs(state, &req).await,
+        ["_db_updates"] => db_updates::handle(state, &req).await,
         ["_dbs_info"] => server::dbs_info(state, &mut req).await,
         ["_membership"] => node::membership(&req),
         ["_node", name, rest @ ..] => node::route(state, name, rest, &req),
@@ -160,6 +161,7 @@ pub fn template(raw_path: &str) -> &'static str {
         [] => "/",
         ["_up"] => "/_up",
         ["_all_dbs"] => "/_all_dbs",
+        ["_db_updates"] => "/_db_updates",
         ["_dbs_info"] => "/_dbs_info",
         ["_membership"] => "/_membership",
         ["_node", _] => "/_node/{node}",

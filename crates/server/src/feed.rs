@@ -64,6 +64,9 @@ pub enum Source {
     Changes,
     /// `_events`: every accepted revision, optionally of one document.
     Events { doc_id: Option<String> },
+    /// `/_db_updates`: the server's databases, each at its latest creation, change or deletion
+    /// (the feed's database name is unused).
+    DbUpdates,
 }
 
 /// A parsed `_changes` or `_events` request.
@@ -179,6 +182,16 @@ async fn read_page(
             Ok(events
                 .into_iter()
                 .map(|e| (e.seq, Some(event_json(e, opts.include_docs).to_string())))
+                .collect())
+        }
+        Source::DbUpdates => {
+            let updates = state.store.db_updates(since, limit).await?;
+            Ok(updates
+                .into_iter()
+                .map(|u| {
+                    let row = json!({"db_name": u.db_name, "type": u.kind, "seq": u.seq});
+                    (u.seq, Some(row.to_string()))
+                })
                 .collect())
         }
     }
@@ -367,7 +380,10 @@ enum Woken {
 
 async fn run(state: &AppState, db: &str, opts: FeedOpts, out: &Out) -> Result<(), FeedEnd> {
     // Subscribe before the first read, so a write that lands in between still wakes us.
-    let mut watch = state.store.watch(db);
+    let mut watch = match opts.source {
+        Source::DbUpdates => state.store.watch_db_updates(),
+        _ => state.store.watch(db),
+    };
     let limit = opts.limit.unwrap_or(u64::MAX);
     match opts.kind {
         FeedKind::Normal => {

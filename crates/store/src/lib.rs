@@ -153,4 +153,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// A receiver that sees the database's update sequence each time it moves, for live feeds.
     fn watch(&self, db: &str) -> watch::Receiver<u64>;
+
+    /// `_db_updates`: the databases created, changed or deleted after the server-wide sequence
+    /// `since`, each once (at its latest event), in sequence order, at most `limit`.
+    async fn db_updates(&self, since: u64, limit: u64) -> Result<Vec<DbUpdate>, StoreError>;
+
+    /// A receiver that sees the `_db_updates` sequence each time it moves.
+    fn watch_db_updates(&self) -> watch::Receiver<u64>;
 }

@@ -157,6 +157,16 @@ pub struct EventsQuery {
     pub include_docs: bool,
 }
 
+/// A database's latest creation, change or deletion, as `_db_updates` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbUpdate {
+    /// The server-wide sequence of the event.
+    pub seq: u64,
+    pub db_name: String,
+    /// `created`, `updated` or `deleted`.
+    pub kind: String,
+}
+
 /// An accepted revision, as the immutable event log keeps it.
 #[derive(Debug, Clone)]
 pub struct Event {

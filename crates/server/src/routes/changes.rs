@@ -15,7 +15,7 @@ use crate::request::Req;
 use crate::{ApiError, AppState};
 
 /// CouchDB's default `timeout` of live feeds.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The shortest heartbeat honoured; shorter ones would only burn CPU.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// Most `doc_ids` in one filter.
@@ -23,7 +23,7 @@ const MAX_DOC_IDS: usize = 100_000;
 
 /// Parses `since`: a number, `now`, or an opaque sequence string that starts with one (as
 /// CouchDB's `N-…` sequences do).
-fn parse_since(raw: &str, current: u64) -> Result<u64, ApiError> {
+pub(crate) fn parse_since(raw: &str, current: u64) -> Result<u64, ApiError> {
     let raw = raw.trim().trim_matches('"');
     if raw == "now" {
         return Ok(current);
@@ -37,14 +37,14 @@ fn parse_since(raw: &str, current: u64) -> Result<u64, ApiError> {
 /// duration would overflow it.
 const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
-fn ms(req: &Req, name: &str) -> Result<Option<Duration>, ApiError> {
+pub(crate) fn ms(req: &Req, name: &str) -> Result<Option<Duration>, ApiError> {
     Ok(req
         .query
         .u64(name)?
         .map(|ms| Duration::from_millis(ms).min(MAX_WAIT)))
 }
 
-fn parse_kind(req: &Req) -> Result<FeedKind, ApiError> {
+pub(crate) fn parse_kind(req: &Req) -> Result<FeedKind, ApiError> {
     match req.query.get("feed").unwrap_or("normal") {
         "normal" => Ok(FeedKind::Normal),
         "longpoll" => Ok(FeedKind::Longpoll),
@@ -55,7 +55,7 @@ fn parse_kind(req: &Req) -> Result<FeedKind, ApiError> {
 }
 
 /// `since`, or for an event source that reconnects, its `Last-Event-ID`.
-fn since_param(req: &Req, kind: FeedKind) -> Option<String> {
+pub(crate) fn since_param(req: &Req, kind: FeedKind) -> Option<String> {
     match (
         kind,
         req.headers
@@ -67,7 +67,7 @@ fn since_param(req: &Req, kind: FeedKind) -> Option<String> {
     }
 }
 
-fn parse_heartbeat(req: &Req) -> Result<Option<Duration>, ApiError> {
+pub(crate) fn parse_heartbeat(req: &Req) -> Result<Option<Duration>, ApiError> {
     match req.query.get("heartbeat") {
         None | Some("false") => Ok(None),
         Some("true") => Ok(Some(DEFAULT_TIMEOUT)),

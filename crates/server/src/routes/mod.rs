@@ -6,6 +6,7 @@ pub mod bulk;
 pub mod changes;
 pub mod conflicts;
 pub mod db;
+pub mod db_updates;
 pub mod doc;
 pub mod doc_form;
 pub mod doc_multipart;

@@ -433,3 +433,86 @@ async fn a_database_deleted_and_created_again_in_one_commit_ends_its_live_feeds(
     .expect("the old database's feed stayed open");
     assert!(rest.contains("last_seq"), "{rest}");
 }
+
+/// `/_db_updates`: every database once at its latest event, in the normal, longpoll and
+/// continuous formats.
+#[tokio::test]
+async fn db_updates_follow_databases_as_they_change() {
+    install_crypto();
+    let server = live().await;
+    let client = reqwest::Client::new();
+    let base = server.base.clone();
+    for db in ["a", "b"] {
+        client.put(format!("{base}/{db}")).send().await.unwrap();
+    }
+    client
+        .put(format!("{base}/a/x"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    client.delete(format!("{base}/b")).send().await.unwrap();
+    let feed: Value = reqwest::get(format!("{base}/_db_updates"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rows: Vec<(String, String)> = feed["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["db_name"].as_str().unwrap().to_owned(),
+                r["type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    // `db` was created by `live()` and has not changed since.
+    assert_eq!(
+        rows,
+        [
+            ("db".to_owned(), "created".to_owned()),
+            ("a".to_owned(), "updated".to_owned()),
+            ("b".to_owned(), "deleted".to_owned()),
+        ],
+        "{feed}"
+    );
+    let last = feed["last_seq"].as_u64().unwrap();
+    assert_eq!(feed["results"][2]["seq"], last);
+
+    // A longpoll from the last sequence answers with the next event, whenever it comes.
+    let poll = {
+        let base = base.clone();
+        tokio::spawn(async move {
+            reqwest::get(format!("{base}/_db_updates?feed=longpoll&since={last}"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    };
+    client.put(format!("{base}/c")).send().await.unwrap();
+    let answer: Value = serde_json::from_str(poll.await.unwrap().trim()).unwrap();
+    assert_eq!(answer["results"][0]["db_name"], "c", "{answer}");
+    assert_eq!(answer["results"][0]["type"], "created", "{answer}");
+
+    let text = reqwest::get(format!(
+        "{base}/_db_updates?feed=continuous&since={last}&timeout=100"
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["db_name"], "c", "{text}");
+    assert_eq!(lines[1]["last_seq"], last + 1, "{text}");
+}

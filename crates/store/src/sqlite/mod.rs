@@ -18,7 +18,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
 use crate::{
-    AllDocsQuery, ChangeRow, ChangesQuery, CompactionMark, Compactions, DbInfo, DocError,
+    AllDocsQuery, ChangeRow, ChangesQuery, CompactionMark, Compactions, DbInfo, DbUpdate, DocError,
     DocRecord, DocRow, DocUpdate, Event, EventsQuery, LocalDoc, Retention, Store, StoreError,
     StoredBody,
 };
@@ -44,6 +44,8 @@ pub struct SqliteStore {
     /// Live feed listeners, per database: the writer publishes each database's new update
     /// sequence after every commit.
     watchers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+    /// The `_db_updates` sequence, published by the writer after every commit that moved it.
+    db_updates: watch::Sender<u64>,
     /// Databases being compacted, for `compact_running`.
     compactions: Compactions,
 }
@@ -88,19 +90,30 @@ impl SqliteStore {
             }
         };
         let watchers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>> = Arc::default();
+        let db_updates_seq: i64 =
+            conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM db_updates", [], |r| {
+                r.get(0)
+            })?;
+        let db_updates = watch::Sender::new(db_updates_seq as u64);
         let announce_to = watchers.clone();
-        let announce: writer::Announce = Box::new(move |db, seq| {
-            let mut map = announce_to.lock().unwrap_or_else(|e| e.into_inner());
-            match seq {
-                Some(seq) => {
-                    if let Some(tx) = map.get(db) {
-                        tx.send_replace(seq);
+        let announce_updates = db_updates.clone();
+        let announce: writer::Announce = Box::new(move |what| match what {
+            writer::Announcement::Db(db, seq) => {
+                let mut map = announce_to.lock().unwrap_or_else(|e| e.into_inner());
+                match seq {
+                    Some(seq) => {
+                        if let Some(tx) = map.get(db) {
+                            tx.send_replace(seq);
+                        }
+                    }
+                    // Dropping the sender ends every live feed of the deleted database.
+                    None => {
+                        map.remove(db);
                     }
                 }
-                // Dropping the sender ends every live feed of the deleted database.
-                None => {
-                    map.remove(db);
-                }
+            }
+            writer::Announcement::DbUpdates(seq) => {
+                announce_updates.send_replace(seq);
             }
         });
         let (tx, rx) = mpsc::channel();
@@ -114,6 +127,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(tx)),
             readers: Arc::default(),
             watchers,
+            db_updates,
             compactions: Compactions::default(),
         })
     }
@@ -470,6 +484,33 @@ impl Store for SqliteStore {
     async fn events(&self, db: &str, query: &EventsQuery) -> Result<Vec<Event>, StoreError> {
         let (db, query) = (db.to_owned(), query.clone());
         self.read(move |c| read::events(c, &db, &query)).await
+    }
+
+    async fn db_updates(&self, since: u64, limit: u64) -> Result<Vec<DbUpdate>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, name, type FROM db_updates WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(
+                rusqlite::params![
+                    since.min(i64::MAX as u64) as i64,
+                    limit.min(i64::MAX as u64) as i64
+                ],
+                |r| {
+                    Ok(DbUpdate {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        db_name: r.get(1)?,
+                        kind: r.get(2)?,
+                    })
+                },
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    fn watch_db_updates(&self) -> watch::Receiver<u64> {
+        self.db_updates.subscribe()
     }
 
     fn watch(&self, db: &str) -> watch::Receiver<u64> {

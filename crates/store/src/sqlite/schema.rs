@@ -2,6 +2,8 @@
 //!
 //! All databases live in one SQLite file. Tables:
 //! - `dbs`: one row per database with its counters and settings;
+//! - `db_updates`: each database once, at its latest creation, change or deletion
+//!   (`_db_updates`);
 //! - `docs`: one row per document: its revision tree, winner and latest sequence (the changes
 //!   feed is an index on `(db, seq)`, so every document appears once, at its latest change);
 //! - `revs`: the body of every revision received with one; compaction keeps only the leaves';
@@ -104,6 +106,15 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (db, seq, pos)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_doc ON events (db, doc, seq);
+
+-- `_db_updates`: each database once, at its latest creation, change or deletion, under a
+-- server-wide sequence (the largest `seq` is the current one).
+CREATE TABLE IF NOT EXISTS db_updates (
+    name TEXT PRIMARY KEY,
+    seq  INTEGER NOT NULL,
+    type TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS db_updates_by_seq ON db_updates (seq);
 
 -- A document's revision tree after the last event retention dropped: where replay starts.
 CREATE TABLE IF NOT EXISTS event_baselines (

@@ -107,9 +107,16 @@ pub(super) struct Job {
     pub reply: oneshot::Sender<Result<WriteReply, StoreError>>,
 }
 
-/// Where committed changes are announced: database name and its new update sequence, or `None`
-/// when the database was deleted.
-pub(super) type Announce = Box<dyn Fn(&str, Option<u64>) + Send>;
+/// What a commit changed, for the live feeds waiting on it.
+pub(super) enum Announcement<'a> {
+    /// A database's new update sequence, or `None` when the database was deleted.
+    Db(&'a str, Option<u64>),
+    /// The new server-wide sequence of `_db_updates`.
+    DbUpdates(u64),
+}
+
+/// Where committed changes are announced.
+pub(super) type Announce = Box<dyn Fn(Announcement<'_>) + Send>;
 
 /// Runs the writer loop until every sender is gone.
 ///
@@ -148,10 +155,13 @@ pub(super) fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>, announce: Ann
         match outcome {
             Ok(results) => {
                 for db in &moved.deleted {
-                    announce(db, None);
+                    announce(Announcement::Db(db, None));
                 }
                 for (db, seq) in &moved.seqs {
-                    announce(db, Some(*seq));
+                    announce(Announcement::Db(db, Some(*seq)));
+                }
+                if let Some(seq) = moved.db_updates_seq {
+                    announce(Announcement::DbUpdates(seq));
                 }
                 for ((pending, _), result) in batch.into_iter().zip(results) {
                     match result {
@@ -210,17 +220,50 @@ impl Pending {
 struct Moved {
     deleted: BTreeSet<String>,
     seqs: BTreeMap<String, u64>,
+    /// Databases created, with what happened to each since, in order, for `_db_updates`.
+    updates: BTreeMap<String, &'static str>,
+    /// The `_db_updates` sequence the commit reached, when it recorded any.
+    db_updates_seq: Option<u64>,
 }
 
 impl Moved {
     fn seq(&mut self, db: &str, seq: u64) {
         self.seqs.insert(db.to_owned(), seq);
+        self.updates.entry(db.to_owned()).or_insert("updated");
+    }
+
+    fn created(&mut self, db: &str) {
+        self.seqs.insert(db.to_owned(), 0);
+        self.updates.insert(db.to_owned(), "created");
     }
 
     fn deleted(&mut self, db: &str) {
         self.seqs.remove(db);
         self.deleted.insert(db.to_owned());
+        self.updates.insert(db.to_owned(), "deleted");
     }
+}
+
+/// Records the databases a transaction created, changed or deleted in `db_updates`, each under
+/// a new server-wide sequence, replacing its previous row (CouchDB's `_db_updates` lists each
+/// database once, at its latest event).
+fn record_db_updates(tx: &Connection, moved: &mut Moved) -> Result<(), StoreError> {
+    if moved.updates.is_empty() {
+        return Ok(());
+    }
+    let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM db_updates", [], |r| {
+        r.get(0)
+    })?;
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO db_updates (name, seq, type) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, type = excluded.type",
+    )?;
+    for (name, kind) in &moved.updates {
+        seq += 1;
+        upsert.execute(params![name, seq, kind])?;
+    }
+    moved.db_updates_seq = Some(seq as u64);
+    Ok(())
 }
 
 /// Applies a batch in one transaction; the outer error means nothing was committed. Each job
@@ -255,6 +298,7 @@ fn apply_batch(
         }
         results.push(result.transpose());
     }
+    record_db_updates(&tx, moved)?;
     tx.set_drop_behavior(rusqlite::DropBehavior::Rollback);
     tx.commit()?;
     Ok(results)
@@ -313,7 +357,7 @@ fn apply(
             if inserted == 0 {
                 return Err(StoreError::DbExists);
             }
-            moved.seq(name, 0);
+            moved.created(name);
             Ok(WriteReply::Done)
         }
         WriteOp::DeleteDb { name } => {

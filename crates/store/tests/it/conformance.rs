@@ -78,6 +78,46 @@ async fn databases_are_created_once_and_deleted_with_their_documents() {
     }
 }
 
+/// `_db_updates`: each database once, at its latest event, under a server-wide sequence that
+/// survives reopening.
+#[tokio::test]
+async fn database_updates_list_each_database_at_its_latest_event() {
+    for (store, _dir) in engines() {
+        let mut watch = store.watch_db_updates();
+        let start = *watch.borrow_and_update();
+        store.create_db("a").await.unwrap();
+        store.create_db("b").await.unwrap();
+        store
+            .write_docs("a", vec![edit("x", None, json!({}))])
+            .await
+            .unwrap();
+        store.delete_db("b").await.unwrap();
+        let seen = |updates: Vec<outpost_store::DbUpdate>| {
+            updates
+                .into_iter()
+                .map(|u| (u.db_name, u.kind))
+                .collect::<Vec<_>>()
+        };
+        let all = store.db_updates(start, 100).await.unwrap();
+        assert_eq!(
+            seen(all.clone()),
+            [
+                ("a".into(), "updated".into()),
+                ("b".into(), "deleted".into())
+            ]
+        );
+        assert!(all[0].seq < all[1].seq);
+        assert!(watch.has_changed().unwrap());
+        assert_eq!(*watch.borrow_and_update(), all[1].seq);
+        let later = store.db_updates(all[0].seq, 100).await.unwrap();
+        assert_eq!(seen(later), [("b".into(), "deleted".into())]);
+        assert_eq!(store.db_updates(start, 1).await.unwrap().len(), 1);
+        store.create_db("b").await.unwrap();
+        let again = store.db_updates(all[1].seq, 100).await.unwrap();
+        assert_eq!(seen(again), [("b".into(), "created".into())]);
+    }
+}
+
 #[tokio::test]
 async fn concurrent_writers_all_commit() {
     for (store, _dir) in engines() {
