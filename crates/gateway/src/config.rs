@@ -181,6 +181,9 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Longest back-off delay (a longer `Retry-After` from the upstream still wins).
     pub max_delay: Duration,
+    /// Longest wait a `Retry-After` from the upstream can impose; longer values are clamped, so
+    /// a confused or hostile backend cannot park the queue for years.
+    pub max_retry_after: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -190,6 +193,7 @@ impl Default for RetryPolicy {
             max_age: Duration::from_secs(72 * 3600),
             base_delay: Duration::from_millis(250),
             max_delay: Duration::from_secs(60),
+            max_retry_after: Duration::from_secs(3600),
         }
     }
 }

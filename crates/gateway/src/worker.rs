@@ -80,7 +80,8 @@ pub fn classify(status: u16) -> StatusClass {
 }
 
 /// The delay before attempt `attempts + 1`: exponential from `base`, capped, with jitter in the
-/// upper half so a crowd of clients does not retry in lockstep; a longer `Retry-After` wins.
+/// upper half so a crowd of clients does not retry in lockstep; a longer `Retry-After` wins, up
+/// to the policy's `max_retry_after`.
 pub fn backoff(policy: &RetryPolicy, attempts: u32, retry_after: Option<Duration>) -> Duration {
     let exp = attempts.saturating_sub(1).min(30);
     let delay = policy
@@ -94,21 +95,32 @@ pub fn backoff(policy: &RetryPolicy, attempts: u32, retry_after: Option<Duration
         Duration::from_nanos(rand::random_range(0..=half.as_nanos() as u64))
     };
     let delay = half + jitter;
-    match retry_after {
+    match retry_after.map(|ra| ra.min(policy.max_retry_after)) {
         Some(ra) if ra > delay => ra,
         _ => delay,
     }
 }
 
-/// Parses a `Retry-After` given in seconds (the HTTP-date form is not honoured).
-pub fn retry_after(response: &StoredResponse) -> Option<Duration> {
-    response
+/// Parses a `Retry-After` (RFC 9110 section 10.2.3) as a delay from `now`: delay-seconds, where
+/// a number too large for any clock counts as "as long as possible", or an HTTP-date, where a
+/// date in the past means "now". Callers clamp the result to their own maximum.
+pub fn retry_after(response: &StoredResponse, now: std::time::SystemTime) -> Option<Duration> {
+    let value = response
         .headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case("retry-after"))
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())?
+        .trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// `now_ms + delay` in milliseconds, saturating instead of overflowing.
+fn at_ms(now_ms: i64, delay: Duration) -> i64 {
+    now_ms.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
 }
 
 struct Ctx<D> {
@@ -301,7 +313,7 @@ fn outcome<D>(ctx: &Ctx<D>, entry: &Deliverable, delivery: Delivery) -> (Finish,
                     h.mark_down(&format!("delivery answered {}", resp.status));
                 }
                 let reason = format!("the upstream answered {}", resp.status);
-                let after = retry_after(&resp);
+                let after = retry_after(&resp, std::time::SystemTime::now());
                 retry_or_dead(ctx, entry, attempts, reason, after, Some(resp))
             }
         },
@@ -356,7 +368,7 @@ fn retry_or_dead<D>(
     tracing::debug!(id = %entry.id, attempts, ?delay, %reason, "delivery will be retried");
     let finish = Finish::Later {
         attempts,
-        next_attempt_ms: now + delay.as_millis() as i64,
+        next_attempt_ms: at_ms(now, delay),
         error: reason,
     };
     (finish, true)
@@ -418,7 +430,32 @@ mod tests {
             body: bytes::Bytes::new(),
             truncated: false,
         };
-        assert_eq!(retry_after(&resp("3")), Some(Duration::from_secs(3)));
-        assert_eq!(retry_after(&resp("soon")), None);
+        let now = std::time::SystemTime::now();
+        assert_eq!(retry_after(&resp("3"), now), Some(Duration::from_secs(3)));
+        assert_eq!(retry_after(&resp("soon"), now), None);
+        assert_eq!(retry_after(&resp("-1"), now), None);
+        // Larger than any clock: saturates instead of overflowing.
+        let huge = retry_after(&resp("99999999999999999999999"), now).unwrap();
+        assert_eq!(huge, Duration::from_secs(u64::MAX));
+        assert_eq!(at_ms(now_ms(), huge), i64::MAX);
+        // HTTP-date: relative to now, a past date meaning at once.
+        let later = now + Duration::from_secs(120);
+        let date = httpdate::fmt_http_date(later);
+        let d = retry_after(&resp(&date), now).unwrap();
+        assert!(d > Duration::from_secs(118) && d <= Duration::from_secs(120), "{d:?}");
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(120));
+        assert_eq!(retry_after(&resp(&past), now), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn retry_after_is_clamped_to_the_policy() {
+        let policy = RetryPolicy {
+            max_retry_after: Duration::from_secs(30),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(
+            backoff(&policy, 1, Some(Duration::from_secs(u64::MAX))),
+            Duration::from_secs(30)
+        );
     }
 }

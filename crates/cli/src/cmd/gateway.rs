@@ -95,6 +95,9 @@ pub struct GatewayOptions {
     /// Longest retry delay (a longer Retry-After from the backend still wins).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub retry_max: Duration,
+    /// Longest delay a backend's Retry-After can impose on a queued entry (larger ones are clamped).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub max_retry_after: Duration,
     /// Bearer token of the admin API; without it the admin API is disabled.
     #[arg(long, env = "OUTPOST_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -180,6 +183,7 @@ impl GatewayOptions {
         c.retry.max_age = self.max_age;
         c.retry.base_delay = self.retry_base;
         c.retry.max_delay = self.retry_max;
+        c.retry.max_retry_after = self.max_retry_after;
         c.admin_token = self.admin_token.clone();
         c.prefix = self.prefix.clone();
         c.key = self.key.source();
