@@ -59,13 +59,20 @@ impl UpstreamUrl {
         })
     }
 
-    /// The absolute URI for a request target as received from a client.
-    pub fn join(&self, target: &str) -> Result<http::Uri, http::uri::InvalidUri> {
-        format!(
+    /// The absolute URI for a request target as received from a client; `None` unless the
+    /// target is in origin form (starts with `/`), so `*` or garbage can never change the host
+    /// or port the request goes to.
+    pub fn join(&self, target: &str) -> Option<http::Uri> {
+        if !target.starts_with('/') {
+            return None;
+        }
+        let uri: http::Uri = format!(
             "{}://{}{}{}",
             self.scheme, self.authority, self.base_path, target
         )
         .parse()
+        .ok()?;
+        (uri.authority() == Some(&self.authority)).then_some(uri)
     }
 }
 
@@ -211,6 +218,10 @@ pub struct Config {
     pub probe_path: String,
     /// Time between probes.
     pub probe_interval: Duration,
+    /// Consecutive failures (probes, live requests, deliveries) that mark the upstream down.
+    pub health_fall: u32,
+    /// Consecutive successes (probes, deliveries) that mark it up again.
+    pub health_rise: u32,
     /// Limit on establishing a connection to the upstream.
     pub connect_timeout: Duration,
     /// Limit on waiting for the upstream's response headers.
@@ -250,6 +261,8 @@ impl Config {
             data_dir,
             probe_path: "/".into(),
             probe_interval: Duration::from_secs(2),
+            health_fall: crate::health::DEFAULT_FALL,
+            health_rise: crate::health::DEFAULT_RISE,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(30),
             ordering: Ordering::Global,
@@ -274,6 +287,11 @@ impl Config {
         }
         if self.probe_interval.is_zero() {
             return Err(Error::Config("the probe interval must be positive".into()));
+        }
+        if self.health_fall == 0 || self.health_rise == 0 {
+            return Err(Error::Config(
+                "the health thresholds must be at least 1".into(),
+            ));
         }
         if self.limits.max_header_bytes < MIN_HEADER_BYTES {
             return Err(Error::Config(format!(
@@ -310,6 +328,9 @@ mod tests {
             u.join("/a/../b%2e%2e?x=%00").unwrap().to_string(),
             "http://127.0.0.1:8080/api/a/../b%2e%2e?x=%00"
         );
+        assert!(u.join("*").is_none());
+        assert!(u.join("@evil:80/").is_none());
+        assert!(u.join("").is_none());
         assert!(UpstreamUrl::parse("https://x").is_err());
         assert!(UpstreamUrl::parse("nonsense").is_err());
         assert!(UpstreamUrl::parse("http://x/?q").is_err());

@@ -72,6 +72,8 @@ impl App {
                 Ok(resp) => resp,
                 Err(never) => match never {},
             }
+        } else if let Some(refusal) = refuse(&req) {
+            refusal.into_response()
         } else if forward::is_write(req.method()) {
             self.write(req, client).await
         } else {
@@ -111,12 +113,13 @@ impl App {
             *up.headers_mut() = parts.headers.clone();
             match self.upstream.send(up).await {
                 Ok(resp) if !matches!(resp.status().as_u16(), 502..=504) => {
+                    self.health.success();
                     Stats::bump(&self.stats.passed);
                     return pass_response(resp);
                 }
                 Ok(resp) => {
                     self.health
-                        .mark_down(&format!("upstream answered {}", resp.status()));
+                        .failure(&format!("upstream answered {}", resp.status()));
                 }
                 Err(SendError::BadTarget) => {
                     return ApiError::BadRequest("the request target cannot be forwarded".into())
@@ -124,7 +127,7 @@ impl App {
                 }
                 Err(e) => {
                     if e.marks_down() {
-                        self.health.mark_down(&e.to_string());
+                        self.health.failure(&e.to_string());
                     }
                     tracing::info!(error = %e, "write not delivered; queueing it");
                 }
@@ -183,13 +186,14 @@ impl App {
             match self.upstream.send(Request::from_parts(parts, body)).await {
                 Ok(resp) if matches!(resp.status().as_u16(), 502..=504) => {
                     self.health
-                        .mark_down(&format!("upstream answered {}", resp.status()));
+                        .failure(&format!("upstream answered {}", resp.status()));
                     if let Some(stale) = self.stale(key.as_ref(), &method) {
                         return stale;
                     }
                     return pass_response(resp);
                 }
                 Ok(resp) => {
+                    self.health.success();
                     Stats::bump(&self.stats.passed);
                     return match (&self.cache, key, method) {
                         (Some(cache), Some(key), Method::GET) => {
@@ -207,7 +211,7 @@ impl App {
                 }
                 Err(e) => {
                     if e.marks_down() {
-                        self.health.mark_down(&e.to_string());
+                        self.health.failure(&e.to_string());
                     }
                     tracing::info!(error = %e, "read failed");
                 }
@@ -225,6 +229,21 @@ impl App {
         Stats::bump(&self.stats.stale_served);
         Some(resp)
     }
+}
+
+/// Requests that are never forwarded, refused before any connection is made: `CONNECT` (the
+/// gateway is not a tunnel) and targets that are not in origin form (`OPTIONS *`, which would
+/// otherwise be glued to the upstream's authority).
+fn refuse(req: &Request<Body>) -> Option<ApiError> {
+    if req.method() == Method::CONNECT {
+        return Some(ApiError::MethodNotAllowed);
+    }
+    if !target_of(req.uri()).starts_with('/') {
+        return Some(ApiError::BadRequest(
+            "only request targets starting with `/` are forwarded".into(),
+        ));
+    }
+    None
 }
 
 /// The request target (path and query) exactly as received.

@@ -85,7 +85,11 @@ impl Gateway {
                 addr: config.listen,
                 source,
             })?;
-        let health = Arc::new(Health::new(true));
+        let health = Arc::new(Health::with_thresholds(
+            true,
+            config.health_fall,
+            config.health_rise,
+        ));
         let stats = Arc::new(Stats::default());
         let admin_state = Arc::new(AdminState {
             queue: queue.clone(),
@@ -147,6 +151,16 @@ impl Gateway {
         } = self;
         let tracker = TaskTracker::new();
 
+        // The first probe decides the starting state before the first client is served (they
+        // wait in the listen backlog), so a restart during an outage neither forwards writes
+        // into a dead backend nor spends a delivery attempt finding out.
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            r = app.upstream.probe(&config.probe_path) => match r {
+                Ok(()) => app.health.set(true, ""),
+                Err(reason) => app.health.set(false, &reason),
+            },
+        }
         tracker.spawn(probe(
             app.upstream.clone(),
             app.health.clone(),
@@ -253,14 +267,14 @@ async fn probe(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = upstream.probe(&path) => match r {
-                Ok(()) => health.mark_up(),
-                Err(reason) => health.mark_down(&reason),
-            },
+            _ = tokio::time::sleep(interval) => {}
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(interval) => {}
+            r = upstream.probe(&path) => match r {
+                Ok(()) => health.success(),
+                Err(reason) => health.failure(&reason),
+            },
         }
     }
 }

@@ -74,7 +74,7 @@ impl Upstream {
             .path_and_query()
             .map(|pq| pq.as_str().to_owned())
             .unwrap_or_else(|| "/".to_owned());
-        *req.uri_mut() = self.url.join(&target).map_err(|_| SendError::BadTarget)?;
+        *req.uri_mut() = self.url.join(&target).ok_or(SendError::BadTarget)?;
         match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
             Err(_) => Err(SendError::Timeout(self.response_timeout)),
             Ok(Ok(resp)) => Ok(resp),

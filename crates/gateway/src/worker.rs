@@ -286,7 +286,7 @@ fn outcome<D>(ctx: &Ctx<D>, entry: &Deliverable, delivery: Delivery) -> (Finish,
             StatusClass::Done => {
                 Stats::bump(&ctx.stats.delivered);
                 if let Some(h) = &ctx.health {
-                    h.mark_up();
+                    h.success();
                 }
                 let finish = Finish::Done {
                     attempts,
@@ -307,10 +307,12 @@ fn outcome<D>(ctx: &Ctx<D>, entry: &Deliverable, delivery: Delivery) -> (Finish,
                 (finish, false)
             }
             StatusClass::Retry => {
-                if matches!(resp.status, 502..=504)
-                    && let Some(h) = &ctx.health
-                {
-                    h.mark_down(&format!("delivery answered {}", resp.status));
+                if let Some(h) = &ctx.health {
+                    if matches!(resp.status, 502..=504) {
+                        h.failure(&format!("delivery answered {}", resp.status));
+                    } else {
+                        h.success();
+                    }
                 }
                 let reason = format!("the upstream answered {}", resp.status);
                 let after = retry_after(&resp, std::time::SystemTime::now());
@@ -322,7 +324,7 @@ fn outcome<D>(ctx: &Ctx<D>, entry: &Deliverable, delivery: Delivery) -> (Finish,
             reason,
         } => {
             if upstream_down && let Some(h) = &ctx.health {
-                h.mark_down(&reason);
+                h.failure(&reason);
             }
             retry_or_dead(ctx, entry, attempts, reason, None, None)
         }

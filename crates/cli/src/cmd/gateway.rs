@@ -40,6 +40,13 @@ pub struct GatewayOptions {
     /// Time between health probes (e.g. `2s`, `500ms`).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub probe_interval: Duration,
+    /// Consecutive failures (probes, or live requests and deliveries ending in a connection
+    /// failure, a timeout or 502/503/504) that mark the backend down.
+    #[arg(long, default_value_t = 3)]
+    pub unhealthy_threshold: u32,
+    /// Consecutive successful probes or deliveries that mark it up again.
+    #[arg(long, default_value_t = 2)]
+    pub healthy_threshold: u32,
     /// Limit on connecting to the backend.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -161,6 +168,8 @@ impl GatewayOptions {
         let mut c = Config::new(upstream, self.listen, self.data.clone());
         c.probe_path = self.probe_path.clone();
         c.probe_interval = self.probe_interval;
+        c.health_fall = self.unhealthy_threshold;
+        c.health_rise = self.healthy_threshold;
         c.connect_timeout = self.connect_timeout;
         c.response_timeout = self.response_timeout;
         c.ordering = Ordering::parse(&self.order_by)?;

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod encryption;
+mod health;
 mod idempotency;
 mod layer;
 mod openapi;

@@ -166,7 +166,14 @@ async fn answer(state: Arc<UpstreamState>, req: Request<Incoming>) -> Response<B
         return Response::new(Body::from(vec![b'x'; n.parse().unwrap()]));
     }
     let is_write = parts.method != http::Method::GET && parts.method != http::Method::HEAD;
-    let scripted = if is_write {
+    // `/status/NNN` answers NNN to any method, without consuming the script.
+    let fixed = target
+        .strip_prefix("/status/")
+        .and_then(|s| s.get(..3))
+        .and_then(|s| s.parse::<u16>().ok());
+    let scripted = if let Some(code) = fixed {
+        Some(status(code))
+    } else if is_write {
         state.script.lock().unwrap().pop_front()
     } else {
         None
