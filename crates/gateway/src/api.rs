@@ -127,6 +127,7 @@ impl From<Error> for ApiError {
             | Error::WrongKey
             | Error::InvalidKey(_)
             | Error::Config(_)
+            | Error::Locked(_)
             | Error::Closed) => {
                 tracing::error!(error = %e, "queue operation failed");
                 ApiError::Internal

@@ -50,6 +50,9 @@ pub enum Error {
     /// The configuration is not usable.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Another gateway (or in-process queue) holds the data directory.
+    #[error("the data directory {} is in use by another process (its gateway.lock is held)", .0.display())]
+    Locked(PathBuf),
     /// The queue writer thread has stopped, so nothing more can be made durable.
     #[error("the queue writer has stopped")]
     Closed,
@@ -72,6 +75,7 @@ impl Error {
             | Error::WrongKey
             | Error::InvalidKey(_)
             | Error::Config(_)
+            | Error::Locked(_)
             | Error::Closed => false,
         }
     }

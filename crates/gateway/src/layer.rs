@@ -41,7 +41,7 @@ use crate::crypto::{Cipher, KeySource};
 use crate::error::{Error, Result};
 use crate::forward;
 use crate::proxy::{queued_response, read_body, target_of};
-use crate::queue::{NewEntry, Queue, QueueLimits};
+use crate::queue::{DirLock, NewEntry, Queue, QueueLimits};
 use crate::record::{StoredRequest, StoredResponse};
 use crate::stats::Stats;
 use crate::worker::{Deliver, Delivery, Worker};
@@ -133,14 +133,16 @@ impl OfflineQueue {
         }
         let mut config = config;
         config.prefix = format!("/{trimmed}/");
+        let lock = DirLock::acquire(&config.data_dir)?;
         let cipher = Cipher::load(&config.key, &config.data_dir)?;
-        let queue = Queue::open(
+        let queue = Queue::open_locked(
             &config.data_dir,
             cipher,
             QueueLimits {
                 max_entries: config.limits.max_queue_entries,
                 max_bytes: config.limits.max_queue_bytes,
             },
+            lock,
         )?;
         let stats = Arc::new(Stats::default());
         let admin = api::router(Arc::new(AdminState {

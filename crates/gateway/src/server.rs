@@ -23,7 +23,7 @@ use crate::crypto::Cipher;
 use crate::error::{Error, Result};
 use crate::health::Health;
 use crate::proxy::{App, ProxySettings};
-use crate::queue::{Queue, QueueLimits, now_ms};
+use crate::queue::{DirLock, Queue, QueueLimits, now_ms};
 use crate::stats::Stats;
 use crate::upstream::Upstream;
 use crate::worker::Worker;
@@ -56,17 +56,25 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-/// Opens the queue of a data directory with the configured key (blocking file I/O).
+/// Opens the queue of a data directory with the configured key (blocking file I/O), without
+/// taking the directory's lock: for inspecting and changing entries beside a running gateway.
 pub fn open_queue(config: &Config) -> Result<Queue> {
     let cipher = Cipher::load(&config.key, &config.data_dir)?;
-    Queue::open(
-        &config.data_dir,
-        cipher,
-        QueueLimits {
-            max_entries: config.limits.max_queue_entries,
-            max_bytes: config.limits.max_queue_bytes,
-        },
-    )
+    Queue::open(&config.data_dir, cipher, queue_limits(config))
+}
+
+/// Opens the queue holding the data directory's exclusive lock, as a replaying gateway must.
+fn open_replaying_queue(config: &Config) -> Result<Queue> {
+    let lock = DirLock::acquire(&config.data_dir)?;
+    let cipher = Cipher::load(&config.key, &config.data_dir)?;
+    Queue::open_locked(&config.data_dir, cipher, queue_limits(config), lock)
+}
+
+fn queue_limits(config: &Config) -> QueueLimits {
+    QueueLimits {
+        max_entries: config.limits.max_queue_entries,
+        max_bytes: config.limits.max_queue_bytes,
+    }
 }
 
 impl Gateway {
@@ -75,7 +83,7 @@ impl Gateway {
         let config = config.validate()?;
         let queue = {
             let config = config.clone();
-            tokio::task::spawn_blocking(move || open_queue(&config))
+            tokio::task::spawn_blocking(move || open_replaying_queue(&config))
                 .await
                 .map_err(|_| Error::Closed)??
         };

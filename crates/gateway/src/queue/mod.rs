@@ -10,8 +10,11 @@
 //! it). Every change the worker makes is compare-and-set on the entry's `version`, so an entry
 //! dropped or retried by an operator while it was being delivered is never overwritten.
 
+mod lock;
 mod schema;
 mod writer;
+
+pub use lock::{DirLock, LOCK_FILE};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -246,6 +249,9 @@ struct Inner {
     readers: Vec<Mutex<Connection>>,
     cipher: Cipher,
     shared: Arc<Shared>,
+    /// The data directory's exclusive lock, when this queue replays; released after the
+    /// writer thread has finished (fields drop after `Drop::drop`).
+    _lock: Option<DirLock>,
 }
 
 impl Drop for Inner {
@@ -278,6 +284,26 @@ impl Queue {
     ///
     /// This blocks briefly on file I/O; call it before serving or from a blocking context.
     pub fn open(data_dir: &Path, cipher: Cipher, limits: QueueLimits) -> Result<Self> {
+        Self::open_with(data_dir, cipher, limits, None)
+    }
+
+    /// Opens the queue holding the data directory's exclusive `lock` for as long as it is open;
+    /// for a queue whose worker replays it (see [`DirLock`]).
+    pub fn open_locked(
+        data_dir: &Path,
+        cipher: Cipher,
+        limits: QueueLimits,
+        lock: DirLock,
+    ) -> Result<Self> {
+        Self::open_with(data_dir, cipher, limits, Some(lock))
+    }
+
+    fn open_with(
+        data_dir: &Path,
+        cipher: Cipher,
+        limits: QueueLimits,
+        lock: Option<DirLock>,
+    ) -> Result<Self> {
         std::fs::create_dir_all(data_dir).map_err(|source| Error::File {
             path: data_dir.to_owned(),
             source,
@@ -313,6 +339,7 @@ impl Queue {
                 readers,
                 cipher,
                 shared,
+                _lock: lock,
             }),
         })
     }

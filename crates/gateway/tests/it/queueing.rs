@@ -190,3 +190,21 @@ async fn partitions_replay_independently() {
     }
     gw.stop().await;
 }
+
+/// Issue 15, defect 5: two processes could own one data directory and both deliver everything.
+#[tokio::test]
+async fn a_second_gateway_on_the_same_data_directory_is_refused() {
+    let upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    let second = outpost_gateway::Gateway::bind(test_config(&upstream, dir.path())).await;
+    match second {
+        Err(outpost_gateway::Error::Locked(path)) => assert_eq!(path, dir.path()),
+        other => panic!("a second gateway started on a locked directory: {other:?}"),
+    }
+    // The operator's commands still work beside the running gateway.
+    outpost_gateway::open_queue(&test_config(&upstream, dir.path())).unwrap();
+    gw.stop().await;
+    let again = outpost_gateway::Gateway::bind(test_config(&upstream, dir.path())).await;
+    assert!(again.is_ok(), "the lock outlived the gateway");
+}
