@@ -71,7 +71,10 @@ pub enum StatusClass {
 /// Classifies an upstream status for a queued write.
 pub fn classify(status: u16) -> StatusClass {
     match status {
-        200..=399 => StatusClass::Done,
+        200..=299 => StatusClass::Done,
+        // A redirect is not a delivery: typically a login page after a session expired. It is
+        // kept, with the answer, for the operator to look at, never silently counted as done.
+        300..=399 => StatusClass::Dead,
         408 | 425 | 429 | 500..=599 => StatusClass::Retry,
         // 1xx cannot be a final answer; treat a confused upstream as transient.
         100..=199 => StatusClass::Retry,
@@ -386,7 +389,9 @@ mod tests {
             (200, StatusClass::Done),
             (201, StatusClass::Done),
             (204, StatusClass::Done),
-            (302, StatusClass::Done),
+            (301, StatusClass::Dead),
+            (302, StatusClass::Dead),
+            (304, StatusClass::Dead),
             (400, StatusClass::Dead),
             (401, StatusClass::Dead),
             (404, StatusClass::Dead),

@@ -244,3 +244,24 @@ async fn retry_after_is_clamped_and_overflow_safe() {
     assert_eq!(upstream.writes().len(), 4);
     gw.stop().await;
 }
+
+/// Issue 15, defect 6: a redirect on replay (a login page after the session expired) counted as
+/// delivered and the write was deleted.
+#[tokio::test]
+async fn a_redirect_on_replay_is_dead_lettered_not_done() {
+    let mut upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    let (_, _, body) = post(&gw.url("/save"), "draft", &[]).await;
+    upstream.script([Answer {
+        status: 302,
+        headers: vec![("location", "/login")],
+    }]);
+    upstream.restart().await;
+    let dead = gw.wait_state(body["id"].as_str().unwrap(), "dead").await;
+    assert_eq!(dead["response"]["status"], 302);
+    assert_eq!(dead["response"]["headers"]["location"], "/login");
+    assert!(dead["last_error"].as_str().unwrap().contains("302"), "{dead}");
+    assert_eq!(dead["request"]["target"], "/save", "the request is kept for a retry");
+    gw.stop().await;
+}
