@@ -38,6 +38,8 @@ pub enum ApiError {
     MethodNotAllowed,
     /// The operation does not apply in the resource's current state.
     Conflict(String),
+    /// The idempotency key is already used for a different request.
+    KeyReused,
     /// The body is larger than the limit (in bytes).
     PayloadTooLarge(u64),
     /// The queue cannot take more.
@@ -74,6 +76,11 @@ impl ApiError {
                 "this method does not apply to this resource".into(),
             ),
             ApiError::Conflict(r) => (StatusCode::CONFLICT, "conflict", r.clone()),
+            ApiError::KeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this idempotency key is already used for a different request".into(),
+            ),
             ApiError::PayloadTooLarge(max) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -120,6 +127,7 @@ impl From<Error> for ApiError {
             Error::NotFound(id) => ApiError::NotFound(format!("no queue entry {id}")),
             Error::Conflict(reason) => ApiError::Conflict(reason),
             Error::QueueFull(why) => ApiError::QueueFull(why),
+            Error::KeyReused => ApiError::KeyReused,
             e @ (Error::Storage(_)
             | Error::File { .. }
             | Error::Listen { .. }

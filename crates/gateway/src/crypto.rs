@@ -32,10 +32,14 @@ pub enum KeySource {
     DataDir,
 }
 
-/// Seals and opens records with one AES-256-GCM key.
+/// Seals and opens records with one AES-256-GCM key, and computes keyed hashes
+/// (HMAC-SHA-256 under a key derived from it) for values the queue must compare without storing
+/// them in clear: idempotency scopes, body fingerprints.
 #[derive(Clone)]
 pub struct Cipher {
     aead: Aes256Gcm,
+    /// Derived from the record key, so one secret serves both and neither reveals the other.
+    index: ring::hmac::Key,
 }
 
 impl std::fmt::Debug for Cipher {
@@ -48,9 +52,28 @@ impl std::fmt::Debug for Cipher {
 impl Cipher {
     /// A cipher for this 256-bit key.
     pub fn new(key: &[u8; 32]) -> Self {
+        let master = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+        let derived = ring::hmac::sign(&master, b"outpost-gateway/index-key/v1");
         Self {
             aead: Aes256Gcm::new(key.into()),
+            index: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref()),
         }
+    }
+
+    /// A keyed hash of `parts` (each length-prefixed, so `("ab", "c")` and `("a", "bc")`
+    /// differ), as lowercase hex: equal inputs give equal hashes, and without the key nothing
+    /// about the input can be learned or guessed from it.
+    pub fn mac(&self, parts: &[&[u8]]) -> String {
+        let mut ctx = ring::hmac::Context::with_key(&self.index);
+        for part in parts {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part);
+        }
+        ctx.sign()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// Loads (or creates) the key described by `source`.
@@ -186,6 +209,16 @@ mod tests {
         let other = Cipher::new(&[8; 32]);
         assert!(matches!(other.open(b"id-1", &sealed), Err(Error::WrongKey)));
         assert!(!sealed.windows(6).any(|w| w == b"secret"));
+    }
+
+    #[test]
+    fn keyed_hashes_depend_on_key_and_framing() {
+        let a = Cipher::new(&[7; 32]);
+        let b = Cipher::new(&[8; 32]);
+        assert_eq!(a.mac(&[b"x", b"y"]), a.mac(&[b"x", b"y"]));
+        assert_ne!(a.mac(&[b"x", b"y"]), b.mac(&[b"x", b"y"]));
+        assert_ne!(a.mac(&[b"ab", b"c"]), a.mac(&[b"a", b"bc"]));
+        assert_eq!(a.mac(&[b"x"]).len(), 64);
     }
 
     #[test]

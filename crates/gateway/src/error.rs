@@ -32,6 +32,10 @@ pub enum Error {
     /// The queue is at its configured limit of entries or bytes.
     #[error("the queue is full: {0}")]
     QueueFull(&'static str),
+    /// The idempotency key of a pending entry was sent again, by the same principal to the same
+    /// method and target, with a different body.
+    #[error("this idempotency key is already used for a different request")]
+    KeyReused,
     /// No queue entry has this id.
     #[error("no queue entry {0}")]
     NotFound(String),
@@ -76,6 +80,7 @@ impl Error {
             | Error::InvalidKey(_)
             | Error::Config(_)
             | Error::Locked(_)
+            | Error::KeyReused
             | Error::Closed => false,
         }
     }

@@ -75,21 +75,47 @@ pub fn prepare_request_headers(headers: &mut HeaderMap, client: IpAddr) {
     }
 }
 
-/// Returns the request's `Idempotency-Key`, adding a new one when the client sent none.
-pub fn ensure_idempotency_key(headers: &mut HeaderMap) -> String {
+/// Headers that say who is asking. Idempotency keys are scoped by them (two users choosing the
+/// same key never meet), and so is the stale-read cache.
+pub const CREDENTIAL_HEADERS: [&str; 5] = [
+    "authorization",
+    "cookie",
+    "x-api-key",
+    "x-auth-token",
+    "x-amz-security-token",
+];
+
+/// The request's credentials in one canonical byte string (each header name and value
+/// length-prefixed), to be hashed, never stored or shown.
+pub fn credentials(headers: &HeaderMap) -> Vec<u8> {
+    let mut out = Vec::new();
+    for name in CREDENTIAL_HEADERS {
+        for value in headers.get_all(name) {
+            for part in [name.as_bytes(), value.as_bytes()] {
+                out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+                out.extend_from_slice(part);
+            }
+        }
+    }
+    out
+}
+
+/// Returns the request's `Idempotency-Key`, adding a new one when the client sent none, and
+/// whether the client chose it (only then can a repeat of the same request carry it).
+pub fn ensure_idempotency_key(headers: &mut HeaderMap) -> (String, bool) {
     if let Some(key) = headers
         .get(&IDEMPOTENCY_KEY)
         .and_then(|v| v.to_str().ok())
         .filter(|k| !k.is_empty())
     {
-        return key.to_owned();
+        return (key.to_owned(), true);
     }
     let key = uuid::Uuid::new_v4().to_string();
     headers.insert(
         IDEMPOTENCY_KEY.clone(),
         HeaderValue::try_from(key.as_str()).expect("a uuid is a valid header value"),
     );
-    key
+    (key, false)
 }
 
 /// Headers as stored in a queue record.
@@ -144,9 +170,10 @@ mod tests {
     fn idempotency_key_is_kept_or_made() {
         let mut h = HeaderMap::new();
         h.insert("idempotency-key", "abc".parse().unwrap());
-        assert_eq!(ensure_idempotency_key(&mut h), "abc");
+        assert_eq!(ensure_idempotency_key(&mut h), ("abc".to_owned(), true));
         let mut h = HeaderMap::new();
-        let made = ensure_idempotency_key(&mut h);
+        let (made, chosen) = ensure_idempotency_key(&mut h);
+        assert!(!chosen);
         assert_eq!(h["idempotency-key"], made.as_str());
         assert_eq!(made.len(), 36);
     }

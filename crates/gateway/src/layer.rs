@@ -266,7 +266,8 @@ where
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let idempotency_key = forward::ensure_idempotency_key(&mut parts.headers);
+    let (idempotency_key, chosen) = forward::ensure_idempotency_key(&mut parts.headers);
+    let principal = chosen.then(|| forward::credentials(&parts.headers));
     let target = target_of(&parts.uri);
     let ordering_key = config.ordering.key_of(&target, &parts.headers);
     if !shared.queue.has_pending(&ordering_key) {
@@ -287,6 +288,7 @@ where
     let entry = NewEntry {
         ordering_key,
         idempotency_key,
+        principal,
         request: StoredRequest {
             method: parts.method.as_str().to_owned(),
             target,
@@ -308,6 +310,7 @@ where
                 &enqueued,
             )
         }
+        Err(Error::KeyReused) => ApiError::from(Error::KeyReused).into_response(),
         Err(Error::QueueFull(why)) => {
             Stats::bump(&shared.stats.rejected_full);
             ApiError::QueueFull(why).into_response()

@@ -102,7 +102,8 @@ impl App {
             Err(e) => return e.into_response(),
         };
         forward::prepare_request_headers(&mut parts.headers, client.ip());
-        let idempotency_key = forward::ensure_idempotency_key(&mut parts.headers);
+        let (idempotency_key, chosen) = forward::ensure_idempotency_key(&mut parts.headers);
+        let principal = chosen.then(|| forward::credentials(&parts.headers));
         let target = target_of(&parts.uri);
         let ordering_key = self.settings.ordering.key_of(&target, &parts.headers);
 
@@ -137,6 +138,7 @@ impl App {
         let entry = NewEntry {
             ordering_key,
             idempotency_key,
+            principal,
             request: StoredRequest {
                 method: parts.method.as_str().to_owned(),
                 target,
@@ -146,6 +148,7 @@ impl App {
         };
         match self.queue.enqueue(entry).await {
             Ok(enqueued) => self.queued_response(&enqueued),
+            Err(Error::KeyReused) => ApiError::from(Error::KeyReused).into_response(),
             Err(Error::QueueFull(why)) => {
                 Stats::bump(&self.stats.rejected_full);
                 tracing::warn!(why, "queue full; write refused");

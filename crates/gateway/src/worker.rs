@@ -115,7 +115,9 @@ pub fn retry_after(response: &StoredResponse, now: std::time::SystemTime) -> Opt
         .and_then(|(_, v)| std::str::from_utf8(v).ok())?
         .trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        return Some(Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX)));
+        return Some(Duration::from_secs(
+            value.parse::<u64>().unwrap_or(u64::MAX),
+        ));
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
@@ -449,7 +451,10 @@ mod tests {
         let later = now + Duration::from_secs(120);
         let date = httpdate::fmt_http_date(later);
         let d = retry_after(&resp(&date), now).unwrap();
-        assert!(d > Duration::from_secs(118) && d <= Duration::from_secs(120), "{d:?}");
+        assert!(
+            d > Duration::from_secs(118) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
         let past = httpdate::fmt_http_date(now - Duration::from_secs(120));
         assert_eq!(retry_after(&resp(&past), now), Some(Duration::ZERO));
     }

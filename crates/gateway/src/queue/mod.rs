@@ -87,8 +87,13 @@ pub struct QueueLimits {
 pub struct NewEntry {
     /// Entries with the same key are delivered in order, one at a time.
     pub ordering_key: String,
-    /// The key sent to the upstream; a second pending entry with the same key is refused.
+    /// The key sent to the upstream.
     pub idempotency_key: String,
+    /// The sender's credentials ([`crate::forward::credentials`]) when the client chose the
+    /// key: a pending entry with the same credentials, method, target and key is the same
+    /// request (`duplicate`), or, with another body, a misuse of the key (`KeyReused`). `None`
+    /// for keys the gateway generated, which nothing can repeat.
+    pub principal: Option<Vec<u8>>,
     /// The request to replay.
     pub request: StoredRequest,
 }
@@ -98,7 +103,8 @@ pub struct NewEntry {
 pub struct Enqueued {
     /// The entry's id.
     pub id: String,
-    /// True when an entry with the same idempotency key was already pending: `id` is that entry.
+    /// True when the same request with the same idempotency key, from the same credentials, was
+    /// already pending: `id` is that entry.
     pub duplicate: bool,
 }
 
@@ -362,6 +368,17 @@ impl Queue {
     pub async fn enqueue(&self, entry: NewEntry) -> Result<Enqueued> {
         let started = std::time::Instant::now();
         let id = uuid::Uuid::new_v4().to_string();
+        let cipher = &self.inner.cipher;
+        let scope = entry.principal.as_ref().map(|principal| {
+            cipher.mac(&[
+                b"scope",
+                principal,
+                entry.request.method.as_bytes(),
+                entry.request.target.as_bytes(),
+                entry.idempotency_key.as_bytes(),
+            ])
+        });
+        let fingerprint = cipher.mac(&[b"body", &entry.request.body]);
         let plain = entry.request.encode();
         let bytes = plain.len() as i64;
         let sealed = if plain.len() > INLINE_SEAL_BYTES {
@@ -378,6 +395,8 @@ impl Queue {
             id,
             ordering_key: entry.ordering_key,
             idempotency_key: entry.idempotency_key,
+            scope,
+            fingerprint,
             created_ms: now_ms(),
             sealed,
             bytes,
@@ -729,6 +748,7 @@ mod tests {
         NewEntry {
             ordering_key: String::new(),
             idempotency_key: key.into(),
+            principal: Some(Vec::new()),
             request: StoredRequest {
                 method: "POST".into(),
                 target: "/t".into(),
@@ -828,7 +848,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = open(dir.path(), 2);
         let first = q.enqueue(entry("k", "1")).await.unwrap();
-        let again = q.enqueue(entry("k", "2")).await.unwrap();
+        let again = q.enqueue(entry("k", "1")).await.unwrap();
         assert_eq!(
             again,
             Enqueued {
@@ -836,6 +856,10 @@ mod tests {
                 duplicate: true
             }
         );
+        assert!(matches!(
+            q.enqueue(entry("k", "2")).await,
+            Err(Error::KeyReused)
+        ));
         q.enqueue(entry("k2", "3")).await.unwrap();
         assert!(matches!(
             q.enqueue(entry("k3", "4")).await,

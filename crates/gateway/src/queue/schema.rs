@@ -8,7 +8,7 @@ use crate::crypto::Cipher;
 use crate::error::{Error, Result};
 
 /// On-disk format version, kept in `PRAGMA user_version`.
-const FORMAT_VERSION: i64 = 1;
+const FORMAT_VERSION: i64 = 2;
 
 /// Associated data of the key-check record.
 const KEY_CHECK_AAD: &[u8] = b"outpost-gateway/key-check";
@@ -24,6 +24,10 @@ CREATE TABLE IF NOT EXISTS entries (
     state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'dead')),
     ordering_key TEXT NOT NULL,
     idempotency_key TEXT NOT NULL,
+    -- Keyed hash of credentials, method, target and client-chosen idempotency key (format 2).
+    scope TEXT,
+    -- Keyed hash of the body, telling a repeat from a different request with the same key.
+    fingerprint TEXT,
     version INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
     created_ms INTEGER NOT NULL,
@@ -37,8 +41,8 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE INDEX IF NOT EXISTS entries_state_seq ON entries (state, seq);
 CREATE INDEX IF NOT EXISTS entries_state_next ON entries (state, next_attempt_ms);
-CREATE INDEX IF NOT EXISTS entries_pending_idempotency
-    ON entries (idempotency_key) WHERE state = 'pending';
+DROP INDEX IF EXISTS entries_pending_idempotency;
+CREATE INDEX IF NOT EXISTS entries_pending_scope ON entries (scope) WHERE state = 'pending';
 ";
 
 /// Opens a connection with the pragmas every connection needs.
@@ -62,6 +66,13 @@ pub(crate) fn prepare(conn: &mut Connection, cipher: &Cipher) -> Result<()> {
         )));
     }
     let tx = conn.transaction()?;
+    if version == 1 {
+        // Format 1 deduplicated on the bare key; its entries keep no scope and are never merged.
+        tx.execute_batch(
+            "ALTER TABLE entries ADD COLUMN scope TEXT;
+             ALTER TABLE entries ADD COLUMN fingerprint TEXT;",
+        )?;
+    }
     tx.execute_batch(SCHEMA)?;
     tx.pragma_update(None, "user_version", FORMAT_VERSION)?;
     let check: Option<Vec<u8>> = tx

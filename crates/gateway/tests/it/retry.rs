@@ -261,7 +261,13 @@ async fn a_redirect_on_replay_is_dead_lettered_not_done() {
     let dead = gw.wait_state(body["id"].as_str().unwrap(), "dead").await;
     assert_eq!(dead["response"]["status"], 302);
     assert_eq!(dead["response"]["headers"]["location"], "/login");
-    assert!(dead["last_error"].as_str().unwrap().contains("302"), "{dead}");
-    assert_eq!(dead["request"]["target"], "/save", "the request is kept for a retry");
+    assert!(
+        dead["last_error"].as_str().unwrap().contains("302"),
+        "{dead}"
+    );
+    assert_eq!(
+        dead["request"]["target"], "/save",
+        "the request is kept for a retry"
+    );
     gw.stop().await;
 }
