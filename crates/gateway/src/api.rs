@@ -40,6 +40,12 @@ pub enum ApiError {
     Conflict(String),
     /// The idempotency key is already used for a different request.
     KeyReused,
+    /// A write was sent to the upstream but no answer came (a timeout, or the connection broke):
+    /// it may or may not have been applied.
+    OutcomeUnknown {
+        /// Whether it timed out (504) rather than lost its connection (502).
+        timeout: bool,
+    },
     /// The body is larger than the limit (in bytes).
     PayloadTooLarge(u64),
     /// The queue cannot take more.
@@ -80,6 +86,16 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",
                 "this idempotency key is already used for a different request".into(),
+            ),
+            ApiError::OutcomeUnknown { timeout } => (
+                if *timeout {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::BAD_GATEWAY
+                },
+                "upstream_outcome_unknown",
+                "the upstream did not answer this write; it may or may not have been applied"
+                    .into(),
             ),
             ApiError::PayloadTooLarge(max) => (
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -188,6 +188,12 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Longest back-off delay (a longer `Retry-After` from the upstream still wins).
     pub max_delay: Duration,
+    /// Whether the upstream honours `Idempotency-Key` (applies a repeated key once, and answers
+    /// 409 while the first request with that key is still running, as the IETF
+    /// Idempotency-Key draft describes). Only then are writes whose outcome is unknown (sent,
+    /// then a timeout or a broken connection) retried, and a 409 retried later; otherwise the
+    /// former are answered 504/502 live and dead-lettered on replay, the latter dead-lettered.
+    pub upstream_honours_keys: bool,
     /// Longest wait a `Retry-After` from the upstream can impose; longer values are clamped, so
     /// a confused or hostile backend cannot park the queue for years.
     pub max_retry_after: Duration,
@@ -197,10 +203,13 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
             max_attempts: 50,
-            max_age: Duration::from_secs(72 * 3600),
+            // Below the 24 hours of key retention the documentation asks of backends, so a
+            // retry never arrives after the backend has forgotten the key.
+            max_age: Duration::from_secs(12 * 3600),
             base_delay: Duration::from_millis(250),
             max_delay: Duration::from_secs(60),
             max_retry_after: Duration::from_secs(3600),
+            upstream_honours_keys: false,
         }
     }
 }

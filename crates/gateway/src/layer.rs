@@ -360,6 +360,7 @@ where
         if resp.extensions().get::<DatabaseUnavailable>().is_some() {
             return Delivery::Failed {
                 upstream_down: false,
+                outcome_unknown: false,
                 reason: "the database is unavailable".into(),
             };
         }
@@ -369,6 +370,7 @@ where
             Err(reason) => {
                 return Delivery::Failed {
                     upstream_down: false,
+                    outcome_unknown: false,
                     reason: format!("reading the answer failed: {reason}"),
                 };
             }

@@ -50,6 +50,8 @@ pub(crate) struct ProxySettings {
     pub queued_status: QueuedStatus,
     pub retry_after_secs: u64,
     pub max_body_bytes: u64,
+    /// See [`crate::config::RetryPolicy::upstream_honours_keys`].
+    pub upstream_honours_keys: bool,
 }
 
 /// Everything a request needs; shared by all connections.
@@ -129,6 +131,15 @@ impl App {
                 Err(e) => {
                     if e.marks_down() {
                         self.health.failure(&e.to_string());
+                    }
+                    if e.outcome_unknown() && !self.settings.upstream_honours_keys {
+                        // It may have been applied: queueing it could apply it twice. The
+                        // client, who knows what it sent, decides what to do.
+                        tracing::info!(error = %e, "write outcome unknown; not queued");
+                        return ApiError::OutcomeUnknown {
+                            timeout: matches!(e, SendError::Timeout(_)),
+                        }
+                        .into_response();
                     }
                     tracing::info!(error = %e, "write not delivered; queueing it");
                 }

@@ -118,6 +118,7 @@ impl Gateway {
                 queued_status: config.queued_status,
                 retry_after_secs: config.retry_after_secs,
                 max_body_bytes: config.limits.max_body_bytes,
+                upstream_honours_keys: config.retry.upstream_honours_keys,
             },
             upstream: Upstream::new(&config),
             queue,

@@ -38,6 +38,12 @@ impl SendError {
     pub fn marks_down(&self) -> bool {
         matches!(self, SendError::Connect(_) | SendError::Timeout(_))
     }
+
+    /// Whether the request may have reached the upstream and been applied: it was sent (or
+    /// being sent) when the timeout struck or the connection broke.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, SendError::Timeout(_) | SendError::Broken(_))
+    }
 }
 
 /// The backend, as a client.
@@ -155,6 +161,7 @@ impl Deliver for Upstream {
             Err(e) => {
                 return Delivery::Failed {
                     upstream_down: e.marks_down(),
+                    outcome_unknown: e.outcome_unknown(),
                     reason: e.to_string(),
                 };
             }
@@ -162,24 +169,26 @@ impl Deliver for Upstream {
         let (parts, body) = resp.into_parts();
         let mut headers = parts.headers;
         forward::strip_hop_by_hop(&mut headers);
-        match tokio::time::timeout(self.response_timeout, read_capped(body, self.capture)).await {
-            Ok(Ok((body, truncated))) => Delivery::Answered(StoredResponse {
-                status: parts.status.as_u16(),
-                headers: forward::to_pairs(&headers),
-                body,
-                truncated,
-            }),
-            Ok(Err(reason)) => Delivery::Failed {
-                upstream_down: false,
-                reason: format!("reading the answer failed: {reason}"),
-            },
-            Err(_) => Delivery::Failed {
-                upstream_down: true,
-                reason: format!(
-                    "the answer did not arrive within {:?}",
-                    self.response_timeout
-                ),
-            },
-        }
+        // The status line decides the outcome; a body that fails or stalls afterwards only means
+        // less of it is kept (sending the write again because of it could apply it twice).
+        let (body, truncated) = match tokio::time::timeout(
+            self.response_timeout,
+            read_capped(body, self.capture),
+        )
+        .await
+        {
+            Ok(Ok(read)) => read,
+            Ok(Err(reason)) => {
+                tracing::debug!(%reason, "reading a delivery's answer failed");
+                (Bytes::new(), true)
+            }
+            Err(_) => (Bytes::new(), true),
+        };
+        Delivery::Answered(StoredResponse {
+            status: parts.status.as_u16(),
+            headers: forward::to_pairs(&headers),
+            body,
+            truncated,
+        })
     }
 }

@@ -46,10 +46,14 @@ pub trait Deliver: Send + Sync + 'static {
 pub enum Delivery {
     /// The target answered; the status decides what happens next.
     Answered(StoredResponse),
-    /// No answer (connection failure, timeout, unavailable database): retried later.
+    /// No answer (connection failure, timeout, unavailable database): retried later, unless the
+    /// request may have been applied and the target is not known to honour idempotency keys.
     Failed {
         /// Whether this says the target as a whole is down.
         upstream_down: bool,
+        /// Whether the request was sent and may have been applied (a timeout or a broken
+        /// connection after sending), as opposed to certainly not applied (no connection).
+        outcome_unknown: bool,
         /// What happened, for `last_error`.
         reason: String,
     },
@@ -68,9 +72,12 @@ pub enum StatusClass {
     Dead,
 }
 
-/// Classifies an upstream status for a queued write.
-pub fn classify(status: u16) -> StatusClass {
+/// Classifies an upstream status for a queued write; `honours_keys` says whether the upstream
+/// honours `Idempotency-Key`, in which case 409 means "the first request with this key is still
+/// running" and is retried later.
+pub fn classify(status: u16, honours_keys: bool) -> StatusClass {
     match status {
+        409 if honours_keys => StatusClass::Retry,
         200..=299 => StatusClass::Done,
         // A redirect is not a delivery: typically a login page after a session expired. It is
         // kept, with the answer, for the operator to look at, never silently counted as done.
@@ -287,7 +294,7 @@ async fn run_lane<D: Deliver>(
 fn outcome<D>(ctx: &Ctx<D>, entry: &Deliverable, delivery: Delivery) -> (Finish, bool) {
     let attempts = entry.attempts + 1;
     match delivery {
-        Delivery::Answered(resp) => match classify(resp.status) {
+        Delivery::Answered(resp) => match classify(resp.status, ctx.retry.upstream_honours_keys) {
             StatusClass::Done => {
                 Stats::bump(&ctx.stats.delivered);
                 if let Some(h) = &ctx.health {
@@ -326,10 +333,26 @@ fn outcome<D>(ctx: &Ctx<D>, entry: &Deliverable, delivery: Delivery) -> (Finish,
         },
         Delivery::Failed {
             upstream_down,
+            outcome_unknown,
             reason,
         } => {
             if upstream_down && let Some(h) = &ctx.health {
                 h.failure(&reason);
+            }
+            if outcome_unknown && !ctx.retry.upstream_honours_keys {
+                // Sending it again could apply it twice; the operator decides.
+                Stats::bump(&ctx.stats.dead_lettered);
+                tracing::warn!(id = %entry.id, %reason, "delivery outcome unknown; dead-lettered");
+                let finish = Finish::Dead {
+                    attempts,
+                    error: format!(
+                        "{reason}; the outcome is unknown and the upstream is not configured as \
+                         honouring Idempotency-Key, so it is not sent again"
+                    ),
+                    status: None,
+                    response: None,
+                };
+                return (finish, false);
             }
             retry_or_dead(ctx, entry, attempts, reason, None, None)
         }
@@ -406,8 +429,10 @@ mod tests {
             (503, StatusClass::Retry),
             (599, StatusClass::Retry),
         ] {
-            assert_eq!(classify(status), class, "{status}");
+            assert_eq!(classify(status, false), class, "{status}");
         }
+        assert_eq!(classify(409, true), StatusClass::Retry);
+        assert_eq!(classify(422, true), StatusClass::Dead);
     }
 
     #[test]

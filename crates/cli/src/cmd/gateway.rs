@@ -93,9 +93,15 @@ pub struct GatewayOptions {
     /// Delivery attempts before an entry is dead-lettered.
     #[arg(long, default_value_t = 50)]
     pub max_attempts: u32,
-    /// Age after which a pending entry is dead-lettered.
-    #[arg(long, default_value = "72h", value_parser = parse_duration)]
+    /// Age after which a pending entry is dead-lettered (keep it below the backend's retention
+    /// of idempotency keys).
+    #[arg(long, default_value = "12h", value_parser = parse_duration)]
     pub max_age: Duration,
+    /// The backend honours Idempotency-Key: writes whose outcome is unknown (sent, then a
+    /// timeout or a broken connection) are queued and retried with the same key, and its 409
+    /// "still in progress" is retried; without it they are refused (504/502) or dead-lettered.
+    #[arg(long)]
+    pub upstream_honours_idempotency_key: bool,
     /// First retry delay; doubles per attempt, with jitter.
     #[arg(long, default_value = "250ms", value_parser = parse_duration)]
     pub retry_base: Duration,
@@ -190,6 +196,7 @@ impl GatewayOptions {
         c.done_retention = self.done_retention;
         c.retry.max_attempts = self.max_attempts;
         c.retry.max_age = self.max_age;
+        c.retry.upstream_honours_keys = self.upstream_honours_idempotency_key;
         c.retry.base_delay = self.retry_base;
         c.retry.max_delay = self.retry_max;
         c.retry.max_retry_after = self.max_retry_after;

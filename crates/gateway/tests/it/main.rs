@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod encryption;
+mod exactly_once;
 mod health;
 mod idempotency;
 mod layer;

@@ -184,6 +184,14 @@ async fn answer(state: Arc<UpstreamState>, req: Request<Incoming>) -> Response<B
         headers: parts.headers.clone(),
         body: body.clone(),
     });
+    // `/slow/MS` answers after MS milliseconds (recorded on arrival, like a backend that has
+    // started applying the request).
+    if let Some(ms) = target
+        .strip_prefix("/slow/")
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let answer = scripted.unwrap_or(Answer {
         status: if is_write { 201 } else { 200 },
         headers: vec![],
