@@ -260,7 +260,13 @@ async fn run_lane<D: Deliver>(
         if shutdown.is_cancelled() || ctx.health.as_ref().is_some_and(|h| !h.is_up()) {
             break;
         }
-        let delivery = ctx.deliver.deliver(&entry.request).await;
+        let delivery = match &entry.request {
+            Ok(request) => ctx.deliver.deliver(request).await,
+            Err(reason) => {
+                tracing::error!(id = %entry.id, %reason, "poison entry");
+                Delivery::Rejected(reason.clone())
+            }
+        };
         let (finish, stop) = outcome(&ctx, &entry, delivery);
         match ctx
             .queue

@@ -171,7 +171,10 @@ pub(crate) struct Deliverable {
     pub attempts: i64,
     pub created_ms: i64,
     pub ordering_key: String,
-    pub request: StoredRequest,
+    /// The request, or why its stored record cannot be read (a corrupt row, a record sealed
+    /// with another key): such a poison entry is dead-lettered with that error instead of
+    /// stopping the worker.
+    pub request: std::result::Result<StoredRequest, String>,
 }
 
 /// How a delivery attempt ended, as recorded by the worker.
@@ -584,19 +587,22 @@ impl Queue {
             let mut bytes = 0i64;
             while let Some(row) = rows.next()? {
                 let id: String = row.get(0)?;
-                let sealed: Vec<u8> = row.get(5)?;
+                let sealed: Vec<u8> = row.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default();
                 let size: i64 = row.get(6)?;
                 if !out.is_empty() && bytes + size > max_bytes {
                     break;
                 }
                 bytes += size;
-                let plain = cipher.open(&request_aad(&id), &sealed)?;
+                let request = cipher
+                    .open(&request_aad(&id), &sealed)
+                    .and_then(|plain| StoredRequest::decode(&plain))
+                    .map_err(|e| format!("the stored request cannot be read: {e}"));
                 out.push(Deliverable {
                     version: row.get(1)?,
                     attempts: row.get(2)?,
                     created_ms: row.get(3)?,
                     ordering_key: row.get(4)?,
-                    request: StoredRequest::decode(&plain)?,
+                    request,
                     id,
                 });
             }
@@ -682,13 +688,15 @@ fn get_entry(conn: &Connection, cipher: &Cipher, id: &str) -> Result<EntryDetail
         return Err(Error::NotFound(id.to_owned()));
     };
     let summary = finish_summary(summary)?;
-    let request = request
-        .map(|sealed| {
-            cipher
-                .open(&request_aad(id), &sealed)
-                .and_then(|p| StoredRequest::decode(&p))
-        })
-        .transpose()?;
+    // A request that cannot be read is left out rather than failing the whole answer: the
+    // worker dead-letters such an entry and its `last_error` says why.
+    let request = request.and_then(|sealed| {
+        cipher
+            .open(&request_aad(id), &sealed)
+            .and_then(|p| StoredRequest::decode(&p))
+            .inspect_err(|e| tracing::warn!(error = %e, %id, "a stored request cannot be read"))
+            .ok()
+    });
     let response = response
         .map(|sealed| {
             cipher

@@ -208,3 +208,39 @@ async fn a_second_gateway_on_the_same_data_directory_is_refused() {
     let again = outpost_gateway::Gateway::bind(test_config(&upstream, dir.path())).await;
     assert!(again.is_ok(), "the lock outlived the gateway");
 }
+
+/// Issue 15, defect 12: one corrupt or undecryptable row stopped the worker forever. It is
+/// dead-lettered with its error, and the entries behind it are delivered.
+#[tokio::test]
+async fn a_poison_entry_is_dead_lettered_and_the_rest_delivered() {
+    let mut upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    let (_, _, poison) = post(&gw.url("/p"), "poison", &[]).await;
+    let (_, _, fine) = post(&gw.url("/f"), "fine", &[]).await;
+    let poison = poison["id"].as_str().unwrap().to_owned();
+    {
+        let db = rusqlite::Connection::open(dir.path().join("queue.sqlite3")).unwrap();
+        db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        let changed = db
+            .execute(
+                "UPDATE entries SET request = X'00112233445566778899AABBCCDDEEFF00' WHERE id = ?1",
+                [&poison],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+    }
+    upstream.restart().await;
+    gw.wait_state(fine["id"].as_str().unwrap(), "done").await;
+    let dead = gw.wait_state(&poison, "dead").await;
+    assert!(
+        dead["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be read"),
+        "{dead}"
+    );
+    let bodies: Vec<_> = upstream.writes().iter().map(|w| w.body.clone()).collect();
+    assert_eq!(bodies, ["fine"]);
+    gw.stop().await;
+}
