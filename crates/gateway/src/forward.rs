@@ -44,7 +44,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|name| HeaderName::try_from(name.trim()).ok())
         .collect();
     for name in listed {
-        headers.remove(name);
+        // The key is end to end by design: a client (or anything on the way) naming it in
+        // `Connection` must not make the upstream see a write without it.
+        if name != IDEMPOTENCY_KEY {
+            headers.remove(name);
+        }
     }
     for name in HOP_BY_HOP {
         headers.remove(name);
@@ -164,6 +168,20 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "public.example");
         assert_eq!(h["x-custom"], "kept");
+    }
+
+    /// Issue 15, defect 12: `Connection: idempotency-key` stripped the client's key, so a
+    /// new one was generated and retries of the client's own request were not recognised.
+    #[test]
+    fn connection_cannot_strip_the_idempotency_key() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "idempotency-key".parse().unwrap());
+        h.insert("idempotency-key", "client-key".parse().unwrap());
+        prepare_request_headers(&mut h, "127.0.0.1".parse().unwrap());
+        assert_eq!(
+            ensure_idempotency_key(&mut h),
+            ("client-key".to_owned(), true)
+        );
     }
 
     #[test]
