@@ -131,7 +131,8 @@ pub struct EntrySummary {
     pub response_status: Option<u16>,
     /// Size of the stored request.
     pub request_bytes: i64,
-    /// The ordering stream it belongs to.
+    /// The ordering stream it belongs to, as stored: a keyed hash of the ordering key (empty
+    /// for the global order), since the key is made of request data.
     pub ordering_key: String,
     /// The key sent to the upstream as `Idempotency-Key`.
     pub idempotency_key: String,
@@ -272,6 +273,41 @@ impl Drop for Inner {
     }
 }
 
+/// Creates the database file readable by its owner only (SQLite gives its `-wal` and `-shm`
+/// files the same mode), and narrows the mode of files left by older versions.
+fn restrict_files(db: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let file_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| Error::File { path, source }
+        };
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(db)
+            .map_err(file_err(db))?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = db.as_os_str().to_owned();
+            name.push(suffix);
+            let path = PathBuf::from(name);
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                        .map_err(file_err(&path))?;
+                }
+                _ => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = db;
+    Ok(())
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -286,6 +322,10 @@ fn request_aad(id: &str) -> Vec<u8> {
 
 fn response_aad(id: &str) -> Vec<u8> {
     format!("{id}/response").into_bytes()
+}
+
+fn key_aad(id: &str) -> Vec<u8> {
+    format!("{id}/idempotency-key").into_bytes()
 }
 
 impl Queue {
@@ -318,6 +358,7 @@ impl Queue {
             source,
         })?;
         let path = data_dir.join(DB_FILE);
+        restrict_files(&path)?;
         let mut conn = schema::connect(&path)?;
         schema::prepare(&mut conn, &cipher)?;
         let readers = (0..2)
@@ -382,6 +423,8 @@ impl Queue {
             ])
         });
         let fingerprint = cipher.mac(&[b"body", &entry.request.body]);
+        let ordering_key = self.ordering_id(&entry.ordering_key);
+        let sealed_key = cipher.seal(&key_aad(&id), entry.idempotency_key.as_bytes());
         let plain = entry.request.encode();
         let bytes = plain.len() as i64;
         let sealed = if plain.len() > INLINE_SEAL_BYTES {
@@ -396,8 +439,8 @@ impl Queue {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Enqueue {
             id,
-            ordering_key: entry.ordering_key,
-            idempotency_key: entry.idempotency_key,
+            ordering_key,
+            sealed_key,
             scope,
             fingerprint,
             created_ms: now_ms(),
@@ -414,13 +457,25 @@ impl Queue {
 
     /// Whether entries with this ordering key are waiting, so a new write must queue behind them.
     pub fn has_pending(&self, ordering_key: &str) -> bool {
+        let id = self.ordering_id(ordering_key);
         self.inner
             .shared
             .pending
             .lock()
             .expect("pending map lock")
-            .get(ordering_key)
+            .get(&id)
             .is_some_and(|n| *n > 0)
+    }
+
+    /// How an ordering key is stored: a keyed hash, since it is made of request data (a path, a
+    /// header such as `Authorization`) and only ever compared. The global order (empty key)
+    /// holds no request data and stays empty.
+    fn ordering_id(&self, ordering_key: &str) -> String {
+        if ordering_key.is_empty() {
+            String::new()
+        } else {
+            self.inner.cipher.mac(&[b"order", ordering_key.as_bytes()])
+        }
     }
 
     /// Number of pending entries, as last committed.
@@ -525,7 +580,7 @@ impl Queue {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<EntrySummary>> {
-        self.read(move |conn, _| list_entries(conn, state, after_seq, limit))
+        self.read(move |conn, cipher| list_entries(conn, cipher, state, after_seq, limit))
             .await
     }
 
@@ -638,9 +693,13 @@ impl Inner {
 }
 
 const SUMMARY_COLUMNS: &str = "id, seq, state, attempts, created_ms, updated_ms, next_attempt_ms,
-    last_error, response_status, request_bytes, ordering_key, idempotency_key";
+    last_error, response_status, request_bytes, ordering_key, sealed_key";
 
-fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(EntrySummary, String)> {
+/// A summary row: the summary, its state name and its sealed idempotency key, to be finished by
+/// [`finish_summary`].
+type SummaryRow = (EntrySummary, String, Option<Vec<u8>>);
+
+fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
     let state: String = row.get(2)?;
     let next: i64 = row.get(6)?;
     Ok((
@@ -656,14 +715,19 @@ fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(EntrySummary, 
             response_status: row.get(8)?,
             request_bytes: row.get(9)?,
             ordering_key: row.get(10)?,
-            idempotency_key: row.get(11)?,
+            idempotency_key: String::new(),
         },
         state,
+        row.get(11)?,
     ))
 }
 
-fn finish_summary((mut summary, state): (EntrySummary, String)) -> Result<EntrySummary> {
+fn finish_summary(cipher: &Cipher, (mut summary, state, key): SummaryRow) -> Result<EntrySummary> {
     summary.state = State::parse(&state)?;
+    if let Some(sealed) = key {
+        let plain = cipher.open(&key_aad(&summary.id), &sealed)?;
+        summary.idempotency_key = String::from_utf8_lossy(&plain).into_owned();
+    }
     if summary.state != State::Pending {
         summary.next_attempt_ms = None;
     }
@@ -687,7 +751,7 @@ fn get_entry(conn: &Connection, cipher: &Cipher, id: &str) -> Result<EntryDetail
     let Some((summary, request, response)) = row else {
         return Err(Error::NotFound(id.to_owned()));
     };
-    let summary = finish_summary(summary)?;
+    let summary = finish_summary(cipher, summary)?;
     // A request that cannot be read is left out rather than failing the whole answer: the
     // worker dead-letters such an entry and its `last_error` says why.
     let request = request.and_then(|sealed| {
@@ -713,6 +777,7 @@ fn get_entry(conn: &Connection, cipher: &Cipher, id: &str) -> Result<EntryDetail
 
 fn list_entries(
     conn: &Connection,
+    cipher: &Cipher,
     state: Option<State>,
     after_seq: i64,
     limit: u32,
@@ -733,7 +798,9 @@ fn list_entries(
                 .collect::<rusqlite::Result<Vec<_>>>()?
         }
     };
-    rows.into_iter().map(finish_summary).collect()
+    rows.into_iter()
+        .map(|row| finish_summary(cipher, row))
+        .collect()
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use crate::crypto::Cipher;
 use crate::error::{Error, Result};
 
 /// On-disk format version, kept in `PRAGMA user_version`.
-const FORMAT_VERSION: i64 = 2;
+const FORMAT_VERSION: i64 = 3;
 
 /// Associated data of the key-check record.
 const KEY_CHECK_AAD: &[u8] = b"outpost-gateway/key-check";
@@ -22,8 +22,11 @@ CREATE TABLE IF NOT EXISTS entries (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
     state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'dead')),
+    -- A keyed hash of the ordering key (format 3; empty for the global order).
     ordering_key TEXT NOT NULL,
+    -- In clear up to format 2; empty since, the key being in sealed_key.
     idempotency_key TEXT NOT NULL,
+    sealed_key BLOB,
     -- Keyed hash of credentials, method, target and client-chosen idempotency key (format 2).
     scope TEXT,
     -- Keyed hash of the body, telling a repeat from a different request with the same key.
@@ -73,6 +76,9 @@ pub(crate) fn prepare(conn: &mut Connection, cipher: &Cipher) -> Result<()> {
              ALTER TABLE entries ADD COLUMN fingerprint TEXT;",
         )?;
     }
+    if (1..3).contains(&version) {
+        tx.execute_batch("ALTER TABLE entries ADD COLUMN sealed_key BLOB;")?;
+    }
     tx.execute_batch(SCHEMA)?;
     tx.pragma_update(None, "user_version", FORMAT_VERSION)?;
     let check: Option<Vec<u8>> = tx
@@ -91,6 +97,30 @@ pub(crate) fn prepare(conn: &mut Connection, cipher: &Cipher) -> Result<()> {
             )?;
         }
     }
+    if (1..3).contains(&version) {
+        seal_metadata(&tx, cipher)?;
+    }
     tx.commit()?;
+    Ok(())
+}
+
+/// Format 2 to 3: idempotency keys move into `sealed_key`, ordering keys become keyed hashes.
+fn seal_metadata(tx: &rusqlite::Transaction<'_>, cipher: &Cipher) -> Result<()> {
+    let rows: Vec<(String, String, String)> = tx
+        .prepare("SELECT id, ordering_key, idempotency_key FROM entries")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut update = tx.prepare(
+        "UPDATE entries SET ordering_key = ?2, idempotency_key = '', sealed_key = ?3 WHERE id = ?1",
+    )?;
+    for (id, ordering_key, key) in rows {
+        let ordering_key = if ordering_key.is_empty() {
+            String::new()
+        } else {
+            cipher.mac(&[b"order", ordering_key.as_bytes()])
+        };
+        let sealed = cipher.seal(&super::key_aad(&id), key.as_bytes());
+        update.execute(params![id, ordering_key, sealed])?;
+    }
     Ok(())
 }

@@ -27,7 +27,7 @@ pub(crate) enum Command {
     Enqueue {
         id: String,
         ordering_key: String,
-        idempotency_key: String,
+        sealed_key: Vec<u8>,
         scope: Option<String>,
         fingerprint: String,
         created_ms: i64,
@@ -267,7 +267,7 @@ fn run_command(
         Command::Enqueue {
             id,
             ordering_key,
-            idempotency_key,
+            sealed_key,
             scope,
             fingerprint,
             created_ms,
@@ -279,7 +279,7 @@ fn run_command(
                 conn,
                 &id,
                 &ordering_key,
-                &idempotency_key,
+                &sealed_key,
                 scope.as_deref(),
                 &fingerprint,
                 created_ms,
@@ -340,7 +340,7 @@ fn enqueue(
     tx: &Connection,
     id: &str,
     ordering_key: &str,
-    idempotency_key: &str,
+    sealed_key: &[u8],
     scope: Option<&str>,
     fingerprint: &str,
     created_ms: i64,
@@ -374,14 +374,14 @@ fn enqueue(
         return Err(Error::QueueFull("byte limit reached"));
     }
     tx.prepare_cached(
-        "INSERT INTO entries (id, state, ordering_key, idempotency_key, scope, fingerprint,
-            created_ms, updated_ms, request, request_bytes)
-         VALUES (?1, 'pending', ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)",
+        "INSERT INTO entries (id, state, ordering_key, idempotency_key, sealed_key, scope,
+            fingerprint, created_ms, updated_ms, request, request_bytes)
+         VALUES (?1, 'pending', ?2, '', ?3, ?4, ?5, ?6, ?6, ?7, ?8)",
     )?
     .execute(params![
         id,
         ordering_key,
-        idempotency_key,
+        sealed_key,
         scope,
         fingerprint,
         created_ms,
