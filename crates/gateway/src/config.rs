@@ -76,6 +76,14 @@ impl UpstreamUrl {
     }
 }
 
+/// Parses a trusted proxy: an address (`10.0.0.7`) or a CIDR block (`10.0.0.0/8`).
+pub fn parse_trusted_proxy(text: &str) -> Result<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| Error::Config(format!("`{text}` is not an address or a CIDR block")))
+}
+
 /// How queued writes are partitioned into independently ordered streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ordering {
@@ -251,6 +259,9 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// How long delivered entries (and the upstream's answer) stay visible.
     pub done_retention: Duration,
+    /// Clients whose `X-Forwarded-*` and `Forwarded` headers are kept (proxies in front of the
+    /// gateway); from anyone else they are dropped and written anew.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Bearer token required by the admin API; without one the admin API is disabled.
     pub admin_token: Option<String>,
     /// The reserved path prefix, with leading and trailing slash (default `/_outpost/`).
@@ -282,6 +293,7 @@ impl Config {
             limits: Limits::default(),
             retry: RetryPolicy::default(),
             done_retention: Duration::from_secs(24 * 3600),
+            trusted_proxies: Vec::new(),
             admin_token: None,
             prefix: "/_outpost/".into(),
             key: KeySource::DataDir,
@@ -365,6 +377,22 @@ mod tests {
         check("path:3", "/a/b?c/d", "/a/b");
         assert!(Ordering::parse("path:0").is_err());
         assert!(Ordering::parse("random").is_err());
+    }
+
+    #[test]
+    fn trusted_proxies() {
+        assert!(
+            parse_trusted_proxy("10.0.0.7")
+                .unwrap()
+                .contains(&"10.0.0.7".parse::<std::net::IpAddr>().unwrap())
+        );
+        assert!(
+            parse_trusted_proxy("10.0.0.0/8")
+                .unwrap()
+                .contains(&"10.1.2.3".parse::<std::net::IpAddr>().unwrap())
+        );
+        assert!(parse_trusted_proxy("::1").is_ok());
+        assert!(parse_trusted_proxy("proxy.local").is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, HOST};
+use http::header::{CONNECTION, FORWARDED, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 /// The header that lets the backend apply a retried write only once.
@@ -12,6 +12,7 @@ pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-ke
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
 const HOP_BY_HOP: [&str; 9] = [
@@ -56,15 +57,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Prepares a client's request headers for the upstream: hop-by-hop removed, `Host` replaced
-/// by the upstream's (set by the client library), the original host, client address and
-/// protocol passed on in `X-Forwarded-*`.
-pub fn prepare_request_headers(headers: &mut HeaderMap, client: IpAddr) {
+/// by the upstream's (set by the client library), and the forwarding headers written by the
+/// gateway: `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded`
+/// (RFC 7239). What a client says in these headers is dropped, since anyone can write them,
+/// unless the client is a `trusted` proxy in front of the gateway: then its values are kept
+/// and the gateway appends its own hop.
+pub fn prepare_request_headers(headers: &mut HeaderMap, client: IpAddr, trusted: bool) {
     strip_hop_by_hop(headers);
     let host = headers.remove(HOST);
-    let client = client.to_string();
+    if !trusted {
+        for name in [
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &FORWARDED,
+            &X_REAL_IP,
+        ] {
+            headers.remove(name);
+        }
+    }
+    let client_text = client.to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {client}"),
-        None => client,
+        Some(prior) => format!("{prior}, {client_text}"),
+        None => client_text,
     };
     if let Ok(value) = HeaderValue::try_from(xff) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
@@ -72,10 +87,33 @@ pub fn prepare_request_headers(headers: &mut HeaderMap, client: IpAddr) {
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
-    if let Some(host) = host
+    if let Some(host) = &host
         && !headers.contains_key(&X_FORWARDED_HOST)
     {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    }
+    // RFC 7239: an IPv6 address is quoted and bracketed; the host is always sent quoted.
+    let mut hop = match client {
+        IpAddr::V4(ip) => format!("for={ip}"),
+        IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+    };
+    if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
+        let quoted: String = host
+            .chars()
+            .flat_map(|c| match c {
+                '"' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        hop.push_str(&format!(";host=\"{quoted}\""));
+    }
+    hop.push_str(";proto=http");
+    let forwarded = match headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {hop}"),
+        None => hop,
+    };
+    if let Ok(value) = HeaderValue::try_from(forwarded) {
+        headers.insert(FORWARDED.clone(), value);
     }
 }
 
@@ -158,16 +196,30 @@ mod tests {
         h.insert("host", "public.example".parse().unwrap());
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
         h.insert("x-custom", "kept".parse().unwrap());
-        prepare_request_headers(&mut h, "127.0.0.1".parse().unwrap());
+        let mut trusted = h.clone();
+        prepare_request_headers(&mut h, "127.0.0.1".parse().unwrap(), false);
         assert!(h.get("connection").is_none());
         assert!(h.get("x-secret-hop").is_none());
         assert!(h.get("keep-alive").is_none());
         assert!(h.get("transfer-encoding").is_none());
         assert!(h.get("host").is_none());
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        // From an untrusted client, its own forwarding headers are dropped.
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "public.example");
+        assert_eq!(
+            h["forwarded"],
+            "for=127.0.0.1;host=\"public.example\";proto=http"
+        );
         assert_eq!(h["x-custom"], "kept");
+        // From a trusted proxy, they are kept and the gateway's hop appended.
+        trusted.insert("forwarded", "for=10.0.0.1".parse().unwrap());
+        prepare_request_headers(&mut trusted, "::1".parse().unwrap(), true);
+        assert_eq!(trusted["x-forwarded-for"], "10.0.0.1, ::1");
+        assert_eq!(
+            trusted["forwarded"],
+            "for=10.0.0.1, for=\"[::1]\";host=\"public.example\";proto=http"
+        );
     }
 
     /// Issue 15, defect 12: `Connection: idempotency-key` stripped the client's key, so a
@@ -177,7 +229,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("connection", "idempotency-key".parse().unwrap());
         h.insert("idempotency-key", "client-key".parse().unwrap());
-        prepare_request_headers(&mut h, "127.0.0.1".parse().unwrap());
+        prepare_request_headers(&mut h, "127.0.0.1".parse().unwrap(), false);
         assert_eq!(
             ensure_idempotency_key(&mut h),
             ("client-key".to_owned(), true)

@@ -52,6 +52,8 @@ pub(crate) struct ProxySettings {
     pub max_body_bytes: u64,
     /// See [`crate::config::RetryPolicy::upstream_honours_keys`].
     pub upstream_honours_keys: bool,
+    /// See [`crate::config::Config::trusted_proxies`].
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Everything a request needs; shared by all connections.
@@ -89,6 +91,15 @@ impl App {
         response
     }
 
+    /// Whether `client` is a proxy whose forwarding headers are believed.
+    fn trusts(&self, client: SocketAddr) -> bool {
+        let ip = client.ip().to_canonical();
+        self.settings
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&ip))
+    }
+
     fn unavailable(&self, reason: &str) -> Response {
         ApiError::Unavailable {
             reason: reason.into(),
@@ -103,7 +114,7 @@ impl App {
             Ok(body) => body,
             Err(e) => return e.into_response(),
         };
-        forward::prepare_request_headers(&mut parts.headers, client.ip());
+        forward::prepare_request_headers(&mut parts.headers, client.ip(), self.trusts(client));
         let (idempotency_key, chosen) = forward::ensure_idempotency_key(&mut parts.headers);
         let principal = chosen.then(|| forward::credentials(&parts.headers));
         let target = target_of(&parts.uri);
@@ -196,7 +207,7 @@ impl App {
         let method = req.method().clone();
         if self.health.is_up() {
             let (mut parts, body) = req.into_parts();
-            forward::prepare_request_headers(&mut parts.headers, client.ip());
+            forward::prepare_request_headers(&mut parts.headers, client.ip(), self.trusts(client));
             match self.upstream.send(Request::from_parts(parts, body)).await {
                 Ok(resp) if matches!(resp.status().as_u16(), 502..=504) => {
                     self.health

@@ -119,6 +119,7 @@ impl Gateway {
                 retry_after_secs: config.retry_after_secs,
                 max_body_bytes: config.limits.max_body_bytes,
                 upstream_honours_keys: config.retry.upstream_honours_keys,
+                trusted_proxies: config.trusted_proxies.clone(),
             },
             upstream: Upstream::new(&config),
             queue,

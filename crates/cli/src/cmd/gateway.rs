@@ -111,6 +111,10 @@ pub struct GatewayOptions {
     /// Longest delay a backend's Retry-After can impose on a queued entry (larger ones are clamped).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub max_retry_after: Duration,
+    /// Proxies in front of the gateway whose X-Forwarded-* and Forwarded headers are kept
+    /// (addresses or CIDR blocks, comma-separated); from other clients they are replaced.
+    #[arg(long, value_delimiter = ',')]
+    pub trusted_proxy: Vec<String>,
     /// Bearer token of the admin API; without it the admin API is disabled.
     #[arg(long, env = "OUTPOST_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -200,6 +204,11 @@ impl GatewayOptions {
         c.retry.base_delay = self.retry_base;
         c.retry.max_delay = self.retry_max;
         c.retry.max_retry_after = self.max_retry_after;
+        c.trusted_proxies = self
+            .trusted_proxy
+            .iter()
+            .map(|p| outpost_gateway::config::parse_trusted_proxy(p))
+            .collect::<Result<_, _>>()?;
         c.admin_token = self.admin_token.clone();
         c.prefix = self.prefix.clone();
         c.key = self.key.source();

@@ -37,7 +37,8 @@ async fn a_write_with_an_unknown_outcome_is_never_sent_twice() {
             .contains("outcome is unknown"),
         "{dead}"
     );
-    assert_eq!(dead["attempts"], 1);
+    // Attempts that found no connection (before the upstream was back) are safe to repeat;
+    // the one that was sent is never repeated.
     let sent = |body: &str| upstream.writes().iter().filter(|w| w.body == body).count();
     assert_eq!((sent("live"), sent("replayed")), (1, 1));
     gw.stop().await;

@@ -141,3 +141,49 @@ async fn reads_get_503_or_the_stale_answer_while_down() {
     assert_eq!(head.headers()["x-outpost-stale"], "true");
     gw.stop().await;
 }
+
+/// Issue 15, defect 7: a client's `X-Forwarded-Proto`/`-Host` reached the upstream, and
+/// `Forwarded` was passed untouched, so any client could claim to be on https or another host.
+#[tokio::test]
+async fn forwarding_headers_are_written_by_the_gateway() {
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    let spoofed = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "bank.example"),
+        ("forwarded", "for=6.6.6.6;proto=https"),
+        ("x-real-ip", "6.6.6.6"),
+    ];
+    let (status, _, _) = post(&gw.url("/w"), "x", &spoofed).await;
+    assert_eq!(status, 201);
+    let host = gw.addr.to_string();
+    let got = &upstream.writes()[0].headers;
+    assert_eq!(got["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(got["x-forwarded-proto"], "http");
+    assert_eq!(got["x-forwarded-host"], host.as_str());
+    assert_eq!(
+        got["forwarded"],
+        format!("for=127.0.0.1;host=\"{host}\";proto=http").as_str()
+    );
+    assert!(got.get("x-real-ip").is_none());
+    gw.stop().await;
+
+    // Behind a trusted proxy, its headers are kept and the gateway's hop appended.
+    let mut config = test_config(&upstream, dir.path());
+    config.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    let gw = TestGateway::start(config).await;
+    let (status, _, _) = post(&gw.url("/w"), "y", &spoofed).await;
+    assert_eq!(status, 201);
+    let got = &upstream.writes()[1].headers;
+    assert_eq!(got["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
+    assert_eq!(got["x-forwarded-proto"], "https");
+    assert!(
+        got["forwarded"]
+            .to_str()
+            .unwrap()
+            .starts_with("for=6.6.6.6;proto=https, for=127.0.0.1")
+    );
+    gw.stop().await;
+}
