@@ -204,6 +204,11 @@ impl App {
             (Some(_), true) => Some(CacheKey::of(&target, req.headers())),
             _ => None,
         };
+        // The request's headers as received, for the cache's `Vary` matching.
+        let request_headers = key
+            .as_ref()
+            .map(|_| req.headers().clone())
+            .unwrap_or_default();
         let method = req.method().clone();
         if self.health.is_up() {
             let (mut parts, body) = req.into_parts();
@@ -212,7 +217,7 @@ impl App {
                 Ok(resp) if matches!(resp.status().as_u16(), 502..=504) => {
                     self.health
                         .failure(&format!("upstream answered {}", resp.status()));
-                    if let Some(stale) = self.stale(key.as_ref(), &method) {
+                    if let Some(stale) = self.stale(key.as_ref(), &method, &request_headers) {
                         return stale;
                     }
                     return pass_response(resp);
@@ -224,7 +229,13 @@ impl App {
                         (Some(cache), Some(key), Method::GET) => {
                             let (mut parts, body) = resp.into_parts();
                             forward::strip_hop_by_hop(&mut parts.headers);
-                            let body = cache.capture(key, parts.status, &parts.headers, body);
+                            let body = cache.capture(
+                                key,
+                                &request_headers,
+                                parts.status,
+                                &parts.headers,
+                                body,
+                            );
                             Response::from_parts(parts, body)
                         }
                         _ => pass_response(resp),
@@ -242,15 +253,20 @@ impl App {
                 }
             }
         }
-        if let Some(stale) = self.stale(key.as_ref(), &method) {
+        if let Some(stale) = self.stale(key.as_ref(), &method, &request_headers) {
             return stale;
         }
         Stats::bump(&self.stats.unavailable);
         self.unavailable("the upstream is unavailable")
     }
 
-    fn stale(&self, key: Option<&CacheKey>, method: &Method) -> Option<Response> {
-        let resp = self.cache.as_ref()?.serve(key?, method)?;
+    fn stale(
+        &self,
+        key: Option<&CacheKey>,
+        method: &Method,
+        request: &HeaderMap,
+    ) -> Option<Response> {
+        let resp = self.cache.as_ref()?.serve(key?, method, request)?;
         Stats::bump(&self.stats.stale_served);
         Some(resp)
     }

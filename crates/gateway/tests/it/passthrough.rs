@@ -187,3 +187,53 @@ async fn forwarding_headers_are_written_by_the_gateway() {
     );
     gw.stop().await;
 }
+
+/// Issue 15, defect 8: the stale cache served one user's `Set-Cookie` to another, keyed only on
+/// `Authorization` and `Cookie` (users of `X-Api-Key` shared entries), and ignored `Vary` and
+/// `private`.
+#[tokio::test]
+async fn the_stale_cache_follows_http_caching_rules() {
+    let mut upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&upstream, dir.path());
+    config.stale_reads = true;
+    let gw = TestGateway::start(config).await;
+    let get = |path: &'static str, key: &'static str, lang: &'static str| {
+        let url = gw.url(path);
+        async move {
+            let resp = client()
+                .get(url)
+                .header("x-api-key", key)
+                .header("accept-language", lang)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let cookie = resp.headers().get("set-cookie").cloned();
+            (status, cookie, resp.text().await.unwrap())
+        }
+    };
+    for path in ["/page", "/set-cookie", "/private", "/vary"] {
+        let (status, _, _) = get(path, "alice", "fr").await;
+        assert_eq!(status, 200, "{path}");
+    }
+    upstream.stop().await;
+
+    let (status, _, body) = get("/page", "alice", "fr").await;
+    assert_eq!((status, body.as_str()), (200, "GET /page "));
+    let (status, _, body) = get("/page", "bob", "fr").await;
+    assert_eq!(status, 503, "bob got alice's answer: {body}");
+    let (status, cookie, _) = get("/set-cookie", "alice", "fr").await;
+    assert_eq!(
+        (status, cookie),
+        (503, None),
+        "an answer setting a cookie was kept"
+    );
+    let (status, _, _) = get("/private", "alice", "fr").await;
+    assert_eq!(status, 503, "a private answer was kept");
+    let (status, _, _) = get("/vary", "alice", "fr").await;
+    assert_eq!(status, 200);
+    let (status, _, _) = get("/vary", "alice", "en").await;
+    assert_eq!(status, 503, "Vary was ignored");
+    gw.stop().await;
+}

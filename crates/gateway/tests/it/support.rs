@@ -162,6 +162,21 @@ async fn answer(state: Arc<UpstreamState>, req: Request<Incoming>) -> Response<B
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
+    // Reads answering with caching-relevant headers.
+    let special: Option<(&str, &str)> = match target.as_str() {
+        "/set-cookie" => Some(("set-cookie", "session=alice-session")),
+        "/private" => Some(("cache-control", "private, max-age=60")),
+        "/vary" => Some(("vary", "accept-language")),
+        _ => None,
+    };
+    if let Some((name, value)) = special {
+        let mut resp = Response::new(Body::from(format!(
+            "{target} for {:?}",
+            parts.headers.get("x-api-key")
+        )));
+        resp.headers_mut().insert(name, value.parse().unwrap());
+        return resp;
+    }
     if let Some(n) = target.strip_prefix("/big/") {
         return Response::new(Body::from(vec![b'x'; n.parse().unwrap()]));
     }
