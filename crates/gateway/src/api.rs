@@ -40,6 +40,10 @@ pub enum ApiError {
     Conflict(String),
     /// The idempotency key is already used for a different request.
     KeyReused,
+    /// The request body stopped arriving.
+    RequestTimeout,
+    /// Buffered request bodies are at the gateway's global byte budget.
+    Busy,
     /// A write was sent to the upstream but no answer came (a timeout, or the connection broke):
     /// it may or may not have been applied.
     OutcomeUnknown {
@@ -97,6 +101,16 @@ impl ApiError {
                 "the upstream did not answer this write; it may or may not have been applied"
                     .into(),
             ),
+            ApiError::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body stopped arriving".into(),
+            ),
+            ApiError::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many request bodies are in flight; retry later".into(),
+            ),
             ApiError::PayloadTooLarge(max) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -129,9 +143,16 @@ impl IntoResponse for ApiError {
             axum::Json(json!({ "error": error, "reason": reason })),
         )
             .into_response();
-        if let ApiError::Unavailable { retry_after, .. } = self {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        match self {
+            ApiError::Unavailable { retry_after, .. } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            ApiError::Busy => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1));
+            }
+            _ => {}
         }
         resp
     }

@@ -158,8 +158,12 @@ pub enum QueuedStatus {
 /// Size limits on requests and on the queue.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Largest request body; above it the answer is 413.
+    /// Largest request body that is buffered and can be queued; above it a write is streamed
+    /// to the upstream while it is up, and refused with 413 while it is down.
     pub max_body_bytes: u64,
+    /// Bytes of buffered request bodies all requests together may hold; a write that would
+    /// exceed it is refused with 503 and `Retry-After`.
+    pub max_body_bytes_in_flight: u64,
     /// Buffer for the request line and headers; above it the answer is 431.
     pub max_header_bytes: usize,
     /// Most headers in one request; above it the answer is 431.
@@ -176,6 +180,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body_bytes: 10 * 1024 * 1024,
+            max_body_bytes_in_flight: 256 * 1024 * 1024,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_queue_entries: 1_000_000,
@@ -243,6 +248,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Limit on waiting for the upstream's response headers.
     pub response_timeout: Duration,
+    /// Longest pause between two pieces of a request body (408 after it).
+    pub body_read_timeout: Duration,
     /// How queued writes are partitioned.
     pub ordering: Ordering,
     /// The status that acknowledges a queued write.
@@ -285,6 +292,7 @@ impl Config {
             health_rise: crate::health::DEFAULT_RISE,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
             ordering: Ordering::Global,
             queued_status: QueuedStatus::Accepted,
             retry_after_secs: 5,

@@ -40,7 +40,10 @@ use crate::config::{Limits, Ordering, QueuedStatus, RetryPolicy};
 use crate::crypto::{Cipher, KeySource};
 use crate::error::{Error, Result};
 use crate::forward;
-use crate::proxy::{queued_response, read_body, target_of};
+use crate::proxy::{BodyLimits, BodyRead, queued_response, read_body, target_of};
+
+/// Longest pause between two pieces of a request body inside the application.
+const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 use crate::queue::{DirLock, NewEntry, Queue, QueueLimits};
 use crate::record::{StoredRequest, StoredResponse};
 use crate::stats::Stats;
@@ -262,8 +265,16 @@ where
         };
     }
     let (mut parts, body) = req.into_parts();
-    let body = match read_body(&parts.headers, body, config.limits.max_body_bytes).await {
-        Ok(b) => b,
+    let limits = BodyLimits {
+        max_bytes: config.limits.max_body_bytes,
+        idle_timeout: BODY_IDLE_TIMEOUT,
+        budget: None,
+    };
+    let body = match read_body(&parts.headers, body, &limits).await {
+        Ok(BodyRead::Complete(b, _)) => b,
+        Ok(BodyRead::TooLarge { .. }) => {
+            return ApiError::PayloadTooLarge(config.limits.max_body_bytes).into_response();
+        }
         Err(e) => return e.into_response(),
     };
     let (idempotency_key, chosen) = forward::ensure_idempotency_key(&mut parts.headers);

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, LOCATION, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde_json::json;
 use tower::ServiceExt;
 
@@ -49,7 +49,7 @@ pub(crate) struct ProxySettings {
     pub ordering: Ordering,
     pub queued_status: QueuedStatus,
     pub retry_after_secs: u64,
-    pub max_body_bytes: u64,
+    pub body: BodyLimits,
     /// See [`crate::config::RetryPolicy::upstream_honours_keys`].
     pub upstream_honours_keys: bool,
     /// See [`crate::config::Config::trusted_proxies`].
@@ -110,8 +110,12 @@ impl App {
 
     async fn write(&self, req: Request<Body>, client: SocketAddr) -> Response {
         let (mut parts, body) = req.into_parts();
-        let body = match read_body(&parts.headers, body, self.settings.max_body_bytes).await {
-            Ok(body) => body,
+        // Held until the write is forwarded or queued: the body's share of the byte budget.
+        let (body, _permit) = match read_body(&parts.headers, body, &self.settings.body).await {
+            Ok(BodyRead::Complete(body, permit)) => (body, permit),
+            Ok(BodyRead::TooLarge { prefix, rest }) => {
+                return self.stream_large(parts, prefix, rest, client).await;
+            }
             Err(e) => return e.into_response(),
         };
         forward::prepare_request_headers(&mut parts.headers, client.ip(), self.trusts(client));
@@ -179,6 +183,53 @@ impl App {
             Err(e) => {
                 tracing::error!(error = %e, "cannot queue a write");
                 self.unavailable("the request could not be queued")
+            }
+        }
+    }
+
+    /// A write above the buffering limit cannot be queued; while the upstream is up (and nothing
+    /// of its ordering key waits) it is streamed through instead of refused.
+    async fn stream_large(
+        &self,
+        mut parts: http::request::Parts,
+        prefix: Bytes,
+        rest: Body,
+        client: SocketAddr,
+    ) -> Response {
+        let too_large = || ApiError::PayloadTooLarge(self.settings.body.max_bytes).into_response();
+        let target = target_of(&parts.uri);
+        let ordering_key = self.settings.ordering.key_of(&target, &parts.headers);
+        if !self.health.is_up() || self.queue.has_pending(&ordering_key) {
+            return too_large();
+        }
+        forward::prepare_request_headers(&mut parts.headers, client.ip(), self.trusts(client));
+        forward::ensure_idempotency_key(&mut parts.headers);
+        let body = Body::new(PrefixedBody {
+            prefix: Some(prefix),
+            rest,
+        });
+        match self.upstream.send(Request::from_parts(parts, body)).await {
+            Ok(resp) => {
+                if matches!(resp.status().as_u16(), 502..=504) {
+                    self.health
+                        .failure(&format!("upstream answered {}", resp.status()));
+                } else {
+                    self.health.success();
+                }
+                Stats::bump(&self.stats.passed);
+                pass_response(resp)
+            }
+            Err(SendError::BadTarget) => {
+                ApiError::BadRequest("the request target cannot be forwarded".into())
+                    .into_response()
+            }
+            Err(e) if e.outcome_unknown() => ApiError::OutcomeUnknown {
+                timeout: matches!(e, SendError::Timeout(_)),
+            }
+            .into_response(),
+            Err(e) => {
+                self.health.failure(&e.to_string());
+                self.unavailable("the upstream is unavailable, and a body this large is not queued")
             }
         }
     }
@@ -294,25 +345,100 @@ pub(crate) fn target_of(uri: &Uri) -> String {
         .unwrap_or_else(|| "/".to_owned())
 }
 
-/// Reads a whole request body, refusing more than `max` bytes.
+/// Bounds on reading request bodies.
+#[derive(Debug, Clone)]
+pub(crate) struct BodyLimits {
+    /// Largest body that is buffered (and can be queued).
+    pub max_bytes: u64,
+    /// Longest pause between two pieces of a body; a body that stops arriving is answered 408.
+    pub idle_timeout: std::time::Duration,
+    /// Bytes of buffered bodies all requests together may hold; `None` for no global bound.
+    pub budget: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+/// A request body as read.
+pub(crate) enum BodyRead {
+    /// The whole body, with its share of the in-flight byte budget (held until dropped).
+    Complete(Bytes, Option<tokio::sync::OwnedSemaphorePermit>),
+    /// Larger than the buffering limit: what was read so far and the rest, still unread.
+    TooLarge { prefix: Bytes, rest: Body },
+}
+
+/// Reads a request body up to `limits.max_bytes`, each piece within the idle timeout and
+/// within the global budget.
 pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
-    max: u64,
-) -> Result<Bytes, ApiError> {
+    limits: &BodyLimits,
+) -> Result<BodyRead, ApiError> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err(ApiError::PayloadTooLarge(max));
+    if declared.is_some_and(|n| n > limits.max_bytes) {
+        return Ok(BodyRead::TooLarge {
+            prefix: Bytes::new(),
+            rest: body,
+        });
     }
-    match Limited::new(body, max as usize).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge(max)),
-        Err(_) => Err(ApiError::BadRequest(
-            "the request body could not be read".into(),
-        )),
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    loop {
+        let frame = match tokio::time::timeout(limits.idle_timeout, body.frame()).await {
+            Err(_) => return Err(ApiError::RequestTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return Err(ApiError::BadRequest(
+                    "the request body could not be read".into(),
+                ));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if (buf.len() + data.len()) as u64 > limits.max_bytes {
+            buf.extend_from_slice(&data);
+            return Ok(BodyRead::TooLarge {
+                prefix: buf.freeze(),
+                rest: body,
+            });
+        }
+        if let Some(budget) = &limits.budget {
+            let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
+            match budget.clone().try_acquire_many_owned(n) {
+                Ok(more) => match permit.as_mut() {
+                    Some(held) => held.merge(more),
+                    None => permit = Some(more),
+                },
+                Err(_) => return Err(ApiError::Busy),
+            }
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(BodyRead::Complete(buf.freeze(), permit))
+}
+
+/// The part of a body already read, followed by the rest as it arrives: a large body streamed
+/// to the upstream after the buffering limit was crossed.
+struct PrefixedBody {
+    prefix: Option<Bytes>,
+    rest: Body,
+}
+
+impl hyper::body::Body for PrefixedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        if let Some(prefix) = self.prefix.take().filter(|p| !p.is_empty()) {
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(prefix))));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
     }
 }
 

@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::crypto::Cipher;
 use crate::error::{Error, Result};
 use crate::health::Health;
-use crate::proxy::{App, ProxySettings};
+use crate::proxy::{App, BodyLimits, ProxySettings};
 use crate::queue::{DirLock, Queue, QueueLimits, now_ms};
 use crate::stats::Stats;
 use crate::upstream::Upstream;
@@ -117,7 +117,15 @@ impl Gateway {
                 ordering: config.ordering.clone(),
                 queued_status: config.queued_status,
                 retry_after_secs: config.retry_after_secs,
-                max_body_bytes: config.limits.max_body_bytes,
+                body: BodyLimits {
+                    max_bytes: config.limits.max_body_bytes,
+                    idle_timeout: config.body_read_timeout,
+                    budget: Some(Arc::new(Semaphore::new(
+                        usize::try_from(config.limits.max_body_bytes_in_flight)
+                            .unwrap_or(usize::MAX)
+                            .min(Semaphore::MAX_PERMITS),
+                    ))),
+                },
                 upstream_honours_keys: config.retry.upstream_honours_keys,
                 trusted_proxies: config.trusted_proxies.clone(),
             },

@@ -69,9 +69,16 @@ pub struct GatewayOptions {
     /// Memory for the stale-read cache, in bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub stale_cache_bytes: usize,
-    /// Largest request body in bytes (413 above).
+    /// Largest request body buffered (and queued), in bytes; above it a write is streamed to
+    /// the backend while it is up, and refused with 413 while it is down.
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     pub max_body: u64,
+    /// Bytes of buffered request bodies all requests together may hold (503 above).
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    pub max_body_in_flight: u64,
+    /// Longest pause between two pieces of a request body (408 after it).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
     /// Largest request head (request line and headers) in bytes (431 above; at least 8192).
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
@@ -192,6 +199,8 @@ impl GatewayOptions {
         c.stale_reads = self.stale_reads;
         c.stale_cache_bytes = self.stale_cache_bytes;
         c.limits.max_body_bytes = self.max_body;
+        c.limits.max_body_bytes_in_flight = self.max_body_in_flight;
+        c.body_read_timeout = self.body_read_timeout;
         c.limits.max_header_bytes = self.max_header_bytes;
         c.limits.max_headers = self.max_headers;
         c.limits.max_queue_entries = self.max_queue_entries;

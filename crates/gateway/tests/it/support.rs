@@ -309,6 +309,18 @@ impl TestGateway {
         );
     }
 
+    /// Waits until the gateway believes its upstream is `state` (`up` or `down`).
+    pub async fn wait_upstream(&self, state: &str) {
+        for _ in 0..1500 {
+            let ready = self.admin_get("/_outpost/v1/gateway").await;
+            if ready["upstream"]["state"] == state {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the upstream never became {state}");
+    }
+
     /// Waits until entry `id` reaches `state`.
     pub async fn wait_state(&self, id: &str, state: &str) -> Value {
         for _ in 0..1500 {
