@@ -252,6 +252,8 @@ pub struct Config {
     pub body_read_timeout: Duration,
     /// How queued writes are partitioned.
     pub ordering: Ordering,
+    /// Most ordering keys replaying at once.
+    pub max_replay_lanes: usize,
     /// The status that acknowledges a queued write.
     pub queued_status: QueuedStatus,
     /// The `Retry-After` (seconds) sent with 503 answers.
@@ -294,6 +296,7 @@ impl Config {
             response_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(30),
             ordering: Ordering::Global,
+            max_replay_lanes: crate::worker::DEFAULT_MAX_LANES,
             queued_status: QueuedStatus::Accepted,
             retry_after_secs: 5,
             stale_reads: false,

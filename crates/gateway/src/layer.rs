@@ -330,7 +330,7 @@ where
             tracing::error!(error = %e, "cannot queue a write");
             ApiError::Unavailable {
                 reason: "the request could not be queued".into(),
-                retry_after: config.retry_after_secs,
+                retry_after: crate::proxy::jittered(config.retry_after_secs),
             }
             .into_response()
         }

@@ -103,7 +103,7 @@ impl App {
     fn unavailable(&self, reason: &str) -> Response {
         ApiError::Unavailable {
             reason: reason.into(),
-            retry_after: self.settings.retry_after_secs,
+            retry_after: jittered(self.settings.retry_after_secs),
         }
         .into_response()
     }
@@ -442,6 +442,12 @@ impl hyper::body::Body for PrefixedBody {
     }
 }
 
+/// `secs` plus up to half again, at random, so clients told to come back do not all come back in
+/// the same second.
+pub(crate) fn jittered(secs: u64) -> u64 {
+    secs.saturating_add(rand::random_range(0..=secs / 2))
+}
+
 /// The answer acknowledging a queued write.
 pub(crate) fn queued_response(
     prefix: &str,
@@ -466,7 +472,7 @@ pub(crate) fn queued_response(
     }
     if queued_status == QueuedStatus::Unavailable {
         resp.headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            .insert(RETRY_AFTER, HeaderValue::from(jittered(retry_after_secs)));
     }
     resp
 }

@@ -192,7 +192,8 @@ impl Gateway {
             Some(app.health.clone()),
             config.retry.clone(),
             app.stats.clone(),
-        );
+        )
+        .with_max_lanes(config.max_replay_lanes);
         tracker.spawn(worker.run(shutdown.clone()));
         tracker.spawn(sweep(app.clone(), config.clone(), shutdown.clone()));
         tracker.spawn(publish(admin, shutdown.clone()));

@@ -143,7 +143,13 @@ struct Ctx<D> {
     health: Option<Arc<Health>>,
     retry: RetryPolicy,
     stats: Arc<Stats>,
+    /// Most lanes (ordering keys) replaying at once, so a queue of many keys cannot open
+    /// unbounded concurrent requests toward the upstream.
+    max_lanes: usize,
 }
+
+/// Lanes replaying at once unless configured otherwise.
+pub const DEFAULT_MAX_LANES: usize = 64;
 
 /// The replay worker.
 pub struct Worker<D> {
@@ -166,15 +172,36 @@ impl<D: Deliver> Worker<D> {
                 health,
                 retry,
                 stats,
+                max_lanes: DEFAULT_MAX_LANES,
             }),
         }
     }
 
-    /// Runs until `shutdown`; a delivery in flight at that moment is finished first.
+    /// Sets the most lanes replaying at once (at least 1); only before [`Worker::run`].
+    pub fn with_max_lanes(mut self, max_lanes: usize) -> Self {
+        if let Some(ctx) = Arc::get_mut(&mut self.ctx) {
+            ctx.max_lanes = max_lanes.max(1);
+        }
+        self
+    }
+
+    /// Runs until `shutdown`; deliveries in flight at that moment are finished first.
+    ///
+    /// Each ordering key with deliverable entries gets a lane: a task delivering that key's
+    /// entries one after the other. Lanes are independent: a slow lane never holds up the
+    /// others, and a key whose lane ends (its entries done, or its head backing off) is picked
+    /// up again by the next load. At most `max_lanes` run at once.
     pub async fn run(self, shutdown: CancellationToken) {
         let ctx = self.ctx;
         let mut health_rx = ctx.health.as_ref().map(|h| h.subscribe());
+        let mut lanes: JoinSet<()> = JoinSet::new();
+        // Ordering keys with a running lane, by task id, so even a lane that panicked frees its
+        // key.
+        let mut active: HashMap<tokio::task::Id, String> = HashMap::new();
         loop {
+            while let Some(done) = lanes.try_join_next_with_id() {
+                lane_ended(&mut active, done);
+            }
             if shutdown.is_cancelled() {
                 break;
             }
@@ -184,6 +211,9 @@ impl<D: Deliver> Worker<D> {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     r = rx.wait_for(|up| *up) => if r.is_err() { break },
+                    Some(done) = lanes.join_next_with_id(), if !lanes.is_empty() => {
+                        lane_ended(&mut active, done);
+                    }
                 }
                 continue;
             }
@@ -202,52 +232,59 @@ impl<D: Deliver> Worker<D> {
                     }
                 }
             };
-            if batch.is_empty() {
-                let wait = wake
-                    .map(|at| Duration::from_millis((at - now).max(1) as u64))
-                    .unwrap_or(IDLE_POLL)
-                    .min(IDLE_POLL);
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = ctx.queue.shared().changed.notified() => {}
-                    _ = tokio::time::sleep(wait) => {}
+            let running: std::collections::HashSet<&String> = active.values().collect();
+            let mut new_lanes: Vec<(String, Vec<Deliverable>)> = Vec::new();
+            let mut index: HashMap<String, usize> = HashMap::new();
+            for entry in batch {
+                if running.contains(&entry.ordering_key) {
+                    continue;
                 }
-                continue;
+                let i = *index.entry(entry.ordering_key.clone()).or_insert_with(|| {
+                    new_lanes.push((entry.ordering_key.clone(), Vec::new()));
+                    new_lanes.len() - 1
+                });
+                new_lanes[i].1.push(entry);
             }
-            deliver_batch(&ctx, batch, &shutdown).await;
+            drop(running);
+            for (key, entries) in new_lanes {
+                if active.len() >= ctx.max_lanes {
+                    break;
+                }
+                let handle = lanes.spawn(run_lane(ctx.clone(), entries, shutdown.clone()));
+                active.insert(handle.id(), key);
+            }
+            let wait = wake
+                .map(|at| Duration::from_millis((at - now).max(1) as u64))
+                .unwrap_or(IDLE_POLL)
+                .min(IDLE_POLL);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(done) = lanes.join_next_with_id(), if !lanes.is_empty() => {
+                    lane_ended(&mut active, done);
+                }
+                _ = ctx.queue.shared().changed.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        // Let the deliveries in flight finish and their outcomes be recorded.
+        while let Some(done) = lanes.join_next_with_id().await {
+            lane_ended(&mut active, done);
         }
     }
 }
 
-async fn deliver_batch<D: Deliver>(
-    ctx: &Arc<Ctx<D>>,
-    batch: Vec<Deliverable>,
-    shutdown: &CancellationToken,
+fn lane_ended(
+    active: &mut HashMap<tokio::task::Id, String>,
+    done: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
 ) {
-    let mut lanes: Vec<Vec<Deliverable>> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for entry in batch {
-        let i = *index.entry(entry.ordering_key.clone()).or_insert_with(|| {
-            lanes.push(Vec::new());
-            lanes.len() - 1
-        });
-        lanes[i].push(entry);
-    }
-    if lanes.len() == 1 {
-        let lane = lanes.pop().expect("one lane");
-        run_lane(ctx.clone(), lane, shutdown.clone()).await;
-        return;
-    }
-    // Independent ordering keys replay in parallel; each lane keeps one request in flight.
-    let mut set = JoinSet::new();
-    for lane in lanes {
-        set.spawn(run_lane(ctx.clone(), lane, shutdown.clone()));
-    }
-    while let Some(r) = set.join_next().await {
-        if let Err(e) = r {
+    let id = match done {
+        Ok((id, ())) => id,
+        Err(e) => {
             tracing::error!(error = %e, "replay lane failed");
+            e.id()
         }
-    }
+    };
+    active.remove(&id);
 }
 
 async fn run_lane<D: Deliver>(
@@ -344,6 +381,11 @@ fn outcome<D>(ctx: &Ctx<D>, entry: &Deliverable, delivery: Delivery) -> (Finish,
         } => {
             if upstream_down && let Some(h) = &ctx.health {
                 h.failure(&reason);
+            }
+            if upstream_down && !outcome_unknown {
+                // Nothing was sent (no connection): the attempt does not count toward
+                // `max_attempts`, so a flapping upstream cannot use them up.
+                return retry_or_dead(ctx, entry, attempts - 1, reason, None, None);
             }
             if outcome_unknown && !ctx.retry.upstream_honours_keys {
                 // Sending it again could apply it twice; the operator decides.

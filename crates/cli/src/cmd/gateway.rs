@@ -57,6 +57,9 @@ pub struct GatewayOptions {
     /// `path:N` (one stream per first N path segments).
     #[arg(long, default_value = "global")]
     pub order_by: String,
+    /// Most ordering keys replaying at once (each keeps one request in flight).
+    #[arg(long, default_value_t = 64)]
+    pub max_replay_lanes: usize,
     /// Status acknowledging a queued write: 202, or 503 with Retry-After for clients built for it.
     #[arg(long, default_value = "202", value_parser = ["202", "503"])]
     pub queued_status: String,
@@ -190,6 +193,7 @@ impl GatewayOptions {
         c.connect_timeout = self.connect_timeout;
         c.response_timeout = self.response_timeout;
         c.ordering = Ordering::parse(&self.order_by)?;
+        c.max_replay_lanes = self.max_replay_lanes;
         c.queued_status = if self.queued_status == "503" {
             QueuedStatus::Unavailable
         } else {

@@ -122,7 +122,9 @@ async fn unavailable_mode_answers_503_with_the_same_body() {
     let gw = TestGateway::start(config).await;
     let (status, headers, body) = post(&gw.url("/x"), "x", &[]).await;
     assert_eq!(status, 503);
-    assert_eq!(headers["retry-after"], "7");
+    // The configured value plus up to half again of jitter.
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((7..=10).contains(&retry_after), "{retry_after}");
     assert_eq!(body["status"], "queued");
     assert_eq!(headers["location"], body["status_url"].as_str().unwrap());
     gw.stop().await;
@@ -242,5 +244,34 @@ async fn a_poison_entry_is_dead_lettered_and_the_rest_delivered() {
     );
     let bodies: Vec<_> = upstream.writes().iter().map(|w| w.body.clone()).collect();
     assert_eq!(bodies, ["fine"]);
+    gw.stop().await;
+}
+
+/// Issue 15, defect 11: the worker waited for the slowest lane of a batch before loading again,
+/// so one slow ordering key held up every other key.
+#[tokio::test]
+async fn a_slow_lane_does_not_hold_up_the_others() {
+    let mut upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&upstream, dir.path());
+    config.ordering = outpost_gateway::Ordering::parse("path:1").unwrap();
+    config.response_timeout = std::time::Duration::from_secs(120);
+    config.shutdown_grace = std::time::Duration::from_millis(100);
+    let gw = TestGateway::start(config).await;
+    let (_, _, slow) = post(&gw.url("/slow/60000"), "slow", &[]).await;
+    let (_, _, fast) = post(&gw.url("/fast/1"), "fast", &[]).await;
+    // The fast key's first attempt is refused and retried at once; it must not wait for the
+    // slow key's delivery to end.
+    upstream.script([Answer {
+        status: 503,
+        headers: vec![("retry-after", "0")],
+    }]);
+    upstream.restart().await;
+    gw.wait_state(fast["id"].as_str().unwrap(), "done").await;
+    assert_eq!(
+        gw.entry(slow["id"].as_str().unwrap()).await["state"],
+        "pending",
+        "the fast key was held up by the slow one"
+    );
     gw.stop().await;
 }
