@@ -124,3 +124,24 @@ fn seal_metadata(tx: &rusqlite::Transaction<'_>, cipher: &Cipher) -> Result<()> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 15, defect 13: every connection commits durably (WAL, `synchronous = FULL`), so a
+    /// `202`, sent only after the commit, survives a power loss.
+    #[test]
+    fn every_connection_commits_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = connect(&dir.path().join("q.sqlite3")).unwrap();
+        let sync: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous must be FULL");
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+}

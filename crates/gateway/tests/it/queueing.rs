@@ -275,3 +275,31 @@ async fn a_slow_lane_does_not_hold_up_the_others() {
     );
     gw.stop().await;
 }
+
+/// Issue 15, defect 13: nothing checked that a 202 is on disk. The queue's files, copied at the
+/// instant each 202 arrives (as a crash at that instant would leave them), hold the entry.
+#[tokio::test]
+async fn a_202_is_on_disk_when_it_is_sent() {
+    let upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(&upstream, dir.path());
+    let gw = TestGateway::start(config.clone()).await;
+    for i in 0..5 {
+        let (status, _, body) = post(&gw.url("/d"), &format!("durable-{i}"), &[]).await;
+        assert_eq!(status, 202);
+        let copy = tempfile::tempdir().unwrap();
+        for name in ["queue.sqlite3", "queue.sqlite3-wal", "gateway.key"] {
+            let from = dir.path().join(name);
+            if from.exists() {
+                std::fs::copy(&from, copy.path().join(name)).unwrap();
+            }
+        }
+        let mut copied = config.clone();
+        copied.data_dir = copy.path().to_owned();
+        let queue = outpost_gateway::open_queue(&copied).unwrap();
+        let entry = queue.get(body["id"].as_str().unwrap()).await.unwrap();
+        assert_eq!(entry.summary.state, outpost_gateway::State::Pending);
+        assert_eq!(entry.request.unwrap().body, format!("durable-{i}"));
+    }
+    gw.stop().await;
+}
