@@ -514,7 +514,7 @@ async fn sigkill_with_deliveries_in_flight_loses_nothing_and_applies_nothing_twi
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let at_kill = backend.applied.lock().unwrap().len();
-    assert!(at_kill >= WRITES / 4 && at_kill < WRITES, "{at_kill}");
+    assert!((WRITES / 4..WRITES).contains(&at_kill), "{at_kill}");
     gateway.sigkill();
 
     let gateway = GatewayProcess::start_with(upstream.addr, dir.path(), &honours);
