@@ -307,8 +307,8 @@ async fn show(
     delete,
     path = "/_outpost/v1/queue/{id}",
     tag = "gateway",
-    description = "Drops a pending or dead entry. Needs the admin token.",
-    responses((status = 200, description = "`{id, dropped: true}`"), (status = 404, description = "No such entry"), (status = 409, description = "The entry is being delivered or was delivered"), (status = 401, description = "Missing or wrong admin token"), (status = 403, description = "No admin token configured"))
+    description = "Deletes an entry in any state (pending, dead or done). Needs the admin token. An entry being delivered at that moment may still reach the upstream; its outcome is then discarded (the compare-and-set finds the entry gone).",
+    responses((status = 200, description = "`{id, dropped: true}`"), (status = 404, description = "No such entry"), (status = 401, description = "Missing or wrong admin token"), (status = 403, description = "No admin token configured"))
 )]
 async fn drop_entry(
     State(s): State<Arc<AdminState>>,
@@ -324,8 +324,8 @@ async fn drop_entry(
     post,
     path = "/_outpost/v1/queue/{id}/retry",
     tag = "gateway",
-    description = "Puts a dead entry back in line, with its attempts reset. Needs the admin token.",
-    responses((status = 200, description = "`{id, status: pending}`"), (status = 404, description = "No such entry"), (status = 409, description = "The entry is not dead"), (status = 401, description = "Missing or wrong admin token"), (status = 403, description = "No admin token configured"))
+    description = "Makes a dead or backing-off pending entry pending now, with its attempts reset. Needs the admin token. An entry being delivered at that moment keeps its delivery, whose outcome is then discarded (the compare-and-set finds the entry changed), and is delivered again with the same Idempotency-Key.",
+    responses((status = 200, description = "`{id, status: pending}`"), (status = 404, description = "No such entry"), (status = 409, description = "The entry was already delivered"), (status = 401, description = "Missing or wrong admin token"), (status = 403, description = "No admin token configured"))
 )]
 async fn retry(
     State(s): State<Arc<AdminState>>,
