@@ -410,7 +410,13 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Result<Response, ApiError> {
         .health
         .as_ref()
         .map(|h| if h.is_up() { "up" } else { "down" });
-    Ok(axum::Json(json!({ "status": "ready", "upstream": upstream })).into_response())
+    let worker_panics = s.stats.snapshot().worker_panics;
+    Ok(axum::Json(json!({
+        "status": "ready",
+        "upstream": upstream,
+        "worker_panics": worker_panics,
+    }))
+    .into_response())
 }
 
 /// The OpenAPI document of the routes above, generated from their `#[utoipa::path]`
@@ -473,6 +479,7 @@ pub(crate) async fn publish_metrics(s: &AdminState) -> Result<(), ApiError> {
         ),
         ("outpost_gateway_stale_served_total", c.stale_served),
         ("outpost_gateway_unavailable_total", c.unavailable),
+        ("outpost_gateway_worker_panics_total", c.worker_panics),
     ] {
         counter!(name).absolute(value);
     }
@@ -524,6 +531,10 @@ fn describe_metrics() {
     describe_counter!(
         "outpost_gateway_unavailable_total",
         "Reads refused while the upstream was down."
+    );
+    describe_counter!(
+        "outpost_gateway_worker_panics_total",
+        "Panics caught in the replay worker (the delivery is dead-lettered, the loop restarted)."
     );
     describe_gauge!(
         "outpost_gateway_upstream_up",

@@ -17,7 +17,7 @@
 //! let app = routes.clone().layer(offline.layer());
 //! let shutdown = tokio_util::sync::CancellationToken::new();
 //! let tracker = tokio_util::task::TaskTracker::new();
-//! tracker.spawn(offline.worker(routes).run(shutdown.clone()));
+//! tracker.spawn(offline.worker(routes).supervise(shutdown.clone()));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }

@@ -194,7 +194,7 @@ impl Gateway {
             app.stats.clone(),
         )
         .with_max_lanes(config.max_replay_lanes);
-        tracker.spawn(worker.run(shutdown.clone()));
+        tracker.spawn(worker.supervise(shutdown.clone()));
         tracker.spawn(sweep(app.clone(), config.clone(), shutdown.clone()));
         tracker.spawn(publish(admin, shutdown.clone()));
 

@@ -13,6 +13,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,6 +188,26 @@ impl<D: Deliver> Worker<D> {
         self
     }
 
+    /// Runs until `shutdown`, restarting the replay loop (after a pause) if it panics; each
+    /// panic is counted in [`Stats::worker_panics`].
+    pub async fn supervise(self, shutdown: CancellationToken) {
+        loop {
+            let worker = Worker {
+                ctx: self.ctx.clone(),
+            };
+            let run = AssertUnwindSafe(worker.run(shutdown.clone())).catch_unwind();
+            if run.await.is_ok() {
+                break;
+            }
+            Stats::bump(&self.ctx.stats.worker_panics);
+            tracing::error!("the replay worker panicked; restarting it");
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(STORAGE_BACKOFF) => {}
+            }
+        }
+    }
+
     /// Runs until `shutdown`; deliveries in flight at that moment are finished first.
     ///
     /// Each ordering key with deliverable entries gets a lane: a task delivering that key's
@@ -298,7 +321,20 @@ async fn run_lane<D: Deliver>(
             break;
         }
         let delivery = match &entry.request {
-            Ok(request) => ctx.deliver.deliver(request).await,
+            // A delivery that panics (a bug in the target, or in an in-process handler) is
+            // dead-lettered like a poison entry; otherwise it would be retried, and panic,
+            // forever, and hold up its ordering key.
+            Ok(request) => match AssertUnwindSafe(ctx.deliver.deliver(request))
+                .catch_unwind()
+                .await
+            {
+                Ok(delivery) => delivery,
+                Err(_) => {
+                    Stats::bump(&ctx.stats.worker_panics);
+                    tracing::error!(id = %entry.id, "a delivery panicked; dead-lettered");
+                    Delivery::Rejected("the delivery panicked".into())
+                }
+            },
             Err(reason) => {
                 tracing::error!(id = %entry.id, %reason, "poison entry");
                 Delivery::Rejected(reason.clone())

@@ -11,3 +11,4 @@ mod passthrough;
 mod queueing;
 mod retry;
 mod support;
+mod worker;
