@@ -142,7 +142,8 @@ pub struct KeyArgs {
     /// File holding the AES-256 key as base64 (created with mode 0600 if missing).
     #[arg(long)]
     pub key_file: Option<PathBuf>,
-    /// The key itself as base64; takes precedence over --key-file.
+    /// The key itself as base64, from OUTPOST_GATEWAY_KEY or the configuration file (refused on
+    /// the command line, where every local user can read it); takes precedence over --key-file.
     #[arg(long = "key", env = "OUTPOST_GATEWAY_KEY", hide_env_values = true)]
     pub key_base64: Option<String>,
 }
