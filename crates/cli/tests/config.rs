@@ -328,5 +328,9 @@ fn a_key_on_the_command_line_is_refused() {
         &[("OUTPOST_GATEWAY_KEY", key)],
     );
     // Past the check (there is no queue in this directory yet).
-    assert!(stderr(&out).contains("no gateway queue"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no gateway queue"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -552,3 +552,66 @@ async fn sigkill_with_deliveries_in_flight_loses_nothing_and_applies_nothing_twi
     gateway.sigterm();
     server.abort();
 }
+
+/// Keys rotate: `outpost queue rekey` re-seals every entry with a new key while the gateway is
+/// stopped (refused while it runs), and the gateway then delivers everything under the new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_rekey_rotates_the_key() {
+    let mut upstream = Upstream::reserve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let new_key = keys.path().join("new.key");
+    let gateway = GatewayProcess::start(upstream.addr, dir.path());
+    for n in 0..3 {
+        let resp = client()
+            .post(gateway.url("/r"))
+            .body(format!("r{n}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+    }
+    let (ok, out) = queue_cli(
+        dir.path(),
+        &["rekey", "--new-key-file", new_key.to_str().unwrap()],
+    );
+    assert!(!ok && out.contains("in use by another process"), "{out}");
+    gateway.sigterm();
+
+    let old_key = std::fs::read_to_string(dir.path().join("gateway.key")).unwrap();
+    let (ok, out) = queue_cli(
+        dir.path(),
+        &["rekey", "--new-key-file", new_key.to_str().unwrap()],
+    );
+    assert!(ok && out.contains("re-sealed 3 entries"), "{out}");
+    let key = std::fs::read_to_string(&new_key).unwrap();
+    assert_ne!(key, old_key);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("gateway.key")).unwrap(),
+        key
+    );
+    let (ok, out) = queue_cli(dir.path(), &["ls", "--state", "pending"]);
+    assert!(ok && out.lines().count() == 4, "{out}");
+
+    upstream.start().await;
+    let gateway = GatewayProcess::start_with(
+        upstream.addr,
+        dir.path(),
+        &["--key-file", new_key.to_str().unwrap()],
+    );
+    for _ in 0..1000 {
+        if upstream.log.lock().unwrap().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let bodies: Vec<String> = upstream
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.2.clone())
+        .collect();
+    assert_eq!(bodies, ["r0", "r1", "r2"]);
+    gateway.sigterm();
+}

@@ -170,6 +170,7 @@ impl From<Error> for ApiError {
             | Error::Listen { .. }
             | Error::Corrupt(_)
             | Error::WrongKey
+            | Error::OtherKey(_)
             | Error::InvalidKey(_)
             | Error::Config(_)
             | Error::Locked(_)

@@ -48,6 +48,9 @@ pub enum Error {
     /// The encryption key does not open this queue.
     #[error("the encryption key does not match the one this queue was created with")]
     WrongKey,
+    /// The record was sealed with another key (its id is given), e.g. before a rotation.
+    #[error("stored data was sealed with another key (key id {0})")]
+    OtherKey(String),
     /// The key material is not a valid AES-256 key.
     #[error("invalid encryption key: {0}")]
     InvalidKey(String),
@@ -77,6 +80,7 @@ impl Error {
             | Error::Conflict(_)
             | Error::Corrupt(_)
             | Error::WrongKey
+            | Error::OtherKey(_)
             | Error::InvalidKey(_)
             | Error::Config(_)
             | Error::Locked(_)

@@ -349,7 +349,7 @@ impl Queue {
 
     fn open_with(
         data_dir: &Path,
-        cipher: Cipher,
+        mut cipher: Cipher,
         limits: QueueLimits,
         lock: Option<DirLock>,
     ) -> Result<Self> {
@@ -360,7 +360,7 @@ impl Queue {
         let path = data_dir.join(DB_FILE);
         restrict_files(&path)?;
         let mut conn = schema::connect(&path)?;
-        schema::prepare(&mut conn, &cipher)?;
+        schema::prepare(&mut conn, &mut cipher)?;
         let readers = (0..2)
             .map(|_| schema::connect(&path).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
@@ -392,6 +392,21 @@ impl Queue {
                 _lock: lock,
             }),
         })
+    }
+
+    /// Re-seals the queue in `data_dir` from key `old` to key `new` (key rotation), holding the
+    /// directory's lock, so no gateway may run meanwhile. All or nothing; returns how many
+    /// entries were re-sealed. Blocking.
+    pub fn rekey(data_dir: &Path, old: Cipher, new: &Cipher) -> Result<u64> {
+        let _lock = DirLock::acquire(data_dir)?;
+        let path = data_dir.join(DB_FILE);
+        if !path.exists() {
+            return Err(Error::NotFound(path.display().to_string()));
+        }
+        let mut old = old;
+        let mut conn = schema::connect(&path)?;
+        let index_key = schema::prepare(&mut conn, &mut old)?;
+        schema::rekey(&mut conn, &old, new, &index_key)
     }
 
     /// The database file.

@@ -60,8 +60,12 @@ pub(crate) fn connect(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// Creates or checks the schema, and checks that `cipher` is the key this queue was made with.
-pub(crate) fn prepare(conn: &mut Connection, cipher: &Cipher) -> Result<()> {
+/// Associated data of the stored hashing key.
+const INDEX_KEY_AAD: &[u8] = b"outpost-gateway/index-key";
+
+/// Creates or checks the schema, checks that `cipher` is the key this queue was made with, and
+/// gives it the queue's hashing key (created with the queue); returns that key.
+pub(crate) fn prepare(conn: &mut Connection, cipher: &mut Cipher) -> Result<Vec<u8>> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > FORMAT_VERSION {
         return Err(Error::Corrupt(format!(
@@ -88,7 +92,9 @@ pub(crate) fn prepare(conn: &mut Connection, cipher: &Cipher) -> Result<()> {
         .optional()?;
     match check {
         Some(sealed) => {
-            cipher.open(KEY_CHECK_AAD, &sealed)?;
+            cipher
+                .open(KEY_CHECK_AAD, &sealed)
+                .map_err(|_| Error::WrongKey)?;
         }
         None => {
             tx.execute(
@@ -97,11 +103,72 @@ pub(crate) fn prepare(conn: &mut Connection, cipher: &Cipher) -> Result<()> {
             )?;
         }
     }
+    let stored: Option<Vec<u8>> = tx
+        .query_row("SELECT value FROM meta WHERE name = 'index_key'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let index_key = match stored {
+        Some(sealed) => cipher.open(INDEX_KEY_AAD, &sealed)?,
+        None => {
+            let key: [u8; 32] = rand::random();
+            tx.execute(
+                "INSERT INTO meta (name, value) VALUES ('index_key', ?1)",
+                params![cipher.seal(INDEX_KEY_AAD, &key)],
+            )?;
+            key.to_vec()
+        }
+    };
+    cipher.set_index_key(&index_key);
     if (1..3).contains(&version) {
         seal_metadata(&tx, cipher)?;
     }
     tx.commit()?;
-    Ok(())
+    Ok(index_key)
+}
+
+/// Re-seals every record of the queue, the key check and the hashing key with `new` (`old`
+/// having been checked by [`prepare`]), in one transaction: a crash leaves the queue under
+/// one key or the other, never a mix. Returns how many entries were re-sealed.
+pub(crate) fn rekey(
+    conn: &mut Connection,
+    old: &Cipher,
+    new: &Cipher,
+    index_key: &[u8],
+) -> Result<u64> {
+    let tx = conn.transaction()?;
+    let rows: Vec<(String, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>)> = tx
+        .prepare("SELECT id, request, response, sealed_key FROM entries")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut update = tx
+        .prepare("UPDATE entries SET request = ?2, response = ?3, sealed_key = ?4 WHERE id = ?1")?;
+    let reseal = |aad: Vec<u8>, sealed: Option<Vec<u8>>| -> Result<Option<Vec<u8>>> {
+        sealed
+            .map(|s| old.open(&aad, &s).map(|plain| new.seal(&aad, &plain)))
+            .transpose()
+    };
+    let mut n = 0;
+    for (id, request, response, key) in rows {
+        update.execute(params![
+            id,
+            reseal(super::request_aad(&id), request)?,
+            reseal(super::response_aad(&id), response)?,
+            reseal(super::key_aad(&id), key)?,
+        ])?;
+        n += 1;
+    }
+    drop(update);
+    tx.execute(
+        "UPDATE meta SET value = ?1 WHERE name = 'key_check'",
+        params![new.seal(KEY_CHECK_AAD, b"outpost")],
+    )?;
+    tx.execute(
+        "UPDATE meta SET value = ?1 WHERE name = 'index_key'",
+        params![new.seal(INDEX_KEY_AAD, index_key)],
+    )?;
+    tx.commit()?;
+    Ok(n)
 }
 
 /// Format 2 to 3: idempotency keys move into `sealed_key`, ordering keys become keyed hashes.
