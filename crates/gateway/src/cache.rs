@@ -21,7 +21,7 @@ use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use http::header::{CACHE_CONTROL, SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 /// Largest single answer kept.
 const MAX_ENTRY_BYTES: usize = 1024 * 1024;
@@ -212,7 +212,7 @@ impl StaleCache {
         request: &HeaderMap,
         status: StatusCode,
         headers: &HeaderMap,
-        body: Incoming,
+        body: Body,
     ) -> Body {
         let too_big = body
             .size_hint()
@@ -240,7 +240,7 @@ impl StaleCache {
 
 /// A body that copies what it streams and stores it in the cache when complete.
 struct CaptureBody {
-    inner: Incoming,
+    inner: Body,
     buf: Option<BytesMut>,
     pending: Option<Pending>,
 }
@@ -266,12 +266,12 @@ impl CaptureBody {
 
 impl HttpBody for CaptureBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = axum::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = self.get_mut();
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {

@@ -254,6 +254,9 @@ pub struct Config {
     pub ordering: Ordering,
     /// Most ordering keys replaying at once.
     pub max_replay_lanes: usize,
+    /// Most requests (live and replayed) in flight toward the upstream at once, each holding
+    /// a connection until its answer has been read.
+    pub max_upstream_connections: usize,
     /// The status that acknowledges a queued write.
     pub queued_status: QueuedStatus,
     /// The `Retry-After` (seconds) sent with 503 answers.
@@ -297,6 +300,7 @@ impl Config {
             body_read_timeout: Duration::from_secs(30),
             ordering: Ordering::Global,
             max_replay_lanes: crate::worker::DEFAULT_MAX_LANES,
+            max_upstream_connections: 512,
             queued_status: QueuedStatus::Accepted,
             retry_after_secs: 5,
             stale_reads: false,

@@ -478,8 +478,8 @@ pub(crate) fn queued_response(
 }
 
 /// The upstream's answer, streamed, without its hop-by-hop headers.
-fn pass_response(resp: Response<hyper::body::Incoming>) -> Response {
+fn pass_response(resp: Response<Body>) -> Response {
     let (mut parts, body) = resp.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Body::new(body))
+    Response::from_parts(parts, body)
 }

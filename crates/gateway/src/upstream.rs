@@ -10,6 +10,8 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, UpstreamUrl};
 use crate::forward;
@@ -53,6 +55,36 @@ pub struct Upstream {
     url: UpstreamUrl,
     response_timeout: Duration,
     capture: usize,
+    /// One permit per request toward the upstream, held until its answer has been read in
+    /// full (the permit travels with the response body), so live traffic and replay together
+    /// never hold more than this many connections.
+    connections: Arc<Semaphore>,
+}
+
+/// A response body holding its connection's permit until it is dropped.
+struct Permitted {
+    inner: Incoming,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl hyper::body::Body for Permitted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl Upstream {
@@ -70,18 +102,36 @@ impl Upstream {
             url: config.upstream.clone(),
             response_timeout: config.response_timeout,
             capture: config.limits.max_response_capture,
+            connections: Arc::new(Semaphore::new(config.max_upstream_connections.max(1))),
         }
     }
 
-    /// Sends `req` (whose URI holds the target as received) and waits for the response head.
-    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, SendError> {
+    /// Sends `req` (whose URI holds the target as received) and waits for the response head;
+    /// the response body holds one of the connection permits until it is dropped. Waiting for
+    /// a permit counts toward the response timeout.
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, SendError> {
         let target = req
             .uri()
             .path_and_query()
             .map(|pq| pq.as_str().to_owned())
             .unwrap_or_else(|| "/".to_owned());
         *req.uri_mut() = self.url.join(&target).ok_or(SendError::BadTarget)?;
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+        let exchange = async {
+            let permit = self
+                .connections
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let resp = self.client.request(req).await?;
+            Ok::<_, hyper_util::client::legacy::Error>(resp.map(|inner| {
+                Body::new(Permitted {
+                    inner,
+                    _permit: permit,
+                })
+            }))
+        };
+        match tokio::time::timeout(self.response_timeout, exchange).await {
             Err(_) => Err(SendError::Timeout(self.response_timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => Err(SendError::Connect(error_chain(&e))),

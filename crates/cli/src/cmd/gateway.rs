@@ -57,6 +57,9 @@ pub struct GatewayOptions {
     /// `path:N` (one stream per first N path segments).
     #[arg(long, default_value = "global")]
     pub order_by: String,
+    /// Most requests (live and replayed) in flight toward the backend at once; more wait.
+    #[arg(long, default_value_t = 512)]
+    pub max_upstream_connections: usize,
     /// Most ordering keys replaying at once (each keeps one request in flight).
     #[arg(long, default_value_t = 64)]
     pub max_replay_lanes: usize,
@@ -195,6 +198,7 @@ impl GatewayOptions {
         c.response_timeout = self.response_timeout;
         c.ordering = Ordering::parse(&self.order_by)?;
         c.max_replay_lanes = self.max_replay_lanes;
+        c.max_upstream_connections = self.max_upstream_connections;
         c.queued_status = if self.queued_status == "503" {
             QueuedStatus::Unavailable
         } else {

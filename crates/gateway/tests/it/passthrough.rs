@@ -237,3 +237,29 @@ async fn the_stale_cache_follows_http_caching_rules() {
     assert_eq!(status, 503, "Vary was ignored");
     gw.stop().await;
 }
+
+/// Issue 15, defect 11: nothing bounded the connections toward the upstream. Requests beyond
+/// `max_upstream_connections` wait for one to be free.
+#[tokio::test]
+async fn connections_to_the_upstream_are_bounded() {
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&upstream, dir.path());
+    config.max_upstream_connections = 2;
+    config.response_timeout = std::time::Duration::from_secs(60);
+    let gw = TestGateway::start(config).await;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let url = gw.url("/slow/300");
+        set.spawn(async move { client().get(url).send().await.unwrap().status() });
+    }
+    while let Some(status) = set.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    let most = upstream
+        .state
+        .max_in_flight
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=2).contains(&most), "{most} requests at once");
+    gw.stop().await;
+}

@@ -47,6 +47,9 @@ pub struct UpstreamState {
     pub received: Mutex<Vec<Received>>,
     /// Answers for the next writes; when empty, writes get 201.
     pub script: Mutex<VecDeque<Answer>>,
+    /// Requests being answered right now, and the most there ever were at once.
+    pub in_flight: std::sync::atomic::AtomicUsize,
+    pub max_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 /// A real HTTP server on a fixed port that the test can stop and start.
@@ -205,7 +208,11 @@ async fn answer(state: Arc<UpstreamState>, req: Request<Incoming>) -> Response<B
         .strip_prefix("/slow/")
         .and_then(|s| s.parse::<u64>().ok())
     {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = state.in_flight.fetch_add(1, SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, SeqCst);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+        state.in_flight.fetch_sub(1, SeqCst);
     }
     let answer = scripted.unwrap_or(Answer {
         status: if is_write { 201 } else { 200 },
