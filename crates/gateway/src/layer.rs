@@ -179,6 +179,10 @@ impl OfflineQueue {
     }
 
     /// A worker replaying the queue into `inner` (the same routes, without the layer).
+    ///
+    /// Request extensions are not stored with a queued request (they are arbitrary values of
+    /// this process), so a replayed request has none but [`Replayed`]; see
+    /// [`OfflineQueue::worker_with`] to give it the ones its handlers need.
     pub fn worker<S>(&self, inner: S) -> Worker<ServiceDeliver<S>>
     where
         S: Service<Request<Body>, Response = Response, Error = Infallible>
@@ -188,11 +192,28 @@ impl OfflineQueue {
             + 'static,
         S::Future: Send,
     {
+        self.worker_with(inner, |_| {})
+    }
+
+    /// A worker replaying the queue into `inner`, calling `prepare` on each replayed request
+    /// first: the place to restore the extensions that layers outside this one set on the live
+    /// request (an authenticated user derived again from the stored headers, say).
+    pub fn worker_with<S, F>(&self, inner: S, prepare: F) -> Worker<ServiceDeliver<S>>
+    where
+        S: Service<Request<Body>, Response = Response, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send,
+        F: Fn(&mut Request<Body>) + Send + Sync + 'static,
+    {
         Worker::new(
             self.shared.queue.clone(),
             ServiceDeliver {
                 inner,
                 capture: self.shared.config.limits.max_response_capture,
+                prepare: Arc::new(prepare),
             },
             None,
             self.shared.config.retry.clone(),
@@ -342,7 +363,14 @@ where
 pub struct ServiceDeliver<S> {
     inner: S,
     capture: usize,
+    /// Restores what a replayed request needs besides its stored parts.
+    prepare: Arc<dyn Fn(&mut Request<Body>) + Send + Sync>,
 }
+
+/// The extension every replayed request carries, so a handler can tell a replay from a live
+/// request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replayed;
 
 impl<S> Deliver for ServiceDeliver<S>
 where
@@ -364,6 +392,8 @@ where
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.headers_mut() = forward::from_pairs(&request.headers);
+        req.extensions_mut().insert(Replayed);
+        (self.prepare)(&mut req);
         let resp = match self.inner.clone().oneshot(req).await {
             Ok(resp) => resp,
             Err(never) => match never {},
