@@ -364,8 +364,11 @@ pub struct ServiceDeliver<S> {
     inner: S,
     capture: usize,
     /// Restores what a replayed request needs besides its stored parts.
-    prepare: Arc<dyn Fn(&mut Request<Body>) + Send + Sync>,
+    prepare: Arc<Prepare>,
 }
+
+/// The hook of [`OfflineQueue::worker_with`].
+type Prepare = dyn Fn(&mut Request<Body>) + Send + Sync;
 
 /// The extension every replayed request carries, so a handler can tell a replay from a live
 /// request.

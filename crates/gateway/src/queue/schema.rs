@@ -137,7 +137,9 @@ pub(crate) fn rekey(
     index_key: &[u8],
 ) -> Result<u64> {
     let tx = conn.transaction()?;
-    let rows: Vec<(String, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>)> = tx
+    /// An entry's id and its sealed request, answer and idempotency key.
+    type Sealed = (String, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
+    let rows: Vec<Sealed> = tx
         .prepare("SELECT id, request, response, sealed_key FROM entries")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<rusqlite::Result<_>>()?;
