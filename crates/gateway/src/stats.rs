@@ -13,7 +13,7 @@ pub struct Stats {
     pub queued: AtomicU64,
     /// Writes answered with an existing entry because their idempotency key was already queued.
     pub deduplicated: AtomicU64,
-    /// Queued writes delivered (2xx/3xx).
+    /// Queued writes delivered (2xx).
     pub delivered: AtomicU64,
     /// Delivery attempts that will be retried.
     pub retried: AtomicU64,
