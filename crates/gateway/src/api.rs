@@ -564,7 +564,8 @@ fn describe_metrics() {
 }
 
 /// The JSON form of an entry for the status URL: state and history, the request line, and the
-/// upstream's answer once there is one. Request headers are left out: they carry credentials.
+/// upstream's answer once there is one. Request headers are left out: they carry credentials;
+/// so is the value of a `Set-Cookie` in the answer.
 pub fn entry_json(detail: &EntryDetail, status_url: &str) -> Value {
     let s = &detail.summary;
     // A delivered entry never changes again (it cannot be retried), so its last change is its
@@ -592,14 +593,18 @@ pub fn entry_json(detail: &EntryDetail, status_url: &str) -> Value {
         });
     }
     if let Some(resp) = &detail.response {
+        // A status URL is a capability that can leak (logs, a `Referer`): the session a
+        // `Set-Cookie` would hand out is not shown through it.
         let headers: serde_json::Map<String, Value> = resp
             .headers
             .iter()
             .map(|(n, v)| {
-                (
-                    n.clone(),
-                    Value::String(String::from_utf8_lossy(v).into_owned()),
-                )
+                let value = if n.eq_ignore_ascii_case("set-cookie") {
+                    "[redacted]".to_owned()
+                } else {
+                    String::from_utf8_lossy(v).into_owned()
+                };
+                (n.clone(), Value::String(value))
             })
             .collect();
         let mut r = json!({

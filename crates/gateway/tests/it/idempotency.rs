@@ -133,3 +133,22 @@ async fn keys_are_scoped_by_credentials_method_and_target() {
     assert_eq!(bob["response"]["body"], "POST /pay bob");
     gw.stop().await;
 }
+
+/// Issue 15, defect 3: a status URL showed the upstream's `Set-Cookie`, a session anyone
+/// holding the URL could take.
+#[tokio::test]
+async fn a_status_url_never_shows_a_session_cookie() {
+    let mut upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    let (_, _, body) = post(&gw.url("/login"), "x", &[]).await;
+    upstream.script([Answer {
+        status: 201,
+        headers: vec![("set-cookie", "session=SECRET-SESSION-9d2")],
+    }]);
+    upstream.restart().await;
+    let entry = gw.wait_state(body["id"].as_str().unwrap(), "done").await;
+    assert_eq!(entry["response"]["headers"]["set-cookie"], "[redacted]");
+    assert!(!entry.to_string().contains("SECRET-SESSION-9d2"));
+    gw.stop().await;
+}
