@@ -987,3 +987,106 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod upgrade_tests {
+    use super::*;
+
+    /// The schema of format 1, as the gateway created it before keys were scoped and sealed.
+    const FORMAT_1: &str = "
+        CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+        CREATE TABLE entries (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'dead')),
+            ordering_key TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL,
+            version INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_ms INTEGER NOT NULL,
+            updated_ms INTEGER NOT NULL,
+            next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            request BLOB,
+            request_bytes INTEGER NOT NULL,
+            response BLOB,
+            response_status INTEGER
+        );
+        CREATE INDEX entries_pending_idempotency
+            ON entries (idempotency_key) WHERE state = 'pending';
+        PRAGMA user_version = 1;";
+
+    /// A record as format 1 sealed it: nonce and ciphertext, no key id.
+    fn legacy_seal(cipher: &Cipher, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+        cipher.seal(aad, plain)[2 + 4..].to_vec()
+    }
+
+    /// A queue written by format 1 opens: its records still decrypt, its ordering keys become
+    /// keyed hashes (and still order), its idempotency keys are sealed, nothing stays in clear.
+    #[tokio::test]
+    async fn a_format_1_queue_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = [5u8; 32];
+        let cipher = Cipher::new(&key);
+        let request = StoredRequest {
+            method: "POST".into(),
+            target: "/users/SECRET-PATH/x".into(),
+            headers: vec![],
+            body: bytes::Bytes::from_static(b"body"),
+        };
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            conn.execute_batch(FORMAT_1).unwrap();
+            conn.execute(
+                "INSERT INTO meta (name, value) VALUES ('key_check', ?1)",
+                params![legacy_seal(
+                    &cipher,
+                    b"outpost-gateway/key-check",
+                    b"outpost"
+                )],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO entries (id, state, ordering_key, idempotency_key, created_ms,
+                    updated_ms, request, request_bytes)
+                 VALUES ('e1', 'pending', '/users/SECRET-PATH', 'CLIENT-KEY-1', 1, 1, ?1, 10)",
+                params![legacy_seal(&cipher, &request_aad("e1"), &request.encode())],
+            )
+            .unwrap();
+        }
+        let q = Queue::open(
+            dir.path(),
+            Cipher::new(&key),
+            QueueLimits {
+                max_entries: 100,
+                max_bytes: 1 << 20,
+            },
+        )
+        .unwrap();
+        assert!(q.has_pending("/users/SECRET-PATH"));
+        let entry = q.get("e1").await.unwrap();
+        assert_eq!(entry.summary.idempotency_key, "CLIENT-KEY-1");
+        assert_eq!(entry.request.unwrap(), request);
+        let (loaded, _) = q.load_deliverable(now_ms(), 10, 1 << 20).await.unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert!(loaded[0].request.is_ok());
+        drop(q);
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let (ordering, key): (String, String) = conn
+            .query_row(
+                "SELECT ordering_key, idempotency_key FROM entries WHERE id = 'e1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert!(
+            !ordering.contains("SECRET") && ordering.len() == 64,
+            "{ordering}"
+        );
+        assert_eq!(key, "");
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 3);
+    }
+}
