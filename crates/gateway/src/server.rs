@@ -32,6 +32,8 @@ use crate::worker::Worker;
 const MAX_CONNECTIONS: usize = 4096;
 /// How long a client may take to send its request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the first probe's answer before serving (at least the connect timeout).
+const FIRST_PROBE_WAIT: Duration = Duration::from_secs(5);
 /// Longest pause between maintenance sweeps.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// Time between copies of the gateway's counters and queue state into the process-wide
@@ -172,11 +174,17 @@ impl Gateway {
         // The first probe decides the starting state before the first client is served (they
         // wait in the listen backlog), so a restart during an outage neither forwards writes
         // into a dead backend nor spends a delivery attempt finding out.
+        // A backend that accepts and never answers must not hold the start for a whole
+        // response timeout: past `FIRST_PROBE_WAIT` it starts as down.
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            r = app.upstream.probe(&config.probe_path) => match r {
-                Ok(()) => app.health.set(true, ""),
-                Err(reason) => app.health.set(false, &reason),
+            r = tokio::time::timeout(
+                FIRST_PROBE_WAIT.max(config.connect_timeout),
+                app.upstream.probe(&config.probe_path),
+            ) => match r {
+                Ok(Ok(())) => app.health.set(true, ""),
+                Ok(Err(reason)) => app.health.set(false, &reason),
+                Err(_) => app.health.set(false, "the first probe got no answer in time"),
             },
         }
         tracker.spawn(probe(
