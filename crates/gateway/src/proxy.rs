@@ -228,7 +228,9 @@ impl App {
             }
             .into_response(),
             Err(e) => {
-                self.health.failure(&e.to_string());
+                if e.marks_down() {
+                    self.health.failure(&e.to_string());
+                }
                 self.unavailable("the upstream is unavailable, and a body this large is not queued")
             }
         }

@@ -33,6 +33,9 @@ pub enum SendError {
     /// The request target cannot be forwarded.
     #[error("the request target cannot be forwarded")]
     BadTarget,
+    /// Every upstream connection stayed busy for the whole response timeout; nothing was sent.
+    #[error("no upstream connection became free within {0:?}")]
+    Busy(Duration),
 }
 
 impl SendError {
@@ -116,13 +119,18 @@ impl Upstream {
             .map(|pq| pq.as_str().to_owned())
             .unwrap_or_else(|| "/".to_owned());
         *req.uri_mut() = self.url.join(&target).ok_or(SendError::BadTarget)?;
+        let started = tokio::time::Instant::now();
+        let permit = match tokio::time::timeout(
+            self.response_timeout,
+            self.connections.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(permit) => permit.expect("the semaphore is never closed"),
+            Err(_) => return Err(SendError::Busy(self.response_timeout)),
+        };
+        let left = self.response_timeout.saturating_sub(started.elapsed());
         let exchange = async {
-            let permit = self
-                .connections
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("the semaphore is never closed");
             let resp = self.client.request(req).await?;
             Ok::<_, hyper_util::client::legacy::Error>(resp.map(|inner| {
                 Body::new(Permitted {
@@ -131,7 +139,7 @@ impl Upstream {
                 })
             }))
         };
-        match tokio::time::timeout(self.response_timeout, exchange).await {
+        match tokio::time::timeout(left, exchange).await {
             Err(_) => Err(SendError::Timeout(self.response_timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => Err(SendError::Connect(error_chain(&e))),
