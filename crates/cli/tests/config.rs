@@ -297,3 +297,40 @@ fn every_key_is_documented() {
     }
     assert!(keys > 30, "{show}");
 }
+
+/// Issue 15, defect 12: `--key` on the command line is readable by every local user in
+/// /proc/PID/cmdline. It is refused there; the environment and the file still work.
+#[test]
+fn a_key_on_the_command_line_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let out = outpost(
+        &[
+            "queue",
+            "--data",
+            data.to_str().unwrap(),
+            "--key",
+            key,
+            "ls",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("readable by every local user"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains(key));
+    let out = outpost(
+        &["queue", "--data", data.to_str().unwrap(), "ls"],
+        &[("OUTPOST_GATEWAY_KEY", key)],
+    );
+    // Past the check (there is no queue in this directory yet).
+    assert!(
+        stderr(&out).contains("no gateway queue"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -103,6 +103,10 @@ struct GatewayProcess {
 
 impl GatewayProcess {
     fn start(upstream: SocketAddr, data: &Path) -> Self {
+        Self::start_with(upstream, data, &[])
+    }
+
+    fn start_with(upstream: SocketAddr, data: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
             .args([
                 "gateway",
@@ -123,6 +127,7 @@ impl GatewayProcess {
             .arg(format!("http://{upstream}"))
             .arg("--data")
             .arg(data)
+            .args(extra)
             .env("OUTPOST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -443,5 +448,170 @@ async fn a_delivery_in_flight_at_sigkill_is_delivered_again_with_the_same_key() 
         "the redelivery changed the idempotency key"
     );
     assert_eq!(log[1].2, "in flight");
+    gateway.sigterm();
+}
+
+/// A backend that honours `Idempotency-Key` and is slow: it applies a key's first request, takes
+/// a while to answer, and answers a repeated key from memory without applying it again.
+#[derive(Clone, Default)]
+struct KeyedBackend {
+    /// Bodies in the order they were applied.
+    applied: Arc<Mutex<Vec<String>>>,
+    /// Keys already applied.
+    seen: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Requests received, repeats included.
+    received: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn keyed(State(b): State<KeyedBackend>, headers: HeaderMap, body: String) -> StatusCode {
+    b.received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let key = headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    if !b.seen.lock().unwrap().insert(key) {
+        return StatusCode::CREATED;
+    }
+    b.applied.lock().unwrap().push(body);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    StatusCode::CREATED
+}
+
+/// Issue 15, defect 13: the SIGKILL test never had a delivery in flight. Here the gateway is
+/// killed while draining toward an up, slow, key-honouring backend: after a restart nothing
+/// acknowledged is lost and nothing is applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_deliveries_in_flight_loses_nothing_and_applies_nothing_twice() {
+    const WRITES: usize = 400;
+    let upstream = Upstream::reserve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let honours = ["--upstream-honours-idempotency-key", "--order-by", "path:2"];
+    let gateway = GatewayProcess::start_with(upstream.addr, dir.path(), &honours);
+    // Queued while the backend is down, across four ordering keys.
+    let client = client();
+    for n in 0..WRITES {
+        let resp = client
+            .post(gateway.url(&format!("/lane/{}", n % 4)))
+            .body(format!("w{n}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+    }
+    let backend = KeyedBackend::default();
+    let app = Router::new()
+        .route("/probe", axum::routing::get(|| async { "ok" }))
+        .fallback(keyed)
+        .with_state(backend.clone());
+    let listener = tokio::net::TcpListener::bind(upstream.addr).await.unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    // Kill it mid-drain, with deliveries in flight.
+    for _ in 0..3000 {
+        if backend.applied.lock().unwrap().len() >= WRITES / 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let at_kill = backend.applied.lock().unwrap().len();
+    assert!((WRITES / 4..WRITES).contains(&at_kill), "{at_kill}");
+    gateway.sigkill();
+
+    let gateway = GatewayProcess::start_with(upstream.addr, dir.path(), &honours);
+    let mut drained = false;
+    for _ in 0..3000 {
+        if gateway.status().await["queue"]["depth"] == 0 {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(drained, "queue did not drain: {}", gateway.status().await);
+    let applied = backend.applied.lock().unwrap().clone();
+    let mut counts = HashMap::new();
+    for body in &applied {
+        *counts.entry(body.clone()).or_insert(0) += 1;
+    }
+    assert_eq!(counts.len(), WRITES, "an acknowledged write was lost");
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "a write was applied twice"
+    );
+    // Each ordering key was applied in its order.
+    for lane in 0..4 {
+        let order: Vec<usize> = applied
+            .iter()
+            .map(|b| b[1..].parse::<usize>().unwrap())
+            .filter(|n| n % 4 == lane)
+            .collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "lane {lane}: {order:?}"
+        );
+    }
+    gateway.sigterm();
+    server.abort();
+}
+
+/// Keys rotate: `outpost queue rekey` re-seals every entry with a new key while the gateway is
+/// stopped (refused while it runs), and the gateway then delivers everything under the new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_rekey_rotates_the_key() {
+    let mut upstream = Upstream::reserve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let new_key = keys.path().join("new.key");
+    let gateway = GatewayProcess::start(upstream.addr, dir.path());
+    for n in 0..3 {
+        let resp = client()
+            .post(gateway.url("/r"))
+            .body(format!("r{n}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+    }
+    let (ok, out) = queue_cli(
+        dir.path(),
+        &["rekey", "--new-key-file", new_key.to_str().unwrap()],
+    );
+    assert!(!ok && out.contains("in use by another process"), "{out}");
+    gateway.sigterm();
+
+    let old_key = std::fs::read_to_string(dir.path().join("gateway.key")).unwrap();
+    let (ok, out) = queue_cli(
+        dir.path(),
+        &["rekey", "--new-key-file", new_key.to_str().unwrap()],
+    );
+    assert!(ok && out.contains("re-sealed 3 entries"), "{out}");
+    let key = std::fs::read_to_string(&new_key).unwrap();
+    assert_ne!(key, old_key);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("gateway.key")).unwrap(),
+        key
+    );
+    let (ok, out) = queue_cli(dir.path(), &["ls", "--state", "pending"]);
+    assert!(ok && out.lines().count() == 4, "{out}");
+
+    upstream.start().await;
+    let gateway = GatewayProcess::start_with(
+        upstream.addr,
+        dir.path(),
+        &["--key-file", new_key.to_str().unwrap()],
+    );
+    for _ in 0..1000 {
+        if upstream.log.lock().unwrap().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let bodies: Vec<String> = upstream
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.2.clone())
+        .collect();
+    assert_eq!(bodies, ["r0", "r1", "r2"]);
     gateway.sigterm();
 }

@@ -82,7 +82,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tracker.spawn(offline.worker(routes).run(shutdown.clone()));
+    tracker.spawn(offline.worker(routes).supervise(shutdown.clone()));
 
     let addr = std::env::var("LAYER_APP_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;

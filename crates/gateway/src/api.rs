@@ -38,6 +38,18 @@ pub enum ApiError {
     MethodNotAllowed,
     /// The operation does not apply in the resource's current state.
     Conflict(String),
+    /// The idempotency key is already used for a different request.
+    KeyReused,
+    /// The request body stopped arriving.
+    RequestTimeout,
+    /// Buffered request bodies are at the gateway's global byte budget.
+    Busy,
+    /// A write was sent to the upstream but no answer came (a timeout, or the connection broke):
+    /// it may or may not have been applied.
+    OutcomeUnknown {
+        /// Whether it timed out (504) rather than lost its connection (502).
+        timeout: bool,
+    },
     /// The body is larger than the limit (in bytes).
     PayloadTooLarge(u64),
     /// The queue cannot take more.
@@ -74,6 +86,31 @@ impl ApiError {
                 "this method does not apply to this resource".into(),
             ),
             ApiError::Conflict(r) => (StatusCode::CONFLICT, "conflict", r.clone()),
+            ApiError::KeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this idempotency key is already used for a different request".into(),
+            ),
+            ApiError::OutcomeUnknown { timeout } => (
+                if *timeout {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::BAD_GATEWAY
+                },
+                "upstream_outcome_unknown",
+                "the upstream did not answer this write; it may or may not have been applied"
+                    .into(),
+            ),
+            ApiError::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body stopped arriving".into(),
+            ),
+            ApiError::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many request bodies are in flight; retry later".into(),
+            ),
             ApiError::PayloadTooLarge(max) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -106,9 +143,16 @@ impl IntoResponse for ApiError {
             axum::Json(json!({ "error": error, "reason": reason })),
         )
             .into_response();
-        if let ApiError::Unavailable { retry_after, .. } = self {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        match self {
+            ApiError::Unavailable { retry_after, .. } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            ApiError::Busy => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1));
+            }
+            _ => {}
         }
         resp
     }
@@ -120,13 +164,16 @@ impl From<Error> for ApiError {
             Error::NotFound(id) => ApiError::NotFound(format!("no queue entry {id}")),
             Error::Conflict(reason) => ApiError::Conflict(reason),
             Error::QueueFull(why) => ApiError::QueueFull(why),
+            Error::KeyReused => ApiError::KeyReused,
             e @ (Error::Storage(_)
             | Error::File { .. }
             | Error::Listen { .. }
             | Error::Corrupt(_)
             | Error::WrongKey
+            | Error::OtherKey(_)
             | Error::InvalidKey(_)
             | Error::Config(_)
+            | Error::Locked(_)
             | Error::Closed) => {
                 tracing::error!(error = %e, "queue operation failed");
                 ApiError::Internal
@@ -261,8 +308,8 @@ async fn show(
     delete,
     path = "/_outpost/v1/queue/{id}",
     tag = "gateway",
-    description = "Drops a pending or dead entry. Needs the admin token.",
-    responses((status = 200, description = "`{id, dropped: true}`"), (status = 404, description = "No such entry"), (status = 409, description = "The entry is being delivered or was delivered"), (status = 401, description = "Missing or wrong admin token"), (status = 403, description = "No admin token configured"))
+    description = "Deletes an entry in any state (pending, dead or done). Needs the admin token. An entry being delivered at that moment may still reach the upstream; its outcome is then discarded (the compare-and-set finds the entry gone).",
+    responses((status = 200, description = "`{id, dropped: true}`"), (status = 404, description = "No such entry"), (status = 401, description = "Missing or wrong admin token"), (status = 403, description = "No admin token configured"))
 )]
 async fn drop_entry(
     State(s): State<Arc<AdminState>>,
@@ -278,8 +325,8 @@ async fn drop_entry(
     post,
     path = "/_outpost/v1/queue/{id}/retry",
     tag = "gateway",
-    description = "Puts a dead entry back in line, with its attempts reset. Needs the admin token.",
-    responses((status = 200, description = "`{id, status: pending}`"), (status = 404, description = "No such entry"), (status = 409, description = "The entry is not dead"), (status = 401, description = "Missing or wrong admin token"), (status = 403, description = "No admin token configured"))
+    description = "Makes a dead or backing-off pending entry pending now, with its attempts reset. Needs the admin token. An entry being delivered at that moment keeps its delivery, whose outcome is then discarded (the compare-and-set finds the entry changed), and is delivered again with the same Idempotency-Key.",
+    responses((status = 200, description = "`{id, status: pending}`"), (status = 404, description = "No such entry"), (status = 409, description = "The entry was already delivered"), (status = 401, description = "Missing or wrong admin token"), (status = 403, description = "No admin token configured"))
 )]
 async fn retry(
     State(s): State<Arc<AdminState>>,
@@ -364,7 +411,13 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Result<Response, ApiError> {
         .health
         .as_ref()
         .map(|h| if h.is_up() { "up" } else { "down" });
-    Ok(axum::Json(json!({ "status": "ready", "upstream": upstream })).into_response())
+    let worker_panics = s.stats.snapshot().worker_panics;
+    Ok(axum::Json(json!({
+        "status": "ready",
+        "upstream": upstream,
+        "worker_panics": worker_panics,
+    }))
+    .into_response())
 }
 
 /// The OpenAPI document of the routes above, generated from their `#[utoipa::path]`
@@ -427,6 +480,7 @@ pub(crate) async fn publish_metrics(s: &AdminState) -> Result<(), ApiError> {
         ),
         ("outpost_gateway_stale_served_total", c.stale_served),
         ("outpost_gateway_unavailable_total", c.unavailable),
+        ("outpost_gateway_worker_panics_total", c.worker_panics),
     ] {
         counter!(name).absolute(value);
     }
@@ -479,6 +533,10 @@ fn describe_metrics() {
         "outpost_gateway_unavailable_total",
         "Reads refused while the upstream was down."
     );
+    describe_counter!(
+        "outpost_gateway_worker_panics_total",
+        "Panics caught in the replay worker (the delivery is dead-lettered, the loop restarted)."
+    );
     describe_gauge!(
         "outpost_gateway_upstream_up",
         "Whether the upstream is believed up (1) or down (0)."
@@ -506,7 +564,8 @@ fn describe_metrics() {
 }
 
 /// The JSON form of an entry for the status URL: state and history, the request line, and the
-/// upstream's answer once there is one. Request headers are left out: they carry credentials.
+/// upstream's answer once there is one. Request headers are left out: they carry credentials;
+/// so is the value of a `Set-Cookie` in the answer.
 pub fn entry_json(detail: &EntryDetail, status_url: &str) -> Value {
     let s = &detail.summary;
     // A delivered entry never changes again (it cannot be retried), so its last change is its
@@ -534,14 +593,18 @@ pub fn entry_json(detail: &EntryDetail, status_url: &str) -> Value {
         });
     }
     if let Some(resp) = &detail.response {
+        // A status URL is a capability that can leak (logs, a `Referer`): the session a
+        // `Set-Cookie` would hand out is not shown through it.
         let headers: serde_json::Map<String, Value> = resp
             .headers
             .iter()
             .map(|(n, v)| {
-                (
-                    n.clone(),
-                    Value::String(String::from_utf8_lossy(v).into_owned()),
-                )
+                let value = if n.eq_ignore_ascii_case("set-cookie") {
+                    "[redacted]".to_owned()
+                } else {
+                    String::from_utf8_lossy(v).into_owned()
+                };
+                (n.clone(), Value::String(value))
             })
             .collect();
         let mut r = json!({

@@ -59,14 +59,29 @@ impl UpstreamUrl {
         })
     }
 
-    /// The absolute URI for a request target as received from a client.
-    pub fn join(&self, target: &str) -> Result<http::Uri, http::uri::InvalidUri> {
-        format!(
+    /// The absolute URI for a request target as received from a client; `None` unless the
+    /// target is in origin form (starts with `/`), so `*` or garbage can never change the host
+    /// or port the request goes to.
+    pub fn join(&self, target: &str) -> Option<http::Uri> {
+        if !target.starts_with('/') {
+            return None;
+        }
+        let uri: http::Uri = format!(
             "{}://{}{}{}",
             self.scheme, self.authority, self.base_path, target
         )
         .parse()
+        .ok()?;
+        (uri.authority() == Some(&self.authority)).then_some(uri)
     }
+}
+
+/// Parses a trusted proxy: an address (`10.0.0.7`) or a CIDR block (`10.0.0.0/8`).
+pub fn parse_trusted_proxy(text: &str) -> Result<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| Error::Config(format!("`{text}` is not an address or a CIDR block")))
 }
 
 /// How queued writes are partitioned into independently ordered streams.
@@ -143,8 +158,12 @@ pub enum QueuedStatus {
 /// Size limits on requests and on the queue.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Largest request body; above it the answer is 413.
+    /// Largest request body that is buffered and can be queued; above it a write is streamed
+    /// to the upstream while it is up, and refused with 413 while it is down.
     pub max_body_bytes: u64,
+    /// Bytes of buffered request bodies all requests together may hold; a write that would
+    /// exceed it is refused with 503 and `Retry-After`.
+    pub max_body_bytes_in_flight: u64,
     /// Buffer for the request line and headers; above it the answer is 431.
     pub max_header_bytes: usize,
     /// Most headers in one request; above it the answer is 431.
@@ -161,6 +180,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body_bytes: 10 * 1024 * 1024,
+            max_body_bytes_in_flight: 256 * 1024 * 1024,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_queue_entries: 1_000_000,
@@ -181,15 +201,28 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Longest back-off delay (a longer `Retry-After` from the upstream still wins).
     pub max_delay: Duration,
+    /// Whether the upstream honours `Idempotency-Key` (applies a repeated key once, and answers
+    /// 409 while the first request with that key is still running, as the IETF
+    /// Idempotency-Key draft describes). Only then are writes whose outcome is unknown (sent,
+    /// then a timeout or a broken connection) retried, and a 409 retried later; otherwise the
+    /// former are answered 504/502 live and dead-lettered on replay, the latter dead-lettered.
+    pub upstream_honours_keys: bool,
+    /// Longest wait a `Retry-After` from the upstream can impose; longer values are clamped, so
+    /// a confused or hostile backend cannot park the queue for years.
+    pub max_retry_after: Duration,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
             max_attempts: 50,
-            max_age: Duration::from_secs(72 * 3600),
+            // Below the 24 hours of key retention the documentation asks of backends, so a
+            // retry never arrives after the backend has forgotten the key.
+            max_age: Duration::from_secs(12 * 3600),
             base_delay: Duration::from_millis(250),
             max_delay: Duration::from_secs(60),
+            max_retry_after: Duration::from_secs(3600),
+            upstream_honours_keys: false,
         }
     }
 }
@@ -207,12 +240,23 @@ pub struct Config {
     pub probe_path: String,
     /// Time between probes.
     pub probe_interval: Duration,
+    /// Consecutive failures (probes, live requests, deliveries) that mark the upstream down.
+    pub health_fall: u32,
+    /// Consecutive successes (probes, deliveries) that mark it up again.
+    pub health_rise: u32,
     /// Limit on establishing a connection to the upstream.
     pub connect_timeout: Duration,
     /// Limit on waiting for the upstream's response headers.
     pub response_timeout: Duration,
+    /// Longest pause between two pieces of a request body (408 after it).
+    pub body_read_timeout: Duration,
     /// How queued writes are partitioned.
     pub ordering: Ordering,
+    /// Most ordering keys replaying at once.
+    pub max_replay_lanes: usize,
+    /// Most requests (live and replayed) in flight toward the upstream at once, each holding
+    /// a connection until its answer has been read.
+    pub max_upstream_connections: usize,
     /// The status that acknowledges a queued write.
     pub queued_status: QueuedStatus,
     /// The `Retry-After` (seconds) sent with 503 answers.
@@ -227,6 +271,9 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// How long delivered entries (and the upstream's answer) stay visible.
     pub done_retention: Duration,
+    /// Clients whose `X-Forwarded-*` and `Forwarded` headers are kept (proxies in front of the
+    /// gateway); from anyone else they are dropped and written anew.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Bearer token required by the admin API; without one the admin API is disabled.
     pub admin_token: Option<String>,
     /// The reserved path prefix, with leading and trailing slash (default `/_outpost/`).
@@ -246,9 +293,14 @@ impl Config {
             data_dir,
             probe_path: "/".into(),
             probe_interval: Duration::from_secs(2),
+            health_fall: crate::health::DEFAULT_FALL,
+            health_rise: crate::health::DEFAULT_RISE,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
             ordering: Ordering::Global,
+            max_replay_lanes: crate::worker::DEFAULT_MAX_LANES,
+            max_upstream_connections: 512,
             queued_status: QueuedStatus::Accepted,
             retry_after_secs: 5,
             stale_reads: false,
@@ -256,6 +308,7 @@ impl Config {
             limits: Limits::default(),
             retry: RetryPolicy::default(),
             done_retention: Duration::from_secs(24 * 3600),
+            trusted_proxies: Vec::new(),
             admin_token: None,
             prefix: "/_outpost/".into(),
             key: KeySource::DataDir,
@@ -270,6 +323,11 @@ impl Config {
         }
         if self.probe_interval.is_zero() {
             return Err(Error::Config("the probe interval must be positive".into()));
+        }
+        if self.health_fall == 0 || self.health_rise == 0 {
+            return Err(Error::Config(
+                "the health thresholds must be at least 1".into(),
+            ));
         }
         if self.limits.max_header_bytes < MIN_HEADER_BYTES {
             return Err(Error::Config(format!(
@@ -306,6 +364,9 @@ mod tests {
             u.join("/a/../b%2e%2e?x=%00").unwrap().to_string(),
             "http://127.0.0.1:8080/api/a/../b%2e%2e?x=%00"
         );
+        assert!(u.join("*").is_none());
+        assert!(u.join("@evil:80/").is_none());
+        assert!(u.join("").is_none());
         assert!(UpstreamUrl::parse("https://x").is_err());
         assert!(UpstreamUrl::parse("nonsense").is_err());
         assert!(UpstreamUrl::parse("http://x/?q").is_err());
@@ -331,6 +392,22 @@ mod tests {
         check("path:3", "/a/b?c/d", "/a/b");
         assert!(Ordering::parse("path:0").is_err());
         assert!(Ordering::parse("random").is_err());
+    }
+
+    #[test]
+    fn trusted_proxies() {
+        assert!(
+            parse_trusted_proxy("10.0.0.7")
+                .unwrap()
+                .contains(&"10.0.0.7".parse::<std::net::IpAddr>().unwrap())
+        );
+        assert!(
+            parse_trusted_proxy("10.0.0.0/8")
+                .unwrap()
+                .contains(&"10.1.2.3".parse::<std::net::IpAddr>().unwrap())
+        );
+        assert!(parse_trusted_proxy("::1").is_ok());
+        assert!(parse_trusted_proxy("proxy.local").is_err());
     }
 
     #[test]

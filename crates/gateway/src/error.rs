@@ -32,6 +32,10 @@ pub enum Error {
     /// The queue is at its configured limit of entries or bytes.
     #[error("the queue is full: {0}")]
     QueueFull(&'static str),
+    /// The idempotency key of a pending entry was sent again, by the same principal to the same
+    /// method and target, with a different body.
+    #[error("this idempotency key is already used for a different request")]
+    KeyReused,
     /// No queue entry has this id.
     #[error("no queue entry {0}")]
     NotFound(String),
@@ -44,12 +48,18 @@ pub enum Error {
     /// The encryption key does not open this queue.
     #[error("the encryption key does not match the one this queue was created with")]
     WrongKey,
+    /// The record was sealed with another key (its id is given), e.g. before a rotation.
+    #[error("stored data was sealed with another key (key id {0})")]
+    OtherKey(String),
     /// The key material is not a valid AES-256 key.
     #[error("invalid encryption key: {0}")]
     InvalidKey(String),
     /// The configuration is not usable.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Another gateway (or in-process queue) holds the data directory.
+    #[error("the data directory {} is in use by another process (its gateway.lock is held)", .0.display())]
+    Locked(PathBuf),
     /// The queue writer thread has stopped, so nothing more can be made durable.
     #[error("the queue writer has stopped")]
     Closed,
@@ -70,8 +80,11 @@ impl Error {
             | Error::Conflict(_)
             | Error::Corrupt(_)
             | Error::WrongKey
+            | Error::OtherKey(_)
             | Error::InvalidKey(_)
             | Error::Config(_)
+            | Error::Locked(_)
+            | Error::KeyReused
             | Error::Closed => false,
         }
     }

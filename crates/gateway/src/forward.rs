@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, HOST};
+use http::header::{CONNECTION, FORWARDED, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 /// The header that lets the backend apply a retried write only once.
@@ -12,6 +12,7 @@ pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-ke
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
 const HOP_BY_HOP: [&str; 9] = [
@@ -44,7 +45,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|name| HeaderName::try_from(name.trim()).ok())
         .collect();
     for name in listed {
-        headers.remove(name);
+        // The key is end to end by design: a client (or anything on the way) naming it in
+        // `Connection` must not make the upstream see a write without it.
+        if name != IDEMPOTENCY_KEY {
+            headers.remove(name);
+        }
     }
     for name in HOP_BY_HOP {
         headers.remove(name);
@@ -52,15 +57,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Prepares a client's request headers for the upstream: hop-by-hop removed, `Host` replaced
-/// by the upstream's (set by the client library), the original host, client address and
-/// protocol passed on in `X-Forwarded-*`.
-pub fn prepare_request_headers(headers: &mut HeaderMap, client: IpAddr) {
+/// by the upstream's (set by the client library), and the forwarding headers written by the
+/// gateway: `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded`
+/// (RFC 7239). What a client says in these headers is dropped, since anyone can write them,
+/// unless the client is a `trusted` proxy in front of the gateway: then its values are kept
+/// and the gateway appends its own hop.
+pub fn prepare_request_headers(headers: &mut HeaderMap, client: IpAddr, trusted: bool) {
     strip_hop_by_hop(headers);
     let host = headers.remove(HOST);
-    let client = client.to_string();
+    if !trusted {
+        for name in [
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &FORWARDED,
+            &X_REAL_IP,
+        ] {
+            headers.remove(name);
+        }
+    }
+    let client_text = client.to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {client}"),
-        None => client,
+        Some(prior) => format!("{prior}, {client_text}"),
+        None => client_text,
     };
     if let Ok(value) = HeaderValue::try_from(xff) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
@@ -68,28 +87,77 @@ pub fn prepare_request_headers(headers: &mut HeaderMap, client: IpAddr) {
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
-    if let Some(host) = host
+    if let Some(host) = &host
         && !headers.contains_key(&X_FORWARDED_HOST)
     {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    }
+    // RFC 7239: an IPv6 address is quoted and bracketed; the host is always sent quoted.
+    let mut hop = match client {
+        IpAddr::V4(ip) => format!("for={ip}"),
+        IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+    };
+    if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
+        let quoted: String = host
+            .chars()
+            .flat_map(|c| match c {
+                '"' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        hop.push_str(&format!(";host=\"{quoted}\""));
+    }
+    hop.push_str(";proto=http");
+    let forwarded = match headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {hop}"),
+        None => hop,
+    };
+    if let Ok(value) = HeaderValue::try_from(forwarded) {
+        headers.insert(FORWARDED.clone(), value);
     }
 }
 
-/// Returns the request's `Idempotency-Key`, adding a new one when the client sent none.
-pub fn ensure_idempotency_key(headers: &mut HeaderMap) -> String {
+/// Headers that say who is asking. Idempotency keys are scoped by them (two users choosing the
+/// same key never meet), and so is the stale-read cache.
+pub const CREDENTIAL_HEADERS: [&str; 5] = [
+    "authorization",
+    "cookie",
+    "x-api-key",
+    "x-auth-token",
+    "x-amz-security-token",
+];
+
+/// The request's credentials in one canonical byte string (each header name and value
+/// length-prefixed), to be hashed, never stored or shown.
+pub fn credentials(headers: &HeaderMap) -> Vec<u8> {
+    let mut out = Vec::new();
+    for name in CREDENTIAL_HEADERS {
+        for value in headers.get_all(name) {
+            for part in [name.as_bytes(), value.as_bytes()] {
+                out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+                out.extend_from_slice(part);
+            }
+        }
+    }
+    out
+}
+
+/// Returns the request's `Idempotency-Key`, adding a new one when the client sent none, and
+/// whether the client chose it (only then can a repeat of the same request carry it).
+pub fn ensure_idempotency_key(headers: &mut HeaderMap) -> (String, bool) {
     if let Some(key) = headers
         .get(&IDEMPOTENCY_KEY)
         .and_then(|v| v.to_str().ok())
         .filter(|k| !k.is_empty())
     {
-        return key.to_owned();
+        return (key.to_owned(), true);
     }
     let key = uuid::Uuid::new_v4().to_string();
     headers.insert(
         IDEMPOTENCY_KEY.clone(),
         HeaderValue::try_from(key.as_str()).expect("a uuid is a valid header value"),
     );
-    key
+    (key, false)
 }
 
 /// Headers as stored in a queue record.
@@ -128,25 +196,54 @@ mod tests {
         h.insert("host", "public.example".parse().unwrap());
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
         h.insert("x-custom", "kept".parse().unwrap());
-        prepare_request_headers(&mut h, "127.0.0.1".parse().unwrap());
+        let mut trusted = h.clone();
+        prepare_request_headers(&mut h, "127.0.0.1".parse().unwrap(), false);
         assert!(h.get("connection").is_none());
         assert!(h.get("x-secret-hop").is_none());
         assert!(h.get("keep-alive").is_none());
         assert!(h.get("transfer-encoding").is_none());
         assert!(h.get("host").is_none());
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        // From an untrusted client, its own forwarding headers are dropped.
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "public.example");
+        assert_eq!(
+            h["forwarded"],
+            "for=127.0.0.1;host=\"public.example\";proto=http"
+        );
         assert_eq!(h["x-custom"], "kept");
+        // From a trusted proxy, they are kept and the gateway's hop appended.
+        trusted.insert("forwarded", "for=10.0.0.1".parse().unwrap());
+        prepare_request_headers(&mut trusted, "::1".parse().unwrap(), true);
+        assert_eq!(trusted["x-forwarded-for"], "10.0.0.1, ::1");
+        assert_eq!(
+            trusted["forwarded"],
+            "for=10.0.0.1, for=\"[::1]\";host=\"public.example\";proto=http"
+        );
+    }
+
+    /// Issue 15, defect 12: `Connection: idempotency-key` stripped the client's key, so a
+    /// new one was generated and retries of the client's own request were not recognised.
+    #[test]
+    fn connection_cannot_strip_the_idempotency_key() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "idempotency-key".parse().unwrap());
+        h.insert("idempotency-key", "client-key".parse().unwrap());
+        prepare_request_headers(&mut h, "127.0.0.1".parse().unwrap(), false);
+        assert_eq!(
+            ensure_idempotency_key(&mut h),
+            ("client-key".to_owned(), true)
+        );
     }
 
     #[test]
     fn idempotency_key_is_kept_or_made() {
         let mut h = HeaderMap::new();
         h.insert("idempotency-key", "abc".parse().unwrap());
-        assert_eq!(ensure_idempotency_key(&mut h), "abc");
+        assert_eq!(ensure_idempotency_key(&mut h), ("abc".to_owned(), true));
         let mut h = HeaderMap::new();
-        let made = ensure_idempotency_key(&mut h);
+        let (made, chosen) = ensure_idempotency_key(&mut h);
+        assert!(!chosen);
         assert_eq!(h["idempotency-key"], made.as_str());
         assert_eq!(made.len(), 36);
     }

@@ -17,7 +17,7 @@
 //! let app = routes.clone().layer(offline.layer());
 //! let shutdown = tokio_util::sync::CancellationToken::new();
 //! let tracker = tokio_util::task::TaskTracker::new();
-//! tracker.spawn(offline.worker(routes).run(shutdown.clone()));
+//! tracker.spawn(offline.worker(routes).supervise(shutdown.clone()));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }
@@ -40,8 +40,11 @@ use crate::config::{Limits, Ordering, QueuedStatus, RetryPolicy};
 use crate::crypto::{Cipher, KeySource};
 use crate::error::{Error, Result};
 use crate::forward;
-use crate::proxy::{queued_response, read_body, target_of};
-use crate::queue::{NewEntry, Queue, QueueLimits};
+use crate::proxy::{BodyLimits, BodyRead, queued_response, read_body, target_of};
+
+/// Longest pause between two pieces of a request body inside the application.
+const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+use crate::queue::{DirLock, NewEntry, Queue, QueueLimits};
 use crate::record::{StoredRequest, StoredResponse};
 use crate::stats::Stats;
 use crate::worker::{Deliver, Delivery, Worker};
@@ -133,14 +136,16 @@ impl OfflineQueue {
         }
         let mut config = config;
         config.prefix = format!("/{trimmed}/");
+        let lock = DirLock::acquire(&config.data_dir)?;
         let cipher = Cipher::load(&config.key, &config.data_dir)?;
-        let queue = Queue::open(
+        let queue = Queue::open_locked(
             &config.data_dir,
             cipher,
             QueueLimits {
                 max_entries: config.limits.max_queue_entries,
                 max_bytes: config.limits.max_queue_bytes,
             },
+            lock,
         )?;
         let stats = Arc::new(Stats::default());
         let admin = api::router(Arc::new(AdminState {
@@ -174,6 +179,10 @@ impl OfflineQueue {
     }
 
     /// A worker replaying the queue into `inner` (the same routes, without the layer).
+    ///
+    /// Request extensions are not stored with a queued request (they are arbitrary values of
+    /// this process), so a replayed request has none but [`Replayed`]; see
+    /// [`OfflineQueue::worker_with`] to give it the ones its handlers need.
     pub fn worker<S>(&self, inner: S) -> Worker<ServiceDeliver<S>>
     where
         S: Service<Request<Body>, Response = Response, Error = Infallible>
@@ -183,11 +192,28 @@ impl OfflineQueue {
             + 'static,
         S::Future: Send,
     {
+        self.worker_with(inner, |_| {})
+    }
+
+    /// A worker replaying the queue into `inner`, calling `prepare` on each replayed request
+    /// first: the place to restore the extensions that layers outside this one set on the live
+    /// request (an authenticated user derived again from the stored headers, say).
+    pub fn worker_with<S, F>(&self, inner: S, prepare: F) -> Worker<ServiceDeliver<S>>
+    where
+        S: Service<Request<Body>, Response = Response, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send,
+        F: Fn(&mut Request<Body>) + Send + Sync + 'static,
+    {
         Worker::new(
             self.shared.queue.clone(),
             ServiceDeliver {
                 inner,
                 capture: self.shared.config.limits.max_response_capture,
+                prepare: Arc::new(prepare),
             },
             None,
             self.shared.config.retry.clone(),
@@ -260,11 +286,20 @@ where
         };
     }
     let (mut parts, body) = req.into_parts();
-    let body = match read_body(&parts.headers, body, config.limits.max_body_bytes).await {
-        Ok(b) => b,
+    let limits = BodyLimits {
+        max_bytes: config.limits.max_body_bytes,
+        idle_timeout: BODY_IDLE_TIMEOUT,
+        budget: None,
+    };
+    let body = match read_body(&parts.headers, body, &limits).await {
+        Ok(BodyRead::Complete(b, _)) => b,
+        Ok(BodyRead::TooLarge { .. }) => {
+            return ApiError::PayloadTooLarge(config.limits.max_body_bytes).into_response();
+        }
         Err(e) => return e.into_response(),
     };
-    let idempotency_key = forward::ensure_idempotency_key(&mut parts.headers);
+    let (idempotency_key, chosen) = forward::ensure_idempotency_key(&mut parts.headers);
+    let principal = chosen.then(|| forward::credentials(&parts.headers));
     let target = target_of(&parts.uri);
     let ordering_key = config.ordering.key_of(&target, &parts.headers);
     if !shared.queue.has_pending(&ordering_key) {
@@ -285,6 +320,7 @@ where
     let entry = NewEntry {
         ordering_key,
         idempotency_key,
+        principal,
         request: StoredRequest {
             method: parts.method.as_str().to_owned(),
             target,
@@ -306,6 +342,7 @@ where
                 &enqueued,
             )
         }
+        Err(Error::KeyReused) => ApiError::from(Error::KeyReused).into_response(),
         Err(Error::QueueFull(why)) => {
             Stats::bump(&shared.stats.rejected_full);
             ApiError::QueueFull(why).into_response()
@@ -314,7 +351,7 @@ where
             tracing::error!(error = %e, "cannot queue a write");
             ApiError::Unavailable {
                 reason: "the request could not be queued".into(),
-                retry_after: config.retry_after_secs,
+                retry_after: crate::proxy::jittered(config.retry_after_secs),
             }
             .into_response()
         }
@@ -326,7 +363,17 @@ where
 pub struct ServiceDeliver<S> {
     inner: S,
     capture: usize,
+    /// Restores what a replayed request needs besides its stored parts.
+    prepare: Arc<Prepare>,
 }
+
+/// The hook of [`OfflineQueue::worker_with`].
+type Prepare = dyn Fn(&mut Request<Body>) + Send + Sync;
+
+/// The extension every replayed request carries, so a handler can tell a replay from a live
+/// request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replayed;
 
 impl<S> Deliver for ServiceDeliver<S>
 where
@@ -348,6 +395,8 @@ where
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.headers_mut() = forward::from_pairs(&request.headers);
+        req.extensions_mut().insert(Replayed);
+        (self.prepare)(&mut req);
         let resp = match self.inner.clone().oneshot(req).await {
             Ok(resp) => resp,
             Err(never) => match never {},
@@ -355,6 +404,7 @@ where
         if resp.extensions().get::<DatabaseUnavailable>().is_some() {
             return Delivery::Failed {
                 upstream_down: false,
+                outcome_unknown: false,
                 reason: "the database is unavailable".into(),
             };
         }
@@ -364,6 +414,7 @@ where
             Err(reason) => {
                 return Delivery::Failed {
                     upstream_down: false,
+                    outcome_unknown: false,
                     reason: format!("reading the answer failed: {reason}"),
                 };
             }

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, LOCATION, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde_json::json;
 use tower::ServiceExt;
 
@@ -49,7 +49,11 @@ pub(crate) struct ProxySettings {
     pub ordering: Ordering,
     pub queued_status: QueuedStatus,
     pub retry_after_secs: u64,
-    pub max_body_bytes: u64,
+    pub body: BodyLimits,
+    /// See [`crate::config::RetryPolicy::upstream_honours_keys`].
+    pub upstream_honours_keys: bool,
+    /// See [`crate::config::Config::trusted_proxies`].
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Everything a request needs; shared by all connections.
@@ -72,6 +76,8 @@ impl App {
                 Ok(resp) => resp,
                 Err(never) => match never {},
             }
+        } else if let Some(refusal) = refuse(&req) {
+            refusal.into_response()
         } else if forward::is_write(req.method()) {
             self.write(req, client).await
         } else {
@@ -85,22 +91,36 @@ impl App {
         response
     }
 
+    /// Whether `client` is a proxy whose forwarding headers are believed.
+    fn trusts(&self, client: SocketAddr) -> bool {
+        let ip = client.ip().to_canonical();
+        self.settings
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&ip))
+    }
+
     fn unavailable(&self, reason: &str) -> Response {
         ApiError::Unavailable {
             reason: reason.into(),
-            retry_after: self.settings.retry_after_secs,
+            retry_after: jittered(self.settings.retry_after_secs),
         }
         .into_response()
     }
 
     async fn write(&self, req: Request<Body>, client: SocketAddr) -> Response {
         let (mut parts, body) = req.into_parts();
-        let body = match read_body(&parts.headers, body, self.settings.max_body_bytes).await {
-            Ok(body) => body,
+        // Held until the write is forwarded or queued: the body's share of the byte budget.
+        let (body, _permit) = match read_body(&parts.headers, body, &self.settings.body).await {
+            Ok(BodyRead::Complete(body, permit)) => (body, permit),
+            Ok(BodyRead::TooLarge { prefix, rest }) => {
+                return self.stream_large(parts, prefix, rest, client).await;
+            }
             Err(e) => return e.into_response(),
         };
-        forward::prepare_request_headers(&mut parts.headers, client.ip());
-        let idempotency_key = forward::ensure_idempotency_key(&mut parts.headers);
+        forward::prepare_request_headers(&mut parts.headers, client.ip(), self.trusts(client));
+        let (idempotency_key, chosen) = forward::ensure_idempotency_key(&mut parts.headers);
+        let principal = chosen.then(|| forward::credentials(&parts.headers));
         let target = target_of(&parts.uri);
         let ordering_key = self.settings.ordering.key_of(&target, &parts.headers);
 
@@ -111,12 +131,13 @@ impl App {
             *up.headers_mut() = parts.headers.clone();
             match self.upstream.send(up).await {
                 Ok(resp) if !matches!(resp.status().as_u16(), 502..=504) => {
+                    self.health.success();
                     Stats::bump(&self.stats.passed);
                     return pass_response(resp);
                 }
                 Ok(resp) => {
                     self.health
-                        .mark_down(&format!("upstream answered {}", resp.status()));
+                        .failure(&format!("upstream answered {}", resp.status()));
                 }
                 Err(SendError::BadTarget) => {
                     return ApiError::BadRequest("the request target cannot be forwarded".into())
@@ -124,7 +145,16 @@ impl App {
                 }
                 Err(e) => {
                     if e.marks_down() {
-                        self.health.mark_down(&e.to_string());
+                        self.health.failure(&e.to_string());
+                    }
+                    if e.outcome_unknown() && !self.settings.upstream_honours_keys {
+                        // It may have been applied: queueing it could apply it twice. The
+                        // client, who knows what it sent, decides what to do.
+                        tracing::info!(error = %e, "write outcome unknown; not queued");
+                        return ApiError::OutcomeUnknown {
+                            timeout: matches!(e, SendError::Timeout(_)),
+                        }
+                        .into_response();
                     }
                     tracing::info!(error = %e, "write not delivered; queueing it");
                 }
@@ -134,6 +164,7 @@ impl App {
         let entry = NewEntry {
             ordering_key,
             idempotency_key,
+            principal,
             request: StoredRequest {
                 method: parts.method.as_str().to_owned(),
                 target,
@@ -143,6 +174,7 @@ impl App {
         };
         match self.queue.enqueue(entry).await {
             Ok(enqueued) => self.queued_response(&enqueued),
+            Err(Error::KeyReused) => ApiError::from(Error::KeyReused).into_response(),
             Err(Error::QueueFull(why)) => {
                 Stats::bump(&self.stats.rejected_full);
                 tracing::warn!(why, "queue full; write refused");
@@ -151,6 +183,55 @@ impl App {
             Err(e) => {
                 tracing::error!(error = %e, "cannot queue a write");
                 self.unavailable("the request could not be queued")
+            }
+        }
+    }
+
+    /// A write above the buffering limit cannot be queued; while the upstream is up (and nothing
+    /// of its ordering key waits) it is streamed through instead of refused.
+    async fn stream_large(
+        &self,
+        mut parts: http::request::Parts,
+        prefix: Bytes,
+        rest: Body,
+        client: SocketAddr,
+    ) -> Response {
+        let too_large = || ApiError::PayloadTooLarge(self.settings.body.max_bytes).into_response();
+        let target = target_of(&parts.uri);
+        let ordering_key = self.settings.ordering.key_of(&target, &parts.headers);
+        if !self.health.is_up() || self.queue.has_pending(&ordering_key) {
+            return too_large();
+        }
+        forward::prepare_request_headers(&mut parts.headers, client.ip(), self.trusts(client));
+        forward::ensure_idempotency_key(&mut parts.headers);
+        let body = Body::new(PrefixedBody {
+            prefix: Some(prefix),
+            rest,
+        });
+        match self.upstream.send(Request::from_parts(parts, body)).await {
+            Ok(resp) => {
+                if matches!(resp.status().as_u16(), 502..=504) {
+                    self.health
+                        .failure(&format!("upstream answered {}", resp.status()));
+                } else {
+                    self.health.success();
+                }
+                Stats::bump(&self.stats.passed);
+                pass_response(resp)
+            }
+            Err(SendError::BadTarget) => {
+                ApiError::BadRequest("the request target cannot be forwarded".into())
+                    .into_response()
+            }
+            Err(e) if e.outcome_unknown() => ApiError::OutcomeUnknown {
+                timeout: matches!(e, SendError::Timeout(_)),
+            }
+            .into_response(),
+            Err(e) => {
+                if e.marks_down() {
+                    self.health.failure(&e.to_string());
+                }
+                self.unavailable("the upstream is unavailable, and a body this large is not queued")
             }
         }
     }
@@ -176,26 +257,38 @@ impl App {
             (Some(_), true) => Some(CacheKey::of(&target, req.headers())),
             _ => None,
         };
+        // The request's headers as received, for the cache's `Vary` matching.
+        let request_headers = key
+            .as_ref()
+            .map(|_| req.headers().clone())
+            .unwrap_or_default();
         let method = req.method().clone();
         if self.health.is_up() {
             let (mut parts, body) = req.into_parts();
-            forward::prepare_request_headers(&mut parts.headers, client.ip());
+            forward::prepare_request_headers(&mut parts.headers, client.ip(), self.trusts(client));
             match self.upstream.send(Request::from_parts(parts, body)).await {
                 Ok(resp) if matches!(resp.status().as_u16(), 502..=504) => {
                     self.health
-                        .mark_down(&format!("upstream answered {}", resp.status()));
-                    if let Some(stale) = self.stale(key.as_ref(), &method) {
+                        .failure(&format!("upstream answered {}", resp.status()));
+                    if let Some(stale) = self.stale(key.as_ref(), &method, &request_headers) {
                         return stale;
                     }
                     return pass_response(resp);
                 }
                 Ok(resp) => {
+                    self.health.success();
                     Stats::bump(&self.stats.passed);
                     return match (&self.cache, key, method) {
                         (Some(cache), Some(key), Method::GET) => {
                             let (mut parts, body) = resp.into_parts();
                             forward::strip_hop_by_hop(&mut parts.headers);
-                            let body = cache.capture(key, parts.status, &parts.headers, body);
+                            let body = cache.capture(
+                                key,
+                                &request_headers,
+                                parts.status,
+                                &parts.headers,
+                                body,
+                            );
                             Response::from_parts(parts, body)
                         }
                         _ => pass_response(resp),
@@ -207,24 +300,44 @@ impl App {
                 }
                 Err(e) => {
                     if e.marks_down() {
-                        self.health.mark_down(&e.to_string());
+                        self.health.failure(&e.to_string());
                     }
                     tracing::info!(error = %e, "read failed");
                 }
             }
         }
-        if let Some(stale) = self.stale(key.as_ref(), &method) {
+        if let Some(stale) = self.stale(key.as_ref(), &method, &request_headers) {
             return stale;
         }
         Stats::bump(&self.stats.unavailable);
         self.unavailable("the upstream is unavailable")
     }
 
-    fn stale(&self, key: Option<&CacheKey>, method: &Method) -> Option<Response> {
-        let resp = self.cache.as_ref()?.serve(key?, method)?;
+    fn stale(
+        &self,
+        key: Option<&CacheKey>,
+        method: &Method,
+        request: &HeaderMap,
+    ) -> Option<Response> {
+        let resp = self.cache.as_ref()?.serve(key?, method, request)?;
         Stats::bump(&self.stats.stale_served);
         Some(resp)
     }
+}
+
+/// Requests that are never forwarded, refused before any connection is made: `CONNECT` (the
+/// gateway is not a tunnel) and targets that are not in origin form (`OPTIONS *`, which would
+/// otherwise be glued to the upstream's authority).
+fn refuse(req: &Request<Body>) -> Option<ApiError> {
+    if req.method() == Method::CONNECT {
+        return Some(ApiError::MethodNotAllowed);
+    }
+    if !target_of(req.uri()).starts_with('/') {
+        return Some(ApiError::BadRequest(
+            "only request targets starting with `/` are forwarded".into(),
+        ));
+    }
+    None
 }
 
 /// The request target (path and query) exactly as received.
@@ -234,26 +347,107 @@ pub(crate) fn target_of(uri: &Uri) -> String {
         .unwrap_or_else(|| "/".to_owned())
 }
 
-/// Reads a whole request body, refusing more than `max` bytes.
+/// Bounds on reading request bodies.
+#[derive(Debug, Clone)]
+pub(crate) struct BodyLimits {
+    /// Largest body that is buffered (and can be queued).
+    pub max_bytes: u64,
+    /// Longest pause between two pieces of a body; a body that stops arriving is answered 408.
+    pub idle_timeout: std::time::Duration,
+    /// Bytes of buffered bodies all requests together may hold; `None` for no global bound.
+    pub budget: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+/// A request body as read.
+pub(crate) enum BodyRead {
+    /// The whole body, with its share of the in-flight byte budget (held until dropped).
+    Complete(Bytes, Option<tokio::sync::OwnedSemaphorePermit>),
+    /// Larger than the buffering limit: what was read so far and the rest, still unread.
+    TooLarge { prefix: Bytes, rest: Body },
+}
+
+/// Reads a request body up to `limits.max_bytes`, each piece within the idle timeout and
+/// within the global budget.
 pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
-    max: u64,
-) -> Result<Bytes, ApiError> {
+    limits: &BodyLimits,
+) -> Result<BodyRead, ApiError> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err(ApiError::PayloadTooLarge(max));
+    if declared.is_some_and(|n| n > limits.max_bytes) {
+        return Ok(BodyRead::TooLarge {
+            prefix: Bytes::new(),
+            rest: body,
+        });
     }
-    match Limited::new(body, max as usize).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge(max)),
-        Err(_) => Err(ApiError::BadRequest(
-            "the request body could not be read".into(),
-        )),
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    loop {
+        let frame = match tokio::time::timeout(limits.idle_timeout, body.frame()).await {
+            Err(_) => return Err(ApiError::RequestTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return Err(ApiError::BadRequest(
+                    "the request body could not be read".into(),
+                ));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if (buf.len() + data.len()) as u64 > limits.max_bytes {
+            buf.extend_from_slice(&data);
+            return Ok(BodyRead::TooLarge {
+                prefix: buf.freeze(),
+                rest: body,
+            });
+        }
+        if let Some(budget) = &limits.budget {
+            let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
+            match budget.clone().try_acquire_many_owned(n) {
+                Ok(more) => match permit.as_mut() {
+                    Some(held) => held.merge(more),
+                    None => permit = Some(more),
+                },
+                Err(_) => return Err(ApiError::Busy),
+            }
+        }
+        buf.extend_from_slice(&data);
     }
+    Ok(BodyRead::Complete(buf.freeze(), permit))
+}
+
+/// The part of a body already read, followed by the rest as it arrives: a large body streamed
+/// to the upstream after the buffering limit was crossed.
+struct PrefixedBody {
+    prefix: Option<Bytes>,
+    rest: Body,
+}
+
+impl hyper::body::Body for PrefixedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        if let Some(prefix) = self.prefix.take().filter(|p| !p.is_empty()) {
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(prefix))));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
+    }
+}
+
+/// `secs` plus up to half again, at random, so clients told to come back do not all come back in
+/// the same second.
+pub(crate) fn jittered(secs: u64) -> u64 {
+    secs.saturating_add(rand::random_range(0..=secs / 2))
 }
 
 /// The answer acknowledging a queued write.
@@ -280,14 +474,14 @@ pub(crate) fn queued_response(
     }
     if queued_status == QueuedStatus::Unavailable {
         resp.headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            .insert(RETRY_AFTER, HeaderValue::from(jittered(retry_after_secs)));
     }
     resp
 }
 
 /// The upstream's answer, streamed, without its hop-by-hop headers.
-fn pass_response(resp: Response<hyper::body::Incoming>) -> Response {
+fn pass_response(resp: Response<Body>) -> Response {
     let (mut parts, body) = resp.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Body::new(body))
+    Response::from_parts(parts, body)
 }

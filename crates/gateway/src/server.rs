@@ -22,8 +22,8 @@ use crate::config::Config;
 use crate::crypto::Cipher;
 use crate::error::{Error, Result};
 use crate::health::Health;
-use crate::proxy::{App, ProxySettings};
-use crate::queue::{Queue, QueueLimits, now_ms};
+use crate::proxy::{App, BodyLimits, ProxySettings};
+use crate::queue::{DirLock, Queue, QueueLimits, now_ms};
 use crate::stats::Stats;
 use crate::upstream::Upstream;
 use crate::worker::Worker;
@@ -32,6 +32,8 @@ use crate::worker::Worker;
 const MAX_CONNECTIONS: usize = 4096;
 /// How long a client may take to send its request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the first probe's answer before serving (at least the connect timeout).
+const FIRST_PROBE_WAIT: Duration = Duration::from_secs(5);
 /// Longest pause between maintenance sweeps.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// Time between copies of the gateway's counters and queue state into the process-wide
@@ -56,17 +58,25 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-/// Opens the queue of a data directory with the configured key (blocking file I/O).
+/// Opens the queue of a data directory with the configured key (blocking file I/O), without
+/// taking the directory's lock: for inspecting and changing entries beside a running gateway.
 pub fn open_queue(config: &Config) -> Result<Queue> {
     let cipher = Cipher::load(&config.key, &config.data_dir)?;
-    Queue::open(
-        &config.data_dir,
-        cipher,
-        QueueLimits {
-            max_entries: config.limits.max_queue_entries,
-            max_bytes: config.limits.max_queue_bytes,
-        },
-    )
+    Queue::open(&config.data_dir, cipher, queue_limits(config))
+}
+
+/// Opens the queue holding the data directory's exclusive lock, as a replaying gateway must.
+fn open_replaying_queue(config: &Config) -> Result<Queue> {
+    let lock = DirLock::acquire(&config.data_dir)?;
+    let cipher = Cipher::load(&config.key, &config.data_dir)?;
+    Queue::open_locked(&config.data_dir, cipher, queue_limits(config), lock)
+}
+
+fn queue_limits(config: &Config) -> QueueLimits {
+    QueueLimits {
+        max_entries: config.limits.max_queue_entries,
+        max_bytes: config.limits.max_queue_bytes,
+    }
 }
 
 impl Gateway {
@@ -75,7 +85,7 @@ impl Gateway {
         let config = config.validate()?;
         let queue = {
             let config = config.clone();
-            tokio::task::spawn_blocking(move || open_queue(&config))
+            tokio::task::spawn_blocking(move || open_replaying_queue(&config))
                 .await
                 .map_err(|_| Error::Closed)??
         };
@@ -85,7 +95,11 @@ impl Gateway {
                 addr: config.listen,
                 source,
             })?;
-        let health = Arc::new(Health::new(true));
+        let health = Arc::new(Health::with_thresholds(
+            true,
+            config.health_fall,
+            config.health_rise,
+        ));
         let stats = Arc::new(Stats::default());
         let admin_state = Arc::new(AdminState {
             queue: queue.clone(),
@@ -105,7 +119,17 @@ impl Gateway {
                 ordering: config.ordering.clone(),
                 queued_status: config.queued_status,
                 retry_after_secs: config.retry_after_secs,
-                max_body_bytes: config.limits.max_body_bytes,
+                body: BodyLimits {
+                    max_bytes: config.limits.max_body_bytes,
+                    idle_timeout: config.body_read_timeout,
+                    budget: Some(Arc::new(Semaphore::new(
+                        usize::try_from(config.limits.max_body_bytes_in_flight)
+                            .unwrap_or(usize::MAX)
+                            .min(Semaphore::MAX_PERMITS),
+                    ))),
+                },
+                upstream_honours_keys: config.retry.upstream_honours_keys,
+                trusted_proxies: config.trusted_proxies.clone(),
             },
             upstream: Upstream::new(&config),
             queue,
@@ -147,6 +171,22 @@ impl Gateway {
         } = self;
         let tracker = TaskTracker::new();
 
+        // The first probe decides the starting state before the first client is served (they
+        // wait in the listen backlog), so a restart during an outage neither forwards writes
+        // into a dead backend nor spends a delivery attempt finding out.
+        // A backend that accepts and never answers must not hold the start for a whole
+        // response timeout: past `FIRST_PROBE_WAIT` it starts as down.
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            r = tokio::time::timeout(
+                FIRST_PROBE_WAIT.max(config.connect_timeout),
+                app.upstream.probe(&config.probe_path),
+            ) => match r {
+                Ok(Ok(())) => app.health.set(true, ""),
+                Ok(Err(reason)) => app.health.set(false, &reason),
+                Err(_) => app.health.set(false, "the first probe got no answer in time"),
+            },
+        }
         tracker.spawn(probe(
             app.upstream.clone(),
             app.health.clone(),
@@ -160,8 +200,9 @@ impl Gateway {
             Some(app.health.clone()),
             config.retry.clone(),
             app.stats.clone(),
-        );
-        tracker.spawn(worker.run(shutdown.clone()));
+        )
+        .with_max_lanes(config.max_replay_lanes);
+        tracker.spawn(worker.supervise(shutdown.clone()));
         tracker.spawn(sweep(app.clone(), config.clone(), shutdown.clone()));
         tracker.spawn(publish(admin, shutdown.clone()));
 
@@ -253,14 +294,14 @@ async fn probe(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = upstream.probe(&path) => match r {
-                Ok(()) => health.mark_up(),
-                Err(reason) => health.mark_down(&reason),
-            },
+            _ = tokio::time::sleep(interval) => {}
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(interval) => {}
+            r = upstream.probe(&path) => match r {
+                Ok(()) => health.success(),
+                Err(reason) => health.failure(&reason),
+            },
         }
     }
 }

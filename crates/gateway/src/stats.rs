@@ -13,7 +13,7 @@ pub struct Stats {
     pub queued: AtomicU64,
     /// Writes answered with an existing entry because their idempotency key was already queued.
     pub deduplicated: AtomicU64,
-    /// Queued writes delivered (2xx/3xx).
+    /// Queued writes delivered (2xx).
     pub delivered: AtomicU64,
     /// Delivery attempts that will be retried.
     pub retried: AtomicU64,
@@ -25,6 +25,8 @@ pub struct Stats {
     pub stale_served: AtomicU64,
     /// Reads refused with 503 while the upstream was down.
     pub unavailable: AtomicU64,
+    /// Panics caught in the replay worker (a delivery, or the loop itself, which is restarted).
+    pub worker_panics: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -48,6 +50,8 @@ pub struct StatsSnapshot {
     pub stale_served: u64,
     /// See [`Stats::unavailable`].
     pub unavailable: u64,
+    /// See [`Stats::worker_panics`].
+    pub worker_panics: u64,
 }
 
 impl Stats {
@@ -69,6 +73,7 @@ impl Stats {
             rejected_full: get(&self.rejected_full),
             stale_served: get(&self.stale_served),
             unavailable: get(&self.unavailable),
+            worker_panics: get(&self.worker_panics),
         }
     }
 }

@@ -10,6 +10,8 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, UpstreamUrl};
 use crate::forward;
@@ -31,12 +33,21 @@ pub enum SendError {
     /// The request target cannot be forwarded.
     #[error("the request target cannot be forwarded")]
     BadTarget,
+    /// Every upstream connection stayed busy for the whole response timeout; nothing was sent.
+    #[error("no upstream connection became free within {0:?}")]
+    Busy(Duration),
 }
 
 impl SendError {
     /// Whether this failure says the upstream is down (as opposed to one broken connection).
     pub fn marks_down(&self) -> bool {
         matches!(self, SendError::Connect(_) | SendError::Timeout(_))
+    }
+
+    /// Whether the request may have reached the upstream and been applied: it was sent (or
+    /// being sent) when the timeout struck or the connection broke.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, SendError::Timeout(_) | SendError::Broken(_))
     }
 }
 
@@ -47,6 +58,36 @@ pub struct Upstream {
     url: UpstreamUrl,
     response_timeout: Duration,
     capture: usize,
+    /// One permit per request toward the upstream, held until its answer has been read in
+    /// full (the permit travels with the response body), so live traffic and replay together
+    /// never hold more than this many connections.
+    connections: Arc<Semaphore>,
+}
+
+/// A response body holding its connection's permit until it is dropped.
+struct Permitted {
+    inner: Incoming,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl hyper::body::Body for Permitted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl Upstream {
@@ -64,18 +105,41 @@ impl Upstream {
             url: config.upstream.clone(),
             response_timeout: config.response_timeout,
             capture: config.limits.max_response_capture,
+            connections: Arc::new(Semaphore::new(config.max_upstream_connections.max(1))),
         }
     }
 
-    /// Sends `req` (whose URI holds the target as received) and waits for the response head.
-    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, SendError> {
+    /// Sends `req` (whose URI holds the target as received) and waits for the response head;
+    /// the response body holds one of the connection permits until it is dropped. Waiting for
+    /// a permit counts toward the response timeout.
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, SendError> {
         let target = req
             .uri()
             .path_and_query()
             .map(|pq| pq.as_str().to_owned())
             .unwrap_or_else(|| "/".to_owned());
-        *req.uri_mut() = self.url.join(&target).map_err(|_| SendError::BadTarget)?;
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+        *req.uri_mut() = self.url.join(&target).ok_or(SendError::BadTarget)?;
+        let started = tokio::time::Instant::now();
+        let permit = match tokio::time::timeout(
+            self.response_timeout,
+            self.connections.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(permit) => permit.expect("the semaphore is never closed"),
+            Err(_) => return Err(SendError::Busy(self.response_timeout)),
+        };
+        let left = self.response_timeout.saturating_sub(started.elapsed());
+        let exchange = async {
+            let resp = self.client.request(req).await?;
+            Ok::<_, hyper_util::client::legacy::Error>(resp.map(|inner| {
+                Body::new(Permitted {
+                    inner,
+                    _permit: permit,
+                })
+            }))
+        };
+        match tokio::time::timeout(left, exchange).await {
             Err(_) => Err(SendError::Timeout(self.response_timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => Err(SendError::Connect(error_chain(&e))),
@@ -155,6 +219,7 @@ impl Deliver for Upstream {
             Err(e) => {
                 return Delivery::Failed {
                     upstream_down: e.marks_down(),
+                    outcome_unknown: e.outcome_unknown(),
                     reason: e.to_string(),
                 };
             }
@@ -162,24 +227,26 @@ impl Deliver for Upstream {
         let (parts, body) = resp.into_parts();
         let mut headers = parts.headers;
         forward::strip_hop_by_hop(&mut headers);
-        match tokio::time::timeout(self.response_timeout, read_capped(body, self.capture)).await {
-            Ok(Ok((body, truncated))) => Delivery::Answered(StoredResponse {
-                status: parts.status.as_u16(),
-                headers: forward::to_pairs(&headers),
-                body,
-                truncated,
-            }),
-            Ok(Err(reason)) => Delivery::Failed {
-                upstream_down: false,
-                reason: format!("reading the answer failed: {reason}"),
-            },
-            Err(_) => Delivery::Failed {
-                upstream_down: true,
-                reason: format!(
-                    "the answer did not arrive within {:?}",
-                    self.response_timeout
-                ),
-            },
-        }
+        // The status line decides the outcome; a body that fails or stalls afterwards only means
+        // less of it is kept (sending the write again because of it could apply it twice).
+        let (body, truncated) = match tokio::time::timeout(
+            self.response_timeout,
+            read_capped(body, self.capture),
+        )
+        .await
+        {
+            Ok(Ok(read)) => read,
+            Ok(Err(reason)) => {
+                tracing::debug!(%reason, "reading a delivery's answer failed");
+                (Bytes::new(), true)
+            }
+            Err(_) => (Bytes::new(), true),
+        };
+        Delivery::Answered(StoredResponse {
+            status: parts.status.as_u16(),
+            headers: forward::to_pairs(&headers),
+            body,
+            truncated,
+        })
     }
 }

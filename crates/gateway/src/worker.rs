@@ -13,6 +13,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,10 +49,14 @@ pub trait Deliver: Send + Sync + 'static {
 pub enum Delivery {
     /// The target answered; the status decides what happens next.
     Answered(StoredResponse),
-    /// No answer (connection failure, timeout, unavailable database): retried later.
+    /// No answer (connection failure, timeout, unavailable database): retried later, unless the
+    /// request may have been applied and the target is not known to honour idempotency keys.
     Failed {
         /// Whether this says the target as a whole is down.
         upstream_down: bool,
+        /// Whether the request was sent and may have been applied (a timeout or a broken
+        /// connection after sending), as opposed to certainly not applied (no connection).
+        outcome_unknown: bool,
         /// What happened, for `last_error`.
         reason: String,
     },
@@ -68,10 +75,16 @@ pub enum StatusClass {
     Dead,
 }
 
-/// Classifies an upstream status for a queued write.
-pub fn classify(status: u16) -> StatusClass {
+/// Classifies an upstream status for a queued write; `honours_keys` says whether the upstream
+/// honours `Idempotency-Key`, in which case 409 means "the first request with this key is still
+/// running" and is retried later.
+pub fn classify(status: u16, honours_keys: bool) -> StatusClass {
     match status {
-        200..=399 => StatusClass::Done,
+        409 if honours_keys => StatusClass::Retry,
+        200..=299 => StatusClass::Done,
+        // A redirect is not a delivery: typically a login page after a session expired. It is
+        // kept, with the answer, for the operator to look at, never silently counted as done.
+        300..=399 => StatusClass::Dead,
         408 | 425 | 429 | 500..=599 => StatusClass::Retry,
         // 1xx cannot be a final answer; treat a confused upstream as transient.
         100..=199 => StatusClass::Retry,
@@ -80,7 +93,8 @@ pub fn classify(status: u16) -> StatusClass {
 }
 
 /// The delay before attempt `attempts + 1`: exponential from `base`, capped, with jitter in the
-/// upper half so a crowd of clients does not retry in lockstep; a longer `Retry-After` wins.
+/// upper half so a crowd of clients does not retry in lockstep; a longer `Retry-After` wins, up
+/// to the policy's `max_retry_after`.
 pub fn backoff(policy: &RetryPolicy, attempts: u32, retry_after: Option<Duration>) -> Duration {
     let exp = attempts.saturating_sub(1).min(30);
     let delay = policy
@@ -94,21 +108,34 @@ pub fn backoff(policy: &RetryPolicy, attempts: u32, retry_after: Option<Duration
         Duration::from_nanos(rand::random_range(0..=half.as_nanos() as u64))
     };
     let delay = half + jitter;
-    match retry_after {
+    match retry_after.map(|ra| ra.min(policy.max_retry_after)) {
         Some(ra) if ra > delay => ra,
         _ => delay,
     }
 }
 
-/// Parses a `Retry-After` given in seconds (the HTTP-date form is not honoured).
-pub fn retry_after(response: &StoredResponse) -> Option<Duration> {
-    response
+/// Parses a `Retry-After` (RFC 9110 section 10.2.3) as a delay from `now`: delay-seconds, where
+/// a number too large for any clock counts as "as long as possible", or an HTTP-date, where a
+/// date in the past means "now". Callers clamp the result to their own maximum.
+pub fn retry_after(response: &StoredResponse, now: std::time::SystemTime) -> Option<Duration> {
+    let value = response
         .headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case("retry-after"))
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())?
+        .trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(
+            value.parse::<u64>().unwrap_or(u64::MAX),
+        ));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// `now_ms + delay` in milliseconds, saturating instead of overflowing.
+fn at_ms(now_ms: i64, delay: Duration) -> i64 {
+    now_ms.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
 }
 
 struct Ctx<D> {
@@ -119,7 +146,13 @@ struct Ctx<D> {
     health: Option<Arc<Health>>,
     retry: RetryPolicy,
     stats: Arc<Stats>,
+    /// Most lanes (ordering keys) replaying at once, so a queue of many keys cannot open
+    /// unbounded concurrent requests toward the upstream.
+    max_lanes: usize,
 }
+
+/// Lanes replaying at once unless configured otherwise.
+pub const DEFAULT_MAX_LANES: usize = 64;
 
 /// The replay worker.
 pub struct Worker<D> {
@@ -142,15 +175,56 @@ impl<D: Deliver> Worker<D> {
                 health,
                 retry,
                 stats,
+                max_lanes: DEFAULT_MAX_LANES,
             }),
         }
     }
 
-    /// Runs until `shutdown`; a delivery in flight at that moment is finished first.
+    /// Sets the most lanes replaying at once (at least 1); only before [`Worker::run`].
+    pub fn with_max_lanes(mut self, max_lanes: usize) -> Self {
+        if let Some(ctx) = Arc::get_mut(&mut self.ctx) {
+            ctx.max_lanes = max_lanes.max(1);
+        }
+        self
+    }
+
+    /// Runs until `shutdown`, restarting the replay loop (after a pause) if it panics; each
+    /// panic is counted in [`Stats::worker_panics`].
+    pub async fn supervise(self, shutdown: CancellationToken) {
+        loop {
+            let worker = Worker {
+                ctx: self.ctx.clone(),
+            };
+            let run = AssertUnwindSafe(worker.run(shutdown.clone())).catch_unwind();
+            if run.await.is_ok() {
+                break;
+            }
+            Stats::bump(&self.ctx.stats.worker_panics);
+            tracing::error!("the replay worker panicked; restarting it");
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(STORAGE_BACKOFF) => {}
+            }
+        }
+    }
+
+    /// Runs until `shutdown`; deliveries in flight at that moment are finished first.
+    ///
+    /// Each ordering key with deliverable entries gets a lane: a task delivering that key's
+    /// entries one after the other. Lanes are independent: a slow lane never holds up the
+    /// others, and a key whose lane ends (its entries done, or its head backing off) is picked
+    /// up again by the next load. At most `max_lanes` run at once.
     pub async fn run(self, shutdown: CancellationToken) {
         let ctx = self.ctx;
         let mut health_rx = ctx.health.as_ref().map(|h| h.subscribe());
+        let mut lanes: JoinSet<()> = JoinSet::new();
+        // Ordering keys with a running lane, by task id, so even a lane that panicked frees its
+        // key.
+        let mut active: HashMap<tokio::task::Id, String> = HashMap::new();
         loop {
+            while let Some(done) = lanes.try_join_next_with_id() {
+                lane_ended(&mut active, done);
+            }
             if shutdown.is_cancelled() {
                 break;
             }
@@ -160,6 +234,9 @@ impl<D: Deliver> Worker<D> {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     r = rx.wait_for(|up| *up) => if r.is_err() { break },
+                    Some(done) = lanes.join_next_with_id(), if !lanes.is_empty() => {
+                        lane_ended(&mut active, done);
+                    }
                 }
                 continue;
             }
@@ -178,52 +255,59 @@ impl<D: Deliver> Worker<D> {
                     }
                 }
             };
-            if batch.is_empty() {
-                let wait = wake
-                    .map(|at| Duration::from_millis((at - now).max(1) as u64))
-                    .unwrap_or(IDLE_POLL)
-                    .min(IDLE_POLL);
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = ctx.queue.shared().changed.notified() => {}
-                    _ = tokio::time::sleep(wait) => {}
+            let running: std::collections::HashSet<&String> = active.values().collect();
+            let mut new_lanes: Vec<(String, Vec<Deliverable>)> = Vec::new();
+            let mut index: HashMap<String, usize> = HashMap::new();
+            for entry in batch {
+                if running.contains(&entry.ordering_key) {
+                    continue;
                 }
-                continue;
+                let i = *index.entry(entry.ordering_key.clone()).or_insert_with(|| {
+                    new_lanes.push((entry.ordering_key.clone(), Vec::new()));
+                    new_lanes.len() - 1
+                });
+                new_lanes[i].1.push(entry);
             }
-            deliver_batch(&ctx, batch, &shutdown).await;
+            drop(running);
+            for (key, entries) in new_lanes {
+                if active.len() >= ctx.max_lanes {
+                    break;
+                }
+                let handle = lanes.spawn(run_lane(ctx.clone(), entries, shutdown.clone()));
+                active.insert(handle.id(), key);
+            }
+            let wait = wake
+                .map(|at| Duration::from_millis((at - now).max(1) as u64))
+                .unwrap_or(IDLE_POLL)
+                .min(IDLE_POLL);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(done) = lanes.join_next_with_id(), if !lanes.is_empty() => {
+                    lane_ended(&mut active, done);
+                }
+                _ = ctx.queue.shared().changed.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        // Let the deliveries in flight finish and their outcomes be recorded.
+        while let Some(done) = lanes.join_next_with_id().await {
+            lane_ended(&mut active, done);
         }
     }
 }
 
-async fn deliver_batch<D: Deliver>(
-    ctx: &Arc<Ctx<D>>,
-    batch: Vec<Deliverable>,
-    shutdown: &CancellationToken,
+fn lane_ended(
+    active: &mut HashMap<tokio::task::Id, String>,
+    done: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
 ) {
-    let mut lanes: Vec<Vec<Deliverable>> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for entry in batch {
-        let i = *index.entry(entry.ordering_key.clone()).or_insert_with(|| {
-            lanes.push(Vec::new());
-            lanes.len() - 1
-        });
-        lanes[i].push(entry);
-    }
-    if lanes.len() == 1 {
-        let lane = lanes.pop().expect("one lane");
-        run_lane(ctx.clone(), lane, shutdown.clone()).await;
-        return;
-    }
-    // Independent ordering keys replay in parallel; each lane keeps one request in flight.
-    let mut set = JoinSet::new();
-    for lane in lanes {
-        set.spawn(run_lane(ctx.clone(), lane, shutdown.clone()));
-    }
-    while let Some(r) = set.join_next().await {
-        if let Err(e) = r {
+    let id = match done {
+        Ok((id, ())) => id,
+        Err(e) => {
             tracing::error!(error = %e, "replay lane failed");
+            e.id()
         }
-    }
+    };
+    active.remove(&id);
 }
 
 async fn run_lane<D: Deliver>(
@@ -236,7 +320,26 @@ async fn run_lane<D: Deliver>(
         if shutdown.is_cancelled() || ctx.health.as_ref().is_some_and(|h| !h.is_up()) {
             break;
         }
-        let delivery = ctx.deliver.deliver(&entry.request).await;
+        let delivery = match &entry.request {
+            // A delivery that panics (a bug in the target, or in an in-process handler) is
+            // dead-lettered like a poison entry; otherwise it would be retried, and panic,
+            // forever, and hold up its ordering key.
+            Ok(request) => match AssertUnwindSafe(ctx.deliver.deliver(request))
+                .catch_unwind()
+                .await
+            {
+                Ok(delivery) => delivery,
+                Err(_) => {
+                    Stats::bump(&ctx.stats.worker_panics);
+                    tracing::error!(id = %entry.id, "a delivery panicked; dead-lettered");
+                    Delivery::Rejected("the delivery panicked".into())
+                }
+            },
+            Err(reason) => {
+                tracing::error!(id = %entry.id, %reason, "poison entry");
+                Delivery::Rejected(reason.clone())
+            }
+        };
         let (finish, stop) = outcome(&ctx, &entry, delivery);
         match ctx
             .queue
@@ -270,11 +373,11 @@ async fn run_lane<D: Deliver>(
 fn outcome<D>(ctx: &Ctx<D>, entry: &Deliverable, delivery: Delivery) -> (Finish, bool) {
     let attempts = entry.attempts + 1;
     match delivery {
-        Delivery::Answered(resp) => match classify(resp.status) {
+        Delivery::Answered(resp) => match classify(resp.status, ctx.retry.upstream_honours_keys) {
             StatusClass::Done => {
                 Stats::bump(&ctx.stats.delivered);
                 if let Some(h) = &ctx.health {
-                    h.mark_up();
+                    h.success();
                 }
                 let finish = Finish::Done {
                     attempts,
@@ -295,22 +398,45 @@ fn outcome<D>(ctx: &Ctx<D>, entry: &Deliverable, delivery: Delivery) -> (Finish,
                 (finish, false)
             }
             StatusClass::Retry => {
-                if matches!(resp.status, 502..=504)
-                    && let Some(h) = &ctx.health
-                {
-                    h.mark_down(&format!("delivery answered {}", resp.status));
+                if let Some(h) = &ctx.health {
+                    if matches!(resp.status, 502..=504) {
+                        h.failure(&format!("delivery answered {}", resp.status));
+                    } else {
+                        h.success();
+                    }
                 }
                 let reason = format!("the upstream answered {}", resp.status);
-                let after = retry_after(&resp);
+                let after = retry_after(&resp, std::time::SystemTime::now());
                 retry_or_dead(ctx, entry, attempts, reason, after, Some(resp))
             }
         },
         Delivery::Failed {
             upstream_down,
+            outcome_unknown,
             reason,
         } => {
             if upstream_down && let Some(h) = &ctx.health {
-                h.mark_down(&reason);
+                h.failure(&reason);
+            }
+            if upstream_down && !outcome_unknown {
+                // Nothing was sent (no connection): the attempt does not count toward
+                // `max_attempts`, so a flapping upstream cannot use them up.
+                return retry_or_dead(ctx, entry, attempts - 1, reason, None, None);
+            }
+            if outcome_unknown && !ctx.retry.upstream_honours_keys {
+                // Sending it again could apply it twice; the operator decides.
+                Stats::bump(&ctx.stats.dead_lettered);
+                tracing::warn!(id = %entry.id, %reason, "delivery outcome unknown; dead-lettered");
+                let finish = Finish::Dead {
+                    attempts,
+                    error: format!(
+                        "{reason}; the outcome is unknown and the upstream is not configured as \
+                         honouring Idempotency-Key, so it is not sent again"
+                    ),
+                    status: None,
+                    response: None,
+                };
+                return (finish, false);
             }
             retry_or_dead(ctx, entry, attempts, reason, None, None)
         }
@@ -356,7 +482,7 @@ fn retry_or_dead<D>(
     tracing::debug!(id = %entry.id, attempts, ?delay, %reason, "delivery will be retried");
     let finish = Finish::Later {
         attempts,
-        next_attempt_ms: now + delay.as_millis() as i64,
+        next_attempt_ms: at_ms(now, delay),
         error: reason,
     };
     (finish, true)
@@ -372,7 +498,9 @@ mod tests {
             (200, StatusClass::Done),
             (201, StatusClass::Done),
             (204, StatusClass::Done),
-            (302, StatusClass::Done),
+            (301, StatusClass::Dead),
+            (302, StatusClass::Dead),
+            (304, StatusClass::Dead),
             (400, StatusClass::Dead),
             (401, StatusClass::Dead),
             (404, StatusClass::Dead),
@@ -385,8 +513,10 @@ mod tests {
             (503, StatusClass::Retry),
             (599, StatusClass::Retry),
         ] {
-            assert_eq!(classify(status), class, "{status}");
+            assert_eq!(classify(status, false), class, "{status}");
         }
+        assert_eq!(classify(409, true), StatusClass::Retry);
+        assert_eq!(classify(422, true), StatusClass::Dead);
     }
 
     #[test]
@@ -418,7 +548,35 @@ mod tests {
             body: bytes::Bytes::new(),
             truncated: false,
         };
-        assert_eq!(retry_after(&resp("3")), Some(Duration::from_secs(3)));
-        assert_eq!(retry_after(&resp("soon")), None);
+        let now = std::time::SystemTime::now();
+        assert_eq!(retry_after(&resp("3"), now), Some(Duration::from_secs(3)));
+        assert_eq!(retry_after(&resp("soon"), now), None);
+        assert_eq!(retry_after(&resp("-1"), now), None);
+        // Larger than any clock: saturates instead of overflowing.
+        let huge = retry_after(&resp("99999999999999999999999"), now).unwrap();
+        assert_eq!(huge, Duration::from_secs(u64::MAX));
+        assert_eq!(at_ms(now_ms(), huge), i64::MAX);
+        // HTTP-date: relative to now, a past date meaning at once.
+        let later = now + Duration::from_secs(120);
+        let date = httpdate::fmt_http_date(later);
+        let d = retry_after(&resp(&date), now).unwrap();
+        assert!(
+            d > Duration::from_secs(118) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(120));
+        assert_eq!(retry_after(&resp(&past), now), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn retry_after_is_clamped_to_the_policy() {
+        let policy = RetryPolicy {
+            max_retry_after: Duration::from_secs(30),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(
+            backoff(&policy, 1, Some(Duration::from_secs(u64::MAX))),
+            Duration::from_secs(30)
+        );
     }
 }

@@ -111,6 +111,17 @@ pub fn parse() -> anyhow::Result<Cli> {
     // A first look, errors ignored, only to find the command and `--config`: a required flag
     // may well be in the file.
     let first = command.clone().ignore_errors(true).get_matches_from(&argv);
+    // A key on the command line is readable by every local user in /proc/PID/cmdline; it is
+    // taken from the environment or the file only (which reach clap through its own argv).
+    if let Some((name, matches)) = first.subcommand()
+        && matches!(name, "gateway" | "queue")
+        && matches.value_source("key_base64") == Some(ValueSource::CommandLine)
+    {
+        bail!(
+            "--key on the command line is readable by every local user; give the key in \
+             OUTPOST_GATEWAY_KEY, the configuration file or a --key-file"
+        );
+    }
     let file = match first.get_one::<PathBuf>("config") {
         Some(path) => Some(File::read(path)?),
         None => None,

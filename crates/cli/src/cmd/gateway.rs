@@ -40,6 +40,13 @@ pub struct GatewayOptions {
     /// Time between health probes (e.g. `2s`, `500ms`).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub probe_interval: Duration,
+    /// Consecutive failures (probes, or live requests and deliveries ending in a connection
+    /// failure, a timeout or 502/503/504) that mark the backend down.
+    #[arg(long, default_value_t = 3)]
+    pub unhealthy_threshold: u32,
+    /// Consecutive successful probes or deliveries that mark it up again.
+    #[arg(long, default_value_t = 2)]
+    pub healthy_threshold: u32,
     /// Limit on connecting to the backend.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -50,6 +57,12 @@ pub struct GatewayOptions {
     /// `path:N` (one stream per first N path segments).
     #[arg(long, default_value = "global")]
     pub order_by: String,
+    /// Most requests (live and replayed) in flight toward the backend at once; more wait.
+    #[arg(long, default_value_t = 512)]
+    pub max_upstream_connections: usize,
+    /// Most ordering keys replaying at once (each keeps one request in flight).
+    #[arg(long, default_value_t = 64)]
+    pub max_replay_lanes: usize,
     /// Status acknowledging a queued write: 202, or 503 with Retry-After for clients built for it.
     #[arg(long, default_value = "202", value_parser = ["202", "503"])]
     pub queued_status: String,
@@ -62,9 +75,16 @@ pub struct GatewayOptions {
     /// Memory for the stale-read cache, in bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub stale_cache_bytes: usize,
-    /// Largest request body in bytes (413 above).
+    /// Largest request body buffered (and queued), in bytes; above it a write is streamed to
+    /// the backend while it is up, and refused with 413 while it is down.
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     pub max_body: u64,
+    /// Bytes of buffered request bodies all requests together may hold (503 above).
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    pub max_body_in_flight: u64,
+    /// Longest pause between two pieces of a request body (408 after it).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
     /// Largest request head (request line and headers) in bytes (431 above; at least 8192).
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
@@ -86,15 +106,28 @@ pub struct GatewayOptions {
     /// Delivery attempts before an entry is dead-lettered.
     #[arg(long, default_value_t = 50)]
     pub max_attempts: u32,
-    /// Age after which a pending entry is dead-lettered.
-    #[arg(long, default_value = "72h", value_parser = parse_duration)]
+    /// Age after which a pending entry is dead-lettered (keep it below the backend's retention
+    /// of idempotency keys).
+    #[arg(long, default_value = "12h", value_parser = parse_duration)]
     pub max_age: Duration,
+    /// The backend honours Idempotency-Key: writes whose outcome is unknown (sent, then a
+    /// timeout or a broken connection) are queued and retried with the same key, and its 409
+    /// "still in progress" is retried; without it they are refused (504/502) or dead-lettered.
+    #[arg(long)]
+    pub upstream_honours_idempotency_key: bool,
     /// First retry delay; doubles per attempt, with jitter.
     #[arg(long, default_value = "250ms", value_parser = parse_duration)]
     pub retry_base: Duration,
     /// Longest retry delay (a longer Retry-After from the backend still wins).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub retry_max: Duration,
+    /// Longest delay a backend's Retry-After can impose on a queued entry (larger ones are clamped).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub max_retry_after: Duration,
+    /// Proxies in front of the gateway whose X-Forwarded-* and Forwarded headers are kept
+    /// (addresses or CIDR blocks, comma-separated); from other clients they are replaced.
+    #[arg(long, value_delimiter = ',')]
+    pub trusted_proxy: Vec<String>,
     /// Bearer token of the admin API; without it the admin API is disabled.
     #[arg(long, env = "OUTPOST_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -112,7 +145,8 @@ pub struct KeyArgs {
     /// File holding the AES-256 key as base64 (created with mode 0600 if missing).
     #[arg(long)]
     pub key_file: Option<PathBuf>,
-    /// The key itself as base64; takes precedence over --key-file.
+    /// The key itself as base64, from OUTPOST_GATEWAY_KEY or the configuration file (refused on
+    /// the command line, where every local user can read it); takes precedence over --key-file.
     #[arg(long = "key", env = "OUTPOST_GATEWAY_KEY", hide_env_values = true)]
     pub key_base64: Option<String>,
 }
@@ -158,9 +192,13 @@ impl GatewayOptions {
         let mut c = Config::new(upstream, self.listen, self.data.clone());
         c.probe_path = self.probe_path.clone();
         c.probe_interval = self.probe_interval;
+        c.health_fall = self.unhealthy_threshold;
+        c.health_rise = self.healthy_threshold;
         c.connect_timeout = self.connect_timeout;
         c.response_timeout = self.response_timeout;
         c.ordering = Ordering::parse(&self.order_by)?;
+        c.max_replay_lanes = self.max_replay_lanes;
+        c.max_upstream_connections = self.max_upstream_connections;
         c.queued_status = if self.queued_status == "503" {
             QueuedStatus::Unavailable
         } else {
@@ -170,6 +208,8 @@ impl GatewayOptions {
         c.stale_reads = self.stale_reads;
         c.stale_cache_bytes = self.stale_cache_bytes;
         c.limits.max_body_bytes = self.max_body;
+        c.limits.max_body_bytes_in_flight = self.max_body_in_flight;
+        c.body_read_timeout = self.body_read_timeout;
         c.limits.max_header_bytes = self.max_header_bytes;
         c.limits.max_headers = self.max_headers;
         c.limits.max_queue_entries = self.max_queue_entries;
@@ -178,8 +218,15 @@ impl GatewayOptions {
         c.done_retention = self.done_retention;
         c.retry.max_attempts = self.max_attempts;
         c.retry.max_age = self.max_age;
+        c.retry.upstream_honours_keys = self.upstream_honours_idempotency_key;
         c.retry.base_delay = self.retry_base;
         c.retry.max_delay = self.retry_max;
+        c.retry.max_retry_after = self.max_retry_after;
+        c.trusted_proxies = self
+            .trusted_proxy
+            .iter()
+            .map(|p| outpost_gateway::config::parse_trusted_proxy(p))
+            .collect::<Result<_, _>>()?;
         c.admin_token = self.admin_token.clone();
         c.prefix = self.prefix.clone();
         c.key = self.key.source();

@@ -4,12 +4,12 @@
 //! gateway notices changes within a second. Exit code 0 on success, 1 on any failure
 //! (including an unknown entry id).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use outpost_gateway::config::Limits;
 use outpost_gateway::queue::{QueueLimits, now_ms};
-use outpost_gateway::{Cipher, Queue, State};
+use outpost_gateway::{Cipher, KeySource, Queue, State};
 
 use super::gateway::KeyArgs;
 
@@ -55,6 +55,16 @@ pub enum QueueCommand {
         /// The entry id.
         id: String,
     },
+    /// Re-seal every entry with a new key (key rotation), all or nothing. The gateway must be
+    /// stopped (the data directory's lock is taken). The new key is read from --new-key-file,
+    /// or created there (mode 0600) first; start the gateway with that file afterwards. When
+    /// the current key is the data directory's gateway.key, that file is replaced by the new
+    /// key too.
+    Rekey {
+        /// File holding (or to receive) the new key as base64.
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
 }
 
 /// Headers whose values `show` never prints.
@@ -71,6 +81,9 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
         anyhow::bail!("no gateway queue in {}", data.display());
     }
     let source = args.key.source();
+    if let QueueCommand::Rekey { new_key_file } = args.command {
+        return tokio::task::spawn_blocking(move || rekey(&data, &source, &new_key_file)).await?;
+    }
     let queue = tokio::task::spawn_blocking(move || -> anyhow::Result<Queue> {
         let cipher = Cipher::load(&source, &data).context("cannot load the encryption key")?;
         let limits = Limits::default();
@@ -157,7 +170,40 @@ async fn execute(queue: &Queue, command: QueueCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot drop entry {id}"))?;
             println!("{id} dropped");
         }
+        QueueCommand::Rekey { .. } => unreachable!("rekey runs without an open queue"),
     }
+    Ok(())
+}
+
+/// `outpost queue rekey`: blocking file and database work.
+fn rekey(data: &Path, source: &KeySource, new_key_file: &Path) -> anyhow::Result<()> {
+    let old = Cipher::load(source, data).context("cannot load the current key")?;
+    // Made durable before anything is sealed with it.
+    let new = Cipher::load(&KeySource::File(new_key_file.to_owned()), data)
+        .context("cannot load or create the new key")?;
+    if old.key_id_hex() == new.key_id_hex() {
+        anyhow::bail!("the new key is the current key");
+    }
+    let n = Queue::rekey(data, old, &new).context("cannot re-seal the queue")?;
+    if matches!(source, KeySource::DataDir) {
+        // Replace gateway.key atomically: a crash leaves the old file, and the new key is
+        // still in --new-key-file.
+        let target = data.join(outpost_gateway::crypto::DEFAULT_KEY_FILE);
+        let tmp = data.join("gateway.key.new");
+        std::fs::copy(new_key_file, &tmp).context("cannot write the new gateway.key")?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        }
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &target).context("cannot replace gateway.key")?;
+        std::fs::File::open(data)?.sync_all()?;
+    }
+    println!(
+        "re-sealed {n} entries with key {}; start the gateway with this key",
+        new.key_id_hex()
+    );
     Ok(())
 }
 

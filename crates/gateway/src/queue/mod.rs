@@ -10,8 +10,11 @@
 //! it). Every change the worker makes is compare-and-set on the entry's `version`, so an entry
 //! dropped or retried by an operator while it was being delivered is never overwritten.
 
+mod lock;
 mod schema;
 mod writer;
+
+pub use lock::{DirLock, LOCK_FILE};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -84,8 +87,13 @@ pub struct QueueLimits {
 pub struct NewEntry {
     /// Entries with the same key are delivered in order, one at a time.
     pub ordering_key: String,
-    /// The key sent to the upstream; a second pending entry with the same key is refused.
+    /// The key sent to the upstream.
     pub idempotency_key: String,
+    /// The sender's credentials ([`crate::forward::credentials`]) when the client chose the
+    /// key: a pending entry with the same credentials, method, target and key is the same
+    /// request (`duplicate`), or, with another body, a misuse of the key (`KeyReused`). `None`
+    /// for keys the gateway generated, which nothing can repeat.
+    pub principal: Option<Vec<u8>>,
     /// The request to replay.
     pub request: StoredRequest,
 }
@@ -95,7 +103,8 @@ pub struct NewEntry {
 pub struct Enqueued {
     /// The entry's id.
     pub id: String,
-    /// True when an entry with the same idempotency key was already pending: `id` is that entry.
+    /// True when the same request with the same idempotency key, from the same credentials, was
+    /// already pending: `id` is that entry.
     pub duplicate: bool,
 }
 
@@ -122,7 +131,8 @@ pub struct EntrySummary {
     pub response_status: Option<u16>,
     /// Size of the stored request.
     pub request_bytes: i64,
-    /// The ordering stream it belongs to.
+    /// The ordering stream it belongs to, as stored: a keyed hash of the ordering key (empty
+    /// for the global order), since the key is made of request data.
     pub ordering_key: String,
     /// The key sent to the upstream as `Idempotency-Key`.
     pub idempotency_key: String,
@@ -162,7 +172,10 @@ pub(crate) struct Deliverable {
     pub attempts: i64,
     pub created_ms: i64,
     pub ordering_key: String,
-    pub request: StoredRequest,
+    /// The request, or why its stored record cannot be read (a corrupt row, a record sealed
+    /// with another key): such a poison entry is dead-lettered with that error instead of
+    /// stopping the worker.
+    pub request: std::result::Result<StoredRequest, String>,
 }
 
 /// How a delivery attempt ended, as recorded by the worker.
@@ -246,6 +259,9 @@ struct Inner {
     readers: Vec<Mutex<Connection>>,
     cipher: Cipher,
     shared: Arc<Shared>,
+    /// The data directory's exclusive lock, when this queue replays; released after the
+    /// writer thread has finished (fields drop after `Drop::drop`).
+    _lock: Option<DirLock>,
 }
 
 impl Drop for Inner {
@@ -255,6 +271,41 @@ impl Drop for Inner {
             let _ = handle.join();
         }
     }
+}
+
+/// Creates the database file readable by its owner only (SQLite gives its `-wal` and `-shm`
+/// files the same mode), and narrows the mode of files left by older versions.
+fn restrict_files(db: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let file_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| Error::File { path, source }
+        };
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(db)
+            .map_err(file_err(db))?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = db.as_os_str().to_owned();
+            name.push(suffix);
+            let path = PathBuf::from(name);
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                        .map_err(file_err(&path))?;
+                }
+                _ => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = db;
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch.
@@ -273,18 +324,43 @@ fn response_aad(id: &str) -> Vec<u8> {
     format!("{id}/response").into_bytes()
 }
 
+fn key_aad(id: &str) -> Vec<u8> {
+    format!("{id}/idempotency-key").into_bytes()
+}
+
 impl Queue {
     /// Opens (creating if needed) the queue in `data_dir`, checking that `cipher` is its key.
     ///
     /// This blocks briefly on file I/O; call it before serving or from a blocking context.
     pub fn open(data_dir: &Path, cipher: Cipher, limits: QueueLimits) -> Result<Self> {
+        Self::open_with(data_dir, cipher, limits, None)
+    }
+
+    /// Opens the queue holding the data directory's exclusive `lock` for as long as it is open;
+    /// for a queue whose worker replays it (see [`DirLock`]).
+    pub fn open_locked(
+        data_dir: &Path,
+        cipher: Cipher,
+        limits: QueueLimits,
+        lock: DirLock,
+    ) -> Result<Self> {
+        Self::open_with(data_dir, cipher, limits, Some(lock))
+    }
+
+    fn open_with(
+        data_dir: &Path,
+        mut cipher: Cipher,
+        limits: QueueLimits,
+        lock: Option<DirLock>,
+    ) -> Result<Self> {
         std::fs::create_dir_all(data_dir).map_err(|source| Error::File {
             path: data_dir.to_owned(),
             source,
         })?;
         let path = data_dir.join(DB_FILE);
+        restrict_files(&path)?;
         let mut conn = schema::connect(&path)?;
-        schema::prepare(&mut conn, &cipher)?;
+        schema::prepare(&mut conn, &mut cipher)?;
         let readers = (0..2)
             .map(|_| schema::connect(&path).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
@@ -313,8 +389,24 @@ impl Queue {
                 readers,
                 cipher,
                 shared,
+                _lock: lock,
             }),
         })
+    }
+
+    /// Re-seals the queue in `data_dir` from key `old` to key `new` (key rotation), holding the
+    /// directory's lock, so no gateway may run meanwhile. All or nothing; returns how many
+    /// entries were re-sealed. Blocking.
+    pub fn rekey(data_dir: &Path, old: Cipher, new: &Cipher) -> Result<u64> {
+        let _lock = DirLock::acquire(data_dir)?;
+        let path = data_dir.join(DB_FILE);
+        if !path.exists() {
+            return Err(Error::NotFound(path.display().to_string()));
+        }
+        let mut old = old;
+        let mut conn = schema::connect(&path)?;
+        let index_key = schema::prepare(&mut conn, &mut old)?;
+        schema::rekey(&mut conn, &old, new, &index_key)
     }
 
     /// The database file.
@@ -335,6 +427,19 @@ impl Queue {
     pub async fn enqueue(&self, entry: NewEntry) -> Result<Enqueued> {
         let started = std::time::Instant::now();
         let id = uuid::Uuid::new_v4().to_string();
+        let cipher = &self.inner.cipher;
+        let scope = entry.principal.as_ref().map(|principal| {
+            cipher.mac(&[
+                b"scope",
+                principal,
+                entry.request.method.as_bytes(),
+                entry.request.target.as_bytes(),
+                entry.idempotency_key.as_bytes(),
+            ])
+        });
+        let fingerprint = cipher.mac(&[b"body", &entry.request.body]);
+        let ordering_key = self.ordering_id(&entry.ordering_key);
+        let sealed_key = cipher.seal(&key_aad(&id), entry.idempotency_key.as_bytes());
         let plain = entry.request.encode();
         let bytes = plain.len() as i64;
         let sealed = if plain.len() > INLINE_SEAL_BYTES {
@@ -349,8 +454,10 @@ impl Queue {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Enqueue {
             id,
-            ordering_key: entry.ordering_key,
-            idempotency_key: entry.idempotency_key,
+            ordering_key,
+            sealed_key,
+            scope,
+            fingerprint,
             created_ms: now_ms(),
             sealed,
             bytes,
@@ -365,13 +472,25 @@ impl Queue {
 
     /// Whether entries with this ordering key are waiting, so a new write must queue behind them.
     pub fn has_pending(&self, ordering_key: &str) -> bool {
+        let id = self.ordering_id(ordering_key);
         self.inner
             .shared
             .pending
             .lock()
             .expect("pending map lock")
-            .get(ordering_key)
+            .get(&id)
             .is_some_and(|n| *n > 0)
+    }
+
+    /// How an ordering key is stored: a keyed hash, since it is made of request data (a path, a
+    /// header such as `Authorization`) and only ever compared. The global order (empty key)
+    /// holds no request data and stays empty.
+    fn ordering_id(&self, ordering_key: &str) -> String {
+        if ordering_key.is_empty() {
+            String::new()
+        } else {
+            self.inner.cipher.mac(&[b"order", ordering_key.as_bytes()])
+        }
     }
 
     /// Number of pending entries, as last committed.
@@ -476,7 +595,7 @@ impl Queue {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<EntrySummary>> {
-        self.read(move |conn, _| list_entries(conn, state, after_seq, limit))
+        self.read(move |conn, cipher| list_entries(conn, cipher, state, after_seq, limit))
             .await
     }
 
@@ -538,19 +657,22 @@ impl Queue {
             let mut bytes = 0i64;
             while let Some(row) = rows.next()? {
                 let id: String = row.get(0)?;
-                let sealed: Vec<u8> = row.get(5)?;
+                let sealed: Vec<u8> = row.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default();
                 let size: i64 = row.get(6)?;
                 if !out.is_empty() && bytes + size > max_bytes {
                     break;
                 }
                 bytes += size;
-                let plain = cipher.open(&request_aad(&id), &sealed)?;
+                let request = cipher
+                    .open(&request_aad(&id), &sealed)
+                    .and_then(|plain| StoredRequest::decode(&plain))
+                    .map_err(|e| format!("the stored request cannot be read: {e}"));
                 out.push(Deliverable {
                     version: row.get(1)?,
                     attempts: row.get(2)?,
                     created_ms: row.get(3)?,
                     ordering_key: row.get(4)?,
-                    request: StoredRequest::decode(&plain)?,
+                    request,
                     id,
                 });
             }
@@ -586,9 +708,13 @@ impl Inner {
 }
 
 const SUMMARY_COLUMNS: &str = "id, seq, state, attempts, created_ms, updated_ms, next_attempt_ms,
-    last_error, response_status, request_bytes, ordering_key, idempotency_key";
+    last_error, response_status, request_bytes, ordering_key, sealed_key";
 
-fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(EntrySummary, String)> {
+/// A summary row: the summary, its state name and its sealed idempotency key, to be finished by
+/// [`finish_summary`].
+type SummaryRow = (EntrySummary, String, Option<Vec<u8>>);
+
+fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
     let state: String = row.get(2)?;
     let next: i64 = row.get(6)?;
     Ok((
@@ -604,14 +730,19 @@ fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(EntrySummary, 
             response_status: row.get(8)?,
             request_bytes: row.get(9)?,
             ordering_key: row.get(10)?,
-            idempotency_key: row.get(11)?,
+            idempotency_key: String::new(),
         },
         state,
+        row.get(11)?,
     ))
 }
 
-fn finish_summary((mut summary, state): (EntrySummary, String)) -> Result<EntrySummary> {
+fn finish_summary(cipher: &Cipher, (mut summary, state, key): SummaryRow) -> Result<EntrySummary> {
     summary.state = State::parse(&state)?;
+    if let Some(sealed) = key {
+        let plain = cipher.open(&key_aad(&summary.id), &sealed)?;
+        summary.idempotency_key = String::from_utf8_lossy(&plain).into_owned();
+    }
     if summary.state != State::Pending {
         summary.next_attempt_ms = None;
     }
@@ -635,14 +766,16 @@ fn get_entry(conn: &Connection, cipher: &Cipher, id: &str) -> Result<EntryDetail
     let Some((summary, request, response)) = row else {
         return Err(Error::NotFound(id.to_owned()));
     };
-    let summary = finish_summary(summary)?;
-    let request = request
-        .map(|sealed| {
-            cipher
-                .open(&request_aad(id), &sealed)
-                .and_then(|p| StoredRequest::decode(&p))
-        })
-        .transpose()?;
+    let summary = finish_summary(cipher, summary)?;
+    // A request that cannot be read is left out rather than failing the whole answer: the
+    // worker dead-letters such an entry and its `last_error` says why.
+    let request = request.and_then(|sealed| {
+        cipher
+            .open(&request_aad(id), &sealed)
+            .and_then(|p| StoredRequest::decode(&p))
+            .inspect_err(|e| tracing::warn!(error = %e, %id, "a stored request cannot be read"))
+            .ok()
+    });
     let response = response
         .map(|sealed| {
             cipher
@@ -659,6 +792,7 @@ fn get_entry(conn: &Connection, cipher: &Cipher, id: &str) -> Result<EntryDetail
 
 fn list_entries(
     conn: &Connection,
+    cipher: &Cipher,
     state: Option<State>,
     after_seq: i64,
     limit: u32,
@@ -679,7 +813,9 @@ fn list_entries(
                 .collect::<rusqlite::Result<Vec<_>>>()?
         }
     };
-    rows.into_iter().map(finish_summary).collect()
+    rows.into_iter()
+        .map(|row| finish_summary(cipher, row))
+        .collect()
 }
 
 #[cfg(test)]
@@ -702,6 +838,7 @@ mod tests {
         NewEntry {
             ordering_key: String::new(),
             idempotency_key: key.into(),
+            principal: Some(Vec::new()),
             request: StoredRequest {
                 method: "POST".into(),
                 target: "/t".into(),
@@ -801,7 +938,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = open(dir.path(), 2);
         let first = q.enqueue(entry("k", "1")).await.unwrap();
-        let again = q.enqueue(entry("k", "2")).await.unwrap();
+        let again = q.enqueue(entry("k", "1")).await.unwrap();
         assert_eq!(
             again,
             Enqueued {
@@ -809,6 +946,10 @@ mod tests {
                 duplicate: true
             }
         );
+        assert!(matches!(
+            q.enqueue(entry("k", "2")).await,
+            Err(Error::KeyReused)
+        ));
         q.enqueue(entry("k2", "3")).await.unwrap();
         assert!(matches!(
             q.enqueue(entry("k3", "4")).await,
@@ -844,5 +985,108 @@ mod tests {
             q.list(Some(State::Pending), 0, 1000).await.unwrap().len(),
             200
         );
+    }
+}
+
+#[cfg(test)]
+mod upgrade_tests {
+    use super::*;
+
+    /// The schema of format 1, as the gateway created it before keys were scoped and sealed.
+    const FORMAT_1: &str = "
+        CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+        CREATE TABLE entries (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'dead')),
+            ordering_key TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL,
+            version INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_ms INTEGER NOT NULL,
+            updated_ms INTEGER NOT NULL,
+            next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            request BLOB,
+            request_bytes INTEGER NOT NULL,
+            response BLOB,
+            response_status INTEGER
+        );
+        CREATE INDEX entries_pending_idempotency
+            ON entries (idempotency_key) WHERE state = 'pending';
+        PRAGMA user_version = 1;";
+
+    /// A record as format 1 sealed it: nonce and ciphertext, no key id.
+    fn legacy_seal(cipher: &Cipher, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+        cipher.seal(aad, plain)[2 + 4..].to_vec()
+    }
+
+    /// A queue written by format 1 opens: its records still decrypt, its ordering keys become
+    /// keyed hashes (and still order), its idempotency keys are sealed, nothing stays in clear.
+    #[tokio::test]
+    async fn a_format_1_queue_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = [5u8; 32];
+        let cipher = Cipher::new(&key);
+        let request = StoredRequest {
+            method: "POST".into(),
+            target: "/users/SECRET-PATH/x".into(),
+            headers: vec![],
+            body: bytes::Bytes::from_static(b"body"),
+        };
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            conn.execute_batch(FORMAT_1).unwrap();
+            conn.execute(
+                "INSERT INTO meta (name, value) VALUES ('key_check', ?1)",
+                params![legacy_seal(
+                    &cipher,
+                    b"outpost-gateway/key-check",
+                    b"outpost"
+                )],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO entries (id, state, ordering_key, idempotency_key, created_ms,
+                    updated_ms, request, request_bytes)
+                 VALUES ('e1', 'pending', '/users/SECRET-PATH', 'CLIENT-KEY-1', 1, 1, ?1, 10)",
+                params![legacy_seal(&cipher, &request_aad("e1"), &request.encode())],
+            )
+            .unwrap();
+        }
+        let q = Queue::open(
+            dir.path(),
+            Cipher::new(&key),
+            QueueLimits {
+                max_entries: 100,
+                max_bytes: 1 << 20,
+            },
+        )
+        .unwrap();
+        assert!(q.has_pending("/users/SECRET-PATH"));
+        let entry = q.get("e1").await.unwrap();
+        assert_eq!(entry.summary.idempotency_key, "CLIENT-KEY-1");
+        assert_eq!(entry.request.unwrap(), request);
+        let (loaded, _) = q.load_deliverable(now_ms(), 10, 1 << 20).await.unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert!(loaded[0].request.is_ok());
+        drop(q);
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let (ordering, key): (String, String) = conn
+            .query_row(
+                "SELECT ordering_key, idempotency_key FROM entries WHERE id = 'e1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert!(
+            !ordering.contains("SECRET") && ordering.len() == 64,
+            "{ordering}"
+        );
+        assert_eq!(key, "");
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 3);
     }
 }

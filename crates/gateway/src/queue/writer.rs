@@ -27,7 +27,9 @@ pub(crate) enum Command {
     Enqueue {
         id: String,
         ordering_key: String,
-        idempotency_key: String,
+        sealed_key: Vec<u8>,
+        scope: Option<String>,
+        fingerprint: String,
         created_ms: i64,
         sealed: Vec<u8>,
         bytes: i64,
@@ -265,7 +267,9 @@ fn run_command(
         Command::Enqueue {
             id,
             ordering_key,
-            idempotency_key,
+            sealed_key,
+            scope,
+            fingerprint,
             created_ms,
             sealed,
             bytes,
@@ -275,7 +279,9 @@ fn run_command(
                 conn,
                 &id,
                 &ordering_key,
-                &idempotency_key,
+                &sealed_key,
+                scope.as_deref(),
+                &fingerprint,
                 created_ms,
                 &sealed,
                 bytes,
@@ -334,7 +340,9 @@ fn enqueue(
     tx: &Connection,
     id: &str,
     ordering_key: &str,
-    idempotency_key: &str,
+    sealed_key: &[u8],
+    scope: Option<&str>,
+    fingerprint: &str,
     created_ms: i64,
     sealed: &[u8],
     bytes: i64,
@@ -342,17 +350,22 @@ fn enqueue(
     limits: &QueueLimits,
     effects: &mut Effects,
 ) -> Result<Enqueued> {
-    let existing: Option<String> = tx
-        .prepare_cached(
-            "SELECT id FROM entries WHERE idempotency_key = ?1 AND state = 'pending' LIMIT 1",
-        )?
-        .query_row(params![idempotency_key], |r| r.get(0))
-        .optional()?;
-    if let Some(id) = existing {
-        return Ok(Enqueued {
-            id,
-            duplicate: true,
-        });
+    if let Some(scope) = scope {
+        let existing: Option<(String, Option<String>)> = tx
+            .prepare_cached(
+                "SELECT id, fingerprint FROM entries WHERE scope = ?1 AND state = 'pending' LIMIT 1",
+            )?
+            .query_row(params![scope], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((id, stored)) = existing {
+            if stored.as_deref() != Some(fingerprint) {
+                return Err(Error::KeyReused);
+            }
+            return Ok(Enqueued {
+                id,
+                duplicate: true,
+            });
+        }
     }
     if totals.entries as u64 >= limits.max_entries {
         return Err(Error::QueueFull("entry limit reached"));
@@ -361,10 +374,20 @@ fn enqueue(
         return Err(Error::QueueFull("byte limit reached"));
     }
     tx.prepare_cached(
-        "INSERT INTO entries (id, state, ordering_key, idempotency_key, created_ms, updated_ms, request, request_bytes)
-         VALUES (?1, 'pending', ?2, ?3, ?4, ?4, ?5, ?6)",
+        "INSERT INTO entries (id, state, ordering_key, idempotency_key, sealed_key, scope,
+            fingerprint, created_ms, updated_ms, request, request_bytes)
+         VALUES (?1, 'pending', ?2, '', ?3, ?4, ?5, ?6, ?6, ?7, ?8)",
     )?
-    .execute(params![id, ordering_key, idempotency_key, created_ms, sealed, bytes])?;
+    .execute(params![
+        id,
+        ordering_key,
+        sealed_key,
+        scope,
+        fingerprint,
+        created_ms,
+        sealed,
+        bytes
+    ])?;
     totals.entries += 1;
     totals.bytes += bytes;
     effects.pending(ordering_key, 1);

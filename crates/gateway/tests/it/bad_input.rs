@@ -59,18 +59,20 @@ async fn oversized_headers_get_431() {
     gw.stop().await;
 }
 
+/// Issue 15, defect 9: while the upstream was healthy, writes over the buffering limit got 413
+/// instead of being streamed through. Only while it is down (when the write would have to be
+/// queued) is a large body refused.
 #[tokio::test]
-async fn oversized_bodies_get_413_up_or_down() {
+async fn oversized_bodies_stream_while_up_and_get_413_while_down() {
     let mut upstream = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(&upstream, dir.path());
     config.limits.max_body_bytes = 1024;
     let gw = TestGateway::start(config).await;
 
-    let (status, _, body) = post(&gw.url("/b"), &"x".repeat(2048), &[]).await;
-    assert_eq!(status, 413);
-    assert_eq!(body["error"], "payload_too_large");
-    // Chunked: no length up front, refused once the limit is crossed.
+    let (status, _, _) = post(&gw.url("/b"), &"x".repeat(200_000), &[]).await;
+    assert_eq!(status, 201);
+    // Chunked: no length up front, streamed once the limit is crossed.
     let chunked = raw(
         gw.addr,
         format!(
@@ -80,16 +82,60 @@ async fn oversized_bodies_get_413_up_or_down() {
         .as_bytes(),
     )
     .await;
-    assert!(chunked.starts_with("HTTP/1.1 413"), "{chunked}");
-    let (status, _, _) = post(&gw.url("/b"), &"x".repeat(1024), &[]).await;
-    assert_eq!(status, 201);
+    assert!(chunked.starts_with("HTTP/1.1 201"), "{chunked}");
+    let writes = upstream.writes();
+    assert_eq!(writes.len(), 2);
+    assert_eq!(writes[0].body.len(), 200_000);
+    assert!(writes[0].body.iter().all(|b| *b == b'x'));
+    assert_eq!(writes[1].body.len(), 0x800);
+    assert!(writes[0].headers.get("idempotency-key").is_some());
 
     upstream.stop().await;
-    let (status, _, _) = post(&gw.url("/b"), &"x".repeat(4096), &[]).await;
+    gw.wait_upstream("down").await;
+    let (status, _, body) = post(&gw.url("/b"), &"x".repeat(4096), &[]).await;
     assert_eq!(status, 413, "an oversized write must not be queued");
+    assert_eq!(body["error"], "payload_too_large");
     let status = gw.admin_get("/_outpost/v1/gateway").await;
     assert_eq!(status["queue"]["depth"], 0);
-    assert_eq!(upstream.writes().len(), 1);
+    gw.stop().await;
+}
+
+/// Issue 15, defect 9: a body that stopped arriving was never timed out, and buffered bodies
+/// had no global bound.
+#[tokio::test]
+async fn stalled_bodies_time_out_and_buffered_bytes_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&upstream, dir.path());
+    config.body_read_timeout = std::time::Duration::from_millis(200);
+    config.limits.max_body_bytes = 64 * 1024;
+    config.limits.max_body_bytes_in_flight = 16 * 1024;
+    let gw = TestGateway::start(config).await;
+
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(30), stream.read(&mut answer))
+        .await
+        .expect("a stalled body was never timed out")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // A body within the per-request limit but above the global budget is refused, not buffered.
+    let (status, headers, body) = post(&gw.url("/s"), &"z".repeat(32 * 1024), &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "busy");
+    assert!(headers.get("retry-after").is_some());
+    let (status, _, _) = post(&gw.url("/s"), &"z".repeat(8 * 1024), &[]).await;
+    assert_eq!(status, 201, "the budget is given back after each request");
+    let (status, _, _) = post(&gw.url("/s"), &"z".repeat(8 * 1024), &[]).await;
+    assert_eq!(status, 201);
+    assert!(upstream.writes().iter().all(|w| w.body.len() == 8 * 1024));
     gw.stop().await;
 }
 

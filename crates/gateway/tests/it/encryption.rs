@@ -78,3 +78,51 @@ async fn a_key_from_the_environment_form_works() {
     assert_eq!(upstream.writes()[0].body, "k");
     gw.stop().await;
 }
+
+/// Issue 15, defect 10: with `--order-by path:2` or `header:authorization` the ordering key
+/// (a path, a bearer token) was stored in clear, and so was the client's idempotency key; the
+/// queue file was created 0644.
+#[tokio::test]
+async fn ordering_and_idempotency_keys_are_not_stored_in_clear() {
+    for ordering in ["path:2", "header:authorization"] {
+        let upstream = TestUpstream::stopped().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(&upstream, dir.path());
+        config.ordering = outpost_gateway::Ordering::parse(ordering).unwrap();
+        let gw = TestGateway::start(config).await;
+        let (status, _, body) = post(
+            &gw.url(&format!("/patients/{MARKER}/x")),
+            "{}",
+            &[("authorization", SECRET), ("idempotency-key", "KEY-5d1e0a")],
+        )
+        .await;
+        assert_eq!(status, 202);
+        // The status URL still shows the key; the ordering key only as a hash.
+        let entry = gw.entry(body["id"].as_str().unwrap()).await;
+        assert_eq!(entry["idempotency_key"], "KEY-5d1e0a");
+        assert!(!entry["ordering_key"].as_str().unwrap().contains("patients"));
+        gw.stop().await;
+        for file in std::fs::read_dir(dir.path()).unwrap() {
+            let path = file.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            for needle in [MARKER, "CREDENTIAL-e41b22", "KEY-5d1e0a"] {
+                assert!(
+                    !data.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                    "{ordering}: {} holds `{needle}` in clear",
+                    path.display()
+                );
+            }
+            #[cfg(unix)]
+            if path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("queue.sqlite3")
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+                assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", path.display());
+            }
+        }
+    }
+}

@@ -2,6 +2,8 @@
 
 mod bad_input;
 mod encryption;
+mod exactly_once;
+mod health;
 mod idempotency;
 mod layer;
 mod openapi;
@@ -9,3 +11,4 @@ mod passthrough;
 mod queueing;
 mod retry;
 mod support;
+mod worker;

@@ -112,3 +112,67 @@ async fn a_configured_prefix_is_the_one_documented() {
     assert_eq!(documented(&doc), served_routes("/_gw/"));
     gw.stop().await;
 }
+
+/// Issue 15, defect 12: the document said dropping an entry in flight or delivered is a 409 and
+/// that only dead entries can be retried; the code drops entries in any state and retries
+/// pending ones too. What the document says is checked against what the gateway does.
+#[tokio::test]
+async fn drop_and_retry_are_documented_as_they_behave() {
+    let mut upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    let doc: Value = client()
+        .get(gw.url("/_outpost/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = &doc["paths"]["/_outpost/v1/queue/{id}"]["delete"];
+    let retry = &doc["paths"]["/_outpost/v1/queue/{id}/retry"]["post"];
+    assert!(entry["responses"].get("409").is_none(), "{entry}");
+    assert!(
+        retry["responses"]["409"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("delivered"),
+        "{retry}"
+    );
+
+    // Pending entries can be retried and dropped; a delivered one can be dropped.
+    let (_, _, a) = crate::support::post(&gw.url("/a"), "a", &[]).await;
+    let (_, _, b) = crate::support::post(&gw.url("/b"), "b", &[]).await;
+    let admin = |method: reqwest::Method, path: String| {
+        client()
+            .request(method, gw.url(&path))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    let id_a = a["id"].as_str().unwrap();
+    let resp = admin(
+        reqwest::Method::POST,
+        format!("/_outpost/v1/queue/{id_a}/retry"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = admin(
+        reqwest::Method::DELETE,
+        format!("/_outpost/v1/queue/{id_a}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    upstream.restart().await;
+    let id_b = b["id"].as_str().unwrap();
+    gw.wait_state(id_b, "done").await;
+    let resp = admin(
+        reqwest::Method::DELETE,
+        format!("/_outpost/v1/queue/{id_b}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    gw.stop().await;
+}

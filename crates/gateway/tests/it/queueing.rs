@@ -122,7 +122,9 @@ async fn unavailable_mode_answers_503_with_the_same_body() {
     let gw = TestGateway::start(config).await;
     let (status, headers, body) = post(&gw.url("/x"), "x", &[]).await;
     assert_eq!(status, 503);
-    assert_eq!(headers["retry-after"], "7");
+    // The configured value plus up to half again of jitter.
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((7..=10).contains(&retry_after), "{retry_after}");
     assert_eq!(body["status"], "queued");
     assert_eq!(headers["location"], body["status_url"].as_str().unwrap());
     gw.stop().await;
@@ -187,6 +189,145 @@ async fn partitions_replay_independently() {
         sorted.sort();
         assert_eq!(order, sorted, "stream {stream} out of order");
         assert_eq!(order.len(), 10);
+    }
+    gw.stop().await;
+}
+
+/// Issue 15, defect 5: two processes could own one data directory and both deliver everything.
+#[tokio::test]
+async fn a_second_gateway_on_the_same_data_directory_is_refused() {
+    let upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    let second = outpost_gateway::Gateway::bind(test_config(&upstream, dir.path())).await;
+    match second {
+        Err(outpost_gateway::Error::Locked(path)) => assert_eq!(path, dir.path()),
+        other => panic!("a second gateway started on a locked directory: {other:?}"),
+    }
+    // The operator's commands still work beside the running gateway.
+    outpost_gateway::open_queue(&test_config(&upstream, dir.path())).unwrap();
+    gw.stop().await;
+    let again = outpost_gateway::Gateway::bind(test_config(&upstream, dir.path())).await;
+    assert!(again.is_ok(), "the lock outlived the gateway");
+}
+
+/// Issue 15, defect 12: one corrupt or undecryptable row stopped the worker forever. It is
+/// dead-lettered with its error, and the entries behind it are delivered.
+#[tokio::test]
+async fn a_poison_entry_is_dead_lettered_and_the_rest_delivered() {
+    let mut upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    let (_, _, poison) = post(&gw.url("/p"), "poison", &[]).await;
+    let (_, _, fine) = post(&gw.url("/f"), "fine", &[]).await;
+    let poison = poison["id"].as_str().unwrap().to_owned();
+    {
+        let db = rusqlite::Connection::open(dir.path().join("queue.sqlite3")).unwrap();
+        db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        let changed = db
+            .execute(
+                "UPDATE entries SET request = X'00112233445566778899AABBCCDDEEFF00' WHERE id = ?1",
+                [&poison],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+    }
+    upstream.restart().await;
+    gw.wait_state(fine["id"].as_str().unwrap(), "done").await;
+    let dead = gw.wait_state(&poison, "dead").await;
+    assert!(
+        dead["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be read"),
+        "{dead}"
+    );
+    let bodies: Vec<_> = upstream.writes().iter().map(|w| w.body.clone()).collect();
+    assert_eq!(bodies, ["fine"]);
+    gw.stop().await;
+}
+
+/// Issue 15, defect 11: the worker waited for the slowest lane of a batch before loading again,
+/// so one slow ordering key held up every other key.
+#[tokio::test]
+async fn a_slow_lane_does_not_hold_up_the_others() {
+    let mut upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&upstream, dir.path());
+    config.ordering = outpost_gateway::Ordering::parse("path:1").unwrap();
+    config.response_timeout = std::time::Duration::from_secs(120);
+    config.shutdown_grace = std::time::Duration::from_millis(100);
+    let gw = TestGateway::start(config).await;
+    let (_, _, refused) = post(&gw.url("/status/422"), "refused", &[]).await;
+    let (_, _, slow) = post(&gw.url("/slow/60000"), "slow", &[]).await;
+    upstream.restart().await;
+    let refused = refused["id"].as_str().unwrap();
+    gw.wait_state(refused, "dead").await;
+    let sent = |target: &str| {
+        upstream
+            .received()
+            .iter()
+            .filter(|r| r.target == target)
+            .count()
+    };
+    for _ in 0..1500 {
+        if sent("/slow/60000") == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(sent("/slow/60000"), 1, "the slow delivery never started");
+    // While the slow key's delivery is in flight, the operator retries the other key's entry:
+    // it is delivered at once, not after the slow one.
+    let resp = client()
+        .post(gw.url(&format!("/_outpost/v1/queue/{refused}/retry")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for _ in 0..1500 {
+        if sent("/status/422") == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        sent("/status/422"),
+        2,
+        "the other key waited for the slow one"
+    );
+    assert_eq!(
+        gw.entry(slow["id"].as_str().unwrap()).await["state"],
+        "pending"
+    );
+    gw.stop().await;
+}
+
+/// Issue 15, defect 13: nothing checked that a 202 is on disk. The queue's files, copied at the
+/// instant each 202 arrives (as a crash at that instant would leave them), hold the entry.
+#[tokio::test]
+async fn a_202_is_on_disk_when_it_is_sent() {
+    let upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(&upstream, dir.path());
+    let gw = TestGateway::start(config.clone()).await;
+    for i in 0..5 {
+        let (status, _, body) = post(&gw.url("/d"), &format!("durable-{i}"), &[]).await;
+        assert_eq!(status, 202);
+        let copy = tempfile::tempdir().unwrap();
+        for name in ["queue.sqlite3", "queue.sqlite3-wal", "gateway.key"] {
+            let from = dir.path().join(name);
+            if from.exists() {
+                std::fs::copy(&from, copy.path().join(name)).unwrap();
+            }
+        }
+        let mut copied = config.clone();
+        copied.data_dir = copy.path().to_owned();
+        let queue = outpost_gateway::open_queue(&copied).unwrap();
+        let entry = queue.get(body["id"].as_str().unwrap()).await.unwrap();
+        assert_eq!(entry.summary.state, outpost_gateway::State::Pending);
+        assert_eq!(entry.request.unwrap().body, format!("durable-{i}"));
     }
     gw.stop().await;
 }

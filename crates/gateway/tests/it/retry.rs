@@ -215,3 +215,59 @@ async fn old_entries_expire_and_delivered_ones_are_purged() {
     assert_eq!(upstream.writes()[0].body, "fresh");
     gw.stop().await;
 }
+
+/// Issue 15, defect 4: a `Retry-After` too large for any clock killed the worker, and a merely
+/// huge one parked the queue for years. Both are clamped to `max_retry_after`.
+#[tokio::test]
+async fn retry_after_is_clamped_and_overflow_safe() {
+    let mut upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&upstream, dir.path());
+    config.retry.max_retry_after = std::time::Duration::from_millis(50);
+    let gw = TestGateway::start(config).await;
+    let (_, _, first) = post(&gw.url("/a"), "a", &[]).await;
+    let (_, _, second) = post(&gw.url("/b"), "b", &[]).await;
+    upstream.script([
+        Answer {
+            status: 503,
+            headers: vec![("retry-after", "9223372036854775")],
+        },
+        Answer {
+            status: 429,
+            headers: vec![("retry-after", "100000000")],
+        },
+    ]);
+    upstream.restart().await;
+    let done = gw.wait_state(first["id"].as_str().unwrap(), "done").await;
+    assert_eq!(done["attempts"], 3);
+    gw.wait_state(second["id"].as_str().unwrap(), "done").await;
+    assert_eq!(upstream.writes().len(), 4);
+    gw.stop().await;
+}
+
+/// Issue 15, defect 6: a redirect on replay (a login page after the session expired) counted as
+/// delivered and the write was deleted.
+#[tokio::test]
+async fn a_redirect_on_replay_is_dead_lettered_not_done() {
+    let mut upstream = TestUpstream::stopped().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    let (_, _, body) = post(&gw.url("/save"), "draft", &[]).await;
+    upstream.script([Answer {
+        status: 302,
+        headers: vec![("location", "/login")],
+    }]);
+    upstream.restart().await;
+    let dead = gw.wait_state(body["id"].as_str().unwrap(), "dead").await;
+    assert_eq!(dead["response"]["status"], 302);
+    assert_eq!(dead["response"]["headers"]["location"], "/login");
+    assert!(
+        dead["last_error"].as_str().unwrap().contains("302"),
+        "{dead}"
+    );
+    assert_eq!(
+        dead["request"]["target"], "/save",
+        "the request is kept for a retry"
+    );
+    gw.stop().await;
+}

@@ -47,6 +47,9 @@ pub struct UpstreamState {
     pub received: Mutex<Vec<Received>>,
     /// Answers for the next writes; when empty, writes get 201.
     pub script: Mutex<VecDeque<Answer>>,
+    /// Requests being answered right now, and the most there ever were at once.
+    pub in_flight: std::sync::atomic::AtomicUsize,
+    pub max_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 /// A real HTTP server on a fixed port that the test can stop and start.
@@ -162,11 +165,33 @@ async fn answer(state: Arc<UpstreamState>, req: Request<Incoming>) -> Response<B
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
+    // Reads answering with caching-relevant headers.
+    let special: Option<(&str, &str)> = match target.as_str() {
+        "/set-cookie" => Some(("set-cookie", "session=alice-session")),
+        "/private" => Some(("cache-control", "private, max-age=60")),
+        "/vary" => Some(("vary", "accept-language")),
+        _ => None,
+    };
+    if let Some((name, value)) = special {
+        let mut resp = Response::new(Body::from(format!(
+            "{target} for {:?}",
+            parts.headers.get("x-api-key")
+        )));
+        resp.headers_mut().insert(name, value.parse().unwrap());
+        return resp;
+    }
     if let Some(n) = target.strip_prefix("/big/") {
         return Response::new(Body::from(vec![b'x'; n.parse().unwrap()]));
     }
     let is_write = parts.method != http::Method::GET && parts.method != http::Method::HEAD;
-    let scripted = if is_write {
+    // `/status/NNN` answers NNN to any method, without consuming the script.
+    let fixed = target
+        .strip_prefix("/status/")
+        .and_then(|s| s.get(..3))
+        .and_then(|s| s.parse::<u16>().ok());
+    let scripted = if let Some(code) = fixed {
+        Some(status(code))
+    } else if is_write {
         state.script.lock().unwrap().pop_front()
     } else {
         None
@@ -177,6 +202,18 @@ async fn answer(state: Arc<UpstreamState>, req: Request<Incoming>) -> Response<B
         headers: parts.headers.clone(),
         body: body.clone(),
     });
+    // `/slow/MS` answers after MS milliseconds (recorded on arrival, like a backend that has
+    // started applying the request).
+    if let Some(ms) = target
+        .strip_prefix("/slow/")
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = state.in_flight.fetch_add(1, SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, SeqCst);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        state.in_flight.fetch_sub(1, SeqCst);
+    }
     let answer = scripted.unwrap_or(Answer {
         status: if is_write { 201 } else { 200 },
         headers: vec![],
@@ -277,6 +314,18 @@ impl TestGateway {
             "queue did not drain: {}",
             self.admin_get("/_outpost/v1/gateway").await
         );
+    }
+
+    /// Waits until the gateway believes its upstream is `state` (`up` or `down`).
+    pub async fn wait_upstream(&self, state: &str) {
+        for _ in 0..1500 {
+            let ready = self.admin_get("/_outpost/v1/gateway").await;
+            if ready["upstream"]["state"] == state {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the upstream never became {state}");
     }
 
     /// Waits until entry `id` reaches `state`.
