@@ -15,13 +15,15 @@
 //!   MongoDB); `$not` wraps the whole condition, so `{"a": {"$not": {"$eq": 1}}}` does match them.
 //! - There is no implicit matching into arrays: `{"tags": "x"}` compares the whole array with
 //!   `"x"`; `$elemMatch`, `$allMatch`, `$all`, `$in` and `$nin` are the ways into arrays.
-//! - Comparisons use CouchDB's collation across types: null < false < true < numbers < strings <
-//!   arrays < objects.
+//! - Comparisons use CouchDB's collation ([`crate::collate`]): null < false < true < numbers <
+//!   strings (Unicode collation) < arrays < objects.
 
 use std::cmp::Ordering;
 
 use regex::Regex;
 use serde_json::{Map, Value};
+
+pub use crate::collate::collate;
 
 /// Why a selector is refused. The messages are sent to clients as the `reason` of a 400
 /// `bad_request`, so they name the offending operator.
@@ -407,59 +409,6 @@ fn contains(haystack: &[Value], needle: &Value) -> bool {
         .any(|v| collate(v, needle) == Ordering::Equal)
 }
 
-/// CouchDB's view collation across JSON types: null < false < true < numbers < strings < arrays <
-/// objects; arrays element by element then by length; objects key by key (key, then value, in
-/// document order) then by size.
-///
-/// Strings are compared by Unicode code point, not with CouchDB's ICU collation: code-point order
-/// is total, stable across platforms and needs no ICU tables, at the cost of differing from
-/// CouchDB on case and accents (CouchDB sorts "a" < "B"; code-point order puts "B" first).
-pub fn collate(a: &Value, b: &Value) -> Ordering {
-    fn rank(v: &Value) -> u8 {
-        match v {
-            Value::Null => 0,
-            Value::Bool(false) => 1,
-            Value::Bool(true) => 2,
-            Value::Number(_) => 3,
-            Value::String(_) => 4,
-            Value::Array(_) => 5,
-            Value::Object(_) => 6,
-        }
-    }
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => compare_numbers(x, y),
-        (Value::String(x), Value::String(y)) => x.cmp(y),
-        (Value::Array(x), Value::Array(y)) => x
-            .iter()
-            .zip(y)
-            .map(|(p, q)| collate(p, q))
-            .find(|o| o.is_ne())
-            .unwrap_or_else(|| x.len().cmp(&y.len())),
-        (Value::Object(x), Value::Object(y)) => x
-            .iter()
-            .zip(y)
-            .map(|((kx, vx), (ky, vy))| kx.cmp(ky).then_with(|| collate(vx, vy)))
-            .find(|o| o.is_ne())
-            .unwrap_or_else(|| x.len().cmp(&y.len())),
-        _ => rank(a).cmp(&rank(b)),
-    }
-}
-
-/// Compares exactly when both numbers are integers of up to 128 bits (so large ids do not
-/// collide through `f64`), and as floating point otherwise; `1` and `1.0` are equal, as in
-/// CouchDB. Numbers are kept as written (see [`crate::json`]), so one beyond `f64`'s range
-/// (`1e400`) compares as an infinity of its sign.
-fn compare_numbers(x: &serde_json::Number, y: &serde_json::Number) -> Ordering {
-    if let (Some(a), Some(b)) = (x.as_i128(), y.as_i128()) {
-        return a.cmp(&b);
-    }
-    if let (Some(a), Some(b)) = (x.as_u128(), y.as_u128()) {
-        return a.cmp(&b);
-    }
-    let float = |n: &serde_json::Number| n.to_string().parse::<f64>().unwrap_or(f64::NAN);
-    float(x).partial_cmp(&float(y)).unwrap_or(Ordering::Equal)
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -584,8 +533,10 @@ mod tests {
         check(json!({"a": {"$lt": [1, 3]}}), doc.clone(), true);
         check(json!({"o": {"$eq": {"k": 1}}}), doc.clone(), true);
         check(json!({"o": {"$gt": {"k": 0}}}), doc.clone(), true);
-        // Code-point order: "B" (U+0042) sorts before "a" (U+0061).
-        check(json!({"s": {"$gt": "B"}}), json!({"s": "a"}), true);
+        // Unicode collation, not code points: "a" sorts before "B" (U+0042 < U+0061), and
+        // lowercase before uppercase.
+        check(json!({"s": {"$lt": "B"}}), json!({"s": "a"}), true);
+        check(json!({"s": {"$gt": "a"}}), json!({"s": "A"}), true);
         // Large integers are compared exactly.
         check(
             json!({"n": {"$gt": 9007199254740992_i64}}),
