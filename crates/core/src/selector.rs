@@ -78,6 +78,66 @@ impl Selector {
     pub fn as_json(&self) -> &Value {
         &self.source
     }
+
+    /// The conditions every matching document must meet on its own: those at the top level
+    /// and under `$and`, not those under `$or`, `$nor` or `$not`. What query planning reads to
+    /// tell which fields a match must have and which key ranges it can be found in.
+    pub fn conjuncts(&self) -> Vec<Conjunct<'_>> {
+        fn walk<'a>(node: &'a Node, out: &mut Vec<Conjunct<'a>>) {
+            match node {
+                Node::And(nodes) => nodes.iter().for_each(|n| walk(n, out)),
+                Node::Field { path, cond } => out.push(Conjunct {
+                    path,
+                    constraint: match cond {
+                        Cond::Eq(v) => Constraint::Eq(v),
+                        Cond::Gt(v) => Constraint::Gt(v),
+                        Cond::Gte(v) => Constraint::Gte(v),
+                        Cond::Lt(v) => Constraint::Lt(v),
+                        Cond::Lte(v) => Constraint::Lte(v),
+                        Cond::Exists(b) => Constraint::Exists(*b),
+                        _ => Constraint::Other,
+                    },
+                }),
+                Node::Or(_) | Node::Nor(_) | Node::Not(_) => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.root, &mut out);
+        out
+    }
+}
+
+/// A condition on one field that every match must meet (see [`Selector::conjuncts`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Conjunct<'a> {
+    /// The field's path (`a.b` is `["a", "b"]`); empty for the value itself.
+    pub path: &'a [String],
+    pub constraint: Constraint<'a>,
+}
+
+/// What a [`Conjunct`] asks of its field. Every constraint except `Exists(false)` requires the
+/// field to be present.
+#[derive(Debug, Clone, Copy)]
+pub enum Constraint<'a> {
+    Eq(&'a Value),
+    Gt(&'a Value),
+    Gte(&'a Value),
+    Lt(&'a Value),
+    Lte(&'a Value),
+    Exists(bool),
+    /// Any other operator: the field must be present, its range is not bounded.
+    Other,
+}
+
+/// Parses a field name as selectors and index definitions write it: `a.b\.c` is
+/// `["a", "b.c"]`.
+pub fn parse_field(name: &str) -> Result<Vec<String>, SelectorError> {
+    split_path(name)
+}
+
+/// The value at `path` in `doc`, as the matcher sees it.
+pub fn field<'a>(doc: &'a Value, path: &[String]) -> Option<&'a Value> {
+    lookup(doc, path)
 }
 
 /// One node of a parsed selector.
@@ -114,6 +174,8 @@ enum Cond {
     All(Vec<Value>),
     ElemMatch(Box<Node>),
     AllMatch(Box<Node>),
+    KeyMapMatch(Box<Node>),
+    BeginsWith(String),
 }
 
 /// The type names `$type` accepts.
@@ -277,6 +339,20 @@ fn parse_operator(
             }
             field(Cond::Mod { divisor, remainder })
         }
+        "beginsWith" => match value {
+            Value::String(prefix) => field(Cond::BeginsWith(prefix.clone())),
+            _ => Err(SelectorError::BadOperand {
+                op: "$beginsWith",
+                expected: "a string",
+            }),
+        },
+        "keyMapMatch" => {
+            let obj = value.as_object().ok_or(SelectorError::BadOperand {
+                op: "$keyMapMatch",
+                expected: "a selector",
+            })?;
+            field(Cond::KeyMapMatch(Box::new(parse_object(obj, &[])?)))
+        }
         "elemMatch" | "allMatch" => {
             let name = if op == "elemMatch" {
                 "$elemMatch"
@@ -395,6 +471,11 @@ impl Cond {
             Cond::ElemMatch(sub) => value
                 .as_array()
                 .is_some_and(|items| items.iter().any(|v| sub.eval(v))),
+            // The keys of an object field, each matched as a value.
+            Cond::KeyMapMatch(sub) => value
+                .as_object()
+                .is_some_and(|map| map.keys().any(|k| sub.eval(&Value::String(k.clone())))),
+            Cond::BeginsWith(prefix) => value.as_str().is_some_and(|v| v.starts_with(prefix)),
             // CouchDB requires a non-empty array for `$allMatch`.
             Cond::AllMatch(sub) => value
                 .as_array()
@@ -681,6 +762,66 @@ mod tests {
         check(json!({"v": {"$mod": [3, -1]}}), json!({"v": -7}), true);
         check(json!({"v": {"$mod": [3, 1]}}), json!({"v": 7.5}), false);
         check(json!({"v": {"$mod": [3, 1]}}), json!({"v": "7"}), false);
+        check(
+            json!({"v": {"$beginsWith": "ab"}}),
+            json!({"v": "abc"}),
+            true,
+        );
+        check(
+            json!({"v": {"$beginsWith": "b"}}),
+            json!({"v": "abc"}),
+            false,
+        );
+        check(
+            json!({"v": {"$beginsWith": "a"}}),
+            json!({"v": ["a"]}),
+            false,
+        );
+        check_err(
+            json!({"v": {"$beginsWith": 1}}),
+            "invalid operand for $beginsWith: a string",
+        );
+        check(
+            json!({"m": {"$keyMapMatch": {"$eq": "k2"}}}),
+            json!({"m": {"k1": 1, "k2": 2}}),
+            true,
+        );
+        check(
+            json!({"m": {"$keyMapMatch": {"$gt": "k5"}}}),
+            json!({"m": {"k1": 1, "k2": 2}}),
+            false,
+        );
+        check(
+            json!({"m": {"$keyMapMatch": {"$eq": "0"}}}),
+            json!({"m": ["x"]}),
+            false,
+        );
+    }
+
+    #[test]
+    fn conjuncts_are_the_conditions_every_match_meets() {
+        let s = Selector::parse(&json!({
+            "a": 1,
+            "$and": [{"b": {"$gt": 2, "$lt": 5}}, {"c": {"$exists": false}}],
+            "$or": [{"d": 1}, {"e": 1}],
+            "f": {"$regex": "x"},
+        }))
+        .unwrap();
+        let got: Vec<String> = s
+            .conjuncts()
+            .iter()
+            .map(|c| format!("{}:{:?}", c.path.join("."), c.constraint))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "a:Eq(Number(1))",
+                "b:Gt(Number(2))",
+                "b:Lt(Number(5))",
+                "c:Exists(false)",
+                "f:Other"
+            ]
+        );
     }
 
     #[test]

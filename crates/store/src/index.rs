@@ -51,8 +51,8 @@ pub struct IndexUpdate {
     /// The index's name, unique within the database.
     pub name: String,
     pub signature: String,
-    /// The sequence the indexer started from: the index's current sequence, or 0 to build it
-    /// (again) from scratch, which drops its rows first.
+    /// The sequence the indexer started from: the index's current sequence, or 0 to build an
+    /// index that does not exist under this signature (its rows under another go first).
     pub since: u64,
     /// The sequence the index reaches with this step.
     pub upto: u64,

@@ -134,8 +134,10 @@ pub trait Store: Send + Sync + 'static {
     async fn indexes(&self, db: &str) -> Result<Vec<(String, IndexState)>, StoreError>;
     /// Applies one step of an index's incremental update in one durable transaction: replaces
     /// the rows of each document in the step and moves the index to `update.upto`. `false`
-    /// (and nothing written) when the index is no longer at `update.since` under
-    /// `update.signature`; a `since` of 0 builds the index over from scratch.
+    /// (and nothing written) when the index is not at `update.since` under
+    /// `update.signature`. A `since` of 0 builds the index from scratch when it does not exist
+    /// under that signature (its old rows, if any, go first); to rebuild an index under the
+    /// same signature, drop it first.
     async fn update_index(&self, db: &str, update: IndexUpdate) -> Result<bool, StoreError>;
     /// Drops an index and its rows; `false` when there was none.
     async fn drop_index(&self, db: &str, name: &str) -> Result<bool, StoreError>;

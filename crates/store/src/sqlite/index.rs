@@ -182,11 +182,13 @@ pub(super) fn apply_update(
     let current = found
         .as_ref()
         .filter(|(_, s)| s.signature == update.signature);
-    let ix = match (current, update.since) {
-        (Some((ix, state)), since) if state.seq == since => *ix,
-        // Building from scratch: whatever the index held (another signature, an old encoding, a
-        // half-built state) goes.
-        (_, 0) => {
+    let ix = match current {
+        Some((ix, state)) if state.seq == update.since => *ix,
+        // Another indexer moved the index on (or is building it): this step is stale.
+        Some(_) => return Ok(false),
+        // Building from scratch: whatever the index held (another signature, an old encoding)
+        // goes.
+        None if update.since == 0 => {
             let stale: Option<i64> = tx
                 .prepare_cached("SELECT id FROM indexes WHERE db = ?1 AND name = ?2")?
                 .query_row(params![db, update.name], |r| r.get(0))
@@ -202,7 +204,7 @@ pub(super) fn apply_update(
             )?;
             tx.last_insert_rowid()
         }
-        _ => return Ok(false),
+        None => return Ok(false),
     };
     let mut removed: i64 = 0;
     let mut added: i64 = 0;

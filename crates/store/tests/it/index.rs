@@ -195,6 +195,14 @@ async fn a_step_replaces_a_documents_rows_and_applies_only_where_it_started() {
             .unwrap()
     );
     assert_eq!(store.index_state("db", "ix").await.unwrap().unwrap().seq, 4);
+    // And one that started building it from scratch while the first indexer went on.
+    assert!(
+        !store
+            .update_index("db", step(0, 1, vec![rows("a", &[json!(9)])]))
+            .await
+            .unwrap()
+    );
+    assert_eq!(scan(&store, &all()).await.len(), 2);
     // So is a step under another signature, unless it builds from scratch.
     let mut other = step(4, 5, vec![]);
     other.signature = "sig2".to_owned();
