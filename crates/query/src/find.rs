@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use crate::index_def::{all_docs_listing, load_indexes};
 use crate::indexer::{self, document};
-use crate::plan::{Access, Plan, Sort, UseIndex, plan};
+use crate::plan::{Access, IdRange, Plan, Sort, UseIndex, plan};
 use crate::{MangoIndex, QueryError};
 
 /// Rows read from the store per round trip.
@@ -307,10 +307,19 @@ async fn run_json(
 async fn run_all_docs(
     store: &dyn Store,
     db: &str,
-    id: Option<String>,
+    range: &IdRange,
     descending: bool,
     page: &mut Page<'_>,
 ) -> Result<(), QueryError> {
+    if range.empty {
+        return Ok(());
+    }
+    // `_all_docs` takes its bounds in the direction of the scan.
+    let (first, last) = if descending {
+        (&range.end, &range.start)
+    } else {
+        (&range.start, &range.end)
+    };
     let mut after = match &page.req.bookmark {
         Some(b) => match decode_bookmark(b, false)? {
             Cursor::Id(id) => Some(id),
@@ -320,16 +329,16 @@ async fn run_all_docs(
     };
     while !page.full() {
         // `start` is where the scan begins in its direction; `end` where it stops.
-        let (start, start_inclusive) = match (&after, &id) {
+        let (start, start_inclusive) = match (&after, first) {
             (Some(a), _) => (Some(a.clone()), false),
-            (None, Some(id)) => (Some(id.clone()), true),
+            (None, Some((id, inclusive))) => (Some(id.clone()), *inclusive),
             (None, None) => (None, true),
         };
         let query = AllDocsQuery {
             start,
             start_inclusive,
-            end: id.clone(),
-            end_inclusive: true,
+            end: last.as_ref().map(|(id, _)| id.clone()),
+            end_inclusive: last.as_ref().is_none_or(|(_, inclusive)| *inclusive),
             descending,
             limit: PAGE,
             skip: 0,
@@ -396,8 +405,8 @@ pub async fn find(store: &dyn Store, db: &str, req: &FindRequest) -> Result<Valu
                 )
                 .await?
             }
-            Access::AllDocs { id } => {
-                run_all_docs(store, db, id.clone(), plan.descending, &mut page).await?
+            Access::AllDocs { range } => {
+                run_all_docs(store, db, range, plan.descending, &mut page).await?
             }
         }
     }
@@ -456,14 +465,14 @@ pub async fn explain(store: &dyn Store, db: &str, req: &FindRequest) -> Result<V
                 "conflicts": "undefined",
             }),
         ),
-        Access::AllDocs { id } => (
+        Access::AllDocs { range } => (
             all_docs_listing(),
             json!({
                 "include_docs": true,
                 "view_type": "map",
                 "reduce": false,
-                "start_key": id,
-                "end_key": id.clone().map_or(Value::from("<MAX>"), Value::from),
+                "start_key": range.start.as_ref().map(|(id, _)| id.clone()),
+                "end_key": range.end.as_ref().map_or(Value::from("<MAX>"), |(id, _)| Value::from(id.as_str())),
                 "direction": direction,
                 "stable": req.stable,
                 "update": if req.update { "true" } else { "false" },
@@ -475,7 +484,7 @@ pub async fn explain(store: &dyn Store, db: &str, req: &FindRequest) -> Result<V
         "dbname": db,
         "index": index,
         "partitioned": false,
-        "selector": req.selector.as_json(),
+        "selector": crate::normalize::normalize(req.selector.as_json()),
         "opts": {
             "use_index": req.use_index.as_json(),
             "bookmark": req.bookmark.clone().unwrap_or_else(|| "nil".into()),

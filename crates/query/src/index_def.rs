@@ -152,12 +152,17 @@ fn parse_fields(fields: &Value) -> Result<Vec<IndexField>, QueryError> {
             descending,
         });
     }
+    if out.iter().any(|f| f.descending != out[0].descending) {
+        return Err(QueryError::MixedSort);
+    }
     Ok(out)
 }
 
+/// A partial filter; an empty one (what CouchDB writes when there is none) filters nothing.
 fn parse_partial(value: Option<&Value>) -> Result<Option<Selector>, QueryError> {
     match value {
-        None => Ok(None),
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) if m.is_empty() => Ok(None),
         Some(v) => Selector::parse(v)
             .map(Some)
             .map_err(|e| QueryError::BadRequest(format!("invalid partial_filter_selector: {e}"))),
@@ -343,7 +348,8 @@ pub async fn create_index(store: &dyn Store, db: &str, body: &Value) -> Result<V
         fields,
         partial_filter,
     };
-    let digest = probe.signature();
+    // Two indexes on the same fields under different names get different design documents.
+    let digest = hex_digest(&json!([probe.def(), req.get("name")]));
     let string_opt = |key: &str| -> Result<Option<String>, QueryError> {
         match req.get(key) {
             None | Some(Value::Null) => Ok(None),
@@ -363,11 +369,12 @@ pub async fn create_index(store: &dyn Store, db: &str, body: &Value) -> Result<V
         None => (None, Map::new()),
     };
     match body.get("language") {
-        None => {
+        None if base.is_none() => {
             body.insert("language".into(), Value::from("query"));
         }
         Some(Value::String(l)) if l == "query" => {}
-        Some(_) => {
+        // A design document of another language (JavaScript when it names none).
+        _ => {
             return Err(QueryError::BadRequest(format!(
                 "{ddoc} is not a query design document"
             )));
@@ -402,8 +409,9 @@ pub async fn create_index(store: &dyn Store, db: &str, body: &Value) -> Result<V
     }
     let mut map = json!({ "fields": map_fields });
     let mut options_def = json!({ "fields": fields_json });
-    if let Some(p) = partial_json {
-        map["partial_filter_selector"] = p.clone();
+    if let Some(p) = partial_json.filter(|_| index.partial_filter.is_some()) {
+        // Stored normalized, as CouchDB stores it.
+        map["partial_filter_selector"] = crate::normalize::normalize(p);
         options_def["partial_filter_selector"] = p.clone();
     }
     views.insert(

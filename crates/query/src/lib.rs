@@ -15,6 +15,7 @@ pub mod error;
 pub mod find;
 pub mod index_def;
 pub mod indexer;
+pub mod normalize;
 pub mod plan;
 
 pub use error::QueryError;
