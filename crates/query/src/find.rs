@@ -378,6 +378,7 @@ async fn run_all_docs(
 pub async fn find(store: &dyn Store, db: &str, req: &FindRequest) -> Result<Value, QueryError> {
     let started = Instant::now();
     let indexes = load_indexes(store, db).await?;
+    indexer::drop_orphans(store, db, &indexes).await?;
     let plan = plan(&indexes, &req.selector, &req.sort, &req.use_index)?;
     let mut page = Page {
         req,

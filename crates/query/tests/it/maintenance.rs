@@ -147,6 +147,22 @@ async fn a_replicated_index_definition_is_used() {
 }
 
 #[tokio::test]
+async fn rows_of_an_index_whose_design_document_went_are_dropped() {
+    let db = Db::new().await;
+    db.put_all(&[json!({"_id": "x", "color": "red"})]).await;
+    db.create_index(json!({"index": {"fields": ["color"]}, "name": "color", "ddoc": "colors"}))
+        .await;
+    assert_eq!(db.ids(by_color("red")).await, ["x"]);
+    assert_eq!(db.store.indexes("db").await.unwrap().len(), 1);
+    // The design document is deleted as a document, not through `_index`.
+    let record = db.store.doc("db", "_design/colors").await.unwrap().unwrap();
+    let rev = record.tree.winner().unwrap().rev;
+    edit(&db, "_design/colors", Some(rev), true, json!({})).await;
+    db.ids(json!({"selector": {"color": "red"}})).await;
+    assert!(db.store.indexes("db").await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn a_selective_query_reads_only_the_rows_it_returns() {
     let db = Db::new().await;
     let docs: Vec<Value> = (0..3000)
