@@ -19,5 +19,5 @@ pub mod normalize;
 pub mod plan;
 
 pub use error::QueryError;
-pub use find::{FindRequest, explain, find};
+pub use find::{FindCursor, FindRequest, explain, find};
 pub use index_def::{MangoIndex, create_index, delete_index, list_indexes};

@@ -143,12 +143,12 @@ impl UseIndex {
 
 /// How the query reads its candidates.
 #[derive(Debug, Clone)]
-pub enum Access<'a> {
+pub enum Access {
     /// `_all_docs`, within a range of document ids.
     AllDocs { range: IdRange },
     /// A json index, within key bounds (shown by `_explain` as `start_key` and `end_key`).
     Json {
-        index: &'a MangoIndex,
+        index: Box<MangoIndex>,
         lower: KeyBound,
         upper: KeyBound,
         start_key: Value,
@@ -211,8 +211,8 @@ impl IdRange {
 
 /// The chosen access path, its direction and the warnings to send along.
 #[derive(Debug, Clone)]
-pub struct Plan<'a> {
-    pub access: Access<'a>,
+pub struct Plan {
+    pub access: Access,
     pub descending: bool,
     pub warnings: Vec<String>,
 }
@@ -338,12 +338,12 @@ fn best<'a>(candidates: &[&'a MangoIndex], facts: &Facts<'_>) -> Option<&'a Mang
 }
 
 /// Chooses the index and range for a query.
-pub fn plan<'a>(
-    indexes: &'a [MangoIndex],
+pub fn plan(
+    indexes: &[MangoIndex],
     selector: &Selector,
     sort: &Sort,
     use_index: &UseIndex,
-) -> Result<Plan<'a>, QueryError> {
+) -> Result<Plan, QueryError> {
     let facts = Facts {
         conjuncts: selector.conjuncts(),
     };
@@ -395,7 +395,7 @@ pub fn plan<'a>(
     })
 }
 
-fn json_access<'a>(index: &'a MangoIndex, facts: &Facts<'_>) -> Access<'a> {
+fn json_access(index: &MangoIndex, facts: &Facts<'_>) -> Access {
     let mut fixed: Vec<Value> = Vec::new();
     let max = Value::from("<MAX>");
     for column in index.columns() {
@@ -438,7 +438,7 @@ fn json_access<'a>(index: &'a MangoIndex, facts: &Facts<'_>) -> Access<'a> {
             }
         };
         return Access::Json {
-            index,
+            index: Box::new(index.clone()),
             lower,
             upper,
             start_key,
@@ -448,7 +448,7 @@ fn json_access<'a>(index: &'a MangoIndex, facts: &Facts<'_>) -> Access<'a> {
     let mut end = fixed.clone();
     end.push(max);
     Access::Json {
-        index,
+        index: Box::new(index.clone()),
         lower: KeyBound::lower_prefix(array_prefix_key(&fixed), true),
         upper: KeyBound::upper_prefix(array_prefix_key(&fixed), true),
         start_key: Value::Array(fixed),

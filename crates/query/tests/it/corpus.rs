@@ -190,3 +190,25 @@ async fn sort_limit_skip_fields_and_bookmarks() {
     assert_eq!(end["docs"], json!([]));
     assert_eq!(end["bookmark"], "nil");
 }
+
+#[tokio::test]
+async fn answers_longer_than_a_page_come_whole_and_in_order() {
+    let db = Db::new().await;
+    let docs: Vec<Value> = (0..650)
+        .map(|i| json!({"_id": format!("p{i:04}"), "n": 1000 - i}))
+        .collect();
+    db.put_all(&docs).await;
+    let all = db
+        .ids(json!({"selector": {"n": {"$gt": 0}}, "limit": 10000}))
+        .await;
+    assert_eq!(all.len(), 650);
+    assert_eq!(all[0], "p0000");
+    assert_eq!(all[649], "p0649");
+    db.create_index(json!({"index": {"fields": ["n"]}})).await;
+    let sorted = db
+        .ids(json!({"selector": {"n": {"$gt": 0}}, "sort": ["n"], "limit": 10000, "skip": 399}))
+        .await;
+    assert_eq!(sorted.len(), 251);
+    assert_eq!(sorted[0], "p0250");
+    assert_eq!(sorted[250], "p0000");
+}

@@ -60,7 +60,7 @@ impl Db {
 
     pub async fn find(&self, body: Value) -> Value {
         let req = FindRequest::parse(&body).unwrap();
-        outpost_query::find(self.store.as_ref(), "db", &req)
+        outpost_query::find(self.store.clone(), "db", &req)
             .await
             .unwrap()
     }

@@ -72,7 +72,7 @@ async fn sorts_need_an_index_and_one_direction() {
     db.put_all(&smash()).await;
     let req =
         FindRequest::parse(&json!({"selector": {"rank": {"$gt": 0}}, "sort": ["rank"]})).unwrap();
-    match outpost_query::find(db.store.as_ref(), "db", &req).await {
+    match outpost_query::find(db.store.clone(), "db", &req).await {
         Err(QueryError::NoUsableIndex(reason)) => assert_eq!(
             reason,
             "No index exists for this sort, try indexing by the sort fields."
