@@ -242,8 +242,14 @@ pub async fn load_indexes(store: &dyn Store, db: &str) -> Result<Vec<MangoIndex>
     Ok(out)
 }
 
-/// `GET /{db}/_index`: the special `_all_docs` index, then every json index.
-pub async fn list_indexes(store: &dyn Store, db: &str) -> Result<Value, QueryError> {
+/// `GET /{db}/_index`: the special `_all_docs` index, then every json index; `skip` and
+/// `limit` page the list (`total_rows` counts them all).
+pub async fn list_indexes(
+    store: &dyn Store,
+    db: &str,
+    skip: u64,
+    limit: Option<u64>,
+) -> Result<Value, QueryError> {
     let mut indexes = vec![all_docs_listing()];
     indexes.extend(
         load_indexes(store, db)
@@ -251,7 +257,13 @@ pub async fn list_indexes(store: &dyn Store, db: &str) -> Result<Value, QueryErr
             .iter()
             .map(MangoIndex::listing),
     );
-    Ok(json!({ "total_rows": indexes.len(), "indexes": indexes }))
+    let total = indexes.len();
+    let page: Vec<Value> = indexes
+        .into_iter()
+        .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+        .take(limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX)))
+        .collect();
+    Ok(json!({ "total_rows": total, "indexes": page }))
 }
 
 fn design_id(ddoc: &str) -> String {

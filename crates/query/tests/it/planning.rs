@@ -135,9 +135,24 @@ async fn use_index_and_partial_indexes() {
     got.sort();
     assert_eq!(got, ["dk", "luigi", "mario", "yoshi"]);
     // The filter is stored normalized in the design document, as CouchDB stores it.
-    let listed = outpost_query::list_indexes(db.store.as_ref(), "db")
+    let listed = outpost_query::list_indexes(db.store.as_ref(), "db", 0, None)
         .await
         .unwrap();
     assert_eq!(listed["total_rows"], 4);
     assert_eq!(listed["indexes"][0]["name"], "_all_docs");
+    assert_eq!(
+        listed["indexes"][3]["def"]["partial_filter_selector"],
+        json!({"series": {"$eq": "mario"}})
+    );
+    let page = outpost_query::list_indexes(db.store.as_ref(), "db", 1, Some(2))
+        .await
+        .unwrap();
+    assert_eq!(page["total_rows"], 4);
+    let names: Vec<&str> = page["indexes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["rank", "series"]);
 }

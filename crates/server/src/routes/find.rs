@@ -77,7 +77,9 @@ pub async fn explain(state: &AppState, db: &str, req: &mut Req) -> Result<Respon
 pub async fn index(state: &AppState, db: &str, req: &mut Req) -> Result<Response, ApiError> {
     match req.method {
         Method::GET => {
-            let answer = outpost_query::list_indexes(state.store.as_ref(), db).await?;
+            let skip = req.query.u64("skip")?.unwrap_or(0);
+            let limit = req.query.u64("limit")?;
+            let answer = outpost_query::list_indexes(state.store.as_ref(), db, skip, limit).await?;
             Ok(ok(answer.to_string()))
         }
         Method::POST => {
