@@ -735,7 +735,7 @@ const WORKLOADS = [
   },
   {
     name: 'mango',
-    description: 'Mango json indexes over --mango-docs documents: building an index (the first _find), an indexed $eq returning 100 rows, and a range with a sort on an indexed field returning 100 rows',
+    description: 'Mango json indexes over --mango-docs documents: building an index (POST _index and the first _find), an indexed $eq returning 100 rows, and a range with a sort on an indexed field returning 100 rows',
     async run(t, opts) {
       const n = opts.mangoDocs;
       const db = t.freshDb('mango');
@@ -743,18 +743,18 @@ const WORKLOADS = [
       const find = (body) => t.request('POST', `/${db}/_find`, body);
       const count = (text) => JSON.parse(text).docs.length;
       const results = [];
-      // Two indexes; each is built by the first query that uses it.
-      for (const field of ['customer.name', 'n']) {
-        await t.request('POST', `/${db}/_index`, { index: { fields: [field] }, name: field, ddoc: field });
-      }
       const eq = { selector: { 'customer.name': 'customer 5' }, limit: 100 };
       const range = { selector: { n: { $gte: Math.floor(n / 2), $lt: n } }, sort: ['n'], limit: 100 };
+      // Two indexes. A server may build an index when it is created (pouchdb-server) or when a
+      // query first needs it (Outpost, CouchDB): the build is timed from the POST _index to the
+      // end of the first _find that uses it.
       for (const [field, body] of [['customer.name', eq], ['n', range]]) {
         const t0 = performance.now();
+        await t.request('POST', `/${db}/_index`, { index: { fields: [field] }, name: field, ddoc: field });
         const got = count(await find(body));
         const ms = performance.now() - t0;
         if (got === 0) throw new Error(`${t.kind}: the index build query returned nothing`);
-        results.push({ metric: `index on ${field}, ${n.toLocaleString('en-US')} docs: build (first _find)`, value: n / (ms / 1000), unit: 'docs/s', better: 'higher', detail: `${(ms / 1000).toFixed(1)} s` });
+        results.push({ metric: `index on ${field}, ${n.toLocaleString('en-US')} docs: POST _index + first _find`, value: n / (ms / 1000), unit: 'docs/s', better: 'higher', detail: `${(ms / 1000).toFixed(1)} s` });
       }
       for (const [name, body] of [['$eq on an indexed field, 100 rows', eq], ['range + sort on an indexed field, 100 rows', range]]) {
         const rows = count(await find(body));
