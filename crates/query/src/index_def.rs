@@ -353,7 +353,13 @@ pub async fn create_index(store: &dyn Store, db: &str, body: &Value) -> Result<V
     let partial_json = index
         .get("partial_filter_selector")
         .or_else(|| req.get("partial_filter_selector"));
+    // Parsed from the normalized form, the one stored, so that the same definition sent again
+    // is recognized as existing.
     let partial_filter = parse_partial(partial_json)?;
+    let partial_filter = match partial_filter {
+        Some(_) => parse_partial(partial_json.map(crate::normalize::normalize).as_ref())?,
+        None => None,
+    };
     let probe = MangoIndex {
         ddoc: String::new(),
         name: String::new(),

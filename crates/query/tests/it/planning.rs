@@ -126,6 +126,13 @@ async fn use_index_and_partial_indexes() {
         "_design/a was not used because it does not contain a valid index for this query."
     );
     // A partial index is only used when named, and then holds only what its filter admits.
+    let again = db
+        .create_index(json!({
+            "index": {"fields": ["debut"], "partial_filter_selector": {"series": "mario"}},
+            "name": "mario-debut", "ddoc": "c"
+        }))
+        .await;
+    assert_eq!(again["result"], "exists");
     let debut = json!({"selector": {"debut": {"$gt": 1900}}});
     assert_eq!(index_name(&db, debut.clone()).await, "_all_docs");
     let mut partial = debut.clone();
