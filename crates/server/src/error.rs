@@ -67,6 +67,18 @@ pub enum ApiError {
     /// A feature Outpost does not have (yet), named in the reason.
     #[error("{0}")]
     NotImplemented(String),
+    /// A Mango request without a member it needs.
+    #[error("{0}")]
+    MissingRequiredKey(String),
+    /// No Mango index can serve the query (its sort).
+    #[error("{0}")]
+    NoUsableIndex(String),
+    /// A Mango sort with fields in different directions.
+    #[error("{0}")]
+    UnsupportedMixedSort(String),
+    /// A Mango bookmark this server did not hand out.
+    #[error("{0}")]
+    InvalidBookmark(String),
     /// The request body did not arrive in time.
     #[error("the request body did not arrive in time")]
     RequestTimeout,
@@ -116,6 +128,12 @@ impl ApiError {
             ApiError::BadContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_content_type"),
             ApiError::Gone(_) => (StatusCode::GONE, "gone"),
             ApiError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
+            ApiError::MissingRequiredKey(_) => (StatusCode::BAD_REQUEST, "missing_required_key"),
+            ApiError::NoUsableIndex(_) => (StatusCode::BAD_REQUEST, "no_usable_index"),
+            ApiError::UnsupportedMixedSort(_) => {
+                (StatusCode::BAD_REQUEST, "unsupported_mixed_sort")
+            }
+            ApiError::InvalidBookmark(_) => (StatusCode::BAD_REQUEST, "invalid_bookmark"),
             ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error"),

@@ -11,6 +11,7 @@ mod deletions;
 mod deviations;
 mod feeds;
 mod fidelity;
+mod find;
 mod input;
 mod model;
 mod ops;
