@@ -73,20 +73,21 @@ struct ValidateAnswer {
 }
 
 impl Sandbox {
-    /// Starts `limits.workers` engines (at least one).
-    pub fn new(limits: Limits) -> Result<Sandbox, JsError> {
-        // Built once here so that a broken engine fails at start, not on the first call.
-        Engine::new(&limits)?;
+    /// Starts `limits.workers` engines (at least one), each built on its thread when first
+    /// needed. Should no thread start, every call answers [`JsError::Closed`].
+    pub fn new(limits: Limits) -> Sandbox {
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         for n in 0..limits.workers.max(1) {
             let queue = queue.clone();
-            std::thread::Builder::new()
+            let started = std::thread::Builder::new()
                 .name(format!("outpost-js-{n}"))
-                .spawn(move || work(&queue, limits))
-                .map_err(|e| JsError::Engine(format!("cannot start a worker thread: {e}")))?;
+                .spawn(move || work(&queue, limits));
+            if let Err(e) = started {
+                tracing::error!(error = %e, "cannot start a javascript worker thread");
+            }
         }
-        Ok(Sandbox { jobs, limits })
+        Sandbox { jobs, limits }
     }
 
     /// The limits calls run under.

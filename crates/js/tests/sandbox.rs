@@ -11,7 +11,6 @@ fn sandbox(timeout: Duration) -> Sandbox {
         memory_bytes: 32 * 1024 * 1024,
         workers: 2,
     })
-    .unwrap()
 }
 
 fn docs(values: &[Value]) -> Vec<String> {

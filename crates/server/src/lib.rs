@@ -7,6 +7,7 @@
 //! decoded path: a document id may contain an encoded `/` (`a%2Fb`) that must stay part of the id,
 //! while `_design/x` keeps a literal slash.
 
+mod design;
 mod dispatch;
 mod docjson;
 mod encoding;
@@ -102,6 +103,10 @@ pub struct AppState {
     /// Replications running in this server (`_replicate`, `_replicator` jobs), for
     /// cancellation and the `_scheduler` and `_active_tasks` views.
     pub replications: Arc<replication::Replications>,
+    /// The engines that run design-document functions.
+    pub js: outpost_js::Sandbox,
+    /// The design documents last read per database.
+    pub(crate) design: Arc<design::DesignCache>,
     /// Request body bytes in flight, shared by every request (`max_body_bytes_in_flight`).
     pub(crate) body_budget: request::BodyBudget,
 }
@@ -123,6 +128,8 @@ impl AppState {
             shutdown,
             tasks: TaskTracker::new(),
             replications: replication::Replications::new(),
+            js: outpost_js::Sandbox::new(outpost_js::Limits::default()),
+            design: Arc::default(),
         }
     }
 }

@@ -400,15 +400,12 @@ impl Endpoint for LocalEndpoint {
             return Ok(failures);
         }
         let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
-        let results = self
-            .state
-            .store
-            .write_docs(&self.db, updates)
+        let user_ctx = crate::design::admin_ctx(&self.db);
+        let results = crate::design::write_validated(&self.state, &self.db, updates, &user_ctx)
             .await
-            .map_err(|e| self.store_error("bulk_docs", e))?;
+            .map_err(|e| self.api_error("bulk_docs", e))?;
         for (id, result) in ids.into_iter().zip(results) {
-            if let Err(e) = result {
-                let api: ApiError = e.into();
+            if let Err(api) = result {
                 failures.push(WriteFailure {
                     id,
                     rev: None,
