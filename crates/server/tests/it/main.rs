@@ -10,6 +10,7 @@ mod deletions;
 mod deviations;
 mod feeds;
 mod fidelity;
+mod filters;
 mod input;
 mod model;
 mod ops;
