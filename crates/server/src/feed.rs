@@ -51,7 +51,10 @@ pub enum Filter {
         req: Value,
     },
     /// `filter=_view&view=ddoc/name`: documents the view's map function emits something for.
-    View { ddoc: Arc<DesignDoc>, name: String },
+    View {
+        ddoc: Arc<DesignDoc>,
+        name: String,
+    },
 }
 
 impl Filter {
@@ -90,11 +93,7 @@ pub async fn function_admits(
             };
             let sig = ddoc.sig(&format!("views/{name}/map"));
             let lib = ddoc.body.get("views").and_then(|v| v.get("lib"));
-            match state
-                .js
-                .map(&sig, &[source.to_owned()], lib, &docs)
-                .await
-            {
+            match state.js.map(&sig, &[source.to_owned()], lib, &docs).await {
                 Ok(mut results) => match results.pop().and_then(|mut r| r.pop()) {
                     Some(Ok(rows)) => Ok(!rows.is_empty()),
                     Some(Err(e)) => Err(e),
