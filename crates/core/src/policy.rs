@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
-use crate::selector::collate;
+use crate::collate::collate;
 use crate::{Rev, RevTree, hash};
 
 /// A database's conflict policy.

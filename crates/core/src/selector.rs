@@ -15,13 +15,15 @@
 //!   MongoDB); `$not` wraps the whole condition, so `{"a": {"$not": {"$eq": 1}}}` does match them.
 //! - There is no implicit matching into arrays: `{"tags": "x"}` compares the whole array with
 //!   `"x"`; `$elemMatch`, `$allMatch`, `$all`, `$in` and `$nin` are the ways into arrays.
-//! - Comparisons use CouchDB's collation across types: null < false < true < numbers < strings <
-//!   arrays < objects.
+//! - Comparisons use CouchDB's collation ([`crate::collate`]): null < false < true < numbers <
+//!   strings (Unicode collation) < arrays < objects.
 
 use std::cmp::Ordering;
 
 use regex::Regex;
 use serde_json::{Map, Value};
+
+pub use crate::collate::collate;
 
 /// Why a selector is refused. The messages are sent to clients as the `reason` of a 400
 /// `bad_request`, so they name the offending operator.
@@ -76,6 +78,66 @@ impl Selector {
     pub fn as_json(&self) -> &Value {
         &self.source
     }
+
+    /// The conditions every matching document must meet on its own: those at the top level
+    /// and under `$and`, not those under `$or`, `$nor` or `$not`. What query planning reads to
+    /// tell which fields a match must have and which key ranges it can be found in.
+    pub fn conjuncts(&self) -> Vec<Conjunct<'_>> {
+        fn walk<'a>(node: &'a Node, out: &mut Vec<Conjunct<'a>>) {
+            match node {
+                Node::And(nodes) => nodes.iter().for_each(|n| walk(n, out)),
+                Node::Field { path, cond } => out.push(Conjunct {
+                    path,
+                    constraint: match cond {
+                        Cond::Eq(v) => Constraint::Eq(v),
+                        Cond::Gt(v) => Constraint::Gt(v),
+                        Cond::Gte(v) => Constraint::Gte(v),
+                        Cond::Lt(v) => Constraint::Lt(v),
+                        Cond::Lte(v) => Constraint::Lte(v),
+                        Cond::Exists(b) => Constraint::Exists(*b),
+                        _ => Constraint::Other,
+                    },
+                }),
+                Node::Or(_) | Node::Nor(_) | Node::Not(_) => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.root, &mut out);
+        out
+    }
+}
+
+/// A condition on one field that every match must meet (see [`Selector::conjuncts`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Conjunct<'a> {
+    /// The field's path (`a.b` is `["a", "b"]`); empty for the value itself.
+    pub path: &'a [String],
+    pub constraint: Constraint<'a>,
+}
+
+/// What a [`Conjunct`] asks of its field. Every constraint except `Exists(false)` requires the
+/// field to be present.
+#[derive(Debug, Clone, Copy)]
+pub enum Constraint<'a> {
+    Eq(&'a Value),
+    Gt(&'a Value),
+    Gte(&'a Value),
+    Lt(&'a Value),
+    Lte(&'a Value),
+    Exists(bool),
+    /// Any other operator: the field must be present, its range is not bounded.
+    Other,
+}
+
+/// Parses a field name as selectors and index definitions write it: `a.b\.c` is
+/// `["a", "b.c"]`.
+pub fn parse_field(name: &str) -> Result<Vec<String>, SelectorError> {
+    split_path(name)
+}
+
+/// The value at `path` in `doc`, as the matcher sees it.
+pub fn field<'a>(doc: &'a Value, path: &[String]) -> Option<&'a Value> {
+    lookup(doc, path)
 }
 
 /// One node of a parsed selector.
@@ -112,6 +174,8 @@ enum Cond {
     All(Vec<Value>),
     ElemMatch(Box<Node>),
     AllMatch(Box<Node>),
+    KeyMapMatch(Box<Node>),
+    BeginsWith(String),
 }
 
 /// The type names `$type` accepts.
@@ -275,6 +339,20 @@ fn parse_operator(
             }
             field(Cond::Mod { divisor, remainder })
         }
+        "beginsWith" => match value {
+            Value::String(prefix) => field(Cond::BeginsWith(prefix.clone())),
+            _ => Err(SelectorError::BadOperand {
+                op: "$beginsWith",
+                expected: "a string",
+            }),
+        },
+        "keyMapMatch" => {
+            let obj = value.as_object().ok_or(SelectorError::BadOperand {
+                op: "$keyMapMatch",
+                expected: "a selector",
+            })?;
+            field(Cond::KeyMapMatch(Box::new(parse_object(obj, &[])?)))
+        }
         "elemMatch" | "allMatch" => {
             let name = if op == "elemMatch" {
                 "$elemMatch"
@@ -393,6 +471,11 @@ impl Cond {
             Cond::ElemMatch(sub) => value
                 .as_array()
                 .is_some_and(|items| items.iter().any(|v| sub.eval(v))),
+            // The keys of an object field, each matched as a value.
+            Cond::KeyMapMatch(sub) => value
+                .as_object()
+                .is_some_and(|map| map.keys().any(|k| sub.eval(&Value::String(k.clone())))),
+            Cond::BeginsWith(prefix) => value.as_str().is_some_and(|v| v.starts_with(prefix)),
             // CouchDB requires a non-empty array for `$allMatch`.
             Cond::AllMatch(sub) => value
                 .as_array()
@@ -405,59 +488,6 @@ fn contains(haystack: &[Value], needle: &Value) -> bool {
     haystack
         .iter()
         .any(|v| collate(v, needle) == Ordering::Equal)
-}
-
-/// CouchDB's view collation across JSON types: null < false < true < numbers < strings < arrays <
-/// objects; arrays element by element then by length; objects key by key (key, then value, in
-/// document order) then by size.
-///
-/// Strings are compared by Unicode code point, not with CouchDB's ICU collation: code-point order
-/// is total, stable across platforms and needs no ICU tables, at the cost of differing from
-/// CouchDB on case and accents (CouchDB sorts "a" < "B"; code-point order puts "B" first).
-pub fn collate(a: &Value, b: &Value) -> Ordering {
-    fn rank(v: &Value) -> u8 {
-        match v {
-            Value::Null => 0,
-            Value::Bool(false) => 1,
-            Value::Bool(true) => 2,
-            Value::Number(_) => 3,
-            Value::String(_) => 4,
-            Value::Array(_) => 5,
-            Value::Object(_) => 6,
-        }
-    }
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => compare_numbers(x, y),
-        (Value::String(x), Value::String(y)) => x.cmp(y),
-        (Value::Array(x), Value::Array(y)) => x
-            .iter()
-            .zip(y)
-            .map(|(p, q)| collate(p, q))
-            .find(|o| o.is_ne())
-            .unwrap_or_else(|| x.len().cmp(&y.len())),
-        (Value::Object(x), Value::Object(y)) => x
-            .iter()
-            .zip(y)
-            .map(|((kx, vx), (ky, vy))| kx.cmp(ky).then_with(|| collate(vx, vy)))
-            .find(|o| o.is_ne())
-            .unwrap_or_else(|| x.len().cmp(&y.len())),
-        _ => rank(a).cmp(&rank(b)),
-    }
-}
-
-/// Compares exactly when both numbers are integers of up to 128 bits (so large ids do not
-/// collide through `f64`), and as floating point otherwise; `1` and `1.0` are equal, as in
-/// CouchDB. Numbers are kept as written (see [`crate::json`]), so one beyond `f64`'s range
-/// (`1e400`) compares as an infinity of its sign.
-fn compare_numbers(x: &serde_json::Number, y: &serde_json::Number) -> Ordering {
-    if let (Some(a), Some(b)) = (x.as_i128(), y.as_i128()) {
-        return a.cmp(&b);
-    }
-    if let (Some(a), Some(b)) = (x.as_u128(), y.as_u128()) {
-        return a.cmp(&b);
-    }
-    let float = |n: &serde_json::Number| n.to_string().parse::<f64>().unwrap_or(f64::NAN);
-    float(x).partial_cmp(&float(y)).unwrap_or(Ordering::Equal)
 }
 
 #[cfg(test)]
@@ -584,8 +614,10 @@ mod tests {
         check(json!({"a": {"$lt": [1, 3]}}), doc.clone(), true);
         check(json!({"o": {"$eq": {"k": 1}}}), doc.clone(), true);
         check(json!({"o": {"$gt": {"k": 0}}}), doc.clone(), true);
-        // Code-point order: "B" (U+0042) sorts before "a" (U+0061).
-        check(json!({"s": {"$gt": "B"}}), json!({"s": "a"}), true);
+        // Unicode collation, not code points: "a" sorts before "B" (U+0042 < U+0061), and
+        // lowercase before uppercase.
+        check(json!({"s": {"$lt": "B"}}), json!({"s": "a"}), true);
+        check(json!({"s": {"$gt": "a"}}), json!({"s": "A"}), true);
         // Large integers are compared exactly.
         check(
             json!({"n": {"$gt": 9007199254740992_i64}}),
@@ -730,6 +762,66 @@ mod tests {
         check(json!({"v": {"$mod": [3, -1]}}), json!({"v": -7}), true);
         check(json!({"v": {"$mod": [3, 1]}}), json!({"v": 7.5}), false);
         check(json!({"v": {"$mod": [3, 1]}}), json!({"v": "7"}), false);
+        check(
+            json!({"v": {"$beginsWith": "ab"}}),
+            json!({"v": "abc"}),
+            true,
+        );
+        check(
+            json!({"v": {"$beginsWith": "b"}}),
+            json!({"v": "abc"}),
+            false,
+        );
+        check(
+            json!({"v": {"$beginsWith": "a"}}),
+            json!({"v": ["a"]}),
+            false,
+        );
+        check_err(
+            json!({"v": {"$beginsWith": 1}}),
+            "invalid operand for $beginsWith: a string",
+        );
+        check(
+            json!({"m": {"$keyMapMatch": {"$eq": "k2"}}}),
+            json!({"m": {"k1": 1, "k2": 2}}),
+            true,
+        );
+        check(
+            json!({"m": {"$keyMapMatch": {"$gt": "k5"}}}),
+            json!({"m": {"k1": 1, "k2": 2}}),
+            false,
+        );
+        check(
+            json!({"m": {"$keyMapMatch": {"$eq": "0"}}}),
+            json!({"m": ["x"]}),
+            false,
+        );
+    }
+
+    #[test]
+    fn conjuncts_are_the_conditions_every_match_meets() {
+        let s = Selector::parse(&json!({
+            "a": 1,
+            "$and": [{"b": {"$gt": 2, "$lt": 5}}, {"c": {"$exists": false}}],
+            "$or": [{"d": 1}, {"e": 1}],
+            "f": {"$regex": "x"},
+        }))
+        .unwrap();
+        let got: Vec<String> = s
+            .conjuncts()
+            .iter()
+            .map(|c| format!("{}:{:?}", c.path.join("."), c.constraint))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "a:Eq(Number(1))",
+                "b:Gt(Number(2))",
+                "b:Lt(Number(5))",
+                "c:Exists(false)",
+                "f:Other"
+            ]
+        );
     }
 
     #[test]

@@ -9,11 +9,15 @@
 
 mod compacting;
 mod error;
+pub mod index;
 pub mod sqlite;
 mod types;
 
 pub use compacting::{CompactionMark, Compactions};
 pub use error::{DocError, StoreError};
+pub use index::{
+    IndexDocRows, IndexEntry, IndexQuery, IndexRow, IndexState, IndexUpdate, IndexedDoc, KeyBound,
+};
 pub use sqlite::retention::Retention;
 pub use types::*;
 
@@ -122,6 +126,29 @@ pub trait Store: Send + Sync + 'static {
     /// to [`sqlite::PENDING_EXACT_UP_TO`], an upper-bound estimate beyond (see its doc), so a
     /// page never costs time in proportion to the rest of the feed.
     async fn changes_pending(&self, db: &str, since: u64) -> Result<u64, StoreError>;
+
+    /// Where a secondary index stands (see [`index`]); `None` when it was never built, or was
+    /// built with another sort-key encoding and must be built again.
+    async fn index_state(&self, db: &str, name: &str) -> Result<Option<IndexState>, StoreError>;
+    /// Every index of a database with its state, by name.
+    async fn indexes(&self, db: &str) -> Result<Vec<(String, IndexState)>, StoreError>;
+    /// Applies one step of an index's incremental update in one durable transaction: replaces
+    /// the rows of each document in the step and moves the index to `update.upto`. `false`
+    /// (and nothing written) when the index is not at `update.since` under
+    /// `update.signature`. A `since` of 0 builds the index from scratch when it does not exist
+    /// under that signature (its old rows, if any, go first); to rebuild an index under the
+    /// same signature, drop it first.
+    async fn update_index(&self, db: &str, update: IndexUpdate) -> Result<bool, StoreError>;
+    /// Drops an index and its rows; `false` when there was none.
+    async fn drop_index(&self, db: &str, name: &str) -> Result<bool, StoreError>;
+    /// A range and page of an index's rows in collation order; [`StoreError::NotFound`] when
+    /// the index does not exist (or must be rebuilt).
+    async fn scan_index(
+        &self,
+        db: &str,
+        name: &str,
+        query: &IndexQuery,
+    ) -> Result<Vec<IndexRow>, StoreError>;
 
     /// A `_local` document: its revision number and body.
     async fn local_doc(&self, db: &str, id: &str) -> Result<Option<LocalDoc>, StoreError>;

@@ -2,6 +2,7 @@
 //! small pool of read connections used from `spawn_blocking`.
 
 mod compaction;
+mod index;
 mod read;
 pub mod replay;
 pub mod retention;
@@ -19,8 +20,8 @@ use tokio::sync::{oneshot, watch};
 
 use crate::{
     AllDocsQuery, ChangeRow, ChangesQuery, CompactionMark, Compactions, DbInfo, DocError,
-    DocRecord, DocRow, DocUpdate, Event, EventsQuery, LocalDoc, Retention, Store, StoreError,
-    StoredBody,
+    DocRecord, DocRow, DocUpdate, Event, EventsQuery, IndexQuery, IndexRow, IndexState,
+    IndexUpdate, LocalDoc, Retention, Store, StoreError, StoredBody,
 };
 use writer::{Job, WriteOp, WriteReply};
 
@@ -410,6 +411,52 @@ impl Store for SqliteStore {
     async fn changes(&self, db: &str, query: &ChangesQuery) -> Result<Vec<ChangeRow>, StoreError> {
         let (db, query) = (db.to_owned(), query.clone());
         self.read(move |c| read::changes(c, &db, &query)).await
+    }
+
+    async fn index_state(&self, db: &str, name: &str) -> Result<Option<IndexState>, StoreError> {
+        let (db, name) = (db.to_owned(), name.to_owned());
+        self.read(move |c| index::index_state(c, &db, &name)).await
+    }
+
+    async fn indexes(&self, db: &str) -> Result<Vec<(String, IndexState)>, StoreError> {
+        let db = db.to_owned();
+        self.read(move |c| index::indexes(c, &db)).await
+    }
+
+    async fn update_index(&self, db: &str, update: IndexUpdate) -> Result<bool, StoreError> {
+        match self
+            .write(WriteOp::UpdateIndex {
+                db: db.to_owned(),
+                update,
+            })
+            .await?
+        {
+            WriteReply::Count(n) => Ok(n == 1),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn drop_index(&self, db: &str, name: &str) -> Result<bool, StoreError> {
+        match self
+            .write(WriteOp::DropIndex {
+                db: db.to_owned(),
+                name: name.to_owned(),
+            })
+            .await?
+        {
+            WriteReply::Count(n) => Ok(n == 1),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn scan_index(
+        &self,
+        db: &str,
+        name: &str,
+        query: &IndexQuery,
+    ) -> Result<Vec<IndexRow>, StoreError> {
+        let (db, name, query) = (db.to_owned(), name.to_owned(), query.clone());
+        self.read(move |c| index::scan(c, &db, &name, &query)).await
     }
 
     async fn changes_pending(&self, db: &str, since: u64) -> Result<u64, StoreError> {

@@ -7,19 +7,21 @@
 //! - `revs`: the body of every revision received with one; compaction keeps only the leaves';
 //! - `local_docs`: `_local` documents, never replicated;
 //! - `attachments`: attachment bytes, once per digest;
+//! - `indexes`, `index_rows`: secondary indexes (Mango json indexes and views), derived from the
+//!   documents and rebuilt from them when lost (see [`super::index`]);
 //! - `events`: the append-only event log, written in the same transaction as the projection.
 //!   A document takes one sequence per request however many revisions it received, so the
 //!   events of one sequence are told apart, and ordered, by `pos`.
 //!
 //! Versions: 1 was the first; 2 adds `events.deleted` (so replay no longer needs the bodies that
 //! compaction drops), the `docs_live` index and incremental auto-vacuum (so compaction can give
-//! freed pages back to the file system); 3 keys events by `(db, seq, pos)`. [`migrate`] brings
+//! freed pages back to the file system); 3 keys events by `(db, seq, pos)`; 4 adds the index tables. [`migrate`] brings
 //! an older file forward on open, one version at a time.
 
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this build writes.
-pub const VERSION: i64 = 3;
+pub const VERSION: i64 = 4;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -151,6 +153,7 @@ pub fn migrate(conn: &Connection) -> Result<(), crate::StoreError> {
         // A new file gets the current schema as a whole.
         None => {
             conn.execute_batch(SCHEMA)?;
+            conn.execute_batch(super::index::SCHEMA)?;
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
                 [VERSION.to_string()],
@@ -170,9 +173,27 @@ pub fn migrate(conn: &Connection) -> Result<(), crate::StoreError> {
     }
     if version == 2 {
         upgrade_from_2(conn)?;
+        version = 3;
+    }
+    if version == 3 {
+        upgrade_from_3(conn)?;
     }
     // Tables and indexes added without a version change.
     conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(super::index::SCHEMA)?;
+    Ok(())
+}
+
+/// Version 3 to 4: the index tables. Indexes are derived data, so nothing is copied: they are
+/// built on first use.
+fn upgrade_from_3(conn: &Connection) -> Result<(), crate::StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE;")?;
+    conn.execute_batch(super::index::SCHEMA)?;
+    conn.execute_batch(
+        "UPDATE meta SET value = '4' WHERE key = 'schema_version';
+         COMMIT;",
+    )?;
+    tracing::info!("migrated the store's schema from version 3 to 4");
     Ok(())
 }
 

@@ -85,6 +85,16 @@ pub(super) enum WriteOp {
     Vacuum,
     /// Folds the WAL back into the main file.
     Checkpoint,
+    /// A step of an index's incremental update (see [`crate::index`]).
+    UpdateIndex {
+        db: String,
+        update: crate::IndexUpdate,
+    },
+    /// Drops an index and its rows.
+    DropIndex {
+        db: String,
+        name: String,
+    },
     /// Takes the write lock and commits nothing: proves the writer is alive and the file
     /// writable, for readiness checks.
     Ping,
@@ -321,6 +331,7 @@ fn apply(
             for table in ["docs", "revs", "local_docs", "events", "event_baselines"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE db = ?1"), [db])?;
             }
+            super::index::drop_all(tx, db)?;
             tx.execute("DELETE FROM dbs WHERE id = ?1", [db])?;
             moved.deleted(name);
             Ok(WriteReply::Done)
@@ -426,6 +437,12 @@ fn apply(
         WriteOp::SweepAttachments { candidates, seen } => Ok(WriteReply::Count(
             super::compaction::sweep(tx, candidates, seen)?,
         )),
+        WriteOp::UpdateIndex { db, update } => Ok(WriteReply::Count(u64::from(
+            super::index::apply_update(tx, db, update)?,
+        ))),
+        WriteOp::DropIndex { db, name } => Ok(WriteReply::Count(u64::from(
+            super::index::drop_index(tx, db, name)?,
+        ))),
         WriteOp::Vacuum => Ok(WriteReply::Count(super::compaction::vacuum_step(tx)?)),
         WriteOp::Checkpoint | WriteOp::Ping => Ok(WriteReply::Done),
     }

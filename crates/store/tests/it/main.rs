@@ -4,4 +4,5 @@
 mod batches;
 mod compaction;
 mod conformance;
+mod index;
 mod replay;
