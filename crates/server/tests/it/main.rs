@@ -12,6 +12,7 @@ mod feeds;
 mod fidelity;
 mod filters;
 mod input;
+mod listings;
 mod model;
 mod ops;
 mod paging;
