@@ -14,7 +14,7 @@ use percent_encoding::percent_decode_str;
 use crate::query::Query;
 use crate::request::{MAX_DOC_ID_BYTES, Req};
 use crate::routes::{
-    all_docs, attachment, bulk, changes, conflicts, db, doc, local, node, ops, server,
+    all_docs, attachment, bulk, changes, conflicts, db, doc, find, local, node, ops, server,
 };
 use crate::{ApiError, AppState};
 
@@ -111,6 +111,10 @@ async fn db_resource(
         ["_compact"] | ["_compact", _] => db::compact(state, db, req).await,
         ["_ensure_full_commit"] => db::ensure_full_commit(state, db, req).await,
         ["_events"] => changes::events(state, db, req).await,
+        ["_find"] => find::find(state, db, req).await,
+        ["_explain"] => find::explain(state, db, req).await,
+        ["_index"] => find::index(state, db, req).await,
+        ["_index", rest @ ..] => find::delete_index(state, db, rest, req).await,
         ["_temp_view"] => Err(ApiError::Gone(
             "Temporary views are not supported in CouchDB".into(),
         )),
@@ -199,6 +203,10 @@ pub fn template(raw_path: &str) -> &'static str {
             ["_compact"] | ["_compact", _] => "/{db}/_compact",
             ["_ensure_full_commit"] => "/{db}/_ensure_full_commit",
             ["_events"] => "/{db}/_events",
+            ["_find"] => "/{db}/_find",
+            ["_explain"] => "/{db}/_explain",
+            ["_index"] => "/{db}/_index",
+            ["_index", ..] => "/{db}/_index/{ddoc}/json/{name}",
             ["_temp_view"] => "/{db}/_temp_view",
             ["_outpost"] => "/{db}/_outpost",
             ["_conflicts"] => "/{db}/_conflicts",

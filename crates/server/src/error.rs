@@ -77,6 +77,18 @@ pub enum ApiError {
     /// A feature Outpost does not have (yet), named in the reason.
     #[error("{0}")]
     NotImplemented(String),
+    /// A Mango request without a member it needs.
+    #[error("{0}")]
+    MissingRequiredKey(String),
+    /// No Mango index can serve the query (its sort).
+    #[error("{0}")]
+    NoUsableIndex(String),
+    /// A Mango sort with fields in different directions.
+    #[error("{0}")]
+    UnsupportedMixedSort(String),
+    /// A Mango bookmark this server did not hand out.
+    #[error("{0}")]
+    InvalidBookmark(String),
     /// The request body did not arrive in time.
     #[error("the request body did not arrive in time")]
     RequestTimeout,
@@ -129,6 +141,12 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::FunctionFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "unknown_error"),
+            ApiError::MissingRequiredKey(_) => (StatusCode::BAD_REQUEST, "missing_required_key"),
+            ApiError::NoUsableIndex(_) => (StatusCode::BAD_REQUEST, "no_usable_index"),
+            ApiError::UnsupportedMixedSort(_) => {
+                (StatusCode::BAD_REQUEST, "unsupported_mixed_sort")
+            }
+            ApiError::InvalidBookmark(_) => (StatusCode::BAD_REQUEST, "invalid_bookmark"),
             ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error"),

@@ -8,6 +8,7 @@ pub mod conflicts;
 pub mod db;
 pub mod doc;
 pub mod doc_multipart;
+pub mod find;
 pub mod local;
 pub mod node;
 pub mod ops;

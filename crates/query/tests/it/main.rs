@@ -1,0 +1,1 @@
+//! Mango query tests against a real store.
