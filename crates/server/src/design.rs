@@ -25,11 +25,6 @@ pub struct DesignDoc {
 }
 
 impl DesignDoc {
-    /// The name after `_design/`.
-    pub fn name(&self) -> &str {
-        self.id.strip_prefix("_design/").unwrap_or(&self.id)
-    }
-
     /// A key for the sandbox's compiled-function cache: revisions are content hashes, so the
     /// id, revision and function name identify the source and everything it can `require`.
     pub fn sig(&self, what: &str) -> String {

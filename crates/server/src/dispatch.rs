@@ -121,6 +121,14 @@ async fn db_resource(
         ["_outpost"] => conflicts::settings(state, db, req).await,
         ["_conflicts"] => conflicts::list(state, db, req).await,
         ["_resolve"] => conflicts::resolve(state, db, req).await,
+        ["_design", ddoc, "_view", view] => {
+            crate::routes::view::handle(state, db, ddoc, view, false, req).await
+        }
+        ["_design", ddoc, "_view", view, "queries"] => {
+            crate::routes::view::handle(state, db, ddoc, view, true, req).await
+        }
+        ["_design", ddoc, "_info"] => crate::routes::view::info(state, db, ddoc, req).await,
+        ["_view_cleanup"] => crate::routes::view::cleanup(state, db, req).await,
         [
             "_design",
             _,
@@ -212,6 +220,10 @@ pub fn template(raw_path: &str) -> &'static str {
             ["_conflicts"] => "/{db}/_conflicts",
             ["_resolve"] => "/{db}/_resolve",
             ["_design", _] => "/{db}/_design/{ddoc}",
+            ["_design", _, "_view", _] => "/{db}/_design/{ddoc}/_view/{view}",
+            ["_design", _, "_view", _, "queries"] => "/{db}/_design/{ddoc}/_view/{view}/queries",
+            ["_design", _, "_info"] => "/{db}/_design/{ddoc}/_info",
+            ["_view_cleanup"] => "/{db}/_view_cleanup",
             ["_design", _, "_show", ..] => "/{db}/_design/{ddoc}/_show",
             ["_design", _, "_list", ..] => "/{db}/_design/{ddoc}/_list",
             ["_design", _, "_update", ..] => "/{db}/_design/{ddoc}/_update",

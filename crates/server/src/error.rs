@@ -74,6 +74,9 @@ pub enum ApiError {
     /// reason is the function's own message.
     #[error("{0}")]
     FunctionFailed(String),
+    /// A built-in reduce (`_sum`, `_stats`) refused the values it was given.
+    #[error("{0}")]
+    BuiltinReduce(String),
     /// A feature Outpost does not have (yet), named in the reason.
     #[error("{0}")]
     NotImplemented(String),
@@ -139,6 +142,9 @@ impl ApiError {
             ApiError::Gone(_) => (StatusCode::GONE, "gone"),
             ApiError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::BuiltinReduce(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "builtin_reduce_error")
+            }
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::FunctionFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "unknown_error"),
             ApiError::MissingRequiredKey(_) => (StatusCode::BAD_REQUEST, "missing_required_key"),

@@ -15,6 +15,7 @@ pub mod ops;
 pub mod replicate;
 pub mod scheduler;
 pub mod server;
+pub mod view;
 
 use axum::response::Response;
 use http::{StatusCode, header};

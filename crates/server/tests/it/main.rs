@@ -19,3 +19,4 @@ mod paging;
 mod roundtrip;
 mod support;
 mod validation;
+mod views;
