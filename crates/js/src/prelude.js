@@ -170,6 +170,13 @@
     if (typeof a === "number" && typeof b === "number") {
       return a + b;
     }
+    // A number summed with an array adds to its first element, as CouchDB's _sum does.
+    if (typeof a === "number" && Array.isArray(b)) {
+      return numberSum([a], b);
+    }
+    if (Array.isArray(a) && typeof b === "number") {
+      return numberSum(a, [b]);
+    }
     if (Array.isArray(a) && Array.isArray(b)) {
       var out = [];
       for (var i = 0; i < Math.max(a.length, b.length); i++) {

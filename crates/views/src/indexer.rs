@@ -8,6 +8,7 @@
 //! map function throws on, contributes no rows to that view; the failure is logged, as CouchDB
 //! logs it.
 
+use outpost_core::collate::collate;
 use outpost_js::Sandbox;
 use outpost_store::{ChangesQuery, IndexDocRows, IndexEntry, IndexUpdate, Store};
 use serde_json::{Map, Value};
@@ -71,6 +72,19 @@ pub async fn update(
             {
                 doc.extend(fields);
             }
+            // Map functions see a document's conflicts, as CouchDB gives them.
+            let conflicts = change.tree.conflicts();
+            if !conflicts.is_empty() {
+                doc.insert(
+                    "_conflicts".into(),
+                    Value::Array(
+                        conflicts
+                            .iter()
+                            .map(|r| Value::String(r.to_string()))
+                            .collect(),
+                    ),
+                );
+            }
             if set.local_seq {
                 doc.insert("_local_seq".into(), Value::from(change.seq));
             }
@@ -97,13 +111,21 @@ pub async fn update(
                 .map(|(change, slot)| {
                     let rows = match slot.map(|i| &outcomes[i][v]) {
                         None => Vec::new(),
-                        Some(Ok(emitted)) => emitted
-                            .iter()
-                            .map(|(key, value)| IndexEntry {
-                                key: key.clone(),
-                                value: value.to_string(),
-                            })
-                            .collect(),
+                        Some(Ok(emitted)) => {
+                            // Rows of one document with the same key sort by value, as in
+                            // CouchDB; the store keeps them in the order given.
+                            let mut emitted: Vec<&(Value, Value)> = emitted.iter().collect();
+                            emitted.sort_by(|a, b| {
+                                collate(&a.0, &b.0).then_with(|| collate(&a.1, &b.1))
+                            });
+                            emitted
+                                .into_iter()
+                                .map(|(key, value)| IndexEntry {
+                                    key: key.clone(),
+                                    value: value.to_string(),
+                                })
+                                .collect()
+                        }
                         Some(Err(error)) => {
                             tracing::info!(db, ddoc = %set.ddoc_id, view = %set.views[v].name,
                                 doc = %change.id, error = %error,

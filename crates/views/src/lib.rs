@@ -36,9 +36,6 @@ pub enum ViewError {
     /// A query parameter or combination CouchDB refuses (`query_parse_error`).
     #[error("{0}")]
     QueryParse(String),
-    /// A reduce function failed on a query's rows (CouchDB answers 500 with its message).
-    #[error("{0}")]
-    Reduce(String),
     /// A built-in reduce refused its input (`builtin_reduce_error`).
     #[error("{0}")]
     BuiltinReduce(String),
@@ -97,7 +94,7 @@ impl ViewSet {
             .filter(|(name, _)| name.as_str() != "lib")
             .filter_map(|(name, def)| {
                 let map = def.get("map")?.as_str()?.to_owned();
-                let reduce = def.get("reduce").and_then(Value::as_str).map(str::to_owned);
+                let reduce = def.get("reduce").and_then(Value::as_str).map(builtin_name);
                 Some(ViewDef {
                     name: name.clone(),
                     map,
@@ -167,6 +164,17 @@ impl ViewSet {
             base64::engine::general_purpose::STANDARD.encode(hasher.finalize())
         )
     }
+}
+
+/// CouchDB recognises a built-in reduce by its prefix (`"_sum\n..."` is `_sum`); any other
+/// source is kept as it is (a JavaScript function, or an unknown `_name` that fails when run).
+fn builtin_name(source: &str) -> String {
+    const BUILTINS: [&str; 4] = ["_approx_count_distinct", "_count", "_stats", "_sum"];
+    let trimmed = source.trim_start();
+    BUILTINS
+        .iter()
+        .find(|b| trimmed.starts_with(*b))
+        .map_or_else(|| source.to_owned(), |b| (*b).to_owned())
 }
 
 fn hex(bytes: &[u8]) -> String {

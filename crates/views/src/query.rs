@@ -109,6 +109,21 @@ pub async fn query(
             "Multi-key fetches for reduce views must use `group=true`".into(),
         ));
     }
+    if q.keys.is_none()
+        && let (Some(start), Some(end)) = (&q.start_key, &q.end_key)
+    {
+        let order = collate(start, end);
+        let reversed = if q.descending {
+            order == Ordering::Less
+        } else {
+            order == Ordering::Greater
+        };
+        if reversed {
+            return Err(ViewError::QueryParse(
+                "No rows can match your key range, reverse your start_key and end_key or set descending=true".into(),
+            ));
+        }
+    }
     let name = set.index_name(&view.name);
     let state = store
         .index_state(db, &name)
@@ -500,6 +515,11 @@ async fn run_reduce(
     {
         ReduceOutcome::Value(v) => Ok(v),
         ReduceOutcome::BuiltinError(e) => Err(ViewError::BuiltinReduce(e)),
-        ReduceOutcome::Failed(e) => Err(ViewError::Reduce(e)),
+        // A reduce function that throws gives `null` for that group (logged), as PouchDB and
+        // pouchdb-server answer; the query goes on.
+        ReduceOutcome::Failed(e) => {
+            tracing::info!(ddoc = %set.ddoc_id, error = %e, "reduce function failed");
+            Ok(Value::Null)
+        }
     }
 }

@@ -27,7 +27,6 @@ impl From<ViewError> for ApiError {
             ViewError::Js(outpost_js::JsError::Closed) => ApiError::Unavailable,
             ViewError::Js(e) => ApiError::FunctionFailed(e.to_string()),
             ViewError::QueryParse(reason) => ApiError::QueryParse(reason),
-            ViewError::Reduce(reason) => ApiError::FunctionFailed(reason),
             ViewError::BuiltinReduce(reason) => ApiError::BuiltinReduce(reason),
             ViewError::Unsupported(reason) => ApiError::NotImplemented(reason),
         }

@@ -352,3 +352,127 @@ async fn a_changed_map_function_builds_a_new_index_and_cleanup_drops_the_old() {
         .await;
     assert_eq!(r["rows"][0]["key"], -5);
 }
+
+/// One database, one view, some documents: the answer of a query.
+async fn one_view(view: Value, docs: Value, query: &str) -> (u16, Value) {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    s.expect(
+        "PUT",
+        "/db/_design/t",
+        Some(json!({"views": {"v": view}})),
+        201,
+    )
+    .await;
+    s.expect("POST", "/db/_bulk_docs", Some(json!({"docs": docs})), 201)
+        .await;
+    let (status, body) = s
+        .call("GET", &format!("/db/_design/t/_view/v{query}"), None)
+        .await;
+    (status.as_u16(), body)
+}
+
+#[tokio::test]
+async fn sum_adds_numbers_to_the_first_element_of_arrays() {
+    let (status, r) = one_view(
+        json!({"map": "function (doc) { emit(null, doc.val); }", "reduce": "_sum"}),
+        json!([{"val": 2}, {"val": [1, 2, 3, 4]}, {"val": [3, 4]}, {"val": 1}]),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["rows"], json!([{"key": null, "value": [7, 6, 3, 4]}]));
+}
+
+#[tokio::test]
+async fn built_in_reduces_are_recognised_by_their_prefix() {
+    let (status, r) = one_view(
+        json!({"map": "function (doc) { emit(doc.val, 1); }", "reduce": "_sum\n \r\nandothergarbage"}),
+        json!([{"val": "bar"}, {"val": "bar"}, {"val": "baz"}]),
+        "?group_level=999",
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        r["rows"],
+        json!([{"key": "bar", "value": 2}, {"key": "baz", "value": 1}])
+    );
+    let (status, r) = one_view(
+        json!({"map": "function (doc) { emit(null, doc.val); }", "reduce": "_product"}),
+        json!([{"val": 1}]),
+        "",
+    )
+    .await;
+    assert_eq!(status, 500, "{r}");
+    assert_error(&r, "builtin_reduce_error");
+}
+
+#[tokio::test]
+async fn rows_of_one_document_with_one_key_sort_by_value() {
+    let (_, r) = one_view(
+        json!({"map": "function (doc) { emit(doc.k); emit(doc.k, 'm'); emit(doc.k, 'c'); }"}),
+        json!([{"_id": "d1", "k": "x"}]),
+        "",
+    )
+    .await;
+    let values: Vec<Value> = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].clone())
+        .collect();
+    assert_eq!(values, [Value::Null, json!("c"), json!("m")]);
+}
+
+#[tokio::test]
+async fn a_throwing_reduce_gives_null_and_a_reversed_range_is_refused() {
+    let (status, r) = one_view(
+        json!({"map": "function (doc) { emit(doc.name); }", "reduce": "function (keys) { return keys[0].foo.bar; }"}),
+        json!([{"_id": "1", "name": "bar"}]),
+        "?group=true",
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["rows"], json!([{"key": "bar", "value": null}]));
+    let (status, r) = one_view(
+        json!({"map": "function (doc) { emit(doc._id); }"}),
+        json!([{"_id": "1"}]),
+        "?startkey=%225%22&endkey=%224%22",
+    )
+    .await;
+    assert_eq!(status, 400, "{r}");
+    assert_error(&r, "query_parse_error");
+}
+
+#[tokio::test]
+async fn map_functions_see_conflicts() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    s.expect(
+        "PUT",
+        "/db/_design/t",
+        Some(json!({"views": {"v": {"map": "function (doc) { if (doc._conflicts) emit(doc._conflicts); }"}}})),
+        201,
+    )
+    .await;
+    s.expect(
+        "POST",
+        "/db/_bulk_docs",
+        Some(json!({"new_edits": false, "docs": [
+            {"_id": "c", "_rev": "1-aaaa", "v": 1},
+            {"_id": "c", "_rev": "1-bbbb", "v": 2},
+        ]})),
+        201,
+    )
+    .await;
+    let r = s
+        .expect(
+            "GET",
+            "/db/_design/t/_view/v?include_docs=true&conflicts=true",
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(r["rows"][0]["key"], json!(["1-aaaa"]));
+    assert_eq!(r["rows"][0]["doc"]["_conflicts"], json!(["1-aaaa"]));
+}
