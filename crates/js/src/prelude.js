@@ -202,34 +202,50 @@
     numberSum(v, v);
   }
 
-  function stats(values, rereduce) {
-    var out = null;
+  function isStats(v) {
+    return v !== null && typeof v === "object" && !Array.isArray(v) &&
+      typeof v.sum === "number" && typeof v.count === "number";
+  }
+  function oneStats(v) {
+    if (typeof v === "number") {
+      return { sum: v, count: 1, min: v, max: v, sumsqr: v * v };
+    }
+    if (isStats(v)) {
+      return {
+        sum: v.sum, count: v.count,
+        min: typeof v.min === "number" ? v.min : v.sum,
+        max: typeof v.max === "number" ? v.max : v.sum,
+        sumsqr: typeof v.sumsqr === "number" ? v.sumsqr : 0
+      };
+    }
+    throw { builtin: "Invalid value for _stats: " + JSON.stringify(v) };
+  }
+  function mergeStats(a, b) {
+    return {
+      sum: a.sum + b.sum, count: a.count + b.count, min: Math.min(a.min, b.min),
+      max: Math.max(a.max, b.max), sumsqr: a.sumsqr + b.sumsqr
+    };
+  }
+  // CouchDB 3's _stats: numbers (or statistics objects) give one statistics object; arrays of
+  // numbers give an array of them, element by element, and must all be as long.
+  function stats(values) {
+    var out;
     values.forEach(function (v) {
-      var s;
-      if (rereduce) {
-        s = v;
-      } else if (typeof v === "number") {
-        s = { sum: v, count: 1, min: v, max: v, sumsqr: v * v };
-      } else if (Array.isArray(v) && v.every(function (x) { return typeof x === "number"; })) {
-        var total = 0, sq = 0, mn = Infinity, mx = -Infinity;
-        v.forEach(function (x) { total += x; sq += x * x; mn = Math.min(mn, x); mx = Math.max(mx, x); });
-        s = { sum: total, count: v.length, min: v.length ? mn : 0, max: v.length ? mx : 0, sumsqr: sq };
-      } else if (v && typeof v === "object" && typeof v.sum === "number" && typeof v.count === "number") {
-        s = v;
+      var s = Array.isArray(v) ? v.map(oneStats) : oneStats(v);
+      if (out === undefined) {
+        out = s;
+      } else if (Array.isArray(out) !== Array.isArray(s)) {
+        throw { builtin: "The _stats function requires that map values be numbers or arrays of numbers, not a mix of both" };
+      } else if (Array.isArray(out)) {
+        if (out.length !== s.length) {
+          throw { builtin: "The _stats function requires that arrays of numbers all have the same length" };
+        }
+        out = out.map(function (o, i) { return mergeStats(o, s[i]); });
       } else {
-        throw { builtin: "Invalid value for _stats: " + JSON.stringify(v) };
-      }
-      if (out === null) {
-        out = { sum: s.sum, count: s.count, min: s.min, max: s.max, sumsqr: s.sumsqr };
-      } else {
-        out.sum += s.sum;
-        out.count += s.count;
-        out.min = Math.min(out.min, s.min);
-        out.max = Math.max(out.max, s.max);
-        out.sumsqr += s.sumsqr;
+        out = mergeStats(out, s);
       }
     });
-    return out === null ? { sum: 0, count: 0, min: 0, max: 0, sumsqr: 0 } : out;
+    return out === undefined ? { sum: 0, count: 0, min: 0, max: 0, sumsqr: 0 } : out;
   }
 
   function builtin(name, keys, values, rereduce) {
@@ -241,7 +257,7 @@
         values.forEach(checkSummable);
         return values.reduce(function (a, b) { return numberSum(a, b); });
       case "_stats":
-        return stats(values, rereduce);
+        return stats(values);
       default:
         throw { builtin: "unknown built-in reduce function " + name };
     }

@@ -476,3 +476,35 @@ async fn map_functions_see_conflicts() {
     assert_eq!(r["rows"][0]["key"], json!(["1-aaaa"]));
     assert_eq!(r["rows"][0]["doc"]["_conflicts"], json!(["1-aaaa"]));
 }
+
+#[tokio::test]
+async fn stats_of_arrays_are_element_by_element() {
+    let (status, r) = one_view(
+        json!({"map": "function (doc) { emit(null, doc.val); }", "reduce": "_stats"}),
+        json!([{"val": [1, 2, 3]}, {"val": [4, 5, 6]}, {"val": [7, 8, 9]}]),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        r["rows"][0]["value"],
+        json!([
+            {"sum": 12, "count": 3, "min": 1, "max": 7, "sumsqr": 66},
+            {"sum": 15, "count": 3, "min": 2, "max": 8, "sumsqr": 93},
+            {"sum": 18, "count": 3, "min": 3, "max": 9, "sumsqr": 126},
+        ])
+    );
+    for bad in [
+        json!([{"val": [1, 2, 3]}, {"val": 4}]),
+        json!([{"val": [1, 2, 3]}, {"val": [1, 2]}]),
+    ] {
+        let (status, r) = one_view(
+            json!({"map": "function (doc) { emit(null, doc.val); }", "reduce": "_stats"}),
+            bad,
+            "",
+        )
+        .await;
+        assert_eq!(status, 500, "{r}");
+        assert_error(&r, "builtin_reduce_error");
+    }
+}
