@@ -330,11 +330,19 @@ pub async fn write_validated(
             }
         }
     }
+    let design_deleted = passing
+        .iter()
+        .any(|u| u.deleted && u.id.starts_with("_design/"));
     if !passing.is_empty() {
         let results = state.store.write_docs(db, passing).await?;
         for (slot, result) in slots.into_iter().zip(results) {
             out[slot] = Some(result.map_err(ApiError::from));
         }
+    }
+    if design_deleted {
+        // The indexes of a design document that is gone go with it (unless another design
+        // document with the same views still uses them).
+        drop_unused_indexes(state, db).await?;
     }
     Ok(out
         .into_iter()
@@ -346,4 +354,22 @@ pub async fn write_validated(
             })
         })
         .collect())
+}
+
+/// Drops the view indexes of `db` that no live design document uses; returns how many.
+pub async fn drop_unused_indexes(state: &AppState, db: &str) -> Result<usize, ApiError> {
+    let live: Vec<String> = state
+        .design
+        .load(state, db)
+        .await?
+        .docs
+        .iter()
+        .filter_map(|d| {
+            outpost_views::ViewSet::from_ddoc(&d.id, &d.body)
+                .ok()
+                .flatten()
+        })
+        .map(|s| s.signature)
+        .collect();
+    Ok(outpost_views::cleanup(state.store.as_ref(), db, &live).await?)
 }

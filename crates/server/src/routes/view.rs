@@ -425,16 +425,7 @@ pub async fn cleanup(state: &AppState, db: &str, req: &Req) -> Result<Response, 
     if req.method != Method::POST {
         return Err(not_allowed("Only POST allowed"));
     }
-    let live: Vec<String> = state
-        .design
-        .load(state, db)
-        .await?
-        .docs
-        .iter()
-        .filter_map(|d| ViewSet::from_ddoc(&d.id, &d.body).ok().flatten())
-        .map(|s| s.signature)
-        .collect();
-    let dropped = outpost_views::cleanup(state.store.as_ref(), db, &live).await?;
+    let dropped = crate::design::drop_unused_indexes(state, db).await?;
     tracing::info!(db, dropped, "view cleanup");
     Ok(json_response(
         StatusCode::ACCEPTED,

@@ -508,3 +508,62 @@ async fn stats_of_arrays_are_element_by_element() {
         assert_error(&r, "builtin_reduce_error");
     }
 }
+
+#[tokio::test]
+async fn indexes_go_with_their_design_document_and_with_cleanup() {
+    let s = with_views().await;
+    let built = s
+        .expect("GET", "/db/_design/app/_view/by_n", None, 200)
+        .await;
+    assert_eq!(built["total_rows"], 5);
+    let ddoc = s.expect("GET", "/db/_design/app", None, 200).await;
+    let views = ddoc["views"].clone();
+    s.expect(
+        "DELETE",
+        &format!("/db/_design/app?rev={}", ddoc["_rev"].as_str().unwrap()),
+        None,
+        200,
+    )
+    .await;
+    // The same views again: an index kept from before would answer without being built.
+    s.expect(
+        "PUT",
+        "/db/_design/again",
+        Some(json!({"views": views.clone()})),
+        201,
+    )
+    .await;
+    let stale = s
+        .expect(
+            "GET",
+            "/db/_design/again/_view/by_n?update=false",
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(stale["total_rows"], 0, "{stale}");
+    let built = s
+        .expect("GET", "/db/_design/again/_view/by_n", None, 200)
+        .await;
+    assert_eq!(built["total_rows"], 5);
+    // A changed map function leaves the old index until `_view_cleanup`.
+    let mut ddoc = s.expect("GET", "/db/_design/again", None, 200).await;
+    ddoc["views"]["by_n"]["map"] = json!("function (doc) { emit(doc._id); }");
+    let changed = s
+        .expect("PUT", "/db/_design/again", Some(ddoc.clone()), 201)
+        .await;
+    s.expect("POST", "/db/_view_cleanup", Some(json!({})), 202)
+        .await;
+    ddoc["_rev"] = changed["rev"].clone();
+    ddoc["views"] = views;
+    s.expect("PUT", "/db/_design/again", Some(ddoc), 201).await;
+    let stale = s
+        .expect(
+            "GET",
+            "/db/_design/again/_view/by_n?update=false",
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(stale["total_rows"], 0, "{stale}");
+}
