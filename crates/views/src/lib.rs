@@ -22,7 +22,7 @@ use outpost_store::StoreError;
 use serde_json::Value;
 
 pub use indexer::update;
-pub use query::{ViewQuery, ViewResult, query};
+pub use query::{ViewQuery, ViewResult, query, rows};
 
 /// Why a view could not be read or built.
 #[derive(Debug, thiserror::Error)]

@@ -130,27 +130,7 @@ pub async fn query(
         .await?
         .filter(|s| s.signature == set.signature);
     let total_rows = state.as_ref().map_or(0, |s| s.rows);
-    let ranges: Vec<IndexQuery> = match &q.keys {
-        Some(keys) => keys
-            .iter()
-            .map(|k| range(q, Some(k), Some(k), None, None, true))
-            .collect(),
-        None => {
-            // `key` is both ends; descending swaps which end each of start and end bounds.
-            let (start, end) = match &q.key {
-                Some(k) => (Some(k), Some(k)),
-                None => (q.start_key.as_ref(), q.end_key.as_ref()),
-            };
-            vec![range(
-                q,
-                start,
-                end,
-                q.start_key_doc_id.as_deref(),
-                q.end_key_doc_id.as_deref(),
-                q.inclusive_end,
-            )]
-        }
-    };
+    let ranges = ranges(q);
     if state.is_none() {
         // Never built (`update=false` on a new view): no rows, as CouchDB answers.
         return Ok(if reduce {
@@ -256,6 +236,43 @@ pub async fn query(
     Ok(ViewResult::Reduced(
         groups.into_iter().skip(skip).take(limit).collect(),
     ))
+}
+
+/// The key ranges a query reads, in order: one per key of `keys`, else one.
+fn ranges(q: &ViewQuery) -> Vec<IndexQuery> {
+    match &q.keys {
+        Some(keys) => keys
+            .iter()
+            .map(|k| range(q, Some(k), Some(k), None, None, true))
+            .collect(),
+        None => {
+            // `key` is both ends; descending swaps which end each of start and end bounds.
+            let (start, end) = match &q.key {
+                Some(k) => (Some(k), Some(k)),
+                None => (q.start_key.as_ref(), q.end_key.as_ref()),
+            };
+            vec![range(
+                q,
+                start,
+                end,
+                q.start_key_doc_id.as_deref(),
+                q.end_key_doc_id.as_deref(),
+                q.inclusive_end,
+            )]
+        }
+    }
+}
+
+/// A page of a map view's rows (`q.skip` and `q.limit` bound it), without `total_rows` or
+/// `offset`: what a streamed answer reads after its first page.
+pub async fn rows(
+    store: &dyn Store,
+    db: &str,
+    set: &ViewSet,
+    view: &ViewDef,
+    q: &ViewQuery,
+) -> Result<Vec<IndexRow>, ViewError> {
+    read_rows(store, db, &set.index_name(&view.name), ranges(q), q).await
 }
 
 /// The map rows of some ranges, in order, after skipping `q.skip` of them (across ranges) and

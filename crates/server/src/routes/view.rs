@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::{json as json_response, not_allowed, ok};
 use crate::design::DesignDoc;
-use crate::docjson::{RenderOpts, render};
+use crate::docjson::RenderOpts;
 use crate::request::Req;
 use crate::{ApiError, AppState};
 
@@ -42,6 +42,7 @@ enum Update {
 }
 
 /// A query's parameters with the ones only the HTTP layer uses.
+#[derive(Clone)]
 struct Params {
     view: ViewQuery,
     update: Update,
@@ -102,8 +103,78 @@ pub async fn handle(
         return Ok(ok(text));
     }
     let params = params(&req.query.to_json_map(), &body)?;
-    let text = run(state, db, &set, &def, &params).await?;
-    Ok(ok(text))
+    streamed(state, db, set, def, params).await
+}
+
+/// Rows of a map view read and written per page.
+const PAGE: u64 = 500;
+
+/// One query whose map rows are written a page at a time, so memory does not grow with the
+/// rows a client asks for; a reduced answer (one row per group) is written whole.
+async fn streamed(
+    state: &AppState,
+    db: &str,
+    set: ViewSet,
+    def: outpost_views::ViewDef,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let limit = params.view.limit;
+    let mut first = params.view.clone();
+    first.limit = limit.min(PAGE);
+    let first_params = Params {
+        view: first,
+        ..params.clone()
+    };
+    let (result, update_seq) = start(state, db, &set, &def, &first_params).await?;
+    let (total_rows, offset, rows) = match result {
+        ViewResult::Reduced(_) => {
+            return Ok(ok(render(state, db, result, &update_seq, &params).await?));
+        }
+        ViewResult::Rows {
+            total_rows,
+            offset,
+            rows,
+        } => (total_rows, offset, rows),
+    };
+    let head = format!(
+        "{{\"total_rows\":{total_rows},\"offset\":{}{update_seq},\"rows\":[\n",
+        offset.map_or_else(|| "null".to_owned(), |n| n.to_string())
+    );
+    let (state2, db) = (state.clone(), db.to_owned());
+    Ok(crate::stream::respond(
+        state,
+        StatusCode::OK,
+        move |mut out| async move {
+            let state = state2;
+            out.write(&head).await?;
+            let mut page = rows;
+            let mut asked = limit.min(PAGE);
+            let mut written: u64 = 0;
+            loop {
+                let got = page.len() as u64;
+                for row in page {
+                    if written > 0 {
+                        out.write(",\n").await?;
+                    }
+                    written += 1;
+                    out.write(&row_text(&state, &db, &row, &params).await?)
+                        .await?;
+                }
+                if got < asked || written >= limit {
+                    break;
+                }
+                let mut next = params.view.clone();
+                next.skip = params.view.skip.saturating_add(written);
+                asked = (limit - written).min(PAGE);
+                next.limit = asked;
+                page = outpost_views::rows(state.store.as_ref(), &db, &set, &def, &next)
+                    .await
+                    .map_err(ApiError::from)?;
+            }
+            out.write("\n]}\n").await?;
+            Ok(out)
+        },
+    ))
 }
 
 /// Runs one query and renders its answer.
@@ -114,6 +185,19 @@ async fn run(
     def: &outpost_views::ViewDef,
     params: &Params,
 ) -> Result<String, ApiError> {
+    let (result, update_seq) = start(state, db, set, def, params).await?;
+    render(state, db, result, &update_seq, params).await
+}
+
+/// Brings the index up to date as asked, runs the query, and gives the `update_seq` member
+/// (empty unless asked for).
+async fn start(
+    state: &AppState,
+    db: &str,
+    set: &ViewSet,
+    def: &outpost_views::ViewDef,
+    params: &Params,
+) -> Result<(ViewResult, String), ApiError> {
     if params.update == Update::Before {
         outpost_views::update(state.store.as_ref(), &state.js, db, set).await?;
     }
@@ -139,6 +223,34 @@ async fn run(
     } else {
         String::new()
     };
+    Ok((result, update_seq))
+}
+
+/// One map row as JSON text, with its document when asked for.
+async fn row_text(
+    state: &AppState,
+    db: &str,
+    row: &outpost_store::IndexRow,
+    params: &Params,
+) -> Result<String, ApiError> {
+    let id = Value::String(row.doc_id.clone()).to_string();
+    let mut out = format!("{{\"id\":{id},\"key\":{},\"value\":{}", row.key, row.value);
+    if params.view.include_docs {
+        out.push_str(",\"doc\":");
+        out.push_str(&joined_doc(state, db, row, &params.render).await?);
+    }
+    out.push('}');
+    Ok(out)
+}
+
+/// A whole answer as JSON text.
+async fn render(
+    state: &AppState,
+    db: &str,
+    result: ViewResult,
+    update_seq: &str,
+    params: &Params,
+) -> Result<String, ApiError> {
     match result {
         ViewResult::Reduced(rows) => {
             let rows: Vec<Value> = rows
@@ -160,20 +272,11 @@ async fn run(
             }
             out.push_str(&update_seq);
             out.push_str(",\"rows\":[");
-            for (i, row) in rows.into_iter().enumerate() {
+            for (i, row) in rows.iter().enumerate() {
                 if i > 0 {
                     out.push_str(",\n");
                 }
-                let id = Value::String(row.doc_id.clone()).to_string();
-                out.push_str(&format!(
-                    "{{\"id\":{id},\"key\":{},\"value\":{}",
-                    row.key, row.value
-                ));
-                if params.view.include_docs {
-                    out.push_str(",\"doc\":");
-                    out.push_str(&joined_doc(state, db, &row, &params.render).await?);
-                }
-                out.push('}');
+                out.push_str(&row_text(state, db, row, params).await?);
             }
             out.push_str("]}");
             Ok(out)
@@ -208,7 +311,7 @@ async fn joined_doc(
         let Some((_, body)) = bodies.into_iter().next() else {
             return Ok("null".into());
         };
-        return render(
+        return crate::docjson::render(
             state,
             db,
             linked,
@@ -233,7 +336,7 @@ async fn joined_doc(
         deleted: false,
         json: doc.body.clone(),
     };
-    render(
+    crate::docjson::render(
         state,
         db,
         &row.doc_id,

@@ -567,3 +567,59 @@ async fn indexes_go_with_their_design_document_and_with_cleanup() {
         .await;
     assert_eq!(stale["total_rows"], 0, "{stale}");
 }
+
+#[tokio::test]
+async fn long_answers_are_written_page_by_page_without_losing_a_row() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    s.expect(
+        "PUT",
+        "/db/_design/t",
+        Some(json!({"views": {"v": {"map": "function (doc) { emit(doc.n, null); emit(doc.n, 1); }"}}})),
+        201,
+    )
+    .await;
+    let docs: Vec<Value> = (0..700)
+        .map(|n| json!({"_id": format!("d{n:04}"), "n": n}))
+        .collect();
+    s.expect("POST", "/db/_bulk_docs", Some(json!({"docs": docs})), 201)
+        .await;
+    let all = s.expect("GET", "/db/_design/t/_view/v", None, 200).await;
+    let rows = all["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1400);
+    assert_eq!(all["total_rows"], 1400);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["key"], (i / 2) as u64, "row {i}");
+        assert_eq!(
+            row["value"],
+            if i % 2 == 0 { Value::Null } else { json!(1) },
+            "row {i}"
+        );
+    }
+    let page = s
+        .expect(
+            "GET",
+            "/db/_design/t/_view/v?skip=499&limit=600&descending=true",
+            None,
+            200,
+        )
+        .await;
+    let rows = page["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 600);
+    assert_eq!(page["offset"], 499);
+    assert_eq!(rows[0]["key"], (1400 - 1 - 499) / 2);
+    assert_eq!(rows[599]["key"], (1400 - 1 - 499 - 599) / 2);
+    let keys: Vec<u64> = (0..700).rev().collect();
+    let by_keys = s
+        .expect(
+            "POST",
+            "/db/_design/t/_view/v?skip=3&limit=1000",
+            Some(json!({"keys": keys})),
+            200,
+        )
+        .await;
+    let rows = by_keys["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1000);
+    assert_eq!(rows[0]["key"], 698);
+    assert_eq!(rows[999]["key"], 699 - (1003 / 2) as u64);
+}
