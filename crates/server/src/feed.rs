@@ -67,19 +67,20 @@ impl Filter {
 }
 
 /// Whether a design-document filter lets a document (JSON text) through. A function that
-/// throws on it, or is stopped, leaves it out; the failure is logged.
+/// throws on it, or is stopped, fails the feed, as in CouchDB (its changes request fails, so a
+/// client or replication learns of it instead of silently missing documents); it is logged.
 pub async fn function_admits(
     state: &AppState,
     db: &str,
     filter: &Filter,
     id: &str,
     doc: &str,
-) -> bool {
+) -> Result<bool, ApiError> {
     let docs = [doc.to_owned()];
     let outcome = match filter {
         Filter::Function { ddoc, name, req } => {
             let Some(source) = ddoc.function(&["filters", name]) else {
-                return false;
+                return Ok(false);
             };
             let sig = ddoc.sig(&format!("filters/{name}"));
             match state.js.filter(&sig, source, &ddoc.body, &docs, req).await {
@@ -89,7 +90,7 @@ pub async fn function_admits(
         }
         Filter::View { ddoc, name } => {
             let Some(source) = ddoc.function(&["views", name, "map"]) else {
-                return false;
+                return Ok(false);
             };
             let sig = ddoc.sig(&format!("views/{name}/map"));
             let lib = ddoc.body.get("views").and_then(|v| v.get("lib"));
@@ -104,13 +105,10 @@ pub async fn function_admits(
         }
         _ => Ok(true),
     };
-    match outcome {
-        Ok(pass) => pass,
-        Err(error) => {
-            tracing::info!(db, doc = %id, error = %error, "filter function failed on a document");
-            false
-        }
-    }
+    outcome.map_err(|error| {
+        tracing::info!(db, doc = %id, error = %error, "filter function failed on a document");
+        ApiError::FunctionFailed(error)
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -334,7 +332,7 @@ async fn render_row(
     }
     if matches!(opts.filter, Filter::Function { .. } | Filter::View { .. }) {
         let text = doc.as_deref().unwrap_or("null");
-        if !function_admits(state, db, &opts.filter, &row.id, text).await {
+        if !function_admits(state, db, &opts.filter, &row.id, text).await? {
             return Ok(None);
         }
     }

@@ -221,7 +221,9 @@ impl LocalEndpoint {
                     Filter::Design(design) => match row.body.as_deref() {
                         Some(body) => {
                             let doc = splice(&row.id, &winner.rev, winner.deleted, body, &[]);
-                            function_admits(&self.state, &self.db, design, &row.id, &doc).await
+                            function_admits(&self.state, &self.db, design, &row.id, &doc)
+                                .await
+                                .map_err(|e| self.api_error("changes", e))?
                         }
                         None => false,
                     },

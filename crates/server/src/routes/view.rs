@@ -270,7 +270,7 @@ async fn render(
                 Some(n) => out.push_str(&n.to_string()),
                 None => out.push_str("null"),
             }
-            out.push_str(&update_seq);
+            out.push_str(update_seq);
             out.push_str(",\"rows\":[");
             for (i, row) in rows.iter().enumerate() {
                 if i > 0 {
