@@ -73,6 +73,10 @@ pub struct Config {
     pub cors_origins: Option<Vec<String>>,
     /// Most simultaneous connections; more wait to be accepted.
     pub max_connections: usize,
+    /// How long a design-document function may run on one document before it is stopped.
+    pub js_timeout: Duration,
+    /// How much memory each JavaScript engine may hold.
+    pub js_memory_bytes: usize,
 }
 
 impl Default for Config {
@@ -86,6 +90,8 @@ impl Default for Config {
             max_header_bytes: 64 * 1024,
             cors_origins: None,
             max_connections: 4096,
+            js_timeout: outpost_js::Limits::default().timeout,
+            js_memory_bytes: outpost_js::Limits::default().memory_bytes,
         }
     }
 }
@@ -121,6 +127,11 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, config: Config, shutdown: CancellationToken) -> AppState {
+        let js = outpost_js::Sandbox::new(outpost_js::Limits {
+            timeout: config.js_timeout,
+            memory_bytes: config.js_memory_bytes,
+            ..outpost_js::Limits::default()
+        });
         AppState {
             store,
             body_budget: request::BodyBudget::new(config.max_body_bytes_in_flight),
@@ -128,7 +139,7 @@ impl AppState {
             shutdown,
             tasks: TaskTracker::new(),
             replications: replication::Replications::new(),
-            js: outpost_js::Sandbox::new(outpost_js::Limits::default()),
+            js,
             design: Arc::default(),
         }
     }

@@ -216,3 +216,32 @@ async fn a_throwing_validation_is_an_error_not_a_crash() {
     .await;
     s.expect("PUT", "/db/x", Some(json!({})), 201).await;
 }
+
+#[tokio::test]
+async fn a_runaway_validation_is_stopped_by_the_time_limit() {
+    let s = TestServer::with_config(outpost_server::Config {
+        js_timeout: std::time::Duration::from_millis(300),
+        ..outpost_server::Config::default()
+    });
+    s.expect("PUT", "/db", None, 201).await;
+    s.expect(
+        "PUT",
+        "/db/_design/loop",
+        Some(
+            json!({"validate_doc_update": "function (doc) { if (doc.spin) { while (true) {} } }"}),
+        ),
+        201,
+    )
+    .await;
+    let body = s
+        .expect("PUT", "/db/x", Some(json!({"spin": true})), 500)
+        .await;
+    assert_error(&body, "unknown_error");
+    assert!(
+        body["reason"].as_str().unwrap().contains("time limit"),
+        "{body}"
+    );
+    // The engine that was stopped is replaced: the next write is validated and goes through.
+    s.expect("PUT", "/db/y", Some(json!({"spin": false})), 201)
+        .await;
+}
