@@ -45,6 +45,7 @@ const USAGE = `usage: node bench/run.js [options]
   --repl-docs N          documents replicated server to server by replicate (default 100000)
   --page-docs N          documents in the changes-paging data set (default 1000000)
   --conflict-revs N      conflicting revisions in the conflicts workload (default 4000)
+  --mango-docs N         documents in the mango workload's database (default 100000)
   --json FILE            also write the raw results as JSON
   --list                 list the workloads and exit
 
@@ -69,6 +70,7 @@ function parseArgs(argv) {
     replDocs: 100_000,
     pageDocs: 1_000_000,
     conflictRevs: 4000,
+    mangoDocs: 100_000,
     json: null,
     list: false,
   };
@@ -93,6 +95,7 @@ function parseArgs(argv) {
       case '--repl-docs': opts.replDocs = number(); break;
       case '--page-docs': opts.pageDocs = number(); break;
       case '--conflict-revs': opts.conflictRevs = number(); break;
+      case '--mango-docs': opts.mangoDocs = number(); break;
       case '--json': opts.json = value(); break;
       case '--list': opts.list = true; break;
       case '-h': case '--help': console.log(USAGE); process.exit(0); break;
@@ -728,6 +731,40 @@ const WORKLOADS = [
         { metric: `_changes of ${n.toLocaleString('en-US')} docs by 100: last 100 pages`, value: last, unit: 'ms', better: 'lower', detail: 'mean per page' },
         { metric: `_changes of ${n.toLocaleString('en-US')} docs by 100: whole pull`, value: total / 1000, unit: 's', better: 'lower', detail: `${pages.length} pages` },
       ];
+    },
+  },
+  {
+    name: 'mango',
+    description: 'Mango json indexes over --mango-docs documents: building an index (the first _find), an indexed $eq returning 100 rows, and a range with a sort on an indexed field returning 100 rows',
+    async run(t, opts) {
+      const n = opts.mangoDocs;
+      const db = t.freshDb('mango');
+      await fillDb(t, db, n);
+      const find = (body) => t.request('POST', `/${db}/_find`, body);
+      const count = (text) => JSON.parse(text).docs.length;
+      const results = [];
+      // Two indexes; each is built by the first query that uses it.
+      for (const field of ['customer.name', 'n']) {
+        await t.request('POST', `/${db}/_index`, { index: { fields: [field] }, name: field, ddoc: field });
+      }
+      const eq = { selector: { 'customer.name': 'customer 5' }, limit: 100 };
+      const range = { selector: { n: { $gte: Math.floor(n / 2), $lt: n } }, sort: ['n'], limit: 100 };
+      for (const [field, body] of [['customer.name', eq], ['n', range]]) {
+        const t0 = performance.now();
+        const got = count(await find(body));
+        const ms = performance.now() - t0;
+        if (got === 0) throw new Error(`${t.kind}: the index build query returned nothing`);
+        results.push({ metric: `index on ${field}, ${n.toLocaleString('en-US')} docs: build (first _find)`, value: n / (ms / 1000), unit: 'docs/s', better: 'higher', detail: `${(ms / 1000).toFixed(1)} s` });
+      }
+      for (const [name, body] of [['$eq on an indexed field, 100 rows', eq], ['range + sort on an indexed field, 100 rows', range]]) {
+        const rows = count(await find(body));
+        const r = await medianRate(rows, 9, async () => {
+          const got = count(await find(body));
+          if (got === 0) throw new Error(`${t.kind}: ${name} returned nothing`);
+        });
+        results.push({ metric: `_find ${name}`, ...r });
+      }
+      return results;
     },
   },
   {

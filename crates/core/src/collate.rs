@@ -46,6 +46,44 @@ pub fn compare_strings(a: &str, b: &str) -> Ordering {
     COLLATOR.compare(a, b).then_with(|| a.cmp(b))
 }
 
+/// CouchDB's raw collation (Erlang's term order, as `_all_docs` orders ids): numbers <
+/// `false` < `null` < `true` < objects < arrays < strings, strings byte by byte, arrays and
+/// objects element by element, then shorter first. Mango compares `_id` in this order.
+pub fn collate_raw(a: &Value, b: &Value) -> Ordering {
+    fn rank(v: &Value) -> u8 {
+        match v {
+            Value::Number(_) => 0,
+            Value::Bool(false) => 1,
+            Value::Null => 2,
+            Value::Bool(true) => 3,
+            Value::Object(_) => 4,
+            Value::Array(_) => 5,
+            Value::String(_) => 6,
+        }
+    }
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => compare_numbers(x, y),
+        (Value::String(x), Value::String(y)) => x.as_bytes().cmp(y.as_bytes()),
+        (Value::Array(x), Value::Array(y)) => x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| collate_raw(p, q))
+            .find(|o| o.is_ne())
+            .unwrap_or_else(|| x.len().cmp(&y.len())),
+        (Value::Object(x), Value::Object(y)) => x
+            .iter()
+            .zip(y)
+            .map(|((kx, vx), (ky, vy))| {
+                kx.as_bytes()
+                    .cmp(ky.as_bytes())
+                    .then_with(|| collate_raw(vx, vy))
+            })
+            .find(|o| o.is_ne())
+            .unwrap_or_else(|| x.len().cmp(&y.len())),
+        _ => rank(a).cmp(&rank(b)),
+    }
+}
+
 /// CouchDB's collation of two JSON values (see the module documentation).
 pub fn collate(a: &Value, b: &Value) -> Ordering {
     match (a, b) {
@@ -332,6 +370,26 @@ mod tests {
                     values[i],
                     values[j]
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn raw_collation_puts_strings_last_and_compares_bytes() {
+        let ordered = [
+            json!(1),
+            json!(false),
+            json!(null),
+            json!(true),
+            json!({}),
+            json!([]),
+            json!("B"),
+            json!("a"),
+            json!("b"),
+        ];
+        for (i, a) in ordered.iter().enumerate() {
+            for (j, b) in ordered.iter().enumerate() {
+                assert_eq!(collate_raw(a, b), i.cmp(&j), "collate_raw({a}, {b})");
             }
         }
     }

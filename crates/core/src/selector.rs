@@ -16,13 +16,16 @@
 //! - There is no implicit matching into arrays: `{"tags": "x"}` compares the whole array with
 //!   `"x"`; `$elemMatch`, `$allMatch`, `$all`, `$in` and `$nin` are the ways into arrays.
 //! - Comparisons use CouchDB's collation ([`crate::collate`]): null < false < true < numbers <
-//!   strings (Unicode collation) < arrays < objects.
+//!   strings (Unicode collation) < arrays < objects; except on `_id`, which CouchDB compares in
+//!   the raw order of `_all_docs` ([`crate::collate::collate_raw`]), where strings sort above
+//!   everything else and byte by byte, so `{"_id": {"$gt": {}}}` matches every document.
 
 use std::cmp::Ordering;
 
 use regex::Regex;
 use serde_json::{Map, Value};
 
+use crate::collate;
 pub use crate::collate::collate;
 
 /// Why a selector is refused. The messages are sent to clients as the `reason` of a 400
@@ -431,7 +434,11 @@ impl Node {
             Node::Nor(nodes) => !nodes.iter().any(|n| n.eval(doc)),
             Node::Not(node) => !node.eval(doc),
             Node::Field { path, cond } => match lookup(doc, path) {
-                Some(value) => cond.eval(value),
+                // CouchDB compares `_id` in the raw order of `_all_docs`, not by collation.
+                Some(value) if path.len() == 1 && path[0] == "_id" => {
+                    cond.eval(value, collate::collate_raw)
+                }
+                Some(value) => cond.eval(value, collate::collate),
                 None => matches!(cond, Cond::Exists(false)),
             },
         }
@@ -439,22 +446,22 @@ impl Node {
 }
 
 impl Cond {
-    fn eval(&self, value: &Value) -> bool {
+    fn eval(&self, value: &Value, cmp: fn(&Value, &Value) -> Ordering) -> bool {
         match self {
-            Cond::Eq(arg) => collate(value, arg) == Ordering::Equal,
-            Cond::Ne(arg) => collate(value, arg) != Ordering::Equal,
-            Cond::Gt(arg) => collate(value, arg) == Ordering::Greater,
-            Cond::Gte(arg) => collate(value, arg) != Ordering::Less,
-            Cond::Lt(arg) => collate(value, arg) == Ordering::Less,
-            Cond::Lte(arg) => collate(value, arg) != Ordering::Greater,
+            Cond::Eq(arg) => cmp(value, arg) == Ordering::Equal,
+            Cond::Ne(arg) => cmp(value, arg) != Ordering::Equal,
+            Cond::Gt(arg) => cmp(value, arg) == Ordering::Greater,
+            Cond::Gte(arg) => cmp(value, arg) != Ordering::Less,
+            Cond::Lt(arg) => cmp(value, arg) == Ordering::Less,
+            Cond::Lte(arg) => cmp(value, arg) != Ordering::Greater,
             // On an array field, `$in` asks whether any element is among the arguments.
             Cond::In(args) => match value {
-                Value::Array(items) => items.iter().any(|v| contains(args, v)),
-                v => contains(args, v),
+                Value::Array(items) => items.iter().any(|v| contains(args, v, cmp)),
+                v => contains(args, v, cmp),
             },
             Cond::Nin(args) => match value {
-                Value::Array(items) => !items.iter().any(|v| contains(args, v)),
-                v => !contains(args, v),
+                Value::Array(items) => !items.iter().any(|v| contains(args, v, cmp)),
+                v => !contains(args, v, cmp),
             },
             Cond::Exists(expected) => *expected,
             Cond::Type(ty) => JsonType::of(value) == *ty,
@@ -465,9 +472,9 @@ impl Cond {
             Cond::Mod { divisor, remainder } => value
                 .as_i64()
                 .is_some_and(|v| v.wrapping_rem(*divisor) == *remainder),
-            Cond::All(args) => value
-                .as_array()
-                .is_some_and(|items| !args.is_empty() && args.iter().all(|a| contains(items, a))),
+            Cond::All(args) => value.as_array().is_some_and(|items| {
+                !args.is_empty() && args.iter().all(|a| contains(items, a, cmp))
+            }),
             Cond::ElemMatch(sub) => value
                 .as_array()
                 .is_some_and(|items| items.iter().any(|v| sub.eval(v))),
@@ -484,10 +491,8 @@ impl Cond {
     }
 }
 
-fn contains(haystack: &[Value], needle: &Value) -> bool {
-    haystack
-        .iter()
-        .any(|v| collate(v, needle) == Ordering::Equal)
+fn contains(haystack: &[Value], needle: &Value, cmp: fn(&Value, &Value) -> Ordering) -> bool {
+    haystack.iter().any(|v| cmp(v, needle) == Ordering::Equal)
 }
 
 #[cfg(test)]
@@ -796,6 +801,17 @@ mod tests {
             json!({"m": ["x"]}),
             false,
         );
+    }
+
+    #[test]
+    fn ids_compare_in_raw_order() {
+        // Strings sort above objects in `_all_docs`' raw order, below them in collation.
+        check(json!({"_id": {"$gt": {}}}), json!({"_id": "a"}), true);
+        check(json!({"_id": {"$lt": {}}}), json!({"_id": "a"}), false);
+        check(json!({"x": {"$gt": {}}}), json!({"x": "a"}), false);
+        // Byte order: "B" before "a".
+        check(json!({"_id": {"$lt": "a"}}), json!({"_id": "B"}), true);
+        check(json!({"x": {"$lt": "a"}}), json!({"x": "B"}), false);
     }
 
     #[test]

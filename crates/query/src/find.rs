@@ -5,6 +5,7 @@
 //! bookmark is the position of the last row returned (its key and document id), so the next
 //! page starts right after it whatever was written meanwhile.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine;
@@ -15,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use crate::index_def::{all_docs_listing, load_indexes};
 use crate::indexer::{self, document};
-use crate::plan::{Access, Plan, Sort, UseIndex, plan};
+use crate::plan::{Access, IdRange, Plan, Sort, UseIndex, plan};
 use crate::{MangoIndex, QueryError};
 
 /// Rows read from the store per round trip.
@@ -192,245 +193,313 @@ fn project(doc: Value, fields: &Option<Vec<(String, Vec<String>)>>) -> Value {
     Value::Object(out)
 }
 
-/// Collects matches into a page: skips, limits and remembers where the page ended.
-struct Page<'r> {
-    req: &'r FindRequest,
-    docs: Vec<Value>,
+/// Where a cursor reads next.
+#[derive(Debug)]
+enum Source {
+    Json {
+        index: Box<MangoIndex>,
+        lower: KeyBound,
+        upper: KeyBound,
+    },
+    AllDocs {
+        range: IdRange,
+        /// The last id read, exclusive start of the next page.
+        after: Option<String>,
+    },
+}
+
+/// A `_find` in progress: the plan is made and the index brought up to date when it is opened,
+/// so that every error that decides the status comes before the first document; then
+/// [`FindCursor::next_batch`] reads the answer a bounded page at a time, so that memory does
+/// not grow with `limit`.
+pub struct FindCursor {
+    store: Arc<dyn Store>,
+    db: String,
+    req: FindRequest,
+    source: Source,
+    descending: bool,
+    warnings: Vec<String>,
+    done: bool,
     skipped: u64,
+    returned: u64,
     last: Option<Cursor>,
     stats: Stats,
+    started: Instant,
 }
 
-impl Page<'_> {
-    fn full(&self) -> bool {
-        self.docs.len() as u64 >= self.req.limit
-    }
-
-    /// Offers a document read from the store; `at` is where it sits in the index.
-    fn offer(&mut self, doc: Value, conflicts: Vec<String>, at: impl FnOnce() -> Cursor) {
-        self.stats.docs += 1;
-        if !self.req.selector.matches(&doc) {
-            return;
-        }
-        if self.skipped < self.req.skip {
-            self.skipped += 1;
-            return;
-        }
-        let mut doc = doc;
-        if self.req.conflicts
-            && !conflicts.is_empty()
-            && let Value::Object(map) = &mut doc
-        {
-            map.insert(
-                "_conflicts".into(),
-                Value::Array(conflicts.into_iter().map(Value::String).collect()),
-            );
-        }
-        self.docs.push(project(doc, &self.req.fields));
-        self.last = Some(at());
+impl std::fmt::Debug for FindCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FindCursor")
+            .field("db", &self.db)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
     }
 }
 
-async fn run_json(
-    store: &dyn Store,
-    db: &str,
-    index: &MangoIndex,
-    mut lower: KeyBound,
-    mut upper: KeyBound,
-    descending: bool,
-    page: &mut Page<'_>,
-) -> Result<(), QueryError> {
-    if page.req.update {
-        indexer::update(store, db, index).await?;
-    }
-    if let Some(b) = &page.req.bookmark {
-        match decode_bookmark(b, true)? {
-            Cursor::Key(key, id) if descending => {
-                upper = KeyBound::upper_with_doc(&key, &id, false);
-            }
-            Cursor::Key(key, id) => lower = KeyBound::lower_with_doc(&key, &id, false),
-            Cursor::Id(_) => return Err(QueryError::InvalidBookmark(b.clone())),
-        }
-    }
-    let name = index.store_name();
-    while !page.full() {
-        let query = IndexQuery {
-            lower: Some(lower.clone()),
-            upper: Some(upper.clone()),
-            descending,
-            skip: 0,
-            limit: PAGE,
-            include_docs: true,
-        };
-        let rows = match store.scan_index(db, &name, &query).await {
-            Ok(rows) => rows,
-            // `update=false` on an index never built: nothing indexed yet.
-            Err(StoreError::NotFound) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        let n = rows.len() as u64;
-        let mut end = None;
-        for row in rows {
-            page.stats.keys += 1;
-            let key: Value = outpost_core::json::from_str(&row.key).unwrap_or(Value::Null);
-            end = Some((key.clone(), row.doc_id.clone()));
-            if page.full() {
-                break;
-            }
-            let Some(doc) = row.doc.filter(|d| !d.deleted) else {
-                continue;
-            };
-            let rev = doc.tree.winner().map(|w| w.rev.to_string());
-            let conflicts = doc
-                .tree
-                .conflicts()
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-            let value = document(&row.doc_id, rev.as_deref(), Some(&doc.body));
-            let id = row.doc_id;
-            page.offer(value, conflicts, || Cursor::Key(key, id));
-        }
-        if n < PAGE {
-            break;
-        }
-        let Some((key, id)) = end else { break };
-        if descending {
-            upper = KeyBound::upper_with_doc(&key, &id, false);
-        } else {
-            lower = KeyBound::lower_with_doc(&key, &id, false);
-        }
-    }
-    Ok(())
-}
-
-async fn run_all_docs(
-    store: &dyn Store,
-    db: &str,
-    id: Option<String>,
-    descending: bool,
-    page: &mut Page<'_>,
-) -> Result<(), QueryError> {
-    let mut after = match &page.req.bookmark {
-        Some(b) => match decode_bookmark(b, false)? {
-            Cursor::Id(id) => Some(id),
-            Cursor::Key(..) => return Err(QueryError::InvalidBookmark(b.clone())),
-        },
-        None => None,
-    };
-    while !page.full() {
-        // `start` is where the scan begins in its direction; `end` where it stops.
-        let (start, start_inclusive) = match (&after, &id) {
-            (Some(a), _) => (Some(a.clone()), false),
-            (None, Some(id)) => (Some(id.clone()), true),
-            (None, None) => (None, true),
-        };
-        let query = AllDocsQuery {
-            start,
-            start_inclusive,
-            end: id.clone(),
-            end_inclusive: true,
-            descending,
-            limit: PAGE,
-            skip: 0,
-            include_docs: true,
-        };
-        let rows = store.all_docs(db, &query).await?;
-        let n = rows.len() as u64;
-        for row in rows {
-            page.stats.keys += 1;
-            after = Some(row.id.clone());
-            if page.full() {
-                break;
-            }
-            // Design documents are not query results, as in CouchDB.
-            if row.id.starts_with("_design/") {
-                continue;
-            }
-            let rev = row.tree.winner().map(|w| w.rev.to_string());
-            let conflicts = row
-                .tree
-                .conflicts()
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-            let value = document(&row.id, rev.as_deref(), row.body.as_deref());
-            let id = row.id;
-            page.offer(value, conflicts, || Cursor::Id(id));
-        }
-        if n < PAGE {
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// Runs `POST /{db}/_find`.
-pub async fn find(store: &dyn Store, db: &str, req: &FindRequest) -> Result<Value, QueryError> {
-    let started = Instant::now();
-    let indexes = load_indexes(store, db).await?;
-    let plan = plan(&indexes, &req.selector, &req.sort, &req.use_index)?;
-    let mut page = Page {
-        req,
-        docs: Vec::new(),
-        skipped: 0,
-        last: None,
-        stats: Stats::default(),
-    };
-    if req.limit > 0 {
-        match &plan.access {
+impl FindCursor {
+    /// Plans the query, brings the chosen index up to date (unless `update` is false) and
+    /// positions the cursor after the bookmark, if any.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        db: &str,
+        req: FindRequest,
+    ) -> Result<FindCursor, QueryError> {
+        let started = Instant::now();
+        let indexes = load_indexes(store.as_ref(), db).await?;
+        indexer::drop_orphans(store.as_ref(), db, &indexes).await?;
+        let plan = plan(&indexes, &req.selector, &req.sort, &req.use_index)?;
+        let descending = plan.descending;
+        let source = match plan.access {
             Access::Json {
+                index,
+                mut lower,
+                mut upper,
+                ..
+            } => {
+                if req.update {
+                    indexer::update(store.as_ref(), db, &index).await?;
+                }
+                if let Some(b) = &req.bookmark {
+                    match decode_bookmark(b, true)? {
+                        Cursor::Key(key, id) if descending => {
+                            upper = KeyBound::upper_with_doc(&key, &id, false);
+                        }
+                        Cursor::Key(key, id) => lower = KeyBound::lower_with_doc(&key, &id, false),
+                        Cursor::Id(_) => return Err(QueryError::InvalidBookmark(b.clone())),
+                    }
+                }
+                Source::Json {
+                    index,
+                    lower,
+                    upper,
+                }
+            }
+            Access::AllDocs { range } => {
+                let after = match &req.bookmark {
+                    Some(b) => match decode_bookmark(b, false)? {
+                        Cursor::Id(id) => Some(id),
+                        Cursor::Key(..) => return Err(QueryError::InvalidBookmark(b.clone())),
+                    },
+                    None => None,
+                };
+                Source::AllDocs { range, after }
+            }
+        };
+        let done = req.limit == 0;
+        Ok(FindCursor {
+            store,
+            db: db.to_owned(),
+            req,
+            source,
+            descending,
+            warnings: plan.warnings,
+            done,
+            skipped: 0,
+            returned: 0,
+            last: None,
+            stats: Stats::default(),
+            started,
+        })
+    }
+
+    /// The next matching documents (at most one page of reads' worth), already projected to
+    /// `fields`; `None` when the answer is complete.
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<Value>>, QueryError> {
+        while !self.done {
+            let candidates = self.read_page().await?;
+            let mut out = Vec::new();
+            for (doc, conflicts, at) in candidates {
+                if self.returned >= self.req.limit {
+                    self.done = true;
+                    break;
+                }
+                self.stats.docs += 1;
+                if !self.req.selector.matches(&doc) {
+                    continue;
+                }
+                if self.skipped < self.req.skip {
+                    self.skipped += 1;
+                    continue;
+                }
+                let mut doc = doc;
+                if self.req.conflicts
+                    && !conflicts.is_empty()
+                    && let Value::Object(map) = &mut doc
+                {
+                    map.insert(
+                        "_conflicts".into(),
+                        Value::Array(conflicts.into_iter().map(Value::String).collect()),
+                    );
+                }
+                out.push(project(doc, &self.req.fields));
+                self.returned += 1;
+                self.last = Some(at);
+            }
+            if self.returned >= self.req.limit {
+                self.done = true;
+            }
+            if !out.is_empty() {
+                return Ok(Some(out));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads one page of candidates: each live document with its conflicts and position.
+    #[allow(clippy::type_complexity)]
+    async fn read_page(&mut self) -> Result<Vec<(Value, Vec<String>, Cursor)>, QueryError> {
+        let mut out = Vec::new();
+        match &mut self.source {
+            Source::Json {
                 index,
                 lower,
                 upper,
-                ..
             } => {
-                run_json(
-                    store,
-                    db,
-                    index,
-                    lower.clone(),
-                    upper.clone(),
-                    plan.descending,
-                    &mut page,
-                )
-                .await?
+                let query = IndexQuery {
+                    lower: Some(lower.clone()),
+                    upper: Some(upper.clone()),
+                    descending: self.descending,
+                    skip: 0,
+                    limit: PAGE,
+                    include_docs: true,
+                };
+                let rows = match self
+                    .store
+                    .scan_index(&self.db, &index.store_name(), &query)
+                    .await
+                {
+                    Ok(rows) => rows,
+                    // `update=false` on an index never built: nothing indexed yet.
+                    Err(StoreError::NotFound) => Vec::new(),
+                    Err(e) => return Err(e.into()),
+                };
+                if (rows.len() as u64) < PAGE {
+                    self.done = true;
+                }
+                for row in rows {
+                    self.stats.keys += 1;
+                    let key: Value = outpost_core::json::from_str(&row.key).unwrap_or(Value::Null);
+                    if self.descending {
+                        *upper = KeyBound::upper_with_doc(&key, &row.doc_id, false);
+                    } else {
+                        *lower = KeyBound::lower_with_doc(&key, &row.doc_id, false);
+                    }
+                    let Some(doc) = row.doc.filter(|d| !d.deleted) else {
+                        continue;
+                    };
+                    let rev = doc.tree.winner().map(|w| w.rev.to_string());
+                    let conflicts = doc
+                        .tree
+                        .conflicts()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    let value = document(&row.doc_id, rev.as_deref(), Some(&doc.body));
+                    out.push((value, conflicts, Cursor::Key(key, row.doc_id)));
+                }
             }
-            Access::AllDocs { id } => {
-                run_all_docs(store, db, id.clone(), plan.descending, &mut page).await?
+            Source::AllDocs { range, after } => {
+                if range.empty {
+                    self.done = true;
+                    return Ok(out);
+                }
+                // `_all_docs` takes its bounds in the direction of the scan.
+                let (first, last) = if self.descending {
+                    (&range.end, &range.start)
+                } else {
+                    (&range.start, &range.end)
+                };
+                let (start, start_inclusive) = match (&after, first) {
+                    (Some(a), _) => (Some(a.clone()), false),
+                    (None, Some((id, inclusive))) => (Some(id.clone()), *inclusive),
+                    (None, None) => (None, true),
+                };
+                let query = AllDocsQuery {
+                    start,
+                    start_inclusive,
+                    end: last.as_ref().map(|(id, _)| id.clone()),
+                    end_inclusive: last.as_ref().is_none_or(|(_, inclusive)| *inclusive),
+                    descending: self.descending,
+                    limit: PAGE,
+                    skip: 0,
+                    include_docs: true,
+                };
+                let rows = self.store.all_docs(&self.db, &query).await?;
+                if (rows.len() as u64) < PAGE {
+                    self.done = true;
+                }
+                for row in rows {
+                    self.stats.keys += 1;
+                    *after = Some(row.id.clone());
+                    // Design documents are not query results, as in CouchDB.
+                    if row.id.starts_with("_design/") {
+                        continue;
+                    }
+                    let rev = row.tree.winner().map(|w| w.rev.to_string());
+                    let conflicts = row
+                        .tree
+                        .conflicts()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    let value = document(&row.id, rev.as_deref(), row.body.as_deref());
+                    out.push((value, conflicts, Cursor::Id(row.id)));
+                }
             }
         }
+        Ok(out)
     }
-    let bookmark = match &page.last {
-        Some(cursor) => encode_bookmark(cursor),
-        None => req.bookmark.clone().unwrap_or_else(|| "nil".to_owned()),
-    };
-    let returned = page.docs.len();
-    let mut out = Map::new();
-    out.insert("docs".into(), Value::Array(page.docs));
-    out.insert("bookmark".into(), Value::from(bookmark));
-    if !plan.warnings.is_empty() {
-        out.insert("warning".into(), Value::from(plan.warnings.join("\n")));
+
+    /// The members after `docs`: `bookmark`, `warning` and `execution_stats`, as JSON text
+    /// starting with a comma. Call once the batches are exhausted.
+    pub fn trailer(&self) -> String {
+        let bookmark = match &self.last {
+            Some(cursor) => encode_bookmark(cursor),
+            None => self
+                .req
+                .bookmark
+                .clone()
+                .unwrap_or_else(|| "nil".to_owned()),
+        };
+        let mut out = Map::new();
+        out.insert("bookmark".into(), Value::from(bookmark));
+        if !self.warnings.is_empty() {
+            out.insert("warning".into(), Value::from(self.warnings.join("\n")));
+        }
+        if self.req.execution_stats {
+            out.insert(
+                "execution_stats".into(),
+                json!({
+                    "total_keys_examined": self.stats.keys,
+                    "total_docs_examined": self.stats.docs,
+                    "total_quorum_docs_examined": 0,
+                    "results_returned": self.returned,
+                    "execution_time_ms": self.started.elapsed().as_secs_f64() * 1000.0,
+                }),
+            );
+        }
+        let text = Value::Object(out).to_string();
+        format!(",{}", &text[1..text.len() - 1])
     }
-    if req.execution_stats {
-        out.insert(
-            "execution_stats".into(),
-            json!({
-                "total_keys_examined": page.stats.keys,
-                "total_docs_examined": page.stats.docs,
-                "total_quorum_docs_examined": 0,
-                "results_returned": returned,
-                "execution_time_ms": started.elapsed().as_secs_f64() * 1000.0,
-            }),
-        );
+}
+
+/// Runs `POST /{db}/_find` and gathers the whole answer (for callers that want it as one
+/// value; the server streams with [`FindCursor`] instead).
+pub async fn find(store: Arc<dyn Store>, db: &str, req: &FindRequest) -> Result<Value, QueryError> {
+    let mut cursor = FindCursor::open(store, db, req.clone()).await?;
+    let mut docs = Vec::new();
+    while let Some(batch) = cursor.next_batch().await? {
+        docs.extend(batch);
     }
-    Ok(Value::Object(out))
+    let text = format!("{{\"docs\":{}{}}}", Value::Array(docs), cursor.trailer());
+    serde_json::from_str(&text)
+        .map_err(|e| QueryError::Store(StoreError::Corrupt(format!("find answer: {e}"))))
 }
 
 /// Answers `POST /{db}/_explain`: the index a `_find` with this body would use and how.
 pub async fn explain(store: &dyn Store, db: &str, req: &FindRequest) -> Result<Value, QueryError> {
     let indexes = load_indexes(store, db).await?;
-    let plan: Plan<'_> = plan(&indexes, &req.selector, &req.sort, &req.use_index)?;
+    let plan: Plan = plan(&indexes, &req.selector, &req.sort, &req.use_index)?;
     let fields = match &req.fields {
         Some(f) => Value::Array(f.iter().map(|(n, _)| Value::from(n.as_str())).collect()),
         None => Value::from("all_fields"),
@@ -456,14 +525,14 @@ pub async fn explain(store: &dyn Store, db: &str, req: &FindRequest) -> Result<V
                 "conflicts": "undefined",
             }),
         ),
-        Access::AllDocs { id } => (
+        Access::AllDocs { range } => (
             all_docs_listing(),
             json!({
                 "include_docs": true,
                 "view_type": "map",
                 "reduce": false,
-                "start_key": id,
-                "end_key": id.clone().map_or(Value::from("<MAX>"), Value::from),
+                "start_key": range.start.as_ref().map(|(id, _)| id.clone()),
+                "end_key": range.end.as_ref().map_or(Value::from("<MAX>"), |(id, _)| Value::from(id.as_str())),
                 "direction": direction,
                 "stable": req.stable,
                 "update": if req.update { "true" } else { "false" },
@@ -475,7 +544,7 @@ pub async fn explain(store: &dyn Store, db: &str, req: &FindRequest) -> Result<V
         "dbname": db,
         "index": index,
         "partitioned": false,
-        "selector": req.selector.as_json(),
+        "selector": crate::normalize::normalize(req.selector.as_json()),
         "opts": {
             "use_index": req.use_index.as_json(),
             "bookmark": req.bookmark.clone().unwrap_or_else(|| "nil".into()),

@@ -152,12 +152,17 @@ fn parse_fields(fields: &Value) -> Result<Vec<IndexField>, QueryError> {
             descending,
         });
     }
+    if out.iter().any(|f| f.descending != out[0].descending) {
+        return Err(QueryError::MixedSort);
+    }
     Ok(out)
 }
 
+/// A partial filter; an empty one (what CouchDB writes when there is none) filters nothing.
 fn parse_partial(value: Option<&Value>) -> Result<Option<Selector>, QueryError> {
     match value {
-        None => Ok(None),
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) if m.is_empty() => Ok(None),
         Some(v) => Selector::parse(v)
             .map(Some)
             .map_err(|e| QueryError::BadRequest(format!("invalid partial_filter_selector: {e}"))),
@@ -237,8 +242,14 @@ pub async fn load_indexes(store: &dyn Store, db: &str) -> Result<Vec<MangoIndex>
     Ok(out)
 }
 
-/// `GET /{db}/_index`: the special `_all_docs` index, then every json index.
-pub async fn list_indexes(store: &dyn Store, db: &str) -> Result<Value, QueryError> {
+/// `GET /{db}/_index`: the special `_all_docs` index, then every json index; `skip` and
+/// `limit` page the list (`total_rows` counts them all).
+pub async fn list_indexes(
+    store: &dyn Store,
+    db: &str,
+    skip: u64,
+    limit: Option<u64>,
+) -> Result<Value, QueryError> {
     let mut indexes = vec![all_docs_listing()];
     indexes.extend(
         load_indexes(store, db)
@@ -246,7 +257,13 @@ pub async fn list_indexes(store: &dyn Store, db: &str) -> Result<Value, QueryErr
             .iter()
             .map(MangoIndex::listing),
     );
-    Ok(json!({ "total_rows": indexes.len(), "indexes": indexes }))
+    let total = indexes.len();
+    let page: Vec<Value> = indexes
+        .into_iter()
+        .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+        .take(limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX)))
+        .collect();
+    Ok(json!({ "total_rows": total, "indexes": page }))
 }
 
 fn design_id(ddoc: &str) -> String {
@@ -343,7 +360,8 @@ pub async fn create_index(store: &dyn Store, db: &str, body: &Value) -> Result<V
         fields,
         partial_filter,
     };
-    let digest = probe.signature();
+    // Two indexes on the same fields under different names get different design documents.
+    let digest = hex_digest(&json!([probe.def(), req.get("name")]));
     let string_opt = |key: &str| -> Result<Option<String>, QueryError> {
         match req.get(key) {
             None | Some(Value::Null) => Ok(None),
@@ -363,11 +381,12 @@ pub async fn create_index(store: &dyn Store, db: &str, body: &Value) -> Result<V
         None => (None, Map::new()),
     };
     match body.get("language") {
-        None => {
+        None if base.is_none() => {
             body.insert("language".into(), Value::from("query"));
         }
         Some(Value::String(l)) if l == "query" => {}
-        Some(_) => {
+        // A design document of another language (JavaScript when it names none).
+        _ => {
             return Err(QueryError::BadRequest(format!(
                 "{ddoc} is not a query design document"
             )));
@@ -402,8 +421,9 @@ pub async fn create_index(store: &dyn Store, db: &str, body: &Value) -> Result<V
     }
     let mut map = json!({ "fields": map_fields });
     let mut options_def = json!({ "fields": fields_json });
-    if let Some(p) = partial_json {
-        map["partial_filter_selector"] = p.clone();
+    if let Some(p) = partial_json.filter(|_| index.partial_filter.is_some()) {
+        // Stored normalized, as CouchDB stores it.
+        map["partial_filter_selector"] = crate::normalize::normalize(p);
         options_def["partial_filter_selector"] = p.clone();
     }
     views.insert(

@@ -81,6 +81,21 @@ pub async fn update(store: &dyn Store, db: &str, index: &MangoIndex) -> Result<(
     }
 }
 
+/// Drops the stored rows of json indexes whose definition is gone (its design document was
+/// deleted or edited by other means than `DELETE /{db}/_index`, or replaced by replication).
+pub async fn drop_orphans(
+    store: &dyn Store,
+    db: &str,
+    indexes: &[MangoIndex],
+) -> Result<(), QueryError> {
+    for (name, _) in store.indexes(db).await? {
+        if name.starts_with("mango/") && !indexes.iter().any(|i| i.store_name() == name) {
+            store.drop_index(db, &name).await?;
+        }
+    }
+    Ok(())
+}
+
 /// A stored document as queries see it: `_id` and `_rev` in front of its body's fields.
 pub fn document(id: &str, rev: Option<&str>, body: Option<&str>) -> Value {
     let mut map = Map::new();

@@ -15,8 +15,9 @@ pub mod error;
 pub mod find;
 pub mod index_def;
 pub mod indexer;
+pub mod normalize;
 pub mod plan;
 
 pub use error::QueryError;
-pub use find::{FindRequest, explain, find};
+pub use find::{FindCursor, FindRequest, explain, find};
 pub use index_def::{MangoIndex, create_index, delete_index, list_indexes};

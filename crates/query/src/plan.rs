@@ -35,7 +35,7 @@ pub struct Sort {
 }
 
 impl Sort {
-    /// Parses `["a", {"b": "desc"}]` (an object of several fields is read in order too).
+    /// Parses `["a", {"b": "desc"}]`; anything but an array is refused, as by CouchDB.
     pub fn parse(value: Option<&Value>) -> Result<Sort, QueryError> {
         let bad = || {
             QueryError::BadRequest("invalid sort: expected an array of field names or {field: \"asc\"|\"desc\"} objects".into())
@@ -67,7 +67,6 @@ impl Sort {
                     }
                 }
             }
-            Value::Object(m) => push_object(&mut items, m)?,
             _ => return Err(bad()),
         }
         let descending = items.first().is_some_and(|(_, d)| *d);
@@ -144,12 +143,12 @@ impl UseIndex {
 
 /// How the query reads its candidates.
 #[derive(Debug, Clone)]
-pub enum Access<'a> {
-    /// `_all_docs`, optionally at one document id.
-    AllDocs { id: Option<String> },
+pub enum Access {
+    /// `_all_docs`, within a range of document ids.
+    AllDocs { range: IdRange },
     /// A json index, within key bounds (shown by `_explain` as `start_key` and `end_key`).
     Json {
-        index: &'a MangoIndex,
+        index: Box<MangoIndex>,
         lower: KeyBound,
         upper: KeyBound,
         start_key: Value,
@@ -157,10 +156,63 @@ pub enum Access<'a> {
     },
 }
 
+/// The ids an `_all_docs` scan reads, from the selector's conditions on `_id` read as CouchDB
+/// reads them there: in `_all_docs`' raw order, where every id (a string) sorts above numbers,
+/// `null`, booleans, objects and arrays. So `{"_id": {"$gt": null}}` reads every document and
+/// `{"_id": {"$lt": {}}}` none, as in CouchDB, and string bounds compare byte by byte.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IdRange {
+    /// The lowest id, and whether it is included.
+    pub start: Option<(String, bool)>,
+    /// The highest id, and whether it is included.
+    pub end: Option<(String, bool)>,
+    /// No id can be in range.
+    pub empty: bool,
+}
+
+impl IdRange {
+    fn from_facts(facts: &Facts<'_>) -> IdRange {
+        let mut range = IdRange::default();
+        let path = ["_id".to_owned()];
+        for c in facts.conjuncts.iter().filter(|c| c.path == path.as_slice()) {
+            let (value, lower, upper, inclusive) = match c.constraint {
+                Constraint::Eq(v) => (v, true, true, true),
+                Constraint::Gt(v) => (v, true, false, false),
+                Constraint::Gte(v) => (v, true, false, true),
+                Constraint::Lt(v) => (v, false, true, false),
+                Constraint::Lte(v) => (v, false, true, true),
+                Constraint::Exists(_) | Constraint::Other => continue,
+            };
+            let Value::String(id) = value else {
+                // Everything else sorts below every id: no bound from below, nothing below.
+                if upper {
+                    range.empty = true;
+                }
+                continue;
+            };
+            if lower {
+                range.start = Some(match range.start.take() {
+                    Some((old, old_incl)) if old > *id => (old, old_incl),
+                    Some((old, old_incl)) if old == *id => (old, old_incl && inclusive),
+                    _ => (id.clone(), inclusive),
+                });
+            }
+            if upper {
+                range.end = Some(match range.end.take() {
+                    Some((old, old_incl)) if old < *id => (old, old_incl),
+                    Some((old, old_incl)) if old == *id => (old, old_incl && inclusive),
+                    _ => (id.clone(), inclusive),
+                });
+            }
+        }
+        range
+    }
+}
+
 /// The chosen access path, its direction and the warnings to send along.
 #[derive(Debug, Clone)]
-pub struct Plan<'a> {
-    pub access: Access<'a>,
+pub struct Plan {
+    pub access: Access,
     pub descending: bool,
     pub warnings: Vec<String>,
 }
@@ -286,12 +338,12 @@ fn best<'a>(candidates: &[&'a MangoIndex], facts: &Facts<'_>) -> Option<&'a Mang
 }
 
 /// Chooses the index and range for a query.
-pub fn plan<'a>(
-    indexes: &'a [MangoIndex],
+pub fn plan(
+    indexes: &[MangoIndex],
     selector: &Selector,
     sort: &Sort,
     use_index: &UseIndex,
-) -> Result<Plan<'a>, QueryError> {
+) -> Result<Plan, QueryError> {
     let facts = Facts {
         conjuncts: selector.conjuncts(),
     };
@@ -331,11 +383,9 @@ pub fn plan<'a>(
                 ));
             }
             warnings.push(NO_INDEX_WARNING.to_owned());
-            let id = match facts.range("_id").eq {
-                Some(Value::String(id)) => Some(id.clone()),
-                _ => None,
-            };
-            Access::AllDocs { id }
+            Access::AllDocs {
+                range: IdRange::from_facts(&facts),
+            }
         }
     };
     Ok(Plan {
@@ -345,7 +395,7 @@ pub fn plan<'a>(
     })
 }
 
-fn json_access<'a>(index: &'a MangoIndex, facts: &Facts<'_>) -> Access<'a> {
+fn json_access(index: &MangoIndex, facts: &Facts<'_>) -> Access {
     let mut fixed: Vec<Value> = Vec::new();
     let max = Value::from("<MAX>");
     for column in index.columns() {
@@ -388,7 +438,7 @@ fn json_access<'a>(index: &'a MangoIndex, facts: &Facts<'_>) -> Access<'a> {
             }
         };
         return Access::Json {
-            index,
+            index: Box::new(index.clone()),
             lower,
             upper,
             start_key,
@@ -398,7 +448,7 @@ fn json_access<'a>(index: &'a MangoIndex, facts: &Facts<'_>) -> Access<'a> {
     let mut end = fixed.clone();
     end.push(max);
     Access::Json {
-        index,
+        index: Box::new(index.clone()),
         lower: KeyBound::lower_prefix(array_prefix_key(&fixed), true),
         upper: KeyBound::upper_prefix(array_prefix_key(&fixed), true),
         start_key: Value::Array(fixed),

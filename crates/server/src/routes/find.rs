@@ -4,10 +4,12 @@
 
 use axum::response::Response;
 use http::Method;
-use outpost_query::{FindRequest, QueryError};
+use http::StatusCode;
+use outpost_query::{FindCursor, FindRequest, QueryError};
 
 use super::{not_allowed, ok};
 use crate::request::Req;
+use crate::stream;
 use crate::{ApiError, AppState};
 
 impl From<QueryError> for ApiError {
@@ -36,8 +38,29 @@ pub async fn find(state: &AppState, db: &str, req: &mut Req) -> Result<Response,
         return Err(not_allowed("POST"));
     }
     let query = request(req).await?;
-    let answer = outpost_query::find(state.store.as_ref(), db, &query).await?;
-    Ok(ok(answer.to_string()))
+    // Everything that decides the status happens here; the documents are then streamed.
+    let mut cursor = FindCursor::open(state.store.clone(), db, query).await?;
+    Ok(stream::respond(
+        state,
+        StatusCode::OK,
+        move |mut out| async move {
+            out.write("{\"docs\":[\n").await?;
+            let mut first = true;
+            while let Some(batch) = cursor.next_batch().await.map_err(ApiError::from)? {
+                for doc in batch {
+                    if !first {
+                        out.write(",\n").await?;
+                    }
+                    first = false;
+                    out.write(&doc.to_string()).await?;
+                }
+            }
+            out.write("\n]").await?;
+            out.write(&cursor.trailer()).await?;
+            out.write("}\n").await?;
+            Ok(out)
+        },
+    ))
 }
 
 /// `POST /{db}/_explain`.
@@ -54,7 +77,9 @@ pub async fn explain(state: &AppState, db: &str, req: &mut Req) -> Result<Respon
 pub async fn index(state: &AppState, db: &str, req: &mut Req) -> Result<Response, ApiError> {
     match req.method {
         Method::GET => {
-            let answer = outpost_query::list_indexes(state.store.as_ref(), db).await?;
+            let skip = req.query.u64("skip")?.unwrap_or(0);
+            let limit = req.query.u64("limit")?;
+            let answer = outpost_query::list_indexes(state.store.as_ref(), db, skip, limit).await?;
             Ok(ok(answer.to_string()))
         }
         Method::POST => {

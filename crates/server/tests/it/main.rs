@@ -11,6 +11,7 @@ mod deviations;
 mod feeds;
 mod fidelity;
 mod filters;
+mod find;
 mod input;
 mod listings;
 mod model;

@@ -40,6 +40,12 @@ CREATE TABLE IF NOT EXISTS index_rows (
 CREATE INDEX IF NOT EXISTS index_rows_by_doc ON index_rows (ix, doc);
 "#;
 
+/// Deletes one document's rows. Without `INDEXED BY`, SQLite 3.54 plans this as a scan of the
+/// index's primary-key range (`ix = ?`), which made each changed document cost time in
+/// proportion to the whole index.
+const DELETE_DOC_ROWS: &str =
+    "DELETE FROM index_rows INDEXED BY index_rows_by_doc WHERE ix = ?1 AND doc = ?2";
+
 fn db_id(c: &Connection, name: &str) -> Result<i64, StoreError> {
     c.prepare_cached("SELECT id FROM dbs WHERE name = ?1")?
         .query_row([name], |r| r.get(0))
@@ -209,7 +215,7 @@ pub(super) fn apply_update(
     let mut removed: i64 = 0;
     let mut added: i64 = 0;
     {
-        let mut delete = tx.prepare_cached("DELETE FROM index_rows WHERE ix = ?1 AND doc = ?2")?;
+        let mut delete = tx.prepare_cached(DELETE_DOC_ROWS)?;
         let mut insert = tx.prepare_cached(
             "INSERT INTO index_rows (ix, k, n, doc, key, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
@@ -263,4 +269,24 @@ pub(super) fn drop_all(tx: &Connection, db: i64) -> Result<(), StoreError> {
     )?;
     tx.execute("DELETE FROM indexes WHERE db = ?1", [db])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    #[test]
+    fn a_documents_rows_are_found_through_the_by_doc_index() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(super::SCHEMA).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", super::DELETE_DOC_ROWS))
+            .unwrap()
+            .query_map([1, 2], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        assert!(plan[0].contains("index_rows_by_doc"), "{plan:?}");
+    }
 }
