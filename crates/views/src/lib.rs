@@ -39,7 +39,7 @@ pub enum ViewError {
     /// A built-in reduce refused its input (`builtin_reduce_error`).
     #[error("{0}")]
     BuiltinReduce(String),
-    /// The design document is not one whose views Outpost runs (another language).
+    /// The design document's language is not JavaScript (CouchDB's Erlang views).
     #[error("{0}")]
     Unsupported(String),
 }
@@ -88,6 +88,11 @@ impl ViewSet {
         if language == "query" {
             // Mango indexes: served by `_find`.
             return Ok(None);
+        }
+        if language != "javascript" {
+            return Err(ViewError::Unsupported(format!(
+                "views in {language:?} are not supported; Outpost runs javascript"
+            )));
         }
         let mut defs: Vec<ViewDef> = views
             .iter()

@@ -623,3 +623,23 @@ async fn long_answers_are_written_page_by_page_without_losing_a_row() {
     assert_eq!(rows[0]["key"], 698);
     assert_eq!(rows[999]["key"], 699 - (1003 / 2) as u64);
 }
+
+#[tokio::test]
+async fn views_in_another_language_are_not_implemented() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    s.expect(
+        "PUT",
+        "/db/_design/erl",
+        Some(
+            json!({"language": "erlang", "views": {"v": {"map": "fun({Doc}) -> Emit(1, 1) end."}}}),
+        ),
+        201,
+    )
+    .await;
+    let body = s.expect("GET", "/db/_design/erl/_view/v", None, 501).await;
+    assert_error(&body, "not_implemented");
+    // Other design documents' views still work, and cleanup leaves them be.
+    s.expect("POST", "/db/_view_cleanup", Some(json!({})), 202)
+        .await;
+}
