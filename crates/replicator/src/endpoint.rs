@@ -78,6 +78,13 @@ pub enum ChangesFilter {
     DocIds(Vec<String>),
     /// `filter=_selector`: documents matching this (already validated) Mango selector.
     Selector(Value),
+    /// A design document's filter function (`ddoc/name`), or `_view` with the view's name;
+    /// `query_params` are passed to it as the request's query.
+    Function {
+        name: String,
+        view: Option<String>,
+        query_params: Option<serde_json::Map<String, Value>>,
+    },
 }
 
 /// How a changes request waits.

@@ -527,7 +527,33 @@ impl Endpoint for HttpEndpoint {
                 query.push(("filter", "_selector"));
                 (Method::POST, Some(json!({ "selector": selector })))
             }
+            ChangesFilter::Function { name, view, .. } => {
+                query.push(("filter", name));
+                if let Some(view) = view {
+                    query.push(("view", view));
+                }
+                (Method::GET, None)
+            }
         };
+        // A filter function's parameters go in the query string, strings as they are and other
+        // values as JSON, as CouchDB's replicator sends them.
+        let params: Vec<(String, String)> = match &req.filter {
+            ChangesFilter::Function {
+                query_params: Some(params),
+                ..
+            } => params
+                .iter()
+                .map(|(k, v)| {
+                    let text = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), text)
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        query.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let url = self.url("_changes", &query);
         let answer = match self
             .json("changes", method, url, body.as_ref(), timeout)

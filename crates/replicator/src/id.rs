@@ -12,6 +12,8 @@
 use base64::Engine;
 use md5::{Digest, Md5};
 
+use serde_json::Value;
+
 use crate::ChangesFilter;
 
 /// The replication id, without the `_local/` prefix.
@@ -27,12 +29,44 @@ pub fn replication_id(source_id: &str, target_id: &str, filter: &ChangesFilter) 
             data.push_str(&ids.join(","));
         }
         ChangesFilter::Selector(selector) => data.push_str(&selector.to_string()),
+        // PouchDB hashes the filter's name, the view's name, then the query parameters with
+        // their keys sorted.
+        ChangesFilter::Function {
+            name,
+            view,
+            query_params,
+        } => {
+            data.push_str(name);
+            if let Some(view) = view.as_deref().filter(|_| name == "_view") {
+                data.push_str(view);
+            }
+            if let Some(params) = query_params {
+                data.push_str(&sorted(&Value::Object(params.clone())).to_string());
+            }
+        }
     }
     let digest = Md5::digest(data.as_bytes());
     base64::engine::general_purpose::STANDARD
         .encode(digest)
         .replace('/', ".")
         .replace('+', "_")
+}
+
+/// A value with the keys of every object in sorted order.
+fn sorted(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), sorted(&map[k])))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -72,6 +106,29 @@ mod tests {
         assert_ne!(
             replication_id("a", "b", &ChangesFilter::All),
             replication_id("b", "a", &ChangesFilter::All)
+        );
+        let params = json!({"z": 1, "a": {"y": 2, "b": 3}});
+        let function = ChangesFilter::Function {
+            name: "app/f".into(),
+            view: None,
+            query_params: params.as_object().cloned(),
+        };
+        assert_eq!(
+            replication_id("a", "b", &function),
+            replication_id(
+                "abapp/f{\"a\":{\"b\":3,\"y\":2},\"z\":1}",
+                "",
+                &ChangesFilter::All
+            )
+        );
+        let view = ChangesFilter::Function {
+            name: "_view".into(),
+            view: Some("app/v".into()),
+            query_params: None,
+        };
+        assert_eq!(
+            replication_id("a", "b", &view),
+            replication_id("ab_viewapp/v", "", &ChangesFilter::All)
         );
     }
 }

@@ -103,6 +103,8 @@ async fn db_resource(
 ) -> Result<Response, ApiError> {
     match rest {
         ["_all_docs"] => all_docs::handle(state, db, req).await,
+        ["_design_docs"] => all_docs::design_docs(state, db, req).await,
+        ["_local_docs"] => local::list(state, db, req).await,
         ["_bulk_docs"] => bulk::bulk_docs(state, db, req).await,
         ["_bulk_get"] => bulk::bulk_get(state, db, req).await,
         ["_revs_diff"] => bulk::revs_diff(state, db, req).await,
@@ -121,6 +123,23 @@ async fn db_resource(
         ["_outpost"] => conflicts::settings(state, db, req).await,
         ["_conflicts"] => conflicts::list(state, db, req).await,
         ["_resolve"] => conflicts::resolve(state, db, req).await,
+        ["_design", ddoc, "_view", view] => {
+            crate::routes::view::handle(state, db, ddoc, view, false, req).await
+        }
+        ["_design", ddoc, "_view", view, "queries"] => {
+            crate::routes::view::handle(state, db, ddoc, view, true, req).await
+        }
+        ["_design", ddoc, "_info"] => crate::routes::view::info(state, db, ddoc, req).await,
+        ["_view_cleanup"] => crate::routes::view::cleanup(state, db, req).await,
+        [
+            "_design",
+            _,
+            kind @ ("_show" | "_list" | "_update" | "_rewrite"),
+            ..,
+        ] => Err(ApiError::NotImplemented(format!(
+            "{kind} functions are deprecated by CouchDB and not supported; use views, \
+                 _find or a document read instead"
+        ))),
         ["_design", name, att @ ..] | ["_local", name, att @ ..] => {
             let id = format!("{}/{}", rest[0], name);
             doc_or_attachment(state, db, &id, att, req).await
@@ -185,6 +204,8 @@ pub fn template(raw_path: &str) -> &'static str {
         [_] => "/{db}",
         [_, rest @ ..] => match rest {
             ["_all_docs"] => "/{db}/_all_docs",
+            ["_design_docs"] => "/{db}/_design_docs",
+            ["_local_docs"] => "/{db}/_local_docs",
             ["_bulk_docs"] => "/{db}/_bulk_docs",
             ["_bulk_get"] => "/{db}/_bulk_get",
             ["_revs_diff"] => "/{db}/_revs_diff",
@@ -202,6 +223,14 @@ pub fn template(raw_path: &str) -> &'static str {
             ["_conflicts"] => "/{db}/_conflicts",
             ["_resolve"] => "/{db}/_resolve",
             ["_design", _] => "/{db}/_design/{ddoc}",
+            ["_design", _, "_view", _] => "/{db}/_design/{ddoc}/_view/{view}",
+            ["_design", _, "_view", _, "queries"] => "/{db}/_design/{ddoc}/_view/{view}/queries",
+            ["_design", _, "_info"] => "/{db}/_design/{ddoc}/_info",
+            ["_view_cleanup"] => "/{db}/_view_cleanup",
+            ["_design", _, "_show", ..] => "/{db}/_design/{ddoc}/_show",
+            ["_design", _, "_list", ..] => "/{db}/_design/{ddoc}/_list",
+            ["_design", _, "_update", ..] => "/{db}/_design/{ddoc}/_update",
+            ["_design", _, "_rewrite", ..] => "/{db}/_design/{ddoc}/_rewrite",
             ["_design", _, ..] => "/{db}/_design/{ddoc}/{attachment}",
             ["_local", _] => "/{db}/_local/{docid}",
             ["_local", ..] => "/{db}/_local/{docid}/{attachment}",

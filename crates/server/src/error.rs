@@ -64,6 +64,19 @@ pub enum ApiError {
     /// An endpoint CouchDB removed (`_temp_view`).
     #[error("{0}")]
     Gone(String),
+    /// A `validate_doc_update` refused the write with `{forbidden: message}`.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A `validate_doc_update` refused the write with `{unauthorized: message}`.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A design-document function threw something else, did not compile or was stopped; the
+    /// reason is the function's own message.
+    #[error("{0}")]
+    FunctionFailed(String),
+    /// A built-in reduce (`_sum`, `_stats`) refused the values it was given.
+    #[error("{0}")]
+    BuiltinReduce(String),
     /// A feature Outpost does not have (yet), named in the reason.
     #[error("{0}")]
     NotImplemented(String),
@@ -128,6 +141,12 @@ impl ApiError {
             ApiError::BadContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_content_type"),
             ApiError::Gone(_) => (StatusCode::GONE, "gone"),
             ApiError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::BuiltinReduce(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "builtin_reduce_error")
+            }
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::FunctionFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "unknown_error"),
             ApiError::MissingRequiredKey(_) => (StatusCode::BAD_REQUEST, "missing_required_key"),
             ApiError::NoUsableIndex(_) => (StatusCode::BAD_REQUEST, "no_usable_index"),
             ApiError::UnsupportedMixedSort(_) => {

@@ -6,6 +6,7 @@
 //! or when the server shuts down.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -16,6 +17,7 @@ use outpost_store::{ChangeRow, ChangesQuery, Event, EventsQuery, StoredBody};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use crate::design::DesignDoc;
 use crate::docjson::{RenderOpts, render};
 use crate::{ApiError, AppState};
 
@@ -41,12 +43,72 @@ pub enum Filter {
     Selector(Selector),
     /// Only `_design/` documents (CouchDB's built-in `_design` filter).
     Design,
+    /// A design document's filter function (`filter=ddoc/name`), called with the document and
+    /// the request object `req`.
+    Function {
+        ddoc: Arc<DesignDoc>,
+        name: String,
+        req: Value,
+    },
+    /// `filter=_view&view=ddoc/name`: documents the view's map function emits something for.
+    View {
+        ddoc: Arc<DesignDoc>,
+        name: String,
+    },
 }
 
 impl Filter {
     fn needs_body(&self) -> bool {
-        matches!(self, Filter::Selector(_))
+        matches!(
+            self,
+            Filter::Selector(_) | Filter::Function { .. } | Filter::View { .. }
+        )
     }
+}
+
+/// Whether a design-document filter lets a document (JSON text) through. A function that
+/// throws on it, or is stopped, fails the feed, as in CouchDB (its changes request fails, so a
+/// client or replication learns of it instead of silently missing documents); it is logged.
+pub async fn function_admits(
+    state: &AppState,
+    db: &str,
+    filter: &Filter,
+    id: &str,
+    doc: &str,
+) -> Result<bool, ApiError> {
+    let docs = [doc.to_owned()];
+    let outcome = match filter {
+        Filter::Function { ddoc, name, req } => {
+            let Some(source) = ddoc.function(&["filters", name]) else {
+                return Ok(false);
+            };
+            let sig = ddoc.sig(&format!("filters/{name}"));
+            match state.js.filter(&sig, source, &ddoc.body, &docs, req).await {
+                Ok(mut results) => results.pop().unwrap_or(Ok(false)),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        Filter::View { ddoc, name } => {
+            let Some(source) = ddoc.function(&["views", name, "map"]) else {
+                return Ok(false);
+            };
+            let sig = ddoc.sig(&format!("views/{name}/map"));
+            let lib = ddoc.body.get("views").and_then(|v| v.get("lib"));
+            match state.js.map(&sig, &[source.to_owned()], lib, &docs).await {
+                Ok(mut results) => match results.pop().and_then(|mut r| r.pop()) {
+                    Some(Ok(rows)) => Ok(!rows.is_empty()),
+                    Some(Err(e)) => Err(e),
+                    None => Ok(false),
+                },
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        _ => Ok(true),
+    };
+    outcome.map_err(|error| {
+        tracing::info!(db, doc = %id, error = %error, "filter function failed on a document");
+        ApiError::FunctionFailed(error)
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,7 +298,7 @@ async fn render_row(
     row: ChangeRow,
 ) -> Result<Option<String>, ApiError> {
     let pass = match &opts.filter {
-        Filter::All | Filter::Selector(_) => true,
+        Filter::All | Filter::Selector(_) | Filter::Function { .. } | Filter::View { .. } => true,
         Filter::DocIds(ids) => ids.contains(&row.id),
         Filter::Design => row.id.starts_with("_design/"),
     };
@@ -278,6 +340,12 @@ async fn render_row(
         // A tombstone is matched like any revision (its body is what the deleter kept, with
         // `_deleted: true`), as CouchDB does: a filtered replica must learn of deletions.
         if !selector.matches(&value) {
+            return Ok(None);
+        }
+    }
+    if matches!(opts.filter, Filter::Function { .. } | Filter::View { .. }) {
+        let text = doc.as_deref().unwrap_or("null");
+        if !function_admits(state, db, &opts.filter, &row.id, text).await? {
             return Ok(None);
         }
     }

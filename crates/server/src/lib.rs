@@ -7,6 +7,7 @@
 //! decoded path: a document id may contain an encoded `/` (`a%2Fb`) that must stay part of the id,
 //! while `_design/x` keeps a literal slash.
 
+mod design;
 mod dispatch;
 mod docjson;
 mod encoding;
@@ -72,6 +73,10 @@ pub struct Config {
     pub cors_origins: Option<Vec<String>>,
     /// Most simultaneous connections; more wait to be accepted.
     pub max_connections: usize,
+    /// How long a design-document function may run on one document before it is stopped.
+    pub js_timeout: Duration,
+    /// How much memory each JavaScript engine may hold.
+    pub js_memory_bytes: usize,
 }
 
 impl Default for Config {
@@ -85,6 +90,8 @@ impl Default for Config {
             max_header_bytes: 64 * 1024,
             cors_origins: None,
             max_connections: 4096,
+            js_timeout: outpost_js::Limits::default().timeout,
+            js_memory_bytes: outpost_js::Limits::default().memory_bytes,
         }
     }
 }
@@ -102,6 +109,10 @@ pub struct AppState {
     /// Replications running in this server (`_replicate`, `_replicator` jobs), for
     /// cancellation and the `_scheduler` and `_active_tasks` views.
     pub replications: Arc<replication::Replications>,
+    /// The engines that run design-document functions.
+    pub js: outpost_js::Sandbox,
+    /// The design documents last read per database.
+    pub(crate) design: Arc<design::DesignCache>,
     /// Request body bytes in flight, shared by every request (`max_body_bytes_in_flight`).
     pub(crate) body_budget: request::BodyBudget,
 }
@@ -116,6 +127,11 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, config: Config, shutdown: CancellationToken) -> AppState {
+        let js = outpost_js::Sandbox::new(outpost_js::Limits {
+            timeout: config.js_timeout,
+            memory_bytes: config.js_memory_bytes,
+            ..outpost_js::Limits::default()
+        });
         AppState {
             store,
             body_budget: request::BodyBudget::new(config.max_body_bytes_in_flight),
@@ -123,6 +139,8 @@ impl AppState {
             shutdown,
             tasks: TaskTracker::new(),
             replications: replication::Replications::new(),
+            js,
+            design: Arc::default(),
         }
     }
 }

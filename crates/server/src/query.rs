@@ -21,6 +21,24 @@ impl Query {
         Ok(Query { pairs })
     }
 
+    /// Every parameter as a map of strings (the last value of a repeated one).
+    pub fn to_json_map(&self) -> serde_json::Map<String, Value> {
+        match self.to_json() {
+            Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        }
+    }
+
+    /// Every parameter as a JSON object of strings (the last value of a repeated one), as
+    /// CouchDB gives `req.query` to design-document functions.
+    pub fn to_json(&self) -> Value {
+        let mut out = serde_json::Map::new();
+        for (k, v) in &self.pairs {
+            out.insert(k.clone(), Value::String(v.clone()));
+        }
+        Value::Object(out)
+    }
+
     /// The last value given for `name` (CouchDB lets a later parameter win).
     pub fn get(&self, name: &str) -> Option<&str> {
         self.pairs

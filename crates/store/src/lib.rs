@@ -150,6 +150,13 @@ pub trait Store: Send + Sync + 'static {
         query: &IndexQuery,
     ) -> Result<Vec<IndexRow>, StoreError>;
 
+    /// One page of `_local_docs`: `_local` documents in id order within the range (the same
+    /// range and page fields as [`Store::all_docs`]), with their bodies when asked for.
+    async fn local_docs(
+        &self,
+        db: &str,
+        query: &AllDocsQuery,
+    ) -> Result<Vec<LocalDocRow>, StoreError>;
     /// A `_local` document: its revision number and body.
     async fn local_doc(&self, db: &str, id: &str) -> Result<Option<LocalDoc>, StoreError>;
     /// Writes a `_local` document; `base` must match its current revision number (0 when new).

@@ -148,6 +148,15 @@ pub struct LocalDoc {
     pub body: String,
 }
 
+/// One `_local` document in `_local_docs`.
+#[derive(Debug, Clone)]
+pub struct LocalDocRow {
+    pub id: String,
+    pub rev: u64,
+    /// The body, when asked for.
+    pub body: Option<String>,
+}
+
 /// A page of the event log.
 #[derive(Debug, Clone, Default)]
 pub struct EventsQuery {

@@ -43,6 +43,13 @@ pub struct ServeArgs {
     /// answered 413 attachment_too_large.
     #[arg(long, env = "OUTPOST_MAX_ATTACHMENT_SIZE", default_value_t = 64 * 1024 * 1024)]
     pub max_attachment_size: usize,
+    /// How long a design-document function (view, filter, validate_doc_update) may run on one
+    /// document before it is stopped, as CouchDB's os_process_timeout.
+    #[arg(long, env = "OUTPOST_JS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub js_timeout: Duration,
+    /// Memory each JavaScript engine may hold, in bytes (one engine per core).
+    #[arg(long, env = "OUTPOST_JS_MEMORY", default_value_t = 64 * 1024 * 1024)]
+    pub js_memory: usize,
     /// Origins allowed to call the API from a browser (CORS), comma-separated; by default any
     /// origin is allowed.
     #[arg(long, env = "OUTPOST_CORS_ORIGINS", value_delimiter = ',')]
@@ -111,6 +118,8 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         max_document_size: args.max_document_size,
         max_attachment_size: args.max_attachment_size,
         cors_origins: (!args.cors_origin.is_empty()).then_some(args.cors_origin),
+        js_timeout: args.js_timeout,
+        js_memory_bytes: args.js_memory,
         ..Config::default()
     };
     let shutdown = super::shutdown::on_signal();

@@ -21,7 +21,8 @@ use outpost_replicator::{
 use outpost_store::{ChangesQuery, DocRecord, Origin, StoreError};
 use serde_json::{Map, Value};
 
-use crate::docjson::{RenderOpts, parse_doc, selector_admits};
+use crate::docjson::{RenderOpts, parse_doc, selector_admits, splice};
+use crate::feed::{Filter as FeedFilter, function_admits};
 use crate::routes::doc::{OpenRev, open_revs_batch};
 use crate::{ApiError, AppState};
 
@@ -104,6 +105,75 @@ impl LocalEndpoint {
         }
     }
 
+    /// A design-document filter as `_changes` runs it; a missing design document or function
+    /// fails the replication, as CouchDB's does.
+    async fn design_filter(
+        &self,
+        name: &str,
+        view: Option<&str>,
+        query_params: Option<&serde_json::Map<String, Value>>,
+    ) -> Result<FeedFilter, ReplicationError> {
+        let (section, full) = match (name, view) {
+            ("_view", Some(view)) => ("views", view),
+            (name, _) => ("filters", name),
+        };
+        let invalid = |reason: String| ReplicationError::InvalidConfig(reason);
+        let (ddoc_name, function) = full
+            .split_once('/')
+            .ok_or_else(|| invalid(format!("invalid filter name {full:?}")))?;
+        let ddoc = self
+            .state
+            .design
+            .get(&self.state, &self.db, ddoc_name)
+            .await
+            .map_err(|e| self.api_error("changes", e))?
+            .ok_or_else(|| {
+                invalid(format!(
+                    "filter {full:?}: no design document _design/{ddoc_name}"
+                ))
+            })?;
+        let path: Vec<&str> = match section {
+            "views" => vec!["views", function, "map"],
+            _ => vec!["filters", function],
+        };
+        if ddoc.function(&path).is_none() {
+            return Err(invalid(format!(
+                "filter {full:?}: missing json key: {function}"
+            )));
+        }
+        Ok(match section {
+            "views" => FeedFilter::View {
+                ddoc,
+                name: function.to_owned(),
+            },
+            _ => {
+                let mut query = serde_json::Map::new();
+                for (k, v) in query_params.into_iter().flatten() {
+                    let text = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    query.insert(k.clone(), Value::String(text));
+                }
+                FeedFilter::Function {
+                    ddoc,
+                    name: function.to_owned(),
+                    req: serde_json::json!({
+                        "info": { "db_name": self.db },
+                        "method": "GET",
+                        "query": query,
+                        "body": "undefined",
+                        "userCtx": crate::design::admin_ctx(&self.db),
+                        "headers": {},
+                        "cookie": {},
+                        "form": {},
+                        "peer": "127.0.0.1",
+                    }),
+                }
+            }
+        })
+    }
+
     /// Rows after `since` that pass `filter`, at most `limit`; and the last sequence looked at.
     async fn scan(
         &self,
@@ -123,7 +193,7 @@ impl LocalEndpoint {
                 since: cursor,
                 limit: page_size,
                 descending: false,
-                include_docs: matches!(filter, Filter::Selector(_)),
+                include_docs: matches!(filter, Filter::Selector(_) | Filter::Design(_)),
             };
             let rows = self
                 .state
@@ -144,6 +214,15 @@ impl LocalEndpoint {
                     Filter::Selector(selector) => match row.body.as_deref() {
                         Some(body) => {
                             selector_admits(selector, &row.id, &winner.rev, winner.deleted, body)
+                                .map_err(|e| self.api_error("changes", e))?
+                        }
+                        None => false,
+                    },
+                    Filter::Design(design) => match row.body.as_deref() {
+                        Some(body) => {
+                            let doc = splice(&row.id, &winner.rev, winner.deleted, body, &[]);
+                            function_admits(&self.state, &self.db, design, &row.id, &doc)
+                                .await
                                 .map_err(|e| self.api_error("changes", e))?
                         }
                         None => false,
@@ -174,11 +253,12 @@ impl LocalEndpoint {
     }
 }
 
-/// A changes filter with the selector parsed once.
+/// A changes filter with the selector parsed once, or the design document loaded once.
 enum Filter {
     All,
     DocIds(std::collections::HashSet<String>),
     Selector(Selector),
+    Design(FeedFilter),
 }
 
 fn seq_number(seq: &Seq) -> u64 {
@@ -239,6 +319,14 @@ impl Endpoint for LocalEndpoint {
                     ReplicationError::InvalidConfig(format!("invalid selector: {e}"))
                 })?)
             }
+            ChangesFilter::Function {
+                name,
+                view,
+                query_params,
+            } => Filter::Design(
+                self.design_filter(name, view.as_deref(), query_params.as_ref())
+                    .await?,
+            ),
         };
         let since = seq_number(&req.since);
         let limit = req.limit.max(1);
@@ -400,15 +488,12 @@ impl Endpoint for LocalEndpoint {
             return Ok(failures);
         }
         let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
-        let results = self
-            .state
-            .store
-            .write_docs(&self.db, updates)
+        let user_ctx = crate::design::admin_ctx(&self.db);
+        let results = crate::design::write_validated(&self.state, &self.db, updates, &user_ctx)
             .await
-            .map_err(|e| self.store_error("bulk_docs", e))?;
+            .map_err(|e| self.api_error("bulk_docs", e))?;
         for (id, result) in ids.into_iter().zip(results) {
-            if let Err(e) = result {
-                let api: ApiError = e.into();
+            if let Err(api) = result {
                 failures.push(WriteFailure {
                     id,
                     rev: None,

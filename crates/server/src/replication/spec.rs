@@ -168,14 +168,43 @@ impl Spec {
             Some(s @ Value::Object(_)) => Some(s.clone()),
             Some(_) => return Err("selector must be an object".into()),
         };
-        if body.get("filter").is_some_and(|f| !f.is_null()) {
-            return Err("filter functions are not supported; use doc_ids or selector".into());
-        }
-        let filter = match (doc_ids, selector) {
-            (Some(_), Some(_)) => return Err("doc_ids and selector cannot be combined".into()),
-            (Some(ids), None) => ChangesFilter::DocIds(ids),
-            (None, Some(s)) => ChangesFilter::Selector(s),
-            (None, None) => ChangesFilter::All,
+        let function = match body.get("filter") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(name)) if name == "_view" || name.contains('/') => {
+                let query_params = match body.get("query_params") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::Object(params)) => Some(params.clone()),
+                    Some(_) => return Err("query_params must be an object".into()),
+                };
+                let view = match (
+                    body.get("view"),
+                    query_params.as_ref().and_then(|p| p.get("view")),
+                ) {
+                    (Some(Value::String(v)), _) | (None, Some(Value::String(v))) => Some(v.clone()),
+                    (None, None) => None,
+                    _ => return Err("view must be a string".into()),
+                };
+                if name == "_view" && view.is_none() {
+                    return Err("filter _view needs a view".into());
+                }
+                Some(ChangesFilter::Function {
+                    name: name.clone(),
+                    view,
+                    query_params,
+                })
+            }
+            Some(_) => {
+                return Err(
+                    "filter must name a design document function (ddoc/name) or _view".into(),
+                );
+            }
+        };
+        let filter = match (doc_ids, selector, function) {
+            (Some(ids), None, None) => ChangesFilter::DocIds(ids),
+            (None, Some(s), None) => ChangesFilter::Selector(s),
+            (None, None, Some(f)) => f,
+            (None, None, None) => ChangesFilter::All,
+            _ => return Err("doc_ids, selector and filter cannot be combined".into()),
         };
         let since_seq = body
             .get("since_seq")
@@ -265,7 +294,10 @@ mod tests {
             json!({"source": "a", "target": "b", "doc_ids": "x"}),
             json!({"source": "a", "target": "b", "doc_ids": ["x"], "selector": {}}),
             json!({"source": "a", "target": "b", "selector": {"$bad": 1}}),
-            json!({"source": "a", "target": "b", "filter": "ddoc/f"}),
+            json!({"source": "a", "target": "b", "filter": "nofunction"}),
+            json!({"source": "a", "target": "b", "filter": "_view"}),
+            json!({"source": "a", "target": "b", "filter": "d/f", "query_params": 1}),
+            json!({"source": "a", "target": "b", "filter": "d/f", "doc_ids": ["x"]}),
         ] {
             assert!(parse(bad.clone()).is_err(), "{bad}");
         }

@@ -47,14 +47,76 @@ struct Opts {
     render: RenderOpts,
 }
 
+/// Which documents a listing shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `_all_docs`: every live document.
+    All,
+    /// `_design_docs`: design documents only.
+    Design,
+}
+
+/// The ids of design documents are in `[DESIGN_START, DESIGN_END)`.
+const DESIGN_START: &str = "_design/";
+const DESIGN_END: &str = "_design0";
+
+/// Narrows a range (`start`, `end` in the direction of the listing) to design document ids.
+fn clamp_to_design(query: &mut AllDocsQuery) {
+    let (lower, lower_incl, upper, upper_incl) = if query.descending {
+        (
+            &mut query.end,
+            &mut query.end_inclusive,
+            &mut query.start,
+            &mut query.start_inclusive,
+        )
+    } else {
+        (
+            &mut query.start,
+            &mut query.start_inclusive,
+            &mut query.end,
+            &mut query.end_inclusive,
+        )
+    };
+    if lower.as_deref().is_none_or(|l| l < DESIGN_START) {
+        *lower = Some(DESIGN_START.to_owned());
+        *lower_incl = true;
+    }
+    if upper.as_deref().is_none_or(|u| u >= DESIGN_END) {
+        *upper = Some(DESIGN_END.to_owned());
+        *upper_incl = false;
+    }
+}
+
 pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Response, ApiError> {
+    list(state, db, req, Scope::All).await
+}
+
+/// `/{db}/_design_docs`: `_all_docs` over design documents; `total_rows` counts them.
+pub async fn design_docs(state: &AppState, db: &str, req: &mut Req) -> Result<Response, ApiError> {
+    list(state, db, req, Scope::Design).await
+}
+
+async fn list(
+    state: &AppState,
+    db: &str,
+    req: &mut Req,
+    scope: Scope,
+) -> Result<Response, ApiError> {
     let body = match req.method {
         Method::GET => Value::Null,
         Method::POST => req.json().await?,
         _ => return Err(not_allowed("Only GET,HEAD,POST allowed")),
     };
     let q = &req.query;
-    let info = state.store.db_info(db).await?;
+    let mut info = state.store.db_info(db).await?;
+    if scope == Scope::Design {
+        let mut all = AllDocsQuery {
+            limit: u64::MAX,
+            ..AllDocsQuery::default()
+        };
+        clamp_to_design(&mut all);
+        info.doc_count = state.store.all_docs(db, &all).await?.len() as u64;
+    }
     let opts = Opts {
         include_docs: q.flag("include_docs")?,
         render: RenderOpts {
@@ -126,9 +188,27 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
         Some(Bound::BeforeAll) => empty |= !descending,
         Some(Bound::AfterAll) => empty |= descending,
     }
+    let user_start = query.start.clone();
+    if scope == Scope::Design {
+        clamp_to_design(&mut query);
+    }
     // Without a start key the rows before the first one are the skipped ones; with one, they
-    // are counted, but only so far.
-    let offset = match &query.start {
+    // are counted, but only so far (design documents: those of the design range only).
+    let offset = match &user_start {
+        Some(s) if !empty && scope == Scope::Design => {
+            let edge = if descending { DESIGN_END } else { DESIGN_START };
+            let before = state
+                .store
+                .count_before(db, s, descending, OFFSET_COUNTED_UP_TO)
+                .await?;
+            let outside = state
+                .store
+                .count_before(db, edge, descending, OFFSET_COUNTED_UP_TO)
+                .await?;
+            before
+                .zip(outside)
+                .map(|(b, o)| b.saturating_sub(o).saturating_add(skip))
+        }
         Some(s) if !empty => state
             .store
             .count_before(db, s, descending, OFFSET_COUNTED_UP_TO)

@@ -184,7 +184,7 @@ async fn put(
         new_attachments: vec![attachment],
         origin: Origin::Client,
     };
-    let rev = write_one(state, db, update).await?;
+    let rev = write_one(state, db, update, req).await?;
     Ok(with_etag(
         json(StatusCode::CREATED, ok_json(id, &rev)),
         &rev,
@@ -249,7 +249,7 @@ async fn delete(
         new_attachments: Vec::new(),
         origin: Origin::Client,
     };
-    let rev = write_one(state, db, update).await?;
+    let rev = write_one(state, db, update, req).await?;
     Ok(with_etag(ok(ok_json(id, &rev)), &rev))
 }
 

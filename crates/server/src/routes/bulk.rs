@@ -3,7 +3,7 @@
 use axum::response::Response;
 use http::{Method, StatusCode};
 use outpost_core::Rev;
-use outpost_store::{DocError, DocRecord, Origin};
+use outpost_store::{DocRecord, Origin};
 use serde_json::{Map, Value, json};
 
 use super::doc::{OpenRev, open_revs_batch, render_opts};
@@ -25,9 +25,8 @@ fn error_entry(id: Option<&str>, error: &str, reason: &str) -> Value {
     json!({ "id": id, "error": error, "reason": reason })
 }
 
-fn doc_error_entry(id: &str, e: &DocError) -> Value {
-    let api: ApiError = e.clone().into();
-    error_entry(Some(id), api.status_and_code().1, &api.reason())
+fn api_error_entry(id: &str, e: &ApiError) -> Value {
+    error_entry(Some(id), e.status_and_code().1, &e.reason())
 }
 
 /// Where one document of a `_bulk_docs` request goes.
@@ -109,7 +108,8 @@ pub async fn bulk_docs(state: &AppState, db: &str, req: &mut Req) -> Result<Resp
         state.store.db_info(db).await?;
         Vec::new()
     } else {
-        state.store.write_docs(db, updates).await?
+        let user_ctx = crate::design::user_ctx(req, db);
+        crate::design::write_validated(state, db, updates, &user_ctx).await?
     };
     let mut out: Vec<String> = Vec::with_capacity(slots.len());
     for slot in slots {
@@ -118,7 +118,7 @@ pub async fn bulk_docs(state: &AppState, db: &str, req: &mut Req) -> Result<Resp
                 Ok(rev) if new_edits => out.push(ok_json(&ids[i], rev)),
                 // With new_edits=false only failures are reported, as CouchDB does.
                 Ok(_) => {}
-                Err(e) => out.push(doc_error_entry(&ids[i], e).to_string()),
+                Err(e) => out.push(api_error_entry(&ids[i], e).to_string()),
             },
             Slot::Local(id, doc) => match super::local::write(state, db, &id, doc, None).await {
                 Ok(rev) if new_edits => {

@@ -114,8 +114,10 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
     };
     let heartbeat = parse_heartbeat(req)?;
     let timeout = ms(req, "timeout")?.unwrap_or(DEFAULT_TIMEOUT);
-    check_design_filter(state, db, req).await?;
-    let filter = parse_filter(req, &body)?;
+    let filter = match design_filter(state, db, req, &body).await? {
+        Some(filter) => filter,
+        None => parse_filter(req, &body)?,
+    };
     if descending && kind != FeedKind::Normal {
         return Err(ApiError::bad_request(
             "descending is only supported by the normal feed",
@@ -141,10 +143,15 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
     Ok(respond(state, db.to_owned(), opts))
 }
 
-/// A filter that names a design-document function must name one that exists, as CouchDB checks
-/// before running it: 404 for a missing design document or function, 400 for `filter=_view`
-/// without a `view`. (Running one is a separate matter: see [`parse_filter`].)
-async fn check_design_filter(state: &AppState, db: &str, req: &Req) -> Result<(), ApiError> {
+/// A filter that names a design-document function: the design document, which must hold the
+/// function, as CouchDB checks before running it: 404 for a missing design document or
+/// function, 400 for `filter=_view` without a `view`.
+async fn design_filter(
+    state: &AppState,
+    db: &str,
+    req: &Req,
+    body: &Value,
+) -> Result<Option<Filter>, ApiError> {
     let (section, name) = match req.query.get("filter") {
         Some("_view") => match req.query.get("view") {
             Some(view) => ("views", view),
@@ -155,19 +162,52 @@ async fn check_design_filter(state: &AppState, db: &str, req: &Req) -> Result<()
             }
         },
         Some(name) if name.contains('/') => ("filters", name),
-        _ => return Ok(()),
+        _ => return Ok(None),
     };
-    let (ddoc, function) = name
+    let (ddoc_name, function) = name
         .split_once('/')
         .ok_or_else(|| ApiError::bad_request(format!("invalid filter name {name:?}")))?;
-    let id = format!("_design/{ddoc}");
-    let record = super::load_doc(state, db, &id).await?;
-    let winner = super::live_winner(&record)?;
-    let body = super::doc::body_object(state, db, &id, &winner).await?;
-    if body.get(section).and_then(|s| s.get(function)).is_none() {
+    let id = format!("_design/{ddoc_name}");
+    let Some(ddoc) = state.design.get(state, db, ddoc_name).await? else {
+        // CouchDB's reason: `missing`, or `deleted` for a deleted design document.
+        let record = super::load_doc(state, db, &id).await?;
+        super::live_winner(&record)?;
+        return Err(ApiError::missing());
+    };
+    let source = match section {
+        "views" => ddoc.function(&["views", function, "map"]),
+        _ => ddoc.function(&["filters", function]),
+    };
+    if source.is_none() {
         return Err(ApiError::NotFound(format!("missing json key: {function}")));
     }
-    Ok(())
+    Ok(Some(match section {
+        "views" => Filter::View {
+            ddoc,
+            name: function.to_owned(),
+        },
+        _ => Filter::Function {
+            ddoc,
+            name: function.to_owned(),
+            req: filter_req(req, db, body),
+        },
+    }))
+}
+
+/// The request object a filter function sees (CouchDB's `req`): the query parameters, the
+/// method, the body and the user context.
+pub fn filter_req(req: &Req, db: &str, body: &Value) -> Value {
+    serde_json::json!({
+        "info": { "db_name": db },
+        "method": req.method.as_str(),
+        "query": req.query.to_json(),
+        "body": if body.is_null() { Value::String("undefined".into()) } else { Value::String(body.to_string()) },
+        "userCtx": crate::design::user_ctx(req, db),
+        "headers": {},
+        "cookie": {},
+        "form": {},
+        "peer": "127.0.0.1",
+    })
 }
 
 fn parse_filter(req: &Req, body: &Value) -> Result<Filter, ApiError> {
@@ -208,12 +248,6 @@ fn parse_filter(req: &Req, body: &Value) -> Result<Filter, ApiError> {
             Ok(Filter::Selector(selector))
         }
         Some("_design") => Ok(Filter::Design),
-        Some("_view") => Err(ApiError::NotImplemented(
-            "filter=_view needs map functions, which Outpost does not run".into(),
-        )),
-        Some(name) if name.contains('/') => Err(ApiError::NotImplemented(format!(
-            "filter {name:?} is a design document filter function; Outpost does not run server-side JavaScript. Use filter=_doc_ids or filter=_selector"
-        ))),
         Some(other) => Err(ApiError::bad_request(format!("unknown filter {other:?}"))),
     }
 }

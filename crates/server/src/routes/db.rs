@@ -53,7 +53,7 @@ pub async fn handle(state: &AppState, name: &str, req: &mut Req) -> Result<Respo
             ) {
                 return Err(ApiError::bad_request("use PUT to write _local documents"));
             }
-            let rev = write_one(state, name, update).await?;
+            let rev = write_one(state, name, update, req).await?;
             let response = json(StatusCode::CREATED, ok_json(&id, &rev));
             Ok(with_etag(response, &rev))
         }

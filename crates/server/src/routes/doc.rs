@@ -384,7 +384,7 @@ async fn copy(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<Res
         new_attachments,
         origin: Origin::Client,
     };
-    let new_rev = write_one(state, db, update).await?;
+    let new_rev = write_one(state, db, update, req).await?;
     let mut response = with_etag(
         json(StatusCode::CREATED, ok_json(&dest_id, &new_rev)),
         &new_rev,
@@ -560,7 +560,7 @@ async fn put(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<Resp
     }
     let update = parse_doc_with_parts(body, Some(id), new_edits, Origin::Client, &mut parts)?;
     crate::limits::check(&update, &state.config)?;
-    let rev = write_one(state, db, update).await?;
+    let rev = write_one(state, db, update, req).await?;
     let batch = req.query.get("batch") == Some("ok");
     let status = if batch {
         StatusCode::ACCEPTED
@@ -595,6 +595,6 @@ async fn delete(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<R
         new_attachments: Vec::new(),
         origin: Origin::Client,
     };
-    let rev = write_one(state, db, update).await?;
+    let rev = write_one(state, db, update, req).await?;
     Ok(with_etag(ok(ok_json(id, &rev)), &rev))
 }

@@ -95,7 +95,7 @@ pub async fn post(
         new_attachments,
         origin: Origin::Client,
     };
-    let rev = write_one(state, db, update).await?;
+    let rev = write_one(state, db, update, req).await?;
     Ok(with_etag(
         json(StatusCode::CREATED, ok_json(id, &rev)),
         &rev,

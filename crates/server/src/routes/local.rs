@@ -105,3 +105,112 @@ pub async fn handle(
         _ => Err(not_allowed("Only DELETE,GET,HEAD,PUT allowed")),
     }
 }
+
+/// Most `keys` in one `_local_docs` request.
+const MAX_KEYS: usize = 100_000;
+
+/// `/{db}/_local_docs`: `_local` documents in id order, as CouchDB lists them (`total_rows` and
+/// `offset` are `null`), with `startkey`/`endkey`, `descending`, `limit`, `skip`,
+/// `include_docs` and `keys`.
+pub async fn list(state: &AppState, db: &str, req: &mut Req) -> Result<Response, ApiError> {
+    let body = match req.method {
+        Method::GET => Value::Null,
+        Method::POST => req.json().await?,
+        _ => return Err(not_allowed("Only GET,HEAD,POST allowed")),
+    };
+    let q = &req.query;
+    state.store.db_info(db).await?;
+    let include_docs = q.flag("include_docs")?;
+    let descending = q.flag("descending")?;
+    let limit = q.u64("limit")?.unwrap_or(u64::MAX);
+    let skip = q.u64("skip")?.unwrap_or(0);
+    let row = |id: &str, rev: u64, body: Option<&str>| -> Value {
+        let mut row = json!({ "id": id, "key": id, "value": { "rev": format!("0-{rev}") } });
+        if include_docs {
+            let mut doc = serde_json::Map::new();
+            doc.insert("_id".into(), Value::String(id.to_owned()));
+            doc.insert("_rev".into(), Value::String(format!("0-{rev}")));
+            if let Some(Value::Object(fields)) = body.and_then(|b| serde_json::from_str(b).ok()) {
+                doc.extend(fields);
+            }
+            row["doc"] = Value::Object(doc);
+        }
+        row
+    };
+    let keys = match body.get("keys") {
+        Some(k) => Some(k.clone()),
+        None => q.json("keys")?,
+    };
+    let mut rows = Vec::new();
+    if let Some(keys) = keys {
+        let keys = keys
+            .as_array()
+            .ok_or_else(|| ApiError::bad_request("`keys` must be an array"))?;
+        if keys.len() > MAX_KEYS {
+            return Err(ApiError::TooLarge(format!(
+                "at most {MAX_KEYS} keys per request"
+            )));
+        }
+        let ordered: Box<dyn Iterator<Item = &Value> + Send> = if descending {
+            Box::new(keys.iter().rev())
+        } else {
+            Box::new(keys.iter())
+        };
+        for key in ordered
+            .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+        {
+            let found = match key.as_str() {
+                Some(id) => state.store.local_doc(db, id).await?.map(|d| (id, d)),
+                None => None,
+            };
+            rows.push(match found {
+                Some((id, doc)) => row(id, doc.rev, Some(&doc.body)),
+                None => json!({ "key": key, "error": "not_found" }),
+            });
+        }
+    } else {
+        let key = q.json("key")?;
+        let start = key.clone().or(q.json_any(&["startkey", "start_key"])?);
+        let end = key.or(q.json_any(&["endkey", "end_key"])?);
+        let as_id = |v: Option<Value>| -> Result<Option<String>, ApiError> {
+            match v {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(_) => Err(ApiError::bad_request(
+                    "_local_docs keys are document ids (strings)",
+                )),
+            }
+        };
+        let mut query = outpost_store::AllDocsQuery {
+            start: as_id(start)?,
+            start_inclusive: true,
+            end: as_id(end)?,
+            end_inclusive: q.bool("inclusive_end")?.unwrap_or(true),
+            descending,
+            // A page is bounded; a client wanting more pages with `skip`/`startkey`, as CouchDB
+            // lets it.
+            limit: limit.min(10_000),
+            skip,
+            include_docs,
+        };
+        // `_local/` ids only, whatever range was asked for.
+        let (lower, upper) = if descending {
+            (&mut query.end, &mut query.start)
+        } else {
+            (&mut query.start, &mut query.end)
+        };
+        if lower.as_deref().is_none_or(|l| l < "_local/") {
+            *lower = Some("_local/".to_owned());
+        }
+        if upper.is_none() {
+            *upper = Some("_local0".to_owned());
+        }
+        for doc in state.store.local_docs(db, &query).await? {
+            rows.push(row(&doc.id, doc.rev, doc.body.as_deref()));
+        }
+    }
+    Ok(ok(
+        json!({ "total_rows": null, "offset": null, "rows": rows }).to_string(),
+    ))
+}

@@ -17,12 +17,14 @@ pub mod ops;
 pub mod replicate;
 pub mod scheduler;
 pub mod server;
+pub mod view;
 
 use axum::response::Response;
 use http::{StatusCode, header};
 use outpost_core::Rev;
 use outpost_store::{DocRecord, DocUpdate};
 
+use crate::request::Req;
 use crate::{ApiError, AppState};
 
 /// A JSON answer with a status.
@@ -66,12 +68,18 @@ pub fn live_winner(record: &DocRecord) -> Result<Rev, ApiError> {
     Ok(winner.rev)
 }
 
-/// Writes one document and returns its new revision.
-pub async fn write_one(state: &AppState, db: &str, update: DocUpdate) -> Result<Rev, ApiError> {
-    let mut results = state.store.write_docs(db, vec![update]).await?;
+/// Writes one document, once the database's `validate_doc_update` functions allow it, and
+/// returns its new revision.
+pub async fn write_one(
+    state: &AppState,
+    db: &str,
+    update: DocUpdate,
+    req: &Req,
+) -> Result<Rev, ApiError> {
+    let user_ctx = crate::design::user_ctx(req, db);
+    let mut results = crate::design::write_validated(state, db, vec![update], &user_ctx).await?;
     match results.pop() {
-        Some(Ok(rev)) => Ok(rev),
-        Some(Err(e)) => Err(e.into()),
+        Some(result) => result,
         None => Err(ApiError::Internal(
             "the store answered no result for a write".into(),
         )),

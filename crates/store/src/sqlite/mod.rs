@@ -21,7 +21,7 @@ use tokio::sync::{oneshot, watch};
 use crate::{
     AllDocsQuery, ChangeRow, ChangesQuery, CompactionMark, Compactions, DbInfo, DbUpdate, DocError,
     DocRecord, DocRow, DocUpdate, Event, EventsQuery, IndexQuery, IndexRow, IndexState,
-    IndexUpdate, LocalDoc, Retention, Store, StoreError, StoredBody,
+    IndexUpdate, LocalDoc, LocalDocRow, Retention, Store, StoreError, StoredBody,
 };
 use writer::{Job, WriteOp, WriteReply};
 
@@ -477,6 +477,15 @@ impl Store for SqliteStore {
         let db = db.to_owned();
         self.read(move |c| read::changes_pending(c, &db, since))
             .await
+    }
+
+    async fn local_docs(
+        &self,
+        db: &str,
+        query: &AllDocsQuery,
+    ) -> Result<Vec<LocalDocRow>, StoreError> {
+        let (db, query) = (db.to_owned(), query.clone());
+        self.read(move |c| read::local_docs(c, &db, &query)).await
     }
 
     async fn local_doc(&self, db: &str, id: &str) -> Result<Option<LocalDoc>, StoreError> {

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
     AllDocsQuery, ChangeRow, ChangesQuery, DbInfo, DocRecord, DocRow, Event, EventsQuery, LocalDoc,
-    StoreError, StoredBody,
+    LocalDocRow, StoreError, StoredBody,
 };
 
 fn db_id(c: &Connection, name: &str) -> Result<i64, StoreError> {
@@ -339,6 +339,62 @@ pub fn conflicts(
             })
         })
         .collect()
+}
+
+pub fn local_docs(
+    c: &Connection,
+    db: &str,
+    q: &AllDocsQuery,
+) -> Result<Vec<LocalDocRow>, StoreError> {
+    let db = db_id(c, db)?;
+    let (lower, upper) = if q.descending {
+        (&q.end, &q.start)
+    } else {
+        (&q.start, &q.end)
+    };
+    let (lower_incl, upper_incl) = if q.descending {
+        (q.end_inclusive, q.start_inclusive)
+    } else {
+        (q.start_inclusive, q.end_inclusive)
+    };
+    let mut sql =
+        String::from("SELECT id, rev, CASE WHEN ?6 THEN body END FROM local_docs WHERE db = ?1");
+    if lower.is_some() {
+        sql.push_str(if lower_incl {
+            " AND id >= ?2"
+        } else {
+            " AND id > ?2"
+        });
+    }
+    if upper.is_some() {
+        sql.push_str(if upper_incl {
+            " AND id <= ?3"
+        } else {
+            " AND id < ?3"
+        });
+    }
+    sql.push_str(if q.descending {
+        " ORDER BY id DESC"
+    } else {
+        " ORDER BY id ASC"
+    });
+    sql.push_str(" LIMIT ?4 OFFSET ?5");
+    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+    let skip = i64::try_from(q.skip).unwrap_or(i64::MAX);
+    let mut stmt = c.prepare_cached(&sql)?;
+    let rows = stmt
+        .query_map(
+            params![db, lower, upper, limit, skip, q.include_docs],
+            |r| {
+                Ok(LocalDocRow {
+                    id: r.get(0)?,
+                    rev: r.get::<_, i64>(1)? as u64,
+                    body: r.get(2)?,
+                })
+            },
+        )?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
 }
 
 pub fn local_doc(c: &Connection, db: &str, id: &str) -> Result<Option<LocalDoc>, StoreError> {
