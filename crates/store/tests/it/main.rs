@@ -4,4 +4,5 @@
 mod batches;
 mod compaction;
 mod conformance;
+mod encryption;
 mod replay;
