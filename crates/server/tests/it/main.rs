@@ -16,3 +16,4 @@ mod ops;
 mod paging;
 mod roundtrip;
 mod support;
+mod tls;
