@@ -286,10 +286,14 @@ async fn serve_connection<I>(
         .max_buf_size(max_header_bytes.max(8192))
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
+    // An HTTP/2 connection carries many requests (and live feeds) at once, so a peer that
+    // vanished is found by pings rather than by a request timing out.
     builder
         .http2()
         .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
-        .timer(TokioTimer::new());
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     let builder = match protocol {
         Protocol::Http1 => builder.http1_only(),
         Protocol::Http2 => builder.http2_only(),
