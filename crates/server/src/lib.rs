@@ -30,7 +30,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::response::Response;
 use http::{HeaderValue, Method, header};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use outpost_store::Store;
 use tokio::net::TcpListener;
@@ -211,16 +211,13 @@ pub async fn serve_tls(
         let max_header = state.config.max_header_bytes;
         // Taken now, so the handshake uses the certificate current when the connection came.
         let acceptor = tls.as_ref().map(outpost_tls::Tls::acceptor);
+        let executor = Tracked(connections.clone());
         connections.spawn(async move {
             let _permit = permit;
             let Some(acceptor) = acceptor else {
+                let protocol = Protocol::Detect;
                 serve_connection(
-                    stream,
-                    Protocol::Detect,
-                    peer,
-                    service,
-                    shutdown,
-                    max_header,
+                    stream, protocol, peer, service, executor, shutdown, max_header,
                 )
                 .await;
                 return;
@@ -246,7 +243,10 @@ pub async fn serve_tls(
                 Some(outpost_tls::ALPN_H2) => Protocol::Http2,
                 _ => Protocol::Http1,
             };
-            serve_connection(stream, protocol, peer, service, shutdown, max_header).await;
+            serve_connection(
+                stream, protocol, peer, service, executor, shutdown, max_header,
+            )
+            .await;
         });
     }
     connections.close();
@@ -258,6 +258,21 @@ pub async fn serve_tls(
 
 /// How long a client may take to send a request head (and, under TLS, to finish the handshake).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the tasks hyper spawns for a connection (one per HTTP/2 stream) on the connections'
+/// tracker, so shutdown waits for them as for the connections themselves.
+#[derive(Clone)]
+struct Tracked(TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for Tracked
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        self.0.spawn(future);
+    }
+}
 
 /// The HTTP version a connection speaks.
 #[derive(Debug, Clone, Copy)]
@@ -275,12 +290,13 @@ async fn serve_connection<I>(
     protocol: Protocol,
     peer: SocketAddr,
     service: TowerToHyperService<Router>,
+    executor: Tracked,
     shutdown: CancellationToken,
     max_header_bytes: usize,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(executor);
     builder
         .http1()
         .max_buf_size(max_header_bytes.max(8192))

@@ -19,6 +19,8 @@ struct Running {
     /// The certificate clients trust.
     cert: reqwest::Certificate,
     shutdown: CancellationToken,
+    /// The server task; it ends once shutdown has let every connection finish.
+    served: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -42,18 +44,21 @@ async fn start(with_tls: bool) -> Running {
     let state = AppState::new(store, Config::default(), shutdown.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let base = if with_tls {
+    let (base, served) = if with_tls {
         let tls = outpost_tls::Tls::load(&cert_path, &key_path).unwrap();
-        tokio::spawn(serve_tls(listener, state, Some(tls)));
-        format!("https://{addr}")
+        let served = tokio::spawn(serve_tls(listener, state, Some(tls)));
+        (format!("https://{addr}"), served)
     } else {
-        tokio::spawn(serve(listener, state));
-        format!("http://{addr}")
+        (
+            format!("http://{addr}"),
+            tokio::spawn(serve(listener, state)),
+        )
     };
     Running {
         base,
         cert: reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap(),
         shutdown,
+        served: Some(served),
         _dir: dir,
     }
 }
@@ -131,7 +136,7 @@ async fn read_until(
 
 #[tokio::test]
 async fn live_changes_feeds_run_over_http2() {
-    let server = start(true).await;
+    let mut server = start(true).await;
     let client = server.client(false);
     put(&client, format!("{}/db", server.base), "").await;
     put(&client, format!("{}/db/a", server.base), "{}").await;
@@ -177,4 +182,26 @@ async fn live_changes_feeds_run_over_http2() {
     put(&client, format!("{}/db/z", server.base), "{}").await;
     let answer = tokio::time::timeout(DEADLINE, poll).await.unwrap().unwrap();
     assert_eq!(answer["results"][0]["id"], "z", "{answer}");
+
+    // Shutdown with a feed open on an HTTP/2 connection: the feed ends with its last_seq and
+    // the server returns.
+    let response = client
+        .get(format!(
+            "{}/db/_changes?feed=continuous&since=0",
+            server.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = response.bytes_stream();
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, r#""id":"z""#).await;
+    server.shutdown.cancel();
+    read_until(&mut stream, &mut seen, "last_seq").await;
+    let served = server.served.take().unwrap();
+    tokio::time::timeout(DEADLINE, served)
+        .await
+        .expect("the server did not stop")
+        .unwrap()
+        .unwrap();
 }
