@@ -168,8 +168,10 @@ async fn sighup_reloads_the_certificate_on_the_same_listener() {
         key.to_str().unwrap(),
     ];
     let server = start(dir.path(), "https", &first, &args, &[]).await;
+    // (Which HTTP version the client speaks depends on the features reqwest is built with
+    // here; `crates/server/tests/it/tls.rs` checks both.)
     let response = first.get(&server.base).send().await.unwrap();
-    assert_eq!(response.version(), reqwest::Version::HTTP_11);
+    assert!(response.status().is_success());
     let plain = reqwest::Client::new();
     let insecure = server.base.replace("https://", "http://");
     assert!(
