@@ -1,7 +1,8 @@
 //! Outpost's HTTP server: the CouchDB-compatible API over a [`Store`].
 //!
 //! [`app`] builds the request handler (testable without a socket); [`serve`] runs it on a
-//! listener until a shutdown token fires, then lets in-flight requests finish.
+//! listener until a shutdown token fires, then lets in-flight requests finish; [`serve_tls`]
+//! does the same behind TLS (`outpost-tls`), with HTTP/2 and HTTP/1.1 chosen by ALPN.
 //!
 //! Routing is done by hand on the *raw* request path ([`dispatch`]), not by a router on the
 //! decoded path: a document id may contain an encoded `/` (`a%2Fb`) that must stay part of the id,
@@ -30,7 +31,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::response::Response;
 use http::{HeaderValue, Method, header};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use outpost_store::Store;
 use tokio::net::TcpListener;
@@ -188,6 +189,19 @@ pub fn app(state: AppState) -> Router {
 /// Serves `app` on `listener` until `state.shutdown` fires, then stops accepting, lets requests
 /// in flight finish (live feeds end at once), and returns.
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
+    serve_tls(listener, state, None).await
+}
+
+/// [`serve`], over TLS when `tls` is given: each accepted connection first completes a TLS
+/// handshake with the certificate `tls` holds at that moment (so a reload takes effect for new
+/// connections without closing the listener), then speaks HTTP/2 when ALPN chose `h2` and
+/// HTTP/1.1 otherwise. Without TLS a connection speaks HTTP/1.1, or HTTP/2 when it opens with
+/// the HTTP/2 preface (prior knowledge).
+pub async fn serve_tls(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<outpost_tls::Tls>,
+) -> std::io::Result<()> {
     let router = app(state.clone());
     let shutdown = state.shutdown.clone();
     let connections = TaskTracker::new();
@@ -213,9 +227,44 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         let service = TowerToHyperService::new(router.clone());
         let shutdown = shutdown.clone();
         let max_header = state.config.max_header_bytes;
+        // Taken now, so the handshake uses the certificate current when the connection came.
+        let acceptor = tls.as_ref().map(outpost_tls::Tls::acceptor);
+        let executor = Tracked(connections.clone());
         connections.spawn(async move {
             let _permit = permit;
-            serve_connection(stream, peer, service, shutdown, max_header).await;
+            let Some(acceptor) = acceptor else {
+                let protocol = Protocol::Detect;
+                serve_connection(
+                    stream, protocol, peer, service, executor, shutdown, max_header,
+                )
+                .await;
+                return;
+            };
+            // A client that opens a connection and never finishes the handshake must not hold
+            // its slot forever.
+            let handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream));
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                done = handshake => match done {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+            };
+            let protocol = match stream.get_ref().1.alpn_protocol() {
+                Some(outpost_tls::ALPN_H2) => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
+            serve_connection(
+                stream, protocol, peer, service, executor, shutdown, max_header,
+            )
+            .await;
         });
     }
     connections.close();
@@ -225,18 +274,65 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     Ok(())
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+/// How long a client may take to send a request head (and, under TLS, to finish the handshake).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the tasks hyper spawns for a connection (one per HTTP/2 stream) on the connections'
+/// tracker, so shutdown waits for them as for the connections themselves.
+#[derive(Clone)]
+struct Tracked(TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for Tracked
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        self.0.spawn(future);
+    }
+}
+
+/// The HTTP version a connection speaks.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    /// Chosen by ALPN: HTTP/1.1.
+    Http1,
+    /// Chosen by ALPN: HTTP/2.
+    Http2,
+    /// No TLS: HTTP/2 if the client opens with its preface, HTTP/1.1 otherwise.
+    Detect,
+}
+
+async fn serve_connection<I>(
+    stream: I,
+    protocol: Protocol,
     peer: SocketAddr,
     service: TowerToHyperService<Router>,
+    executor: Tracked,
     shutdown: CancellationToken,
     max_header_bytes: usize,
-) {
-    let mut builder = hyper::server::conn::http1::Builder::new();
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper_util::server::conn::auto::Builder::new(executor);
     builder
+        .http1()
         .max_buf_size(max_header_bytes.max(8192))
-        .timer(hyper_util::rt::TokioTimer::new());
-    builder.header_read_timeout(Duration::from_secs(30));
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    // An HTTP/2 connection carries many requests (and live feeds) at once, so a peer that
+    // vanished is found by pings rather than by a request timing out.
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let builder = match protocol {
+        Protocol::Http1 => builder.http1_only(),
+        Protocol::Http2 => builder.http2_only(),
+        Protocol::Detect => builder,
+    };
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {

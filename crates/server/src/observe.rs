@@ -32,6 +32,7 @@ pub async fn layer(request: Request, next: Next) -> Response {
     let id = request_id(request.headers());
     let method = method_label(request.method());
     let route = crate::dispatch::template(request.uri().path());
+    let version = request.version();
     let span = tracing::info_span!("request", request_id = %id, method, route);
     let mut response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
@@ -52,6 +53,7 @@ pub async fn layer(request: Request, next: Next) -> Response {
     span.in_scope(|| {
         tracing::info!(
             status,
+            http = ?version,
             duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             "answered"
         )

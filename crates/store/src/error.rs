@@ -21,6 +21,10 @@ pub enum StoreError {
     /// The storage engine failed (disk full, I/O error).
     #[error("storage failure: {0}")]
     Engine(#[from] rusqlite::Error),
+    /// The store's encryption key does not fit its file: the file is encrypted and no key was
+    /// given, the key is wrong, or a key was given for a plain file. The message says which.
+    #[error("{0}")]
+    Key(String),
     /// The store is shutting down or its writer thread has stopped.
     #[error("store is closed")]
     Closed,

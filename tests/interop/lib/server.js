@@ -56,12 +56,13 @@ function outpostBin(explicit) {
  * `quiet` turns off per-request logging on both servers (the benchmark wants neither paying
  * for a log line per request); otherwise both log at their info level.
  */
-function command(kind, { dir, port, quiet, bin }) {
+function command(kind, { dir, port, quiet, bin, tls }) {
   const dataDir = path.join(dir, 'data');
   if (kind === 'outpost') {
+    const tlsArgs = tls ? ['--tls-cert', tls.cert, '--tls-key', tls.key] : [];
     return {
       cmd: outpostBin(bin),
-      args: ['serve', '--data', dataDir, '--listen', `127.0.0.1:${port}`],
+      args: ['serve', '--data', dataDir, '--listen', `127.0.0.1:${port}`, ...tlsArgs],
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG || (quiet ? 'warn' : 'info') },
     };
   }
@@ -106,7 +107,8 @@ function sleep(ms) {
 /**
  * Starts a server and resolves once `GET /` answers with a welcome. Options: `kind` (default
  * INTEROP_SERVER, else outpost), `port` (default a free one), `bin` (the outpost binary, default
- * OUTPOST_BIN), `quiet` (no per-request logging).
+ * OUTPOST_BIN), `quiet` (no per-request logging), `tls` (outpost only: `{ cert, key, fetch }`, PEM
+ * file paths and a fetch that trusts the certificate; the server then speaks HTTPS).
  *
  * Returns `{ kind, url, port, dir, pid, stop(), kill(), restart(), destroy() }`:
  * - `stop()` ends the process with SIGTERM (SIGKILL after 10 s) and keeps the data;
@@ -118,14 +120,15 @@ async function startServer(options = {}) {
   const kind = options.kind || process.env.INTEROP_SERVER || 'outpost';
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `interop-${kind}-`));
   const port = options.port || (await freePort());
-  const url = `http://127.0.0.1:${port}`;
+  const url = `${options.tls ? 'https' : 'http'}://127.0.0.1:${port}`;
+  const probe = options.tls ? options.tls.fetch : fetch;
   const logFile = path.join(dir, 'server.out');
   const echo = process.env.INTEROP_SERVER_LOG === '1';
   let child = null;
   let exited = null;
 
   async function launch() {
-    const { cmd, args, env } = command(kind, { dir, port, quiet: options.quiet, bin: options.bin });
+    const { cmd, args, env } = command(kind, { dir, port, quiet: options.quiet, bin: options.bin, tls: options.tls });
     const out = fs.openSync(logFile, 'a');
     child = spawn(cmd, args, {
       cwd: dir,
@@ -158,7 +161,7 @@ async function startServer(options = {}) {
         );
       }
       try {
-        const res = await fetch(`${url}/`, { signal: AbortSignal.timeout(1000) });
+        const res = await probe(`${url}/`, { signal: AbortSignal.timeout(1000) });
         const body = await res.json();
         // CouchDB answers {"couchdb":"Welcome",...}, pouchdb-server {"express-pouchdb":"Welcome!",...};
         // either way a JSON welcome with a uuid means the server is accepting requests.

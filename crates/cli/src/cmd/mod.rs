@@ -8,3 +8,4 @@ pub mod queue;
 pub mod replicate;
 pub mod serve;
 pub mod shutdown;
+pub mod store_key;

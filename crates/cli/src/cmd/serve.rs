@@ -24,6 +24,20 @@ pub struct ServeArgs {
     /// Address and port to listen on.
     #[arg(long, env = "OUTPOST_LISTEN", default_value = "127.0.0.1:5984")]
     pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key. HTTP/2 and
+    /// HTTP/1.1 are both offered (ALPN). On SIGHUP both files are read again and new
+    /// connections get the new certificate; the listener stays open.
+    #[arg(long, env = "OUTPOST_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "OUTPOST_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Keep the store encrypted (SQLCipher) with the key in this file: 64 hex digits (a raw
+    /// 256-bit key, e.g. from `openssl rand -hex 32`) or a passphrase (stretched on every
+    /// connection, so slower to open). The key may instead be in OUTPOST_STORE_KEY; it is never
+    /// a flag's value. A store created with a key always needs it; see `outpost db rekey`.
+    #[arg(long, env = "OUTPOST_STORE_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
     /// Allow listening on a non-loopback address. Outpost has no authentication yet, so anyone
     /// who can reach the port can read and change every database.
     #[arg(long)]
@@ -104,7 +118,16 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             args.max_body_bytes
         );
     }
-    let store = SqliteStore::open(&args.data)
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(outpost_tls::Tls::load(cert, key).context("cannot set up TLS")?)
+        }
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together: give both or neither"),
+    };
+    let key = super::store_key::load(args.key_file.as_deref(), super::store_key::KEY_VAR)?;
+    let encrypted = key.is_some();
+    let store = SqliteStore::open_with_key(&args.data, key)
         .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
     let store = Arc::new(store);
     outpost_telemetry::watch_database("sync", store.path().to_path_buf());
@@ -139,7 +162,14 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     // Persistent replications: the `_replicator` database's documents, resumed from their
     // checkpoints.
     outpost_server::replication::start_jobs(&state);
-    tracing::info!(listen = %local, data = %args.data.display(), uuid = store.server_uuid_str(), "outpost is serving");
+    tracing::info!(
+        listen = %local,
+        data = %args.data.display(),
+        uuid = store.server_uuid_str(),
+        tls = tls.is_some(),
+        encrypted,
+        "outpost is serving"
+    );
     let grace = args.shutdown_grace;
     let deadline = async {
         shutdown.cancelled().await;
@@ -147,7 +177,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     };
     let server = async {
         let result = tokio::select! {
-            served = outpost_server::serve(listener, state) => served.context("server failed"),
+            served = outpost_server::serve_tls(listener, state, tls.clone()) => served.context("server failed"),
             () = deadline => {
                 tracing::warn!(
                     grace = ?grace,
@@ -171,10 +201,54 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         shutdown.cancel();
         result
     };
-    let (served, gatewayed) = tokio::join!(server, gateway);
+    let reloads = reload_on_hangup(tls.clone(), shutdown.clone());
+    let (served, gatewayed, ()) = tokio::join!(server, gateway, reloads);
     store.close();
     served?;
     gatewayed?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads the TLS certificate and key again on every SIGHUP until shutdown. A reload that fails
+/// is logged and the certificate in use is kept. Without TLS a SIGHUP is logged and changes
+/// nothing (rather than ending the process, a hang-up's default), so `systemctl reload` is
+/// always safe.
+async fn reload_on_hangup(
+    tls: Option<outpost_tls::Tls>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; the TLS certificate will not be reloaded");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                got = hangups.recv() => if got.is_none() { return },
+            }
+            let Some(tls) = &tls else {
+                tracing::info!("SIGHUP: nothing to reload (no TLS)");
+                continue;
+            };
+            match tls.reload() {
+                Ok(()) => {
+                    tracing::info!(cert = %tls.cert_path().display(), "TLS certificate reloaded")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays in use")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (tls, shutdown);
+    }
 }

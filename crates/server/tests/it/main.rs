@@ -22,3 +22,4 @@ mod roundtrip;
 mod support;
 mod validation;
 mod views;
+mod tls;

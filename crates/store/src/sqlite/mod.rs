@@ -3,6 +3,7 @@
 
 mod compaction;
 mod index;
+pub mod key;
 mod read;
 pub mod replay;
 pub mod retention;
@@ -31,6 +32,7 @@ pub const FILE_NAME: &str = "outpost.sqlite";
 /// How many idle read connections are kept.
 const MAX_IDLE_READERS: usize = 8;
 
+pub use key::StoreKey;
 pub use read::PENDING_EXACT_UP_TO;
 
 /// A [`Store`] on one SQLite file.
@@ -49,6 +51,8 @@ pub struct SqliteStore {
     db_updates: watch::Sender<u64>,
     /// Databases being compacted, for `compact_running`.
     compactions: Compactions,
+    /// The key of an encrypted file, for every read connection opened later.
+    key: Option<Arc<StoreKey>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -60,8 +64,14 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the plain, unencrypted store in `dir`.
     pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with_key(dir, None)
+    }
+
+    /// Opens (creating if needed) the store in `dir`, encrypted with `key` when one is given
+    /// (see [`key`]). [`StoreError::Key`] when the key does not fit the file.
+    pub fn open_with_key(dir: &Path, key: Option<StoreKey>) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Corrupt(format!(
                 "cannot create data directory {}: {e}",
@@ -69,7 +79,7 @@ impl SqliteStore {
             ))
         })?;
         let path = dir.join(FILE_NAME);
-        let conn = Connection::open(&path)?;
+        let conn = key::open(&path, OpenFlags::default(), key.as_ref())?;
         schema::configure(&conn)?;
         schema::migrate(&conn)?;
         let uuid = match conn
@@ -130,6 +140,7 @@ impl SqliteStore {
             watchers,
             db_updates,
             compactions: Compactions::default(),
+            key: key.map(Arc::new),
         })
     }
 
@@ -168,11 +179,12 @@ impl SqliteStore {
     {
         let readers = self.readers.clone();
         let path = self.path.clone();
+        let key = self.key.clone();
         tokio::task::spawn_blocking(move || {
             let conn = readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let conn = match conn {
                 Some(c) => c,
-                None => open_reader(&path)?,
+                None => open_reader(&path, key.as_deref())?,
             };
             let result = f(&conn);
             let mut idle = readers.lock().unwrap_or_else(|e| e.into_inner());
@@ -186,12 +198,13 @@ impl SqliteStore {
     }
 }
 
-fn open_reader(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
+fn open_reader(path: &Path, key: Option<&StoreKey>) -> Result<Connection, StoreError> {
+    let conn = key::open(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI,
+        key,
     )?;
     conn.execute_batch("PRAGMA busy_timeout = 10000; PRAGMA cache_size = -16384;")?;
     Ok(conn)

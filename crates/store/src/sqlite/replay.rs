@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use outpost_core::RevTree;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{OpenFlags, OptionalExtension, params};
 
 use super::retention;
 use crate::StoreError;
@@ -44,14 +44,24 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
-/// Rebuilds database `db` of the store in `dir` from its event log and compares the result
-/// with the live document tables. Opens the file read-only; a running server may keep writing.
+/// Rebuilds database `db` of the plain store in `dir` from its event log and compares the
+/// result with the live document tables. Opens the file read-only; a running server may keep
+/// writing.
 pub fn rebuild(dir: &Path, db: &str) -> Result<ReplayReport, StoreError> {
+    rebuild_with_key(dir, db, None)
+}
+
+/// [`rebuild`] for a store encrypted with `key` (or plain, with `None`).
+pub fn rebuild_with_key(
+    dir: &Path,
+    db: &str,
+    key: Option<&super::StoreKey>,
+) -> Result<ReplayReport, StoreError> {
     let path = dir.join(super::FILE_NAME);
     if !path.exists() {
         return Err(corrupt(format!("no store at {}", path.display())));
     }
-    let mut conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut conn = super::key::open(&path, OpenFlags::SQLITE_OPEN_READ_ONLY, key)?;
     // One read transaction, so the log and the tables are seen at the same instant.
     let tx = conn.transaction()?;
     let (db_id, revs_limit): (i64, i64) = tx

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use outpost_core::Rev;
-use outpost_store::sqlite::SqliteStore;
+use outpost_store::sqlite::{SqliteStore, StoreKey};
 use outpost_store::{ChangesQuery, DocUpdate, Origin, Store, StoreError, UpdateMode};
 use serde_json::{Map, json};
 
@@ -24,19 +24,42 @@ pub fn edit(id: &str, base: Option<&Rev>, v: serde_json::Value) -> DocUpdate {
     }
 }
 
-/// Every engine available in this build, each over a fresh temporary directory.
+/// A raw 256-bit key for the encrypted engine.
+pub fn test_key() -> StoreKey {
+    StoreKey::new(&"5a".repeat(32)).unwrap()
+}
+
+/// The SQLite engine plain, and encrypted with [`test_key`].
+pub fn keys() -> [Option<StoreKey>; 2] {
+    [None, Some(test_key())]
+}
+
+/// Every engine available in this build, each over a fresh temporary directory: SQLite plain
+/// and SQLite encrypted (SQLCipher).
 fn engines() -> Vec<(Arc<dyn Store>, tempfile::TempDir)> {
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
-    vec![(sqlite, dir)]
+    keys()
+        .into_iter()
+        .map(|key| {
+            let dir = tempfile::tempdir().unwrap();
+            let sqlite: Arc<dyn Store> =
+                Arc::new(SqliteStore::open_with_key(dir.path(), key).unwrap());
+            (sqlite, dir)
+        })
+        .collect()
 }
 
 #[tokio::test]
 async fn writes_are_read_back_and_survive_reopening() {
+    for key in keys() {
+        reopen(key).await;
+    }
+}
+
+async fn reopen(key: Option<StoreKey>) {
     let dir = tempfile::tempdir().unwrap();
     let uuid;
     {
-        let store = SqliteStore::open(dir.path()).unwrap();
+        let store = SqliteStore::open_with_key(dir.path(), key.clone()).unwrap();
         uuid = store.server_uuid().to_owned();
         store.create_db("db").await.unwrap();
         let out = store
@@ -46,7 +69,7 @@ async fn writes_are_read_back_and_survive_reopening() {
         assert!(out[0].is_ok());
         store.close();
     }
-    let store = SqliteStore::open(dir.path()).unwrap();
+    let store = SqliteStore::open_with_key(dir.path(), key).unwrap();
     assert_eq!(store.server_uuid(), uuid);
     let doc = store.doc("db", "a").await.unwrap().unwrap();
     assert_eq!(doc.seq, 1);

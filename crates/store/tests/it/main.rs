@@ -5,4 +5,5 @@ mod batches;
 mod compaction;
 mod conformance;
 mod index;
+mod encryption;
 mod replay;
