@@ -67,6 +67,12 @@ pub enum ApiError {
     /// A feature Outpost does not have (yet), named in the reason.
     #[error("{0}")]
     NotImplemented(String),
+    /// No valid credentials: the client should authenticate.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Authenticated, but not allowed to do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// The request body did not arrive in time.
     #[error("the request body did not arrive in time")]
     RequestTimeout,
@@ -116,6 +122,8 @@ impl ApiError {
             ApiError::BadContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_content_type"),
             ApiError::Gone(_) => (StatusCode::GONE, "gone"),
             ApiError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error"),

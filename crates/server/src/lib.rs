@@ -7,6 +7,8 @@
 //! decoded path: a document id may contain an encoded `/` (`a%2Fb`) that must stay part of the id,
 //! while `_design/x` keeps a literal slash.
 
+pub mod auth;
+mod authz;
 mod dispatch;
 mod docjson;
 mod encoding;
@@ -20,6 +22,7 @@ pub mod replication;
 mod request;
 mod routes;
 mod stream;
+mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +51,10 @@ pub mod fuzzing {
     pub use crate::query::Query;
 }
 
+/// The address a request came from, put in its extensions by [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
 /// The CouchDB version Outpost answers as: clients and their test suites branch on it.
 pub const COUCHDB_VERSION: &str = "3.3.3";
 
@@ -72,6 +79,8 @@ pub struct Config {
     pub cors_origins: Option<Vec<String>>,
     /// Most simultaneous connections; more wait to be accepted.
     pub max_connections: usize,
+    /// Accounts, sessions, tokens and the default security of databases.
+    pub auth: auth::AuthSettings,
 }
 
 impl Default for Config {
@@ -85,6 +94,7 @@ impl Default for Config {
             max_header_bytes: 64 * 1024,
             cors_origins: None,
             max_connections: 4096,
+            auth: auth::AuthSettings::default(),
         }
     }
 }
@@ -102,6 +112,8 @@ pub struct AppState {
     /// Replications running in this server (`_replicate`, `_replicator` jobs), for
     /// cancellation and the `_scheduler` and `_active_tasks` views.
     pub replications: Arc<replication::Replications>,
+    /// Server admins, the password cache, session cookies and lockout.
+    pub auth: Arc<auth::Auth>,
     /// Request body bytes in flight, shared by every request (`max_body_bytes_in_flight`).
     pub(crate) body_budget: request::BodyBudget,
 }
@@ -118,6 +130,7 @@ impl AppState {
     pub fn new(store: Arc<dyn Store>, config: Config, shutdown: CancellationToken) -> AppState {
         AppState {
             store,
+            auth: auth::shared(config.auth.clone()),
             body_budget: request::BodyBudget::new(config.max_body_bytes_in_flight),
             config: Arc::new(config),
             shutdown,
@@ -134,7 +147,13 @@ pub fn app(state: AppState) -> Router {
     outpost_telemetry::install();
     routes::node::start_clock();
     let origins = match &state.config.cors_origins {
-        None => AllowOrigin::mirror_request(),
+        // Without a list, any origin while the server is in admin party (as before accounts
+        // existed), none once authentication is enforced: a page on any site must not act
+        // with a signed-in user's cookie.
+        None => {
+            let auth = state.auth.clone();
+            AllowOrigin::predicate(move |_, _| !auth.enforced())
+        }
         Some(list) => AllowOrigin::list(list.iter().filter_map(|o| HeaderValue::from_str(o).ok())),
     };
     // PouchDB in a browser sends credentials, so the origin must be echoed (never `*`) along with
@@ -192,7 +211,8 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let service =
+            TowerToHyperService::new(router.clone().layer(axum::Extension(ClientAddr(peer))));
         let shutdown = shutdown.clone();
         let max_header = state.config.max_header_bytes;
         connections.spawn(async move {

@@ -13,7 +13,9 @@ pub mod node;
 pub mod ops;
 pub mod replicate;
 pub mod scheduler;
+pub mod security;
 pub mod server;
+pub mod session;
 
 use axum::response::Response;
 use http::{StatusCode, header};
