@@ -56,13 +56,13 @@ function outpostBin(explicit) {
  * `quiet` turns off per-request logging on both servers (the benchmark wants neither paying
  * for a log line per request); otherwise both log at their info level.
  */
-function command(kind, { dir, port, quiet, bin }) {
+function command(kind, { dir, port, quiet, bin, env = {} }) {
   const dataDir = path.join(dir, 'data');
   if (kind === 'outpost') {
     return {
       cmd: outpostBin(bin),
       args: ['serve', '--data', dataDir, '--listen', `127.0.0.1:${port}`],
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || (quiet ? 'warn' : 'info') },
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || (quiet ? 'warn' : 'info'), ...env },
     };
   }
   if (kind === 'pouchdb-server') {
@@ -106,7 +106,7 @@ function sleep(ms) {
 /**
  * Starts a server and resolves once `GET /` answers with a welcome. Options: `kind` (default
  * INTEROP_SERVER, else outpost), `port` (default a free one), `bin` (the outpost binary, default
- * OUTPOST_BIN), `quiet` (no per-request logging).
+ * OUTPOST_BIN), `quiet` (no per-request logging), `env` (more environment variables for outpost).
  *
  * Returns `{ kind, url, port, dir, pid, stop(), kill(), restart(), destroy() }`:
  * - `stop()` ends the process with SIGTERM (SIGKILL after 10 s) and keeps the data;
@@ -125,7 +125,7 @@ async function startServer(options = {}) {
   let exited = null;
 
   async function launch() {
-    const { cmd, args, env } = command(kind, { dir, port, quiet: options.quiet, bin: options.bin });
+    const { cmd, args, env } = command(kind, { dir, port, quiet: options.quiet, bin: options.bin, env: options.env });
     const out = fs.openSync(logFile, 'a');
     child = spawn(cmd, args, {
       cwd: dir,
