@@ -227,8 +227,11 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// How long delivered entries (and the upstream's answer) stay visible.
     pub done_retention: Duration,
-    /// Bearer token required by the admin API; without one the admin API is disabled.
+    /// Bearer token required by the admin API; without one (and without `admin_accounts`) the
+    /// admin API is disabled.
     pub admin_token: Option<String>,
+    /// Server admins and JWT settings the admin API accepts besides its token.
+    pub admin_accounts: Option<std::sync::Arc<crate::accounts::AdminAccounts>>,
     /// The reserved path prefix, with leading and trailing slash (default `/_outpost/`).
     pub prefix: String,
     /// Where the queue encryption key comes from.
@@ -257,6 +260,7 @@ impl Config {
             retry: RetryPolicy::default(),
             done_retention: Duration::from_secs(24 * 3600),
             admin_token: None,
+            admin_accounts: None,
             prefix: "/_outpost/".into(),
             key: KeySource::DataDir,
             shutdown_grace: Duration::from_secs(10),

@@ -158,7 +158,17 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     };
     let shutdown = super::shutdown::on_signal();
     let gateway = match args.gateway.take() {
-        Some(gateway) => Some(super::gateway::bind(&gateway).await?),
+        Some(mut gateway) => {
+            // The gateway's admin API takes the sync server's admins and tokens too.
+            let accounts = outpost_gateway::accounts::AdminAccounts::new(
+                config.auth.admins.clone(),
+                config.auth.jwt.clone(),
+            );
+            if !accounts.is_empty() {
+                gateway.options.server_accounts = Some(Arc::new(accounts));
+            }
+            Some(super::gateway::bind(&gateway).await?)
+        }
         None => None,
     };
     let state = AppState::new(store.clone(), config, shutdown.clone());
