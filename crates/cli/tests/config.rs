@@ -353,3 +353,33 @@ fn admin_passwords_are_masked_and_an_admin_allows_any_address() {
         assert_eq!(mode & 0o777, 0o600);
     }
 }
+
+#[test]
+fn a_jwt_key_that_is_not_a_public_key_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    std::fs::write(
+        &key,
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let out = outpost(
+        &[
+            "serve",
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-keys",
+            &format!("k1={}", key.display()),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is not a PEM RSA or EC public key"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// Secret of HS256 bearer tokens (JWT), as raw text.
     #[arg(long, env = "OUTPOST_JWT_HS256_SECRET", hide_env_values = true)]
     pub jwt_hs256_secret: Option<String>,
+    /// Public keys of RS256 and ES256 tokens as KID=PEM-FILE, repeatable; a token names its key
+    /// by its `kid` header.
+    #[arg(long = "jwt-keys", value_name = "KID=PEM-FILE")]
+    pub jwt_keys: Vec<String>,
     /// Claim of a JWT holding the user's roles (a top-level key, else a dotted path).
     #[arg(
         long,
@@ -265,6 +269,16 @@ fn auth_settings(args: &ServeArgs) -> anyhow::Result<outpost_server::auth::AuthS
     let mut jwt = outpost_auth::JwtConfig::default();
     if let Some(secret) = &args.jwt_hs256_secret {
         jwt.set_hs256_secret(secret.as_bytes());
+    }
+    for entry in &args.jwt_keys {
+        let Some((kid, file)) = entry.split_once('=') else {
+            anyhow::bail!("a JWT key must be given as KID=PEM-FILE");
+        };
+        let pem = std::fs::read(file).with_context(|| format!("cannot read the JWT key {file}"))?;
+        // The key's type decides the algorithm: RSA keys check RS256, EC keys ES256.
+        if jwt.add_rsa_pem(kid, &pem).is_err() && jwt.add_ec_pem(kid, &pem).is_err() {
+            anyhow::bail!("{file} is not a PEM RSA or EC public key");
+        }
     }
     jwt.roles_claim = Some(args.jwt_roles_claim.clone());
     jwt.required_claims = args.jwt_required_claims.clone();
