@@ -29,6 +29,9 @@ pub struct SessionCookie {
     pub name: String,
     /// Seconds since the Unix epoch when it was made.
     pub issued: u64,
+    /// The time as written in the cookie: the MAC covers these bytes, so another spelling of
+    /// the same number (`3e8` for `3E8`) is a different, unsigned cookie.
+    time: String,
     mac: Vec<u8>,
 }
 
@@ -78,6 +81,7 @@ impl SessionCookie {
         Ok(SessionCookie {
             name: name.to_owned(),
             issued,
+            time: time.to_owned(),
             mac: mac.to_vec(),
         })
     }
@@ -113,7 +117,7 @@ impl CookieSigner {
         now: u64,
     ) -> Result<Fresh, CookieError> {
         let mut mac = self.mac(user_salt);
-        mac.update(format!("{}:{:X}", cookie.name, cookie.issued).as_bytes());
+        mac.update(format!("{}:{}", cookie.name, cookie.time).as_bytes());
         mac.verify_slice(&cookie.mac)
             .map_err(|_| CookieError::BadSignature)?;
         let expires = cookie.issued.saturating_add(self.timeout);
@@ -145,6 +149,20 @@ mod tests {
         let raw = URL_SAFE_NO_PAD.decode(&value).unwrap();
         assert!(raw.starts_with(b"bob:5F5E100:"));
         assert_eq!(raw.len(), "bob:5F5E100:".len() + 32);
+    }
+
+    #[test]
+    fn another_spelling_of_the_time_is_not_signed() {
+        let s = signer();
+        let value = s.issue("bob", "salt", 1000);
+        let raw = URL_SAFE_NO_PAD.decode(&value).unwrap();
+        for spelled in [&b"bob:3e8:"[..], &b"bob:03E8:"[..]] {
+            let mut forged = spelled.to_vec();
+            forged.extend_from_slice(&raw[b"bob:3E8:".len()..]);
+            let c = SessionCookie::parse(&URL_SAFE_NO_PAD.encode(forged)).unwrap();
+            assert_eq!(c.issued, 1000);
+            assert_eq!(s.check(&c, "salt", 1000), Err(CookieError::BadSignature));
+        }
     }
 
     #[test]
@@ -190,7 +208,7 @@ mod tests {
                 prop_assert_eq!(s.check(&forged, "salt", now), Err(CookieError::BadSignature));
             }
             // Moving the time forward (to extend a session) breaks the signature.
-            let later = SessionCookie { issued: c.issued + 1, ..c };
+            let later = SessionCookie { issued: c.issued + 1, time: format!("{:X}", c.issued + 1), ..c };
             prop_assert_eq!(s.check(&later, "salt", now), Err(CookieError::BadSignature));
         }
 
