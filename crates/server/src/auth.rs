@@ -97,9 +97,35 @@ impl Default for AuthSettings {
     }
 }
 
+/// `_users` accounts as last read, so that a request with credentials does not read the
+/// database each time. Exact, not time-bound: any committed write to `_users` (through any
+/// route or a replication) moves its watch channel, which empties the cache before the next
+/// lookup; a fill that started before such a write is not kept.
+#[derive(Default)]
+struct AccountCache {
+    /// The `_users` watch channel seen at the last flush; `None` before the first lookup.
+    watch: Option<tokio::sync::watch::Receiver<u64>>,
+    /// Moves at every flush, so a lookup that read before a flush does not store what it read.
+    generation: u64,
+    /// By name: the account, or `None` for "no such user".
+    entries: std::collections::HashMap<String, Option<Account>>,
+}
+
+/// Most accounts (and security objects) kept; beyond, the cache starts over.
+const CACHE_CAPACITY: usize = 10_000;
+
 /// The authentication state of a running server.
 pub struct Auth {
     pub settings: AuthSettings,
+    accounts: std::sync::Mutex<AccountCache>,
+    /// Databases' security objects by name, dropped whenever one is set or a database is
+    /// created or deleted (all of which go through this server), with a generation that moves
+    /// at each so that a read from before it is not stored.
+    #[allow(clippy::type_complexity)]
+    securities: std::sync::Mutex<(
+        u64,
+        std::collections::HashMap<String, outpost_auth::Security>,
+    )>,
     /// Server admins by name: the configured ones and those added at run time.
     admins: RwLock<BTreeMap<String, Credentials>>,
     cache: PasswordCache,
@@ -181,6 +207,8 @@ impl Auth {
                 10_000,
             ),
             cache: PasswordCache::new(10_000),
+            accounts: std::sync::Mutex::new(AccountCache::default()),
+            securities: std::sync::Mutex::new((0, std::collections::HashMap::new())),
             admins: RwLock::new(admins),
             settings,
         }
@@ -263,6 +291,65 @@ impl Auth {
         HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static("AuthSession="))
     }
 
+    /// The cache's generation and the cached security object of `db`.
+    pub fn cached_security(&self, db: &str) -> (u64, Option<outpost_auth::Security>) {
+        let cache = self.securities.lock().unwrap_or_else(|e| e.into_inner());
+        (cache.0, cache.1.get(db).cloned())
+    }
+
+    /// Remembers the security object of `db`, read when the cache was at `generation`; not if a
+    /// security object was set or a database deleted since.
+    pub fn cache_security(&self, generation: u64, db: &str, security: outpost_auth::Security) {
+        let mut cache = self.securities.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.0 != generation {
+            return;
+        }
+        if cache.1.len() >= CACHE_CAPACITY {
+            cache.1.clear();
+        }
+        cache.1.insert(db.to_owned(), security);
+    }
+
+    /// Forgets the security object of `db`, after it was set or the database created or
+    /// deleted.
+    pub fn forget_security(&self, db: &str) {
+        let mut cache = self.securities.lock().unwrap_or_else(|e| e.into_inner());
+        cache.0 += 1;
+        cache.1.remove(db);
+    }
+
+    /// The cache's generation after emptying it if `_users` changed, and the cached account.
+    fn cached_account(
+        &self,
+        store: &dyn outpost_store::Store,
+        name: &str,
+    ) -> (u64, Option<Option<Account>>) {
+        let mut cache = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = match &mut cache.watch {
+            None => true,
+            Some(rx) => rx.has_changed().unwrap_or(true),
+        };
+        if changed {
+            cache.entries.clear();
+            cache.generation += 1;
+            let mut rx = store.watch(USERS_DB);
+            rx.borrow_and_update();
+            cache.watch = Some(rx);
+        }
+        (cache.generation, cache.entries.get(name).cloned())
+    }
+
+    fn cache_account(&self, generation: u64, name: &str, account: Option<Account>) {
+        let mut cache = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.generation != generation {
+            return;
+        }
+        if cache.entries.len() >= CACHE_CAPACITY {
+            cache.entries.clear();
+        }
+        cache.entries.insert(name.to_owned(), account);
+    }
+
     /// The authentication handlers `GET /_session` lists.
     pub fn handlers(&self) -> Vec<&'static str> {
         let mut handlers = vec!["cookie", "default"];
@@ -288,23 +375,26 @@ pub async fn account(state: &AppState, name: &str) -> Result<Option<Account>, Ap
             roles: vec![outpost_auth::user::ADMIN_ROLE.to_owned()],
         }));
     }
-    let Some(doc) = user_doc(state, name).await? else {
-        return Ok(None);
-    };
-    let Ok(Some(creds)) = Credentials::from_user_doc(&doc) else {
-        return Ok(None);
-    };
-    let roles = doc
-        .get("roles")
-        .and_then(Value::as_array)
-        .map(|r| {
-            r.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(Some(Account { creds, roles }))
+    let (generation, cached) = state.auth.cached_account(state.store.as_ref(), name);
+    if let Some(account) = cached {
+        return Ok(account);
+    }
+    let account = user_doc(state, name).await?.and_then(|doc| {
+        let creds = Credentials::from_user_doc(&doc).ok().flatten()?;
+        let roles = doc
+            .get("roles")
+            .and_then(Value::as_array)
+            .map(|r| {
+                r.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Account { creds, roles })
+    });
+    state.auth.cache_account(generation, name, account.clone());
+    Ok(account)
 }
 
 /// The current body of `_users`' document for `name`, if there is a live one.

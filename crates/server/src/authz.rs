@@ -78,11 +78,17 @@ fn refuse(user: &UserCtx, reason: &str) -> ApiError {
 
 /// A database's security object: the stored one, or the configured default.
 pub async fn security(state: &AppState, db: &str) -> Result<Security, ApiError> {
-    match state.store.security(db).await? {
-        Some(text) => serde_json::from_str(&text)
-            .map_err(|e| ApiError::Internal(format!("stored _security of {db}: {e}"))),
-        None => Ok(default_security(state, db)),
+    let (generation, cached) = state.auth.cached_security(db);
+    if let Some(security) = cached {
+        return Ok(security);
     }
+    let security = match state.store.security(db).await? {
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| ApiError::Internal(format!("stored _security of {db}: {e}")))?,
+        None => default_security(state, db),
+    };
+    state.auth.cache_security(generation, db, security.clone());
+    Ok(security)
 }
 
 /// The security a database without a stored one has.

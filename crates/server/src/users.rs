@@ -120,6 +120,8 @@ pub async fn after_write(state: &AppState, db: &str, id: &str) -> Result<(), Api
     };
     let text = serde_json::to_string(&security)
         .map_err(|e| ApiError::Internal(format!("cannot serialise security: {e}")))?;
-    state.store.set_security(&private, text).await?;
+    let stored = state.store.set_security(&private, text).await;
+    state.auth.forget_security(&private);
+    stored?;
     Ok(())
 }

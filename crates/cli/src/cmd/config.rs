@@ -28,6 +28,7 @@ const SECRETS: &[&str] = &[
     "admin_password",
     "admins",
     "jwt_hs256_secret",
+    "cookie_secret",
 ];
 
 /// Arguments of `outpost config`.

@@ -74,6 +74,13 @@ pub struct ServeArgs {
     /// Lifetime of a session cookie, refreshed as it is used.
     #[arg(long, env = "OUTPOST_SESSION_TIMEOUT", default_value = "600s", value_parser = parse_duration)]
     pub session_timeout: Duration,
+    /// Secret that signs session cookies; by default one is made once per data directory
+    /// (`cookie-secret`, mode 0600). Changing it ends every session.
+    #[arg(long, env = "OUTPOST_COOKIE_SECRET", hide_env_values = true)]
+    pub cookie_secret: Option<String>,
+    /// Mark session cookies `Secure` (sent over HTTPS only), as behind a TLS-terminating proxy.
+    #[arg(long, env = "OUTPOST_SECURE_COOKIES")]
+    pub secure_cookies: bool,
     /// SameSite attribute of session cookies (Strict, Lax or None); none by default.
     #[arg(long, env = "OUTPOST_SAME_SITE", value_parser = ["Strict", "Lax", "None"])]
     pub same_site: Option<String>,
@@ -287,9 +294,13 @@ fn auth_settings(args: &ServeArgs) -> anyhow::Result<outpost_server::auth::AuthS
     Ok(outpost_server::auth::AuthSettings {
         admins,
         admins_file: Some(args.data.join("admins.json")),
-        cookie_secret: outpost_server::auth::Secret(cookie_secret(&args.data)?),
+        cookie_secret: outpost_server::auth::Secret(match &args.cookie_secret {
+            Some(secret) if !secret.is_empty() => secret.as_bytes().to_vec(),
+            Some(_) => anyhow::bail!("the cookie secret must not be empty"),
+            None => cookie_secret(&args.data)?,
+        }),
         session_timeout: args.session_timeout.as_secs().max(1),
-        secure_cookies: false,
+        secure_cookies: args.secure_cookies,
         same_site: args.same_site.clone(),
         jwt,
         default_security: match args.default_security.as_str() {

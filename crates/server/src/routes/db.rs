@@ -23,7 +23,9 @@ pub async fn handle(state: &AppState, name: &str, req: &mut Req) -> Result<Respo
                     "per-document access (access=true) is not supported yet".into(),
                 ));
             }
-            state.store.create_db(name).await?;
+            let created = state.store.create_db(name).await;
+            state.auth.forget_security(name);
+            created?;
             let mut response = json(StatusCode::CREATED, json!({ "ok": true }).to_string());
             if let Ok(v) = http::HeaderValue::from_str(&format!("/{}", encode(name))) {
                 response.headers_mut().insert(header::LOCATION, v);
@@ -37,7 +39,9 @@ pub async fn handle(state: &AppState, name: &str, req: &mut Req) -> Result<Respo
                     "You tried to DELETE a database with a ?rev= parameter. Did you mean to DELETE a document instead?",
                 ));
             }
-            state.store.delete_db(name).await?;
+            let deleted = state.store.delete_db(name).await;
+            state.auth.forget_security(name);
+            deleted?;
             state.replications.forget_db(name);
             // The rows are gone; the attachment bytes only this database used and the freed
             // pages are given back in the background.

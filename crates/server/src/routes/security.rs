@@ -29,7 +29,9 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
         Method::PUT => {
             let body = req.json().await?;
             Security::from_json(&body).map_err(|e| ApiError::BadRequest(e.0))?;
-            state.store.set_security(db, body.to_string()).await?;
+            let stored = state.store.set_security(db, body.to_string()).await;
+            state.auth.forget_security(db);
+            stored?;
             Ok(ok(json!({ "ok": true }).to_string()))
         }
         _ => Err(not_allowed("Only GET, HEAD, PUT allowed")),

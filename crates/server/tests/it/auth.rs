@@ -811,3 +811,54 @@ async fn without_admins_every_request_is_admin() {
     let (status, _, _) = s.send(None, "GET", "/_all_dbs", None).await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn cached_accounts_and_security_follow_every_change() {
+    let s = populated().await;
+    // Cached after one use each.
+    let (status, _, _) = s.send(Who::Member.auth(), "GET", "/db/d1", None).await;
+    assert_eq!(status, 200);
+    // A password changed through _bulk_docs (not the single-document route) takes effect.
+    let mut doc = s.ok("GET", "/_users/org.couchdb.user:member", None).await;
+    doc["password"] = json!("via-bulk");
+    s.ok("POST", "/_users/_bulk_docs", Some(json!({"docs": [doc]})))
+        .await;
+    let (status, _, _) = s.send(Who::Member.auth(), "GET", "/db/d1", None).await;
+    assert_eq!(status, 401);
+    let (status, _, _) = s
+        .send(Some(basic("member", "via-bulk")), "GET", "/db/d1", None)
+        .await;
+    assert_eq!(status, 200);
+    // A deleted user no longer signs in.
+    let doc = s.ok("GET", "/_users/org.couchdb.user:member", None).await;
+    let rev = doc["_rev"].as_str().unwrap();
+    s.ok(
+        "DELETE",
+        &format!("/_users/org.couchdb.user:member?rev={rev}"),
+        None,
+    )
+    .await;
+    let (status, _, _) = s
+        .send(Some(basic("member", "via-bulk")), "GET", "/db/d1", None)
+        .await;
+    assert_eq!(status, 401);
+    // A member removed from _security loses access at once.
+    let (status, _, _) = s.send(Who::DbAdmin.auth(), "GET", "/db2", None).await;
+    assert_eq!(status, 200);
+    s.ok(
+        "PUT",
+        "/db2/_security",
+        Some(json!({"admins": {}, "members": {"names": ["someone"]}})),
+    )
+    .await;
+    let (status, _, _) = s.send(Who::DbAdmin.auth(), "GET", "/db2", None).await;
+    assert_eq!(status, 403);
+    // A database deleted and created again has the default security, not the old one.
+    s.ok("PUT", "/db2/_security", Some(json!({}))).await;
+    let (status, _, _) = s.send(Who::Outsider.auth(), "GET", "/db2", None).await;
+    assert_eq!(status, 200);
+    s.ok("DELETE", "/db2", None).await;
+    s.ok("PUT", "/db2", None).await;
+    let (status, _, _) = s.send(Who::Outsider.auth(), "GET", "/db2", None).await;
+    assert_eq!(status, 403);
+}
