@@ -35,8 +35,10 @@ const { startServer } = require(path.join(INTEROP, 'lib', 'server.js'));
 
 const USAGE = `usage: node bench/run.js [options]
 
-  --only KIND[,KIND]     servers to run: outpost, outpost-before, pouchdb-server, couchdb
-                         (default outpost,pouchdb-server)
+  --only KIND[,KIND]     servers to run: outpost, outpost-before, outpost-basic,
+                         outpost-cookie, pouchdb-server, couchdb (default outpost,pouchdb-server);
+                         outpost-basic and outpost-cookie run with authentication on, as a
+                         signed-in user (Basic credentials or a session cookie)
   --workloads A[,B]      workloads to run (default all); --list shows them
   --docs N               documents in the data sets (default 10000)
   --seconds S            duration of the timed single-document workloads (default 5)
@@ -57,7 +59,45 @@ const USAGE = `usage: node bench/run.js [options]
                          (default: the newest beam.smp)`;
 
 /** The servers a run can compare; `outpost` is the one every ratio is taken against. */
-const KINDS = ['outpost', 'outpost-before', 'pouchdb-server', 'couchdb'];
+const KINDS = ['outpost', 'outpost-before', 'outpost-basic', 'outpost-cookie', 'pouchdb-server', 'couchdb'];
+
+/**
+ * Outpost with authentication on: a server admin configured, `default_security = everyone`, and
+ * every workload request made as the ordinary user `bench` (Basic credentials, or the
+ * `AuthSession` cookie of one `POST /_session`); only creating and deleting databases is done
+ * as the admin.
+ */
+const AUTH_ENV = {
+  OUTPOST_ADMIN_USER: 'admin',
+  OUTPOST_ADMIN_PASSWORD: 'bench-admin',
+  OUTPOST_DEFAULT_SECURITY: 'everyone',
+};
+const ADMIN_AUTH = `Basic ${Buffer.from('admin:bench-admin').toString('base64')}`;
+
+async function signInBench(server, kind) {
+  const call = async (method, p, body, headers = {}) => {
+    const res = await fetch(`${server.url}${p}`, {
+      method,
+      headers: { 'content-type': 'application/json', authorization: ADMIN_AUTH, ...headers },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    if (res.status >= 300) throw new Error(`${method} ${p} -> ${res.status} ${await res.text()}`);
+    return res;
+  };
+  await call('PUT', '/_users');
+  await call('PUT', '/_users/org.couchdb.user:bench', { name: 'bench', type: 'user', roles: [], password: 'bench-pw' });
+  server.adminAuth = ADMIN_AUTH;
+  if (kind === 'outpost-basic') {
+    server.auth = `Basic ${Buffer.from('bench:bench-pw').toString('base64')}`;
+  } else {
+    const res = await fetch(`${server.url}/_session`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'bench', password: 'bench-pw' }),
+    });
+    server.cookie = res.headers.get('set-cookie').split(';')[0];
+  }
+}
 
 function parseArgs(argv) {
   const opts = {
@@ -218,6 +258,8 @@ class Target {
     // The URL PouchDB and replications use: with credentials where the server needs them.
     this.pouchUrl = server.pouchUrl || server.url;
     this.auth = server.auth || null;
+    this.cookie = server.cookie || null;
+    this.adminAuth = server.adminAuth || null;
     this.clients = clients;
     this.pool = new undici.Pool(server.url, { connections: clients, keepAliveTimeout: 30_000 });
     this.fixtures = new Map();
@@ -230,10 +272,16 @@ class Target {
   }
 
   async request(method, path, body) {
+    const headers = this.headers();
+    // Databases are created and deleted by the admin where users cannot.
+    if (this.adminAuth && (method === 'PUT' || method === 'DELETE') && /^\/[^/]+$/.test(path)) {
+      delete headers.cookie;
+      headers.authorization = this.adminAuth;
+    }
     const res = await this.pool.request({
       method,
       path,
-      headers: this.headers(),
+      headers,
       body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
     });
     const text = await res.body.text();
@@ -249,6 +297,7 @@ class Target {
   headers() {
     const h = { 'content-type': 'application/json', accept: 'application/json' };
     if (this.auth) h.authorization = this.auth;
+    if (this.cookie) h.cookie = this.cookie;
     return h;
   }
 
@@ -888,6 +937,8 @@ async function main() {
     outpost: process.env.OUTPOST_BIN || path.join(REPO, 'target', 'release', 'outpost'),
     'outpost-before': process.env.OUTPOST_BEFORE_BIN,
   };
+  bins['outpost-basic'] = bins.outpost;
+  bins['outpost-cookie'] = bins.outpost;
   const targets = [];
   try {
     for (const kind of opts.only) {
@@ -904,7 +955,14 @@ async function main() {
       }
       if (kind === 'outpost-before' && !bins[kind]) throw new Error('outpost-before needs OUTPOST_BEFORE_BIN');
       const isOutpost = kind.startsWith('outpost');
-      server = await startServer({ kind: isOutpost ? 'outpost' : kind, quiet: true, bin: isOutpost ? bins[kind] : undefined });
+      const authed = kind === 'outpost-basic' || kind === 'outpost-cookie';
+      server = await startServer({
+        kind: isOutpost ? 'outpost' : kind,
+        quiet: true,
+        bin: isOutpost ? bins[kind] : undefined,
+        env: authed ? AUTH_ENV : undefined,
+      });
+      if (authed) await signInBench(server, kind);
       const target = new Target(server, opts.clients, kind);
       target.bin = bins[kind];
       targets.push(target);

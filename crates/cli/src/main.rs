@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the CouchDB-compatible sync server.
-    Serve(cmd::serve::ServeArgs),
+    Serve(Box<cmd::serve::ServeArgs>),
     /// Run the offline request gateway in front of an HTTP backend.
     Gateway(cmd::gateway::GatewayArgs),
     /// Inspect and operate a gateway's durable request queue.
@@ -61,7 +61,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => cmd::serve::run(args).await,
+            Command::Serve(args) => cmd::serve::run(*args).await,
             Command::Gateway(args) => cmd::gateway::run(args).await,
             Command::Queue(args) => cmd::queue::run(args).await,
             Command::Replicate(args) => cmd::replicate::run(args).await,

@@ -298,6 +298,92 @@ fn every_key_is_documented() {
     assert!(keys > 30, "{show}");
 }
 
+#[test]
+fn admin_passwords_are_masked_and_an_admin_allows_any_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "[serve]\nadmins = [\"alice=file-pass-1234\"]\njwt_hs256_secret = \"jwt-secret-5678\"\n",
+    );
+    let out = outpost(
+        &["config", "show", "--config", &file],
+        &[
+            ("OUTPOST_ADMIN_USER", "root"),
+            ("OUTPOST_ADMIN_PASSWORD", "env-pass-9012"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let show = stdout(&out);
+    for secret in ["file-pass-1234", "jwt-secret-5678", "env-pass-9012"] {
+        assert!(!show.contains(secret), "{show}");
+    }
+    assert_eq!(
+        shown(&show, "serve", "admins"),
+        r#"admins = "********"  # file"#
+    );
+    // Without an admin a non-loopback address is refused; with one it is served.
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let out = outpost(&["serve", "--data", data, "--listen", "0.0.0.0:0"], &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no server admin is configured"),
+        "{}",
+        stderr(&out)
+    );
+    let port = free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let served = serving_port(
+        &["serve", "--data", data, "--listen", &listen],
+        &[
+            ("OUTPOST_ADMIN_USER", "root"),
+            ("OUTPOST_ADMIN_PASSWORD", "pw"),
+            ("OUTPOST_PASSWORD_ITERATIONS", "1000"),
+        ],
+        &[port],
+    );
+    assert_eq!(served, port);
+    // The cookie secret was made once, for the owner only.
+    let secret = std::path::Path::new(data).join("cookie-secret");
+    assert_eq!(std::fs::read_to_string(&secret).unwrap().trim().len(), 64);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
+
+#[test]
+fn a_jwt_key_that_is_not_a_public_key_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    std::fs::write(
+        &key,
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let out = outpost(
+        &[
+            "serve",
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-keys",
+            &format!("k1={}", key.display()),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is not a PEM RSA or EC public key"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// Issue 15, defect 12: `--key` on the command line is readable by every local user in
 /// /proc/PID/cmdline. It is refused there; the environment and the file still work.
 #[test]

@@ -5,7 +5,9 @@
 //! in the `Location` of the 202), so a client can follow its own request, and
 //! `GET {prefix}v1/ready` to load-balancer probes. Everything else
 //! (listing, retry, drop, gateway status, metrics) is the admin part and needs
-//! `Authorization: Bearer <admin token>`; without a configured token it is disabled.
+//! `Authorization: Bearer <admin token>`, or the credentials of a server admin of the sync
+//! server (Basic, or a JWT with the `_admin` role; see [`crate::accounts`]); with neither a token
+//! nor accounts configured it is disabled.
 
 use std::sync::Arc;
 
@@ -191,24 +193,32 @@ pub(crate) struct AdminState {
     /// The upstream URL shown in the status.
     pub upstream: Option<String>,
     pub token: Option<String>,
+    /// Server admins and JWT settings accepted besides the token.
+    pub accounts: Option<Arc<crate::accounts::AdminAccounts>>,
     pub prefix: String,
 }
 
 impl AdminState {
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(token) = &self.token else {
+    async fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let accounts = self.accounts.as_ref().filter(|a| !a.is_empty());
+        if self.token.is_none() && accounts.is_none() {
             return Err(ApiError::AdminDisabled);
-        };
+        }
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            Ok(())
-        } else {
-            Err(ApiError::Unauthorized)
+        if let (Some(token), Some(bearer)) = (&self.token, given.strip_prefix("Bearer "))
+            && constant_time_eq(bearer.as_bytes(), token.as_bytes())
+        {
+            return Ok(());
         }
+        if let Some(accounts) = accounts
+            && accounts.admits(given).await
+        {
+            return Ok(());
+        }
+        Err(ApiError::Unauthorized)
     }
 
     /// The status URL of an entry.
@@ -265,7 +275,7 @@ async fn list(
     headers: HeaderMap,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    s.authorize(&headers)?;
+    s.authorize(&headers).await?;
     let Query(params) = params.map_err(|_| {
         ApiError::BadRequest("the query parameters are invalid (state, after, limit)".into())
     })?;
@@ -316,7 +326,7 @@ async fn drop_entry(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    s.authorize(&headers)?;
+    s.authorize(&headers).await?;
     s.queue.drop_entry(&id).await?;
     Ok(axum::Json(json!({ "id": id, "dropped": true })).into_response())
 }
@@ -333,7 +343,7 @@ async fn retry(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    s.authorize(&headers)?;
+    s.authorize(&headers).await?;
     s.queue.retry(&id).await?;
     Ok(axum::Json(json!({ "id": id, "status": "pending" })).into_response())
 }
@@ -349,7 +359,7 @@ async fn gateway(
     State(s): State<Arc<AdminState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    s.authorize(&headers)?;
+    s.authorize(&headers).await?;
     let q = s.queue.stats().await?;
     let now = now_ms();
     let body = json!({
@@ -380,7 +390,7 @@ async fn metrics(
     State(s): State<Arc<AdminState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    s.authorize(&headers)?;
+    s.authorize(&headers).await?;
     publish_metrics(&s).await?;
     Ok((
         [(header::CONTENT_TYPE, outpost_telemetry::CONTENT_TYPE)],

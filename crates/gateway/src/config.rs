@@ -274,8 +274,11 @@ pub struct Config {
     /// Clients whose `X-Forwarded-*` and `Forwarded` headers are kept (proxies in front of the
     /// gateway); from anyone else they are dropped and written anew.
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Bearer token required by the admin API; without one the admin API is disabled.
+    /// Bearer token required by the admin API; without one (and without `admin_accounts`) the
+    /// admin API is disabled.
     pub admin_token: Option<String>,
+    /// Server admins and JWT settings the admin API accepts besides its token.
+    pub admin_accounts: Option<std::sync::Arc<crate::accounts::AdminAccounts>>,
     /// The reserved path prefix, with leading and trailing slash (default `/_outpost/`).
     pub prefix: String,
     /// Where the queue encryption key comes from.
@@ -310,6 +313,7 @@ impl Config {
             done_retention: Duration::from_secs(24 * 3600),
             trusted_proxies: Vec::new(),
             admin_token: None,
+            admin_accounts: None,
             prefix: "/_outpost/".into(),
             key: KeySource::DataDir,
             shutdown_grace: Duration::from_secs(10),

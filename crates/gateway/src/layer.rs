@@ -154,6 +154,7 @@ impl OfflineQueue {
             health: None,
             upstream: None,
             token: config.admin_token.clone(),
+            accounts: None,
             prefix: config.prefix.clone(),
         }));
         Ok(Self {

@@ -10,6 +10,7 @@
 //! commit), [`worker`] (replay and retry policy), [`proxy`] (the request path), [`api`] (status
 //! and admin routes, error answers), [`crypto`] (encryption at rest), [`layer`] (tower layer).
 
+pub mod accounts;
 pub mod api;
 pub mod cache;
 pub mod config;

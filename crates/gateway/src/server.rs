@@ -110,6 +110,7 @@ impl Gateway {
                 config.upstream.scheme, config.upstream.authority, config.upstream.base_path
             )),
             token: config.admin_token.clone(),
+            accounts: config.admin_accounts.clone(),
             prefix: config.prefix.clone(),
         });
         let admin = api::router(admin_state.clone());

@@ -128,10 +128,10 @@ impl DesignCache {
     }
 }
 
-/// Who is writing, as `validate_doc_update` sees it (CouchDB's `userCtx`). Until requests are
-/// authenticated every client is a server admin, as CouchDB's admin party was.
-pub fn user_ctx(_req: &Req, db: &str) -> Value {
-    admin_ctx(db)
+/// Who is writing, as `validate_doc_update` sees it (CouchDB's `userCtx`): the request's
+/// authenticated user (a server admin on a server without admins, as CouchDB's admin party).
+pub fn user_ctx(req: &Req, db: &str) -> Value {
+    json!({ "db": db, "name": req.user.name, "roles": req.user.roles })
 }
 
 /// The `userCtx` of the server itself (replications it runs).
@@ -139,13 +139,6 @@ pub fn admin_ctx(db: &str) -> Value {
     json!({ "db": db, "name": null, "roles": ["_admin"] })
 }
 
-/// The security object a validation sees; databases have no members or admins of their own.
-fn sec_obj() -> Value {
-    json!({
-        "admins": { "names": [], "roles": [] },
-        "members": { "names": [], "roles": [] },
-    })
-}
 
 /// Runs every `validate_doc_update` of the database on each update: `None` where the write may
 /// go ahead, the refusal where not (403 `forbidden`, 401 `unauthorized`, or the function's
@@ -170,7 +163,9 @@ pub async fn validate(
         return Ok(verdicts);
     }
     let olds = old_docs(state, db, updates, &checked).await?;
-    let sec = sec_obj();
+    // The database's `_security` object, as the validation's `secObj`.
+    let sec = serde_json::to_value(crate::authz::security(state, db).await?)
+        .map_err(|e| ApiError::Internal(format!("security object of {db}: {e}")))?;
     for (i, old) in checked.into_iter().zip(olds) {
         let new_doc = new_doc(&updates[i]);
         for ddoc in &validators {

@@ -61,6 +61,12 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
     } else {
         method
     };
+    let source = parts
+        .extensions
+        .get::<crate::ClientAddr>()
+        .map(|a| a.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let identity = crate::auth::identify(state, &parts.headers, &source).await?;
     let mut req = Req::new(
         method,
         parts.headers,
@@ -70,27 +76,43 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
         state.body_budget.clone(),
     );
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
-    match segs.as_slice() {
-        [] => server::root(state, &req).await,
-        ["_up"] => server::up(&req),
-        ["_all_dbs"] => server::all_dbs(state, &req).await,
-        ["_db_updates"] => db_updates::handle(state, &req).await,
-        ["_dbs_info"] => server::dbs_info(state, &mut req).await,
-        ["_membership"] => node::membership(&req),
-        ["_node", name, rest @ ..] => node::route(state, name, rest, &req),
-        ["_uuids"] => server::uuids(&req),
-        ["_replicate"] => crate::routes::replicate::handle(state, &mut req).await,
-        ["_scheduler", "jobs"] => crate::routes::scheduler::jobs(state, &req),
-        ["_scheduler", "docs"] => crate::routes::scheduler::docs(state, &req),
-        ["_active_tasks"] => crate::routes::scheduler::active_tasks(state, &req),
-        ["_outpost", "v1", rest @ ..] => ops::route(state, rest, &req).await,
+    req.user = identity.user;
+    req.authenticated = identity.method.map(crate::auth::Method::name);
+    req.source = source;
+    let need = crate::authz::need(&req.method, &segs);
+    req.level = crate::authz::check(state, &req.user, &need).await?;
+    let mut response = dispatch(state, &segs, &mut req).await?;
+    if let Some(cookie) = identity.set_cookie {
+        response
+            .headers_mut()
+            .append(http::header::SET_COOKIE, cookie);
+    }
+    Ok(response)
+}
+
+async fn dispatch(state: &AppState, segs: &[&str], req: &mut Req) -> Result<Response, ApiError> {
+    match segs {
+        [] => server::root(state, req).await,
+        ["_up"] => server::up(req),
+        ["_all_dbs"] => server::all_dbs(state, req).await,
+        ["_db_updates"] => db_updates::handle(state, req).await,
+        ["_dbs_info"] => server::dbs_info(state, req).await,
+        ["_membership"] => node::membership(req),
+        ["_node", name, rest @ ..] => node::route(state, name, rest, req).await,
+        ["_uuids"] => server::uuids(req),
+        ["_session"] => crate::routes::session::handle(state, req).await,
+        ["_replicate"] => crate::routes::replicate::handle(state, req).await,
+        ["_scheduler", "jobs"] => crate::routes::scheduler::jobs(state, req),
+        ["_scheduler", "docs"] => crate::routes::scheduler::docs(state, req),
+        ["_active_tasks"] => crate::routes::scheduler::active_tasks(state, req),
+        ["_outpost", "v1", rest @ ..] => ops::route(state, rest, req).await,
         [first, ..] if first.starts_with('_') && validate_db_name(first).is_err() => Err(
             ApiError::bad_request(format!("unknown server endpoint /{first}")),
         ),
-        [name] => db::handle(state, name, &mut req).await,
+        [name] => db::handle(state, name, req).await,
         [name, rest @ ..] => {
             validate_db_name(name)?;
-            db_resource(state, name, rest, &mut req).await
+            db_resource(state, name, rest, req).await
         }
     }
 }
@@ -110,6 +132,7 @@ async fn db_resource(
         ["_revs_diff"] => bulk::revs_diff(state, db, req).await,
         ["_changes"] => changes::handle(state, db, req).await,
         ["_revs_limit"] => db::revs_limit(state, db, req).await,
+        ["_security"] => crate::routes::security::handle(state, db, req).await,
         ["_compact"] | ["_compact", _] => db::compact(state, db, req).await,
         ["_ensure_full_commit"] => db::ensure_full_commit(state, db, req).await,
         ["_events"] => changes::events(state, db, req).await,
@@ -193,6 +216,7 @@ pub fn template(raw_path: &str) -> &'static str {
         ["_node", _, "_system"] => "/_node/{node}/_system",
         ["_node", _, "_prometheus"] => "/_node/{node}/_prometheus",
         ["_uuids"] => "/_uuids",
+        ["_session"] => "/_session",
         ["_replicate"] => "/_replicate",
         ["_scheduler", "jobs"] => "/_scheduler/jobs",
         ["_scheduler", "docs"] => "/_scheduler/docs",
@@ -211,6 +235,7 @@ pub fn template(raw_path: &str) -> &'static str {
             ["_revs_diff"] => "/{db}/_revs_diff",
             ["_changes"] => "/{db}/_changes",
             ["_revs_limit"] => "/{db}/_revs_limit",
+            ["_security"] => "/{db}/_security",
             ["_compact"] | ["_compact", _] => "/{db}/_compact",
             ["_ensure_full_commit"] => "/{db}/_ensure_full_commit",
             ["_events"] => "/{db}/_events",

@@ -9,6 +9,8 @@
 //! while `_design/x` keeps a literal slash.
 
 mod design;
+pub mod auth;
+mod authz;
 mod dispatch;
 mod docjson;
 mod encoding;
@@ -22,6 +24,7 @@ pub mod replication;
 mod request;
 mod routes;
 mod stream;
+mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +52,10 @@ pub mod fuzzing {
     pub use crate::docjson::{parse_doc, parse_revisions};
     pub use crate::query::Query;
 }
+
+/// The address a request came from, put in its extensions by [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
 
 /// The CouchDB version Outpost answers as: clients and their test suites branch on it.
 pub const COUCHDB_VERSION: &str = "3.3.3";
@@ -78,6 +85,8 @@ pub struct Config {
     pub js_timeout: Duration,
     /// How much memory each JavaScript engine may hold.
     pub js_memory_bytes: usize,
+    /// Accounts, sessions, tokens and the default security of databases.
+    pub auth: auth::AuthSettings,
 }
 
 impl Default for Config {
@@ -93,6 +102,7 @@ impl Default for Config {
             max_connections: 4096,
             js_timeout: outpost_js::Limits::default().timeout,
             js_memory_bytes: outpost_js::Limits::default().memory_bytes,
+            auth: auth::AuthSettings::default(),
         }
     }
 }
@@ -114,6 +124,8 @@ pub struct AppState {
     pub js: outpost_js::Sandbox,
     /// The design documents last read per database.
     pub(crate) design: Arc<design::DesignCache>,
+    /// Server admins, the password cache, session cookies and lockout.
+    pub auth: Arc<auth::Auth>,
     /// Request body bytes in flight, shared by every request (`max_body_bytes_in_flight`).
     pub(crate) body_budget: request::BodyBudget,
 }
@@ -135,6 +147,7 @@ impl AppState {
         });
         AppState {
             store,
+            auth: auth::shared(config.auth.clone()),
             body_budget: request::BodyBudget::new(config.max_body_bytes_in_flight),
             config: Arc::new(config),
             shutdown,
@@ -153,7 +166,13 @@ pub fn app(state: AppState) -> Router {
     outpost_telemetry::install();
     routes::node::start_clock();
     let origins = match &state.config.cors_origins {
-        None => AllowOrigin::mirror_request(),
+        // Without a list, any origin while the server is in admin party (as before accounts
+        // existed), none once authentication is enforced: a page on any site must not act
+        // with a signed-in user's cookie.
+        None => {
+            let auth = state.auth.clone();
+            AllowOrigin::predicate(move |_, _| !auth.enforced())
+        }
         Some(list) => AllowOrigin::list(list.iter().filter_map(|o| HeaderValue::from_str(o).ok())),
     };
     // PouchDB in a browser sends credentials, so the origin must be echoed (never `*`) along with
@@ -224,7 +243,8 @@ pub async fn serve_tls(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let service =
+            TowerToHyperService::new(router.clone().layer(axum::Extension(ClientAddr(peer))));
         let shutdown = shutdown.clone();
         let max_header = state.config.max_header_bytes;
         // Taken now, so the handshake uses the certificate current when the connection came.

@@ -17,6 +17,14 @@ pub struct Req {
     pub method: Method,
     pub headers: HeaderMap,
     pub query: Query,
+    /// Who the request comes from (a server admin in admin party).
+    pub user: outpost_auth::UserCtx,
+    /// The user's level on the route's database, when the route has one and it was checked.
+    pub level: Option<outpost_auth::Level>,
+    /// How the user was authenticated (`default`, `cookie`, `jwt`), for `GET /_session`.
+    pub authenticated: Option<&'static str>,
+    /// The client's address, for lockout accounting; `unknown` without a socket.
+    pub source: String,
     /// Taken once by whoever reads it. In a mutex only so that `&Req` can cross an `.await`
     /// (a body is `Send` but not `Sync`); it is never contended.
     body: std::sync::Mutex<Option<Body>>,
@@ -61,6 +69,10 @@ impl Req {
             method,
             headers,
             query,
+            user: outpost_auth::UserCtx::anonymous(),
+            level: None,
+            authenticated: None,
+            source: String::from("unknown"),
             body: std::sync::Mutex::new(Some(body)),
             max_body: config.max_body_bytes,
             body_timeout: config.body_read_timeout,

@@ -44,6 +44,10 @@ pub trait Store: Send + Sync + 'static {
     async fn db_info(&self, name: &str) -> Result<DbInfo, StoreError>;
     /// Sets how many revisions each path of a revision tree keeps.
     async fn set_revs_limit(&self, db: &str, limit: u64) -> Result<(), StoreError>;
+    /// A database's `_security` object as stored (JSON text), `None` when none was set.
+    async fn security(&self, db: &str) -> Result<Option<String>, StoreError>;
+    /// Replaces a database's `_security` object.
+    async fn set_security(&self, db: &str, body: String) -> Result<(), StoreError>;
     /// Takes the write lock through the writer and commits nothing: succeeds when writes can be
     /// accepted (the writer runs and the file is writable), for readiness checks.
     async fn check_writable(&self) -> Result<(), StoreError>;

@@ -56,14 +56,14 @@ function outpostBin(explicit) {
  * `quiet` turns off per-request logging on both servers (the benchmark wants neither paying
  * for a log line per request); otherwise both log at their info level.
  */
-function command(kind, { dir, port, quiet, bin, tls }) {
+function command(kind, { dir, port, quiet, bin, tls, env = {} }) {
   const dataDir = path.join(dir, 'data');
   if (kind === 'outpost') {
     const tlsArgs = tls ? ['--tls-cert', tls.cert, '--tls-key', tls.key] : [];
     return {
       cmd: outpostBin(bin),
       args: ['serve', '--data', dataDir, '--listen', `127.0.0.1:${port}`, ...tlsArgs],
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || (quiet ? 'warn' : 'info') },
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || (quiet ? 'warn' : 'info'), ...env },
     };
   }
   if (kind === 'pouchdb-server') {
@@ -109,6 +109,7 @@ function sleep(ms) {
  * INTEROP_SERVER, else outpost), `port` (default a free one), `bin` (the outpost binary, default
  * OUTPOST_BIN), `quiet` (no per-request logging), `tls` (outpost only: `{ cert, key, fetch }`, PEM
  * file paths and a fetch that trusts the certificate; the server then speaks HTTPS).
+ * `env` (more environment variables for outpost).
  *
  * Returns `{ kind, url, port, dir, pid, stop(), kill(), restart(), destroy() }`:
  * - `stop()` ends the process with SIGTERM (SIGKILL after 10 s) and keeps the data;
@@ -128,7 +129,7 @@ async function startServer(options = {}) {
   let exited = null;
 
   async function launch() {
-    const { cmd, args, env } = command(kind, { dir, port, quiet: options.quiet, bin: options.bin, tls: options.tls });
+    const { cmd, args, env } = command(kind, { dir, port, quiet: options.quiet, bin: options.bin, tls: options.tls, env: options.env });
     const out = fs.openSync(logFile, 'a');
     child = spawn(cmd, args, {
       cwd: dir,

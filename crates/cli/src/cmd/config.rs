@@ -22,7 +22,14 @@ use crate::Cli;
 const SECTIONS: &[&str] = &["serve", "gateway"];
 
 /// Keys whose values `config show` masks.
-const SECRETS: &[&str] = &["admin_token", "key"];
+const SECRETS: &[&str] = &[
+    "admin_token",
+    "key",
+    "admin_password",
+    "admins",
+    "jwt_hs256_secret",
+    "cookie_secret",
+];
 
 /// Arguments of `outpost config`.
 #[derive(Debug, clap::Args)]

@@ -128,9 +128,28 @@ pub struct GatewayOptions {
     /// (addresses or CIDR blocks, comma-separated); from other clients they are replaced.
     #[arg(long, value_delimiter = ',')]
     pub trusted_proxy: Vec<String>,
-    /// Bearer token of the admin API; without it the admin API is disabled.
+    /// Bearer token of the admin API; without it (and without an admin user or JWT secret) the
+    /// admin API is disabled.
     #[arg(long, env = "OUTPOST_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// A server admin whose Basic credentials the admin API also accepts (the sync server's
+    /// admin, when both run in one process).
+    #[arg(long, env = "OUTPOST_ADMIN_USER", requires = "admin_password")]
+    pub admin_user: Option<String>,
+    /// Password of --admin-user, in clear or hashed (-pbkdf2:sha256-KEY,SALT,ITERATIONS).
+    #[arg(
+        long,
+        env = "OUTPOST_ADMIN_PASSWORD",
+        hide_env_values = true,
+        requires = "admin_user"
+    )]
+    pub admin_password: Option<String>,
+    /// Secret of HS256 JWTs the admin API also accepts when their roles include `_admin`.
+    #[arg(long, env = "OUTPOST_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+    /// The sync server's admins and token settings, when it runs this gateway.
+    #[arg(skip)]
+    pub server_accounts: Option<std::sync::Arc<outpost_gateway::accounts::AdminAccounts>>,
     /// Reserved path prefix of the gateway's own API.
     #[arg(long, default_value = "/_outpost/")]
     pub prefix: String,
@@ -228,10 +247,37 @@ impl GatewayOptions {
             .map(|p| outpost_gateway::config::parse_trusted_proxy(p))
             .collect::<Result<_, _>>()?;
         c.admin_token = self.admin_token.clone();
+        c.admin_accounts = match &self.server_accounts {
+            Some(accounts) => Some(accounts.clone()),
+            None => self.accounts()?,
+        };
         c.prefix = self.prefix.clone();
         c.key = self.key.source();
         c.shutdown_grace = self.shutdown_grace;
         Ok(c.validate()?)
+    }
+}
+
+impl GatewayOptions {
+    /// The admin and JWT settings given to the gateway itself.
+    fn accounts(
+        &self,
+    ) -> anyhow::Result<Option<std::sync::Arc<outpost_gateway::accounts::AdminAccounts>>> {
+        use outpost_auth::Credentials;
+        let mut admins = Vec::new();
+        if let (Some(user), Some(password)) = (&self.admin_user, &self.admin_password) {
+            let creds = match Credentials::parse_admin_string(password) {
+                Some(parsed) => parsed.map_err(|e| anyhow::anyhow!("admin {user}: {e}"))?,
+                None => Credentials::hash(password, outpost_auth::password::DEFAULT_ITERATIONS),
+            };
+            admins.push((user.clone(), creds));
+        }
+        let mut jwt = outpost_auth::JwtConfig::default();
+        if let Some(secret) = &self.jwt_hs256_secret {
+            jwt.set_hs256_secret(secret.as_bytes());
+        }
+        let accounts = outpost_gateway::accounts::AdminAccounts::new(admins, jwt);
+        Ok((!accounts.is_empty()).then(|| std::sync::Arc::new(accounts)))
     }
 }
 

@@ -38,10 +38,77 @@ pub struct ServeArgs {
     /// a flag's value. A store created with a key always needs it; see `outpost db rekey`.
     #[arg(long, env = "OUTPOST_STORE_KEY_FILE", value_name = "FILE")]
     pub key_file: Option<PathBuf>,
-    /// Allow listening on a non-loopback address. Outpost has no authentication yet, so anyone
-    /// who can reach the port can read and change every database.
+    /// Allow listening on a non-loopback address without any server admin configured: then
+    /// there is no authentication, and anyone who can reach the port can read and change every
+    /// database. Not needed once an admin is configured.
     #[arg(long)]
     pub insecure_open: bool,
+    /// Name of a server admin; with --admin-password, turns authentication on.
+    #[arg(long, env = "OUTPOST_ADMIN_USER", requires = "admin_password")]
+    pub admin_user: Option<String>,
+    /// Password of --admin-user (better given by the environment than on the command line).
+    #[arg(
+        long,
+        env = "OUTPOST_ADMIN_PASSWORD",
+        hide_env_values = true,
+        requires = "admin_user"
+    )]
+    pub admin_password: Option<String>,
+    /// More server admins as NAME=PASSWORD, the password in clear or hashed
+    /// (-pbkdf2:sha256-KEY,SALT,ITERATIONS), repeatable; in the file, `admins = ["name=password"]`.
+    #[arg(long = "admins", value_name = "NAME=PASSWORD")]
+    pub admins: Vec<String>,
+    /// Secret of HS256 bearer tokens (JWT), as raw text.
+    #[arg(long, env = "OUTPOST_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+    /// Public keys of RS256 and ES256 tokens as KID=PEM-FILE, repeatable; a token names its key
+    /// by its `kid` header.
+    #[arg(long = "jwt-keys", value_name = "KID=PEM-FILE")]
+    pub jwt_keys: Vec<String>,
+    /// Claim of a JWT holding the user's roles (a top-level key, else a dotted path).
+    #[arg(
+        long,
+        env = "OUTPOST_JWT_ROLES_CLAIM",
+        default_value = "_couchdb.roles"
+    )]
+    pub jwt_roles_claim: String,
+    /// Claims every JWT must carry besides `sub`, comma-separated.
+    #[arg(long, env = "OUTPOST_JWT_REQUIRED_CLAIMS", value_delimiter = ',')]
+    pub jwt_required_claims: Vec<String>,
+    /// Who may use a database without a _security object: admin_only (CouchDB 3's default)
+    /// or everyone.
+    #[arg(long, env = "OUTPOST_DEFAULT_SECURITY", default_value = "admin_only", value_parser = ["admin_only", "everyone"])]
+    pub default_security: String,
+    /// Let anyone create a user document in _users (without roles).
+    #[arg(long, env = "OUTPOST_PUBLIC_SIGNUP")]
+    pub public_signup: bool,
+    /// Create a private database userdb-<hex of name> for each new user.
+    #[arg(long, env = "OUTPOST_COUCH_PERUSER")]
+    pub couch_peruser: bool,
+    /// Lifetime of a session cookie, refreshed as it is used.
+    #[arg(long, env = "OUTPOST_SESSION_TIMEOUT", default_value = "600s", value_parser = parse_duration)]
+    pub session_timeout: Duration,
+    /// Secret that signs session cookies; by default one is made once per data directory
+    /// (`cookie-secret`, mode 0600). Changing it ends every session.
+    #[arg(long, env = "OUTPOST_COOKIE_SECRET", hide_env_values = true)]
+    pub cookie_secret: Option<String>,
+    /// Mark session cookies `Secure` (sent over HTTPS only), as behind a TLS-terminating proxy;
+    /// always on with --tls-cert.
+    #[arg(long, env = "OUTPOST_SECURE_COOKIES")]
+    pub secure_cookies: bool,
+    /// SameSite attribute of session cookies (Strict, Lax or None); none by default.
+    #[arg(long, env = "OUTPOST_SAME_SITE", value_parser = ["Strict", "Lax", "None"])]
+    pub same_site: Option<String>,
+    /// Failed logins of one user from one address before further attempts are refused for
+    /// --lockout-window; 0 turns lockout off.
+    #[arg(long, env = "OUTPOST_LOCKOUT_THRESHOLD", default_value_t = 5)]
+    pub lockout_threshold: u32,
+    /// How long failed logins are remembered and a lockout lasts.
+    #[arg(long, env = "OUTPOST_LOCKOUT_WINDOW", default_value = "300s", value_parser = parse_duration)]
+    pub lockout_window: Duration,
+    /// PBKDF2-SHA256 iterations of new password hashes (CouchDB 3.5's default).
+    #[arg(long, env = "OUTPOST_PASSWORD_ITERATIONS", default_value_t = outpost_auth::password::DEFAULT_ITERATIONS, value_parser = clap::value_parser!(u32).range(1000..=10_000_000))]
+    pub password_iterations: u32,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "OUTPOST_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -96,20 +163,6 @@ pub struct ServeArgs {
 }
 
 pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
-    if !args.listen.ip().is_loopback() {
-        if !args.insecure_open {
-            anyhow::bail!(
-                "refusing to listen on {}: Outpost has no authentication yet, so anyone who can reach it \
-                 could read and change every database; listen on a loopback address, or pass \
-                 --insecure-open if the network is trusted",
-                args.listen
-            );
-        }
-        tracing::warn!(
-            listen = %args.listen,
-            "LISTENING ON A NON-LOOPBACK ADDRESS WITHOUT AUTHENTICATION: anyone who can reach this port can read and change every database"
-        );
-    }
     if args.max_body_bytes_in_flight < args.max_body_bytes {
         anyhow::bail!(
             "--max-body-bytes-in-flight ({}) is below --max-body-bytes ({}): a body of the largest \
@@ -135,7 +188,9 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
+    let auth = auth_settings(&args)?;
     let config = Config {
+        auth,
         max_body_bytes: args.max_body_bytes,
         max_body_bytes_in_flight: args.max_body_bytes_in_flight,
         max_document_size: args.max_document_size,
@@ -147,10 +202,35 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     };
     let shutdown = super::shutdown::on_signal();
     let gateway = match args.gateway.take() {
-        Some(gateway) => Some(super::gateway::bind(&gateway).await?),
+        Some(mut gateway) => {
+            // The gateway's admin API takes the sync server's admins and tokens too.
+            let accounts = outpost_gateway::accounts::AdminAccounts::new(
+                config.auth.admins.clone(),
+                config.auth.jwt.clone(),
+            );
+            if !accounts.is_empty() {
+                gateway.options.server_accounts = Some(Arc::new(accounts));
+            }
+            Some(super::gateway::bind(&gateway).await?)
+        }
         None => None,
     };
     let state = AppState::new(store.clone(), config, shutdown.clone());
+    if !state.auth.enforced() {
+        if !args.listen.ip().is_loopback() && !args.insecure_open {
+            anyhow::bail!(
+                "refusing to listen on {}: no server admin is configured, so anyone who can reach it \
+                 could read and change every database; set OUTPOST_ADMIN_USER and \
+                 OUTPOST_ADMIN_PASSWORD, listen on a loopback address, or pass --insecure-open if \
+                 the network is trusted",
+                args.listen
+            );
+        }
+        tracing::warn!(
+            listen = %args.listen,
+            "NO SERVER ADMIN IS CONFIGURED: every request is treated as an admin (set OUTPOST_ADMIN_USER and OUTPOST_ADMIN_PASSWORD to turn authentication on)"
+        );
+    }
     state
         .replications
         .set_settings(outpost_server::replication::Settings {
@@ -250,5 +330,88 @@ async fn reload_on_hangup(
     #[cfg(not(unix))]
     {
         let _ = (tls, shutdown);
+    }
+}
+
+/// The authentication settings from the flags, with the cookie secret of the data directory
+/// (created once, readable by the owner only).
+fn auth_settings(args: &ServeArgs) -> anyhow::Result<outpost_server::auth::AuthSettings> {
+    use outpost_auth::Credentials;
+    let iterations = args.password_iterations;
+    let credentials = |name: &str, password: &str| -> anyhow::Result<Credentials> {
+        match Credentials::parse_admin_string(password) {
+            Some(parsed) => parsed.map_err(|e| anyhow::anyhow!("admin {name}: {e}")),
+            None => Ok(Credentials::hash(password, iterations)),
+        }
+    };
+    let mut admins = Vec::new();
+    if let (Some(user), Some(password)) = (&args.admin_user, &args.admin_password) {
+        admins.push((user.clone(), credentials(user, password)?));
+    }
+    for entry in &args.admins {
+        let Some((name, password)) = entry.split_once('=') else {
+            anyhow::bail!("an admin must be given as NAME=PASSWORD");
+        };
+        if name.is_empty() || name.contains(':') || password.is_empty() {
+            anyhow::bail!("an admin needs a name without ':' and a password");
+        }
+        admins.push((name.to_owned(), credentials(name, password)?));
+    }
+    let mut jwt = outpost_auth::JwtConfig::default();
+    if let Some(secret) = &args.jwt_hs256_secret {
+        jwt.set_hs256_secret(secret.as_bytes());
+    }
+    for entry in &args.jwt_keys {
+        let Some((kid, file)) = entry.split_once('=') else {
+            anyhow::bail!("a JWT key must be given as KID=PEM-FILE");
+        };
+        let pem = std::fs::read(file).with_context(|| format!("cannot read the JWT key {file}"))?;
+        // The key's type decides the algorithm: RSA keys check RS256, EC keys ES256.
+        if jwt.add_rsa_pem(kid, &pem).is_err() && jwt.add_ec_pem(kid, &pem).is_err() {
+            anyhow::bail!("{file} is not a PEM RSA or EC public key");
+        }
+    }
+    jwt.roles_claim = Some(args.jwt_roles_claim.clone());
+    jwt.required_claims = args.jwt_required_claims.clone();
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("cannot create the data directory {}", args.data.display()))?;
+    Ok(outpost_server::auth::AuthSettings {
+        admins,
+        admins_file: Some(args.data.join("admins.json")),
+        cookie_secret: outpost_server::auth::Secret(match &args.cookie_secret {
+            Some(secret) if !secret.is_empty() => secret.as_bytes().to_vec(),
+            Some(_) => anyhow::bail!("the cookie secret must not be empty"),
+            None => cookie_secret(&args.data)?,
+        }),
+        session_timeout: args.session_timeout.as_secs().max(1),
+        // Under TLS, cookies are always `Secure`.
+        secure_cookies: args.secure_cookies || args.tls_cert.is_some(),
+        same_site: args.same_site.clone(),
+        jwt,
+        default_security: match args.default_security.as_str() {
+            "everyone" => outpost_server::auth::DefaultSecurity::Everyone,
+            _ => outpost_server::auth::DefaultSecurity::AdminOnly,
+        },
+        public_signup: args.public_signup,
+        couch_peruser: args.couch_peruser,
+        password_iterations: iterations,
+        lockout_threshold: args.lockout_threshold,
+        lockout_window: args.lockout_window,
+    })
+}
+
+/// The data directory's cookie-signing secret, made on first use (mode 0600).
+fn cookie_secret(data: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let path = data.join("cookie-secret");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => hex::decode(text.trim())
+            .with_context(|| format!("{} is not a hex secret", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret: [u8; 32] = rand::random();
+            outpost_server::auth::write_private(&path, hex::encode(secret).as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(secret.to_vec())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }

@@ -1,5 +1,6 @@
 //! Integration tests of the gateway against a real upstream HTTP server on 127.0.0.1.
 
+mod accounts;
 mod bad_input;
 mod encryption;
 mod exactly_once;

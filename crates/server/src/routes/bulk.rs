@@ -97,7 +97,8 @@ pub async fn bulk_docs(state: &AppState, db: &str, req: &mut Req) -> Result<Resp
             slots.push(Slot::Local(id.to_owned(), doc));
             continue;
         }
-        let update = parse_doc(doc, None, new_edits, origin.clone())?;
+        let mut update = parse_doc(doc, None, new_edits, origin.clone())?;
+        crate::users::before_write(state, db, req, &mut update).await?;
         // As in CouchDB, one document above the limits refuses the whole request.
         crate::limits::check(&update, &state.config)?;
         slots.push(Slot::Doc(updates.len()));
@@ -111,6 +112,11 @@ pub async fn bulk_docs(state: &AppState, db: &str, req: &mut Req) -> Result<Resp
         let user_ctx = crate::design::user_ctx(req, db);
         crate::design::write_validated(state, db, updates, &user_ctx).await?
     };
+    for (i, result) in results.iter().enumerate() {
+        if result.is_ok() {
+            crate::users::after_write(state, db, &ids[i]).await?;
+        }
+    }
     let mut out: Vec<String> = Vec::with_capacity(slots.len());
     for slot in slots {
         match slot {

@@ -18,7 +18,14 @@ pub async fn handle(state: &AppState, name: &str, req: &mut Req) -> Result<Respo
     match req.method {
         Method::GET => info(state, name).await,
         Method::PUT => {
-            state.store.create_db(name).await?;
+            if req.query.get("access").is_some_and(|v| v != "false") {
+                return Err(ApiError::NotImplemented(
+                    "per-document access (access=true) is not supported yet".into(),
+                ));
+            }
+            let created = state.store.create_db(name).await;
+            state.auth.forget_security(name);
+            created?;
             let mut response = json(StatusCode::CREATED, json!({ "ok": true }).to_string());
             if let Ok(v) = http::HeaderValue::from_str(&format!("/{}", encode(name))) {
                 response.headers_mut().insert(header::LOCATION, v);
@@ -32,7 +39,9 @@ pub async fn handle(state: &AppState, name: &str, req: &mut Req) -> Result<Respo
                     "You tried to DELETE a database with a ?rev= parameter. Did you mean to DELETE a document instead?",
                 ));
             }
-            state.store.delete_db(name).await?;
+            let deleted = state.store.delete_db(name).await;
+            state.auth.forget_security(name);
+            deleted?;
             state.replications.forget_db(name);
             // The rows are gone; the attachment bytes only this database used and the freed
             // pages are given back in the background.
@@ -44,7 +53,8 @@ pub async fn handle(state: &AppState, name: &str, req: &mut Req) -> Result<Respo
         }
         Method::POST => {
             let body = req.json().await?;
-            let update = parse_doc(body, None, true, Origin::Client)?;
+            let mut update = parse_doc(body, None, true, Origin::Client)?;
+            crate::users::before_write(state, name, req, &mut update).await?;
             crate::limits::check(&update, &state.config)?;
             let id = update.id.clone();
             if matches!(
@@ -54,6 +64,7 @@ pub async fn handle(state: &AppState, name: &str, req: &mut Req) -> Result<Respo
                 return Err(ApiError::bad_request("use PUT to write _local documents"));
             }
             let rev = write_one(state, name, update, req).await?;
+            crate::users::after_write(state, name, &id).await?;
             let response = json(StatusCode::CREATED, ok_json(&id, &rev));
             Ok(with_etag(response, &rev))
         }

@@ -376,7 +376,7 @@ async fn copy(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<Res
             new_attachments.push(outpost_store::NewAttachment { digest, data });
         }
     }
-    let update = outpost_store::DocUpdate {
+    let mut update = outpost_store::DocUpdate {
         id: dest_id.clone(),
         mode: UpdateMode::Edit { base: dest_rev },
         deleted: false,
@@ -384,6 +384,7 @@ async fn copy(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<Res
         new_attachments,
         origin: Origin::Client,
     };
+    crate::users::before_write(state, db, req, &mut update).await?;
     let new_rev = write_one(state, db, update, req).await?;
     let mut response = with_etag(
         json(StatusCode::CREATED, ok_json(&dest_id, &new_rev)),
@@ -558,9 +559,11 @@ async fn put(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<Resp
             Some(_) => {}
         }
     }
-    let update = parse_doc_with_parts(body, Some(id), new_edits, Origin::Client, &mut parts)?;
+    let mut update = parse_doc_with_parts(body, Some(id), new_edits, Origin::Client, &mut parts)?;
+    crate::users::before_write(state, db, req, &mut update).await?;
     crate::limits::check(&update, &state.config)?;
     let rev = write_one(state, db, update, req).await?;
+    crate::users::after_write(state, db, id).await?;
     let batch = req.query.get("batch") == Some("ok");
     let status = if batch {
         StatusCode::ACCEPTED
@@ -587,7 +590,7 @@ async fn delete(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<R
         load_doc(state, db, id).await?;
         return Err(ApiError::Conflict);
     };
-    let update = outpost_store::DocUpdate {
+    let mut update = outpost_store::DocUpdate {
         id: id.to_owned(),
         mode: UpdateMode::Edit { base: Some(rev) },
         deleted: true,
@@ -595,6 +598,7 @@ async fn delete(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<R
         new_attachments: Vec::new(),
         origin: Origin::Client,
     };
+    crate::users::before_write(state, db, req, &mut update).await?;
     let rev = write_one(state, db, update, req).await?;
     Ok(with_etag(ok(ok_json(id, &rev)), &rev))
 }

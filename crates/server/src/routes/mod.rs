@@ -16,8 +16,10 @@ pub mod node;
 pub mod ops;
 pub mod replicate;
 pub mod scheduler;
+pub mod security;
 pub mod server;
 pub mod view;
+pub mod session;
 
 use axum::response::Response;
 use http::{StatusCode, header};

@@ -33,12 +33,18 @@ pub fn membership(req: &Req) -> Result<Response, ApiError> {
 }
 
 /// `/_node/{node}/...`.
-pub fn route(state: &AppState, node: &str, rest: &[&str], req: &Req) -> Result<Response, ApiError> {
+pub async fn route(
+    state: &AppState,
+    node: &str,
+    rest: &[&str],
+    req: &mut Req,
+) -> Result<Response, ApiError> {
     if node != "_local" && node != NODE_NAME {
         return Err(ApiError::NotFound(format!("unknown node {node:?}")));
     }
     match rest {
         [] if req.method == Method::GET => Ok(ok(json!({ "name": NODE_NAME }).to_string())),
+        ["_config", "admins", path @ ..] => admins(state, path, req).await,
         ["_config", path @ ..] => config(state, path, req),
         ["_system"] if req.method == Method::GET => Ok(ok(system().to_string())),
         // Where CouchDB 3 serves Prometheus; no database name can collide with it.
@@ -99,6 +105,67 @@ fn config(state: &AppState, path: &[&str], req: &Req) -> Result<Response, ApiErr
         _ => return Err(unknown()),
     };
     Ok(ok(value.to_string()))
+}
+
+/// What `_config/admins` shows for a server admin's password: never the hash, which is what an
+/// offline attack would start from.
+const HIDDEN: &str = "<hashed>";
+
+/// `_config/admins[/NAME]`: the server admins. `PUT` with a JSON string sets a password (stored
+/// hashed, saved in the data directory), `DELETE` removes an admin; both answer the previous
+/// value as CouchDB does (here never the hash itself).
+async fn admins(state: &AppState, path: &[&str], req: &mut Req) -> Result<Response, ApiError> {
+    let auth = &state.auth;
+    match (path, &req.method) {
+        ([], &Method::GET) => {
+            let names: Map<String, Value> = auth
+                .admin_names()
+                .into_iter()
+                .map(|n| (n, Value::String(HIDDEN.into())))
+                .collect();
+            Ok(ok(Value::Object(names).to_string()))
+        }
+        ([name], &Method::GET) => {
+            if auth.admin_names().iter().any(|n| n == name) {
+                Ok(ok(json!(HIDDEN).to_string()))
+            } else {
+                Err(ApiError::NotFound("unknown_config_value".into()))
+            }
+        }
+        ([name], &Method::PUT) => {
+            if name.is_empty() || name.contains(':') {
+                return Err(ApiError::bad_request(
+                    "an admin name must be non-empty and without ':'",
+                ));
+            }
+            let Value::String(password) = req.json().await? else {
+                return Err(ApiError::bad_request("the password must be a JSON string"));
+            };
+            if password.is_empty() {
+                return Err(ApiError::bad_request("the password must not be empty"));
+            }
+            let iterations = auth.settings.password_iterations;
+            let creds = tokio::task::spawn_blocking(move || {
+                outpost_auth::Credentials::hash(&password, iterations)
+            })
+            .await
+            .map_err(|e| ApiError::Internal(format!("password hashing failed: {e}")))?;
+            let existed = auth.set_admin(name, creds)?;
+            tracing::warn!(admin = %name, "server admin set through _config");
+            Ok(ok(json!(if existed { HIDDEN } else { "" }).to_string()))
+        }
+        ([name], &Method::DELETE) => {
+            if auth.remove_admin(name)? {
+                tracing::warn!(admin = %name, "server admin removed through _config");
+                Ok(ok(json!(HIDDEN).to_string()))
+            } else {
+                Err(ApiError::NotFound("unknown_config_value".into()))
+            }
+        }
+        ([_], _) => Err(not_allowed("Only GET, HEAD, PUT, DELETE allowed")),
+        ([], _) => Err(not_allowed("Only GET, HEAD allowed")),
+        _ => Err(ApiError::NotFound("unknown_config_value".into())),
+    }
 }
 
 /// What `_system` can say cheaply about this process: uptime and memory (from `/proc` where

@@ -22,9 +22,24 @@ pub async fn handle(state: &AppState, req: &mut Req) -> Result<Response, ApiErro
     };
     let cancel = matches!(body.get("cancel"), Some(Value::Bool(true)));
     if cancel {
+        // Only a server admin may name a job by id; others cancel by the same fields they
+        // could start it with.
+        let named = ["replication_id", "_local_id", "id"]
+            .iter()
+            .any(|k| body.contains_key(*k));
+        if !req.user.is_server_admin() {
+            if named {
+                return Err(ApiError::Forbidden(
+                    "only server admins may cancel a replication by its id".into(),
+                ));
+            }
+            let spec = Spec::parse(&body).map_err(ApiError::BadRequest)?;
+            authorize(state, req, &spec).await?;
+        }
         return cancel_job(state, &body).await;
     }
     let spec = Spec::parse(&body).map_err(ApiError::BadRequest)?;
+    authorize(state, req, &spec).await?;
     if spec.continuous {
         return match replication::start_continuous(state, &spec).await {
             Ok(id) => Ok(json(
@@ -40,6 +55,39 @@ pub async fn handle(state: &AppState, req: &mut Req) -> Result<Response, ApiErro
         })?)),
         Err(e) => Ok(failure(&e)),
     }
+}
+
+/// A replication runs with its user's rights: each side that is a database of this server must
+/// be one the user could read (the source) or write (the target) through the API, and only a
+/// server admin may have the target created. Remote sides are reached over HTTP with the
+/// credentials the request gives them.
+async fn authorize(state: &AppState, req: &Req, spec: &Spec) -> Result<(), ApiError> {
+    if req.user.is_server_admin() {
+        return Ok(());
+    }
+    if spec.create_target && !spec.target.url.contains("://") {
+        return Err(ApiError::Forbidden(
+            "only server admins may create databases".into(),
+        ));
+    }
+    // The target must be one the user is an admin of: a replication writes design documents
+    // as they come, which a member could not write.
+    let sides = [
+        (
+            &spec.source,
+            crate::authz::Need::Member(spec.source.url.clone()),
+        ),
+        (
+            &spec.target,
+            crate::authz::Need::DbAdmin(spec.target.url.clone()),
+        ),
+    ];
+    for (side, need) in sides {
+        if !side.url.contains("://") {
+            crate::authz::check(state, &req.user, &need).await?;
+        }
+    }
+    Ok(())
 }
 
 /// `{"cancel": true}` with `replication_id` (or its aliases `_local_id` and `id`), or with the

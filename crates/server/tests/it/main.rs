@@ -2,6 +2,7 @@
 //! server on `127.0.0.1:0` for the live feeds.
 
 mod api;
+mod auth;
 mod bounds;
 mod compaction;
 mod compat;

@@ -267,6 +267,20 @@ impl Store for SqliteStore {
         .map(|_| ())
     }
 
+    async fn security(&self, db: &str) -> Result<Option<String>, StoreError> {
+        let db = db.to_owned();
+        self.read(move |c| read::security(c, &db)).await
+    }
+
+    async fn set_security(&self, db: &str, body: String) -> Result<(), StoreError> {
+        self.write(WriteOp::SetSecurity {
+            db: db.to_owned(),
+            body,
+        })
+        .await
+        .map(|_| ())
+    }
+
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.write(WriteOp::Ping).await.map(|_| ())
     }

@@ -34,6 +34,15 @@ pub fn all_dbs(c: &Connection) -> Result<Vec<String>, StoreError> {
     Ok(names)
 }
 
+pub fn security(c: &Connection, name: &str) -> Result<Option<String>, StoreError> {
+    let db = db_id(c, name)?;
+    Ok(
+        c.prepare_cached("SELECT body FROM db_security WHERE db = ?1")?
+            .query_row([db], |r| r.get(0))
+            .optional()?,
+    )
+}
+
 pub fn db_info(c: &Connection, name: &str, file: &Path) -> Result<DbInfo, StoreError> {
     let info = c
         .prepare_cached(

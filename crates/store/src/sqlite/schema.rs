@@ -4,6 +4,7 @@
 //! - `dbs`: one row per database with its counters and settings;
 //! - `db_updates`: each database once, at its latest creation, change or deletion
 //!   (`_db_updates`);
+//! - `db_security`: a database's `_security` object, when one was set;
 //! - `docs`: one row per document: its revision tree, winner and latest sequence (the changes
 //!   feed is an index on `(db, seq)`, so every document appears once, at its latest change);
 //! - `revs`: the body of every revision received with one; compaction keeps only the leaves';
@@ -45,6 +46,12 @@ CREATE TABLE IF NOT EXISTS dbs (
     -- History retention applied by `_compact`; NULL keeps everything.
     retention_count INTEGER,
     retention_age   INTEGER
+);
+
+-- A database's `_security` object as JSON text; no row means the server's default.
+CREATE TABLE IF NOT EXISTS db_security (
+    db   INTEGER PRIMARY KEY,
+    body TEXT NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS docs (

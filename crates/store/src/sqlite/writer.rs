@@ -36,6 +36,10 @@ pub(super) enum WriteOp {
         db: String,
         limit: u64,
     },
+    SetSecurity {
+        db: String,
+        body: String,
+    },
     SetPolicy {
         db: String,
         policy: Policy,
@@ -372,7 +376,14 @@ fn apply(
         }
         WriteOp::DeleteDb { name } => {
             let db = db_id(tx, name)?;
-            for table in ["docs", "revs", "local_docs", "events", "event_baselines"] {
+            for table in [
+                "docs",
+                "revs",
+                "local_docs",
+                "events",
+                "event_baselines",
+                "db_security",
+            ] {
                 tx.execute(&format!("DELETE FROM {table} WHERE db = ?1"), [db])?;
             }
             super::index::drop_all(tx, db)?;
@@ -388,6 +399,15 @@ fn apply(
             if n == 0 {
                 return Err(StoreError::NoDb);
             }
+            Ok(WriteReply::Done)
+        }
+        WriteOp::SetSecurity { db, body } => {
+            let id = db_id(tx, db)?;
+            tx.execute(
+                "INSERT INTO db_security (db, body) VALUES (?1, ?2)
+                 ON CONFLICT (db) DO UPDATE SET body = excluded.body",
+                params![id, body],
+            )?;
             Ok(WriteReply::Done)
         }
         WriteOp::SetPolicy { db, policy } => {

@@ -142,6 +142,31 @@ async fn database_updates_list_each_database_at_its_latest_event() {
 }
 
 #[tokio::test]
+async fn security_objects_are_kept_per_database_and_go_with_it() {
+    for (store, _dir) in engines() {
+        assert!(matches!(store.security("db").await, Err(StoreError::NoDb)));
+        assert!(matches!(
+            store.set_security("db", "{}".into()).await,
+            Err(StoreError::NoDb)
+        ));
+        store.create_db("db").await.unwrap();
+        store.create_db("other").await.unwrap();
+        assert_eq!(store.security("db").await.unwrap(), None);
+        store.set_security("db", r#"{"a":1}"#.into()).await.unwrap();
+        store.set_security("db", r#"{"a":2}"#.into()).await.unwrap();
+        assert_eq!(
+            store.security("db").await.unwrap().as_deref(),
+            Some(r#"{"a":2}"#)
+        );
+        assert_eq!(store.security("other").await.unwrap(), None);
+        // A database created again under the same name starts without one.
+        store.delete_db("db").await.unwrap();
+        store.create_db("db").await.unwrap();
+        assert_eq!(store.security("db").await.unwrap(), None);
+    }
+}
+
+#[tokio::test]
 async fn concurrent_writers_all_commit() {
     for (store, _dir) in engines() {
         store.create_db("db").await.unwrap();
