@@ -139,7 +139,6 @@ pub fn admin_ctx(db: &str) -> Value {
     json!({ "db": db, "name": null, "roles": ["_admin"] })
 }
 
-
 /// Runs every `validate_doc_update` of the database on each update: `None` where the write may
 /// go ahead, the refusal where not (403 `forbidden`, 401 `unauthorized`, or the function's
 /// failure). Design documents and `_local` documents are not validated, as in CouchDB.

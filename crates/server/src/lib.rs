@@ -8,9 +8,9 @@
 //! decoded path: a document id may contain an encoded `/` (`a%2Fb`) that must stay part of the id,
 //! while `_design/x` keeps a literal slash.
 
-mod design;
 pub mod auth;
 mod authz;
+mod design;
 mod dispatch;
 mod docjson;
 mod encoding;

@@ -18,8 +18,8 @@ pub mod replicate;
 pub mod scheduler;
 pub mod security;
 pub mod server;
-pub mod view;
 pub mod session;
+pub mod view;
 
 use axum::response::Response;
 use http::{StatusCode, header};

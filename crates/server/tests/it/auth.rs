@@ -170,6 +170,14 @@ async fn populated() -> Live {
             .await;
     }
     s.ok("PUT", "/db/d1", Some(json!({"v": 1}))).await;
+    s.ok(
+        "PUT",
+        "/db/_design/app",
+        Some(
+            json!({"views": {"by_v": {"map": "function (doc) { if (doc.v) emit(doc.v, null); }"}}}),
+        ),
+    )
+    .await;
     for i in 0..5 {
         s.ok("PUT", &format!("/gone{i}"), None).await;
     }
@@ -260,6 +268,47 @@ async fn every_route_answers_each_principal_as_documented() {
             [401, 403, 200, 200, 200],
         ),
         ("GET", "/db/_changes", None, [401, 403, 200, 200, 200]),
+        ("GET", "/_db_updates", None, [401, 403, 403, 403, 200]),
+        ("GET", "/db/_design_docs", None, [401, 403, 200, 200, 200]),
+        ("GET", "/db/_local_docs", None, [401, 403, 200, 200, 200]),
+        (
+            "POST",
+            "/db/_find",
+            Some(json!({"selector": {"v": 1}})),
+            [401, 403, 200, 200, 200],
+        ),
+        (
+            "POST",
+            "/db/_explain",
+            Some(json!({"selector": {"v": 1}})),
+            [401, 403, 200, 200, 200],
+        ),
+        ("GET", "/db/_index", None, [401, 403, 200, 200, 200]),
+        (
+            "POST",
+            "/db/_index",
+            Some(json!({"index": {"fields": ["f{p}"]}})),
+            [401, 403, 403, OK, OK],
+        ),
+        (
+            "GET",
+            "/db/_design/app/_view/by_v",
+            None,
+            [401, 403, 200, 200, 200],
+        ),
+        (
+            "POST",
+            "/db/_design/app/_view/by_v",
+            Some(json!({"keys": [1]})),
+            [401, 403, 200, 200, 200],
+        ),
+        (
+            "GET",
+            "/db/_design/app/_info",
+            None,
+            [401, 403, 200, 200, 200],
+        ),
+        ("POST", "/db/_view_cleanup", None, [401, 403, 403, OK, OK]),
         ("GET", "/db/_events", None, [401, 403, 200, 200, 200]),
         ("GET", "/db/_conflicts", None, [401, 403, 200, 200, 200]),
         (

@@ -21,6 +21,6 @@ mod ops;
 mod paging;
 mod roundtrip;
 mod support;
+mod tls;
 mod validation;
 mod views;
-mod tls;

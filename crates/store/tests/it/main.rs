@@ -4,6 +4,6 @@
 mod batches;
 mod compaction;
 mod conformance;
-mod index;
 mod encryption;
+mod index;
 mod replay;
