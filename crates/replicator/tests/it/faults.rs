@@ -23,6 +23,21 @@ async fn source_with(n: usize) -> Db {
     src
 }
 
+/// `n` documents to be replicated into an empty database through a proxy with `faults` in
+/// front of it: the target database, the proxy, and the replication.
+async fn to_faulty_target(
+    n: usize,
+    faults: Faults,
+    config: ReplicationConfig,
+) -> (Db, FaultProxy, Replication) {
+    let server = &pouchdb_server().url;
+    let src = source_with(n).await;
+    let dst = Db::create(server, &db_name("dst")).await;
+    let proxy = FaultProxy::start(server, faults).await;
+    let replication = Replication::new(endpoint(&src.url), proxy.endpoint(&dst), config);
+    (dst, proxy, replication)
+}
+
 /// Replicates with a deadline far beyond what the test needs, so a replication that never
 /// gives up fails the test instead of hanging it.
 async fn run(
@@ -55,23 +70,15 @@ fn config(batch_size: usize, max_attempts: u32) -> ReplicationConfig {
 /// after exactly `max_attempts` tries of that batch, with growing pauses in between.
 #[tokio::test]
 async fn a_batch_failing_for_good_spends_the_attempt_budget_with_back_off() {
-    let server = &pouchdb_server().url;
-    let src = source_with(30).await;
-    let dst = Db::create(server, &db_name("dst")).await;
-    let proxy = FaultProxy::start(
-        server,
+    let (_dst, proxy, replication) = to_faulty_target(
+        30,
         Faults {
             unavailable_with: Some("doc-015".into()),
             ..Default::default()
         },
+        config(10, 3),
     )
     .await;
-    let dst_name = dst.url.rsplit('/').next().unwrap();
-    let replication = Replication::new(
-        endpoint(&src.url),
-        endpoint(&format!("{}/{dst_name}", proxy.url)),
-        config(10, 3),
-    );
     let err = run(&replication).await.unwrap_err();
     assert!(
         matches!(err, ReplicationError::Http { status: 503, .. }),
@@ -113,12 +120,7 @@ async fn a_batch_too_large_is_halved_down_to_one_document() {
         },
     )
     .await;
-    let dst_name = dst.url.rsplit('/').next().unwrap();
-    let replication = Replication::new(
-        endpoint(&src.url),
-        endpoint(&format!("{}/{dst_name}", proxy.url)),
-        config(100, 3),
-    );
+    let replication = Replication::new(endpoint(&src.url), proxy.endpoint(&dst), config(100, 3));
     let result = run(&replication).await.unwrap();
     assert_eq!(result.stats.docs_written, 10);
     assert_eq!(result.stats.doc_write_failures, 1);
@@ -145,23 +147,15 @@ async fn a_batch_too_large_is_halved_down_to_one_document() {
 /// `doc_write_failures` and skipped; it does not fail or retry the batch.
 #[tokio::test]
 async fn a_refused_document_is_counted_and_skipped() {
-    let server = &pouchdb_server().url;
-    let src = source_with(30).await;
-    let dst = Db::create(server, &db_name("dst")).await;
-    let proxy = FaultProxy::start(
-        server,
+    let (dst, proxy, replication) = to_faulty_target(
+        30,
         Faults {
             refuse: Some("doc-007".into()),
             ..Default::default()
         },
+        config(10, 3),
     )
     .await;
-    let dst_name = dst.url.rsplit('/').next().unwrap();
-    let replication = Replication::new(
-        endpoint(&src.url),
-        endpoint(&format!("{}/{dst_name}", proxy.url)),
-        config(10, 3),
-    );
     let result = run(&replication).await.unwrap();
     assert_eq!(result.stats.docs_written, 29);
     assert_eq!(result.stats.doc_write_failures, 1);
@@ -190,9 +184,8 @@ async fn answers_cut_mid_body_are_retried() {
         },
     )
     .await;
-    let src_name = src.url.rsplit('/').next().unwrap();
     let replication = Replication::new(
-        endpoint(&format!("{}/{src_name}", proxy.url)),
+        proxy.endpoint(&src),
         endpoint(&dst.url),
         ReplicationConfig {
             fetch_parallelism: 1,
@@ -210,23 +203,15 @@ async fn answers_cut_mid_body_are_retried() {
 /// Slow answers (well within the request timeout) are waited for, not counted as failures.
 #[tokio::test]
 async fn slow_answers_are_waited_for() {
-    let server = &pouchdb_server().url;
-    let src = source_with(20).await;
-    let dst = Db::create(server, &db_name("dst")).await;
-    let proxy = FaultProxy::start(
-        server,
+    let (_dst, proxy, replication) = to_faulty_target(
+        20,
         Faults {
             delay: Duration::from_millis(300),
             ..Default::default()
         },
+        config(10, 1),
     )
     .await;
-    let dst_name = dst.url.rsplit('/').next().unwrap();
-    let replication = Replication::new(
-        endpoint(&src.url),
-        endpoint(&format!("{}/{dst_name}", proxy.url)),
-        config(10, 1),
-    );
     let result = run(&replication).await.unwrap();
     assert_eq!(result.stats.docs_written, 20);
     // Every answer arrived (a missing checkpoint is a 404, as without the proxy).
@@ -253,13 +238,9 @@ async fn a_read_only_source_resumes_from_the_targets_log() {
         },
     )
     .await;
-    let src_name = src.url.rsplit('/').next().unwrap();
     let replicate = || async {
-        let replication = Replication::new(
-            endpoint(&format!("{}/{src_name}", proxy.url)),
-            endpoint(&dst.url),
-            config(100, 1),
-        );
+        let replication =
+            Replication::new(proxy.endpoint(&src), endpoint(&dst.url), config(100, 1));
         run(&replication).await.unwrap()
     };
     let first = replicate().await;
@@ -289,12 +270,9 @@ async fn unchanged_attachments_never_travel_again() {
     let photo: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     src.put_attachment("photo", None, "a.bin", &photo).await;
     let proxy = FaultProxy::start(server, Faults::default()).await;
-    let via_proxy = |db: &Db| {
-        let name = db.url.rsplit('/').next().unwrap();
-        endpoint(&format!("{}/{name}", proxy.url))
-    };
     let replicate = || async {
-        let replication = Replication::new(via_proxy(&src), via_proxy(&dst), config(100, 1));
+        let replication =
+            Replication::new(proxy.endpoint(&src), proxy.endpoint(&dst), config(100, 1));
         run(&replication).await.unwrap()
     };
     replicate().await;

@@ -85,6 +85,15 @@ impl FaultProxy {
         FaultProxy { url, seen, task }
     }
 
+    /// An endpoint for `db` (a database of the upstream server) reached through the proxy.
+    pub fn endpoint(
+        &self,
+        db: &crate::support::Db,
+    ) -> std::sync::Arc<outpost_replicator::HttpEndpoint> {
+        let name = db.url.rsplit('/').next().unwrap();
+        crate::support::endpoint(&format!("{}/{name}", self.url))
+    }
+
     /// Every request seen so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()

@@ -174,43 +174,40 @@ pub fn rev_bodies(
     Ok(out)
 }
 
+/// Appends to `sql` the bounds of an `_all_docs`-style id range on `column` (the lower bound
+/// bound as `?2`, the upper as `?3`) and its order; returns the two bounds to bind.
+fn push_id_range<'q>(
+    sql: &mut String,
+    column: &str,
+    q: &'q AllDocsQuery,
+) -> (&'q Option<String>, &'q Option<String>) {
+    let (lower, upper, lower_incl, upper_incl) = if q.descending {
+        (&q.end, &q.start, q.end_inclusive, q.start_inclusive)
+    } else {
+        (&q.start, &q.end, q.start_inclusive, q.end_inclusive)
+    };
+    if lower.is_some() {
+        let op = if lower_incl { ">=" } else { ">" };
+        sql.push_str(&format!(" AND {column} {op} ?2"));
+    }
+    if upper.is_some() {
+        let op = if upper_incl { "<=" } else { "<" };
+        sql.push_str(&format!(" AND {column} {op} ?3"));
+    }
+    let order = if q.descending { "DESC" } else { "ASC" };
+    sql.push_str(&format!(" ORDER BY {column} {order}"));
+    (lower, upper)
+}
+
 pub fn all_docs(c: &Connection, db: &str, q: &AllDocsQuery) -> Result<Vec<DocRow>, StoreError> {
     let db = db_id(c, db)?;
-    let (lower, upper) = if q.descending {
-        (&q.end, &q.start)
-    } else {
-        (&q.start, &q.end)
-    };
-    let (lower_incl, upper_incl) = if q.descending {
-        (q.end_inclusive, q.start_inclusive)
-    } else {
-        (q.start_inclusive, q.end_inclusive)
-    };
     // The winner's body is joined in the same query: one statement per page, not per row.
     let mut sql = String::from(
         "SELECT d.id, d.seq, d.tree, CASE WHEN ?6 THEN r.body END FROM docs d
          LEFT JOIN revs r ON ?6 AND r.db = d.db AND r.doc = d.id AND r.rev = d.winner
          WHERE d.db = ?1 AND d.deleted = 0",
     );
-    if lower.is_some() {
-        sql.push_str(if lower_incl {
-            " AND d.id >= ?2"
-        } else {
-            " AND d.id > ?2"
-        });
-    }
-    if upper.is_some() {
-        sql.push_str(if upper_incl {
-            " AND d.id <= ?3"
-        } else {
-            " AND d.id < ?3"
-        });
-    }
-    sql.push_str(if q.descending {
-        " ORDER BY d.id DESC"
-    } else {
-        " ORDER BY d.id ASC"
-    });
+    let (lower, upper) = push_id_range(&mut sql, "d.id", q);
     sql.push_str(" LIMIT ?4 OFFSET ?5");
     let mut stmt = c.prepare_cached(&sql)?;
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
@@ -356,37 +353,9 @@ pub fn local_docs(
     q: &AllDocsQuery,
 ) -> Result<Vec<LocalDocRow>, StoreError> {
     let db = db_id(c, db)?;
-    let (lower, upper) = if q.descending {
-        (&q.end, &q.start)
-    } else {
-        (&q.start, &q.end)
-    };
-    let (lower_incl, upper_incl) = if q.descending {
-        (q.end_inclusive, q.start_inclusive)
-    } else {
-        (q.start_inclusive, q.end_inclusive)
-    };
     let mut sql =
         String::from("SELECT id, rev, CASE WHEN ?6 THEN body END FROM local_docs WHERE db = ?1");
-    if lower.is_some() {
-        sql.push_str(if lower_incl {
-            " AND id >= ?2"
-        } else {
-            " AND id > ?2"
-        });
-    }
-    if upper.is_some() {
-        sql.push_str(if upper_incl {
-            " AND id <= ?3"
-        } else {
-            " AND id < ?3"
-        });
-    }
-    sql.push_str(if q.descending {
-        " ORDER BY id DESC"
-    } else {
-        " ORDER BY id ASC"
-    });
+    let (lower, upper) = push_id_range(&mut sql, "id", q);
     sql.push_str(" LIMIT ?4 OFFSET ?5");
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
     let skip = i64::try_from(q.skip).unwrap_or(i64::MAX);
