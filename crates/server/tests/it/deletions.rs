@@ -4,16 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::TestServer;
-
-fn ids(feed: &Value) -> Vec<String> {
-    feed["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_owned())
-        .collect()
-}
+use crate::support::{TestServer, feed_ids};
 
 /// `a` deleted with `DELETE` (an empty tombstone), `b` deleted keeping its fields, `c` alive.
 async fn with_tombstones() -> TestServer {
@@ -49,7 +40,7 @@ async fn a_selector_feed_passes_tombstones_that_match() {
             200,
         )
         .await;
-    assert_eq!(ids(&by_type), ["c", "b"], "{by_type}");
+    assert_eq!(feed_ids(&by_type), ["c", "b"], "{by_type}");
     assert_eq!(by_type["results"][1]["deleted"], true, "{by_type}");
 
     let deleted = s
@@ -60,7 +51,7 @@ async fn a_selector_feed_passes_tombstones_that_match() {
             200,
         )
         .await;
-    assert_eq!(ids(&deleted), ["a", "b"], "{deleted}");
+    assert_eq!(feed_ids(&deleted), ["a", "b"], "{deleted}");
     assert_eq!(deleted["results"][1]["doc"]["type"], "x", "{deleted}");
 
     let either = s
@@ -71,7 +62,7 @@ async fn a_selector_feed_passes_tombstones_that_match() {
             200,
         )
         .await;
-    assert_eq!(ids(&either), ["a", "b"], "{either}");
+    assert_eq!(feed_ids(&either), ["a", "b"], "{either}");
 }
 
 #[tokio::test]

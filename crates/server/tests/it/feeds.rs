@@ -9,7 +9,7 @@ use outpost_store::sqlite::SqliteStore;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{TestServer, assert_error};
+use crate::support::{TestServer, assert_error, feed_ids};
 
 async fn filled() -> TestServer {
     let s = TestServer::new();
@@ -22,20 +22,11 @@ async fn filled() -> TestServer {
     s
 }
 
-fn ids(feed: &Value) -> Vec<String> {
-    feed["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[tokio::test]
 async fn normal_feed_pages_with_limit_and_last_seq() {
     let s = filled().await;
     let page = s.expect("GET", "/db/_changes?limit=4", None, 200).await;
-    assert_eq!(ids(&page), ["d0", "d1", "d2", "d3"]);
+    assert_eq!(feed_ids(&page), ["d0", "d1", "d2", "d3"]);
     // Truncated by limit: last_seq is the last row's seq, so `since=last_seq` continues exactly.
     assert_eq!(page["last_seq"], 4);
     assert_eq!(page["pending"], 6);
@@ -53,7 +44,7 @@ async fn normal_feed_pages_with_limit_and_last_seq() {
     let desc = s
         .expect("GET", "/db/_changes?descending=true&limit=2", None, 200)
         .await;
-    assert_eq!(ids(&desc), ["d9", "d8"]);
+    assert_eq!(feed_ids(&desc), ["d9", "d8"]);
 
     // An update moves a document to the end of the feed; it appears once.
     let rev = s.expect("GET", "/db/d0", None, 200).await["_rev"].clone();
@@ -62,7 +53,7 @@ async fn normal_feed_pages_with_limit_and_last_seq() {
     let all = s
         .expect("GET", "/db/_changes?include_docs=true", None, 200)
         .await;
-    assert_eq!(ids(&all).len(), 10);
+    assert_eq!(feed_ids(&all).len(), 10);
     assert_eq!(all["results"][9]["doc"]["n"], 100);
     assert_eq!(all["results"][9]["seq"], 11);
 }
@@ -80,7 +71,7 @@ async fn filters_doc_ids_selector_and_design() {
             200,
         )
         .await;
-    assert_eq!(ids(&by_ids), ["d3", "d7"]);
+    assert_eq!(feed_ids(&by_ids), ["d3", "d7"]);
     let by_query = s
         .expect(
             "GET",
@@ -89,7 +80,7 @@ async fn filters_doc_ids_selector_and_design() {
             200,
         )
         .await;
-    assert_eq!(ids(&by_query), ["d1"]);
+    assert_eq!(feed_ids(&by_query), ["d1"]);
     let selected = s
         .expect(
             "POST",
@@ -98,12 +89,12 @@ async fn filters_doc_ids_selector_and_design() {
             200,
         )
         .await;
-    assert_eq!(ids(&selected), ["d6", "d9"]);
+    assert_eq!(feed_ids(&selected), ["d6", "d9"]);
     assert_eq!(selected["last_seq"], 10);
     let design = s
         .expect("GET", "/db/_changes?filter=_design", None, 200)
         .await;
-    assert_eq!(ids(&design), ["_design/app"]);
+    assert_eq!(feed_ids(&design), ["_design/app"]);
     // A filter function is looked up before anything else, as CouchDB does.
     assert_error(
         &s.expect("GET", "/db/_changes?filter=app%2Fmine", None, 404)
@@ -120,7 +111,7 @@ async fn filters_doc_ids_selector_and_design() {
     let all = s
         .expect("GET", "/db/_changes?filter=fns%2Fmine", None, 200)
         .await;
-    assert!(!ids(&all).is_empty(), "{all}");
+    assert!(!feed_ids(&all).is_empty(), "{all}");
     assert_error(
         &s.expect(
             "POST",
@@ -356,7 +347,7 @@ async fn revisions_of_one_document_in_one_request_take_one_sequence() {
     let info = s.expect("GET", "/db", None, 200).await;
     assert_eq!(info["update_seq"], 2, "{info}");
     let feed = s.expect("GET", "/db/_changes", None, 200).await;
-    assert_eq!(ids(&feed), ["x", "y"]);
+    assert_eq!(feed_ids(&feed), ["x", "y"]);
     assert_eq!(feed["results"][0]["seq"], 1);
     assert_eq!(feed["last_seq"], 2);
     // Every revision keeps its event; paging never splits a sequence.

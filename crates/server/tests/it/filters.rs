@@ -3,16 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::TestServer;
-
-fn ids(feed: &Value) -> Vec<String> {
-    feed["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_owned())
-        .collect()
-}
+use crate::support::{TestServer, feed_ids, row_ids};
 
 async fn with_docs() -> TestServer {
     let s = TestServer::new();
@@ -54,15 +45,15 @@ async fn filter_functions_select_documents() {
     let feed = s
         .expect("GET", "/db/_changes?filter=app/even", None, 200)
         .await;
-    assert_eq!(ids(&feed), ["d2", "d4"]);
+    assert_eq!(feed_ids(&feed), ["d2", "d4"]);
     let feed = s
         .expect("GET", "/db/_changes?filter=app/above&min=2", None, 200)
         .await;
-    assert_eq!(ids(&feed), ["d3", "d4"]);
+    assert_eq!(feed_ids(&feed), ["d3", "d4"]);
     let feed = s
         .expect("GET", "/db/_changes?filter=app/mine", None, 200)
         .await;
-    assert_eq!(ids(&feed), ["d1"]);
+    assert_eq!(feed_ids(&feed), ["d1"]);
     // A function that throws on a document fails the feed, as CouchDB's does: the body breaks
     // off instead of silently leaving the document out.
     let request = http::Request::builder()
@@ -83,7 +74,7 @@ async fn filter_functions_select_documents() {
             200,
         )
         .await;
-    assert_eq!(ids(&feed), ["d2"]);
+    assert_eq!(feed_ids(&feed), ["d2"]);
 }
 
 #[tokio::test]
@@ -92,7 +83,7 @@ async fn view_filters_pass_what_the_map_function_emits_for() {
     let feed = s
         .expect("GET", "/db/_changes?filter=_view&view=app/by_n", None, 200)
         .await;
-    assert_eq!(ids(&feed), ["d3", "d4"]);
+    assert_eq!(feed_ids(&feed), ["d3", "d4"]);
     let missing = s
         .expect("GET", "/db/_changes?filter=_view&view=app/nope", None, 404)
         .await;
@@ -110,7 +101,7 @@ async fn filters_apply_to_longpoll_continuous_and_eventsource() {
             200,
         )
         .await;
-    assert_eq!(ids(&feed), ["d2", "d4"]);
+    assert_eq!(feed_ids(&feed), ["d2", "d4"]);
     for (kind, prefix) in [("continuous", ""), ("eventsource", "data: ")] {
         let (status, _, bytes) = s
             .raw(
@@ -148,7 +139,7 @@ async fn a_changed_filter_function_is_used_at_once() {
     let feed = s
         .expect("GET", "/db/_changes?filter=app/even", None, 200)
         .await;
-    assert_eq!(ids(&feed), ["d1"]);
+    assert_eq!(feed_ids(&feed), ["d1"]);
 }
 
 #[tokio::test]
@@ -166,21 +157,21 @@ async fn replications_run_filter_functions_and_view_filters() {
     )
     .await;
     let got = s.expect("GET", "/even/_all_docs", None, 200).await;
-    assert_eq!(ids_of_rows(&got), ["d2", "d4"]);
+    assert_eq!(row_ids(&got), ["d2", "d4"]);
     replicate(json!({
         "source": "db", "target": "above", "create_target": true,
         "filter": "app/above", "query_params": {"min": 3},
     }))
     .await;
     let got = s.expect("GET", "/above/_all_docs", None, 200).await;
-    assert_eq!(ids_of_rows(&got), ["d4"]);
+    assert_eq!(row_ids(&got), ["d4"]);
     replicate(json!({
         "source": "db", "target": "viewed", "create_target": true,
         "filter": "_view", "query_params": {"view": "app/by_n"},
     }))
     .await;
     let got = s.expect("GET", "/viewed/_all_docs", None, 200).await;
-    assert_eq!(ids_of_rows(&got), ["d3", "d4"]);
+    assert_eq!(row_ids(&got), ["d3", "d4"]);
     // A filter that does not exist fails the replication.
     let (status, body) = s
         .call(
@@ -193,13 +184,4 @@ async fn replications_run_filter_functions_and_view_filters() {
         status.is_client_error() || status.is_server_error(),
         "{status} {body}"
     );
-}
-
-fn ids_of_rows(all_docs: &Value) -> Vec<String> {
-    all_docs["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_owned())
-        .collect()
 }

@@ -2,16 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::TestServer;
-
-fn ids(listing: &Value) -> Vec<String> {
-    listing["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_owned())
-        .collect()
-}
+use crate::support::{TestServer, row_ids};
 
 #[tokio::test]
 async fn design_docs_lists_only_design_documents() {
@@ -24,7 +15,7 @@ async fn design_docs_lists_only_design_documents() {
     s.expect("PUT", "/db/_local/x", Some(json!({"v": 1})), 201)
         .await;
     let all = s.expect("GET", "/db/_design_docs", None, 200).await;
-    assert_eq!(ids(&all), ["_design/b", "_design/c", "_design/d"]);
+    assert_eq!(row_ids(&all), ["_design/b", "_design/c", "_design/d"]);
     assert_eq!(all["total_rows"], 3);
     assert_eq!(all["offset"], 0);
     let page = s
@@ -35,13 +26,13 @@ async fn design_docs_lists_only_design_documents() {
             200,
         )
         .await;
-    assert_eq!(ids(&page), ["_design/c", "_design/d"]);
+    assert_eq!(row_ids(&page), ["_design/c", "_design/d"]);
     assert_eq!(page["offset"], 1);
     assert_eq!(page["rows"][0]["doc"]["v"], 1);
     let page = s
         .expect("GET", "/db/_design_docs?descending=true&limit=2", None, 200)
         .await;
-    assert_eq!(ids(&page), ["_design/d", "_design/c"]);
+    assert_eq!(row_ids(&page), ["_design/d", "_design/c"]);
     let page = s
         .expect(
             "GET",
@@ -50,7 +41,7 @@ async fn design_docs_lists_only_design_documents() {
             200,
         )
         .await;
-    assert_eq!(ids(&page), ["_design/b"]);
+    assert_eq!(row_ids(&page), ["_design/b"]);
     let keys = s
         .expect(
             "POST",
@@ -87,7 +78,7 @@ async fn local_docs_lists_local_documents() {
     )
     .await;
     let all = s.expect("GET", "/db/_local_docs", None, 200).await;
-    assert_eq!(ids(&all), ["_local/a", "_local/b", "_local/c"]);
+    assert_eq!(row_ids(&all), ["_local/a", "_local/b", "_local/c"]);
     assert_eq!(all["total_rows"], Value::Null);
     assert_eq!(all["rows"][1]["value"]["rev"], "0-2");
     let docs = s
@@ -98,7 +89,7 @@ async fn local_docs_lists_local_documents() {
             200,
         )
         .await;
-    assert_eq!(ids(&docs), ["_local/c", "_local/b"]);
+    assert_eq!(row_ids(&docs), ["_local/c", "_local/b"]);
     assert_eq!(
         docs["rows"][1]["doc"],
         json!({"_id": "_local/b", "_rev": "0-2", "n": "b2"})
@@ -111,7 +102,7 @@ async fn local_docs_lists_local_documents() {
             200,
         )
         .await;
-    assert_eq!(ids(&ranged), ["_local/c"]);
+    assert_eq!(row_ids(&ranged), ["_local/c"]);
     let keys = s
         .expect(
             "POST",

@@ -125,3 +125,21 @@ pub fn assert_error(body: &Value, code: &str) {
     assert_eq!(body["error"], code, "{body}");
     assert!(body["reason"].is_string(), "{body}");
 }
+
+/// The `id` of every row of a changes feed (`results`).
+pub fn feed_ids(feed: &Value) -> Vec<String> {
+    ids_in(&feed["results"])
+}
+
+/// The `id` of every row of a listing or a view (`rows`).
+pub fn row_ids(listing: &Value) -> Vec<String> {
+    ids_in(&listing["rows"])
+}
+
+fn ids_in(rows: &Value) -> Vec<String> {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}

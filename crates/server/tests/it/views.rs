@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, assert_error};
+use crate::support::{TestServer, assert_error, row_ids};
 
 fn keys(result: &Value) -> Vec<Value> {
     result["rows"]
@@ -11,15 +11,6 @@ fn keys(result: &Value) -> Vec<Value> {
         .unwrap()
         .iter()
         .map(|r| r["key"].clone())
-        .collect()
-}
-
-fn ids(result: &Value) -> Vec<String> {
-    result["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_owned())
         .collect()
 }
 
@@ -75,7 +66,7 @@ async fn map_queries_take_couchdb_parameters() {
     let r = s
         .expect("GET", "/db/_design/app/_view/by_n?key=3", None, 200)
         .await;
-    assert_eq!(ids(&r), ["d3"]);
+    assert_eq!(row_ids(&r), ["d3"]);
     let r = s
         .expect(
             "GET",
@@ -84,7 +75,7 @@ async fn map_queries_take_couchdb_parameters() {
             200,
         )
         .await;
-    assert_eq!(ids(&r), ["d2", "d3"]);
+    assert_eq!(row_ids(&r), ["d2", "d3"]);
     assert_eq!(r["offset"], 1);
     let r = s
         .expect(
@@ -94,7 +85,7 @@ async fn map_queries_take_couchdb_parameters() {
             200,
         )
         .await;
-    assert_eq!(ids(&r), ["d3", "d2"]);
+    assert_eq!(row_ids(&r), ["d3", "d2"]);
     let r = s
         .expect(
             "POST",
@@ -103,7 +94,7 @@ async fn map_queries_take_couchdb_parameters() {
             200,
         )
         .await;
-    assert_eq!(ids(&r), ["d5", "d1"]);
+    assert_eq!(row_ids(&r), ["d5", "d1"]);
     let r = s
         .expect(
             "GET",
@@ -132,8 +123,8 @@ async fn map_queries_take_couchdb_parameters() {
             200,
         )
         .await;
-    assert_eq!(ids(&queries["results"][0]), ["d2"]);
-    assert_eq!(ids(&queries["results"][1]), ["d5"]);
+    assert_eq!(row_ids(&queries["results"][0]), ["d2"]);
+    assert_eq!(row_ids(&queries["results"][1]), ["d5"]);
     // Errors as CouchDB's.
     assert_error(
         &s.expect("GET", "/db/_design/app/_view/nope", None, 404)
@@ -232,7 +223,7 @@ async fn a_throwing_map_function_skips_only_that_document() {
     let r = s
         .expect("GET", "/db/_design/app/_view/throws", None, 200)
         .await;
-    assert_eq!(ids(&r), ["d1", "d3", "d4", "d5"]);
+    assert_eq!(row_ids(&r), ["d1", "d3", "d4", "d5"]);
 }
 
 #[tokio::test]
@@ -262,7 +253,7 @@ async fn views_follow_writes_deletions_and_conflicts() {
     let r = s
         .expect("GET", "/db/_design/app/_view/by_n", None, 200)
         .await;
-    assert_eq!(ids(&r), ["d3", "d4", "d5", "d6", "d1"]);
+    assert_eq!(row_ids(&r), ["d3", "d4", "d5", "d6", "d1"]);
     assert_eq!(r["total_rows"], 5);
     // A conflict: the view shows the winning revision's row only.
     s.expect(
@@ -321,7 +312,7 @@ async fn views_follow_writes_deletions_and_conflicts() {
     let r = s
         .expect("GET", "/db/_design/app/_view/by_n?key=100", None, 200)
         .await;
-    assert_eq!(ids(&r), ["r1"]);
+    assert_eq!(row_ids(&r), ["r1"]);
 }
 
 #[tokio::test]
