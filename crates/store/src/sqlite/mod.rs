@@ -105,7 +105,8 @@ impl SqliteStore {
             conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM db_updates", [], |r| {
                 r.get(0)
             })?;
-        let db_updates = watch::Sender::new(db_updates_seq as u64);
+        let db_updates_seq = db_updates_seq as u64;
+        let db_updates = watch::Sender::new(db_updates_seq);
         let announce_to = watchers.clone();
         let announce_updates = db_updates.clone();
         let announce: writer::Announce = Box::new(move |what| match what {
@@ -130,7 +131,7 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("outpost-writer".into())
-            .spawn(move || writer::run(conn, rx, announce))
+            .spawn(move || writer::run(conn, rx, announce, db_updates_seq))
             .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             path,

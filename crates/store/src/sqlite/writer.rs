@@ -142,7 +142,15 @@ pub(super) type Announce = Box<dyn Fn(Announcement<'_>) + Send>;
 /// a pathological request. The request is answered when its last chunk is committed. Like
 /// CouchDB's `_bulk_docs`, such a request is not atomic: should a later chunk fail, the
 /// documents of earlier chunks stay written and the request answers the failure.
-pub(super) fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>, announce: Announce) {
+///
+/// `db_updates_seq` is the `_db_updates` sequence the file holds when the writer starts; the
+/// writer, the only one to advance it, keeps it from then on.
+pub(super) fn run(
+    mut conn: Connection,
+    jobs: mpsc::Receiver<Job>,
+    announce: Announce,
+    mut db_updates_seq: u64,
+) {
     let mut queue: VecDeque<Pending> = VecDeque::new();
     loop {
         if queue.is_empty() {
@@ -164,7 +172,10 @@ pub(super) fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>, announce: Ann
             batch.push((pending, budget));
             budget -= weight;
         }
-        let mut moved = Moved::default();
+        let mut moved = Moved {
+            db_updates_before: db_updates_seq,
+            ..Moved::default()
+        };
         let outcome = apply_batch(&mut conn, &mut batch, &mut moved);
         match outcome {
             Ok(results) => {
@@ -175,6 +186,7 @@ pub(super) fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>, announce: Ann
                     announce(Announcement::Db(db, Some(*seq)));
                 }
                 if let Some(seq) = moved.db_updates_seq {
+                    db_updates_seq = seq;
                     announce(Announcement::DbUpdates(seq));
                 }
                 for ((pending, _), result) in batch.into_iter().zip(results) {
@@ -236,6 +248,8 @@ struct Moved {
     seqs: BTreeMap<String, u64>,
     /// Databases created, with what happened to each since, in order, for `_db_updates`.
     updates: BTreeMap<String, &'static str>,
+    /// The `_db_updates` sequence before the transaction.
+    db_updates_before: u64,
     /// The `_db_updates` sequence the commit reached, when it recorded any.
     db_updates_seq: Option<u64>,
 }
@@ -265,18 +279,16 @@ fn record_db_updates(tx: &Connection, moved: &mut Moved) -> Result<(), StoreErro
     if moved.updates.is_empty() {
         return Ok(());
     }
-    let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM db_updates", [], |r| {
-        r.get(0)
-    })?;
+    let mut seq = moved.db_updates_before;
     let mut upsert = tx.prepare_cached(
         "INSERT INTO db_updates (name, seq, type) VALUES (?1, ?2, ?3)
          ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, type = excluded.type",
     )?;
     for (name, kind) in &moved.updates {
         seq += 1;
-        upsert.execute(params![name, seq, kind])?;
+        upsert.execute(params![name, seq as i64, kind])?;
     }
-    moved.db_updates_seq = Some(seq as u64);
+    moved.db_updates_seq = Some(seq);
     Ok(())
 }
 
