@@ -834,12 +834,13 @@ impl Replication {
                     stats.docs_written +=
                         part.len().saturating_sub(refused.len() + stubs.len()) as u64;
                     if !stubs.is_empty() {
+                        let ids: HashSet<&str> = stubs.iter().map(|r| r.id.as_str()).collect();
                         let again: Vec<Value> = part
                             .iter()
                             .filter(|d| {
-                                stubs
-                                    .iter()
-                                    .any(|r| d.get("_id") == Some(&Value::from(r.id.as_str())))
+                                d.get("_id")
+                                    .and_then(Value::as_str)
+                                    .is_some_and(|id| ids.contains(id))
                             })
                             .cloned()
                             .collect();
