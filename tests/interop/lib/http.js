@@ -10,6 +10,15 @@
  */
 async function request(method, url, { json, raw, contentType, headers = {} } = {}) {
   const init = { method, headers: { Accept: 'application/json', ...headers } };
+  // fetch refuses URLs with credentials in them; send them as Basic instead, as browsers do.
+  const parsed = new URL(url);
+  if (parsed.username || parsed.password) {
+    const user = `${decodeURIComponent(parsed.username)}:${decodeURIComponent(parsed.password)}`;
+    init.headers.Authorization = `Basic ${Buffer.from(user).toString('base64')}`;
+    parsed.username = '';
+    parsed.password = '';
+    url = parsed.toString();
+  }
   if (json !== undefined) {
     init.body = JSON.stringify(json);
     init.headers['Content-Type'] = 'application/json';
