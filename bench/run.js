@@ -48,6 +48,7 @@ const USAGE = `usage: node bench/run.js [options]
   --page-docs N          documents in the changes-paging data set (default 1000000)
   --conflict-revs N      conflicting revisions in the conflicts workload (default 4000)
   --mango-docs N         documents in the mango workload's database (default 100000)
+  --view-docs N          documents in the views workload's database (default 100000)
   --json FILE            also write the raw results as JSON
   --list                 list the workloads and exit
 
@@ -111,6 +112,7 @@ function parseArgs(argv) {
     pageDocs: 1_000_000,
     conflictRevs: 4000,
     mangoDocs: 100_000,
+    viewDocs: 100_000,
     json: null,
     list: false,
   };
@@ -136,6 +138,7 @@ function parseArgs(argv) {
       case '--page-docs': opts.pageDocs = number(); break;
       case '--conflict-revs': opts.conflictRevs = number(); break;
       case '--mango-docs': opts.mangoDocs = number(); break;
+      case '--view-docs': opts.viewDocs = number(); break;
       case '--json': opts.json = value(); break;
       case '--list': opts.list = true; break;
       case '-h': case '--help': console.log(USAGE); process.exit(0); break;
@@ -812,6 +815,37 @@ const WORKLOADS = [
           if (got === 0) throw new Error(`${t.kind}: ${name} returned nothing`);
         });
         results.push({ metric: `_find ${name}`, ...r });
+      }
+      return results;
+    },
+  },
+  {
+    name: 'views',
+    description: 'JavaScript views over --view-docs documents: building a map view and a map + _sum view (PUT of the design document and the first query), then a keyed query and a grouped reduce',
+    async run(t, opts) {
+      const n = opts.viewDocs;
+      const db = t.freshDb('views');
+      await fillDb(t, db, n);
+      const results = [];
+      // One design document per view: CouchDB builds every view of a design document together.
+      const views = [
+        ['map', { map: 'function (doc) { emit(doc.customer.name, doc.n); }' }, '?key=%22customer%205%22&limit=100'],
+        ['sum', { map: 'function (doc) { emit(doc.customer.city, doc.n); }', reduce: '_sum' }, '?group=true'],
+      ];
+      for (const [name, view, query] of views) {
+        const path = `/${db}/_design/${name}/_view/v`;
+        const t0 = performance.now();
+        await t.request('PUT', `/${db}/_design/${name}`, { views: { v: view } });
+        const rows = JSON.parse(await t.request('GET', `${path}${query}`)).rows.length;
+        const ms = performance.now() - t0;
+        if (rows === 0) throw new Error(`${t.kind}: the ${name} view returned nothing`);
+        const label = view.reduce ? 'map + _sum' : 'map';
+        results.push({ metric: `view build, ${label}, ${n.toLocaleString('en-US')} docs: PUT design doc + first query`, value: n / (ms / 1000), unit: 'docs/s', better: 'higher', detail: `${(ms / 1000).toFixed(1)} s` });
+        const r = await medianRate(rows, 9, async () => {
+          const got = JSON.parse(await t.request('GET', `${path}${query}`)).rows.length;
+          if (got !== rows) throw new Error(`${t.kind}: ${name} view gave ${got} rows, then ${rows}`);
+        });
+        results.push({ metric: view.reduce ? 'view query, _sum grouped by key (4 groups)' : 'view query by key, 100 rows', ...r });
       }
       return results;
     },
