@@ -40,6 +40,12 @@ enum Command {
     Config(cmd::config::ConfigArgs),
 }
 
+/// The allocator: the server allocates and frees many small, short-lived values per document
+/// (parsed JSON, revision trees, SQL parameters), where glibc's malloc spent a fifth of a bulk
+/// write's CPU time in the profile; mimalloc's thread-local free lists cost much less there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = match cmd::config::parse() {
         Ok(cli) => cli,
