@@ -1,0 +1,287 @@
+//! The access index of databases created with per-document access (`access=true`).
+//!
+//! Tables:
+//! - `access_dbs`: one row per database created with per-document access (the flag is set at
+//!   creation and never changes);
+//! - `access_rows`: per database, principal (a user name or a role: `_access` lists do not tell
+//!   them apart) and document, where that principal stands on the document. A row is
+//!   *granted* while the document's winning revision lists the principal in `_access`; it then
+//!   sits at the document's latest sequence, moved by every write of the document. When a write
+//!   drops the principal from the list, the row becomes *revoked*, stays at the sequence of that
+//!   write with the winner of then (`rev`), and is not moved by later writes: the principal's
+//!   feed shows the document once more, as a deletion at that revision, and then never again
+//!   until a write lists the principal again.
+//!
+//! The writer keeps the rows in the transaction of every document write ([`index_doc`]), so a
+//! reader's feed is a range of `(db, principal, seq)` per principal, costing in proportion to
+//! what the reader can see. A reader known by several principals (a name and roles) sees each
+//! document at its *effective* row: the greatest by `(seq, granted)` among the reader's rows of
+//! the document. Granted rows always sit at the document's latest sequence, so a document is
+//! readable exactly when one of the reader's principals is granted, and effective rows have
+//! distinct sequences, which makes `since` paging exact.
+
+use outpost_core::{Rev, RevTree};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{AccessCounts, ChangeRow, ChangesQuery, DocAccess, DocRecord, StoreError, access_list};
+
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS access_dbs (
+    db INTEGER PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS access_rows (
+    db        INTEGER NOT NULL,
+    principal TEXT NOT NULL,
+    doc       TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    -- 1 while the winner's `_access` lists the principal, 0 since a write dropped it.
+    granted   INTEGER NOT NULL,
+    -- Whether the winner was a deletion at `seq`.
+    deleted   INTEGER NOT NULL,
+    -- The winner at `seq`: for a revoked row, the revision that took access away.
+    rev       TEXT NOT NULL,
+    PRIMARY KEY (db, principal, doc)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS access_rows_by_seq ON access_rows (db, principal, seq);
+CREATE INDEX IF NOT EXISTS access_rows_by_doc ON access_rows (db, doc);
+"#;
+
+/// Marks a database just created as one with per-document access.
+pub fn mark(tx: &Connection, db: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO access_dbs (db) SELECT id FROM dbs WHERE name = ?1",
+        [db],
+    )?;
+    Ok(())
+}
+
+/// Drops a deleted database's access rows and flag.
+pub fn drop_db(tx: &Connection, db: i64) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM access_rows WHERE db = ?1", [db])?;
+    tx.execute("DELETE FROM access_dbs WHERE db = ?1", [db])?;
+    Ok(())
+}
+
+/// Brings a document's access rows up to its new state, in the writer's transaction: the
+/// principals of the winner's `_access` are granted at `seq`, those granted before and no longer
+/// listed are revoked at `seq`, and rows revoked earlier stay where they are.
+pub fn index_doc(
+    tx: &Connection,
+    db: i64,
+    doc: &str,
+    seq: u64,
+    winner: &str,
+    deleted: bool,
+) -> Result<(), StoreError> {
+    let body: Option<String> = tx
+        .prepare_cached("SELECT body FROM revs WHERE db = ?1 AND doc = ?2 AND rev = ?3")?
+        .query_row(params![db, doc, winner], |r| r.get(0))
+        .optional()?;
+    let listed = body.as_deref().map(access_list).unwrap_or_default();
+    let granted_before: Vec<String> = tx
+        .prepare_cached(
+            "SELECT principal FROM access_rows WHERE db = ?1 AND doc = ?2 AND granted = 1",
+        )?
+        .query_map(params![db, doc], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO access_rows (db, principal, doc, seq, granted, deleted, rev)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (db, principal, doc) DO UPDATE SET seq = excluded.seq,
+             granted = excluded.granted, deleted = excluded.deleted, rev = excluded.rev",
+    )?;
+    let seq = seq as i64;
+    for principal in &listed {
+        upsert.execute(params![db, principal, doc, seq, true, deleted, winner])?;
+    }
+    for principal in granted_before.iter().filter(|p| !listed.contains(p)) {
+        upsert.execute(params![db, principal, doc, seq, false, deleted, winner])?;
+    }
+    Ok(())
+}
+
+fn db_id(c: &Connection, name: &str) -> Result<i64, StoreError> {
+    c.prepare_cached("SELECT id FROM dbs WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()?
+        .ok_or(StoreError::NoDb)
+}
+
+fn principals_json(principals: &[String]) -> String {
+    serde_json::to_string(principals).unwrap_or_else(|_| "[]".into())
+}
+
+/// The reader's effective rows: `a` is a row of one of the reader's principals (`?2`, a JSON
+/// array) that no other row of theirs for the same document outranks.
+const EFFECTIVE: &str = "a.db = ?1 AND a.principal IN (SELECT value FROM json_each(?2))
+    AND NOT EXISTS (SELECT 1 FROM access_rows b
+        WHERE b.db = a.db AND b.doc = a.doc AND b.principal IN (SELECT value FROM json_each(?2))
+          AND (b.seq > a.seq OR (b.seq = a.seq AND (b.granted > a.granted
+               OR (b.granted = a.granted AND b.principal < a.principal)))))";
+
+/// A revoked document as its former reader sees it: the path to the revision that took access
+/// away, that revision a deletion, and nothing else of the tree.
+fn revoked_tree(id: &str, tree: &RevTree, rev: &Rev) -> Result<RevTree, StoreError> {
+    let mut path = tree.ancestry(rev);
+    if path.is_empty() {
+        path.push(rev.clone());
+    }
+    let mut out = RevTree::new();
+    out.merge_path(&path, true)
+        .map_err(|e| StoreError::Corrupt(format!("revision path of {id}: {e:?}")))?;
+    Ok(out)
+}
+
+fn parse_tree(id: &str, json: &str) -> Result<RevTree, StoreError> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("revision tree of {id}: {e}")))
+}
+
+fn parse_rev(s: &str) -> Result<Rev, StoreError> {
+    Rev::parse_stored(s).map_err(|e| StoreError::Corrupt(format!("stored revision {s}: {e}")))
+}
+
+/// One page of a reader's changes feed (see [`crate::Store::access_changes`]).
+pub fn changes(
+    c: &Connection,
+    db: &str,
+    principals: &[String],
+    q: &ChangesQuery,
+) -> Result<Vec<ChangeRow>, StoreError> {
+    let db = db_id(c, db)?;
+    let (cmp, order) = if q.descending {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    };
+    let sql = format!(
+        "SELECT a.doc, a.seq, a.granted, a.rev, d.tree,
+                CASE WHEN ?5 AND a.granted = 1 THEN r.body END
+         FROM access_rows a
+         JOIN docs d ON d.db = a.db AND d.id = a.doc
+         LEFT JOIN revs r ON ?5 AND a.granted = 1 AND r.db = d.db AND r.doc = d.id AND r.rev = d.winner
+         WHERE {EFFECTIVE} AND a.seq {cmp} ?3
+         ORDER BY a.seq {order} LIMIT ?4"
+    );
+    let since = i64::try_from(q.since).unwrap_or(i64::MAX);
+    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+    type Row = (String, i64, bool, String, String, Option<String>);
+    let rows: Vec<Row> = c
+        .prepare_cached(&sql)?
+        .query_map(
+            params![
+                db,
+                principals_json(principals),
+                since,
+                limit,
+                q.include_docs
+            ],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )?
+        .collect::<Result<_, _>>()?;
+    rows.into_iter()
+        .map(|(id, seq, granted, rev, tree, body)| {
+            let tree = parse_tree(&id, &tree)?;
+            if granted {
+                return Ok(ChangeRow {
+                    id,
+                    seq: seq as u64,
+                    tree,
+                    body,
+                });
+            }
+            let tree = revoked_tree(&id, &tree, &parse_rev(&rev)?)?;
+            Ok(ChangeRow {
+                id,
+                seq: seq as u64,
+                tree,
+                body: q.include_docs.then(|| "{}".to_owned()),
+            })
+        })
+        .collect()
+}
+
+/// A reader's counts (see [`crate::Store::access_counts`]).
+pub fn counts(
+    c: &Connection,
+    db: &str,
+    principals: &[String],
+    since: u64,
+) -> Result<AccessCounts, StoreError> {
+    let db = db_id(c, db)?;
+    let sql = format!(
+        "SELECT count(*),
+                COALESCE(sum(a.granted = 1 AND a.deleted = 0), 0),
+                COALESCE(sum(a.seq > ?3), 0)
+         FROM access_rows a WHERE {EFFECTIVE}"
+    );
+    let since = i64::try_from(since).unwrap_or(i64::MAX);
+    let (all, live, after): (i64, i64, i64) = c
+        .prepare_cached(&sql)?
+        .query_row(params![db, principals_json(principals), since], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    Ok(AccessCounts {
+        changes_after: after.max(0) as u64,
+        doc_count: live.max(0) as u64,
+        doc_del_count: (all - live).max(0) as u64,
+    })
+}
+
+/// Where a reader stands on each of `ids` (see [`crate::Store::doc_access`]).
+pub fn doc_access(
+    c: &Connection,
+    db: &str,
+    principals: &[String],
+    ids: &[String],
+) -> Result<Vec<DocAccess>, StoreError> {
+    let tx = c.unchecked_transaction()?;
+    let db = db_id(&tx, db)?;
+    let json = principals_json(principals);
+    let mut best = tx.prepare_cached(
+        "SELECT granted, seq, rev FROM access_rows
+         WHERE db = ?1 AND doc = ?2 AND principal IN (SELECT value FROM json_each(?3))
+         ORDER BY seq DESC, granted DESC LIMIT 1",
+    )?;
+    let mut doc = tx.prepare_cached("SELECT tree FROM docs WHERE db = ?1 AND id = ?2")?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let row: Option<(bool, i64, String)> = best
+            .query_row(params![db, id, json], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?;
+        out.push(match row {
+            None => DocAccess::Hidden,
+            Some((true, _, _)) => DocAccess::Readable,
+            Some((false, seq, rev)) => {
+                let tree: Option<String> =
+                    doc.query_row(params![db, id], |r| r.get(0)).optional()?;
+                match tree {
+                    None => DocAccess::Hidden,
+                    Some(tree) => {
+                        let tree = parse_tree(id, &tree)?;
+                        DocAccess::Revoked(DocRecord {
+                            id: id.clone(),
+                            seq: seq as u64,
+                            tree: revoked_tree(id, &tree, &parse_rev(&rev)?)?,
+                        })
+                    }
+                }
+            }
+        });
+    }
+    drop(best);
+    drop(doc);
+    tx.finish()?;
+    Ok(out)
+}
