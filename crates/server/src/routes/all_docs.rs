@@ -107,15 +107,26 @@ async fn list(
         Method::POST => req.json().await?,
         _ => return Err(not_allowed("Only GET,HEAD,POST allowed")),
     };
+    let reader = crate::access::reader(state, req, db).await?;
     let q = &req.query;
     let mut info = state.store.db_info(db).await?;
+    if let Some(reader) = &reader {
+        // `total_rows` and `update_seq` of what the reader can see.
+        info.doc_count = state
+            .store
+            .access_counts(db, &reader.principals, 0)
+            .await?
+            .doc_count;
+        info.update_seq = crate::access::update_seq(state, reader, db).await?;
+    }
     if scope == Scope::Design {
         let mut all = AllDocsQuery {
             limit: u64::MAX,
             ..AllDocsQuery::default()
         };
         clamp_to_design(&mut all);
-        info.doc_count = state.store.all_docs(db, &all).await?.len() as u64;
+        let rows = state.store.all_docs(db, &all).await?;
+        info.doc_count = visible(state, db, reader.as_ref(), rows).await?.len() as u64;
     }
     let opts = Opts {
         include_docs: q.flag("include_docs")?,
@@ -150,6 +161,7 @@ async fn list(
         return by_keys(
             state,
             db,
+            reader.as_ref(),
             keys,
             opts,
             info.doc_count,
@@ -195,6 +207,8 @@ async fn list(
     // Without a start key the rows before the first one are the skipped ones; with one, they
     // are counted, but only so far (design documents: those of the design range only).
     let offset = match &user_start {
+        // Counting the rows before a key would count documents a reader cannot see.
+        Some(_) if reader.is_some() => None,
         Some(s) if !empty && scope == Scope::Design => {
             let edge = if descending { DESIGN_END } else { DESIGN_START };
             let before = state
@@ -240,6 +254,13 @@ async fn list(
             out.write(&head).await?;
             let mut remaining = limit;
             let mut first = true;
+            // A reader's `skip` counts the rows they see, so it is applied here, after the
+            // filter, instead of by the store.
+            let mut to_skip = if reader.is_some() {
+                std::mem::take(&mut query.skip)
+            } else {
+                0
+            };
             while remaining > 0 {
                 query.limit = remaining.min(if opts.include_docs { DOC_PAGE } else { PAGE });
                 let rows = state2
@@ -248,13 +269,19 @@ async fn list(
                     .await
                     .map_err(ApiError::from)?;
                 let done = (rows.len() as u64) < query.limit;
-                remaining -= rows.len() as u64;
                 // Later pages continue after the last id, exclusive, without skipping again.
                 query.skip = 0;
                 if let Some(last) = rows.last() {
                     query.start = Some(last.id.clone());
                     query.start_inclusive = false;
                 }
+                let mut rows = visible(&state2, &db, reader.as_ref(), rows).await?;
+                let skipped = rows
+                    .len()
+                    .min(usize::try_from(to_skip).unwrap_or(usize::MAX));
+                rows.drain(..skipped);
+                to_skip -= skipped as u64;
+                remaining = remaining.saturating_sub(rows.len() as u64);
                 for row in rows {
                     if !first {
                         out.write(",\n").await?;
@@ -273,6 +300,29 @@ async fn list(
             Ok(out)
         },
     ))
+}
+
+/// The rows of a listing page `reader` may see (all of them without a reader).
+async fn visible(
+    state: &AppState,
+    db: &str,
+    reader: Option<&crate::access::Reader>,
+    rows: Vec<DocRow>,
+) -> Result<Vec<DocRow>, ApiError> {
+    let Some(reader) = reader else {
+        return Ok(rows);
+    };
+    if rows.is_empty() {
+        return Ok(rows);
+    }
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let access = state.store.doc_access(db, &reader.principals, &ids).await?;
+    Ok(rows
+        .into_iter()
+        .zip(access)
+        .filter(|(_, a)| matches!(a, outpost_store::DocAccess::Readable))
+        .map(|(row, _)| row)
+        .collect())
 }
 
 async fn render_row(
@@ -324,6 +374,7 @@ async fn render_row(
 async fn by_keys(
     state: &AppState,
     db: &str,
+    reader: Option<&crate::access::Reader>,
     keys: &[Value],
     opts: Opts,
     total_rows: u64,
@@ -348,7 +399,12 @@ async fn by_keys(
         .iter()
         .filter_map(|k| k.as_str().map(str::to_owned))
         .collect();
-    let mut records = state.store.docs(db, &ids).await?.into_iter();
+    let records = state.store.docs(db, &ids).await?;
+    // For a reader, a hidden document is `not_found` and one taken away from them deleted.
+    let mut records = crate::access::see(state, reader, db, records)
+        .await?
+        .into_iter()
+        .map(crate::access::Seen::record);
     let found: Vec<Option<DocRecord>> = keys
         .iter()
         .map(|k| k.as_str().and_then(|_| records.next().flatten()))
