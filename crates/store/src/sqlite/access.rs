@@ -111,8 +111,8 @@ fn principals_json(principals: &[String]) -> String {
     serde_json::to_string(principals).unwrap_or_else(|_| "[]".into())
 }
 
-/// The reader's effective rows: `a` is a row of one of the reader's principals (`?2`, a JSON
-/// array) that no other row of theirs for the same document outranks.
+/// The reader's effective rows, for counting: `a` is a row of one of the reader's principals
+/// (`?2`, a JSON array) that no other row of theirs for the same document outranks.
 const EFFECTIVE: &str = "a.db = ?1 AND a.principal IN (SELECT value FROM json_each(?2))
     AND NOT EXISTS (SELECT 1 FROM access_rows b
         WHERE b.db = a.db AND b.doc = a.doc AND b.principal IN (SELECT value FROM json_each(?2))
@@ -141,95 +141,181 @@ fn parse_rev(s: &str) -> Result<Rev, StoreError> {
     Rev::parse_stored(s).map_err(|e| StoreError::Corrupt(format!("stored revision {s}: {e}")))
 }
 
+/// One row of the index, as a page of a reader's feed reads it.
+struct IndexRow {
+    doc: String,
+    seq: i64,
+    granted: bool,
+    rev: String,
+}
+
 /// One page of a reader's changes feed (see [`crate::Store::access_changes`]).
+///
+/// Each principal's rows are read in sequence order through `access_rows_by_seq`, a page at a
+/// time, and merged here; a row is kept when no row of the reader's for the same document is
+/// later (its effective row). So a page costs a few index ranges of the page's size per
+/// principal, whatever the size of the database or of the reader's whole feed.
 pub fn changes(
     c: &Connection,
     db: &str,
     principals: &[String],
     q: &ChangesQuery,
 ) -> Result<Vec<ChangeRow>, StoreError> {
-    let db = db_id(c, db)?;
-    let (cmp, order) = if q.descending {
-        ("<", "DESC")
+    let tx = c.unchecked_transaction()?;
+    let db = db_id(&tx, db)?;
+    let json = principals_json(principals);
+    let limit = usize::try_from(q.limit).unwrap_or(usize::MAX).max(1);
+    let per_principal = i64::try_from(q.limit.clamp(1, 1000)).unwrap_or(1000);
+    let mut range = tx.prepare_cached(if q.descending {
+        "SELECT doc, seq, granted, rev FROM access_rows
+         WHERE db = ?1 AND principal = ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4"
     } else {
-        (">", "ASC")
-    };
-    let sql = format!(
-        "SELECT a.doc, a.seq, a.granted, a.rev, d.tree,
-                CASE WHEN ?5 AND a.granted = 1 THEN r.body END
-         FROM access_rows a
-         JOIN docs d ON d.db = a.db AND d.id = a.doc
-         LEFT JOIN revs r ON ?5 AND a.granted = 1 AND r.db = d.db AND r.doc = d.id AND r.rev = d.winner
-         WHERE {EFFECTIVE} AND a.seq {cmp} ?3
-         ORDER BY a.seq {order} LIMIT ?4"
-    );
-    let since = i64::try_from(q.since).unwrap_or(i64::MAX);
-    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-    type Row = (String, i64, bool, String, String, Option<String>);
-    let rows: Vec<Row> = c
-        .prepare_cached(&sql)?
-        .query_map(
-            params![
-                db,
-                principals_json(principals),
-                since,
-                limit,
-                q.include_docs
-            ],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            },
-        )?
-        .collect::<Result<_, _>>()?;
-    rows.into_iter()
-        .map(|(id, seq, granted, rev, tree, body)| {
-            let tree = parse_tree(&id, &tree)?;
-            if granted {
-                return Ok(ChangeRow {
-                    id,
-                    seq: seq as u64,
-                    tree,
-                    body,
+        "SELECT doc, seq, granted, rev FROM access_rows
+         WHERE db = ?1 AND principal = ?2 AND seq > ?3 ORDER BY seq ASC LIMIT ?4"
+    })?;
+    let mut later = tx.prepare_cached(
+        // `+seq`: looked up by (principal, doc), not by scanning the principal's later rows.
+        "SELECT 1 FROM access_rows WHERE db = ?1 AND doc = ?2 AND +seq > ?3
+             AND principal IN (SELECT value FROM json_each(?4)) LIMIT 1",
+    )?;
+    let mut page: Vec<IndexRow> = Vec::new();
+    let mut since = i64::try_from(q.since).unwrap_or(i64::MAX);
+    while page.len() < limit {
+        let mut rows: Vec<IndexRow> = Vec::new();
+        // Where the shortest full range ended: beyond it a principal may have rows not read yet.
+        let mut horizon: Option<i64> = None;
+        for principal in principals {
+            let found: Vec<IndexRow> = range
+                .query_map(params![db, principal, since, per_principal], |r| {
+                    Ok(IndexRow {
+                        doc: r.get(0)?,
+                        seq: r.get(1)?,
+                        granted: r.get(2)?,
+                        rev: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            if found.len() as i64 == per_principal
+                && let Some(last) = found.last()
+            {
+                horizon = Some(match horizon {
+                    None => last.seq,
+                    Some(h) if q.descending => h.max(last.seq),
+                    Some(h) => h.min(last.seq),
                 });
             }
-            let tree = revoked_tree(&id, &tree, &parse_rev(&rev)?)?;
-            Ok(ChangeRow {
-                id,
-                seq: seq as u64,
+            rows.extend(found);
+        }
+        if let Some(h) = horizon {
+            rows.retain(|r| if q.descending { r.seq >= h } else { r.seq <= h });
+        }
+        // A sequence is one document's: of its rows, a granted one decides.
+        rows.sort_by(|a, b| a.seq.cmp(&b.seq).then(b.granted.cmp(&a.granted)));
+        rows.dedup_by_key(|r| r.seq);
+        if q.descending {
+            rows.reverse();
+        }
+        for row in rows {
+            if page.len() >= limit {
+                break;
+            }
+            let superseded = later
+                .query_row(params![db, row.doc, row.seq, json], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if !superseded {
+                page.push(row);
+            }
+        }
+        match horizon {
+            Some(h) => since = h,
+            None => break,
+        }
+    }
+    drop(range);
+    drop(later);
+    let mut tree_of =
+        tx.prepare_cached("SELECT tree, winner FROM docs WHERE db = ?1 AND id = ?2")?;
+    let mut body_of =
+        tx.prepare_cached("SELECT body FROM revs WHERE db = ?1 AND doc = ?2 AND rev = ?3")?;
+    let mut out = Vec::with_capacity(page.len());
+    for row in page {
+        let Some((tree, winner)): Option<(String, String)> = tree_of
+            .query_row(params![db, row.doc], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+        else {
+            continue;
+        };
+        let tree = parse_tree(&row.doc, &tree)?;
+        let seq = row.seq as u64;
+        if row.granted {
+            let body = if q.include_docs {
+                body_of
+                    .query_row(params![db, row.doc, winner], |r| r.get(0))
+                    .optional()?
+            } else {
+                None
+            };
+            out.push(ChangeRow {
+                id: row.doc,
+                seq,
+                tree,
+                body,
+            });
+        } else {
+            let tree = revoked_tree(&row.doc, &tree, &parse_rev(&row.rev)?)?;
+            out.push(ChangeRow {
+                id: row.doc,
+                seq,
                 tree,
                 body: q.include_docs.then(|| "{}".to_owned()),
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    drop(tree_of);
+    drop(body_of);
+    tx.finish()?;
+    Ok(out)
 }
 
-/// A reader's counts (see [`crate::Store::access_counts`]).
+/// A reader's counts (see [`crate::Store::access_counts`]). The documents are counted over the
+/// reader's whole part of the index; the rows after `since` exactly up to
+/// [`super::PENDING_EXACT_UP_TO`], and beyond that as the reader's index rows after `since`
+/// (an upper bound, as the `pending` of an ordinary feed is), so a truncated page does not pay
+/// for the rest of a long feed.
 pub fn counts(
     c: &Connection,
     db: &str,
     principals: &[String],
     since: u64,
 ) -> Result<AccessCounts, StoreError> {
-    let db = db_id(c, db)?;
-    let sql = format!(
-        "SELECT count(*),
-                COALESCE(sum(a.granted = 1 AND a.deleted = 0), 0),
-                COALESCE(sum(a.seq > ?3), 0)
-         FROM access_rows a WHERE {EFFECTIVE}"
-    );
+    let tx = c.unchecked_transaction()?;
+    let db = db_id(&tx, db)?;
+    let json = principals_json(principals);
+    let (all, live): (i64, i64) = tx
+        .prepare_cached(&format!(
+            "SELECT count(*), COALESCE(sum(a.granted = 1 AND a.deleted = 0), 0)
+             FROM access_rows a WHERE {EFFECTIVE}"
+        ))?
+        .query_row(params![db, json], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let since = i64::try_from(since).unwrap_or(i64::MAX);
-    let (all, live, after): (i64, i64, i64) = c
-        .prepare_cached(&sql)?
-        .query_row(params![db, principals_json(principals), since], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?;
+    let cap = super::PENDING_EXACT_UP_TO as i64;
+    let exact: i64 = tx
+        .prepare_cached(&format!(
+            "SELECT count(*) FROM (SELECT 1 FROM access_rows a
+             WHERE {EFFECTIVE} AND a.seq > ?3 LIMIT ?4)"
+        ))?
+        .query_row(params![db, json, since, cap + 1], |r| r.get(0))?;
+    let after = if exact <= cap {
+        exact
+    } else {
+        tx.prepare_cached(
+            "SELECT count(*) FROM access_rows
+             WHERE db = ?1 AND principal IN (SELECT value FROM json_each(?2)) AND seq > ?3",
+        )?
+        .query_row(params![db, json, since], |r| r.get(0))?
+    };
+    tx.finish()?;
     Ok(AccessCounts {
         changes_after: after.max(0) as u64,
         doc_count: live.max(0) as u64,
