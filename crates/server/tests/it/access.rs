@@ -96,6 +96,18 @@ async fn the_flag_is_kept_reported_and_fixed() {
     assert_eq!(s.ok("GET", "/plain", None).await["props"], json!({}));
     let (status, _) = s.admin("PUT", "/other?access=maybe", None).await;
     assert_eq!(status, 400);
+    // Elsewhere `_access` is an unknown special member, refused as CouchDB refuses one.
+    let (status, body) = s
+        .admin("PUT", "/plain/d", Some(json!({"_access": ["x"]})))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("doc_validation"))
+    );
+    let bulk = json!({"docs": [{"_id": "e", "_access": ["x"]}, {"_id": "f"}]});
+    let (_, body) = s.admin("POST", "/plain/_bulk_docs", Some(bulk)).await;
+    assert_eq!(body[0]["error"], "doc_validation", "{body}");
+    assert_eq!(body[1]["ok"], true, "{body}");
 }
 
 #[tokio::test]
