@@ -670,14 +670,11 @@ async fn write_normal(
     };
     let pending = if truncated && !opts.descending && opts.source == Source::Changes {
         match &opts.reader {
-            Some(reader) => {
-                state
-                    .store
-                    .access_counts(db, &reader.principals, last_seq)
-                    .await
-                    .map_err(ApiError::from)?
-                    .changes_after
-            }
+            Some(reader) => state
+                .store
+                .access_pending(db, &reader.principals, last_seq)
+                .await
+                .map_err(ApiError::from)?,
             None => state
                 .store
                 .changes_pending(db, last_seq)

@@ -224,14 +224,18 @@ pub trait Store: Send + Sync + 'static {
         reader: &[String],
         query: &ChangesQuery,
     ) -> Result<Vec<ChangeRow>, StoreError>;
-    /// `reader`'s counts: documents they can read (live), their feed's deletions, and their
-    /// feed's rows after `since`.
-    async fn access_counts(
+    /// `reader`'s counts of documents: those they can read (live) and their feed's deletions,
+    /// for `doc_count` and `doc_del_count`; costs in proportion to the reader's rows.
+    async fn access_counts(&self, db: &str, reader: &[String]) -> Result<AccessCounts, StoreError>;
+    /// How many rows `reader`'s feed has after `since` (the `pending` of a truncated page):
+    /// exact up to [`sqlite::PENDING_EXACT_UP_TO`], beyond that an upper bound (the reader's
+    /// index rows after `since`), so a page does not cost in proportion to the rest of the feed.
+    async fn access_pending(
         &self,
         db: &str,
         reader: &[String],
         since: u64,
-    ) -> Result<AccessCounts, StoreError>;
+    ) -> Result<u64, StoreError>;
     /// Where `reader` stands on each of `ids`, in order, read from one snapshot.
     async fn doc_access(
         &self,

@@ -230,8 +230,6 @@ pub struct AccessCounts {
     pub doc_count: u64,
     /// Documents in the reader's feed shown as deleted (deleted, or access revoked).
     pub doc_del_count: u64,
-    /// Rows of the reader's feed after the `since` asked for (its `pending`).
-    pub changes_after: u64,
 }
 
 /// The principals a stored body's (JSON text) top-level `_access` names, sorted, each once;

@@ -114,7 +114,7 @@ async fn list(
         // `total_rows` and `update_seq` of what the reader can see.
         info.doc_count = state
             .store
-            .access_counts(db, &reader.principals, 0)
+            .access_counts(db, &reader.principals)
             .await?
             .doc_count;
         info.update_seq = crate::access::update_seq(state, reader, db).await?;

@@ -88,10 +88,7 @@ pub async fn info_json(
 ) -> Result<Value, ApiError> {
     let mut info = state.store.db_info(name).await?;
     if let Some(reader) = reader {
-        let counts = state
-            .store
-            .access_counts(name, &reader.principals, 0)
-            .await?;
+        let counts = state.store.access_counts(name, &reader.principals).await?;
         info.doc_count = counts.doc_count;
         info.doc_del_count = counts.doc_del_count;
         info.update_seq = crate::access::update_seq(state, reader, name).await?;

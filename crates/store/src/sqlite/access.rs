@@ -278,26 +278,35 @@ pub fn changes(
     Ok(out)
 }
 
-/// A reader's counts (see [`crate::Store::access_counts`]). The documents are counted over the
-/// reader's whole part of the index; the rows after `since` exactly up to
-/// [`super::PENDING_EXACT_UP_TO`], and beyond that as the reader's index rows after `since`
-/// (an upper bound, as the `pending` of an ordinary feed is), so a truncated page does not pay
-/// for the rest of a long feed.
-pub fn counts(
-    c: &Connection,
-    db: &str,
-    principals: &[String],
-    since: u64,
-) -> Result<AccessCounts, StoreError> {
-    let tx = c.unchecked_transaction()?;
-    let db = db_id(&tx, db)?;
-    let json = principals_json(principals);
-    let (all, live): (i64, i64) = tx
+/// A reader's counts of documents (see [`crate::Store::access_counts`]).
+pub fn counts(c: &Connection, db: &str, principals: &[String]) -> Result<AccessCounts, StoreError> {
+    let db = db_id(c, db)?;
+    let (all, live): (i64, i64) = c
         .prepare_cached(&format!(
             "SELECT count(*), COALESCE(sum(a.granted = 1 AND a.deleted = 0), 0)
              FROM access_rows a WHERE {EFFECTIVE}"
         ))?
-        .query_row(params![db, json], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        .query_row(params![db, principals_json(principals)], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    Ok(AccessCounts {
+        doc_count: live.max(0) as u64,
+        doc_del_count: (all - live).max(0) as u64,
+    })
+}
+
+/// The rows of a reader's feed after `since` (see [`crate::Store::access_pending`]): exact up
+/// to [`super::PENDING_EXACT_UP_TO`], beyond that the reader's index rows after `since` (each
+/// effective row is one of them, so never below the true count).
+pub fn pending(
+    c: &Connection,
+    db: &str,
+    principals: &[String],
+    since: u64,
+) -> Result<u64, StoreError> {
+    let tx = c.unchecked_transaction()?;
+    let db = db_id(&tx, db)?;
+    let json = principals_json(principals);
     let since = i64::try_from(since).unwrap_or(i64::MAX);
     let cap = super::PENDING_EXACT_UP_TO as i64;
     let exact: i64 = tx
@@ -316,11 +325,7 @@ pub fn counts(
         .query_row(params![db, json, since], |r| r.get(0))?
     };
     tx.finish()?;
-    Ok(AccessCounts {
-        changes_after: after.max(0) as u64,
-        doc_count: live.max(0) as u64,
-        doc_del_count: (all - live).max(0) as u64,
-    })
+    Ok(after.max(0) as u64)
 }
 
 /// Where a reader stands on each of `ids` (see [`crate::Store::doc_access`]).

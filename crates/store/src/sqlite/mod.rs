@@ -611,14 +611,19 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn access_counts(
+    async fn access_counts(&self, db: &str, reader: &[String]) -> Result<AccessCounts, StoreError> {
+        let (db, reader) = (db.to_owned(), reader.to_vec());
+        self.read(move |c| access::counts(c, &db, &reader)).await
+    }
+
+    async fn access_pending(
         &self,
         db: &str,
         reader: &[String],
         since: u64,
-    ) -> Result<AccessCounts, StoreError> {
+    ) -> Result<u64, StoreError> {
         let (db, reader) = (db.to_owned(), reader.to_vec());
-        self.read(move |c| access::counts(c, &db, &reader, since))
+        self.read(move |c| access::pending(c, &db, &reader, since))
             .await
     }
 
