@@ -512,7 +512,8 @@ impl FindCursor {
             out.insert(
                 "execution_stats".into(),
                 json!({
-                    "total_keys_examined": self.stats.keys,
+                    // A reader is told of the keys of the documents they may read only.
+                    "total_keys_examined": if self.reader.is_some() { self.stats.docs } else { self.stats.keys },
                     "total_docs_examined": self.stats.docs,
                     "total_quorum_docs_examined": 0,
                     "results_returned": self.returned,

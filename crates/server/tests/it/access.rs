@@ -379,6 +379,14 @@ async fn nothing_of_a_document_reaches_a_member_it_does_not_name() {
     let (_, _, body) = by_path(r#"POST /acc/_find {"selector":{"_id":{"$gt":null}}}"#);
     let found: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(found["docs"].as_array().unwrap().len(), 1, "{body}");
+    // Its statistics count what bob may read, through the index and without one.
+    for selector in [json!({"v": {"$gt": 0}}), json!({"_id": {"$gt": null}})] {
+        let query = json!({"selector": selector, "execution_stats": true});
+        let (_, found) = as_user(&s, bob(), "POST", "/acc/_find", Some(query)).await;
+        let stats = &found["execution_stats"];
+        assert_eq!(stats["total_docs_examined"], 1, "{found}");
+        assert_eq!(stats["total_keys_examined"], 1, "{found}");
+    }
     // Views are for the database's admins.
     let (status, _) = as_user(&s, bob(), "GET", "/acc/_design/app/_view/all", None).await;
     assert_eq!(status, 403);
