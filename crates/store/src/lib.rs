@@ -224,6 +224,15 @@ pub trait Store: Send + Sync + 'static {
         reader: &[String],
         query: &ChangesQuery,
     ) -> Result<Vec<ChangeRow>, StoreError>;
+    /// One page of `reader`'s `_all_docs`: the live documents they can read, in id order within
+    /// the range, `skip` and `limit` counting only those, as [`Store::all_docs`] gives them;
+    /// the cost is in proportion to the page and the reader's rows, not to the database.
+    async fn access_all_docs(
+        &self,
+        db: &str,
+        reader: &[String],
+        query: &AllDocsQuery,
+    ) -> Result<Vec<DocRow>, StoreError>;
     /// `reader`'s counts of documents: those they can read (live) and their feed's deletions,
     /// for `doc_count` and `doc_del_count`; costs in proportion to the reader's rows.
     async fn access_counts(&self, db: &str, reader: &[String]) -> Result<AccessCounts, StoreError>;

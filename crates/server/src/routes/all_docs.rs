@@ -125,8 +125,7 @@ async fn list(
             ..AllDocsQuery::default()
         };
         clamp_to_design(&mut all);
-        let rows = state.store.all_docs(db, &all).await?;
-        info.doc_count = visible(state, db, reader.as_ref(), rows).await?.len() as u64;
+        info.doc_count = page(state, db, reader.as_ref(), &all).await?.len() as u64;
     }
     let opts = Opts {
         include_docs: q.flag("include_docs")?,
@@ -254,34 +253,17 @@ async fn list(
             out.write(&head).await?;
             let mut remaining = limit;
             let mut first = true;
-            // A reader's `skip` counts the rows they see, so it is applied here, after the
-            // filter, instead of by the store.
-            let mut to_skip = if reader.is_some() {
-                std::mem::take(&mut query.skip)
-            } else {
-                0
-            };
             while remaining > 0 {
                 query.limit = remaining.min(if opts.include_docs { DOC_PAGE } else { PAGE });
-                let rows = state2
-                    .store
-                    .all_docs(&db, &query)
-                    .await
-                    .map_err(ApiError::from)?;
+                let rows = page(&state2, &db, reader.as_ref(), &query).await?;
                 let done = (rows.len() as u64) < query.limit;
+                remaining -= rows.len() as u64;
                 // Later pages continue after the last id, exclusive, without skipping again.
                 query.skip = 0;
                 if let Some(last) = rows.last() {
                     query.start = Some(last.id.clone());
                     query.start_inclusive = false;
                 }
-                let mut rows = visible(&state2, &db, reader.as_ref(), rows).await?;
-                let skipped = rows
-                    .len()
-                    .min(usize::try_from(to_skip).unwrap_or(usize::MAX));
-                rows.drain(..skipped);
-                to_skip -= skipped as u64;
-                remaining = remaining.saturating_sub(rows.len() as u64);
                 for row in rows {
                     if !first {
                         out.write(",\n").await?;
@@ -302,27 +284,23 @@ async fn list(
     ))
 }
 
-/// The rows of a listing page `reader` may see (all of them without a reader).
-async fn visible(
+/// One page of the listing: for a reader of a database with per-document access, from their
+/// part of the access index (only what they may read, `skip` counting only that).
+async fn page(
     state: &AppState,
     db: &str,
     reader: Option<&crate::access::Reader>,
-    rows: Vec<DocRow>,
+    query: &AllDocsQuery,
 ) -> Result<Vec<DocRow>, ApiError> {
-    let Some(reader) = reader else {
-        return Ok(rows);
-    };
-    if rows.is_empty() {
-        return Ok(rows);
-    }
-    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-    let access = state.store.doc_access(db, &reader.principals, &ids).await?;
-    Ok(rows
-        .into_iter()
-        .zip(access)
-        .filter(|(_, a)| matches!(a, outpost_store::DocAccess::Readable))
-        .map(|(row, _)| row)
-        .collect())
+    Ok(match reader {
+        Some(reader) => {
+            state
+                .store
+                .access_all_docs(db, &reader.principals, query)
+                .await?
+        }
+        None => state.store.all_docs(db, query).await?,
+    })
 }
 
 async fn render_row(

@@ -571,6 +571,31 @@ async fn a_members_feed_pages_exactly() {
         since = page["last_seq"].clone();
     }
     assert_eq!(paged, all);
+    // `_all_docs` pages over bob's documents only, `skip` counting only those.
+    let (_, listing) = as_user(&s, bob(), "GET", "/acc/_all_docs?skip=1&limit=2", None).await;
+    let ids: Vec<Value> = listing["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].clone())
+        .collect();
+    assert_eq!(ids, ["d03", "d06"]);
+    assert_eq!(listing["total_rows"], 4);
+    let (_, listing) = as_user(
+        &s,
+        bob(),
+        "GET",
+        "/acc/_all_docs?descending=true&startkey=\"d06\"",
+        None,
+    )
+    .await;
+    let ids: Vec<Value> = listing["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].clone())
+        .collect();
+    assert_eq!(ids, ["d06", "d03", "d00"]);
     // `update_seq` is the sequence of bob's own latest row.
     let info = as_user(&s, bob(), "GET", "/acc", None).await.1;
     let last = feed_rows(&body).last().unwrap()["seq"].clone();

@@ -23,7 +23,10 @@
 use outpost_core::{Rev, RevTree};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{AccessCounts, ChangeRow, ChangesQuery, DocAccess, DocRecord, StoreError, access_list};
+use crate::{
+    AccessCounts, AllDocsQuery, ChangeRow, ChangesQuery, DocAccess, DocRecord, DocRow, StoreError,
+    access_list,
+};
 
 pub const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS access_dbs (
@@ -274,6 +277,108 @@ pub fn changes(
     }
     drop(tree_of);
     drop(body_of);
+    tx.finish()?;
+    Ok(out)
+}
+
+/// One page of a reader's `_all_docs` (see [`crate::Store::access_all_docs`]): each
+/// principal's granted, live rows in id order through the primary key `(db, principal, doc)`,
+/// merged here, a bounded range per principal at a time.
+pub fn all_docs(
+    c: &Connection,
+    db: &str,
+    principals: &[String],
+    q: &AllDocsQuery,
+) -> Result<Vec<DocRow>, StoreError> {
+    let tx = c.unchecked_transaction()?;
+    let db = db_id(&tx, db)?;
+    let limit = usize::try_from(q.limit).unwrap_or(usize::MAX);
+    let mut to_skip = usize::try_from(q.skip).unwrap_or(usize::MAX);
+    let per_principal = q.limit.saturating_add(q.skip).clamp(1, 1000);
+    let mut ids: Vec<String> = Vec::new();
+    let mut cursor = q.clone();
+    while ids.len() < limit {
+        let mut sql = String::from(
+            "SELECT doc FROM access_rows
+             WHERE db = ?1 AND principal = ?4 AND granted = 1 AND deleted = 0",
+        );
+        let (lower, upper) = super::read::push_id_range(&mut sql, "doc", &cursor);
+        sql.push_str(" LIMIT ?5");
+        let mut range = tx.prepare_cached(&sql)?;
+        let mut found: Vec<String> = Vec::new();
+        // Where the shortest full range ended: beyond it a principal may have rows not read yet.
+        let mut horizon: Option<String> = None;
+        for principal in principals {
+            let rows: Vec<String> = range
+                .query_map(
+                    params![db, lower, upper, principal, per_principal as i64],
+                    |r| r.get(0),
+                )?
+                .collect::<Result<_, _>>()?;
+            if rows.len() as u64 == per_principal
+                && let Some(last) = rows.last()
+            {
+                let nearer = match &horizon {
+                    None => true,
+                    Some(h) if q.descending => last > h,
+                    Some(h) => last < h,
+                };
+                if nearer {
+                    horizon = Some(last.clone());
+                }
+            }
+            found.extend(rows);
+        }
+        drop(range);
+        if let Some(h) = &horizon {
+            found.retain(|id| if q.descending { id >= h } else { id <= h });
+        }
+        found.sort();
+        found.dedup();
+        if q.descending {
+            found.reverse();
+        }
+        for id in found {
+            if ids.len() >= limit {
+                break;
+            }
+            if to_skip > 0 {
+                to_skip -= 1;
+                continue;
+            }
+            ids.push(id);
+        }
+        match horizon {
+            Some(h) => {
+                cursor.start = Some(h);
+                cursor.start_inclusive = false;
+            }
+            None => break,
+        }
+    }
+    let mut doc = tx.prepare_cached(
+        "SELECT d.seq, d.tree, CASE WHEN ?3 THEN r.body END FROM docs d
+         LEFT JOIN revs r ON ?3 AND r.db = d.db AND r.doc = d.id AND r.rev = d.winner
+         WHERE d.db = ?1 AND d.id = ?2",
+    )?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let row: Option<(i64, String, Option<String>)> = doc
+            .query_row(params![db, id, q.include_docs], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?;
+        if let Some((seq, tree, body)) = row {
+            let tree = parse_tree(&id, &tree)?;
+            out.push(DocRow {
+                id,
+                seq: seq as u64,
+                tree,
+                body,
+            });
+        }
+    }
+    drop(doc);
     tx.finish()?;
     Ok(out)
 }

@@ -611,6 +611,17 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn access_all_docs(
+        &self,
+        db: &str,
+        reader: &[String],
+        query: &AllDocsQuery,
+    ) -> Result<Vec<DocRow>, StoreError> {
+        let (db, reader, query) = (db.to_owned(), reader.to_vec(), query.clone());
+        self.read(move |c| access::all_docs(c, &db, &reader, &query))
+            .await
+    }
+
     async fn access_counts(&self, db: &str, reader: &[String]) -> Result<AccessCounts, StoreError> {
         let (db, reader) = (db.to_owned(), reader.to_vec());
         self.read(move |c| access::counts(c, &db, &reader)).await

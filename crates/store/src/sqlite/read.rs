@@ -178,7 +178,7 @@ pub fn rev_bodies(
 
 /// Appends to `sql` the bounds of an `_all_docs`-style id range on `column` (the lower bound
 /// bound as `?2`, the upper as `?3`) and its order; returns the two bounds to bind.
-fn push_id_range<'q>(
+pub(super) fn push_id_range<'q>(
     sql: &mut String,
     column: &str,
     q: &'q AllDocsQuery,

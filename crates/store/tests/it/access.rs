@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use outpost_core::Rev;
-use outpost_store::{ChangeRow, ChangesQuery, DbOptions, DocAccess, DocUpdate, Store};
+use outpost_store::{
+    AllDocsQuery, ChangeRow, ChangesQuery, DbOptions, DocAccess, DocUpdate, Store,
+};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -266,6 +268,23 @@ proptest! {
                     assert_eq!(after, want.len() as u64 - 1);
                 }
                 assert_eq!(counts.doc_count, want.iter().filter(|r| !r.2).count() as u64);
+                // `_all_docs`: the live documents the reader can read, in id order, paged.
+                let mut live: Vec<String> = want.iter().filter(|r| !r.2).map(|r| r.0.clone()).collect();
+                live.sort();
+                let mut listed = Vec::new();
+                let mut query = AllDocsQuery { limit: page, start_inclusive: true, end_inclusive: true, ..AllDocsQuery::default() };
+                loop {
+                    let rows = store.access_all_docs("db", &principals, &query).await.unwrap();
+                    let Some(last) = rows.last() else { break };
+                    query.start = Some(last.id.clone());
+                    query.start_inclusive = false;
+                    listed.extend(rows.iter().map(|r| r.id.clone()));
+                }
+                assert_eq!(&listed, &live);
+                let query = AllDocsQuery { limit: 100, skip: 1, descending: true, start_inclusive: true, end_inclusive: true, ..AllDocsQuery::default() };
+                let rows = store.access_all_docs("db", &principals, &query).await.unwrap();
+                let backwards: Vec<String> = live.iter().rev().skip(1).cloned().collect();
+                assert_eq!(rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), backwards);
                 // Descending gives the same rows backwards.
                 let query = ChangesQuery { since: u64::MAX, limit: 100, descending: true, include_docs: false };
                 let mut back: Vec<u64> = store.access_changes("db", &principals, &query).await.unwrap().iter().map(|r| r.seq).collect();
