@@ -10,7 +10,6 @@ use outpost_auth::access::{can_write_doc, principals};
 use outpost_auth::{Level, UserCtx};
 use outpost_core::Rev;
 use outpost_store::{DocAccess, DocRecord, DocUpdate, StoredBody};
-use serde_json::Value;
 
 use crate::docjson::{RenderOpts, Rendered, render_parts};
 use crate::request::Req;
@@ -222,18 +221,6 @@ pub async fn update_seq(state: &AppState, reader: &Reader, db: &str) -> Result<u
     Ok(last.first().map_or(0, |row| row.seq))
 }
 
-/// The `_access` list a new revision's body carries (strings only).
-fn access_of(body: &serde_json::Map<String, Value>) -> Vec<String> {
-    match body.get("_access") {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// Checks writes: `_access` is refused in a database without per-document access, as CouchDB
 /// refuses any unknown special member; in one with it, a member's write gets `None` where it may
 /// go ahead, 403 where not. A document counts as new when it does not exist or its winner is
@@ -294,7 +281,7 @@ pub async fn check_writes(
                 // A deletion keeps nothing to read back; being in the current list is enough.
                 existing.map(<[String]>::to_vec).unwrap_or_default()
             } else {
-                access_of(&update.body)
+                outpost_store::access_names(&update.body)
             };
             if update.deleted && existing.is_none() {
                 // Deleting what does not exist (for them) changes nothing they could not see

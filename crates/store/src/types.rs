@@ -235,10 +235,15 @@ pub struct AccessCounts {
 /// The principals a stored body's (JSON text) top-level `_access` names, sorted, each once;
 /// what is not a string, or empty, is ignored. Every engine's access index uses this.
 pub fn access_list(body: &str) -> Vec<String> {
-    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(body) else {
-        return Vec::new();
-    };
-    let mut out: Vec<String> = match map.get("_access") {
+    match serde_json::from_str::<Value>(body) {
+        Ok(Value::Object(map)) => access_names(&map),
+        _ => Vec::new(),
+    }
+}
+
+/// [`access_list`] of a body already decoded (a [`DocUpdate::body`]).
+pub fn access_names(body: &Map<String, Value>) -> Vec<String> {
+    let mut out: Vec<String> = match body.get("_access") {
         Some(Value::Array(items)) => items
             .iter()
             .filter_map(Value::as_str)
