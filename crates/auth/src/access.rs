@@ -157,6 +157,18 @@ pub fn can_write_doc(
     level == Level::Member && current.is_none_or(|c| names_user(user, c)) && names_user(user, new)
 }
 
+/// The principals `user` is known by in `_access` lists: their name, then their roles (a list
+/// does not tell names and roles apart, as in CouchDB's design).
+pub fn principals(user: &UserCtx) -> Vec<String> {
+    let mut out: Vec<String> = user.name.iter().cloned().collect();
+    for role in &user.roles {
+        if !out.contains(role) {
+            out.push(role.clone());
+        }
+    }
+    out
+}
+
 fn names_user(user: &UserCtx, access: &[String]) -> bool {
     user.name.as_ref().is_some_and(|n| access.contains(n))
         || user.roles.iter().any(|r| access.contains(r))
@@ -200,6 +212,48 @@ mod tests {
         assert_eq!(sec.level(&anon), Level::None);
         assert_eq!(refusal(&anon), Refusal::Unauthorized);
         assert_eq!(refusal(&user("zed", &[])), Refusal::Forbidden);
+    }
+
+    #[test]
+    fn document_access_cases() {
+        let bob = user("bob", &["staff"]);
+        let list = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Named, or through a role.
+        assert!(can_read_doc(&bob, Level::Member, &list(&["bob"])));
+        assert!(can_read_doc(&bob, Level::Member, &list(&["staff"])));
+        assert!(!can_read_doc(&bob, Level::Member, &list(&["ann"])));
+        assert!(!can_read_doc(&bob, Level::Member, &[]));
+        // Admins of the database read and write everything; non-members nothing.
+        assert!(can_read_doc(&bob, Level::DbAdmin, &[]));
+        assert!(!can_read_doc(&bob, Level::None, &list(&["bob"])));
+        // A new document must name its creator; an update must keep them named.
+        assert!(can_write_doc(
+            &bob,
+            Level::Member,
+            None,
+            &list(&["bob", "ann"])
+        ));
+        assert!(!can_write_doc(&bob, Level::Member, None, &list(&["ann"])));
+        assert!(can_write_doc(
+            &bob,
+            Level::Member,
+            Some(&list(&["staff"])),
+            &list(&["bob"])
+        ));
+        assert!(!can_write_doc(
+            &bob,
+            Level::Member,
+            Some(&list(&["ann"])),
+            &list(&["bob"])
+        ));
+        assert!(!can_write_doc(
+            &bob,
+            Level::Member,
+            Some(&list(&["bob"])),
+            &list(&["ann"])
+        ));
+        assert_eq!(principals(&bob), list(&["bob", "staff"]));
+        assert_eq!(principals(&UserCtx::anonymous()), Vec::<String>::new());
     }
 
     #[test]
@@ -270,6 +324,35 @@ mod tests {
             }
             if level == Level::Member {
                 prop_assert_eq!(read, names_user(&u, &current));
+                // Creating: only with a list that names the member.
+                prop_assert_eq!(can_write_doc(&u, level, None, &new), names_user(&u, &new));
+                // Updating: only when named now and afterwards.
+                prop_assert_eq!(
+                    can_write_doc(&u, level, Some(&current), &new),
+                    names_user(&u, &current) && names_user(&u, &new)
+                );
+            }
+        }
+
+        #[test]
+        fn a_list_names_a_user_exactly_through_their_principals(u in arb_user(), list in proptest::collection::vec(prop_oneof!["[a-f]", Just("_admin".to_string())], 0..4)) {
+            let principals = principals(&u);
+            // Each principal once, the name first.
+            let mut unique = principals.clone();
+            unique.sort();
+            unique.dedup();
+            prop_assert_eq!(unique.len(), principals.len());
+            if let Some(name) = &u.name {
+                prop_assert_eq!(principals.first(), Some(name));
+            }
+            // The store's index answers by principals; the decision by name and roles: they agree.
+            prop_assert_eq!(
+                principals.iter().any(|p| list.contains(p)),
+                names_user(&u, &list)
+            );
+            // Anonymous users are named by no list.
+            if u.is_anonymous() {
+                prop_assert!(!can_read_doc(&u, Level::Member, &list));
             }
         }
     }

@@ -225,6 +225,10 @@ pub struct FindCursor {
     last: Option<Cursor>,
     stats: Stats,
     started: Instant,
+    /// On a database with per-document access, the principals of the member asking: only
+    /// documents whose winner's `_access` names one of them are candidates (before `skip`
+    /// and `limit` count them). `None` reads every document.
+    reader: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for FindCursor {
@@ -299,7 +303,44 @@ impl FindCursor {
             last: None,
             stats: Stats::default(),
             started,
+            reader: None,
         })
+    }
+
+    /// Restricts the answer to the documents a member of a database with per-document access
+    /// may read (see [`Store::doc_access`]).
+    pub fn for_reader(mut self, principals: Vec<String>) -> FindCursor {
+        self.reader = Some(principals);
+        self
+    }
+
+    /// Drops the candidates the reader may not read.
+    async fn readable(
+        &self,
+        candidates: Vec<(Value, Vec<String>, Cursor)>,
+    ) -> Result<Vec<(Value, Vec<String>, Cursor)>, QueryError> {
+        let Some(principals) = &self.reader else {
+            return Ok(candidates);
+        };
+        if candidates.is_empty() {
+            return Ok(candidates);
+        }
+        let ids: Vec<String> = candidates
+            .iter()
+            .map(|(doc, _, _)| {
+                doc.get("_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        let access = self.store.doc_access(&self.db, principals, &ids).await?;
+        Ok(candidates
+            .into_iter()
+            .zip(access)
+            .filter(|(_, a)| matches!(a, outpost_store::DocAccess::Readable))
+            .map(|(c, _)| c)
+            .collect())
     }
 
     /// The next matching documents (at most one page of reads' worth), already projected to
@@ -307,6 +348,7 @@ impl FindCursor {
     pub async fn next_batch(&mut self) -> Result<Option<Vec<Value>>, QueryError> {
         while !self.done {
             let candidates = self.read_page().await?;
+            let candidates = self.readable(candidates).await?;
             let mut out = Vec::new();
             for (doc, conflicts, at) in candidates {
                 if self.returned >= self.req.limit {
@@ -470,7 +512,8 @@ impl FindCursor {
             out.insert(
                 "execution_stats".into(),
                 json!({
-                    "total_keys_examined": self.stats.keys,
+                    // A reader is told of the keys of the documents they may read only.
+                    "total_keys_examined": if self.reader.is_some() { self.stats.docs } else { self.stats.keys },
                     "total_docs_examined": self.stats.docs,
                     "total_quorum_docs_examined": 0,
                     "results_returned": self.returned,

@@ -120,11 +120,13 @@ pub struct Auth {
     accounts: std::sync::Mutex<AccountCache>,
     /// Databases' security objects by name, dropped whenever one is set or a database is
     /// created or deleted (all of which go through this server), with a generation that moves
-    /// at each so that a read from before it is not stored.
+    /// at each so that a read from before it is not stored. Beside them, whether each database
+    /// has per-document access (fixed at creation, so only creation and deletion drop it).
     #[allow(clippy::type_complexity)]
     securities: std::sync::Mutex<(
         u64,
         std::collections::HashMap<String, outpost_auth::Security>,
+        std::collections::HashMap<String, bool>,
     )>,
     /// Server admins by name: the configured ones and those added at run time.
     admins: RwLock<BTreeMap<String, Credentials>>,
@@ -208,7 +210,11 @@ impl Auth {
             ),
             cache: PasswordCache::new(10_000),
             accounts: std::sync::Mutex::new(AccountCache::default()),
-            securities: std::sync::Mutex::new((0, std::collections::HashMap::new())),
+            securities: std::sync::Mutex::new((
+                0,
+                std::collections::HashMap::new(),
+                std::collections::HashMap::new(),
+            )),
             admins: RwLock::new(admins),
             settings,
         }
@@ -310,12 +316,32 @@ impl Auth {
         cache.1.insert(db.to_owned(), security);
     }
 
-    /// Forgets the security object of `db`, after it was set or the database created or
-    /// deleted.
+    /// Forgets the security object of `db` (and whether it has per-document access), after it
+    /// was set or the database created or deleted.
     pub fn forget_security(&self, db: &str) {
         let mut cache = self.securities.lock().unwrap_or_else(|e| e.into_inner());
         cache.0 += 1;
         cache.1.remove(db);
+        cache.2.remove(db);
+    }
+
+    /// The cache's generation and whether `db` has per-document access, when known.
+    pub fn cached_access(&self, db: &str) -> (u64, Option<bool>) {
+        let cache = self.securities.lock().unwrap_or_else(|e| e.into_inner());
+        (cache.0, cache.2.get(db).copied())
+    }
+
+    /// Remembers whether `db` has per-document access, read when the cache was at
+    /// `generation`; not if a database was created or deleted since.
+    pub fn cache_access(&self, generation: u64, db: &str, access: bool) {
+        let mut cache = self.securities.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.0 != generation {
+            return;
+        }
+        if cache.2.len() >= CACHE_CAPACITY {
+            cache.2.clear();
+        }
+        cache.2.insert(db.to_owned(), access);
     }
 
     /// The cache's generation after emptying it if `_users` changed, and the cached account.

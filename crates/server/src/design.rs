@@ -310,7 +310,20 @@ pub async fn write_validated(
     updates: Vec<DocUpdate>,
     user_ctx: &Value,
 ) -> Result<Vec<Result<Rev, ApiError>>, ApiError> {
-    let verdicts = validate(state, db, &updates, user_ctx).await?;
+    let mut verdicts = validate(state, db, &updates, user_ctx).await?;
+    // Per-document access comes first: a member's write that `_access` refuses is refused
+    // whatever the validation functions say.
+    let user: outpost_auth::UserCtx = serde_json::from_value(json!({
+        "name": user_ctx.get("name").cloned().unwrap_or(Value::Null),
+        "roles": user_ctx.get("roles").cloned().unwrap_or(json!([])),
+    }))
+    .unwrap_or_default();
+    let refusals = crate::access::check_writes(state, db, &user, &updates).await?;
+    for (verdict, refusal) in verdicts.iter_mut().zip(refusals) {
+        if refusal.is_some() {
+            *verdict = refusal;
+        }
+    }
     let mut out: Vec<Option<Result<Rev, ApiError>>> = Vec::with_capacity(updates.len());
     let mut passing = Vec::with_capacity(updates.len());
     let mut slots = Vec::with_capacity(updates.len());

@@ -28,7 +28,9 @@ const IGNORED_SPECIALS: &[&str] = &[
 /// Special fields kept in the body as they are: attachments, and the fields CouchDB's replicator
 /// writes into `_replicator` documents (`_replication_id`, `_replication_state`, ...).
 fn kept_special(key: &str) -> bool {
-    key == "_attachments" || key.starts_with("_replication_")
+    // `_access` is kept here and refused on write to a database without per-document access
+    // (`access::check_writes`), where CouchDB refuses it as any other special member.
+    key == "_attachments" || key == "_access" || key.starts_with("_replication_")
 }
 
 /// Parses a revision id from a client, with CouchDB's error.

@@ -145,6 +145,11 @@ pub struct FeedOpts {
     pub filter: Filter,
     pub heartbeat: Option<Duration>,
     pub timeout: Duration,
+    /// On a database with per-document access, the member reading it
+    /// ([`crate::access::reader`]): `_changes` then reads their part of the access index
+    /// (revocations show as deletions) and `_events` only documents they can read; `None`
+    /// reads everything. Every feed reads through [`read_page`], so no feed can forget it.
+    pub reader: Option<crate::access::Reader>,
 }
 
 /// One scan: the rows that passed the filter, the last sequence looked at, and whether the
@@ -185,7 +190,14 @@ async fn scan(
         let mut page = page.into_iter().peekable();
         while let Some((seq, row)) = page.next() {
             cursor = seq;
-            last_seen = Some(seq);
+            // An event of a document hidden from a reader is not even looked at for them: the
+            // feed's `last_seq` would otherwise tell that something happened there.
+            let hidden = row.is_none()
+                && opts.reader.is_some()
+                && matches!(opts.source, Source::Events { .. });
+            if !hidden {
+                last_seen = Some(seq);
+            }
             if let Some(text) = row {
                 rows.push((seq, text));
                 // Stop at `want`, but never inside a sequence (several events share one): the
@@ -226,8 +238,17 @@ async fn read_page(
                 descending: opts.descending,
                 include_docs: opts.include_docs || opts.filter.needs_body(),
             };
+            let rows = match &opts.reader {
+                Some(reader) => {
+                    state
+                        .store
+                        .access_changes(db, &reader.principals, &query)
+                        .await?
+                }
+                None => state.store.changes(db, &query).await?,
+            };
             let mut out = Vec::new();
-            for row in state.store.changes(db, &query).await? {
+            for row in rows {
                 let seq = row.seq;
                 out.push((seq, render_row(state, db, opts, row).await?));
             }
@@ -241,9 +262,17 @@ async fn read_page(
                 include_docs: opts.include_docs,
             };
             let events = state.store.events(db, &query).await?;
+            let readable = readable_events(state, db, opts, &events).await?;
             Ok(events
                 .into_iter()
-                .map(|e| (e.seq, Some(event_json(e, opts.include_docs).to_string())))
+                .map(|e| {
+                    let seq = e.seq;
+                    let shown = readable.as_ref().is_none_or(|ids| ids.contains(&e.id));
+                    (
+                        seq,
+                        shown.then(|| event_json(e, opts.include_docs).to_string()),
+                    )
+                })
                 .collect())
         }
         Source::DbUpdates => {
@@ -257,6 +286,33 @@ async fn read_page(
                 .collect())
         }
     }
+}
+
+/// For a reader of a database with per-document access, the documents of `events` they can
+/// read now (whose history they may see); `None` when they read everything.
+async fn readable_events(
+    state: &AppState,
+    db: &str,
+    opts: &FeedOpts,
+    events: &[Event],
+) -> Result<Option<HashSet<String>>, ApiError> {
+    let Some(reader) = &opts.reader else {
+        return Ok(None);
+    };
+    let mut ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(Some(HashSet::new()));
+    }
+    let access = state.store.doc_access(db, &reader.principals, &ids).await?;
+    Ok(Some(
+        ids.into_iter()
+            .zip(access)
+            .filter(|(_, a)| matches!(a, outpost_store::DocAccess::Readable))
+            .map(|(id, _)| id)
+            .collect(),
+    ))
 }
 
 /// An event as `_events` shows it.
@@ -613,11 +669,18 @@ async fn write_normal(
         since
     };
     let pending = if truncated && !opts.descending && opts.source == Source::Changes {
-        state
-            .store
-            .changes_pending(db, last_seq)
-            .await
-            .map_err(ApiError::from)?
+        match &opts.reader {
+            Some(reader) => state
+                .store
+                .access_pending(db, &reader.principals, last_seq)
+                .await
+                .map_err(ApiError::from)?,
+            None => state
+                .store
+                .changes_pending(db, last_seq)
+                .await
+                .map_err(ApiError::from)?,
+        }
     } else {
         0
     };

@@ -8,6 +8,7 @@
 //! decoded path: a document id may contain an encoded `/` (`a%2Fb`) that must stay part of the id,
 //! while `_design/x` keeps a literal slash.
 
+mod access;
 pub mod auth;
 mod authz;
 mod design;

@@ -37,7 +37,13 @@ pub trait Store: Send + Sync + 'static {
     /// Names of every database, sorted.
     async fn all_dbs(&self) -> Result<Vec<String>, StoreError>;
     /// Creates a database; [`StoreError::DbExists`] when it is already there.
-    async fn create_db(&self, name: &str) -> Result<(), StoreError>;
+    async fn create_db(&self, name: &str) -> Result<(), StoreError> {
+        self.create_db_with(name, &DbOptions::default()).await
+    }
+    /// Creates a database with options (per-document access); [`StoreError::DbExists`] when it
+    /// is already there. The options are fixed for the database's life and reported by
+    /// [`Store::db_info`].
+    async fn create_db_with(&self, name: &str, options: &DbOptions) -> Result<(), StoreError>;
     /// Deletes a database and everything in it.
     async fn delete_db(&self, name: &str) -> Result<(), StoreError>;
     /// Counters and sequence of a database.
@@ -198,4 +204,52 @@ pub trait Store: Send + Sync + 'static {
 
     /// A receiver that sees the `_db_updates` sequence each time it moves.
     fn watch_db_updates(&self) -> watch::Receiver<u64>;
+
+    // Per-document access. A database created with [`DbOptions::access`] keeps, in the
+    // transaction of every document write, an index of which principals (user names and roles)
+    // the winner's top-level `_access` list names, per principal in sequence order, and of the
+    // principals a write dropped (see `sqlite/access.rs` for the SQLite layout). A *reader* is
+    // given as the list of their principals (name and roles). On a database without per-document
+    // access these methods see no rows: nothing is readable, the feed is empty.
+
+    /// One page of `reader`'s changes feed: the documents whose winner names one of the
+    /// principals, each once at its latest sequence, as [`Store::changes`] gives them; and each
+    /// document a write took away from the reader, once, at the sequence of that write, as a
+    /// deletion: its tree holds only the path to that write's revision, marked deleted, and its
+    /// body (when asked for) is `{}`. Rows have distinct sequences in feed order, so paging with
+    /// `since` is exact; the cost is in proportion to the reader's rows, not to the database.
+    async fn access_changes(
+        &self,
+        db: &str,
+        reader: &[String],
+        query: &ChangesQuery,
+    ) -> Result<Vec<ChangeRow>, StoreError>;
+    /// One page of `reader`'s `_all_docs`: the live documents they can read, in id order within
+    /// the range, `skip` and `limit` counting only those, as [`Store::all_docs`] gives them;
+    /// the cost is in proportion to the page and the reader's rows, not to the database.
+    async fn access_all_docs(
+        &self,
+        db: &str,
+        reader: &[String],
+        query: &AllDocsQuery,
+    ) -> Result<Vec<DocRow>, StoreError>;
+    /// `reader`'s counts of documents: those they can read (live) and their feed's deletions,
+    /// for `doc_count` and `doc_del_count`; costs in proportion to the reader's rows.
+    async fn access_counts(&self, db: &str, reader: &[String]) -> Result<AccessCounts, StoreError>;
+    /// How many rows `reader`'s feed has after `since` (the `pending` of a truncated page):
+    /// exact up to [`sqlite::PENDING_EXACT_UP_TO`], beyond that an upper bound (the reader's
+    /// index rows after `since`), so a page does not cost in proportion to the rest of the feed.
+    async fn access_pending(
+        &self,
+        db: &str,
+        reader: &[String],
+        since: u64,
+    ) -> Result<u64, StoreError>;
+    /// Where `reader` stands on each of `ids`, in order, read from one snapshot.
+    async fn doc_access(
+        &self,
+        db: &str,
+        reader: &[String],
+        ids: &[String],
+    ) -> Result<Vec<DocAccess>, StoreError>;
 }

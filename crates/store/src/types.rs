@@ -81,6 +81,8 @@ pub struct DbInfo {
     pub created_at: i64,
     /// Whether a compaction of this database is running.
     pub compact_running: bool,
+    /// Whether the database was created with per-document access ([`DbOptions::access`]).
+    pub access: bool,
 }
 
 /// A document's revision tree and where it sits in the changes feed.
@@ -194,4 +196,79 @@ pub struct Event {
     /// For replicated revisions the path added; for resolutions the policy and what was
     /// superseded (JSON).
     pub detail: Option<String>,
+}
+
+/// How a database is created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DbOptions {
+    /// Per-document access (`PUT /{db}?access=true`): each document's top-level `_access` list
+    /// names the principals (user names and roles) who may read it, and the store keeps an
+    /// access index of them in the transaction of every write. Fixed at creation.
+    pub access: bool,
+}
+
+/// Where a reader of a database with per-document access stands on one document, judged by
+/// the principals (their name and roles) of the reader and the `_access` list of the
+/// document's winning revision.
+#[derive(Debug, Clone)]
+pub enum DocAccess {
+    /// The winner's `_access` names one of the reader's principals.
+    Readable,
+    /// The reader never could read the document, or it does not exist: it does not exist for
+    /// them.
+    Hidden,
+    /// The reader could read the document once and a write took that away: for them the
+    /// document is deleted at the revision of that write. The record holds only the path to
+    /// that revision, marked deleted, at the sequence of that write; nothing after it.
+    Revoked(DocRecord),
+}
+
+/// A reader's view of the size of a database with per-document access.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AccessCounts {
+    /// Documents the reader can read whose winner is not deleted.
+    pub doc_count: u64,
+    /// Documents in the reader's feed shown as deleted (deleted, or access revoked).
+    pub doc_del_count: u64,
+}
+
+/// The principals a stored body's (JSON text) top-level `_access` names, sorted, each once;
+/// what is not a string, or empty, is ignored. Every engine's access index uses this.
+pub fn access_list(body: &str) -> Vec<String> {
+    match serde_json::from_str::<Value>(body) {
+        Ok(Value::Object(map)) => access_names(&map),
+        _ => Vec::new(),
+    }
+}
+
+/// [`access_list`] of a body already decoded (a [`DocUpdate::body`]).
+pub fn access_names(body: &Map<String, Value>) -> Vec<String> {
+    let mut out: Vec<String> = match body.get("_access") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    };
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::access_list;
+
+    #[test]
+    fn access_lists_are_read_from_the_top_level() {
+        assert_eq!(
+            access_list(r#"{"_access":["b","a","b",1,""],"x":{"_access":["c"]}}"#),
+            vec!["a".to_owned(), "b".to_owned()]
+        );
+        assert!(access_list(r#"{"_access":"a"}"#).is_empty());
+        assert!(access_list(r#"{}"#).is_empty());
+        assert!(access_list("not json").is_empty());
+    }
 }

@@ -107,15 +107,25 @@ async fn list(
         Method::POST => req.json().await?,
         _ => return Err(not_allowed("Only GET,HEAD,POST allowed")),
     };
+    let reader = crate::access::reader(state, req, db).await?;
     let q = &req.query;
     let mut info = state.store.db_info(db).await?;
+    if let Some(reader) = &reader {
+        // `total_rows` and `update_seq` of what the reader can see.
+        info.doc_count = state
+            .store
+            .access_counts(db, &reader.principals)
+            .await?
+            .doc_count;
+        info.update_seq = crate::access::update_seq(state, reader, db).await?;
+    }
     if scope == Scope::Design {
         let mut all = AllDocsQuery {
             limit: u64::MAX,
             ..AllDocsQuery::default()
         };
         clamp_to_design(&mut all);
-        info.doc_count = state.store.all_docs(db, &all).await?.len() as u64;
+        info.doc_count = page(state, db, reader.as_ref(), &all).await?.len() as u64;
     }
     let opts = Opts {
         include_docs: q.flag("include_docs")?,
@@ -150,6 +160,7 @@ async fn list(
         return by_keys(
             state,
             db,
+            reader.as_ref(),
             keys,
             opts,
             info.doc_count,
@@ -195,6 +206,8 @@ async fn list(
     // Without a start key the rows before the first one are the skipped ones; with one, they
     // are counted, but only so far (design documents: those of the design range only).
     let offset = match &user_start {
+        // Counting the rows before a key would count documents a reader cannot see.
+        Some(_) if reader.is_some() => None,
         Some(s) if !empty && scope == Scope::Design => {
             let edge = if descending { DESIGN_END } else { DESIGN_START };
             let before = state
@@ -242,11 +255,7 @@ async fn list(
             let mut first = true;
             while remaining > 0 {
                 query.limit = remaining.min(if opts.include_docs { DOC_PAGE } else { PAGE });
-                let rows = state2
-                    .store
-                    .all_docs(&db, &query)
-                    .await
-                    .map_err(ApiError::from)?;
+                let rows = page(&state2, &db, reader.as_ref(), &query).await?;
                 let done = (rows.len() as u64) < query.limit;
                 remaining -= rows.len() as u64;
                 // Later pages continue after the last id, exclusive, without skipping again.
@@ -273,6 +282,25 @@ async fn list(
             Ok(out)
         },
     ))
+}
+
+/// One page of the listing: for a reader of a database with per-document access, from their
+/// part of the access index (only what they may read, `skip` counting only that).
+async fn page(
+    state: &AppState,
+    db: &str,
+    reader: Option<&crate::access::Reader>,
+    query: &AllDocsQuery,
+) -> Result<Vec<DocRow>, ApiError> {
+    Ok(match reader {
+        Some(reader) => {
+            state
+                .store
+                .access_all_docs(db, &reader.principals, query)
+                .await?
+        }
+        None => state.store.all_docs(db, query).await?,
+    })
 }
 
 async fn render_row(
@@ -324,6 +352,7 @@ async fn render_row(
 async fn by_keys(
     state: &AppState,
     db: &str,
+    reader: Option<&crate::access::Reader>,
     keys: &[Value],
     opts: Opts,
     total_rows: u64,
@@ -348,7 +377,12 @@ async fn by_keys(
         .iter()
         .filter_map(|k| k.as_str().map(str::to_owned))
         .collect();
-    let mut records = state.store.docs(db, &ids).await?.into_iter();
+    let records = state.store.docs(db, &ids).await?;
+    // For a reader, a hidden document is `not_found` and one taken away from them deleted.
+    let mut records = crate::access::see(state, reader, db, records)
+        .await?
+        .into_iter()
+        .map(crate::access::Seen::record);
     let found: Vec<Option<DocRecord>> = keys
         .iter()
         .map(|k| k.as_str().and_then(|_| records.next().flatten()))

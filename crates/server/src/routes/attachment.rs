@@ -8,7 +8,7 @@ use outpost_store::{DocUpdate, NewAttachment, Origin, UpdateMode};
 use serde_json::{Map, Value};
 
 use super::doc::{body_object, requested_rev};
-use super::{json, live_winner, load_doc, not_allowed, ok, with_etag, write_one};
+use super::{json, live_winner, not_allowed, ok, with_etag, write_one};
 use crate::docjson::ok_json;
 use crate::request::Req;
 use crate::{ApiError, AppState};
@@ -35,7 +35,7 @@ async fn get(
     name: &str,
     req: &Req,
 ) -> Result<Response, ApiError> {
-    let record = load_doc(state, db, id).await?;
+    let record = crate::access::readable_doc(state, req, db, id).await?;
     let rev = match requested_rev(req)? {
         Some(rev) => rev,
         None => live_winner(&record)?,
@@ -225,7 +225,7 @@ async fn delete(
     req: &mut Req,
 ) -> Result<Response, ApiError> {
     let Some(base) = requested_rev(req)? else {
-        load_doc(state, db, id).await?;
+        crate::access::readable_doc(state, req, db, id).await?;
         return Err(ApiError::Conflict);
     };
     let mut body = body_object(state, db, id, &base).await?;

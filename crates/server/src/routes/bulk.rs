@@ -183,7 +183,11 @@ pub async fn bulk_get(state: &AppState, db: &str, req: &mut Req) -> Result<Respo
     // The trees of the whole batch in one store call, before the answer starts (a missing
     // database is still a 404, even when every item was refused); the bodies are read while
     // the answer is written, a group of documents at a time.
-    let mut records = state.store.docs(db, &ids).await?.into_iter();
+    let reader = crate::access::reader(state, req, db).await?;
+    let found = state.store.docs(db, &ids).await?;
+    let mut records = crate::access::see(state, reader.as_ref(), db, found)
+        .await?
+        .into_iter();
     let mut slots: Vec<GetSlot> = Vec::with_capacity(items.len());
     for item in items {
         let (id, rev) = match item {
@@ -194,7 +198,12 @@ pub async fn bulk_get(state: &AppState, db: &str, req: &mut Req) -> Result<Respo
             }
         };
         let id = id.to_owned();
-        let Some(record) = records.next().flatten() else {
+        let (record, revoked) = match records.next() {
+            Some(crate::access::Seen::Full(record)) => (Some(record), false),
+            Some(crate::access::Seen::Revoked(record)) => (Some(record), true),
+            Some(crate::access::Seen::Hidden) | None => (None, false),
+        };
+        let Some(record) = record else {
             let asked = rev.as_ref().map(Rev::to_string);
             slots.push(GetSlot::Done(error_result(
                 &id,
@@ -215,6 +224,27 @@ pub async fn bulk_get(state: &AppState, db: &str, req: &mut Req) -> Result<Respo
                 w => w.map(|w| w.rev).into_iter().collect(),
             },
         };
+        if revoked {
+            // A document taken away from the reader: its tombstone, rendered now (it is small).
+            let entries =
+                crate::access::revoked_entries(state, db, &record, &wanted, latest, &opts).await?;
+            let mut docs = Vec::with_capacity(entries.len());
+            for entry in entries {
+                docs.push(match entry {
+                    OpenRev::Found(doc) => format!("{{\"ok\":{}}}", doc.into_string(state).await?),
+                    OpenRev::Missing(rev) => {
+                        bulk_get_error(Some(&id), &rev.to_string(), "not_found", "missing")
+                            .to_string()
+                    }
+                });
+            }
+            slots.push(GetSlot::Done(format!(
+                "{{\"id\":{},\"docs\":[{}]}}",
+                Value::String(id),
+                docs.join(",")
+            )));
+            continue;
+        }
         slots.push(GetSlot::Read(id, record, wanted));
     }
     let state2 = state.clone();
@@ -340,10 +370,14 @@ pub async fn revs_diff(state: &AppState, db: &str, req: &mut Req) -> Result<Resp
     }
     let ids: Vec<String> = parsed.iter().map(|(id, _)| id.clone()).collect();
     // One store call for the whole request; it also answers 404 for a missing database.
-    let records = state.store.docs(db, &ids).await?;
+    let found = state.store.docs(db, &ids).await?;
+    // A document hidden from a reader of a database with per-document access lacks every
+    // revision, as if it did not exist; one taken away from them has only the path they saw.
+    let reader = crate::access::reader(state, req, db).await?;
+    let records = crate::access::see(state, reader.as_ref(), db, found).await?;
     let mut out = Map::new();
-    for ((id, revs), record) in parsed.into_iter().zip(records) {
-        let tree = record.map(|r| r.tree);
+    for ((id, revs), seen) in parsed.into_iter().zip(records) {
+        let tree = seen.record().map(|r| r.tree);
         let missing: Vec<&Rev> = revs
             .iter()
             .filter(|r| !tree.as_ref().is_some_and(|t| t.contains(r)))

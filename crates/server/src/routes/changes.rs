@@ -75,13 +75,29 @@ pub(crate) fn parse_heartbeat(req: &Req) -> Result<Option<Duration>, ApiError> {
     }
 }
 
+/// What `since=now` means: the database's update sequence, or for a reader of a database with
+/// per-document access the latest sequence of their own feed (also a 404 for a missing
+/// database).
+async fn current_seq(
+    state: &AppState,
+    db: &str,
+    reader: Option<&crate::access::Reader>,
+) -> Result<u64, ApiError> {
+    let info = state.store.db_info(db).await?;
+    match reader {
+        Some(reader) => crate::access::update_seq(state, reader, db).await,
+        None => Ok(info.update_seq),
+    }
+}
+
 pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Response, ApiError> {
     let body = match req.method {
         Method::GET => Value::Null,
         Method::POST => req.json().await?,
         _ => return Err(not_allowed("Only GET,HEAD,POST allowed")),
     };
-    let info = state.store.db_info(db).await?;
+    let reader = crate::access::reader(state, req, db).await?;
+    let current = current_seq(state, db, reader.as_ref()).await?;
     let q = &req.query;
     let kind = match q.get("feed").unwrap_or("normal") {
         "normal" => FeedKind::Normal,
@@ -104,7 +120,7 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
     // sends `since=0` with it.
     let since = match since_raw {
         _ if descending => u64::MAX,
-        Some(raw) => parse_since(&raw, info.update_seq)?,
+        Some(raw) => parse_since(&raw, current)?,
         None => 0,
     };
     let all_leaves = match q.get("style") {
@@ -139,6 +155,7 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
         filter,
         heartbeat,
         timeout,
+        reader,
     };
     Ok(respond(state, db.to_owned(), opts))
 }
@@ -258,11 +275,12 @@ pub async fn events(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
     if req.method != Method::GET {
         return Err(not_allowed("Only GET,HEAD allowed"));
     }
-    let info = state.store.db_info(db).await?;
+    let reader = crate::access::reader(state, req, db).await?;
+    let current = current_seq(state, db, reader.as_ref()).await?;
     let q = &req.query;
     let kind = parse_kind(req)?;
     let since = match since_param(req, kind) {
-        Some(raw) => parse_since(&raw, info.update_seq)?,
+        Some(raw) => parse_since(&raw, current)?,
         None => 0,
     };
     let opts = FeedOpts {
@@ -279,6 +297,7 @@ pub async fn events(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
         filter: Filter::All,
         heartbeat: parse_heartbeat(req)?,
         timeout: ms(req, "timeout")?.unwrap_or(DEFAULT_TIMEOUT),
+        reader,
     };
     Ok(respond(state, db.to_owned(), opts))
 }

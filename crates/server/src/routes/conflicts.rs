@@ -139,10 +139,15 @@ pub async fn list(state: &AppState, db: &str, req: &Req) -> Result<Response, Api
         }
     };
     // One row more than asked tells whether there is a next page, and where it starts.
-    let mut rows = state
-        .store
-        .conflicts(db, start.as_deref(), limit + 1)
-        .await?;
+    let mut rows = match crate::access::reader(state, req, db).await? {
+        Some(reader) => readable_conflicts(state, db, &reader, start, limit).await?,
+        None => {
+            state
+                .store
+                .conflicts(db, start.as_deref(), limit + 1)
+                .await?
+        }
+    };
     let next = if rows.len() as u64 > limit {
         rows.pop().map(|r| r.id)
     } else {
@@ -157,6 +162,41 @@ pub async fn list(state: &AppState, db: &str, req: &Req) -> Result<Response, Api
         })
         .collect();
     Ok(ok(json!({ "rows": rows, "next": next }).to_string()))
+}
+
+/// Up to `limit + 1` conflicted documents from `start` that `reader` can read, so that the next
+/// page starts at one they can read too (never at an id hidden from them).
+async fn readable_conflicts(
+    state: &AppState,
+    db: &str,
+    reader: &crate::access::Reader,
+    start: Option<String>,
+    limit: u64,
+) -> Result<Vec<outpost_store::DocRecord>, ApiError> {
+    let page = limit.saturating_add(1).max(2);
+    let mut out = Vec::new();
+    let mut cursor = start;
+    let mut after: Option<String> = None;
+    loop {
+        let mut rows = state.store.conflicts(db, cursor.as_deref(), page).await?;
+        let exhausted = (rows.len() as u64) < page;
+        // The cursor is inclusive: the row it names was looked at already.
+        if let Some(after) = &after {
+            rows.retain(|r| r.id > *after);
+        }
+        after = rows.last().map(|r| r.id.clone());
+        let records = rows.into_iter().map(Some).collect();
+        for seen in crate::access::see(state, Some(reader), db, records).await? {
+            if let crate::access::Seen::Full(record) = seen {
+                out.push(record);
+            }
+        }
+        if out.len() as u64 > limit || exhausted || after.is_none() {
+            out.truncate(usize::try_from(limit.saturating_add(1)).unwrap_or(usize::MAX));
+            return Ok(out);
+        }
+        cursor = after.clone();
+    }
 }
 
 /// `POST /{db}/_resolve {"id", "doc", "revs"}`: keeps `doc` as a child of the winner and

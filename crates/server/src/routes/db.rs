@@ -16,14 +16,17 @@ use crate::{ApiError, AppState};
 pub async fn handle(state: &AppState, name: &str, req: &mut Req) -> Result<Response, ApiError> {
     validate_db_name(name)?;
     match req.method {
-        Method::GET => info(state, name).await,
+        Method::GET => {
+            let reader = crate::access::reader(state, req, name).await?;
+            Ok(ok(info_json(state, name, reader.as_ref())
+                .await?
+                .to_string()))
+        }
         Method::PUT => {
-            if req.query.get("access").is_some_and(|v| v != "false") {
-                return Err(ApiError::NotImplemented(
-                    "per-document access (access=true) is not supported yet".into(),
-                ));
-            }
-            let created = state.store.create_db(name).await;
+            let options = outpost_store::DbOptions {
+                access: req.query.bool("access")?.unwrap_or(false),
+            };
+            let created = state.store.create_db_with(name, &options).await;
             state.auth.forget_security(name);
             created?;
             let mut response = json(StatusCode::CREATED, json!({ "ok": true }).to_string());
@@ -76,13 +79,27 @@ fn encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-async fn info(state: &AppState, name: &str) -> Result<Response, ApiError> {
-    Ok(ok(info_json(state, name).await?.to_string()))
-}
-
-/// What `GET /{db}` answers, also one entry of `_dbs_info`.
-pub async fn info_json(state: &AppState, name: &str) -> Result<Value, ApiError> {
-    let info = state.store.db_info(name).await?;
+/// What `GET /{db}` answers, also one entry of `_dbs_info`. A reader of a database with
+/// per-document access gets the counts and sequence of what they can see, and no sizes.
+pub async fn info_json(
+    state: &AppState,
+    name: &str,
+    reader: Option<&crate::access::Reader>,
+) -> Result<Value, ApiError> {
+    let mut info = state.store.db_info(name).await?;
+    if let Some(reader) = reader {
+        let counts = state.store.access_counts(name, &reader.principals).await?;
+        info.doc_count = counts.doc_count;
+        info.doc_del_count = counts.doc_del_count;
+        info.update_seq = crate::access::update_seq(state, reader, name).await?;
+        info.active_size = 0;
+    }
+    // CouchDB's design for per-document access reports it among the database's properties.
+    let props = if info.access {
+        json!({ "access": true })
+    } else {
+        json!({})
+    };
     Ok(json!({
         "db_name": info.name,
         "update_seq": info.update_seq,
@@ -90,7 +107,7 @@ pub async fn info_json(state: &AppState, name: &str) -> Result<Value, ApiError> 
         "doc_count": info.doc_count,
         "doc_del_count": info.doc_del_count,
         "sizes": { "file": info.file_size, "external": info.active_size, "active": info.active_size },
-        "props": {},
+        "props": props,
         "disk_format_version": 8,
         "compact_running": info.compact_running,
         "cluster": { "q": 1, "n": 1, "w": 1, "r": 1 },

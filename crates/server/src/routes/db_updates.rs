@@ -35,6 +35,7 @@ pub async fn handle(state: &AppState, req: &Req) -> Result<Response, ApiError> {
         filter: Filter::All,
         heartbeat: parse_heartbeat(req)?,
         timeout: ms(req, "timeout")?.unwrap_or(DEFAULT_TIMEOUT),
+        reader: None,
     };
     Ok(respond(state, String::new(), opts))
 }

@@ -88,6 +88,7 @@ pub fn requested_rev(req: &Req) -> Result<Option<Rev>, ApiError> {
 async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response, ApiError> {
     let opts = render_opts(req)?;
     let latest = req.query.flag("latest")?;
+    let reader = crate::access::reader(state, req, db).await?;
     if let Some(open_revs) = req.query.get("open_revs") {
         let listed: Option<Vec<Rev>> = if open_revs == "all" {
             None
@@ -107,7 +108,10 @@ async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response
                 .collect::<Result<_, _>>()
                 .map(Some)?
         };
-        let record = match (state.store.doc(db, id).await?, &listed) {
+        let found = state.store.doc(db, id).await?;
+        let seen = crate::access::see_one(state, reader.as_ref(), db, found).await?;
+        let revoked = matches!(seen, crate::access::Seen::Revoked(_));
+        let record = match (seen.record(), &listed) {
             (Some(record), _) => record,
             // Revisions asked for by name are each answered, even of a missing document, as
             // CouchDB does; `all` of a missing document is a 404.
@@ -129,7 +133,11 @@ async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response
                 attachments: false,
                 ..opts.clone()
             };
-            let entries = open_revs_entries(state, db, &record, &wanted, latest, &stubs).await?;
+            let entries = if revoked {
+                crate::access::revoked_entries(state, db, &record, &wanted, latest, &stubs).await?
+            } else {
+                open_revs_entries(state, db, &record, &wanted, latest, &stubs).await?
+            };
             let mut revisions = Vec::with_capacity(entries.len());
             for entry in entries {
                 revisions.push(match entry {
@@ -147,7 +155,11 @@ async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response
             // client has.
             return doc_multipart::mixed(state, revisions, true, sending);
         }
-        let entries = open_revs_entries(state, db, &record, &wanted, latest, &opts).await?;
+        let entries = if revoked {
+            crate::access::revoked_entries(state, db, &record, &wanted, latest, &opts).await?
+        } else {
+            open_revs_entries(state, db, &record, &wanted, latest, &opts).await?
+        };
         // Streamed: every leaf with its attachments inlined can be large.
         let state2 = state.clone();
         return Ok(crate::stream::respond(
@@ -181,6 +193,12 @@ async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response
         None => if_match(req)?,
     };
     let record = load_doc(state, db, id).await?;
+    let (record, revoked) =
+        match crate::access::see_one(state, reader.as_ref(), db, Some(record)).await? {
+            crate::access::Seen::Hidden => return Err(ApiError::missing()),
+            crate::access::Seen::Full(record) => (record, false),
+            crate::access::Seen::Revoked(record) => (record, true),
+        };
     let rev = match rev {
         Some(rev) if latest => record
             .tree
@@ -194,9 +212,17 @@ async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response
         Some(rev) => rev,
         None => live_winner(&record)?,
     };
-    let body = stored_body(state, db, id, &rev)
-        .await?
-        .ok_or_else(ApiError::missing)?;
+    let body = if revoked {
+        // Only the revision that took the document away is there for a former reader.
+        if record.tree.winner().map(|w| w.rev).as_ref() != Some(&rev) {
+            return Err(ApiError::missing());
+        }
+        crate::access::revoked_body()
+    } else {
+        stored_body(state, db, id, &rev)
+            .await?
+            .ok_or_else(ApiError::missing)?
+    };
     // A client that holds this revision already is told so without the body, when nothing
     // else was asked for that could change the answer.
     if !opts.revs
@@ -348,7 +374,7 @@ async fn copy(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<Res
             "Destination header is mandatory for COPY.",
         ));
     }
-    let record = load_doc(state, db, id).await?;
+    let record = crate::access::readable_doc(state, req, db, id).await?;
     let rev = match req.query.get("rev") {
         Some(r) => parse_rev(r)?,
         None => live_winner(&record)?,
@@ -587,7 +613,7 @@ async fn delete(state: &AppState, db: &str, id: &str, req: &mut Req) -> Result<R
     let rev = requested_rev(req)?;
     let Some(rev) = rev else {
         // Without a revision CouchDB refuses a delete of an existing document as a conflict.
-        load_doc(state, db, id).await?;
+        crate::access::readable_doc(state, req, db, id).await?;
         return Err(ApiError::Conflict);
     };
     let mut update = outpost_store::DocUpdate {

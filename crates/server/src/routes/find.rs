@@ -40,6 +40,9 @@ pub async fn find(state: &AppState, db: &str, req: &mut Req) -> Result<Response,
     let query = request(req).await?;
     // Everything that decides the status happens here; the documents are then streamed.
     let mut cursor = FindCursor::open(state.store.clone(), db, query).await?;
+    if let Some(reader) = crate::access::reader(state, req, db).await? {
+        cursor = cursor.for_reader(reader.principals);
+    }
     Ok(stream::respond(
         state,
         StatusCode::OK,

@@ -84,7 +84,18 @@ async fn authorize(state: &AppState, req: &Req, spec: &Spec) -> Result<(), ApiEr
     ];
     for (side, need) in sides {
         if !side.url.contains("://") {
-            crate::authz::check(state, &req.user, &need).await?;
+            let level = crate::authz::check(state, &req.user, &need).await?;
+            // A replication reads its local source straight from the store, whole; a member
+            // of a database with per-document access replicates it over HTTP, where every
+            // read is filtered.
+            if crate::access::reader_for(state, &req.user, level, &side.url)
+                .await?
+                .is_some()
+            {
+                return Err(ApiError::Forbidden(
+                    "a replication from a database with per-document access runs over HTTP for its members".into(),
+                ));
+            }
         }
     }
     Ok(())

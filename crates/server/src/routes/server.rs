@@ -107,7 +107,7 @@ pub async fn dbs_info(state: &AppState, req: &mut Req) -> Result<Response, ApiEr
     };
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        let entry = match super::db::info_json(state, &name).await {
+        let entry = match super::db::info_json(state, &name, None).await {
             Ok(info) => json!({ "key": name, "info": info }),
             Err(ApiError::NotFound(_) | ApiError::IllegalDbName(_)) => {
                 json!({ "key": name, "error": "not_found" })

@@ -65,6 +65,18 @@ async fn view_set(
     Ok((doc, set))
 }
 
+/// Views of a database with per-document access are for its admins: a view's rows (and above
+/// all its reductions) are computed over every document, so a member would learn of documents
+/// their `_access` hides. Members query with `_find`, which filters document by document.
+async fn refuse_readers(state: &AppState, db: &str, req: &Req) -> Result<(), ApiError> {
+    if crate::access::reader(state, req, db).await?.is_some() {
+        return Err(ApiError::Forbidden(
+            "views of a database with per-document access are only for its admins".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// `/{db}/_design/{ddoc}/_view/{view}` and `.../{view}/queries`.
 pub async fn handle(
     state: &AppState,
@@ -74,6 +86,7 @@ pub async fn handle(
     queries: bool,
     req: &mut Req,
 ) -> Result<Response, ApiError> {
+    refuse_readers(state, db, req).await?;
     let body = match (&req.method, queries) {
         (&Method::GET, false) => Value::Null,
         (&Method::POST, _) => req.json().await?,
@@ -484,6 +497,7 @@ pub async fn info(state: &AppState, db: &str, ddoc: &str, req: &Req) -> Result<R
     if req.method != Method::GET {
         return Err(not_allowed("Only GET,HEAD allowed"));
     }
+    refuse_readers(state, db, req).await?;
     let (doc, set) = view_set(state, db, ddoc).await?;
     let language = doc
         .body

@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 const JWT_SECRET: &[u8] = b"jwt test secret";
 
-struct Live {
-    base: String,
-    client: reqwest::Client,
+pub(crate) struct Live {
+    pub(crate) base: String,
+    pub(crate) client: reqwest::Client,
     shutdown: CancellationToken,
     dir: tempfile::TempDir,
 }
@@ -41,7 +41,7 @@ fn settings(dir: &std::path::Path) -> AuthSettings {
     }
 }
 
-async fn live_with(edit: impl FnOnce(&mut AuthSettings)) -> Live {
+pub(crate) async fn live_with(edit: impl FnOnce(&mut AuthSettings)) -> Live {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
@@ -65,7 +65,7 @@ async fn live_with(edit: impl FnOnce(&mut AuthSettings)) -> Live {
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Who {
+pub(crate) enum Who {
     Anonymous,
     Outsider,
     Member,
@@ -73,7 +73,7 @@ enum Who {
     Admin,
 }
 
-const EVERYONE: [Who; 5] = [
+pub(crate) const EVERYONE: [Who; 5] = [
     Who::Anonymous,
     Who::Outsider,
     Who::Member,
@@ -81,12 +81,12 @@ const EVERYONE: [Who; 5] = [
     Who::Admin,
 ];
 
-fn basic(name: &str, password: &str) -> String {
+pub(crate) fn basic(name: &str, password: &str) -> String {
     format!("Basic {}", STANDARD.encode(format!("{name}:{password}")))
 }
 
 impl Who {
-    fn auth(self) -> Option<String> {
+    pub(crate) fn auth(self) -> Option<String> {
         match self {
             Who::Anonymous => None,
             Who::Outsider => Some(basic("outsider", "pw-outsider")),
@@ -98,7 +98,7 @@ impl Who {
 }
 
 impl Live {
-    async fn send(
+    pub(crate) async fn send(
         &self,
         who: Option<String>,
         method: &str,
@@ -124,12 +124,17 @@ impl Live {
         (status, headers, value)
     }
 
-    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let (status, _, value) = self.send(Who::Admin.auth(), method, path, body).await;
         (status, value)
     }
 
-    async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+    pub(crate) async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let (status, value) = self.admin(method, path, body).await;
         assert!(
             (200..300).contains(&status),
@@ -139,12 +144,12 @@ impl Live {
     }
 }
 
-fn user_doc(name: &str, roles: &[&str]) -> Value {
+pub(crate) fn user_doc(name: &str, roles: &[&str]) -> Value {
     json!({"name": name, "type": "user", "roles": roles, "password": format!("pw-{name}")})
 }
 
 /// `_users` with three users, `db` whose admins are `dbadmin` and members the `staff` role.
-async fn populated() -> Live {
+pub(crate) async fn populated() -> Live {
     let s = live_with(|_| {}).await;
     s.ok("PUT", "/_users", None).await;
     s.ok("PUT", "/_replicator", None).await;
@@ -185,7 +190,7 @@ async fn populated() -> Live {
 }
 
 /// 0 in an expectation means "allowed": anything but 401 and 403.
-const OK: u16 = 0;
+pub(crate) const OK: u16 = 0;
 
 #[tokio::test]
 async fn every_route_answers_each_principal_as_documented() {
@@ -193,7 +198,7 @@ async fn every_route_answers_each_principal_as_documented() {
     let security = json!({"admins": {"names": ["dbadmin"]}, "members": {"roles": ["staff"]}});
     // (method, path with {p} for the principal's index, body, [anonymous, outsider, member,
     // db admin, server admin])
-    let rows: Vec<(&str, &str, Option<Value>, [u16; 5])> = vec![
+    let rows: Vec<MatrixRow> = vec![
         ("GET", "/", None, [200; 5]),
         ("GET", "/_up", None, [200; 5]),
         ("GET", "/_uuids", None, [200; 5]),
@@ -396,6 +401,16 @@ async fn every_route_answers_each_principal_as_documented() {
             [401, 403, 403, 403, 200],
         ),
     ];
+    check_matrix(&s, rows).await;
+}
+
+/// One row of an authorization matrix: method, path (`{p}` becomes the principal's index, so
+/// that writes do not collide), body, and the status for anonymous, outsider, member, database
+/// admin and server admin (`OK`: anything but 401 and 403).
+pub(crate) type MatrixRow<'a> = (&'a str, &'a str, Option<Value>, [u16; 5]);
+
+/// Sends every row as every principal and fails with the list of answers that differ.
+pub(crate) async fn check_matrix(s: &Live, rows: Vec<MatrixRow<'_>>) {
     let mut failures = Vec::new();
     for (method, path, body, expected) in rows {
         for (i, who) in EVERYONE.into_iter().enumerate() {

@@ -1,6 +1,7 @@
 //! Integration tests of the HTTP API: through the router without a socket, and against a real
 //! server on `127.0.0.1:0` for the live feeds.
 
+mod access;
 mod api;
 mod auth;
 mod bounds;

@@ -1,6 +1,7 @@
 //! The embedded engine: one SQLite file in WAL mode, one writer thread with group commit, and a
 //! small pool of read connections used from `spawn_blocking`.
 
+mod access;
 mod compaction;
 mod index;
 pub mod key;
@@ -20,9 +21,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
 use crate::{
-    AllDocsQuery, ChangeRow, ChangesQuery, CompactionMark, Compactions, DbInfo, DbUpdate, DocError,
-    DocRecord, DocRow, DocUpdate, Event, EventsQuery, IndexQuery, IndexRow, IndexState,
-    IndexUpdate, LocalDoc, LocalDocRow, Retention, Store, StoreError, StoredBody,
+    AccessCounts, AllDocsQuery, ChangeRow, ChangesQuery, CompactionMark, Compactions, DbInfo,
+    DbOptions, DbUpdate, DocAccess, DocError, DocRecord, DocRow, DocUpdate, Event, EventsQuery,
+    IndexQuery, IndexRow, IndexState, IndexUpdate, LocalDoc, LocalDocRow, Retention, Store,
+    StoreError, StoredBody,
 };
 use writer::{Job, WriteOp, WriteReply};
 
@@ -233,9 +235,10 @@ impl Store for SqliteStore {
         self.read(read::all_dbs).await
     }
 
-    async fn create_db(&self, name: &str) -> Result<(), StoreError> {
+    async fn create_db_with(&self, name: &str, options: &DbOptions) -> Result<(), StoreError> {
         self.write(WriteOp::CreateDb {
             name: name.to_owned(),
+            access: options.access,
         })
         .await
         .map(|_| ())
@@ -595,6 +598,55 @@ impl Store for SqliteStore {
 
     fn watch_db_updates(&self) -> watch::Receiver<u64> {
         self.db_updates.subscribe()
+    }
+
+    async fn access_changes(
+        &self,
+        db: &str,
+        reader: &[String],
+        query: &ChangesQuery,
+    ) -> Result<Vec<ChangeRow>, StoreError> {
+        let (db, reader, query) = (db.to_owned(), reader.to_vec(), query.clone());
+        self.read(move |c| access::changes(c, &db, &reader, &query))
+            .await
+    }
+
+    async fn access_all_docs(
+        &self,
+        db: &str,
+        reader: &[String],
+        query: &AllDocsQuery,
+    ) -> Result<Vec<DocRow>, StoreError> {
+        let (db, reader, query) = (db.to_owned(), reader.to_vec(), query.clone());
+        self.read(move |c| access::all_docs(c, &db, &reader, &query))
+            .await
+    }
+
+    async fn access_counts(&self, db: &str, reader: &[String]) -> Result<AccessCounts, StoreError> {
+        let (db, reader) = (db.to_owned(), reader.to_vec());
+        self.read(move |c| access::counts(c, &db, &reader)).await
+    }
+
+    async fn access_pending(
+        &self,
+        db: &str,
+        reader: &[String],
+        since: u64,
+    ) -> Result<u64, StoreError> {
+        let (db, reader) = (db.to_owned(), reader.to_vec());
+        self.read(move |c| access::pending(c, &db, &reader, since))
+            .await
+    }
+
+    async fn doc_access(
+        &self,
+        db: &str,
+        reader: &[String],
+        ids: &[String],
+    ) -> Result<Vec<DocAccess>, StoreError> {
+        let (db, reader, ids) = (db.to_owned(), reader.to_vec(), ids.to_vec());
+        self.read(move |c| access::doc_access(c, &db, &reader, &ids))
+            .await
     }
 
     fn watch(&self, db: &str) -> watch::Receiver<u64> {

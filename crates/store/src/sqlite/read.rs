@@ -47,7 +47,8 @@ pub fn db_info(c: &Connection, name: &str, file: &Path) -> Result<DbInfo, StoreE
     let info = c
         .prepare_cached(
             "SELECT name, doc_count, doc_del_count, update_seq, revs_limit, active_size, created_at,
-                    policy, lww_field, retention_count, retention_age
+                    policy, lww_field, retention_count, retention_age,
+                    EXISTS (SELECT 1 FROM access_dbs a WHERE a.db = dbs.id)
              FROM dbs WHERE name = ?1",
         )?
         .query_row([name], |r| {
@@ -66,6 +67,7 @@ pub fn db_info(c: &Connection, name: &str, file: &Path) -> Result<DbInfo, StoreE
                 },
                 file_size: 0,
                 compact_running: false,
+                access: r.get(11)?,
             })
         })
         .optional()?
@@ -176,7 +178,7 @@ pub fn rev_bodies(
 
 /// Appends to `sql` the bounds of an `_all_docs`-style id range on `column` (the lower bound
 /// bound as `?2`, the upper as `?3`) and its order; returns the two bounds to bind.
-fn push_id_range<'q>(
+pub(super) fn push_id_range<'q>(
     sql: &mut String,
     column: &str,
     q: &'q AllDocsQuery,

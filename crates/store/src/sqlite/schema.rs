@@ -18,13 +18,16 @@
 //!
 //! Versions: 1 was the first; 2 adds `events.deleted` (so replay no longer needs the bodies that
 //! compaction drops), the `docs_live` index and incremental auto-vacuum (so compaction can give
-//! freed pages back to the file system); 3 keys events by `(db, seq, pos)`; 4 adds the index tables. [`migrate`] brings
+//! freed pages back to the file system); 3 keys events by `(db, seq, pos)`; 4 adds the index tables;
+//! 5 adds the access index of per-document access (`access_dbs`, `access_rows`, see
+//! [`super::access`]), so that an older build, which would serve every document of such a
+//! database to every member, refuses the file. [`migrate`] brings
 //! an older file forward on open, one version at a time.
 
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this build writes.
-pub const VERSION: i64 = 4;
+pub const VERSION: i64 = 5;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -172,6 +175,7 @@ pub fn migrate(conn: &Connection) -> Result<(), crate::StoreError> {
         None => {
             conn.execute_batch(SCHEMA)?;
             conn.execute_batch(super::index::SCHEMA)?;
+            conn.execute_batch(super::access::SCHEMA)?;
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
                 [VERSION.to_string()],
@@ -195,10 +199,28 @@ pub fn migrate(conn: &Connection) -> Result<(), crate::StoreError> {
     }
     if version == 3 {
         upgrade_from_3(conn)?;
+        version = 4;
+    }
+    if version == 4 {
+        upgrade_from_4(conn)?;
     }
     // Tables and indexes added without a version change.
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(super::index::SCHEMA)?;
+    conn.execute_batch(super::access::SCHEMA)?;
+    Ok(())
+}
+
+/// Version 4 to 5: the access index. No existing database has per-document access (it could
+/// not be created before), so the tables start empty.
+fn upgrade_from_4(conn: &Connection) -> Result<(), crate::StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE;")?;
+    conn.execute_batch(super::access::SCHEMA)?;
+    conn.execute_batch(
+        "UPDATE meta SET value = '5' WHERE key = 'schema_version';
+         COMMIT;",
+    )?;
+    tracing::info!("migrated the store's schema from version 4 to 5");
     Ok(())
 }
 

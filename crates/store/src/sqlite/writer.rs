@@ -28,6 +28,8 @@ const MAX_UPDATES_PER_COMMIT: usize = 2_000;
 pub(super) enum WriteOp {
     CreateDb {
         name: String,
+        /// Per-document access ([`crate::DbOptions::access`]).
+        access: bool,
     },
     DeleteDb {
         name: String,
@@ -375,13 +377,16 @@ fn apply(
     moved: &mut Moved,
 ) -> Result<WriteReply, StoreError> {
     match op {
-        WriteOp::CreateDb { name } => {
+        WriteOp::CreateDb { name, access } => {
             let inserted = tx.execute(
                 "INSERT INTO dbs (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
                 params![name, now],
             )?;
             if inserted == 0 {
                 return Err(StoreError::DbExists);
+            }
+            if *access {
+                super::access::mark(tx, name)?;
             }
             moved.created(name);
             Ok(WriteReply::Done)
@@ -399,6 +404,7 @@ fn apply(
                 tx.execute(&format!("DELETE FROM {table} WHERE db = ?1"), [db])?;
             }
             super::index::drop_all(tx, db)?;
+            super::access::drop_db(tx, db)?;
             tx.execute("DELETE FROM dbs WHERE id = ?1", [db])?;
             moved.deleted(name);
             Ok(WriteReply::Done)
@@ -550,6 +556,8 @@ struct DbState {
     doc_del_count: i64,
     active_size: i64,
     policy: Policy,
+    /// Whether the database keeps an access index (per-document access).
+    access: bool,
 }
 
 /// Either a per-document refusal or a failure of the whole transaction.
@@ -578,7 +586,8 @@ impl From<rusqlite::Error> for ApplyError {
 
 fn load_state(tx: &Connection, db: &str) -> Result<DbState, StoreError> {
     tx.query_row(
-        "SELECT id, update_seq, revs_limit, doc_count, doc_del_count, active_size, policy, lww_field
+        "SELECT id, update_seq, revs_limit, doc_count, doc_del_count, active_size, policy, lww_field,
+                EXISTS (SELECT 1 FROM access_dbs a WHERE a.db = dbs.id)
          FROM dbs WHERE name = ?1",
         [db],
         |r| {
@@ -590,6 +599,7 @@ fn load_state(tx: &Connection, db: &str) -> Result<DbState, StoreError> {
                 doc_del_count: r.get(4)?,
                 active_size: r.get(5)?,
                 policy: Policy::from_parts(&r.get::<_, String>(6)?, r.get(7)?).unwrap_or_default(),
+                access: r.get(8)?,
             })
         },
     )
@@ -798,6 +808,9 @@ impl DocWrite {
             winner,
             tree_json
         ])?;
+        if state.access {
+            super::access::index_doc(tx, state.id, &self.id, state.seq, &winner, deleted)?;
+        }
         match (self.was_deleted, deleted) {
             (None, false) => state.doc_count += 1,
             (None, true) => state.doc_del_count += 1,

@@ -36,7 +36,7 @@ pub fn keys() -> [Option<StoreKey>; 2] {
 
 /// Every engine available in this build, each over a fresh temporary directory: SQLite plain
 /// and SQLite encrypted (SQLCipher).
-fn engines() -> Vec<(Arc<dyn Store>, tempfile::TempDir)> {
+pub fn engines() -> Vec<(Arc<dyn Store>, tempfile::TempDir)> {
     keys()
         .into_iter()
         .map(|key| {
