@@ -17,6 +17,7 @@ mod find;
 mod input;
 mod listings;
 mod model;
+mod mux;
 mod ops;
 mod paging;
 mod roundtrip;
