@@ -22,6 +22,9 @@ use crate::mux::{FINAL_FRAME_GRACE, FeedHub, Frame, Inbox, Mux, Next, Prepared};
 use crate::request::Req;
 use crate::{ApiError, AppState};
 
+/// The WebSocket's read chunk and the write size it gathers before writing to the socket.
+const WS_BUFFER_BYTES: usize = 8 * 1024;
+
 /// `/_outpost/v1/feed/{rest}`.
 pub async fn route(state: &AppState, rest: &[&str], req: &mut Req) -> Result<Response, ApiError> {
     match rest {
@@ -49,7 +52,12 @@ async fn open(state: &AppState, req: &mut Req) -> Result<Response, ApiError> {
         Some(upgrade) => {
             let state = state.clone();
             let limits = &state.config.feed;
+            // Buffers sized for commands and change rows rather than tungstenite's 128 KiB
+            // defaults, which would be most of what an idle subscriber costs; both grow when a
+            // larger message needs it.
             let upgrade = upgrade
+                .read_buffer_size(WS_BUFFER_BYTES)
+                .write_buffer_size(WS_BUFFER_BYTES)
                 .max_message_size(limits.max_command_bytes)
                 .max_frame_size(limits.max_command_bytes);
             Ok(upgrade.on_upgrade(move |socket| async move {
