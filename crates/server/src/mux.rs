@@ -29,6 +29,9 @@ use crate::{ApiError, AppState};
 /// Limits of the multiplexed feed.
 #[derive(Debug, Clone)]
 pub struct FeedLimits {
+    /// Most connections open at once, WebSocket and event stream together; more are answered
+    /// 503. (A WebSocket leaves the HTTP connection limit once upgraded, so this is its bound.)
+    pub max_connections: usize,
     /// Most databases one connection may follow at once.
     pub max_subscriptions: usize,
     /// Frames waiting to be written to one client; the only memory a client makes the server
@@ -47,6 +50,7 @@ pub struct FeedLimits {
 impl Default for FeedLimits {
     fn default() -> FeedLimits {
         FeedLimits {
+            max_connections: 10_000,
             max_subscriptions: 200,
             buffer: 256,
             slow_client_timeout: Duration::from_secs(10),
@@ -281,9 +285,18 @@ pub(crate) struct Prepared {
 }
 
 impl Mux {
-    /// A new connection for `user`, and the inbox its writer reads.
-    pub(crate) fn open(state: &AppState, user: UserCtx) -> (Arc<Mux>, Inbox) {
+    /// A new connection for `user`, and the inbox its writer reads; 503 when the server
+    /// holds `max_connections` already.
+    pub(crate) fn open(state: &AppState, user: UserCtx) -> Result<(Arc<Mux>, Inbox), ApiError> {
         let limits = &state.config.feed;
+        // Counted before the check, so two connections arriving together cannot both pass.
+        let open = OpenConnection::start(state.feeds.clone());
+        if state.feeds.open_connections() > limits.max_connections as u64 {
+            return Err(ApiError::Busy(format!(
+                "the server holds {} feed connections already",
+                limits.max_connections
+            )));
+        }
         let (tx, rx) = mpsc::channel(limits.buffer.max(1));
         let out = Arc::new(Outbox {
             tx,
@@ -302,9 +315,9 @@ impl Mux {
             rx,
             out,
             done: false,
-            _open: OpenConnection::start(state.feeds.clone()),
+            _open: open,
         };
-        (mux, inbox)
+        Ok((mux, inbox))
     }
 
     /// Runs one client command (`subscribe` or `unsubscribe`); on success its acknowledgement

@@ -43,7 +43,7 @@ async fn open(state: &AppState, req: &mut Req) -> Result<Response, ApiError> {
     if req.method != Method::GET {
         return Err(not_allowed("Only GET allowed"));
     }
-    let (mux, inbox) = Mux::open(state, req.user.clone());
+    let (mux, inbox) = Mux::open(state, req.user.clone())?;
     let mut prepared = Vec::new();
     for cmd in initial_subscriptions(req)? {
         prepared.push(mux.prepare(&cmd).await?);

@@ -450,9 +450,10 @@ async fn a_client_that_does_not_read_is_told_and_cut() {
 }
 
 #[tokio::test]
-async fn subscriptions_per_connection_are_limited() {
+async fn subscriptions_and_connections_are_limited() {
     let server = live(Config {
         feed: FeedLimits {
+            max_connections: 1,
             max_subscriptions: 2,
             ..FeedLimits::default()
         },
@@ -475,6 +476,33 @@ async fn subscriptions_per_connection_are_limited() {
     ws.send(json!({"type": "unsubscribe", "db": "l0"})).await;
     ws.until(|f| f["type"] == "unsubscribed").await;
     ws.subscribe(json!({"db": "l2"})).await;
+
+    // A second connection is refused while the first is open, then accepted.
+    let url = format!(
+        "{}/_outpost/v1/feed",
+        server.base.replace("http://", "ws://")
+    );
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
+        other => panic!("a second connection was not refused: {other:?}"),
+    }
+    let (status, body) = server.call("GET", "/_outpost/v1/feed", None).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (503, &json!("service_unavailable"))
+    );
+    drop(ws);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while server.state.feeds.open_connections() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed connection stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.ws(None).await.subscribe(json!({"db": "l0"})).await;
 }
 
 #[tokio::test]
