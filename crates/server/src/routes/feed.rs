@@ -164,7 +164,7 @@ async fn websocket(
     };
     let writer = async {
         let heartbeat = state.config.feed.heartbeat;
-        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let mut beat = heartbeat_timer(heartbeat);
         loop {
             let message = tokio::select! {
                 next = inbox.next() => match next {
@@ -235,7 +235,7 @@ fn event_stream(
     let stream = EventStream {
         hello: Some(hello),
         inbox,
-        beat: tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat),
+        beat: heartbeat_timer(heartbeat),
         _registered: Registered {
             hub: state.feeds.clone(),
             id,
@@ -277,6 +277,14 @@ impl EventStream {
             _ = self.beat.tick() => Some(Bytes::from_static(b": heartbeat\n\n")),
         }
     }
+}
+
+/// Ticks every `period`, first after one period; ticks missed while a write was blocked are not
+/// made up in a burst.
+fn heartbeat_timer(period: std::time::Duration) -> tokio::time::Interval {
+    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer
 }
 
 fn sse(frame: &Frame) -> Bytes {
