@@ -43,12 +43,18 @@ async fn open(state: &AppState, req: &mut Req) -> Result<Response, ApiError> {
     if req.method != Method::GET {
         return Err(not_allowed("Only GET allowed"));
     }
+    let upgrade = req.take_websocket();
+    if upgrade.is_some() && !origin_allowed(state, req) {
+        return Err(ApiError::Forbidden(
+            "the page's origin may not open this server's feed".into(),
+        ));
+    }
     let (mux, inbox) = Mux::open(state, req.user.clone())?;
     let mut prepared = Vec::new();
     for cmd in initial_subscriptions(req)? {
         prepared.push(mux.prepare(&cmd).await?);
     }
-    match req.take_websocket() {
+    match upgrade {
         Some(upgrade) => {
             let state = state.clone();
             let limits = &state.config.feed;
@@ -70,6 +76,35 @@ async fn open(state: &AppState, req: &mut Req) -> Result<Response, ApiError> {
         }
         None => Ok(event_stream(state, mux, inbox, prepared)),
     }
+}
+
+/// Whether a browser page may open the WebSocket. Browsers send cookies with a WebSocket
+/// handshake from any site and apply no CORS to it, so without this check any page could read a
+/// signed-in user's databases. Allowed: no `Origin` (not a browser), the server's own origin, and
+/// the origins CORS allows (with no list configured, any origin only while no account is
+/// configured, as for CORS).
+fn origin_allowed(state: &AppState, req: &Req) -> bool {
+    let Some(origin) = req.headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let same_site = req
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|host| {
+            origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                == Some(host)
+        });
+    same_site
+        || match &state.config.cors_origins {
+            None => !state.auth.enforced(),
+            Some(list) => list.iter().any(|allowed| allowed == origin),
+        }
 }
 
 /// The `subscribe` query parameter: a JSON array of subscriptions (or one), each a `subscribe`

@@ -90,8 +90,21 @@ impl Live {
     }
 
     async fn ws(&self, user: Option<(&str, &str)>) -> Ws {
+        let (ws, _) = tokio_tungstenite::connect_async(self.handshake(user, None))
+            .await
+            .unwrap();
+        Ws { ws }
+    }
+
+    /// The WebSocket handshake, with credentials and an `Origin` when given.
+    fn handshake(&self, user: Option<(&str, &str)>, origin: Option<&str>) -> http::Request<()> {
         let url = format!("{}/_outpost/v1/feed", self.base.replace("http://", "ws://"));
         let mut request = url.into_client_request().unwrap();
+        if let Some(origin) = origin {
+            request
+                .headers_mut()
+                .insert("origin", origin.parse().unwrap());
+        }
         if let Some((name, password)) = user {
             use base64::Engine;
             let token =
@@ -100,8 +113,7 @@ impl Live {
                 .headers_mut()
                 .insert("authorization", format!("Basic {token}").parse().unwrap());
         }
-        let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-        Ws { ws }
+        request
     }
 }
 
@@ -550,6 +562,24 @@ async fn each_database_is_authorized_as_its_changes_feed() {
             .await;
         assert_eq!(status, 201, "{body}");
     }
+
+    // A page of another site may not open the feed with the user's credentials (browsers send
+    // cookies with a WebSocket handshake and apply no CORS to it); the server's own origin may.
+    let alice = Some(("alice", "pw"));
+    match tokio_tungstenite::connect_async(server.handshake(alice, Some("http://evil.example")))
+        .await
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!("a foreign origin was let in: {other:?}"),
+    }
+    let own = server.base.clone();
+    let (ws, _) = tokio_tungstenite::connect_async(server.handshake(alice, Some(&own)))
+        .await
+        .unwrap();
+    let mut ws = Ws { ws };
+    ws.subscribe(json!({"db": "private"})).await;
 
     // The same decision as `GET /private/_changes`, for each kind of client.
     for (user, expected) in [
