@@ -71,7 +71,7 @@ async function noteTexts(page) {
 }
 
 test('notes made offline survive an offline reload and reach the server', async (t) => {
-  if (!browser) return t.skip('no browser');
+  if (!browser) return t.skip('no Chromium: see tests/browser/lib/browser.js');
   const { context, page } = await signedIn('carol');
   t.after(() => context.close());
   await addNote(page, 'online note');
@@ -98,7 +98,7 @@ test('notes made offline survive an offline reload and reach the server', async 
 });
 
 test('an item edited in two browsers, one offline, ends the same in both', async (t) => {
-  if (!browser) return t.skip('no browser');
+  if (!browser) return t.skip('no Chromium: see tests/browser/lib/browser.js');
   const a = await signedIn('dave');
   const b = await signedIn('dave');
   t.after(async () => {
@@ -141,7 +141,7 @@ test('an item edited in two browsers, one offline, ends the same in both', async
 });
 
 test('a report sent while the backend is down shows queued, then delivered exactly once', async (t) => {
-  if (!browser) return t.skip('no browser');
+  if (!browser) return t.skip('no Chromium: see tests/browser/lib/browser.js');
   const { context, page } = await signedIn('erin');
   t.after(() => context.close());
   await stack.backend.stop();
