@@ -36,6 +36,8 @@ pub fn need(method: &Method, segs: &[&str]) -> Need {
     match segs {
         [] | ["_up"] | ["_uuids"] | ["_session"] => Need::Anyone,
         ["_outpost", "v1", "ready"] | ["_outpost", "v1", "openapi.json"] => Need::Anyone,
+        // Each subscription is checked as `_changes` of its database when it is made.
+        ["_outpost", "v1", "feed", ..] => Need::Anyone,
         ["_replicate"] => Need::SignedIn,
         ["_all_dbs"]
         | ["_db_updates"]

@@ -5,7 +5,7 @@
 //! `_local/x` arrive as two segments (PouchDB keeps their slash). Database names may contain `/`
 //! too, always encoded.
 
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::Method;
 use outpost_core::names::{DocKind, classify_doc_id, validate_db_name};
@@ -35,7 +35,7 @@ fn decode(segment: &str) -> Result<String, ApiError> {
 }
 
 async fn route(state: &AppState, request: Request) -> Result<Response, ApiError> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let raw_path = parts.uri.path().to_owned();
     let mut segments: Vec<String> = raw_path
         .split('/')
@@ -67,6 +67,15 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
         .map(|a| a.0.ip().to_string())
         .unwrap_or_else(|| "unknown".to_owned());
     let identity = crate::auth::identify(state, &parts.headers, &source).await?;
+    // Taken out of the request now: the handshake needs the connection's upgrade handle, which
+    // only the request's extensions hold.
+    let websocket = if wants_websocket(&parts.headers) {
+        axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, state)
+            .await
+            .ok()
+    } else {
+        None
+    };
     let mut req = Req::new(
         method,
         parts.headers,
@@ -75,6 +84,9 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
         &state.config,
         state.body_budget.clone(),
     );
+    if let Some(upgrade) = websocket {
+        req.set_websocket(upgrade);
+    }
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     req.user = identity.user;
     req.authenticated = identity.method.map(crate::auth::Method::name);
@@ -88,6 +100,13 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
             .append(http::header::SET_COOKIE, cookie);
     }
     Ok(response)
+}
+
+fn wants_websocket(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 async fn dispatch(state: &AppState, segs: &[&str], req: &mut Req) -> Result<Response, ApiError> {
@@ -105,6 +124,7 @@ async fn dispatch(state: &AppState, segs: &[&str], req: &mut Req) -> Result<Resp
         ["_scheduler", "jobs"] => crate::routes::scheduler::jobs(state, req),
         ["_scheduler", "docs"] => crate::routes::scheduler::docs(state, req),
         ["_active_tasks"] => crate::routes::scheduler::active_tasks(state, req),
+        ["_outpost", "v1", "feed", rest @ ..] => crate::routes::feed::route(state, rest, req).await,
         ["_outpost", "v1", rest @ ..] => ops::route(state, rest, req).await,
         [first, ..] if first.starts_with('_') && validate_db_name(first).is_err() => Err(
             ApiError::bad_request(format!("unknown server endpoint /{first}")),
@@ -224,6 +244,8 @@ pub fn template(raw_path: &str) -> &'static str {
         ["_outpost", "v1", "metrics"] => "/_outpost/v1/metrics",
         ["_outpost", "v1", "ready"] => "/_outpost/v1/ready",
         ["_outpost", "v1", "openapi.json"] => "/_outpost/v1/openapi.json",
+        ["_outpost", "v1", "feed"] => "/_outpost/v1/feed",
+        ["_outpost", "v1", "feed", _] => "/_outpost/v1/feed/{stream}",
         [first, ..] if first.starts_with('_') && validate_db_name(first).is_err() => "unknown",
         [_] => "/{db}",
         [_, rest @ ..] => match rest {
@@ -279,6 +301,8 @@ mod tests {
             ("/metrics", "/{db}"),
             ("/_outpost/v1/ready", "/_outpost/v1/ready"),
             ("/_outpost/v1/openapi.json", "/_outpost/v1/openapi.json"),
+            ("/_outpost/v1/feed", "/_outpost/v1/feed"),
+            ("/_outpost/v1/feed/0123abcd", "/_outpost/v1/feed/{stream}"),
             ("/_outpost/v1/secret-name", "unknown"),
             ("/_nonsense", "unknown"),
             ("/notes", "/{db}"),

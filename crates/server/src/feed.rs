@@ -27,7 +27,7 @@ const PAGE: u64 = 500;
 /// Rows read from the store per page: [`PAGE`], or one when each row inlines its document's
 /// attachments, so that what a page holds in memory is one document's attachments at most,
 /// however many the feed carries.
-fn rows_per_page(opts: &FeedOpts) -> u64 {
+pub(crate) fn rows_per_page(opts: &FeedOpts) -> u64 {
     if opts.include_docs && opts.render.attachments {
         1
     } else {
@@ -154,13 +154,13 @@ pub struct FeedOpts {
 
 /// One scan: the rows that passed the filter, the last sequence looked at, and whether the
 /// store has more beyond it.
-struct Scan {
-    rows: Vec<(u64, String)>,
-    last_seen: Option<u64>,
-    more: bool,
+pub(crate) struct Scan {
+    pub(crate) rows: Vec<(u64, String)>,
+    pub(crate) last_seen: Option<u64>,
+    pub(crate) more: bool,
 }
 
-async fn scan(
+pub(crate) async fn scan(
     state: &AppState,
     db: &str,
     opts: &FeedOpts,

@@ -19,6 +19,7 @@ mod error;
 mod feed;
 mod limits;
 mod multipart;
+pub mod mux;
 mod observe;
 mod query;
 pub mod replication;
@@ -88,6 +89,8 @@ pub struct Config {
     pub js_memory_bytes: usize,
     /// Accounts, sessions, tokens and the default security of databases.
     pub auth: auth::AuthSettings,
+    /// Limits of the multiplexed feed (`/_outpost/v1/feed`).
+    pub feed: mux::FeedLimits,
 }
 
 impl Default for Config {
@@ -104,6 +107,7 @@ impl Default for Config {
             js_timeout: outpost_js::Limits::default().timeout,
             js_memory_bytes: outpost_js::Limits::default().memory_bytes,
             auth: auth::AuthSettings::default(),
+            feed: mux::FeedLimits::default(),
         }
     }
 }
@@ -129,6 +133,8 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
     /// Request body bytes in flight, shared by every request (`max_body_bytes_in_flight`).
     pub(crate) body_budget: request::BodyBudget,
+    /// The multiplexed feed's connections.
+    pub feeds: Arc<mux::FeedHub>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -156,6 +162,7 @@ impl AppState {
             replications: replication::Replications::new(),
             js,
             design: Arc::default(),
+            feeds: Arc::default(),
         }
     }
 }
@@ -354,7 +361,8 @@ async fn serve_connection<I>(
         Protocol::Http2 => builder.http2_only(),
         Protocol::Detect => builder,
     };
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    // With upgrades, so the multiplexed feed's WebSocket handshake can take the connection over.
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {

@@ -34,6 +34,9 @@ pub struct Req {
     budget: BodyBudget,
     /// This request's share of the budget, given back when the request is dropped.
     held: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The WebSocket handshake of an `Upgrade: websocket` request, taken by the one route that
+    /// accepts it (the multiplexed feed). In a mutex for the same reason as the body.
+    websocket: std::sync::Mutex<Option<axum::extract::ws::WebSocketUpgrade>>,
 }
 
 /// The bytes of request bodies all requests together may hold: each body's bytes are counted
@@ -78,7 +81,21 @@ impl Req {
             body_timeout: config.body_read_timeout,
             budget,
             held: None,
+            websocket: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Hangs a WebSocket handshake on the request.
+    pub(crate) fn set_websocket(&mut self, upgrade: axum::extract::ws::WebSocketUpgrade) {
+        *self.websocket.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(upgrade);
+    }
+
+    /// The WebSocket handshake, if the request asked to upgrade.
+    pub(crate) fn take_websocket(&self) -> Option<axum::extract::ws::WebSocketUpgrade> {
+        self.websocket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// The whole body, refused above the configured limit, and with 503 when the server's

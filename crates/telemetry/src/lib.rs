@@ -149,6 +149,14 @@ fn describe() {
         "Change feeds being served, by feed type."
     );
     describe_gauge!(
+        "outpost_feed_connections",
+        "Connections of the multiplexed feed (WebSocket or event stream) open now."
+    );
+    describe_counter!(
+        "outpost_feed_slow_clients_total",
+        "Multiplexed feed connections cut because their client left its buffer full too long."
+    );
+    describe_gauge!(
         "outpost_storage_database_bytes",
         Unit::Bytes,
         "Size of a SQLite database file, by store."

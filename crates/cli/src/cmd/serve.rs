@@ -131,6 +131,18 @@ pub struct ServeArgs {
     /// Memory each JavaScript engine may hold, in bytes (one engine per core).
     #[arg(long, env = "OUTPOST_JS_MEMORY", default_value_t = 64 * 1024 * 1024)]
     pub js_memory: usize,
+    /// Connections of the multiplexed feed (/_outpost/v1/feed) open at once; more get 503.
+    #[arg(long, env = "OUTPOST_FEED_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub feed_max_connections: usize,
+    /// Databases one multiplexed feed connection may follow at once.
+    #[arg(long, env = "OUTPOST_FEED_MAX_SUBSCRIPTIONS", default_value_t = 200)]
+    pub feed_max_subscriptions: usize,
+    /// Frames waiting to be written to one multiplexed feed client.
+    #[arg(long, env = "OUTPOST_FEED_BUFFER", default_value_t = 256)]
+    pub feed_buffer: usize,
+    /// How long a multiplexed feed client may leave its buffer full before it is cut.
+    #[arg(long, env = "OUTPOST_FEED_SLOW_CLIENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub feed_slow_client_timeout: Duration,
     /// Origins allowed to call the API from a browser (CORS), comma-separated; by default any
     /// origin is allowed.
     #[arg(long, env = "OUTPOST_CORS_ORIGINS", value_delimiter = ',')]
@@ -198,6 +210,13 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         cors_origins: (!args.cors_origin.is_empty()).then_some(args.cors_origin),
         js_timeout: args.js_timeout,
         js_memory_bytes: args.js_memory,
+        feed: outpost_server::mux::FeedLimits {
+            max_connections: args.feed_max_connections,
+            max_subscriptions: args.feed_max_subscriptions,
+            buffer: args.feed_buffer.max(1),
+            slow_client_timeout: args.feed_slow_client_timeout,
+            ..outpost_server::mux::FeedLimits::default()
+        },
         ..Config::default()
     };
     let shutdown = super::shutdown::on_signal();

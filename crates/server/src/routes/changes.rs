@@ -130,10 +130,22 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
     };
     let heartbeat = parse_heartbeat(req)?;
     let timeout = ms(req, "timeout")?.unwrap_or(DEFAULT_TIMEOUT);
-    let filter = match design_filter(state, db, req, &body).await? {
-        Some(filter) => filter,
-        None => parse_filter(req, &body)?,
+    let spec = FilterSpec {
+        name: q.get("filter"),
+        view: q.get("view"),
+        // Read only for the filter that uses them, so a stray parameter is ignored as before.
+        doc_ids: match (q.get("filter"), body.get("doc_ids")) {
+            (Some("_doc_ids"), Some(ids)) => Some(ids.clone()),
+            (Some("_doc_ids"), None) => q.json("doc_ids")?,
+            _ => None,
+        },
+        selector: match (q.get("filter"), body.get("selector")) {
+            (Some("_selector"), Some(s)) => Some(s.clone()),
+            (Some("_selector"), None) => q.json("selector")?,
+            _ => None,
+        },
     };
+    let filter = build_filter(state, db, &spec, || filter_req(req, db, &body)).await?;
     if descending && kind != FeedKind::Normal {
         return Err(ApiError::bad_request(
             "descending is only supported by the normal feed",
@@ -160,17 +172,43 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
     Ok(respond(state, db.to_owned(), opts))
 }
 
+/// What a feed request says about its filter, wherever it came from: the query string and body
+/// of `_changes`, or a subscription of the multiplexed feed.
+#[derive(Debug, Default)]
+pub(crate) struct FilterSpec<'a> {
+    /// `filter`: `_doc_ids`, `_selector`, `_design`, `_view` or `ddoc/name`.
+    pub name: Option<&'a str>,
+    /// `view`, for `filter=_view`.
+    pub view: Option<&'a str>,
+    pub doc_ids: Option<Value>,
+    pub selector: Option<Value>,
+}
+
+/// The feed filter a request asks for. `fn_req` builds the request object a design-document
+/// filter function sees; it is only called for one.
+pub(crate) async fn build_filter(
+    state: &AppState,
+    db: &str,
+    spec: &FilterSpec<'_>,
+    fn_req: impl FnOnce() -> Value,
+) -> Result<Filter, ApiError> {
+    match design_filter(state, db, spec, fn_req).await? {
+        Some(filter) => Ok(filter),
+        None => parse_filter(spec),
+    }
+}
+
 /// A filter that names a design-document function: the design document, which must hold the
 /// function, as CouchDB checks before running it: 404 for a missing design document or
 /// function, 400 for `filter=_view` without a `view`.
 async fn design_filter(
     state: &AppState,
     db: &str,
-    req: &Req,
-    body: &Value,
+    spec: &FilterSpec<'_>,
+    fn_req: impl FnOnce() -> Value,
 ) -> Result<Option<Filter>, ApiError> {
-    let (section, name) = match req.query.get("filter") {
-        Some("_view") => match req.query.get("view") {
+    let (section, name) = match spec.name {
+        Some("_view") => match spec.view {
             Some(view) => ("views", view),
             None => {
                 return Err(ApiError::bad_request(
@@ -206,7 +244,7 @@ async fn design_filter(
         _ => Filter::Function {
             ddoc,
             name: function.to_owned(),
-            req: filter_req(req, db, body),
+            req: fn_req(),
         },
     }))
 }
@@ -227,16 +265,13 @@ pub fn filter_req(req: &Req, db: &str, body: &Value) -> Value {
     })
 }
 
-fn parse_filter(req: &Req, body: &Value) -> Result<Filter, ApiError> {
-    match req.query.get("filter") {
+fn parse_filter(spec: &FilterSpec<'_>) -> Result<Filter, ApiError> {
+    match spec.name {
         None => Ok(Filter::All),
         Some("_doc_ids") => {
-            let ids = match body.get("doc_ids") {
-                Some(ids) => ids.clone(),
-                None => req.query.json("doc_ids")?.ok_or_else(|| {
-                    ApiError::bad_request("filter=_doc_ids needs doc_ids in the query or the body")
-                })?,
-            };
+            let ids = spec.doc_ids.as_ref().ok_or_else(|| {
+                ApiError::bad_request("filter=_doc_ids needs doc_ids in the query or the body")
+            })?;
             let ids = ids
                 .as_array()
                 .ok_or_else(|| ApiError::bad_request("doc_ids must be an array of strings"))?;
@@ -254,14 +289,11 @@ fn parse_filter(req: &Req, body: &Value) -> Result<Filter, ApiError> {
             Ok(Filter::DocIds(ids))
         }
         Some("_selector") => {
-            let selector = match body.get("selector") {
-                Some(s) => s.clone(),
-                None => req.query.json("selector")?.ok_or_else(|| {
-                    ApiError::bad_request("filter=_selector needs a selector in the body")
-                })?,
-            };
+            let selector = spec.selector.as_ref().ok_or_else(|| {
+                ApiError::bad_request("filter=_selector needs a selector in the body")
+            })?;
             let selector =
-                Selector::parse(&selector).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                Selector::parse(selector).map_err(|e| ApiError::bad_request(e.to_string()))?;
             Ok(Filter::Selector(selector))
         }
         Some("_design") => Ok(Filter::Design),

@@ -10,6 +10,7 @@ pub mod db_updates;
 pub mod doc;
 pub mod doc_form;
 pub mod doc_multipart;
+pub mod feed;
 pub mod find;
 pub mod local;
 pub mod node;

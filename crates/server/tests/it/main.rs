@@ -18,6 +18,7 @@ mod find;
 mod input;
 mod listings;
 mod model;
+mod mux;
 mod ops;
 mod paging;
 mod roundtrip;
