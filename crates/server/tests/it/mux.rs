@@ -757,3 +757,69 @@ async fn the_event_stream_takes_subscriptions_in_the_query_and_by_post() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_member_of_an_access_database_follows_only_their_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = live(Config {
+        auth: AuthSettings {
+            admins: vec![("admin".into(), Credentials::hash("secret", 10))],
+            admins_file: Some(dir.path().join("admins.json")),
+            password_iterations: 10,
+            ..AuthSettings::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let admin = Some(("admin", "secret"));
+    let must = |(status, body): (u16, Value), expected: u16| assert_eq!(status, expected, "{body}");
+    must(server.call_as(admin, "PUT", "/_users", None).await, 201);
+    for name in ["alice", "bob"] {
+        let user = json!({"name": name, "password": "pw", "roles": [], "type": "user"});
+        let path = format!("/_users/org.couchdb.user:{name}");
+        must(server.call_as(admin, "PUT", &path, Some(user)).await, 201);
+    }
+    must(
+        server.call_as(admin, "PUT", "/acc?access=true", None).await,
+        201,
+    );
+    let security = json!({"members": {"names": ["alice", "bob"]}});
+    must(
+        server
+            .call_as(admin, "PUT", "/acc/_security", Some(security))
+            .await,
+        200,
+    );
+    for (id, who) in [("a1", "alice"), ("b1", "bob")] {
+        let doc = json!({"_access": [who]});
+        must(
+            server
+                .call_as(admin, "PUT", &format!("/acc/{id}"), Some(doc))
+                .await,
+            201,
+        );
+    }
+
+    let mut ws = server.ws(Some(("alice", "pw"))).await;
+    let first = ws
+        .subscribe(json!({"db": "acc", "include_docs": true}))
+        .await;
+    assert_eq!(ids(&first), BTreeSet::from(["a1".to_owned()]));
+
+    // Live: bob's new document never reaches her; hers does, and so does losing one.
+    for (id, who) in [("b2", "bob"), ("a2", "alice")] {
+        let doc = json!({"_access": [who]});
+        must(
+            server
+                .call_as(admin, "PUT", &format!("/acc/{id}"), Some(doc))
+                .await,
+            201,
+        );
+    }
+    let live = ws
+        .until(|f| f["type"] == "change" && f["change"]["id"] == "a2")
+        .await;
+    let seen: Vec<&Value> = live.iter().filter(|f| f["type"] == "change").collect();
+    assert_eq!(seen.len(), 1, "{live:?}");
+    assert!(!seen[0].to_string().contains("b2"));
+}
