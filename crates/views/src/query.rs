@@ -189,14 +189,13 @@ pub async fn query(
     let wanted = q.skip.saturating_add(q.limit);
     'ranges: for mut range in ranges {
         range.include_docs = false;
+        range.limit = PAGE;
         let mut current: Option<Group> = None;
-        let mut at = 0u64;
+        let mut cursor = Cursor::default();
         loop {
-            range.skip = at;
-            range.limit = PAGE;
             let page = scan(store, db, &name, &range).await?;
             let got = page.len() as u64;
-            at = at.saturating_add(got);
+            cursor.advance(&mut range, &page);
             for row in page {
                 let key: Value = outpost_core::json::from_str(&row.key).unwrap_or(Value::Null);
                 let value: Value = outpost_core::json::from_str(&row.value).unwrap_or(Value::Null);
@@ -292,26 +291,29 @@ async fn read_rows(
             break;
         }
         range.include_docs = q.include_docs;
-        let mut at = to_skip;
+        range.skip = to_skip;
         let mut read = 0u64;
+        let mut cursor = Cursor::default();
         loop {
-            range.skip = at;
             range.limit = remaining.min(PAGE);
             let page = scan(store, db, name, &range).await?;
             let got = page.len() as u64;
-            rows.extend(page);
-            remaining -= got;
-            read += got;
             if got < range.limit {
                 // The range is done; what it did not skip carries to the next one.
-                to_skip = if read > 0 {
+                let first_page = read == 0 && range.skip == to_skip;
+                rows.extend(page);
+                remaining -= got;
+                to_skip = if got > 0 || !first_page {
                     0
                 } else {
                     to_skip.saturating_sub(count(store, db, name, &range, to_skip).await?)
                 };
                 break;
             }
-            at = at.saturating_add(got);
+            cursor.advance(&mut range, &page);
+            rows.extend(page);
+            remaining -= got;
+            read += got;
             if remaining == 0 {
                 break;
             }
@@ -349,6 +351,46 @@ async fn count(
     all.limit = skip;
     all.include_docs = false;
     Ok(scan(store, db, name, &all).await?.len() as u64)
+}
+
+/// Where the next page of a range starts: just after the last row read, found through the index
+/// (its key and document id) rather than by skipping every row before it, so reading a view of
+/// any size costs one index seek per page.
+///
+/// A document may emit the same key more than once; such rows share their `(key, doc id)` and are
+/// ordered among themselves, so the next page starts at that pair, inclusive, skipping the ones
+/// of them already read.
+#[derive(Default)]
+struct Cursor {
+    /// The `(key, doc id)` of the last row read, as the row holds it.
+    last: Option<(String, String)>,
+    /// Rows at `last` already read.
+    at_last: u64,
+}
+
+impl Cursor {
+    /// Moves `range` past `page` (a full page of it).
+    fn advance(&mut self, range: &mut IndexQuery, page: &[IndexRow]) {
+        let Some(end) = page.last() else {
+            return;
+        };
+        let same = |r: &IndexRow| r.key == end.key && r.doc_id == end.doc_id;
+        let trailing = page.iter().rev().take_while(|r| same(r)).count() as u64;
+        let continues = trailing == page.len() as u64
+            && self
+                .last
+                .as_ref()
+                .is_some_and(|(k, d)| *k == end.key && *d == end.doc_id);
+        self.at_last = if continues { self.at_last + trailing } else { trailing };
+        self.last = Some((end.key.clone(), end.doc_id.clone()));
+        let key: Value = outpost_core::json::from_str(&end.key).unwrap_or(Value::Null);
+        if range.descending {
+            range.upper = Some(KeyBound::upper_with_doc(&key, &end.doc_id, true));
+        } else {
+            range.lower = Some(KeyBound::lower_with_doc(&key, &end.doc_id, true));
+        }
+        range.skip = self.at_last;
+    }
 }
 
 /// The range of rows between two keys in the query's direction.

@@ -634,3 +634,80 @@ async fn views_in_another_language_are_not_implemented() {
     s.expect("POST", "/db/_view_cleanup", Some(json!({})), 202)
         .await;
 }
+
+/// Views larger than one page of the store (1,000 rows), with one document emitting the same key
+/// 2,500 times across page boundaries: every row read once, in order, in both directions, with
+/// `skip`, and reduced groups whole.
+#[tokio::test]
+async fn views_longer_than_a_page_read_every_row_once() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let map = "function (doc) { if (doc.many) { for (var i = 0; i < doc.many; i++) emit(1, i); } \
+               else emit(doc.k, 1); }";
+    s.expect(
+        "PUT",
+        "/db/_design/big",
+        Some(json!({"views": {"v": {"map": map, "reduce": "_sum"}}})),
+        201,
+    )
+    .await;
+    let mut docs: Vec<Value> = (0..1500)
+        .map(|i| json!({"_id": format!("d{i:04}"), "k": i % 3}))
+        .collect();
+    docs.push(json!({"_id": "many", "many": 2500}));
+    s.expect("POST", "/db/_bulk_docs", Some(json!({"docs": docs})), 201)
+        .await;
+
+    // Expected order: by key, then doc id, then emission order.
+    let mut expected: Vec<(i64, String, i64)> =
+        (0..1500).map(|i| (i % 3, format!("d{i:04}"), 1)).collect();
+    expected.extend((0..2500).map(|i| (1, "many".to_owned(), i)));
+    expected.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let got = |v: &Value| -> Vec<(i64, String, i64)> {
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let id = r["id"].as_str().unwrap().to_owned();
+                (r["key"].as_i64().unwrap(), id, r["value"].as_i64().unwrap())
+            })
+            .collect()
+    };
+    let all = s
+        .expect("GET", "/db/_design/big/_view/v?reduce=false", None, 200)
+        .await;
+    assert_eq!(all["total_rows"], 4000);
+    assert_eq!(got(&all), expected);
+    let page = s
+        .expect(
+            "GET",
+            "/db/_design/big/_view/v?reduce=false&skip=700&limit=2600",
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(got(&page), expected[700..3300]);
+    let mut reversed = expected.clone();
+    reversed.reverse();
+    let desc = s
+        .expect(
+            "GET",
+            "/db/_design/big/_view/v?reduce=false&descending=true",
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(got(&desc), reversed);
+
+    let grouped = s
+        .expect("GET", "/db/_design/big/_view/v?group=true", None, 200)
+        .await;
+    let many: i64 = (0..2500).sum();
+    assert_eq!(
+        grouped["rows"],
+        json!([{"key": 0, "value": 500}, {"key": 1, "value": 500 + many}, {"key": 2, "value": 500}])
+    );
+    let total = s.expect("GET", "/db/_design/big/_view/v", None, 200).await;
+    assert_eq!(total["rows"], json!([{"key": null, "value": 1500 + many}]));
+}
