@@ -197,6 +197,10 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict => ApiError::Conflict,
             StoreError::NotFound => ApiError::missing(),
             StoreError::Closed => ApiError::Unavailable,
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(reason = %reason, "store unavailable");
+                ApiError::Unavailable
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -2,6 +2,7 @@
 //! small pool of read connections used from `spawn_blocking`.
 
 mod compaction;
+mod doctx;
 mod index;
 pub mod key;
 mod read;

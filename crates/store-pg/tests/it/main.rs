@@ -1,0 +1,6 @@
+//! The PostgreSQL engine against a real server (`OUTPOST_TEST_POSTGRES_URL`): the engine
+//! conformance suite, and several nodes on one database.
+
+mod conformance;
+mod nodes;
+mod support;
