@@ -17,6 +17,7 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_postgres::{AsyncMessage, NoTls};
 
+use crate::read::Reader;
 use crate::writer::CHANNEL;
 
 /// How often the listener reads the sequences without being notified.
@@ -84,6 +85,7 @@ pub async fn listen(
     config: tokio_postgres::Config,
     watchers: Watchers,
     db_updates: watch::Sender<u64>,
+    reader: Reader,
 ) {
     loop {
         match config.connect(NoTls).await {
@@ -117,6 +119,7 @@ pub async fn listen(
                             tracing::warn!(error = %e, "live-feed listener cannot read sequences");
                             return;
                         }
+                        record_pool(&reader);
                         tokio::select! {
                             woken = wake_rx.recv() => {
                                 if woken.is_none() {
@@ -186,4 +189,13 @@ async fn look(
         .get(0);
     advance(db_updates, seq.max(0) as u64);
     Ok(())
+}
+
+/// The read pool's connections as gauges, sampled at the listener's pace.
+fn record_pool(reader: &Reader) {
+    let status = reader.status();
+    metrics::gauge!("outpost_store_pool_connections", "state" => "open").set(status.size as f64);
+    metrics::gauge!("outpost_store_pool_connections", "state" => "idle")
+        .set(status.available as f64);
+    metrics::gauge!("outpost_store_pool_waiting").set(status.waiting as f64);
 }

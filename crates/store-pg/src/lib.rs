@@ -136,7 +136,12 @@ impl PgStore {
             .name("outpost-pg-writer".into())
             .spawn(move || writer::run(writer_config, rx, announce))
             .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
-        let listener = tokio::spawn(feed::listen(config, watchers.clone(), db_updates.clone()));
+        let listener = tokio::spawn(feed::listen(
+            config,
+            watchers.clone(),
+            db_updates.clone(),
+            reader.clone(),
+        ));
         let store = PgStore {
             uuid,
             writer: Mutex::new(Some(tx)),
