@@ -358,3 +358,85 @@ async fn every_acknowledged_write_survives_a_sigkilled_node() {
         .collect();
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
 }
+
+/// `outpost db migrate`: a data directory into PostgreSQL, served from there, and back into a
+/// new data directory, served from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_moves_to_postgres_and_back() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::create(&url);
+    let store = schema.url_via(None);
+    let original = tempfile::tempdir().unwrap();
+    let uuid = {
+        let node = Node::start(original.path().to_str().unwrap(), original.path()).await;
+        assert_eq!(
+            client()
+                .put(node.url("/moving"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+            201
+        );
+        let put = client()
+            .put(node.url("/moving/doc"))
+            .json(&json!({"here": "sqlite"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status().as_u16(), 201);
+        node.get("/").await.1["uuid"].clone()
+    };
+    let migrate = |from: &str, to: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["db", "migrate", "--from", from, "--to", to])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let said = migrate(original.path().to_str().unwrap(), &store);
+    assert!(said.contains("docs: 1 rows"), "{said}");
+
+    let back = tempfile::tempdir().unwrap();
+    {
+        let node = Node::start(&store, back.path()).await;
+        assert_eq!(node.get("/").await.1["uuid"], uuid);
+        let (status, doc) = node.get("/moving/doc").await;
+        assert_eq!((status, &doc["here"]), (200, &json!("sqlite")));
+        let put = client()
+            .put(node.url("/moving/doc2"))
+            .json(&json!({"here": "postgres"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status().as_u16(), 201);
+    }
+    // Copying into a store that holds databases is refused.
+    let again = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args([
+            "db",
+            "migrate",
+            "--from",
+            original.path().to_str().unwrap(),
+            "--to",
+            &store,
+        ])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+
+    let said = migrate(&store, back.path().to_str().unwrap());
+    assert!(said.contains("docs: 2 rows"), "{said}");
+    let node = Node::start(back.path().to_str().unwrap(), back.path()).await;
+    assert_eq!(node.get("/").await.1["uuid"], uuid);
+    for id in ["doc", "doc2"] {
+        assert_eq!(node.get(&format!("/moving/{id}")).await.0, 200);
+    }
+}

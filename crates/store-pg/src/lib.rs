@@ -15,6 +15,7 @@ mod conn;
 mod error;
 pub mod feed;
 mod index;
+pub mod migrate;
 mod read;
 mod schema;
 pub mod writer;

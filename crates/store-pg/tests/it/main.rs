@@ -2,5 +2,6 @@
 //! conformance suite, and several nodes on one database.
 
 mod conformance;
+mod migrate;
 mod nodes;
 mod support;
