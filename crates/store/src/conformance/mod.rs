@@ -8,6 +8,7 @@
 
 pub mod basics;
 pub mod compaction;
+pub mod documents;
 pub mod index;
 
 use std::sync::Arc;
@@ -60,7 +61,13 @@ macro_rules! conformance_suite {
             index::include_docs_joins_the_current_winner,
             index::indexes_are_listed_dropped_and_go_with_their_database,
             compaction::compaction_collects_attachments_no_stored_revision_refers_to,
-            compaction::compaction_drops_superseded_and_stemmed_bodies_and_keeps_leaves
+            compaction::compaction_drops_superseded_and_stemmed_bodies_and_keeps_leaves,
+            documents::a_documents_revisions_of_one_request_take_one_sequence,
+            documents::an_automatic_policy_resolves_in_the_writer,
+            documents::a_conflict_is_resolved_by_hand_from_its_exact_leaves,
+            documents::retention_trims_the_log_and_keeps_the_documents,
+            documents::pages_count_and_ranges_follow_the_id_order,
+            documents::compact_running_is_reported_while_a_compaction_is_marked
         );
     };
     (@checks $open:path; $($area:ident :: $check:ident),* $(,)?) => {

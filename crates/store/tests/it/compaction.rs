@@ -11,31 +11,6 @@ use serde_json::json;
 use crate::conformance::{edit, keys, test_key};
 
 #[tokio::test]
-async fn compact_running_is_reported_while_a_compaction_is_marked() {
-    for key in keys() {
-        compact_running_is_reported_while_a_compaction_is_marked_on(key).await;
-    }
-}
-
-async fn compact_running_is_reported_while_a_compaction_is_marked_on(key: Option<StoreKey>) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open_with_key(dir.path(), key).unwrap();
-    store.create_db("db").await.unwrap();
-    store.create_db("other").await.unwrap();
-    assert!(!store.db_info("db").await.unwrap().compact_running);
-
-    let mark = store.mark_compacting("db").unwrap();
-    assert!(store.db_info("db").await.unwrap().compact_running);
-    assert!(!store.db_info("other").await.unwrap().compact_running);
-    // A second request while one runs starts nothing.
-    assert!(store.mark_compacting("db").is_none());
-    store.compact("db").await.unwrap();
-    assert!(store.db_info("db").await.unwrap().compact_running);
-    drop(mark);
-    assert!(!store.db_info("db").await.unwrap().compact_running);
-}
-
-#[tokio::test]
 async fn replay_rebuilds_the_tables_after_compaction_dropped_bodies() {
     for seed in 0..4 {
         let dir = tempfile::tempdir().unwrap();
