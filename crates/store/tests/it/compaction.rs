@@ -5,10 +5,10 @@
 use outpost_core::Rev;
 use outpost_store::Store;
 use outpost_store::conformance::compaction::write;
-use outpost_store::sqlite::{SqliteStore, StoreKey, replay};
+use outpost_store::sqlite::{SqliteStore, replay};
 use serde_json::json;
 
-use crate::conformance::{edit, keys, test_key};
+use crate::conformance::{edit, test_key};
 
 #[tokio::test]
 async fn replay_rebuilds_the_tables_after_compaction_dropped_bodies() {
