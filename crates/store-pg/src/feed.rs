@@ -29,7 +29,9 @@ const RECONNECT_DELAY: Duration = Duration::from_millis(500);
 /// One watched database: its feeds' channel and the row id it had when last seen, so a
 /// database deleted and created again between two looks still ends the old feeds.
 pub struct Watched {
+    /// The feeds' channel; dropping it ends them.
     pub tx: watch::Sender<u64>,
+    /// The database's row id when last seen, `None` before the listener first looked.
     pub id: Option<i64>,
 }
 
@@ -37,6 +39,7 @@ pub struct Watched {
 /// listener.
 #[derive(Clone, Default)]
 pub struct Watchers {
+    /// By database name; shared by the writer's announcements and the listener.
     pub dbs: Arc<Mutex<HashMap<String, Watched>>>,
 }
 

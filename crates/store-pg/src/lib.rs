@@ -54,11 +54,14 @@ pub struct PgStore {
     uuid: String,
     /// Sends jobs to the writer thread; the thread ends when this (the last sender) is dropped.
     writer: Mutex<Option<mpsc::Sender<Job>>>,
+    /// The pool every read borrows a connection from, so reads never wait for the writer.
     reader: Reader,
     /// This node's live feeds, woken by its writer and by the listener.
     watchers: Watchers,
     /// The `_db_updates` sequence as this node last saw it.
     db_updates: watch::Sender<u64>,
+    /// Databases this node is compacting, for `compact_running` (per node: another node's
+    /// compaction is not shown).
     compactions: Compactions,
     /// The listener task (see [`feed`]); aborted when the store is dropped.
     listener: tokio::task::JoinHandle<()>,

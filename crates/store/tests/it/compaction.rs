@@ -1,6 +1,6 @@
-//! Compaction: superseded and stemmed bodies, attachment bytes no revision refers to, and the
-//! event log still replaying into the live tables afterwards; on a plain and on an encrypted
-//! file.
+//! Compaction on SQLite: the event log still replays into the live tables after compaction
+//! dropped bodies, and an old file is upgraded in place. What compaction does on every engine
+//! is in the conformance suite (`outpost_store::conformance::compaction`).
 
 use outpost_core::Rev;
 use outpost_store::Store;
