@@ -15,7 +15,7 @@
 //! After the commit the writer announces the new sequences to this node's live feeds directly;
 //! other nodes hear of it through one `NOTIFY` per transaction (see [`crate::feed`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -29,6 +29,12 @@ use crate::error::pg;
 
 /// The most jobs applied in one transaction; bounds the latency a single commit adds.
 const MAX_BATCH: usize = 256;
+
+/// The most document updates applied in one transaction (a document's revisions are never
+/// split). A larger request is applied in chunks with other jobs in between, as by the SQLite
+/// writer, so one huge `_bulk_docs` holds neither this node's writer nor its database's row lock
+/// for long.
+const MAX_UPDATES_PER_COMMIT: usize = 2_000;
 
 /// The channel other nodes listen on for a wake-up after a commit.
 pub const CHANNEL: &str = "outpost_changes";
@@ -182,21 +188,60 @@ impl Moved {
     }
 }
 
+/// A job in the writer's queue, with how far a chunked document write got.
+struct Pending {
+    job: Job,
+    progress: Option<DocsProgress>,
+}
+
+impl Pending {
+    fn new(job: Job) -> Pending {
+        Pending {
+            job,
+            progress: None,
+        }
+    }
+
+    /// How many document updates the job still has to apply (at least 1).
+    fn weight(&self) -> usize {
+        match (&self.job.op, &self.progress) {
+            (_, Some(progress)) => progress.remaining().max(1),
+            (WriteOp::Docs { updates, .. }, None) => updates.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
 /// Runs the writer loop until every sender is gone. The connection is opened on first use and
 /// opened again after it was lost; while the database cannot be reached every job answers
 /// [`StoreError::Unavailable`].
+///
+/// Jobs wait in `queue` in arrival order; each transaction takes jobs from its front until it
+/// holds [`MAX_BATCH`] jobs or [`MAX_UPDATES_PER_COMMIT`] document updates. A request with more
+/// goes back behind whatever arrived meanwhile after each chunk, and is answered when its last
+/// chunk commits (like CouchDB's `_bulk_docs`, such a request is not atomic).
 pub fn run(config: postgres::Config, jobs: mpsc::Receiver<Job>, announce: Announce) {
     let mut conn: Option<WriterConn> = None;
+    let mut queue: VecDeque<Pending> = VecDeque::new();
     loop {
-        let Ok(first) = jobs.recv() else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        if queue.is_empty() {
+            match jobs.recv() {
+                Ok(job) => queue.push_back(Pending::new(job)),
+                Err(_) => return,
             }
+        }
+        while let Ok(job) = jobs.try_recv() {
+            queue.push_back(Pending::new(job));
+        }
+        let mut batch = Vec::new();
+        let mut budget = MAX_UPDATES_PER_COMMIT;
+        while batch.len() < MAX_BATCH && budget > 0 {
+            let Some(pending) = queue.pop_front() else {
+                break;
+            };
+            let weight = pending.weight().min(budget);
+            batch.push((pending, budget));
+            budget -= weight;
         }
         if conn.as_ref().is_none_or(WriterConn::is_closed) {
             conn = match config.connect(postgres::NoTls) {
@@ -204,8 +249,8 @@ pub fn run(config: postgres::Config, jobs: mpsc::Receiver<Job>, announce: Announ
                 Err(e) => {
                     let e = pg(e);
                     tracing::warn!(error = %e, "store writer cannot reach postgres");
-                    for job in batch {
-                        let _ = job.reply.send(Err(e.clone_reason()));
+                    for (pending, _) in batch {
+                        let _ = pending.job.reply.send(Err(e.clone_reason()));
                     }
                     // Not a tight loop of failed connections while requests keep coming.
                     std::thread::sleep(Duration::from_millis(100));
@@ -226,15 +271,26 @@ pub fn run(config: postgres::Config, jobs: mpsc::Receiver<Job>, announce: Announ
                 if let Some(seq) = moved.db_updates_seq {
                     announce(Announcement::DbUpdates(seq));
                 }
-                for (job, result) in batch.into_iter().zip(results) {
-                    let _ = job.reply.send(result);
+                for ((pending, _), result) in batch.into_iter().zip(results) {
+                    match result {
+                        Some(result) => {
+                            let _ = pending.job.reply.send(result);
+                        }
+                        // A chunked request with documents left: behind whatever arrived.
+                        None => {
+                            while let Ok(job) = jobs.try_recv() {
+                                queue.push_back(Pending::new(job));
+                            }
+                            queue.push_back(pending);
+                        }
+                    }
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, jobs = batch.len(), "write transaction failed");
                 let _ = c.batch("ROLLBACK");
-                for job in batch {
-                    let _ = job.reply.send(Err(e.clone_reason()));
+                for (pending, _) in batch {
+                    let _ = pending.job.reply.send(Err(e.clone_reason()));
                 }
             }
         }
@@ -255,14 +311,16 @@ impl CloneReason for StoreError {
     }
 }
 
-/// Applies a batch in one transaction; the outer error means nothing was committed.
+/// Applies a batch in one transaction; the outer error means nothing was committed. Each job
+/// comes with the number of document updates it may apply; its result is `None` when it has
+/// more to apply in a later transaction.
 fn apply_batch(
     c: &WriterConn,
-    batch: &mut [Job],
+    batch: &mut [(Pending, usize)],
     moved: &mut Moved,
-) -> Result<Vec<Result<WriteReply, StoreError>>, StoreError> {
+) -> Result<Vec<Option<Result<WriteReply, StoreError>>>, StoreError> {
     c.batch("BEGIN")?;
-    let names: BTreeSet<&str> = batch.iter().filter_map(|j| j.op.db()).collect();
+    let names: BTreeSet<&str> = batch.iter().filter_map(|(p, _)| p.job.op.db()).collect();
     if !names.is_empty() {
         let names: Vec<&str> = names.into_iter().collect();
         c.query(
@@ -272,9 +330,19 @@ fn apply_batch(
     }
     let now = now_micros();
     let mut results = Vec::with_capacity(batch.len());
-    for job in batch.iter_mut() {
+    for (pending, allowance) in batch.iter_mut() {
         c.batch("SAVEPOINT job")?;
-        let result = apply(c, &mut job.op, now, moved);
+        let result = match &mut pending.job.op {
+            WriteOp::Docs { db, updates } => {
+                apply_docs_step(c, db, updates, &mut pending.progress, *allowance, now).map(
+                    |(results, seq)| {
+                        moved.seq(db, seq);
+                        results.map(WriteReply::Docs)
+                    },
+                )
+            }
+            op => apply(c, op, now, moved).map(Some),
+        };
         match &result {
             Ok(_) => c.batch("RELEASE SAVEPOINT job")?,
             Err(StoreError::Unavailable(reason)) => {
@@ -283,7 +351,7 @@ fn apply_batch(
             }
             Err(_) => c.batch("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")?,
         }
-        results.push(result);
+        results.push(result.transpose());
     }
     record_db_updates(c, moved)?;
     if !moved.is_empty() {
@@ -414,17 +482,9 @@ fn apply(
             moved.seq(db, seq);
             Ok(WriteReply::Resolved(result))
         }
-        WriteOp::Docs { db, updates } => {
-            // A request is applied whole: the database's row lock, not a single writer thread,
-            // is what other writers wait for, so a large request holds up only writes to its
-            // own database.
-            let mut progress: Option<DocsProgress> = None;
-            let (results, seq) = apply_docs_step(c, db, updates, &mut progress, usize::MAX, now)?;
-            moved.seq(db, seq);
-            let results = results
-                .ok_or_else(|| StoreError::Corrupt("a document write stopped early".into()))?;
-            Ok(WriteReply::Docs(results))
-        }
+        WriteOp::Docs { .. } => Err(StoreError::Corrupt(
+            "document writes are applied in chunks, above".into(),
+        )),
         WriteOp::PutLocal { db, id, base, body } => {
             let db = db_id(c, db)?;
             let current = local_rev(c, db, id)?.unwrap_or(0);

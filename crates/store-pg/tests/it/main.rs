@@ -5,3 +5,4 @@ mod conformance;
 mod migrate;
 mod nodes;
 mod support;
+mod writer;
