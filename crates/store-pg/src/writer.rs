@@ -122,7 +122,11 @@ impl WriteOp {
             | WriteOp::Resolve { db, .. }
             | WriteOp::Docs { db, .. }
             | WriteOp::Compact { db }
-            | WriteOp::DropSuperseded { db, .. } => Some(db),
+            | WriteOp::DropSuperseded { db, .. }
+            // A `_local` write compares revisions: without the row lock two nodes could both
+            // find the same one and both succeed.
+            | WriteOp::PutLocal { db, .. }
+            | WriteOp::DeleteLocal { db, .. } => Some(db),
             _ => None,
         }
     }
@@ -320,8 +324,16 @@ fn apply_batch(
     moved: &mut Moved,
 ) -> Result<Vec<Option<Result<WriteReply, StoreError>>>, StoreError> {
     c.batch("BEGIN")?;
+    let sweeps = batch
+        .iter()
+        .any(|(p, _)| matches!(p.job.op, WriteOp::SweepAttachments { .. }));
     let names: BTreeSet<&str> = batch.iter().filter_map(|(p, _)| p.job.op.db()).collect();
-    if !names.is_empty() {
+    if sweeps {
+        // Deleting attachment bytes must not race a write on another node that is about to
+        // refer to them: every database's row is held (in the same order as any writer takes
+        // them) until the sweep commits, so writes in flight finish first and later ones wait.
+        c.query("SELECT id FROM dbs ORDER BY name FOR UPDATE", &[])?;
+    } else if !names.is_empty() {
         let names: Vec<&str> = names.into_iter().collect();
         c.query(
             "SELECT id FROM dbs WHERE name = ANY($1) ORDER BY name FOR UPDATE",

@@ -195,3 +195,37 @@ async fn a_lost_notification_is_made_up_for_by_the_poll() {
     .await
     .expect("the poll never noticed the change");
 }
+
+/// A `_local` document's revision check holds across nodes: of many writers racing from
+/// revision 0 on two nodes, exactly one wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_local_document_is_created_once_however_many_nodes_race() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::new(&url);
+    let nodes: Vec<Arc<dyn Store>> =
+        vec![Arc::new(schema.open().await), Arc::new(schema.open().await)];
+    nodes[0].create_db("db").await.unwrap();
+    for round in 0..5 {
+        let id = format!("_local/cp{round}");
+        let racers: Vec<_> = (0..8)
+            .map(|i| {
+                let (node, id) = (nodes[i % 2].clone(), id.clone());
+                tokio::spawn(async move {
+                    node.put_local("db", &id, 0, format!("{{\"by\":{i}}}"))
+                        .await
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for r in racers {
+            match r.await.unwrap() {
+                Ok(rev) => {
+                    assert_eq!(rev, 1);
+                    won += 1;
+                }
+                Err(e) => assert!(matches!(e, outpost_store::StoreError::Conflict), "{e}"),
+            }
+        }
+        assert_eq!(won, 1, "round {round}");
+    }
+}
