@@ -10,7 +10,10 @@
 //! read on any node misses nothing. The `_db_updates` sequence works the same way on its row in
 //! `counters`. To rule out deadlocks between nodes, a transaction locks the rows of every
 //! database it will touch up front, in name order, and the `_db_updates` counter last, just
-//! before it commits.
+//! before it commits. What is left can still, rarely, deadlock two nodes' transactions (two
+//! index steps taken in opposite orders, or the same two new attachments stored in opposite
+//! orders): PostgreSQL then aborts one of them, whose requests answer 503 with `Retry-After`
+//! ([`StoreError::Unavailable`]) and are retried by their clients.
 //!
 //! After the commit the writer announces the new sequences to this node's live feeds directly;
 //! other nodes hear of it through one `NOTIFY` per transaction (see [`crate::feed`]).
