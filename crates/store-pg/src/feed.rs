@@ -10,8 +10,9 @@
 //! feeds themselves read their rows from the tables, never from the notification.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -22,6 +23,10 @@ use crate::writer::CHANNEL;
 
 /// How often the listener reads the sequences without being notified.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often the listener samples the database's size on disk (`pg_database_size`, which walks
+/// the database's files).
+const SIZE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How long the listener waits before connecting again after losing its connection.
 const RECONNECT_DELAY: Duration = Duration::from_millis(500);
@@ -89,7 +94,9 @@ pub async fn listen(
     watchers: Watchers,
     db_updates: watch::Sender<u64>,
     reader: Reader,
+    database_bytes: Arc<AtomicU64>,
 ) {
+    let mut sized: Option<Instant> = None;
     loop {
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
@@ -123,6 +130,19 @@ pub async fn listen(
                             return;
                         }
                         record_pool(&reader);
+                        if sized.is_none_or(|at| at.elapsed() >= SIZE_INTERVAL) {
+                            sized = Some(Instant::now());
+                            match client
+                                .query_one("SELECT pg_database_size(current_database())", &[])
+                                .await
+                            {
+                                Ok(row) => database_bytes
+                                    .store(row.get::<_, i64>(0).max(0) as u64, Ordering::Relaxed),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot read the database's size");
+                                }
+                            }
+                        }
                         tokio::select! {
                             woken = wake_rx.recv() => {
                                 if woken.is_none() {

@@ -20,7 +20,8 @@ mod read;
 mod schema;
 pub mod writer;
 
-use std::sync::{Mutex, mpsc};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -63,6 +64,8 @@ pub struct PgStore {
     /// Databases this node is compacting, for `compact_running` (per node: another node's
     /// compaction is not shown).
     compactions: Compactions,
+    /// The PostgreSQL database's size in bytes, sampled by the listener, for `file_size`.
+    database_bytes: Arc<AtomicU64>,
     /// The listener task (see [`feed`]); aborted when the store is dropped.
     listener: tokio::task::JoinHandle<()>,
 }
@@ -140,11 +143,13 @@ impl PgStore {
             .name("outpost-pg-writer".into())
             .spawn(move || writer::run(writer_config, rx, announce))
             .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
+        let database_bytes = Arc::new(AtomicU64::new(0));
         let listener = tokio::spawn(feed::listen(
             config,
             watchers.clone(),
             db_updates.clone(),
             reader.clone(),
+            database_bytes.clone(),
         ));
         let store = PgStore {
             uuid,
@@ -153,6 +158,7 @@ impl PgStore {
             watchers,
             db_updates,
             compactions: Compactions::default(),
+            database_bytes,
             listener,
         };
         // The current `_db_updates` sequence, so the first feed does not start from 0.
@@ -233,7 +239,8 @@ impl Store for PgStore {
     }
 
     async fn db_info(&self, name: &str) -> Result<DbInfo, StoreError> {
-        let info = read::db_info(&self.reader, name).await?;
+        let size = self.database_bytes.load(Ordering::Relaxed);
+        let info = read::db_info(&self.reader, name, size).await?;
         Ok(DbInfo {
             compact_running: self.compactions.is_running(name),
             ..info

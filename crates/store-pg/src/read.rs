@@ -102,14 +102,16 @@ pub async fn security(r: &Reader, db: &str) -> Result<Option<String>, StoreError
     )
 }
 
-pub async fn db_info(r: &Reader, name: &str) -> Result<DbInfo, StoreError> {
+/// A database's info; `file_size` is `database_bytes`, the whole PostgreSQL database's size as
+/// last sampled (see [`crate::feed`]): asking PostgreSQL on every request would make
+/// `GET /{db}`, which every replication starts with, cost a walk of the database's files.
+pub async fn db_info(r: &Reader, name: &str, database_bytes: u64) -> Result<DbInfo, StoreError> {
     let c = r.client().await?;
     let row = r
         .query_opt(
             &c,
             "SELECT name, doc_count, doc_del_count, update_seq, revs_limit, active_size,
-                    created_at, policy, lww_field, retention_count, retention_age,
-                    pg_database_size(current_database())
+                    created_at, policy, lww_field, retention_count, retention_age
              FROM dbs WHERE name = $1",
             &[&name],
         )
@@ -128,7 +130,7 @@ pub async fn db_info(r: &Reader, name: &str) -> Result<DbInfo, StoreError> {
             max_events_per_doc: row.get::<_, Option<i64>>(9).map(|c| c as u64),
             max_age_seconds: row.get::<_, Option<i64>>(10).map(|a| a as u64),
         },
-        file_size: row.get::<_, i64>(11).max(0) as u64,
+        file_size: database_bytes,
         compact_running: false,
     })
 }
