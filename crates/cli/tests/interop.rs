@@ -7,14 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
-
-mod pg;
-
-/// One suite at a time: they share `node_modules` (installed by whichever runs first) and the
-/// machine, and the crash tests in them measure nothing but must not starve each other.
-static SUITE: Mutex<()> = Mutex::new(());
 
 /// Far above the suite's normal running time (about a minute and a half), so only a hang trips it.
 const SUITE_DEADLINE: Duration = Duration::from_secs(15 * 60);
@@ -109,9 +102,8 @@ fn test_files(dir: &Path) -> Vec<String> {
     files
 }
 
-/// Runs the suite against `outpost serve`, with `store` as its `OUTPOST_STORE` when given.
-fn run_suite(store: Option<&str>) {
-    let _one_at_a_time = SUITE.lock().unwrap_or_else(|e| e.into_inner());
+#[test]
+fn pouchdb_interop_suite() {
     let dir = interop_dir();
     install_dependencies(&dir);
 
@@ -121,29 +113,9 @@ fn run_suite(store: Option<&str>) {
         .args(test_files(&dir))
         .env("INTEROP_SERVER", "outpost")
         .env("OUTPOST_BIN", env!("CARGO_BIN_EXE_outpost"));
-    if let Some(store) = store {
-        node.env("OUTPOST_STORE", store);
-    }
     let status = run(node, "node --test", SUITE_DEADLINE);
     assert!(
         status.success(),
         "the PouchDB interop suite failed ({status}); see the node output above"
     );
-}
-
-#[test]
-fn pouchdb_interop_suite() {
-    run_suite(None);
-}
-
-/// The same suite with every `outpost serve` it starts on PostgreSQL (`--store`, here through
-/// `OUTPOST_STORE`), all of them in one schema of this test's: what a PouchDB app sees does not
-/// depend on the engine, a SIGKILLed node included.
-#[test]
-fn pouchdb_interop_suite_on_postgres() {
-    let Some(url) = pg::postgres_url() else {
-        return;
-    };
-    let schema = pg::Schema::create(&url);
-    run_suite(Some(&schema.url_via(None)));
 }
