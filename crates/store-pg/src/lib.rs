@@ -42,6 +42,10 @@ pub use schema::quote_ident;
 /// How long a connection attempt may take before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// tokio-postgres's default idle time before TCP keepalives start, and ours.
+const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
+
 /// Connections in each node's read pool.
 const READ_POOL_SIZE: usize = 16;
 
@@ -95,6 +99,12 @@ impl PgStore {
             .map_err(|e| StoreError::Corrupt(format!("invalid postgres url: {e}")))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        // TCP keepalives find a connection to a server that vanished (a failover, a cut network)
+        // in about a minute instead of the system's default two hours, so the writer and the
+        // listener connect again instead of waiting on it.
+        if config.get_keepalives_idle() == DEFAULT_KEEPALIVES_IDLE {
+            config.keepalives_idle(KEEPALIVES_IDLE);
         }
         if config.get_application_name().is_none() {
             config.application_name("outpost");
