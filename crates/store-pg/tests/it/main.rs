@@ -1,5 +1,6 @@
 //! The PostgreSQL engine against a real server (`OUTPOST_TEST_POSTGRES_URL`): the engine
-//! conformance suite, and several nodes on one database.
+//! conformance suite, several nodes on one database, the writer's chunks, and the copy between
+//! SQLite and PostgreSQL.
 
 mod conformance;
 mod migrate;
