@@ -197,12 +197,6 @@ impl PgStore {
         self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
-    /// Connections of the read pool: `(open, idle)`, for metrics.
-    pub fn pool_status(&self) -> (usize, usize) {
-        let s = self.reader.status();
-        (s.size, s.available)
-    }
-
     async fn write(&self, op: WriteOp) -> Result<WriteReply, StoreError> {
         let (reply, answer) = oneshot::channel();
         {

@@ -53,7 +53,7 @@ impl Reader {
         c.query_opt(&stmt, params).await.map_err(pg)
     }
 
-    /// Pool gauges for the metrics endpoint: connections open and idle.
+    /// The pool's connections, open and idle, and the reads waiting for one (for metrics).
     pub fn status(&self) -> deadpool_postgres::Status {
         self.pool.status()
     }
