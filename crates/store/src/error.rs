@@ -25,9 +25,16 @@ pub enum StoreError {
     /// given, the key is wrong, or a key was given for a plain file. The message says which.
     #[error("{0}")]
     Key(String),
+    /// The database server could not be reached, or gave up on the operation in a way worth
+    /// retrying (a lost connection, a deadlock between nodes, a failover).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// The store is shutting down or its writer thread has stopped.
     #[error("store is closed")]
     Closed,
+    /// This engine does not offer the feature asked for; the message names it.
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// Why one document of a write was refused; the other documents of the write are unaffected.

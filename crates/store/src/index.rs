@@ -121,17 +121,19 @@ impl KeyBound {
         }
     }
 
-    pub(crate) fn bytes(&self) -> &[u8] {
+    /// The bound in the binary sort-key encoding, what an engine compares stored keys with.
+    pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
 
-    pub(crate) fn inclusive(&self) -> bool {
+    /// Whether rows equal to the bound are in the range.
+    pub fn inclusive(&self) -> bool {
         self.inclusive
     }
 }
 
 /// The stored sort key of a row: its key's, then its doc id's.
-pub(crate) fn row_key(key: &Value, doc_id: &str) -> Vec<u8> {
+pub fn row_key(key: &Value, doc_id: &str) -> Vec<u8> {
     let mut out = collate::sort_key(key);
     collate::write_sort_key(&Value::String(doc_id.to_owned()), &mut out);
     out

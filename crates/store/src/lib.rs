@@ -8,6 +8,9 @@
 //! write that could still be lost.
 
 mod compacting;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod docwrite;
 mod error;
 pub mod index;
 pub mod sqlite;

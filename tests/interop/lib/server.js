@@ -6,6 +6,9 @@
 // Which server runs is chosen with INTEROP_SERVER:
 //   outpost (default)  OUTPOST_BIN (or <repo>/target/debug/outpost) serve --data DIR --listen ADDR
 //   pouchdb-server     pouchdb-server 4 on LevelDB (not in-memory), the reference we compare with
+// Outpost inherits this process's environment, so OUTPOST_STORE=postgres://... runs every server
+// on PostgreSQL (all of them sharing that database: a "clean server" is then a clean data
+// directory, and the test files use their own database names).
 //
 // INTEROP_SERVER_LOG=1 copies the server's output to this process's stderr; otherwise it goes to
 // a log file in the temporary directory whose tail is printed when the server fails to start.

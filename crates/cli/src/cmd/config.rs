@@ -29,6 +29,8 @@ const SECRETS: &[&str] = &[
     "admins",
     "jwt_hs256_secret",
     "cookie_secret",
+    // A PostgreSQL URL may hold a password.
+    "store",
 ];
 
 /// Arguments of `outpost config`.

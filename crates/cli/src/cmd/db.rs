@@ -1,10 +1,13 @@
-//! `outpost db`: offline checks and maintenance of a sync server's data directory.
+//! `outpost db`: offline checks and maintenance of a sync server's data directory, and copying
+//! a store between SQLite and PostgreSQL.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use outpost_store::sqlite::{FILE_NAME, key, replay};
 
+use super::store::Location;
 use super::store_key;
 
 /// Arguments of `outpost db`.
@@ -50,10 +53,30 @@ enum DbCommand {
         #[arg(long)]
         decrypt: bool,
     },
+    /// Copy every database of a stopped store into an empty one: a SQLite data directory into
+    /// PostgreSQL (to scale out) or back. Documents, revisions, the event log, `_local`
+    /// documents, attachments, `_security`, settings and the server uuid are copied as they
+    /// are; indexes are rebuilt on first use. The target is written in one transaction and must
+    /// hold no database.
+    Migrate {
+        /// Where to copy from: a data directory, or a PostgreSQL URL.
+        #[arg(long, value_name = "URL|PATH")]
+        from: String,
+        /// Where to copy to: a PostgreSQL URL, or a data directory.
+        #[arg(long, value_name = "URL|PATH")]
+        to: String,
+        /// The key of the SQLite side when it is encrypted (or set OUTPOST_STORE_KEY).
+        #[arg(long, env = "OUTPOST_STORE_KEY_FILE", value_name = "FILE")]
+        key_file: Option<PathBuf>,
+    },
 }
 
 pub async fn run(args: DbArgs) -> anyhow::Result<()> {
     match args.command {
+        DbCommand::Migrate { from, to, key_file } => {
+            let key = store_key::load(key_file.as_deref(), store_key::KEY_VAR)?;
+            migrate(&from, &to, key).await
+        }
         DbCommand::Rebuild { data, key_file, db } => {
             let key = store_key::load(key_file.as_deref(), store_key::KEY_VAR)?;
             let report = tokio::task::spawn_blocking(move || {
@@ -119,4 +142,71 @@ pub async fn run(args: DbArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `outpost db migrate`: the copy runs on the blocking pool, with a progress bar on a terminal
+/// and a line per table otherwise.
+async fn migrate(
+    from: &str,
+    to: &str,
+    key: Option<outpost_store::sqlite::StoreKey>,
+) -> anyhow::Result<()> {
+    use outpost_store_pg::migrate::{Progress, postgres_to_sqlite, sqlite_to_postgres};
+
+    let here = std::path::Path::new(".");
+    let (from, to) = (
+        Location::parse(Some(from), here),
+        Location::parse(Some(to), here),
+    );
+    let described = format!("{} to {}", from.describe(), to.describe());
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {msg}")
+                .expect("static template"),
+        );
+        bar
+    });
+    let shown = bar.clone();
+    let mut table = "";
+    let mut progress = move |p: &Progress| match &shown {
+        Some(bar) => {
+            bar.set_length(p.total);
+            bar.set_position(p.done);
+            bar.set_message(p.table);
+        }
+        None if p.table != table => {
+            table = p.table;
+            eprintln!("copying {} ({}/{} rows)", p.table, p.done, p.total);
+        }
+        None => {}
+    };
+    let report = tokio::task::spawn_blocking(move || match (&from, &to) {
+        (Location::Sqlite(dir), Location::Postgres(url)) => {
+            sqlite_to_postgres(dir, key.as_ref(), url, None, &mut progress)
+        }
+        (Location::Postgres(url), Location::Sqlite(dir)) => {
+            postgres_to_sqlite(url, None, dir, key.as_ref(), &mut progress)
+        }
+        _ => Err(outpost_store::StoreError::Corrupt(
+            "copy between SQLite and PostgreSQL: one side a directory, the other a postgres:// URL"
+                .into(),
+        )),
+    })
+    .await
+    .context("the copy task failed")?;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let report = match report {
+        Err(outpost_store::StoreError::DbExists) => {
+            bail!("the target already holds databases; copy only into an empty store")
+        }
+        other => other.with_context(|| format!("cannot copy {described}"))?,
+    };
+    for (table, rows) in &report.tables {
+        println!("{table}: {rows} rows");
+    }
+    println!("ok: copied {described}");
+    Ok(())
 }

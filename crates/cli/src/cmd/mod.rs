@@ -8,4 +8,5 @@ pub mod queue;
 pub mod replicate;
 pub mod serve;
 pub mod shutdown;
+pub mod store;
 pub mod store_key;

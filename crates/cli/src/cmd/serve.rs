@@ -1,4 +1,5 @@
-//! `outpost serve`: the CouchDB-compatible sync server on the embedded SQLite store, and, when
+//! `outpost serve`: the CouchDB-compatible sync server on the embedded SQLite store (or on
+//! PostgreSQL with `--store postgres://…`, one of any number of nodes), and, when
 //! a gateway is configured too (a `[gateway]` table in the configuration file, or
 //! `--gateway-upstream`), the offline request gateway on its own listener in the same process.
 //! Both stop on the same SIGINT/SIGTERM and record into the same metrics registry; either
@@ -11,7 +12,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use outpost_server::{AppState, Config};
-use outpost_store::sqlite::SqliteStore;
 
 use crate::cmd::gateway::{GatewayArgs, parse_duration};
 
@@ -21,6 +21,11 @@ pub struct ServeArgs {
     /// Directory holding the database file; created if missing.
     #[arg(long, env = "OUTPOST_DATA", default_value = "./outpost-data")]
     pub data: PathBuf,
+    /// Where the documents are: a PostgreSQL URL (postgres://user@host/db), shared by any
+    /// number of `outpost serve` nodes, or a directory for the embedded SQLite store. Without
+    /// it, the SQLite store in --data.
+    #[arg(long, env = "OUTPOST_STORE", value_name = "URL|PATH")]
+    pub store: Option<String>,
     /// Address and port to listen on.
     #[arg(long, env = "OUTPOST_LISTEN", default_value = "127.0.0.1:5984")]
     pub listen: SocketAddr,
@@ -192,10 +197,9 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     };
     let key = super::store_key::load(args.key_file.as_deref(), super::store_key::KEY_VAR)?;
     let encrypted = key.is_some();
-    let store = SqliteStore::open_with_key(&args.data, key)
-        .with_context(|| format!("cannot open the data directory {}", args.data.display()))?;
-    let store = Arc::new(store);
-    outpost_telemetry::watch_database("sync", store.path().to_path_buf());
+    let location = super::store::Location::parse(args.store.as_deref(), &args.data);
+    let opened = super::store::Opened::open(&location, key).await?;
+    let store = opened.store();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -264,7 +268,8 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         listen = %local,
         data = %args.data.display(),
-        uuid = store.server_uuid_str(),
+        store = %location.describe(),
+        uuid = store.server_uuid(),
         tls = tls.is_some(),
         encrypted,
         "outpost is serving"
@@ -302,7 +307,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     };
     let reloads = reload_on_hangup(tls.clone(), shutdown.clone());
     let (served, gatewayed, ()) = tokio::join!(server, gateway, reloads);
-    store.close();
+    opened.close();
     served?;
     gatewayed?;
     tracing::info!("stopped");

@@ -70,6 +70,11 @@ impl LocalEndpoint {
                 op,
                 reason: "the store is closed".into(),
             },
+            StoreError::Unavailable(reason) => ReplicationError::Unreachable {
+                endpoint,
+                op,
+                reason,
+            },
             other => ReplicationError::Http {
                 endpoint,
                 op,

@@ -3,6 +3,7 @@
 
 mod access;
 mod compaction;
+mod doctx;
 mod index;
 pub mod key;
 mod read;

@@ -36,7 +36,7 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 }
 
 /// One event as replay needs it.
-pub(super) struct ReplayEvent {
+pub struct ReplayEvent {
     pub seq: u64,
     pub rev: Rev,
     pub parent: Option<Rev>,
@@ -107,7 +107,7 @@ pub(super) fn read_events(
 /// Applies one event to a tree exactly as the writer did. The writer stems a document once per
 /// sequence, after all of its events of that sequence: `last_of_seq` says whether this event is
 /// the last of its sequence.
-pub(super) fn apply_event(
+pub fn apply_event(
     tree: &mut RevTree,
     event: &ReplayEvent,
     revs_limit: usize,

@@ -63,7 +63,8 @@ fn summary(rows: &[ChangeRow]) -> Vec<(String, u64, String, bool)> {
 
 #[tokio::test]
 async fn a_reader_sees_what_names_them_and_losing_it_as_a_deletion() {
-    for (store, _dir) in engines() {
+    for engine in engines().await {
+        let store = engine.store;
         store.create_db_with("db", &ACCESS).await.unwrap();
         assert!(store.db_info("db").await.unwrap().access);
         let a1 = write(&store, edit("a", None, json!({"_access": ["alice"]}))).await;
@@ -233,7 +234,8 @@ proptest! {
     fn feeds_follow_the_model_and_page_exactly(ops in proptest::collection::vec(arb_op(), 1..25), page in 1..4u64) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let (store, _dir) = engines().remove(0);
+            let engine = engines().await.remove(0);
+            let store = engine.store.clone();
             store.create_db_with("db", &ACCESS).await.unwrap();
             let mut history = History::new();
             let mut revs: BTreeMap<String, Rev> = BTreeMap::new();

@@ -1,28 +1,13 @@
-//! What any `Store` engine must do. Each test takes the engine from `engines()`.
+//! The engine conformance suite (`outpost_store::conformance`) on the SQLite engine, plain and
+//! encrypted, and what only a SQLite file does (reopening a data directory).
 
 use std::sync::Arc;
 
-use outpost_core::Rev;
+use outpost_store::Store;
+use outpost_store::conformance::Engine;
+pub use outpost_store::conformance::edit;
 use outpost_store::sqlite::{SqliteStore, StoreKey};
-use outpost_store::{ChangesQuery, DocUpdate, Origin, Store, StoreError, UpdateMode};
-use serde_json::{Map, json};
-
-fn body(v: serde_json::Value) -> Map<String, serde_json::Value> {
-    v.as_object().unwrap().clone()
-}
-
-pub fn edit(id: &str, base: Option<&Rev>, v: serde_json::Value) -> DocUpdate {
-    DocUpdate {
-        id: id.to_owned(),
-        mode: UpdateMode::Edit {
-            base: base.cloned(),
-        },
-        deleted: false,
-        body: body(v),
-        new_attachments: Vec::new(),
-        origin: Origin::Client,
-    }
-}
+use serde_json::json;
 
 /// A raw 256-bit key for the encrypted engine.
 pub fn test_key() -> StoreKey {
@@ -34,19 +19,23 @@ pub fn keys() -> [Option<StoreKey>; 2] {
     [None, Some(test_key())]
 }
 
-/// Every engine available in this build, each over a fresh temporary directory: SQLite plain
-/// and SQLite encrypted (SQLCipher).
-pub fn engines() -> Vec<(Arc<dyn Store>, tempfile::TempDir)> {
+/// The SQLite engine plain and encrypted (SQLCipher), each over a fresh temporary directory.
+pub async fn engines() -> Vec<Engine> {
     keys()
         .into_iter()
         .map(|key| {
             let dir = tempfile::tempdir().unwrap();
-            let sqlite: Arc<dyn Store> =
+            let store: Arc<dyn Store> =
                 Arc::new(SqliteStore::open_with_key(dir.path(), key).unwrap());
-            (sqlite, dir)
+            Engine {
+                store,
+                guard: Box::new(dir),
+            }
         })
         .collect()
 }
+
+outpost_store::conformance_suite!(engines);
 
 #[tokio::test]
 async fn writes_are_read_back_and_survive_reopening() {
@@ -76,293 +65,4 @@ async fn reopen(key: Option<StoreKey>) {
     let winner = doc.tree.winner().unwrap().rev;
     let bodies = store.rev_bodies("db", "a", &[winner]).await.unwrap();
     assert_eq!(bodies[0].1.json, r#"{"v":1}"#);
-}
-
-#[tokio::test]
-async fn databases_are_created_once_and_deleted_with_their_documents() {
-    for (store, _dir) in engines() {
-        store.create_db("db").await.unwrap();
-        assert!(matches!(
-            store.create_db("db").await,
-            Err(StoreError::DbExists)
-        ));
-        store
-            .write_docs("db", vec![edit("a", None, json!({}))])
-            .await
-            .unwrap();
-        store.delete_db("db").await.unwrap();
-        assert!(matches!(store.db_info("db").await, Err(StoreError::NoDb)));
-        store.create_db("db").await.unwrap();
-        assert!(store.doc("db", "a").await.unwrap().is_none());
-        assert!(matches!(
-            store.write_docs("nope", vec![]).await,
-            Err(StoreError::NoDb)
-        ));
-    }
-}
-
-/// `_db_updates`: each database once, at its latest event, under a server-wide sequence that
-/// survives reopening.
-#[tokio::test]
-async fn database_updates_list_each_database_at_its_latest_event() {
-    for (store, _dir) in engines() {
-        let mut watch = store.watch_db_updates();
-        let start = *watch.borrow_and_update();
-        store.create_db("a").await.unwrap();
-        store.create_db("b").await.unwrap();
-        store
-            .write_docs("a", vec![edit("x", None, json!({}))])
-            .await
-            .unwrap();
-        store.delete_db("b").await.unwrap();
-        let seen = |updates: Vec<outpost_store::DbUpdate>| {
-            updates
-                .into_iter()
-                .map(|u| (u.db_name, u.kind))
-                .collect::<Vec<_>>()
-        };
-        let all = store.db_updates(start, 100).await.unwrap();
-        assert_eq!(
-            seen(all.clone()),
-            [
-                ("a".into(), "updated".into()),
-                ("b".into(), "deleted".into())
-            ]
-        );
-        assert!(all[0].seq < all[1].seq);
-        assert!(watch.has_changed().unwrap());
-        assert_eq!(*watch.borrow_and_update(), all[1].seq);
-        let later = store.db_updates(all[0].seq, 100).await.unwrap();
-        assert_eq!(seen(later), [("b".into(), "deleted".into())]);
-        assert_eq!(store.db_updates(start, 1).await.unwrap().len(), 1);
-        store.create_db("b").await.unwrap();
-        let again = store.db_updates(all[1].seq, 100).await.unwrap();
-        assert_eq!(seen(again), [("b".into(), "created".into())]);
-    }
-}
-
-#[tokio::test]
-async fn security_objects_are_kept_per_database_and_go_with_it() {
-    for (store, _dir) in engines() {
-        assert!(matches!(store.security("db").await, Err(StoreError::NoDb)));
-        assert!(matches!(
-            store.set_security("db", "{}".into()).await,
-            Err(StoreError::NoDb)
-        ));
-        store.create_db("db").await.unwrap();
-        store.create_db("other").await.unwrap();
-        assert_eq!(store.security("db").await.unwrap(), None);
-        store.set_security("db", r#"{"a":1}"#.into()).await.unwrap();
-        store.set_security("db", r#"{"a":2}"#.into()).await.unwrap();
-        assert_eq!(
-            store.security("db").await.unwrap().as_deref(),
-            Some(r#"{"a":2}"#)
-        );
-        assert_eq!(store.security("other").await.unwrap(), None);
-        // A database created again under the same name starts without one.
-        store.delete_db("db").await.unwrap();
-        store.create_db("db").await.unwrap();
-        assert_eq!(store.security("db").await.unwrap(), None);
-    }
-}
-
-#[tokio::test]
-async fn concurrent_writers_all_commit() {
-    for (store, _dir) in engines() {
-        store.create_db("db").await.unwrap();
-        let tasks: Vec<_> = (0..64)
-            .map(|i| {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    store
-                        .write_docs("db", vec![edit(&format!("d{i}"), None, json!({"i": i}))])
-                        .await
-                        .unwrap()
-                })
-            })
-            .collect();
-        for t in tasks {
-            assert!(t.await.unwrap()[0].is_ok());
-        }
-        let info = store.db_info("db").await.unwrap();
-        assert_eq!((info.doc_count, info.update_seq), (64, 64));
-        let page = store
-            .changes(
-                "db",
-                &ChangesQuery {
-                    since: 60,
-                    limit: 10,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            page.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            [61, 62, 63, 64]
-        );
-    }
-}
-
-#[tokio::test]
-async fn a_conflicting_edit_fails_alone() {
-    for (store, _dir) in engines() {
-        store.create_db("db").await.unwrap();
-        let first = store
-            .write_docs("db", vec![edit("a", None, json!({}))])
-            .await
-            .unwrap();
-        let rev = first[0].clone().unwrap();
-        let out = store
-            .write_docs(
-                "db",
-                vec![
-                    edit("a", None, json!({"x": 1})),
-                    edit("a", Some(&rev), json!({"x": 2})),
-                    edit("b", None, json!({})),
-                ],
-            )
-            .await
-            .unwrap();
-        assert!(out[0].is_err());
-        assert!(out[1].is_ok());
-        assert!(out[2].is_ok());
-    }
-}
-
-#[tokio::test]
-async fn local_documents_check_their_revision() {
-    for (store, _dir) in engines() {
-        store.create_db("db").await.unwrap();
-        assert_eq!(
-            store
-                .put_local("db", "_local/x", 0, "{}".into())
-                .await
-                .unwrap(),
-            1
-        );
-        assert!(matches!(
-            store.put_local("db", "_local/x", 0, "{}".into()).await,
-            Err(StoreError::Conflict)
-        ));
-        assert_eq!(
-            store
-                .put_local("db", "_local/x", 1, "{\"a\":1}".into())
-                .await
-                .unwrap(),
-            2
-        );
-        store.delete_local("db", "_local/x", 2).await.unwrap();
-        assert!(store.local_doc("db", "_local/x").await.unwrap().is_none());
-        assert_eq!(store.db_info("db").await.unwrap().update_seq, 0);
-    }
-}
-
-#[tokio::test]
-async fn attachments_are_read_whole_or_by_range() {
-    for (store, _dir) in engines() {
-        store.create_db("db").await.unwrap();
-        let data: Vec<u8> = (0..1000u32).map(|i| (i % 256) as u8).collect();
-        let digest = outpost_core::hash::attachment_digest(&data);
-        let mut update = edit(
-            "a",
-            None,
-            json!({"_attachments": {"x.bin": {
-                "content_type": "application/octet-stream", "digest": digest, "length": 1000
-            }}}),
-        );
-        update.new_attachments = vec![outpost_store::NewAttachment {
-            digest: digest.clone(),
-            data: data.clone(),
-        }];
-        assert!(store.write_docs("db", vec![update]).await.unwrap()[0].is_ok());
-        assert_eq!(store.attachment(&digest).await.unwrap(), Some(data.clone()));
-        for (offset, len) in [(0, 10), (990, 10), (995, 10), (0, 5000), (400, 300)] {
-            let end = (offset + len).min(1000) as usize;
-            assert_eq!(
-                store.attachment_range(&digest, offset, len).await.unwrap(),
-                Some(data[offset as usize..end].to_vec()),
-                "{offset}+{len}"
-            );
-        }
-        assert_eq!(
-            store.attachment_range(&digest, 1000, 10).await.unwrap(),
-            Some(Vec::new())
-        );
-        assert_eq!(
-            store.attachment_range("md5-nope", 0, 10).await.unwrap(),
-            None
-        );
-    }
-}
-
-#[tokio::test]
-async fn batched_reads_match_single_reads_in_the_order_asked() {
-    for (store, _dir) in engines() {
-        store.create_db("db").await.unwrap();
-        let first = store
-            .write_docs(
-                "db",
-                vec![
-                    edit("a", None, json!({"v": "a1"})),
-                    edit("b", None, json!({"v": "b1"})),
-                ],
-            )
-            .await
-            .unwrap();
-        let a1 = first[0].clone().unwrap();
-        let b1 = first[1].clone().unwrap();
-        let a2 = store
-            .write_docs("db", vec![edit("a", Some(&a1), json!({"v": "a2"}))])
-            .await
-            .unwrap()[0]
-            .clone()
-            .unwrap();
-
-        let ids = ["b", "nope", "a", "b"].map(String::from);
-        let docs = store.docs("db", &ids).await.unwrap();
-        assert_eq!(docs.len(), 4);
-        for (id, got) in ids.iter().zip(&docs) {
-            let single = store.doc("db", id).await.unwrap();
-            assert_eq!(got.as_ref().map(|d| &d.id), single.as_ref().map(|d| &d.id));
-            assert_eq!(got.as_ref().map(|d| d.seq), single.as_ref().map(|d| d.seq));
-            assert_eq!(
-                got.as_ref().and_then(|d| d.tree.winner()).map(|w| w.rev),
-                single.as_ref().and_then(|d| d.tree.winner()).map(|w| w.rev),
-            );
-        }
-        assert!(docs[1].is_none());
-        assert_eq!(docs[2].as_ref().unwrap().tree.winner().unwrap().rev, a2);
-
-        let unknown: Rev = "1-00000000000000000000000000000000".parse().unwrap();
-        let wanted = vec![
-            ("a".to_owned(), a2.clone()),
-            ("b".to_owned(), unknown.clone()),
-            ("a".to_owned(), a1.clone()),
-            ("nope".to_owned(), unknown),
-            ("b".to_owned(), b1.clone()),
-        ];
-        let bodies: Vec<Option<String>> = store
-            .bodies("db", &wanted)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|b| b.map(|b| b.json))
-            .collect();
-        assert_eq!(
-            bodies,
-            [
-                Some(r#"{"v":"a2"}"#.to_owned()),
-                None,
-                Some(r#"{"v":"a1"}"#.to_owned()),
-                None,
-                Some(r#"{"v":"b1"}"#.to_owned()),
-            ]
-        );
-        assert!(matches!(
-            store.docs("missing", &ids).await,
-            Err(StoreError::NoDb)
-        ));
-        assert!(store.docs("db", &[]).await.unwrap().is_empty());
-    }
 }

@@ -1,0 +1,378 @@
+//! Several `outpost serve` processes on one PostgreSQL database (`--store postgres://…`): one
+//! server to their clients (the same uuid), a write on one node seen by a live changes feed on
+//! another, and readiness that fails when the database cannot be reached.
+//!
+//! Needs the server at `OUTPOST_TEST_POSTGRES_URL`; skips saying so without it (fails under
+//! `CI=true`). Each test works in a schema of its own, dropped afterwards.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+mod pg;
+use pg::{Schema, postgres_url};
+
+/// Long enough that only a defect runs into it.
+const GUARD: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn client() -> reqwest::Client {
+    outpost_replicator::http_client().unwrap()
+}
+
+/// An `outpost serve` node on `store`.
+struct Node {
+    port: u16,
+    child: Child,
+}
+
+impl Node {
+    async fn start(store: &str, data: &Path) -> Node {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--store",
+                store,
+            ])
+            .arg("--data")
+            .arg(data)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn outpost serve");
+        let node = Node { port, child };
+        let deadline = Instant::now() + GUARD;
+        loop {
+            if let Ok(r) = client().get(node.url("/_up")).send().await
+                && r.status().is_success()
+            {
+                return node;
+            }
+            assert!(Instant::now() < deadline, "outpost serve did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = client().get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_node_reaches_a_live_feed_on_another() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::create(&url);
+    let store = schema.url_via(None);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(&store, da.path()).await;
+    let b = Node::start(&store, db.path()).await;
+
+    // One server to its clients: PouchDB keys its checkpoints on this.
+    let (_, root_a) = a.get("/").await;
+    let (_, root_b) = b.get("/").await;
+    assert_eq!(root_a["uuid"], root_b["uuid"]);
+
+    let created = client().put(a.url("/shared")).send().await.unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    // A longpoll feed on B from the database's current sequence: it waits for the write on A
+    // (or, had the write come first, answers it at once; the store's own tests show the wake-up
+    // itself deterministically).
+    let (_, info) = b.get("/shared").await;
+    let since = info["update_seq"].as_u64().unwrap();
+    let feed = tokio::spawn({
+        let url = b.url(&format!(
+            "/shared/_changes?feed=longpoll&since={since}&timeout=60000"
+        ));
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    });
+    let put = client()
+        .put(a.url("/shared/doc1"))
+        .json(&json!({"from": "a"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 201);
+    let changes = tokio::time::timeout(GUARD, feed)
+        .await
+        .expect("the feed on the other node was not woken")
+        .unwrap();
+    let ids: Vec<&str> = changes["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["doc1"]);
+    let (status, doc) = b.get("/shared/doc1").await;
+    assert_eq!((status, &doc["from"]), (200, &json!("a")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_while_postgres_cannot_be_reached() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::create(&url);
+    let upstream = postgres_host_port(&url);
+    let proxy = Proxy::start(&upstream).await;
+    let store = schema.url_via(Some(&format!("127.0.0.1:{}", proxy.port)));
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&store, data.path()).await;
+    assert_eq!(node.get("/_outpost/v1/ready").await.0, 200);
+
+    proxy.cut();
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let (status, body) = node.get("/_outpost/v1/ready").await;
+        if status == 503 {
+            assert_eq!(body["status"], "unavailable");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready without its database"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `host:port` of a PostgreSQL URL (5432 when none is given).
+fn postgres_host_port(url: &str) -> String {
+    let rest = &url[url.find("://").unwrap() + 3..];
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let hp = rest.split(['/', '?']).next().unwrap();
+    if hp.contains(':') {
+        hp.to_owned()
+    } else {
+        format!("{hp}:5432")
+    }
+}
+
+/// A TCP proxy in front of PostgreSQL that can be cut: then it closes every connection and
+/// refuses new ones, as an unreachable database would look to the node.
+struct Proxy {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: &str) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+            Default::default();
+        let upstream = upstream.to_owned();
+        let held = connections.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                held.lock().unwrap().push(conn);
+            }
+        });
+        Proxy {
+            port,
+            task,
+            connections,
+        }
+    }
+
+    fn cut(&self) {
+        self.task.abort();
+        for c in self.connections.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// SIGKILL under concurrent writes: every write a node acknowledged is there when another node
+/// opens the database. A 2xx means committed in PostgreSQL, never "queued".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_acknowledged_write_survives_a_sigkilled_node() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::create(&url);
+    let store = schema.url_via(None);
+    let data = tempfile::tempdir().unwrap();
+    let mut node = Node::start(&store, data.path()).await;
+    let created = client().put(node.url("/crash")).send().await.unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+
+    const WRITERS: usize = 8;
+    const KILL_AFTER: usize = 200;
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let enough = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (acked, enough, base) = (acked.clone(), enough.clone(), node.url("/crash"));
+        writers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let id = format!("w{w}-{i:05}");
+                let sent = client()
+                    .put(format!("{base}/{id}"))
+                    .json(&json!({"w": w, "i": i}))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().as_u16() == 201 => {
+                        let mut acked = acked.lock().unwrap();
+                        acked.push(id);
+                        if acked.len() == KILL_AFTER {
+                            enough.notify_one();
+                        }
+                    }
+                    // The node is gone: whatever was not acknowledged may or may not be there.
+                    _ => return,
+                }
+            }
+        }));
+    }
+    tokio::time::timeout(GUARD, enough.notified())
+        .await
+        .expect("the writers never got far enough");
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    let other = tempfile::tempdir().unwrap();
+    node = Node::start(&store, other.path()).await;
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= KILL_AFTER);
+    let r = client()
+        .post(node.url("/crash/_all_docs"))
+        .json(&json!({"keys": acked}))
+        .send()
+        .await
+        .unwrap();
+    let rows: Value = r.json().await.unwrap();
+    let missing: Vec<&Value> = rows["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row.get("error").is_some())
+        .collect();
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+}
+
+/// `outpost db migrate`: a data directory into PostgreSQL, served from there, and back into a
+/// new data directory, served from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_moves_to_postgres_and_back() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::create(&url);
+    let store = schema.url_via(None);
+    let original = tempfile::tempdir().unwrap();
+    let uuid = {
+        let node = Node::start(original.path().to_str().unwrap(), original.path()).await;
+        assert_eq!(
+            client()
+                .put(node.url("/moving"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+            201
+        );
+        let put = client()
+            .put(node.url("/moving/doc"))
+            .json(&json!({"here": "sqlite"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status().as_u16(), 201);
+        node.get("/").await.1["uuid"].clone()
+    };
+    let migrate = |from: &str, to: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["db", "migrate", "--from", from, "--to", to])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let said = migrate(original.path().to_str().unwrap(), &store);
+    assert!(said.contains("docs: 1 rows"), "{said}");
+
+    let back = tempfile::tempdir().unwrap();
+    {
+        let node = Node::start(&store, back.path()).await;
+        assert_eq!(node.get("/").await.1["uuid"], uuid);
+        let (status, doc) = node.get("/moving/doc").await;
+        assert_eq!((status, &doc["here"]), (200, &json!("sqlite")));
+        let put = client()
+            .put(node.url("/moving/doc2"))
+            .json(&json!({"here": "postgres"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status().as_u16(), 201);
+    }
+    // Copying into a store that holds databases is refused.
+    let again = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args([
+            "db",
+            "migrate",
+            "--from",
+            original.path().to_str().unwrap(),
+            "--to",
+            &store,
+        ])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+
+    let said = migrate(&store, back.path().to_str().unwrap());
+    assert!(said.contains("docs: 2 rows"), "{said}");
+    let node = Node::start(back.path().to_str().unwrap(), back.path()).await;
+    assert_eq!(node.get("/").await.1["uuid"], uuid);
+    for id in ["doc", "doc2"] {
+        assert_eq!(node.get(&format!("/moving/{id}")).await.0, 200);
+    }
+}

@@ -1,0 +1,199 @@
+//! The writer's connection: a blocking client on the writer thread, with its prepared
+//! statements, and the [`DocTx`] statements the engine-neutral document writer runs on it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use outpost_core::Policy;
+use outpost_store::docwrite::{DbState, DocRowWrite, DocTx, EventWrite};
+use outpost_store::{NewAttachment, StoreError};
+use postgres::types::ToSql;
+use postgres::{Client, Row, Statement};
+
+use crate::error::pg;
+
+/// The writer's connection. Statements borrow the client one at a time, so the document
+/// writer's `&self` calls can run on it; every statement is prepared once per connection.
+pub struct WriterConn {
+    client: RefCell<Client>,
+    statements: RefCell<HashMap<String, Statement>>,
+}
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+impl WriterConn {
+    pub fn new(client: Client) -> WriterConn {
+        WriterConn {
+            client: RefCell::new(client),
+            statements: RefCell::default(),
+        }
+    }
+
+    /// Whether the connection was lost (the writer then opens a new one).
+    pub fn is_closed(&self) -> bool {
+        self.client.borrow().is_closed()
+    }
+
+    fn statement(&self, sql: &str) -> Result<Statement, StoreError> {
+        if let Some(s) = self.statements.borrow().get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.borrow_mut().prepare(sql).map_err(pg)?;
+        self.statements
+            .borrow_mut()
+            .insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    /// Runs commands without parameters (transaction control, savepoints).
+    pub fn batch(&self, sql: &str) -> Result<(), StoreError> {
+        self.client.borrow_mut().batch_execute(sql).map_err(pg)
+    }
+
+    pub fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
+        let s = self.statement(sql)?;
+        self.client.borrow_mut().execute(&s, params).map_err(pg)
+    }
+
+    pub fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
+        let s = self.statement(sql)?;
+        self.client.borrow_mut().query(&s, params).map_err(pg)
+    }
+
+    pub fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, StoreError> {
+        let s = self.statement(sql)?;
+        self.client.borrow_mut().query_opt(&s, params).map_err(pg)
+    }
+}
+
+impl DocTx for WriterConn {
+    fn db_state(&self, name: &str) -> Result<Option<DbState>, StoreError> {
+        // The row lock, held until the transaction ends, orders the sequences of every node's
+        // writes to this database by commit: a writer reads `update_seq` only once the writer
+        // before it committed (see `writer`).
+        let row = self.query_opt(
+            "SELECT id, update_seq, revs_limit, doc_count, doc_del_count, active_size, policy,
+                    lww_field
+             FROM dbs WHERE name = $1 FOR UPDATE",
+            &[&name],
+        )?;
+        Ok(row.map(|r| DbState {
+            id: r.get(0),
+            seq: r.get::<_, i64>(1) as u64,
+            revs_limit: r.get::<_, i64>(2).max(1) as usize,
+            doc_count: r.get(3),
+            doc_del_count: r.get(4),
+            active_size: r.get(5),
+            policy: Policy::from_parts(&r.get::<_, String>(6), r.get(7)).unwrap_or_default(),
+            // Databases with per-document access cannot be created on this engine (yet).
+            access: false,
+        }))
+    }
+
+    fn save_state(&self, state: &DbState) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE dbs SET update_seq = $2, doc_count = $3, doc_del_count = $4, active_size = $5
+             WHERE id = $1",
+            &[
+                &state.id,
+                &(state.seq as i64),
+                &state.doc_count,
+                &state.doc_del_count,
+                &state.active_size,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn doc_row(&self, db: i64, id: &str) -> Result<Option<(bool, String)>, StoreError> {
+        Ok(self
+            .query_opt(
+                "SELECT deleted, tree FROM docs WHERE db = $1 AND id = $2",
+                &[&db, &id],
+            )?
+            .map(|r| (r.get(0), r.get(1))))
+    }
+
+    fn rev_body(&self, db: i64, doc: &str, rev: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .query_opt(
+                "SELECT body FROM revs WHERE db = $1 AND doc = $2 AND rev = $3",
+                &[&db, &doc, &rev],
+            )?
+            .map(|r| r.get(0)))
+    }
+
+    fn put_rev(
+        &self,
+        db: i64,
+        doc: &str,
+        rev: &str,
+        deleted: bool,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO revs (db, doc, rev, deleted, body) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (db, doc, rev) DO NOTHING",
+            &[&db, &doc, &rev, &deleted, &body],
+        )?;
+        Ok(())
+    }
+
+    fn put_attachment(&self, att: &NewAttachment) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO attachments (digest, length, data) VALUES ($1, $2, $3)
+             ON CONFLICT (digest) DO NOTHING",
+            &[&att.digest, &(att.data.len() as i64), &att.data],
+        )?;
+        Ok(())
+    }
+
+    fn put_doc(&self, row: &DocRowWrite<'_>) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO docs (db, id, seq, deleted, conflicted, winner, tree)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (db, id) DO UPDATE SET seq = excluded.seq, deleted = excluded.deleted,
+                 conflicted = excluded.conflicted, winner = excluded.winner, tree = excluded.tree",
+            &[
+                &row.db,
+                &row.id,
+                &(row.seq as i64),
+                &row.deleted,
+                &row.conflicted,
+                &row.winner,
+                &row.tree,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn put_event(&self, e: &EventWrite<'_>) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO events (db, seq, pos, kind, doc, rev, parent, origin, at, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &e.db,
+                &(e.seq as i64),
+                &e.pos,
+                &e.kind,
+                &e.doc,
+                &e.rev,
+                &e.parent,
+                &e.origin,
+                &e.at,
+                &e.detail,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn index_access(&self, _: i64, _: &str, _: u64, _: &str, _: bool) -> Result<(), StoreError> {
+        // Only reached for a database with per-document access, which this engine refuses to
+        // create.
+        Err(StoreError::Unsupported(ACCESS_UNSUPPORTED))
+    }
+}
+
+/// Why a database with per-document access cannot live on this engine.
+pub(crate) const ACCESS_UNSUPPORTED: &str =
+    "per-document access (access=true) is not available on the PostgreSQL engine";

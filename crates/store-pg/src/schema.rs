@@ -1,0 +1,201 @@
+//! The schema in PostgreSQL, versioned like the SQLite file's, created or brought forward when
+//! a node opens the store.
+//!
+//! The tables are those of the SQLite engine (see `outpost_store::sqlite`'s schema), with
+//! PostgreSQL's types, plus `counters` for the server-wide `_db_updates` sequence. Document ids
+//! and revision ids use the `C` collation, so that `_all_docs` sorts by code point exactly as
+//! SQLite's binary collation does, whatever the database's default collation is; index sort
+//! keys are `bytea`, which compares byte by byte. Attachment bytes are stored `EXTERNAL`
+//! (out of line, uncompressed), so a range read fetches only the chunks it covers.
+//!
+//! Several nodes may open the store at once: the migration runs under a transaction-level
+//! advisory lock, so one node creates the tables and the others find them.
+
+use crate::error::pg;
+use outpost_store::StoreError;
+
+/// The schema version this build writes.
+pub const VERSION: i64 = 1;
+
+/// The key of the advisory lock the migration holds (an arbitrary constant, "outpost").
+const MIGRATION_LOCK: i64 = 0x006f_7574_706f_7374;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+INSERT INTO counters (name, value) VALUES ('db_updates', 0) ON CONFLICT (name) DO NOTHING;
+
+CREATE TABLE IF NOT EXISTS dbs (
+    id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name            TEXT COLLATE "C" NOT NULL UNIQUE,
+    created_at      BIGINT NOT NULL,
+    update_seq      BIGINT NOT NULL DEFAULT 0,
+    doc_count       BIGINT NOT NULL DEFAULT 0,
+    doc_del_count   BIGINT NOT NULL DEFAULT 0,
+    active_size     BIGINT NOT NULL DEFAULT 0,
+    revs_limit      BIGINT NOT NULL DEFAULT 1000,
+    policy          TEXT NOT NULL DEFAULT 'manual',
+    lww_field       TEXT,
+    retention_count BIGINT,
+    retention_age   BIGINT
+);
+
+CREATE TABLE IF NOT EXISTS db_security (
+    db   BIGINT PRIMARY KEY,
+    body TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS docs (
+    db         BIGINT NOT NULL,
+    id         TEXT COLLATE "C" NOT NULL,
+    seq        BIGINT NOT NULL,
+    deleted    BOOLEAN NOT NULL,
+    conflicted BOOLEAN NOT NULL DEFAULT FALSE,
+    winner     TEXT COLLATE "C" NOT NULL DEFAULT '',
+    tree       TEXT NOT NULL,
+    PRIMARY KEY (db, id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS docs_by_seq ON docs (db, seq);
+CREATE INDEX IF NOT EXISTS docs_conflicted ON docs (db, id) WHERE conflicted;
+CREATE INDEX IF NOT EXISTS docs_live ON docs (db, id) WHERE NOT deleted;
+
+CREATE TABLE IF NOT EXISTS revs (
+    db      BIGINT NOT NULL,
+    doc     TEXT COLLATE "C" NOT NULL,
+    rev     TEXT COLLATE "C" NOT NULL,
+    deleted BOOLEAN NOT NULL,
+    body    TEXT NOT NULL,
+    PRIMARY KEY (db, doc, rev)
+);
+
+CREATE TABLE IF NOT EXISTS local_docs (
+    db   BIGINT NOT NULL,
+    id   TEXT COLLATE "C" NOT NULL,
+    rev  BIGINT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (db, id)
+);
+
+CREATE TABLE IF NOT EXISTS attachments (
+    digest TEXT PRIMARY KEY,
+    length BIGINT NOT NULL,
+    data   BYTEA NOT NULL
+);
+ALTER TABLE attachments ALTER COLUMN data SET STORAGE EXTERNAL;
+
+CREATE TABLE IF NOT EXISTS events (
+    db      BIGINT NOT NULL,
+    seq     BIGINT NOT NULL,
+    pos     BIGINT NOT NULL DEFAULT 0,
+    kind    TEXT NOT NULL,
+    doc     TEXT COLLATE "C" NOT NULL,
+    rev     TEXT COLLATE "C" NOT NULL,
+    parent  TEXT,
+    origin  TEXT NOT NULL,
+    at      BIGINT NOT NULL,
+    detail  TEXT,
+    deleted BOOLEAN,
+    PRIMARY KEY (db, seq, pos)
+);
+CREATE INDEX IF NOT EXISTS events_by_doc ON events (db, doc, seq);
+
+CREATE TABLE IF NOT EXISTS db_updates (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    seq  BIGINT NOT NULL,
+    type TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS db_updates_by_seq ON db_updates (seq);
+
+CREATE TABLE IF NOT EXISTS event_baselines (
+    db   BIGINT NOT NULL,
+    doc  TEXT COLLATE "C" NOT NULL,
+    seq  BIGINT NOT NULL,
+    tree TEXT NOT NULL,
+    PRIMARY KEY (db, doc)
+);
+
+CREATE TABLE IF NOT EXISTS indexes (
+    id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    db          BIGINT NOT NULL,
+    name        TEXT COLLATE "C" NOT NULL,
+    signature   TEXT NOT NULL,
+    key_version TEXT NOT NULL,
+    seq         BIGINT NOT NULL,
+    rows        BIGINT NOT NULL DEFAULT 0,
+    UNIQUE (db, name)
+);
+CREATE TABLE IF NOT EXISTS index_rows (
+    ix    BIGINT NOT NULL,
+    k     BYTEA NOT NULL,
+    n     BIGINT NOT NULL,
+    doc   TEXT COLLATE "C" NOT NULL,
+    key   TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (ix, k, n)
+);
+CREATE INDEX IF NOT EXISTS index_rows_by_doc ON index_rows (ix, doc);
+"#;
+
+/// Creates the schema if needed (in the connection's first `search_path` schema, `schema`
+/// when one is given, created first) and checks its version; returns the server's uuid, made
+/// on first open and shared by every node.
+pub fn migrate(client: &mut postgres::Client, schema: Option<&str>) -> Result<String, StoreError> {
+    let mut tx = client.transaction().map_err(pg)?;
+    tx.query("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(pg)?;
+    if let Some(schema) = schema {
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
+            quote_ident(schema)
+        ))
+        .map_err(pg)?;
+    }
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('meta') IS NOT NULL", &[])
+        .map_err(pg)?
+        .get(0);
+    if exists {
+        let found: Option<String> = tx
+            .query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])
+            .map_err(pg)?
+            .map(|r| r.get(0));
+        match found.as_deref().map(str::parse::<i64>) {
+            Some(Ok(v)) if (1..=VERSION).contains(&v) => {}
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "database has schema version {other:?}, this build reads versions 1 to {VERSION}"
+                )));
+            }
+        }
+    }
+    tx.batch_execute(SCHEMA).map_err(pg)?;
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('schema_version', $1) ON CONFLICT (key) DO NOTHING",
+        &[&VERSION.to_string()],
+    )
+    .map_err(pg)?;
+    let fresh = uuid::Uuid::new_v4().simple().to_string();
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('server_uuid', $1) ON CONFLICT (key) DO NOTHING",
+        &[&fresh],
+    )
+    .map_err(pg)?;
+    let uuid: String = tx
+        .query_one("SELECT value FROM meta WHERE key = 'server_uuid'", &[])
+        .map_err(pg)?
+        .get(0);
+    tx.commit().map_err(pg)?;
+    Ok(uuid)
+}
+
+/// `name` as a quoted SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

@@ -1,0 +1,803 @@
+//! Applying document updates inside an engine's write transaction, the same for every engine.
+//!
+//! Everything here is engine-neutral: merging a request's revisions into a document's tree,
+//! resolving attachment stubs, running the database's conflict policy, stemming, numbering the
+//! document under one new sequence and building its events. An engine implements [`DocTx`]
+//! (a handful of reads and writes on its open transaction) and calls [`apply_docs_step`] and
+//! [`apply_manual_resolution`] from its writer, so both engines write exactly the same trees,
+//! revisions and events.
+//!
+//! The transaction is the engine's business: it decides how requests are grouped into commits
+//! and what locks give its sequences their order (see [`DocTx::db_state`]).
+
+use std::collections::HashMap;
+
+use outpost_core::rev::MAX_GENERATION;
+use outpost_core::{Policy, Rev, RevTree, hash, policy};
+use serde_json::{Map, Value};
+
+use crate::{DocError, DocUpdate, NewAttachment, Origin, StoreError, UpdateMode};
+
+/// The reads and writes the document writer needs, on an engine's open write transaction.
+pub trait DocTx {
+    /// The state of the database named `name`, `None` when there is none. An engine whose
+    /// writers can run concurrently (several nodes on one server) must lock the row here until
+    /// the transaction ends, so that sequences are handed out in commit order.
+    fn db_state(&self, name: &str) -> Result<Option<DbState>, StoreError>;
+    /// Writes the counters and sequence of `state` back to its database's row.
+    fn save_state(&self, state: &DbState) -> Result<(), StoreError>;
+    /// A document's stored `deleted` flag and revision tree (JSON), `None` when it has no row.
+    fn doc_row(&self, db: i64, id: &str) -> Result<Option<(bool, String)>, StoreError>;
+    /// The stored body (JSON) of one revision, `None` when there is none.
+    fn rev_body(&self, db: i64, doc: &str, rev: &str) -> Result<Option<String>, StoreError>;
+    /// Stores a revision's body; a revision already stored is kept as it is.
+    fn put_rev(
+        &self,
+        db: i64,
+        doc: &str,
+        rev: &str,
+        deleted: bool,
+        body: &str,
+    ) -> Result<(), StoreError>;
+    /// Stores attachment bytes under their digest, once.
+    fn put_attachment(&self, att: &NewAttachment) -> Result<(), StoreError>;
+    /// Inserts or replaces a document's row.
+    fn put_doc(&self, row: &DocRowWrite<'_>) -> Result<(), StoreError>;
+    /// Appends one event to the log.
+    fn put_event(&self, event: &EventWrite<'_>) -> Result<(), StoreError>;
+    /// Brings the access index of a database with per-document access up to date with a
+    /// document just stored (its new sequence, winning revision and deletion flag), in the same
+    /// transaction: who gains the document, who loses it (kept as a deletion at `seq`).
+    fn index_access(
+        &self,
+        db: i64,
+        id: &str,
+        seq: u64,
+        winner: &str,
+        deleted: bool,
+    ) -> Result<(), StoreError>;
+}
+
+/// A document's row as the writer stores it.
+#[derive(Debug)]
+pub struct DocRowWrite<'a> {
+    pub db: i64,
+    pub id: &'a str,
+    pub seq: u64,
+    pub deleted: bool,
+    /// Whether the document has more than one live leaf.
+    pub conflicted: bool,
+    /// The winning revision.
+    pub winner: &'a str,
+    /// The revision tree as JSON.
+    pub tree: &'a str,
+}
+
+/// One event as the writer appends it.
+#[derive(Debug)]
+pub struct EventWrite<'a> {
+    pub db: i64,
+    pub seq: u64,
+    /// The event's place among the events of its sequence.
+    pub pos: i64,
+    pub kind: &'a str,
+    pub doc: &'a str,
+    pub rev: String,
+    pub parent: Option<String>,
+    pub origin: &'a str,
+    /// Milliseconds since the Unix epoch.
+    pub at: i64,
+    pub detail: Option<&'a str>,
+}
+
+/// The results of a document write, one per update, once every document is applied; and the
+/// database's sequence after the step.
+pub type DocsStep = (Option<Vec<Result<Rev, DocError>>>, u64);
+
+/// Applies the next chunk of a document write: whole documents, up to `allowance` updates (at
+/// least one document; `usize::MAX` for all of them). Answers the results, one per update,
+/// once every document is applied (`None` while documents remain), and the database's sequence
+/// after the chunk.
+pub fn apply_docs_step(
+    tx: &dyn DocTx,
+    db: &str,
+    updates: &mut [DocUpdate],
+    progress: &mut Option<DocsProgress>,
+    allowance: usize,
+    now: i64,
+) -> Result<DocsStep, StoreError> {
+    let mut state = load_state(tx, db)?;
+    let progress = progress.get_or_insert_with(|| DocsProgress::new(state.id, updates));
+    if progress.db_id != state.id {
+        // Deleted and created again between two chunks: the rest is not for this database.
+        return Err(StoreError::NoDb);
+    }
+    let mut applied = 0;
+    while applied < allowance.max(1) {
+        let Some(group) = progress.groups.get(progress.next) else {
+            break;
+        };
+        applied += group.len();
+        apply_doc_group(tx, &mut state, updates, group, &mut progress.results, now)?;
+        progress.next += 1;
+    }
+    tx.save_state(&state)?;
+    if progress.next < progress.groups.len() {
+        return Ok((None, state.seq));
+    }
+    let results = std::mem::take(&mut progress.results)
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(DocError::Conflict)))
+        .collect();
+    Ok((Some(results), state.seq))
+}
+
+/// The per-database state a batch of document updates works on: the database's row, read once
+/// at the start of a request's chunk and written back once at its end.
+#[derive(Debug, Clone)]
+pub struct DbState {
+    /// The database's row id.
+    pub id: i64,
+    /// Its update sequence: each document a request changes takes the next one.
+    pub seq: u64,
+    pub revs_limit: usize,
+    pub doc_count: i64,
+    pub doc_del_count: i64,
+    /// Bytes of stored bodies.
+    pub active_size: i64,
+    pub policy: Policy,
+    /// Whether the database keeps an access index (per-document access).
+    pub access: bool,
+}
+
+/// Either a per-document refusal or a failure of the whole transaction.
+enum ApplyError {
+    Doc(DocError),
+    Store(StoreError),
+}
+
+impl From<DocError> for ApplyError {
+    fn from(e: DocError) -> Self {
+        ApplyError::Doc(e)
+    }
+}
+
+impl From<StoreError> for ApplyError {
+    fn from(e: StoreError) -> Self {
+        ApplyError::Store(e)
+    }
+}
+
+/// The state of database `db`, [`StoreError::NoDb`] when there is none.
+pub fn load_state(tx: &dyn DocTx, db: &str) -> Result<DbState, StoreError> {
+    tx.db_state(db)?.ok_or(StoreError::NoDb)
+}
+
+/// How far the writer got with one request's document updates.
+pub struct DocsProgress {
+    /// The database's row id when the first chunk ran: a later chunk that finds another database
+    /// of that name (deleted and created again in between) stops.
+    db_id: i64,
+    /// Indexes of the updates, grouped by document, documents in order of first appearance.
+    groups: Vec<Vec<usize>>,
+    /// The next group to apply.
+    next: usize,
+    /// One result per update, in request order, filled in as groups are applied.
+    results: Vec<Option<Result<Rev, DocError>>>,
+}
+
+impl DocsProgress {
+    pub fn new(db_id: i64, updates: &[DocUpdate]) -> DocsProgress {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut by_id: HashMap<&str, usize> = HashMap::new();
+        for (i, update) in updates.iter().enumerate() {
+            let group = *by_id.entry(update.id.as_str()).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[group].push(i);
+        }
+        DocsProgress {
+            db_id,
+            groups,
+            next: 0,
+            results: vec![None; updates.len()],
+        }
+    }
+
+    /// Updates not applied yet.
+    pub fn remaining(&self) -> usize {
+        self.groups[self.next.min(self.groups.len())..]
+            .iter()
+            .map(Vec::len)
+            .sum()
+    }
+}
+
+/// Applies every update of one document in request order, on its tree loaded once, then
+/// resolves it once and stores it once.
+fn apply_doc_group(
+    tx: &dyn DocTx,
+    state: &mut DbState,
+    updates: &mut [DocUpdate],
+    group: &[usize],
+    results: &mut [Option<Result<Rev, DocError>>],
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut doc = DocWrite::load(tx, state.id, &updates[group[0]].id)?;
+    let mut accepted = false;
+    for &i in group {
+        results[i] = Some(match apply_doc(tx, state, &mut doc, &mut updates[i]) {
+            Ok(rev) => {
+                accepted = true;
+                Ok(rev)
+            }
+            Err(ApplyError::Doc(e)) => Err(e),
+            Err(ApplyError::Store(e)) => return Err(e),
+        });
+    }
+    // Automatic policies resolve once per document after all of its revisions in the request,
+    // so the revisions a replicator sends together (a peer's resolution and its tombstones) are
+    // judged together.
+    if accepted && state.policy != Policy::Manual {
+        resolve_automatically(tx, state, &mut doc)?;
+    }
+    doc.store(tx, state, now)
+}
+
+/// One document as a request writes it: its tree, loaded once; every revision the request adds
+/// goes into it, and the document row, the tree and the events are written once at the end, with
+/// one new sequence for the document however many revisions it received (as CouchDB does).
+struct DocWrite {
+    id: String,
+    tree: RevTree,
+    /// The stored row's `deleted` flag, for the counters; `None` when the document had no row.
+    was_deleted: Option<bool>,
+    /// Events of the revisions added, in order; they are written with the document's sequence.
+    events: Vec<PendingEvent>,
+}
+
+/// An accepted revision's event, waiting for its document's sequence.
+struct PendingEvent {
+    kind: &'static str,
+    rev: Rev,
+    parent: Option<Rev>,
+    origin: String,
+    detail: Option<String>,
+}
+
+impl DocWrite {
+    fn load(tx: &dyn DocTx, db: i64, id: &str) -> Result<DocWrite, StoreError> {
+        let row = tx.doc_row(db, id)?;
+        let (was_deleted, tree) = match row {
+            Some((deleted, json)) => {
+                let tree = serde_json::from_str(&json)
+                    .map_err(|e| StoreError::Corrupt(format!("revision tree of {id}: {e}")))?;
+                (Some(deleted), tree)
+            }
+            None => (None, RevTree::new()),
+        };
+        Ok(DocWrite {
+            id: id.to_owned(),
+            tree,
+            was_deleted,
+            events: Vec::new(),
+        })
+    }
+
+    /// Stores a revision just added to the tree: its body now (later revisions of the request may
+    /// take attachment stubs from it, and policies read it), its event with the document.
+    fn add(
+        &mut self,
+        tx: &dyn DocTx,
+        state: &mut DbState,
+        revision: &NewRevision<'_>,
+        origin: &Origin,
+        detail: Option<String>,
+    ) -> Result<(), StoreError> {
+        let body_json =
+            serde_json::to_string(revision.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        state.active_size += body_json.len() as i64;
+        tx.put_rev(
+            state.id,
+            &self.id,
+            &revision.rev.to_string(),
+            revision.deleted,
+            &body_json,
+        )?;
+        self.events.push(PendingEvent {
+            kind: revision.kind,
+            rev: revision.rev.clone(),
+            parent: revision.parent.cloned(),
+            origin: origin.label(),
+            detail,
+        });
+        // Counted when stored in the transaction, so a rolled-back batch is counted too; rare
+        // enough (a failed commit) not to matter for rates.
+        metrics::counter!("outpost_documents_written_total", "kind" => revision.kind).increment(1);
+        match revision.kind {
+            "conflict" => {
+                metrics::counter!("outpost_conflicts_detected_total", "policy" => state.policy.name())
+                    .increment(1)
+            }
+            "resolved" => {
+                metrics::counter!("outpost_conflicts_resolved_total", "policy" => state.policy.name())
+                    .increment(1)
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Stems the tree and writes the document row, the counters and the events, under one new
+    /// sequence. Does nothing when no revision was added.
+    fn store(&mut self, tx: &dyn DocTx, state: &mut DbState, now: i64) -> Result<(), StoreError> {
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        self.tree.stem(state.revs_limit);
+        state.seq += 1;
+        let deleted = self.tree.is_deleted();
+        let winner = self
+            .tree
+            .winner()
+            .map(|l| l.rev.to_string())
+            .unwrap_or_default();
+        let tree_json =
+            serde_json::to_string(&self.tree).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        tx.put_doc(&DocRowWrite {
+            db: state.id,
+            id: &self.id,
+            seq: state.seq,
+            deleted,
+            conflicted: self.tree.is_conflicted(),
+            winner: &winner,
+            tree: &tree_json,
+        })?;
+        if state.access {
+            tx.index_access(state.id, &self.id, state.seq, &winner, deleted)?;
+        }
+        match (self.was_deleted, deleted) {
+            (None, false) => state.doc_count += 1,
+            (None, true) => state.doc_del_count += 1,
+            (Some(true), false) => {
+                state.doc_del_count -= 1;
+                state.doc_count += 1;
+            }
+            (Some(false), true) => {
+                state.doc_count -= 1;
+                state.doc_del_count += 1;
+            }
+            _ => {}
+        }
+        self.was_deleted = Some(deleted);
+        for (pos, event) in self.events.drain(..).enumerate() {
+            tx.put_event(&EventWrite {
+                db: state.id,
+                seq: state.seq,
+                pos: pos as i64,
+                kind: event.kind,
+                doc: &self.id,
+                rev: event.rev.to_string(),
+                parent: event.parent.as_ref().map(Rev::to_string),
+                origin: &event.origin,
+                at: now / 1000,
+                detail: event.detail.as_deref(),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn load_bodies(
+    tx: &dyn DocTx,
+    db: i64,
+    id: &str,
+    revs: &[Rev],
+) -> Result<HashMap<Rev, Value>, StoreError> {
+    let mut out = HashMap::new();
+    for rev in revs {
+        if let Some(body) = tx.rev_body(db, id, &rev.to_string())? {
+            let value =
+                serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.insert(rev.clone(), value);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether an edit of `rev` would pass [`MAX_GENERATION`].
+fn at_generation_limit(rev: &Rev) -> bool {
+    rev.generation >= MAX_GENERATION
+}
+
+fn generation_limit_error(rev: &Rev) -> DocError {
+    DocError::Invalid(format!(
+        "revision {rev} is at the highest generation ({MAX_GENERATION}) and cannot be edited"
+    ))
+}
+
+/// Applies the database's policy to a document that may have live conflicts.
+fn resolve_automatically(
+    tx: &dyn DocTx,
+    state: &mut DbState,
+    doc: &mut DocWrite,
+) -> Result<(), StoreError> {
+    let needed = policy::needed_bodies(&state.policy, &doc.tree);
+    if needed.is_empty() {
+        return Ok(());
+    }
+    let bodies = load_bodies(tx, state.id, &doc.id, &needed)?;
+    let resolution = match policy::resolve(&state.policy, &doc.tree, &bodies) {
+        Ok(Some(resolution)) => resolution,
+        Ok(None) => return Ok(()),
+        Err(why) => {
+            // Another replica, one that holds what this one lacks, resolves it.
+            tracing::debug!(doc = %doc.id, reason = why.as_str(), "conflict left for a replica that can resolve it");
+            metrics::counter!("outpost_conflicts_unresolved_total", "policy" => state.policy.name(), "reason" => why.as_str())
+                .increment(1);
+            return Ok(());
+        }
+    };
+    if resolution.superseded().iter().any(at_generation_limit) {
+        // Its revisions would pass the highest generation: the conflict stays for a client.
+        tracing::warn!(doc = %doc.id, "conflict at the highest generation left unresolved");
+        return Ok(());
+    }
+    let detail = serde_json::json!({
+        "policy": state.policy.name(),
+        "superseded": resolution.superseded().iter().map(Rev::to_string).collect::<Vec<_>>(),
+    })
+    .to_string();
+    let kept = match &resolution.merged {
+        Some((rev, Value::Object(body))) => Some((rev, body)),
+        Some(_) => {
+            return Err(StoreError::Corrupt(format!(
+                "merged body of {} is not an object",
+                doc.id
+            )));
+        }
+        None => None,
+    };
+    let written = Resolved {
+        winner: &resolution.winner,
+        kept,
+        tombstones: &resolution.tombstones,
+        origin: &Origin::Resolver,
+        detail: &detail,
+    };
+    commit_resolution(tx, state, doc, &written)
+}
+
+/// `_resolve`: the client's body becomes a child of the winner and the other leaves it names are
+/// tombstoned. The leaves named must be exactly the live ones, so a resolution made from a
+/// stale read is refused as a conflict. Answers the result and the database's sequence.
+pub fn apply_manual_resolution(
+    tx: &dyn DocTx,
+    db: &str,
+    id: &str,
+    leaves: &[Rev],
+    update: &DocUpdate,
+    now: i64,
+) -> Result<(Result<Rev, DocError>, u64), StoreError> {
+    let mut state = load_state(tx, db)?;
+    let seq = state.seq;
+    let mut doc = DocWrite::load(tx, state.id, id)?;
+    if doc.tree.is_empty() {
+        return Ok((Err(DocError::Conflict), seq));
+    }
+    let mut live: Vec<Rev> = doc
+        .tree
+        .leaves()
+        .into_iter()
+        .filter(|l| !l.deleted)
+        .map(|l| l.rev)
+        .collect();
+    let mut named = leaves.to_vec();
+    live.sort();
+    named.sort();
+    named.dedup();
+    let Some(winner) = doc.tree.winner().filter(|w| !w.deleted).map(|w| w.rev) else {
+        return Ok((Err(DocError::Conflict), seq));
+    };
+    if live != named {
+        return Ok((Err(DocError::Conflict), seq));
+    }
+    if let Some(top) = live.iter().find(|r| at_generation_limit(r)) {
+        return Ok((Err(generation_limit_error(top)), seq));
+    }
+    let mut body = update.body.clone();
+    match resolve_attachments(
+        tx,
+        state.id,
+        id,
+        &mut body,
+        &live,
+        winner.generation + 1,
+        false,
+    ) {
+        Ok(()) => {}
+        Err(ApplyError::Doc(e)) => return Ok((Err(e), seq)),
+        Err(ApplyError::Store(e)) => return Err(e),
+    }
+    for att in &update.new_attachments {
+        tx.put_attachment(att)?;
+    }
+    let rev = hash::next_rev_of_fields(Some(&winner), false, &body);
+    if doc.tree.contains(&rev) {
+        return Ok((Err(DocError::Conflict), seq));
+    }
+    let detail = serde_json::json!({
+        "policy": "manual",
+        "superseded": live.iter().map(Rev::to_string).collect::<Vec<_>>(),
+    })
+    .to_string();
+    let tombstones: Vec<(Rev, Rev)> = live
+        .iter()
+        .filter(|r| **r != winner)
+        .map(|loser| {
+            (
+                loser.clone(),
+                hash::next_rev_of_fields(Some(loser), true, &Map::new()),
+            )
+        })
+        .collect();
+    let written = Resolved {
+        winner: &winner,
+        kept: Some((&rev, &body)),
+        tombstones: &tombstones,
+        origin: &update.origin,
+        detail: &detail,
+    };
+    commit_resolution(tx, &mut state, &mut doc, &written)?;
+    doc.store(tx, &mut state, now)?;
+    tx.save_state(&state)?;
+    Ok((Ok(rev), state.seq))
+}
+
+/// The revisions one resolution writes.
+struct Resolved<'a> {
+    winner: &'a Rev,
+    /// The body kept, written as a child of `winner` (absent when the winner stays as it is).
+    kept: Option<(&'a Rev, &'a Map<String, Value>)>,
+    /// (losing leaf, its tombstone).
+    tombstones: &'a [(Rev, Rev)],
+    origin: &'a Origin,
+    /// The event detail: policy and superseded leaves.
+    detail: &'a str,
+}
+
+/// Adds a resolution's revisions to the document as `resolved` events.
+fn commit_resolution(
+    tx: &dyn DocTx,
+    state: &mut DbState,
+    doc: &mut DocWrite,
+    resolved: &Resolved<'_>,
+) -> Result<(), StoreError> {
+    let empty = Map::new();
+    let kept = resolved
+        .kept
+        .map(|(rev, body)| (rev, resolved.winner, false, body));
+    let tombstones = resolved
+        .tombstones
+        .iter()
+        .map(|(loser, tomb)| (tomb, loser, true, &empty));
+    for (rev, parent, deleted, body) in kept.into_iter().chain(tombstones) {
+        doc.tree
+            .add_edit(Some(parent), rev.clone(), deleted)
+            .map_err(|_| {
+                StoreError::Corrupt(format!("resolution of {} does not extend a leaf", doc.id))
+            })?;
+        let revision = NewRevision {
+            rev,
+            parent: Some(parent),
+            deleted,
+            body,
+            kind: "resolved",
+        };
+        doc.add(
+            tx,
+            state,
+            &revision,
+            resolved.origin,
+            Some(resolved.detail.to_owned()),
+        )?;
+    }
+    Ok(())
+}
+
+fn apply_doc(
+    tx: &dyn DocTx,
+    state: &mut DbState,
+    doc: &mut DocWrite,
+    update: &mut DocUpdate,
+) -> Result<Rev, ApplyError> {
+    let tree = &mut doc.tree;
+    // What the event log needs to know about the document before this revision.
+    let was_empty = tree.is_empty();
+    let was_deleted_doc = tree.is_deleted();
+    // Taken, not cloned: a write is applied once, and its body is not needed afterwards.
+    let mut body = std::mem::take(&mut update.body);
+
+    let (rev, parent, detail, extends_leaf) = match &update.mode {
+        UpdateMode::Edit { base } => {
+            let parent = match base {
+                Some(b) if tree.is_leaf(b) => Some(b.clone()),
+                Some(_) => return Err(DocError::Conflict.into()),
+                None if tree.is_empty() => None,
+                // CouchDB lets a deleted document be written again without a revision: the new
+                // revision continues the deleted winner's branch.
+                None if tree.is_deleted() => tree.winner().map(|w| w.rev),
+                None => return Err(DocError::Conflict.into()),
+            };
+            if let Some(p) = parent.as_ref().filter(|p| at_generation_limit(p)) {
+                return Err(generation_limit_error(p).into());
+            }
+            let generation = parent.as_ref().map_or(1, |p| p.generation + 1);
+            let sources: Vec<Rev> = parent.iter().cloned().collect();
+            resolve_attachments(
+                tx, state.id, &doc.id, &mut body, &sources, generation, false,
+            )?;
+            let rev = hash::next_rev_of_fields(parent.as_ref(), update.deleted, &body);
+            tree.add_edit(parent.as_ref(), rev.clone(), update.deleted)
+                .map_err(|_| DocError::Conflict)?;
+            // An interactive edit always continues a leaf (or starts the document).
+            let extends_leaf = parent.is_some();
+            (rev, parent, None, extends_leaf)
+        }
+        UpdateMode::Replicate { path } => {
+            let leaf = path.first().ok_or(DocError::InvalidPath)?.clone();
+            if tree.contains(&leaf) {
+                // Already known: receiving a revision twice changes nothing and takes no sequence.
+                return Ok(leaf);
+            }
+            if leaf.generation > MAX_GENERATION {
+                return Err(DocError::InvalidPath.into());
+            }
+            // Stubs take their metadata from the path, then from the current leaves; the leaves
+            // are only listed when there is an attachment to resolve.
+            if body.contains_key("_attachments") {
+                let mut sources: Vec<Rev> = path.iter().skip(1).cloned().collect();
+                sources.extend(tree.leaves().into_iter().map(|l| l.rev));
+                resolve_attachments(
+                    tx,
+                    state.id,
+                    &doc.id,
+                    &mut body,
+                    &sources,
+                    leaf.generation,
+                    true,
+                )?;
+            }
+            let extends_leaf = path.get(1).is_some_and(|p| tree.is_leaf(p));
+            let added = tree
+                .merge_path(path, update.deleted)
+                .map_err(|_| DocError::InvalidPath)?;
+            let parent = tree.parent(&leaf).cloned();
+            // The path is kept with the event so that replaying the log rebuilds the same tree.
+            let detail = serde_json::json!({ "path": path.iter().map(Rev::to_string).collect::<Vec<_>>(), "added": added.len() });
+            (leaf, parent, Some(detail.to_string()), extends_leaf)
+        }
+    };
+    for att in &update.new_attachments {
+        tx.put_attachment(att)?;
+    }
+    let kind = event_kind(was_empty, was_deleted_doc, extends_leaf, update.deleted);
+    let revision = NewRevision {
+        rev: &rev,
+        parent: parent.as_ref(),
+        deleted: update.deleted,
+        body: &body,
+        kind,
+    };
+    doc.add(tx, state, &revision, &update.origin, detail)?;
+    Ok(rev)
+}
+
+/// A revision already added to the tree, to be stored.
+struct NewRevision<'a> {
+    rev: &'a Rev,
+    parent: Option<&'a Rev>,
+    deleted: bool,
+    body: &'a Map<String, Value>,
+    kind: &'static str,
+}
+
+/// What an accepted revision did to its document, for the event log, from what the document
+/// was before it (`was_empty`, `was_deleted`) and whether the revision continues a leaf.
+fn event_kind(
+    was_empty: bool,
+    was_deleted: bool,
+    extends_leaf: bool,
+    deleted: bool,
+) -> &'static str {
+    if was_empty {
+        return if deleted { "deleted" } else { "created" };
+    }
+    if deleted {
+        return "deleted";
+    }
+    // A new live branch: the revision does not extend an existing leaf, so the document now has
+    // a second live leaf (or revives a deleted one on another branch).
+    if !extends_leaf && !was_deleted {
+        "conflict"
+    } else {
+        "updated"
+    }
+}
+
+/// Gives every attachment of `body` its stored form: stubs take their metadata from the first of
+/// `sources` (revisions, newest first) that has an attachment of that name; new attachments get
+/// `revpos` (kept from the sender when replicating) and become stubs.
+fn resolve_attachments(
+    tx: &dyn DocTx,
+    db: i64,
+    doc: &str,
+    body: &mut Map<String, Value>,
+    sources: &[Rev],
+    generation: u64,
+    replicated: bool,
+) -> Result<(), ApplyError> {
+    let Some(atts) = body.get_mut("_attachments") else {
+        return Ok(());
+    };
+    let Some(atts) = atts.as_object_mut() else {
+        return Err(DocError::Invalid("_attachments must be an object".into()).into());
+    };
+    let mut source_atts: Option<Vec<Map<String, Value>>> = None;
+    for (name, att) in atts.iter_mut() {
+        let Some(obj) = att.as_object_mut() else {
+            return Err(DocError::Invalid(format!("attachment {name} must be an object")).into());
+        };
+        if obj.get("stub").and_then(Value::as_bool) == Some(true) {
+            if source_atts.is_none() {
+                source_atts = Some(load_attachment_maps(tx, db, doc, sources)?);
+            }
+            let found = source_atts
+                .as_ref()
+                .into_iter()
+                .flatten()
+                .find_map(|m| m.get(name).and_then(Value::as_object))
+                .filter(|prev| match obj.get("digest") {
+                    Some(d) => prev.get("digest") == Some(d),
+                    None => true,
+                })
+                .cloned();
+            match found {
+                Some(prev) => *obj = prev,
+                None => {
+                    return Err(DocError::MissingStub {
+                        doc: doc.to_owned(),
+                        name: name.clone(),
+                    }
+                    .into());
+                }
+            }
+        } else {
+            if !(replicated && obj.get("revpos").and_then(Value::as_u64).is_some()) {
+                obj.insert("revpos".into(), Value::from(generation));
+            }
+            obj.insert("stub".into(), Value::Bool(true));
+        }
+    }
+    Ok(())
+}
+
+fn load_attachment_maps(
+    tx: &dyn DocTx,
+    db: i64,
+    doc: &str,
+    sources: &[Rev],
+) -> Result<Vec<Map<String, Value>>, ApplyError> {
+    let mut out = Vec::new();
+    for rev in sources {
+        if let Some(body) = tx.rev_body(db, doc, &rev.to_string())? {
+            let value: Value =
+                serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if let Some(Value::Object(atts)) = value.get("_attachments") {
+                out.push(atts.clone());
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,138 @@
+//! The SQLite statements behind [`DocTx`]: what the engine-neutral document writer
+//! (`crate::docwrite`) reads and writes, on the writer's connection inside its transaction.
+
+use outpost_core::Policy;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::docwrite::{DbState, DocRowWrite, DocTx, EventWrite};
+use crate::{NewAttachment, StoreError};
+
+impl DocTx for Connection {
+    fn db_state(&self, name: &str) -> Result<Option<DbState>, StoreError> {
+        // One writer thread owns the file, so the row needs no lock of its own.
+        Ok(self
+            .prepare_cached(
+                "SELECT id, update_seq, revs_limit, doc_count, doc_del_count, active_size, policy,
+                        lww_field, EXISTS (SELECT 1 FROM access_dbs a WHERE a.db = dbs.id)
+                 FROM dbs WHERE name = ?1",
+            )?
+            .query_row([name], |r| {
+                Ok(DbState {
+                    id: r.get(0)?,
+                    seq: r.get::<_, i64>(1)? as u64,
+                    revs_limit: r.get::<_, i64>(2)? as usize,
+                    doc_count: r.get(3)?,
+                    doc_del_count: r.get(4)?,
+                    active_size: r.get(5)?,
+                    policy: Policy::from_parts(&r.get::<_, String>(6)?, r.get(7)?)
+                        .unwrap_or_default(),
+                    access: r.get(8)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn save_state(&self, state: &DbState) -> Result<(), StoreError> {
+        self.prepare_cached(
+            "UPDATE dbs SET update_seq = ?2, doc_count = ?3, doc_del_count = ?4, active_size = ?5
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            state.id,
+            state.seq as i64,
+            state.doc_count,
+            state.doc_del_count,
+            state.active_size
+        ])?;
+        Ok(())
+    }
+
+    fn doc_row(&self, db: i64, id: &str) -> Result<Option<(bool, String)>, StoreError> {
+        Ok(self
+            .prepare_cached("SELECT deleted, tree FROM docs WHERE db = ?1 AND id = ?2")?
+            .query_row(params![db, id], |r| Ok((r.get::<_, bool>(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    fn rev_body(&self, db: i64, doc: &str, rev: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .prepare_cached("SELECT body FROM revs WHERE db = ?1 AND doc = ?2 AND rev = ?3")?
+            .query_row(params![db, doc, rev], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn put_rev(
+        &self,
+        db: i64,
+        doc: &str,
+        rev: &str,
+        deleted: bool,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        self.prepare_cached(
+            "INSERT INTO revs (db, doc, rev, deleted, body) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (db, doc, rev) DO NOTHING",
+        )?
+        .execute(params![db, doc, rev, deleted, body])?;
+        Ok(())
+    }
+
+    fn put_attachment(&self, att: &NewAttachment) -> Result<(), StoreError> {
+        self.prepare_cached(
+            "INSERT INTO attachments (digest, length, data) VALUES (?1, ?2, ?3)
+             ON CONFLICT (digest) DO NOTHING",
+        )?
+        .execute(params![att.digest, att.data.len() as i64, att.data])?;
+        Ok(())
+    }
+
+    fn put_doc(&self, row: &DocRowWrite<'_>) -> Result<(), StoreError> {
+        self.prepare_cached(
+            "INSERT INTO docs (db, id, seq, deleted, conflicted, winner, tree)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (db, id) DO UPDATE SET seq = excluded.seq, deleted = excluded.deleted,
+                 conflicted = excluded.conflicted, winner = excluded.winner, tree = excluded.tree",
+        )?
+        .execute(params![
+            row.db,
+            row.id,
+            row.seq as i64,
+            row.deleted,
+            row.conflicted,
+            row.winner,
+            row.tree
+        ])?;
+        Ok(())
+    }
+
+    fn put_event(&self, e: &EventWrite<'_>) -> Result<(), StoreError> {
+        self.prepare_cached(
+            "INSERT INTO events (db, seq, pos, kind, doc, rev, parent, origin, at, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?
+        .execute(params![
+            e.db,
+            e.seq as i64,
+            e.pos,
+            e.kind,
+            e.doc,
+            e.rev,
+            e.parent,
+            e.origin,
+            e.at,
+            e.detail,
+        ])?;
+        Ok(())
+    }
+
+    fn index_access(
+        &self,
+        db: i64,
+        id: &str,
+        seq: u64,
+        winner: &str,
+        deleted: bool,
+    ) -> Result<(), StoreError> {
+        super::access::index_doc(self, db, id, seq, winner, deleted)
+    }
+}
