@@ -509,6 +509,16 @@ pub(crate) async fn publish_metrics(s: &AdminState) -> Result<(), ApiError> {
         gauge!("outpost_gateway_pool_connections", "state" => "busy").set(busy as f64);
         gauge!("outpost_gateway_pool_max_connections").set(pool.max_size as f64);
         gauge!("outpost_gateway_pool_waiting").set(pool.waiting as f64);
+        gauge!("outpost_gateway_leases_held").set(s.queue.leases_held() as f64);
+        // Counted where leases change hands; touched here so they are exported from the
+        // start, before the first lease is taken.
+        for name in [
+            "outpost_gateway_lease_acquired_total",
+            "outpost_gateway_lease_takeovers_total",
+            "outpost_gateway_lease_lost_total",
+        ] {
+            counter!(name).increment(0);
+        }
     }
     let q = s.queue.stats().await?;
     let up = s.health.as_ref().is_none_or(|h| h.is_up());

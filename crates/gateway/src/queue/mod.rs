@@ -664,6 +664,14 @@ impl Queue {
         }
     }
 
+    /// How many ordering keys this process holds the lease of (always 0 on SQLite).
+    pub fn leases_held(&self) -> usize {
+        match &self.inner.engine {
+            Engine::Sqlite(_) => 0,
+            Engine::Postgres(pg) => pg.leases_held(),
+        }
+    }
+
     /// Seals an upstream answer for storage with entry `id`.
     pub(crate) fn seal_response(&self, id: &str, response: &StoredResponse) -> Vec<u8> {
         self.inner

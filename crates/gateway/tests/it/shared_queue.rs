@@ -74,3 +74,125 @@ async fn two_gateways_share_one_queue_and_deliver_each_write_once_in_order() {
         gw.stop().await;
     }
 }
+
+/// A TCP relay to PostgreSQL that the test can cut, as a network failure or a database restart
+/// would, and restore on the same port.
+struct Relay {
+    addr: std::net::SocketAddr,
+    target: String,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Relay {
+    async fn start(target: String) -> Self {
+        let mut relay = Self {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            target,
+            task: None,
+        };
+        relay.restore().await;
+        relay
+    }
+
+    async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.addr = listener.local_addr().unwrap();
+        let target = self.target.clone();
+        self.task = Some(tokio::spawn(async move {
+            // Dropping the set when the relay is cut closes every relayed connection.
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                conns.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    async fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+/// `url` with its host and port replaced by `addr`.
+fn through(url: &str, addr: std::net::SocketAddr) -> (String, String) {
+    let rest = url.split_once("://").unwrap().1;
+    let start = url.len() - rest.len() + rest.find('@').map_or(0, |i| i + 1);
+    let end = start + url[start..].find(['/', '?']).unwrap_or(url.len() - start);
+    let authority = &url[start..end];
+    let target = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:5432")
+    };
+    (format!("{}{addr}{}", &url[..start], &url[end..]), target)
+}
+
+async fn ready_status(gw: &TestGateway) -> u16 {
+    client()
+        .get(gw.url("/_outpost/v1/ready"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn wait_ready_status(gw: &TestGateway, want: u16) {
+    for _ in 0..500 {
+        if ready_status(gw).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("readiness never answered {want}");
+}
+
+/// Readiness follows the database: a gateway that cannot reach its PostgreSQL queue answers
+/// 503 to readiness probes and to writes (nothing is acknowledged that is not stored), and
+/// recovers by itself when the database is back.
+#[tokio::test]
+async fn readiness_fails_while_the_database_is_unreachable() {
+    let Some(store) =
+        TestStore::postgres("readiness_fails_while_the_database_is_unreachable").await
+    else {
+        return;
+    };
+    let upstream = TestUpstream::stopped().await;
+    let url = store.schema.as_ref().unwrap().url.clone();
+    let mut relay = Relay::start(through(&url, "127.0.0.1:0".parse().unwrap()).1).await;
+    let mut config = store.config(&upstream);
+    let outpost_gateway::QueueStore::Postgres(pg) = &mut config.store else {
+        unreachable!("a PostgreSQL store");
+    };
+    pg.url = through(&url, relay.addr).0;
+    let gw = TestGateway::start(config).await;
+    assert_eq!(ready_status(&gw).await, 200);
+    let (status, _, _) = post(&gw.url("/w"), "before", &[]).await;
+    assert_eq!(status, 202);
+
+    relay.cut().await;
+    wait_ready_status(&gw, 503).await;
+    let resp = client()
+        .get(gw.url("/_outpost/v1/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.headers().contains_key("retry-after"));
+    let (status, _, body) = post(&gw.url("/w"), "during", &[]).await;
+    assert_eq!(status, 503, "{body}");
+
+    relay.restore().await;
+    wait_ready_status(&gw, 200).await;
+    let (status, _, _) = post(&gw.url("/w"), "after", &[]).await;
+    assert_eq!(status, 202);
+    let status = gw.admin_get("/_outpost/v1/gateway").await;
+    assert_eq!(status["queue"]["depth"], 2);
+    gw.stop().await;
+}

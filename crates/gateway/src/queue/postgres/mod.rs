@@ -470,6 +470,10 @@ impl Postgres {
         })
     }
 
+    pub(crate) fn leases_held(&self) -> usize {
+        self.held.lock().expect("lease map lock").len()
+    }
+
     pub(crate) fn renew_interval(&self) -> Duration {
         self.lease_ttl / 3
     }
