@@ -299,7 +299,7 @@ async fn instances_never_replay_one_key_at_once() {
     assert!(a.holds_lane(&x));
     // `b` gets only the other key while `a` holds `/x`.
     let (loaded_b, _) = load(&b).await.unwrap();
-    assert_eq!(ids(&loaded_b), [other.id.clone()]);
+    assert_eq!(ids(&loaded_b), [other.id]);
     assert!(!b.holds_lane(&x));
 
     // `a` delivers `/x` and hands it back; a new write to `/x` is then `b`'s to take.
@@ -328,7 +328,7 @@ async fn an_expired_lease_is_taken_over_and_the_old_holder_stops() {
     let e = a.enqueue(keyed("/x", "1")).await.unwrap();
     // `a` takes the key, then stops renewing it, as a process that died would.
     let (loaded_a, _) = load(&a).await.unwrap();
-    assert_eq!(ids(&loaded_a), [e.id.clone()]);
+    assert_eq!(ids(&loaded_a), std::slice::from_ref(&e.id));
     let mut taken = None;
     for _ in 0..200 {
         let (loaded_b, _) = load(&b).await.unwrap();
@@ -340,7 +340,7 @@ async fn an_expired_lease_is_taken_over_and_the_old_holder_stops() {
     }
     let loaded_b = taken.expect("the expired lease was never taken over");
     // The entry whose delivery `a` never recorded is delivered again, by `b`.
-    assert_eq!(ids(&loaded_b), [e.id.clone()]);
+    assert_eq!(ids(&loaded_b), std::slice::from_ref(&e.id));
     let key = &loaded_b[0].ordering_key;
     assert!(!a.holds_lane(key), "a's deadline passed");
     a.renew_lanes().await;
