@@ -620,6 +620,21 @@ async fn two_gateways_on_one_postgres_queue_lose_nothing_when_one_is_sigkilled()
         assert_eq!(resp.status(), 202);
     }
     assert_eq!(second.status().await["queue"]["depth"], WRITES);
+    // The operator's command sees the shared queue.
+    let (ok, out) = queue_cli(
+        dir.path(),
+        &[
+            "--store",
+            &schema.url,
+            "ls",
+            "--state",
+            "pending",
+            "--limit",
+            "1000",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(out.lines().count(), WRITES + 1, "{out}");
 
     let backend = KeyedBackend::default();
     let server = serve_keyed(upstream.addr, &backend).await;
