@@ -88,8 +88,12 @@ impl Drop for TestSchema {
                     return;
                 };
                 let driver = tokio::spawn(connection);
+                // A test that failed may leave processes holding locks in the schema; it is
+                // then left behind (its name says whose it is) rather than waited for forever.
                 let _ = client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                    .batch_execute(&format!(
+                        "SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS {name} CASCADE"
+                    ))
                     .await;
                 drop(client);
                 let _ = driver.await;

@@ -75,6 +75,51 @@ async fn two_gateways_share_one_queue_and_deliver_each_write_once_in_order() {
     }
 }
 
+/// One ordering key (the global order) replayed by two gateways: never two deliveries in
+/// flight at once, and in the order acknowledged, whichever gateway took each write.
+#[tokio::test]
+async fn one_key_has_one_delivery_in_flight_across_gateways() {
+    let Some(store) = TestStore::postgres("one_key_has_one_delivery_in_flight").await else {
+        return;
+    };
+    let mut upstream = TestUpstream::stopped().await;
+    let config = store.config(&upstream);
+    let gateways = [
+        TestGateway::start(config.clone()).await,
+        TestGateway::start(config).await,
+    ];
+    for gw in &gateways {
+        gw.wait_upstream("down").await;
+    }
+    for i in 0..20 {
+        let (status, _, _) = post(&gateways[i % 2].url("/slow/20"), &format!("s{i}"), &[]).await;
+        assert_eq!(status, 202);
+    }
+    upstream.restart().await;
+    for _ in 0..1500 {
+        let status = gateways[1].admin_get("/_outpost/v1/gateway").await;
+        if status["queue"]["depth"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bodies: Vec<String> = upstream
+        .writes()
+        .iter()
+        .map(|w| String::from_utf8_lossy(&w.body).into_owned())
+        .collect();
+    let expected: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+    assert_eq!(bodies, expected);
+    let most = upstream
+        .state
+        .max_in_flight
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(most, 1, "one ordering key had {most} deliveries in flight");
+    for gw in gateways {
+        gw.stop().await;
+    }
+}
+
 /// A TCP relay to PostgreSQL that the test can cut, as a network failure or a database restart
 /// would, and restore on the same port.
 struct Relay {
