@@ -646,7 +646,16 @@ async fn two_gateways_on_one_postgres_queue_lose_nothing_when_one_is_sigkilled()
     }
     // The one delivering more lanes dies, with its leases and deliveries in flight.
     let held = "outpost_gateway_leases_held";
-    let (victim, survivor) = if first.metric(held).await >= second.metric(held).await {
+    let (mut a, mut b) = (0.0, 0.0);
+    for _ in 0..200 {
+        (a, b) = (first.metric(held).await, second.metric(held).await);
+        if a + b > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(a + b > 0.0, "no gateway holds a lease mid-drain");
+    let (victim, survivor) = if a >= b {
         (first, second)
     } else {
         (second, first)
