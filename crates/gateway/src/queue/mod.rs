@@ -207,12 +207,13 @@ pub(crate) enum Finish {
     },
 }
 
-/// State shared between the writer thread and the handles.
+/// State shared between an engine's writer and the handles.
 pub(crate) struct Shared {
     /// Pending entries per ordering key, so a new write can tell at once whether it must queue
-    /// behind earlier ones instead of overtaking them.
+    /// behind earlier ones instead of overtaking them. SQLite only: on PostgreSQL other
+    /// processes change the queue too, so the database is asked instead.
     pending: Mutex<HashMap<String, u64>>,
-    /// Limit totals, for the status endpoint without a query.
+    /// Limit totals, for the status endpoint without a query (SQLite only, as above).
     stored_entries: AtomicI64,
     stored_bytes: AtomicI64,
     /// Wakes the worker when something became deliverable.
