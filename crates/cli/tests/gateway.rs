@@ -14,6 +14,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use serde_json::Value;
 
+#[path = "../../gateway/tests/it/pg.rs"]
+mod pg;
+
 const TOKEN: &str = "cli-test-token";
 
 /// Every write the upstream received: (idempotency key, target, body).
@@ -163,6 +166,22 @@ impl GatewayProcess {
         assert!(status.success());
         let exit = self.child.wait().unwrap();
         assert!(exit.success(), "gateway exited with {exit}");
+    }
+
+    /// The value of an unlabelled metric, 0 when it was never recorded.
+    async fn metric(&self, name: &str) -> f64 {
+        let text = client()
+            .get(self.url("/_outpost/v1/metrics"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
     }
 
     async fn status(&self) -> Value {
@@ -499,12 +518,7 @@ async fn sigkill_with_deliveries_in_flight_loses_nothing_and_applies_nothing_twi
         assert_eq!(resp.status(), 202);
     }
     let backend = KeyedBackend::default();
-    let app = Router::new()
-        .route("/probe", axum::routing::get(|| async { "ok" }))
-        .fallback(keyed)
-        .with_state(backend.clone());
-    let listener = tokio::net::TcpListener::bind(upstream.addr).await.unwrap();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let server = serve_keyed(upstream.addr, &backend).await;
 
     // Kill it mid-drain, with deliveries in flight.
     for _ in 0..3000 {
@@ -527,12 +541,20 @@ async fn sigkill_with_deliveries_in_flight_loses_nothing_and_applies_nothing_twi
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(drained, "queue did not drain: {}", gateway.status().await);
+    assert_applied_once_in_order(&backend, WRITES);
+    gateway.sigterm();
+    server.abort();
+}
+
+/// Checks that the `writes` bodies `w0`, `w1`, … sent to `/lane/{n % 4}` were each applied
+/// once, and each lane's in the order sent.
+fn assert_applied_once_in_order(backend: &KeyedBackend, writes: usize) {
     let applied = backend.applied.lock().unwrap().clone();
     let mut counts = HashMap::new();
     for body in &applied {
         *counts.entry(body.clone()).or_insert(0) += 1;
     }
-    assert_eq!(counts.len(), WRITES, "an acknowledged write was lost");
+    assert_eq!(counts.len(), writes, "an acknowledged write was lost");
     assert!(
         counts.values().all(|n| *n == 1),
         "a write was applied twice"
@@ -549,7 +571,117 @@ async fn sigkill_with_deliveries_in_flight_loses_nothing_and_applies_nothing_twi
             "lane {lane}: {order:?}"
         );
     }
-    gateway.sigterm();
+}
+
+/// Serves `backend` on `addr` (the gateways' upstream, down until now).
+async fn serve_keyed(addr: SocketAddr, backend: &KeyedBackend) -> tokio::task::JoinHandle<()> {
+    let app = Router::new()
+        .route("/probe", axum::routing::get(|| async { "ok" }))
+        .fallback(keyed)
+        .with_state(backend.clone());
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() })
+}
+
+/// Issue 13: two gateways share one PostgreSQL queue. Writes are queued through both while the
+/// backend is down; once it is up, one gateway is SIGKILLed mid-drain. The other takes its
+/// ordering keys over when their leases expire: every acknowledged write is applied once, each
+/// key's writes in the order they were acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_one_postgres_queue_lose_nothing_when_one_is_sigkilled() {
+    const WRITES: usize = 400;
+    let Some(schema) = pg::TestSchema::create("two_gateways_one_queue_sigkill").await else {
+        return;
+    };
+    let upstream = Upstream::reserve().await;
+    // One directory for the key both gateways need; the queue is in PostgreSQL.
+    let dir = tempfile::tempdir().unwrap();
+    let shared = [
+        "--store",
+        &schema.url,
+        "--lease-ttl",
+        "1s",
+        "--upstream-honours-idempotency-key",
+        "--order-by",
+        "path:2",
+    ];
+    let first = GatewayProcess::start_with(upstream.addr, dir.path(), &shared);
+    let second = GatewayProcess::start_with(upstream.addr, dir.path(), &shared);
+    let client = client();
+    for n in 0..WRITES {
+        // Each lane's writes go through both gateways in turn.
+        let gateway = if (n / 4) % 2 == 0 { &first } else { &second };
+        let resp = client
+            .post(gateway.url(&format!("/lane/{}", n % 4)))
+            .body(format!("w{n}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+    }
+    assert_eq!(second.status().await["queue"]["depth"], WRITES);
+    // The operator's command sees the shared queue.
+    let (ok, out) = queue_cli(
+        dir.path(),
+        &[
+            "--store",
+            &schema.url,
+            "ls",
+            "--state",
+            "pending",
+            "--limit",
+            "1000",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(out.lines().count(), WRITES + 1, "{out}");
+
+    let backend = KeyedBackend::default();
+    let server = serve_keyed(upstream.addr, &backend).await;
+    for _ in 0..3000 {
+        if backend.applied.lock().unwrap().len() >= WRITES / 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The one delivering more lanes dies, with its leases and deliveries in flight.
+    let held = "outpost_gateway_leases_held";
+    let (mut a, mut b) = (0.0, 0.0);
+    for _ in 0..200 {
+        (a, b) = (first.metric(held).await, second.metric(held).await);
+        if a + b > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(a + b > 0.0, "no gateway holds a lease mid-drain");
+    let (victim, survivor) = if a >= b {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    let at_kill = backend.applied.lock().unwrap().len();
+    assert!((WRITES / 4..WRITES).contains(&at_kill), "{at_kill}");
+    victim.sigkill();
+
+    let mut drained = false;
+    for _ in 0..3000 {
+        if survivor.status().await["queue"]["depth"] == 0 {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(drained, "queue did not drain: {}", survivor.status().await);
+    assert_applied_once_in_order(&backend, WRITES);
+    assert!(
+        survivor
+            .metric("outpost_gateway_lease_takeovers_total")
+            .await
+            >= 1.0,
+        "the survivor never took over the dead gateway's keys"
+    );
+    survivor.sigterm();
     server.abort();
 }
 

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+#[path = "../../gateway/tests/it/pg.rs"]
+mod pg;
+
 const BIN: &str = env!("CARGO_BIN_EXE_outpost");
 
 /// Most time `outpost serve` may take to stop after SIGTERM (its own grace period is 10 s).
@@ -586,6 +589,90 @@ async fn gateway_metrics_and_readiness_while_the_upstream_is_down() {
     assert!(sample(&text, "outpost_storage_database_bytes", &queue_file) > 0.0);
 
     check_metrics(&text, "gateway");
+}
+
+/// The gateway on a PostgreSQL queue adds its pool's and its leases' series, which pass the
+/// same lint; the queue's gauges are the shared queue's.
+#[tokio::test]
+async fn gateway_on_postgres_exposes_pool_and_lease_metrics() {
+    let Some(schema) = pg::TestSchema::create("gateway_on_postgres_metrics").await else {
+        return;
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, nobody) = (free_port(), free_port());
+    let mut child = Command::new(BIN)
+        .args([
+            "gateway",
+            "--upstream",
+            &format!("http://127.0.0.1:{nobody}"),
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(dir.path())
+        .args(["--store", &schema.url, "--store-pool-size", "6"])
+        .args(["--admin-token", "ops-token", "--probe-interval", "100ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(resp) = client.get(format!("{base}/_outpost/v1/ready")).send().await
+            && resp.status() == 200
+        {
+            let body: Value = resp.json().await.unwrap();
+            if body["upstream"] == "down" {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the gateway never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resp = client
+        .post(format!("{base}/orders"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let text = client
+        .get(format!("{base}/_outpost/v1/metrics"))
+        .bearer_auth("ops-token")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+
+    assert_eq!(
+        sample(&text, "outpost_gateway_queue_pending", &[]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "outpost_gateway_pool_max_connections", &[]),
+        6.0
+    );
+    let open = sample(&text, "outpost_gateway_pool_connections", &[]);
+    assert!((1.0..=6.0).contains(&open), "{open} connections");
+    assert!(text.contains("outpost_gateway_pool_connections{state=\"idle\"}"));
+    assert!(text.contains("# TYPE outpost_gateway_pool_waiting gauge"));
+    assert!(text.contains("# TYPE outpost_gateway_leases_held gauge"));
+    // No file of its own to size: the queue is in the database.
+    assert_eq!(
+        sample(
+            &text,
+            "outpost_storage_database_bytes",
+            &[("store", "gateway_queue")]
+        ),
+        0.0
+    );
+    check_metrics(&text, "gateway on PostgreSQL");
 }
 
 #[tokio::test]

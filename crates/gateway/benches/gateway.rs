@@ -266,7 +266,7 @@ async fn bench() {
     // bounds the rate at 16 clients.
     let enqueue64 = load_with(&client, gw2_addr, ENQUEUE_REQUESTS, true, 202, 64).await;
     println!("durable enqueue, upstream down, 64 clients: {enqueue64:.0} req/s");
-    let queued = queue.pending_count();
+    let queued = queue.pending_count().await.unwrap();
     assert_eq!(queued as usize, 2 * ENQUEUE_REQUESTS + 1_600);
 
     // The order the queue committed them in, to check the drain against.
@@ -288,7 +288,7 @@ async fn bench() {
     let up2_stop = CancellationToken::new();
     let start = Instant::now();
     let up2_task = tokio::spawn(upstream(listener, log2.clone(), up2_stop.clone()));
-    while queue.pending_count() > 0 {
+    while queue.pending_count().await.unwrap() > 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = start.elapsed();

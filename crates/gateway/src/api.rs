@@ -167,7 +167,16 @@ impl From<Error> for ApiError {
             Error::Conflict(reason) => ApiError::Conflict(reason),
             Error::QueueFull(why) => ApiError::QueueFull(why),
             Error::KeyReused => ApiError::KeyReused,
+            e @ (Error::Unreachable(_) | Error::SharedStorage(_)) if e.is_retryable() => {
+                tracing::error!(error = %e, "queue operation failed");
+                ApiError::Unavailable {
+                    reason: "the queue database cannot be reached".into(),
+                    retry_after: 5,
+                }
+            }
             e @ (Error::Storage(_)
+            | Error::SharedStorage(_)
+            | Error::Unreachable(_)
             | Error::File { .. }
             | Error::Listen { .. }
             | Error::Corrupt(_)
@@ -494,6 +503,23 @@ pub(crate) async fn publish_metrics(s: &AdminState) -> Result<(), ApiError> {
     ] {
         counter!(name).absolute(value);
     }
+    if let Some(pool) = s.queue.pool_status() {
+        let busy = pool.size.saturating_sub(pool.idle);
+        gauge!("outpost_gateway_pool_connections", "state" => "idle").set(pool.idle as f64);
+        gauge!("outpost_gateway_pool_connections", "state" => "busy").set(busy as f64);
+        gauge!("outpost_gateway_pool_max_connections").set(pool.max_size as f64);
+        gauge!("outpost_gateway_pool_waiting").set(pool.waiting as f64);
+        gauge!("outpost_gateway_leases_held").set(s.queue.leases_held() as f64);
+        // Counted where leases change hands; touched here so they are exported from the
+        // start, before the first lease is taken.
+        for name in [
+            "outpost_gateway_lease_acquired_total",
+            "outpost_gateway_lease_takeovers_total",
+            "outpost_gateway_lease_lost_total",
+        ] {
+            counter!(name).increment(0);
+        }
+    }
     let q = s.queue.stats().await?;
     let up = s.health.as_ref().is_none_or(|h| h.is_up());
     let oldest = q.oldest_pending_ms.map_or(0, |t| (now_ms() - t).max(0));
@@ -565,6 +591,34 @@ fn describe_metrics() {
         "outpost_gateway_queue_oldest_pending_age_seconds",
         Unit::Seconds,
         "Age of the oldest pending entry; 0 when none is pending."
+    );
+    describe_gauge!(
+        "outpost_gateway_pool_connections",
+        "Connections of the PostgreSQL queue's pool, by state (idle, busy)."
+    );
+    describe_gauge!(
+        "outpost_gateway_pool_max_connections",
+        "Most connections the PostgreSQL queue's pool opens."
+    );
+    describe_gauge!(
+        "outpost_gateway_pool_waiting",
+        "Callers waiting for a connection of the PostgreSQL queue's pool."
+    );
+    describe_gauge!(
+        "outpost_gateway_leases_held",
+        "Ordering keys whose lease this gateway holds (PostgreSQL queue)."
+    );
+    describe_counter!(
+        "outpost_gateway_lease_acquired_total",
+        "Leases on ordering keys taken or renewed by a load (PostgreSQL queue)."
+    );
+    describe_counter!(
+        "outpost_gateway_lease_takeovers_total",
+        "Leases taken over from another gateway after they expired unreleased (PostgreSQL queue)."
+    );
+    describe_counter!(
+        "outpost_gateway_lease_lost_total",
+        "Leases this gateway held and found expired and taken at renewal (PostgreSQL queue)."
     );
     describe_histogram!(
         "outpost_gateway_enqueue_duration_seconds",

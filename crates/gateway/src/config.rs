@@ -227,6 +227,15 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Where the queue is kept.
+#[derive(Debug, Clone)]
+pub enum QueueStore {
+    /// The SQLite file in the data directory, replayed by one gateway at a time.
+    DataDir,
+    /// A PostgreSQL database shared by any number of gateways.
+    Postgres(crate::queue::PostgresStore),
+}
+
 /// Everything a gateway needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -236,6 +245,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory of the queue database and, by default, the key file.
     pub data_dir: PathBuf,
+    /// Where the queue is kept: by default in `data_dir`.
+    pub store: QueueStore,
     /// Path the health probe requests with `GET`.
     pub probe_path: String,
     /// Time between probes.
@@ -294,6 +305,7 @@ impl Config {
             upstream,
             listen,
             data_dir,
+            store: QueueStore::DataDir,
             probe_path: "/".into(),
             probe_interval: Duration::from_secs(2),
             health_fall: crate::health::DEFAULT_FALL,
@@ -322,6 +334,9 @@ impl Config {
 
     /// Checks the settings and normalises the prefix.
     pub fn validate(mut self) -> Result<Self> {
+        if let QueueStore::Postgres(store) = &self.store {
+            store.validate()?;
+        }
         if !self.probe_path.starts_with('/') {
             return Err(Error::Config("the probe path must start with `/`".into()));
         }

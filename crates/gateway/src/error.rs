@@ -11,6 +11,13 @@ pub enum Error {
     /// The queue database could not be read or written.
     #[error("queue storage failed: {0}")]
     Storage(#[from] rusqlite::Error),
+    /// The shared queue database (PostgreSQL) refused or failed a statement.
+    #[error("shared queue storage failed: {0}")]
+    SharedStorage(#[source] tokio_postgres::Error),
+    /// The shared queue database (PostgreSQL) cannot be reached: no connection could be made
+    /// or taken from the pool in time.
+    #[error("the queue database cannot be reached: {0}")]
+    Unreachable(String),
     /// A file could not be read, written or created.
     #[error("cannot access {path}: {source}")]
     File {
@@ -73,7 +80,16 @@ impl Error {
                 e.sqlite_error_code(),
                 Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
             ),
-            Error::QueueFull(_) => true,
+            Error::SharedStorage(e) => {
+                e.is_closed()
+                    || e.code().is_some_and(|c| {
+                        *c == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+                            || *c == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+                            || c.code().starts_with("08")
+                            || c.code().starts_with("57P")
+                    })
+            }
+            Error::QueueFull(_) | Error::Unreachable(_) => true,
             Error::File { .. }
             | Error::Listen { .. }
             | Error::NotFound(_)
@@ -86,6 +102,27 @@ impl Error {
             | Error::Locked(_)
             | Error::KeyReused
             | Error::Closed => false,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // A connection that broke mid-statement is the database being unreachable, not a
+        // statement it refused.
+        if e.is_closed() {
+            Error::Unreachable(e.to_string())
+        } else {
+            Error::SharedStorage(e)
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => Error::Unreachable(other.to_string()),
         }
     }
 }

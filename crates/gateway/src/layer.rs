@@ -303,7 +303,11 @@ where
     let principal = chosen.then(|| forward::credentials(&parts.headers));
     let target = target_of(&parts.uri);
     let ordering_key = config.ordering.key_of(&target, &parts.headers);
-    if !shared.queue.has_pending(&ordering_key) {
+    let behind = match shared.queue.has_pending(&ordering_key).await {
+        Ok(behind) => behind,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    if !behind {
         let mut attempt = Request::new(Body::from(body.clone()));
         *attempt.method_mut() = parts.method.clone();
         *attempt.uri_mut() = parts.uri.clone();

@@ -27,8 +27,8 @@ pub mod stats;
 pub mod upstream;
 pub mod worker;
 
-pub use config::{Config, Limits, Ordering, QueuedStatus, RetryPolicy, UpstreamUrl};
+pub use config::{Config, Limits, Ordering, QueueStore, QueuedStatus, RetryPolicy, UpstreamUrl};
 pub use crypto::{Cipher, KeySource};
 pub use error::{Error, Result};
-pub use queue::{EntryDetail, EntrySummary, Queue, QueueStats, State};
+pub use queue::{EntryDetail, EntrySummary, PostgresStore, Queue, QueueStats, State};
 pub use server::{Gateway, open_queue};

@@ -36,10 +36,12 @@ pub const QUEUE_DEPTH_HEADER: &str = "x-outpost-queue-depth";
 
 /// Sets the sync-state headers every gateway answer carries, replacing any the upstream sent,
 /// so an offline-first client learns from any answer whether its writes are still queued.
-pub fn sync_headers(headers: &mut HeaderMap, up: bool, depth: u64) {
+pub fn sync_headers(headers: &mut HeaderMap, up: bool, depth: Option<u64>) {
     let state = if up { "up" } else { "down" };
     headers.insert(UPSTREAM_HEADER, HeaderValue::from_static(state));
-    headers.insert(QUEUE_DEPTH_HEADER, HeaderValue::from(depth));
+    if let Some(depth) = depth {
+        headers.insert(QUEUE_DEPTH_HEADER, HeaderValue::from(depth));
+    }
 }
 
 /// Settings of the request path.
@@ -83,12 +85,25 @@ impl App {
         } else {
             self.read(req, client).await
         };
-        sync_headers(
-            response.headers_mut(),
-            self.health.is_up(),
-            self.queue.pending_count(),
-        );
+        // A queue that cannot be counted (its database unreachable) leaves the depth out
+        // rather than report a wrong one.
+        let depth = self.queue.pending_count().await.ok();
+        sync_headers(response.headers_mut(), self.health.is_up(), depth);
         response
+    }
+
+    /// Whether a write may go straight to the upstream: it is up, and no write of the same
+    /// ordering key waits in the queue (on PostgreSQL, queued by any instance). When the queue
+    /// cannot tell, the answer is the error to send.
+    async fn may_pass(&self, ordering_key: &str) -> Result<bool, Response> {
+        if !self.health.is_up() {
+            return Ok(false);
+        }
+        self.queue
+            .has_pending(ordering_key)
+            .await
+            .map(|pending| !pending)
+            .map_err(|e| ApiError::from(e).into_response())
     }
 
     /// Whether `client` is a proxy whose forwarding headers are believed.
@@ -124,7 +139,11 @@ impl App {
         let target = target_of(&parts.uri);
         let ordering_key = self.settings.ordering.key_of(&target, &parts.headers);
 
-        if self.health.is_up() && !self.queue.has_pending(&ordering_key) {
+        let pass = match self.may_pass(&ordering_key).await {
+            Ok(pass) => pass,
+            Err(resp) => return resp,
+        };
+        if pass {
             let mut up = Request::new(Body::from(body.clone()));
             *up.method_mut() = parts.method.clone();
             *up.uri_mut() = parts.uri.clone();
@@ -199,8 +218,10 @@ impl App {
         let too_large = || ApiError::PayloadTooLarge(self.settings.body.max_bytes).into_response();
         let target = target_of(&parts.uri);
         let ordering_key = self.settings.ordering.key_of(&target, &parts.headers);
-        if !self.health.is_up() || self.queue.has_pending(&ordering_key) {
-            return too_large();
+        match self.may_pass(&ordering_key).await {
+            Ok(true) => {}
+            Ok(false) => return too_large(),
+            Err(resp) => return resp,
         }
         forward::prepare_request_headers(&mut parts.headers, client.ip(), self.trusts(client));
         forward::ensure_idempotency_key(&mut parts.headers);

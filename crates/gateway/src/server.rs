@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AdminState};
 use crate::cache::StaleCache;
-use crate::config::Config;
+use crate::config::{Config, QueueStore};
 use crate::crypto::Cipher;
 use crate::error::{Error, Result};
 use crate::health::Health;
@@ -65,11 +65,28 @@ pub fn open_queue(config: &Config) -> Result<Queue> {
     Queue::open(&config.data_dir, cipher, queue_limits(config))
 }
 
-/// Opens the queue holding the data directory's exclusive lock, as a replaying gateway must.
-fn open_replaying_queue(config: &Config) -> Result<Queue> {
-    let lock = DirLock::acquire(&config.data_dir)?;
-    let cipher = Cipher::load(&config.key, &config.data_dir)?;
-    Queue::open_locked(&config.data_dir, cipher, queue_limits(config), lock)
+/// Opens the queue to replay: in the data directory holding its exclusive lock, or in
+/// PostgreSQL, which any number of gateways share.
+async fn open_replaying_queue(config: &Config) -> Result<Queue> {
+    match &config.store {
+        QueueStore::DataDir => {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || {
+                let lock = DirLock::acquire(&config.data_dir)?;
+                let cipher = Cipher::load(&config.key, &config.data_dir)?;
+                Queue::open_locked(&config.data_dir, cipher, queue_limits(&config), lock)
+            })
+            .await
+            .map_err(|_| Error::Closed)?
+        }
+        QueueStore::Postgres(store) => {
+            let (key, dir) = (config.key.clone(), config.data_dir.clone());
+            let cipher = tokio::task::spawn_blocking(move || Cipher::load(&key, &dir))
+                .await
+                .map_err(|_| Error::Closed)??;
+            Queue::open_postgres(store, cipher, queue_limits(config)).await
+        }
+    }
 }
 
 fn queue_limits(config: &Config) -> QueueLimits {
@@ -83,12 +100,7 @@ impl Gateway {
     /// Validates `config`, opens the queue and binds the listener.
     pub async fn bind(config: Config) -> Result<Self> {
         let config = config.validate()?;
-        let queue = {
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || open_replaying_queue(&config))
-                .await
-                .map_err(|_| Error::Closed)??
-        };
+        let queue = open_replaying_queue(&config).await?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Listen {

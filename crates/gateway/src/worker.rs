@@ -5,6 +5,10 @@
 //! other, record each outcome compare-and-set on the entry's version, then wait for new entries,
 //! a back-off to end, the upstream to come back, or shutdown.
 //!
+//! With the PostgreSQL engine several processes replay one queue: a lane runs only while its
+//! process holds the lease of its ordering key, renewed by this loop and handed back when the
+//! lane ends (see [`crate::queue`]).
+//!
 //! Outcomes are committed in the background while the next entry of the same key is already on
 //! its way: an outcome lost to a crash only means the entry is delivered again, with the same
 //! `Idempotency-Key`, which is the at-least-once half of exactly-once toward a backend that
@@ -221,6 +225,10 @@ impl<D: Deliver> Worker<D> {
         // Ordering keys with a running lane, by task id, so even a lane that panicked frees its
         // key.
         let mut active: HashMap<tokio::task::Id, String> = HashMap::new();
+        // Leases on ordering keys (PostgreSQL) are renewed on this loop, which wakes at
+        // least this often; with SQLite there is nothing to renew.
+        let renew_every = ctx.queue.renew_interval();
+        let mut renewed = tokio::time::Instant::now();
         loop {
             while let Some(done) = lanes.try_join_next_with_id() {
                 lane_ended(&mut active, done);
@@ -228,6 +236,13 @@ impl<D: Deliver> Worker<D> {
             if shutdown.is_cancelled() {
                 break;
             }
+            if let Some(every) = renew_every
+                && renewed.elapsed() >= every
+            {
+                renewed = tokio::time::Instant::now();
+                ctx.queue.renew_lanes().await;
+            }
+            let renew_wait = renew_every.unwrap_or(IDLE_POLL);
             if let Some(rx) = health_rx.as_mut()
                 && !*rx.borrow_and_update()
             {
@@ -237,13 +252,16 @@ impl<D: Deliver> Worker<D> {
                     Some(done) = lanes.join_next_with_id(), if !lanes.is_empty() => {
                         lane_ended(&mut active, done);
                     }
+                    _ = tokio::time::sleep(renew_wait), if renew_every.is_some() => {}
                 }
                 continue;
             }
             let now = now_ms();
+            let running: Vec<String> = active.values().cloned().collect();
+            let free = ctx.max_lanes.saturating_sub(active.len());
             let (batch, wake) = match ctx
                 .queue
-                .load_deliverable(now, BATCH_ENTRIES, BATCH_BYTES)
+                .load_deliverable(now, BATCH_ENTRIES, BATCH_BYTES, &running, free)
                 .await
             {
                 Ok(loaded) => loaded,
@@ -255,7 +273,7 @@ impl<D: Deliver> Worker<D> {
                     }
                 }
             };
-            let running: std::collections::HashSet<&String> = active.values().collect();
+            let running: std::collections::HashSet<&String> = running.iter().collect();
             let mut new_lanes: Vec<(String, Vec<Deliverable>)> = Vec::new();
             let mut index: HashMap<String, usize> = HashMap::new();
             for entry in batch {
@@ -271,7 +289,9 @@ impl<D: Deliver> Worker<D> {
             drop(running);
             for (key, entries) in new_lanes {
                 if active.len() >= ctx.max_lanes {
-                    break;
+                    // No lane for it now: hand its lease back (PostgreSQL) for anyone to take.
+                    ctx.queue.release_lane(&key).await;
+                    continue;
                 }
                 let handle = lanes.spawn(run_lane(ctx.clone(), entries, shutdown.clone()));
                 active.insert(handle.id(), key);
@@ -279,7 +299,8 @@ impl<D: Deliver> Worker<D> {
             let wait = wake
                 .map(|at| Duration::from_millis((at - now).max(1) as u64))
                 .unwrap_or(IDLE_POLL)
-                .min(IDLE_POLL);
+                .min(IDLE_POLL)
+                .min(renew_wait);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(done) = lanes.join_next_with_id(), if !lanes.is_empty() => {
@@ -315,9 +336,17 @@ async fn run_lane<D: Deliver>(
     entries: Vec<Deliverable>,
     shutdown: CancellationToken,
 ) {
+    let Some(key) = entries.first().map(|e| e.ordering_key.clone()) else {
+        return;
+    };
     let mut commits = Vec::with_capacity(entries.len());
     for entry in entries {
         if shutdown.is_cancelled() || ctx.health.as_ref().is_some_and(|h| !h.is_up()) {
+            break;
+        }
+        if !ctx.queue.holds_lane(&key) {
+            // The lease could not be renewed in time; another instance may take the key over.
+            tracing::warn!("a lane lost its lease; its remaining entries are left to others");
             break;
         }
         let delivery = match &entry.request {
@@ -366,6 +395,8 @@ async fn run_lane<D: Deliver>(
             Err(_) => tracing::error!(%id, "the queue writer stopped"),
         }
     }
+    // Only now, with every outcome committed, may another instance take the key.
+    ctx.queue.release_lane(&key).await;
 }
 
 /// What to record for a delivery, and whether the lane must stop (the key's head is now

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use outpost_gateway::{Config, Gateway, KeySource, Ordering, QueuedStatus, UpstreamUrl};
+use outpost_gateway::{
+    Config, Gateway, KeySource, Ordering, QueueStore, QueuedStatus, UpstreamUrl,
+};
 
 /// Arguments of `outpost gateway`.
 #[derive(Debug, clap::Args)]
@@ -32,6 +34,20 @@ pub struct GatewayOptions {
     /// Directory of the queue database (and of the key file, unless one is given).
     #[arg(long, default_value = "./gateway-data")]
     pub data: PathBuf,
+    /// Where the queue is kept: `postgres://user[:password]@host[:port]/database` to share one
+    /// queue among several gateways (a schema is chosen with
+    /// `?options=-csearch_path%3Dname`); without it, the SQLite file in --data, which one
+    /// gateway at a time may replay. Every gateway on one queue needs the same key.
+    #[arg(long, env = "OUTPOST_GATEWAY_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+    /// Most connections to PostgreSQL (with a postgres:// --store).
+    #[arg(long, default_value_t = outpost_gateway::PostgresStore::DEFAULT_POOL_SIZE)]
+    pub store_pool_size: usize,
+    /// How long a gateway's lease on an ordering key lasts without renewal, and so how long
+    /// the keys of a gateway that died wait before another takes them over (with a
+    /// postgres:// --store).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
     #[command(flatten)]
     pub key: KeyArgs,
     /// Path the health probe requests with GET; any answer below 500 counts as up.
@@ -209,6 +225,18 @@ impl GatewayOptions {
     pub fn config(&self) -> anyhow::Result<Config> {
         let upstream = UpstreamUrl::parse(&self.upstream)?;
         let mut c = Config::new(upstream, self.listen, self.data.clone());
+        c.store = match self.store.as_deref() {
+            None => QueueStore::DataDir,
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let mut store = outpost_gateway::PostgresStore::new(url);
+                store.pool_size = self.store_pool_size;
+                store.lease_ttl = self.lease_ttl;
+                QueueStore::Postgres(store)
+            }
+            Some(_) => anyhow::bail!(
+                "--store takes a postgres:// URL; without it the queue is kept in --data"
+            ),
+        };
         c.probe_path = self.probe_path.clone();
         c.probe_interval = self.probe_interval;
         c.health_fall = self.unhealthy_threshold;
@@ -292,10 +320,12 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
 /// `listening on ADDR` (shared by `outpost gateway` and `outpost serve` running a gateway).
 pub async fn bind(args: &GatewayArgs) -> anyhow::Result<Gateway> {
     let config = args.options.config()?;
-    outpost_telemetry::watch_database(
-        "gateway_queue",
-        config.data_dir.join(outpost_gateway::queue::DB_FILE),
-    );
+    if matches!(config.store, QueueStore::DataDir) {
+        outpost_telemetry::watch_database(
+            "gateway_queue",
+            config.data_dir.join(outpost_gateway::queue::DB_FILE),
+        );
+    }
     let gateway = Gateway::bind(config)
         .await
         .context("cannot start the gateway")?;

@@ -1,4 +1,5 @@
-//! `outpost queue`: inspect and operate a gateway's queue directly on its data directory.
+//! `outpost queue`: inspect and operate a gateway's queue directly on its data directory, or on
+//! the PostgreSQL queue several gateways share (`--store`).
 //!
 //! Works whether or not the gateway is running (SQLite arbitrates between the two); a running
 //! gateway notices changes within a second. Exit code 0 on success, 1 on any failure
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use outpost_gateway::config::Limits;
 use outpost_gateway::queue::{QueueLimits, now_ms};
-use outpost_gateway::{Cipher, KeySource, Queue, State};
+use outpost_gateway::{Cipher, KeySource, PostgresStore, Queue, State};
 
 use super::gateway::KeyArgs;
 
@@ -19,6 +20,16 @@ pub struct QueueArgs {
     /// The gateway's data directory.
     #[arg(long, global = true, default_value = "./gateway-data")]
     pub data: PathBuf,
+    /// The gateways' shared PostgreSQL queue (`postgres://…`, as `outpost gateway --store`)
+    /// instead of the data directory's; the data directory then only holds the key, unless one
+    /// is given.
+    #[arg(
+        long,
+        global = true,
+        env = "OUTPOST_GATEWAY_STORE",
+        hide_env_values = true
+    )]
+    pub store: Option<String>,
     #[command(flatten)]
     pub key: KeyArgs,
     #[command(subcommand)]
@@ -77,6 +88,19 @@ const REDACTED: [&str; 4] = [
 
 pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     let data = args.data.clone();
+    if let Some(url) = &args.store {
+        if matches!(args.command, QueueCommand::Rekey { .. }) {
+            anyhow::bail!("rekey works on a data directory's queue only");
+        }
+        let source = args.key.source();
+        let cipher = tokio::task::spawn_blocking(move || Cipher::load(&source, &data))
+            .await?
+            .context("cannot load the encryption key")?;
+        let queue = Queue::open_postgres(&PostgresStore::new(url), cipher, default_limits())
+            .await
+            .context("cannot open the queue")?;
+        return execute(&queue, args.command).await;
+    }
     if !data.join(outpost_gateway::queue::DB_FILE).exists() {
         anyhow::bail!("no gateway queue in {}", data.display());
     }
@@ -86,22 +110,22 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     }
     let queue = tokio::task::spawn_blocking(move || -> anyhow::Result<Queue> {
         let cipher = Cipher::load(&source, &data).context("cannot load the encryption key")?;
-        let limits = Limits::default();
-        Queue::open(
-            &data,
-            cipher,
-            QueueLimits {
-                max_entries: limits.max_queue_entries,
-                max_bytes: limits.max_queue_bytes,
-            },
-        )
-        .context("cannot open the queue")
+        Queue::open(&data, cipher, default_limits()).context("cannot open the queue")
     })
     .await??;
     let result = execute(&queue, args.command).await;
     // Closing the queue joins its writer thread; keep that off the async workers.
     tokio::task::spawn_blocking(move || drop(queue)).await?;
     result
+}
+
+/// Limits only bound enqueueing, which these commands never do.
+fn default_limits() -> QueueLimits {
+    let limits = Limits::default();
+    QueueLimits {
+        max_entries: limits.max_queue_entries,
+        max_bytes: limits.max_queue_bytes,
+    }
 }
 
 async fn execute(queue: &Queue, command: QueueCommand) -> anyhow::Result<()> {

@@ -1,27 +1,36 @@
-//! The durable request queue: an SQLite database in WAL mode with `synchronous = FULL`.
+//! The durable request queue, on one of two engines: SQLite in the data directory (the
+//! default; one gateway per directory) or PostgreSQL (`--store postgres://…`; any number of
+//! gateways sharing one queue).
 //!
-//! Changes go through one writer thread that group-commits concurrent callers (see [`writer`]);
-//! reads use their own connections on the blocking pool. Requests and answers are stored
-//! encrypted; only what the queue itself must query (state, ordering key, idempotency key,
-//! attempts, times, the last error) is stored in clear.
+//! The queue's logic lives here once, above the engines: what is sealed and how (requests,
+//! answers and idempotency keys are encrypted with the [`Cipher`]; ordering keys and scopes
+//! are keyed hashes; only what the queue itself must query is stored in clear), the commands
+//! that change it ([`command`]), and how stored rows become entries. An engine stores and
+//! finds rows: [`sqlite`] with one writer thread that group-commits, [`postgres`] with one
+//! writer task per process that does the same on a pooled connection, plus leases on ordering
+//! keys so that instances sharing the queue never deliver one key's entries concurrently.
 //!
 //! An entry is `pending` until the upstream has answered it, then `done` (kept for a while so the
 //! caller can read the answer) or `dead` (dead-lettered, kept until an operator retries or drops
 //! it). Every change the worker makes is compare-and-set on the entry's `version`, so an entry
 //! dropped or retried by an operator while it was being delivered is never overwritten.
 
+mod command;
 mod lock;
+mod postgres;
 mod schema;
+mod sqlite;
 mod writer;
 
 pub use lock::{DirLock, LOCK_FILE};
+pub use postgres::{PoolStatus, PostgresStore};
+pub use sqlite::DB_FILE;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -29,15 +38,14 @@ use crate::crypto::Cipher;
 use crate::error::{Error, Result};
 use crate::record::{StoredRequest, StoredResponse};
 
-use writer::{Command, Totals};
+use command::Command;
+use writer::Totals;
 
-/// File name of the queue database inside the data directory.
-pub const DB_FILE: &str = "queue.sqlite3";
-
-/// Capacity of the channel toward the writer thread; callers wait when it is full.
+/// Capacity of the channel toward an engine's writer; callers wait when it is full.
 const WRITER_CHANNEL: usize = 8192;
 
-/// Requests bigger than this are encrypted on the blocking pool instead of the async runtime.
+/// Requests bigger than this are encrypted (and loaded batches decrypted) on the blocking pool
+/// instead of the async runtime.
 const INLINE_SEAL_BYTES: usize = 256 * 1024;
 
 /// The state of a queue entry.
@@ -199,12 +207,13 @@ pub(crate) enum Finish {
     },
 }
 
-/// State shared between the writer thread and the handles.
+/// State shared between an engine's writer and the handles.
 pub(crate) struct Shared {
     /// Pending entries per ordering key, so a new write can tell at once whether it must queue
-    /// behind earlier ones instead of overtaking them.
+    /// behind earlier ones instead of overtaking them. SQLite only: on PostgreSQL other
+    /// processes change the queue too, so the database is asked instead.
     pending: Mutex<HashMap<String, u64>>,
-    /// Limit totals, for the status endpoint without a query.
+    /// Limit totals, for the status endpoint without a query (SQLite only, as above).
     stored_entries: AtomicI64,
     stored_bytes: AtomicI64,
     /// Wakes the worker when something became deliverable.
@@ -243,69 +252,35 @@ pub struct Queue {
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue")
-            .field("path", &self.inner.path)
-            .finish()
+        match &self.inner.engine {
+            Engine::Sqlite(s) => f.debug_struct("Queue").field("path", &s.path).finish(),
+            Engine::Postgres(_) => f
+                .debug_struct("Queue")
+                .field("engine", &"postgres")
+                .finish(),
+        }
     }
 }
 
+/// Where the rows are.
+enum Engine {
+    Sqlite(sqlite::Sqlite),
+    Postgres(postgres::Postgres),
+}
+
 struct Inner {
-    path: PathBuf,
-    /// Sender toward the writer thread; taken on drop so the thread sees the end of input.
+    /// Sender toward the engine's writer; declared (and so dropped) before the engine, so the
+    /// writer sees the end of its input before the engine waits for it.
     tx: Option<mpsc::Sender<Command>>,
-    /// The writer thread, joined on drop so the last batch is committed before we return.
-    writer: Option<std::thread::JoinHandle<()>>,
-    /// Read connections; a std mutex is fine because they are only used on the blocking pool.
-    readers: Vec<Mutex<Connection>>,
+    engine: Engine,
     cipher: Cipher,
     shared: Arc<Shared>,
-    /// The data directory's exclusive lock, when this queue replays; released after the
-    /// writer thread has finished (fields drop after `Drop::drop`).
-    _lock: Option<DirLock>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.tx.take();
-        if let Some(handle) = self.writer.take() {
-            let _ = handle.join();
-        }
     }
-}
-
-/// Creates the database file readable by its owner only (SQLite gives its `-wal` and `-shm`
-/// files the same mode), and narrows the mode of files left by older versions.
-fn restrict_files(db: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let file_err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| Error::File { path, source }
-        };
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(db)
-            .map_err(file_err(db))?;
-        for suffix in ["", "-wal", "-shm"] {
-            let mut name = db.as_os_str().to_owned();
-            name.push(suffix);
-            let path = PathBuf::from(name);
-            match std::fs::metadata(&path) {
-                Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                        .map_err(file_err(&path))?;
-                }
-                _ => {}
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = db;
-    Ok(())
 }
 
 /// Milliseconds since the Unix epoch.
@@ -326,6 +301,15 @@ fn response_aad(id: &str) -> Vec<u8> {
 
 fn key_aad(id: &str) -> Vec<u8> {
     format!("{id}/idempotency-key").into_bytes()
+}
+
+fn new_shared() -> Arc<Shared> {
+    Arc::new(Shared {
+        pending: Mutex::new(HashMap::new()),
+        stored_entries: AtomicI64::new(0),
+        stored_bytes: AtomicI64::new(0),
+        changed: Notify::new(),
+    })
 }
 
 impl Queue {
@@ -353,43 +337,35 @@ impl Queue {
         limits: QueueLimits,
         lock: Option<DirLock>,
     ) -> Result<Self> {
-        std::fs::create_dir_all(data_dir).map_err(|source| Error::File {
-            path: data_dir.to_owned(),
-            source,
-        })?;
-        let path = data_dir.join(DB_FILE);
-        restrict_files(&path)?;
-        let mut conn = schema::connect(&path)?;
-        schema::prepare(&mut conn, &mut cipher)?;
-        let readers = (0..2)
-            .map(|_| schema::connect(&path).map(Mutex::new))
-            .collect::<Result<Vec<_>>>()?;
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(HashMap::new()),
-            stored_entries: AtomicI64::new(0),
-            stored_bytes: AtomicI64::new(0),
-            changed: Notify::new(),
-        });
-        let totals = writer::load_totals(&conn, &shared)?;
-        shared.set_totals(totals);
-        let (tx, rx) = mpsc::channel(WRITER_CHANNEL);
-        let thread_shared = shared.clone();
-        let writer = std::thread::Builder::new()
-            .name("outpost-queue-writer".into())
-            .spawn(move || writer::run(conn, rx, thread_shared, limits))
-            .map_err(|source| Error::File {
-                path: path.clone(),
-                source,
-            })?;
+        let shared = new_shared();
+        let (engine, tx) =
+            sqlite::Sqlite::open(data_dir, &mut cipher, limits, lock, shared.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
-                path,
                 tx: Some(tx),
-                writer: Some(writer),
-                readers,
+                engine: Engine::Sqlite(engine),
                 cipher,
                 shared,
-                _lock: lock,
+            }),
+        })
+    }
+
+    /// Opens (creating its tables if needed) the queue shared through PostgreSQL, checking that
+    /// `cipher` is its key. No lock is taken: any number of processes may open and replay it.
+    pub async fn open_postgres(
+        store: &PostgresStore,
+        mut cipher: Cipher,
+        limits: QueueLimits,
+    ) -> Result<Self> {
+        let shared = new_shared();
+        let (engine, tx) =
+            postgres::Postgres::open(store, &mut cipher, limits, shared.clone()).await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tx: Some(tx),
+                engine: Engine::Postgres(engine),
+                cipher,
+                shared,
             }),
         })
     }
@@ -398,20 +374,15 @@ impl Queue {
     /// directory's lock, so no gateway may run meanwhile. All or nothing; returns how many
     /// entries were re-sealed. Blocking.
     pub fn rekey(data_dir: &Path, old: Cipher, new: &Cipher) -> Result<u64> {
-        let _lock = DirLock::acquire(data_dir)?;
-        let path = data_dir.join(DB_FILE);
-        if !path.exists() {
-            return Err(Error::NotFound(path.display().to_string()));
-        }
-        let mut old = old;
-        let mut conn = schema::connect(&path)?;
-        let index_key = schema::prepare(&mut conn, &mut old)?;
-        schema::rekey(&mut conn, &old, new, &index_key)
+        sqlite::Sqlite::rekey(data_dir, old, new)
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    /// The database file, for the SQLite engine.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.inner.engine {
+            Engine::Sqlite(s) => Some(&s.path),
+            Engine::Postgres(_) => None,
+        }
     }
 
     pub(crate) fn shared(&self) -> &Shared {
@@ -471,15 +442,20 @@ impl Queue {
     }
 
     /// Whether entries with this ordering key are waiting, so a new write must queue behind them.
-    pub fn has_pending(&self, ordering_key: &str) -> bool {
+    /// On PostgreSQL this asks the database, since another instance may have queued them.
+    pub async fn has_pending(&self, ordering_key: &str) -> Result<bool> {
         let id = self.ordering_id(ordering_key);
-        self.inner
-            .shared
-            .pending
-            .lock()
-            .expect("pending map lock")
-            .get(&id)
-            .is_some_and(|n| *n > 0)
+        match &self.inner.engine {
+            Engine::Sqlite(_) => Ok(self
+                .inner
+                .shared
+                .pending
+                .lock()
+                .expect("pending map lock")
+                .get(&id)
+                .is_some_and(|n| *n > 0)),
+            Engine::Postgres(pg) => pg.has_pending(&id).await,
+        }
     }
 
     /// How an ordering key is stored: a keyed hash, since it is made of request data (a path, a
@@ -493,24 +469,19 @@ impl Queue {
         }
     }
 
-    /// Number of pending entries, as last committed.
-    pub fn pending_count(&self) -> u64 {
-        self.inner
-            .shared
-            .pending
-            .lock()
-            .expect("pending map lock")
-            .values()
-            .sum()
-    }
-
-    /// Bytes of stored requests counted against the limit, as last committed.
-    pub fn stored_bytes(&self) -> u64 {
-        self.inner
-            .shared
-            .stored_bytes
-            .load(AtomicOrdering::Relaxed)
-            .max(0) as u64
+    /// Number of pending entries, as last committed (by any instance, on PostgreSQL).
+    pub async fn pending_count(&self) -> Result<u64> {
+        match &self.inner.engine {
+            Engine::Sqlite(_) => Ok(self
+                .inner
+                .shared
+                .pending
+                .lock()
+                .expect("pending map lock")
+                .values()
+                .sum()),
+            Engine::Postgres(pg) => Ok(pg.totals().await?.pending.max(0) as u64),
+        }
     }
 
     /// Records the outcome of a delivery; the receiver says whether the entry was still unchanged.
@@ -569,23 +540,14 @@ impl Queue {
         rx.await.map_err(|_| Error::Closed)?
     }
 
-    /// Runs `f` with a read connection on the blocking pool.
-    async fn read<T, F>(&self, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection, &Cipher) -> Result<T> + Send + 'static,
-    {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.with_reader(f))
-            .await
-            .map_err(|_| Error::Closed)?
-    }
-
     /// One entry with its request and answer decrypted.
     pub async fn get(&self, id: &str) -> Result<EntryDetail> {
-        let id = id.to_owned();
-        self.read(move |conn, cipher| get_entry(conn, cipher, &id))
-            .await
+        let raw = match &self.inner.engine {
+            Engine::Sqlite(s) => s.get(id.to_owned()).await?,
+            Engine::Postgres(pg) => pg.get(id).await?,
+        };
+        let raw = raw.ok_or_else(|| Error::NotFound(id.to_owned()))?;
+        open_entry(&self.inner.cipher, raw)
     }
 
     /// Entries in arrival order, optionally of one state, after the given sequence number.
@@ -595,95 +557,120 @@ impl Queue {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<EntrySummary>> {
-        self.read(move |conn, cipher| list_entries(conn, cipher, state, after_seq, limit))
-            .await
+        let rows = match &self.inner.engine {
+            Engine::Sqlite(s) => s.list(state, after_seq, limit).await?,
+            Engine::Postgres(pg) => pg.list(state, after_seq, limit).await?,
+        };
+        rows.into_iter()
+            .map(|row| finish_summary(&self.inner.cipher, row))
+            .collect()
     }
 
     /// Counts for the status endpoint.
     pub async fn stats(&self) -> Result<QueueStats> {
-        let stored_bytes = self
-            .inner
-            .shared
-            .stored_bytes
-            .load(AtomicOrdering::Relaxed)
-            .max(0) as u64;
-        self.read(move |conn, _| {
-            let mut stats = QueueStats {
-                stored_bytes,
-                ..QueueStats::default()
-            };
-            let mut stmt =
-                conn.prepare_cached("SELECT state, COUNT(*) FROM entries GROUP BY state")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-            for row in rows {
-                let (state, n) = row?;
-                match State::parse(&state)? {
-                    State::Pending => stats.pending = n as u64,
-                    State::Done => stats.done = n as u64,
-                    State::Dead => stats.dead = n as u64,
-                }
+        match &self.inner.engine {
+            Engine::Sqlite(s) => {
+                let mut stats = s.stats().await?;
+                stats.stored_bytes = self
+                    .inner
+                    .shared
+                    .stored_bytes
+                    .load(AtomicOrdering::Relaxed)
+                    .max(0) as u64;
+                Ok(stats)
             }
-            stats.oldest_pending_ms = conn
-                .query_row(
-                    "SELECT created_ms FROM entries WHERE state = 'pending' ORDER BY seq LIMIT 1",
-                    [],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            Ok(stats)
-        })
-        .await
+            Engine::Postgres(pg) => pg.stats().await,
+        }
     }
 
     /// The next deliverable entries in arrival order, skipping every ordering key that has an
     /// entry waiting for its back-off to end; also the earliest end of such a back-off.
+    ///
+    /// `running` are the keys this process is replaying now; on PostgreSQL, entries are only
+    /// returned for keys this process holds the lease of, taking at most `free` new ones (see
+    /// [`postgres`]), and each key returned must be handed back with [`Queue::release_lane`].
     pub(crate) async fn load_deliverable(
         &self,
         now_ms: i64,
         limit: u32,
         max_bytes: i64,
+        running: &[String],
+        free: usize,
     ) -> Result<(Vec<Deliverable>, Option<i64>)> {
-        self.read(move |conn, cipher| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, version, attempts, created_ms, ordering_key, request, request_bytes
-                 FROM entries
-                 WHERE state = 'pending' AND ordering_key NOT IN (
-                     SELECT ordering_key FROM entries
-                     WHERE state = 'pending' AND next_attempt_ms > ?1)
-                 ORDER BY seq LIMIT ?2",
-            )?;
-            let mut rows = stmt.query(params![now_ms, limit])?;
-            let mut out = Vec::new();
-            let mut bytes = 0i64;
-            while let Some(row) = rows.next()? {
-                let id: String = row.get(0)?;
-                let sealed: Vec<u8> = row.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default();
-                let size: i64 = row.get(6)?;
-                if !out.is_empty() && bytes + size > max_bytes {
-                    break;
-                }
-                bytes += size;
-                let request = cipher
-                    .open(&request_aad(&id), &sealed)
-                    .and_then(|plain| StoredRequest::decode(&plain))
-                    .map_err(|e| format!("the stored request cannot be read: {e}"));
-                out.push(Deliverable {
-                    version: row.get(1)?,
-                    attempts: row.get(2)?,
-                    created_ms: row.get(3)?,
-                    ordering_key: row.get(4)?,
-                    request,
-                    id,
-                });
-            }
-            let wake: Option<i64> = conn.query_row(
-                "SELECT MIN(next_attempt_ms) FROM entries WHERE state = 'pending' AND next_attempt_ms > ?1",
-                params![now_ms],
-                |r| r.get(0),
-            )?;
-            Ok((out, wake))
-        })
-        .await
+        let (raw, wake) = match &self.inner.engine {
+            Engine::Sqlite(s) => s.load(now_ms, limit, max_bytes).await?,
+            Engine::Postgres(pg) => pg.load(now_ms, limit, max_bytes, running, free).await?,
+        };
+        let bytes: i64 = raw.iter().map(|r| r.bytes).sum();
+        let cipher = self.inner.cipher.clone();
+        let open = move || {
+            raw.into_iter()
+                .map(|r| open_deliverable(&cipher, r))
+                .collect()
+        };
+        let out = if bytes as usize > INLINE_SEAL_BYTES {
+            tokio::task::spawn_blocking(open)
+                .await
+                .map_err(|_| Error::Closed)?
+        } else {
+            open()
+        };
+        Ok((out, wake))
+    }
+
+    /// Whether this process may start delivering the next entry of `ordering_key`: always on
+    /// SQLite (the directory lock makes it the only replayer), while its lease has enough time
+    /// left on PostgreSQL.
+    pub(crate) fn holds_lane(&self, ordering_key: &str) -> bool {
+        match &self.inner.engine {
+            Engine::Sqlite(_) => true,
+            Engine::Postgres(pg) => pg.holds(ordering_key),
+        }
+    }
+
+    /// Hands back the lease of `ordering_key` once its lane has ended and its outcomes are
+    /// committed, so another instance may take the key at once.
+    pub(crate) async fn release_lane(&self, ordering_key: &str) {
+        if let Engine::Postgres(pg) = &self.inner.engine
+            && let Err(e) = pg.release(ordering_key).await
+        {
+            // The lease then simply expires.
+            tracing::warn!(error = %e, "cannot release a lane lease");
+        }
+    }
+
+    /// How often the leases held must be renewed (`None` for SQLite, which has none).
+    pub(crate) fn renew_interval(&self) -> Option<std::time::Duration> {
+        match &self.inner.engine {
+            Engine::Sqlite(_) => None,
+            Engine::Postgres(pg) => Some(pg.renew_interval()),
+        }
+    }
+
+    /// Renews every lease this process holds (PostgreSQL); those it lost are forgotten, so
+    /// their lanes stop before their next delivery.
+    pub(crate) async fn renew_lanes(&self) {
+        if let Engine::Postgres(pg) = &self.inner.engine
+            && let Err(e) = pg.renew().await
+        {
+            tracing::warn!(error = %e, "cannot renew the lane leases");
+        }
+    }
+
+    /// The connection pool's state, for the PostgreSQL engine.
+    pub fn pool_status(&self) -> Option<PoolStatus> {
+        match &self.inner.engine {
+            Engine::Sqlite(_) => None,
+            Engine::Postgres(pg) => Some(pg.pool_status()),
+        }
+    }
+
+    /// How many ordering keys this process holds the lease of (always 0 on SQLite).
+    pub fn leases_held(&self) -> usize {
+        match &self.inner.engine {
+            Engine::Sqlite(_) => 0,
+            Engine::Postgres(pg) => pg.leases_held(),
+        }
     }
 
     /// Seals an upstream answer for storage with entry `id`.
@@ -694,47 +681,41 @@ impl Queue {
     }
 }
 
-impl Inner {
-    fn with_reader<T>(&self, f: impl FnOnce(&Connection, &Cipher) -> Result<T>) -> Result<T> {
-        // Prefer an idle connection; fall back to waiting for the first one.
-        for reader in &self.readers {
-            if let Ok(conn) = reader.try_lock() {
-                return f(&conn, &self.cipher);
-            }
-        }
-        let conn = self.readers[0].lock().expect("reader lock");
-        f(&conn, &self.cipher)
-    }
+/// A summary row as an engine read it: the summary, its state name and its sealed idempotency
+/// key, to be finished by [`finish_summary`].
+pub(crate) type SummaryRow = (EntrySummary, String, Option<Vec<u8>>);
+
+/// An entry as an engine read it, still sealed.
+pub(crate) struct RawEntry {
+    pub summary: SummaryRow,
+    pub request: Option<Vec<u8>>,
+    pub response: Option<Vec<u8>>,
 }
 
-const SUMMARY_COLUMNS: &str = "id, seq, state, attempts, created_ms, updated_ms, next_attempt_ms,
-    last_error, response_status, request_bytes, ordering_key, sealed_key";
+/// A pending entry as an engine read it, its request still sealed.
+pub(crate) struct RawDeliverable {
+    pub id: String,
+    pub version: i64,
+    pub attempts: i64,
+    pub created_ms: i64,
+    pub ordering_key: String,
+    pub sealed: Vec<u8>,
+    pub bytes: i64,
+}
 
-/// A summary row: the summary, its state name and its sealed idempotency key, to be finished by
-/// [`finish_summary`].
-type SummaryRow = (EntrySummary, String, Option<Vec<u8>>);
-
-fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
-    let state: String = row.get(2)?;
-    let next: i64 = row.get(6)?;
-    Ok((
-        EntrySummary {
-            id: row.get(0)?,
-            seq: row.get(1)?,
-            state: State::Pending,
-            attempts: row.get(3)?,
-            created_ms: row.get(4)?,
-            updated_ms: row.get(5)?,
-            next_attempt_ms: (next > 0).then_some(next),
-            last_error: row.get(7)?,
-            response_status: row.get(8)?,
-            request_bytes: row.get(9)?,
-            ordering_key: row.get(10)?,
-            idempotency_key: String::new(),
-        },
-        state,
-        row.get(11)?,
-    ))
+fn open_deliverable(cipher: &Cipher, raw: RawDeliverable) -> Deliverable {
+    let request = cipher
+        .open(&request_aad(&raw.id), &raw.sealed)
+        .and_then(|plain| StoredRequest::decode(&plain))
+        .map_err(|e| format!("the stored request cannot be read: {e}"));
+    Deliverable {
+        id: raw.id,
+        version: raw.version,
+        attempts: raw.attempts,
+        created_ms: raw.created_ms,
+        ordering_key: raw.ordering_key,
+        request,
+    }
 }
 
 fn finish_summary(cipher: &Cipher, (mut summary, state, key): SummaryRow) -> Result<EntrySummary> {
@@ -749,37 +730,23 @@ fn finish_summary(cipher: &Cipher, (mut summary, state, key): SummaryRow) -> Res
     Ok(summary)
 }
 
-fn get_entry(conn: &Connection, cipher: &Cipher, id: &str) -> Result<EntryDetail> {
-    let row = conn
-        .query_row(
-            &format!("SELECT {SUMMARY_COLUMNS}, request, response FROM entries WHERE id = ?1"),
-            params![id],
-            |r| {
-                Ok((
-                    summary_from_row(r)?,
-                    r.get::<_, Option<Vec<u8>>>(12)?,
-                    r.get::<_, Option<Vec<u8>>>(13)?,
-                ))
-            },
-        )
-        .optional()?;
-    let Some((summary, request, response)) = row else {
-        return Err(Error::NotFound(id.to_owned()));
-    };
-    let summary = finish_summary(cipher, summary)?;
+fn open_entry(cipher: &Cipher, raw: RawEntry) -> Result<EntryDetail> {
+    let summary = finish_summary(cipher, raw.summary)?;
+    let id = summary.id.clone();
     // A request that cannot be read is left out rather than failing the whole answer: the
     // worker dead-letters such an entry and its `last_error` says why.
-    let request = request.and_then(|sealed| {
+    let request = raw.request.and_then(|sealed| {
         cipher
-            .open(&request_aad(id), &sealed)
+            .open(&request_aad(&id), &sealed)
             .and_then(|p| StoredRequest::decode(&p))
             .inspect_err(|e| tracing::warn!(error = %e, %id, "a stored request cannot be read"))
             .ok()
     });
-    let response = response
+    let response = raw
+        .response
         .map(|sealed| {
             cipher
-                .open(&response_aad(id), &sealed)
+                .open(&response_aad(&id), &sealed)
                 .and_then(|p| StoredResponse::decode(&p))
         })
         .transpose()?;
@@ -790,303 +757,5 @@ fn get_entry(conn: &Connection, cipher: &Cipher, id: &str) -> Result<EntryDetail
     })
 }
 
-fn list_entries(
-    conn: &Connection,
-    cipher: &Cipher,
-    state: Option<State>,
-    after_seq: i64,
-    limit: u32,
-) -> Result<Vec<EntrySummary>> {
-    let rows = match state {
-        Some(state) => {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {SUMMARY_COLUMNS} FROM entries WHERE state = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
-            ))?;
-            stmt.query_map(params![state.as_str(), after_seq, limit], summary_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?
-        }
-        None => {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {SUMMARY_COLUMNS} FROM entries WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-            ))?;
-            stmt.query_map(params![after_seq, limit], summary_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?
-        }
-    };
-    rows.into_iter()
-        .map(|row| finish_summary(cipher, row))
-        .collect()
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn open(dir: &Path, max_entries: u64) -> Queue {
-        Queue::open(
-            dir,
-            Cipher::new(&[3; 32]),
-            QueueLimits {
-                max_entries,
-                max_bytes: 1 << 30,
-            },
-        )
-        .unwrap()
-    }
-
-    fn entry(key: &str, body: &'static str) -> NewEntry {
-        NewEntry {
-            ordering_key: String::new(),
-            idempotency_key: key.into(),
-            principal: Some(Vec::new()),
-            request: StoredRequest {
-                method: "POST".into(),
-                target: "/t".into(),
-                headers: vec![],
-                body: bytes::Bytes::from_static(body.as_bytes()),
-            },
-        }
-    }
-
-    fn done(q: &Queue, id: &str) -> Finish {
-        let response = StoredResponse {
-            status: 200,
-            headers: vec![],
-            body: bytes::Bytes::from_static(b"ok"),
-            truncated: false,
-        };
-        Finish::Done {
-            attempts: 1,
-            response: q.seal_response(id, &response),
-            status: 200,
-        }
-    }
-
-    #[tokio::test]
-    async fn finish_is_compare_and_set_on_the_version() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = open(dir.path(), 100);
-        let a = q.enqueue(entry("a", "1")).await.unwrap();
-        let (loaded, _) = q.load_deliverable(now_ms(), 10, 1 << 20).await.unwrap();
-        assert_eq!(loaded.len(), 1);
-        let version = loaded[0].version;
-
-        // An operator retries it while it is being delivered: the delivery's outcome is dropped.
-        q.retry(&a.id).await.unwrap();
-        let stale = q
-            .finish(a.id.clone(), version, done(&q, &a.id))
-            .await
-            .unwrap();
-        assert!(!stale.await.unwrap().unwrap());
-        assert_eq!(q.get(&a.id).await.unwrap().summary.state, State::Pending);
-
-        let (loaded, _) = q.load_deliverable(now_ms(), 10, 1 << 20).await.unwrap();
-        let fresh = q
-            .finish(a.id.clone(), loaded[0].version, done(&q, &a.id))
-            .await
-            .unwrap();
-        assert!(fresh.await.unwrap().unwrap());
-        let detail = q.get(&a.id).await.unwrap();
-        assert_eq!(detail.summary.state, State::Done);
-        assert_eq!(detail.response.unwrap().body, "ok");
-        assert!(
-            detail.request.is_none(),
-            "a delivered entry keeps no request"
-        );
-        assert_eq!(q.pending_count(), 0);
-    }
-
-    #[tokio::test]
-    async fn backing_off_keys_are_skipped_and_order_is_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = open(dir.path(), 100);
-        let mut ids = Vec::new();
-        for (i, key) in ["a", "b", "c"].iter().enumerate() {
-            let mut e = entry(key, "x");
-            e.ordering_key = if i == 1 {
-                "other".into()
-            } else {
-                String::new()
-            };
-            ids.push(q.enqueue(e).await.unwrap().id);
-        }
-        let (loaded, _) = q.load_deliverable(now_ms(), 10, 1 << 20).await.unwrap();
-        let order: Vec<_> = loaded.iter().map(|d| d.id.clone()).collect();
-        assert_eq!(order, ids);
-
-        let head = &loaded[0];
-        let later = Finish::Later {
-            attempts: 1,
-            next_attempt_ms: now_ms() + 60_000,
-            error: "503".into(),
-        };
-        q.finish(head.id.clone(), head.version, later)
-            .await
-            .unwrap()
-            .await
-            .unwrap()
-            .unwrap();
-        let (loaded, wake) = q.load_deliverable(now_ms(), 10, 1 << 20).await.unwrap();
-        // Only the other ordering key may proceed; the third entry waits behind its head.
-        assert_eq!(loaded.len(), 1);
-        assert_eq!(loaded[0].id, ids[1]);
-        assert!(wake.unwrap() > now_ms());
-    }
-
-    #[tokio::test]
-    async fn dedup_limits_and_drop() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = open(dir.path(), 2);
-        let first = q.enqueue(entry("k", "1")).await.unwrap();
-        let again = q.enqueue(entry("k", "1")).await.unwrap();
-        assert_eq!(
-            again,
-            Enqueued {
-                id: first.id.clone(),
-                duplicate: true
-            }
-        );
-        assert!(matches!(
-            q.enqueue(entry("k", "2")).await,
-            Err(Error::KeyReused)
-        ));
-        q.enqueue(entry("k2", "3")).await.unwrap();
-        assert!(matches!(
-            q.enqueue(entry("k3", "4")).await,
-            Err(Error::QueueFull(_))
-        ));
-        q.drop_entry(&first.id).await.unwrap();
-        assert!(matches!(q.get(&first.id).await, Err(Error::NotFound(_))));
-        assert!(matches!(
-            q.drop_entry(&first.id).await,
-            Err(Error::NotFound(_))
-        ));
-        q.enqueue(entry("k3", "4")).await.unwrap();
-        assert_eq!(q.pending_count(), 2);
-    }
-
-    #[tokio::test]
-    async fn concurrent_enqueues_all_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = open(dir.path(), 10_000);
-        let mut set = tokio::task::JoinSet::new();
-        for i in 0..200 {
-            let q = q.clone();
-            set.spawn(async move { q.enqueue(entry(&format!("k{i}"), "x")).await.unwrap() });
-        }
-        while let Some(r) = set.join_next().await {
-            assert!(!r.unwrap().duplicate);
-        }
-        drop(q);
-        // Reopened from disk: everything acknowledged is there.
-        let q = open(dir.path(), 10_000);
-        assert_eq!(q.pending_count(), 200);
-        assert_eq!(
-            q.list(Some(State::Pending), 0, 1000).await.unwrap().len(),
-            200
-        );
-    }
-}
-
-#[cfg(test)]
-mod upgrade_tests {
-    use super::*;
-
-    /// The schema of format 1, as the gateway created it before keys were scoped and sealed.
-    const FORMAT_1: &str = "
-        CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-        CREATE TABLE entries (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            id TEXT NOT NULL UNIQUE,
-            state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'dead')),
-            ordering_key TEXT NOT NULL,
-            idempotency_key TEXT NOT NULL,
-            version INTEGER NOT NULL DEFAULT 0,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            created_ms INTEGER NOT NULL,
-            updated_ms INTEGER NOT NULL,
-            next_attempt_ms INTEGER NOT NULL DEFAULT 0,
-            last_error TEXT,
-            request BLOB,
-            request_bytes INTEGER NOT NULL,
-            response BLOB,
-            response_status INTEGER
-        );
-        CREATE INDEX entries_pending_idempotency
-            ON entries (idempotency_key) WHERE state = 'pending';
-        PRAGMA user_version = 1;";
-
-    /// A record as format 1 sealed it: nonce and ciphertext, no key id.
-    fn legacy_seal(cipher: &Cipher, aad: &[u8], plain: &[u8]) -> Vec<u8> {
-        cipher.seal(aad, plain)[2 + 4..].to_vec()
-    }
-
-    /// A queue written by format 1 opens: its records still decrypt, its ordering keys become
-    /// keyed hashes (and still order), its idempotency keys are sealed, nothing stays in clear.
-    #[tokio::test]
-    async fn a_format_1_queue_is_upgraded_in_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = [5u8; 32];
-        let cipher = Cipher::new(&key);
-        let request = StoredRequest {
-            method: "POST".into(),
-            target: "/users/SECRET-PATH/x".into(),
-            headers: vec![],
-            body: bytes::Bytes::from_static(b"body"),
-        };
-        {
-            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-            conn.execute_batch(FORMAT_1).unwrap();
-            conn.execute(
-                "INSERT INTO meta (name, value) VALUES ('key_check', ?1)",
-                params![legacy_seal(
-                    &cipher,
-                    b"outpost-gateway/key-check",
-                    b"outpost"
-                )],
-            )
-            .unwrap();
-            conn.execute(
-                "INSERT INTO entries (id, state, ordering_key, idempotency_key, created_ms,
-                    updated_ms, request, request_bytes)
-                 VALUES ('e1', 'pending', '/users/SECRET-PATH', 'CLIENT-KEY-1', 1, 1, ?1, 10)",
-                params![legacy_seal(&cipher, &request_aad("e1"), &request.encode())],
-            )
-            .unwrap();
-        }
-        let q = Queue::open(
-            dir.path(),
-            Cipher::new(&key),
-            QueueLimits {
-                max_entries: 100,
-                max_bytes: 1 << 20,
-            },
-        )
-        .unwrap();
-        assert!(q.has_pending("/users/SECRET-PATH"));
-        let entry = q.get("e1").await.unwrap();
-        assert_eq!(entry.summary.idempotency_key, "CLIENT-KEY-1");
-        assert_eq!(entry.request.unwrap(), request);
-        let (loaded, _) = q.load_deliverable(now_ms(), 10, 1 << 20).await.unwrap();
-        assert_eq!(loaded.len(), 1);
-        assert!(loaded[0].request.is_ok());
-        drop(q);
-        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        let (ordering, key): (String, String) = conn
-            .query_row(
-                "SELECT ordering_key, idempotency_key FROM entries WHERE id = 'e1'",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap();
-        assert!(
-            !ordering.contains("SECRET") && ordering.len() == 64,
-            "{ordering}"
-        );
-        assert_eq!(key, "");
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, 3);
-    }
-}
+mod tests;

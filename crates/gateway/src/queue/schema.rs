@@ -1,4 +1,5 @@
-//! Opening the queue database: pragmas, the versioned schema and the key check.
+//! Opening the SQLite queue database: pragmas, the versioned schema and the key check (whose
+//! records the PostgreSQL engine stores the same way).
 
 use std::path::Path;
 
@@ -91,15 +92,11 @@ pub(crate) fn prepare(conn: &mut Connection, cipher: &mut Cipher) -> Result<Vec<
         })
         .optional()?;
     match check {
-        Some(sealed) => {
-            cipher
-                .open(KEY_CHECK_AAD, &sealed)
-                .map_err(|_| Error::WrongKey)?;
-        }
+        Some(sealed) => verify_key_check(cipher, &sealed)?,
         None => {
             tx.execute(
                 "INSERT INTO meta (name, value) VALUES ('key_check', ?1)",
-                params![cipher.seal(KEY_CHECK_AAD, b"outpost")],
+                params![key_check_record(cipher)],
             )?;
         }
     }
@@ -109,14 +106,14 @@ pub(crate) fn prepare(conn: &mut Connection, cipher: &mut Cipher) -> Result<Vec<
         })
         .optional()?;
     let index_key = match stored {
-        Some(sealed) => cipher.open(INDEX_KEY_AAD, &sealed)?,
+        Some(sealed) => open_index_key(cipher, &sealed)?,
         None => {
-            let key: [u8; 32] = rand::random();
+            let (key, sealed) = new_index_key(cipher);
             tx.execute(
                 "INSERT INTO meta (name, value) VALUES ('index_key', ?1)",
-                params![cipher.seal(INDEX_KEY_AAD, &key)],
+                params![sealed],
             )?;
-            key.to_vec()
+            key
         }
     };
     cipher.set_index_key(&index_key);
@@ -125,6 +122,30 @@ pub(crate) fn prepare(conn: &mut Connection, cipher: &mut Cipher) -> Result<Vec<
     }
     tx.commit()?;
     Ok(index_key)
+}
+
+/// The record that tells whether a key is the one a queue was created with.
+pub(crate) fn key_check_record(cipher: &Cipher) -> Vec<u8> {
+    cipher.seal(KEY_CHECK_AAD, b"outpost")
+}
+
+/// Checks a stored [`key_check_record`] against `cipher`.
+pub(crate) fn verify_key_check(cipher: &Cipher, sealed: &[u8]) -> Result<()> {
+    cipher
+        .open(KEY_CHECK_AAD, sealed)
+        .map(drop)
+        .map_err(|_| Error::WrongKey)
+}
+
+/// A new hashing key for ordering keys and scopes, and its sealed form to store.
+pub(crate) fn new_index_key(cipher: &Cipher) -> (Vec<u8>, Vec<u8>) {
+    let key: [u8; 32] = rand::random();
+    (key.to_vec(), cipher.seal(INDEX_KEY_AAD, &key))
+}
+
+/// Opens the stored hashing key.
+pub(crate) fn open_index_key(cipher: &Cipher, sealed: &[u8]) -> Result<Vec<u8>> {
+    cipher.open(INDEX_KEY_AAD, sealed)
 }
 
 /// Re-seals every record of the queue, the key check and the hashing key with `new` (`old`

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
+use super::command::{Command, Reply, reply_error, reply_with_error};
 use super::{Enqueued, Finish, QueueLimits, Shared, State};
 use crate::error::{Error, Result};
 
@@ -21,81 +22,6 @@ const MAX_BATCH: usize = 1024;
 const GATHER_WAIT: Duration = Duration::from_millis(1);
 /// Polling step of that wait.
 const GATHER_POLL: Duration = Duration::from_micros(50);
-
-/// A change to the queue, with the channel its outcome is sent on after the commit.
-pub(crate) enum Command {
-    Enqueue {
-        id: String,
-        ordering_key: String,
-        sealed_key: Vec<u8>,
-        scope: Option<String>,
-        fingerprint: String,
-        created_ms: i64,
-        sealed: Vec<u8>,
-        bytes: i64,
-        reply: oneshot::Sender<Result<Enqueued>>,
-    },
-    Finish {
-        id: String,
-        version: i64,
-        now_ms: i64,
-        finish: Finish,
-        reply: oneshot::Sender<Result<bool>>,
-    },
-    Retry {
-        id: String,
-        now_ms: i64,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    Drop {
-        id: String,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    Sweep {
-        now_ms: i64,
-        expire_before_ms: i64,
-        purge_before_ms: i64,
-        reply: oneshot::Sender<Result<(u64, u64)>>,
-    },
-}
-
-/// The answer to one command, held until the transaction commits.
-enum Reply {
-    Enqueued(oneshot::Sender<Result<Enqueued>>, Result<Enqueued>),
-    Finished(oneshot::Sender<Result<bool>>, Result<bool>),
-    Unit(oneshot::Sender<Result<()>>, Result<()>),
-    Swept(oneshot::Sender<Result<(u64, u64)>>, Result<(u64, u64)>),
-}
-
-impl Reply {
-    fn is_ok(&self) -> bool {
-        match self {
-            Reply::Enqueued(_, r) => r.is_ok(),
-            Reply::Finished(_, r) => r.is_ok(),
-            Reply::Unit(_, r) => r.is_ok(),
-            Reply::Swept(_, r) => r.is_ok(),
-        }
-    }
-
-    fn send(self) {
-        // A caller that gave up waiting is not an error: the change is committed either way.
-        match self {
-            Reply::Enqueued(tx, r) => drop(tx.send(r)),
-            Reply::Finished(tx, r) => drop(tx.send(r)),
-            Reply::Unit(tx, r) => drop(tx.send(r)),
-            Reply::Swept(tx, r) => drop(tx.send(r)),
-        }
-    }
-
-    fn fail(self) {
-        match self {
-            Reply::Enqueued(tx, _) => drop(tx.send(Err(Error::Closed))),
-            Reply::Finished(tx, _) => drop(tx.send(Err(Error::Closed))),
-            Reply::Unit(tx, _) => drop(tx.send(Err(Error::Closed))),
-            Reply::Swept(tx, _) => drop(tx.send(Err(Error::Closed))),
-        }
-    }
-}
 
 /// What the limits are checked against: pending and dead-lettered entries still hold a request.
 #[derive(Debug, Clone, Copy, Default)]
@@ -170,7 +96,7 @@ pub(crate) fn run(
                 tracing::error!(error = %e, "queue commit failed");
                 totals = before;
                 for reply in replies {
-                    reply.fail();
+                    reply.fail(|| Error::Closed);
                 }
             }
         }
@@ -314,24 +240,6 @@ fn run_command(
             reply,
             sweep(conn, now_ms, expire_before_ms, purge_before_ms, effects),
         ),
-    }
-}
-
-fn reply_error(cmd: Command, e: Error) -> Reply {
-    match cmd {
-        Command::Enqueue { reply, .. } => Reply::Enqueued(reply, Err(e)),
-        Command::Finish { reply, .. } => Reply::Finished(reply, Err(e)),
-        Command::Retry { reply, .. } | Command::Drop { reply, .. } => Reply::Unit(reply, Err(e)),
-        Command::Sweep { reply, .. } => Reply::Swept(reply, Err(e)),
-    }
-}
-
-fn reply_with_error(reply: Reply, e: Error) -> Reply {
-    match reply {
-        Reply::Enqueued(tx, _) => Reply::Enqueued(tx, Err(e)),
-        Reply::Finished(tx, _) => Reply::Finished(tx, Err(e)),
-        Reply::Unit(tx, _) => Reply::Unit(tx, Err(e)),
-        Reply::Swept(tx, _) => Reply::Swept(tx, Err(e)),
     }
 }
 

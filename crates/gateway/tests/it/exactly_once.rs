@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use crate::support::*;
 
+on_both_engines!(
+    a_write_with_an_unknown_outcome_is_never_sent_twice,
+    in_progress_409_is_retried_toward_a_key_honouring_upstream,
+);
+
 /// Issue 15, defect 2: a POST that outlived `--response-timeout` was answered 202 and executed
 /// again on every replay.
-#[tokio::test]
-async fn a_write_with_an_unknown_outcome_is_never_sent_twice() {
+async fn a_write_with_an_unknown_outcome_is_never_sent_twice(store: &TestStore) {
     let mut upstream = TestUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(&upstream, dir.path());
+    let mut config = store.config(&upstream);
     config.response_timeout = Duration::from_millis(300);
     let gw = TestGateway::start(config).await;
 
@@ -46,11 +49,9 @@ async fn a_write_with_an_unknown_outcome_is_never_sent_twice() {
 
 /// Issue 15, defect 2: a key-honouring backend answers 409 while the first request with the key
 /// is still running; that was dead-lettered at once.
-#[tokio::test]
-async fn in_progress_409_is_retried_toward_a_key_honouring_upstream() {
+async fn in_progress_409_is_retried_toward_a_key_honouring_upstream(store: &TestStore) {
     let mut upstream = TestUpstream::stopped().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(&upstream, dir.path());
+    let mut config = store.config(&upstream);
     config.retry.upstream_honours_keys = true;
     let gw = TestGateway::start(config).await;
     let (_, _, body) = post(&gw.url("/pay"), "p", &[("idempotency-key", "p-1")]).await;

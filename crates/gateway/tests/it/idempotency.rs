@@ -2,11 +2,15 @@
 
 use crate::support::*;
 
-#[tokio::test]
-async fn the_same_key_while_queued_returns_the_first_entry() {
+on_both_engines!(
+    the_same_key_while_queued_returns_the_first_entry,
+    generated_keys_are_kept_with_the_entry,
+    keys_are_scoped_by_credentials_method_and_target,
+);
+
+async fn the_same_key_while_queued_returns_the_first_entry(store: &TestStore) {
     let mut upstream = TestUpstream::stopped().await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    let gw = TestGateway::start(store.config(&upstream)).await;
     let (s1, _, first) = post(
         &gw.url("/charge"),
         "100",
@@ -44,11 +48,9 @@ async fn the_same_key_while_queued_returns_the_first_entry() {
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn generated_keys_are_kept_with_the_entry() {
+async fn generated_keys_are_kept_with_the_entry(store: &TestStore) {
     let mut upstream = TestUpstream::stopped().await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    let gw = TestGateway::start(store.config(&upstream)).await;
     let (_, _, body) = post(&gw.url("/a"), "a", &[]).await;
     let (_, _, body2) = post(&gw.url("/a"), "a", &[]).await;
     assert_ne!(
@@ -70,11 +72,9 @@ async fn generated_keys_are_kept_with_the_entry() {
 /// key got one entry; the second write was never delivered and its sender could read the first
 /// user's answer. Keys are now scoped by credentials, method and target, with a body
 /// fingerprint: the same key with another body is refused with 422.
-#[tokio::test]
-async fn keys_are_scoped_by_credentials_method_and_target() {
+async fn keys_are_scoped_by_credentials_method_and_target(store: &TestStore) {
     let mut upstream = TestUpstream::stopped().await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    let gw = TestGateway::start(store.config(&upstream)).await;
     let key = ("idempotency-key", "k-1");
     let (sa, _, a) = post(
         &gw.url("/pay"),

@@ -80,7 +80,7 @@ async fn writes_are_queued_while_the_database_is_down_and_replayed_into_the_hand
 
     db.up.store(true, Ordering::SeqCst);
     for _ in 0..1000 {
-        if offline.queue().pending_count() == 0 {
+        if offline.queue().pending_count().await.unwrap() == 0 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;

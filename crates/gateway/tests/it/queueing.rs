@@ -4,11 +4,17 @@ use serde_json::Value;
 
 use crate::support::*;
 
-#[tokio::test]
-async fn queue_while_down_and_drain_in_order_exactly_once() {
+on_both_engines!(
+    queue_while_down_and_drain_in_order_exactly_once,
+    a_restarted_gateway_delivers_what_it_queued,
+    writes_queue_behind_pending_ones_even_when_the_upstream_is_up,
+    partitions_replay_independently,
+    a_slow_lane_does_not_hold_up_the_others,
+);
+
+async fn queue_while_down_and_drain_in_order_exactly_once(store: &TestStore) {
     let mut upstream = TestUpstream::stopped().await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    let gw = TestGateway::start(store.config(&upstream)).await;
 
     let mut ids = Vec::new();
     for i in 0..60 {
@@ -90,11 +96,9 @@ async fn queue_while_down_and_drain_in_order_exactly_once() {
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn a_restarted_gateway_delivers_what_it_queued() {
+async fn a_restarted_gateway_delivers_what_it_queued(store: &TestStore) {
     let mut upstream = TestUpstream::stopped().await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    let gw = TestGateway::start(store.config(&upstream)).await;
     for i in 0..10 {
         let (status, _, _) = post(&gw.url("/r"), &format!("r-{i}"), &[]).await;
         assert_eq!(status, 202);
@@ -102,7 +106,7 @@ async fn a_restarted_gateway_delivers_what_it_queued() {
     gw.stop().await;
 
     upstream.restart().await;
-    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    let gw = TestGateway::start(store.config(&upstream)).await;
     gw.wait_drained(10).await;
     let bodies: Vec<_> = upstream.writes().iter().map(|w| w.body.clone()).collect();
     let expected: Vec<_> = (0..10)
@@ -130,11 +134,9 @@ async fn unavailable_mode_answers_503_with_the_same_body() {
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn writes_queue_behind_pending_ones_even_when_the_upstream_is_up() {
+async fn writes_queue_behind_pending_ones_even_when_the_upstream_is_up(store: &TestStore) {
     let mut upstream = TestUpstream::stopped().await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    let gw = TestGateway::start(store.config(&upstream)).await;
     // The first write is refused with a long Retry-After, so it stays pending while up.
     let (status, _, first) = post(&gw.url("/w"), "first", &[]).await;
     assert_eq!(status, 202);
@@ -158,11 +160,9 @@ async fn writes_queue_behind_pending_ones_even_when_the_upstream_is_up() {
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn partitions_replay_independently() {
+async fn partitions_replay_independently(store: &TestStore) {
     let mut upstream = TestUpstream::stopped().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(&upstream, dir.path());
+    let mut config = store.config(&upstream);
     config.ordering = outpost_gateway::Ordering::parse("path:1").unwrap();
     let gw = TestGateway::start(config).await;
     for i in 0..20 {
@@ -249,11 +249,9 @@ async fn a_poison_entry_is_dead_lettered_and_the_rest_delivered() {
 
 /// Issue 15, defect 11: the worker waited for the slowest lane of a batch before loading again,
 /// so one slow ordering key held up every other key.
-#[tokio::test]
-async fn a_slow_lane_does_not_hold_up_the_others() {
+async fn a_slow_lane_does_not_hold_up_the_others(store: &TestStore) {
     let mut upstream = TestUpstream::stopped().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(&upstream, dir.path());
+    let mut config = store.config(&upstream);
     config.ordering = outpost_gateway::Ordering::parse("path:1").unwrap();
     config.response_timeout = std::time::Duration::from_secs(120);
     config.shutdown_grace = std::time::Duration::from_millis(100);

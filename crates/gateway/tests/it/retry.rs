@@ -3,11 +3,17 @@
 
 use crate::support::*;
 
-#[tokio::test]
-async fn server_errors_and_429_are_retried_with_the_same_key() {
+on_both_engines!(
+    server_errors_and_429_are_retried_with_the_same_key,
+    client_errors_are_dead_lettered_without_blocking_the_rest,
+    out_of_attempts_is_dead_lettered,
+    old_entries_expire_and_delivered_ones_are_purged,
+    retry_after_is_clamped_and_overflow_safe,
+);
+
+async fn server_errors_and_429_are_retried_with_the_same_key(store: &TestStore) {
     let mut upstream = TestUpstream::stopped().await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    let gw = TestGateway::start(store.config(&upstream)).await;
     let (status, _, body) = post(&gw.url("/pay"), "pay-1", &[]).await;
     assert_eq!(status, 202);
     let id = body["id"].as_str().unwrap().to_owned();
@@ -43,11 +49,9 @@ fn status_of(code: u16) -> Answer {
     status(code)
 }
 
-#[tokio::test]
-async fn client_errors_are_dead_lettered_without_blocking_the_rest() {
+async fn client_errors_are_dead_lettered_without_blocking_the_rest(store: &TestStore) {
     let mut upstream = TestUpstream::stopped().await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(test_config(&upstream, dir.path())).await;
+    let gw = TestGateway::start(store.config(&upstream)).await;
     let mut ids = Vec::new();
     for i in 0..3 {
         let (_, _, body) = post(&gw.url("/doc"), &format!("d{i}"), &[]).await;
@@ -108,11 +112,9 @@ async fn client_errors_are_dead_lettered_without_blocking_the_rest() {
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn out_of_attempts_is_dead_lettered() {
+async fn out_of_attempts_is_dead_lettered(store: &TestStore) {
     let mut upstream = TestUpstream::stopped().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(&upstream, dir.path());
+    let mut config = store.config(&upstream);
     config.retry.max_attempts = 2;
     let gw = TestGateway::start(config).await;
     let (_, _, body) = post(&gw.url("/x"), "x", &[]).await;
@@ -178,11 +180,9 @@ async fn admin_api_requires_the_token() {
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn old_entries_expire_and_delivered_ones_are_purged() {
+async fn old_entries_expire_and_delivered_ones_are_purged(store: &TestStore) {
     let mut upstream = TestUpstream::stopped().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(&upstream, dir.path());
+    let mut config = store.config(&upstream);
     config.retry.max_age = std::time::Duration::from_secs(1);
     // The sweep runs at least as often as the retention period.
     config.done_retention = std::time::Duration::from_millis(100);
@@ -218,11 +218,9 @@ async fn old_entries_expire_and_delivered_ones_are_purged() {
 
 /// Issue 15, defect 4: a `Retry-After` too large for any clock killed the worker, and a merely
 /// huge one parked the queue for years. Both are clamped to `max_retry_after`.
-#[tokio::test]
-async fn retry_after_is_clamped_and_overflow_safe() {
+async fn retry_after_is_clamped_and_overflow_safe(store: &TestStore) {
     let mut upstream = TestUpstream::stopped().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(&upstream, dir.path());
+    let mut config = store.config(&upstream);
     config.retry.max_retry_after = std::time::Duration::from_millis(50);
     let gw = TestGateway::start(config).await;
     let (_, _, first) = post(&gw.url("/a"), "a", &[]).await;

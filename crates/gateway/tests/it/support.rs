@@ -233,6 +233,66 @@ async fn answer(state: Arc<UpstreamState>, req: Request<Incoming>) -> Response<B
     resp
 }
 
+/// Where a test gateway keeps its queue: the SQLite file of a data directory, or a PostgreSQL
+/// schema of the test's own (the directory then only holds the key, which every gateway of the
+/// test shares).
+pub struct TestStore {
+    pub dir: tempfile::TempDir,
+    pub schema: Option<crate::pg::TestSchema>,
+}
+
+impl TestStore {
+    pub fn sqlite() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            schema: None,
+        }
+    }
+
+    /// `None` when the test is skipped (see [`crate::pg`]).
+    pub async fn postgres(test: &str) -> Option<Self> {
+        let schema = crate::pg::TestSchema::create(test).await?;
+        Some(Self {
+            dir: tempfile::tempdir().unwrap(),
+            schema: Some(schema),
+        })
+    }
+
+    /// [`test_config`] with this store; gateways on one PostgreSQL store take over each
+    /// other's keys a second after one stops renewing them.
+    pub fn config(&self, upstream: &TestUpstream) -> Config {
+        let mut config = test_config(upstream, self.dir.path());
+        if let Some(schema) = &self.schema {
+            let mut store = outpost_gateway::PostgresStore::new(schema.url.clone());
+            store.pool_size = 8;
+            store.lease_ttl = Duration::from_secs(1);
+            config.store = outpost_gateway::QueueStore::Postgres(store);
+        }
+        config
+    }
+}
+
+/// Runs each named `async fn(&TestStore)` as two tests, `NAME::sqlite` and `NAME::postgres`:
+/// the queue's behaviour seen through the gateway is the same on both engines.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(&crate::support::TestStore::sqlite()).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(store) = crate::support::TestStore::postgres(stringify!($name)).await {
+                    super::$name(&store).await;
+                }
+            }
+        }
+    )*};
+}
+pub(crate) use on_both_engines;
+
 /// A gateway running in this process.
 pub struct TestGateway {
     pub addr: SocketAddr,
