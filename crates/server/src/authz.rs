@@ -36,6 +36,8 @@ pub fn need(method: &Method, segs: &[&str]) -> Need {
     match segs {
         [] | ["_up"] | ["_uuids"] | ["_session"] => Need::Anyone,
         ["_outpost", "v1", "ready"] | ["_outpost", "v1", "openapi.json"] => Need::Anyone,
+        // The console's static files; what it shows comes from routes checked on their own.
+        ["_outpost", "ui", ..] => Need::Anyone,
         ["_replicate"] => Need::SignedIn,
         ["_all_dbs"]
         | ["_db_updates"]

@@ -106,6 +106,7 @@ async fn dispatch(state: &AppState, segs: &[&str], req: &mut Req) -> Result<Resp
         ["_scheduler", "docs"] => crate::routes::scheduler::docs(state, req),
         ["_active_tasks"] => crate::routes::scheduler::active_tasks(state, req),
         ["_outpost", "v1", rest @ ..] => ops::route(state, rest, req).await,
+        ["_outpost", "ui", rest @ ..] => crate::routes::console::serve(rest, req),
         [first, ..] if first.starts_with('_') && validate_db_name(first).is_err() => Err(
             ApiError::bad_request(format!("unknown server endpoint /{first}")),
         ),
@@ -224,6 +225,7 @@ pub fn template(raw_path: &str) -> &'static str {
         ["_outpost", "v1", "metrics"] => "/_outpost/v1/metrics",
         ["_outpost", "v1", "ready"] => "/_outpost/v1/ready",
         ["_outpost", "v1", "openapi.json"] => "/_outpost/v1/openapi.json",
+        ["_outpost", "ui", ..] => "/_outpost/ui",
         [first, ..] if first.starts_with('_') && validate_db_name(first).is_err() => "unknown",
         [_] => "/{db}",
         [_, rest @ ..] => match rest {
@@ -280,6 +282,8 @@ mod tests {
             ("/_outpost/v1/ready", "/_outpost/v1/ready"),
             ("/_outpost/v1/openapi.json", "/_outpost/v1/openapi.json"),
             ("/_outpost/v1/secret-name", "unknown"),
+            ("/_outpost/ui/", "/_outpost/ui"),
+            ("/_outpost/ui/pages/login.js", "/_outpost/ui"),
             ("/_nonsense", "unknown"),
             ("/notes", "/{db}"),
             ("/notes/", "/{db}"),

@@ -5,6 +5,7 @@ pub mod attachment;
 pub mod bulk;
 pub mod changes;
 pub mod conflicts;
+pub mod console;
 pub mod db;
 pub mod db_updates;
 pub mod doc;

@@ -108,8 +108,10 @@ pub fn docs(state: &AppState, req: &Req) -> Result<Response, ApiError> {
         .into_iter()
         .map(|(doc_id, d)| {
             let job = jobs.iter().find(|j| j.doc_id.as_deref() == Some(&doc_id));
+            // A job that ended keeps its last counters, as CouchDB's scheduler shows them.
             let mut info = job
                 .map(|j| info(&j.status.borrow()))
+                .or_else(|| d.final_status.as_ref().map(info))
                 .unwrap_or_else(|| json!({}));
             if let (Some(obj), Some(error)) = (info.as_object_mut(), &d.error) {
                 obj.insert("error".into(), Value::String(error.clone()));

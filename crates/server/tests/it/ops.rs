@@ -314,3 +314,37 @@ async fn replication_series_follow_the_jobs_that_exist() {
         "{text}"
     );
 }
+
+/// A `_replicator` job that completed keeps its counters in `_scheduler/docs`, as CouchDB's
+/// scheduler shows them (Fauxton's replication page and the console read them there).
+#[tokio::test]
+async fn a_completed_job_keeps_its_counters_in_the_scheduler() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let state = AppState::new(store, Config::default(), CancellationToken::new());
+    outpost_server::replication::start_jobs(&state);
+    let s = TestServer {
+        router: app(state),
+        dir,
+    };
+    s.expect("PUT", "/src", None, 201).await;
+    for id in ["a", "b"] {
+        s.expect("PUT", &format!("/src/{id}"), Some(json!({"v": id})), 201)
+            .await;
+    }
+    let job = json!({"source": "src", "target": "dst", "create_target": true});
+    s.expect("PUT", "/_replicator/once", Some(job), 201).await;
+    let mut doc = json!(null);
+    for _ in 0..500 {
+        let docs = s.expect("GET", "/_scheduler/docs", None, 200).await;
+        doc = docs["docs"][0].clone();
+        if doc["state"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(doc["state"], "completed", "{doc}");
+    assert_eq!(doc["info"]["docs_written"], 2, "{doc}");
+    assert_eq!(doc["info"]["docs_read"], 2, "{doc}");
+    assert_eq!(doc["info"]["doc_write_failures"], 0, "{doc}");
+}

@@ -1,0 +1,192 @@
+'use strict';
+// The admin console in Chromium, as an operator uses it: sign in, create a database, add and
+// edit a document, see and resolve a conflict, start a replication and watch it complete,
+// look at the metrics. A screenshot of every page goes to target/browser-artifacts/console.
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const path = require('node:path');
+const { startServer } = require('../../interop/lib/server.js');
+const { launch, artifacts, watch } = require('../lib/browser.js');
+
+const ADMIN = { name: 'admin', password: 'console-secret' };
+const AUTH = { Authorization: `Basic ${Buffer.from(`${ADMIN.name}:${ADMIN.password}`).toString('base64')}` };
+
+test('the admin console', async (t) => {
+  const server = await startServer({ env: { OUTPOST_ADMIN_USER: ADMIN.name, OUTPOST_ADMIN_PASSWORD: ADMIN.password, OUTPOST_PASSWORD_ITERATIONS: '1000' } });
+  const browser = await launch();
+  const shots = artifacts('console');
+  t.after(async () => {
+    await browser.close();
+    await server.destroy();
+  });
+  const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  const page = await context.newPage();
+  const problems = watch(page);
+  page.on('dialog', (dialog) => dialog.accept());
+  /** The branch the conflict test keeps, which the replication then copies. */
+  let kept;
+  const shot = (name) => page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
+  /** A request of the test itself, as the admin, to set up what the console then shows. */
+  async function admin(method, urlPath, body) {
+    const res = await fetch(server.url + urlPath, {
+      method,
+      headers: { ...AUTH, 'Content-Type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const json = await res.json();
+    assert.ok(res.ok, `${method} ${urlPath}: ${res.status} ${JSON.stringify(json)}`);
+    return json;
+  }
+
+  await t.test('an anonymous visitor is sent to sign in, and signs in', async () => {
+    await page.goto(`${server.url}/_outpost/ui/`);
+    await page.getByRole('heading', { name: 'Sign in' }).waitFor();
+    await shot('01-sign-in');
+    await page.getByLabel('Name').fill(ADMIN.name);
+    await page.getByLabel('Password').fill('wrong');
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByRole('alert').filter({ hasText: 'unauthorized' }).waitFor();
+    await page.getByLabel('Password').fill(ADMIN.password);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByRole('heading', { name: 'Databases' }).waitFor();
+    await page.getByText(`Signed in as ${ADMIN.name}`).waitFor();
+  });
+
+  await t.test('creates a database', async () => {
+    await page.getByLabel('New database').fill('field-notes');
+    await page.getByRole('button', { name: 'Create' }).click();
+    await page.getByRole('heading', { name: 'field-notes' }).waitFor();
+    await page.getByText('0 documents').waitFor();
+    const info = await admin('GET', '/field-notes');
+    assert.equal(info.db_name, 'field-notes');
+    await page.goto(`${server.url}/_outpost/ui/#/`);
+    await page.getByRole('row', { name: /field-notes/ }).waitFor();
+    await shot('02-databases');
+  });
+
+  await t.test('adds a document and edits it', async () => {
+    await page.goto(`${server.url}/_outpost/ui/#/db/field-notes`);
+    await page.getByRole('link', { name: 'New document' }).click();
+    await page.getByLabel('JSON of the new document').fill(JSON.stringify({ _id: 'note-1', text: 'heron at the pond', count: 1 }));
+    await page.getByRole('button', { name: 'Create document' }).click();
+    await page.getByRole('heading', { name: 'note-1' }).waitFor();
+    const editor = page.getByLabel('JSON of note-1');
+    const shown = JSON.parse(await editor.inputValue());
+    assert.equal(shown.text, 'heron at the pond');
+    shown.count = 2;
+    await editor.fill(JSON.stringify(shown, null, 2));
+    await page.getByRole('button', { name: 'Save' }).click();
+    await page.getByText(/^Saved note-1 as 2-/).waitFor();
+    const stored = await admin('GET', '/field-notes/note-1');
+    assert.equal(stored.count, 2);
+    assert.match(stored._rev, /^2-/);
+    // The history lists both revisions from the event log.
+    await page.locator('ol.timeline li').nth(1).waitFor();
+    assert.equal(await page.locator('ol.timeline li').count(), 2);
+    await shot('03-document');
+    await page.goto(`${server.url}/_outpost/ui/#/db/field-notes`);
+    await page.getByRole('link', { name: 'note-1' }).waitFor();
+    await shot('04-documents');
+  });
+
+  await t.test('shows a conflict side by side and resolves it in one click', async () => {
+    const current = await admin('GET', '/field-notes/note-1?revs=true');
+    // A second branch from generation 1, as a device that was offline would replicate it.
+    const base = `1-${current._revisions.ids[1]}`;
+    await admin('POST', '/field-notes/_bulk_docs', {
+      new_edits: false,
+      docs: [{ _id: 'note-1', _rev: '2-ffffffffffffffffffffffffffffffff', _revisions: { start: 2, ids: ['ffffffffffffffffffffffffffffffff', base.slice(2)] }, text: 'two herons at the pond', count: 2 }],
+    });
+    await page.goto(`${server.url}/_outpost/ui/#/db/field-notes/conflicts`);
+    await page.getByRole('link', { name: 'note-1' }).click();
+    await page.getByRole('heading', { name: 'note-1' }).waitFor();
+    const differing = page.locator('table.diff tr.differs');
+    await differing.first().waitFor();
+    assert.match(await differing.first().locator('th').innerText(), /^text/);
+    assert.equal(await differing.count(), 1, 'only the text differs between the branches');
+    await shot('05-conflict');
+    const losing = (await admin('GET', '/field-notes/note-1?conflicts=true'))._conflicts[0];
+    kept = await admin('GET', `/field-notes/note-1?rev=${losing}`);
+    await page.getByRole('button', { name: `Keep the conflicting revision ${losing}` }).click();
+    await page.getByText(/^Resolved note-1/).waitFor();
+    const after = await admin('GET', '/field-notes/note-1?conflicts=true');
+    assert.equal(after._conflicts, undefined, 'no conflict is left');
+    assert.equal(after.text, kept.text);
+    assert.match(after._rev, /^3-/);
+    await page.goto(`${server.url}/_outpost/ui/#/db/field-notes/conflicts`);
+    await page.getByText('No document has conflicting revisions.').waitFor();
+    await shot('06-conflicts');
+  });
+
+  await t.test('changes the policy and the security of a database', async () => {
+    await page.goto(`${server.url}/_outpost/ui/#/db/field-notes/settings`);
+    await page.getByLabel('Conflict policy').selectOption('lww');
+    await page.getByLabel('Last-writer-wins field').fill('updated_at');
+    await page.getByRole('button', { name: 'Save policy' }).click();
+    await page.getByText('Policy and retention saved').waitFor();
+    assert.equal((await admin('GET', '/field-notes/_outpost')).conflict_policy, 'lww');
+    await page.getByRole('group', { name: 'Members' }).getByLabel('Names').fill('alice, bob');
+    await page.getByRole('button', { name: 'Save security' }).click();
+    await page.getByText('Security saved').waitFor();
+    assert.deepEqual((await admin('GET', '/field-notes/_security')).members.names, ['alice', 'bob']);
+    await shot('07-settings');
+  });
+
+  await t.test('starts a replication and sees it complete', async () => {
+    await page.goto(`${server.url}/_outpost/ui/#/replication`);
+    await page.getByRole('heading', { name: 'Replication', exact: true }).waitFor();
+    await page.getByLabel('Source', { exact: true }).fill('field-notes');
+    await page.getByLabel('Target', { exact: true }).fill('field-notes-copy');
+    await page.getByLabel('Job name (optional)').fill('backup');
+    await page.getByLabel('Create the target').check();
+    await page.getByRole('button', { name: 'Start' }).click();
+    const row = page.locator('tr[data-job="backup"]');
+    await row.getByText('completed').waitFor({ timeout: 30_000 });
+    // The winner and the tombstone of the resolved branch: two revisions.
+    assert.match(await row.innerText(), /\b2 written\b/);
+    const copy = await admin('GET', '/field-notes-copy/note-1');
+    assert.equal(copy.text, kept.text);
+    await shot('08-replication');
+  });
+
+  await t.test('shows the metrics as charts', async () => {
+    await page.goto(`${server.url}/_outpost/ui/#/metrics`);
+    await page.getByRole('img', { name: /^Resident memory:/ }).waitFor();
+    // Counters become rates from the second sample on.
+    await page.getByRole('img', { name: /^Requests per second:/ }).waitFor({ timeout: 15_000 });
+    await shot('09-metrics');
+  });
+
+  await t.test('is usable on a phone', async () => {
+    const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+    const small = await phone.newPage();
+    await small.goto(`${server.url}/_outpost/ui/`);
+    await small.getByLabel('Name').fill(ADMIN.name);
+    await small.getByLabel('Password').fill(ADMIN.password);
+    await small.getByLabel('Password').press('Enter');
+    await small.getByRole('heading', { name: 'Databases' }).waitFor();
+    // Nothing but the table's own scroller is wider than the screen.
+    const wide = await small.evaluate(() => [...document.querySelectorAll('body *')]
+      .filter((el) => !el.closest('.scroll') && el.getBoundingClientRect().right > document.documentElement.clientWidth + 1)
+      .map((el) => `${el.tagName}.${el.className}`));
+    assert.deepEqual(wide, [], 'nothing outside a scroller is wider than the screen');
+    await small.screenshot({ path: path.join(shots, '10-phone-databases.png'), fullPage: true });
+    await phone.close();
+  });
+
+  await t.test('signs out', async () => {
+    await page.goto(`${server.url}/_outpost/ui/#/`);
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.getByRole('heading', { name: 'Sign in' }).waitFor();
+    const session = await page.evaluate(() => fetch('/_session').then((r) => r.json()));
+    assert.equal(session.userCtx.name, null);
+  });
+
+  await t.test('the pages asked nothing the server refused, and threw nothing', () => {
+    assert.deepEqual(problems.errors, []);
+    // The wrong password and the visit before signing in are the only refusals.
+    const unexpected = problems.failed.filter((f) => !/^(GET \/_dbs_info|POST \/_session) -> 401$/.test(f));
+    assert.deepEqual(unexpected, []);
+  });
+});
