@@ -348,3 +348,45 @@ async fn a_completed_job_keeps_its_counters_in_the_scheduler() {
     assert_eq!(doc["info"]["docs_read"], 2, "{doc}");
     assert_eq!(doc["info"]["doc_write_failures"], 0, "{doc}");
 }
+
+/// `_scheduler/jobs` in CouchDB's shape where Fauxton depends on it: a `_replicate` job's
+/// `history` starts with its newest event (Fauxton reads `history[0].type`), and a URL ends
+/// with `/` (Fauxton drops the last character before showing it).
+#[tokio::test]
+async fn scheduler_jobs_have_a_history_and_couchdb_urls() {
+    let remote_dir = tempfile::tempdir().unwrap();
+    let remote_store = Arc::new(SqliteStore::open(remote_dir.path()).unwrap());
+    let shutdown = CancellationToken::new();
+    outpost_store::Store::create_db(remote_store.as_ref(), "src")
+        .await
+        .unwrap();
+    let remote = AppState::new(remote_store, Config::default(), shutdown.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(outpost_server::serve(listener, remote));
+
+    let s = TestServer::new();
+    let body = json!({"source": format!("{base}/src"), "target": "dst", "create_target": true, "continuous": true});
+    let started = s.expect("POST", "/_replicate", Some(body), 202).await;
+    let jobs = s.expect("GET", "/_scheduler/jobs", None, 200).await;
+    let job = &jobs["jobs"][0];
+    assert_eq!(job["id"], started["_local_id"], "{jobs}");
+    assert_eq!(job["database"], json!(null), "{job}");
+    assert_eq!(job["source"], format!("{base}/src/"), "{job}");
+    assert_eq!(job["target"], "dst", "{job}");
+    let history = job["history"].as_array().unwrap();
+    let types: Vec<&str> = history
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["started", "added"], "{job}");
+    assert_eq!(history[0]["timestamp"], job["start_time"], "{job}");
+    s.expect(
+        "POST",
+        "/_replicate",
+        Some(json!({"replication_id": started["_local_id"], "cancel": true})),
+        200,
+    )
+    .await;
+    shutdown.cancel();
+}
