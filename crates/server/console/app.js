@@ -12,6 +12,7 @@ import * as settings from './pages/settings.js';
 import * as conflicts from './pages/conflicts.js';
 import * as replication from './pages/replication.js';
 import * as metrics from './pages/metrics.js';
+import * as gateway from './pages/gateway.js';
 
 /** Routes: a pattern over the hash path and the page that renders it. */
 const ROUTES = [
@@ -25,6 +26,7 @@ const ROUTES = [
   [/^\/db\/([^/]+)\/conflicts\/(.+)$/, conflicts.renderDoc],
   [/^\/replication$/, replication.render],
   [/^\/metrics$/, metrics.render],
+  [/^\/gateway$/, gateway.render],
 ];
 
 const main = document.getElementById('main');
@@ -36,7 +38,18 @@ let cleanups = [];
 async function loadSession() {
   session = await api.get('/_session');
   renderWho();
+  await showGateway();
   return session;
+}
+
+/** Adds the gateway's page to the navigation when a gateway runs beside this server. */
+async function showGateway() {
+  const nav = document.getElementById('nav');
+  const existing = nav.querySelector('a[href="#/gateway"]');
+  const admin = session && session.userCtx.roles.includes('_admin');
+  const present = admin && (await gateway.present());
+  if (present && !existing) nav.append(h('li', {}, h('a', { href: '#/gateway' }, 'Gateway')));
+  if (!present && existing) existing.parentElement.remove();
 }
 
 function renderWho() {

@@ -107,6 +107,9 @@ async fn dispatch(state: &AppState, segs: &[&str], req: &mut Req) -> Result<Resp
         ["_active_tasks"] => crate::routes::scheduler::active_tasks(state, req),
         ["_outpost", "v1", rest @ ..] => ops::route(state, rest, req).await,
         ["_outpost", "ui", rest @ ..] => crate::routes::console::serve(rest, req),
+        ["_outpost", "gateway", rest @ ..] => {
+            crate::routes::gateway::forward(state, rest, req).await
+        }
         [first, ..] if first.starts_with('_') && validate_db_name(first).is_err() => Err(
             ApiError::bad_request(format!("unknown server endpoint /{first}")),
         ),
@@ -226,6 +229,7 @@ pub fn template(raw_path: &str) -> &'static str {
         ["_outpost", "v1", "ready"] => "/_outpost/v1/ready",
         ["_outpost", "v1", "openapi.json"] => "/_outpost/v1/openapi.json",
         ["_outpost", "ui", ..] => "/_outpost/ui",
+        ["_outpost", "gateway", ..] => "/_outpost/gateway",
         [first, ..] if first.starts_with('_') && validate_db_name(first).is_err() => "unknown",
         [_] => "/{db}",
         [_, rest @ ..] => match rest {

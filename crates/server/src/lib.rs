@@ -128,6 +128,9 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
     /// Request body bytes in flight, shared by every request (`max_body_bytes_in_flight`).
     pub(crate) body_budget: request::BodyBudget,
+    /// The admin API of a gateway running in the same process (set by the binary), which
+    /// `/_outpost/gateway/` hands server admins' requests to; `None` without a gateway.
+    pub gateway: Option<Router>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -155,6 +158,7 @@ impl AppState {
             replications: replication::Replications::new(),
             js,
             design: Arc::default(),
+            gateway: None,
         }
     }
 }

@@ -5,20 +5,50 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const http = require('node:http');
+const os = require('node:os');
 const path = require('node:path');
-const { startServer } = require('../../interop/lib/server.js');
+const { startServer, freePort } = require('../../interop/lib/server.js');
 const { launch, artifacts, watch } = require('../lib/browser.js');
 
 const ADMIN = { name: 'admin', password: 'console-secret' };
 const AUTH = { Authorization: `Basic ${Buffer.from(`${ADMIN.name}:${ADMIN.password}`).toString('base64')}` };
 
 test('the admin console', async (t) => {
-  const server = await startServer({ env: { OUTPOST_ADMIN_USER: ADMIN.name, OUTPOST_ADMIN_PASSWORD: ADMIN.password, OUTPOST_PASSWORD_ITERATIONS: '1000' } });
+  // A gateway runs in the same process, in front of a backend that is down at first.
+  const backendPort = await freePort();
+  const gatewayPort = await freePort();
+  const configDir = fs.mkdtempSync(path.join(os.tmpdir(), 'console-config-'));
+  const config = path.join(configDir, 'outpost.toml');
+  fs.writeFileSync(config, `[gateway]\nupstream = "http://127.0.0.1:${backendPort}"\nlisten = "127.0.0.1:${gatewayPort}"\n`);
+  const server = await startServer({
+    env: {
+      OUTPOST_ADMIN_USER: ADMIN.name,
+      OUTPOST_ADMIN_PASSWORD: ADMIN.password,
+      OUTPOST_PASSWORD_ITERATIONS: '1000',
+      OUTPOST_CONFIG: config,
+      OUTPOST_GATEWAY_PROBE_INTERVAL: '200ms',
+    },
+  });
   const browser = await launch();
   const shots = artifacts('console');
+  /** What the backend answers, and every request it received. */
+  const backend = { status: 400, received: [] };
+  const backendServer = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (chunk) => { body += chunk; });
+    req.on('end', () => {
+      backend.received.push({ method: req.method, url: req.url, body, status: backend.status });
+      res.writeHead(backend.status, { 'Content-Type': 'application/json' });
+      res.end(JSON.stringify({ ok: backend.status < 300 }));
+    });
+  });
   t.after(async () => {
     await browser.close();
     await server.destroy();
+    backendServer.close();
+    fs.rmSync(configDir, { recursive: true, force: true });
   });
   const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
   const page = await context.newPage();
@@ -158,6 +188,38 @@ test('the admin console', async (t) => {
     await shot('09-metrics');
   });
 
+  await t.test('shows a dead-lettered gateway entry and retries it', async () => {
+    // Queued while the backend is down.
+    const sent = await fetch(`http://127.0.0.1:${gatewayPort}/reports`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ report: 'heron count', n: 2 }),
+    });
+    assert.equal(sent.status, 202);
+    const id = new URL(sent.headers.get('location'), 'http://x').pathname.split('/').pop();
+    // The backend comes up and refuses it: a 400 is dead-lettered at once.
+    await new Promise((resolve) => backendServer.listen(backendPort, '127.0.0.1', resolve));
+    await page.goto(`${server.url}/_outpost/ui/#/`);
+    await page.getByRole('link', { name: 'Gateway' }).click();
+    await page.getByRole('heading', { name: 'Gateway queue' }).waitFor();
+    await page.getByRole('link', { name: 'Dead' }).click();
+    const row = page.locator(`tr[data-entry="${id}"]`);
+    await row.waitFor({ timeout: 30_000 });
+    assert.match(await row.innerText(), /400/);
+    await shot('11-gateway-dead');
+    // Fixed on the backend's side, retried from the console: delivered once.
+    backend.status = 201;
+    await row.getByRole('button', { name: `Retry ${id}` }).click();
+    await page.getByText(`Entry ${id} will be delivered again`).waitFor();
+    await page.getByRole('link', { name: 'Done' }).click();
+    await page.locator(`tr[data-entry="${id}"]`).waitFor({ timeout: 30_000 });
+    await shot('12-gateway-done');
+    // Besides the gateway's health probes (GET /): the refused delivery, then exactly one more.
+    const writes = backend.received.filter((r) => r.method === 'POST');
+    assert.deepEqual(writes.map((r) => [r.url, r.status]), [['/reports', 400], ['/reports', 201]]);
+    assert.deepEqual(JSON.parse(writes[1].body), { report: 'heron count', n: 2 });
+  });
+
   await t.test('is usable on a phone', async () => {
     const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
     const small = await phone.newPage();
@@ -171,7 +233,7 @@ test('the admin console', async (t) => {
       .filter((el) => !el.closest('.scroll') && el.getBoundingClientRect().right > document.documentElement.clientWidth + 1)
       .map((el) => `${el.tagName}.${el.className}`));
     assert.deepEqual(wide, [], 'nothing outside a scroller is wider than the screen');
-    await small.screenshot({ path: path.join(shots, '10-phone-databases.png'), fullPage: true });
+    await small.screenshot({ path: path.join(shots, '13-phone-databases.png'), fullPage: true });
     await phone.close();
   });
 

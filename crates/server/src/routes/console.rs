@@ -45,6 +45,7 @@ const ASSETS: &[Asset] = assets![
     "pages/conflicts.js" => "text/javascript; charset=utf-8",
     "pages/replication.js" => "text/javascript; charset=utf-8",
     "pages/metrics.js" => "text/javascript; charset=utf-8",
+    "pages/gateway.js" => "text/javascript; charset=utf-8",
 ];
 
 /// The page may load only its own files and talk only to this server; nothing may frame it.

@@ -12,6 +12,7 @@ pub mod doc;
 pub mod doc_form;
 pub mod doc_multipart;
 pub mod find;
+pub mod gateway;
 pub mod local;
 pub mod node;
 pub mod ops;

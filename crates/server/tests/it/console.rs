@@ -115,3 +115,35 @@ async fn the_files_are_public_but_the_data_is_not() {
     let (status, body) = s.call("GET", "/_outpost/v1/metrics", None).await;
     assert_eq!(status, 401, "{body}");
 }
+
+/// `/_outpost/gateway/` is for server admins, and says so plainly when no gateway runs in the
+/// process (the console then shows no gateway page).
+#[tokio::test]
+async fn the_gateway_route_is_for_admins_and_needs_a_gateway() {
+    let s = TestServer::with_config(Config {
+        auth: AuthSettings {
+            admins: vec![("admin".into(), Credentials::hash("secret", 10))],
+            password_iterations: 10,
+            ..AuthSettings::default()
+        },
+        ..Config::default()
+    });
+    let (status, body) = s.call("GET", "/_outpost/gateway/v1/queue", None).await;
+    assert_eq!(status, 401, "{body}");
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "admin:secret")
+    );
+    let (status, _, body) = s
+        .raw(
+            "GET",
+            "/_outpost/gateway/v1/queue",
+            &[("authorization", &basic)],
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_error(&body, "not_found");
+    assert_eq!(body["reason"], "no gateway runs in this process");
+}
