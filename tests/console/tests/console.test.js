@@ -245,6 +245,27 @@ test('the admin console', async (t) => {
     assert.equal(session.userCtx.name, null);
   });
 
+  await t.test('works with the keyboard alone', async () => {
+    // Signed out by the previous step: the sign-in form has the focus.
+    await page.keyboard.type(ADMIN.name);
+    await page.keyboard.press('Tab');
+    await page.keyboard.type(ADMIN.password);
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { name: 'Databases' }).waitFor();
+    // Tab to the main navigation's Replication link and follow it.
+    let focused = '';
+    for (let i = 0; i < 30 && focused !== 'Replication'; i += 1) {
+      await page.keyboard.press('Tab');
+      focused = await page.evaluate(() => document.activeElement.textContent.trim());
+    }
+    assert.equal(focused, 'Replication');
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { name: 'Replication', exact: true }).waitFor();
+    // After navigating, the focus is on the new page's heading, where a screen reader starts.
+    await page.waitForFunction(() => document.activeElement && document.activeElement.id === 'page-title');
+    assert.equal(await page.evaluate(() => document.activeElement.textContent), 'Replication');
+  });
+
   await t.test('the pages asked nothing the server refused, and threw nothing', () => {
     assert.deepEqual(problems.errors, []);
     // The wrong password and the visit before signing in are the only refusals.
