@@ -273,3 +273,25 @@ test('the admin console', async (t) => {
     assert.deepEqual(unexpected, []);
   });
 });
+
+test('the admin console on a server without an admin', async (t) => {
+  const server = await startServer();
+  const browser = await launch();
+  t.after(async () => {
+    await browser.close();
+    await server.destroy();
+  });
+  const page = await browser.newPage();
+  const problems = watch(page);
+  await page.goto(`${server.url}/_outpost/ui/`);
+  // Open on loopback: no sign-in, and a banner that says why.
+  await page.getByRole('heading', { name: 'Databases' }).waitFor();
+  await page.getByText('No server admin is configured').waitFor();
+  await page.getByText('Open server').waitFor();
+  await page.getByLabel('New database').fill('open-notes');
+  await page.getByRole('button', { name: 'Create' }).click();
+  await page.getByRole('heading', { name: 'open-notes' }).waitFor();
+  await page.screenshot({ path: path.join(artifacts('console'), '14-open-server.png'), fullPage: true });
+  assert.deepEqual(problems.errors, []);
+  assert.deepEqual(problems.failed, []);
+});

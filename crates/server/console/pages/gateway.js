@@ -9,11 +9,10 @@ const BASE = '/_outpost/gateway/v1';
 const REFRESH_MS = 2000;
 const STATES = ['pending', 'dead', 'done'];
 
-/** Whether a gateway runs beside this server (its admin API answers). */
+/** Whether a gateway runs beside this server. */
 export async function present() {
   try {
-    await api.get(`${BASE}/gateway`);
-    return true;
+    return (await api.get('/_outpost/gateway')).running === true;
   } catch {
     return false;
   }

@@ -146,4 +146,15 @@ async fn the_gateway_route_is_for_admins_and_needs_a_gateway() {
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_error(&body, "not_found");
     assert_eq!(body["reason"], "no gateway runs in this process");
+    let (status, _, body) = s
+        .raw(
+            "GET",
+            "/_outpost/gateway",
+            &[("authorization", &basic)],
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body, serde_json::json!({"running": false}));
 }
