@@ -19,6 +19,9 @@ async function startFauxton(couchUrl) {
   child.stdout.on('data', (d) => { output += d; });
   child.stderr.on('data', (d) => { output += d; });
   const exited = new Promise((resolve) => child.on('exit', resolve));
+  // Not left behind if the test process ends abruptly.
+  const reap = () => child.kill('SIGKILL');
+  process.on('exit', reap);
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + READY_TIMEOUT_MS;
   for (;;) {
@@ -37,6 +40,7 @@ async function startFauxton(couchUrl) {
   return {
     url,
     async stop() {
+      process.off('exit', reap);
       if (child.exitCode === null) {
         child.kill('SIGTERM');
         await exited;
