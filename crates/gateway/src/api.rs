@@ -194,6 +194,7 @@ impl From<Error> for ApiError {
 }
 
 /// What the admin routes need.
+#[derive(Clone)]
 pub(crate) struct AdminState {
     pub queue: Queue,
     pub stats: Arc<Stats>,
@@ -205,10 +206,16 @@ pub(crate) struct AdminState {
     /// Server admins and JWT settings accepted besides the token.
     pub accounts: Option<Arc<crate::accounts::AdminAccounts>>,
     pub prefix: String,
+    /// Set only on the router a host process embeds after checking the caller is an admin
+    /// itself ([`embedded_router`]); such a router is never served on a socket.
+    pub trusted: bool,
 }
 
 impl AdminState {
     async fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if self.trusted {
+            return Ok(());
+        }
         let accounts = self.accounts.as_ref().filter(|a| !a.is_empty());
         if self.token.is_none() && accounts.is_none() {
             return Err(ApiError::AdminDisabled);
@@ -251,7 +258,22 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The router of the reserved prefix.
 pub(crate) fn router(state: Arc<AdminState>) -> Router {
-    let p = state.prefix.clone();
+    let prefix = state.prefix.clone();
+    routes(state, &prefix)
+}
+
+/// The admin routes under `/v1/` for a process that runs the gateway beside its own server and
+/// has already checked that the caller is an admin (the sync server's console): no credentials
+/// are asked. Status URLs in its answers still name the gateway's own prefix.
+pub(crate) fn embedded_router(state: &AdminState) -> Router {
+    let trusted = AdminState {
+        trusted: true,
+        ..state.clone()
+    };
+    routes(Arc::new(trusted), "/")
+}
+
+fn routes(state: Arc<AdminState>, p: &str) -> Router {
     Router::new()
         .route(&format!("{p}v1/queue"), get(list))
         .route(&format!("{p}v1/queue/{{id}}"), get(show).delete(drop_entry))

@@ -156,6 +156,7 @@ impl OfflineQueue {
             token: config.admin_token.clone(),
             accounts: None,
             prefix: config.prefix.clone(),
+            trusted: false,
         }));
         Ok(Self {
             shared: Arc::new(Shared {

@@ -124,6 +124,7 @@ impl Gateway {
             token: config.admin_token.clone(),
             accounts: config.admin_accounts.clone(),
             prefix: config.prefix.clone(),
+            trusted: false,
         });
         let admin = api::router(admin_state.clone());
         let app = Arc::new(App {
@@ -166,6 +167,14 @@ impl Gateway {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The admin API (queue listing, retry, drop, status) under `/v1/`, for the process that
+    /// runs this gateway beside its sync server: that server checks the caller is one of its
+    /// admins and hands the request over, so the router itself asks for no credentials. It must
+    /// never be served on a listener.
+    pub fn embedded_admin(&self) -> axum::Router {
+        api::embedded_router(&self.admin)
     }
 
     /// The queue, for inspection.

@@ -38,6 +38,8 @@ pub fn need(method: &Method, segs: &[&str]) -> Need {
         ["_outpost", "v1", "ready"] | ["_outpost", "v1", "openapi.json"] => Need::Anyone,
         // Each subscription is checked as `_changes` of its database when it is made.
         ["_outpost", "v1", "feed", ..] => Need::Anyone,
+        // The console's static files; what it shows comes from routes checked on their own.
+        ["_outpost", "ui", ..] => Need::Anyone,
         ["_replicate"] => Need::SignedIn,
         ["_all_dbs"]
         | ["_db_updates"]

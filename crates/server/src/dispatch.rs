@@ -126,6 +126,10 @@ async fn dispatch(state: &AppState, segs: &[&str], req: &mut Req) -> Result<Resp
         ["_active_tasks"] => crate::routes::scheduler::active_tasks(state, req),
         ["_outpost", "v1", "feed", rest @ ..] => crate::routes::feed::route(state, rest, req).await,
         ["_outpost", "v1", rest @ ..] => ops::route(state, rest, req).await,
+        ["_outpost", "ui", rest @ ..] => crate::routes::console::serve(rest, req),
+        ["_outpost", "gateway", rest @ ..] => {
+            crate::routes::gateway::forward(state, rest, req).await
+        }
         [first, ..] if first.starts_with('_') && validate_db_name(first).is_err() => Err(
             ApiError::bad_request(format!("unknown server endpoint /{first}")),
         ),
@@ -246,6 +250,8 @@ pub fn template(raw_path: &str) -> &'static str {
         ["_outpost", "v1", "openapi.json"] => "/_outpost/v1/openapi.json",
         ["_outpost", "v1", "feed"] => "/_outpost/v1/feed",
         ["_outpost", "v1", "feed", _] => "/_outpost/v1/feed/{stream}",
+        ["_outpost", "ui", ..] => "/_outpost/ui",
+        ["_outpost", "gateway", ..] => "/_outpost/gateway",
         [first, ..] if first.starts_with('_') && validate_db_name(first).is_err() => "unknown",
         [_] => "/{db}",
         [_, rest @ ..] => match rest {
@@ -304,6 +310,8 @@ mod tests {
             ("/_outpost/v1/feed", "/_outpost/v1/feed"),
             ("/_outpost/v1/feed/0123abcd", "/_outpost/v1/feed/{stream}"),
             ("/_outpost/v1/secret-name", "unknown"),
+            ("/_outpost/ui/", "/_outpost/ui"),
+            ("/_outpost/ui/pages/login.js", "/_outpost/ui"),
             ("/_nonsense", "unknown"),
             ("/notes", "/{db}"),
             ("/notes/", "/{db}"),

@@ -135,6 +135,9 @@ pub struct AppState {
     pub(crate) body_budget: request::BodyBudget,
     /// The multiplexed feed's connections.
     pub feeds: Arc<mux::FeedHub>,
+    /// The admin API of a gateway running in the same process (set by the binary), which
+    /// `/_outpost/gateway/` hands server admins' requests to; `None` without a gateway.
+    pub gateway: Option<Router>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -163,6 +166,7 @@ impl AppState {
             js,
             design: Arc::default(),
             feeds: Arc::default(),
+            gateway: None,
         }
     }
 }

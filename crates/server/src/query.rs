@@ -21,6 +21,11 @@ impl Query {
         Ok(Query { pairs })
     }
 
+    /// The parameters encoded again as a query string (`a=1&b=x`), empty without any.
+    pub fn encode(&self) -> String {
+        serde_urlencoded::to_string(&self.pairs).unwrap_or_default()
+    }
+
     /// Every parameter as a map of strings (the last value of a repeated one).
     pub fn to_json_map(&self) -> serde_json::Map<String, Value> {
         match self.to_json() {

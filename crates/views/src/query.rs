@@ -381,7 +381,11 @@ impl Cursor {
                 .last
                 .as_ref()
                 .is_some_and(|(k, d)| *k == end.key && *d == end.doc_id);
-        self.at_last = if continues { self.at_last + trailing } else { trailing };
+        self.at_last = if continues {
+            self.at_last + trailing
+        } else {
+            trailing
+        };
         self.last = Some((end.key.clone(), end.doc_id.clone()));
         let key: Value = outpost_core::json::from_str(&end.key).unwrap_or(Value::Null);
         if range.descending {

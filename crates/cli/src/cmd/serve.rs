@@ -238,7 +238,11 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let state = AppState::new(store.clone(), config, shutdown.clone());
+    let mut state = AppState::new(store.clone(), config, shutdown.clone());
+    // The console works the gateway's queue through the sync server, as a server admin.
+    state.gateway = gateway
+        .as_ref()
+        .map(outpost_gateway::Gateway::embedded_admin);
     if !state.auth.enforced() {
         if !args.listen.ip().is_loopback() && !args.insecure_open {
             anyhow::bail!(

@@ -1,7 +1,7 @@
 //! Running a Node.js test package of this repository from `cargo test`: installing its npm
 //! dependencies from the committed lockfile when they are missing or stale, and running
 //! `node --test` over its test files with the output streamed as it runs. Shared by the
-//! interop suite (`interop.rs`) and the browser suite (`browser.rs`); each package's tests start
+//! interop suite (`interop.rs`) and the browser suites (`browser.rs`, `console.rs`); each package's tests start
 //! the `outpost` binary they are given in `OUTPOST_BIN` themselves (`tests/interop/lib/server.js`).
 
 use std::path::{Path, PathBuf};

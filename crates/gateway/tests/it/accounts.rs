@@ -99,3 +99,49 @@ async fn accounts_alone_enable_the_admin_api() {
     assert_eq!(response.status(), 401);
     gw.stop().await;
 }
+
+/// The router a host process embeds (the sync server's console reaches the queue through it,
+/// after checking the caller is one of its admins) asks for no credentials and answers under
+/// `/v1/`; the gateway's own listener still refuses the same request without them.
+#[tokio::test]
+async fn the_embedded_admin_router_trusts_its_host() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = outpost_gateway::Gateway::bind(test_config(&upstream, dir.path()))
+        .await
+        .unwrap();
+    let embedded = gateway.embedded_admin();
+    let addr = gateway.local_addr();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(gateway.run(shutdown.clone()));
+
+    let request = axum::http::Request::get("/v1/queue?state=dead")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = embedded.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let listing: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(listing["entries"], serde_json::json!([]), "{listing}");
+
+    let status = client()
+        .get(format!("http://{addr}/_outpost/v1/queue?state=dead"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 401);
+    let status = client()
+        .get(format!("http://{addr}/_outpost/v1/queue?state=dead"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}

@@ -64,6 +64,9 @@ pub struct DocState {
     pub error_count: u32,
     pub last_updated: SystemTime,
     pub start_time: SystemTime,
+    /// The job's status when it ended (completed or failed), so the scheduler still shows
+    /// what it did once the job itself is gone, as CouchDB's does.
+    pub final_status: Option<Status>,
 }
 
 /// Which way documents flow, seen from a database of this server.

@@ -170,6 +170,7 @@ fn handle(
                 error_count: 0,
                 last_updated: now,
                 start_time: now,
+                final_status: None,
             },
         );
         known.insert(
@@ -197,6 +198,7 @@ fn handle(
                     error_count: 1,
                     last_updated: now,
                     start_time: now,
+                    final_status: None,
                 },
             );
             let st = state.clone();
@@ -226,6 +228,7 @@ fn handle(
             error_count: 0,
             last_updated: now,
             start_time: now,
+            final_status: None,
         },
     );
     let cancel = state.shutdown.child_token();
@@ -338,6 +341,7 @@ async fn run_job(
     });
     write_state(&state, &doc_id, &params, "triggered", Some(&rep_id), None).await;
     let status = replication.subscribe();
+    let last = replication.subscribe();
     let follow = follow(&state, &doc_id, &params, &rep_id, status);
     let result = {
         let run = replication.run(cancel.clone());
@@ -354,6 +358,7 @@ async fn run_job(
             registry.update_doc(&doc_id, |d| {
                 d.state = "completed";
                 d.last_updated = SystemTime::now();
+                d.final_status = Some(last.borrow().clone());
             });
             write_state(&state, &doc_id, &params, "completed", Some(&rep_id), None).await;
         }
@@ -364,6 +369,7 @@ async fn run_job(
                 d.state = "failed";
                 d.error = Some(reason.clone());
                 d.last_updated = SystemTime::now();
+                d.final_status = Some(last.borrow().clone());
             });
             write_state(
                 &state,

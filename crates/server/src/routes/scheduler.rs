@@ -1,6 +1,8 @@
 //! `/_scheduler/jobs`, `/_scheduler/docs` and `/_active_tasks`: what the replications of this
 //! server are doing, in CouchDB's shapes (docs.couchdb.org, "api/server/common"). Sources and
-//! targets are shown without credentials.
+//! targets are shown without credentials. Fauxton reads `_scheduler/jobs` as CouchDB answers it:
+//! each job's `history` has its `added` and `started` events (it reads the newest
+//! one's `type`), and a URL ends with `/` (it drops the last character).
 
 use std::time::SystemTime;
 
@@ -59,19 +61,38 @@ fn job_json(job: &Job) -> Value {
         "id": job.id,
         "database": job.doc_id.as_ref().map(|_| manager::DB),
         "doc_id": job.doc_id,
-        "source": job.source,
-        "target": job.target,
+        "source": endpoint(&job.source),
+        "target": endpoint(&job.target),
         "user": null,
         "node": "outpost@localhost",
         "pid": null,
         "state": scheduler_state(&s),
         "start_time": iso_time(job.started),
         "info": info(&s),
-        "history": [],
+        "history": history(job),
     })
 }
 
 /// Reads `limit` and `skip` and pages a list.
+/// A side as CouchDB's scheduler shows it: a URL with its trailing `/`, a database name as is.
+fn endpoint(side: &str) -> String {
+    if side.contains("://") && !side.ends_with('/') {
+        format!("{side}/")
+    } else {
+        side.to_owned()
+    }
+}
+
+/// A job's events, newest first, as CouchDB keeps them: `added` and `started` when it began.
+/// Failures are in `state` and `info.error`; Outpost keeps no log of when each happened.
+fn history(job: &Job) -> Value {
+    let started = iso_time(job.started);
+    json!([
+        { "timestamp": started, "type": "started" },
+        { "timestamp": started, "type": "added" },
+    ])
+}
+
 fn page(req: &Req, items: Vec<Value>) -> Result<(usize, usize, Vec<Value>), ApiError> {
     let total = items.len();
     let skip = usize::try_from(req.query.u64("skip")?.unwrap_or(0)).unwrap_or(usize::MAX);
@@ -108,8 +129,10 @@ pub fn docs(state: &AppState, req: &Req) -> Result<Response, ApiError> {
         .into_iter()
         .map(|(doc_id, d)| {
             let job = jobs.iter().find(|j| j.doc_id.as_deref() == Some(&doc_id));
+            // A job that ended keeps its last counters, as CouchDB's scheduler shows them.
             let mut info = job
                 .map(|j| info(&j.status.borrow()))
+                .or_else(|| d.final_status.as_ref().map(info))
                 .unwrap_or_else(|| json!({}));
             if let (Some(obj), Some(error)) = (info.as_object_mut(), &d.error) {
                 obj.insert("error".into(), Value::String(error.clone()));

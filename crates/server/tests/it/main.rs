@@ -8,6 +8,7 @@ mod bounds;
 mod compaction;
 mod compat;
 mod conflicts;
+mod console;
 mod convergence;
 mod deletions;
 mod deviations;

@@ -314,3 +314,79 @@ async fn replication_series_follow_the_jobs_that_exist() {
         "{text}"
     );
 }
+
+/// A `_replicator` job that completed keeps its counters in `_scheduler/docs`, as CouchDB's
+/// scheduler shows them (Fauxton's replication page and the console read them there).
+#[tokio::test]
+async fn a_completed_job_keeps_its_counters_in_the_scheduler() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let state = AppState::new(store, Config::default(), CancellationToken::new());
+    outpost_server::replication::start_jobs(&state);
+    let s = TestServer {
+        router: app(state),
+        dir,
+    };
+    s.expect("PUT", "/src", None, 201).await;
+    for id in ["a", "b"] {
+        s.expect("PUT", &format!("/src/{id}"), Some(json!({"v": id})), 201)
+            .await;
+    }
+    let job = json!({"source": "src", "target": "dst", "create_target": true});
+    s.expect("PUT", "/_replicator/once", Some(job), 201).await;
+    let mut doc = json!(null);
+    for _ in 0..500 {
+        let docs = s.expect("GET", "/_scheduler/docs", None, 200).await;
+        doc = docs["docs"][0].clone();
+        if doc["state"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(doc["state"], "completed", "{doc}");
+    assert_eq!(doc["info"]["docs_written"], 2, "{doc}");
+    assert_eq!(doc["info"]["docs_read"], 2, "{doc}");
+    assert_eq!(doc["info"]["doc_write_failures"], 0, "{doc}");
+}
+
+/// `_scheduler/jobs` in CouchDB's shape where Fauxton depends on it: a `_replicate` job's
+/// `history` starts with its newest event (Fauxton reads `history[0].type`), and a URL ends
+/// with `/` (Fauxton drops the last character before showing it).
+#[tokio::test]
+async fn scheduler_jobs_have_a_history_and_couchdb_urls() {
+    let remote_dir = tempfile::tempdir().unwrap();
+    let remote_store = Arc::new(SqliteStore::open(remote_dir.path()).unwrap());
+    let shutdown = CancellationToken::new();
+    outpost_store::Store::create_db(remote_store.as_ref(), "src")
+        .await
+        .unwrap();
+    let remote = AppState::new(remote_store, Config::default(), shutdown.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(outpost_server::serve(listener, remote));
+
+    let s = TestServer::new();
+    let body = json!({"source": format!("{base}/src"), "target": "dst", "create_target": true, "continuous": true});
+    let started = s.expect("POST", "/_replicate", Some(body), 202).await;
+    let jobs = s.expect("GET", "/_scheduler/jobs", None, 200).await;
+    let job = &jobs["jobs"][0];
+    assert_eq!(job["id"], started["_local_id"], "{jobs}");
+    assert_eq!(job["database"], json!(null), "{job}");
+    assert_eq!(job["source"], format!("{base}/src/"), "{job}");
+    assert_eq!(job["target"], "dst", "{job}");
+    let history = job["history"].as_array().unwrap();
+    let types: Vec<&str> = history
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["started", "added"], "{job}");
+    assert_eq!(history[0]["timestamp"], job["start_time"], "{job}");
+    s.expect(
+        "POST",
+        "/_replicate",
+        Some(json!({"replication_id": started["_local_id"], "cancel": true})),
+        200,
+    )
+    .await;
+    shutdown.cancel();
+}
