@@ -487,7 +487,7 @@ async fn a_replicator_job_moves_to_another_node_when_its_node_dies() {
     let store = schema.url_via(None);
     let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let args = |name: &'static str| ["--replicator-lease-ttl", "2s", "--node-name", name];
-    let mut nodes = vec![
+    let mut nodes = [
         Node::start_with(&store, data_a.path(), &args("outpost@a")).await,
         Node::start_with(&store, data_b.path(), &args("outpost@b")).await,
     ];
