@@ -267,6 +267,10 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             "NO SERVER ADMIN IS CONFIGURED: every request is treated as an admin (set OUTPOST_ADMIN_USER and OUTPOST_ADMIN_PASSWORD to turn authentication on)"
         );
     }
+    anyhow::ensure!(
+        args.replicator_lease_ttl >= Duration::from_secs(1),
+        "--replicator-lease-ttl must be at least 1s"
+    );
     state
         .replications
         .set_settings(outpost_server::replication::Settings {

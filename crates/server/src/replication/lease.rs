@@ -2,7 +2,7 @@
 //! but runs a document's job only while it holds the store's lease named after the document
 //! (`_replicator/{doc id}`), as [`outpost_store::Store::try_lease`] gives it.
 //!
-//! - A node waiting for a lease tries again every third of the TTL.
+//! - A node waiting for a lease tries again soon, then every third of the TTL.
 //! - The holder renews its lease every third of the TTL. When a renewal finds the lease taken
 //!   (the node was cut off for longer than the TTL), or renewals have failed for a whole TTL,
 //!   the job is stopped (after its batch in flight is checkpointed) and the node waits again.
@@ -70,9 +70,20 @@ pub async fn run_leased(
 ) {
     let registry = state.replications.clone();
     let name = lease_name(&doc_id);
-    let holder = registry.holder();
+    // Each run holds the lease under a name of its own: when a document changes, the run of
+    // its old version gives the lease back while the new run asks for it, and the give-back
+    // must not delete the new run's lease.
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let holder = format!(
+        "{} {}",
+        registry.holder(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    );
     loop {
         let ttl = registry.settings().lease_ttl;
+        // Soon at first (the run of a document's previous version gives the lease back as soon
+        // as it has checkpointed), then every third of the TTL.
+        let mut wait = Duration::from_millis(100);
         loop {
             match state.store.try_lease(&name, &holder, ttl).await {
                 Ok(true) => break,
@@ -81,8 +92,9 @@ pub async fn run_leased(
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(ttl / 3) => {}
+                _ = tokio::time::sleep(wait.min(ttl / 3)) => {}
             }
+            wait = (wait * 2).min(ttl / 3);
         }
         registry.leases.held.fetch_add(1, Ordering::Relaxed);
         registry.leases.acquired.fetch_add(1, Ordering::Relaxed);
