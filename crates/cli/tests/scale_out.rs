@@ -567,8 +567,8 @@ async fn a_replicator_job_moves_to_another_node_when_its_node_dies() {
     assert_eq!(info["doc_count"], 40);
     assert_eq!(info["update_seq"], 40, "{info}");
 
-    // Editing the job restarts it (on whichever node wins the lease), and still on one node:
-    // the old run giving its lease back must not free the new run's.
+    // Editing the job (through a node that just joined) restarts it, on whichever node takes
+    // the lease of its new version, and on that node only.
     let data_c = tempfile::tempdir().unwrap();
     let third = Node::start_with(&store, data_c.path(), &args("outpost@c")).await;
     let (_, doc) = third.get("/_replicator/job").await;
@@ -584,7 +584,7 @@ async fn a_replicator_job_moves_to_another_node_when_its_node_dies() {
     assert_eq!(r.status().as_u16(), 201);
     let live = [&nodes[survivor], &third];
     wait_for_docs(&third, "dst2", 40).await;
-    // Two whole lease periods, in which a freed lease would be taken by the other node.
+    // Two whole lease periods, in which a lease left free would be taken by the other node.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let mut running = 0;
     let mut held = 0.0;
