@@ -1,6 +1,7 @@
 //! Several `outpost serve` processes on one PostgreSQL database (`--store postgres://…`): one
 //! server to their clients (the same uuid), a write on one node seen by a live changes feed on
-//! another, and readiness that fails when the database cannot be reached.
+//! another, readiness that fails when the database cannot be reached, and a `_replicator` job
+//! that runs on one node and moves to another when that node dies.
 //!
 //! Needs the server at `OUTPOST_TEST_POSTGRES_URL`; skips saying so without it (fails under
 //! `CI=true`). Each test works in a schema of its own, dropped afterwards.
@@ -38,6 +39,11 @@ struct Node {
 
 impl Node {
     async fn start(store: &str, data: &Path) -> Node {
+        Node::start_with(store, data, &[]).await
+    }
+
+    /// A node with further `outpost serve` arguments.
+    async fn start_with(store: &str, data: &Path, extra: &[&str]) -> Node {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_outpost"))
             .args([
@@ -47,6 +53,7 @@ impl Node {
                 "--store",
                 store,
             ])
+            .args(extra)
             .arg("--data")
             .arg(data)
             .env("RUST_LOG", "error")
@@ -375,4 +382,215 @@ async fn a_data_directory_moves_to_postgres_and_back() {
     for id in ["doc", "doc2"] {
         assert_eq!(node.get(&format!("/moving/{id}")).await.0, 200);
     }
+}
+
+/// Polls `check` until it gives a value, failing after [`GUARD`].
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Writes documents `from..to` into `db` through `node`, returning their revisions by id.
+async fn write_docs(node: &Node, db: &str, range: std::ops::Range<usize>) -> Vec<(String, String)> {
+    let docs: Vec<Value> = range
+        .map(|i| json!({"_id": format!("doc-{i:03}"), "i": i}))
+        .collect();
+    let r = client()
+        .post(node.url(&format!("/{db}/_bulk_docs")))
+        .json(&json!({ "docs": docs }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let rows: Vec<Value> = r.json().await.unwrap();
+    rows.iter()
+        .map(|row| {
+            assert_eq!(row["ok"], true, "{row}");
+            (
+                row["id"].as_str().unwrap().to_owned(),
+                row["rev"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// `db`'s documents by id with their revisions and conflicts, once it has `n` of them.
+async fn wait_for_docs(node: &Node, db: &str, n: usize) -> Vec<Value> {
+    eventually(&format!("{n} documents in {db}"), || async {
+        let (status, body) = node
+            .get(&format!("/{db}/_all_docs?include_docs=true&conflicts=true"))
+            .await;
+        let rows = body["rows"].as_array().cloned().unwrap_or_default();
+        (status == 200 && rows.len() == n).then_some(rows)
+    })
+    .await
+}
+
+/// The `_active_tasks` entry of the `_replicator` document `doc_id` on `node`, if it runs there.
+async fn task_of(node: &Node, doc_id: &str) -> Option<Value> {
+    let (status, tasks) = node.get("/_active_tasks").await;
+    assert_eq!(status, 200);
+    tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["doc_id"] == doc_id)
+        .cloned()
+}
+
+/// The `_scheduler/docs` entry of `doc_id` on `node`, if it lists it.
+async fn scheduler_doc(node: &Node, doc_id: &str) -> Option<Value> {
+    let (status, body) = node.get("/_scheduler/docs").await;
+    assert_eq!(status, 200);
+    body["docs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["doc_id"] == doc_id)
+        .cloned()
+}
+
+/// `outpost_replication_leases_held` as `node` reports it.
+async fn leases_held(node: &Node) -> f64 {
+    let text = client()
+        .get(node.url("/_outpost/v1/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("outpost_replication_leases_held "))
+        .expect("the lease gauge is exported")
+        .parse()
+        .unwrap()
+}
+
+/// A continuous `_replicator` job on two nodes runs on exactly one, holding the job's lease.
+/// SIGKILL that node: once the lease expires the other takes the job over and resumes from the
+/// shared checkpoint, reading only what came after it; every document written before and after
+/// the kill arrives, each at the revision it was written with, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replicator_job_moves_to_another_node_when_its_node_dies() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::create(&url);
+    let store = schema.url_via(None);
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = |name: &'static str| ["--replicator-lease-ttl", "2s", "--node-name", name];
+    let mut nodes = [
+        Node::start_with(&store, data_a.path(), &args("outpost@a")).await,
+        Node::start_with(&store, data_b.path(), &args("outpost@b")).await,
+    ];
+    for db in ["/src", "/dst"] {
+        let r = client().put(nodes[0].url(db)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+    }
+    let mut written = write_docs(&nodes[0], "src", 0..20).await;
+    let r = client()
+        .put(nodes[1].url("/_replicator/job"))
+        .json(&json!({"source": "src", "target": "dst", "continuous": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    wait_for_docs(&nodes[0], "dst", 20).await;
+
+    // Exactly one node runs it, and says so; the other neither runs nor lists it.
+    let runner = eventually("one node running the job", || async {
+        let mut running = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            if task_of(node, "job").await.is_some() {
+                running.push(i);
+            }
+        }
+        (running.len() == 1).then(|| running[0])
+    })
+    .await;
+    let survivor = 1 - runner;
+    let name = ["outpost@a", "outpost@b"];
+    let doc = scheduler_doc(&nodes[runner], "job").await.unwrap();
+    assert_eq!(doc["node"], name[runner]);
+    assert!(scheduler_doc(&nodes[survivor], "job").await.is_none());
+    assert_eq!(leases_held(&nodes[runner]).await, 1.0);
+    assert_eq!(leases_held(&nodes[survivor]).await, 0.0);
+    // The job checkpoints what it copied before it dies.
+    eventually("the first documents checkpointed", || async {
+        let task = task_of(&nodes[runner], "job").await?;
+        (task["docs_written"] == 20
+            && !task["checkpointed_source_seq"].is_null()
+            && task["checkpointed_source_seq"] == task["source_seq"])
+            .then_some(())
+    })
+    .await;
+    // While the runner lives, the other node stays out, however many of its lease periods pass.
+    assert!(task_of(&nodes[survivor], "job").await.is_none());
+
+    nodes[runner].child.kill().unwrap();
+    nodes[runner].child.wait().unwrap();
+    written.extend(write_docs(&nodes[survivor], "src", 20..40).await);
+    let rows = wait_for_docs(&nodes[survivor], "dst", 40).await;
+    let task = eventually("the job running on the other node", || async {
+        let task = task_of(&nodes[survivor], "job").await?;
+        (task["docs_written"] == 20).then_some(task)
+    })
+    .await;
+    // Resumed from the checkpoint: it read only the changes after it.
+    assert_eq!(task["docs_read"], 20, "{task}");
+    assert_eq!(task["node"], name[survivor]);
+    let doc = scheduler_doc(&nodes[survivor], "job").await.unwrap();
+    assert_eq!(doc["node"], name[survivor]);
+    assert_eq!(leases_held(&nodes[survivor]).await, 1.0);
+    // Every document once, at the revision it was written with: none copied as a new one.
+    let got: Vec<(String, String)> = rows
+        .iter()
+        .map(|row| {
+            assert!(row["doc"].get("_conflicts").is_none(), "{row}");
+            (
+                row["id"].as_str().unwrap().to_owned(),
+                row["value"]["rev"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    written.sort();
+    assert_eq!(got, written);
+    let (_, info) = nodes[survivor].get("/dst").await;
+    assert_eq!(info["doc_count"], 40);
+    assert_eq!(info["update_seq"], 40, "{info}");
+
+    // Editing the job (through a node that just joined) restarts it, on whichever node takes
+    // the lease of its new version, and on that node only.
+    let data_c = tempfile::tempdir().unwrap();
+    let third = Node::start_with(&store, data_c.path(), &args("outpost@c")).await;
+    let (_, doc) = third.get("/_replicator/job").await;
+    let r = client()
+        .put(third.url("/_replicator/job"))
+        .json(
+            &json!({"_rev": doc["_rev"], "source": "src", "target": "dst2",
+                      "create_target": true, "continuous": true}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let live = [&nodes[survivor], &third];
+    wait_for_docs(&third, "dst2", 40).await;
+    // Two whole lease periods, in which a lease left free would be taken by the other node.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut running = 0;
+    let mut held = 0.0;
+    for node in live {
+        running += usize::from(task_of(node, "job").await.is_some());
+        held += leases_held(node).await;
+    }
+    assert_eq!((running, held), (1, 1.0));
 }

@@ -15,6 +15,7 @@ mod conn;
 mod error;
 pub mod feed;
 mod index;
+mod lease;
 pub mod migrate;
 mod read;
 mod schema;
@@ -575,5 +576,18 @@ impl Store for PgStore {
 
     fn watch_db_updates(&self) -> watch::Receiver<u64> {
         self.db_updates.subscribe()
+    }
+
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        lease::try_lease(&self.reader, name, holder, ttl).await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        lease::release_lease(&self.reader, name, holder).await
     }
 }

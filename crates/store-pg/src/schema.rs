@@ -176,6 +176,7 @@ pub fn migrate(client: &mut postgres::Client, schema: Option<&str>) -> Result<St
         }
     }
     tx.batch_execute(SCHEMA).map_err(pg)?;
+    tx.batch_execute(crate::lease::SCHEMA).map_err(pg)?;
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('schema_version', $1) ON CONFLICT (key) DO NOTHING",
         &[&VERSION.to_string()],

@@ -13,6 +13,7 @@ pub mod conformance;
 pub mod docwrite;
 mod error;
 pub mod index;
+pub mod lease;
 pub mod sqlite;
 mod types;
 
@@ -25,6 +26,8 @@ pub use sqlite::retention::Retention;
 pub use types::*;
 
 use async_trait::async_trait;
+use std::time::Duration;
+
 use outpost_core::{Policy, Rev};
 use tokio::sync::watch;
 
@@ -207,6 +210,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// A receiver that sees the `_db_updates` sequence each time it moves.
     fn watch_db_updates(&self) -> watch::Receiver<u64>;
+
+    /// Takes or renews the lease `name` for `holder` until `ttl` from now (see [`lease`]):
+    /// true when `holder` holds it afterwards, false while another holder's lease runs. Every
+    /// process sharing the store sees the same leases, on one clock.
+    async fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Gives up the lease `name` if `holder` holds it, so another may take it at once.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
     // Per-document access. A database created with [`DbOptions::access`] keeps, in the
     // transaction of every document write, an index of which principals (user names and roles)

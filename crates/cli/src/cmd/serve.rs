@@ -159,6 +159,15 @@ pub struct ServeArgs {
     /// Longest delay between retries of a failed replication.
     #[arg(long, env = "OUTPOST_REPLICATION_RETRY_MAX", default_value = "60s", value_parser = parse_duration)]
     pub replication_retry_max: Duration,
+    /// How long a node's lease on a `_replicator` job lasts without renewal; the holder renews
+    /// it every third of this. When several nodes share a PostgreSQL store, each job runs on
+    /// one node, and a dead node's jobs move to another after this long.
+    #[arg(long, env = "OUTPOST_REPLICATOR_LEASE_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub replicator_lease_ttl: Duration,
+    /// This node's name in `_scheduler/jobs`, `_scheduler/docs` and `_active_tasks` (the
+    /// `node` field, telling which node of several runs a job); `outpost@localhost` by default.
+    #[arg(long, env = "OUTPOST_NODE_NAME")]
+    pub node_name: Option<String>,
     /// On SIGINT/SIGTERM, how long requests in flight may take to finish before the server
     /// stops anyway (live change feeds end at once).
     #[arg(long, env = "OUTPOST_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
@@ -258,6 +267,10 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             "NO SERVER ADMIN IS CONFIGURED: every request is treated as an admin (set OUTPOST_ADMIN_USER and OUTPOST_ADMIN_PASSWORD to turn authentication on)"
         );
     }
+    anyhow::ensure!(
+        args.replicator_lease_ttl >= Duration::from_secs(1),
+        "--replicator-lease-ttl must be at least 1s"
+    );
     state
         .replications
         .set_settings(outpost_server::replication::Settings {
@@ -265,7 +278,11 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 initial: args.replication_retry_initial,
                 max: args.replication_retry_max,
             },
+            lease_ttl: args.replicator_lease_ttl,
         });
+    if let Some(name) = &args.node_name {
+        state.replications.set_node(name.clone());
+    }
     // Persistent replications: the `_replicator` database's documents, resumed from their
     // checkpoints.
     outpost_server::replication::start_jobs(&state);

@@ -14,10 +14,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::spec::LocalDbs;
 
-/// Retry settings of replications run by the server.
+/// Retry and lease settings of replications run by the server.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub backoff: Backoff,
+    /// How long a node's lease on a `_replicator` job lasts without renewal (see
+    /// [`super::lease`]): how long the job stays stopped when its node dies.
+    pub lease_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -27,9 +30,13 @@ impl Default for Settings {
                 initial: Duration::from_secs(1),
                 max: Duration::from_secs(60),
             },
+            lease_ttl: Duration::from_secs(30),
         }
     }
 }
+
+/// The name `_scheduler/*` and `_active_tasks` give this node when none is configured.
+pub const DEFAULT_NODE: &str = "outpost@localhost";
 
 /// One running replication.
 #[derive(Clone)]
@@ -112,6 +119,13 @@ pub struct Replications {
     /// Built on first use: most servers never replicate over HTTP.
     client: OnceLock<reqwest::Client>,
     settings: Mutex<Settings>,
+    /// This node's name, as `_scheduler/*` and `_active_tasks` show it.
+    node: Mutex<Option<String>>,
+    /// Tells this process apart from every other holder of a lease, even one with the same
+    /// node name (or this node before a restart).
+    instance: OnceLock<String>,
+    /// `_replicator` leases this node holds, and how many it took and lost, for metrics.
+    pub leases: super::lease::LeaseCounts,
 }
 
 impl std::fmt::Debug for Replications {
@@ -131,6 +145,27 @@ impl Replications {
 
     pub fn set_settings(&self, settings: Settings) {
         *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings;
+    }
+
+    /// This node's name ([`DEFAULT_NODE`] unless set).
+    pub fn node(&self) -> String {
+        self.node
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NODE.to_owned())
+    }
+
+    pub fn set_node(&self, name: String) {
+        *self.node.lock().unwrap_or_else(|e| e.into_inner()) = Some(name);
+    }
+
+    /// Who holds this node's leases: its name and an id of this process.
+    pub fn holder(&self) -> String {
+        let instance = self
+            .instance
+            .get_or_init(|| uuid::Uuid::new_v4().simple().to_string());
+        format!("{} {instance}", self.node())
     }
 
     pub fn client(&self) -> Result<reqwest::Client, ReplicationError> {

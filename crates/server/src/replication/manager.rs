@@ -11,6 +11,8 @@
 //!   a change is new work, so these state writes, which make changes of their own, are ignored.
 //! - On start every document is read again: those not `completed` or `failed` resume, each from
 //!   its checkpoints.
+//! - Every node sharing a store follows the database, but a job runs only on the node that holds
+//!   its lease (see [`super::lease`]).
 
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -55,7 +57,7 @@ struct Known {
 }
 
 /// The document without its revision and the replicator's own state fields.
-fn params(body: &Map<String, Value>) -> Map<String, Value> {
+pub(super) fn params(body: &Map<String, Value>) -> Map<String, Value> {
     body.iter()
         .filter(|(k, _)| !k.starts_with("_replication_") && k.as_str() != "_rev")
         .map(|(k, v)| (k.clone(), v.clone()))
@@ -217,20 +219,12 @@ fn handle(
             return;
         }
     };
-    state.replications.set_doc(
-        doc_id,
-        DocState {
-            replication_id: None,
-            source: spec.source.redacted(),
-            target: spec.target.redacted(),
-            state: "initializing",
-            error: None,
-            error_count: 0,
-            last_updated: now,
-            start_time: now,
-            final_status: None,
-        },
-    );
+    // The scheduler lists the document once this node holds its lease and starts the job.
+    state.replications.remove_doc(doc_id);
+    let seen = body
+        .get("_replication_state_time")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let cancel = state.shutdown.child_token();
     known.insert(
         doc_id.to_owned(),
@@ -241,15 +235,15 @@ fn handle(
     );
     let st = state.clone();
     let id = doc_id.to_owned();
-    info!(doc_id, source = %spec.source.redacted(), target = %spec.target.redacted(), "starting a replication job");
+    info!(doc_id, source = %spec.source.redacted(), target = %spec.target.redacted(), "a replication job to run");
     state.tasks.spawn(
-        async move { run_job(st, id, p, spec, cancel).await }
+        async move { super::lease::run_leased(st, id, p, spec, seen, cancel).await }
             .instrument(tracing::info_span!("replication_doc", doc_id = %doc_id)),
     );
 }
 
 /// Runs one document's job until it completes, fails for good, or is cancelled.
-async fn run_job(
+pub(super) async fn run_job(
     state: AppState,
     doc_id: String,
     params: Map<String, Value>,
@@ -439,23 +433,7 @@ async fn write_state(
     reason: Option<&str>,
 ) {
     for _ in 0..5 {
-        let Ok(Some(record)) = state.store.doc(DB, doc_id).await else {
-            return;
-        };
-        let Some(winner) = record.tree.winner().filter(|w| !w.deleted) else {
-            return;
-        };
-        let Ok(mut bodies) = state
-            .store
-            .rev_bodies(DB, doc_id, std::slice::from_ref(&winner.rev))
-            .await
-        else {
-            return;
-        };
-        let Some((_, body)) = bodies.pop() else {
-            return;
-        };
-        let Ok(mut fields) = serde_json::from_str::<Map<String, Value>>(&body.json) else {
+        let Some((winner, mut fields)) = current(state, doc_id).await else {
             return;
         };
         if &params(&fields) != expected {
@@ -479,7 +457,7 @@ async fn write_state(
                 Value::String(reason.to_owned()),
             );
         }
-        match write(state, doc_id, winner.rev, fields).await {
+        match write(state, doc_id, winner, fields).await {
             Ok(true) => return,
             Ok(false) => continue,
             Err(e) => {
@@ -488,6 +466,25 @@ async fn write_state(
             }
         }
     }
+}
+
+/// The winning revision of a live `_replicator` document and its body, if it can be read.
+async fn current(state: &AppState, doc_id: &str) -> Option<(Rev, Map<String, Value>)> {
+    let record = state.store.doc(DB, doc_id).await.ok()??;
+    let winner = record.tree.winner().filter(|w| !w.deleted)?;
+    let mut bodies = state
+        .store
+        .rev_bodies(DB, doc_id, std::slice::from_ref(&winner.rev))
+        .await
+        .ok()?;
+    let (_, body) = bodies.pop()?;
+    let fields = serde_json::from_str::<Map<String, Value>>(&body.json).ok()?;
+    Some((winner.rev, fields))
+}
+
+/// The body of a live `_replicator` document, if it can be read.
+pub(super) async fn current_body(state: &AppState, doc_id: &str) -> Option<Map<String, Value>> {
+    current(state, doc_id).await.map(|(_, fields)| fields)
 }
 
 /// One edit of a `_replicator` document; `Ok(false)` on a conflict.

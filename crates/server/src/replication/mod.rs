@@ -7,8 +7,11 @@
 //!   `_active_tasks` and `_scheduler/*`.
 //! - [`manager`]: the task that turns `_replicator` documents into jobs and writes their state
 //!   back.
+//! - [`lease`]: with several nodes on one store, each `_replicator` job runs on the one node
+//!   holding its lease.
 
 pub mod jobs;
+pub mod lease;
 pub mod local;
 pub mod manager;
 pub mod spec;

@@ -116,6 +116,22 @@ fn replication_series(state: &AppState) -> String {
         });
     }
     let mut out = String::new();
+    let leases = &state.replications.leases;
+    let _ = writeln!(
+        out,
+        "# HELP outpost_replication_leases_held _replicator jobs whose lease this node holds (it runs them).\n\
+         # TYPE outpost_replication_leases_held gauge\n\
+         outpost_replication_leases_held {}\n\
+         # HELP outpost_replication_lease_acquired_total _replicator job leases this node took.\n\
+         # TYPE outpost_replication_lease_acquired_total counter\n\
+         outpost_replication_lease_acquired_total {}\n\
+         # HELP outpost_replication_lease_lost_total _replicator job leases this node found taken by another node (or could not renew for a TTL); the job stopped here.\n\
+         # TYPE outpost_replication_lease_lost_total counter\n\
+         outpost_replication_lease_lost_total {}",
+        leases.held(),
+        leases.acquired(),
+        leases.lost()
+    );
     let mut family =
         |name: &str, kind: &str, help: &str, samples: &mut dyn Iterator<Item = (String, f64)>| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

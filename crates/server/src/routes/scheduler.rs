@@ -55,7 +55,7 @@ fn scheduler_state(s: &Status) -> &'static str {
     }
 }
 
-fn job_json(job: &Job) -> Value {
+fn job_json(job: &Job, node: &str) -> Value {
     let s = job.status.borrow().clone();
     json!({
         "id": job.id,
@@ -64,7 +64,7 @@ fn job_json(job: &Job) -> Value {
         "source": endpoint(&job.source),
         "target": endpoint(&job.target),
         "user": null,
-        "node": "outpost@localhost",
+        "node": node,
         "pid": null,
         "state": scheduler_state(&s),
         "start_time": iso_time(job.started),
@@ -111,7 +111,13 @@ pub fn jobs(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     if req.method != Method::GET {
         return Err(not_allowed("Only GET, HEAD allowed"));
     }
-    let all: Vec<Value> = state.replications.jobs().iter().map(job_json).collect();
+    let node = state.replications.node();
+    let all: Vec<Value> = state
+        .replications
+        .jobs()
+        .iter()
+        .map(|job| job_json(job, &node))
+        .collect();
     let (total, offset, jobs) = page(req, all)?;
     Ok(ok(
         json!({ "total_rows": total, "offset": offset, "jobs": jobs }).to_string(),
@@ -123,6 +129,7 @@ pub fn docs(state: &AppState, req: &Req) -> Result<Response, ApiError> {
         return Err(not_allowed("Only GET, HEAD allowed"));
     }
     let jobs = state.replications.jobs();
+    let node = state.replications.node();
     let all: Vec<Value> = state
         .replications
         .docs()
@@ -141,7 +148,7 @@ pub fn docs(state: &AppState, req: &Req) -> Result<Response, ApiError> {
                 "database": manager::DB,
                 "doc_id": doc_id,
                 "id": d.replication_id,
-                "node": "outpost@localhost",
+                "node": node,
                 "source": d.source,
                 "target": d.target,
                 "state": d.state,
@@ -162,6 +169,7 @@ pub fn active_tasks(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     if req.method != Method::GET {
         return Err(not_allowed("Only GET, HEAD allowed"));
     }
+    let node = state.replications.node();
     let tasks: Vec<Value> = state
         .replications
         .jobs()
@@ -176,7 +184,7 @@ pub fn active_tasks(state: &AppState, req: &Req) -> Result<Response, ApiError> {
                 "source": job.source,
                 "target": job.target,
                 "continuous": job.continuous,
-                "node": "outpost@localhost",
+                "node": node,
                 "pid": null,
                 "user": null,
                 "process_status": if s.state == State::Retrying { "waiting" } else { "running" },

@@ -10,6 +10,7 @@ pub mod basics;
 pub mod compaction;
 pub mod documents;
 pub mod index;
+pub mod lease;
 
 use std::sync::Arc;
 
@@ -67,7 +68,9 @@ macro_rules! conformance_suite {
             documents::a_conflict_is_resolved_by_hand_from_its_exact_leaves,
             documents::retention_trims_the_log_and_keeps_the_documents,
             documents::pages_count_and_ranges_follow_the_id_order,
-            documents::compact_running_is_reported_while_a_compaction_is_marked
+            documents::compact_running_is_reported_while_a_compaction_is_marked,
+            lease::a_lease_has_one_holder_until_it_expires_or_is_released,
+            lease::an_expired_lease_is_taken_over
         );
     };
     (@checks $open:path; $($area:ident :: $check:ident),* $(,)?) => {

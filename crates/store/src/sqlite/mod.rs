@@ -54,6 +54,8 @@ pub struct SqliteStore {
     db_updates: watch::Sender<u64>,
     /// Databases being compacted, for `compact_running`.
     compactions: Compactions,
+    /// Leases: the data directory belongs to this process, so they live in its memory.
+    leases: crate::lease::LocalLeases,
     /// The key of an encrypted file, for every read connection opened later.
     key: Option<Arc<StoreKey>>,
 }
@@ -144,6 +146,7 @@ impl SqliteStore {
             watchers,
             db_updates,
             compactions: Compactions::default(),
+            leases: crate::lease::LocalLeases::default(),
             key: key.map(Arc::new),
         })
     }
@@ -599,6 +602,20 @@ impl Store for SqliteStore {
 
     fn watch_db_updates(&self) -> watch::Receiver<u64> {
         self.db_updates.subscribe()
+    }
+
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(self.leases.try_lease(name, holder, ttl))
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.leases.release_lease(name, holder);
+        Ok(())
     }
 
     async fn access_changes(
