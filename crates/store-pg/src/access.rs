@@ -281,23 +281,6 @@ pub async fn changes(
     Ok(out)
 }
 
-/// Appends the bounds of an `_all_docs`-style id range on `doc` and its order to `sql`, the
-/// bounds being `$2` and `$3` (null when absent, and then not compared).
-fn push_id_range(sql: &mut String, q: &AllDocsQuery) {
-    let (lower_incl, upper_incl) = if q.descending {
-        (q.end_inclusive, q.start_inclusive)
-    } else {
-        (q.start_inclusive, q.end_inclusive)
-    };
-    let lower = if lower_incl { ">=" } else { ">" };
-    let upper = if upper_incl { "<=" } else { "<" };
-    sql.push_str(&format!(
-        " AND ($2::text IS NULL OR doc {lower} $2) AND ($3::text IS NULL OR doc {upper} $3)"
-    ));
-    let order = if q.descending { "DESC" } else { "ASC" };
-    sql.push_str(&format!(" ORDER BY doc {order}"));
-}
-
 /// One page of a reader's `_all_docs` (see `Store::access_all_docs`): each principal's
 /// granted, live rows in id order through the primary key `(db, principal, doc)`, merged here,
 /// a bounded range per principal at a time.
@@ -319,28 +302,24 @@ pub async fn all_docs(
     while ids.len() < limit {
         let mut sql = String::from(
             "SELECT doc FROM access_rows
-             WHERE db = $1 AND principal = $4 AND granted AND NOT deleted",
+             WHERE db = $1 AND principal = $2 AND granted AND NOT deleted",
         );
-        push_id_range(&mut sql, &cursor);
-        sql.push_str(" LIMIT $5");
-        let (lower, upper) = if q.descending {
-            (&cursor.end, &cursor.start)
-        } else {
-            (&cursor.start, &cursor.end)
-        };
+        let mut bounds: Vec<&(dyn ToSql + Sync)> = vec![&db, &"", &per_principal_sql];
+        // Only the bounds given, so that the range is an index condition on `(db, principal,
+        // doc)` in every plan.
+        crate::read::push_id_range(&mut sql, &mut bounds, "doc", &cursor);
+        sql.push_str(" LIMIT $3");
         let mut found: Vec<String> = Vec::new();
         // Where the shortest full range ended: beyond it a principal may have rows not read yet.
         let mut horizon: Option<String> = None;
         for principal in principals {
-            let rows: Vec<String> = query(
-                &tx,
-                &sql,
-                &[&db, lower, upper, principal, &per_principal_sql],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+            let mut params = bounds.clone();
+            params[1] = principal;
+            let rows: Vec<String> = query(&tx, &sql, &params)
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
             if rows.len() as u64 == per_principal
                 && let Some(last) = rows.last()
             {

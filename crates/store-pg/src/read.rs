@@ -200,7 +200,7 @@ pub async fn bodies(
 
 /// Appends the bounds of an `_all_docs`-style id range on `column` and its order to `sql`,
 /// pushing the bounds onto `params`.
-fn push_id_range<'q>(
+pub(crate) fn push_id_range<'q>(
     sql: &mut String,
     params: &mut Vec<&'q (dyn ToSql + Sync)>,
     column: &str,
