@@ -1,7 +1,8 @@
 //! Several `outpost serve` processes on one PostgreSQL database (`--store postgres://…`): one
 //! server to their clients (the same uuid), a write on one node seen by a live changes feed on
-//! another, readiness that fails when the database cannot be reached, and a `_replicator` job
-//! that runs on one node and moves to another when that node dies.
+//! another, readiness that fails when the database cannot be reached, a `_replicator` job that
+//! runs on one node and moves to another when that node dies, and a per-document access database
+//! serving two members through either node.
 //!
 //! Needs the server at `OUTPOST_TEST_POSTGRES_URL`; skips saying so without it (fails under
 //! `CI=true`). Each test works in a schema of its own, dropped afterwards.
@@ -39,11 +40,12 @@ struct Node {
 
 impl Node {
     async fn start(store: &str, data: &Path) -> Node {
-        Node::start_with(store, data, &[]).await
+        Node::start_with(store, data, &[], &[]).await
     }
 
-    /// A node with further `outpost serve` arguments.
-    async fn start_with(store: &str, data: &Path, extra: &[&str]) -> Node {
+    /// A node with further `outpost serve` arguments and environment variables (the server
+    /// admin, for one).
+    async fn start_with(store: &str, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Node {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_outpost"))
             .args([
@@ -57,6 +59,7 @@ impl Node {
             .arg("--data")
             .arg(data)
             .env("RUST_LOG", "error")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -143,6 +146,145 @@ async fn a_write_on_one_node_reaches_a_live_feed_on_another() {
     assert_eq!(ids, ["doc1"]);
     let (status, doc) = b.get("/shared/doc1").await;
     assert_eq!((status, &doc["from"]), (200, &json!("a")));
+}
+
+/// Sends `method path` to `node` as `user` (password `pw-{user}`); the status and JSON answer.
+async fn as_user(
+    node: &Node,
+    user: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = client()
+        .request(method.parse().unwrap(), node.url(path))
+        .basic_auth(user, Some(format!("pw-{user}")));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let r = request.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The ids of a `_changes` answer, each with whether it shows as deleted.
+fn feed_rows(changes: &Value) -> Vec<(String, bool)> {
+    changes["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let deleted = r["deleted"].as_bool().unwrap_or(false);
+            (r["id"].as_str().unwrap().to_owned(), deleted)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_database_serves_each_member_their_documents_on_every_node() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::create(&url);
+    let store = schema.url_via(None);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let admin = [
+        ("OUTPOST_ADMIN_USER", "root"),
+        ("OUTPOST_ADMIN_PASSWORD", "pw-root"),
+    ];
+    let a = Node::start_with(&store, da.path(), &[], &admin).await;
+    let b = Node::start_with(&store, db.path(), &[], &admin).await;
+    let ok = |(status, body): (u16, Value)| {
+        assert!((200..300).contains(&status), "{status} {body}");
+        body
+    };
+    ok(as_user(&a, "root", "PUT", "/_users", None).await);
+    for name in ["alice", "bob"] {
+        let user =
+            json!({"name": name, "type": "user", "roles": [], "password": format!("pw-{name}")});
+        let path = format!("/_users/org.couchdb.user:{name}");
+        ok(as_user(&a, "root", "PUT", &path, Some(user)).await);
+    }
+    ok(as_user(&a, "root", "PUT", "/shared?access=true", None).await);
+    let security = json!({"members": {"names": ["alice", "bob"], "roles": []}});
+    ok(as_user(&b, "root", "PUT", "/shared/_security", Some(security)).await);
+
+    // Each member writes through one node and reads through the other.
+    ok(as_user(
+        &a,
+        "alice",
+        "PUT",
+        "/shared/a1",
+        Some(json!({"_access": ["alice"]})),
+    )
+    .await);
+    ok(as_user(
+        &b,
+        "bob",
+        "PUT",
+        "/shared/b1",
+        Some(json!({"_access": ["bob"]})),
+    )
+    .await);
+    let both = ok(as_user(
+        &a,
+        "alice",
+        "PUT",
+        "/shared/both",
+        Some(json!({"_access": ["alice", "bob"]})),
+    )
+    .await);
+    let alice_feed = ok(as_user(&b, "alice", "GET", "/shared/_changes", None).await);
+    assert_eq!(
+        feed_rows(&alice_feed),
+        [("a1".to_owned(), false), ("both".to_owned(), false)]
+    );
+    let bob_feed = ok(as_user(&a, "bob", "GET", "/shared/_changes", None).await);
+    assert_eq!(
+        feed_rows(&bob_feed),
+        [("b1".to_owned(), false), ("both".to_owned(), false)]
+    );
+    assert_eq!(as_user(&b, "alice", "GET", "/shared/b1", None).await.0, 404);
+    assert_eq!(as_user(&a, "bob", "GET", "/shared/a1", None).await.0, 404);
+    let listed = ok(as_user(&b, "bob", "GET", "/shared/_all_docs", None).await);
+    let ids: Vec<&str> = listed["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["b1", "both"]);
+
+    // Alice takes `both` away from bob on one node: on the other, his feed shows it deleted.
+    let rev = both["rev"].as_str().unwrap();
+    ok(as_user(
+        &b,
+        "alice",
+        "PUT",
+        &format!("/shared/both?rev={rev}"),
+        Some(json!({"_access": ["alice"]})),
+    )
+    .await);
+    let since = bob_feed["last_seq"].clone();
+    let since = since
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or(since.to_string());
+    let after = ok(as_user(
+        &a,
+        "bob",
+        "GET",
+        &format!("/shared/_changes?since={since}"),
+        None,
+    )
+    .await);
+    assert_eq!(feed_rows(&after), [("both".to_owned(), true)]);
+    assert_eq!(as_user(&a, "bob", "GET", "/shared/both", None).await.0, 404);
+    let (_, info) = as_user(&b, "bob", "GET", "/shared", None).await;
+    assert_eq!(
+        (info["doc_count"].as_u64(), info["doc_del_count"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let (_, info) = as_user(&a, "root", "GET", "/shared", None).await;
+    assert_eq!(info["doc_count"].as_u64(), Some(3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -488,8 +630,8 @@ async fn a_replicator_job_moves_to_another_node_when_its_node_dies() {
     let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let args = |name: &'static str| ["--replicator-lease-ttl", "2s", "--node-name", name];
     let mut nodes = [
-        Node::start_with(&store, data_a.path(), &args("outpost@a")).await,
-        Node::start_with(&store, data_b.path(), &args("outpost@b")).await,
+        Node::start_with(&store, data_a.path(), &args("outpost@a"), &[]).await,
+        Node::start_with(&store, data_b.path(), &args("outpost@b"), &[]).await,
     ];
     for db in ["/src", "/dst"] {
         let r = client().put(nodes[0].url(db)).send().await.unwrap();
@@ -570,7 +712,7 @@ async fn a_replicator_job_moves_to_another_node_when_its_node_dies() {
     // Editing the job (through a node that just joined) restarts it, on whichever node takes
     // the lease of its new version, and on that node only.
     let data_c = tempfile::tempdir().unwrap();
-    let third = Node::start_with(&store, data_c.path(), &args("outpost@c")).await;
+    let third = Node::start_with(&store, data_c.path(), &args("outpost@c"), &[]).await;
     let (_, doc) = third.get("/_replicator/job").await;
     let r = client()
         .put(third.url("/_replicator/job"))

@@ -197,7 +197,6 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict => ApiError::Conflict,
             StoreError::NotFound => ApiError::missing(),
             StoreError::Closed => ApiError::Unavailable,
-            StoreError::Unsupported(what) => ApiError::NotImplemented(what.to_owned()),
             StoreError::Unavailable(reason) => {
                 tracing::warn!(reason = %reason, "store unavailable");
                 ApiError::Unavailable

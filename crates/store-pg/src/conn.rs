@@ -73,8 +73,8 @@ impl DocTx for WriterConn {
         // before it committed (see `writer`).
         let row = self.query_opt(
             "SELECT id, update_seq, revs_limit, doc_count, doc_del_count, active_size, policy,
-                    lww_field
-             FROM dbs WHERE name = $1 FOR UPDATE",
+                    lww_field, EXISTS (SELECT 1 FROM access_dbs a WHERE a.db = dbs.id)
+             FROM dbs WHERE name = $1 FOR UPDATE OF dbs",
             &[&name],
         )?;
         Ok(row.map(|r| DbState {
@@ -85,8 +85,7 @@ impl DocTx for WriterConn {
             doc_del_count: r.get(4),
             active_size: r.get(5),
             policy: Policy::from_parts(&r.get::<_, String>(6), r.get(7)).unwrap_or_default(),
-            // Databases with per-document access cannot be created on this engine (yet).
-            access: false,
+            access: r.get(8),
         }))
     }
 
@@ -187,13 +186,14 @@ impl DocTx for WriterConn {
         Ok(())
     }
 
-    fn index_access(&self, _: i64, _: &str, _: u64, _: &str, _: bool) -> Result<(), StoreError> {
-        // Only reached for a database with per-document access, which this engine refuses to
-        // create.
-        Err(StoreError::Unsupported(ACCESS_UNSUPPORTED))
+    fn index_access(
+        &self,
+        db: i64,
+        id: &str,
+        seq: u64,
+        winner: &str,
+        deleted: bool,
+    ) -> Result<(), StoreError> {
+        crate::access::index_doc(self, db, id, seq, winner, deleted)
     }
 }
-
-/// Why a database with per-document access cannot live on this engine.
-pub(crate) const ACCESS_UNSUPPORTED: &str =
-    "per-document access (access=true) is not available on the PostgreSQL engine";

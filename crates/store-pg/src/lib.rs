@@ -10,6 +10,7 @@
 //! [`writer`]), and live feeds hear of other nodes' commits through `LISTEN`/`NOTIFY` with a
 //! fallback poll (see [`feed`]).
 
+mod access;
 mod compaction;
 mod conn;
 mod error;
@@ -235,48 +236,51 @@ impl Store for PgStore {
     }
 
     async fn create_db_with(&self, name: &str, options: &DbOptions) -> Result<(), StoreError> {
-        if options.access {
-            return Err(StoreError::Unsupported(conn::ACCESS_UNSUPPORTED));
-        }
         let name = name.to_owned();
-        self.write(WriteOp::CreateDb { name }).await.map(|_| ())
+        let access = options.access;
+        self.write(WriteOp::CreateDb { name, access })
+            .await
+            .map(|_| ())
     }
-
-    // The access index's reads: no database of this engine has one (see `create_db_with`).
 
     async fn access_changes(
         &self,
-        _: &str,
-        _: &[String],
-        _: &ChangesQuery,
+        db: &str,
+        reader: &[String],
+        q: &ChangesQuery,
     ) -> Result<Vec<ChangeRow>, StoreError> {
-        Err(StoreError::Unsupported(conn::ACCESS_UNSUPPORTED))
+        access::changes(&self.reader, db, reader, q).await
     }
 
     async fn access_all_docs(
         &self,
-        _: &str,
-        _: &[String],
-        _: &AllDocsQuery,
+        db: &str,
+        reader: &[String],
+        q: &AllDocsQuery,
     ) -> Result<Vec<DocRow>, StoreError> {
-        Err(StoreError::Unsupported(conn::ACCESS_UNSUPPORTED))
+        access::all_docs(&self.reader, db, reader, q).await
     }
 
-    async fn access_counts(&self, _: &str, _: &[String]) -> Result<AccessCounts, StoreError> {
-        Err(StoreError::Unsupported(conn::ACCESS_UNSUPPORTED))
+    async fn access_counts(&self, db: &str, reader: &[String]) -> Result<AccessCounts, StoreError> {
+        access::counts(&self.reader, db, reader).await
     }
 
-    async fn access_pending(&self, _: &str, _: &[String], _: u64) -> Result<u64, StoreError> {
-        Err(StoreError::Unsupported(conn::ACCESS_UNSUPPORTED))
+    async fn access_pending(
+        &self,
+        db: &str,
+        reader: &[String],
+        since: u64,
+    ) -> Result<u64, StoreError> {
+        access::pending(&self.reader, db, reader, since).await
     }
 
     async fn doc_access(
         &self,
-        _: &str,
-        _: &[String],
-        _: &[String],
+        db: &str,
+        reader: &[String],
+        ids: &[String],
     ) -> Result<Vec<DocAccess>, StoreError> {
-        Err(StoreError::Unsupported(conn::ACCESS_UNSUPPORTED))
+        access::doc_access(&self.reader, db, reader, ids).await
     }
 
     async fn delete_db(&self, name: &str) -> Result<(), StoreError> {

@@ -1,8 +1,8 @@
 //! Copying a whole store between a SQLite data directory and PostgreSQL, in either direction
 //! (`outpost db migrate`), row for row: databases with their settings and counters, documents,
 //! revision bodies, the event log and its baselines, `_local` documents, attachments,
-//! `_security` objects, `_db_updates` and the server uuid (so replication checkpoints that
-//! clients hold stay valid). Secondary indexes are derived data and are rebuilt on first use.
+//! `_security` objects, the access index of `access=true` databases, `_db_updates` and the
+//! server uuid (so replication checkpoints that clients hold stay valid). Secondary indexes are derived data and are rebuilt on first use.
 //!
 //! The target must hold no database yet, and is written in one transaction: a copy that fails
 //! leaves it as it was. Both sides are read and written row by row, never held whole. It runs
@@ -67,6 +67,19 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("lww_field", Col::OptText),
             ("retention_count", Col::OptInt),
             ("retention_age", Col::OptInt),
+        ],
+    ),
+    ("access_dbs", &[("db", Col::Int)]),
+    (
+        "access_rows",
+        &[
+            ("db", Col::Int),
+            ("principal", Col::Text),
+            ("doc", Col::Text),
+            ("seq", Col::Int),
+            ("granted", Col::Bool),
+            ("deleted", Col::Bool),
+            ("rev", Col::Text),
         ],
     ),
     ("db_security", &[("db", Col::Int), ("body", Col::Text)]),

@@ -111,7 +111,8 @@ pub async fn db_info(r: &Reader, name: &str, database_bytes: u64) -> Result<DbIn
         .query_opt(
             &c,
             "SELECT name, doc_count, doc_del_count, update_seq, revs_limit, active_size,
-                    created_at, policy, lww_field, retention_count, retention_age
+                    created_at, policy, lww_field, retention_count, retention_age,
+                    EXISTS (SELECT 1 FROM access_dbs a WHERE a.db = dbs.id)
              FROM dbs WHERE name = $1",
             &[&name],
         )
@@ -132,8 +133,7 @@ pub async fn db_info(r: &Reader, name: &str, database_bytes: u64) -> Result<DbIn
         },
         file_size: database_bytes,
         compact_running: false,
-        // No database of this engine keeps an access index (see `Store::create_db_with`).
-        access: false,
+        access: row.get(11),
     })
 }
 
@@ -200,7 +200,7 @@ pub async fn bodies(
 
 /// Appends the bounds of an `_all_docs`-style id range on `column` and its order to `sql`,
 /// pushing the bounds onto `params`.
-fn push_id_range<'q>(
+pub(crate) fn push_id_range<'q>(
     sql: &mut String,
     params: &mut Vec<&'q (dyn ToSql + Sync)>,
     column: &str,

@@ -2,7 +2,8 @@
 //! a node opens the store.
 //!
 //! The tables are those of the SQLite engine (see `outpost_store::sqlite`'s schema), with
-//! PostgreSQL's types, plus `counters` for the server-wide `_db_updates` sequence. Document ids
+//! PostgreSQL's types (the access index of `access=true` databases included, see
+//! [`crate::access`]), plus `counters` for the server-wide `_db_updates` sequence. Document ids
 //! and revision ids use the `C` collation, so that `_all_docs` sorts by code point exactly as
 //! SQLite's binary collation does, whatever the database's default collation is; index sort
 //! keys are `bytea`, which compares byte by byte. Attachment bytes are stored `EXTERNAL`
@@ -14,8 +15,10 @@
 use crate::error::pg;
 use outpost_store::StoreError;
 
-/// The schema version this build writes.
-pub const VERSION: i64 = 1;
+/// The schema version this build writes. Version 2 added `access_dbs` and `access_rows`
+/// (per-document access); a version 1 store is brought forward by creating them, empty, as
+/// no database of version 1 could have per-document access.
+pub const VERSION: i64 = 2;
 
 /// The key of the advisory lock the migration holds (an arbitrary constant, "outpost").
 const MIGRATION_LOCK: i64 = 0x006f_7574_706f_7374;
@@ -141,6 +144,22 @@ CREATE TABLE IF NOT EXISTS index_rows (
     PRIMARY KEY (ix, k, n)
 );
 CREATE INDEX IF NOT EXISTS index_rows_by_doc ON index_rows (ix, doc);
+
+CREATE TABLE IF NOT EXISTS access_dbs (
+    db BIGINT PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS access_rows (
+    db        BIGINT NOT NULL,
+    principal TEXT COLLATE "C" NOT NULL,
+    doc       TEXT COLLATE "C" NOT NULL,
+    seq       BIGINT NOT NULL,
+    granted   BOOLEAN NOT NULL,
+    deleted   BOOLEAN NOT NULL,
+    rev       TEXT NOT NULL,
+    PRIMARY KEY (db, principal, doc)
+);
+CREATE INDEX IF NOT EXISTS access_rows_by_seq ON access_rows (db, principal, seq);
+CREATE INDEX IF NOT EXISTS access_rows_by_doc ON access_rows (db, doc);
 "#;
 
 /// Creates the schema if needed (in the connection's first `search_path` schema, `schema`
@@ -178,7 +197,9 @@ pub fn migrate(client: &mut postgres::Client, schema: Option<&str>) -> Result<St
     tx.batch_execute(SCHEMA).map_err(pg)?;
     tx.batch_execute(crate::lease::SCHEMA).map_err(pg)?;
     tx.execute(
-        "INSERT INTO meta (key, value) VALUES ('schema_version', $1) ON CONFLICT (key) DO NOTHING",
+        // The tables above are created if missing, so an older store is now at this version.
+        "INSERT INTO meta (key, value) VALUES ('schema_version', $1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         &[&VERSION.to_string()],
     )
     .map_err(pg)?;

@@ -46,6 +46,8 @@ pub const CHANNEL: &str = "outpost_changes";
 pub enum WriteOp {
     CreateDb {
         name: String,
+        /// Per-document access (see [`crate::access`]).
+        access: bool,
     },
     DeleteDb {
         name: String,
@@ -413,13 +415,19 @@ fn apply(
     moved: &mut Moved,
 ) -> Result<WriteReply, StoreError> {
     match op {
-        WriteOp::CreateDb { name } => {
+        WriteOp::CreateDb { name, access } => {
             let inserted = c.execute(
                 "INSERT INTO dbs (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
                 &[name, &now],
             )?;
             if inserted == 0 {
                 return Err(StoreError::DbExists);
+            }
+            if *access {
+                c.execute(
+                    "INSERT INTO access_dbs (db) SELECT id FROM dbs WHERE name = $1",
+                    &[name],
+                )?;
             }
             moved.created(name);
             Ok(WriteReply::Done)
@@ -433,6 +441,8 @@ fn apply(
                 "events",
                 "event_baselines",
                 "db_security",
+                "access_rows",
+                "access_dbs",
             ] {
                 c.execute(&format!("DELETE FROM {table} WHERE db = $1"), &[&db])?;
             }

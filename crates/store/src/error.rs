@@ -32,9 +32,6 @@ pub enum StoreError {
     /// The store is shutting down or its writer thread has stopped.
     #[error("store is closed")]
     Closed,
-    /// This engine does not offer the feature asked for; the message names it.
-    #[error("{0}")]
-    Unsupported(&'static str),
 }
 
 /// Why one document of a write was refused; the other documents of the write are unaffected.

@@ -222,9 +222,10 @@ pub trait Store: Send + Sync + 'static {
     // Per-document access. A database created with [`DbOptions::access`] keeps, in the
     // transaction of every document write, an index of which principals (user names and roles)
     // the winner's top-level `_access` list names, per principal in sequence order, and of the
-    // principals a write dropped (see `sqlite/access.rs` for the SQLite layout). A *reader* is
-    // given as the list of their principals (name and roles). On a database without per-document
-    // access these methods see no rows: nothing is readable, the feed is empty.
+    // principals a write dropped (see `sqlite/access.rs` for the layout, which the PostgreSQL
+    // engine shares). A *reader* is given as the list of their principals (name and roles). On
+    // a database without per-document access these methods see no rows: nothing is readable,
+    // the feed is empty.
 
     /// One page of `reader`'s changes feed: the documents whose winner names one of the
     /// principals, each once at its latest sequence, as [`Store::changes`] gives them; and each

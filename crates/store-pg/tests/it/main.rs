@@ -1,9 +1,10 @@
 //! The PostgreSQL engine against a real server (`OUTPOST_TEST_POSTGRES_URL`): the engine
-//! conformance suite, several nodes on one database, the writer's chunks, and the copy between
-//! SQLite and PostgreSQL.
+//! conformance suite, several nodes on one database, the writer's chunks, the schema's upgrade
+//! from older versions, and the copy between SQLite and PostgreSQL.
 
 mod conformance;
 mod migrate;
 mod nodes;
+mod schema;
 mod support;
 mod writer;

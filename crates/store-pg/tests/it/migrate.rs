@@ -1,14 +1,14 @@
 //! `outpost db migrate`'s copy: a SQLite store copied into PostgreSQL and back reads the same
 //! through the `Store` interface (uuid, databases and settings, documents and trees, bodies,
-//! events, `_local` documents, attachments, `_security`, `_db_updates`), and the copy goes on
-//! taking writes where the original left off.
+//! events, `_local` documents, attachments, `_security`, `_db_updates`, each reader's view of an
+//! `access=true` database), and the copy goes on taking writes where the original left off.
 
 use outpost_core::Rev;
 use outpost_store::conformance::edit;
 use outpost_store::sqlite::SqliteStore;
 use outpost_store::{
-    AllDocsQuery, ChangesQuery, DocUpdate, EventsQuery, NewAttachment, Origin, Store, StoreError,
-    UpdateMode,
+    AllDocsQuery, ChangesQuery, DbOptions, DocUpdate, EventsQuery, NewAttachment, Origin, Store,
+    StoreError, UpdateMode,
 };
 use outpost_store_pg::migrate;
 use serde_json::{Value, json};
@@ -99,9 +99,33 @@ async fn snapshot(store: &dyn Store) -> Value {
             .into_iter()
             .map(|l| json!([l.id, l.rev, l.body]))
             .collect();
+        // Per-document access: each reader's feed (with revocations) and counts.
+        let mut access = Vec::new();
+        for reader in [
+            vec!["alice".to_owned()],
+            vec!["bob".to_owned(), "staff".to_owned()],
+        ] {
+            let feed: Vec<Value> = store
+                .access_changes(
+                    &name,
+                    &reader,
+                    &ChangesQuery {
+                        limit: u64::MAX,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| json!([r.id, r.seq, serde_json::to_value(&r.tree).unwrap()]))
+                .collect();
+            let counts = store.access_counts(&name, &reader).await.unwrap();
+            access.push(json!([feed, counts.doc_count, counts.doc_del_count]));
+        }
         dbs.insert(
             name.clone(),
             json!({
+                "access": [info.access, access],
                 "info": [info.doc_count, info.doc_del_count, info.update_seq, info.revs_limit,
                          info.policy.name(), info.active_size, info.created_at,
                          info.retention.max_events_per_doc],
@@ -198,6 +222,29 @@ async fn fill(store: &dyn Store) {
         .put_local("a", "_local/cp", 0, r#"{"seq":3}"#.into())
         .await
         .unwrap();
+    store
+        .create_db_with("shared", &DbOptions { access: true })
+        .await
+        .unwrap();
+    write_one(
+        store,
+        "shared",
+        edit("s1", None, json!({"_access": ["alice"]})),
+    )
+    .await;
+    let s2 = write_one(
+        store,
+        "shared",
+        edit("s2", None, json!({"_access": ["alice", "staff"]})),
+    )
+    .await;
+    // Taken away from alice: her feed shows it as a deletion.
+    write_one(
+        store,
+        "shared",
+        edit("s2", Some(&s2), json!({"_access": ["staff"]})),
+    )
+    .await;
     for i in 0..30 {
         write_one(
             store,
@@ -231,12 +278,20 @@ async fn a_store_copied_to_postgres_and_back_reads_the_same() {
     .unwrap();
     let (report, seen) = report;
     let report = report.unwrap();
-    assert!(report.tables.iter().any(|(t, n)| *t == "docs" && *n == 32));
+    assert!(report.tables.iter().any(|(t, n)| *t == "docs" && *n == 34));
+    // alice and staff on s2 (alice revoked), alice on s1.
+    assert!(
+        report
+            .tables
+            .iter()
+            .any(|(t, n)| *t == "access_rows" && *n == 3)
+    );
     let last = seen.last().unwrap();
     assert_eq!(last.1, last.2, "the progress ends at its total");
 
     let pg = schema.open().await;
     assert_eq!(snapshot(&pg).await, before);
+    assert!(pg.db_info("shared").await.unwrap().access);
     // The copy goes on where the original left off: sequences, database ids, the uuid.
     let seq = pg.db_info("b").await.unwrap().update_seq;
     write_one(&pg, "b", edit("new", None, json!({}))).await;

@@ -1,6 +1,7 @@
 //! Several nodes (stores) on one database: sequences in commit order, so that a reader paging
 //! the changes feed on one node sees every change written on any other exactly once; live
-//! feeds woken across nodes; the server's identity shared.
+//! feeds woken across nodes; the server's identity shared; a member of an `access=true` database
+//! paging their feed on one node while others write sees each of their documents once.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -228,4 +229,84 @@ async fn a_local_document_is_created_once_however_many_nodes_race() {
         }
         assert_eq!(won, 1, "round {round}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_paging_on_another_node_sees_each_of_their_documents_once() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::new(&url);
+    let mut nodes: Vec<Arc<dyn Store>> = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Arc::new(schema.open().await));
+    }
+    nodes[0]
+        .create_db_with("db", &outpost_store::DbOptions { access: true })
+        .await
+        .unwrap();
+    const WRITERS_PER_NODE: usize = 4;
+    const DOCS_PER_WRITER: usize = 30;
+    // Every other document is the member's.
+    let expected = WRITERS_PER_NODE * DOCS_PER_WRITER;
+
+    let mut writers = Vec::new();
+    for (n, node) in nodes[..2].iter().enumerate() {
+        for w in 0..WRITERS_PER_NODE {
+            let node = node.clone();
+            writers.push(tokio::spawn(async move {
+                for i in 0..DOCS_PER_WRITER {
+                    let id = format!("n{n}-w{w}-{i:03}");
+                    let who = if i % 2 == 0 { "m" } else { "other" };
+                    let out = node
+                        .write_docs("db", vec![edit(&id, None, json!({"_access": [who]}))])
+                        .await
+                        .unwrap();
+                    assert!(out[0].is_ok(), "{id}: {:?}", out[0]);
+                }
+            }));
+        }
+    }
+    // The member pages their feed on the third node while the writes go on.
+    let reader = nodes[2].clone();
+    let member = vec!["m".to_owned()];
+    let paging = tokio::spawn(async move {
+        let mut since = 0;
+        let mut seen: Vec<String> = Vec::new();
+        while seen.len() < expected {
+            let page = reader
+                .access_changes(
+                    "db",
+                    &member,
+                    &ChangesQuery {
+                        since,
+                        limit: 5,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            for row in &page {
+                assert!(row.seq > since, "sequences go forward");
+                since = row.seq;
+                seen.push(row.id.clone());
+            }
+            if page.is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        seen
+    });
+    for w in writers {
+        w.await.unwrap();
+    }
+    let seen = tokio::time::timeout(GUARD, paging)
+        .await
+        .expect("the member's feed missed documents")
+        .unwrap();
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "a document came twice");
+    assert_eq!(seen.len(), expected);
+    assert!(
+        seen.iter()
+            .all(|id| id.ends_with(&['0', '2', '4', '6', '8'][..]))
+    );
 }

@@ -6,6 +6,7 @@
 //! function that opens fresh stores; so the SQLite engine (plain and encrypted) and the
 //! PostgreSQL engine pass exactly the same checks.
 
+pub mod access;
 pub mod basics;
 pub mod compaction;
 pub mod documents;
@@ -70,7 +71,9 @@ macro_rules! conformance_suite {
             documents::pages_count_and_ranges_follow_the_id_order,
             documents::compact_running_is_reported_while_a_compaction_is_marked,
             lease::a_lease_has_one_holder_until_it_expires_or_is_released,
-            lease::an_expired_lease_is_taken_over
+            lease::an_expired_lease_is_taken_over,
+            access::a_reader_sees_what_names_them_and_losing_it_as_a_deletion,
+            access::feeds_follow_the_model_and_page_exactly
         );
     };
     (@checks $open:path; $($area:ident :: $check:ident),* $(,)?) => {
