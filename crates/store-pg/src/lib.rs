@@ -505,6 +505,16 @@ impl Store for PgStore {
         index::scan(&self.reader, db, name, query).await
     }
 
+    async fn count_index(
+        &self,
+        db: &str,
+        name: &str,
+        query: &IndexQuery,
+        cap: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        index::count(&self.reader, db, name, query, cap).await
+    }
+
     async fn local_docs(
         &self,
         db: &str,

@@ -165,6 +165,17 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         query: &IndexQuery,
     ) -> Result<Vec<IndexRow>, StoreError>;
+    /// How many rows of an index lie within `query`'s bounds (its `skip`, `limit`, order and
+    /// `include_docs` are ignored), counted only up to `cap`: `None` when there are more. A
+    /// view's `offset` is this count for the rows before its start key, read from the index
+    /// without loading a row. [`StoreError::NotFound`] when the index does not exist.
+    async fn count_index(
+        &self,
+        db: &str,
+        name: &str,
+        query: &IndexQuery,
+        cap: u64,
+    ) -> Result<Option<u64>, StoreError>;
 
     /// One page of `_local_docs`: `_local` documents in id order within the range (the same
     /// range and page fields as [`Store::all_docs`]), with their bodies when asked for.

@@ -59,6 +59,7 @@ macro_rules! conformance_suite {
             basics::batched_reads_match_single_reads_in_the_order_asked,
             index::rows_come_back_in_collation_order_then_doc_id,
             index::ranges_skip_and_limit,
+            index::counts_stop_at_the_cap_and_ignore_paging,
             index::a_step_replaces_a_documents_rows_and_applies_only_where_it_started,
             index::include_docs_joins_the_current_winner,
             index::indexes_are_listed_dropped_and_go_with_their_database,

@@ -170,6 +170,42 @@ pub fn scan(
     Ok(out)
 }
 
+/// Counts the rows within `q`'s bounds up to `cap`, from the `(ix, k)` index alone.
+pub fn count(
+    c: &Connection,
+    db: &str,
+    name: &str,
+    q: &IndexQuery,
+    cap: u64,
+) -> Result<Option<u64>, StoreError> {
+    let db = db_id(c, db)?;
+    let (ix, _) = find(c, db, name)?.ok_or(StoreError::NotFound)?;
+    let mut sql = String::from("SELECT count(*) FROM (SELECT 1 FROM index_rows r WHERE r.ix = ?1");
+    if let Some(lower) = &q.lower {
+        sql.push_str(if lower.inclusive() {
+            " AND r.k >= ?2"
+        } else {
+            " AND r.k > ?2"
+        });
+    }
+    if let Some(upper) = &q.upper {
+        sql.push_str(if upper.inclusive() {
+            " AND r.k <= ?3"
+        } else {
+            " AND r.k < ?3"
+        });
+    }
+    sql.push_str(" LIMIT ?4)");
+    let lower = q.lower.as_ref().map(|b| b.bytes());
+    let upper = q.upper.as_ref().map(|b| b.bytes());
+    let limit = i64::try_from(cap.saturating_add(1)).unwrap_or(i64::MAX);
+    let n: i64 = c
+        .prepare_cached(&sql)?
+        .query_row(params![ix, lower, upper, limit], |r| r.get(0))?;
+    let n = n.max(0) as u64;
+    Ok((n <= cap).then_some(n))
+}
+
 /// Applies one step of an index update in the writer. Answers whether it was applied: `false`
 /// when the index is no longer at `update.since` (another indexer moved it, or it was dropped),
 /// and the indexer should read its state again.

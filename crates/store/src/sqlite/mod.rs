@@ -508,6 +508,18 @@ impl Store for SqliteStore {
         self.read(move |c| index::scan(c, &db, &name, &query)).await
     }
 
+    async fn count_index(
+        &self,
+        db: &str,
+        name: &str,
+        query: &IndexQuery,
+        cap: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let (db, name, query) = (db.to_owned(), name.to_owned(), query.clone());
+        self.read(move |c| index::count(c, &db, &name, &query, cap))
+            .await
+    }
+
     async fn changes_pending(&self, db: &str, since: u64) -> Result<u64, StoreError> {
         let db = db.to_owned();
         self.read(move |c| read::changes_pending(c, &db, since))
