@@ -25,6 +25,7 @@ mod query;
 pub mod replication;
 mod request;
 mod routes;
+mod seq;
 mod stream;
 mod users;
 
