@@ -25,7 +25,9 @@ mod query;
 pub mod replication;
 mod request;
 mod routes;
+mod seq;
 mod stream;
+mod target_encoding;
 mod users;
 
 use std::net::SocketAddr;
@@ -39,6 +41,7 @@ use http::{HeaderValue, Method, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use outpost_store::Store;
+use target_encoding::EncodeTargets;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -360,10 +363,18 @@ async fn serve_connection<I>(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    let builder = match protocol {
-        Protocol::Http1 => builder.http1_only(),
-        Protocol::Http2 => builder.http2_only(),
-        Protocol::Detect => builder,
+    // HTTP/1 request targets with what CouchDB takes and `http::Uri` does not (`?key="a"`)
+    // are percent-encoded on their way to hyper.
+    let (builder, stream) = match protocol {
+        Protocol::Http1 => (
+            builder.http1_only(),
+            EncodeTargets::new(stream, max_header_bytes.max(8192)),
+        ),
+        Protocol::Http2 => (builder.http2_only(), EncodeTargets::untouched(stream)),
+        Protocol::Detect => (
+            builder,
+            EncodeTargets::new(stream, max_header_bytes.max(8192)),
+        ),
     };
     // With upgrades, so the multiplexed feed's WebSocket handshake can take the connection over.
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

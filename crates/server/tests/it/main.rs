@@ -23,6 +23,7 @@ mod mux;
 mod ops;
 mod paging;
 mod roundtrip;
+mod seqs;
 mod support;
 mod tls;
 mod validation;
