@@ -331,7 +331,7 @@ pub fn event_json(e: Event, include_docs: bool) -> Value {
         .as_deref()
         .and_then(|d| serde_json::from_str::<Value>(d).ok())
     {
-        for key in ["policy", "superseded"] {
+        for key in ["policy", "superseded", "reinstates", "resolution"] {
             if let Some(v) = detail.get(key) {
                 row[key] = v.clone();
             }
