@@ -88,6 +88,8 @@ pub struct EventWrite<'a> {
     /// Milliseconds since the Unix epoch.
     pub at: i64,
     pub detail: Option<&'a str>,
+    /// Whether the revision is a deletion: replay reads it from the log, never from the tables.
+    pub deleted: bool,
 }
 
 /// The results of a document write, one per update, once every document is applied; and the
@@ -267,6 +269,7 @@ struct PendingEvent {
     parent: Option<Rev>,
     origin: String,
     detail: Option<String>,
+    deleted: bool,
 }
 
 impl DocWrite {
@@ -315,6 +318,7 @@ impl DocWrite {
             parent: revision.parent.cloned(),
             origin: origin.label(),
             detail,
+            deleted: revision.deleted,
         });
         // Counted when stored in the transaction, so a rolled-back batch is counted too; rare
         // enough (a failed commit) not to matter for rates.
@@ -387,6 +391,7 @@ impl DocWrite {
                 origin: &event.origin,
                 at: now / 1000,
                 detail: event.detail.as_deref(),
+                deleted: event.deleted,
             })?;
         }
         Ok(())
