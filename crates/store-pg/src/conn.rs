@@ -168,8 +168,8 @@ impl DocTx for WriterConn {
 
     fn put_event(&self, e: &EventWrite<'_>) -> Result<(), StoreError> {
         self.execute(
-            "INSERT INTO events (db, seq, pos, kind, doc, rev, parent, origin, at, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO events (db, seq, pos, kind, doc, rev, parent, origin, at, detail, deleted)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             &[
                 &e.db,
                 &(e.seq as i64),
@@ -181,6 +181,7 @@ impl DocTx for WriterConn {
                 &e.origin,
                 &e.at,
                 &e.detail,
+                &e.deleted,
             ],
         )?;
         Ok(())

@@ -19,6 +19,7 @@ mod index;
 mod lease;
 pub mod migrate;
 mod read;
+pub mod replay;
 mod schema;
 pub mod writer;
 
@@ -40,6 +41,8 @@ use feed::{Watched, Watchers};
 use read::Reader;
 use writer::{Job, WriteOp, WriteReply};
 
+/// The schema version this build writes.
+pub use schema::VERSION as SCHEMA_VERSION;
 pub use schema::quote_ident;
 
 /// How long a connection attempt may take before the database counts as unreachable.

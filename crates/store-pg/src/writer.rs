@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use outpost_core::{Policy, Rev};
 use outpost_store::docwrite::{DocsProgress, apply_docs_step, apply_manual_resolution};
+use outpost_store::replay::Setting;
 use outpost_store::{DocError, DocUpdate, IndexUpdate, Retention, StoreError};
 use tokio::sync::oneshot;
 
@@ -440,6 +441,7 @@ fn apply(
                 "local_docs",
                 "events",
                 "event_baselines",
+                "settings_events",
                 "db_security",
                 "access_rows",
                 "access_dbs",
@@ -452,14 +454,14 @@ fn apply(
             Ok(WriteReply::Done)
         }
         WriteOp::SetRevsLimit { db, limit } => {
-            let limit = i64::try_from(*limit).unwrap_or(i64::MAX);
-            let n = c.execute(
-                "UPDATE dbs SET revs_limit = $2 WHERE name = $1",
-                &[db, &limit],
+            let id = crate::replay::lock_db(c, db)?;
+            let value = i64::try_from(*limit).unwrap_or(i64::MAX);
+            c.execute(
+                "UPDATE dbs SET revs_limit = $2 WHERE id = $1",
+                &[&id, &value],
             )?;
-            if n == 0 {
-                return Err(StoreError::NoDb);
-            }
+            // Stemming depends on it: replay must know from which write on it applies.
+            crate::replay::record_setting(c, id, &Setting::RevsLimit(*limit), now / 1000)?;
             Ok(WriteReply::Done)
         }
         WriteOp::SetSecurity { db, body } => {
@@ -472,13 +474,13 @@ fn apply(
             Ok(WriteReply::Done)
         }
         WriteOp::SetPolicy { db, policy } => {
-            let n = c.execute(
-                "UPDATE dbs SET policy = $2, lww_field = $3 WHERE name = $1",
-                &[db, &policy.name(), &policy.lww_field()],
+            let id = crate::replay::lock_db(c, db)?;
+            c.execute(
+                "UPDATE dbs SET policy = $2, lww_field = $3 WHERE id = $1",
+                &[&id, &policy.name(), &policy.lww_field()],
             )?;
-            if n == 0 {
-                return Err(StoreError::NoDb);
-            }
+            let setting = Setting::Policy(policy.clone());
+            crate::replay::record_setting(c, id, &setting, now / 1000)?;
             Ok(WriteReply::Done)
         }
         WriteOp::SetRetention { db, retention } => {

@@ -88,6 +88,8 @@ pub struct EventWrite<'a> {
     /// Milliseconds since the Unix epoch.
     pub at: i64,
     pub detail: Option<&'a str>,
+    /// Whether the revision is a deletion: replay reads it from the log, never from the tables.
+    pub deleted: bool,
 }
 
 /// The results of a document write, one per update, once every document is applied; and the
@@ -240,7 +242,7 @@ fn apply_doc_group(
     // so the revisions a replicator sends together (a peer's resolution and its tombstones) are
     // judged together.
     if accepted && state.policy != Policy::Manual {
-        resolve_automatically(tx, state, &mut doc)?;
+        settle_automatically(tx, state, &mut doc)?;
     }
     doc.store(tx, state, now)
 }
@@ -255,6 +257,9 @@ struct DocWrite {
     was_deleted: Option<bool>,
     /// Events of the revisions added, in order; they are written with the document's sequence.
     events: Vec<PendingEvent>,
+    /// The revisions replicated writes of this request added to the tree, for judging
+    /// resolutions made elsewhere ([`policy::settle`]).
+    arrived: Vec<Rev>,
 }
 
 /// An accepted revision's event, waiting for its document's sequence.
@@ -264,6 +269,7 @@ struct PendingEvent {
     parent: Option<Rev>,
     origin: String,
     detail: Option<String>,
+    deleted: bool,
 }
 
 impl DocWrite {
@@ -282,6 +288,7 @@ impl DocWrite {
             tree,
             was_deleted,
             events: Vec::new(),
+            arrived: Vec::new(),
         })
     }
 
@@ -311,6 +318,7 @@ impl DocWrite {
             parent: revision.parent.cloned(),
             origin: origin.label(),
             detail,
+            deleted: revision.deleted,
         });
         // Counted when stored in the transaction, so a rolled-back batch is counted too; rare
         // enough (a failed commit) not to matter for rates.
@@ -383,6 +391,7 @@ impl DocWrite {
                 origin: &event.origin,
                 at: now / 1000,
                 detail: event.detail.as_deref(),
+                deleted: event.deleted,
             })?;
         }
         Ok(())
@@ -417,23 +426,82 @@ fn generation_limit_error(rev: &Rev) -> DocError {
     ))
 }
 
-/// Applies the database's policy to a document that may have live conflicts.
-fn resolve_automatically(
+/// The text of a fingerprint, for logs.
+fn fingerprint_text(fingerprint: Option<&Value>) -> String {
+    fingerprint.map_or_else(|| "manual".to_owned(), Value::to_string)
+}
+
+/// Applies the database's policy to a document a request just wrote: judges resolutions that
+/// replicated writes brought in from replicas with other settings (bringing back a branch one
+/// deleted when this replica's policy keeps it), then resolves live conflicts.
+fn settle_automatically(
     tx: &dyn DocTx,
     state: &mut DbState,
     doc: &mut DocWrite,
 ) -> Result<(), StoreError> {
-    let needed = policy::needed_bodies(&state.policy, &doc.tree);
+    let needed = policy::settle_bodies(&state.policy, &doc.tree, &doc.arrived);
     if needed.is_empty() {
         return Ok(());
     }
     let bodies = load_bodies(tx, state.id, &doc.id, &needed)?;
-    let resolution = match policy::resolve(&state.policy, &doc.tree, &bodies) {
+    let settled = policy::settle(&state.policy, &doc.tree, &bodies, &doc.arrived);
+    let ours = state.policy.fingerprint();
+    for foreign in &settled.foreign {
+        // Replicas resolve this document under other settings: worth an operator's attention
+        // whatever this replica made of it, since they will disagree again on other documents.
+        tracing::warn!(
+            doc = %doc.id,
+            ours = %fingerprint_text(ours.as_ref()),
+            theirs = %foreign.theirs,
+            tombstone = %foreign.tombstone,
+            verdict = foreign.verdict.as_str(),
+            "a conflict resolution made under other settings arrived",
+        );
+        metrics::counter!("outpost_conflicts_policy_mismatch_total", "policy" => state.policy.name(), "verdict" => foreign.verdict.as_str())
+            .increment(1);
+    }
+    if let Some(back) = &settled.reinstated {
+        let theirs = settled
+            .foreign
+            .iter()
+            .find(|f| f.tombstone == back.tombstone)
+            .map(|f| f.theirs.clone());
+        let detail = serde_json::json!({
+            "policy": state.policy.name(),
+            "reinstates": back.branch.to_string(),
+            "resolution": theirs,
+        })
+        .to_string();
+        let Value::Object(body) = &back.body else {
+            return Err(StoreError::Corrupt(format!(
+                "body of {} {} is not an object",
+                doc.id, back.branch
+            )));
+        };
+        doc.tree
+            .add_edit(Some(&back.tombstone), back.rev.clone(), false)
+            .map_err(|_| {
+                StoreError::Corrupt(format!(
+                    "reinstatement of {} does not extend a leaf",
+                    doc.id
+                ))
+            })?;
+        let revision = NewRevision {
+            rev: &back.rev,
+            parent: Some(&back.tombstone),
+            deleted: false,
+            body,
+            kind: "reinstated",
+        };
+        doc.add(tx, state, &revision, &Origin::Resolver, Some(detail))?;
+    }
+    let resolution = match settled.resolution {
         Ok(Some(resolution)) => resolution,
         Ok(None) => return Ok(()),
         Err(why) => {
-            // Another replica, one that holds what this one lacks, resolves it.
-            tracing::debug!(doc = %doc.id, reason = why.as_str(), "conflict left for a replica that can resolve it");
+            // Another replica, one that holds what this one lacks, resolves it; or, when replicas
+            // disagree, a person does.
+            tracing::debug!(doc = %doc.id, reason = why.as_str(), "conflict left unresolved");
             metrics::counter!("outpost_conflicts_unresolved_total", "policy" => state.policy.name(), "reason" => why.as_str())
                 .increment(1);
             return Ok(());
@@ -459,10 +527,12 @@ fn resolve_automatically(
         }
         None => None,
     };
+    let tombstone = state.policy.tombstone_body();
     let written = Resolved {
         winner: &resolution.winner,
         kept,
         tombstones: &resolution.tombstones,
+        tombstone: &tombstone,
         origin: &Origin::Resolver,
         detail: &detail,
     };
@@ -546,6 +616,7 @@ pub fn apply_manual_resolution(
         winner: &winner,
         kept: Some((&rev, &body)),
         tombstones: &tombstones,
+        tombstone: &Map::new(),
         origin: &update.origin,
         detail: &detail,
     };
@@ -562,6 +633,8 @@ struct Resolved<'a> {
     kept: Option<(&'a Rev, &'a Map<String, Value>)>,
     /// (losing leaf, its tombstone).
     tombstones: &'a [(Rev, Rev)],
+    /// The tombstones' body: a policy's fingerprint, or `{}` for a person's resolution.
+    tombstone: &'a Map<String, Value>,
     origin: &'a Origin,
     /// The event detail: policy and superseded leaves.
     detail: &'a str,
@@ -574,14 +647,13 @@ fn commit_resolution(
     doc: &mut DocWrite,
     resolved: &Resolved<'_>,
 ) -> Result<(), StoreError> {
-    let empty = Map::new();
     let kept = resolved
         .kept
         .map(|(rev, body)| (rev, resolved.winner, false, body));
     let tombstones = resolved
         .tombstones
         .iter()
-        .map(|(loser, tomb)| (tomb, loser, true, &empty));
+        .map(|(loser, tomb)| (tomb, loser, true, resolved.tombstone));
     for (rev, parent, deleted, body) in kept.into_iter().chain(tombstones) {
         doc.tree
             .add_edit(Some(parent), rev.clone(), deleted)
@@ -673,6 +745,7 @@ fn apply_doc(
             let added = tree
                 .merge_path(path, update.deleted)
                 .map_err(|_| DocError::InvalidPath)?;
+            doc.arrived.extend(added.iter().cloned());
             let parent = tree.parent(&leaf).cloned();
             // The path is kept with the event so that replaying the log rebuilds the same tree.
             let detail = serde_json::json!({ "path": path.iter().map(Rev::to_string).collect::<Vec<_>>(), "added": added.len() });

@@ -14,6 +14,7 @@ pub mod docwrite;
 mod error;
 pub mod index;
 pub mod lease;
+pub mod replay;
 pub mod sqlite;
 mod types;
 

@@ -1,10 +1,11 @@
 //! The PostgreSQL engine against a real server (`OUTPOST_TEST_POSTGRES_URL`): the engine
 //! conformance suite, several nodes on one database, the writer's chunks, the schema's upgrade
-//! from older versions, and the copy between SQLite and PostgreSQL.
+//! from older versions, the copy between SQLite and PostgreSQL, and replaying the event log.
 
 mod conformance;
 mod migrate;
 mod nodes;
+mod replay;
 mod schema;
 mod support;
 mod writer;

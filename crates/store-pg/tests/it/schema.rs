@@ -57,7 +57,7 @@ async fn a_version_1_store_gains_per_document_access() {
             "SELECT value FROM meta WHERE key = 'schema_version'"
         )
         .as_deref(),
-        Some("2")
+        Some(outpost_store_pg::SCHEMA_VERSION.to_string().as_str())
     );
     assert!(!store.db_info("old").await.unwrap().access);
     assert_eq!(store.doc("old", "a").await.unwrap().unwrap().seq, 1);

@@ -107,8 +107,8 @@ impl DocTx for Connection {
 
     fn put_event(&self, e: &EventWrite<'_>) -> Result<(), StoreError> {
         self.prepare_cached(
-            "INSERT INTO events (db, seq, pos, kind, doc, rev, parent, origin, at, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO events (db, seq, pos, kind, doc, rev, parent, origin, at, detail, deleted)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?
         .execute(params![
             e.db,
@@ -121,6 +121,7 @@ impl DocTx for Connection {
             e.origin,
             e.at,
             e.detail,
+            e.deleted,
         ])?;
         Ok(())
     }

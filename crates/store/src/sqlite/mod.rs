@@ -6,6 +6,7 @@ mod compaction;
 mod doctx;
 mod index;
 pub mod key;
+pub mod lock;
 mod read;
 pub mod replay;
 pub mod retention;
@@ -36,6 +37,7 @@ pub const FILE_NAME: &str = "outpost.sqlite";
 const MAX_IDLE_READERS: usize = 8;
 
 pub use key::StoreKey;
+pub use lock::DataDirLock;
 pub use read::PENDING_EXACT_UP_TO;
 
 /// A [`Store`] on one SQLite file.

@@ -14,20 +14,24 @@
 //!   documents and rebuilt from them when lost (see [`super::index`]);
 //! - `events`: the append-only event log, written in the same transaction as the projection.
 //!   A document takes one sequence per request however many revisions it received, so the
-//!   events of one sequence are told apart, and ordered, by `pos`.
+//!   events of one sequence are told apart, and ordered, by `pos`;
+//! - `settings_events`: the log's changes of the settings the tables depend on (`_revs_limit`,
+//!   the conflict policy), each at the database's sequence when it was made (see
+//!   [`crate::replay`]).
 //!
 //! Versions: 1 was the first; 2 adds `events.deleted` (so replay no longer needs the bodies that
 //! compaction drops), the `docs_live` index and incremental auto-vacuum (so compaction can give
 //! freed pages back to the file system); 3 keys events by `(db, seq, pos)`; 4 adds the index tables;
 //! 5 adds the access index of per-document access (`access_dbs`, `access_rows`, see
 //! [`super::access`]), so that an older build, which would serve every document of such a
-//! database to every member, refuses the file. [`migrate`] brings
+//! database to every member, refuses the file; 6 adds `settings_events` and fills in the
+//! deletion flag of every event, so that replay reads the log alone. [`migrate`] brings
 //! an older file forward on open, one version at a time.
 
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this build writes.
-pub const VERSION: i64 = 5;
+pub const VERSION: i64 = 6;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -110,8 +114,8 @@ CREATE TABLE IF NOT EXISTS events (
     -- JSON: the revision path a replicated write added, and for resolutions the policy and the
     -- leaves superseded. Enough to replay the log into the document tables.
     detail TEXT,
-    -- Whether the revision is a deletion. NULL until compaction copies it here from `revs`, just
-    -- before it may drop that row; replay reads it from whichever holds it.
+    -- Whether the revision is a deletion (NULL only in a store older than version 6, whose
+    -- upgrade fills it in).
     deleted INTEGER,
     -- The event's place among the events of its sequence (0, 1, ...).
     pos    INTEGER NOT NULL DEFAULT 0,
@@ -127,6 +131,19 @@ CREATE TABLE IF NOT EXISTS db_updates (
     type TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS db_updates_by_seq ON db_updates (seq);
+
+-- A change of a setting the document tables depend on (`revs_limit`, `policy`), made when the
+-- database's sequence was `seq`: it applies to the writes after it. `pos` orders the changes
+-- made at one sequence; `detail` is JSON.
+CREATE TABLE IF NOT EXISTS settings_events (
+    db     INTEGER NOT NULL,
+    seq    INTEGER NOT NULL,
+    pos    INTEGER NOT NULL,
+    kind   TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at     INTEGER NOT NULL,
+    PRIMARY KEY (db, seq, pos)
+) WITHOUT ROWID;
 
 -- A document's revision tree after the last event retention dropped: where replay starts.
 CREATE TABLE IF NOT EXISTS event_baselines (
@@ -203,11 +220,51 @@ pub fn migrate(conn: &Connection) -> Result<(), crate::StoreError> {
     }
     if version == 4 {
         upgrade_from_4(conn)?;
+        version = 5;
+    }
+    if version == 5 {
+        upgrade_from_5(conn)?;
     }
     // Tables and indexes added without a version change.
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(super::index::SCHEMA)?;
     conn.execute_batch(super::access::SCHEMA)?;
+    Ok(())
+}
+
+/// Version 5 to 6: the log alone replays. Every event gets its deletion flag (copied from its
+/// revision, where compaction had not copied it yet), and each database whose `_revs_limit` or
+/// policy is not the default gets a setting event at sequence 0: the best the log can say of
+/// changes made before they were recorded (replay applied the current settings to all history
+/// before, so nothing replays differently).
+fn upgrade_from_5(conn: &Connection) -> Result<(), crate::StoreError> {
+    conn.execute_batch(
+        r#"BEGIN IMMEDIATE;
+        CREATE TABLE IF NOT EXISTS settings_events (
+            db     INTEGER NOT NULL,
+            seq    INTEGER NOT NULL,
+            pos    INTEGER NOT NULL,
+            kind   TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            at     INTEGER NOT NULL,
+            PRIMARY KEY (db, seq, pos)
+        ) WITHOUT ROWID;
+        UPDATE events SET deleted = (SELECT r.deleted FROM revs r
+                                     WHERE r.db = events.db AND r.doc = events.doc
+                                       AND r.rev = events.rev)
+            WHERE deleted IS NULL;
+        INSERT INTO settings_events (db, seq, pos, kind, detail, at)
+            SELECT id, 0, 0, 'revs_limit', json_object('revs_limit', revs_limit), created_at / 1000
+            FROM dbs WHERE revs_limit <> 1000;
+        INSERT INTO settings_events (db, seq, pos, kind, detail, at)
+            SELECT id, 0, (SELECT count(*) FROM settings_events s WHERE s.db = dbs.id),
+                   'policy', json_object('conflict_policy', policy, 'lww_field', lww_field),
+                   created_at / 1000
+            FROM dbs WHERE policy <> 'manual';
+        UPDATE meta SET value = '6' WHERE key = 'schema_version';
+        COMMIT;"#,
+    )?;
+    tracing::info!("migrated the store's schema from version 5 to 6");
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use crate::docwrite::{DocsProgress, apply_docs_step, apply_manual_resolution};
+use crate::replay::Setting;
 use crate::{DocError, DocUpdate, StoreError};
 
 /// The most jobs applied in one transaction; bounds the latency a single commit adds.
@@ -376,6 +377,7 @@ fn apply(
                 "local_docs",
                 "events",
                 "event_baselines",
+                "settings_events",
                 "db_security",
             ] {
                 tx.execute(&format!("DELETE FROM {table} WHERE db = ?1"), [db])?;
@@ -387,13 +389,13 @@ fn apply(
             Ok(WriteReply::Done)
         }
         WriteOp::SetRevsLimit { db, limit } => {
-            let n = tx.execute(
-                "UPDATE dbs SET revs_limit = ?2 WHERE name = ?1",
-                params![db, *limit as i64],
+            let id = db_id(tx, db)?;
+            tx.execute(
+                "UPDATE dbs SET revs_limit = ?2 WHERE id = ?1",
+                params![id, *limit as i64],
             )?;
-            if n == 0 {
-                return Err(StoreError::NoDb);
-            }
+            // Stemming depends on it: replay must know from which write on it applies.
+            super::retention::record_setting(tx, id, &Setting::RevsLimit(*limit), now / 1000)?;
             Ok(WriteReply::Done)
         }
         WriteOp::SetSecurity { db, body } => {
@@ -406,13 +408,13 @@ fn apply(
             Ok(WriteReply::Done)
         }
         WriteOp::SetPolicy { db, policy } => {
-            let n = tx.execute(
-                "UPDATE dbs SET policy = ?2, lww_field = ?3 WHERE name = ?1",
-                params![db, policy.name(), policy.lww_field()],
+            let id = db_id(tx, db)?;
+            tx.execute(
+                "UPDATE dbs SET policy = ?2, lww_field = ?3 WHERE id = ?1",
+                params![id, policy.name(), policy.lww_field()],
             )?;
-            if n == 0 {
-                return Err(StoreError::NoDb);
-            }
+            let setting = Setting::Policy(policy.clone());
+            super::retention::record_setting(tx, id, &setting, now / 1000)?;
             Ok(WriteReply::Done)
         }
         WriteOp::Resolve {
@@ -457,11 +459,11 @@ fn apply(
             }
         }
         WriteOp::Compact { db } => {
-            let (id, count, age, revs_limit): (i64, Option<i64>, Option<i64>, i64) = tx
+            let (id, count, age): (i64, Option<i64>, Option<i64>) = tx
                 .query_row(
-                    "SELECT id, retention_count, retention_age, revs_limit FROM dbs WHERE name = ?1",
+                    "SELECT id, retention_count, retention_age FROM dbs WHERE name = ?1",
                     [db],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?
                 .ok_or(StoreError::NoDb)?;
@@ -469,8 +471,7 @@ fn apply(
                 max_events_per_doc: count.map(|c| c as u64),
                 max_age_seconds: age.map(|a| a as u64),
             };
-            let dropped =
-                super::retention::apply(tx, id, retention, revs_limit as usize, now / 1000)?;
+            let dropped = super::retention::apply(tx, id, retention, now / 1000)?;
             if dropped > 0 {
                 tracing::info!(db = %db, events = dropped, "retention trimmed the event log");
             }
