@@ -17,4 +17,4 @@ pub use names::{DocKind, NameError};
 pub use policy::{Policy, Resolution};
 pub use rev::{Rev, RevError};
 pub use selector::{Selector, SelectorError};
-pub use tree::{Leaf, MergeError, RevTree};
+pub use tree::{Leaf, MergeError, Purged, RevTree};
