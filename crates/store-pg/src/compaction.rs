@@ -129,7 +129,7 @@ pub fn apply_retention(c: &WriterConn, db: &str, now_ms: i64) -> Result<u64, Sto
 /// One document's events as replay needs them, in order.
 fn read_events(c: &WriterConn, db: i64, doc: &str) -> Result<Vec<ReplayEvent>, StoreError> {
     let rows = c.query(
-        "SELECT seq, rev, parent, detail, deleted FROM events
+        "SELECT seq, rev, parent, detail, deleted, kind FROM events
          WHERE db = $1 AND doc = $2 ORDER BY seq, pos",
         &[&db, &doc],
     )?;
@@ -137,6 +137,7 @@ fn read_events(c: &WriterConn, db: i64, doc: &str) -> Result<Vec<ReplayEvent>, S
         .map(|row| {
             ReplayEvent::from_row(
                 doc,
+                row.get(5),
                 row.get::<_, i64>(0) as u64,
                 row.get(1),
                 row.get(2),

@@ -18,6 +18,34 @@ use deadpool_postgres::Object;
 
 /// Applies one step of an index update in the writer; `false` when the index is no longer at
 /// `update.since` under `update.signature`.
+/// Deletes a purged document's rows from every index of its database. The indexes' rows are
+/// locked first, in id order, until the purge commits: an index step on another node that
+/// computed rows before the purge either committed before (and its rows are deleted here) or
+/// waits, and then finds the purge (see [`apply_update`]).
+pub fn forget_doc(c: &WriterConn, db: i64, doc: &str) -> Result<(), StoreError> {
+    let indexes: Vec<i64> = c
+        .query(
+            "SELECT id FROM indexes WHERE db = $1 ORDER BY id FOR UPDATE",
+            &[&db],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for ix in indexes {
+        let removed = c.execute(
+            "DELETE FROM index_rows WHERE ix = $1 AND doc = $2",
+            &[&ix, &doc],
+        )? as i64;
+        if removed > 0 {
+            c.execute(
+                "UPDATE indexes SET rows = greatest(0, rows - $2) WHERE id = $1",
+                &[&ix, &removed],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 pub fn apply_update(c: &WriterConn, db: &str, update: &IndexUpdate) -> Result<bool, StoreError> {
     let db = crate::writer::db_id(c, db)?;
     let found = c.query_opt(
@@ -56,6 +84,18 @@ pub fn apply_update(c: &WriterConn, db: &str, update: &IndexUpdate) -> Result<bo
             "DELETE FROM index_rows WHERE ix = $1 AND doc = $2",
             &[&ix, &doc.doc_id],
         )? as i64;
+        // Rows computed before a purge of the document must not come back. The purge holds
+        // this index's row lock, taken above, until it commits, so it is seen here.
+        let since = i64::try_from(update.since).unwrap_or(i64::MAX);
+        if c.query_opt(
+            "SELECT 1 FROM events WHERE db = $1 AND doc = $2 AND seq > $3 AND kind = 'purged'
+                 LIMIT 1",
+            &[&db, &doc.doc_id, &since],
+        )?
+        .is_some()
+        {
+            continue;
+        }
         for (n, entry) in doc.rows.iter().enumerate() {
             let key_json = serde_json::to_string(&entry.key)
                 .map_err(|e| corrupt(format!("index key: {e}")))?;

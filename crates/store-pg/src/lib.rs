@@ -32,8 +32,8 @@ use outpost_core::{Policy, Rev};
 use outpost_store::{
     AccessCounts, AllDocsQuery, ChangeRow, ChangesQuery, CompactionMark, Compactions, DbInfo,
     DbOptions, DbUpdate, DocAccess, DocError, DocRecord, DocRow, DocUpdate, Event, EventsQuery,
-    IndexQuery, IndexRow, IndexState, IndexUpdate, LocalDoc, LocalDocRow, Retention, Store,
-    StoreError, StoredBody,
+    IndexQuery, IndexRow, IndexState, IndexUpdate, LocalDoc, LocalDocRow, PurgeOutcome,
+    PurgeRequest, Retention, Store, StoreError, StoredBody,
 };
 use tokio::sync::{oneshot, watch};
 
@@ -222,6 +222,7 @@ fn unexpected(reply: WriteReply) -> StoreError {
         WriteReply::Docs(_) => "docs",
         WriteReply::LocalRev(_) => "local rev",
         WriteReply::Resolved(_) => "resolved",
+        WriteReply::Purged(_) => "purged",
         WriteReply::Cursor(_) => "cursor",
         WriteReply::Count(_) => "count",
     };
@@ -303,6 +304,25 @@ impl Store for PgStore {
     async fn set_revs_limit(&self, db: &str, limit: u64) -> Result<(), StoreError> {
         let db = db.to_owned();
         self.write(WriteOp::SetRevsLimit { db, limit })
+            .await
+            .map(|_| ())
+    }
+
+    async fn purge(
+        &self,
+        db: &str,
+        requests: Vec<PurgeRequest>,
+    ) -> Result<PurgeOutcome, StoreError> {
+        let db = db.to_owned();
+        match self.write(WriteOp::Purge { db, requests }).await? {
+            WriteReply::Purged(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn set_purged_infos_limit(&self, db: &str, limit: u64) -> Result<(), StoreError> {
+        let db = db.to_owned();
+        self.write(WriteOp::SetPurgedInfosLimit { db, limit })
             .await
             .map(|_| ())
     }

@@ -67,6 +67,8 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("lww_field", Col::OptText),
             ("retention_count", Col::OptInt),
             ("retention_age", Col::OptInt),
+            ("purge_seq", Col::Int),
+            ("purged_infos_limit", Col::Int),
         ],
     ),
     ("access_dbs", &[("db", Col::Int)]),

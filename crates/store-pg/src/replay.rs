@@ -63,13 +63,14 @@ pub fn read_settings(c: &WriterConn, db: i64) -> Result<Settings, StoreError> {
 fn replay_db(c: &WriterConn, db: i64) -> Result<Replayed, StoreError> {
     let mut events = Vec::new();
     for row in c.query(
-        "SELECT seq, doc, rev, parent, detail, deleted FROM events WHERE db = $1
+        "SELECT seq, doc, rev, parent, detail, deleted, kind FROM events WHERE db = $1
          ORDER BY seq, pos",
         &[&db],
     )? {
         let doc: String = row.get(1);
         let event = ReplayEvent::from_row(
             &doc,
+            row.get(6),
             row.get::<_, i64>(0) as u64,
             row.get(2),
             row.get(3),

@@ -20,7 +20,9 @@ use outpost_store::StoreError;
 /// no database of version 1 could have per-document access. Version 3 added `settings_events`
 /// and a deletion flag in every event, so that replay reads the log alone; an older store gets
 /// them as the SQLite engine's upgrade gives them (see [`upgrade_to_3`]).
-pub const VERSION: i64 = 3;
+/// Version 4 added `dbs.purge_seq` and `dbs.purged_infos_limit` (`_purge`), added to an older
+/// store's table as it opens.
+pub const VERSION: i64 = 4;
 
 /// The key of the advisory lock the migration holds (an arbitrary constant, "outpost").
 const MIGRATION_LOCK: i64 = 0x006f_7574_706f_7374;
@@ -49,8 +51,12 @@ CREATE TABLE IF NOT EXISTS dbs (
     policy          TEXT NOT NULL DEFAULT 'manual',
     lww_field       TEXT,
     retention_count BIGINT,
-    retention_age   BIGINT
+    retention_age   BIGINT,
+    purge_seq          BIGINT NOT NULL DEFAULT 0,
+    purged_infos_limit BIGINT NOT NULL DEFAULT 1000
 );
+ALTER TABLE dbs ADD COLUMN IF NOT EXISTS purge_seq BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE dbs ADD COLUMN IF NOT EXISTS purged_infos_limit BIGINT NOT NULL DEFAULT 1000;
 
 CREATE TABLE IF NOT EXISTS db_security (
     db   BIGINT PRIMARY KEY,

@@ -23,7 +23,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use outpost_core::{Policy, Rev};
-use outpost_store::docwrite::{DocsProgress, apply_docs_step, apply_manual_resolution};
+use outpost_store::docwrite::{
+    DocsProgress, apply_docs_step, apply_manual_resolution, apply_purge,
+};
 use outpost_store::replay::Setting;
 use outpost_store::{DocError, DocUpdate, IndexUpdate, Retention, StoreError};
 use tokio::sync::oneshot;
@@ -79,6 +81,15 @@ pub enum WriteOp {
         db: String,
         updates: Vec<DocUpdate>,
     },
+    /// `_purge`.
+    Purge {
+        db: String,
+        requests: Vec<outpost_store::PurgeRequest>,
+    },
+    SetPurgedInfosLimit {
+        db: String,
+        limit: u64,
+    },
     PutLocal {
         db: String,
         id: String,
@@ -127,6 +138,8 @@ impl WriteOp {
             | WriteOp::SetRetention { db, .. }
             | WriteOp::Resolve { db, .. }
             | WriteOp::Docs { db, .. }
+            | WriteOp::Purge { db, .. }
+            | WriteOp::SetPurgedInfosLimit { db, .. }
             | WriteOp::Compact { db }
             | WriteOp::DropSuperseded { db, .. }
             // A `_local` write compares revisions: without the row lock two nodes could both
@@ -148,6 +161,7 @@ pub enum WriteReply {
     Cursor(Option<String>),
     /// How many things a job found or removed.
     Count(u64),
+    Purged(outpost_store::PurgeOutcome),
 }
 
 pub struct Job {
@@ -217,6 +231,7 @@ impl Pending {
         match (&self.job.op, &self.progress) {
             (_, Some(progress)) => progress.remaining().max(1),
             (WriteOp::Docs { updates, .. }, None) => updates.len().max(1),
+            (WriteOp::Purge { requests, .. }, None) => requests.len().max(1),
             _ => 1,
         }
     }
@@ -451,6 +466,22 @@ fn apply(
             crate::index::drop_all(c, db)?;
             c.execute("DELETE FROM dbs WHERE id = $1", &[&db])?;
             moved.deleted(name);
+            Ok(WriteReply::Done)
+        }
+        WriteOp::Purge { db, requests } => {
+            let (outcome, seq) = apply_purge(c, db, requests, now)?;
+            moved.seq(db, seq);
+            Ok(WriteReply::Purged(outcome))
+        }
+        WriteOp::SetPurgedInfosLimit { db, limit } => {
+            let limit = i64::try_from(*limit).unwrap_or(i64::MAX);
+            let n = c.execute(
+                "UPDATE dbs SET purged_infos_limit = $2 WHERE name = $1",
+                &[db, &limit],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NoDb);
+            }
             Ok(WriteReply::Done)
         }
         WriteOp::SetRevsLimit { db, limit } => {

@@ -56,6 +56,16 @@ pub trait DocTx {
         winner: &str,
         deleted: bool,
     ) -> Result<(), StoreError>;
+    /// Deletes the stored bodies of a document's revisions other than `keep`, after copying
+    /// each one's deletion flag into its events (replay needs it once the body is gone).
+    /// Answers the bytes of body freed and whether a body deleted had attachments.
+    fn drop_bodies(&self, db: i64, doc: &str, keep: &[String]) -> Result<(i64, bool), StoreError>;
+    /// Removes every trace of a purged document but its bodies (dropped first, by
+    /// [`DocTx::drop_bodies`]): its row, its events and baseline, its access rows, and its rows
+    /// in every secondary index of the database. An engine whose index steps can run
+    /// concurrently must lock the database's indexes here so that a step computed before the
+    /// purge cannot write the document's rows back (see [`crate::index`]).
+    fn forget_doc(&self, db: i64, doc: &str) -> Result<(), StoreError>;
 }
 
 /// A document's row as the writer stores it.
@@ -150,6 +160,8 @@ pub struct DbState {
     pub policy: Policy,
     /// Whether the database keeps an access index (per-document access).
     pub access: bool,
+    /// Document purges so far (`purge_seq`).
+    pub purge_seq: u64,
 }
 
 /// Either a per-document refusal or a failure of the whole transaction.
@@ -379,6 +391,31 @@ impl DocWrite {
             _ => {}
         }
         self.was_deleted = Some(deleted);
+        self.write_events(tx, state, now)
+    }
+
+    /// A purge took every revision: the document's row and history go, and only the events
+    /// of the purge are left, under a new sequence, so that the log says what happened and
+    /// replay (which finds an empty tree) rebuilds no document.
+    fn forget(&mut self, tx: &dyn DocTx, state: &mut DbState, now: i64) -> Result<(), StoreError> {
+        tx.forget_doc(state.id, &self.id)?;
+        match self.was_deleted {
+            Some(true) => state.doc_del_count -= 1,
+            Some(false) => state.doc_count -= 1,
+            None => {}
+        }
+        self.was_deleted = None;
+        state.seq += 1;
+        self.write_events(tx, state, now)
+    }
+
+    /// Appends the pending events under the document's sequence (`state.seq`).
+    fn write_events(
+        &mut self,
+        tx: &dyn DocTx,
+        state: &DbState,
+        now: i64,
+    ) -> Result<(), StoreError> {
         for (pos, event) in self.events.drain(..).enumerate() {
             tx.put_event(&EventWrite {
                 db: state.id,
@@ -396,6 +433,68 @@ impl DocWrite {
         }
         Ok(())
     }
+}
+
+/// The kind of the event that records a purged leaf.
+pub const PURGED: &str = "purged";
+
+/// The result of [`apply_purge`]: what it did, and the database's sequence afterwards.
+pub type PurgeStep = (crate::PurgeOutcome, u64);
+
+/// `_purge` in the writer's transaction (see [`crate::Store::purge`]): each document's tree is
+/// loaded, purged and stored (or forgotten, when no leaf is left) under one new sequence, with
+/// one `purged` event per leaf purged; the purged revisions' bodies go.
+pub fn apply_purge(
+    tx: &dyn DocTx,
+    db: &str,
+    requests: &[crate::PurgeRequest],
+    now: i64,
+) -> Result<PurgeStep, StoreError> {
+    let mut state = load_state(tx, db)?;
+    let mut outcome = crate::PurgeOutcome::default();
+    for request in requests {
+        state.purge_seq += 1;
+        let mut doc = DocWrite::load(tx, state.id, &request.id)?;
+        // Each purged leaf's deletion flag, for its event, before the tree forgets it.
+        let flags: HashMap<Rev, bool> = request
+            .revs
+            .iter()
+            .filter_map(|r| doc.tree.is_deleted_rev(r).map(|d| (r.clone(), d)))
+            .collect();
+        let purged = doc.tree.purge(&request.revs);
+        if purged.leaves.is_empty() {
+            outcome.purged.push((request.id.clone(), Vec::new()));
+            continue;
+        }
+        let keep: Vec<String> = doc.tree.revs().map(Rev::to_string).collect();
+        let (freed, attachments) = tx.drop_bodies(state.id, &doc.id, &keep)?;
+        state.active_size = (state.active_size - freed).max(0);
+        outcome.attachments |= attachments;
+        let detail = serde_json::json!({
+            "removed": purged.removed.iter().map(Rev::to_string).collect::<Vec<_>>(),
+        })
+        .to_string();
+        for leaf in &purged.leaves {
+            doc.events.push(PendingEvent {
+                kind: PURGED,
+                rev: leaf.clone(),
+                parent: None,
+                origin: Origin::Client.label(),
+                detail: Some(detail.clone()),
+                deleted: flags.get(leaf).copied().unwrap_or(false),
+            });
+        }
+        metrics::counter!("outpost_documents_purged_total").increment(1);
+        if doc.tree.is_empty() {
+            doc.forget(tx, &mut state, now)?;
+        } else {
+            doc.store(tx, &mut state, now)?;
+        }
+        outcome.purged.push((request.id.clone(), purged.leaves));
+    }
+    tx.save_state(&state)?;
+    outcome.purge_seq = state.purge_seq;
+    Ok((outcome, state.seq))
 }
 
 fn load_bodies(

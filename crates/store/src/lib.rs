@@ -97,6 +97,21 @@ pub trait Store: Send + Sync + 'static {
     /// gives free pages back to the file system; returns when done.
     async fn reclaim(&self) -> Result<(), StoreError>;
 
+    /// `_purge`: for each request, removes the leaves named (those that are leaves; others are
+    /// ignored) with every ancestor no other leaf keeps, and their bodies, in one durable
+    /// transaction with the database's other writes. A document that keeps a leaf moves to a new
+    /// sequence with its new winner; one that loses every leaf is gone (its row, its event
+    /// history, its index and access rows), as if never written. Each purged leaf is recorded
+    /// as a `purged` event at the document's new sequence; replay applies it. The purge
+    /// sequence advances by one per request.
+    async fn purge(
+        &self,
+        db: &str,
+        requests: Vec<PurgeRequest>,
+    ) -> Result<PurgeOutcome, StoreError>;
+    /// Sets the database's `purged_infos_limit`.
+    async fn set_purged_infos_limit(&self, db: &str, limit: u64) -> Result<(), StoreError>;
+
     /// Applies document updates in one durable transaction; one result per update, in order.
     async fn write_docs(
         &self,

@@ -38,12 +38,16 @@ pub struct ReplayEvent {
     /// The `_revisions` path a replicated write merged.
     pub path: Option<Vec<Rev>>,
     pub deleted: bool,
+    /// A `purged` event: `rev` is a leaf `_purge` removed at this sequence (see
+    /// [`crate::Store::purge`]).
+    pub purged: bool,
 }
 
 impl ReplayEvent {
     /// An event from the columns of its row in `events`.
     pub fn from_row(
         doc: &str,
+        kind: &str,
         seq: u64,
         rev: &str,
         parent: Option<&str>,
@@ -82,6 +86,7 @@ impl ReplayEvent {
             parent,
             path,
             deleted,
+            purged: kind == crate::docwrite::PURGED,
         })
     }
 }
@@ -95,6 +100,15 @@ pub fn apply_event(
     revs_limit: usize,
     last_of_seq: bool,
 ) -> Result<(), StoreError> {
+    if event.purged {
+        // The writer purged against the tree as it stood at this sequence, which replay has
+        // rebuilt: the same leaf takes the same revisions.
+        tree.purge(std::slice::from_ref(&event.rev));
+        if last_of_seq {
+            tree.stem(revs_limit.max(1));
+        }
+        return Ok(());
+    }
     let path: Vec<Rev> = match &event.path {
         Some(path) => path.clone(),
         None => std::iter::once(event.rev.clone())
@@ -231,6 +245,8 @@ pub struct Replayed {
     /// Document events replayed.
     pub events: u64,
     pub settings: Settings,
+    /// The latest sequence of any document, those a purge removed whole included.
+    last_doc_seq: u64,
 }
 
 /// A document's row as a rebuild stores it.
@@ -247,12 +263,7 @@ pub struct RebuiltRow<'a> {
 impl Replayed {
     /// The database's update sequence: its last document write or setting change.
     pub fn update_seq(&self) -> u64 {
-        self.docs
-            .values()
-            .map(|d| d.seq)
-            .max()
-            .unwrap_or(0)
-            .max(self.settings.last_seq())
+        self.last_doc_seq.max(self.settings.last_seq())
     }
 
     /// `(doc_count, doc_del_count)`.
@@ -312,6 +323,10 @@ pub fn replay(
     for (id, (seq, tree)) in baselines {
         out.docs.insert(id, Rebuilt { tree, seq });
     }
+    out.last_doc_seq = out.docs.values().map(|d| d.seq).max().unwrap_or(0);
+    // A document purged whole replays to an empty tree: it does not exist, though its purge
+    // took a sequence.
+    out.docs.retain(|_, d| !d.tree.is_empty());
     Ok(out)
 }
 

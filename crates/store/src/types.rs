@@ -83,6 +83,33 @@ pub struct DbInfo {
     pub compact_running: bool,
     /// Whether the database was created with per-document access ([`DbOptions::access`]).
     pub access: bool,
+    /// How many document purges the database has had (one per document id of each `_purge`).
+    pub purge_seq: u64,
+    /// CouchDB's `purged_infos_limit`, kept and reported (see [`crate::Store::purge`]).
+    pub purged_infos_limit: u64,
+}
+
+/// The default `purged_infos_limit`, CouchDB's.
+pub const DEFAULT_PURGED_INFOS_LIMIT: u64 = 1000;
+
+/// One document of a `_purge` request: the leaf revisions to purge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeRequest {
+    pub id: String,
+    pub revs: Vec<Rev>,
+}
+
+/// What a `_purge` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgeOutcome {
+    /// Per document of the request, in order: the leaves purged (empty when none was a leaf,
+    /// or the document does not exist).
+    pub purged: Vec<(String, Vec<Rev>)>,
+    /// The database's purge sequence afterwards.
+    pub purge_seq: u64,
+    /// Whether a body removed referred to attachments, whose bytes may now be unreferenced:
+    /// [`crate::Store::reclaim`] collects them.
+    pub attachments: bool,
 }
 
 /// A document's revision tree and where it sits in the changes feed.

@@ -32,7 +32,7 @@ fn sql(schema: &Schema, statements: &'static str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_1_store_gains_per_document_access() {
+async fn a_version_1_store_gains_per_document_access_and_purge_counters() {
     let Some(url) = postgres_url() else { return };
     let schema = Schema::new(&url);
     {
@@ -44,10 +44,11 @@ async fn a_version_1_store_gains_per_document_access() {
             .unwrap();
         store.close();
     }
-    // The store as version 1 left it: no access tables.
+    // The store as version 1 left it: no access tables, no purge counters.
     sql(
         &schema,
         "DROP TABLE access_rows; DROP TABLE access_dbs;
+         ALTER TABLE dbs DROP COLUMN purge_seq; ALTER TABLE dbs DROP COLUMN purged_infos_limit;
          UPDATE meta SET value = '1' WHERE key = 'schema_version'",
     );
     let store = schema.open().await;
@@ -59,7 +60,9 @@ async fn a_version_1_store_gains_per_document_access() {
         .as_deref(),
         Some(outpost_store_pg::SCHEMA_VERSION.to_string().as_str())
     );
-    assert!(!store.db_info("old").await.unwrap().access);
+    let old = store.db_info("old").await.unwrap();
+    assert!(!old.access);
+    assert_eq!((old.purge_seq, old.purged_infos_limit), (0, 1000));
     assert_eq!(store.doc("old", "a").await.unwrap().unwrap().seq, 1);
     store
         .create_db_with("shared", &DbOptions { access: true })

@@ -12,6 +12,7 @@ pub mod compaction;
 pub mod documents;
 pub mod index;
 pub mod lease;
+pub mod purge;
 
 use std::sync::Arc;
 
@@ -74,7 +75,13 @@ macro_rules! conformance_suite {
             lease::a_lease_has_one_holder_until_it_expires_or_is_released,
             lease::an_expired_lease_is_taken_over,
             access::a_reader_sees_what_names_them_and_losing_it_as_a_deletion,
-            access::feeds_follow_the_model_and_page_exactly
+            access::feeds_follow_the_model_and_page_exactly,
+            purge::purging_every_leaf_removes_the_document,
+            purge::purging_some_leaves_keeps_the_rest_with_a_new_winner,
+            purge::purged_attachment_bytes_are_collected,
+            purge::an_index_step_from_before_a_purge_writes_no_rows_for_it,
+            purge::a_purged_document_leaves_the_access_index,
+            purge::the_purged_infos_limit_is_kept_per_database
         );
     };
     (@checks $open:path; $($area:ident :: $check:ident),* $(,)?) => {

@@ -46,6 +46,28 @@ CREATE INDEX IF NOT EXISTS index_rows_by_doc ON index_rows (ix, doc);
 const DELETE_DOC_ROWS: &str =
     "DELETE FROM index_rows INDEXED BY index_rows_by_doc WHERE ix = ?1 AND doc = ?2";
 
+/// Whether a document was purged after a sequence (see [`crate::index`]).
+const PURGED_SINCE: &str =
+    "SELECT 1 FROM events WHERE db = ?1 AND doc = ?2 AND seq > ?3 AND kind = 'purged'";
+
+/// Deletes a purged document's rows from every index of its database.
+pub(super) fn forget_doc(tx: &Connection, db: i64, doc: &str) -> Result<(), StoreError> {
+    let indexes: Vec<i64> = tx
+        .prepare_cached("SELECT id FROM indexes WHERE db = ?1")?
+        .query_map([db], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut delete = tx.prepare_cached(DELETE_DOC_ROWS)?;
+    let mut count =
+        tx.prepare_cached("UPDATE indexes SET rows = max(0, rows - ?2) WHERE id = ?1")?;
+    for ix in indexes {
+        let removed = delete.execute(params![ix, doc])?;
+        if removed > 0 {
+            count.execute(params![ix, removed as i64])?;
+        }
+    }
+    Ok(())
+}
+
 fn db_id(c: &Connection, name: &str) -> Result<i64, StoreError> {
     c.prepare_cached("SELECT id FROM dbs WHERE name = ?1")?
         .query_row([name], |r| r.get(0))
@@ -255,8 +277,14 @@ pub(super) fn apply_update(
         let mut insert = tx.prepare_cached(
             "INSERT INTO index_rows (ix, k, n, doc, key, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
+        let mut purged = tx.prepare_cached(PURGED_SINCE)?;
         for doc in &update.docs {
             removed += delete.execute(params![ix, doc.doc_id])? as i64;
+            // Rows computed before a purge of the document must not come back: a later step
+            // indexes what is left of it (it moved to a new sequence), if anything.
+            if purged.exists(params![db, doc.doc_id, update.since as i64])? {
+                continue;
+            }
             for (n, entry) in doc.rows.iter().enumerate() {
                 let key_json = serde_json::to_string(&entry.key)
                     .map_err(|e| StoreError::Corrupt(format!("index key: {e}")))?;

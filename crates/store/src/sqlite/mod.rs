@@ -25,8 +25,8 @@ use tokio::sync::{oneshot, watch};
 use crate::{
     AccessCounts, AllDocsQuery, ChangeRow, ChangesQuery, CompactionMark, Compactions, DbInfo,
     DbOptions, DbUpdate, DocAccess, DocError, DocRecord, DocRow, DocUpdate, Event, EventsQuery,
-    IndexQuery, IndexRow, IndexState, IndexUpdate, LocalDoc, LocalDocRow, Retention, Store,
-    StoreError, StoredBody,
+    IndexQuery, IndexRow, IndexState, IndexUpdate, LocalDoc, LocalDocRow, PurgeOutcome,
+    PurgeRequest, Retention, Store, StoreError, StoredBody,
 };
 use writer::{Job, WriteOp, WriteReply};
 
@@ -225,6 +225,7 @@ fn unexpected(reply: WriteReply) -> StoreError {
         WriteReply::Docs(_) => "docs",
         WriteReply::LocalRev(_) => "local rev",
         WriteReply::Resolved(_) => "resolved",
+        WriteReply::Purged(_) => "purged",
         WriteReply::Cursor(_) => "cursor",
         WriteReply::Count(_) => "count",
     };
@@ -270,6 +271,32 @@ impl Store for SqliteStore {
 
     async fn set_revs_limit(&self, db: &str, limit: u64) -> Result<(), StoreError> {
         self.write(WriteOp::SetRevsLimit {
+            db: db.to_owned(),
+            limit,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn purge(
+        &self,
+        db: &str,
+        requests: Vec<PurgeRequest>,
+    ) -> Result<PurgeOutcome, StoreError> {
+        match self
+            .write(WriteOp::Purge {
+                db: db.to_owned(),
+                requests,
+            })
+            .await?
+        {
+            WriteReply::Purged(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn set_purged_infos_limit(&self, db: &str, limit: u64) -> Result<(), StoreError> {
+        self.write(WriteOp::SetPurgedInfosLimit {
             db: db.to_owned(),
             limit,
         })

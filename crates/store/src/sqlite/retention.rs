@@ -42,7 +42,7 @@ pub(super) fn read_events(
     db: i64,
     doc: Option<&str>,
 ) -> Result<Vec<(String, ReplayEvent)>, StoreError> {
-    let sql = "SELECT seq, doc, rev, parent, detail, deleted FROM events
+    let sql = "SELECT seq, doc, rev, parent, detail, deleted, kind FROM events
                WHERE db = ?1 AND (?2 IS NULL OR doc = ?2) ORDER BY seq, pos";
     let mut stmt = c.prepare_cached(sql)?;
     let mut rows = stmt.query(params![db, doc])?;
@@ -51,6 +51,7 @@ pub(super) fn read_events(
         let id: String = row.get(1)?;
         let event = ReplayEvent::from_row(
             &id,
+            &row.get::<_, String>(6)?,
             row.get::<_, i64>(0)? as u64,
             &row.get::<_, String>(2)?,
             row.get::<_, Option<String>>(3)?.as_deref(),

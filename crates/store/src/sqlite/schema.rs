@@ -25,13 +25,14 @@
 //! 5 adds the access index of per-document access (`access_dbs`, `access_rows`, see
 //! [`super::access`]), so that an older build, which would serve every document of such a
 //! database to every member, refuses the file; 6 adds `settings_events` and fills in the
-//! deletion flag of every event, so that replay reads the log alone. [`migrate`] brings
+//! deletion flag of every event, so that replay reads the log alone; 7 adds `dbs.purge_seq` and
+//! `dbs.purged_infos_limit` (`_purge`). [`migrate`] brings
 //! an older file forward on open, one version at a time.
 
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this build writes.
-pub const VERSION: i64 = 6;
+pub const VERSION: i64 = 7;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -52,7 +53,10 @@ CREATE TABLE IF NOT EXISTS dbs (
     lww_field     TEXT,
     -- History retention applied by `_compact`; NULL keeps everything.
     retention_count INTEGER,
-    retention_age   INTEGER
+    retention_age   INTEGER,
+    -- Document purges so far, and CouchDB's `purged_infos_limit`.
+    purge_seq          INTEGER NOT NULL DEFAULT 0,
+    purged_infos_limit INTEGER NOT NULL DEFAULT 1000
 );
 
 -- A database's `_security` object as JSON text; no row means the server's default.
@@ -224,6 +228,10 @@ pub fn migrate(conn: &Connection) -> Result<(), crate::StoreError> {
     }
     if version == 5 {
         upgrade_from_5(conn)?;
+        version = 6;
+    }
+    if version == 6 {
+        upgrade_from_6(conn)?;
     }
     // Tables and indexes added without a version change.
     conn.execute_batch(SCHEMA)?;
@@ -265,6 +273,19 @@ fn upgrade_from_5(conn: &Connection) -> Result<(), crate::StoreError> {
         COMMIT;"#,
     )?;
     tracing::info!("migrated the store's schema from version 5 to 6");
+    Ok(())
+}
+
+/// Version 6 to 7: the purge counters of each database.
+fn upgrade_from_6(conn: &Connection) -> Result<(), crate::StoreError> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         ALTER TABLE dbs ADD COLUMN purge_seq INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE dbs ADD COLUMN purged_infos_limit INTEGER NOT NULL DEFAULT 1000;
+         UPDATE meta SET value = '7' WHERE key = 'schema_version';
+         COMMIT;",
+    )?;
+    tracing::info!("migrated the store's schema from version 6 to 7");
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use outpost_core::{Policy, Rev};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use crate::docwrite::{DocsProgress, apply_docs_step, apply_manual_resolution};
+use crate::docwrite::{DocsProgress, apply_docs_step, apply_manual_resolution, apply_purge};
 use crate::replay::Setting;
 use crate::{DocError, DocUpdate, StoreError};
 
@@ -55,6 +55,15 @@ pub(super) enum WriteOp {
     Docs {
         db: String,
         updates: Vec<DocUpdate>,
+    },
+    /// `_purge`.
+    Purge {
+        db: String,
+        requests: Vec<crate::PurgeRequest>,
+    },
+    SetPurgedInfosLimit {
+        db: String,
+        limit: u64,
     },
     PutLocal {
         db: String,
@@ -116,6 +125,7 @@ pub(super) enum WriteReply {
     Cursor(Option<String>),
     /// How many things a job found or removed.
     Count(u64),
+    Purged(crate::PurgeOutcome),
 }
 
 pub(super) struct Job {
@@ -236,6 +246,7 @@ impl Pending {
         match (&self.job.op, &self.docs) {
             (_, Some(progress)) => progress.remaining().max(1),
             (WriteOp::Docs { updates, .. }, None) => updates.len().max(1),
+            (WriteOp::Purge { requests, .. }, None) => requests.len().max(1),
             _ => 1,
         }
     }
@@ -426,6 +437,21 @@ fn apply(
             let (result, seq) = apply_manual_resolution(tx, db, id, leaves, update, now)?;
             moved.seq(db, seq);
             Ok(WriteReply::Resolved(result))
+        }
+        WriteOp::Purge { db, requests } => {
+            let (outcome, seq) = apply_purge(tx, db, requests, now)?;
+            moved.seq(db, seq);
+            Ok(WriteReply::Purged(outcome))
+        }
+        WriteOp::SetPurgedInfosLimit { db, limit } => {
+            let n = tx.execute(
+                "UPDATE dbs SET purged_infos_limit = ?2 WHERE name = ?1",
+                params![db, i64::try_from(*limit).unwrap_or(i64::MAX)],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NoDb);
+            }
+            Ok(WriteReply::Done)
         }
         WriteOp::Docs { .. } => Err(StoreError::Corrupt(
             "document writes are applied in chunks, above".into(),

@@ -300,6 +300,8 @@ async fn a_version_1_file_is_migrated_on_open() {
          DROP TABLE events;
          ALTER TABLE events_v1 RENAME TO events;
          CREATE INDEX events_by_doc ON events (db, doc, seq);
+         ALTER TABLE dbs DROP COLUMN purge_seq;
+         ALTER TABLE dbs DROP COLUMN purged_infos_limit;
          UPDATE meta SET value = '1' WHERE key = 'schema_version';",
     )
     .unwrap();

@@ -60,6 +60,8 @@ async fn a_version_1_file_is_upgraded_in_place() {
             "PRAGMA busy_timeout = 10000;
              ALTER TABLE events DROP COLUMN deleted;
              DROP INDEX docs_live;
+             ALTER TABLE dbs DROP COLUMN purge_seq;
+             ALTER TABLE dbs DROP COLUMN purged_infos_limit;
              UPDATE meta SET value = '1' WHERE key = 'schema_version';
              PRAGMA auto_vacuum = NONE;
              VACUUM;",
