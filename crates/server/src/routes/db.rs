@@ -105,8 +105,8 @@ pub async fn info_json(
     Ok(json!({
         "db_name": info.name,
         "update_seq": incarnation.seq(info.update_seq),
-        // Nothing is ever purged; CouchDB shows this sequence in the same form.
-        "purge_seq": incarnation.seq(0),
+        // In the same form as CouchDB shows it, like the update sequence.
+        "purge_seq": incarnation.seq(info.purge_seq),
         "doc_count": info.doc_count,
         "doc_del_count": info.doc_del_count,
         "sizes": { "file": info.file_size, "external": info.active_size, "active": info.active_size },
@@ -182,7 +182,7 @@ pub async fn compact(state: &AppState, db: &str, req: &mut Req) -> Result<Respon
 
 /// Runs store maintenance as a tracked task that ends with the server: it is made of separate
 /// durable steps, so stopping between two loses nothing and the next run picks up the rest.
-fn in_background<F>(state: &AppState, what: &'static str, work: F)
+pub(crate) fn in_background<F>(state: &AppState, what: &'static str, work: F)
 where
     F: std::future::Future<Output = Result<(), outpost_store::StoreError>> + Send + 'static,
 {

@@ -22,6 +22,7 @@ mod model;
 mod mux;
 mod ops;
 mod paging;
+mod purge;
 mod roundtrip;
 mod seqs;
 mod support;
