@@ -192,8 +192,11 @@ fn parse(text: &str) -> Vec<Family> {
     families
 }
 
+/// A sample's labels, in order.
+type Labels = Vec<(String, String)>;
+
 /// One sample line: `name{label="value",...} value`.
-fn sample(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+fn sample(line: &str) -> Option<(&str, Labels, f64)> {
     let (head, value) = line.rsplit_once(' ')?;
     let value = match value {
         "+Inf" => f64::INFINITY,

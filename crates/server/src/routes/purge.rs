@@ -32,6 +32,15 @@ pub async fn purge(state: &AppState, db: &str, req: &mut Req) -> Result<Response
     metrics::counter!("outpost_purge_requests_total").increment(1);
     metrics::counter!("outpost_purge_documents_total").increment(requests.len() as u64);
     let outcome = state.store.purge(db, requests).await?;
+    let design_purged = outcome
+        .purged
+        .iter()
+        .any(|(id, revs)| id.starts_with("_design/") && !revs.is_empty());
+    if design_purged {
+        // As when a design document is deleted: the view indexes no design document uses any
+        // more go with it.
+        crate::design::drop_unused_indexes(state, db).await?;
+    }
     if outcome.attachments {
         super::db::in_background(state, "reclaim", {
             let store = state.store.clone();

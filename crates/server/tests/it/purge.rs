@@ -5,15 +5,19 @@ use serde_json::{Value, json};
 
 use crate::support::{TestServer, assert_error, feed_ids, row_ids, seq_n, seq_param};
 
-/// Attachment rows left in the store file, read on a connection of the test's own.
-fn stored_attachments(s: &TestServer) -> i64 {
+/// A count read from the store file on a connection of the test's own.
+fn count(s: &TestServer, sql: &str) -> i64 {
     let conn = rusqlite::Connection::open_with_flags(
         s.dir.path().join("outpost.sqlite"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .unwrap();
-    conn.query_row("SELECT count(*) FROM attachments", [], |r| r.get(0))
-        .unwrap()
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+/// Attachment rows left in the store.
+fn stored_attachments(s: &TestServer) -> i64 {
+    count(s, "SELECT count(*) FROM attachments")
 }
 
 /// A database with a view and a Mango index over `n`, two documents, one of them with an
@@ -90,6 +94,10 @@ async fn purging_every_leaf_removes_a_document_from_every_listing_and_index() {
     assert!(!feed_ids(&changes).contains(&"a".to_owned()));
     let view = s.expect("GET", "/p/_design/v/_view/by_n", None, 200).await;
     assert_eq!(row_ids(&view), ["b"]);
+    assert_eq!(
+        count(&s, "SELECT count(*) FROM indexes WHERE name LIKE '_view/%'"),
+        1
+    );
     let found = s
         .expect(
             "POST",
@@ -112,6 +120,21 @@ async fn purging_every_leaf_removes_a_document_from_every_listing_and_index() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert_eq!(stored_attachments(&s), 0);
+    // A purged design document's view indexes go with it, as with a deletion.
+    let ddoc = s.expect("GET", "/p/_design/v", None, 200).await;
+    let ddoc_rev = ddoc["_rev"].as_str().unwrap();
+    s.expect(
+        "POST",
+        "/p/_purge",
+        Some(json!({"_design/v": [ddoc_rev]})),
+        201,
+    )
+    .await;
+    s.expect("GET", "/p/_design/v/_view/by_n", None, 404).await;
+    assert_eq!(
+        count(&s, "SELECT count(*) FROM indexes WHERE name LIKE '_view/%'"),
+        0
+    );
     // The event log keeps only that the document was purged.
     let events = s.expect("GET", "/p/_events?doc_id=a", None, 200).await;
     let kinds: Vec<&str> = events["results"]
