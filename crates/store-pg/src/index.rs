@@ -84,13 +84,14 @@ pub fn apply_update(c: &WriterConn, db: &str, update: &IndexUpdate) -> Result<bo
             "DELETE FROM index_rows WHERE ix = $1 AND doc = $2",
             &[&ix, &doc.doc_id],
         )? as i64;
-        // Rows computed before a purge of the document must not come back. The purge holds
-        // this index's row lock, taken above, until it commits, so it is seen here.
-        let since = i64::try_from(update.since).unwrap_or(i64::MAX);
+        // Rows computed before a purge of the document must not come back: the step's changes
+        // were read up to `upto`, so a purge after that read is above it. A purge holds this
+        // index's row lock, taken above, until it commits, so a committed one is seen here.
+        let upto = i64::try_from(update.upto).unwrap_or(i64::MAX);
         if c.query_opt(
             "SELECT 1 FROM events WHERE db = $1 AND doc = $2 AND seq > $3 AND kind = 'purged'
                  LIMIT 1",
-            &[&db, &doc.doc_id, &since],
+            &[&db, &doc.doc_id, &upto],
         )?
         .is_some()
         {

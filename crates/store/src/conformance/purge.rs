@@ -291,12 +291,30 @@ pub async fn an_index_step_from_before_a_purge_writes_no_rows_for_it(store: Arc<
         store.index_state("db", "ix").await.unwrap().unwrap().rows,
         1
     );
-    // Written again after the purge, the document is indexed by a later step as usual.
+    // Written again after the purge, the document is indexed by a later step as usual, and by
+    // an index built from scratch.
     write(&*store, "db", edit("a", None, json!({"again": true}))).await;
     let seq = store.db_info("db").await.unwrap().update_seq;
     let docs = vec![rows("a", &[json!(3)])];
     assert!(store.update_index("db", step(2, seq, docs)).await.unwrap());
-    assert_eq!(store.scan_index("db", "ix", &all()).await.unwrap().len(), 1);
+    let keyed = |rows: Vec<crate::IndexRow>| -> Vec<(String, String)> {
+        rows.into_iter().map(|r| (r.key, r.doc_id)).collect()
+    };
+    let expected = [
+        ("2".to_owned(), "b".to_owned()),
+        ("3".to_owned(), "a".to_owned()),
+    ];
+    assert_eq!(
+        keyed(store.scan_index("db", "ix", &all()).await.unwrap()),
+        expected
+    );
+    assert!(store.drop_index("db", "ix").await.unwrap());
+    let docs = vec![rows("b", &[json!(2)]), rows("a", &[json!(3)])];
+    assert!(store.update_index("db", step(0, seq, docs)).await.unwrap());
+    assert_eq!(
+        keyed(store.scan_index("db", "ix", &all()).await.unwrap()),
+        expected
+    );
 }
 
 pub async fn a_purged_document_leaves_the_access_index(store: Arc<dyn Store>) {

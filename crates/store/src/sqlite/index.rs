@@ -46,7 +46,7 @@ CREATE INDEX IF NOT EXISTS index_rows_by_doc ON index_rows (ix, doc);
 const DELETE_DOC_ROWS: &str =
     "DELETE FROM index_rows INDEXED BY index_rows_by_doc WHERE ix = ?1 AND doc = ?2";
 
-/// Whether a document was purged after a sequence (see [`crate::index`]).
+/// Whether a document was purged after a sequence, the `upto` of a step (see [`crate::index`]).
 const PURGED_SINCE: &str =
     "SELECT 1 FROM events WHERE db = ?1 AND doc = ?2 AND seq > ?3 AND kind = 'purged'";
 
@@ -281,8 +281,10 @@ pub(super) fn apply_update(
         for doc in &update.docs {
             removed += delete.execute(params![ix, doc.doc_id])? as i64;
             // Rows computed before a purge of the document must not come back: a later step
-            // indexes what is left of it (it moved to a new sequence), if anything.
-            if purged.exists(params![db, doc.doc_id, update.since as i64])? {
+            // indexes what is left of it (it moved to a new sequence), if anything. The step's
+            // changes were read up to `upto`, so a purge after that read is above it.
+            let upto = i64::try_from(update.upto).unwrap_or(i64::MAX);
+            if purged.exists(params![db, doc.doc_id, upto])? {
                 continue;
             }
             for (n, entry) in doc.rows.iter().enumerate() {
