@@ -144,6 +144,8 @@ async fn purging_every_leaf_removes_a_document_from_every_listing_and_index() {
         .map(|e| e["type"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["purged"]);
+    assert_eq!(events["results"][0]["rev"], a.as_str());
+    assert_eq!(events["results"][0]["removed"], json!([a]));
 }
 
 #[tokio::test]
@@ -176,6 +178,18 @@ async fn purging_a_conflicts_winner_leaves_the_other_branch_winning() {
     let changes = s.expect("GET", &since, None, 200).await;
     assert_eq!(feed_ids(&changes), ["d"]);
     assert_eq!(changes["results"][0]["changes"], json!([{"rev": "2-bbbb"}]));
+    // The log keeps the history of the branch left and records the purge.
+    let events = s.expect("GET", "/c/_events?doc_id=d", None, 200).await;
+    let last = events["results"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["type"], "purged");
+    assert_eq!(last["rev"], "2-cccc");
+    assert_eq!(last["removed"], json!(["2-cccc"]));
+    assert_eq!(events["results"].as_array().unwrap().len(), 3);
 }
 
 #[tokio::test]
