@@ -83,7 +83,7 @@ async fn a_version_1_file_is_upgraded_in_place() {
             )
             .unwrap();
         // Brought forward through every later version too.
-        assert_eq!(version, "6");
+        assert_eq!(version, "7");
     }
     store.compact("db").await.unwrap();
     assert!(
