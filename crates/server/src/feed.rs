@@ -339,7 +339,13 @@ pub fn event_json(e: Event, incarnation: &Incarnation, include_docs: bool) -> Va
         .as_deref()
         .and_then(|d| serde_json::from_str::<Value>(d).ok())
     {
-        for key in ["policy", "superseded", "reinstates", "resolution", "removed"] {
+        for key in [
+            "policy",
+            "superseded",
+            "reinstates",
+            "resolution",
+            "removed",
+        ] {
             if let Some(v) = detail.get(key) {
                 row[key] = v.clone();
             }

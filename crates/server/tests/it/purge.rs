@@ -240,7 +240,10 @@ async fn purge_requests_are_checked_before_anything_is_written() {
         .await;
     // Nothing was purged by the refused requests.
     s.expect("GET", "/v/d", None, 200).await;
-    assert_eq!(seq_n(&s.expect("GET", "/v", None, 200).await["purge_seq"]), 100);
+    assert_eq!(
+        seq_n(&s.expect("GET", "/v", None, 200).await["purge_seq"]),
+        100
+    );
 }
 
 #[tokio::test]

@@ -139,3 +139,50 @@ async fn the_log_alone_rebuilds_the_tables_across_setting_changes() {
     );
     assert!(verify(&schema).matches());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_rebuilds_the_tables_after_purges() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::new(&url);
+    let store = schema.open().await;
+    store.create_db("db").await.unwrap();
+    history(&store, "whole", 3).await;
+    history(&store, "kept", 2).await;
+    // A second branch of `kept`, replicated in, then purged; `whole` purged entirely, last.
+    let branch = DocUpdate {
+        id: "kept".into(),
+        mode: UpdateMode::Replicate {
+            path: vec!["2-bbbb".parse().unwrap(), "1-aaaa".parse().unwrap()],
+        },
+        deleted: false,
+        body: json!({}).as_object().unwrap().clone(),
+        new_attachments: Vec::new(),
+        origin: Origin::Replication { peer: None },
+    };
+    store.write_docs("db", vec![branch]).await.unwrap();
+    let whole = store.doc("db", "whole").await.unwrap().unwrap();
+    let requests = vec![
+        outpost_store::PurgeRequest {
+            id: "kept".into(),
+            revs: vec!["2-bbbb".parse().unwrap()],
+        },
+        outpost_store::PurgeRequest {
+            id: "whole".into(),
+            revs: vec![whole.tree.winner().unwrap().rev],
+        },
+    ];
+    store.purge("db", requests).await.unwrap();
+    assert!(store.doc("db", "whole").await.unwrap().is_none());
+    let report = verify(&schema);
+    assert!(report.matches(), "{:?}", report.differences);
+    let kept = store.doc("db", "kept").await.unwrap().unwrap();
+    let info = store.db_info("db").await.unwrap();
+
+    let (u, n) = (schema.url.clone(), schema.name.clone());
+    let rebuilt = blocking(move || outpost_store_pg::replay::rebuild(&u, Some(&n), "db").unwrap());
+    assert_eq!((rebuilt.docs, rebuilt.update_seq), (1, info.update_seq));
+    assert!(verify(&schema).matches());
+    let again = store.doc("db", "kept").await.unwrap().unwrap();
+    assert_eq!((again.seq, again.tree), (kept.seq, kept.tree));
+    assert!(store.doc("db", "whole").await.unwrap().is_none());
+}
