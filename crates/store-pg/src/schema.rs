@@ -17,8 +17,12 @@ use outpost_store::StoreError;
 
 /// The schema version this build writes. Version 2 added `access_dbs` and `access_rows`
 /// (per-document access); a version 1 store is brought forward by creating them, empty, as
-/// no database of version 1 could have per-document access.
-pub const VERSION: i64 = 2;
+/// no database of version 1 could have per-document access. Version 3 lets attachment stubs
+/// say their bytes are stored gzip-encoded (`encoding`, `encoded_length`); no table changes and
+/// no row is rewritten (a stub without `encoding` is identity, as every stub written before
+/// is), but a node of an older build, which would serve encoded bytes as the attachment itself,
+/// refuses the store.
+pub const VERSION: i64 = 3;
 
 /// The key of the advisory lock the migration holds (an arbitrary constant, "outpost").
 const MIGRATION_LOCK: i64 = 0x006f_7574_706f_7374;

@@ -21,13 +21,17 @@
 //! freed pages back to the file system); 3 keys events by `(db, seq, pos)`; 4 adds the index tables;
 //! 5 adds the access index of per-document access (`access_dbs`, `access_rows`, see
 //! [`super::access`]), so that an older build, which would serve every document of such a
-//! database to every member, refuses the file. [`migrate`] brings
-//! an older file forward on open, one version at a time.
+//! database to every member, refuses the file; 6 lets attachment stubs say their bytes are
+//! stored gzip-encoded (`encoding`, `encoded_length`, see [`outpost_core::attachment`]): no
+//! table changes and no row is rewritten (a stub without `encoding` is identity, as every stub
+//! written before is), but an older build, which would serve encoded bytes as the attachment
+//! itself, refuses the file. [`migrate`] brings an older file forward on open, one version at a
+//! time.
 
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this build writes.
-pub const VERSION: i64 = 5;
+pub const VERSION: i64 = 6;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -203,11 +207,27 @@ pub fn migrate(conn: &Connection) -> Result<(), crate::StoreError> {
     }
     if version == 4 {
         upgrade_from_4(conn)?;
+        version = 5;
+    }
+    if version == 5 {
+        upgrade_from_5(conn)?;
     }
     // Tables and indexes added without a version change.
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(super::index::SCHEMA)?;
     conn.execute_batch(super::access::SCHEMA)?;
+    Ok(())
+}
+
+/// Version 5 to 6: attachments may be stored gzip-encoded. Every stored stub is identity and
+/// stays as it is; only the version moves, so that older builds refuse the file from now on.
+fn upgrade_from_5(conn: &Connection) -> Result<(), crate::StoreError> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         UPDATE meta SET value = '6' WHERE key = 'schema_version';
+         COMMIT;",
+    )?;
+    tracing::info!("migrated the store's schema from version 5 to 6");
     Ok(())
 }
 
