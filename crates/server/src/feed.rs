@@ -340,7 +340,9 @@ pub fn event_json(e: Event, include_docs: bool) -> Value {
     if include_docs {
         row["doc"] = e
             .body
-            .and_then(|b| serde_json::from_str(&b).ok())
+            .and_then(|b| {
+                serde_json::from_str(&outpost_core::attachment::without_encoding_info(&b)).ok()
+            })
             .unwrap_or(Value::Null);
     }
     row
