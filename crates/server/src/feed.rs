@@ -402,8 +402,11 @@ async fn render_row(
         }
     }
     if matches!(opts.filter, Filter::Function { .. } | Filter::View { .. }) {
+        // As CouchDB gives it to filter functions: without how attachments are stored, even
+        // when the feed shows that (`att_encoding_info`).
         let text = doc.as_deref().unwrap_or("null");
-        if !function_admits(state, db, &opts.filter, &row.id, text).await? {
+        let text = outpost_core::attachment::without_encoding_info(text);
+        if !function_admits(state, db, &opts.filter, &row.id, &text).await? {
             return Ok(None);
         }
     }

@@ -469,7 +469,10 @@ async fn encoding_information_shows_in_listings_only_when_asked() {
         .unwrap()
         .to_owned();
     let encoded_length = json!(stored(&text).len());
-    let design = json!({"views": {"atts": {"map": "function (doc) { if (doc._attachments) emit(doc._id, doc._attachments['t.txt']); }"}}});
+    let design = json!({
+        "views": {"atts": {"map": "function (doc) { if (doc._attachments) emit(doc._id, doc._attachments['t.txt']); }"}},
+        "filters": {"unaware": "function (doc) { return !!doc._attachments && !doc._attachments['t.txt'].encoding; }"},
+    });
     s.expect("PUT", "/db/_design/v", Some(design), 201).await;
 
     // (path, method, body, where the attachment is in the answer)
@@ -531,7 +534,21 @@ async fn encoding_information_shows_in_listings_only_when_asked() {
         assert_eq!(att["encoded_length"], encoded_length, "{path}");
     }
 
-    // What map functions and `_find` see is the document as a client reads it.
+    // What map and filter functions and `_find` see is the document as a client reads it, even
+    // where the answer shows the encoding.
+    let filtered = s
+        .expect(
+            "GET",
+            "/db/_changes?filter=v/unaware&include_docs=true&att_encoding_info=true",
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(crate::support::feed_ids(&filtered), ["d"]);
+    assert_eq!(
+        filtered["results"][0]["doc"]["_attachments"]["t.txt"]["encoding"],
+        "gzip"
+    );
     let view = s.expect("GET", "/db/_design/v/_view/atts", None, 200).await;
     let emitted = &view["rows"][0]["value"];
     assert_eq!(emitted["length"], json!(text.len()));
@@ -803,6 +820,31 @@ async fn attachments_come_back_byte_for_byte_over_a_socket() {
             "{accept}"
         );
         assert!(head.bytes().await.unwrap().is_empty());
+    }
+    // A range of an attachment stored as it came, and none of one stored encoded.
+    let rev = put.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let bin = letters(100_000, 17);
+    let put = client
+        .put(format!("{base}/db/d/b.bin?rev={rev}"))
+        .header("content-type", "application/octet-stream")
+        .body(bin.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    for (name, status, expected) in [("b.bin", 206, &bin[1000..3000]), ("l.txt", 200, &big[..])] {
+        let answer = client
+            .get(format!("{base}/db/d/{name}"))
+            .header("range", "bytes=1000-2999")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), status, "{name}");
+        assert!(answer.bytes().await.unwrap() == expected, "{name}");
     }
     shutdown.cancel();
 }
