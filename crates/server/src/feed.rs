@@ -354,7 +354,9 @@ pub fn event_json(e: Event, incarnation: &Incarnation, include_docs: bool) -> Va
     if include_docs {
         row["doc"] = e
             .body
-            .and_then(|b| serde_json::from_str(&b).ok())
+            .and_then(|b| {
+                serde_json::from_str(&outpost_core::attachment::without_encoding_info(&b)).ok()
+            })
             .unwrap_or(Value::Null);
     }
     row
@@ -414,8 +416,11 @@ async fn render_row(
         }
     }
     if matches!(opts.filter, Filter::Function { .. } | Filter::View { .. }) {
+        // As CouchDB gives it to filter functions: without how attachments are stored, even
+        // when the feed shows that (`att_encoding_info`).
         let text = doc.as_deref().unwrap_or("null");
-        if !function_admits(state, db, &opts.filter, &row.id, text).await? {
+        let text = outpost_core::attachment::without_encoding_info(text);
+        if !function_admits(state, db, &opts.filter, &row.id, &text).await? {
             return Ok(None);
         }
     }

@@ -75,8 +75,11 @@ pub struct Config {
     pub max_body_bytes_in_flight: usize,
     /// Largest document body (its JSON without attachments), as CouchDB's `max_document_size`.
     pub max_document_size: usize,
-    /// Largest attachment, inline or uploaded alone.
+    /// Largest attachment, inline or uploaded alone (its identity bytes, however it is stored).
     pub max_attachment_size: usize,
+    /// Which attachments are stored gzip-encoded, and at what level (CouchDB's `[attachments]
+    /// compressible_types` and `compression_level`).
+    pub attachments: outpost_core::attachment::Compression,
     /// How long a request body may take to arrive; a client that stops sending mid-body gets
     /// 408 instead of holding its connection forever.
     pub body_read_timeout: Duration,
@@ -103,6 +106,7 @@ impl Default for Config {
             max_body_bytes_in_flight: 512 * 1024 * 1024,
             max_document_size: 8_000_000,
             max_attachment_size: 64 * 1024 * 1024,
+            attachments: outpost_core::attachment::Compression::default(),
             body_read_timeout: Duration::from_secs(120),
             max_header_bytes: 64 * 1024,
             cors_origins: None,

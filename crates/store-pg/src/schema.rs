@@ -21,8 +21,11 @@ use outpost_store::StoreError;
 /// and a deletion flag in every event, so that replay reads the log alone; an older store gets
 /// them as the SQLite engine's upgrade gives them (see [`upgrade_to_3`]).
 /// Version 4 added `dbs.purge_seq` and `dbs.purged_infos_limit` (`_purge`), added to an older
-/// store's table as it opens.
-pub const VERSION: i64 = 4;
+/// store's table as it opens. Version 5 lets attachment stubs say their bytes are stored
+/// gzip-encoded (`encoding`, `encoded_length`); no table changes and no row is rewritten (a stub
+/// without `encoding` is identity, as every stub written before is), but a node of an older
+/// build, which would serve encoded bytes as the attachment itself, refuses the store.
+pub const VERSION: i64 = 5;
 
 /// The key of the advisory lock the migration holds (an arbitrary constant, "outpost").
 const MIGRATION_LOCK: i64 = 0x006f_7574_706f_7374;

@@ -946,6 +946,7 @@ fn resolve_attachments(
                 }
             }
         } else {
+            check_encoding(name, obj)?;
             if !(replicated && obj.get("revpos").and_then(Value::as_u64).is_some()) {
                 obj.insert("revpos".into(), Value::from(generation));
             }
@@ -953,6 +954,28 @@ fn resolve_attachments(
         }
     }
     Ok(())
+}
+
+/// Refuses a new attachment whose stored coding is not one the server can serve: identity (no
+/// `encoding`), or gzip with the size stored in `encoded_length`. The stub keeps both, so every
+/// revision that takes the attachment over (an edit's stub, a resolution) knows how its bytes
+/// are stored.
+fn check_encoding(name: &str, entry: &Map<String, Value>) -> Result<(), DocError> {
+    use outpost_core::attachment::{ENCODED_LENGTH, ENCODING, GZIP};
+    let encoding = entry.get(ENCODING);
+    let encoded_length = entry.get(ENCODED_LENGTH);
+    let valid = match encoding {
+        None => encoded_length.is_none(),
+        Some(Value::String(e)) if e == GZIP => encoded_length.and_then(Value::as_u64).is_some(),
+        Some(_) => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(DocError::Invalid(format!(
+            "attachment {name}: encoding must be absent, or \"gzip\" with an encoded_length"
+        )))
+    }
 }
 
 fn load_attachment_maps(

@@ -12,7 +12,9 @@ pub struct DocUpdate {
     pub deleted: bool,
     /// The body without `_id`, `_rev`, `_deleted` and `_revisions`. `_attachments`, when present,
     /// holds stubs (`"stub": true`, resolved against the parent revision) or new entries that
-    /// carry `content_type`, `digest` and `length` and whose bytes are in `new_attachments`.
+    /// carry `content_type`, `digest` and `length` (of the identity bytes) and whose bytes are
+    /// in `new_attachments`; an entry whose bytes are stored gzip-encoded also carries
+    /// `"encoding": "gzip"` and `encoded_length` (see [`outpost_core::attachment`]).
     pub body: Map<String, Value>,
     /// Bytes of attachments new in this revision, by digest.
     pub new_attachments: Vec<NewAttachment>,
@@ -30,10 +32,12 @@ pub enum UpdateMode {
     Replicate { path: Vec<Rev> },
 }
 
-/// The bytes of an attachment that the store keeps once per digest.
+/// The bytes of an attachment that the store keeps once per digest, as they are stored:
+/// identity, or gzip-encoded when the attachment's entry says `"encoding": "gzip"`. The store
+/// never looks into them.
 #[derive(Debug, Clone)]
 pub struct NewAttachment {
-    /// `md5-<base64>` of the bytes.
+    /// `md5-<base64>` of the bytes stored (as CouchDB's digest of an encoded attachment is).
     pub digest: String,
     pub data: Vec<u8>,
 }

@@ -227,7 +227,8 @@ impl LocalEndpoint {
                     },
                     Filter::Design(design) => match row.body.as_deref() {
                         Some(body) => {
-                            let doc = splice(&row.id, &winner.rev, winner.deleted, body, &[]);
+                            let body = outpost_core::attachment::without_encoding_info(body);
+                            let doc = splice(&row.id, &winner.rev, winner.deleted, &body, &[]);
                             function_admits(&self.state, &self.db, design, &row.id, &doc)
                                 .await
                                 .map_err(|e| self.api_error("changes", e))?
@@ -580,10 +581,12 @@ impl Endpoint for LocalEndpoint {
             .map_err(|e| self.store_error(op, e))?;
         let (_, body) = bodies.into_iter().next().ok_or_else(missing)?;
         let value: Value = serde_json::from_str(&body.json).map_err(|_| missing())?;
-        let digest = value
+        let att = value
             .get("_attachments")
             .and_then(|a| a.get(name))
-            .and_then(|a| a.get("digest"))
+            .ok_or_else(missing)?;
+        let digest = att
+            .get("digest")
             .and_then(Value::as_str)
             .ok_or_else(missing)?;
         let bytes = self
@@ -593,6 +596,14 @@ impl Endpoint for LocalEndpoint {
             .await
             .map_err(|e| self.store_error(op, e))?
             .ok_or_else(missing)?;
+        // The identity bytes, as an HTTP source sends them to a client that does not take gzip.
+        if outpost_core::attachment::encoded_length(att).is_some() {
+            let length = att.get("length").and_then(Value::as_u64).unwrap_or(0);
+            let decoded = outpost_core::attachment::gunzip(&bytes, length).map_err(|e| {
+                self.store_error(op, StoreError::Corrupt(format!("attachment {digest}: {e}")))
+            })?;
+            return Ok(Bytes::from(decoded));
+        }
         Ok(Bytes::from(bytes))
     }
 }

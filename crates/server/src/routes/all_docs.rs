@@ -133,6 +133,7 @@ async fn list(
         render: RenderOpts {
             conflicts: q.flag("conflicts")?,
             attachments: q.flag("attachments")?,
+            att_encoding_info: q.flag("att_encoding_info")?,
             ..RenderOpts::default()
         },
     };

@@ -154,6 +154,7 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
         render: RenderOpts {
             conflicts: q.flag("conflicts")?,
             attachments: q.flag("attachments")?,
+            att_encoding_info: q.flag("att_encoding_info")?,
             ..RenderOpts::default()
         },
         filter,

@@ -257,6 +257,11 @@ pub async fn resolve(state: &AppState, db: &str, req: &mut Req) -> Result<Respon
         fields.shift_remove("_revisions");
     }
     let update = parse_doc(doc, Some(&id), true, Origin::Client)?;
+    crate::limits::check(&update, &state.config)?;
+    let update = crate::encoding::store_form(state, vec![update])
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::Internal("no update to resolve with".into()))?;
     let rev = state
         .store
         .resolve(db, &id, revs, update)

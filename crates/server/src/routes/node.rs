@@ -75,6 +75,13 @@ fn config_sections(state: &AppState) -> Map<String, Value> {
             "max_attachment_size": c.max_attachment_size.to_string(),
         }),
     );
+    sections.insert(
+        "attachments".into(),
+        json!({
+            "compression_level": c.attachments.level().to_string(),
+            "compressible_types": c.attachments.types(),
+        }),
+    );
     let origins = match &c.cors_origins {
         None => "*".to_owned(),
         Some(list) => list.join(", "),

@@ -463,6 +463,7 @@ fn params(query: &Map<String, Value>, body: &Value) -> Result<Params, ApiError> 
         render: RenderOpts {
             conflicts: flag("conflicts", false)?,
             attachments: flag("attachments", false)?,
+            att_encoding_info: flag("att_encoding_info", false)?,
             ..RenderOpts::default()
         },
     })

@@ -444,11 +444,13 @@ async fn the_node_endpoints_describe_one_node() {
 async fn attachments_answer_ranges_and_conditional_gets_as_couchdb() {
     let s = TestServer::new();
     s.expect("PUT", "/db", None, 201).await;
+    // A type CouchDB stores as it comes: one it compresses is not served by ranges (see
+    // `attachments::ranges_are_served_of_identity_attachments_only`).
     let (status, _, _) = s
         .raw(
             "PUT",
             "/db/d/a.txt",
-            &[("content-type", "text/plain")],
+            &[("content-type", "application/octet-stream")],
             Some(b"0123456789".to_vec()),
         )
         .await;
@@ -599,6 +601,24 @@ async fn documents_with_attachments_arrive_as_multipart_related() {
     assert_eq!(one, b"\x00\x01\r\n");
     let (_, _, two) = s.raw("GET", "/db/m/two.txt", &[], None).await;
     assert_eq!(two, b"compressed text");
+    // Kept as it came, as CouchDB keeps it: the digest of the encoded bytes, which a client
+    // that takes gzip gets back as they were sent.
+    let stored = s
+        .expect("GET", "/db/m?att_encoding_info=true", None, 200)
+        .await;
+    let two = &stored["_attachments"]["two.txt"];
+    assert_eq!(
+        two["digest"],
+        outpost_core::hash::attachment_digest(&gzipped)
+    );
+    assert_eq!(
+        (two["length"].as_u64(), two["encoding"].as_str()),
+        (Some(15), Some("gzip"))
+    );
+    let (_, _, sent) = s
+        .raw("GET", "/db/m/two.txt", &[("accept-encoding", "gzip")], None)
+        .await;
+    assert_eq!(sent, gzipped);
     // A part for an attachment that does not follow is refused.
     let doc = json!({"_attachments": {"a": {"follows": true}}});
     let (status, _, _) = s

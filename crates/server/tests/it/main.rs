@@ -3,6 +3,7 @@
 
 mod access;
 mod api;
+mod attachments;
 mod auth;
 mod bounds;
 mod compaction;

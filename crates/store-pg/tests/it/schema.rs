@@ -90,3 +90,51 @@ async fn a_version_1_store_gains_per_document_access_and_purge_counters() {
     assert_eq!(feed.len(), 1);
     assert_eq!(feed[0].id, "s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_4_store_keeps_its_attachments_as_they_were_stored() {
+    use outpost_store::conformance::compaction::{with_attachment, write};
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::new(&url);
+    let bytes = b"plain text stored before attachments could be encoded".repeat(50);
+    let (update, digest) = with_attachment("d", None, &bytes);
+    let rev;
+    {
+        let store = schema.open().await;
+        store.create_db("db").await.unwrap();
+        rev = write(&store, "db", update).await;
+        store.close();
+    }
+    // Version 4 stored every attachment as it came, its stub without `encoding`.
+    sql(
+        &schema,
+        "UPDATE meta SET value = '4' WHERE key = 'schema_version'",
+    );
+    let store = schema.open().await;
+    assert_eq!(
+        sql(
+            &schema,
+            "SELECT value FROM meta WHERE key = 'schema_version'"
+        )
+        .as_deref(),
+        Some("5")
+    );
+    let body = store.rev_bodies("db", "d", &[rev]).await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&body[0].1.json).unwrap();
+    let stub = &body["_attachments"]["f"];
+    assert_eq!(stub["digest"], json!(digest));
+    assert_eq!(stub["length"], json!(bytes.len()));
+    assert_eq!(outpost_core::attachment::encoded_length(stub), None);
+    assert_eq!(store.attachment(&digest).await.unwrap(), Some(bytes));
+    store.close();
+    // A store of a later version than this build's is refused rather than misread.
+    sql(
+        &schema,
+        "UPDATE meta SET value = '6' WHERE key = 'schema_version'",
+    );
+    assert!(
+        outpost_store_pg::PgStore::open(&url, Some(&schema.name))
+            .await
+            .is_err()
+    );
+}

@@ -7,6 +7,7 @@
 //! PostgreSQL engine pass exactly the same checks.
 
 pub mod access;
+pub mod attachments;
 pub mod basics;
 pub mod compaction;
 pub mod documents;
@@ -57,6 +58,9 @@ macro_rules! conformance_suite {
             basics::a_conflicting_edit_fails_alone,
             basics::local_documents_check_their_revision,
             basics::attachments_are_read_whole_or_by_range,
+            attachments::encoded_attachments_keep_their_bytes_and_coding_through_every_revision,
+            attachments::the_same_bytes_stored_encoded_and_as_they_are_keep_both_meanings,
+            attachments::a_new_attachment_in_a_coding_that_cannot_be_served_is_refused,
             basics::batched_reads_match_single_reads_in_the_order_asked,
             index::rows_come_back_in_collation_order_then_doc_id,
             index::ranges_skip_and_limit,

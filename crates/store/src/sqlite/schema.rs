@@ -26,13 +26,16 @@
 //! [`super::access`]), so that an older build, which would serve every document of such a
 //! database to every member, refuses the file; 6 adds `settings_events` and fills in the
 //! deletion flag of every event, so that replay reads the log alone; 7 adds `dbs.purge_seq` and
-//! `dbs.purged_infos_limit` (`_purge`). [`migrate`] brings
-//! an older file forward on open, one version at a time.
+//! `dbs.purged_infos_limit` (`_purge`); 8 lets attachment stubs say their bytes are stored
+//! gzip-encoded (`encoding`, `encoded_length`, see [`outpost_core::attachment`]): no table
+//! changes and no row is rewritten (a stub without `encoding` is identity, as every stub written
+//! before is), but an older build, which would serve encoded bytes as the attachment itself,
+//! refuses the file. [`migrate`] brings an older file forward on open, one version at a time.
 
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this build writes.
-pub const VERSION: i64 = 7;
+pub const VERSION: i64 = 8;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -232,6 +235,10 @@ pub fn migrate(conn: &Connection) -> Result<(), crate::StoreError> {
     }
     if version == 6 {
         upgrade_from_6(conn)?;
+        version = 7;
+    }
+    if version == 7 {
+        upgrade_from_7(conn)?;
     }
     // Tables and indexes added without a version change.
     conn.execute_batch(SCHEMA)?;
@@ -286,6 +293,18 @@ fn upgrade_from_6(conn: &Connection) -> Result<(), crate::StoreError> {
          COMMIT;",
     )?;
     tracing::info!("migrated the store's schema from version 6 to 7");
+    Ok(())
+}
+
+/// Version 7 to 8: attachments may be stored gzip-encoded. Every stored stub is identity and
+/// stays as it is; only the version moves, so that older builds refuse the file from now on.
+fn upgrade_from_7(conn: &Connection) -> Result<(), crate::StoreError> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         UPDATE meta SET value = '8' WHERE key = 'schema_version';
+         COMMIT;",
+    )?;
+    tracing::info!("migrated the store's schema from version 7 to 8");
     Ok(())
 }
 

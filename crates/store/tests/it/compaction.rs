@@ -83,7 +83,7 @@ async fn a_version_1_file_is_upgraded_in_place() {
             )
             .unwrap();
         // Brought forward through every later version too.
-        assert_eq!(version, "7");
+        assert_eq!(version, "8");
     }
     store.compact("db").await.unwrap();
     assert!(
@@ -94,4 +94,50 @@ async fn a_version_1_file_is_upgraded_in_place() {
             .is_empty()
     );
     assert!(replay::verify(dir.path(), "db").unwrap().matches());
+}
+
+#[tokio::test]
+async fn a_version_7_file_keeps_its_attachments_as_they_were_stored() {
+    use outpost_store::conformance::compaction::with_attachment;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(outpost_store::sqlite::FILE_NAME);
+    let bytes = b"plain text stored before attachments could be encoded".repeat(50);
+    let (update, digest) = with_attachment("d", None, &bytes);
+    let rev;
+    {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.create_db("db").await.unwrap();
+        rev = write(&store, "db", update).await;
+        store.close();
+    }
+    let version = |c: &rusqlite::Connection| -> String {
+        c.query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    {
+        // Version 7 stored every attachment as it came, its stub without `encoding`.
+        let c = rusqlite::Connection::open(&file).unwrap();
+        c.execute_batch("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+            .unwrap();
+    }
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(version(&rusqlite::Connection::open(&file).unwrap()), "8");
+    let body = store.rev_bodies("db", "d", &[rev]).await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&body[0].1.json).unwrap();
+    let stub = &body["_attachments"]["f"];
+    assert_eq!(stub["digest"], json!(digest));
+    assert_eq!(stub["length"], json!(bytes.len()));
+    assert_eq!(outpost_core::attachment::encoded_length(stub), None);
+    assert_eq!(store.attachment(&digest).await.unwrap(), Some(bytes));
+    store.close();
+    // A file of a later version than this build's is refused rather than misread.
+    rusqlite::Connection::open(&file)
+        .unwrap()
+        .execute_batch("UPDATE meta SET value = '9' WHERE key = 'schema_version'")
+        .unwrap();
+    assert!(SqliteStore::open(dir.path()).is_err());
 }

@@ -42,5 +42,5 @@ async fn a_version_3_file_gets_the_index_tables() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(version, "7");
+    assert_eq!(version, "8");
 }
