@@ -299,7 +299,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     }
     // Persistent replications: the `_replicator` database's documents, resumed from their
     // checkpoints.
-    outpost_server::replication::start_jobs(&state);
+    outpost_server::replication::start_jobs(&state).await;
     tracing::info!(
         listen = %local,
         data = %args.data.display(),

@@ -35,8 +35,14 @@ pub const DB: &str = "_replicator";
 /// Changes read per page.
 const PAGE: u64 = 500;
 
-/// Starts the manager as a tracked task; it ends on shutdown.
-pub fn start(state: &AppState) {
+/// Creates `_replicator` when it does not exist yet, then starts the manager as a tracked task;
+/// it ends on shutdown. Awaited before the server takes requests, so a client's first
+/// `PUT /_replicator/{id}` finds the database (CouchDB creates it at startup too).
+pub async fn start(state: &AppState) {
+    if let Err(e) = ensure_db(state).await {
+        // The manager tries again as it starts; requests meanwhile see what the store says.
+        warn!(error = %e, "could not create the replicator database");
+    }
     let st = state.clone();
     state.tasks.spawn(
         async move {
@@ -64,11 +70,15 @@ pub(super) fn params(body: &Map<String, Value>) -> Map<String, Value> {
         .collect()
 }
 
-async fn run(state: AppState) -> Result<(), StoreError> {
+async fn ensure_db(state: &AppState) -> Result<(), StoreError> {
     match state.store.create_db(DB).await {
-        Ok(()) | Err(StoreError::DbExists) => {}
-        Err(e) => return Err(e),
+        Ok(()) | Err(StoreError::DbExists) => Ok(()),
+        Err(e) => Err(e),
     }
+}
+
+async fn run(state: AppState) -> Result<(), StoreError> {
+    ensure_db(&state).await?;
     let mut watch = state.store.watch(DB);
     let mut known: HashMap<String, Known> = HashMap::new();
     let mut since = 0;

@@ -245,11 +245,13 @@ async fn replication_series_follow_the_jobs_that_exist() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
     let state = AppState::new(store, Config::default(), CancellationToken::new());
-    outpost_server::replication::start_jobs(&state);
+    outpost_server::replication::start_jobs(&state).await;
     let s = TestServer {
         router: app(state),
         dir,
     };
+    // `_replicator` exists as soon as the jobs are started, before any request is served.
+    s.expect("GET", "/_replicator", None, 200).await;
     s.expect("PUT", "/src", None, 201).await;
     let doc = json!({"source": "src", "target": "http://127.0.0.1:1/nowhere", "continuous": true});
     let rev = s.expect("PUT", "/_replicator/stuck", Some(doc), 201).await["rev"]
@@ -322,7 +324,7 @@ async fn a_completed_job_keeps_its_counters_in_the_scheduler() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
     let state = AppState::new(store, Config::default(), CancellationToken::new());
-    outpost_server::replication::start_jobs(&state);
+    outpost_server::replication::start_jobs(&state).await;
     let s = TestServer {
         router: app(state),
         dir,
