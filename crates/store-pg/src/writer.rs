@@ -11,9 +11,10 @@
 //! `counters`. To rule out deadlocks between nodes, a transaction locks the rows of every
 //! database it will touch up front, in name order, and the `_db_updates` counter last, just
 //! before it commits. What is left can still, rarely, deadlock two nodes' transactions (two
-//! index steps taken in opposite orders, or the same two new attachments stored in opposite
-//! orders): PostgreSQL then aborts one of them, whose requests answer 503 with `Retry-After`
-//! ([`StoreError::Unavailable`]) and are retried by their clients.
+//! index steps taken in opposite orders, or the same two new attachments stored by two
+//! requests of one batch in the opposite order to another batch's; a request's own attachments
+//! are stored in digest order): PostgreSQL then aborts one of them, whose requests answer 503
+//! with `Retry-After` ([`StoreError::Unavailable`]) and are retried by their clients.
 //!
 //! After the commit the writer announces the new sequences to this node's live feeds directly;
 //! other nodes hear of it through one `NOTIFY` per transaction (see [`crate::feed`]).

@@ -10,7 +10,8 @@
 //! The transaction is the engine's business: it decides how requests are grouped into commits
 //! and what locks give its sequences their order (see [`DocTx::db_state`]).
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 
 use outpost_core::rev::MAX_GENERATION;
 use outpost_core::{Policy, Rev, RevTree, hash, policy};
@@ -19,6 +20,11 @@ use serde_json::{Map, Value};
 use crate::{DocError, DocUpdate, NewAttachment, Origin, StoreError, UpdateMode};
 
 /// The reads and writes the document writer needs, on an engine's open write transaction.
+///
+/// Reads come one by one (a document's rows, a revision's body), but the writes of a whole step
+/// (every document of a request's chunk) reach the engine at once, in [`DocTx::write`], so that
+/// an engine whose statements cost a round trip each can write them with a few multi-row
+/// statements.
 pub trait DocTx {
     /// The state of the database named `name`, `None` when there is none. An engine whose
     /// writers can run concurrently (several nodes on one server) must lock the row here until
@@ -26,28 +32,22 @@ pub trait DocTx {
     fn db_state(&self, name: &str) -> Result<Option<DbState>, StoreError>;
     /// Writes the counters and sequence of `state` back to its database's row.
     fn save_state(&self, state: &DbState) -> Result<(), StoreError>;
-    /// A document's stored `deleted` flag and revision tree (JSON), `None` when it has no row.
-    fn doc_row(&self, db: i64, id: &str) -> Result<Option<(bool, String)>, StoreError>;
-    /// The stored body (JSON) of one revision, `None` when there is none.
-    fn rev_body(&self, db: i64, doc: &str, rev: &str) -> Result<Option<String>, StoreError>;
-    /// Stores a revision's body; a revision already stored is kept as it is.
-    fn put_rev(
+    /// The stored `deleted` flag and revision tree (JSON) of each of `ids` that has a row, by id.
+    fn doc_rows(
         &self,
         db: i64,
-        doc: &str,
-        rev: &str,
-        deleted: bool,
-        body: &str,
-    ) -> Result<(), StoreError>;
-    /// Stores attachment bytes under their digest, once.
-    fn put_attachment(&self, att: &NewAttachment) -> Result<(), StoreError>;
-    /// Inserts or replaces a document's row.
-    fn put_doc(&self, row: &DocRowWrite<'_>) -> Result<(), StoreError>;
-    /// Appends one event to the log.
-    fn put_event(&self, event: &EventWrite<'_>) -> Result<(), StoreError>;
+        ids: &[&str],
+    ) -> Result<HashMap<String, (bool, String)>, StoreError>;
+    /// The stored body (JSON) of one revision, `None` when there is none.
+    fn rev_body(&self, db: i64, doc: &str, rev: &str) -> Result<Option<String>, StoreError>;
+    /// Stores what a step wrote, in this order: attachment bytes under their digest (one
+    /// already stored is kept), revision bodies (one already stored is kept as it is), document
+    /// rows (inserted or replaced), events (appended).
+    fn write(&self, writes: &Writes) -> Result<(), StoreError>;
     /// Brings the access index of a database with per-document access up to date with a
     /// document just stored (its new sequence, winning revision and deletion flag), in the same
-    /// transaction: who gains the document, who loses it (kept as a deletion at `seq`).
+    /// transaction: who gains the document, who loses it (kept as a deletion at `seq`). Called
+    /// after [`DocTx::write`] stored the document's revisions.
     fn index_access(
         &self,
         db: i64,
@@ -58,36 +58,127 @@ pub trait DocTx {
     ) -> Result<(), StoreError>;
 }
 
+/// Everything one step of the writer stores, handed to [`DocTx::write`] at once. Each attachment
+/// digest, revision and document appears once.
+#[derive(Debug, Default)]
+pub struct Writes {
+    pub attachments: Vec<NewAttachment>,
+    pub revs: Vec<RevWrite>,
+    pub docs: Vec<DocRowWrite>,
+    pub events: Vec<EventWrite>,
+}
+
+impl Writes {
+    pub fn is_empty(&self) -> bool {
+        self.attachments.is_empty()
+            && self.revs.is_empty()
+            && self.docs.is_empty()
+            && self.events.is_empty()
+    }
+}
+
+/// A revision's body as the writer stores it.
+#[derive(Debug)]
+pub struct RevWrite {
+    pub db: i64,
+    pub doc: String,
+    pub rev: String,
+    pub deleted: bool,
+    /// The body as JSON, without `_id` and `_rev`.
+    pub body: String,
+}
+
 /// A document's row as the writer stores it.
 #[derive(Debug)]
-pub struct DocRowWrite<'a> {
+pub struct DocRowWrite {
     pub db: i64,
-    pub id: &'a str,
+    pub id: String,
+    /// Whether the document had no row when the step read it (under the engine's write lock on
+    /// the database): the row is inserted, else the existing one is replaced.
+    pub new: bool,
     pub seq: u64,
     pub deleted: bool,
     /// Whether the document has more than one live leaf.
     pub conflicted: bool,
     /// The winning revision.
-    pub winner: &'a str,
+    pub winner: String,
     /// The revision tree as JSON.
-    pub tree: &'a str,
+    pub tree: String,
 }
 
 /// One event as the writer appends it.
 #[derive(Debug)]
-pub struct EventWrite<'a> {
+pub struct EventWrite {
     pub db: i64,
     pub seq: u64,
     /// The event's place among the events of its sequence.
     pub pos: i64,
-    pub kind: &'a str,
-    pub doc: &'a str,
+    pub kind: &'static str,
+    pub doc: String,
     pub rev: String,
     pub parent: Option<String>,
-    pub origin: &'a str,
-    /// Milliseconds since the Unix epoch.
+    pub origin: String,
+    /// Seconds since the Unix epoch.
     pub at: i64,
-    pub detail: Option<&'a str>,
+    pub detail: Option<String>,
+}
+
+/// The writes of a step not handed to the engine yet, and what the step's later reads need
+/// from them: a body written earlier in the step is found here before it is in the engine.
+#[derive(Default)]
+struct Pending {
+    writes: Writes,
+    /// Where each (document, revision) is in `writes.revs`.
+    revs: HashMap<(String, String), usize>,
+    digests: HashSet<String>,
+    /// Documents stored in the step whose access index must follow them, once the step's
+    /// revisions are written: (id, sequence, winner, deleted).
+    access: Vec<(String, u64, String, bool)>,
+}
+
+impl Pending {
+    fn put_rev(&mut self, rev: RevWrite) {
+        let key = (rev.doc.clone(), rev.rev.clone());
+        // As with a stored revision, the first body written is kept.
+        if let Entry::Vacant(e) = self.revs.entry(key) {
+            e.insert(self.writes.revs.len());
+            self.writes.revs.push(rev);
+        }
+    }
+
+    fn put_attachment(&mut self, att: NewAttachment) {
+        if self.digests.insert(att.digest.clone()) {
+            self.writes.attachments.push(att);
+        }
+    }
+
+    /// A revision's body: the stored one, else one written earlier in the step.
+    fn rev_body(
+        &self,
+        tx: &dyn DocTx,
+        db: i64,
+        doc: &str,
+        rev: &str,
+    ) -> Result<Option<String>, StoreError> {
+        if let Some(body) = tx.rev_body(db, doc, rev)? {
+            return Ok(Some(body));
+        }
+        Ok(self
+            .revs
+            .get(&(doc.to_owned(), rev.to_owned()))
+            .map(|&i| self.writes.revs[i].body.clone()))
+    }
+
+    /// Hands the step's writes to the engine, then brings the access index up to date.
+    fn flush(self, tx: &dyn DocTx, db: i64) -> Result<(), StoreError> {
+        if !self.writes.is_empty() {
+            tx.write(&self.writes)?;
+        }
+        for (id, seq, winner, deleted) in &self.access {
+            tx.index_access(db, id, *seq, winner, *deleted)?;
+        }
+        Ok(())
+    }
 }
 
 /// The results of a document write, one per update, once every document is applied; and the
@@ -112,15 +203,40 @@ pub fn apply_docs_step(
         // Deleted and created again between two chunks: the rest is not for this database.
         return Err(StoreError::NoDb);
     }
-    let mut applied = 0;
-    while applied < allowance.max(1) {
-        let Some(group) = progress.groups.get(progress.next) else {
+    // The documents of this step: whole groups up to the allowance (at least one).
+    let first = progress.next;
+    let mut end = first;
+    let mut taken = 0;
+    while taken < allowance.max(1) {
+        let Some(group) = progress.groups.get(end) else {
             break;
         };
-        applied += group.len();
-        apply_doc_group(tx, &mut state, updates, group, &mut progress.results, now)?;
-        progress.next += 1;
+        taken += group.len();
+        end += 1;
     }
+    // Every document's row in one read.
+    let ids: Vec<&str> = progress.groups[first..end]
+        .iter()
+        .map(|g| updates[g[0]].id.as_str())
+        .collect();
+    let mut rows = tx.doc_rows(state.id, &ids)?;
+    let mut pending = Pending::default();
+    for g in first..end {
+        let group = &progress.groups[g];
+        let row = rows.remove(&updates[group[0]].id);
+        apply_doc_group(
+            tx,
+            &mut pending,
+            &mut state,
+            updates,
+            group,
+            row,
+            &mut progress.results,
+            now,
+        )?;
+    }
+    progress.next = end;
+    pending.flush(tx, state.id)?;
     tx.save_state(&state)?;
     if progress.next < progress.groups.len() {
         return Ok((None, state.seq));
@@ -216,33 +332,38 @@ impl DocsProgress {
 
 /// Applies every update of one document in request order, on its tree loaded once, then
 /// resolves it once and stores it once.
+#[allow(clippy::too_many_arguments)]
 fn apply_doc_group(
     tx: &dyn DocTx,
+    pending: &mut Pending,
     state: &mut DbState,
     updates: &mut [DocUpdate],
     group: &[usize],
+    row: Option<(bool, String)>,
     results: &mut [Option<Result<Rev, DocError>>],
     now: i64,
 ) -> Result<(), StoreError> {
-    let mut doc = DocWrite::load(tx, state.id, &updates[group[0]].id)?;
+    let mut doc = DocWrite::new(&updates[group[0]].id, row)?;
     let mut accepted = false;
     for &i in group {
-        results[i] = Some(match apply_doc(tx, state, &mut doc, &mut updates[i]) {
-            Ok(rev) => {
-                accepted = true;
-                Ok(rev)
-            }
-            Err(ApplyError::Doc(e)) => Err(e),
-            Err(ApplyError::Store(e)) => return Err(e),
-        });
+        results[i] = Some(
+            match apply_doc(tx, pending, state, &mut doc, &mut updates[i]) {
+                Ok(rev) => {
+                    accepted = true;
+                    Ok(rev)
+                }
+                Err(ApplyError::Doc(e)) => Err(e),
+                Err(ApplyError::Store(e)) => return Err(e),
+            },
+        );
     }
     // Automatic policies resolve once per document after all of its revisions in the request,
     // so the revisions a replicator sends together (a peer's resolution and its tombstones) are
     // judged together.
     if accepted && state.policy != Policy::Manual {
-        resolve_automatically(tx, state, &mut doc)?;
+        resolve_automatically(tx, pending, state, &mut doc)?;
     }
-    doc.store(tx, state, now)
+    doc.store(pending, state, now)
 }
 
 /// One document as a request writes it: its tree, loaded once; every revision the request adds
@@ -267,8 +388,8 @@ struct PendingEvent {
 }
 
 impl DocWrite {
-    fn load(tx: &dyn DocTx, db: i64, id: &str) -> Result<DocWrite, StoreError> {
-        let row = tx.doc_row(db, id)?;
+    /// The document `id` with its stored row (`deleted` flag and tree), if it has one.
+    fn new(id: &str, row: Option<(bool, String)>) -> Result<DocWrite, StoreError> {
         let (was_deleted, tree) = match row {
             Some((deleted, json)) => {
                 let tree = serde_json::from_str(&json)
@@ -286,10 +407,11 @@ impl DocWrite {
     }
 
     /// Stores a revision just added to the tree: its body now (later revisions of the request may
-    /// take attachment stubs from it, and policies read it), its event with the document.
+    /// take attachment stubs from it, and policies read it, from `pending`), its event with the
+    /// document.
     fn add(
         &mut self,
-        tx: &dyn DocTx,
+        pending: &mut Pending,
         state: &mut DbState,
         revision: &NewRevision<'_>,
         origin: &Origin,
@@ -298,13 +420,13 @@ impl DocWrite {
         let body_json =
             serde_json::to_string(revision.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         state.active_size += body_json.len() as i64;
-        tx.put_rev(
-            state.id,
-            &self.id,
-            &revision.rev.to_string(),
-            revision.deleted,
-            &body_json,
-        )?;
+        pending.put_rev(RevWrite {
+            db: state.id,
+            doc: self.id.clone(),
+            rev: revision.rev.to_string(),
+            deleted: revision.deleted,
+            body: body_json,
+        });
         self.events.push(PendingEvent {
             kind: revision.kind,
             rev: revision.rev.clone(),
@@ -331,7 +453,12 @@ impl DocWrite {
 
     /// Stems the tree and writes the document row, the counters and the events, under one new
     /// sequence. Does nothing when no revision was added.
-    fn store(&mut self, tx: &dyn DocTx, state: &mut DbState, now: i64) -> Result<(), StoreError> {
+    fn store(
+        &mut self,
+        pending: &mut Pending,
+        state: &mut DbState,
+        now: i64,
+    ) -> Result<(), StoreError> {
         if self.events.is_empty() {
             return Ok(());
         }
@@ -345,18 +472,21 @@ impl DocWrite {
             .unwrap_or_default();
         let tree_json =
             serde_json::to_string(&self.tree).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        tx.put_doc(&DocRowWrite {
+        if state.access {
+            pending
+                .access
+                .push((self.id.clone(), state.seq, winner.clone(), deleted));
+        }
+        pending.writes.docs.push(DocRowWrite {
             db: state.id,
-            id: &self.id,
+            id: self.id.clone(),
+            new: self.was_deleted.is_none(),
             seq: state.seq,
             deleted,
             conflicted: self.tree.is_conflicted(),
-            winner: &winner,
-            tree: &tree_json,
-        })?;
-        if state.access {
-            tx.index_access(state.id, &self.id, state.seq, &winner, deleted)?;
-        }
+            winner,
+            tree: tree_json,
+        });
         match (self.was_deleted, deleted) {
             (None, false) => state.doc_count += 1,
             (None, true) => state.doc_del_count += 1,
@@ -372,18 +502,18 @@ impl DocWrite {
         }
         self.was_deleted = Some(deleted);
         for (pos, event) in self.events.drain(..).enumerate() {
-            tx.put_event(&EventWrite {
+            pending.writes.events.push(EventWrite {
                 db: state.id,
                 seq: state.seq,
                 pos: pos as i64,
                 kind: event.kind,
-                doc: &self.id,
+                doc: self.id.clone(),
                 rev: event.rev.to_string(),
                 parent: event.parent.as_ref().map(Rev::to_string),
-                origin: &event.origin,
+                origin: event.origin,
                 at: now / 1000,
-                detail: event.detail.as_deref(),
-            })?;
+                detail: event.detail,
+            });
         }
         Ok(())
     }
@@ -391,13 +521,14 @@ impl DocWrite {
 
 fn load_bodies(
     tx: &dyn DocTx,
+    pending: &Pending,
     db: i64,
     id: &str,
     revs: &[Rev],
 ) -> Result<HashMap<Rev, Value>, StoreError> {
     let mut out = HashMap::new();
     for rev in revs {
-        if let Some(body) = tx.rev_body(db, id, &rev.to_string())? {
+        if let Some(body) = pending.rev_body(tx, db, id, &rev.to_string())? {
             let value =
                 serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             out.insert(rev.clone(), value);
@@ -420,6 +551,7 @@ fn generation_limit_error(rev: &Rev) -> DocError {
 /// Applies the database's policy to a document that may have live conflicts.
 fn resolve_automatically(
     tx: &dyn DocTx,
+    pending: &mut Pending,
     state: &mut DbState,
     doc: &mut DocWrite,
 ) -> Result<(), StoreError> {
@@ -427,7 +559,7 @@ fn resolve_automatically(
     if needed.is_empty() {
         return Ok(());
     }
-    let bodies = load_bodies(tx, state.id, &doc.id, &needed)?;
+    let bodies = load_bodies(tx, pending, state.id, &doc.id, &needed)?;
     let resolution = match policy::resolve(&state.policy, &doc.tree, &bodies) {
         Ok(Some(resolution)) => resolution,
         Ok(None) => return Ok(()),
@@ -466,7 +598,7 @@ fn resolve_automatically(
         origin: &Origin::Resolver,
         detail: &detail,
     };
-    commit_resolution(tx, state, doc, &written)
+    commit_resolution(pending, state, doc, &written)
 }
 
 /// `_resolve`: the client's body becomes a child of the winner and the other leaves it names are
@@ -482,7 +614,9 @@ pub fn apply_manual_resolution(
 ) -> Result<(Result<Rev, DocError>, u64), StoreError> {
     let mut state = load_state(tx, db)?;
     let seq = state.seq;
-    let mut doc = DocWrite::load(tx, state.id, id)?;
+    let row = tx.doc_rows(state.id, &[id])?.remove(id);
+    let mut doc = DocWrite::new(id, row)?;
+    let mut pending = Pending::default();
     if doc.tree.is_empty() {
         return Ok((Err(DocError::Conflict), seq));
     }
@@ -509,6 +643,7 @@ pub fn apply_manual_resolution(
     let mut body = update.body.clone();
     match resolve_attachments(
         tx,
+        &pending,
         state.id,
         id,
         &mut body,
@@ -521,7 +656,7 @@ pub fn apply_manual_resolution(
         Err(ApplyError::Store(e)) => return Err(e),
     }
     for att in &update.new_attachments {
-        tx.put_attachment(att)?;
+        pending.put_attachment(att.clone());
     }
     let rev = hash::next_rev_of_fields(Some(&winner), false, &body);
     if doc.tree.contains(&rev) {
@@ -549,8 +684,9 @@ pub fn apply_manual_resolution(
         origin: &update.origin,
         detail: &detail,
     };
-    commit_resolution(tx, &mut state, &mut doc, &written)?;
-    doc.store(tx, &mut state, now)?;
+    commit_resolution(&mut pending, &mut state, &mut doc, &written)?;
+    doc.store(&mut pending, &mut state, now)?;
+    pending.flush(tx, state.id)?;
     tx.save_state(&state)?;
     Ok((Ok(rev), state.seq))
 }
@@ -569,7 +705,7 @@ struct Resolved<'a> {
 
 /// Adds a resolution's revisions to the document as `resolved` events.
 fn commit_resolution(
-    tx: &dyn DocTx,
+    pending: &mut Pending,
     state: &mut DbState,
     doc: &mut DocWrite,
     resolved: &Resolved<'_>,
@@ -596,7 +732,7 @@ fn commit_resolution(
             kind: "resolved",
         };
         doc.add(
-            tx,
+            pending,
             state,
             &revision,
             resolved.origin,
@@ -608,6 +744,7 @@ fn commit_resolution(
 
 fn apply_doc(
     tx: &dyn DocTx,
+    pending: &mut Pending,
     state: &mut DbState,
     doc: &mut DocWrite,
     update: &mut DocUpdate,
@@ -636,7 +773,7 @@ fn apply_doc(
             let generation = parent.as_ref().map_or(1, |p| p.generation + 1);
             let sources: Vec<Rev> = parent.iter().cloned().collect();
             resolve_attachments(
-                tx, state.id, &doc.id, &mut body, &sources, generation, false,
+                tx, pending, state.id, &doc.id, &mut body, &sources, generation, false,
             )?;
             let rev = hash::next_rev_of_fields(parent.as_ref(), update.deleted, &body);
             tree.add_edit(parent.as_ref(), rev.clone(), update.deleted)
@@ -661,6 +798,7 @@ fn apply_doc(
                 sources.extend(tree.leaves().into_iter().map(|l| l.rev));
                 resolve_attachments(
                     tx,
+                    pending,
                     state.id,
                     &doc.id,
                     &mut body,
@@ -679,8 +817,9 @@ fn apply_doc(
             (leaf, parent, Some(detail.to_string()), extends_leaf)
         }
     };
-    for att in &update.new_attachments {
-        tx.put_attachment(att)?;
+    // Taken like the body: the bytes are written once, with the step.
+    for att in std::mem::take(&mut update.new_attachments) {
+        pending.put_attachment(att);
     }
     let kind = event_kind(was_empty, was_deleted_doc, extends_leaf, update.deleted);
     let revision = NewRevision {
@@ -690,7 +829,7 @@ fn apply_doc(
         body: &body,
         kind,
     };
-    doc.add(tx, state, &revision, &update.origin, detail)?;
+    doc.add(pending, state, &revision, &update.origin, detail)?;
     Ok(rev)
 }
 
@@ -729,8 +868,10 @@ fn event_kind(
 /// Gives every attachment of `body` its stored form: stubs take their metadata from the first of
 /// `sources` (revisions, newest first) that has an attachment of that name; new attachments get
 /// `revpos` (kept from the sender when replicating) and become stubs.
+#[allow(clippy::too_many_arguments)]
 fn resolve_attachments(
     tx: &dyn DocTx,
+    pending: &Pending,
     db: i64,
     doc: &str,
     body: &mut Map<String, Value>,
@@ -751,7 +892,7 @@ fn resolve_attachments(
         };
         if obj.get("stub").and_then(Value::as_bool) == Some(true) {
             if source_atts.is_none() {
-                source_atts = Some(load_attachment_maps(tx, db, doc, sources)?);
+                source_atts = Some(load_attachment_maps(tx, pending, db, doc, sources)?);
             }
             let found = source_atts
                 .as_ref()
@@ -785,13 +926,14 @@ fn resolve_attachments(
 
 fn load_attachment_maps(
     tx: &dyn DocTx,
+    pending: &Pending,
     db: i64,
     doc: &str,
     sources: &[Rev],
 ) -> Result<Vec<Map<String, Value>>, ApplyError> {
     let mut out = Vec::new();
     for rev in sources {
-        if let Some(body) = tx.rev_body(db, doc, &rev.to_string())? {
+        if let Some(body) = pending.rev_body(tx, db, doc, &rev.to_string())? {
             let value: Value =
                 serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             if let Some(Value::Object(atts)) = value.get("_attachments") {
