@@ -1,7 +1,9 @@
 //! The PostgreSQL engine against a real server (`OUTPOST_TEST_POSTGRES_URL`): the engine
-//! conformance suite, several nodes on one database, the writer's chunks, the schema's upgrade
-//! from older versions, and the copy between SQLite and PostgreSQL.
+//! conformance suite, several nodes on one database, the configuration they share, the writer's
+//! chunks, the schema's upgrade from older versions, and the copy between SQLite and
+//! PostgreSQL.
 
+mod config;
 mod conformance;
 mod migrate;
 mod nodes;

@@ -57,7 +57,7 @@ async fn a_version_1_store_gains_per_document_access() {
             "SELECT value FROM meta WHERE key = 'schema_version'"
         )
         .as_deref(),
-        Some("2")
+        Some("3")
     );
     assert!(!store.db_info("old").await.unwrap().access);
     assert_eq!(store.doc("old", "a").await.unwrap().unwrap().seq, 1);
@@ -86,4 +86,42 @@ async fn a_version_1_store_gains_per_document_access() {
         .unwrap();
     assert_eq!(feed.len(), 1);
     assert_eq!(feed[0].id, "s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_store_gains_the_shared_configuration() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::new(&url);
+    {
+        let store = schema.open().await;
+        store.create_db("old").await.unwrap();
+        store.close();
+    }
+    // The store as version 2 left it: no configuration table, no version counter.
+    sql(
+        &schema,
+        "DROP TABLE config; DELETE FROM counters WHERE name = 'config';
+         UPDATE meta SET value = '2' WHERE key = 'schema_version'",
+    );
+    let store = schema.open().await;
+    assert_eq!(
+        sql(
+            &schema,
+            "SELECT value FROM meta WHERE key = 'schema_version'"
+        )
+        .as_deref(),
+        Some("3")
+    );
+    assert!(store.db_info("old").await.is_ok());
+    let shared = store.shared_config().unwrap();
+    assert!(shared.config_section("admins").await.unwrap().1.is_empty());
+    assert!(
+        !shared
+            .set_config("admins", "ann", Some("hash".into()))
+            .await
+            .unwrap()
+    );
+    let (version, found) = shared.config_section("admins").await.unwrap();
+    assert_eq!(version, 1);
+    assert_eq!(found.get("ann").map(String::as_str), Some("hash"));
 }
