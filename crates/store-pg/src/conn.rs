@@ -114,13 +114,8 @@ impl DocTx for WriterConn {
                 "SELECT id, deleted, tree FROM docs WHERE db = $1 AND id = $2",
                 &[&db, id],
             )?,
-            // A lateral lookup per id, so that the primary key is used whatever plan the prepared
-            // statement settles on (`id = ANY($2)` may be planned as a scan of the database's
-            // documents once the statement's plan is generic).
             _ => self.query(
-                "SELECT d.id, d.deleted, d.tree FROM unnest($2::text[]) AS i (id)
-                 CROSS JOIN LATERAL (SELECT id, deleted, tree FROM docs
-                                     WHERE docs.db = $1 AND docs.id = i.id) d",
+                "SELECT id, deleted, tree FROM docs WHERE db = $1 AND id = ANY($2)",
                 &[&db, &ids],
             )?,
         };
