@@ -10,21 +10,23 @@
 //! The transaction is the engine's business: it decides how requests are grouped into commits
 //! and what locks give its sequences their order (see [`DocTx::db_state`]).
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+mod writes;
+
+use std::collections::HashMap;
 
 use outpost_core::rev::MAX_GENERATION;
 use outpost_core::{Policy, Rev, RevTree, hash, policy};
 use serde_json::{Map, Value};
 
-use crate::{DocError, DocUpdate, NewAttachment, Origin, StoreError, UpdateMode};
+use crate::{DocError, DocUpdate, Origin, StoreError, UpdateMode};
+use writes::Pending;
+pub use writes::{DocRowWrite, EventWrite, RevWrite, Writes};
 
 /// The reads and writes the document writer needs, on an engine's open write transaction.
 ///
-/// Reads come one by one (a document's rows, a revision's body), but the writes of a whole step
-/// (every document of a request's chunk) reach the engine at once, in [`DocTx::write`], so that
-/// an engine whose statements cost a round trip each can write them with a few multi-row
-/// statements.
+/// A step (the documents of a request's chunk) reads its documents' rows in one call and
+/// revision bodies one by one, and its writes reach the engine at once, in [`DocTx::write`], so
+/// that an engine whose statements cost a round trip each can make them a few multi-row ones.
 pub trait DocTx {
     /// The state of the database named `name`, `None` when there is none. An engine whose
     /// writers can run concurrently (several nodes on one server) must lock the row here until
@@ -56,129 +58,6 @@ pub trait DocTx {
         winner: &str,
         deleted: bool,
     ) -> Result<(), StoreError>;
-}
-
-/// Everything one step of the writer stores, handed to [`DocTx::write`] at once. Each attachment
-/// digest, revision and document appears once.
-#[derive(Debug, Default)]
-pub struct Writes {
-    pub attachments: Vec<NewAttachment>,
-    pub revs: Vec<RevWrite>,
-    pub docs: Vec<DocRowWrite>,
-    pub events: Vec<EventWrite>,
-}
-
-impl Writes {
-    pub fn is_empty(&self) -> bool {
-        self.attachments.is_empty()
-            && self.revs.is_empty()
-            && self.docs.is_empty()
-            && self.events.is_empty()
-    }
-}
-
-/// A revision's body as the writer stores it.
-#[derive(Debug)]
-pub struct RevWrite {
-    pub db: i64,
-    pub doc: String,
-    pub rev: String,
-    pub deleted: bool,
-    /// The body as JSON, without `_id` and `_rev`.
-    pub body: String,
-}
-
-/// A document's row as the writer stores it.
-#[derive(Debug)]
-pub struct DocRowWrite {
-    pub db: i64,
-    pub id: String,
-    /// Whether the document had no row when the step read it (under the engine's write lock on
-    /// the database): the row is inserted, else the existing one is replaced.
-    pub new: bool,
-    pub seq: u64,
-    pub deleted: bool,
-    /// Whether the document has more than one live leaf.
-    pub conflicted: bool,
-    /// The winning revision.
-    pub winner: String,
-    /// The revision tree as JSON.
-    pub tree: String,
-}
-
-/// One event as the writer appends it.
-#[derive(Debug)]
-pub struct EventWrite {
-    pub db: i64,
-    pub seq: u64,
-    /// The event's place among the events of its sequence.
-    pub pos: i64,
-    pub kind: &'static str,
-    pub doc: String,
-    pub rev: String,
-    pub parent: Option<String>,
-    pub origin: String,
-    /// Seconds since the Unix epoch.
-    pub at: i64,
-    pub detail: Option<String>,
-}
-
-/// The writes of a step not handed to the engine yet, and what the step's later reads need
-/// from them: a body written earlier in the step is found here before it is in the engine.
-#[derive(Default)]
-struct Pending {
-    writes: Writes,
-    /// Where each (document, revision) is in `writes.revs`.
-    revs: HashMap<(String, String), usize>,
-    digests: HashSet<String>,
-    /// Documents stored in the step whose access index must follow them, once the step's
-    /// revisions are written: (id, sequence, winner, deleted).
-    access: Vec<(String, u64, String, bool)>,
-}
-
-impl Pending {
-    fn put_rev(&mut self, rev: RevWrite) {
-        let key = (rev.doc.clone(), rev.rev.clone());
-        // As with a stored revision, the first body written is kept.
-        if let Entry::Vacant(e) = self.revs.entry(key) {
-            e.insert(self.writes.revs.len());
-            self.writes.revs.push(rev);
-        }
-    }
-
-    fn put_attachment(&mut self, att: NewAttachment) {
-        if self.digests.insert(att.digest.clone()) {
-            self.writes.attachments.push(att);
-        }
-    }
-
-    /// A revision's body: the stored one, else one written earlier in the step.
-    fn rev_body(
-        &self,
-        tx: &dyn DocTx,
-        db: i64,
-        doc: &str,
-        rev: &str,
-    ) -> Result<Option<String>, StoreError> {
-        if let Some(body) = tx.rev_body(db, doc, rev)? {
-            return Ok(Some(body));
-        }
-        Ok(self
-            .revs
-            .get(&(doc.to_owned(), rev.to_owned()))
-            .map(|&i| self.writes.revs[i].body.clone()))
-    }
-
-    /// Hands the step's writes to the engine, then brings the access index up to date.
-    fn flush(self, tx: &dyn DocTx, db: i64) -> Result<(), StoreError> {
-        if !self.writes.is_empty() {
-            tx.write(&self.writes)?;
-        }
-        for (id, seq, winner, deleted) in &self.access {
-            tx.index_access(db, id, *seq, winner, *deleted)?;
-        }
-        Ok(())
-    }
 }
 
 /// The results of a document write, one per update, once every document is applied; and the
