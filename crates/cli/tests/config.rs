@@ -59,6 +59,8 @@ log_format = "json"
 listen = "127.0.0.1:7001"
 max-body-bytes = 1000
 cors_origin = ["https://a.example", "https://b.example"]
+attachments_compressible_types = "text/*, image/svg+xml"
+attachments_compression_level = 1
 [gateway]
 upstream = "http://127.0.0.1:8080"
 probe_path = "/from-file"
@@ -69,6 +71,7 @@ stale_reads = true
     let env = [
         ("OUTPOST_LISTEN", "127.0.0.1:7002"),
         ("OUTPOST_GATEWAY_PROBE_INTERVAL", "9s"),
+        ("OUTPOST_ATTACHMENTS_COMPRESSION_LEVEL", "3"),
     ];
     let out = outpost(&["config", "show", "--config", &file], &env);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -82,6 +85,16 @@ stale_reads = true
             r#"cors_origin = ["https://a.example", "https://b.example"]  # file"#,
         ),
         ("serve", "data", r#"data = "./outpost-data"  # default"#),
+        (
+            "serve",
+            "attachments_compressible_types",
+            r#"attachments_compressible_types = "text/*, image/svg+xml"  # file"#,
+        ),
+        (
+            "serve",
+            "attachments_compression_level",
+            "attachments_compression_level = 3  # env",
+        ),
         (
             "gateway",
             "probe_path",
@@ -180,6 +193,11 @@ fn errors_name_the_bad_key() {
             "[serve]\nmax_body_bytes = \"lots\"\n",
             &[],
             "`serve.max_body_bytes`: invalid value 'lots'",
+        ),
+        (
+            "[serve]\nattachments_compression_level = 10\n",
+            &[],
+            "`serve.attachments_compression_level`: invalid value '10'",
         ),
         (
             "[serve]\ninsecure_open = \"yes\"\n",

@@ -258,7 +258,7 @@ async fn scenario(policy: &str, seed: u64) {
     }
     for r in &replicas {
         let out = Command::new(BIN)
-            .args(["db", "rebuild", "--data", r.data.to_str().unwrap(), "conv"])
+            .args(["db", "verify", "--data", r.data.to_str().unwrap(), "conv"])
             .output()
             .unwrap();
         assert!(

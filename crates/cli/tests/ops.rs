@@ -1,6 +1,7 @@
 //! Operating `outpost serve` as a process: the Prometheus rules and the scraped exposition pass
-//! `promtool`, metrics move under a small workload, JSON log lines carry the request id, and
-//! SIGTERM during live change feeds exits 0 without losing an acknowledged write.
+//! `promtool`, metrics move under a small workload, JSON log lines carry the request id,
+//! SIGTERM during live change feeds exits 0 without losing an acknowledged write, and
+//! `outpost db verify` and `outpost db rebuild` check and rebuild a database from its event log.
 //!
 //! `promtool` comes with Debian's `prometheus` package (`apt-get install prometheus`); where it is
 //! not on `PATH` the promtool checks say so on stderr and are skipped, the rest still runs, except
@@ -1047,4 +1048,205 @@ async fn serve_with_a_gateway_table_runs_both_in_one_process() {
     for base in [&sync, &gateway] {
         assert!(reqwest::get(format!("{base}/_up")).await.is_err());
     }
+}
+
+/// Edits document `id` of `db` `times` times in a row; answers its last revision.
+async fn edit_times(base: &str, db: &str, id: &str, times: u32) -> String {
+    let mut rev: Option<String> = None;
+    for n in 0..times {
+        let mut body = json!({ "n": n });
+        if let Some(rev) = &rev {
+            body["_rev"] = json!(rev);
+        }
+        let (status, answer) = call(
+            reqwest::Method::PUT,
+            &format!("{base}/{db}/{id}"),
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, 201, "{answer}");
+        rev = answer["rev"].as_str().map(str::to_owned);
+    }
+    rev.unwrap()
+}
+
+/// Runs `outpost` with `args`.
+fn outpost(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+/// Every document of `db` as a client sees it: each leaf with its `_revisions`, the winner,
+/// and the sequence of its latest change; and the database's sequence and counters.
+async fn visible_state(base: &str, db: &str) -> Value {
+    let (_, changes) = call(
+        reqwest::Method::GET,
+        &format!("{base}/{db}/_changes?style=all_docs"),
+        None,
+    )
+    .await;
+    let mut docs = serde_json::Map::new();
+    for row in changes["results"].as_array().unwrap() {
+        let id = row["id"].as_str().unwrap();
+        let (_, leaves) = call(
+            reqwest::Method::GET,
+            &format!("{base}/{db}/{id}?open_revs=all&revs=true"),
+            None,
+        )
+        .await;
+        let (_, winner) = call(
+            reqwest::Method::GET,
+            &format!("{base}/{db}/{id}?conflicts=true&deleted_conflicts=true&revs_info=true"),
+            None,
+        )
+        .await;
+        docs.insert(
+            id.to_owned(),
+            json!({"seq": row["seq"], "leaves": leaves, "winner": winner}),
+        );
+    }
+    let (_, info) = call(reqwest::Method::GET, &format!("{base}/{db}"), None).await;
+    let (_, limit) = call(
+        reqwest::Method::GET,
+        &format!("{base}/{db}/_revs_limit"),
+        None,
+    )
+    .await;
+    json!({
+        "docs": docs,
+        "update_seq": info["update_seq"],
+        "doc_count": info["doc_count"],
+        "doc_del_count": info["doc_del_count"],
+        "revs_limit": limit,
+        "outpost": info["outpost"]["conflict_policy"],
+    })
+}
+
+/// Issue 17, defect 11: `outpost db rebuild` only compared. Now `verify` compares (beside a
+/// running server) and `rebuild` rebuilds the tables from the log alone, with the server
+/// stopped.
+#[tokio::test]
+async fn db_rebuild_restores_damaged_tables_from_the_event_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let server = start(&data, dir.path().join("log")).await;
+    let base = server.base.clone();
+    let put = |path: String, body: Value| async move {
+        let (status, answer) = call(reqwest::Method::PUT, &path, Some(body)).await;
+        assert!(status < 300, "{path}: {answer}");
+        answer
+    };
+    call(reqwest::Method::PUT, &format!("{base}/db"), None).await;
+    // A history written under the default `_revs_limit`, one under a smaller one, a deletion,
+    // a conflict resolved by a policy, and a conflict left for a person.
+    edit_times(&base, "db", "early", 6).await;
+    put(format!("{base}/db/_revs_limit"), json!(3)).await;
+    let rev = edit_times(&base, "db", "late", 6).await;
+    let (status, _) = call(
+        reqwest::Method::DELETE,
+        &format!("{base}/db/late?rev={rev}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let branches = |id: &str| {
+        json!({"new_edits": false, "docs": [
+            {"_id": id, "_rev": "1-aaa", "at": 1},
+            {"_id": id, "_rev": "1-bbb", "at": 2},
+        ]})
+    };
+    let (status, _) = call(
+        reqwest::Method::POST,
+        &format!("{base}/db/_bulk_docs"),
+        Some(branches("manual")),
+    )
+    .await;
+    assert_eq!(status, 201);
+    put(
+        format!("{base}/db/_outpost"),
+        json!({"conflict_policy": "lww", "lww_field": "at"}),
+    )
+    .await;
+    let (status, _) = call(
+        reqwest::Method::POST,
+        &format!("{base}/db/_bulk_docs"),
+        Some(branches("resolved")),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let before = visible_state(&base, "db").await;
+    assert_eq!(
+        before["docs"]["early"]["winner"]["_revs_info"]
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
+    assert_eq!(
+        before["docs"]["late"]["leaves"][0]["ok"]["_revisions"]["ids"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // Verification reads beside the running server; a rebuild is refused while it runs.
+    let verified = outpost(&["db", "verify", "--data", data_arg, "db"]);
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+    let refused = outpost(&["db", "rebuild", "--data", data_arg, "db"]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("in use by another process"), "{said}");
+    drop(server);
+
+    // Rows lost and damaged behind the store's back.
+    let conn = rusqlite::Connection::open(data.join("outpost.sqlite")).unwrap();
+    conn.execute_batch(
+        "DELETE FROM docs WHERE id IN ('early', 'manual');
+         UPDATE docs SET seq = 1000, deleted = 0, tree = '[]' WHERE id = 'late';
+         UPDATE dbs SET update_seq = 2, doc_count = 40, revs_limit = 1000, policy = 'manual';",
+    )
+    .unwrap();
+    drop(conn);
+    let damaged = outpost(&["db", "verify", "--data", data_arg, "db"]);
+    assert_eq!(damaged.status.code(), Some(1));
+    let listed = String::from_utf8_lossy(&damaged.stdout);
+    for line in [
+        "early: in the event log but not in the document table",
+        "manual: in the event log but not in the document table",
+        "late: revision tree differs",
+        "late: sequence differs",
+        "database: revs_limit differs (log 3, table 1000)",
+    ] {
+        assert!(listed.contains(line), "{line}: {listed}");
+    }
+
+    let rebuilt = outpost(&["db", "rebuild", "--data", data_arg, "db"]);
+    assert!(
+        rebuilt.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&rebuilt.stdout),
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    let verified = outpost(&["db", "verify", "--data", data_arg, "db"]);
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+    let server = start(&data, dir.path().join("log2")).await;
+    assert_eq!(visible_state(&server.base, "db").await, before);
+    // The rebuilt database goes on stemming with the limit from the log.
+    edit_times(&server.base, "db", "later", 5).await;
+    let (_, later) = call(
+        reqwest::Method::GET,
+        &format!("{}/db/later?revs=true", server.base),
+        None,
+    )
+    .await;
+    assert_eq!(later["_revisions"]["ids"].as_array().unwrap().len(), 3);
 }

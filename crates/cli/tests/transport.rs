@@ -313,7 +313,7 @@ async fn an_encrypted_store_keeps_no_plaintext_and_names_a_bad_key() {
     let old = refused(&data, &["--key-file", key_file.to_str().unwrap()], &[]);
     assert!(old.contains("wrong key"), "{old}");
     let rebuild = outpost(
-        &["db", "rebuild", "--data", data_arg, "db"],
+        &["db", "verify", "--data", data_arg, "db"],
         &[("OUTPOST_STORE_KEY", "a passphrase this time")],
     );
     assert!(

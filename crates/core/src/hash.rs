@@ -35,13 +35,28 @@ pub fn next_rev_of_fields(parent: Option<&Rev>, deleted: bool, fields: &Map<Stri
     rev_of(parent, deleted, &canonical)
 }
 
+/// The revision that brings back a branch a conflict policy deleted: a live child of the
+/// tombstone `parent`, holding `body` (the deleted branch's). Hashed like an edit, but with its
+/// own marker (`\0r\0`) where an edit has `\0l\0`, so any replica holding the revision and its
+/// parent's id can tell a reinstatement from an edit with the same body, without a field in the
+/// body (see [`crate::policy`]).
+pub fn reinstated_rev(parent: &Rev, body: &Value) -> Rev {
+    let mut canonical = Vec::with_capacity(128);
+    write_canonical(body, &mut canonical);
+    rev_with_marker(Some(parent), b"\0r\0", &canonical)
+}
+
 fn rev_of(parent: Option<&Rev>, deleted: bool, canonical: &[u8]) -> Rev {
+    rev_with_marker(parent, if deleted { b"\0d\0" } else { b"\0l\0" }, canonical)
+}
+
+fn rev_with_marker(parent: Option<&Rev>, marker: &[u8; 3], canonical: &[u8]) -> Rev {
     let mut hasher = Md5::new();
     match parent {
         Some(p) => hasher.update(p.to_string().as_bytes()),
         None => hasher.update(b"-"),
     }
-    hasher.update(if deleted { b"\0d\0" } else { b"\0l\0" });
+    hasher.update(marker);
     hasher.update(canonical);
     let digest = hasher.finalize();
     // Saturating: callers refuse to edit a revision at `MAX_GENERATION`, so this never saturates
@@ -136,6 +151,18 @@ mod tests {
         assert_ne!(r1.hash, r2.hash);
         assert_ne!(next_rev(Some(&r1), true, &body), r2);
         assert_ne!(next_rev(Some(&r1), false, &json!({"a": 2})), r2);
+    }
+
+    #[test]
+    fn a_reinstatement_is_told_apart_from_an_edit_with_the_same_body() {
+        let tomb: Rev = "3-abc".parse().unwrap();
+        let body = json!({"a": 1});
+        let r = reinstated_rev(&tomb, &body);
+        assert_eq!(r.generation, 4);
+        assert_ne!(r, next_rev(Some(&tomb), false, &body));
+        assert_ne!(r, next_rev(Some(&tomb), true, &body));
+        assert_eq!(r, reinstated_rev(&tomb, &json!({"a": 1})));
+        assert_ne!(r, reinstated_rev(&tomb, &json!({"a": 2})));
     }
 
     #[test]

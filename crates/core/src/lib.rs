@@ -1,9 +1,10 @@
 //! The pure heart of Outpost: revision ids, revision trees, CouchDB's winner rule, deterministic
-//! revision hashing, CouchDB's collation of JSON values, Mango selectors, JSON decoded as CouchDB decodes it and the naming rules for
+//! revision hashing, attachments' gzip encoding, CouchDB's collation of JSON values, Mango selectors, JSON decoded as CouchDB decodes it and the naming rules for
 //! databases and documents.
 //!
 //! Nothing in this crate does I/O, so everything in it can be tested exhaustively.
 
+pub mod attachment;
 pub mod collate;
 pub mod hash;
 pub mod json;
@@ -17,4 +18,4 @@ pub use names::{DocKind, NameError};
 pub use policy::{Policy, Resolution};
 pub use rev::{Rev, RevError};
 pub use selector::{Selector, SelectorError};
-pub use tree::{Leaf, MergeError, RevTree};
+pub use tree::{Leaf, MergeError, Purged, RevTree};

@@ -24,14 +24,30 @@
 //! it; its revisions then replicate and end the conflict everywhere. Two branches with no common
 //! ancestor merge against the empty document only when both histories reach generation 1 (two
 //! independent creations); a history cut short by stemming is a missing base.
+//!
+//! A resolution also depends on the settings it was made under: two replicas with different
+//! policies (or different `lww_field`s) pick different winners, and if each tombstoned the
+//! other's winner the document would end deleted on both. So a tombstone a policy writes carries
+//! the policy's [fingerprint](Policy::fingerprint) in its body (`outpost_resolution`, a plain
+//! field: CouchDB and PouchDB refuse unknown `_` fields but keep any other field of a deleted
+//! revision), and the tombstone's revision id, computed from that body, differs between settings.
+//! A replica that receives a tombstone written under another fingerprint does not take it as its
+//! own ([`settle`]): when the branch it deleted is the one this replica's policy would keep, the
+//! replica brings the branch back (a [`Reinstatement`]: a live child of the tombstone with the
+//! branch's body, its revision hashed with a marker of its own, [`hash::reinstated_rev`]), which
+//! leaves the conflict visible. No policy resolves a document one of whose live leaves is a
+//! reinstatement ([`Unresolved::PolicyMismatch`]): replicas that disagree leave it to a person.
 
-use std::cmp::Ordering;
 use std::collections::HashMap;
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::collate::collate;
+use crate::rev::MAX_GENERATION;
 use crate::{Rev, RevTree, hash};
+
+/// The body field of a tombstone written by a conflict policy: the policy's fingerprint.
+pub const RESOLUTION_FIELD: &str = "outpost_resolution";
 
 /// A database's conflict policy.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -62,6 +78,29 @@ impl Policy {
             Policy::Manual => None,
             Policy::Lww { field } | Policy::Merge { field } => field.as_deref(),
         }
+    }
+
+    /// What a resolution under this policy depends on besides the document: the policy's name
+    /// and every parameter, as a JSON object (`{"lww_field": …, "policy": …}`). Two fingerprints
+    /// are the same settings exactly when the objects are equal. `None` for `manual`, which
+    /// never resolves.
+    pub fn fingerprint(&self) -> Option<Value> {
+        match self {
+            Policy::Manual => None,
+            Policy::Lww { field } | Policy::Merge { field } => {
+                Some(json!({"lww_field": field, "policy": self.name()}))
+            }
+        }
+    }
+
+    /// The body of the tombstones this policy writes: its fingerprint under
+    /// [`RESOLUTION_FIELD`] (`{}` for `manual`).
+    pub fn tombstone_body(&self) -> Map<String, Value> {
+        let mut body = Map::new();
+        if let Some(fingerprint) = self.fingerprint() {
+            body.insert(RESOLUTION_FIELD.into(), fingerprint);
+        }
+        body
     }
 
     /// Builds a policy from its name and optional field.
@@ -134,6 +173,9 @@ pub fn needed_bodies(policy: &Policy, tree: &RevTree) -> Vec<Rev> {
 pub enum Unresolved {
     /// `merge` needs a common ancestor's body this replica does not hold.
     MissingBase,
+    /// A live leaf brings back a branch that a resolution made under other settings deleted:
+    /// replicas disagree about this document, and none resolves it automatically.
+    PolicyMismatch,
 }
 
 impl Unresolved {
@@ -141,6 +183,7 @@ impl Unresolved {
     pub fn as_str(self) -> &'static str {
         match self {
             Unresolved::MissingBase => "missing_base",
+            Unresolved::PolicyMismatch => "policy_mismatch",
         }
     }
 }
@@ -166,16 +209,12 @@ pub fn resolve(
     if live.len() < 2 {
         return Ok(None);
     }
+    if live.iter().any(|leaf| is_reinstatement(tree, leaf, bodies)) {
+        return Err(Unresolved::PolicyMismatch);
+    }
     let empty = Value::Object(Map::new());
     let body = |rev: &Rev| bodies.get(rev).unwrap_or(&empty);
-    // `leaves()` is in CouchDB's winner order, so a stable sort on the lww value keeps that order
-    // among equal values: ties go to CouchDB's winner.
-    let mut ordered = live.clone();
-    let field = policy.lww_field();
-    ordered.sort_by(|a, b| match field {
-        Some(f) => collate(lww_value(body(b), f), lww_value(body(a), f)),
-        None => Ordering::Equal,
-    });
+    let ordered = lww_order(policy, live, bodies);
     let winner = ordered[0].clone();
     let losers = &ordered[1..];
 
@@ -201,15 +240,305 @@ pub fn resolve(
         }
         _ => None,
     };
+    let tombstone = Value::Object(policy.tombstone_body());
     let tombstones = losers
         .iter()
-        .map(|loser| (loser.clone(), hash::next_rev(Some(loser), true, &empty)))
+        .map(|loser| (loser.clone(), hash::next_rev(Some(loser), true, &tombstone)))
         .collect();
     Ok(Some(Resolution {
         winner,
         merged,
         tombstones,
     }))
+}
+
+/// `candidates` (live leaves, or branches about to be brought back) in the order a policy
+/// prefers them, the winner first: greatest `lww_field` first (a missing body or field sorts
+/// lowest), ties in CouchDB's winner order.
+fn lww_order(policy: &Policy, mut candidates: Vec<Rev>, bodies: &HashMap<Rev, Value>) -> Vec<Rev> {
+    // CouchDB's order among live revisions is by (generation, signature), greatest first; a
+    // stable sort on the lww value then keeps it among equal values.
+    candidates.sort_by(|a, b| b.cmp(a));
+    candidates.dedup();
+    if let Some(f) = policy.lww_field() {
+        let value = |rev: &Rev| bodies.get(rev).map_or(&NULL, |b| lww_value(b, f));
+        candidates.sort_by(|a, b| collate(value(b), value(a)));
+    }
+    candidates
+}
+
+/// The fingerprint a tombstone's body names, when a conflict policy wrote it.
+pub fn resolution_mark(body: &Value) -> Option<&Value> {
+    body.get(RESOLUTION_FIELD)
+        .filter(|mark| mark.get("policy").is_some_and(Value::is_string))
+}
+
+/// Whether the leaf `rev` is a [`Reinstatement`]: its id is the one [`hash::reinstated_rev`]
+/// gives its parent and its body. Needs only what replicates with a leaf (its body and its
+/// `_revisions` path), so every replica that holds the leaf sees it the same way.
+pub fn is_reinstatement(tree: &RevTree, rev: &Rev, bodies: &HashMap<Rev, Value>) -> bool {
+    match (tree.parent(rev), bodies.get(rev)) {
+        (Some(parent), Some(body)) => hash::reinstated_rev(parent, body) == *rev,
+        _ => false,
+    }
+}
+
+/// A branch brought back by this replica: `rev`, a live child of the foreign tombstone
+/// `tombstone`, holding `body`, the body of `branch` (the leaf the tombstone deleted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reinstatement {
+    pub branch: Rev,
+    pub tombstone: Rev,
+    pub rev: Rev,
+    pub body: Value,
+}
+
+/// What this replica made of a resolution written under other settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// It deleted nothing this replica's policy keeps: the branch lives on in another leaf,
+    /// this replica's own resolution deleted it too, or its policy prefers another leaf.
+    Agreed,
+    /// It deleted the leaf this replica's policy keeps; the branch is brought back.
+    Reinstated,
+    /// This replica cannot judge it: it never held the deleted branch's body (or cannot write
+    /// above the highest generation).
+    Unjudged,
+}
+
+impl Verdict {
+    /// A short name, for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Agreed => "agreed",
+            Verdict::Reinstated => "reinstated",
+            Verdict::Unjudged => "unjudged",
+        }
+    }
+}
+
+/// A tombstone written under another fingerprint that a write brought in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Foreign {
+    /// The tombstone.
+    pub tombstone: Rev,
+    /// The fingerprint it was written under.
+    pub theirs: Value,
+    pub verdict: Verdict,
+}
+
+/// What a replica writes after a request added revisions to a document ([`settle`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settlement {
+    /// Resolutions written under other settings that arrived, and what became of each.
+    pub foreign: Vec<Foreign>,
+    /// The branch brought back, if a foreign resolution deleted what this replica keeps.
+    pub reinstated: Option<Reinstatement>,
+    /// This replica's own resolution ([`resolve`]); `Err(PolicyMismatch)` when a branch was
+    /// brought back.
+    pub resolution: Result<Option<Resolution>, Unresolved>,
+}
+
+/// The bodies [`settle`] needs after a request added the revisions `arrived` by replication:
+/// [`needed_bodies`], and for each arrived tombstone its body (the fingerprint), its parent's
+/// (the branch it deleted) and every live leaf's (to judge between them).
+pub fn settle_bodies(policy: &Policy, tree: &RevTree, arrived: &[Rev]) -> Vec<Rev> {
+    let mut needed = needed_bodies(policy, tree);
+    if *policy == Policy::Manual {
+        return needed;
+    }
+    let mut tombstones = arrived
+        .iter()
+        .filter(|r| tree.is_leaf(r) && tree.is_deleted_rev(r) == Some(true))
+        .peekable();
+    if tombstones.peek().is_none() {
+        return needed;
+    }
+    for tombstone in tombstones {
+        needed.push(tombstone.clone());
+        needed.extend(tree.parent(tombstone).cloned());
+    }
+    needed.extend(
+        tree.leaves()
+            .into_iter()
+            .filter(|l| !l.deleted)
+            .map(|l| l.rev),
+    );
+    needed.sort();
+    needed.dedup();
+    needed
+}
+
+/// Settles a document after a request added revisions to it: judges the tombstones among
+/// `arrived` (the revisions that came by replication) that a policy wrote under another
+/// fingerprint, brings back the branch one of them deleted when it is the one this replica's
+/// policy keeps, and otherwise resolves the document under this replica's policy. `bodies`
+/// holds what [`settle_bodies`] asked for, as far as the replica has them.
+///
+/// A foreign tombstone is judged only when it arrives, never again afterwards: changing a
+/// database's settings does not bring back branches that older resolutions deleted.
+pub fn settle(
+    policy: &Policy,
+    tree: &RevTree,
+    bodies: &HashMap<Rev, Value>,
+    arrived: &[Rev],
+) -> Settlement {
+    let Some(ours) = policy.fingerprint() else {
+        return Settlement {
+            foreign: Vec::new(),
+            reinstated: None,
+            resolution: Ok(None),
+        };
+    };
+    let own_tombstone = Value::Object(policy.tombstone_body());
+    let mut foreign = Vec::new();
+    // (branch deleted, its foreign tombstone), for the branches this replica may want back.
+    let mut deleted: Vec<(Rev, Rev)> = Vec::new();
+    let mut arrived: Vec<&Rev> = arrived.iter().collect();
+    arrived.sort();
+    arrived.dedup();
+    for tombstone in arrived {
+        if !tree.is_leaf(tombstone) || tree.is_deleted_rev(tombstone) != Some(true) {
+            continue;
+        }
+        let Some(theirs) = bodies.get(tombstone).and_then(resolution_mark) else {
+            continue;
+        };
+        if *theirs == ours {
+            continue;
+        }
+        let mut judged = Foreign {
+            tombstone: tombstone.clone(),
+            theirs: theirs.clone(),
+            verdict: Verdict::Agreed,
+        };
+        match tree.parent(tombstone) {
+            None => judged.verdict = Verdict::Unjudged,
+            Some(branch) => {
+                let lives_on = tree
+                    .latest(branch)
+                    .iter()
+                    .any(|leaf| tree.is_deleted_rev(leaf) == Some(false));
+                let deleted_here_too =
+                    tree.contains(&hash::next_rev(Some(branch), true, &own_tombstone));
+                if lives_on || deleted_here_too {
+                    judged.verdict = Verdict::Agreed;
+                } else if !bodies.contains_key(branch) || tombstone.generation >= MAX_GENERATION {
+                    judged.verdict = Verdict::Unjudged;
+                } else {
+                    deleted.push((branch.clone(), tombstone.clone()));
+                }
+            }
+        }
+        foreign.push(judged);
+    }
+    let mut reinstated = None;
+    if !deleted.is_empty() {
+        let mut candidates: Vec<Rev> = tree
+            .leaves()
+            .into_iter()
+            .filter(|l| !l.deleted)
+            .map(|l| l.rev)
+            .collect();
+        candidates.extend(deleted.iter().map(|(branch, _)| branch.clone()));
+        let winner = lww_order(policy, candidates, bodies).swap_remove(0);
+        // Two foreign tombstones of one branch (from two other settings): the greater one is
+        // brought back, so every replica picks the same.
+        if let Some((branch, tombstone)) = deleted
+            .iter()
+            .filter(|(branch, _)| *branch == winner)
+            .max_by(|a, b| a.1.cmp(&b.1))
+        {
+            let body = bodies[branch].clone();
+            reinstated = Some(Reinstatement {
+                branch: branch.clone(),
+                tombstone: tombstone.clone(),
+                rev: hash::reinstated_rev(tombstone, &body),
+                body,
+            });
+            for judged in &mut foreign {
+                if tree.parent(&judged.tombstone) == Some(branch) {
+                    judged.verdict = Verdict::Reinstated;
+                }
+            }
+        }
+    }
+    let resolution = match reinstated {
+        Some(_) => Err(Unresolved::PolicyMismatch),
+        None => resolve(policy, tree, bodies),
+    };
+    Settlement {
+        foreign,
+        reinstated,
+        resolution,
+    }
+}
+
+/// Why a document with more than one live leaf is still conflicted, as `_conflicts` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// A live leaf brings back a branch a resolution under other settings deleted.
+    PolicyMismatch,
+    /// The database's policy is `manual`: a person resolves.
+    Manual,
+    /// `merge` lacks a common ancestor's body here; a replica that holds it resolves.
+    MissingBase,
+    /// Resolving would write above the highest generation.
+    GenerationLimit,
+    /// The policy resolves it at the document's next write (it was set after the conflict
+    /// arose).
+    Pending,
+}
+
+impl Standing {
+    /// A short name, for the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Standing::PolicyMismatch => "policy_mismatch",
+            Standing::Manual => "manual",
+            Standing::MissingBase => "missing_base",
+            Standing::GenerationLimit => "generation_limit",
+            Standing::Pending => "pending",
+        }
+    }
+}
+
+/// The bodies [`standing`] needs: every live leaf's, and for `merge` their common ancestors'.
+pub fn standing_bodies(policy: &Policy, tree: &RevTree) -> Vec<Rev> {
+    let judged = match policy {
+        Policy::Manual => &Policy::Lww { field: None },
+        other => other,
+    };
+    needed_bodies(judged, tree)
+}
+
+/// Why the document is conflicted here (see [`Standing`]); `bodies` holds what
+/// [`standing_bodies`] asked for.
+pub fn standing(policy: &Policy, tree: &RevTree, bodies: &HashMap<Rev, Value>) -> Standing {
+    let disputed = tree
+        .leaves()
+        .into_iter()
+        .filter(|l| !l.deleted)
+        .any(|l| is_reinstatement(tree, &l.rev, bodies));
+    if disputed {
+        return Standing::PolicyMismatch;
+    }
+    if *policy == Policy::Manual {
+        return Standing::Manual;
+    }
+    match resolve(policy, tree, bodies) {
+        Err(Unresolved::PolicyMismatch) => Standing::PolicyMismatch,
+        Err(Unresolved::MissingBase) => Standing::MissingBase,
+        Ok(Some(resolution))
+            if resolution
+                .superseded()
+                .iter()
+                .any(|r| r.generation >= MAX_GENERATION) =>
+        {
+            Standing::GenerationLimit
+        }
+        Ok(_) => Standing::Pending,
+    }
 }
 
 /// Whether `rev`'s known history goes back to its first generation (nothing stemmed).

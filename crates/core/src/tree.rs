@@ -46,6 +46,15 @@ struct LeafKey {
     rev: Rev,
 }
 
+/// What [`RevTree::purge`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// The leaves asked for that were purged, in the order asked.
+    pub leaves: Vec<Rev>,
+    /// Every revision removed: those leaves and the ancestors only they kept, in tree order.
+    pub removed: Vec<Rev>,
+}
+
 /// Why an edit or a merge was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MergeError {
@@ -344,6 +353,38 @@ impl RevTree {
         }
         self.reindex();
         removed
+    }
+
+    /// Purges leaves, as CouchDB's `_purge` does: each of `revs` that is a leaf goes, with
+    /// every ancestor no remaining leaf descends from; revisions that are not leaves (or not in
+    /// the tree) are ignored. Returns the leaves purged, each once, in the order asked, and every
+    /// revision removed, in tree order. Purging every leaf empties the tree.
+    pub fn purge(&mut self, revs: &[Rev]) -> Purged {
+        let mut leaves: Vec<Rev> = Vec::new();
+        for rev in revs {
+            if self.is_leaf(rev) && !leaves.contains(rev) {
+                leaves.push(rev.clone());
+            }
+        }
+        if leaves.is_empty() {
+            return Purged::default();
+        }
+        let mut keep: BTreeSet<&Rev> = BTreeSet::new();
+        for leaf in self.leaves.iter().filter(|k| !leaves.contains(&k.rev)) {
+            keep.extend(self.ancestors(&leaf.rev));
+        }
+        let removed: Vec<Rev> = self
+            .nodes
+            .keys()
+            .filter(|r| !keep.contains(*r))
+            .cloned()
+            .collect();
+        // Every kept node's ancestors are kept, so no kept node loses its parent.
+        for rev in &removed {
+            self.nodes.remove(rev);
+        }
+        self.reindex();
+        Purged { leaves, removed }
     }
 
     /// Whether the document's winner is a deletion (or the tree is empty).

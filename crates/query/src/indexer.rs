@@ -103,7 +103,9 @@ pub fn document(id: &str, rev: Option<&str>, body: Option<&str>) -> Value {
     if let Some(rev) = rev {
         map.insert("_rev".into(), Value::from(rev));
     }
-    if let Some(Ok(Value::Object(fields))) = body.map(json::from_str) {
+    if let Some(Ok(Value::Object(mut fields))) = body.map(json::from_str) {
+        // The document as a client reads it, without how its attachments are stored.
+        outpost_core::attachment::strip_encoding_info(&mut fields);
         for (k, v) in fields {
             map.insert(k, v);
         }

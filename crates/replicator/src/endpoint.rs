@@ -17,8 +17,9 @@ use serde_json::Value;
 
 use crate::ReplicationError;
 
-/// A position in a changes feed. CouchDB's are opaque strings, PouchDB's and ours numbers; the
-/// protocol only ever passes them back as received, so they are kept as raw JSON.
+/// A position in a changes feed. CouchDB's and Outpost's are opaque strings (`"N-…"`),
+/// pouchdb-server's numbers; the protocol only ever passes them back as received, so they are
+/// kept as raw JSON and never compared but for equality.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Seq(pub Value);

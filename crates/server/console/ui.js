@@ -83,6 +83,11 @@ export function when(t) {
   return Number.isNaN(d.getTime()) ? String(t) : d.toLocaleString();
 }
 
+/** A sequence's number: sequences are opaque `N-<suffix>` strings whose `N` grows. */
+export function seqNumber(seq) {
+  return typeof seq === 'number' ? seq : parseInt(String(seq), 10);
+}
+
 /** A labelled form field. */
 export function field(label, input, hint) {
   const id = input.id || `f-${Math.random().toString(36).slice(2)}`;

@@ -63,10 +63,15 @@ pub fn need(method: &Method, segs: &[&str]) -> Need {
                 write: !read,
             }
         }
-        [db, "_security"] | [db, "_revs_limit"] | [db, "_outpost"] if !read => {
+        [db, "_security"]
+        | [db, "_revs_limit"]
+        | [db, "_purged_infos_limit"]
+        | [db, "_outpost"]
+            if !read =>
+        {
             Need::DbAdmin((*db).to_owned())
         }
-        [db, "_compact", ..] | [db, "_resolve"] | [db, "_view_cleanup"] => {
+        [db, "_compact", ..] | [db, "_resolve"] | [db, "_view_cleanup"] | [db, "_purge"] => {
             Need::DbAdmin((*db).to_owned())
         }
         // Creating or deleting a Mango index writes a design document.
@@ -220,6 +225,22 @@ mod tests {
                 &Method::POST,
                 &["db", "_compact"],
                 Need::DbAdmin("db".into()),
+            ),
+            (&Method::POST, &["db", "_purge"], Need::DbAdmin("db".into())),
+            (
+                &Method::PUT,
+                &["db", "_purged_infos_limit"],
+                Need::DbAdmin("db".into()),
+            ),
+            (
+                &Method::GET,
+                &["db", "_purged_infos_limit"],
+                Need::Member("db".into()),
+            ),
+            (
+                &Method::GET,
+                &["_node", "_local", "_stats", "couchdb"],
+                Need::ServerAdmin,
             ),
             (&Method::GET, &["_replicator", "x"], Need::ServerAdmin),
             (

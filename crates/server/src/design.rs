@@ -295,7 +295,9 @@ async fn old_docs(
             let mut object = Map::new();
             object.insert("_id".into(), Value::String(id.clone()));
             object.insert("_rev".into(), Value::String(rev.to_string()));
-            if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(&body.json) {
+            if let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(&body.json) {
+                // The document as a client reads it.
+                outpost_core::attachment::strip_encoding_info(&mut fields);
                 object.extend(fields);
             }
             Some(Value::Object(object))
@@ -337,6 +339,7 @@ pub async fn write_validated(
             }
         }
     }
+    let passing = crate::encoding::store_form(state, passing).await?;
     let design_deleted = passing
         .iter()
         .any(|u| u.deleted && u.id.starts_with("_design/"));

@@ -201,7 +201,13 @@ fn prepare_attachments(
                         "attachment {name} follows, but no part of a multipart/related body holds it"
                     ))
                 })?;
-                decode_part(name, obj, bytes)?
+                match decode_part(name, obj, bytes)? {
+                    Part::Identity(data) => data,
+                    Part::Gzip { data, length } => {
+                        new.push(encoded_entry(obj, data, length));
+                        continue;
+                    }
+                }
             }
             Some(Value::String(s)) => BASE64.decode(s.as_bytes()).map_err(|_| {
                 ApiError::bad_request(format!("attachment {name}: data is not valid base64"))
@@ -231,15 +237,64 @@ fn prepare_attachments(
     Ok(new)
 }
 
-/// The bytes of an attachment that followed in a multipart body. CouchDB sends attachments it
-/// keeps compressed as they are, marked `"encoding": "gzip"`; Outpost stores identity bytes,
-/// so those are decompressed here (never past the largest body the server accepts).
-fn decode_part(name: &str, entry: &Map<String, Value>, bytes: Bytes) -> Result<Vec<u8>, ApiError> {
+/// An attachment that followed in a multipart body, as it is to be stored.
+enum Part {
+    Identity(Vec<u8>),
+    /// Gzip-encoded (checked), with the length of its identity bytes.
+    Gzip {
+        data: Vec<u8>,
+        length: u64,
+    },
+}
+
+/// Turns an entry that followed gzip-encoded into its stored form: the bytes as they came, the
+/// digest of those bytes (as CouchDB's, so both sides of a replication agree on it), `length`
+/// of the identity bytes, `encoding` and `encoded_length`.
+fn encoded_entry(obj: &mut Map<String, Value>, data: Vec<u8>, length: u64) -> NewAttachment {
+    use outpost_core::attachment::{ENCODED_LENGTH, ENCODING, GZIP};
+    let digest = hash::attachment_digest(&data);
+    let content_type = match obj.get("content_type") {
+        Some(Value::String(ct)) => ct.clone(),
+        _ => "application/octet-stream".to_owned(),
+    };
+    let revpos = obj.get("revpos").cloned();
+    let mut stored = Map::new();
+    stored.insert("content_type".into(), Value::String(content_type));
+    stored.insert("digest".into(), Value::String(digest.clone()));
+    stored.insert("length".into(), Value::from(length));
+    stored.insert(ENCODING.into(), Value::String(GZIP.into()));
+    stored.insert(ENCODED_LENGTH.into(), Value::from(data.len()));
+    if let Some(revpos) = revpos {
+        stored.insert("revpos".into(), revpos);
+    }
+    *obj = stored;
+    NewAttachment { digest, data }
+}
+
+/// The bytes of an attachment that followed in a multipart body. CouchDB sends the attachments
+/// it keeps compressed as they are, marked `"encoding": "gzip"`: those are kept so, once checked
+/// (and measured, never past [`MAX_DECODED_ATTACHMENT`]); any other coding is undone here.
+fn decode_part(name: &str, entry: &Map<String, Value>, bytes: Bytes) -> Result<Part, ApiError> {
     use crate::encoding::{InflateError, inflate};
+    use outpost_core::attachment::{GZIP, GzipError, identity_length};
     let coding = entry.get("encoding").and_then(Value::as_str);
+    if coding.is_some_and(|c| c.eq_ignore_ascii_case(GZIP)) {
+        return match identity_length(&bytes, MAX_DECODED_ATTACHMENT as u64) {
+            Ok(length) => Ok(Part::Gzip {
+                data: bytes.into(),
+                length,
+            }),
+            Err(GzipError::Corrupt) => Err(ApiError::bad_request(format!(
+                "attachment {name}: not valid gzip"
+            ))),
+            Err(GzipError::TooLarge(_)) => Err(ApiError::TooLarge(format!(
+                "attachment {name} is larger than {MAX_DECODED_ATTACHMENT} bytes decompressed"
+            ))),
+        };
+    }
     match inflate(coding, &bytes, MAX_DECODED_ATTACHMENT) {
-        Ok(None) => Ok(bytes.to_vec()),
-        Ok(Some(decoded)) => Ok(decoded),
+        Ok(None) => Ok(Part::Identity(bytes.to_vec())),
+        Ok(Some(decoded)) => Ok(Part::Identity(decoded)),
         Err(InflateError::Unsupported(other)) => Err(ApiError::BadContentType(format!(
             "attachment {name}: unsupported encoding {other:?}"
         ))),
@@ -253,7 +308,8 @@ fn decode_part(name: &str, entry: &Map<String, Value>, bytes: Bytes) -> Result<V
     }
 }
 
-/// The most bytes a gzip-encoded attachment of a multipart body may expand to.
+/// The most bytes an encoded attachment of a multipart body may expand to (the configured
+/// `max_attachment_size` is checked afterwards, on the entry's `length`).
 const MAX_DECODED_ATTACHMENT: usize = 256 * 1024 * 1024;
 
 /// What to add to a rendered revision.
@@ -265,6 +321,9 @@ pub struct RenderOpts {
     pub deleted_conflicts: bool,
     pub attachments: bool,
     pub local_seq: bool,
+    /// Show `encoding` and `encoded_length` of attachments stored encoded
+    /// (`att_encoding_info=true`, and always in multipart answers).
+    pub att_encoding_info: bool,
 }
 
 /// A rendered revision: JSON text, with the places where inlined attachments' bytes go as
@@ -278,8 +337,16 @@ pub struct Rendered {
 #[derive(Debug)]
 enum Piece {
     Text(String),
-    /// The base64 of the attachment with this digest (without quotes).
-    Attachment(String),
+    /// The base64 of an attachment's identity bytes (without quotes).
+    Attachment(Inline),
+}
+
+/// An attachment to inline: where its bytes are and how they are stored.
+#[derive(Debug)]
+struct Inline {
+    digest: String,
+    /// The length of the identity bytes when they are stored gzip-encoded.
+    gzip: Option<u64>,
 }
 
 impl Rendered {
@@ -322,10 +389,18 @@ impl Rendered {
         for piece in self.pieces {
             match piece {
                 Piece::Text(t) => out.push_str(&t),
-                Piece::Attachment(digest) => {
+                Piece::Attachment(Inline { digest, gzip }) => {
                     let data = state.store.attachment(&digest).await?.ok_or_else(|| {
                         ApiError::Internal(format!("attachment {digest} missing from the store"))
                     })?;
+                    let data = match gzip {
+                        Some(length) => {
+                            outpost_core::attachment::gunzip(&data, length).map_err(|e| {
+                                ApiError::Internal(format!("attachment {digest}: stored {e}"))
+                            })?
+                        }
+                        None => data,
+                    };
                     out.push_str(&BASE64.encode(data));
                 }
             }
@@ -338,7 +413,10 @@ impl Rendered {
         for piece in self.pieces {
             match piece {
                 Piece::Text(t) => out.write(&t).await?,
-                Piece::Attachment(digest) => out.attachment(state, &digest).await?,
+                Piece::Attachment(inline) => {
+                    out.attachment(state, &inline.digest, inline.gzip.is_some())
+                        .await?
+                }
             }
         }
         Ok(())
@@ -419,14 +497,19 @@ pub async fn render_parts(
         extras.push(("_revs_info", Value::Array(info)));
     }
     if opts.attachments && body.json.contains("\"_attachments\"") {
-        let inner = inline_attachments(&body.json)?;
+        let inner = inline_attachments(&body.json, opts.att_encoding_info)?;
         return Ok(splice_parts(id, rev, body.deleted, inner, &extras));
     }
+    let json = if opts.att_encoding_info {
+        std::borrow::Cow::Borrowed(body.json.as_str())
+    } else {
+        outpost_core::attachment::without_encoding_info(&body.json)
+    };
     Ok(Rendered::text(splice(
         id,
         rev,
         body.deleted,
-        &body.json,
+        &json,
         &extras,
     )))
 }
@@ -511,16 +594,19 @@ pub fn selector_admits(
     deleted: bool,
     body: &str,
 ) -> Result<bool, ApiError> {
-    let doc = splice(id, rev, deleted, body, &[]);
+    let body = outpost_core::attachment::without_encoding_info(body);
+    let doc = splice(id, rev, deleted, &body, &[]);
     let value = outpost_core::json::from_str(&doc)
         .map_err(|e| ApiError::Internal(format!("stored body: {e}")))?;
     Ok(selector.matches(&value))
 }
 
 /// The members of a stored body (between its braces) with every attachment stub turned into an
-/// inline attachment: `stub` and `length` left out, as CouchDB does, and `data` a place for the
-/// bytes. The body is parsed, but no attachment is read here.
-fn inline_attachments(body: &str) -> Result<Rendered, ApiError> {
+/// inline attachment: `stub` and `length` left out, as CouchDB does, `encoding` and
+/// `encoded_length` too unless `encoding_info` (the data is the identity bytes either way), and
+/// `data` a place for the bytes. The body is parsed, but no attachment is read here.
+fn inline_attachments(body: &str, encoding_info: bool) -> Result<Rendered, ApiError> {
+    use outpost_core::attachment::{ENCODED_LENGTH, ENCODING};
     let fields: Map<String, Value> =
         serde_json::from_str(body).map_err(|e| ApiError::Internal(format!("stored body: {e}")))?;
     let mut out = Rendered { pieces: Vec::new() };
@@ -544,7 +630,12 @@ fn inline_attachments(body: &str) -> Result<Rendered, ApiError> {
                         (Some(meta), Some(digest)) => {
                             out.push("{");
                             for (name, v) in meta {
-                                if matches!(name.as_str(), "stub" | "length" | "data") {
+                                let hidden = match name.as_str() {
+                                    "stub" | "length" | "data" => true,
+                                    ENCODING | ENCODED_LENGTH => !encoding_info,
+                                    _ => false,
+                                };
+                                if hidden {
                                     continue;
                                 }
                                 out.push(&Value::String(name.clone()).to_string());
@@ -553,7 +644,12 @@ fn inline_attachments(body: &str) -> Result<Rendered, ApiError> {
                                 out.push(",");
                             }
                             out.push("\"data\":\"");
-                            out.pieces.push(Piece::Attachment(digest.to_owned()));
+                            let gzip = outpost_core::attachment::encoded_length(att)
+                                .map(|_| meta.get("length").and_then(Value::as_u64).unwrap_or(0));
+                            out.pieces.push(Piece::Attachment(Inline {
+                                digest: digest.to_owned(),
+                                gzip,
+                            }));
                             out.push("\"}");
                         }
                         _ => out.push(&att.to_string()),

@@ -61,6 +61,10 @@ pub enum ApiError {
     /// A body in a content type this endpoint does not take.
     #[error("{0}")]
     BadContentType(String),
+    /// No representation the client's `Accept-Encoding` allows (it refuses identity and the
+    /// stored coding alike).
+    #[error("{0}")]
+    NotAcceptable(String),
     /// An endpoint CouchDB removed (`_temp_view`).
     #[error("{0}")]
     Gone(String),
@@ -139,6 +143,7 @@ impl ApiError {
             ApiError::QueryParse(_) => (StatusCode::BAD_REQUEST, "query_parse_error"),
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             ApiError::BadContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_content_type"),
+            ApiError::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "not_acceptable"),
             ApiError::Gone(_) => (StatusCode::GONE, "gone"),
             ApiError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::design::DesignDoc;
 use crate::docjson::{RenderOpts, render};
+use crate::seq::Incarnation;
 use crate::{ApiError, AppState};
 
 /// Rows read from the store per page.
@@ -136,7 +137,11 @@ pub enum Source {
 pub struct FeedOpts {
     pub source: Source,
     pub kind: FeedKind,
+    /// The store sequence the feed starts after.
     pub since: u64,
+    /// The sequence space the feed's sequences are shown in: the database's, or the server's
+    /// for `_db_updates`.
+    pub incarnation: Incarnation,
     pub limit: Option<u64>,
     pub descending: bool,
     pub all_leaves: bool,
@@ -270,7 +275,9 @@ async fn read_page(
                     let shown = readable.as_ref().is_none_or(|ids| ids.contains(&e.id));
                     (
                         seq,
-                        shown.then(|| event_json(e, opts.include_docs).to_string()),
+                        shown.then(|| {
+                            event_json(e, &opts.incarnation, opts.include_docs).to_string()
+                        }),
                     )
                 })
                 .collect())
@@ -280,7 +287,8 @@ async fn read_page(
             Ok(updates
                 .into_iter()
                 .map(|u| {
-                    let row = json!({"db_name": u.db_name, "type": u.kind, "seq": u.seq});
+                    let seq = opts.incarnation.seq(u.seq);
+                    let row = json!({"db_name": u.db_name, "type": u.kind, "seq": seq});
                     (u.seq, Some(row.to_string()))
                 })
                 .collect())
@@ -316,9 +324,9 @@ async fn readable_events(
 }
 
 /// An event as `_events` shows it.
-pub fn event_json(e: Event, include_docs: bool) -> Value {
+pub fn event_json(e: Event, incarnation: &Incarnation, include_docs: bool) -> Value {
     let mut row = json!({
-        "seq": e.seq,
+        "seq": incarnation.seq(e.seq),
         "type": e.kind,
         "id": e.id,
         "rev": e.rev.to_string(),
@@ -331,7 +339,13 @@ pub fn event_json(e: Event, include_docs: bool) -> Value {
         .as_deref()
         .and_then(|d| serde_json::from_str::<Value>(d).ok())
     {
-        for key in ["policy", "superseded"] {
+        for key in [
+            "policy",
+            "superseded",
+            "reinstates",
+            "resolution",
+            "removed",
+        ] {
             if let Some(v) = detail.get(key) {
                 row[key] = v.clone();
             }
@@ -340,7 +354,9 @@ pub fn event_json(e: Event, include_docs: bool) -> Value {
     if include_docs {
         row["doc"] = e
             .body
-            .and_then(|b| serde_json::from_str(&b).ok())
+            .and_then(|b| {
+                serde_json::from_str(&outpost_core::attachment::without_encoding_info(&b)).ok()
+            })
             .unwrap_or(Value::Null);
     }
     row
@@ -400,8 +416,11 @@ async fn render_row(
         }
     }
     if matches!(opts.filter, Filter::Function { .. } | Filter::View { .. }) {
+        // As CouchDB gives it to filter functions: without how attachments are stored, even
+        // when the feed shows that (`att_encoding_info`).
         let text = doc.as_deref().unwrap_or("null");
-        if !function_admits(state, db, &opts.filter, &row.id, text).await? {
+        let text = outpost_core::attachment::without_encoding_info(text);
+        if !function_admits(state, db, &opts.filter, &row.id, &text).await? {
             return Ok(None);
         }
     }
@@ -416,7 +435,7 @@ async fn render_row(
     };
     let mut text = format!(
         "{{\"seq\":{},\"id\":{},\"changes\":{}",
-        row.seq,
+        opts.incarnation.seq(row.seq).json(),
         Value::String(row.id.clone()),
         Value::Array(changes)
     );
@@ -559,8 +578,11 @@ async fn run(state: &AppState, db: &str, opts: FeedOpts, out: &Out) -> Result<()
                 .await?;
                 since = found.last_seen.unwrap_or(since);
                 for (seq, row) in &found.rows {
+                    // The id is the sequence as JSON, quotes and all, as CouchDB writes it; a
+                    // reconnecting client sends it back as `Last-Event-ID`.
                     let line = if sse {
-                        format!("data: {row}\nid: {seq}\n\n")
+                        let id = opts.incarnation.seq(*seq).json();
+                        format!("data: {row}\nid: {id}\n\n")
                     } else {
                         format!("{row}\n")
                     };
@@ -590,8 +612,12 @@ async fn run(state: &AppState, db: &str, opts: FeedOpts, out: &Out) -> Result<()
                 }
             }
             if !sse {
-                out.send(format!("{}\n", json!({ "last_seq": since, "pending": 0 })))
-                    .await?;
+                let last_seq = opts.incarnation.seq(since);
+                out.send(format!(
+                    "{}\n",
+                    json!({ "last_seq": last_seq, "pending": 0 })
+                ))
+                .await?;
             }
             Ok(())
         }
@@ -684,6 +710,7 @@ async fn write_normal(
     } else {
         0
     };
+    let last_seq = opts.incarnation.seq(last_seq).json();
     out.send(format!(
         "\n],\n\"last_seq\":{last_seq},\"pending\":{pending}}}\n"
     ))

@@ -25,7 +25,9 @@ mod query;
 pub mod replication;
 mod request;
 mod routes;
+mod seq;
 mod stream;
+mod target_encoding;
 mod users;
 
 use std::net::SocketAddr;
@@ -39,6 +41,7 @@ use http::{HeaderValue, Method, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use outpost_store::Store;
+use target_encoding::EncodeTargets;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -72,8 +75,11 @@ pub struct Config {
     pub max_body_bytes_in_flight: usize,
     /// Largest document body (its JSON without attachments), as CouchDB's `max_document_size`.
     pub max_document_size: usize,
-    /// Largest attachment, inline or uploaded alone.
+    /// Largest attachment, inline or uploaded alone (its identity bytes, however it is stored).
     pub max_attachment_size: usize,
+    /// Which attachments are stored gzip-encoded, and at what level (CouchDB's `[attachments]
+    /// compressible_types` and `compression_level`).
+    pub attachments: outpost_core::attachment::Compression,
     /// How long a request body may take to arrive; a client that stops sending mid-body gets
     /// 408 instead of holding its connection forever.
     pub body_read_timeout: Duration,
@@ -100,6 +106,7 @@ impl Default for Config {
             max_body_bytes_in_flight: 512 * 1024 * 1024,
             max_document_size: 8_000_000,
             max_attachment_size: 64 * 1024 * 1024,
+            attachments: outpost_core::attachment::Compression::default(),
             body_read_timeout: Duration::from_secs(120),
             max_header_bytes: 64 * 1024,
             cors_origins: None,
@@ -360,10 +367,18 @@ async fn serve_connection<I>(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    let builder = match protocol {
-        Protocol::Http1 => builder.http1_only(),
-        Protocol::Http2 => builder.http2_only(),
-        Protocol::Detect => builder,
+    // HTTP/1 request targets with what CouchDB takes and `http::Uri` does not (`?key="a"`)
+    // are percent-encoded on their way to hyper.
+    let (builder, stream) = match protocol {
+        Protocol::Http1 => (
+            builder.http1_only(),
+            EncodeTargets::new(stream, max_header_bytes.max(8192)),
+        ),
+        Protocol::Http2 => (builder.http2_only(), EncodeTargets::untouched(stream)),
+        Protocol::Detect => (
+            builder,
+            EncodeTargets::new(stream, max_header_bytes.max(8192)),
+        ),
     };
     // With upgrades, so the multiplexed feed's WebSocket handshake can take the connection over.
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

@@ -15,33 +15,22 @@ pub fn check(update: &DocUpdate, config: &Config) -> Result<(), ApiError> {
     if size > config.max_document_size as u64 {
         return Err(ApiError::DocumentTooLarge(update.id.clone()));
     }
-    for att in &update.new_attachments {
-        check_attachment(update, &att.digest, att.data.len(), config)?;
-    }
-    Ok(())
-}
-
-/// Refuses an attachment of `len` bytes above `max_attachment_size`, naming it by the entry of
-/// `update`'s `_attachments` that has its digest.
-fn check_attachment(
-    update: &DocUpdate,
-    digest: &str,
-    len: usize,
-    config: &Config,
-) -> Result<(), ApiError> {
-    if len <= config.max_attachment_size {
+    if update.new_attachments.is_empty() {
         return Ok(());
     }
-    let name = update
-        .body
-        .get("_attachments")
-        .and_then(Value::as_object)
-        .and_then(|atts| {
-            atts.iter()
-                .find(|(_, a)| a.get("digest").and_then(Value::as_str) == Some(digest))
-        })
-        .map_or_else(|| digest.to_owned(), |(name, _)| name.clone());
-    Err(ApiError::AttachmentTooLarge(name))
+    // The limit is on an attachment's identity bytes (its `length`), however it is stored: a
+    // new entry is one that is not a stub.
+    let entries = update.body.get("_attachments").and_then(Value::as_object);
+    for (name, entry) in entries.into_iter().flatten() {
+        if entry.get("stub").and_then(Value::as_bool) == Some(true) {
+            continue;
+        }
+        let length = entry.get("length").and_then(Value::as_u64).unwrap_or(0);
+        if length > config.max_attachment_size as u64 {
+            return Err(ApiError::AttachmentTooLarge(name.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// The length of the body's JSON text without `_attachments`, counted without building it.

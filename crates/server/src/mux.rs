@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::docjson::RenderOpts;
 use crate::feed::{FeedKind, FeedOpts, Source, rows_per_page, scan};
-use crate::routes::changes::{DEFAULT_TIMEOUT, FilterSpec, build_filter, parse_since};
+use crate::routes::changes::{DEFAULT_TIMEOUT, FilterSpec, build_filter};
+use crate::seq::Incarnation;
 use crate::{ApiError, AppState};
 
 /// Limits of the multiplexed feed.
@@ -350,11 +351,10 @@ impl Mux {
         // of the access index, as their `_changes` does.
         let reader = crate::access::reader_for(state, &self.user, level, &db).await?;
         let info = state.store.db_info(&db).await?;
+        let incarnation = Incarnation::of_db(&info.name, info.created_at);
         let since = match cmd.get("since") {
-            None | Some(Value::Null) => 0,
-            Some(Value::Number(n)) => parse_since(&n.to_string(), info.update_seq)?,
-            Some(Value::String(s)) => parse_since(s, info.update_seq)?,
-            Some(_) => return Err(ApiError::bad_request("since must be a number or a string")),
+            None => 0,
+            Some(since) => incarnation.since_json(since, info.update_seq)?,
         };
         let flag = |name: &str| -> Result<bool, ApiError> {
             match cmd.get(name) {
@@ -399,6 +399,7 @@ impl Mux {
             source: Source::Changes,
             kind: FeedKind::Continuous,
             since,
+            incarnation,
             limit: None,
             descending: false,
             all_leaves,
@@ -431,7 +432,8 @@ impl Mux {
                 "at most {max} subscriptions per connection"
             )));
         }
-        let ack = json!({"type": "subscribed", "db": db, "since": opts.since});
+        let since = opts.incarnation.seq(opts.since);
+        let ack = json!({"type": "subscribed", "db": db, "since": since});
         self.out
             .send(Frame::new("subscribed", &ack), &self.out.cut)
             .await
@@ -508,6 +510,7 @@ async fn follow(
             }
         };
         for (seq, row) in found.rows {
+            let seq = opts.incarnation.seq(seq).json();
             let frame = Frame {
                 kind: "change",
                 json: format!(
@@ -526,7 +529,7 @@ async fn follow(
             caught_up = true;
             let frame = Frame::new(
                 "caught_up",
-                &json!({"type": "caught_up", "db": db, "last_seq": since}),
+                &json!({"type": "caught_up", "db": db, "last_seq": opts.incarnation.seq(since)}),
             );
             if out.send(frame, &token).await.is_err() {
                 return;

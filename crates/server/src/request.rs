@@ -102,6 +102,37 @@ impl Req {
     /// budget of body bytes in flight is spent. The bytes stay counted against that budget until
     /// the request is answered.
     pub async fn bytes(&mut self) -> Result<Bytes, ApiError> {
+        let bytes = self.raw_bytes().await?;
+        let compressed = bytes.as_ptr();
+        let decoded = self.decode_content(bytes)?;
+        // Decompressed bytes are held as well as the compressed ones.
+        if decoded.as_ptr() != compressed {
+            self.reserve(decoded.len() as u64)?;
+        }
+        Ok(decoded)
+    }
+
+    /// The body of an attachment upload, and whether it is gzip-encoded: sent with
+    /// `Content-Encoding: gzip`, it is kept as it came (CouchDB stores such an attachment
+    /// encoded); any other body is what [`Req::bytes`] gives.
+    pub async fn attachment_bytes(&mut self) -> Result<(Bytes, bool), ApiError> {
+        let gzip = matches!(
+            self.headers
+                .get(header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_ascii_lowercase())
+                .as_deref(),
+            Some("gzip" | "x-gzip")
+        );
+        if gzip {
+            Ok((self.raw_bytes().await?, true))
+        } else {
+            Ok((self.bytes().await?, false))
+        }
+    }
+
+    /// The whole body as sent, under the size limit and the budget.
+    async fn raw_bytes(&mut self) -> Result<Bytes, ApiError> {
         let body = self
             .body
             .lock()
@@ -122,14 +153,7 @@ impl Req {
         let Ok(read) = read.await else {
             return Err(ApiError::RequestTimeout);
         };
-        let bytes = read?;
-        let compressed = bytes.as_ptr();
-        let decoded = self.decode_content(bytes)?;
-        // Decompressed bytes are held as well as the compressed ones.
-        if decoded.as_ptr() != compressed {
-            self.reserve(decoded.len() as u64)?;
-        }
-        Ok(decoded)
+        read
     }
 
     async fn read_body(&mut self, body: Body, declared: Option<u64>) -> Result<Bytes, ApiError> {

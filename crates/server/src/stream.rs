@@ -5,7 +5,8 @@
 //! task and writes through a [`BodyWriter`] into a bounded channel that the response body reads
 //! from: small writes are gathered into frames of about [`FRAME`] bytes, and a full channel
 //! holds the producer back until the client has read. Inline attachments are read from the store
-//! in ranges and base64-encoded range by range ([`BodyWriter::attachment`]).
+//! in ranges and base64-encoded range by range ([`BodyWriter::attachment`]); attachments
+//! stored gzip-encoded are decoded as they are read ([`AttachmentReader`]).
 
 use std::future::Future;
 
@@ -14,6 +15,7 @@ use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use http::{HeaderValue, StatusCode, header};
+use outpost_core::attachment::Gunzip;
 use tokio::sync::mpsc;
 
 use crate::{ApiError, AppState};
@@ -72,26 +74,155 @@ impl BodyWriter {
             .map_err(|_| StreamEnd::ClientGone)
     }
 
-    /// Writes an attachment's bytes as base64 (without quotes), read from the store one range at
-    /// a time.
-    pub async fn attachment(&mut self, state: &AppState, digest: &str) -> Result<(), StreamEnd> {
-        let mut offset = 0;
-        loop {
-            let range = state
-                .store
-                .attachment_range(digest, offset, ATTACHMENT_RANGE)
-                .await
-                .map_err(ApiError::from)?
-                .ok_or_else(|| {
-                    ApiError::Internal(format!("attachment {digest} missing from the store"))
-                })?;
-            let encoded = BASE64.encode(&range);
+    /// Writes an attachment's identity bytes as base64 (without quotes), read from the store one
+    /// range at a time (and decoded as they come when stored gzip-encoded).
+    pub async fn attachment(
+        &mut self,
+        state: &AppState,
+        digest: &str,
+        gzip: bool,
+    ) -> Result<(), StreamEnd> {
+        let mut reader = if gzip {
+            AttachmentReader::decoded(state, digest)
+        } else {
+            AttachmentReader::stored(state, digest, 0, u64::MAX)
+        };
+        // Bytes carried to the next piece so that each piece encoded is a multiple of three long
+        // and the encodings concatenate into the attachment's.
+        let mut carry: Vec<u8> = Vec::new();
+        while let Some(piece) = reader.next().await? {
+            carry.extend_from_slice(&piece);
+            let whole = carry.len() - carry.len() % 3;
+            let encoded = BASE64.encode(&carry[..whole]);
+            carry.drain(..whole);
             self.write(&encoded).await?;
-            if (range.len() as u64) < ATTACHMENT_RANGE {
-                return Ok(());
-            }
-            offset += ATTACHMENT_RANGE;
         }
+        self.write(&BASE64.encode(&carry)).await
+    }
+}
+
+/// Reads an attachment from the store a range at a time: the bytes as stored (a byte range of
+/// them), or, for one stored gzip-encoded, its identity bytes decoded as they are read. Either
+/// way it holds one range of stored bytes and at most about a [`FRAME`] of decoded ones.
+pub struct AttachmentReader {
+    state: AppState,
+    digest: String,
+    /// The next stored byte to read.
+    offset: u64,
+    /// Where the stored bytes wanted end (exclusive); `u64::MAX` for all of them.
+    end: u64,
+    /// The decoder, for an attachment sent decoded.
+    gunzip: Option<Gunzip>,
+    /// Stored bytes read and not yet decoded.
+    pending: Bytes,
+    /// Whether every stored byte wanted has been read.
+    read_all: bool,
+    done: bool,
+}
+
+impl AttachmentReader {
+    /// The stored bytes from `from` to `to` (exclusive; `u64::MAX` for the end).
+    pub fn stored(state: &AppState, digest: &str, from: u64, to: u64) -> AttachmentReader {
+        AttachmentReader {
+            state: state.clone(),
+            digest: digest.to_owned(),
+            offset: from,
+            end: to,
+            gunzip: None,
+            pending: Bytes::new(),
+            read_all: from >= to,
+            done: false,
+        }
+    }
+
+    /// The identity bytes of an attachment stored gzip-encoded.
+    pub fn decoded(state: &AppState, digest: &str) -> AttachmentReader {
+        AttachmentReader {
+            gunzip: Some(Gunzip::new()),
+            ..AttachmentReader::stored(state, digest, 0, u64::MAX)
+        }
+    }
+
+    /// Reads the next range of stored bytes wanted into `pending`.
+    async fn read_range(&mut self) -> Result<(), ApiError> {
+        let len = (self.end - self.offset).min(ATTACHMENT_RANGE);
+        let data = self
+            .state
+            .store
+            .attachment_range(&self.digest, self.offset, len)
+            .await?
+            .ok_or_else(|| {
+                ApiError::Internal(format!("attachment {} missing from the store", self.digest))
+            })?;
+        self.offset += data.len() as u64;
+        if (data.len() as u64) < len || self.offset >= self.end {
+            self.read_all = true;
+        }
+        self.pending = Bytes::from(data);
+        Ok(())
+    }
+
+    /// The next piece of the attachment, `None` at its end.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, ApiError> {
+        let corrupt = |digest: &str| {
+            ApiError::Internal(format!(
+                "attachment {digest} is not valid gzip in the store"
+            ))
+        };
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            if self.pending.is_empty() && !self.read_all {
+                self.read_range().await?;
+            }
+            let Some(gunzip) = self.gunzip.as_mut() else {
+                if self.pending.is_empty() {
+                    self.done = true;
+                    return Ok(None);
+                }
+                return Ok(Some(std::mem::take(&mut self.pending)));
+            };
+            while !self.pending.is_empty() && gunzip.pending() < FRAME {
+                let used = gunzip
+                    .feed(&self.pending)
+                    .map_err(|_| corrupt(&self.digest))?;
+                let _ = self.pending.split_to(used);
+            }
+            if gunzip.pending() > 0 {
+                return Ok(Some(Bytes::from(gunzip.take())));
+            }
+            if self.pending.is_empty() && self.read_all {
+                self.done = true;
+                let tail = self
+                    .gunzip
+                    .take()
+                    .map(Gunzip::finish)
+                    .transpose()
+                    .map_err(|_| corrupt(&self.digest))?
+                    .unwrap_or_default();
+                if !tail.is_empty() {
+                    return Ok(Some(Bytes::from(tail)));
+                }
+            }
+        }
+    }
+
+    /// The attachment as a response body, read only as the client takes it (so a `HEAD` reads
+    /// nothing). A failed read cuts the body, so the client cannot take it for a whole one.
+    pub fn into_body(self) -> Body {
+        let stream = futures::stream::unfold(self, |mut reader| async move {
+            match reader.next().await {
+                Ok(Some(piece)) => Some((Ok(piece), reader)),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::error!(error = %e, "attachment answer cut short");
+                    reader.done = true;
+                    Some((Err(std::io::Error::other("attachment read failed")), reader))
+                }
+            }
+        });
+        Body::from_stream(stream)
     }
 }
 

@@ -7,10 +7,9 @@
 
 use std::collections::HashSet;
 
-use outpost_core::{Rev, RevTree};
-use outpost_store::sqlite::retention::{ReplayEvent, apply_event};
+use outpost_core::RevTree;
+use outpost_store::replay::{ReplayEvent, apply_event};
 use outpost_store::{Retention, StoreError};
-use serde_json::Value;
 
 use crate::conn::WriterConn;
 use crate::error::{corrupt, pg};
@@ -30,7 +29,7 @@ const DIGESTS_OF_R: &str = "SELECT a.value ->> 'digest' AS digest
 pub fn apply_retention(c: &WriterConn, db: &str, now_ms: i64) -> Result<u64, StoreError> {
     let row = c
         .query_opt(
-            "SELECT id, retention_count, retention_age, revs_limit FROM dbs WHERE name = $1",
+            "SELECT id, retention_count, retention_age FROM dbs WHERE name = $1",
             &[&db],
         )?
         .ok_or(StoreError::NoDb)?;
@@ -39,10 +38,10 @@ pub fn apply_retention(c: &WriterConn, db: &str, now_ms: i64) -> Result<u64, Sto
         max_events_per_doc: row.get::<_, Option<i64>>(1).map(|c| c.max(0) as u64),
         max_age_seconds: row.get::<_, Option<i64>>(2).map(|a| a.max(0) as u64),
     };
-    let revs_limit = row.get::<_, i64>(3).max(1) as usize;
     if retention.keeps_everything() {
         return Ok(0);
     }
+    let settings = crate::replay::read_settings(c, db)?;
     let cutoff = retention
         .max_age_seconds
         .map(|s| now_ms - (s.min(i64::MAX as u64) as i64).saturating_mul(1000));
@@ -89,7 +88,12 @@ pub fn apply_retention(c: &WriterConn, db: &str, now_ms: i64) -> Result<u64, Sto
                 break;
             }
             let last_of_seq = events.get(i + 1).is_none_or(|e| e.seq != event.seq);
-            apply_event(&mut tree, event, revs_limit, last_of_seq)?;
+            apply_event(
+                &mut tree,
+                event,
+                settings.revs_limit_for(event.seq),
+                last_of_seq,
+            )?;
         }
         let tree_json = serde_json::to_string(&tree).map_err(corrupt)?;
         c.execute(
@@ -125,48 +129,21 @@ pub fn apply_retention(c: &WriterConn, db: &str, now_ms: i64) -> Result<u64, Sto
 /// One document's events as replay needs them, in order.
 fn read_events(c: &WriterConn, db: i64, doc: &str) -> Result<Vec<ReplayEvent>, StoreError> {
     let rows = c.query(
-        "SELECT e.seq, e.rev, e.parent, e.detail, coalesce(e.deleted, r.deleted)
-         FROM events e LEFT JOIN revs r ON r.db = e.db AND r.doc = e.doc AND r.rev = e.rev
-         WHERE e.db = $1 AND e.doc = $2 ORDER BY e.seq, e.pos",
+        "SELECT seq, rev, parent, detail, deleted, kind FROM events
+         WHERE db = $1 AND doc = $2 ORDER BY seq, pos",
         &[&db, &doc],
     )?;
     rows.iter()
         .map(|row| {
-            let seq = row.get::<_, i64>(0) as u64;
-            let rev: Rev = row.get::<_, String>(1).parse().map_err(corrupt)?;
-            let parent: Option<Rev> = row
-                .get::<_, Option<String>>(2)
-                .map(|p| p.parse())
-                .transpose()
-                .map_err(corrupt)?;
-            let detail: Option<Value> = row
-                .get::<_, Option<String>>(3)
-                .map(|d| serde_json::from_str(&d))
-                .transpose()
-                .map_err(corrupt)?;
-            let path = match detail
-                .as_ref()
-                .and_then(|d| d.get("path"))
-                .and_then(Value::as_array)
-            {
-                Some(path) => Some(
-                    path.iter()
-                        .map(|r| r.as_str().unwrap_or_default().parse())
-                        .collect::<Result<Vec<Rev>, _>>()
-                        .map_err(corrupt)?,
-                ),
-                None => None,
-            };
-            let deleted = row.get::<_, Option<bool>>(4).ok_or_else(|| {
-                corrupt(format!("event {seq}: no stored revision {rev} of {doc}"))
-            })?;
-            Ok(ReplayEvent {
-                seq,
-                rev,
-                parent,
-                path,
-                deleted,
-            })
+            ReplayEvent::from_row(
+                doc,
+                row.get(5),
+                row.get::<_, i64>(0) as u64,
+                row.get(1),
+                row.get(2),
+                row.get(3),
+                row.get(4),
+            )
         })
         .collect()
 }
@@ -205,13 +182,6 @@ pub fn drop_superseded(
         if gone.get::<_, i64>(0) == 0 {
             continue;
         }
-        // The event log keeps the deletion flag replay needs once the row holding it is gone.
-        c.execute(
-            "UPDATE events SET deleted = r.deleted FROM revs r
-             WHERE events.db = $1 AND events.doc = $2 AND events.deleted IS NULL
-               AND r.db = events.db AND r.doc = events.doc AND r.rev = events.rev",
-            &[&db, id],
-        )?;
         c.execute(
             "DELETE FROM revs WHERE db = $1 AND doc = $2 AND NOT (rev = ANY($3))",
             &[&db, id, &leaves],

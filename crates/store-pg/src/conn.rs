@@ -73,7 +73,7 @@ impl DocTx for WriterConn {
         // before it committed (see `writer`).
         let row = self.query_opt(
             "SELECT id, update_seq, revs_limit, doc_count, doc_del_count, active_size, policy,
-                    lww_field, EXISTS (SELECT 1 FROM access_dbs a WHERE a.db = dbs.id)
+                    lww_field, EXISTS (SELECT 1 FROM access_dbs a WHERE a.db = dbs.id), purge_seq
              FROM dbs WHERE name = $1 FOR UPDATE OF dbs",
             &[&name],
         )?;
@@ -86,12 +86,14 @@ impl DocTx for WriterConn {
             active_size: r.get(5),
             policy: Policy::from_parts(&r.get::<_, String>(6), r.get(7)).unwrap_or_default(),
             access: r.get(8),
+            purge_seq: r.get::<_, i64>(9).max(0) as u64,
         }))
     }
 
     fn save_state(&self, state: &DbState) -> Result<(), StoreError> {
         self.execute(
-            "UPDATE dbs SET update_seq = $2, doc_count = $3, doc_del_count = $4, active_size = $5
+            "UPDATE dbs SET update_seq = $2, doc_count = $3, doc_del_count = $4, active_size = $5,
+                 purge_seq = $6
              WHERE id = $1",
             &[
                 &state.id,
@@ -99,6 +101,7 @@ impl DocTx for WriterConn {
                 &state.doc_count,
                 &state.doc_del_count,
                 &state.active_size,
+                &(state.purge_seq as i64),
             ],
         )?;
         Ok(())
@@ -162,6 +165,37 @@ impl DocTx for WriterConn {
         deleted: bool,
     ) -> Result<(), StoreError> {
         crate::access::index_doc(self, db, id, seq, winner, deleted)
+    }
+
+    fn drop_bodies(&self, db: i64, doc: &str, keep: &[String]) -> Result<(i64, bool), StoreError> {
+        self.execute(
+            "UPDATE events SET deleted = r.deleted FROM revs r
+             WHERE events.db = $1 AND events.doc = $2 AND events.deleted IS NULL
+               AND r.db = events.db AND r.doc = events.doc AND r.rev = events.rev",
+            &[&db, &doc],
+        )?;
+        let row = self.query_opt(
+            "WITH gone AS (
+                 DELETE FROM revs WHERE db = $1 AND doc = $2 AND NOT (rev = ANY($3))
+                 RETURNING body
+             )
+             SELECT coalesce(sum(octet_length(body)), 0)::bigint,
+                    coalesce(bool_or(strpos(body, '\"_attachments\"') > 0), false)
+             FROM gone",
+            &[&db, &doc, &keep],
+        )?;
+        Ok(row.map_or((0, false), |r| (r.get(0), r.get(1))))
+    }
+
+    fn forget_doc(&self, db: i64, doc: &str) -> Result<(), StoreError> {
+        self.execute("DELETE FROM docs WHERE db = $1 AND id = $2", &[&db, &doc])?;
+        for table in ["events", "event_baselines", "access_rows"] {
+            self.execute(
+                &format!("DELETE FROM {table} WHERE db = $1 AND doc = $2"),
+                &[&db, &doc],
+            )?;
+        }
+        crate::index::forget_doc(self, db, doc)
     }
 }
 
@@ -274,11 +308,12 @@ impl WriterConn {
             [e] => {
                 let seq = e.seq as i64;
                 self.execute(
-                    "INSERT INTO events (db, seq, pos, kind, doc, rev, parent, origin, at, detail)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    "INSERT INTO events (db, seq, pos, kind, doc, rev, parent, origin, at, detail,
+                                         deleted)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                     &[
                         &e.db, &seq, &e.pos, &e.kind, &e.doc, &e.rev, &e.parent, &e.origin, &e.at,
-                        &e.detail,
+                        &e.detail, &e.deleted,
                     ],
                 )?;
             }
@@ -293,13 +328,16 @@ impl WriterConn {
                 let origins: Vec<&str> = e.iter().map(|e| e.origin.as_str()).collect();
                 let at: Vec<i64> = e.iter().map(|e| e.at).collect();
                 let details: Vec<Option<&str>> = e.iter().map(|e| e.detail.as_deref()).collect();
+                let deleted: Vec<bool> = e.iter().map(|e| e.deleted).collect();
                 self.execute(
-                    "INSERT INTO events (db, seq, pos, kind, doc, rev, parent, origin, at, detail)
+                    "INSERT INTO events (db, seq, pos, kind, doc, rev, parent, origin, at, detail,
+                                         deleted)
                      SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::text[],
                                           $5::text[], $6::text[], $7::text[], $8::text[],
-                                          $9::int8[], $10::text[])",
+                                          $9::int8[], $10::text[], $11::bool[])",
                     &[
                         &dbs, &seqs, &pos, &kinds, &docs, &revs, &parents, &origins, &at, &details,
+                        &deleted,
                     ],
                 )?;
             }

@@ -14,9 +14,38 @@ use tokio_postgres::types::ToSql;
 use crate::conn::WriterConn;
 use crate::error::corrupt;
 use crate::read::{Reader, db_id};
+use deadpool_postgres::Object;
 
 /// Applies one step of an index update in the writer; `false` when the index is no longer at
 /// `update.since` under `update.signature`.
+/// Deletes a purged document's rows from every index of its database. The indexes' rows are
+/// locked first, in id order, until the purge commits: an index step on another node that
+/// computed rows before the purge either committed before (and its rows are deleted here) or
+/// waits, and then finds the purge (see [`apply_update`]).
+pub fn forget_doc(c: &WriterConn, db: i64, doc: &str) -> Result<(), StoreError> {
+    let indexes: Vec<i64> = c
+        .query(
+            "SELECT id FROM indexes WHERE db = $1 ORDER BY id FOR UPDATE",
+            &[&db],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for ix in indexes {
+        let removed = c.execute(
+            "DELETE FROM index_rows WHERE ix = $1 AND doc = $2",
+            &[&ix, &doc],
+        )? as i64;
+        if removed > 0 {
+            c.execute(
+                "UPDATE indexes SET rows = greatest(0, rows - $2) WHERE id = $1",
+                &[&ix, &removed],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 pub fn apply_update(c: &WriterConn, db: &str, update: &IndexUpdate) -> Result<bool, StoreError> {
     let db = crate::writer::db_id(c, db)?;
     let found = c.query_opt(
@@ -55,6 +84,19 @@ pub fn apply_update(c: &WriterConn, db: &str, update: &IndexUpdate) -> Result<bo
             "DELETE FROM index_rows WHERE ix = $1 AND doc = $2",
             &[&ix, &doc.doc_id],
         )? as i64;
+        // Rows computed before a purge of the document must not come back: the step's changes
+        // were read up to `upto`, so a purge after that read is above it. A purge holds this
+        // index's row lock, taken above, until it commits, so a committed one is seen here.
+        let upto = i64::try_from(update.upto).unwrap_or(i64::MAX);
+        if c.query_opt(
+            "SELECT 1 FROM events WHERE db = $1 AND doc = $2 AND seq > $3 AND kind = 'purged'
+                 LIMIT 1",
+            &[&db, &doc.doc_id, &upto],
+        )?
+        .is_some()
+        {
+            continue;
+        }
         for (n, entry) in doc.rows.iter().enumerate() {
             let key_json = serde_json::to_string(&entry.key)
                 .map_err(|e| corrupt(format!("index key: {e}")))?;
@@ -153,6 +195,59 @@ pub async fn indexes(r: &Reader, db: &str) -> Result<Vec<(String, IndexState)>, 
         .collect())
 }
 
+/// The id of a database's index built under the current sort-key encoding.
+async fn index_id(r: &Reader, c: &Object, db: i64, name: &str) -> Result<i64, StoreError> {
+    r.query_opt(
+        c,
+        "SELECT id FROM indexes WHERE db = $1 AND name = $2 AND key_version = $3",
+        &[&db, &name, &SORT_KEY_VERSION],
+    )
+    .await?
+    .map(|r| r.get(0))
+    .ok_or(StoreError::NotFound)
+}
+
+/// Counts the rows within `q`'s bounds up to `cap`, from the `(ix, k)` index alone.
+pub async fn count(
+    r: &Reader,
+    db: &str,
+    name: &str,
+    q: &IndexQuery,
+    cap: u64,
+) -> Result<Option<u64>, StoreError> {
+    let c = r.client().await?;
+    let db = db_id(&c, db).await?;
+    let ix = index_id(r, &c, db, name).await?;
+    let lower = q.lower.as_ref().map(|b| b.bytes().to_vec());
+    let upper = q.upper.as_ref().map(|b| b.bytes().to_vec());
+    let limit = i64::try_from(cap.saturating_add(1)).unwrap_or(i64::MAX);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&ix, &limit];
+    let mut sql = String::from("SELECT count(*) FROM (SELECT 1 FROM index_rows r WHERE r.ix = $1");
+    if let (Some(bound), Some(bytes)) = (&q.lower, &lower) {
+        params.push(bytes);
+        sql.push_str(&format!(
+            " AND r.k {} ${}",
+            if bound.inclusive() { ">=" } else { ">" },
+            params.len()
+        ));
+    }
+    if let (Some(bound), Some(bytes)) = (&q.upper, &upper) {
+        params.push(bytes);
+        sql.push_str(&format!(
+            " AND r.k {} ${}",
+            if bound.inclusive() { "<=" } else { "<" },
+            params.len()
+        ));
+    }
+    sql.push_str(" LIMIT $2) AS counted");
+    let n: i64 = r
+        .query_opt(&c, &sql, &params)
+        .await?
+        .map_or(0, |row| row.get(0));
+    let n = n.max(0) as u64;
+    Ok((n <= cap).then_some(n))
+}
+
 pub async fn scan(
     r: &Reader,
     db: &str,
@@ -161,15 +256,7 @@ pub async fn scan(
 ) -> Result<Vec<IndexRow>, StoreError> {
     let c = r.client().await?;
     let db = db_id(&c, db).await?;
-    let ix: i64 = r
-        .query_opt(
-            &c,
-            "SELECT id FROM indexes WHERE db = $1 AND name = $2 AND key_version = $3",
-            &[&db, &name, &SORT_KEY_VERSION],
-        )
-        .await?
-        .map(|r| r.get(0))
-        .ok_or(StoreError::NotFound)?;
+    let ix = index_id(r, &c, db, name).await?;
     let mut sql = String::from(
         "SELECT r.key, r.doc, r.value, d.seq, d.tree, d.deleted, b.body FROM index_rows r
          LEFT JOIN docs d ON $3 AND d.db = $2 AND d.id = r.doc

@@ -20,6 +20,7 @@ mod index;
 mod lease;
 pub mod migrate;
 mod read;
+pub mod replay;
 mod schema;
 pub mod writer;
 
@@ -32,8 +33,8 @@ use outpost_core::{Policy, Rev};
 use outpost_store::{
     AccessCounts, AllDocsQuery, ChangeRow, ChangesQuery, CompactionMark, Compactions, DbInfo,
     DbOptions, DbUpdate, DocAccess, DocError, DocRecord, DocRow, DocUpdate, Event, EventsQuery,
-    IndexQuery, IndexRow, IndexState, IndexUpdate, LocalDoc, LocalDocRow, Retention, SharedConfig,
-    Store, StoreError, StoredBody,
+    IndexQuery, IndexRow, IndexState, IndexUpdate, LocalDoc, LocalDocRow, PurgeOutcome,
+    PurgeRequest, Retention, SharedConfig, Store, StoreError, StoredBody,
 };
 use tokio::sync::{oneshot, watch};
 
@@ -41,6 +42,8 @@ use feed::{Watched, Watchers};
 use read::Reader;
 use writer::{Job, WriteOp, WriteReply};
 
+/// The schema version this build writes.
+pub use schema::VERSION as SCHEMA_VERSION;
 pub use schema::quote_ident;
 
 /// How long a connection attempt may take before the database counts as unreachable.
@@ -234,6 +237,7 @@ fn unexpected(reply: WriteReply) -> StoreError {
         WriteReply::Docs(_) => "docs",
         WriteReply::LocalRev(_) => "local rev",
         WriteReply::Resolved(_) => "resolved",
+        WriteReply::Purged(_) => "purged",
         WriteReply::Cursor(_) => "cursor",
         WriteReply::Count(_) => "count",
         WriteReply::Existed(_) => "existed",
@@ -316,6 +320,25 @@ impl Store for PgStore {
     async fn set_revs_limit(&self, db: &str, limit: u64) -> Result<(), StoreError> {
         let db = db.to_owned();
         self.write(WriteOp::SetRevsLimit { db, limit })
+            .await
+            .map(|_| ())
+    }
+
+    async fn purge(
+        &self,
+        db: &str,
+        requests: Vec<PurgeRequest>,
+    ) -> Result<PurgeOutcome, StoreError> {
+        let db = db.to_owned();
+        match self.write(WriteOp::Purge { db, requests }).await? {
+            WriteReply::Purged(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn set_purged_infos_limit(&self, db: &str, limit: u64) -> Result<(), StoreError> {
+        let db = db.to_owned();
+        self.write(WriteOp::SetPurgedInfosLimit { db, limit })
             .await
             .map(|_| ())
     }
@@ -519,6 +542,16 @@ impl Store for PgStore {
         query: &IndexQuery,
     ) -> Result<Vec<IndexRow>, StoreError> {
         index::scan(&self.reader, db, name, query).await
+    }
+
+    async fn count_index(
+        &self,
+        db: &str,
+        name: &str,
+        query: &IndexQuery,
+        cap: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        index::count(&self.reader, db, name, query, cap).await
     }
 
     async fn local_docs(

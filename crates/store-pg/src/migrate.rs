@@ -1,6 +1,6 @@
 //! Copying a whole store between a SQLite data directory and PostgreSQL, in either direction
 //! (`outpost db migrate`), row for row: databases with their settings and counters, documents,
-//! revision bodies, the event log and its baselines, `_local` documents, attachments,
+//! revision bodies, the event log (setting events included) and its baselines, `_local` documents, attachments,
 //! `_security` objects, the access index of `access=true` databases, `_db_updates` and the
 //! server uuid (so replication checkpoints that clients hold stay valid). Secondary indexes are derived data and are rebuilt on first use.
 //!
@@ -67,6 +67,8 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("lww_field", Col::OptText),
             ("retention_count", Col::OptInt),
             ("retention_age", Col::OptInt),
+            ("purge_seq", Col::Int),
+            ("purged_infos_limit", Col::Int),
         ],
     ),
     ("access_dbs", &[("db", Col::Int)]),
@@ -151,6 +153,17 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("tree", Col::Text),
         ],
     ),
+    (
+        "settings_events",
+        &[
+            ("db", Col::Int),
+            ("seq", Col::Int),
+            ("pos", Col::Int),
+            ("kind", Col::Text),
+            ("detail", Col::Text),
+            ("at", Col::Int),
+        ],
+    ),
 ];
 
 /// One value of a row.
@@ -230,7 +243,7 @@ fn column_list(cols: &[(&str, Col)]) -> String {
 }
 
 /// Connects a blocking client to `url`, its tables in `schema` when one is given.
-fn connect(url: &str, schema: Option<&str>) -> Result<postgres::Client, StoreError> {
+pub(crate) fn connect(url: &str, schema: Option<&str>) -> Result<postgres::Client, StoreError> {
     let mut config: postgres::Config = url
         .parse()
         .map_err(|e| StoreError::Corrupt(format!("invalid postgres url: {e}")))?;

@@ -112,7 +112,8 @@ pub async fn db_info(r: &Reader, name: &str, database_bytes: u64) -> Result<DbIn
             &c,
             "SELECT name, doc_count, doc_del_count, update_seq, revs_limit, active_size,
                     created_at, policy, lww_field, retention_count, retention_age,
-                    EXISTS (SELECT 1 FROM access_dbs a WHERE a.db = dbs.id)
+                    EXISTS (SELECT 1 FROM access_dbs a WHERE a.db = dbs.id),
+                    purge_seq, purged_infos_limit
              FROM dbs WHERE name = $1",
             &[&name],
         )
@@ -134,6 +135,8 @@ pub async fn db_info(r: &Reader, name: &str, database_bytes: u64) -> Result<DbIn
         file_size: database_bytes,
         compact_running: false,
         access: row.get(11),
+        purge_seq: row.get::<_, i64>(12).max(0) as u64,
+        purged_infos_limit: row.get::<_, i64>(13).max(0) as u64,
     })
 }
 

@@ -20,10 +20,18 @@ use outpost_store::StoreError;
 
 /// The schema version this build writes. Version 2 added `access_dbs` and `access_rows`
 /// (per-document access); a version 1 store is brought forward by creating them, empty, as
-/// no database of version 1 could have per-document access. Version 3 added `config` (the
-/// configuration the API changes, shared by every node) and its version in `counters`; an
-/// older store gains them empty, as its nodes kept that configuration in their data directories.
-pub const VERSION: i64 = 3;
+/// no database of version 1 could have per-document access. Version 3 added `settings_events`
+/// and a deletion flag in every event, so that replay reads the log alone; an older store gets
+/// them as the SQLite engine's upgrade gives them (see [`upgrade_to_3`]).
+/// Version 4 added `dbs.purge_seq` and `dbs.purged_infos_limit` (`_purge`), added to an older
+/// store's table as it opens. Version 5 lets attachment stubs say their bytes are stored
+/// gzip-encoded (`encoding`, `encoded_length`); no table changes and no row is rewritten (a stub
+/// without `encoding` is identity, as every stub written before is), but a node of an older
+/// build, which would serve encoded bytes as the attachment itself, refuses the store.
+/// Version 6 added `config` (the configuration the API changes, shared by every node) and its
+/// version in `counters`; an older store gains them empty, as its nodes kept that configuration
+/// in their data directories.
+pub const VERSION: i64 = 6;
 
 /// The key of the advisory lock the migration holds (an arbitrary constant, "outpost").
 const MIGRATION_LOCK: i64 = 0x006f_7574_706f_7374;
@@ -60,8 +68,12 @@ CREATE TABLE IF NOT EXISTS dbs (
     policy          TEXT NOT NULL DEFAULT 'manual',
     lww_field       TEXT,
     retention_count BIGINT,
-    retention_age   BIGINT
+    retention_age   BIGINT,
+    purge_seq          BIGINT NOT NULL DEFAULT 0,
+    purged_infos_limit BIGINT NOT NULL DEFAULT 1000
 );
+ALTER TABLE dbs ADD COLUMN IF NOT EXISTS purge_seq BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE dbs ADD COLUMN IF NOT EXISTS purged_infos_limit BIGINT NOT NULL DEFAULT 1000;
 
 CREATE TABLE IF NOT EXISTS db_security (
     db   BIGINT PRIMARY KEY,
@@ -129,6 +141,16 @@ CREATE TABLE IF NOT EXISTS db_updates (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS db_updates_by_seq ON db_updates (seq);
 
+CREATE TABLE IF NOT EXISTS settings_events (
+    db     BIGINT NOT NULL,
+    seq    BIGINT NOT NULL,
+    pos    BIGINT NOT NULL,
+    kind   TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at     BIGINT NOT NULL,
+    PRIMARY KEY (db, seq, pos)
+);
+
 CREATE TABLE IF NOT EXISTS event_baselines (
     db   BIGINT NOT NULL,
     doc  TEXT COLLATE "C" NOT NULL,
@@ -193,13 +215,14 @@ pub fn migrate(client: &mut postgres::Client, schema: Option<&str>) -> Result<St
         .query_one("SELECT to_regclass('meta') IS NOT NULL", &[])
         .map_err(pg)?
         .get(0);
+    let mut found_version = VERSION;
     if exists {
         let found: Option<String> = tx
             .query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])
             .map_err(pg)?
             .map(|r| r.get(0));
         match found.as_deref().map(str::parse::<i64>) {
-            Some(Ok(v)) if (1..=VERSION).contains(&v) => {}
+            Some(Ok(v)) if (1..=VERSION).contains(&v) => found_version = v,
             other => {
                 return Err(StoreError::Corrupt(format!(
                     "database has schema version {other:?}, this build reads versions 1 to {VERSION}"
@@ -209,6 +232,9 @@ pub fn migrate(client: &mut postgres::Client, schema: Option<&str>) -> Result<St
     }
     tx.batch_execute(SCHEMA).map_err(pg)?;
     tx.batch_execute(crate::lease::SCHEMA).map_err(pg)?;
+    if found_version < 3 {
+        upgrade_to_3(&mut tx)?;
+    }
     tx.execute(
         // The tables above are created if missing, so an older store is now at this version.
         "INSERT INTO meta (key, value) VALUES ('schema_version', $1)
@@ -228,6 +254,30 @@ pub fn migrate(client: &mut postgres::Client, schema: Option<&str>) -> Result<St
         .get(0);
     tx.commit().map_err(pg)?;
     Ok(uuid)
+}
+
+/// Brings a store older than version 3 forward: every event gets its deletion flag (from its
+/// revision), and each database whose `_revs_limit` or policy is not the default gets a setting
+/// event at sequence 0, the best the log can say of changes made before they were recorded.
+fn upgrade_to_3(tx: &mut postgres::Transaction<'_>) -> Result<(), StoreError> {
+    tx.batch_execute(
+        "UPDATE events e SET deleted = r.deleted FROM revs r
+         WHERE e.deleted IS NULL AND r.db = e.db AND r.doc = e.doc AND r.rev = e.rev;
+         INSERT INTO settings_events (db, seq, pos, kind, detail, at)
+             SELECT id, 0, 0, 'revs_limit', json_build_object('revs_limit', revs_limit)::text,
+                    created_at / 1000
+             FROM dbs WHERE revs_limit <> 1000
+             ON CONFLICT DO NOTHING;
+         INSERT INTO settings_events (db, seq, pos, kind, detail, at)
+             SELECT id, 0, 1, 'policy',
+                    json_build_object('conflict_policy', policy, 'lww_field', lww_field)::text,
+                    created_at / 1000
+             FROM dbs WHERE policy <> 'manual'
+             ON CONFLICT DO NOTHING;",
+    )
+    .map_err(pg)?;
+    tracing::info!("migrated the store's schema to version 3");
+    Ok(())
 }
 
 /// `name` as a quoted SQL identifier.

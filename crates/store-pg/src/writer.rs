@@ -24,7 +24,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use outpost_core::{Policy, Rev};
-use outpost_store::docwrite::{DocsProgress, apply_docs_step, apply_manual_resolution};
+use outpost_store::docwrite::{
+    DocsProgress, apply_docs_step, apply_manual_resolution, apply_purge,
+};
+use outpost_store::replay::Setting;
 use outpost_store::{DocError, DocUpdate, IndexUpdate, Retention, StoreError};
 use tokio::sync::oneshot;
 
@@ -78,6 +81,15 @@ pub enum WriteOp {
     Docs {
         db: String,
         updates: Vec<DocUpdate>,
+    },
+    /// `_purge`.
+    Purge {
+        db: String,
+        requests: Vec<outpost_store::PurgeRequest>,
+    },
+    SetPurgedInfosLimit {
+        db: String,
+        limit: u64,
     },
     PutLocal {
         db: String,
@@ -133,6 +145,8 @@ impl WriteOp {
             | WriteOp::SetRetention { db, .. }
             | WriteOp::Resolve { db, .. }
             | WriteOp::Docs { db, .. }
+            | WriteOp::Purge { db, .. }
+            | WriteOp::SetPurgedInfosLimit { db, .. }
             | WriteOp::Compact { db }
             | WriteOp::DropSuperseded { db, .. }
             // A `_local` write compares revisions: without the row lock two nodes could both
@@ -156,6 +170,7 @@ pub enum WriteReply {
     Count(u64),
     /// Whether a configuration entry existed before the job changed it.
     Existed(bool),
+    Purged(outpost_store::PurgeOutcome),
 }
 
 pub struct Job {
@@ -232,6 +247,7 @@ impl Pending {
         match (&self.job.op, &self.progress) {
             (_, Some(progress)) => progress.remaining().max(1),
             (WriteOp::Docs { updates, .. }, None) => updates.len().max(1),
+            (WriteOp::Purge { requests, .. }, None) => requests.len().max(1),
             _ => 1,
         }
     }
@@ -459,6 +475,7 @@ fn apply(
                 "local_docs",
                 "events",
                 "event_baselines",
+                "settings_events",
                 "db_security",
                 "access_rows",
                 "access_dbs",
@@ -470,15 +487,31 @@ fn apply(
             moved.deleted(name);
             Ok(WriteReply::Done)
         }
-        WriteOp::SetRevsLimit { db, limit } => {
+        WriteOp::Purge { db, requests } => {
+            let (outcome, seq) = apply_purge(c, db, requests, now)?;
+            moved.seq(db, seq);
+            Ok(WriteReply::Purged(outcome))
+        }
+        WriteOp::SetPurgedInfosLimit { db, limit } => {
             let limit = i64::try_from(*limit).unwrap_or(i64::MAX);
             let n = c.execute(
-                "UPDATE dbs SET revs_limit = $2 WHERE name = $1",
+                "UPDATE dbs SET purged_infos_limit = $2 WHERE name = $1",
                 &[db, &limit],
             )?;
             if n == 0 {
                 return Err(StoreError::NoDb);
             }
+            Ok(WriteReply::Done)
+        }
+        WriteOp::SetRevsLimit { db, limit } => {
+            let id = crate::replay::lock_db(c, db)?;
+            let value = i64::try_from(*limit).unwrap_or(i64::MAX);
+            c.execute(
+                "UPDATE dbs SET revs_limit = $2 WHERE id = $1",
+                &[&id, &value],
+            )?;
+            // Stemming depends on it: replay must know from which write on it applies.
+            crate::replay::record_setting(c, id, &Setting::RevsLimit(*limit), now / 1000)?;
             Ok(WriteReply::Done)
         }
         WriteOp::SetSecurity { db, body } => {
@@ -491,13 +524,13 @@ fn apply(
             Ok(WriteReply::Done)
         }
         WriteOp::SetPolicy { db, policy } => {
-            let n = c.execute(
-                "UPDATE dbs SET policy = $2, lww_field = $3 WHERE name = $1",
-                &[db, &policy.name(), &policy.lww_field()],
+            let id = crate::replay::lock_db(c, db)?;
+            c.execute(
+                "UPDATE dbs SET policy = $2, lww_field = $3 WHERE id = $1",
+                &[&id, &policy.name(), &policy.lww_field()],
             )?;
-            if n == 0 {
-                return Err(StoreError::NoDb);
-            }
+            let setting = Setting::Policy(policy.clone());
+            crate::replay::record_setting(c, id, &setting, now / 1000)?;
             Ok(WriteReply::Done)
         }
         WriteOp::SetRetention { db, retention } => {

@@ -32,6 +32,10 @@ pub enum StoreError {
     /// The store is shutting down or its writer thread has stopped.
     #[error("store is closed")]
     Closed,
+    /// An offline operation found the data directory in use by another process (a running
+    /// server). The message says which directory.
+    #[error("{0}")]
+    InUse(String),
 }
 
 /// Why one document of a write was refused; the other documents of the write are unaffected.

@@ -8,6 +8,12 @@
 //! rows and moves the index's sequence in one transaction, and only if the index is still where
 //! the indexer found it (so two indexers racing on one index cannot interleave).
 //!
+//! A purge ([`Store::purge`](crate::Store::purge)) deletes a document purged whole from every
+//! index at once, since it leaves no change for an indexer to find; and a step that carries rows
+//! of a document purged after the step's `upto` (after the indexer read its changes) writes none
+//! for it (those rows were computed from revisions that are gone), so a step racing a purge
+//! cannot bring them back.
+//!
 //! Rows are ordered by CouchDB's collation of their key, then of their doc id, then by the
 //! order a document emitted them. The order is kept as a binary sort key
 //! ([`outpost_core::collate::sort_key`]) so scans are plain B-tree ranges; [`KeyBound`] builds

@@ -14,6 +14,7 @@ pub mod docwrite;
 mod error;
 pub mod index;
 pub mod lease;
+pub mod replay;
 pub mod sqlite;
 mod types;
 
@@ -97,6 +98,21 @@ pub trait Store: Send + Sync + 'static {
     /// gives free pages back to the file system; returns when done.
     async fn reclaim(&self) -> Result<(), StoreError>;
 
+    /// `_purge`: for each request, removes the leaves named (those that are leaves; others are
+    /// ignored) with every ancestor no other leaf keeps, and their bodies, in one durable
+    /// transaction with the database's other writes. A document that keeps a leaf moves to a new
+    /// sequence with its new winner; one that loses every leaf is gone (its row, its event
+    /// history, its index and access rows), as if never written. Each purged leaf is recorded
+    /// as a `purged` event at the document's new sequence; replay applies it. The purge
+    /// sequence advances by one per request.
+    async fn purge(
+        &self,
+        db: &str,
+        requests: Vec<PurgeRequest>,
+    ) -> Result<PurgeOutcome, StoreError>;
+    /// Sets the database's `purged_infos_limit`.
+    async fn set_purged_infos_limit(&self, db: &str, limit: u64) -> Result<(), StoreError>;
+
     /// Applies document updates in one durable transaction; one result per update, in order.
     async fn write_docs(
         &self,
@@ -166,6 +182,17 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         query: &IndexQuery,
     ) -> Result<Vec<IndexRow>, StoreError>;
+    /// How many rows of an index lie within `query`'s bounds (its `skip`, `limit`, order and
+    /// `include_docs` are ignored), counted only up to `cap`: `None` when there are more. A
+    /// view's `offset` is this count for the rows before its start key, read from the index
+    /// without loading a row. [`StoreError::NotFound`] when the index does not exist.
+    async fn count_index(
+        &self,
+        db: &str,
+        name: &str,
+        query: &IndexQuery,
+        cap: u64,
+    ) -> Result<Option<u64>, StoreError>;
 
     /// One page of `_local_docs`: `_local` documents in id order within the range (the same
     /// range and page fields as [`Store::all_docs`]), with their bodies when asked for.

@@ -12,7 +12,9 @@ pub struct DocUpdate {
     pub deleted: bool,
     /// The body without `_id`, `_rev`, `_deleted` and `_revisions`. `_attachments`, when present,
     /// holds stubs (`"stub": true`, resolved against the parent revision) or new entries that
-    /// carry `content_type`, `digest` and `length` and whose bytes are in `new_attachments`.
+    /// carry `content_type`, `digest` and `length` (of the identity bytes) and whose bytes are
+    /// in `new_attachments`; an entry whose bytes are stored gzip-encoded also carries
+    /// `"encoding": "gzip"` and `encoded_length` (see [`outpost_core::attachment`]).
     pub body: Map<String, Value>,
     /// Bytes of attachments new in this revision, by digest.
     pub new_attachments: Vec<NewAttachment>,
@@ -30,10 +32,12 @@ pub enum UpdateMode {
     Replicate { path: Vec<Rev> },
 }
 
-/// The bytes of an attachment that the store keeps once per digest.
+/// The bytes of an attachment that the store keeps once per digest, as they are stored:
+/// identity, or gzip-encoded when the attachment's entry says `"encoding": "gzip"`. The store
+/// never looks into them.
 #[derive(Debug, Clone)]
 pub struct NewAttachment {
-    /// `md5-<base64>` of the bytes.
+    /// `md5-<base64>` of the bytes stored (as CouchDB's digest of an encoded attachment is).
     pub digest: String,
     pub data: Vec<u8>,
 }
@@ -83,6 +87,33 @@ pub struct DbInfo {
     pub compact_running: bool,
     /// Whether the database was created with per-document access ([`DbOptions::access`]).
     pub access: bool,
+    /// How many document purges the database has had (one per document id of each `_purge`).
+    pub purge_seq: u64,
+    /// CouchDB's `purged_infos_limit`, kept and reported (see [`crate::Store::purge`]).
+    pub purged_infos_limit: u64,
+}
+
+/// The default `purged_infos_limit`, CouchDB's.
+pub const DEFAULT_PURGED_INFOS_LIMIT: u64 = 1000;
+
+/// One document of a `_purge` request: the leaf revisions to purge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeRequest {
+    pub id: String,
+    pub revs: Vec<Rev>,
+}
+
+/// What a `_purge` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgeOutcome {
+    /// Per document of the request, in order: the leaves purged (empty when none was a leaf,
+    /// or the document does not exist).
+    pub purged: Vec<(String, Vec<Rev>)>,
+    /// The database's purge sequence afterwards.
+    pub purge_seq: u64,
+    /// Whether a body removed referred to attachments, whose bytes may now be unreferenced:
+    /// [`crate::Store::reclaim`] collects them.
+    pub attachments: bool,
 }
 
 /// A document's revision tree and where it sits in the changes feed.

@@ -60,6 +60,184 @@ pub fn render() -> String {
     handle.render()
 }
 
+/// What one metric family holds now, for views other than Prometheus's (CouchDB's `_stats`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Family {
+    /// The metric's name, `outpost_…`.
+    pub name: String,
+    /// Its `# HELP` text.
+    pub help: String,
+    pub kind: Kind,
+    /// One entry per label set, labels in the order they were recorded with.
+    pub series: Vec<Series>,
+}
+
+/// A metric family's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One labelled series of a family.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub labels: Vec<(String, String)>,
+    /// A counter's or gauge's value; a histogram's sum.
+    pub value: f64,
+    /// A histogram's observations, as cumulative `(upper bound, count)` buckets, the last
+    /// `+Inf`; empty for other kinds.
+    pub buckets: Vec<(f64, u64)>,
+    /// A histogram's number of observations.
+    pub count: u64,
+}
+
+/// Every metric family recorded so far, with the sampled gauges fresh, as [`render`] shows them.
+pub fn snapshot() -> Vec<Family> {
+    parse(&render())
+}
+
+/// Reads the text exposition format the recorder writes.
+fn parse(text: &str) -> Vec<Family> {
+    let mut families: Vec<Family> = Vec::new();
+    let mut help: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            if let Some((name, text)) = rest.split_once(' ') {
+                help.insert(
+                    name.to_owned(),
+                    text.replace("\\n", "\n").replace("\\\\", "\\"),
+                );
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let Some((name, kind)) = rest.split_once(' ') else {
+                continue;
+            };
+            let kind = match kind.trim() {
+                "counter" => Kind::Counter,
+                "gauge" => Kind::Gauge,
+                "histogram" => Kind::Histogram,
+                _ => continue,
+            };
+            families.push(Family {
+                name: name.to_owned(),
+                help: help.get(name).cloned().unwrap_or_default(),
+                kind,
+                series: Vec::new(),
+            });
+            continue;
+        }
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let Some((name, labels, value)) = sample(line) else {
+            continue;
+        };
+        let Some(family) = families.last_mut() else {
+            continue;
+        };
+        match family.kind {
+            Kind::Counter | Kind::Gauge if name == family.name => family.series.push(Series {
+                labels,
+                value,
+                buckets: Vec::new(),
+                count: 0,
+            }),
+            Kind::Histogram => {
+                let suffix = name.strip_prefix(family.name.as_str()).unwrap_or("");
+                let (mut labels, le) = match suffix {
+                    "_bucket" => {
+                        let mut labels = labels;
+                        let le = labels
+                            .iter()
+                            .position(|(k, _)| k == "le")
+                            .map(|i| labels.remove(i).1);
+                        (labels, le)
+                    }
+                    "_sum" | "_count" => (labels, None),
+                    _ => continue,
+                };
+                let series = match family.series.iter_mut().find(|s| s.labels == labels) {
+                    Some(series) => series,
+                    None => {
+                        family.series.push(Series {
+                            labels: std::mem::take(&mut labels),
+                            value: 0.0,
+                            buckets: Vec::new(),
+                            count: 0,
+                        });
+                        family.series.last_mut().expect("pushed above")
+                    }
+                };
+                match (suffix, le) {
+                    ("_bucket", Some(le)) => {
+                        let bound = if le == "+Inf" {
+                            f64::INFINITY
+                        } else {
+                            le.parse().unwrap_or(f64::INFINITY)
+                        };
+                        series.buckets.push((bound, value as u64));
+                    }
+                    ("_sum", _) => series.value = value,
+                    ("_count", _) => series.count = value as u64,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    families
+}
+
+/// A sample's labels, in order.
+type Labels = Vec<(String, String)>;
+
+/// One sample line: `name{label="value",...} value`.
+fn sample(line: &str) -> Option<(&str, Labels, f64)> {
+    let (head, value) = line.rsplit_once(' ')?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().ok()?,
+    };
+    let Some((name, rest)) = head.split_once('{') else {
+        return Some((head, Vec::new(), value));
+    };
+    let mut labels = Vec::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        if chars.next() != Some('"') {
+            return None;
+        }
+        let mut text = String::new();
+        loop {
+            match chars.next()? {
+                '\\' => match chars.next()? {
+                    'n' => text.push('\n'),
+                    other => text.push(other),
+                },
+                '"' => break,
+                c => text.push(c),
+            }
+        }
+        labels.push((key.trim_start_matches(',').to_owned(), text));
+        match chars.peek() {
+            Some(',') => {
+                chars.next();
+            }
+            _ => break,
+        }
+    }
+    Some((name, labels, value))
+}
+
 /// Publishes the size of a SQLite database file and of its write-ahead log as
 /// `outpost_storage_database_bytes{store}` and `outpost_storage_wal_bytes{store}`.
 ///
@@ -129,6 +307,15 @@ fn describe() {
         "Document revisions stored, by what they did (created, updated, deleted, conflict, resolved)."
     );
     describe_counter!(
+        "outpost_documents_purged_total",
+        "Documents that lost revisions to _purge (one per document of a request that purged any)."
+    );
+    describe_counter!("outpost_purge_requests_total", "_purge requests accepted.");
+    describe_counter!(
+        "outpost_purge_documents_total",
+        "Documents named in accepted _purge requests."
+    );
+    describe_counter!(
         "outpost_documents_read_total",
         "Documents read by clients (single reads, _bulk_get, _all_docs with include_docs)."
     );
@@ -180,6 +367,37 @@ fn describe() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_exposition_format_is_read_back() {
+        let text = "# HELP outpost_x_total Things done.\n# TYPE outpost_x_total counter\n\
+outpost_x_total{kind=\"a\\\"b\",route=\"/{db}\"} 3\n\
+outpost_x_total{kind=\"c\",route=\"/\"} 4\n\n\
+# TYPE outpost_g gauge\noutpost_g 1.5\n\
+# TYPE outpost_t_seconds histogram\n\
+outpost_t_seconds_bucket{m=\"GET\",le=\"0.5\"} 1\n\
+outpost_t_seconds_bucket{m=\"GET\",le=\"+Inf\"} 2\n\
+outpost_t_seconds_sum{m=\"GET\"} 2.25\n\
+outpost_t_seconds_count{m=\"GET\"} 2\n";
+        let families = parse(text);
+        assert_eq!(families.len(), 3);
+        assert_eq!(families[0].help, "Things done.");
+        assert_eq!(families[0].kind, Kind::Counter);
+        assert_eq!(
+            families[0].series[0].labels,
+            [
+                ("kind".to_owned(), "a\"b".to_owned()),
+                ("route".to_owned(), "/{db}".to_owned())
+            ]
+        );
+        assert_eq!(families[0].series[1].value, 4.0);
+        assert_eq!(families[1].series[0].value, 1.5);
+        assert!(families[1].series[0].labels.is_empty());
+        let h = &families[2].series[0];
+        assert_eq!(h.labels, [("m".to_owned(), "GET".to_owned())]);
+        assert_eq!(h.buckets, [(0.5, 1), (f64::INFINITY, 2)]);
+        assert_eq!((h.value, h.count), (2.25, 2));
+    }
 
     #[test]
     fn vm_rss_is_read_in_bytes() {

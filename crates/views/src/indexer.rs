@@ -67,9 +67,11 @@ pub async fn update(
             if let Some(winner) = change.tree.winner() {
                 doc.insert("_rev".into(), Value::String(winner.rev.to_string()));
             }
-            if let Some(Ok(Value::Object(fields))) =
+            if let Some(Ok(Value::Object(mut fields))) =
                 change.body.as_deref().map(outpost_core::json::from_str)
             {
+                // As CouchDB gives it to map functions: attachments without how they are stored.
+                outpost_core::attachment::strip_encoding_info(&mut fields);
                 doc.extend(fields);
             }
             // Map functions see a document's conflicts, as CouchDB gives them.

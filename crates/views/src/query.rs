@@ -155,7 +155,6 @@ pub async fn query(
                             Some(d) => KeyBound::lower_with_doc(start, d, false),
                             None => KeyBound::lower(start, false),
                         }),
-                        limit: OFFSET_COUNTED_UP_TO + 1,
                         ..IndexQuery::default()
                     }
                 } else {
@@ -164,12 +163,17 @@ pub async fn query(
                             Some(d) => KeyBound::upper_with_doc(start, d, false),
                             None => KeyBound::upper(start, false),
                         }),
-                        limit: OFFSET_COUNTED_UP_TO + 1,
                         ..IndexQuery::default()
                     }
                 };
-                let n = scan(store, db, &name, &before).await?.len() as u64;
-                (n <= OFFSET_COUNTED_UP_TO).then(|| n.saturating_add(q.skip).min(total_rows))
+                let n = match store
+                    .count_index(db, &name, &before, OFFSET_COUNTED_UP_TO)
+                    .await
+                {
+                    Err(StoreError::NotFound) => Some(0),
+                    other => other?,
+                };
+                n.map(|n| n.saturating_add(q.skip).min(total_rows))
             }
             _ => Some(q.skip.min(total_rows)),
         };

@@ -12,6 +12,12 @@
 (function (global) {
   'use strict';
 
+  // Sequences are opaque strings `N-<suffix>` (or numbers, from older servers) whose numeric
+  // prefix grows within one database; only that prefix is compared, the whole value is sent back.
+  function seqNumber(seq) {
+    return typeof seq === 'number' ? seq : parseInt(String(seq), 10);
+  }
+
   class OutpostFeed {
     constructor(url, { onChange = () => {}, onStatus = () => {}, maxBackoffMs = 2000 } = {}) {
       this.url = url;
@@ -72,13 +78,18 @@
       socket.onmessage = (event) => {
         const frame = JSON.parse(event.data);
         const sub = this.subscriptions.get(frame.db);
-        if (frame.type === 'change') {
-          if (!sub || frame.seq <= sub.since) return;
+        if (frame.type === 'subscribed') {
+          // Where the server starts, in the database as it is now: after a database was
+          // deleted and created again it starts over, and later sequences compare with this.
+          if (sub) sub.since = frame.since;
+          this.onStatus('subscribed', frame);
+        } else if (frame.type === 'change') {
+          if (!sub || seqNumber(frame.seq) <= seqNumber(sub.since)) return;
           sub.since = frame.seq;
           this.onChange(frame.db, frame.change);
         } else if (frame.type === 'caught_up') {
           // Everything up to `last_seq` was looked at, also what a filter left out.
-          if (sub && frame.last_seq > sub.since) sub.since = frame.last_seq;
+          if (sub && seqNumber(frame.last_seq) > seqNumber(sub.since)) sub.since = frame.last_seq;
           this.onStatus('caught_up', frame);
         } else {
           this.onStatus(frame.type, frame);

@@ -71,3 +71,51 @@ test('under merge both offline edits survive on the server and on every client',
   const events = await ok('GET', `${base}/_events?doc_id=note`);
   assert.ok(events.results.some((e) => e.type === 'resolved' && e.policy === 'merge'));
 });
+
+test('a resolution carries its settings through PouchDB; a replica with other settings keeps the conflict visible', async () => {
+  // Issue 17, defect 10: two replicas with different settings each deleted the other's
+  // winner. The tombstone now names the settings it was written under, and PouchDB carries
+  // that field unchanged to a replica that judges otherwise.
+  const byTime = dbName('policy-time');
+  const byRank = dbName('policy-rank');
+  const time = `${server.url}/${byTime}`;
+  const rank = `${server.url}/${byRank}`;
+  await ok('PUT', time);
+  await ok('PUT', rank);
+  await ok('PUT', `${time}/_outpost`, { json: { conflict_policy: 'lww', lww_field: 'updated_at' } });
+  await ok('PUT', `${rank}/_outpost`, { json: { conflict_policy: 'lww', lww_field: 'rank' } });
+  await ok('PUT', `${time}/note`, { json: { title: 'draft', rank: 1, updated_at: 1 } });
+  const a = localDb('settings-a');
+  const b = localDb('settings-b');
+  await syncAll(byTime, a, b);
+  await a.put({ ...(await a.get('note')), title: 'later', updated_at: 3 });
+  await b.put({ ...(await b.get('note')), rank: 9, updated_at: 2 });
+  // B's edit reaches the rank replica first, on its own.
+  await b.replicate.to(remoteDb(server, byRank));
+  // The time replica resolves: A's later edit wins, B's gets a tombstone.
+  await syncAll(byTime, a, b);
+  const leaves = await a.get('note', { open_revs: 'all' });
+  const tomb = leaves.map((l) => l.ok).find((d) => d._deleted);
+  assert.deepEqual(tomb.outpost_resolution, { lww_field: 'updated_at', policy: 'lww' });
+  // The tombstone reaches the rank replica through PouchDB: it brings B's edit back.
+  await a.replicate.to(remoteDb(server, byRank));
+  const onRank = await ok('GET', `${rank}/note?conflicts=true`);
+  assert.equal(onRank.rank, 9, 'the rank replica keeps the edit its settings prefer');
+  assert.equal(onRank._conflicts.length, 1, 'and the conflict is visible');
+  const listed = await ok('GET', `${rank}/_conflicts`);
+  assert.equal(listed.rows[0].reason, 'policy_mismatch');
+  // Everyone syncs with both: the same conflict is visible everywhere, nothing deleted.
+  for (let round = 0; round < 2; round++) {
+    for (const c of [a, b]) {
+      await c.sync(remoteDb(server, byRank));
+      await c.sync(remoteDb(server, byTime));
+    }
+  }
+  const onTime = await ok('GET', `${time}/note?conflicts=true`);
+  assert.equal(onTime._conflicts.length, 1, 'the time replica shows the conflict too');
+  for (const db of [a, b]) {
+    const doc = await db.get('note', { conflicts: true });
+    assert.equal(doc._rev, onTime._rev, 'every client has the same winner');
+    assert.deepEqual(doc._conflicts, onTime._conflicts);
+  }
+});

@@ -22,13 +22,46 @@ const NEW_KEY_VAR: &str = "OUTPOST_STORE_NEW_KEY";
 
 #[derive(Debug, clap::Subcommand)]
 enum DbCommand {
-    /// Rebuild a database's document tables from its event log alone and check that they match
-    /// the live ones. Exits 0 when they match, 1 (listing every difference) when they do not.
-    /// Opens the store read-only, so it can run beside a live server.
+    /// Check that a database's tables are what its event log rebuilds (reads only).
+    ///
+    /// Replays the log alone (document events, and the changes of `_revs_limit` and of the
+    /// conflict policy) in memory and compares every document's revision tree, winner, sequence
+    /// and deletion, and the database's sequence, counters and settings, with the live tables.
+    /// Exits 0 when they match, 1 (listing every difference) when they do not. It only reads,
+    /// so it can run beside a live server, on SQLite or PostgreSQL.
+    Verify {
+        /// The data directory of the server.
+        #[arg(long, default_value = "./outpost-data")]
+        data: PathBuf,
+        /// The store, when not the data directory's SQLite file: a PostgreSQL URL
+        /// (`postgres://…`) or another data directory.
+        #[arg(long, value_name = "URL|PATH")]
+        store: Option<String>,
+        /// The key of an encrypted store (or set OUTPOST_STORE_KEY), as for `outpost serve`.
+        #[arg(long, env = "OUTPOST_STORE_KEY_FILE", value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        /// The database to check.
+        db: String,
+    },
+    /// Rebuild a database's tables from its event log alone (SQLite: stop the server first).
+    ///
+    /// Writes what the log rebuilds in place of its documents' revision trees, winners and
+    /// sequences, and its sequence, counters, `_revs_limit` and policy. Revision bodies,
+    /// attachments, `_local` documents and `_security` are kept as they are; secondary indexes
+    /// are dropped and built again on first use. On SQLite the server must be stopped (the
+    /// command takes the data directory's lock, which `outpost serve` holds): the store is
+    /// copied into a new file, rebuilt and checked there, then swapped in with one rename, so a
+    /// failure leaves the old file untouched. On PostgreSQL the rows are replaced in one
+    /// transaction holding the database's row lock, so it may run beside live nodes, whose
+    /// writes to that database wait for it.
     Rebuild {
         /// The data directory of the server.
         #[arg(long, default_value = "./outpost-data")]
         data: PathBuf,
+        /// The store, when not the data directory's SQLite file: a PostgreSQL URL
+        /// (`postgres://…`) or another data directory.
+        #[arg(long, value_name = "URL|PATH")]
+        store: Option<String>,
         /// The key of an encrypted store (or set OUTPOST_STORE_KEY), as for `outpost serve`.
         #[arg(long, env = "OUTPOST_STORE_KEY_FILE", value_name = "FILE")]
         key_file: Option<PathBuf>,
@@ -77,17 +110,28 @@ pub async fn run(args: DbArgs) -> anyhow::Result<()> {
             let key = store_key::load(key_file.as_deref(), store_key::KEY_VAR)?;
             migrate(&from, &to, key).await
         }
-        DbCommand::Rebuild { data, key_file, db } => {
+        DbCommand::Verify {
+            data,
+            store,
+            key_file,
+            db,
+        } => {
             let key = store_key::load(key_file.as_deref(), store_key::KEY_VAR)?;
-            let report = tokio::task::spawn_blocking(move || {
-                replay::rebuild_with_key(&data, &db, key.as_ref())
+            let location = Location::parse(store.as_deref(), &data);
+            let described = location.describe();
+            let report = tokio::task::spawn_blocking(move || match &location {
+                Location::Sqlite(dir) => replay::verify_with_key(dir, &db, key.as_ref()),
+                Location::Postgres(url) => {
+                    refuse_key(key.as_ref())?;
+                    outpost_store_pg::replay::verify(url, None, &db)
+                }
             })
             .await
             .context("the replay task failed")?
-            .context("cannot replay the event log")?;
+            .with_context(|| format!("cannot replay the event log of {described}"))?;
             if report.matches() {
                 println!(
-                    "ok: {} events replayed into {} documents; the document tables match the event log",
+                    "ok: {} events replayed into {} documents; the tables match the event log",
                     report.events, report.docs
                 );
                 Ok(())
@@ -96,12 +140,37 @@ pub async fn run(args: DbArgs) -> anyhow::Result<()> {
                     println!("{line}");
                 }
                 anyhow::bail!(
-                    "{} differences between the event log ({} events, {} documents) and the document tables",
+                    "{} differences between the event log ({} events, {} documents) and the tables",
                     report.differences.len(),
                     report.events,
                     report.docs
                 )
             }
+        }
+        DbCommand::Rebuild {
+            data,
+            store,
+            key_file,
+            db,
+        } => {
+            let key = store_key::load(key_file.as_deref(), store_key::KEY_VAR)?;
+            let location = Location::parse(store.as_deref(), &data);
+            let described = location.describe();
+            let report = tokio::task::spawn_blocking(move || match &location {
+                Location::Sqlite(dir) => replay::rebuild(dir, &db, key.as_ref()),
+                Location::Postgres(url) => {
+                    refuse_key(key.as_ref())?;
+                    outpost_store_pg::replay::rebuild(url, None, &db)
+                }
+            })
+            .await
+            .context("the rebuild task failed")?
+            .with_context(|| format!("cannot rebuild from the event log of {described}"))?;
+            println!(
+                "ok: {} events replayed into {} documents (update_seq {}); the tables are rebuilt",
+                report.events, report.docs, report.update_seq
+            );
+            Ok(())
         }
         DbCommand::Rekey {
             data,
@@ -141,6 +210,18 @@ pub async fn run(args: DbArgs) -> anyhow::Result<()> {
             println!("ok: {done}");
             Ok(())
         }
+    }
+}
+
+/// A key encrypts a SQLite file only.
+fn refuse_key(
+    key: Option<&outpost_store::sqlite::StoreKey>,
+) -> Result<(), outpost_store::StoreError> {
+    match key {
+        Some(_) => Err(outpost_store::StoreError::Key(
+            "a store key encrypts a SQLite file; a PostgreSQL store takes none".into(),
+        )),
+        None => Ok(()),
     }
 }
 

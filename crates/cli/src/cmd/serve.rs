@@ -129,6 +129,14 @@ pub struct ServeArgs {
     /// answered 413 attachment_too_large.
     #[arg(long, env = "OUTPOST_MAX_ATTACHMENT_SIZE", default_value_t = 64 * 1024 * 1024)]
     pub max_attachment_size: usize,
+    /// gzip level (1 to 9) at which attachments of compressible types are stored, as CouchDB's
+    /// [attachments] compression_level; 0 stores every attachment as it came.
+    #[arg(long, env = "OUTPOST_ATTACHMENTS_COMPRESSION_LEVEL", default_value_t = outpost_core::attachment::DEFAULT_COMPRESSION_LEVEL, value_parser = clap::value_parser!(u32).range(0..=9))]
+    pub attachments_compression_level: u32,
+    /// Content types of the attachments stored gzip-encoded, comma-separated, `*` standing for
+    /// any run of characters (CouchDB's [attachments] compressible_types).
+    #[arg(long, env = "OUTPOST_ATTACHMENTS_COMPRESSIBLE_TYPES", default_value = outpost_core::attachment::DEFAULT_COMPRESSIBLE_TYPES)]
+    pub attachments_compressible_types: String,
     /// How long a design-document function (view, filter, validate_doc_update) may run on one
     /// document before it is stopped, as CouchDB's os_process_timeout.
     #[arg(long, env = "OUTPOST_JS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -214,7 +222,13 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
     let auth = auth_settings(&args)?;
+    let attachments = outpost_core::attachment::Compression::new(
+        args.attachments_compression_level,
+        &args.attachments_compressible_types,
+    )
+    .context("invalid attachment compression settings")?;
     let config = Config {
+        attachments,
         auth,
         max_body_bytes: args.max_body_bytes,
         max_body_bytes_in_flight: args.max_body_bytes_in_flight,

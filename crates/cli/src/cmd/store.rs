@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use outpost_store::Store;
-use outpost_store::sqlite::{SqliteStore, StoreKey};
+use outpost_store::sqlite::{DataDirLock, SqliteStore, StoreKey};
 use outpost_store_pg::PgStore;
 
 /// Where the documents live.
@@ -57,7 +57,12 @@ fn redact(url: &str) -> String {
 
 /// An open store of either engine.
 pub enum Opened {
-    Sqlite(Arc<SqliteStore>),
+    /// A SQLite store, with its data directory's lock, held while the store is open so that
+    /// `outpost db rebuild` never replaces the file under it.
+    Sqlite {
+        store: Arc<SqliteStore>,
+        _lock: DataDirLock,
+    },
     Postgres(Arc<PgStore>),
 }
 
@@ -67,10 +72,15 @@ impl Opened {
     pub async fn open(location: &Location, key: Option<StoreKey>) -> anyhow::Result<Opened> {
         Ok(match location {
             Location::Sqlite(dir) => {
+                let lock = DataDirLock::acquire(dir)
+                    .with_context(|| format!("cannot open the data directory {}", dir.display()))?;
                 let store = SqliteStore::open_with_key(dir, key)
                     .with_context(|| format!("cannot open the data directory {}", dir.display()))?;
                 outpost_telemetry::watch_database("sync", store.path().to_path_buf());
-                Opened::Sqlite(Arc::new(store))
+                Opened::Sqlite {
+                    store: Arc::new(store),
+                    _lock: lock,
+                }
             }
             Location::Postgres(url) => {
                 anyhow::ensure!(
@@ -88,7 +98,7 @@ impl Opened {
 
     pub fn store(&self) -> Arc<dyn Store> {
         match self {
-            Opened::Sqlite(s) => s.clone(),
+            Opened::Sqlite { store, .. } => store.clone(),
             Opened::Postgres(s) => s.clone(),
         }
     }
@@ -96,7 +106,7 @@ impl Opened {
     /// Stops accepting writes; what is queued is still committed.
     pub fn close(&self) {
         match self {
-            Opened::Sqlite(s) => s.close(),
+            Opened::Sqlite { store, .. } => store.close(),
             Opened::Postgres(s) => s.close(),
         }
     }

@@ -281,3 +281,377 @@ proptest! {
         prop_assert_eq!(a, b);
     }
 }
+
+fn lww(field: &str) -> Policy {
+    Policy::Lww {
+        field: Some(field.into()),
+    }
+}
+
+/// Two branches off `1-a` that `lww` on `a` and `lww` on `b` judge the other way round.
+fn disputed_branches() -> (RevTree, HashMap<Rev, Value>) {
+    branches(&[
+        ("2-b", json!({"a": 2, "b": 1})),
+        ("2-c", json!({"a": 1, "b": 2})),
+    ])
+}
+
+/// Applies what `settle` decided to a replica's tree and bodies.
+fn apply_settlement(
+    policy: &Policy,
+    tree: &mut RevTree,
+    bodies: &mut HashMap<Rev, Value>,
+    settled: &Settlement,
+) {
+    if let Some(r) = &settled.reinstated {
+        tree.add_edit(Some(&r.tombstone), r.rev.clone(), false)
+            .unwrap();
+        bodies.insert(r.rev.clone(), r.body.clone());
+    }
+    if let Ok(Some(res)) = &settled.resolution {
+        apply(tree, res);
+        if let Some((r, body)) = &res.merged {
+            bodies.insert(r.clone(), body.clone());
+        }
+        for (_, tomb) in &res.tombstones {
+            bodies.insert(tomb.clone(), Value::Object(policy.tombstone_body()));
+        }
+    }
+}
+
+fn live(tree: &RevTree) -> Vec<Rev> {
+    tree.leaves()
+        .into_iter()
+        .filter(|l| !l.deleted)
+        .map(|l| l.rev)
+        .collect()
+}
+
+#[test]
+fn tombstones_carry_the_settings_they_were_written_under() {
+    let (tree, bodies) = disputed_branches();
+    let by = |policy: &Policy| resolve(policy, &tree, &bodies).unwrap().unwrap();
+    let (a, b) = (by(&lww("a")), by(&lww("b")));
+    assert_eq!(
+        (a.winner.clone(), b.winner.clone()),
+        (rev("2-b"), rev("2-c"))
+    );
+    // Even where two settings agree on the loser, their tombstones are different revisions.
+    let (tree, bodies) = branches(&[("2-b", json!({"a": 2})), ("2-c", json!({"a": 1}))]);
+    let merge = Policy::Merge {
+        field: Some("a".into()),
+    };
+    let x = resolve(&lww("a"), &tree, &bodies).unwrap().unwrap();
+    let y = resolve(&merge, &tree, &bodies).unwrap().unwrap();
+    assert_eq!(x.tombstones[0].0, y.tombstones[0].0);
+    assert_ne!(x.tombstones[0].1, y.tombstones[0].1);
+    let body = Value::Object(lww("a").tombstone_body());
+    assert_eq!(
+        resolution_mark(&body),
+        Some(&json!({"policy": "lww", "lww_field": "a"}))
+    );
+    assert_eq!(Policy::Manual.tombstone_body(), Map::new());
+    assert_eq!(lww("a").fingerprint(), lww("a").fingerprint());
+    assert_ne!(lww("a").fingerprint(), lww("b").fingerprint());
+    assert_ne!(
+        Policy::Lww { field: None }.fingerprint(),
+        Policy::Merge { field: None }.fingerprint()
+    );
+}
+
+#[test]
+fn a_replica_brings_back_the_branch_another_setting_deleted() {
+    // Issue 17, defect 10: replicas with different `lww_field`s each tombstoned the other's
+    // branch and the document ended deleted on both.
+    for concurrent in [false, true] {
+        let (mut ours, mut bodies) = disputed_branches();
+        let (mut theirs, mut their_bodies) = (ours.clone(), bodies.clone());
+        let their_res = resolve(&lww("a"), &theirs, &their_bodies).unwrap().unwrap();
+        apply_settlement(
+            &lww("a"),
+            &mut theirs,
+            &mut their_bodies,
+            &Settlement {
+                foreign: vec![],
+                reinstated: None,
+                resolution: Ok(Some(their_res.clone())),
+            },
+        );
+        if concurrent {
+            // This replica resolved too, its own way, before hearing from the other.
+            let settled = settle(&lww("b"), &ours, &bodies, &[]);
+            apply_settlement(&lww("b"), &mut ours, &mut bodies, &settled);
+            assert_eq!(live(&ours), [rev("2-c")]);
+        }
+        // The other replica's tombstone of 2-c arrives.
+        let (loser, tomb) = their_res.tombstones[0].clone();
+        assert_eq!(loser, rev("2-c"));
+        ours.merge_path(&theirs.ancestry(&tomb), true).unwrap();
+        bodies.insert(tomb.clone(), their_bodies[&tomb].clone());
+        let needed = settle_bodies(&lww("b"), &ours, std::slice::from_ref(&tomb));
+        assert!(
+            needed.contains(&tomb) && needed.contains(&loser),
+            "{needed:?}"
+        );
+        let settled = settle(&lww("b"), &ours, &bodies, std::slice::from_ref(&tomb));
+        assert_eq!(
+            settled.foreign,
+            vec![Foreign {
+                tombstone: tomb.clone(),
+                theirs: json!({"policy": "lww", "lww_field": "a"}),
+                verdict: Verdict::Reinstated,
+            }]
+        );
+        let back = settled.reinstated.clone().unwrap();
+        assert_eq!((&back.branch, &back.tombstone), (&loser, &tomb));
+        assert_eq!(back.body, bodies[&loser]);
+        assert_eq!(settled.resolution, Err(Unresolved::PolicyMismatch));
+        apply_settlement(&lww("b"), &mut ours, &mut bodies, &settled);
+        assert!(!ours.is_deleted());
+        // Resolved concurrently, each side deleted the other's winner: this side brings back
+        // its own, and the other side will bring back the other.
+        assert_eq!(ours.is_conflicted(), !concurrent);
+        // Nobody resolves it any more, whatever their settings: it is left to a person.
+        for policy in [lww("a"), lww("b"), Policy::Merge { field: None }] {
+            if ours.is_conflicted() {
+                assert_eq!(
+                    resolve(&policy, &ours, &bodies),
+                    Err(Unresolved::PolicyMismatch)
+                );
+                assert_eq!(standing(&policy, &ours, &bodies), Standing::PolicyMismatch);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_foreign_resolution_this_replica_agrees_with_is_kept() {
+    // `lww` on `a` and `merge` on `a` pick the same winner.
+    let (mut tree, mut bodies) = branches(&[("2-b", json!({"a": 2})), ("2-c", json!({"a": 1}))]);
+    let theirs = resolve(&lww("a"), &tree, &bodies).unwrap().unwrap();
+    let (_, tomb) = theirs.tombstones[0].clone();
+    tree.add_edit(Some(&rev("2-c")), tomb.clone(), true)
+        .unwrap();
+    bodies.insert(tomb.clone(), Value::Object(lww("a").tombstone_body()));
+    let merge = Policy::Merge {
+        field: Some("a".into()),
+    };
+    let settled = settle(&merge, &tree, &bodies, std::slice::from_ref(&tomb));
+    assert_eq!(settled.foreign[0].verdict, Verdict::Agreed);
+    assert_eq!(settled.reinstated, None);
+    assert_eq!(settled.resolution, Ok(None));
+    // A replica that never held the deleted branch's body cannot judge, and keeps it too.
+    bodies.remove(&rev("2-c"));
+    let settled = settle(&lww("z"), &tree, &bodies, std::slice::from_ref(&tomb));
+    assert_eq!(settled.foreign[0].verdict, Verdict::Unjudged);
+    assert_eq!(settled.reinstated, None);
+    // Its own settings' tombstones, and `manual`, judge nothing.
+    assert!(
+        settle(&lww("a"), &tree, &bodies, std::slice::from_ref(&tomb))
+            .foreign
+            .is_empty()
+    );
+    assert!(
+        settle(&Policy::Manual, &tree, &bodies, &[tomb])
+            .foreign
+            .is_empty()
+    );
+}
+
+#[test]
+fn standing_says_why_a_conflict_is_left() {
+    let (tree, bodies) = disputed_branches();
+    assert_eq!(standing(&Policy::Manual, &tree, &bodies), Standing::Manual);
+    assert_eq!(standing(&lww("a"), &tree, &bodies), Standing::Pending);
+    let merge = Policy::Merge { field: None };
+    let mut partial = bodies.clone();
+    partial.remove(&rev("1-a"));
+    assert_eq!(standing(&merge, &tree, &partial), Standing::MissingBase);
+    assert!(standing_bodies(&Policy::Manual, &tree).contains(&rev("2-b")));
+}
+
+/// One replica in a simulated exchange: its settings, tree and the bodies it holds.
+#[derive(Clone, Debug)]
+struct Replica {
+    policy: Policy,
+    tree: RevTree,
+    bodies: HashMap<Rev, Value>,
+}
+
+impl Replica {
+    /// Settles after `arrived` came in, as the store's writer does.
+    fn settle(&mut self, arrived: &[Rev]) -> bool {
+        let settled = settle(&self.policy, &self.tree, &self.bodies, arrived);
+        let wrote = settled.reinstated.is_some() || matches!(settled.resolution, Ok(Some(_)));
+        let policy = self.policy.clone();
+        apply_settlement(&policy, &mut self.tree, &mut self.bodies, &settled);
+        wrote
+    }
+
+    /// Receives what `from` has and this replica lacks, as replication sends it: each leaf with
+    /// its path, and the leaf's body only.
+    fn pull(&mut self, from: &Replica) -> bool {
+        let mut arrived = Vec::new();
+        for leaf in from.tree.leaves() {
+            if self.tree.contains(&leaf.rev) {
+                continue;
+            }
+            arrived.extend(
+                self.tree
+                    .merge_path(&from.tree.ancestry(&leaf.rev), leaf.deleted)
+                    .unwrap(),
+            );
+            if let Some(body) = from.bodies.get(&leaf.rev) {
+                self.bodies.insert(leaf.rev.clone(), body.clone());
+            }
+        }
+        if arrived.is_empty() {
+            return false;
+        }
+        self.settle(&arrived);
+        true
+    }
+}
+
+/// What replicas must agree on: every revision with its parent, and the leaves with their
+/// deletion flags. (A revision that reaches a replica only inside a later leaf's path comes
+/// without its own flag, as in CouchDB; only leaves' flags mean anything.)
+fn shape(tree: &RevTree) -> (Vec<(Rev, Option<Rev>)>, Vec<crate::Leaf>) {
+    (
+        tree.revs()
+            .map(|r| (r.clone(), tree.parent(r).cloned()))
+            .collect(),
+        tree.leaves(),
+    )
+}
+
+fn settings() -> impl Strategy<Value = Policy> {
+    prop_oneof![
+        Just(lww("at")),
+        Just(lww("v")),
+        Just(Policy::Lww { field: None }),
+        Just(Policy::Merge {
+            field: Some("at".into())
+        }),
+        Just(Policy::Merge {
+            field: Some("v".into())
+        }),
+    ]
+}
+
+/// Replicas (each with settings, and some of the conflicting branches written locally) exchange
+/// revisions in the order `schedule` gives, then with every link up until nothing moves.
+fn exchange(
+    leaves: &[(String, u8, u8)],
+    policies: &[Policy],
+    holders: &[u8],
+    schedule: &[(usize, usize)],
+) -> Vec<Replica> {
+    let (full, bodies) = build(leaves);
+    let mut replicas: Vec<Replica> = policies
+        .iter()
+        .enumerate()
+        .map(|(i, policy)| {
+            let mut tree = RevTree::new();
+            tree.merge_path(&[rev("1-root")], false).unwrap();
+            let mut held = HashMap::from([(rev("1-root"), bodies[&rev("1-root")].clone())]);
+            let mut arrived = Vec::new();
+            for (j, leaf) in full.leaves().iter().enumerate() {
+                // Each branch is written on at least one replica.
+                if holders[j % holders.len()] as usize % policies.len() == i
+                    || holders[j % holders.len()] & (1 << (i % 8)) != 0
+                {
+                    arrived.extend(tree.merge_path(&full.ancestry(&leaf.rev), false).unwrap());
+                    held.insert(leaf.rev.clone(), bodies[&leaf.rev].clone());
+                }
+            }
+            let mut replica = Replica {
+                policy: policy.clone(),
+                tree,
+                bodies: held,
+            };
+            replica.settle(&arrived);
+            replica
+        })
+        .collect();
+    let n = replicas.len();
+    for &(a, b) in schedule {
+        let (a, b) = (a % n, b % n);
+        if a != b {
+            let from = replicas[a].clone();
+            replicas[b].pull(&from);
+        }
+    }
+    for round in 0.. {
+        assert!(round < 20, "no quiescence");
+        let mut moved = false;
+        for a in 0..n {
+            for b in 0..n {
+                if a != b {
+                    let from = replicas[a].clone();
+                    moved |= replicas[b].pull(&from);
+                }
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    replicas
+}
+
+fn replica_sets() -> impl Strategy<Value = (Vec<Policy>, Vec<u8>, Vec<(usize, usize)>)> {
+    (
+        prop::collection::vec(settings(), 2..5),
+        prop::collection::vec(any::<u8>(), 1..6),
+        prop::collection::vec((0usize..5, 0usize..5), 0..12),
+    )
+}
+
+proptest! {
+    /// Replicas with unequal settings never fight: whatever the order of arrival, every replica
+    /// ends with the same tree, and the document never ends deleted, since no client deleted it.
+    #[test]
+    fn unequal_settings_never_delete_the_document(
+        leaves in leaf_sets(),
+        (policies, holders, schedule) in replica_sets(),
+    ) {
+        let replicas = exchange(&leaves, &policies, &holders, &schedule);
+        for r in &replicas[1..] {
+            prop_assert_eq!(shape(&r.tree), shape(&replicas[0].tree));
+        }
+        prop_assert!(!replicas[0].tree.is_deleted(), "{:?}", replicas[0].tree.leaves());
+        // What is left conflicted is left for a reason every replica sees.
+        for r in &replicas {
+            if r.tree.is_conflicted() {
+                let standing = standing(&r.policy, &r.tree, &r.bodies);
+                prop_assert!(
+                    matches!(standing, Standing::PolicyMismatch | Standing::MissingBase),
+                    "{:?} under {:?}", standing, r.policy
+                );
+            }
+        }
+    }
+
+    /// Replicas with equal settings converge as before: the same tree, one live leaf, the same
+    /// winner body, and nothing brought back.
+    #[test]
+    fn equal_settings_converge_without_reinstating(
+        leaves in leaf_sets(),
+        policy in settings(),
+        (policies, holders, schedule) in replica_sets(),
+    ) {
+        let same = vec![policy; policies.len()];
+        let replicas = exchange(&leaves, &same, &holders, &schedule);
+        let winner = replicas[0].tree.winner().unwrap();
+        for r in &replicas {
+            prop_assert_eq!(shape(&r.tree), shape(&replicas[0].tree));
+            prop_assert_eq!(r.bodies.get(&winner.rev), replicas[0].bodies.get(&winner.rev));
+            prop_assert!(!r.tree.is_conflicted());
+            for leaf in r.tree.leaves() {
+                prop_assert!(!is_reinstatement(&r.tree, &leaf.rev, &r.bodies));
+            }
+        }
+        prop_assert!(!winner.deleted);
+    }
+}

@@ -118,6 +118,41 @@ fn stored_form_round_trips() {
     assert_eq!(serde_json::from_str::<RevTree>(&json).unwrap(), t);
 }
 
+#[test]
+fn purge_removes_a_leaf_and_the_ancestors_only_it_kept() {
+    let mut t = RevTree::new();
+    t.merge_path(&path(&["3-c", "2-b", "1-a"]), false).unwrap();
+    t.merge_path(&path(&["3-x", "2-x", "1-a"]), false).unwrap();
+    // Not leaves, or not in the tree: ignored.
+    assert_eq!(t.purge(&path(&["2-b", "1-a", "9-z"])), Purged::default());
+    let purged = t.purge(&path(&["3-x", "3-x"]));
+    assert_eq!(purged.leaves, path(&["3-x"]));
+    assert_eq!(purged.removed, path(&["2-x", "3-x"]));
+    assert_eq!(t.winner().unwrap().rev, rev("3-c"));
+    assert!(!t.is_conflicted());
+    assert_eq!(t.len(), 3);
+    // The last leaf takes the whole document.
+    let purged = t.purge(&path(&["3-c"]));
+    assert_eq!(purged.removed, path(&["1-a", "2-b", "3-c"]));
+    assert!(t.is_empty());
+    assert!(t.winner().is_none());
+}
+
+#[test]
+fn purging_a_winner_makes_the_next_leaf_win() {
+    let mut t = RevTree::new();
+    t.merge_path(&path(&["2-b", "1-a"]), false).unwrap();
+    t.merge_path(&path(&["2-c", "1-a"]), false).unwrap();
+    t.merge_path(&path(&["3-d", "2-d", "1-a"]), true).unwrap();
+    assert_eq!(t.winner().unwrap().rev, rev("2-c"));
+    t.purge(&path(&["2-c"]));
+    assert_eq!(t.winner().unwrap().rev, rev("2-b"));
+    t.purge(&path(&["2-b"]));
+    // Only a deleted branch is left: the document is deleted.
+    assert!(t.is_deleted());
+    assert_eq!(t.winner().unwrap().rev, rev("3-d"));
+}
+
 /// A random history: a list of paths as peers would send them, each a branch off the growing
 /// set of revisions, so that paths overlap, fork and are sometimes deletions.
 fn histories() -> impl Strategy<Value = Vec<(Vec<Rev>, bool)>> {
@@ -273,5 +308,35 @@ proptest! {
         }
         let json = serde_json::to_vec(&t).unwrap();
         prop_assert_eq!(serde_json::from_slice::<RevTree>(&json).unwrap(), t);
+    }
+
+    #[test]
+    fn purge_keeps_exactly_the_paths_of_the_other_leaves(
+        history in histories(),
+        picks in prop::collection::vec(any::<usize>(), 0..4),
+    ) {
+        let mut t = build(&history);
+        let leaves = t.leaves();
+        let asked: Vec<Rev> = picks.iter().map(|p| leaves[p % leaves.len()].rev.clone()).collect();
+        // What must be left: the path of every leaf not asked for, merged into a fresh tree.
+        let mut expected = RevTree::new();
+        for leaf in leaves.iter().filter(|l| !asked.contains(&l.rev)) {
+            expected.merge_path(&t.ancestry(&leaf.rev), leaf.deleted).unwrap();
+        }
+        let before = t.len();
+        let purged = t.purge(&asked);
+        prop_assert_eq!(t.leaves(), scanned_leaves(&t));
+        // Interior nodes' deletion flags are history only; the shape and the leaves must match.
+        prop_assert_eq!(t.revs().collect::<Vec<_>>(), expected.revs().collect::<Vec<_>>());
+        for rev in t.revs() {
+            prop_assert_eq!(t.parent(rev), expected.parent(rev));
+        }
+        prop_assert_eq!(t.leaves(), expected.leaves());
+        prop_assert_eq!(before - purged.removed.len(), t.len());
+        for rev in &purged.removed {
+            prop_assert!(!t.contains(rev));
+        }
+        // Purging again changes nothing.
+        prop_assert_eq!(t.purge(&asked), Purged::default());
     }
 }

@@ -2,7 +2,7 @@
 // `_conflicts`, and its history from the event log (`_events?doc_id=`).
 
 import * as api from '../api.js';
-import { h, mount, field, title, dbTabs, errorBox, bytes, when, toast, pretty } from '../ui.js';
+import { h, mount, field, title, dbTabs, errorBox, bytes, when, toast, pretty, seqNumber } from '../ui.js';
 
 /** Fields the editor does not show: they describe the document rather than belong to it. */
 const META = ['_revs_info', '_conflicts', '_deleted_conflicts', '_attachments'];
@@ -55,7 +55,7 @@ function timeline(events) {
     h('span', { class: 'mono' }, e.rev),
     ' ',
     h('span', { class: 'meta' },
-      `seq ${e.seq}, ${e.origin}, ${when(e.at)}`,
+      `seq ${seqNumber(e.seq)}, ${e.origin}, ${when(e.at)}`,
       e.parent ? `, parent ${e.parent}` : '',
       e.policy ? `, policy ${e.policy}` : '',
       e.superseded ? `, superseded ${e.superseded.join(' ')}` : ''))));

@@ -2,7 +2,7 @@
 // search by id prefix.
 
 import * as api from '../api.js';
-import { h, mount, field, title, dbTabs, bytes } from '../ui.js';
+import { h, mount, field, title, dbTabs, bytes, seqNumber } from '../ui.js';
 
 const PAGE = 25;
 
@@ -41,7 +41,7 @@ export async function render(ctx) {
     title(db),
     dbTabs(db, 'docs'),
     h('p', { class: 'meta' },
-      `${info.doc_count} documents, ${info.doc_del_count} deleted, ${bytes(info.sizes.file)} on disk, update sequence ${info.update_seq}. `,
+      `${info.doc_count} documents, ${info.doc_del_count} deleted, ${bytes(info.sizes.file)} on disk, update sequence ${seqNumber(info.update_seq)}. `,
       h('a', { class: 'button', href: `#/db/${enc}/new` }, 'New document')),
     form,
     rows.length === 0

@@ -24,6 +24,7 @@ use serde_json::{Map, Value};
 use crate::docjson::{RenderOpts, parse_doc, selector_admits, splice};
 use crate::feed::{Filter as FeedFilter, function_admits};
 use crate::routes::doc::{OpenRev, open_revs_batch};
+use crate::seq::Incarnation;
 use crate::{ApiError, AppState};
 
 /// Rows read from the store per page when a filter may leave some out.
@@ -185,6 +186,7 @@ impl LocalEndpoint {
         since: u64,
         limit: usize,
         filter: &Filter,
+        incarnation: &Incarnation,
     ) -> Result<(Vec<Change>, u64, bool), ReplicationError> {
         let mut out = Vec::new();
         let mut cursor = since;
@@ -225,7 +227,8 @@ impl LocalEndpoint {
                     },
                     Filter::Design(design) => match row.body.as_deref() {
                         Some(body) => {
-                            let doc = splice(&row.id, &winner.rev, winner.deleted, body, &[]);
+                            let body = outpost_core::attachment::without_encoding_info(body);
+                            let doc = splice(&row.id, &winner.rev, winner.deleted, &body, &[]);
                             function_admits(&self.state, &self.db, design, &row.id, &doc)
                                 .await
                                 .map_err(|e| self.api_error("changes", e))?
@@ -237,7 +240,7 @@ impl LocalEndpoint {
                     continue;
                 }
                 out.push(Change {
-                    seq: Seq(Value::from(row.seq)),
+                    seq: Seq(incarnation.seq(row.seq).value()),
                     id: row.id.clone(),
                     revs: row
                         .tree
@@ -266,21 +269,6 @@ enum Filter {
     Design(FeedFilter),
 }
 
-fn seq_number(seq: &Seq) -> u64 {
-    // Our sequences are integers; accept CouchDB-style `N-…` strings by their leading number,
-    // as `_changes` does.
-    match &seq.0 {
-        Value::Number(n) => n.as_u64().unwrap_or(0),
-        Value::String(s) => s
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .unwrap_or(0),
-        _ => 0,
-    }
-}
-
 impl fmt::Display for LocalEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.db)
@@ -301,9 +289,12 @@ impl Endpoint for LocalEndpoint {
             .db_info(&self.db)
             .await
             .map_err(|e| self.store_error("info", e))?;
+        let update_seq = Incarnation::of_db(&info.name, info.created_at)
+            .seq(info.update_seq)
+            .value();
         Ok(DbInfo {
             db_name: info.name,
-            update_seq: Seq(Value::from(info.update_seq)),
+            update_seq: Seq(update_seq),
             doc_count: info.doc_count,
         })
     }
@@ -333,7 +324,18 @@ impl Endpoint for LocalEndpoint {
                     .await?,
             ),
         };
-        let since = seq_number(&req.since);
+        // Sequences as our `_changes` shows and reads them, so checkpoints are shared.
+        let info = self
+            .state
+            .store
+            .db_info(&self.db)
+            .await
+            .map_err(|e| self.store_error("changes", e))?;
+        let incarnation = Incarnation::of_db(&info.name, info.created_at);
+        let since = incarnation
+            .since_json(&req.since.0, info.update_seq)
+            .map_err(|e| self.api_error("changes", e))?;
+        let shown = |n: u64| Seq(incarnation.seq(n).value());
         let limit = req.limit.max(1);
         // Subscribed before the first read, so a write landing in between still wakes us.
         let mut watch = self.state.store.watch(&self.db);
@@ -344,7 +346,8 @@ impl Endpoint for LocalEndpoint {
         let mut cursor = since;
         loop {
             watch.borrow_and_update();
-            let (results, last_seen, truncated) = self.scan(cursor, limit, &filter).await?;
+            let (results, last_seen, truncated) =
+                self.scan(cursor, limit, &filter, &incarnation).await?;
             cursor = last_seen;
             let done = !results.is_empty() || deadline.is_none();
             if done {
@@ -359,7 +362,7 @@ impl Endpoint for LocalEndpoint {
                 };
                 return Ok(ChangesPage {
                     results,
-                    last_seq: Seq(Value::from(last_seen)),
+                    last_seq: shown(last_seen),
                     pending,
                 });
             }
@@ -372,10 +375,10 @@ impl Endpoint for LocalEndpoint {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    return Ok(ChangesPage { results: Vec::new(), last_seq: Seq(Value::from(cursor)), pending: Some(0) });
+                    return Ok(ChangesPage { results: Vec::new(), last_seq: shown(cursor), pending: Some(0) });
                 }
                 _ = self.state.shutdown.cancelled() => {
-                    return Ok(ChangesPage { results: Vec::new(), last_seq: Seq(Value::from(cursor)), pending: None });
+                    return Ok(ChangesPage { results: Vec::new(), last_seq: shown(cursor), pending: None });
                 }
             }
         }
@@ -578,10 +581,12 @@ impl Endpoint for LocalEndpoint {
             .map_err(|e| self.store_error(op, e))?;
         let (_, body) = bodies.into_iter().next().ok_or_else(missing)?;
         let value: Value = serde_json::from_str(&body.json).map_err(|_| missing())?;
-        let digest = value
+        let att = value
             .get("_attachments")
             .and_then(|a| a.get(name))
-            .and_then(|a| a.get("digest"))
+            .ok_or_else(missing)?;
+        let digest = att
+            .get("digest")
             .and_then(Value::as_str)
             .ok_or_else(missing)?;
         let bytes = self
@@ -591,6 +596,14 @@ impl Endpoint for LocalEndpoint {
             .await
             .map_err(|e| self.store_error(op, e))?
             .ok_or_else(missing)?;
+        // The identity bytes, as an HTTP source sends them to a client that does not take gzip.
+        if outpost_core::attachment::encoded_length(att).is_some() {
+            let length = att.get("length").and_then(Value::as_u64).unwrap_or(0);
+            let decoded = outpost_core::attachment::gunzip(&bytes, length).map_err(|e| {
+                self.store_error(op, StoreError::Corrupt(format!("attachment {digest}: {e}")))
+            })?;
+            return Ok(Bytes::from(decoded));
+        }
         Ok(Bytes::from(bytes))
     }
 }

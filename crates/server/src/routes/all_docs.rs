@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::{not_allowed, ok};
 use crate::docjson::{RenderOpts, Rendered, render_parts};
 use crate::request::Req;
+use crate::seq::Incarnation;
 use crate::stream;
 use crate::{ApiError, AppState};
 
@@ -132,13 +133,19 @@ async fn list(
         render: RenderOpts {
             conflicts: q.flag("conflicts")?,
             attachments: q.flag("attachments")?,
+            att_encoding_info: q.flag("att_encoding_info")?,
             ..RenderOpts::default()
         },
     };
     let descending = q.flag("descending")?;
     let limit = q.u64("limit")?.unwrap_or(u64::MAX);
     let skip = q.u64("skip")?.unwrap_or(0);
-    let update_seq = q.flag("update_seq")?.then_some(info.update_seq);
+    // The sequence as JSON text, spliced in after the rows.
+    let update_seq = q.flag("update_seq")?.then(|| {
+        Incarnation::of_db(&info.name, info.created_at)
+            .seq(info.update_seq)
+            .json()
+    });
     let keys = match body.get("keys") {
         Some(k) => Some(k.clone()),
         None => q.json("keys")?,
@@ -359,7 +366,7 @@ async fn by_keys(
     skip: u64,
     limit: u64,
     descending: bool,
-    update_seq: Option<u64>,
+    update_seq: Option<String>,
 ) -> Result<Response, ApiError> {
     let ordered: Box<dyn Iterator<Item = &Value> + Send> = if descending {
         Box::new(keys.iter().rev())
@@ -465,7 +472,7 @@ async fn by_keys(
                 }
             }
             out.write("\n]").await?;
-            if let Some(seq) = update_seq {
+            if let Some(seq) = &update_seq {
                 out.write(&format!(",\"update_seq\":{seq}")).await?;
             }
             out.write("}").await?;

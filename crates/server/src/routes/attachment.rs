@@ -1,8 +1,12 @@
 //! `/{db}/{id}/{name}`: one attachment as raw bytes.
+//!
+//! An attachment stored gzip-encoded is sent as stored, with `Content-Encoding: gzip`, to a
+//! client whose `Accept-Encoding` takes gzip, and decoded as it is sent to any other, as
+//! CouchDB does; either way it is read from the store a range at a time.
 
-use axum::body::Body;
 use axum::response::Response;
 use http::{HeaderValue, Method, StatusCode, header};
+use outpost_core::attachment::GzipError;
 use outpost_core::hash;
 use outpost_store::{DocUpdate, NewAttachment, Origin, UpdateMode};
 use serde_json::{Map, Value};
@@ -11,6 +15,7 @@ use super::doc::{body_object, requested_rev};
 use super::{json, live_winner, not_allowed, ok, with_etag, write_one};
 use crate::docjson::ok_json;
 use crate::request::Req;
+use crate::stream::AttachmentReader;
 use crate::{ApiError, AppState};
 
 pub async fn handle(
@@ -53,7 +58,16 @@ async fn get(
         .get("content_type")
         .and_then(Value::as_str)
         .unwrap_or("application/octet-stream");
-    // CouchDB's attachment ETag: the base64 MD5, without the `md5-` prefix of the digest.
+    let length = att.get("length").and_then(Value::as_u64).unwrap_or(0);
+    let encoded_length = outpost_core::attachment::encoded_length(att);
+    // As CouchDB, the codings the client takes are read before anything else is answered.
+    let accepted = crate::encoding::accepted(&req.headers)
+        .ok_or_else(|| ApiError::bad_request("invalid Accept-Encoding header"))?;
+    if !accepted.gzip && !accepted.identity {
+        return Err(ApiError::NotAcceptable("unsupported encoding".into()));
+    }
+    // CouchDB's attachment ETag: the base64 MD5, without the `md5-` prefix of the digest. It is
+    // the digest of the bytes stored, so the same whichever coding they are sent in.
     let etag = format!("\"{}\"", digest.strip_prefix("md5-").unwrap_or(digest));
     if super::doc::if_none_match(req, &etag.trim_matches('"')) {
         let mut response = super::doc::not_modified();
@@ -62,25 +76,49 @@ async fn get(
         }
         return Ok(response);
     }
-    let data =
-        state.store.attachment(digest).await?.ok_or_else(|| {
-            ApiError::Internal(format!("attachment {digest} missing from the store"))
-        })?;
-    let total = data.len();
-    let (status, data, content_range) = match requested_range(req, total) {
-        RangeAsked::Whole => (StatusCode::OK, data, None),
-        RangeAsked::Part(start, end) => (
-            StatusCode::PARTIAL_CONTENT,
-            data[start..=end].to_vec(),
-            Some(format!("bytes {start}-{end}/{total}")),
+    let (status, reader, sent_length, content_range, coding) = match encoded_length {
+        // Stored encoded, and the client takes gzip: the stored bytes as they are. As in CouchDB
+        // an encoded attachment is not served by ranges (`Accept-Ranges: none`).
+        Some(stored) if accepted.gzip => (
+            StatusCode::OK,
+            AttachmentReader::stored(state, digest, 0, u64::MAX),
+            stored,
+            None,
+            Some("gzip"),
         ),
-        RangeAsked::Unsatisfiable => (
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            Vec::new(),
-            Some(format!("bytes */{total}")),
+        // Stored encoded, and the client wants identity: decoded as it is sent.
+        Some(_) => (
+            StatusCode::OK,
+            AttachmentReader::decoded(state, digest),
+            length,
+            None,
+            None,
         ),
+        None => match requested_range(req, length) {
+            RangeAsked::Whole => (
+                StatusCode::OK,
+                AttachmentReader::stored(state, digest, 0, u64::MAX),
+                length,
+                None,
+                None,
+            ),
+            RangeAsked::Part(start, end) => (
+                StatusCode::PARTIAL_CONTENT,
+                AttachmentReader::stored(state, digest, start, end + 1),
+                end + 1 - start,
+                Some(format!("bytes {start}-{end}/{length}")),
+                None,
+            ),
+            RangeAsked::Unsatisfiable => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                AttachmentReader::stored(state, digest, 0, 0),
+                0,
+                Some(format!("bytes */{length}")),
+                None,
+            ),
+        },
     };
-    let mut response = Response::new(Body::from(data));
+    let mut response = Response::new(reader.into_body());
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
@@ -88,13 +126,22 @@ async fn get(
         HeaderValue::from_str(content_type)
             .unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(sent_length));
     if let Ok(v) = HeaderValue::from_str(&etag) {
         headers.insert(header::ETAG, v);
+    }
+    if let Some(coding) = coding {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
     }
     if let Some(range) = content_range.and_then(|r| HeaderValue::from_str(&r).ok()) {
         headers.insert(header::CONTENT_RANGE, range);
     }
-    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let ranges = if encoded_length.is_some() {
+        "none"
+    } else {
+        "bytes"
+    };
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static(ranges));
     Ok(response)
 }
 
@@ -105,12 +152,12 @@ enum RangeAsked {
     /// allows).
     Whole,
     /// One range, inclusive byte positions within the attachment.
-    Part(usize, usize),
+    Part(u64, u64),
     /// One range that starts past the end.
     Unsatisfiable,
 }
 
-fn requested_range(req: &Req, total: usize) -> RangeAsked {
+fn requested_range(req: &Req, total: u64) -> RangeAsked {
     let Some(spec) = req
         .headers
         .get(header::RANGE)
@@ -122,14 +169,14 @@ fn requested_range(req: &Req, total: usize) -> RangeAsked {
     parse_range(spec, total)
 }
 
-fn parse_range(spec: &str, total: usize) -> RangeAsked {
+fn parse_range(spec: &str, total: u64) -> RangeAsked {
     if spec.contains(',') {
         return RangeAsked::Whole;
     }
     let Some((first, last)) = spec.trim().split_once('-') else {
         return RangeAsked::Whole;
     };
-    let parse = |s: &str| s.trim().parse::<usize>().ok();
+    let parse = |s: &str| s.trim().parse::<u64>().ok();
     let (start, end) = match (first.trim().is_empty(), parse(first), parse(last)) {
         // `bytes=-N`: the last N bytes.
         (true, _, Some(n)) if n > 0 => (total.saturating_sub(n), total.saturating_sub(1)),
@@ -164,10 +211,34 @@ async fn put(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_owned();
-    let data = req.bytes().await?.to_vec();
-    if data.len() > state.config.max_attachment_size {
-        return Err(ApiError::AttachmentTooLarge(name.to_owned()));
-    }
+    let (data, gzip) = req.attachment_bytes().await?;
+    let received = if gzip {
+        // Kept encoded, as CouchDB keeps it; checked whole here (a stream cut short or failing
+        // its checksum is refused now, not served broken later) and measured, since the stub's
+        // `length` is the size of the identity bytes.
+        let limit = state.config.max_attachment_size as u64;
+        let checked = data.clone();
+        let length = tokio::task::spawn_blocking(move || {
+            outpost_core::attachment::identity_length(&checked, limit)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("gzip check failed: {e}")))?;
+        let length = length.map_err(|e| match e {
+            GzipError::TooLarge(_) => ApiError::AttachmentTooLarge(name.to_owned()),
+            GzipError::Corrupt => ApiError::bad_request(format!(
+                "attachment {name} is sent with Content-Encoding: gzip but is not valid gzip"
+            )),
+        })?;
+        Received::Gzip {
+            data: data.into(),
+            length,
+        }
+    } else {
+        if data.len() > state.config.max_attachment_size {
+            return Err(ApiError::AttachmentTooLarge(name.to_owned()));
+        }
+        Received::Identity(data.into())
+    };
     let mut body = match &base {
         Some(rev) => body_object(state, db, id, rev).await.map_err(|e| match e {
             ApiError::NotFound(_) => ApiError::Conflict,
@@ -175,7 +246,7 @@ async fn put(
         })?,
         None => Map::new(),
     };
-    let attachment = attach(&mut body, id, name, content_type, data)?;
+    let attachment = attach(&mut body, id, name, content_type, received)?;
     let update = DocUpdate {
         id: id.to_owned(),
         mode: UpdateMode::Edit { base },
@@ -191,20 +262,42 @@ async fn put(
     ))
 }
 
-/// Adds (or replaces) attachment `name` of document `id`'s body with `data`, and returns the
-/// bytes for the store to keep.
+/// An attachment's bytes as a client sent them.
+pub enum Received {
+    /// The attachment itself.
+    Identity(Vec<u8>),
+    /// Gzip-encoded (checked), with the length of the identity bytes.
+    Gzip { data: Vec<u8>, length: u64 },
+}
+
+/// Adds (or replaces) attachment `name` of document `id`'s body with the bytes received, and
+/// returns them for the store to keep. Bytes received encoded are stored as they came, the
+/// entry saying so; identity bytes may be compressed on their way to the store
+/// ([`crate::encoding::compress_new_attachments`]).
 pub fn attach(
     body: &mut Map<String, Value>,
     id: &str,
     name: &str,
     content_type: String,
-    data: Vec<u8>,
+    received: Received,
 ) -> Result<NewAttachment, ApiError> {
+    use outpost_core::attachment::{ENCODED_LENGTH, ENCODING, GZIP};
+    let (data, length, encoded) = match received {
+        Received::Identity(data) => {
+            let length = data.len() as u64;
+            (data, length, false)
+        }
+        Received::Gzip { data, length } => (data, length, true),
+    };
     let digest = hash::attachment_digest(&data);
     let mut entry = Map::new();
     entry.insert("content_type".into(), Value::String(content_type));
     entry.insert("digest".into(), Value::String(digest.clone()));
-    entry.insert("length".into(), Value::from(data.len()));
+    entry.insert("length".into(), Value::from(length));
+    if encoded {
+        entry.insert(ENCODING.into(), Value::String(GZIP.into()));
+        entry.insert(ENCODED_LENGTH.into(), Value::from(data.len()));
+    }
     let atts = body
         .entry("_attachments")
         .or_insert_with(|| Value::Object(Map::new()));

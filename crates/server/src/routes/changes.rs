@@ -12,6 +12,7 @@ use super::not_allowed;
 use crate::docjson::RenderOpts;
 use crate::feed::{FeedKind, FeedOpts, Filter, Source, respond};
 use crate::request::Req;
+use crate::seq::Incarnation;
 use crate::{ApiError, AppState};
 
 /// CouchDB's default `timeout` of live feeds.
@@ -20,18 +21,6 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// Most `doc_ids` in one filter.
 const MAX_DOC_IDS: usize = 100_000;
-
-/// Parses `since`: a number, `now`, or an opaque sequence string that starts with one (as
-/// CouchDB's `N-…` sequences do).
-pub(crate) fn parse_since(raw: &str, current: u64) -> Result<u64, ApiError> {
-    let raw = raw.trim().trim_matches('"');
-    if raw == "now" {
-        return Ok(current);
-    }
-    let digits: String = raw.chars().take_while(char::is_ascii_digit).collect();
-    crate::query::saturating_u64(&digits)
-        .ok_or_else(|| ApiError::bad_request(format!("invalid since value {raw:?}")))
-}
 
 /// The longest `timeout` or `heartbeat` honoured: a deadline is an instant, and a larger
 /// duration would overflow it.
@@ -75,19 +64,21 @@ pub(crate) fn parse_heartbeat(req: &Req) -> Result<Option<Duration>, ApiError> {
     }
 }
 
-/// What `since=now` means: the database's update sequence, or for a reader of a database with
-/// per-document access the latest sequence of their own feed (also a 404 for a missing
-/// database).
+/// The database's sequence space, and what `since=now` means in it: the database's update
+/// sequence, or for a reader of a database with per-document access the latest sequence of
+/// their own feed (also a 404 for a missing database).
 async fn current_seq(
     state: &AppState,
     db: &str,
     reader: Option<&crate::access::Reader>,
-) -> Result<u64, ApiError> {
+) -> Result<(Incarnation, u64), ApiError> {
     let info = state.store.db_info(db).await?;
-    match reader {
-        Some(reader) => crate::access::update_seq(state, reader, db).await,
-        None => Ok(info.update_seq),
-    }
+    let incarnation = Incarnation::of_db(&info.name, info.created_at);
+    let current = match reader {
+        Some(reader) => crate::access::update_seq(state, reader, db).await?,
+        None => info.update_seq,
+    };
+    Ok((incarnation, current))
 }
 
 pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Response, ApiError> {
@@ -97,7 +88,7 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
         _ => return Err(not_allowed("Only GET,HEAD,POST allowed")),
     };
     let reader = crate::access::reader(state, req, db).await?;
-    let current = current_seq(state, db, reader.as_ref()).await?;
+    let (incarnation, current) = current_seq(state, db, reader.as_ref()).await?;
     let q = &req.query;
     let kind = match q.get("feed").unwrap_or("normal") {
         "normal" => FeedKind::Normal,
@@ -120,7 +111,7 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
     // sends `since=0` with it.
     let since = match since_raw {
         _ if descending => u64::MAX,
-        Some(raw) => parse_since(&raw, current)?,
+        Some(raw) => incarnation.since(&raw, current)?,
         None => 0,
     };
     let all_leaves = match q.get("style") {
@@ -155,6 +146,7 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
         source: Source::Changes,
         kind,
         since,
+        incarnation,
         limit: q.u64("limit")?,
         descending,
         all_leaves,
@@ -162,6 +154,7 @@ pub async fn handle(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
         render: RenderOpts {
             conflicts: q.flag("conflicts")?,
             attachments: q.flag("attachments")?,
+            att_encoding_info: q.flag("att_encoding_info")?,
             ..RenderOpts::default()
         },
         filter,
@@ -308,11 +301,11 @@ pub async fn events(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
         return Err(not_allowed("Only GET,HEAD allowed"));
     }
     let reader = crate::access::reader(state, req, db).await?;
-    let current = current_seq(state, db, reader.as_ref()).await?;
+    let (incarnation, current) = current_seq(state, db, reader.as_ref()).await?;
     let q = &req.query;
     let kind = parse_kind(req)?;
     let since = match since_param(req, kind) {
-        Some(raw) => parse_since(&raw, current)?,
+        Some(raw) => incarnation.since(&raw, current)?,
         None => 0,
     };
     let opts = FeedOpts {
@@ -321,6 +314,7 @@ pub async fn events(state: &AppState, db: &str, req: &mut Req) -> Result<Respons
         },
         kind,
         since,
+        incarnation,
         limit: q.u64("limit")?,
         descending: false,
         all_leaves: false,

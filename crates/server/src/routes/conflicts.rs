@@ -1,9 +1,12 @@
 //! Conflict handling: the per-database policy (`/{db}/_outpost`), the list of conflicted
-//! documents (`/{db}/_conflicts`) and manual resolution (`/{db}/_resolve`).
+//! documents with the reason each is left (`/{db}/_conflicts`) and manual resolution
+//! (`/{db}/_resolve`).
 
 use axum::response::Response;
 use http::{Method, StatusCode};
-use outpost_core::{Policy, Rev};
+use std::collections::HashMap;
+
+use outpost_core::{Policy, Rev, policy};
 use outpost_store::{DbInfo, Origin, Retention};
 use serde_json::{Value, json};
 
@@ -153,12 +156,32 @@ pub async fn list(state: &AppState, db: &str, req: &Req) -> Result<Response, Api
     } else {
         None
     };
+    // Why each is still conflicted, from the leaves' bodies (and, under `merge`, their common
+    // ancestors'): one read for the page.
+    let policy = state.store.db_info(db).await?.policy;
+    let wanted: Vec<(String, Rev)> = rows
+        .iter()
+        .flat_map(|r| {
+            policy::standing_bodies(&policy, &r.tree)
+                .into_iter()
+                .map(|rev| (r.id.clone(), rev))
+        })
+        .collect();
+    let mut bodies: HashMap<String, HashMap<Rev, Value>> = HashMap::new();
+    let found = state.store.bodies(db, &wanted).await?;
+    for ((id, rev), body) in wanted.into_iter().zip(found) {
+        if let Some(body) = body.and_then(|b| serde_json::from_str(&b.json).ok()) {
+            bodies.entry(id).or_default().insert(rev, body);
+        }
+    }
     let rows: Vec<Value> = rows
         .into_iter()
         .map(|r| {
             let winner = r.tree.winner().map(|w| w.rev.to_string());
             let conflicts: Vec<String> = r.tree.conflicts().iter().map(Rev::to_string).collect();
-            json!({ "id": r.id, "rev": winner, "conflicts": conflicts })
+            let own = bodies.remove(&r.id).unwrap_or_default();
+            let reason = policy::standing(&policy, &r.tree, &own).as_str();
+            json!({ "id": r.id, "rev": winner, "conflicts": conflicts, "reason": reason })
         })
         .collect();
     Ok(ok(json!({ "rows": rows, "next": next }).to_string()))
@@ -234,6 +257,11 @@ pub async fn resolve(state: &AppState, db: &str, req: &mut Req) -> Result<Respon
         fields.shift_remove("_revisions");
     }
     let update = parse_doc(doc, Some(&id), true, Origin::Client)?;
+    crate::limits::check(&update, &state.config)?;
+    let update = crate::encoding::store_form(state, vec![update])
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::Internal("no update to resolve with".into()))?;
     let rev = state
         .store
         .resolve(db, &id, revs, update)

@@ -11,6 +11,7 @@ use super::{json, not_allowed, ok, with_etag, write_one};
 use crate::docjson::{ok_json, parse_doc};
 use crate::replication::jobs::iso_time;
 use crate::request::Req;
+use crate::seq::Incarnation;
 use crate::{ApiError, AppState};
 
 pub async fn handle(state: &AppState, name: &str, req: &mut Req) -> Result<Response, ApiError> {
@@ -100,10 +101,12 @@ pub async fn info_json(
     } else {
         json!({})
     };
+    let incarnation = Incarnation::of_db(&info.name, info.created_at);
     Ok(json!({
         "db_name": info.name,
-        "update_seq": info.update_seq,
-        "purge_seq": 0,
+        "update_seq": incarnation.seq(info.update_seq),
+        // In the same form as CouchDB shows it, like the update sequence.
+        "purge_seq": incarnation.seq(info.purge_seq),
         "doc_count": info.doc_count,
         "doc_del_count": info.doc_del_count,
         "sizes": { "file": info.file_size, "external": info.active_size, "active": info.active_size },
@@ -179,7 +182,7 @@ pub async fn compact(state: &AppState, db: &str, req: &mut Req) -> Result<Respon
 
 /// Runs store maintenance as a tracked task that ends with the server: it is made of separate
 /// durable steps, so stopping between two loses nothing and the next run picks up the rest.
-fn in_background<F>(state: &AppState, what: &'static str, work: F)
+pub(crate) fn in_background<F>(state: &AppState, what: &'static str, work: F)
 where
     F: std::future::Future<Output = Result<(), outpost_store::StoreError>> + Send + 'static,
 {

@@ -6,11 +6,12 @@
 use axum::response::Response;
 use http::Method;
 
-use super::changes::{DEFAULT_TIMEOUT, ms, parse_heartbeat, parse_kind, parse_since, since_param};
+use super::changes::{DEFAULT_TIMEOUT, ms, parse_heartbeat, parse_kind, since_param};
 use super::not_allowed;
 use crate::docjson::RenderOpts;
 use crate::feed::{FeedOpts, Filter, Source, respond};
 use crate::request::Req;
+use crate::seq::Incarnation;
 use crate::{ApiError, AppState};
 
 pub async fn handle(state: &AppState, req: &Req) -> Result<Response, ApiError> {
@@ -19,14 +20,17 @@ pub async fn handle(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     }
     let kind = parse_kind(req)?;
     let current = *state.store.watch_db_updates().borrow();
+    // The server-wide sequence belongs to the store, named by its uuid.
+    let incarnation = Incarnation::of_server(state.store.server_uuid());
     let since = match since_param(req, kind) {
-        Some(raw) => parse_since(&raw, current)?,
+        Some(raw) => incarnation.since(&raw, current)?,
         None => 0,
     };
     let opts = FeedOpts {
         source: Source::DbUpdates,
         kind,
         since,
+        incarnation,
         limit: req.query.u64("limit")?,
         descending: false,
         all_leaves: false,

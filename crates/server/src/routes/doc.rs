@@ -58,6 +58,7 @@ pub fn render_opts(req: &Req) -> Result<RenderOpts, ApiError> {
         deleted_conflicts: q.flag("deleted_conflicts")? || meta,
         attachments: q.flag("attachments")?,
         local_seq: q.flag("local_seq")?,
+        att_encoding_info: q.flag("att_encoding_info")?,
     })
 }
 
@@ -128,9 +129,10 @@ async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response
         let wanted =
             listed.unwrap_or_else(|| record.tree.leaves().into_iter().map(|l| l.rev).collect());
         if doc_multipart::accepts(req, "mixed") {
-            // Attachments follow as raw bytes instead of base64 inside the JSON.
+            // Attachments follow as raw bytes instead of base64 inside the JSON, as stored.
             let stubs = RenderOpts {
                 attachments: false,
+                att_encoding_info: true,
                 ..opts.clone()
             };
             let entries = if revoked {
@@ -237,6 +239,7 @@ async fn get(state: &AppState, db: &str, id: &str, req: &Req) -> Result<Response
     if opts.attachments && doc_multipart::accepts(req, "related") {
         let stubs = RenderOpts {
             attachments: false,
+            att_encoding_info: true,
             ..opts.clone()
         };
         let text = render(state, db, id, &record.tree, record.seq, &rev, &body, &stubs).await?;

@@ -13,7 +13,7 @@ use http::{StatusCode, header};
 use outpost_store::{DocUpdate, Origin, UpdateMode};
 use serde_json::Map;
 
-use super::attachment::attach;
+use super::attachment::{Received, attach};
 use super::doc::body_object;
 use super::{json, with_etag, write_one};
 use crate::docjson::{ok_json, parse_rev};
@@ -85,7 +85,13 @@ pub async fn post(
     };
     let mut new_attachments = Vec::new();
     for (name, content_type, data) in files {
-        new_attachments.push(attach(&mut body, id, &name, content_type, data)?);
+        new_attachments.push(attach(
+            &mut body,
+            id,
+            &name,
+            content_type,
+            Received::Identity(data),
+        )?);
     }
     let update = DocUpdate {
         id: id.to_owned(),

@@ -4,8 +4,9 @@
 //! CouchDB's replicator pulls documents with attachments this way.
 //!
 //! The answer is streamed: the JSON parts are small and rendered up front, and each
-//! attachment's bytes are read from the store only when the body reaches them, so at most one
-//! attachment is held at a time.
+//! attachment's bytes are read from the store a range at a time when the body reaches them.
+//! As in CouchDB, the JSON always carries `encoding` and `encoded_length` of attachments stored
+//! gzip-encoded, and those travel encoded, as stored (`length` is still their identity length).
 
 use axum::body::{Body, Bytes};
 use axum::response::Response;
@@ -16,6 +17,7 @@ use serde_json::Value;
 
 use crate::multipart::{PART_END, closing, content_type, new_boundary, part_head};
 use crate::request::Req;
+use crate::stream::AttachmentReader;
 use crate::{ApiError, AppState};
 
 /// Whether the client's `Accept` asks for this multipart type.
@@ -203,25 +205,39 @@ pub fn related_response(
 
 fn stream_response(state: &AppState, pieces: Vec<Piece>, content_type: &str) -> Response {
     let state = state.clone();
-    let body = stream::unfold(pieces.into_iter(), move |mut pieces| {
+    // The pieces left, the attachment being read (a range at a time), and whether the body
+    // failed and ends.
+    let start = (pieces.into_iter(), None::<AttachmentReader>, false);
+    let body = stream::unfold(start, move |(mut pieces, mut reading, failed)| {
         let state = state.clone();
         async move {
-            let piece = pieces.next()?;
-            let chunk = match piece {
-                Piece::Ready(bytes) => Ok(bytes),
-                Piece::Attachment(digest) => match state.store.attachment(&digest).await {
-                    Ok(Some(data)) => Ok(Bytes::from(data)),
-                    Ok(None) => Err(std::io::Error::other(format!(
-                        "attachment {digest} missing from the store"
-                    ))),
-                    Err(e) => Err(std::io::Error::other(e.to_string())),
-                },
-            };
-            if let Err(e) = &chunk {
-                // The status is sent already; the cut body tells the client, the log tells why.
-                tracing::error!(error = %e, "multipart answer cut short");
+            if failed {
+                return None;
             }
-            Some((chunk, pieces))
+            loop {
+                if let Some(mut reader) = reading.take() {
+                    match reader.next().await {
+                        Ok(Some(bytes)) => {
+                            return Some((Ok(bytes), (pieces, Some(reader), false)));
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            // The status is sent already; the cut body tells the client, the
+                            // log tells why.
+                            tracing::error!(error = %e, "multipart answer cut short");
+                            let cut = Err(std::io::Error::other("attachment read failed"));
+                            return Some((cut, (pieces, None, true)));
+                        }
+                    }
+                }
+                match pieces.next()? {
+                    Piece::Ready(bytes) => return Some((Ok(bytes), (pieces, None, false))),
+                    // Sent as stored: gzip-encoded bytes travel encoded, their JSON saying so.
+                    Piece::Attachment(digest) => {
+                        reading = Some(AttachmentReader::stored(&state, &digest, 0, u64::MAX));
+                    }
+                }
+            }
         }
     });
     let mut response = Response::new(Body::from_stream(body));

@@ -17,11 +17,13 @@ pub mod gateway;
 pub mod local;
 pub mod node;
 pub mod ops;
+pub mod purge;
 pub mod replicate;
 pub mod scheduler;
 pub mod security;
 pub mod server;
 pub mod session;
+pub mod stats;
 pub mod view;
 
 use axum::response::Response;

@@ -1,6 +1,6 @@
 //! The node endpoints of a one-node CouchDB: `/_membership`, `/_node/{node}` and, under it,
-//! `_config` (read-only: the settings Outpost runs with, named as CouchDB names them) and
-//! `_system`. Fauxton and CouchDB's tools ask for these; `_local` always names this node.
+//! `_config` (read-only: the settings Outpost runs with, named as CouchDB names them),
+//! `_system` and `_stats` (in `stats.rs`). Fauxton and CouchDB's tools ask for these; `_local` always names this node.
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -47,6 +47,7 @@ pub async fn route(
         ["_config", "admins", path @ ..] => admins(state, path, req).await,
         ["_config", path @ ..] => config(state, path, req),
         ["_system"] if req.method == Method::GET => Ok(ok(system().to_string())),
+        ["_stats", path @ ..] => super::stats::handle(state, path, req).await,
         // Where CouchDB 3 serves Prometheus; no database name can collide with it.
         ["_prometheus"] => super::ops::metrics(state, req),
         [] | ["_system"] => Err(not_allowed("Only GET, HEAD allowed")),
@@ -72,6 +73,13 @@ fn config_sections(state: &AppState) -> Map<String, Value> {
             "max_dbs_open": "unlimited",
             "max_document_size": c.max_document_size.to_string(),
             "max_attachment_size": c.max_attachment_size.to_string(),
+        }),
+    );
+    sections.insert(
+        "attachments".into(),
+        json!({
+            "compression_level": c.attachments.level().to_string(),
+            "compressible_types": c.attachments.types(),
         }),
     );
     let origins = match &c.cors_origins {

@@ -14,6 +14,7 @@ use super::{json as json_response, not_allowed, ok};
 use crate::design::DesignDoc;
 use crate::docjson::RenderOpts;
 use crate::request::Req;
+use crate::seq::Incarnation;
 use crate::{ApiError, AppState};
 
 /// Most queries in one `.../queries` request, and most `keys` in one query.
@@ -232,6 +233,11 @@ async fn start(
             .index_state(db, &set.index_name(&def.name))
             .await?
             .map_or(0, |s| s.seq);
+        // Shown as the database's sequences are, as CouchDB does here (not in `_info`).
+        let info = state.store.db_info(db).await?;
+        let seq = Incarnation::of_db(&info.name, info.created_at)
+            .seq(seq)
+            .json();
         format!(",\"update_seq\":{seq}")
     } else {
         String::new()
@@ -457,6 +463,7 @@ fn params(query: &Map<String, Value>, body: &Value) -> Result<Params, ApiError> 
         render: RenderOpts {
             conflicts: flag("conflicts", false)?,
             attachments: flag("attachments", false)?,
+            att_encoding_info: flag("att_encoding_info", false)?,
             ..RenderOpts::default()
         },
     })
@@ -521,6 +528,7 @@ pub async fn info(state: &AppState, db: &str, ddoc: &str, req: &Req) -> Result<R
         }
         None => (String::new(), 0),
     };
+    // Plain integers: CouchDB sums its shards' sequences here instead of packing them.
     Ok(ok(json!({
         "name": ddoc,
         "view_index": {

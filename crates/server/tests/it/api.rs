@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, assert_error};
+use crate::support::{TestServer, assert_error, seq_n};
 
 #[tokio::test]
 async fn root_identifies_as_couchdb_with_a_stable_uuid() {
@@ -372,7 +372,7 @@ async fn all_docs_ranges_and_keys() {
         )
         .await;
     assert_eq!(out["rows"][0]["doc"]["v"], "a");
-    assert_eq!(out["update_seq"], 6);
+    assert_eq!(seq_n(&out["update_seq"]), 6);
 
     let out = s
         .expect(
@@ -422,7 +422,10 @@ async fn local_documents_have_their_own_revisions_and_stay_out_of_feeds() {
         s.expect("GET", "/db/_changes", None, 200).await["results"],
         json!([])
     );
-    assert_eq!(s.expect("GET", "/db", None, 200).await["update_seq"], 0);
+    assert_eq!(
+        seq_n(&s.expect("GET", "/db", None, 200).await["update_seq"]),
+        0
+    );
     s.expect("PUT", "/db/_local/cp/att", Some(json!({})), 400)
         .await;
     assert_eq!(
@@ -446,9 +449,12 @@ async fn attachments_inline_and_standalone() {
         .await;
     let rev1 = put["rev"].as_str().unwrap().to_owned();
     let doc = s.expect("GET", "/db/d", None, 200).await;
+    // As CouchDB, text is stored gzip-encoded and its digest is that of the stored bytes.
+    let digest =
+        outpost_core::hash::attachment_digest(&outpost_core::attachment::gzip(b"hello", 8));
     assert_eq!(
         doc["_attachments"]["hello.txt"],
-        json!({"content_type": "text/plain", "digest": "md5-XUFAKrxLKna5cZ2REBfFkg==", "length": 5, "revpos": 1, "stub": true})
+        json!({"content_type": "text/plain", "digest": digest, "length": 5, "revpos": 1, "stub": true})
     );
     let inlined = s.expect("GET", "/db/d?attachments=true", None, 200).await;
     assert_eq!(inlined["_attachments"]["hello.txt"]["data"], "aGVsbG8=");
@@ -588,8 +594,8 @@ async fn concurrent_writes_share_commits_and_all_succeed() {
     }
     let info = s.expect("GET", "/db", None, 200).await;
     assert_eq!(
-        (info["doc_count"].as_u64(), info["update_seq"].as_u64()),
-        (Some(200), Some(200))
+        (info["doc_count"].as_u64(), seq_n(&info["update_seq"])),
+        (Some(200), 200)
     );
 }
 

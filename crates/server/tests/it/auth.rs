@@ -219,6 +219,12 @@ async fn every_route_answers_each_principal_as_documented() {
         ("GET", "/_node/_local", None, [401, 403, 403, 403, 200]),
         (
             "GET",
+            "/_node/_local/_stats/couchdb/httpd/requests",
+            None,
+            [401, 403, 403, 403, 200],
+        ),
+        (
+            "GET",
             "/_node/_local/_config",
             None,
             [401, 403, 403, 403, 200],
@@ -375,6 +381,24 @@ async fn every_route_answers_each_principal_as_documented() {
             [401, 403, 403, 200, 200],
         ),
         ("GET", "/db/_outpost", None, [401, 403, 200, 200, 200]),
+        (
+            "POST",
+            "/db/_purge",
+            Some(json!({"gone{p}": ["1-967a00dff5e02add41819138abb3284d"]})),
+            [401, 403, 403, 201, 201],
+        ),
+        (
+            "GET",
+            "/db/_purged_infos_limit",
+            None,
+            [401, 403, 200, 200, 200],
+        ),
+        (
+            "PUT",
+            "/db/_purged_infos_limit",
+            Some(json!(1000)),
+            [401, 403, 403, 200, 200],
+        ),
         ("POST", "/db/_compact", None, [401, 403, 403, 202, 202]),
         (
             "POST",

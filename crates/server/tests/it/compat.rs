@@ -444,11 +444,13 @@ async fn the_node_endpoints_describe_one_node() {
 async fn attachments_answer_ranges_and_conditional_gets_as_couchdb() {
     let s = TestServer::new();
     s.expect("PUT", "/db", None, 201).await;
+    // A type CouchDB stores as it comes: one it compresses is not served by ranges (see
+    // `attachments::ranges_are_served_of_identity_attachments_only`).
     let (status, _, _) = s
         .raw(
             "PUT",
             "/db/d/a.txt",
-            &[("content-type", "text/plain")],
+            &[("content-type", "application/octet-stream")],
             Some(b"0123456789".to_vec()),
         )
         .await;
@@ -599,6 +601,24 @@ async fn documents_with_attachments_arrive_as_multipart_related() {
     assert_eq!(one, b"\x00\x01\r\n");
     let (_, _, two) = s.raw("GET", "/db/m/two.txt", &[], None).await;
     assert_eq!(two, b"compressed text");
+    // Kept as it came, as CouchDB keeps it: the digest of the encoded bytes, which a client
+    // that takes gzip gets back as they were sent.
+    let stored = s
+        .expect("GET", "/db/m?att_encoding_info=true", None, 200)
+        .await;
+    let two = &stored["_attachments"]["two.txt"];
+    assert_eq!(
+        two["digest"],
+        outpost_core::hash::attachment_digest(&gzipped)
+    );
+    assert_eq!(
+        (two["length"].as_u64(), two["encoding"].as_str()),
+        (Some(15), Some("gzip"))
+    );
+    let (_, _, sent) = s
+        .raw("GET", "/db/m/two.txt", &[("accept-encoding", "gzip")], None)
+        .await;
+    assert_eq!(sent, gzipped);
     // A part for an attachment that does not follow is refused.
     let doc = json!({"_attachments": {"a": {"follows": true}}});
     let (status, _, _) = s
@@ -828,4 +848,140 @@ async fn attachments_upload_from_an_html_form() {
         )
         .await;
     assert_eq!(status, 415);
+}
+
+/// A server on a real socket, for requests no HTTP client library will send.
+async fn socket_server() -> (
+    std::net::SocketAddr,
+    tokio_util::sync::DropGuard,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(outpost_store::sqlite::SqliteStore::open(dir.path()).unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let state = outpost_server::AppState::new(store, Default::default(), shutdown.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(outpost_server::serve(listener, state));
+    (addr, shutdown.drop_guard(), dir)
+}
+
+/// Writes `requests` on one connection (the last one closing it) and returns every answer's
+/// status and body, in order.
+async fn exchange(addr: std::net::SocketAddr, requests: &str) -> Vec<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(requests.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        conn.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server kept the connection open")
+    .unwrap();
+    let mut out = Vec::new();
+    let mut rest = &answer[..];
+    while !rest.is_empty() {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut response = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(len)) = response.parse(rest) else {
+            panic!("not an HTTP answer: {}", String::from_utf8_lossy(rest));
+        };
+        let header = |name: &str| {
+            response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        };
+        let (length, chunked) = (header("content-length"), header("transfer-encoding"));
+        let status = response.code.unwrap();
+        rest = &rest[len..];
+        let mut body = Vec::new();
+        if let Some(length) = length {
+            let n: usize = length.parse().unwrap();
+            body.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+        } else if chunked.as_deref() == Some("chunked") {
+            loop {
+                let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+                let size = std::str::from_utf8(&rest[..line_end]).unwrap();
+                let size = usize::from_str_radix(size.split(';').next().unwrap(), 16).unwrap();
+                rest = &rest[line_end + 2..];
+                if size == 0 {
+                    rest = &rest[2..];
+                    break;
+                }
+                body.extend_from_slice(&rest[..size]);
+                rest = &rest[size + 2..];
+            }
+        } else {
+            body.extend_from_slice(rest);
+            rest = &[];
+        }
+        out.push((status, String::from_utf8(body).unwrap()));
+    }
+    out
+}
+
+/// CouchDB takes `"` (and `<`, `>`) unencoded in a query string, as people type them into curl;
+/// `http::Uri` refuses them, so they are percent-encoded before hyper builds one. Requests on a
+/// keep-alive connection, their bodies full of the same characters, left as they are.
+#[tokio::test]
+async fn unencoded_quotes_in_a_query_string_are_accepted() {
+    let (addr, _server, _dir) = socket_server().await;
+    let docs = r#"{"docs":[{"_id":"a","q":"?k=\"<x>\" HTTP/1.1"},{"_id":"b"},{"_id":"c"}]}"#;
+    let answers = exchange(
+        addr,
+        &format!(
+            "PUT /db HTTP/1.1\r\nHost: x\r\n\r\n\
+             POST /db/_bulk_docs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{docs}\
+             GET /db/_all_docs?startkey=\"a\"&endkey=\"b\"&include_docs=true HTTP/1.1\r\nHost: x\r\n\r\n\
+             GET /db/_all_docs?keys=[\"c\",\"<d>\"] HTTP/1.1\r\nHost: x\r\n\r\n\
+             GET /db/_changes?since=\"2\" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            docs.len()
+        ),
+    )
+    .await;
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert_eq!(statuses, [201, 201, 200, 200, 200], "{answers:?}");
+    let json = |i: usize| serde_json::from_str::<serde_json::Value>(&answers[i].1).unwrap();
+    let range = json(2);
+    assert_eq!(range["rows"].as_array().unwrap().len(), 2, "{range}");
+    assert_eq!(
+        range["rows"][0]["doc"]["q"], "?k=\"<x>\" HTTP/1.1",
+        "{range}"
+    );
+    let keys = json(3);
+    assert_eq!(keys["rows"][0]["id"], "c", "{keys}");
+    assert_eq!(keys["rows"][1], json!({"key": "<d>", "error": "not_found"}));
+    let changes = json(4);
+    assert_eq!(crate::support::feed_ids(&changes), ["c"], "{changes}");
+
+    // The opaque sequence the server showed, in CouchDB's quotes, unencoded.
+    let since = changes["results"][0]["seq"].as_str().unwrap().to_owned();
+    let answers = exchange(
+        addr,
+        &format!(
+            "GET /db/_changes?since=\"{since}\" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(answers[0].0, 200, "{answers:?}");
+    assert!(answers[0].1.contains("\"results\":[\n\n]"), "{answers:?}");
+
+    // A chunked body is not followed: the connection goes on untouched, as it would without
+    // the encoding.
+    let answers = exchange(
+        addr,
+        "POST /db/_bulk_docs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n\
+         13\r\n{\"docs\":[{\"_id\":\"e\"\r\n3\r\n}]}\r\n0\r\n\r\n\
+         GET /db/e HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert_eq!(statuses, [201, 200], "{answers:?}");
 }

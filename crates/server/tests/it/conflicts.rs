@@ -85,7 +85,7 @@ async fn manual_conflicts_are_listed_and_resolved_in_one_step() {
     let listed = s.expect("GET", "/db/_conflicts", None, 200).await;
     assert_eq!(
         listed["rows"],
-        json!([{"id": "d", "rev": "2-ccc", "conflicts": ["2-bbb"]}])
+        json!([{"id": "d", "rev": "2-ccc", "conflicts": ["2-bbb"], "reason": "manual"}])
     );
 
     // A resolution that does not name every live leaf was made from a stale read.
@@ -278,4 +278,228 @@ async fn retention_trims_history_on_compact_and_keeps_the_document() {
             .len(),
         5
     );
+}
+
+/// Every leaf of `d` on database `db` (bodies and `_revisions`), sorted, and the winner.
+async fn doc_state(s: &TestServer, db: &str) -> Value {
+    let leaves = s
+        .expect(
+            "GET",
+            &format!("/{db}/d?open_revs=all&revs=true"),
+            None,
+            200,
+        )
+        .await;
+    let mut leaves: Vec<Value> = leaves
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ok"].clone())
+        .collect();
+    leaves.sort_by_key(|l| l["_rev"].as_str().unwrap_or_default().to_owned());
+    let (status, winner) = s
+        .call("GET", &format!("/{db}/d?conflicts=true"), None)
+        .await;
+    json!({"leaves": leaves, "winner": if status == 200 { winner } else { Value::Null }})
+}
+
+async fn replicate_local(s: &TestServer, from: &str, to: &str) {
+    let result = s
+        .expect(
+            "POST",
+            "/_replicate",
+            Some(json!({"source": from, "target": to})),
+            200,
+        )
+        .await;
+    assert_eq!(result["doc_write_failures"], 0, "{result}");
+}
+
+/// The sum of the samples of `name` whose labels include `label`.
+async fn counter(s: &TestServer, name: &str, label: &str) -> f64 {
+    let (_, _, body) = s.raw("GET", "/_outpost/v1/metrics", &[], None).await;
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Replicas (databases of one server) with the given settings receive two branches of `d`,
+/// which `lww` on `a` and `lww` on `b` judge the other way round: every replica both of them
+/// (`concurrent`), or the first replica both and the others only the one their own settings
+/// prefer. Then they replicate, first in the order given, then every link until nothing
+/// moves. Answers the final state of each replica.
+async fn exchange(
+    s: &TestServer,
+    settings: &[Value],
+    concurrent: bool,
+    order: &[(usize, usize)],
+) -> Vec<Value> {
+    let docs = branches(
+        json!({"x": 1, "a": 2, "b": 1}),
+        json!({"y": 2, "a": 1, "b": 2}),
+    );
+    let names: Vec<String> = (0..settings.len()).map(|i| format!("r{i}")).collect();
+    for (i, (name, policy)) in names.iter().zip(settings).enumerate() {
+        s.expect("PUT", &format!("/{name}"), None, 201).await;
+        s.expect(
+            "PUT",
+            &format!("/{name}/_outpost"),
+            Some(policy.clone()),
+            200,
+        )
+        .await;
+        let mine = if concurrent || i == 0 {
+            docs.clone()
+        } else {
+            // One branch only, the one its settings prefer: no conflict of its own yet.
+            let one = match policy["lww_field"].as_str() {
+                Some("a") => docs["docs"][1].clone(),
+                _ => docs["docs"][2].clone(),
+            };
+            json!({"new_edits": false, "docs": [docs["docs"][0].clone(), one]})
+        };
+        s.expect("POST", &format!("/{name}/_bulk_docs"), Some(mine), 201)
+            .await;
+    }
+    for &(a, b) in order {
+        replicate_local(s, &names[a], &names[b]).await;
+    }
+    let mut last = Vec::new();
+    for round in 0.. {
+        assert!(round < 6, "no quiescence under {settings:?}");
+        for a in &names {
+            for b in &names {
+                if a != b {
+                    replicate_local(s, a, b).await;
+                }
+            }
+        }
+        let mut states = Vec::new();
+        for name in &names {
+            states.push(doc_state(s, name).await);
+        }
+        if states == last {
+            break;
+        }
+        last = states;
+    }
+    last
+}
+
+#[tokio::test]
+async fn replicas_with_different_settings_never_delete_and_leave_the_conflict_visible() {
+    // Issue 17, defect 10: replicas with different `lww_field`s (or `merge` beside `lww`) each
+    // tombstoned the other's branch, and the document ended deleted on both.
+    let lww = |f: &str| json!({"conflict_policy": "lww", "lww_field": f});
+    let merge = |f: &str| json!({"conflict_policy": "merge", "lww_field": f});
+    let cases = [
+        vec![lww("a"), lww("b")],
+        vec![merge("a"), lww("b")],
+        vec![lww("b"), merge("a")],
+        vec![lww("a"), lww("b"), lww("a")],
+        vec![lww("a"), merge("b"), lww("b")],
+    ];
+    for settings in cases {
+        for concurrent in [true, false] {
+            for order in [vec![(0, 1), (1, 0)], vec![(1, 0), (0, 1)]] {
+                let s = TestServer::new();
+                let before = counter(
+                    &s,
+                    "outpost_conflicts_policy_mismatch_total",
+                    "verdict=\"reinstated\"",
+                )
+                .await;
+                let states = exchange(&s, &settings, concurrent, &order).await;
+                let case = format!("{settings:?}, concurrent {concurrent}, order {order:?}");
+                for state in &states[1..] {
+                    assert_eq!(state, &states[0], "{case}: replicas differ");
+                }
+                let winner = &states[0]["winner"];
+                assert!(
+                    !winner.is_null(),
+                    "{case}: the document ended deleted: {}",
+                    states[0]
+                );
+                assert!(
+                    winner["_conflicts"]
+                        .as_array()
+                        .is_some_and(|c| !c.is_empty()),
+                    "{case}: the conflict is not visible: {winner}"
+                );
+                for i in 0..settings.len() {
+                    let listed = s
+                        .expect("GET", &format!("/r{i}/_conflicts"), None, 200)
+                        .await;
+                    assert_eq!(listed["rows"][0]["id"], "d", "{case}: {listed}");
+                    assert_eq!(
+                        listed["rows"][0]["reason"], "policy_mismatch",
+                        "{case}: {listed}"
+                    );
+                }
+                // The replica that brought a branch back says so in its log: which branch,
+                // and the settings of the resolution it undid.
+                let mut reinstated = Vec::new();
+                for i in 0..settings.len() {
+                    let events = s
+                        .expect("GET", &format!("/r{i}/_events?doc_id=d"), None, 200)
+                        .await;
+                    reinstated.extend(
+                        events["results"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .filter(|e| e["type"] == "reinstated")
+                            .cloned(),
+                    );
+                }
+                assert!(!reinstated.is_empty(), "{case}");
+                for e in &reinstated {
+                    assert!(e["reinstates"].is_string(), "{case}: {e}");
+                    assert!(e["resolution"]["policy"].is_string(), "{case}: {e}");
+                    assert_eq!(e["origin"], "resolver", "{case}: {e}");
+                }
+                let events = json!(reinstated);
+                let after = counter(
+                    &s,
+                    "outpost_conflicts_policy_mismatch_total",
+                    "verdict=\"reinstated\"",
+                )
+                .await;
+                assert!(after > before, "{case}: no mismatch counted; {events}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn replicas_with_equal_settings_still_converge_on_one_winner() {
+    let lww = json!({"conflict_policy": "lww", "lww_field": "a"});
+    let merge = json!({"conflict_policy": "merge", "lww_field": "b"});
+    for settings in [
+        vec![lww.clone(), lww.clone(), lww],
+        vec![merge.clone(), merge],
+    ] {
+        for concurrent in [true, false] {
+            let s = TestServer::new();
+            let states = exchange(&s, &settings, concurrent, &[(1, 0), (0, 1)]).await;
+            for state in &states[1..] {
+                assert_eq!(state, &states[0], "{settings:?}");
+            }
+            let winner = &states[0]["winner"];
+            assert!(!winner.is_null(), "{settings:?}");
+            assert!(winner.get("_conflicts").is_none(), "{settings:?}: {winner}");
+            let events = s.expect("GET", "/r0/_events?doc_id=d", None, 200).await;
+            assert!(
+                events["results"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|e| e["type"] != "reinstated"),
+                "{settings:?}: {events}"
+            );
+        }
+    }
 }

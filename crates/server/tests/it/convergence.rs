@@ -5,7 +5,8 @@
 //! restored and replication repeats until nothing moves. Every replica must end with the same
 //! revision trees, the same winners with the same bodies and attachments, no document deleted
 //! that no client deleted, and (under `lww`) no conflict left; under `merge` a conflict may stay
-//! where no replica holds the base body.
+//! where no replica holds the base body. Under `mixed`, replicas have different settings: they
+//! must converge all the same, and what they disagree about stays visible.
 //!
 //! Seeded: a failure names its seed, and `OUTPOST_CONVERGENCE_SEED=N` reruns that one.
 
@@ -109,7 +110,19 @@ async fn edit(
     }
 }
 
-async fn run_seed(seed: u64, policy: &str) {
+/// The settings replicas pick from under `mixed`: policies and `lww_field`s that judge the
+/// workload's conflicts differently.
+const MIXED: [(&str, &str); 4] = [
+    ("lww", "at"),
+    ("lww", "f0"),
+    ("merge", "at"),
+    ("merge", "f1"),
+];
+
+/// Runs one seed with every replica under `policy`, or under `mixed` with settings drawn for
+/// each from [`MIXED`]. Answers how many documents ended left to a person because replicas
+/// disagree.
+async fn run_seed(seed: u64, policy: &str) -> usize {
     let mut rng = StdRng::seed_from_u64(seed);
     let s = TestServer::new();
     let replicas: Vec<String> = (0..rng.random_range(3..=5))
@@ -117,13 +130,15 @@ async fn run_seed(seed: u64, policy: &str) {
         .collect();
     for db in &replicas {
         s.expect("PUT", &format!("/{db}"), None, 201).await;
-        s.expect(
-            "PUT",
-            &format!("/{db}/_outpost"),
-            Some(json!({"conflict_policy": policy, "lww_field": "at"})),
-            200,
-        )
-        .await;
+        let settings = match policy {
+            "mixed" => {
+                let (policy, field) = MIXED[rng.random_range(0..MIXED.len())];
+                json!({"conflict_policy": policy, "lww_field": field})
+            }
+            _ => json!({"conflict_policy": policy, "lww_field": "at"}),
+        };
+        s.expect("PUT", &format!("/{db}/_outpost"), Some(settings), 200)
+            .await;
     }
     let mut clock = 0;
     // Documents a client deleted somewhere: only these may end deleted.
@@ -198,6 +213,23 @@ async fn run_seed(seed: u64, policy: &str) {
     if policy == "lww" {
         assert_eq!(conflicted, 0, "seed {seed} (lww): conflicts left");
     }
+    // A conflict left behind is left for a reason the listing gives on every replica: replicas
+    // that disagree (only when settings differ) or a merge base nobody holds.
+    let mut disputed = 0;
+    for db in &replicas {
+        let listed = s
+            .expect("GET", &format!("/{db}/_conflicts"), None, 200)
+            .await;
+        for row in listed["rows"].as_array().unwrap() {
+            let reason = row["reason"].as_str().unwrap();
+            match (policy, reason) {
+                ("manual", "manual") | (_, "missing_base") => {}
+                ("mixed", "policy_mismatch") => disputed += 1,
+                _ => panic!("seed {seed} ({policy}): {db} left {row}"),
+            }
+        }
+    }
+    disputed
 }
 
 fn seeds() -> Vec<u64> {
@@ -225,5 +257,22 @@ async fn replicas_converge_under_lww() {
 async fn replicas_converge_under_merge() {
     for seed in seeds() {
         run_seed(seed, "merge").await;
+    }
+}
+
+/// Issue 17, defect 10: replicas with different settings each tombstoned the other's branch and
+/// documents ended deleted everywhere. Now they converge all the same, nothing ends deleted that
+/// no client deleted, and what they disagree about is left visible.
+#[tokio::test]
+async fn replicas_with_different_settings_converge_without_deleting() {
+    let mut disputed = 0;
+    for seed in seeds() {
+        disputed += run_seed(seed, "mixed").await;
+    }
+    if std::env::var("OUTPOST_CONVERGENCE_SEED").is_err() {
+        assert!(
+            disputed > 0,
+            "no seed made replicas disagree: the test tests nothing"
+        );
     }
 }

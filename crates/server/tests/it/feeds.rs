@@ -9,7 +9,7 @@ use outpost_store::sqlite::SqliteStore;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{TestServer, assert_error, feed_ids};
+use crate::support::{TestServer, assert_error, feed_ids, seq_n};
 
 async fn filled() -> TestServer {
     let s = TestServer::new();
@@ -28,18 +28,21 @@ async fn normal_feed_pages_with_limit_and_last_seq() {
     let page = s.expect("GET", "/db/_changes?limit=4", None, 200).await;
     assert_eq!(feed_ids(&page), ["d0", "d1", "d2", "d3"]);
     // Truncated by limit: last_seq is the last row's seq, so `since=last_seq` continues exactly.
-    assert_eq!(page["last_seq"], 4);
+    assert_eq!(seq_n(&page["last_seq"]), 4);
     assert_eq!(page["pending"], 6);
-    let rest = s.expect("GET", "/db/_changes?since=4", None, 200).await;
+    let since = page["last_seq"].as_str().unwrap();
+    let rest = s
+        .expect("GET", &format!("/db/_changes?since={since}"), None, 200)
+        .await;
     assert_eq!(rest["results"].as_array().unwrap().len(), 6);
-    assert_eq!(rest["last_seq"], 10);
+    assert_eq!(seq_n(&rest["last_seq"]), 10);
     let now = s.expect("GET", "/db/_changes?since=now", None, 200).await;
     assert_eq!(
         (
             now["results"].as_array().unwrap().len(),
-            now["last_seq"].as_u64()
+            seq_n(&now["last_seq"])
         ),
-        (0, Some(10))
+        (0, 10)
     );
     let desc = s
         .expect("GET", "/db/_changes?descending=true&limit=2", None, 200)
@@ -55,7 +58,7 @@ async fn normal_feed_pages_with_limit_and_last_seq() {
         .await;
     assert_eq!(feed_ids(&all).len(), 10);
     assert_eq!(all["results"][9]["doc"]["n"], 100);
-    assert_eq!(all["results"][9]["seq"], 11);
+    assert_eq!(seq_n(&all["results"][9]["seq"]), 11);
 }
 
 #[tokio::test]
@@ -90,7 +93,7 @@ async fn filters_doc_ids_selector_and_design() {
         )
         .await;
     assert_eq!(feed_ids(&selected), ["d6", "d9"]);
-    assert_eq!(selected["last_seq"], 10);
+    assert_eq!(seq_n(&selected["last_seq"]), 10);
     let design = s
         .expect("GET", "/db/_changes?filter=_design", None, 200)
         .await;
@@ -206,7 +209,7 @@ async fn longpoll_waits_for_the_next_change() {
     // Heartbeat newlines may precede the JSON; clients parse the whole body.
     let feed: Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(feed["results"][0]["id"], "late");
-    assert_eq!(feed["last_seq"], 1);
+    assert_eq!(seq_n(&feed["last_seq"]), 1);
 
     let empty: Value = reqwest::get(format!(
         "{}/db/_changes?feed=longpoll&since=1&timeout=100",
@@ -217,7 +220,9 @@ async fn longpoll_waits_for_the_next_change() {
     .json()
     .await
     .unwrap();
-    assert_eq!(empty, json!({"results": [], "last_seq": 1, "pending": 0}));
+    assert_eq!(empty["results"], json!([]));
+    assert_eq!(empty["pending"], 0);
+    assert_eq!(empty["last_seq"], feed["last_seq"], "{empty}");
 }
 
 #[tokio::test]
@@ -253,11 +258,19 @@ async fn continuous_and_eventsource_stream_rows_as_they_happen() {
         .collect();
     assert_eq!(lines[0]["id"], "first");
     assert_eq!(lines[1]["id"], "second");
-    assert_eq!(lines[2], json!({"last_seq": 2, "pending": 0}));
+    assert_eq!(seq_n(&lines[2]["last_seq"]), 2);
+    assert_eq!(lines[2]["pending"], 0);
+    assert_eq!(lines[2]["last_seq"], lines[1]["seq"]);
 
+    // Each event's id is its sequence as JSON, quotes and all, as CouchDB writes it.
     let text = sse.await.unwrap();
-    assert!(text.contains("data: {\"seq\":1,\"id\":\"first\""), "{text}");
-    assert!(text.contains("id: 2\n"), "{text}");
+    let first = lines[0]["seq"].as_str().unwrap();
+    let second = lines[1]["seq"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("data: {{\"seq\":\"{first}\",\"id\":\"first\"")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("id: \"{second}\"\n")), "{text}");
 }
 
 #[tokio::test]
@@ -307,7 +320,7 @@ async fn the_event_log_has_the_same_feed_formats() {
     let feed: Value = serde_json::from_str(poll.await.unwrap().trim()).unwrap();
     assert_eq!(feed["results"][0]["id"], "b");
     assert_eq!(feed["results"][0]["type"], "created");
-    assert_eq!(feed["last_seq"], 2);
+    assert_eq!(seq_n(&feed["last_seq"]), 2);
 
     let text = reqwest::get(format!(
         "{}/db/_events?feed=continuous&timeout=200",
@@ -324,7 +337,7 @@ async fn the_event_log_has_the_same_feed_formats() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 3, "{text}");
-    assert_eq!(lines[2]["last_seq"], 2);
+    assert_eq!(seq_n(&lines[2]["last_seq"]), 2);
 }
 
 #[tokio::test]
@@ -345,11 +358,11 @@ async fn revisions_of_one_document_in_one_request_take_one_sequence() {
     )
     .await;
     let info = s.expect("GET", "/db", None, 200).await;
-    assert_eq!(info["update_seq"], 2, "{info}");
+    assert_eq!(seq_n(&info["update_seq"]), 2, "{info}");
     let feed = s.expect("GET", "/db/_changes", None, 200).await;
     assert_eq!(feed_ids(&feed), ["x", "y"]);
-    assert_eq!(feed["results"][0]["seq"], 1);
-    assert_eq!(feed["last_seq"], 2);
+    assert_eq!(seq_n(&feed["results"][0]["seq"]), 1);
+    assert_eq!(seq_n(&feed["last_seq"]), 2);
     // Every revision keeps its event; paging never splits a sequence.
     let events = s.expect("GET", "/db/_events?limit=2", None, 200).await;
     let revs: Vec<&str> = events["results"]
@@ -359,7 +372,7 @@ async fn revisions_of_one_document_in_one_request_take_one_sequence() {
         .map(|e| e["rev"].as_str().unwrap())
         .collect();
     assert_eq!(revs, ["1-a", "1-b", "2-c"], "{events}");
-    assert_eq!(events["last_seq"], 1);
+    assert_eq!(seq_n(&events["last_seq"]), 1);
     let rest = s.expect("GET", "/db/_events?since=1", None, 200).await;
     assert_eq!(rest["results"][0]["id"], "y", "{rest}");
     assert_eq!(rest["results"].as_array().unwrap().len(), 1);
@@ -470,12 +483,13 @@ async fn db_updates_follow_databases_as_they_change() {
         ],
         "{feed}"
     );
-    let last = feed["last_seq"].as_u64().unwrap();
-    assert_eq!(feed["results"][2]["seq"], last);
+    assert_eq!(feed["results"][2]["seq"], feed["last_seq"]);
+    let last_n = seq_n(&feed["last_seq"]);
+    let last = feed["last_seq"].as_str().unwrap().to_owned();
 
     // A longpoll from the last sequence answers with the next event, whenever it comes.
     let poll = {
-        let base = base.clone();
+        let (base, last) = (base.clone(), last.clone());
         tokio::spawn(async move {
             reqwest::get(format!("{base}/_db_updates?feed=longpoll&since={last}"))
                 .await
@@ -504,5 +518,5 @@ async fn db_updates_follow_databases_as_they_change() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines[0]["db_name"], "c", "{text}");
-    assert_eq!(lines[1]["last_seq"], last + 1, "{text}");
+    assert_eq!(seq_n(&lines[1]["last_seq"]), last_n + 1, "{text}");
 }

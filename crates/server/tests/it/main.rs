@@ -3,6 +3,7 @@
 
 mod access;
 mod api;
+mod attachments;
 mod auth;
 mod bounds;
 mod compaction;
@@ -22,7 +23,9 @@ mod model;
 mod mux;
 mod ops;
 mod paging;
+mod purge;
 mod roundtrip;
+mod seqs;
 mod support;
 mod tls;
 mod validation;

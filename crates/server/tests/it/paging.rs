@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::TestServer;
+use crate::support::{TestServer, seq_n};
 
 async fn bulk(s: &TestServer, ids: impl Iterator<Item = String>) {
     let docs: Vec<Value> = ids.map(|id| json!({"_id": id})).collect();
@@ -34,13 +34,13 @@ async fn changes_pending_is_exact_for_short_tails_and_an_upper_bound_beyond() {
     // 1,190 rows remain after the page; past 1,000 the answer is the smaller of the sequences
     // after it (1,290) and the documents (1,200).
     let page = s.expect("GET", "/db/_changes?limit=10", None, 200).await;
-    assert_eq!(page["last_seq"], 10);
+    assert_eq!(seq_n(&page["last_seq"]), 10);
     assert_eq!(page["pending"], 1200);
     // A short tail is counted exactly.
     let page = s
         .expect("GET", "/db/_changes?since=1250&limit=10", None, 200)
         .await;
-    assert_eq!(page["last_seq"], 1260);
+    assert_eq!(seq_n(&page["last_seq"]), 1260);
     assert_eq!(page["pending"], 40);
 }
 

@@ -143,3 +143,38 @@ fn ids_in(rows: &Value) -> Vec<String> {
         .map(|r| r["id"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// The numeric prefix of a sequence as the API shows it (`"N-<suffix>"`), asserting that form:
+/// what tests compare where the order of sequences matters.
+pub fn seq_n(seq: &Value) -> u64 {
+    let text = seq
+        .as_str()
+        .unwrap_or_else(|| panic!("a sequence is a string: {seq}"));
+    let (n, suffix) = text
+        .split_once('-')
+        .unwrap_or_else(|| panic!("a sequence is N-<suffix>: {text}"));
+    assert!(
+        !suffix.is_empty()
+            && suffix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "a sequence's suffix is URL-safe: {text}"
+    );
+    n.parse()
+        .unwrap_or_else(|_| panic!("a sequence starts with a number: {text}"))
+}
+
+/// The suffix of a sequence, which names the database's incarnation.
+pub fn seq_suffix(seq: &Value) -> String {
+    seq_n(seq);
+    let text = seq.as_str().unwrap();
+    text.split_once('-').unwrap().1.to_owned()
+}
+
+/// A sequence as a `since=` query parameter: a string as it is, anything else as JSON.
+pub fn seq_param(seq: &Value) -> String {
+    match seq {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

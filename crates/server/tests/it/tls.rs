@@ -167,7 +167,7 @@ async fn live_changes_feeds_run_over_http2() {
         .json()
         .await
         .unwrap();
-    let since = info["update_seq"].clone();
+    let since = info["update_seq"].as_str().unwrap().to_owned();
     let poll = {
         let (client, url) = (
             client.clone(),

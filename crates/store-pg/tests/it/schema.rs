@@ -32,7 +32,7 @@ fn sql(schema: &Schema, statements: &'static str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_1_store_gains_per_document_access() {
+async fn a_version_1_store_gains_per_document_access_and_purge_counters() {
     let Some(url) = postgres_url() else { return };
     let schema = Schema::new(&url);
     {
@@ -44,10 +44,11 @@ async fn a_version_1_store_gains_per_document_access() {
             .unwrap();
         store.close();
     }
-    // The store as version 1 left it: no access tables.
+    // The store as version 1 left it: no access tables, no purge counters.
     sql(
         &schema,
         "DROP TABLE access_rows; DROP TABLE access_dbs;
+         ALTER TABLE dbs DROP COLUMN purge_seq; ALTER TABLE dbs DROP COLUMN purged_infos_limit;
          UPDATE meta SET value = '1' WHERE key = 'schema_version'",
     );
     let store = schema.open().await;
@@ -57,9 +58,11 @@ async fn a_version_1_store_gains_per_document_access() {
             "SELECT value FROM meta WHERE key = 'schema_version'"
         )
         .as_deref(),
-        Some("3")
+        Some(outpost_store_pg::SCHEMA_VERSION.to_string().as_str())
     );
-    assert!(!store.db_info("old").await.unwrap().access);
+    let old = store.db_info("old").await.unwrap();
+    assert!(!old.access);
+    assert_eq!((old.purge_seq, old.purged_infos_limit), (0, 1000));
     assert_eq!(store.doc("old", "a").await.unwrap().unwrap().seq, 1);
     store
         .create_db_with("shared", &DbOptions { access: true })
@@ -89,7 +92,7 @@ async fn a_version_1_store_gains_per_document_access() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_2_store_gains_the_shared_configuration() {
+async fn a_version_5_store_gains_the_shared_configuration() {
     let Some(url) = postgres_url() else { return };
     let schema = Schema::new(&url);
     {
@@ -97,11 +100,11 @@ async fn a_version_2_store_gains_the_shared_configuration() {
         store.create_db("old").await.unwrap();
         store.close();
     }
-    // The store as version 2 left it: no configuration table, no version counter.
+    // The store as version 5 left it: no configuration table, no version counter.
     sql(
         &schema,
         "DROP TABLE config; DELETE FROM counters WHERE name = 'config';
-         UPDATE meta SET value = '2' WHERE key = 'schema_version'",
+         UPDATE meta SET value = '5' WHERE key = 'schema_version'",
     );
     let store = schema.open().await;
     assert_eq!(
@@ -110,7 +113,7 @@ async fn a_version_2_store_gains_the_shared_configuration() {
             "SELECT value FROM meta WHERE key = 'schema_version'"
         )
         .as_deref(),
-        Some("3")
+        Some(outpost_store_pg::SCHEMA_VERSION.to_string().as_str())
     );
     assert!(store.db_info("old").await.is_ok());
     let shared = store.shared_config().unwrap();
@@ -124,4 +127,52 @@ async fn a_version_2_store_gains_the_shared_configuration() {
     let (version, found) = shared.config_section("admins").await.unwrap();
     assert_eq!(version, 1);
     assert_eq!(found.get("ann").map(String::as_str), Some("hash"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_4_store_keeps_its_attachments_as_they_were_stored() {
+    use outpost_store::conformance::compaction::{with_attachment, write};
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::new(&url);
+    let bytes = b"plain text stored before attachments could be encoded".repeat(50);
+    let (update, digest) = with_attachment("d", None, &bytes);
+    let rev;
+    {
+        let store = schema.open().await;
+        store.create_db("db").await.unwrap();
+        rev = write(&store, "db", update).await;
+        store.close();
+    }
+    // Version 4 stored every attachment as it came, its stub without `encoding`.
+    sql(
+        &schema,
+        "UPDATE meta SET value = '4' WHERE key = 'schema_version'",
+    );
+    let store = schema.open().await;
+    assert_eq!(
+        sql(
+            &schema,
+            "SELECT value FROM meta WHERE key = 'schema_version'"
+        )
+        .as_deref(),
+        Some(outpost_store_pg::SCHEMA_VERSION.to_string().as_str())
+    );
+    let body = store.rev_bodies("db", "d", &[rev]).await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&body[0].1.json).unwrap();
+    let stub = &body["_attachments"]["f"];
+    assert_eq!(stub["digest"], json!(digest));
+    assert_eq!(stub["length"], json!(bytes.len()));
+    assert_eq!(outpost_core::attachment::encoded_length(stub), None);
+    assert_eq!(store.attachment(&digest).await.unwrap(), Some(bytes));
+    store.close();
+    // A store of a later version than this build's is refused rather than misread.
+    sql(
+        &schema,
+        "UPDATE meta SET value = '7' WHERE key = 'schema_version'",
+    );
+    assert!(
+        outpost_store_pg::PgStore::open(&url, Some(&schema.name))
+            .await
+            .is_err()
+    );
 }

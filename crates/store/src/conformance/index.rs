@@ -97,6 +97,42 @@ pub async fn rows_come_back_in_collation_order_then_doc_id(store: Arc<dyn Store>
     assert_eq!(scan(&*store, &desc).await, reversed);
 }
 
+pub async fn counts_stop_at_the_cap_and_ignore_paging(store: Arc<dyn Store>) {
+    store.create_db("db").await.unwrap();
+    assert!(matches!(
+        store.count_index("db", "ix", &all(), 10).await,
+        Err(StoreError::NotFound)
+    ));
+    let docs = (0..10)
+        .map(|i| rows(&format!("d{i}"), &[json!(i)]))
+        .collect();
+    assert!(store.update_index("db", step(0, 10, docs)).await.unwrap());
+    let count = |q: IndexQuery, cap: u64| {
+        let store = Arc::clone(&store);
+        async move { store.count_index("db", "ix", &q, cap).await.unwrap() }
+    };
+    assert_eq!(count(all(), 100).await, Some(10));
+    assert_eq!(count(all(), 10).await, Some(10));
+    assert_eq!(count(all(), 9).await, None);
+    // Below 4 exclusive: 0..=3; `skip`, `limit` and order change nothing.
+    let below = IndexQuery {
+        upper: Some(KeyBound::upper(&json!(4), false)),
+        skip: 2,
+        limit: 1,
+        descending: true,
+        ..all()
+    };
+    assert_eq!(count(below.clone(), 100).await, Some(4));
+    assert_eq!(count(below, 3).await, None);
+    // From 4 inclusive to 6 inclusive.
+    let mid = IndexQuery {
+        lower: Some(KeyBound::lower(&json!(4), true)),
+        upper: Some(KeyBound::upper(&json!(6), true)),
+        ..all()
+    };
+    assert_eq!(count(mid, 100).await, Some(3));
+}
+
 pub async fn ranges_skip_and_limit(store: Arc<dyn Store>) {
     store.create_db("db").await.unwrap();
     let docs = (0..10)

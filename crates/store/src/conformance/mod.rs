@@ -7,11 +7,13 @@
 //! PostgreSQL engine pass exactly the same checks.
 
 pub mod access;
+pub mod attachments;
 pub mod basics;
 pub mod compaction;
 pub mod documents;
 pub mod index;
 pub mod lease;
+pub mod purge;
 
 use std::sync::Arc;
 
@@ -56,9 +58,13 @@ macro_rules! conformance_suite {
             basics::a_conflicting_edit_fails_alone,
             basics::local_documents_check_their_revision,
             basics::attachments_are_read_whole_or_by_range,
+            attachments::encoded_attachments_keep_their_bytes_and_coding_through_every_revision,
+            attachments::the_same_bytes_stored_encoded_and_as_they_are_keep_both_meanings,
+            attachments::a_new_attachment_in_a_coding_that_cannot_be_served_is_refused,
             basics::batched_reads_match_single_reads_in_the_order_asked,
             index::rows_come_back_in_collation_order_then_doc_id,
             index::ranges_skip_and_limit,
+            index::counts_stop_at_the_cap_and_ignore_paging,
             index::a_step_replaces_a_documents_rows_and_applies_only_where_it_started,
             index::include_docs_joins_the_current_winner,
             index::indexes_are_listed_dropped_and_go_with_their_database,
@@ -74,7 +80,13 @@ macro_rules! conformance_suite {
             lease::a_lease_has_one_holder_until_it_expires_or_is_released,
             lease::an_expired_lease_is_taken_over,
             access::a_reader_sees_what_names_them_and_losing_it_as_a_deletion,
-            access::feeds_follow_the_model_and_page_exactly
+            access::feeds_follow_the_model_and_page_exactly,
+            purge::purging_every_leaf_removes_the_document,
+            purge::purging_some_leaves_keeps_the_rest_with_a_new_winner,
+            purge::purged_attachment_bytes_are_collected,
+            purge::an_index_step_from_before_a_purge_writes_no_rows_for_it,
+            purge::a_purged_document_leaves_the_access_index,
+            purge::the_purged_infos_limit_is_kept_per_database
         );
     };
     (@checks $open:path; $($area:ident :: $check:ident),* $(,)?) => {

@@ -58,6 +58,16 @@ pub trait DocTx {
         winner: &str,
         deleted: bool,
     ) -> Result<(), StoreError>;
+    /// Deletes the stored bodies of a document's revisions other than `keep`, after copying
+    /// each one's deletion flag into its events (replay needs it once the body is gone).
+    /// Answers the bytes of body freed and whether a body deleted had attachments.
+    fn drop_bodies(&self, db: i64, doc: &str, keep: &[String]) -> Result<(i64, bool), StoreError>;
+    /// Removes every trace of a purged document but its bodies (dropped first, by
+    /// [`DocTx::drop_bodies`]): its row, its events and baseline, its access rows, and its rows
+    /// in every secondary index of the database. An engine whose index steps can run
+    /// concurrently must lock the database's indexes here so that a step computed before the
+    /// purge cannot write the document's rows back (see [`crate::index`]).
+    fn forget_doc(&self, db: i64, doc: &str) -> Result<(), StoreError>;
 }
 
 /// The results of a document write, one per update, once every document is applied; and the
@@ -143,6 +153,8 @@ pub struct DbState {
     pub policy: Policy,
     /// Whether the database keeps an access index (per-document access).
     pub access: bool,
+    /// Document purges so far (`purge_seq`).
+    pub purge_seq: u64,
 }
 
 /// Either a per-document refusal or a failure of the whole transaction.
@@ -240,7 +252,7 @@ fn apply_doc_group(
     // so the revisions a replicator sends together (a peer's resolution and its tombstones) are
     // judged together.
     if accepted && state.policy != Policy::Manual {
-        resolve_automatically(tx, pending, state, &mut doc)?;
+        settle_automatically(tx, pending, state, &mut doc)?;
     }
     doc.store(pending, state, now)
 }
@@ -255,6 +267,9 @@ struct DocWrite {
     was_deleted: Option<bool>,
     /// Events of the revisions added, in order; they are written with the document's sequence.
     events: Vec<PendingEvent>,
+    /// The revisions replicated writes of this request added to the tree, for judging
+    /// resolutions made elsewhere ([`policy::settle`]).
+    arrived: Vec<Rev>,
 }
 
 /// An accepted revision's event, waiting for its document's sequence.
@@ -264,6 +279,7 @@ struct PendingEvent {
     parent: Option<Rev>,
     origin: String,
     detail: Option<String>,
+    deleted: bool,
 }
 
 impl DocWrite {
@@ -282,6 +298,7 @@ impl DocWrite {
             tree,
             was_deleted,
             events: Vec::new(),
+            arrived: Vec::new(),
         })
     }
 
@@ -312,6 +329,7 @@ impl DocWrite {
             parent: revision.parent.cloned(),
             origin: origin.label(),
             detail,
+            deleted: revision.deleted,
         });
         // Counted when stored in the transaction, so a rolled-back batch is counted too; rare
         // enough (a failed commit) not to matter for rates.
@@ -380,6 +398,35 @@ impl DocWrite {
             _ => {}
         }
         self.was_deleted = Some(deleted);
+        self.write_events(pending, state, now);
+        Ok(())
+    }
+
+    /// A purge took every revision: the document's row and history go, and only the events
+    /// of the purge are left, under a new sequence, so that the log says what happened and
+    /// replay (which finds an empty tree) rebuilds no document. The row and history go at once;
+    /// the events wait in `pending`, which must hold no earlier write of the document.
+    fn forget(
+        &mut self,
+        tx: &dyn DocTx,
+        pending: &mut Pending,
+        state: &mut DbState,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        tx.forget_doc(state.id, &self.id)?;
+        match self.was_deleted {
+            Some(true) => state.doc_del_count -= 1,
+            Some(false) => state.doc_count -= 1,
+            None => {}
+        }
+        self.was_deleted = None;
+        state.seq += 1;
+        self.write_events(pending, state, now);
+        Ok(())
+    }
+
+    /// Appends the pending events under the document's sequence (`state.seq`).
+    fn write_events(&mut self, pending: &mut Pending, state: &DbState, now: i64) {
         for (pos, event) in self.events.drain(..).enumerate() {
             pending.writes.events.push(EventWrite {
                 db: state.id,
@@ -392,10 +439,81 @@ impl DocWrite {
                 origin: event.origin,
                 at: now / 1000,
                 detail: event.detail,
+                deleted: event.deleted,
             });
         }
-        Ok(())
     }
+}
+
+/// The kind of the event that records a purged leaf.
+pub const PURGED: &str = "purged";
+
+/// The result of [`apply_purge`]: what it did, and the database's sequence afterwards.
+pub type PurgeStep = (crate::PurgeOutcome, u64);
+
+/// `_purge` in the writer's transaction (see [`crate::Store::purge`]): each document's tree is
+/// loaded, purged and stored (or forgotten, when no leaf is left) under one new sequence, with
+/// one `purged` event per leaf purged; the purged revisions' bodies go.
+///
+/// Each document's writes are handed to the engine before the next document is read: bodies
+/// are dropped and forgotten documents removed at once, so a later request for the same
+/// document must find the engine up to date, and no batched write may land after a removal.
+pub fn apply_purge(
+    tx: &dyn DocTx,
+    db: &str,
+    requests: &[crate::PurgeRequest],
+    now: i64,
+) -> Result<PurgeStep, StoreError> {
+    let mut state = load_state(tx, db)?;
+    let mut outcome = crate::PurgeOutcome::default();
+    for request in requests {
+        state.purge_seq += 1;
+        let row = tx
+            .doc_rows(state.id, &[request.id.as_str()])?
+            .remove(&request.id);
+        let mut doc = DocWrite::new(&request.id, row)?;
+        // Each purged leaf's deletion flag, for its event, before the tree forgets it.
+        let flags: HashMap<Rev, bool> = request
+            .revs
+            .iter()
+            .filter_map(|r| doc.tree.is_deleted_rev(r).map(|d| (r.clone(), d)))
+            .collect();
+        let purged = doc.tree.purge(&request.revs);
+        if purged.leaves.is_empty() {
+            outcome.purged.push((request.id.clone(), Vec::new()));
+            continue;
+        }
+        let keep: Vec<String> = doc.tree.revs().map(Rev::to_string).collect();
+        let (freed, attachments) = tx.drop_bodies(state.id, &doc.id, &keep)?;
+        state.active_size = (state.active_size - freed).max(0);
+        outcome.attachments |= attachments;
+        let detail = serde_json::json!({
+            "removed": purged.removed.iter().map(Rev::to_string).collect::<Vec<_>>(),
+        })
+        .to_string();
+        for leaf in &purged.leaves {
+            doc.events.push(PendingEvent {
+                kind: PURGED,
+                rev: leaf.clone(),
+                parent: None,
+                origin: Origin::Client.label(),
+                detail: Some(detail.clone()),
+                deleted: flags.get(leaf).copied().unwrap_or(false),
+            });
+        }
+        metrics::counter!("outpost_documents_purged_total").increment(1);
+        let mut pending = Pending::default();
+        if doc.tree.is_empty() {
+            doc.forget(tx, &mut pending, &mut state, now)?;
+        } else {
+            doc.store(&mut pending, &mut state, now)?;
+        }
+        pending.flush(tx, state.id)?;
+        outcome.purged.push((request.id.clone(), purged.leaves));
+    }
+    tx.save_state(&state)?;
+    outcome.purge_seq = state.purge_seq;
+    Ok((outcome, state.seq))
 }
 
 fn load_bodies(
@@ -427,24 +545,83 @@ fn generation_limit_error(rev: &Rev) -> DocError {
     ))
 }
 
-/// Applies the database's policy to a document that may have live conflicts.
-fn resolve_automatically(
+/// The text of a fingerprint, for logs.
+fn fingerprint_text(fingerprint: Option<&Value>) -> String {
+    fingerprint.map_or_else(|| "manual".to_owned(), Value::to_string)
+}
+
+/// Applies the database's policy to a document a request just wrote: judges resolutions that
+/// replicated writes brought in from replicas with other settings (bringing back a branch one
+/// deleted when this replica's policy keeps it), then resolves live conflicts.
+fn settle_automatically(
     tx: &dyn DocTx,
     pending: &mut Pending,
     state: &mut DbState,
     doc: &mut DocWrite,
 ) -> Result<(), StoreError> {
-    let needed = policy::needed_bodies(&state.policy, &doc.tree);
+    let needed = policy::settle_bodies(&state.policy, &doc.tree, &doc.arrived);
     if needed.is_empty() {
         return Ok(());
     }
     let bodies = load_bodies(tx, pending, state.id, &doc.id, &needed)?;
-    let resolution = match policy::resolve(&state.policy, &doc.tree, &bodies) {
+    let settled = policy::settle(&state.policy, &doc.tree, &bodies, &doc.arrived);
+    let ours = state.policy.fingerprint();
+    for foreign in &settled.foreign {
+        // Replicas resolve this document under other settings: worth an operator's attention
+        // whatever this replica made of it, since they will disagree again on other documents.
+        tracing::warn!(
+            doc = %doc.id,
+            ours = %fingerprint_text(ours.as_ref()),
+            theirs = %foreign.theirs,
+            tombstone = %foreign.tombstone,
+            verdict = foreign.verdict.as_str(),
+            "a conflict resolution made under other settings arrived",
+        );
+        metrics::counter!("outpost_conflicts_policy_mismatch_total", "policy" => state.policy.name(), "verdict" => foreign.verdict.as_str())
+            .increment(1);
+    }
+    if let Some(back) = &settled.reinstated {
+        let theirs = settled
+            .foreign
+            .iter()
+            .find(|f| f.tombstone == back.tombstone)
+            .map(|f| f.theirs.clone());
+        let detail = serde_json::json!({
+            "policy": state.policy.name(),
+            "reinstates": back.branch.to_string(),
+            "resolution": theirs,
+        })
+        .to_string();
+        let Value::Object(body) = &back.body else {
+            return Err(StoreError::Corrupt(format!(
+                "body of {} {} is not an object",
+                doc.id, back.branch
+            )));
+        };
+        doc.tree
+            .add_edit(Some(&back.tombstone), back.rev.clone(), false)
+            .map_err(|_| {
+                StoreError::Corrupt(format!(
+                    "reinstatement of {} does not extend a leaf",
+                    doc.id
+                ))
+            })?;
+        let revision = NewRevision {
+            rev: &back.rev,
+            parent: Some(&back.tombstone),
+            deleted: false,
+            body,
+            kind: "reinstated",
+        };
+        doc.add(pending, state, &revision, &Origin::Resolver, Some(detail))?;
+    }
+    let resolution = match settled.resolution {
         Ok(Some(resolution)) => resolution,
         Ok(None) => return Ok(()),
         Err(why) => {
-            // Another replica, one that holds what this one lacks, resolves it.
-            tracing::debug!(doc = %doc.id, reason = why.as_str(), "conflict left for a replica that can resolve it");
+            // Another replica, one that holds what this one lacks, resolves it; or, when replicas
+            // disagree, a person does.
+            tracing::debug!(doc = %doc.id, reason = why.as_str(), "conflict left unresolved");
             metrics::counter!("outpost_conflicts_unresolved_total", "policy" => state.policy.name(), "reason" => why.as_str())
                 .increment(1);
             return Ok(());
@@ -470,10 +647,12 @@ fn resolve_automatically(
         }
         None => None,
     };
+    let tombstone = state.policy.tombstone_body();
     let written = Resolved {
         winner: &resolution.winner,
         kept,
         tombstones: &resolution.tombstones,
+        tombstone: &tombstone,
         origin: &Origin::Resolver,
         detail: &detail,
     };
@@ -560,6 +739,7 @@ pub fn apply_manual_resolution(
         winner: &winner,
         kept: Some((&rev, &body)),
         tombstones: &tombstones,
+        tombstone: &Map::new(),
         origin: &update.origin,
         detail: &detail,
     };
@@ -577,6 +757,8 @@ struct Resolved<'a> {
     kept: Option<(&'a Rev, &'a Map<String, Value>)>,
     /// (losing leaf, its tombstone).
     tombstones: &'a [(Rev, Rev)],
+    /// The tombstones' body: a policy's fingerprint, or `{}` for a person's resolution.
+    tombstone: &'a Map<String, Value>,
     origin: &'a Origin,
     /// The event detail: policy and superseded leaves.
     detail: &'a str,
@@ -589,14 +771,13 @@ fn commit_resolution(
     doc: &mut DocWrite,
     resolved: &Resolved<'_>,
 ) -> Result<(), StoreError> {
-    let empty = Map::new();
     let kept = resolved
         .kept
         .map(|(rev, body)| (rev, resolved.winner, false, body));
     let tombstones = resolved
         .tombstones
         .iter()
-        .map(|(loser, tomb)| (tomb, loser, true, &empty));
+        .map(|(loser, tomb)| (tomb, loser, true, resolved.tombstone));
     for (rev, parent, deleted, body) in kept.into_iter().chain(tombstones) {
         doc.tree
             .add_edit(Some(parent), rev.clone(), deleted)
@@ -690,6 +871,7 @@ fn apply_doc(
             let added = tree
                 .merge_path(path, update.deleted)
                 .map_err(|_| DocError::InvalidPath)?;
+            doc.arrived.extend(added.iter().cloned());
             let parent = tree.parent(&leaf).cloned();
             // The path is kept with the event so that replaying the log rebuilds the same tree.
             let detail = serde_json::json!({ "path": path.iter().map(Rev::to_string).collect::<Vec<_>>(), "added": added.len() });
@@ -794,6 +976,7 @@ fn resolve_attachments(
                 }
             }
         } else {
+            check_encoding(name, obj)?;
             if !(replicated && obj.get("revpos").and_then(Value::as_u64).is_some()) {
                 obj.insert("revpos".into(), Value::from(generation));
             }
@@ -801,6 +984,28 @@ fn resolve_attachments(
         }
     }
     Ok(())
+}
+
+/// Refuses a new attachment whose stored coding is not one the server can serve: identity (no
+/// `encoding`), or gzip with the size stored in `encoded_length`. The stub keeps both, so every
+/// revision that takes the attachment over (an edit's stub, a resolution) knows how its bytes
+/// are stored.
+fn check_encoding(name: &str, entry: &Map<String, Value>) -> Result<(), DocError> {
+    use outpost_core::attachment::{ENCODED_LENGTH, ENCODING, GZIP};
+    let encoding = entry.get(ENCODING);
+    let encoded_length = entry.get(ENCODED_LENGTH);
+    let valid = match encoding {
+        None => encoded_length.is_none(),
+        Some(Value::String(e)) if e == GZIP => encoded_length.and_then(Value::as_u64).is_some(),
+        Some(_) => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(DocError::Invalid(format!(
+            "attachment {name}: encoding must be absent, or \"gzip\" with an encoded_length"
+        )))
+    }
 }
 
 fn load_attachment_maps(

@@ -71,6 +71,8 @@ pub struct EventWrite {
     /// Seconds since the Unix epoch.
     pub at: i64,
     pub detail: Option<String>,
+    /// Whether the revision is a deletion: replay reads it from the log, never from the tables.
+    pub deleted: bool,
 }
 
 /// The writes of a step not handed to the engine yet, and what the step's later reads need

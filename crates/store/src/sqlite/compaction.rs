@@ -3,9 +3,9 @@
 //! Like CouchDB's, a compaction keeps every document's revision tree and the bodies of its leaves,
 //! and drops the bodies of every other revision: superseded ones and those stemmed out of the tree
 //! by `_revs_limit`. Reading such a revision then answers `missing`. The event log keeps what
-//! replay needs (revision, parent, merged path, and the deletion flag, copied from the body's row
-//! into the event just before the row goes), so it outlives the bodies; how much of the log is
-//! kept is retention's business (`retention.rs`), applied first.
+//! replay needs (revision, parent, merged path and deletion flag) without any body, so it
+//! outlives the bodies; how much of the log is kept is retention's business (`retention.rs`),
+//! applied first.
 //!
 //! Attachment bytes are stored once per digest and shared by every revision, document and
 //! database that has the same bytes. They are collected by mark and sweep rather than reference
@@ -77,13 +77,6 @@ pub(super) fn drop_superseded(
         if gone.is_empty() {
             continue;
         }
-        // The event log keeps the deletion flag replay needs once the row that holds it is gone.
-        tx.prepare_cached(
-            "UPDATE events SET deleted = r.deleted FROM revs r
-             WHERE events.db = ?1 AND events.doc = ?2 AND events.deleted IS NULL
-               AND r.db = events.db AND r.doc = events.doc AND r.rev = events.rev",
-        )?
-        .execute(params![db, id])?;
         let mut delete =
             tx.prepare_cached("DELETE FROM revs WHERE db = ?1 AND doc = ?2 AND rev = ?3")?;
         for (rev, length) in gone {

@@ -15,7 +15,8 @@ impl DocTx for Connection {
         Ok(self
             .prepare_cached(
                 "SELECT id, update_seq, revs_limit, doc_count, doc_del_count, active_size, policy,
-                        lww_field, EXISTS (SELECT 1 FROM access_dbs a WHERE a.db = dbs.id)
+                        lww_field, EXISTS (SELECT 1 FROM access_dbs a WHERE a.db = dbs.id),
+                        purge_seq
                  FROM dbs WHERE name = ?1",
             )?
             .query_row([name], |r| {
@@ -29,6 +30,7 @@ impl DocTx for Connection {
                     policy: Policy::from_parts(&r.get::<_, String>(6)?, r.get(7)?)
                         .unwrap_or_default(),
                     access: r.get(8)?,
+                    purge_seq: r.get::<_, i64>(9)? as u64,
                 })
             })
             .optional()?)
@@ -36,7 +38,8 @@ impl DocTx for Connection {
 
     fn save_state(&self, state: &DbState) -> Result<(), StoreError> {
         self.prepare_cached(
-            "UPDATE dbs SET update_seq = ?2, doc_count = ?3, doc_del_count = ?4, active_size = ?5
+            "UPDATE dbs SET update_seq = ?2, doc_count = ?3, doc_del_count = ?4, active_size = ?5,
+                 purge_seq = ?6
              WHERE id = ?1",
         )?
         .execute(params![
@@ -44,7 +47,8 @@ impl DocTx for Connection {
             state.seq as i64,
             state.doc_count,
             state.doc_del_count,
-            state.active_size
+            state.active_size,
+            state.purge_seq as i64
         ])?;
         Ok(())
     }
@@ -109,8 +113,8 @@ impl DocTx for Connection {
             ])?;
         }
         let mut stmt = self.prepare_cached(
-            "INSERT INTO events (db, seq, pos, kind, doc, rev, parent, origin, at, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO events (db, seq, pos, kind, doc, rev, parent, origin, at, detail, deleted)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
         for e in &w.events {
             stmt.execute(params![
@@ -124,6 +128,7 @@ impl DocTx for Connection {
                 e.origin,
                 e.at,
                 e.detail,
+                e.deleted,
             ])?;
         }
         Ok(())
@@ -138,5 +143,46 @@ impl DocTx for Connection {
         deleted: bool,
     ) -> Result<(), StoreError> {
         super::access::index_doc(self, db, id, seq, winner, deleted)
+    }
+
+    fn drop_bodies(&self, db: i64, doc: &str, keep: &[String]) -> Result<(i64, bool), StoreError> {
+        let keep = serde_json::to_string(keep).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.prepare_cached(
+            "UPDATE events SET deleted = r.deleted FROM revs r
+             WHERE events.db = ?1 AND events.doc = ?2 AND events.deleted IS NULL
+               AND r.db = events.db AND r.doc = events.doc AND r.rev = events.rev",
+        )?
+        .execute(params![db, doc])?;
+        let (freed, attachments): (i64, bool) = self
+            .prepare_cached(
+                "SELECT coalesce(sum(length(body)), 0),
+                        coalesce(max(instr(body, '\"_attachments\"') > 0), 0)
+                 FROM revs WHERE db = ?1 AND doc = ?2
+                   AND rev NOT IN (SELECT value FROM json_each(?3))",
+            )?
+            .query_row(params![db, doc, keep], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        self.prepare_cached(
+            "DELETE FROM revs WHERE db = ?1 AND doc = ?2
+               AND rev NOT IN (SELECT value FROM json_each(?3))",
+        )?
+        .execute(params![db, doc, keep])?;
+        Ok((freed, attachments))
+    }
+
+    fn forget_doc(&self, db: i64, doc: &str) -> Result<(), StoreError> {
+        for table in ["docs", "event_baselines"] {
+            let column = if table == "docs" { "id" } else { "doc" };
+            self.prepare_cached(&format!(
+                "DELETE FROM {table} WHERE db = ?1 AND {column} = ?2"
+            ))?
+            .execute(params![db, doc])?;
+        }
+        self.prepare_cached("DELETE FROM events WHERE db = ?1 AND doc = ?2")?
+            .execute(params![db, doc])?;
+        self.prepare_cached("DELETE FROM access_rows WHERE db = ?1 AND doc = ?2")?
+            .execute(params![db, doc])?;
+        // The one writer orders index steps and purges, and a step writes no rows for a
+        // document that no longer exists (`index::apply_update`).
+        super::index::forget_doc(self, db, doc)
     }
 }

@@ -46,6 +46,28 @@ CREATE INDEX IF NOT EXISTS index_rows_by_doc ON index_rows (ix, doc);
 const DELETE_DOC_ROWS: &str =
     "DELETE FROM index_rows INDEXED BY index_rows_by_doc WHERE ix = ?1 AND doc = ?2";
 
+/// Whether a document was purged after a sequence, the `upto` of a step (see [`crate::index`]).
+const PURGED_SINCE: &str =
+    "SELECT 1 FROM events WHERE db = ?1 AND doc = ?2 AND seq > ?3 AND kind = 'purged'";
+
+/// Deletes a purged document's rows from every index of its database.
+pub(super) fn forget_doc(tx: &Connection, db: i64, doc: &str) -> Result<(), StoreError> {
+    let indexes: Vec<i64> = tx
+        .prepare_cached("SELECT id FROM indexes WHERE db = ?1")?
+        .query_map([db], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut delete = tx.prepare_cached(DELETE_DOC_ROWS)?;
+    let mut count =
+        tx.prepare_cached("UPDATE indexes SET rows = max(0, rows - ?2) WHERE id = ?1")?;
+    for ix in indexes {
+        let removed = delete.execute(params![ix, doc])?;
+        if removed > 0 {
+            count.execute(params![ix, removed as i64])?;
+        }
+    }
+    Ok(())
+}
+
 fn db_id(c: &Connection, name: &str) -> Result<i64, StoreError> {
     c.prepare_cached("SELECT id FROM dbs WHERE name = ?1")?
         .query_row([name], |r| r.get(0))
@@ -170,6 +192,42 @@ pub fn scan(
     Ok(out)
 }
 
+/// Counts the rows within `q`'s bounds up to `cap`, from the `(ix, k)` index alone.
+pub fn count(
+    c: &Connection,
+    db: &str,
+    name: &str,
+    q: &IndexQuery,
+    cap: u64,
+) -> Result<Option<u64>, StoreError> {
+    let db = db_id(c, db)?;
+    let (ix, _) = find(c, db, name)?.ok_or(StoreError::NotFound)?;
+    let mut sql = String::from("SELECT count(*) FROM (SELECT 1 FROM index_rows r WHERE r.ix = ?1");
+    if let Some(lower) = &q.lower {
+        sql.push_str(if lower.inclusive() {
+            " AND r.k >= ?2"
+        } else {
+            " AND r.k > ?2"
+        });
+    }
+    if let Some(upper) = &q.upper {
+        sql.push_str(if upper.inclusive() {
+            " AND r.k <= ?3"
+        } else {
+            " AND r.k < ?3"
+        });
+    }
+    sql.push_str(" LIMIT ?4)");
+    let lower = q.lower.as_ref().map(|b| b.bytes());
+    let upper = q.upper.as_ref().map(|b| b.bytes());
+    let limit = i64::try_from(cap.saturating_add(1)).unwrap_or(i64::MAX);
+    let n: i64 = c
+        .prepare_cached(&sql)?
+        .query_row(params![ix, lower, upper, limit], |r| r.get(0))?;
+    let n = n.max(0) as u64;
+    Ok((n <= cap).then_some(n))
+}
+
 /// Applies one step of an index update in the writer. Answers whether it was applied: `false`
 /// when the index is no longer at `update.since` (another indexer moved it, or it was dropped),
 /// and the indexer should read its state again.
@@ -219,8 +277,16 @@ pub(super) fn apply_update(
         let mut insert = tx.prepare_cached(
             "INSERT INTO index_rows (ix, k, n, doc, key, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
+        let mut purged = tx.prepare_cached(PURGED_SINCE)?;
         for doc in &update.docs {
             removed += delete.execute(params![ix, doc.doc_id])? as i64;
+            // Rows computed before a purge of the document must not come back: a later step
+            // indexes what is left of it (it moved to a new sequence), if anything. The step's
+            // changes were read up to `upto`, so a purge after that read is above it.
+            let upto = i64::try_from(update.upto).unwrap_or(i64::MAX);
+            if purged.exists(params![db, doc.doc_id, upto])? {
+                continue;
+            }
             for (n, entry) in doc.rows.iter().enumerate() {
                 let key_json = serde_json::to_string(&entry.key)
                     .map_err(|e| StoreError::Corrupt(format!("index key: {e}")))?;

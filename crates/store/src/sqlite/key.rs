@@ -172,9 +172,34 @@ pub fn rekey(path: &Path, old: &StoreKey, new: &StoreKey) -> Result<(), StoreErr
     open(path, OpenFlags::SQLITE_OPEN_READ_ONLY, Some(new)).map(drop)
 }
 
+/// Writes a copy of the whole store `conn` has open into a new file at `target` (replaced if
+/// there), keyed with `key` (plain without one), with SQLCipher's `sqlcipher_export`.
+pub(super) fn export(
+    conn: &Connection,
+    target: &Path,
+    key: Option<&StoreKey>,
+) -> Result<(), StoreError> {
+    let _ = std::fs::remove_file(target);
+    let name = target
+        .to_str()
+        .ok_or_else(|| StoreError::Corrupt(format!("{} is not a UTF-8 path", target.display())))?;
+    let attach_key = key.map_or(String::new(), |k| k.pragma.clone());
+    conn.execute(
+        "ATTACH DATABASE ?1 AS exported KEY ?2",
+        rusqlite::params![name, attach_key],
+    )?;
+    // `auto_vacuum` is a property of the file and must be set before its first table.
+    conn.execute_batch(
+        "PRAGMA exported.auto_vacuum = INCREMENTAL;
+         SELECT sqlcipher_export('exported');
+         DETACH DATABASE exported;",
+    )?;
+    Ok(())
+}
+
 /// Takes the file for this connection alone (leaving WAL mode needs it), failing with a clear
 /// message when a server still has it open.
-fn exclusive(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+pub(super) fn exclusive(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     conn.execute_batch("PRAGMA busy_timeout = 0;")?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
@@ -225,21 +250,7 @@ pub fn convert(path: &Path, key: &StoreKey, encrypt: bool) -> Result<(), StoreEr
     let conn = open(path, OpenFlags::default(), from_key)?;
     exclusive(&conn, path)?;
     let tmp = path.with_extension("sqlite.converting");
-    let _ = std::fs::remove_file(&tmp);
-    let target = tmp
-        .to_str()
-        .ok_or_else(|| StoreError::Corrupt(format!("{} is not a UTF-8 path", tmp.display())))?;
-    let attach_key = to_key.map_or(String::new(), |k| k.pragma.clone());
-    conn.execute(
-        "ATTACH DATABASE ?1 AS converted KEY ?2",
-        rusqlite::params![target, attach_key],
-    )?;
-    // `auto_vacuum` is a property of the file and must be set before its first table.
-    conn.execute_batch(
-        "PRAGMA converted.auto_vacuum = INCREMENTAL;
-         SELECT sqlcipher_export('converted');
-         DETACH DATABASE converted;",
-    )?;
+    export(&conn, &tmp, to_key)?;
     drop(conn);
     // Proves the copy opens with its new key (or none) before it replaces the original.
     open(&tmp, OpenFlags::SQLITE_OPEN_READ_ONLY, to_key)?;

@@ -6,6 +6,7 @@ mod compaction;
 mod doctx;
 mod index;
 pub mod key;
+pub mod lock;
 mod read;
 pub mod replay;
 pub mod retention;
@@ -24,8 +25,8 @@ use tokio::sync::{oneshot, watch};
 use crate::{
     AccessCounts, AllDocsQuery, ChangeRow, ChangesQuery, CompactionMark, Compactions, DbInfo,
     DbOptions, DbUpdate, DocAccess, DocError, DocRecord, DocRow, DocUpdate, Event, EventsQuery,
-    IndexQuery, IndexRow, IndexState, IndexUpdate, LocalDoc, LocalDocRow, Retention, Store,
-    StoreError, StoredBody,
+    IndexQuery, IndexRow, IndexState, IndexUpdate, LocalDoc, LocalDocRow, PurgeOutcome,
+    PurgeRequest, Retention, Store, StoreError, StoredBody,
 };
 use writer::{Job, WriteOp, WriteReply};
 
@@ -36,6 +37,7 @@ pub const FILE_NAME: &str = "outpost.sqlite";
 const MAX_IDLE_READERS: usize = 8;
 
 pub use key::StoreKey;
+pub use lock::DataDirLock;
 pub use read::PENDING_EXACT_UP_TO;
 
 /// A [`Store`] on one SQLite file.
@@ -223,6 +225,7 @@ fn unexpected(reply: WriteReply) -> StoreError {
         WriteReply::Docs(_) => "docs",
         WriteReply::LocalRev(_) => "local rev",
         WriteReply::Resolved(_) => "resolved",
+        WriteReply::Purged(_) => "purged",
         WriteReply::Cursor(_) => "cursor",
         WriteReply::Count(_) => "count",
     };
@@ -268,6 +271,32 @@ impl Store for SqliteStore {
 
     async fn set_revs_limit(&self, db: &str, limit: u64) -> Result<(), StoreError> {
         self.write(WriteOp::SetRevsLimit {
+            db: db.to_owned(),
+            limit,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn purge(
+        &self,
+        db: &str,
+        requests: Vec<PurgeRequest>,
+    ) -> Result<PurgeOutcome, StoreError> {
+        match self
+            .write(WriteOp::Purge {
+                db: db.to_owned(),
+                requests,
+            })
+            .await?
+        {
+            WriteReply::Purged(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn set_purged_infos_limit(&self, db: &str, limit: u64) -> Result<(), StoreError> {
+        self.write(WriteOp::SetPurgedInfosLimit {
             db: db.to_owned(),
             limit,
         })
@@ -506,6 +535,18 @@ impl Store for SqliteStore {
     ) -> Result<Vec<IndexRow>, StoreError> {
         let (db, name, query) = (db.to_owned(), name.to_owned(), query.clone());
         self.read(move |c| index::scan(c, &db, &name, &query)).await
+    }
+
+    async fn count_index(
+        &self,
+        db: &str,
+        name: &str,
+        query: &IndexQuery,
+        cap: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let (db, name, query) = (db.to_owned(), name.to_owned(), query.clone());
+        self.read(move |c| index::count(c, &db, &name, &query, cap))
+            .await
     }
 
     async fn changes_pending(&self, db: &str, since: u64) -> Result<u64, StoreError> {

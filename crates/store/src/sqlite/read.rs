@@ -48,7 +48,8 @@ pub fn db_info(c: &Connection, name: &str, file: &Path) -> Result<DbInfo, StoreE
         .prepare_cached(
             "SELECT name, doc_count, doc_del_count, update_seq, revs_limit, active_size, created_at,
                     policy, lww_field, retention_count, retention_age,
-                    EXISTS (SELECT 1 FROM access_dbs a WHERE a.db = dbs.id)
+                    EXISTS (SELECT 1 FROM access_dbs a WHERE a.db = dbs.id),
+                    purge_seq, purged_infos_limit
              FROM dbs WHERE name = ?1",
         )?
         .query_row([name], |r| {
@@ -68,6 +69,8 @@ pub fn db_info(c: &Connection, name: &str, file: &Path) -> Result<DbInfo, StoreE
                 file_size: 0,
                 compact_running: false,
                 access: r.get(11)?,
+                purge_seq: r.get::<_, i64>(12)?.max(0) as u64,
+                purged_infos_limit: r.get::<_, i64>(13)?.max(0) as u64,
             })
         })
         .optional()?

@@ -9,11 +9,11 @@
 //! a `merge` resolution that needed one falls back to treating the fields as changed on both
 //! sides.
 
-use outpost_core::{Rev, RevTree};
+use outpost_core::RevTree;
 use rusqlite::{Connection, OptionalExtension, params};
-use serde_json::Value;
 
 use crate::StoreError;
+use crate::replay::{ReplayEvent, Setting, Settings, apply_event};
 
 /// How much history a database keeps.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -35,15 +35,6 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
-/// One event as replay needs it.
-pub struct ReplayEvent {
-    pub seq: u64,
-    pub rev: Rev,
-    pub parent: Option<Rev>,
-    pub path: Option<Vec<Rev>>,
-    pub deleted: bool,
-}
-
 /// Reads the events of one document (or all, when `doc` is `None`) in sequence order, with their
 /// document id.
 pub(super) fn read_events(
@@ -51,79 +42,57 @@ pub(super) fn read_events(
     db: i64,
     doc: Option<&str>,
 ) -> Result<Vec<(String, ReplayEvent)>, StoreError> {
-    // Compaction copies the deletion flag into the event before it drops a body's row.
-    let sql = "SELECT e.seq, e.doc, e.rev, e.parent, e.detail, coalesce(e.deleted, r.deleted)
-               FROM events e LEFT JOIN revs r ON r.db = e.db AND r.doc = e.doc AND r.rev = e.rev
-               WHERE e.db = ?1 AND (?2 IS NULL OR e.doc = ?2) ORDER BY e.seq, e.pos";
+    let sql = "SELECT seq, doc, rev, parent, detail, deleted, kind FROM events
+               WHERE db = ?1 AND (?2 IS NULL OR doc = ?2) ORDER BY seq, pos";
     let mut stmt = c.prepare_cached(sql)?;
     let mut rows = stmt.query(params![db, doc])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        let seq = row.get::<_, i64>(0)? as u64;
         let id: String = row.get(1)?;
-        let rev: Rev = row.get::<_, String>(2)?.parse().map_err(corrupt)?;
-        let parent: Option<Rev> = row
-            .get::<_, Option<String>>(3)?
-            .map(|p| p.parse())
-            .transpose()
-            .map_err(corrupt)?;
-        let detail: Option<Value> = row
-            .get::<_, Option<String>>(4)?
-            .map(|d| serde_json::from_str(&d))
-            .transpose()
-            .map_err(corrupt)?;
-        let path = match detail
-            .as_ref()
-            .and_then(|d| d.get("path"))
-            .and_then(Value::as_array)
-        {
-            Some(path) => Some(
-                path.iter()
-                    .map(|r| r.as_str().unwrap_or_default().parse())
-                    .collect::<Result<Vec<Rev>, _>>()
-                    .map_err(corrupt)?,
-            ),
-            None => None,
-        };
-        // The deletion flag lives with the revision until compaction drops its body and copies
-        // the flag into the event; neither holding it means the store lost data.
-        let deleted = row
-            .get::<_, Option<bool>>(5)?
-            .ok_or_else(|| corrupt(format!("event {seq}: no stored revision {rev} of {id}")))?;
-        out.push((
-            id,
-            ReplayEvent {
-                seq,
-                rev,
-                parent,
-                path,
-                deleted,
-            },
-        ));
+        let event = ReplayEvent::from_row(
+            &id,
+            &row.get::<_, String>(6)?,
+            row.get::<_, i64>(0)? as u64,
+            &row.get::<_, String>(2)?,
+            row.get::<_, Option<String>>(3)?.as_deref(),
+            row.get::<_, Option<String>>(4)?.as_deref(),
+            row.get::<_, Option<bool>>(5)?,
+        )?;
+        out.push((id, event));
     }
     Ok(out)
 }
 
-/// Applies one event to a tree exactly as the writer did. The writer stems a document once per
-/// sequence, after all of its events of that sequence: `last_of_seq` says whether this event is
-/// the last of its sequence.
-pub fn apply_event(
-    tree: &mut RevTree,
-    event: &ReplayEvent,
-    revs_limit: usize,
-    last_of_seq: bool,
-) -> Result<(), StoreError> {
-    let path: Vec<Rev> = match &event.path {
-        Some(path) => path.clone(),
-        None => std::iter::once(event.rev.clone())
-            .chain(event.parent.clone())
-            .collect(),
-    };
-    tree.merge_path(&path, event.deleted)
-        .map_err(|e| corrupt(format!("event {}: {e}", event.seq)))?;
-    if last_of_seq {
-        tree.stem(revs_limit.max(1));
+/// The setting events of database `db`, in order.
+pub(super) fn read_settings(c: &Connection, db: i64) -> Result<Settings, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT seq, kind, detail FROM settings_events WHERE db = ?1 ORDER BY seq, pos",
+    )?;
+    let mut rows = stmt.query([db])?;
+    let mut settings = Settings::default();
+    while let Some(row) = rows.next()? {
+        let setting = Setting::parse(&row.get::<_, String>(1)?, &row.get::<_, String>(2)?)?;
+        settings.push(row.get::<_, i64>(0)? as u64, setting);
     }
+    Ok(settings)
+}
+
+/// Records a setting change of database `db` in its log, at its current sequence: it applies to
+/// the writes after it.
+pub(super) fn record_setting(
+    c: &Connection,
+    db: i64,
+    setting: &Setting,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO settings_events (db, seq, pos, kind, detail, at)
+         SELECT d.id, d.update_seq,
+                (SELECT count(*) FROM settings_events s WHERE s.db = d.id AND s.seq = d.update_seq),
+                ?2, ?3, ?4
+         FROM dbs d WHERE d.id = ?1",
+    )?
+    .execute(params![db, setting.kind(), setting.detail(), now_ms])?;
     Ok(())
 }
 
@@ -146,12 +115,12 @@ pub(super) fn apply(
     c: &Connection,
     db: i64,
     retention: Retention,
-    revs_limit: usize,
     now_ms: i64,
 ) -> Result<u64, StoreError> {
     if retention.keeps_everything() {
         return Ok(0);
     }
+    let settings = read_settings(c, db)?;
     let cutoff = retention
         .max_age_seconds
         .map(|s| now_ms - (s as i64).saturating_mul(1000));
@@ -187,7 +156,12 @@ pub(super) fn apply(
                 break;
             }
             let last_of_seq = events.get(i + 1).is_none_or(|(_, e)| e.seq != event.seq);
-            apply_event(&mut tree, event, revs_limit, last_of_seq)?;
+            apply_event(
+                &mut tree,
+                event,
+                settings.revs_limit_for(event.seq),
+                last_of_seq,
+            )?;
         }
         let tree_json = serde_json::to_string(&tree).map_err(corrupt)?;
         c.prepare_cached(

@@ -14,20 +14,28 @@
 //!   documents and rebuilt from them when lost (see [`super::index`]);
 //! - `events`: the append-only event log, written in the same transaction as the projection.
 //!   A document takes one sequence per request however many revisions it received, so the
-//!   events of one sequence are told apart, and ordered, by `pos`.
+//!   events of one sequence are told apart, and ordered, by `pos`;
+//! - `settings_events`: the log's changes of the settings the tables depend on (`_revs_limit`,
+//!   the conflict policy), each at the database's sequence when it was made (see
+//!   [`crate::replay`]).
 //!
 //! Versions: 1 was the first; 2 adds `events.deleted` (so replay no longer needs the bodies that
 //! compaction drops), the `docs_live` index and incremental auto-vacuum (so compaction can give
 //! freed pages back to the file system); 3 keys events by `(db, seq, pos)`; 4 adds the index tables;
 //! 5 adds the access index of per-document access (`access_dbs`, `access_rows`, see
 //! [`super::access`]), so that an older build, which would serve every document of such a
-//! database to every member, refuses the file. [`migrate`] brings
-//! an older file forward on open, one version at a time.
+//! database to every member, refuses the file; 6 adds `settings_events` and fills in the
+//! deletion flag of every event, so that replay reads the log alone; 7 adds `dbs.purge_seq` and
+//! `dbs.purged_infos_limit` (`_purge`); 8 lets attachment stubs say their bytes are stored
+//! gzip-encoded (`encoding`, `encoded_length`, see [`outpost_core::attachment`]): no table
+//! changes and no row is rewritten (a stub without `encoding` is identity, as every stub written
+//! before is), but an older build, which would serve encoded bytes as the attachment itself,
+//! refuses the file. [`migrate`] brings an older file forward on open, one version at a time.
 
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this build writes.
-pub const VERSION: i64 = 5;
+pub const VERSION: i64 = 8;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -48,7 +56,10 @@ CREATE TABLE IF NOT EXISTS dbs (
     lww_field     TEXT,
     -- History retention applied by `_compact`; NULL keeps everything.
     retention_count INTEGER,
-    retention_age   INTEGER
+    retention_age   INTEGER,
+    -- Document purges so far, and CouchDB's `purged_infos_limit`.
+    purge_seq          INTEGER NOT NULL DEFAULT 0,
+    purged_infos_limit INTEGER NOT NULL DEFAULT 1000
 );
 
 -- A database's `_security` object as JSON text; no row means the server's default.
@@ -110,8 +121,8 @@ CREATE TABLE IF NOT EXISTS events (
     -- JSON: the revision path a replicated write added, and for resolutions the policy and the
     -- leaves superseded. Enough to replay the log into the document tables.
     detail TEXT,
-    -- Whether the revision is a deletion. NULL until compaction copies it here from `revs`, just
-    -- before it may drop that row; replay reads it from whichever holds it.
+    -- Whether the revision is a deletion (NULL only in a store older than version 6, whose
+    -- upgrade fills it in).
     deleted INTEGER,
     -- The event's place among the events of its sequence (0, 1, ...).
     pos    INTEGER NOT NULL DEFAULT 0,
@@ -127,6 +138,19 @@ CREATE TABLE IF NOT EXISTS db_updates (
     type TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS db_updates_by_seq ON db_updates (seq);
+
+-- A change of a setting the document tables depend on (`revs_limit`, `policy`), made when the
+-- database's sequence was `seq`: it applies to the writes after it. `pos` orders the changes
+-- made at one sequence; `detail` is JSON.
+CREATE TABLE IF NOT EXISTS settings_events (
+    db     INTEGER NOT NULL,
+    seq    INTEGER NOT NULL,
+    pos    INTEGER NOT NULL,
+    kind   TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at     INTEGER NOT NULL,
+    PRIMARY KEY (db, seq, pos)
+) WITHOUT ROWID;
 
 -- A document's revision tree after the last event retention dropped: where replay starts.
 CREATE TABLE IF NOT EXISTS event_baselines (
@@ -203,11 +227,84 @@ pub fn migrate(conn: &Connection) -> Result<(), crate::StoreError> {
     }
     if version == 4 {
         upgrade_from_4(conn)?;
+        version = 5;
+    }
+    if version == 5 {
+        upgrade_from_5(conn)?;
+        version = 6;
+    }
+    if version == 6 {
+        upgrade_from_6(conn)?;
+        version = 7;
+    }
+    if version == 7 {
+        upgrade_from_7(conn)?;
     }
     // Tables and indexes added without a version change.
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(super::index::SCHEMA)?;
     conn.execute_batch(super::access::SCHEMA)?;
+    Ok(())
+}
+
+/// Version 5 to 6: the log alone replays. Every event gets its deletion flag (copied from its
+/// revision, where compaction had not copied it yet), and each database whose `_revs_limit` or
+/// policy is not the default gets a setting event at sequence 0: the best the log can say of
+/// changes made before they were recorded (replay applied the current settings to all history
+/// before, so nothing replays differently).
+fn upgrade_from_5(conn: &Connection) -> Result<(), crate::StoreError> {
+    conn.execute_batch(
+        r#"BEGIN IMMEDIATE;
+        CREATE TABLE IF NOT EXISTS settings_events (
+            db     INTEGER NOT NULL,
+            seq    INTEGER NOT NULL,
+            pos    INTEGER NOT NULL,
+            kind   TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            at     INTEGER NOT NULL,
+            PRIMARY KEY (db, seq, pos)
+        ) WITHOUT ROWID;
+        UPDATE events SET deleted = (SELECT r.deleted FROM revs r
+                                     WHERE r.db = events.db AND r.doc = events.doc
+                                       AND r.rev = events.rev)
+            WHERE deleted IS NULL;
+        INSERT INTO settings_events (db, seq, pos, kind, detail, at)
+            SELECT id, 0, 0, 'revs_limit', json_object('revs_limit', revs_limit), created_at / 1000
+            FROM dbs WHERE revs_limit <> 1000;
+        INSERT INTO settings_events (db, seq, pos, kind, detail, at)
+            SELECT id, 0, (SELECT count(*) FROM settings_events s WHERE s.db = dbs.id),
+                   'policy', json_object('conflict_policy', policy, 'lww_field', lww_field),
+                   created_at / 1000
+            FROM dbs WHERE policy <> 'manual';
+        UPDATE meta SET value = '6' WHERE key = 'schema_version';
+        COMMIT;"#,
+    )?;
+    tracing::info!("migrated the store's schema from version 5 to 6");
+    Ok(())
+}
+
+/// Version 6 to 7: the purge counters of each database.
+fn upgrade_from_6(conn: &Connection) -> Result<(), crate::StoreError> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         ALTER TABLE dbs ADD COLUMN purge_seq INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE dbs ADD COLUMN purged_infos_limit INTEGER NOT NULL DEFAULT 1000;
+         UPDATE meta SET value = '7' WHERE key = 'schema_version';
+         COMMIT;",
+    )?;
+    tracing::info!("migrated the store's schema from version 6 to 7");
+    Ok(())
+}
+
+/// Version 7 to 8: attachments may be stored gzip-encoded. Every stored stub is identity and
+/// stays as it is; only the version moves, so that older builds refuse the file from now on.
+fn upgrade_from_7(conn: &Connection) -> Result<(), crate::StoreError> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         UPDATE meta SET value = '8' WHERE key = 'schema_version';
+         COMMIT;",
+    )?;
+    tracing::info!("migrated the store's schema from version 7 to 8");
     Ok(())
 }
 

@@ -12,7 +12,8 @@ use outpost_core::{Policy, Rev};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use crate::docwrite::{DocsProgress, apply_docs_step, apply_manual_resolution};
+use crate::docwrite::{DocsProgress, apply_docs_step, apply_manual_resolution, apply_purge};
+use crate::replay::Setting;
 use crate::{DocError, DocUpdate, StoreError};
 
 /// The most jobs applied in one transaction; bounds the latency a single commit adds.
@@ -54,6 +55,15 @@ pub(super) enum WriteOp {
     Docs {
         db: String,
         updates: Vec<DocUpdate>,
+    },
+    /// `_purge`.
+    Purge {
+        db: String,
+        requests: Vec<crate::PurgeRequest>,
+    },
+    SetPurgedInfosLimit {
+        db: String,
+        limit: u64,
     },
     PutLocal {
         db: String,
@@ -115,6 +125,7 @@ pub(super) enum WriteReply {
     Cursor(Option<String>),
     /// How many things a job found or removed.
     Count(u64),
+    Purged(crate::PurgeOutcome),
 }
 
 pub(super) struct Job {
@@ -235,6 +246,7 @@ impl Pending {
         match (&self.job.op, &self.docs) {
             (_, Some(progress)) => progress.remaining().max(1),
             (WriteOp::Docs { updates, .. }, None) => updates.len().max(1),
+            (WriteOp::Purge { requests, .. }, None) => requests.len().max(1),
             _ => 1,
         }
     }
@@ -376,6 +388,7 @@ fn apply(
                 "local_docs",
                 "events",
                 "event_baselines",
+                "settings_events",
                 "db_security",
             ] {
                 tx.execute(&format!("DELETE FROM {table} WHERE db = ?1"), [db])?;
@@ -387,13 +400,13 @@ fn apply(
             Ok(WriteReply::Done)
         }
         WriteOp::SetRevsLimit { db, limit } => {
-            let n = tx.execute(
-                "UPDATE dbs SET revs_limit = ?2 WHERE name = ?1",
-                params![db, *limit as i64],
+            let id = db_id(tx, db)?;
+            tx.execute(
+                "UPDATE dbs SET revs_limit = ?2 WHERE id = ?1",
+                params![id, *limit as i64],
             )?;
-            if n == 0 {
-                return Err(StoreError::NoDb);
-            }
+            // Stemming depends on it: replay must know from which write on it applies.
+            super::retention::record_setting(tx, id, &Setting::RevsLimit(*limit), now / 1000)?;
             Ok(WriteReply::Done)
         }
         WriteOp::SetSecurity { db, body } => {
@@ -406,13 +419,13 @@ fn apply(
             Ok(WriteReply::Done)
         }
         WriteOp::SetPolicy { db, policy } => {
-            let n = tx.execute(
-                "UPDATE dbs SET policy = ?2, lww_field = ?3 WHERE name = ?1",
-                params![db, policy.name(), policy.lww_field()],
+            let id = db_id(tx, db)?;
+            tx.execute(
+                "UPDATE dbs SET policy = ?2, lww_field = ?3 WHERE id = ?1",
+                params![id, policy.name(), policy.lww_field()],
             )?;
-            if n == 0 {
-                return Err(StoreError::NoDb);
-            }
+            let setting = Setting::Policy(policy.clone());
+            super::retention::record_setting(tx, id, &setting, now / 1000)?;
             Ok(WriteReply::Done)
         }
         WriteOp::Resolve {
@@ -424,6 +437,21 @@ fn apply(
             let (result, seq) = apply_manual_resolution(tx, db, id, leaves, update, now)?;
             moved.seq(db, seq);
             Ok(WriteReply::Resolved(result))
+        }
+        WriteOp::Purge { db, requests } => {
+            let (outcome, seq) = apply_purge(tx, db, requests, now)?;
+            moved.seq(db, seq);
+            Ok(WriteReply::Purged(outcome))
+        }
+        WriteOp::SetPurgedInfosLimit { db, limit } => {
+            let n = tx.execute(
+                "UPDATE dbs SET purged_infos_limit = ?2 WHERE name = ?1",
+                params![db, i64::try_from(*limit).unwrap_or(i64::MAX)],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NoDb);
+            }
+            Ok(WriteReply::Done)
         }
         WriteOp::Docs { .. } => Err(StoreError::Corrupt(
             "document writes are applied in chunks, above".into(),
@@ -457,11 +485,11 @@ fn apply(
             }
         }
         WriteOp::Compact { db } => {
-            let (id, count, age, revs_limit): (i64, Option<i64>, Option<i64>, i64) = tx
+            let (id, count, age): (i64, Option<i64>, Option<i64>) = tx
                 .query_row(
-                    "SELECT id, retention_count, retention_age, revs_limit FROM dbs WHERE name = ?1",
+                    "SELECT id, retention_count, retention_age FROM dbs WHERE name = ?1",
                     [db],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?
                 .ok_or(StoreError::NoDb)?;
@@ -469,8 +497,7 @@ fn apply(
                 max_events_per_doc: count.map(|c| c as u64),
                 max_age_seconds: age.map(|a| a as u64),
             };
-            let dropped =
-                super::retention::apply(tx, id, retention, revs_limit as usize, now / 1000)?;
+            let dropped = super::retention::apply(tx, id, retention, now / 1000)?;
             if dropped > 0 {
                 tracing::info!(db = %db, events = dropped, "retention trimmed the event log");
             }

@@ -23,7 +23,7 @@ async fn replay_rebuilds_the_tables_after_compaction_dropped_bodies() {
         store.compact("db").await.unwrap();
         crate::replay::workload(&store, seed + 50).await;
         store.compact("db").await.unwrap();
-        let report = replay::rebuild_with_key(dir.path(), "db", key.as_ref()).unwrap();
+        let report = replay::verify_with_key(dir.path(), "db", key.as_ref()).unwrap();
         assert!(report.matches(), "seed {seed}: {:#?}", report.differences);
         // Only leaves kept their bodies.
         for i in 0..8 {
@@ -60,6 +60,8 @@ async fn a_version_1_file_is_upgraded_in_place() {
             "PRAGMA busy_timeout = 10000;
              ALTER TABLE events DROP COLUMN deleted;
              DROP INDEX docs_live;
+             ALTER TABLE dbs DROP COLUMN purge_seq;
+             ALTER TABLE dbs DROP COLUMN purged_infos_limit;
              UPDATE meta SET value = '1' WHERE key = 'schema_version';
              PRAGMA auto_vacuum = NONE;
              VACUUM;",
@@ -81,7 +83,7 @@ async fn a_version_1_file_is_upgraded_in_place() {
             )
             .unwrap();
         // Brought forward through every later version too.
-        assert_eq!(version, "5");
+        assert_eq!(version, "8");
     }
     store.compact("db").await.unwrap();
     assert!(
@@ -91,5 +93,51 @@ async fn a_version_1_file_is_upgraded_in_place() {
             .unwrap()
             .is_empty()
     );
-    assert!(replay::rebuild(dir.path(), "db").unwrap().matches());
+    assert!(replay::verify(dir.path(), "db").unwrap().matches());
+}
+
+#[tokio::test]
+async fn a_version_7_file_keeps_its_attachments_as_they_were_stored() {
+    use outpost_store::conformance::compaction::with_attachment;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(outpost_store::sqlite::FILE_NAME);
+    let bytes = b"plain text stored before attachments could be encoded".repeat(50);
+    let (update, digest) = with_attachment("d", None, &bytes);
+    let rev;
+    {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.create_db("db").await.unwrap();
+        rev = write(&store, "db", update).await;
+        store.close();
+    }
+    let version = |c: &rusqlite::Connection| -> String {
+        c.query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    {
+        // Version 7 stored every attachment as it came, its stub without `encoding`.
+        let c = rusqlite::Connection::open(&file).unwrap();
+        c.execute_batch("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+            .unwrap();
+    }
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(version(&rusqlite::Connection::open(&file).unwrap()), "8");
+    let body = store.rev_bodies("db", "d", &[rev]).await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&body[0].1.json).unwrap();
+    let stub = &body["_attachments"]["f"];
+    assert_eq!(stub["digest"], json!(digest));
+    assert_eq!(stub["length"], json!(bytes.len()));
+    assert_eq!(outpost_core::attachment::encoded_length(stub), None);
+    assert_eq!(store.attachment(&digest).await.unwrap(), Some(bytes));
+    store.close();
+    // A file of a later version than this build's is refused rather than misread.
+    rusqlite::Connection::open(&file)
+        .unwrap()
+        .execute_batch("UPDATE meta SET value = '9' WHERE key = 'schema_version'")
+        .unwrap();
+    assert!(SqliteStore::open(dir.path()).is_err());
 }

@@ -19,6 +19,8 @@ async fn a_version_3_file_gets_the_index_tables() {
         let conn = rusqlite::Connection::open(&file).unwrap();
         conn.execute_batch(
             "DROP TABLE index_rows; DROP TABLE indexes;
+             ALTER TABLE dbs DROP COLUMN purge_seq;
+             ALTER TABLE dbs DROP COLUMN purged_infos_limit;
              UPDATE meta SET value = '3' WHERE key = 'schema_version';",
         )
         .unwrap();
@@ -40,5 +42,5 @@ async fn a_version_3_file_gets_the_index_tables() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(version, "5");
+    assert_eq!(version, "8");
 }
