@@ -1,8 +1,9 @@
 //! Several `outpost serve` processes on one PostgreSQL database (`--store postgres://…`): one
 //! server to their clients (the same uuid), a write on one node seen by a live changes feed on
 //! another, readiness that fails when the database cannot be reached, a `_replicator` job that
-//! runs on one node and moves to another when that node dies, and a per-document access database
-//! serving two members through either node.
+//! runs on one node and moves to another when that node dies, a per-document access database
+//! serving two members through either node, and server admins set through one node signing in
+//! on every node until deleted.
 //!
 //! Needs the server at `OUTPOST_TEST_POSTGRES_URL`; skips saying so without it (fails under
 //! `CI=true`). Each test works in a schema of its own, dropped afterwards.
@@ -289,6 +290,148 @@ async fn an_access_database_serves_each_member_their_documents_on_every_node() {
     );
     let (_, info) = as_user(&a, "root", "GET", "/shared", None).await;
     assert_eq!(info["doc_count"].as_u64(), Some(3));
+}
+
+/// `GET /_session` on `node` with `user`'s Basic credentials (password `pw-{user}`): the status
+/// and the roles it was given.
+async fn session_roles(node: &Node, user: &str) -> (u16, Value) {
+    let (status, body) = as_user(node, user, "GET", "/_session", None).await;
+    (status, body["userCtx"]["roles"].clone())
+}
+
+const ADMIN: &str = "/_node/_local/_config/admins";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_admin_set_through_one_node_signs_in_on_every_node_until_deleted() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::create(&url);
+    let store = schema.url_via(None);
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let root = [
+        ("OUTPOST_ADMIN_USER", "root"),
+        ("OUTPOST_ADMIN_PASSWORD", "pw-root"),
+    ];
+    let a = Node::start_with(&store, da.path(), &[], &root).await;
+    let b = Node::start_with(&store, db.path(), &[], &root).await;
+    assert_eq!(session_roles(&b, "ann").await.0, 401);
+
+    let path = format!("{ADMIN}/ann");
+    let (status, previous) = as_user(&a, "root", "PUT", &path, Some(json!("pw-ann"))).await;
+    assert_eq!((status, previous), (200, json!("")));
+    let admin = json!(["_admin"]);
+    eventually("the admin set on node A to sign in on node B", || async {
+        let (status, roles) = session_roles(&b, "ann").await;
+        (status == 200 && roles == admin).then_some(())
+    })
+    .await;
+    let signed_in = client()
+        .post(b.url("/_session"))
+        .json(&json!({"name": "ann", "password": "pw-ann"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status().as_u16(), 200);
+    let (_, names) = as_user(&b, "ann", "GET", ADMIN, None).await;
+    assert!(
+        names.get("ann").is_some() && names.get("root").is_some(),
+        "{names}"
+    );
+
+    // A node started afterwards, with no admin of its own, reads the admins from the store
+    // before it serves: it is no admin party, and the admin signs in on it at once. (A second
+    // stored admin keeps it from becoming one once the first is deleted below.)
+    let (status, _) = as_user(
+        &a,
+        "root",
+        "PUT",
+        &format!("{ADMIN}/bob"),
+        Some(json!("pw-bob")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let c = Node::start(&store, dc.path()).await;
+    assert_eq!(c.get("/_all_dbs").await.0, 401);
+    assert_eq!(session_roles(&c, "ann").await, (200, admin.clone()));
+
+    // Another admin's password is changed through node B; node A follows.
+    let (status, previous) = as_user(&b, "ann", "PUT", &path, Some(json!("pw-ann"))).await;
+    assert_eq!((status, previous), (200, json!("<hashed>")));
+
+    // An admin given by the nodes' configuration is not changed through the API.
+    let (status, body) = as_user(&a, "root", "DELETE", &format!("{ADMIN}/root"), None).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (403, &json!("forbidden")),
+        "{body}"
+    );
+    assert_eq!(session_roles(&b, "root").await, (200, admin.clone()));
+
+    let (status, _) = as_user(&a, "root", "DELETE", &path, None).await;
+    assert_eq!(status, 200);
+    for node in [&b, &c] {
+        eventually(
+            "the admin deleted on node A to be refused on another node",
+            || async { (session_roles(node, "ann").await.0 == 401).then_some(()) },
+        )
+        .await;
+    }
+    assert_eq!(session_roles(&a, "ann").await.0, 401);
+    let (status, _) = as_user(&b, "root", "DELETE", &path, None).await;
+    assert_eq!(status, 404);
+}
+
+/// Before server admins lived in PostgreSQL, a node kept those added through the API in
+/// `admins.json` in its data directory: a node of this version moves them into the store, so
+/// they are not lost (nor the node left without admins), and every node knows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_admins_saved_in_a_data_directory_move_into_postgres() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::create(&url);
+    let store = schema.url_via(None);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    {
+        // A data directory whose `admins.json` holds an admin added through the API: the
+        // SQLite engine keeps them there.
+        let node = Node::start(da.path().to_str().unwrap(), da.path()).await;
+        let (status, _) = as_user(
+            &node,
+            "x",
+            "PUT",
+            &format!("{ADMIN}/dave"),
+            Some(json!("pw-dave")),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    assert!(da.path().join("admins.json").exists());
+    let a = Node::start(&store, da.path()).await;
+    let b = Node::start(&store, db.path()).await;
+    let admin = json!(["_admin"]);
+    assert_eq!(session_roles(&b, "dave").await, (200, admin.clone()));
+    assert_eq!(session_roles(&a, "dave").await, (200, admin));
+    assert!(!da.path().join("admins.json").exists());
+    assert!(da.path().join("admins.json.moved").exists());
+
+    // Deleted, it stays deleted when its old node starts again.
+    let (status, _) = as_user(
+        &b,
+        "dave",
+        "PUT",
+        &format!("{ADMIN}/erin"),
+        Some(json!("pw-erin")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = as_user(&b, "erin", "DELETE", &format!("{ADMIN}/dave"), None).await;
+    assert_eq!(status, 200);
+    drop(a);
+    let a = Node::start(&store, da.path()).await;
+    assert_eq!(session_roles(&a, "dave").await.0, 401);
+    assert_eq!(session_roles(&a, "erin").await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,7 +52,9 @@ pub struct AuthSettings {
     /// Server admins with their hashed passwords (from the environment and configuration file).
     pub admins: Vec<(String, Credentials)>,
     /// Where admins added at run time (`PUT /_node/_local/_config/admins/NAME`) are kept,
-    /// hashed; `None` keeps them in memory only.
+    /// hashed; `None` keeps them in memory only. A store shared by several processes keeps
+    /// them itself (see [`Auth::refresh`]); this file is then only read once, to move the
+    /// admins an earlier version saved in it into the store.
     pub admins_file: Option<PathBuf>,
     /// The key session cookies are signed with.
     pub cookie_secret: Secret,
@@ -111,6 +113,10 @@ struct AccountCache {
     entries: std::collections::HashMap<String, Option<Account>>,
 }
 
+/// The section of a shared store's configuration that holds the server admins added at run
+/// time: name → CouchDB's hashed admin string (`-pbkdf2-…`).
+pub const ADMINS_SECTION: &str = "admins";
+
 /// Most accounts (and security objects) kept; beyond, the cache starts over.
 const CACHE_CAPACITY: usize = 10_000;
 
@@ -130,6 +136,13 @@ pub struct Auth {
     )>,
     /// Server admins by name: the configured ones and those added at run time.
     admins: RwLock<BTreeMap<String, Credentials>>,
+    /// With a store shared by several processes: its configuration's watch as of the admins
+    /// last read from it, so a request finds out cheaply whether any process changed them
+    /// since; `None` before the first read (or after a failed one).
+    shared_seen: std::sync::Mutex<Option<tokio::sync::watch::Receiver<u64>>>,
+    /// Held while the admins are read from a shared store, so that the requests that find them
+    /// stale together read them once; whether the admins file was moved into the store yet.
+    shared_load: tokio::sync::Mutex<bool>,
     cache: PasswordCache,
     cookies: CookieSigner,
     lockout: Lockout,
@@ -216,8 +229,104 @@ impl Auth {
                 std::collections::HashMap::new(),
             )),
             admins: RwLock::new(admins),
+            shared_seen: std::sync::Mutex::new(None),
+            shared_load: tokio::sync::Mutex::new(false),
             settings,
         }
+    }
+
+    /// Whether `name` is a server admin given by this process's configuration (flags,
+    /// environment, configuration file), which the API does not change on a shared store.
+    fn configured(&self, name: &str) -> bool {
+        self.settings.admins.iter().any(|(n, _)| n == name)
+    }
+
+    /// With a store that several processes share (PostgreSQL), brings the server admins up to
+    /// date with the ones kept in it: the configured admins, then those of the store (a
+    /// configured name keeps its configured password). Costs a look at a watch channel unless
+    /// some process changed them; called before each request is authenticated, and before the
+    /// server starts serving, so that a node never serves as an admin party while admins exist
+    /// in the store. Does nothing with a store that keeps no shared configuration.
+    pub async fn refresh(&self, store: &dyn outpost_store::Store) -> Result<(), ApiError> {
+        let Some(shared) = store.shared_config() else {
+            return Ok(());
+        };
+        if !self.shared_stale() {
+            return Ok(());
+        }
+        let mut moved = self.shared_load.lock().await;
+        if !self.shared_stale() {
+            return Ok(());
+        }
+        if !*moved {
+            self.move_admins_file(shared).await?;
+            *moved = true;
+        }
+        // Marked as seen before reading, so a change committed during the read moves it again
+        // and the next request reads once more.
+        let mut seen = shared.watch_config();
+        seen.borrow_and_update();
+        let (_, saved) = shared.config_section(ADMINS_SECTION).await?;
+        let mut admins: BTreeMap<String, Credentials> = BTreeMap::new();
+        for (name, hashed) in saved {
+            match Credentials::parse_admin_string(&hashed) {
+                Some(Ok(creds)) => {
+                    admins.insert(name, creds);
+                }
+                _ => {
+                    tracing::error!(admin = %name, "a shared server admin has no usable hashed password; skipped")
+                }
+            }
+        }
+        admins.extend(self.settings.admins.iter().cloned());
+        *self.admins.write().unwrap_or_else(|e| e.into_inner()) = admins;
+        *self.shared_seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(seen);
+        Ok(())
+    }
+
+    /// Whether the admins must be read from the shared store again.
+    fn shared_stale(&self) -> bool {
+        match &*self.shared_seen.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(seen) => seen.has_changed().unwrap_or(true),
+            None => true,
+        }
+    }
+
+    /// Moves the admins an earlier version saved in the admins file (it kept them per process
+    /// even on a shared store) into the shared store, unless the store has one of that name or
+    /// the configuration gives it, then renames the file so that it is not read again (an admin
+    /// deleted later must not come back from it).
+    async fn move_admins_file(
+        &self,
+        shared: &dyn outpost_store::SharedConfig,
+    ) -> Result<(), ApiError> {
+        let Some(path) = &self.settings.admins_file else {
+            return Ok(());
+        };
+        let saved = match read_admins_file(path) {
+            Ok(saved) if saved.is_empty() => return Ok(()),
+            Ok(saved) => saved,
+            Err(e) => {
+                tracing::error!(error = %e, file = %path.display(), "cannot read the saved server admins");
+                return Ok(());
+            }
+        };
+        let (_, present) = shared.config_section(ADMINS_SECTION).await?;
+        for (name, creds) in saved {
+            if self.configured(&name) || present.contains_key(&name) {
+                continue;
+            }
+            shared
+                .set_config(ADMINS_SECTION, &name, Some(creds.to_admin_string()))
+                .await?;
+            tracing::warn!(admin = %name, "server admin moved from the admins file into the shared store");
+        }
+        let mut done = path.clone().into_os_string();
+        done.push(".moved");
+        if let Err(e) = std::fs::rename(path, &done) {
+            tracing::error!(error = %e, file = %path.display(), "cannot rename the admins file moved into the store");
+        }
+        Ok(())
     }
 
     /// Whether authentication is enforced: at least one server admin exists.
@@ -248,19 +357,63 @@ impl Auth {
     }
 
     /// Adds or replaces a server admin and saves the run-time admins; gives whether it existed.
-    pub fn set_admin(&self, name: &str, creds: Credentials) -> Result<bool, ApiError> {
+    /// On a shared store it is saved there, for every process; a configured admin cannot be
+    /// changed there.
+    pub async fn set_admin(
+        &self,
+        store: &dyn outpost_store::Store,
+        name: &str,
+        creds: Credentials,
+    ) -> Result<bool, ApiError> {
+        if let Some(shared) = store.shared_config() {
+            self.refuse_configured(name)?;
+            let hashed = creds.to_admin_string();
+            let existed = shared
+                .set_config(ADMINS_SECTION, name, Some(hashed))
+                .await?;
+            self.admins
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.to_owned(), creds);
+            return Ok(existed);
+        }
         let mut admins = self.admins.write().unwrap_or_else(|e| e.into_inner());
         let existed = admins.insert(name.to_owned(), creds).is_some();
         self.save(&admins)?;
         Ok(existed)
     }
 
-    /// Removes a server admin; gives whether it existed.
-    pub fn remove_admin(&self, name: &str) -> Result<bool, ApiError> {
+    /// Removes a server admin; gives whether it existed. On a shared store it is removed there,
+    /// for every process; a configured admin cannot be removed there.
+    pub async fn remove_admin(
+        &self,
+        store: &dyn outpost_store::Store,
+        name: &str,
+    ) -> Result<bool, ApiError> {
+        if let Some(shared) = store.shared_config() {
+            self.refuse_configured(name)?;
+            let existed = shared.set_config(ADMINS_SECTION, name, None).await?;
+            self.admins
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(name);
+            return Ok(existed);
+        }
         let mut admins = self.admins.write().unwrap_or_else(|e| e.into_inner());
         let existed = admins.remove(name).is_some();
         self.save(&admins)?;
         Ok(existed)
+    }
+
+    /// On a shared store every process must agree on each admin, and a configured admin comes
+    /// from each process's own configuration, which the API cannot change.
+    fn refuse_configured(&self, name: &str) -> Result<(), ApiError> {
+        if self.configured(name) {
+            return Err(ApiError::Forbidden(format!(
+                "server admin {name} is set by this node's configuration and can only be changed there"
+            )));
+        }
+        Ok(())
     }
 
     fn save(&self, admins: &BTreeMap<String, Credentials>) -> Result<(), ApiError> {
@@ -497,6 +650,7 @@ pub async fn identify(
     source: &str,
 ) -> Result<Identity, ApiError> {
     let auth = &state.auth;
+    auth.refresh(state.store.as_ref()).await?;
     if !auth.enforced() {
         return Ok(Identity {
             user: UserCtx::admin(None),

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use outpost_core::Policy;
-use outpost_store::docwrite::{DbState, DocRowWrite, DocTx, EventWrite};
+use outpost_store::docwrite::{DbState, DocRowWrite, DocTx, EventWrite, RevWrite, Writes};
 use outpost_store::{NewAttachment, StoreError};
 use postgres::types::ToSql;
 use postgres::{Client, Row, Statement};
@@ -107,13 +107,25 @@ impl DocTx for WriterConn {
         Ok(())
     }
 
-    fn doc_row(&self, db: i64, id: &str) -> Result<Option<(bool, String)>, StoreError> {
-        Ok(self
-            .query_opt(
-                "SELECT deleted, tree FROM docs WHERE db = $1 AND id = $2",
-                &[&db, &id],
-            )?
-            .map(|r| (r.get(0), r.get(1))))
+    fn doc_rows(
+        &self,
+        db: i64,
+        ids: &[&str],
+    ) -> Result<HashMap<String, (bool, String)>, StoreError> {
+        let rows = match ids {
+            [id] => self.query(
+                "SELECT id, deleted, tree FROM docs WHERE db = $1 AND id = $2",
+                &[&db, id],
+            )?,
+            _ => self.query(
+                "SELECT id, deleted, tree FROM docs WHERE db = $1 AND id = ANY($2)",
+                &[&db, &ids],
+            )?,
+        };
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect())
     }
 
     fn rev_body(&self, db: i64, doc: &str, rev: &str) -> Result<Option<String>, StoreError> {
@@ -125,69 +137,23 @@ impl DocTx for WriterConn {
             .map(|r| r.get(0)))
     }
 
-    fn put_rev(
-        &self,
-        db: i64,
-        doc: &str,
-        rev: &str,
-        deleted: bool,
-        body: &str,
-    ) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO revs (db, doc, rev, deleted, body) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (db, doc, rev) DO NOTHING",
-            &[&db, &doc, &rev, &deleted, &body],
-        )?;
-        Ok(())
-    }
-
-    fn put_attachment(&self, att: &NewAttachment) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO attachments (digest, length, data) VALUES ($1, $2, $3)
-             ON CONFLICT (digest) DO NOTHING",
-            &[&att.digest, &(att.data.len() as i64), &att.data],
-        )?;
-        Ok(())
-    }
-
-    fn put_doc(&self, row: &DocRowWrite<'_>) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO docs (db, id, seq, deleted, conflicted, winner, tree)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (db, id) DO UPDATE SET seq = excluded.seq, deleted = excluded.deleted,
-                 conflicted = excluded.conflicted, winner = excluded.winner, tree = excluded.tree",
-            &[
-                &row.db,
-                &row.id,
-                &(row.seq as i64),
-                &row.deleted,
-                &row.conflicted,
-                &row.winner,
-                &row.tree,
-            ],
-        )?;
-        Ok(())
-    }
-
-    fn put_event(&self, e: &EventWrite<'_>) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO events (db, seq, pos, kind, doc, rev, parent, origin, at, detail, deleted)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            &[
-                &e.db,
-                &(e.seq as i64),
-                &e.pos,
-                &e.kind,
-                &e.doc,
-                &e.rev,
-                &e.parent,
-                &e.origin,
-                &e.at,
-                &e.detail,
-                &e.deleted,
-            ],
-        )?;
-        Ok(())
+    /// One statement per table: a single row as plain parameters, several with each column
+    /// passed as an array and turned back into rows by `unnest`, so a chunk of a thousand
+    /// documents costs a few round trips instead of thousands. (`unnest` measured faster than a
+    /// binary `COPY` into a temporary table and an `INSERT … SELECT` from it, which takes two
+    /// statements; for one row, plain parameters cost the server less than `unnest`.)
+    fn write(&self, w: &Writes) -> Result<(), StoreError> {
+        self.put_attachments(&w.attachments)?;
+        self.put_revs(&w.revs)?;
+        // New documents are inserted and known ones updated, each with a plain statement: the
+        // rows were read under the database's row lock, which every writer of its documents
+        // holds, so which ones exist cannot change before the commit, and an upsert's
+        // speculative insertion would only cost more.
+        let (new, known): (Vec<&DocRowWrite>, Vec<&DocRowWrite>) =
+            w.docs.iter().partition(|d| d.new);
+        self.put_docs(&new, true)?;
+        self.put_docs(&known, false)?;
+        self.put_events(&w.events)
     }
 
     fn index_access(
@@ -230,5 +196,152 @@ impl DocTx for WriterConn {
             )?;
         }
         crate::index::forget_doc(self, db, doc)
+    }
+}
+
+/// The multi-row statements behind [`DocTx::write`].
+impl WriterConn {
+    fn put_attachments(&self, atts: &[NewAttachment]) -> Result<(), StoreError> {
+        if atts.is_empty() {
+            return Ok(());
+        }
+        // In digest order, so that two nodes storing the same new attachments lock their rows
+        // in the same order and cannot deadlock.
+        let mut atts: Vec<&NewAttachment> = atts.iter().collect();
+        atts.sort_unstable_by(|a, b| a.digest.cmp(&b.digest));
+        let digests: Vec<&str> = atts.iter().map(|a| a.digest.as_str()).collect();
+        let lengths: Vec<i64> = atts.iter().map(|a| a.data.len() as i64).collect();
+        let data: Vec<&[u8]> = atts.iter().map(|a| a.data.as_slice()).collect();
+        self.execute(
+            "INSERT INTO attachments (digest, length, data)
+             SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[])
+             ON CONFLICT (digest) DO NOTHING",
+            &[&digests, &lengths, &data],
+        )?;
+        Ok(())
+    }
+
+    fn put_revs(&self, revs: &[RevWrite]) -> Result<(), StoreError> {
+        match revs {
+            [] => {}
+            [r] => {
+                self.execute(
+                    "INSERT INTO revs (db, doc, rev, deleted, body) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (db, doc, rev) DO NOTHING",
+                    &[&r.db, &r.doc, &r.rev, &r.deleted, &r.body],
+                )?;
+            }
+            _ => {
+                let dbs: Vec<i64> = revs.iter().map(|r| r.db).collect();
+                let docs: Vec<&str> = revs.iter().map(|r| r.doc.as_str()).collect();
+                let ids: Vec<&str> = revs.iter().map(|r| r.rev.as_str()).collect();
+                let deleted: Vec<bool> = revs.iter().map(|r| r.deleted).collect();
+                let bodies: Vec<&str> = revs.iter().map(|r| r.body.as_str()).collect();
+                self.execute(
+                    "INSERT INTO revs (db, doc, rev, deleted, body)
+                     SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::bool[],
+                                          $5::text[])
+                     ON CONFLICT (db, doc, rev) DO NOTHING",
+                    &[&dbs, &docs, &ids, &deleted, &bodies],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts (`insert`) or updates document rows.
+    fn put_docs(&self, rows: &[&DocRowWrite], insert: bool) -> Result<(), StoreError> {
+        if let [d] = rows {
+            let sql = if insert {
+                "INSERT INTO docs (db, id, seq, deleted, conflicted, winner, tree)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            } else {
+                "UPDATE docs SET seq = $3, deleted = $4, conflicted = $5, winner = $6, tree = $7
+                 WHERE db = $1 AND id = $2"
+            };
+            let seq = d.seq as i64;
+            self.execute(
+                sql,
+                &[
+                    &d.db,
+                    &d.id,
+                    &seq,
+                    &d.deleted,
+                    &d.conflicted,
+                    &d.winner,
+                    &d.tree,
+                ],
+            )?;
+            return Ok(());
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let sql = if insert {
+            "INSERT INTO docs (db, id, seq, deleted, conflicted, winner, tree)
+             SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::bool[], $5::bool[],
+                                  $6::text[], $7::text[])"
+        } else {
+            "UPDATE docs SET seq = n.seq, deleted = n.deleted, conflicted = n.conflicted,
+                 winner = n.winner, tree = n.tree
+             FROM unnest($1::int8[], $2::text[], $3::int8[], $4::bool[], $5::bool[], $6::text[],
+                         $7::text[]) AS n (db, id, seq, deleted, conflicted, winner, tree)
+             WHERE docs.db = n.db AND docs.id = n.id"
+        };
+        let dbs: Vec<i64> = rows.iter().map(|d| d.db).collect();
+        let ids: Vec<&str> = rows.iter().map(|d| d.id.as_str()).collect();
+        let seqs: Vec<i64> = rows.iter().map(|d| d.seq as i64).collect();
+        let deleted: Vec<bool> = rows.iter().map(|d| d.deleted).collect();
+        let conflicted: Vec<bool> = rows.iter().map(|d| d.conflicted).collect();
+        let winners: Vec<&str> = rows.iter().map(|d| d.winner.as_str()).collect();
+        let trees: Vec<&str> = rows.iter().map(|d| d.tree.as_str()).collect();
+        self.execute(
+            sql,
+            &[&dbs, &ids, &seqs, &deleted, &conflicted, &winners, &trees],
+        )?;
+        Ok(())
+    }
+
+    fn put_events(&self, events: &[EventWrite]) -> Result<(), StoreError> {
+        match events {
+            [] => {}
+            [e] => {
+                let seq = e.seq as i64;
+                self.execute(
+                    "INSERT INTO events (db, seq, pos, kind, doc, rev, parent, origin, at, detail,
+                                         deleted)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    &[
+                        &e.db, &seq, &e.pos, &e.kind, &e.doc, &e.rev, &e.parent, &e.origin, &e.at,
+                        &e.detail, &e.deleted,
+                    ],
+                )?;
+            }
+            e => {
+                let dbs: Vec<i64> = e.iter().map(|e| e.db).collect();
+                let seqs: Vec<i64> = e.iter().map(|e| e.seq as i64).collect();
+                let pos: Vec<i64> = e.iter().map(|e| e.pos).collect();
+                let kinds: Vec<&str> = e.iter().map(|e| e.kind).collect();
+                let docs: Vec<&str> = e.iter().map(|e| e.doc.as_str()).collect();
+                let revs: Vec<&str> = e.iter().map(|e| e.rev.as_str()).collect();
+                let parents: Vec<Option<&str>> = e.iter().map(|e| e.parent.as_deref()).collect();
+                let origins: Vec<&str> = e.iter().map(|e| e.origin.as_str()).collect();
+                let at: Vec<i64> = e.iter().map(|e| e.at).collect();
+                let details: Vec<Option<&str>> = e.iter().map(|e| e.detail.as_deref()).collect();
+                let deleted: Vec<bool> = e.iter().map(|e| e.deleted).collect();
+                self.execute(
+                    "INSERT INTO events (db, seq, pos, kind, doc, rev, parent, origin, at, detail,
+                                         deleted)
+                     SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::text[],
+                                          $5::text[], $6::text[], $7::text[], $8::text[],
+                                          $9::int8[], $10::text[], $11::bool[])",
+                    &[
+                        &dbs, &seqs, &pos, &kinds, &docs, &revs, &parents, &origins, &at, &details,
+                        &deleted,
+                    ],
+                )?;
+            }
+        }
+        Ok(())
     }
 }

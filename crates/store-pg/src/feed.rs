@@ -1,4 +1,5 @@
-//! Live feeds across nodes: waking this node's feeds when any node commits.
+//! Live feeds across nodes: waking this node's feeds when any node commits (and telling this
+//! node when any node changed the shared configuration).
 //!
 //! This node's own commits are announced by its writer right after they commit. Commits of
 //! other nodes are learnt from the database: every write transaction sends one `NOTIFY` on
@@ -75,6 +76,14 @@ impl Watchers {
     }
 }
 
+/// The server-wide counters the listener follows besides the databases' sequences.
+pub struct Counters {
+    /// The `_db_updates` sequence.
+    pub db_updates: watch::Sender<u64>,
+    /// The shared configuration's version (see [`crate::config`]).
+    pub config: watch::Sender<u64>,
+}
+
 /// Sends `seq` to a channel's receivers if it is ahead of the value they have.
 pub fn advance(tx: &watch::Sender<u64>, seq: u64) {
     tx.send_if_modified(|current| {
@@ -92,7 +101,7 @@ pub fn advance(tx: &watch::Sender<u64>, seq: u64) {
 pub async fn listen(
     config: tokio_postgres::Config,
     watchers: Watchers,
-    db_updates: watch::Sender<u64>,
+    counters: Counters,
     reader: Reader,
     database_bytes: Arc<AtomicU64>,
 ) {
@@ -125,7 +134,7 @@ pub async fn listen(
                         return;
                     }
                     loop {
-                        if let Err(e) = look(&client, &watchers, &db_updates).await {
+                        if let Err(e) = look(&client, &watchers, &counters).await {
                             tracing::warn!(error = %e, "live-feed listener cannot read sequences");
                             return;
                         }
@@ -169,12 +178,13 @@ pub async fn listen(
     }
 }
 
-/// Reads the sequences of the watched databases and of `_db_updates`, and wakes the feeds
-/// whose sequence moved; ends the feeds of databases that are gone (or were created again).
+/// Reads the sequences of the watched databases, of `_db_updates` and of the configuration, and
+/// wakes the feeds whose sequence moved; ends the feeds of databases that are gone (or were
+/// created again).
 async fn look(
     client: &tokio_postgres::Client,
     watchers: &Watchers,
-    db_updates: &watch::Sender<u64>,
+    counters: &Counters,
 ) -> Result<(), tokio_postgres::Error> {
     let names = watchers.names();
     let rows = if names.is_empty() {
@@ -206,11 +216,19 @@ async fn look(
             }
         }
     }
-    let seq: i64 = client
-        .query_one("SELECT value FROM counters WHERE name = 'db_updates'", &[])
+    for row in client
+        .query(
+            "SELECT name, value FROM counters WHERE name IN ('db_updates', 'config')",
+            &[],
+        )
         .await?
-        .get(0);
-    advance(db_updates, seq.max(0) as u64);
+    {
+        let value = row.get::<_, i64>(1).max(0) as u64;
+        match row.get::<_, &str>(0) {
+            "db_updates" => advance(&counters.db_updates, value),
+            _ => advance(&counters.config, value),
+        }
+    }
     Ok(())
 }
 

@@ -12,6 +12,7 @@
 
 mod access;
 mod compaction;
+mod config;
 mod conn;
 mod error;
 pub mod feed;
@@ -33,7 +34,7 @@ use outpost_store::{
     AccessCounts, AllDocsQuery, ChangeRow, ChangesQuery, CompactionMark, Compactions, DbInfo,
     DbOptions, DbUpdate, DocAccess, DocError, DocRecord, DocRow, DocUpdate, Event, EventsQuery,
     IndexQuery, IndexRow, IndexState, IndexUpdate, LocalDoc, LocalDocRow, PurgeOutcome,
-    PurgeRequest, Retention, Store, StoreError, StoredBody,
+    PurgeRequest, Retention, SharedConfig, Store, StoreError, StoredBody,
 };
 use tokio::sync::{oneshot, watch};
 
@@ -71,6 +72,8 @@ pub struct PgStore {
     watchers: Watchers,
     /// The `_db_updates` sequence as this node last saw it.
     db_updates: watch::Sender<u64>,
+    /// The shared configuration's version as this node last saw it (see [`config`]).
+    config: watch::Sender<u64>,
     /// Databases this node is compacting, for `compact_running` (per node: another node's
     /// compaction is not shown).
     compactions: Compactions,
@@ -145,13 +148,16 @@ impl PgStore {
 
         let watchers = Watchers::default();
         let db_updates = watch::Sender::new(0);
+        let config_version = watch::Sender::new(0);
         let announce_to = watchers.clone();
         let announce_updates = db_updates.clone();
+        let announce_config = config_version.clone();
         let announce: writer::Announce = Box::new(move |what| match what {
             writer::Announcement::Db(db, Some(seq)) => announce_to.advance(db, seq),
             // Dropping the sender ends every live feed of the deleted database.
             writer::Announcement::Db(db, None) => announce_to.end(db),
             writer::Announcement::DbUpdates(seq) => feed::advance(&announce_updates, seq),
+            writer::Announcement::Config(version) => feed::advance(&announce_config, version),
         });
         let (tx, rx) = mpsc::channel();
         let writer_config = postgres::Config::from(config.clone());
@@ -163,7 +169,10 @@ impl PgStore {
         let listener = tokio::spawn(feed::listen(
             config,
             watchers.clone(),
-            db_updates.clone(),
+            feed::Counters {
+                db_updates: db_updates.clone(),
+                config: config_version.clone(),
+            },
             reader.clone(),
             database_bytes.clone(),
         ));
@@ -173,22 +182,28 @@ impl PgStore {
             reader,
             watchers,
             db_updates,
+            config: config_version,
             compactions: Compactions::default(),
             database_bytes,
             listener,
         };
-        // The current `_db_updates` sequence, so the first feed does not start from 0.
+        // The current `_db_updates` sequence, so the first feed does not start from 0, and the
+        // configuration's version.
         let c = store.reader.client().await?;
-        if let Some(row) = store
+        for row in store
             .reader
-            .query_opt(
+            .query(
                 &c,
-                "SELECT value FROM counters WHERE name = 'db_updates'",
+                "SELECT name, value FROM counters WHERE name IN ('db_updates', 'config')",
                 &[],
             )
             .await?
         {
-            feed::advance(&store.db_updates, row.get::<_, i64>(0).max(0) as u64);
+            let value = row.get::<_, i64>(1).max(0) as u64;
+            match row.get::<_, &str>(0) {
+                "db_updates" => feed::advance(&store.db_updates, value),
+                _ => feed::advance(&store.config, value),
+            }
         }
         Ok(store)
     }
@@ -225,6 +240,7 @@ fn unexpected(reply: WriteReply) -> StoreError {
         WriteReply::Purged(_) => "purged",
         WriteReply::Cursor(_) => "cursor",
         WriteReply::Count(_) => "count",
+        WriteReply::Existed(_) => "existed",
     };
     StoreError::Corrupt(format!("writer answered {what} to another request"))
 }
@@ -626,5 +642,40 @@ impl Store for PgStore {
 
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         lease::release_lease(&self.reader, name, holder).await
+    }
+
+    fn shared_config(&self) -> Option<&dyn SharedConfig> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl SharedConfig for PgStore {
+    async fn config_section(
+        &self,
+        section: &str,
+    ) -> Result<(u64, std::collections::BTreeMap<String, String>), StoreError> {
+        config::section(&self.reader, section).await
+    }
+
+    async fn set_config(
+        &self,
+        section: &str,
+        key: &str,
+        value: Option<String>,
+    ) -> Result<bool, StoreError> {
+        let op = WriteOp::SetConfig {
+            section: section.to_owned(),
+            key: key.to_owned(),
+            value,
+        };
+        match self.write(op).await? {
+            WriteReply::Existed(existed) => Ok(existed),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn watch_config(&self) -> watch::Receiver<u64> {
+        self.config.subscribe()
     }
 }

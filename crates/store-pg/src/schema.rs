@@ -3,7 +3,10 @@
 //!
 //! The tables are those of the SQLite engine (see `outpost_store::sqlite`'s schema), with
 //! PostgreSQL's types (the access index of `access=true` databases included, see
-//! [`crate::access`]), plus `counters` for the server-wide `_db_updates` sequence. Document ids
+//! [`crate::access`]), plus `counters` for the server-wide `_db_updates` sequence and the
+//! version of `config`, which holds the configuration the API changes (server admins added at
+//! run time: on SQLite each process keeps them in its data directory, here every node must see
+//! them). Document ids
 //! and revision ids use the `C` collation, so that `_all_docs` sorts by code point exactly as
 //! SQLite's binary collation does, whatever the database's default collation is; index sort
 //! keys are `bytea`, which compares byte by byte. Attachment bytes are stored `EXTERNAL`
@@ -25,7 +28,10 @@ use outpost_store::StoreError;
 /// gzip-encoded (`encoding`, `encoded_length`); no table changes and no row is rewritten (a stub
 /// without `encoding` is identity, as every stub written before is), but a node of an older
 /// build, which would serve encoded bytes as the attachment itself, refuses the store.
-pub const VERSION: i64 = 5;
+/// Version 6 added `config` (the configuration the API changes, shared by every node) and its
+/// version in `counters`; an older store gains them empty, as its nodes kept that configuration
+/// in their data directories.
+pub const VERSION: i64 = 6;
 
 /// The key of the advisory lock the migration holds (an arbitrary constant, "outpost").
 const MIGRATION_LOCK: i64 = 0x006f_7574_706f_7374;
@@ -41,6 +47,14 @@ CREATE TABLE IF NOT EXISTS counters (
     value BIGINT NOT NULL
 );
 INSERT INTO counters (name, value) VALUES ('db_updates', 0) ON CONFLICT (name) DO NOTHING;
+INSERT INTO counters (name, value) VALUES ('config', 0) ON CONFLICT (name) DO NOTHING;
+
+CREATE TABLE IF NOT EXISTS config (
+    section TEXT COLLATE "C" NOT NULL,
+    key     TEXT COLLATE "C" NOT NULL,
+    value   TEXT NOT NULL,
+    PRIMARY KEY (section, key)
+);
 
 CREATE TABLE IF NOT EXISTS dbs (
     id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

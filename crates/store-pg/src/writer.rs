@@ -11,9 +11,10 @@
 //! `counters`. To rule out deadlocks between nodes, a transaction locks the rows of every
 //! database it will touch up front, in name order, and the `_db_updates` counter last, just
 //! before it commits. What is left can still, rarely, deadlock two nodes' transactions (two
-//! index steps taken in opposite orders, or the same two new attachments stored in opposite
-//! orders): PostgreSQL then aborts one of them, whose requests answer 503 with `Retry-After`
-//! ([`StoreError::Unavailable`]) and are retried by their clients.
+//! index steps taken in opposite orders, or the same two new attachments stored by two
+//! requests of one batch in the opposite order to another batch's; a request's own attachments
+//! are stored in digest order): PostgreSQL then aborts one of them, whose requests answer 503
+//! with `Retry-After` ([`StoreError::Unavailable`]) and are retried by their clients.
 //!
 //! After the commit the writer announces the new sequences to this node's live feeds directly;
 //! other nodes hear of it through one `NOTIFY` per transaction (see [`crate::feed`]).
@@ -123,6 +124,12 @@ pub enum WriteOp {
         db: String,
         name: String,
     },
+    /// Sets (`Some`) or removes (`None`) an entry of the shared configuration.
+    SetConfig {
+        section: String,
+        key: String,
+        value: Option<String>,
+    },
     /// Runs a transaction that writes nothing: proves the writer and the database are up.
     Ping,
 }
@@ -161,6 +168,8 @@ pub enum WriteReply {
     Cursor(Option<String>),
     /// How many things a job found or removed.
     Count(u64),
+    /// Whether a configuration entry existed before the job changed it.
+    Existed(bool),
     Purged(outpost_store::PurgeOutcome),
 }
 
@@ -175,6 +184,8 @@ pub enum Announcement<'a> {
     Db(&'a str, Option<u64>),
     /// The new server-wide sequence of `_db_updates`.
     DbUpdates(u64),
+    /// The new version of the shared configuration.
+    Config(u64),
 }
 
 /// Where committed changes are announced.
@@ -188,6 +199,8 @@ struct Moved {
     /// What happened to each database, for `_db_updates`.
     updates: BTreeMap<String, &'static str>,
     db_updates_seq: Option<u64>,
+    /// The shared configuration's new version, when the transaction changed it.
+    config: Option<u64>,
 }
 
 impl Moved {
@@ -208,7 +221,10 @@ impl Moved {
     }
 
     fn is_empty(&self) -> bool {
-        self.deleted.is_empty() && self.seqs.is_empty() && self.updates.is_empty()
+        self.deleted.is_empty()
+            && self.seqs.is_empty()
+            && self.updates.is_empty()
+            && self.config.is_none()
     }
 }
 
@@ -295,6 +311,9 @@ pub fn run(config: postgres::Config, jobs: mpsc::Receiver<Job>, announce: Announ
                 }
                 if let Some(seq) = moved.db_updates_seq {
                     announce(Announcement::DbUpdates(seq));
+                }
+                if let Some(version) = moved.config {
+                    announce(Announcement::Config(version));
                 }
                 for ((pending, _), result) in batch.into_iter().zip(results) {
                     match result {
@@ -590,6 +609,41 @@ fn apply(
         WriteOp::DropIndex { db, name } => Ok(WriteReply::Count(u64::from(
             crate::index::drop_index(c, db, name)?,
         ))),
+        WriteOp::SetConfig {
+            section,
+            key,
+            value,
+        } => {
+            // The version row is locked first and until the commit, so changes to the
+            // configuration are serialized across nodes and versions follow commit order: a
+            // node that reads version N reads every change made up to it.
+            let version: i64 = c
+                .query_opt(
+                    "UPDATE counters SET value = value + 1 WHERE name = 'config' RETURNING value",
+                    &[],
+                )?
+                .ok_or_else(|| StoreError::Corrupt("the config version is missing".into()))?
+                .get(0);
+            let existed = c
+                .query_opt(
+                    "SELECT 1 FROM config WHERE section = $1 AND key = $2",
+                    &[section, key],
+                )?
+                .is_some();
+            match value {
+                Some(value) => c.execute(
+                    "INSERT INTO config (section, key, value) VALUES ($1, $2, $3)
+                     ON CONFLICT (section, key) DO UPDATE SET value = excluded.value",
+                    &[section, key, value],
+                )?,
+                None => c.execute(
+                    "DELETE FROM config WHERE section = $1 AND key = $2",
+                    &[section, key],
+                )?,
+            };
+            moved.config = Some(version as u64);
+            Ok(WriteReply::Existed(existed))
+        }
         WriteOp::Ping => {
             c.query("SELECT 1", &[])?;
             Ok(WriteReply::Done)

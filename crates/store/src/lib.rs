@@ -27,6 +27,7 @@ pub use sqlite::retention::Retention;
 pub use types::*;
 
 use async_trait::async_trait;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use outpost_core::{Policy, Rev};
@@ -246,6 +247,13 @@ pub trait Store: Send + Sync + 'static {
     /// Gives up the lease `name` if `holder` holds it, so another may take it at once.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
+    /// The configuration the API changes (server admins added at run time), when this store
+    /// keeps it for every process sharing it; `None` when the store belongs to one process,
+    /// which keeps that configuration itself (the SQLite engine's data directory).
+    fn shared_config(&self) -> Option<&dyn SharedConfig> {
+        None
+    }
+
     // Per-document access. A database created with [`DbOptions::access`] keeps, in the
     // transaction of every document write, an index of which principals (user names and roles)
     // the winner's top-level `_access` list names, per principal in sequence order, and of the
@@ -294,4 +302,26 @@ pub trait Store: Send + Sync + 'static {
         reader: &[String],
         ids: &[String],
     ) -> Result<Vec<DocAccess>, StoreError>;
+}
+
+/// Configuration set through the API and kept in a store that several processes share, so that
+/// each of them sees every change: entries of `(section, key) → value`, and a version that moves
+/// with every change any process commits.
+#[async_trait]
+pub trait SharedConfig: Send + Sync {
+    /// The entries of `section` (key → value) and the configuration's version they were read at.
+    async fn config_section(
+        &self,
+        section: &str,
+    ) -> Result<(u64, BTreeMap<String, String>), StoreError>;
+    /// Sets (`Some`) or removes (`None`) one entry, committed when this returns, and moves the
+    /// version; whether the entry existed before.
+    async fn set_config(
+        &self,
+        section: &str,
+        key: &str,
+        value: Option<String>,
+    ) -> Result<bool, StoreError>;
+    /// A receiver that sees the version each time it moves, whichever process changed it.
+    fn watch_config(&self) -> watch::Receiver<u64>;
 }

@@ -266,6 +266,13 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     state.gateway = gateway
         .as_ref()
         .map(outpost_gateway::Gateway::embedded_admin);
+    // On a store several nodes share, server admins added through any node live in the store:
+    // read them before deciding whether this node runs as an admin party.
+    state
+        .auth
+        .refresh(state.store.as_ref())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the server admins kept in the store: {e}"))?;
     if !state.auth.enforced() {
         if !args.listen.ip().is_loopback() && !args.insecure_open {
             anyhow::bail!(

@@ -120,8 +120,9 @@ fn config(state: &AppState, path: &[&str], req: &Req) -> Result<Response, ApiErr
 const HIDDEN: &str = "<hashed>";
 
 /// `_config/admins[/NAME]`: the server admins. `PUT` with a JSON string sets a password (stored
-/// hashed, saved in the data directory), `DELETE` removes an admin; both answer the previous
-/// value as CouchDB does (here never the hash itself).
+/// hashed, saved in the data directory, or in a store shared by several nodes for all of them),
+/// `DELETE` removes an admin; both answer the previous value as CouchDB does (here never the
+/// hash itself).
 async fn admins(state: &AppState, path: &[&str], req: &mut Req) -> Result<Response, ApiError> {
     let auth = &state.auth;
     match (path, &req.method) {
@@ -158,12 +159,12 @@ async fn admins(state: &AppState, path: &[&str], req: &mut Req) -> Result<Respon
             })
             .await
             .map_err(|e| ApiError::Internal(format!("password hashing failed: {e}")))?;
-            let existed = auth.set_admin(name, creds)?;
+            let existed = auth.set_admin(state.store.as_ref(), name, creds).await?;
             tracing::warn!(admin = %name, "server admin set through _config");
             Ok(ok(json!(if existed { HIDDEN } else { "" }).to_string()))
         }
         ([name], &Method::DELETE) => {
-            if auth.remove_admin(name)? {
+            if auth.remove_admin(state.store.as_ref(), name).await? {
                 tracing::warn!(admin = %name, "server admin removed through _config");
                 Ok(ok(json!(HIDDEN).to_string()))
             } else {

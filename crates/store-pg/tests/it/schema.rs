@@ -92,6 +92,44 @@ async fn a_version_1_store_gains_per_document_access_and_purge_counters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_5_store_gains_the_shared_configuration() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::new(&url);
+    {
+        let store = schema.open().await;
+        store.create_db("old").await.unwrap();
+        store.close();
+    }
+    // The store as version 5 left it: no configuration table, no version counter.
+    sql(
+        &schema,
+        "DROP TABLE config; DELETE FROM counters WHERE name = 'config';
+         UPDATE meta SET value = '5' WHERE key = 'schema_version'",
+    );
+    let store = schema.open().await;
+    assert_eq!(
+        sql(
+            &schema,
+            "SELECT value FROM meta WHERE key = 'schema_version'"
+        )
+        .as_deref(),
+        Some(outpost_store_pg::SCHEMA_VERSION.to_string().as_str())
+    );
+    assert!(store.db_info("old").await.is_ok());
+    let shared = store.shared_config().unwrap();
+    assert!(shared.config_section("admins").await.unwrap().1.is_empty());
+    assert!(
+        !shared
+            .set_config("admins", "ann", Some("hash".into()))
+            .await
+            .unwrap()
+    );
+    let (version, found) = shared.config_section("admins").await.unwrap();
+    assert_eq!(version, 1);
+    assert_eq!(found.get("ann").map(String::as_str), Some("hash"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_4_store_keeps_its_attachments_as_they_were_stored() {
     use outpost_store::conformance::compaction::{with_attachment, write};
     let Some(url) = postgres_url() else { return };
@@ -117,7 +155,7 @@ async fn a_version_4_store_keeps_its_attachments_as_they_were_stored() {
             "SELECT value FROM meta WHERE key = 'schema_version'"
         )
         .as_deref(),
-        Some("5")
+        Some(outpost_store_pg::SCHEMA_VERSION.to_string().as_str())
     );
     let body = store.rev_bodies("db", "d", &[rev]).await.unwrap();
     let body: serde_json::Value = serde_json::from_str(&body[0].1.json).unwrap();
@@ -130,7 +168,7 @@ async fn a_version_4_store_keeps_its_attachments_as_they_were_stored() {
     // A store of a later version than this build's is refused rather than misread.
     sql(
         &schema,
-        "UPDATE meta SET value = '6' WHERE key = 'schema_version'",
+        "UPDATE meta SET value = '7' WHERE key = 'schema_version'",
     );
     assert!(
         outpost_store_pg::PgStore::open(&url, Some(&schema.name))

@@ -9,7 +9,8 @@ use serde_json::json;
 
 use super::edit;
 use crate::{
-    AllDocsQuery, ChangesQuery, DocUpdate, EventsQuery, Origin, Retention, Store, UpdateMode,
+    AllDocsQuery, ChangesQuery, DocError, DocUpdate, EventsQuery, NewAttachment, Origin, Retention,
+    Store, UpdateMode,
 };
 
 /// A replicated revision (`new_edits=false`) with its `_revisions` path, newest first.
@@ -68,6 +69,83 @@ pub async fn a_documents_revisions_of_one_request_take_one_sequence(store: Arc<d
         conflicted.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
         ["x"]
     );
+}
+
+/// An engine may hold a request's writes back and store a whole chunk of documents at once:
+/// what a revision needs of an earlier one of the same request (a stub of an attachment that
+/// arrived with it, the same new attachment again) is found all the same, and a request larger
+/// than a chunk still gives one sequence per document, in request order, and one result per
+/// update.
+pub async fn a_requests_revisions_build_on_each_other_before_they_are_stored(
+    store: Arc<dyn Store>,
+) {
+    store.create_db("db").await.unwrap();
+    let old = store
+        .write_docs("db", vec![edit("old", None, json!({"v": 0}))])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap();
+    let bytes = b"attached".to_vec();
+    let att = NewAttachment {
+        digest: "md5-shared".into(),
+        data: bytes.clone(),
+    };
+    let meta = json!({"content_type": "text/plain", "digest": "md5-shared", "length": bytes.len()});
+    let mut first = replicated("a", vec![rev("1-a")], json!({"_attachments": {"f": meta}}));
+    first.new_attachments = vec![att.clone()];
+    let mut twin = edit("b", None, json!({"_attachments": {"f": meta}}));
+    twin.new_attachments = vec![att];
+    let mut updates = vec![
+        first,
+        replicated(
+            "a",
+            vec![rev("2-b"), rev("1-a")],
+            json!({"x": 2, "_attachments": {"f": {"stub": true, "digest": "md5-shared"}}}),
+        ),
+        twin,
+        edit("old", Some(&old), json!({"v": 1})),
+        // From a revision that the update before it in the same request replaced.
+        edit("old", Some(&old), json!({"v": 2})),
+    ];
+    const MANY: usize = 2_100;
+    updates.extend((0..MANY).map(|i| edit(&format!("n{i:04}"), None, json!({ "i": i }))));
+    let results = store.write_docs("db", updates).await.unwrap();
+    assert_eq!(results.len(), MANY + 5);
+    assert!(
+        matches!(results[4], Err(DocError::Conflict)),
+        "{:?}",
+        results[4]
+    );
+    for (i, result) in results.iter().enumerate().filter(|(i, _)| *i != 4) {
+        assert!(result.is_ok(), "update {i}: {result:?}");
+    }
+    let body = store.rev_bodies("db", "a", &[rev("2-b")]).await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&body[0].1.json).unwrap();
+    assert_eq!(body["x"], 2);
+    assert_eq!(body["_attachments"]["f"]["content_type"], "text/plain");
+    assert_eq!(body["_attachments"]["f"]["digest"], "md5-shared");
+    assert_eq!(store.attachment("md5-shared").await.unwrap(), Some(bytes));
+    assert!(store.doc("db", "b").await.unwrap().is_some());
+    let info = store.db_info("db").await.unwrap();
+    assert_eq!(info.update_seq, 1 + 3 + MANY as u64);
+    assert_eq!(info.doc_count, 3 + MANY as u64);
+    let feed = store
+        .changes(
+            "db",
+            &ChangesQuery {
+                limit: 10_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut expected = vec!["a".to_owned(), "b".into(), "old".into()];
+    expected.extend((0..MANY).map(|i| format!("n{i:04}")));
+    let got: Vec<(u64, String)> = feed.into_iter().map(|r| (r.seq, r.id)).collect();
+    let want: Vec<(u64, String)> = (2..).zip(expected).collect();
+    assert_eq!(got, want);
 }
 
 pub async fn an_automatic_policy_resolves_in_the_writer(store: Arc<dyn Store>) {

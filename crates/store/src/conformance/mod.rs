@@ -71,6 +71,7 @@ macro_rules! conformance_suite {
             compaction::compaction_collects_attachments_no_stored_revision_refers_to,
             compaction::compaction_drops_superseded_and_stemmed_bodies_and_keeps_leaves,
             documents::a_documents_revisions_of_one_request_take_one_sequence,
+            documents::a_requests_revisions_build_on_each_other_before_they_are_stored,
             documents::an_automatic_policy_resolves_in_the_writer,
             documents::a_conflict_is_resolved_by_hand_from_its_exact_leaves,
             documents::retention_trims_the_log_and_keeps_the_documents,

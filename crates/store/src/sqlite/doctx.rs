@@ -1,11 +1,13 @@
 //! The SQLite statements behind [`DocTx`]: what the engine-neutral document writer
 //! (`crate::docwrite`) reads and writes, on the writer's connection inside its transaction.
 
+use std::collections::HashMap;
+
 use outpost_core::Policy;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::docwrite::{DbState, DocRowWrite, DocTx, EventWrite};
-use crate::{NewAttachment, StoreError};
+use crate::StoreError;
+use crate::docwrite::{DbState, DocTx, Writes};
 
 impl DocTx for Connection {
     fn db_state(&self, name: &str) -> Result<Option<DbState>, StoreError> {
@@ -51,11 +53,24 @@ impl DocTx for Connection {
         Ok(())
     }
 
-    fn doc_row(&self, db: i64, id: &str) -> Result<Option<(bool, String)>, StoreError> {
-        Ok(self
-            .prepare_cached("SELECT deleted, tree FROM docs WHERE db = ?1 AND id = ?2")?
-            .query_row(params![db, id], |r| Ok((r.get::<_, bool>(0)?, r.get(1)?)))
-            .optional()?)
+    fn doc_rows(
+        &self,
+        db: i64,
+        ids: &[&str],
+    ) -> Result<HashMap<String, (bool, String)>, StoreError> {
+        // In process, a statement per document costs no round trip.
+        let mut stmt =
+            self.prepare_cached("SELECT deleted, tree FROM docs WHERE db = ?1 AND id = ?2")?;
+        let mut out = HashMap::with_capacity(ids.len());
+        for id in ids {
+            if let Some(row) = stmt
+                .query_row(params![db, id], |r| Ok((r.get::<_, bool>(0)?, r.get(1)?)))
+                .optional()?
+            {
+                out.insert((*id).to_owned(), row);
+            }
+        }
+        Ok(out)
     }
 
     fn rev_body(&self, db: i64, doc: &str, rev: &str) -> Result<Option<String>, StoreError> {
@@ -65,68 +80,57 @@ impl DocTx for Connection {
             .optional()?)
     }
 
-    fn put_rev(
-        &self,
-        db: i64,
-        doc: &str,
-        rev: &str,
-        deleted: bool,
-        body: &str,
-    ) -> Result<(), StoreError> {
-        self.prepare_cached(
-            "INSERT INTO revs (db, doc, rev, deleted, body) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (db, doc, rev) DO NOTHING",
-        )?
-        .execute(params![db, doc, rev, deleted, body])?;
-        Ok(())
-    }
-
-    fn put_attachment(&self, att: &NewAttachment) -> Result<(), StoreError> {
-        self.prepare_cached(
+    fn write(&self, w: &Writes) -> Result<(), StoreError> {
+        let mut stmt = self.prepare_cached(
             "INSERT INTO attachments (digest, length, data) VALUES (?1, ?2, ?3)
              ON CONFLICT (digest) DO NOTHING",
-        )?
-        .execute(params![att.digest, att.data.len() as i64, att.data])?;
-        Ok(())
-    }
-
-    fn put_doc(&self, row: &DocRowWrite<'_>) -> Result<(), StoreError> {
-        self.prepare_cached(
+        )?;
+        for att in &w.attachments {
+            stmt.execute(params![att.digest, att.data.len() as i64, att.data])?;
+        }
+        let mut stmt = self.prepare_cached(
+            "INSERT INTO revs (db, doc, rev, deleted, body) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (db, doc, rev) DO NOTHING",
+        )?;
+        for r in &w.revs {
+            stmt.execute(params![r.db, r.doc, r.rev, r.deleted, r.body])?;
+        }
+        let mut stmt = self.prepare_cached(
             "INSERT INTO docs (db, id, seq, deleted, conflicted, winner, tree)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (db, id) DO UPDATE SET seq = excluded.seq, deleted = excluded.deleted,
                  conflicted = excluded.conflicted, winner = excluded.winner, tree = excluded.tree",
-        )?
-        .execute(params![
-            row.db,
-            row.id,
-            row.seq as i64,
-            row.deleted,
-            row.conflicted,
-            row.winner,
-            row.tree
-        ])?;
-        Ok(())
-    }
-
-    fn put_event(&self, e: &EventWrite<'_>) -> Result<(), StoreError> {
-        self.prepare_cached(
+        )?;
+        for d in &w.docs {
+            stmt.execute(params![
+                d.db,
+                d.id,
+                d.seq as i64,
+                d.deleted,
+                d.conflicted,
+                d.winner,
+                d.tree
+            ])?;
+        }
+        let mut stmt = self.prepare_cached(
             "INSERT INTO events (db, seq, pos, kind, doc, rev, parent, origin, at, detail, deleted)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )?
-        .execute(params![
-            e.db,
-            e.seq as i64,
-            e.pos,
-            e.kind,
-            e.doc,
-            e.rev,
-            e.parent,
-            e.origin,
-            e.at,
-            e.detail,
-            e.deleted,
-        ])?;
+        )?;
+        for e in &w.events {
+            stmt.execute(params![
+                e.db,
+                e.seq as i64,
+                e.pos,
+                e.kind,
+                e.doc,
+                e.rev,
+                e.parent,
+                e.origin,
+                e.at,
+                e.detail,
+                e.deleted,
+            ])?;
+        }
         Ok(())
     }
 

@@ -10,15 +10,23 @@
 //! The transaction is the engine's business: it decides how requests are grouped into commits
 //! and what locks give its sequences their order (see [`DocTx::db_state`]).
 
+mod writes;
+
 use std::collections::HashMap;
 
 use outpost_core::rev::MAX_GENERATION;
 use outpost_core::{Policy, Rev, RevTree, hash, policy};
 use serde_json::{Map, Value};
 
-use crate::{DocError, DocUpdate, NewAttachment, Origin, StoreError, UpdateMode};
+use crate::{DocError, DocUpdate, Origin, StoreError, UpdateMode};
+use writes::Pending;
+pub use writes::{DocRowWrite, EventWrite, RevWrite, Writes};
 
 /// The reads and writes the document writer needs, on an engine's open write transaction.
+///
+/// A step (the documents of a request's chunk) reads its documents' rows in one call and
+/// revision bodies one by one, and its writes reach the engine at once, in [`DocTx::write`], so
+/// that an engine whose statements cost a round trip each can make them a few multi-row ones.
 pub trait DocTx {
     /// The state of the database named `name`, `None` when there is none. An engine whose
     /// writers can run concurrently (several nodes on one server) must lock the row here until
@@ -26,28 +34,22 @@ pub trait DocTx {
     fn db_state(&self, name: &str) -> Result<Option<DbState>, StoreError>;
     /// Writes the counters and sequence of `state` back to its database's row.
     fn save_state(&self, state: &DbState) -> Result<(), StoreError>;
-    /// A document's stored `deleted` flag and revision tree (JSON), `None` when it has no row.
-    fn doc_row(&self, db: i64, id: &str) -> Result<Option<(bool, String)>, StoreError>;
-    /// The stored body (JSON) of one revision, `None` when there is none.
-    fn rev_body(&self, db: i64, doc: &str, rev: &str) -> Result<Option<String>, StoreError>;
-    /// Stores a revision's body; a revision already stored is kept as it is.
-    fn put_rev(
+    /// The stored `deleted` flag and revision tree (JSON) of each of `ids` that has a row, by id.
+    fn doc_rows(
         &self,
         db: i64,
-        doc: &str,
-        rev: &str,
-        deleted: bool,
-        body: &str,
-    ) -> Result<(), StoreError>;
-    /// Stores attachment bytes under their digest, once.
-    fn put_attachment(&self, att: &NewAttachment) -> Result<(), StoreError>;
-    /// Inserts or replaces a document's row.
-    fn put_doc(&self, row: &DocRowWrite<'_>) -> Result<(), StoreError>;
-    /// Appends one event to the log.
-    fn put_event(&self, event: &EventWrite<'_>) -> Result<(), StoreError>;
+        ids: &[&str],
+    ) -> Result<HashMap<String, (bool, String)>, StoreError>;
+    /// The stored body (JSON) of one revision, `None` when there is none.
+    fn rev_body(&self, db: i64, doc: &str, rev: &str) -> Result<Option<String>, StoreError>;
+    /// Stores what a step wrote, in this order: attachment bytes under their digest (one
+    /// already stored is kept), revision bodies (one already stored is kept as it is), document
+    /// rows (inserted or replaced), events (appended).
+    fn write(&self, writes: &Writes) -> Result<(), StoreError>;
     /// Brings the access index of a database with per-document access up to date with a
     /// document just stored (its new sequence, winning revision and deletion flag), in the same
-    /// transaction: who gains the document, who loses it (kept as a deletion at `seq`).
+    /// transaction: who gains the document, who loses it (kept as a deletion at `seq`). Called
+    /// after [`DocTx::write`] stored the document's revisions.
     fn index_access(
         &self,
         db: i64,
@@ -66,40 +68,6 @@ pub trait DocTx {
     /// concurrently must lock the database's indexes here so that a step computed before the
     /// purge cannot write the document's rows back (see [`crate::index`]).
     fn forget_doc(&self, db: i64, doc: &str) -> Result<(), StoreError>;
-}
-
-/// A document's row as the writer stores it.
-#[derive(Debug)]
-pub struct DocRowWrite<'a> {
-    pub db: i64,
-    pub id: &'a str,
-    pub seq: u64,
-    pub deleted: bool,
-    /// Whether the document has more than one live leaf.
-    pub conflicted: bool,
-    /// The winning revision.
-    pub winner: &'a str,
-    /// The revision tree as JSON.
-    pub tree: &'a str,
-}
-
-/// One event as the writer appends it.
-#[derive(Debug)]
-pub struct EventWrite<'a> {
-    pub db: i64,
-    pub seq: u64,
-    /// The event's place among the events of its sequence.
-    pub pos: i64,
-    pub kind: &'a str,
-    pub doc: &'a str,
-    pub rev: String,
-    pub parent: Option<String>,
-    pub origin: &'a str,
-    /// Milliseconds since the Unix epoch.
-    pub at: i64,
-    pub detail: Option<&'a str>,
-    /// Whether the revision is a deletion: replay reads it from the log, never from the tables.
-    pub deleted: bool,
 }
 
 /// The results of a document write, one per update, once every document is applied; and the
@@ -124,15 +92,40 @@ pub fn apply_docs_step(
         // Deleted and created again between two chunks: the rest is not for this database.
         return Err(StoreError::NoDb);
     }
-    let mut applied = 0;
-    while applied < allowance.max(1) {
-        let Some(group) = progress.groups.get(progress.next) else {
+    // The documents of this step: whole groups up to the allowance (at least one).
+    let first = progress.next;
+    let mut end = first;
+    let mut taken = 0;
+    while taken < allowance.max(1) {
+        let Some(group) = progress.groups.get(end) else {
             break;
         };
-        applied += group.len();
-        apply_doc_group(tx, &mut state, updates, group, &mut progress.results, now)?;
-        progress.next += 1;
+        taken += group.len();
+        end += 1;
     }
+    // Every document's row in one read.
+    let ids: Vec<&str> = progress.groups[first..end]
+        .iter()
+        .map(|g| updates[g[0]].id.as_str())
+        .collect();
+    let mut rows = tx.doc_rows(state.id, &ids)?;
+    let mut pending = Pending::default();
+    for g in first..end {
+        let group = &progress.groups[g];
+        let row = rows.remove(&updates[group[0]].id);
+        apply_doc_group(
+            tx,
+            &mut pending,
+            &mut state,
+            updates,
+            group,
+            row,
+            &mut progress.results,
+            now,
+        )?;
+    }
+    progress.next = end;
+    pending.flush(tx, state.id)?;
     tx.save_state(&state)?;
     if progress.next < progress.groups.len() {
         return Ok((None, state.seq));
@@ -230,33 +223,38 @@ impl DocsProgress {
 
 /// Applies every update of one document in request order, on its tree loaded once, then
 /// resolves it once and stores it once.
+#[allow(clippy::too_many_arguments)]
 fn apply_doc_group(
     tx: &dyn DocTx,
+    pending: &mut Pending,
     state: &mut DbState,
     updates: &mut [DocUpdate],
     group: &[usize],
+    row: Option<(bool, String)>,
     results: &mut [Option<Result<Rev, DocError>>],
     now: i64,
 ) -> Result<(), StoreError> {
-    let mut doc = DocWrite::load(tx, state.id, &updates[group[0]].id)?;
+    let mut doc = DocWrite::new(&updates[group[0]].id, row)?;
     let mut accepted = false;
     for &i in group {
-        results[i] = Some(match apply_doc(tx, state, &mut doc, &mut updates[i]) {
-            Ok(rev) => {
-                accepted = true;
-                Ok(rev)
-            }
-            Err(ApplyError::Doc(e)) => Err(e),
-            Err(ApplyError::Store(e)) => return Err(e),
-        });
+        results[i] = Some(
+            match apply_doc(tx, pending, state, &mut doc, &mut updates[i]) {
+                Ok(rev) => {
+                    accepted = true;
+                    Ok(rev)
+                }
+                Err(ApplyError::Doc(e)) => Err(e),
+                Err(ApplyError::Store(e)) => return Err(e),
+            },
+        );
     }
     // Automatic policies resolve once per document after all of its revisions in the request,
     // so the revisions a replicator sends together (a peer's resolution and its tombstones) are
     // judged together.
     if accepted && state.policy != Policy::Manual {
-        settle_automatically(tx, state, &mut doc)?;
+        settle_automatically(tx, pending, state, &mut doc)?;
     }
-    doc.store(tx, state, now)
+    doc.store(pending, state, now)
 }
 
 /// One document as a request writes it: its tree, loaded once; every revision the request adds
@@ -285,8 +283,8 @@ struct PendingEvent {
 }
 
 impl DocWrite {
-    fn load(tx: &dyn DocTx, db: i64, id: &str) -> Result<DocWrite, StoreError> {
-        let row = tx.doc_row(db, id)?;
+    /// The document `id` with its stored row (`deleted` flag and tree), if it has one.
+    fn new(id: &str, row: Option<(bool, String)>) -> Result<DocWrite, StoreError> {
         let (was_deleted, tree) = match row {
             Some((deleted, json)) => {
                 let tree = serde_json::from_str(&json)
@@ -305,10 +303,11 @@ impl DocWrite {
     }
 
     /// Stores a revision just added to the tree: its body now (later revisions of the request may
-    /// take attachment stubs from it, and policies read it), its event with the document.
+    /// take attachment stubs from it, and policies read it, from `pending`), its event with the
+    /// document.
     fn add(
         &mut self,
-        tx: &dyn DocTx,
+        pending: &mut Pending,
         state: &mut DbState,
         revision: &NewRevision<'_>,
         origin: &Origin,
@@ -317,13 +316,13 @@ impl DocWrite {
         let body_json =
             serde_json::to_string(revision.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         state.active_size += body_json.len() as i64;
-        tx.put_rev(
-            state.id,
-            &self.id,
-            &revision.rev.to_string(),
-            revision.deleted,
-            &body_json,
-        )?;
+        pending.put_rev(RevWrite {
+            db: state.id,
+            doc: self.id.clone(),
+            rev: revision.rev.to_string(),
+            deleted: revision.deleted,
+            body: body_json,
+        });
         self.events.push(PendingEvent {
             kind: revision.kind,
             rev: revision.rev.clone(),
@@ -351,7 +350,12 @@ impl DocWrite {
 
     /// Stems the tree and writes the document row, the counters and the events, under one new
     /// sequence. Does nothing when no revision was added.
-    fn store(&mut self, tx: &dyn DocTx, state: &mut DbState, now: i64) -> Result<(), StoreError> {
+    fn store(
+        &mut self,
+        pending: &mut Pending,
+        state: &mut DbState,
+        now: i64,
+    ) -> Result<(), StoreError> {
         if self.events.is_empty() {
             return Ok(());
         }
@@ -365,18 +369,21 @@ impl DocWrite {
             .unwrap_or_default();
         let tree_json =
             serde_json::to_string(&self.tree).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        tx.put_doc(&DocRowWrite {
+        if state.access {
+            pending
+                .access
+                .push((self.id.clone(), state.seq, winner.clone(), deleted));
+        }
+        pending.writes.docs.push(DocRowWrite {
             db: state.id,
-            id: &self.id,
+            id: self.id.clone(),
+            new: self.was_deleted.is_none(),
             seq: state.seq,
             deleted,
             conflicted: self.tree.is_conflicted(),
-            winner: &winner,
-            tree: &tree_json,
-        })?;
-        if state.access {
-            tx.index_access(state.id, &self.id, state.seq, &winner, deleted)?;
-        }
+            winner,
+            tree: tree_json,
+        });
         match (self.was_deleted, deleted) {
             (None, false) => state.doc_count += 1,
             (None, true) => state.doc_del_count += 1,
@@ -391,13 +398,21 @@ impl DocWrite {
             _ => {}
         }
         self.was_deleted = Some(deleted);
-        self.write_events(tx, state, now)
+        self.write_events(pending, state, now);
+        Ok(())
     }
 
     /// A purge took every revision: the document's row and history go, and only the events
     /// of the purge are left, under a new sequence, so that the log says what happened and
-    /// replay (which finds an empty tree) rebuilds no document.
-    fn forget(&mut self, tx: &dyn DocTx, state: &mut DbState, now: i64) -> Result<(), StoreError> {
+    /// replay (which finds an empty tree) rebuilds no document. The row and history go at once;
+    /// the events wait in `pending`, which must hold no earlier write of the document.
+    fn forget(
+        &mut self,
+        tx: &dyn DocTx,
+        pending: &mut Pending,
+        state: &mut DbState,
+        now: i64,
+    ) -> Result<(), StoreError> {
         tx.forget_doc(state.id, &self.id)?;
         match self.was_deleted {
             Some(true) => state.doc_del_count -= 1,
@@ -406,32 +421,27 @@ impl DocWrite {
         }
         self.was_deleted = None;
         state.seq += 1;
-        self.write_events(tx, state, now)
+        self.write_events(pending, state, now);
+        Ok(())
     }
 
     /// Appends the pending events under the document's sequence (`state.seq`).
-    fn write_events(
-        &mut self,
-        tx: &dyn DocTx,
-        state: &DbState,
-        now: i64,
-    ) -> Result<(), StoreError> {
+    fn write_events(&mut self, pending: &mut Pending, state: &DbState, now: i64) {
         for (pos, event) in self.events.drain(..).enumerate() {
-            tx.put_event(&EventWrite {
+            pending.writes.events.push(EventWrite {
                 db: state.id,
                 seq: state.seq,
                 pos: pos as i64,
                 kind: event.kind,
-                doc: &self.id,
+                doc: self.id.clone(),
                 rev: event.rev.to_string(),
                 parent: event.parent.as_ref().map(Rev::to_string),
-                origin: &event.origin,
+                origin: event.origin,
                 at: now / 1000,
-                detail: event.detail.as_deref(),
+                detail: event.detail,
                 deleted: event.deleted,
-            })?;
+            });
         }
-        Ok(())
     }
 }
 
@@ -444,6 +454,10 @@ pub type PurgeStep = (crate::PurgeOutcome, u64);
 /// `_purge` in the writer's transaction (see [`crate::Store::purge`]): each document's tree is
 /// loaded, purged and stored (or forgotten, when no leaf is left) under one new sequence, with
 /// one `purged` event per leaf purged; the purged revisions' bodies go.
+///
+/// Each document's writes are handed to the engine before the next document is read: bodies
+/// are dropped and forgotten documents removed at once, so a later request for the same
+/// document must find the engine up to date, and no batched write may land after a removal.
 pub fn apply_purge(
     tx: &dyn DocTx,
     db: &str,
@@ -454,7 +468,10 @@ pub fn apply_purge(
     let mut outcome = crate::PurgeOutcome::default();
     for request in requests {
         state.purge_seq += 1;
-        let mut doc = DocWrite::load(tx, state.id, &request.id)?;
+        let row = tx
+            .doc_rows(state.id, &[request.id.as_str()])?
+            .remove(&request.id);
+        let mut doc = DocWrite::new(&request.id, row)?;
         // Each purged leaf's deletion flag, for its event, before the tree forgets it.
         let flags: HashMap<Rev, bool> = request
             .revs
@@ -485,11 +502,13 @@ pub fn apply_purge(
             });
         }
         metrics::counter!("outpost_documents_purged_total").increment(1);
+        let mut pending = Pending::default();
         if doc.tree.is_empty() {
-            doc.forget(tx, &mut state, now)?;
+            doc.forget(tx, &mut pending, &mut state, now)?;
         } else {
-            doc.store(tx, &mut state, now)?;
+            doc.store(&mut pending, &mut state, now)?;
         }
+        pending.flush(tx, state.id)?;
         outcome.purged.push((request.id.clone(), purged.leaves));
     }
     tx.save_state(&state)?;
@@ -499,13 +518,14 @@ pub fn apply_purge(
 
 fn load_bodies(
     tx: &dyn DocTx,
+    pending: &Pending,
     db: i64,
     id: &str,
     revs: &[Rev],
 ) -> Result<HashMap<Rev, Value>, StoreError> {
     let mut out = HashMap::new();
     for rev in revs {
-        if let Some(body) = tx.rev_body(db, id, &rev.to_string())? {
+        if let Some(body) = pending.rev_body(tx, db, id, &rev.to_string())? {
             let value =
                 serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             out.insert(rev.clone(), value);
@@ -535,6 +555,7 @@ fn fingerprint_text(fingerprint: Option<&Value>) -> String {
 /// deleted when this replica's policy keeps it), then resolves live conflicts.
 fn settle_automatically(
     tx: &dyn DocTx,
+    pending: &mut Pending,
     state: &mut DbState,
     doc: &mut DocWrite,
 ) -> Result<(), StoreError> {
@@ -542,7 +563,7 @@ fn settle_automatically(
     if needed.is_empty() {
         return Ok(());
     }
-    let bodies = load_bodies(tx, state.id, &doc.id, &needed)?;
+    let bodies = load_bodies(tx, pending, state.id, &doc.id, &needed)?;
     let settled = policy::settle(&state.policy, &doc.tree, &bodies, &doc.arrived);
     let ours = state.policy.fingerprint();
     for foreign in &settled.foreign {
@@ -592,7 +613,7 @@ fn settle_automatically(
             body,
             kind: "reinstated",
         };
-        doc.add(tx, state, &revision, &Origin::Resolver, Some(detail))?;
+        doc.add(pending, state, &revision, &Origin::Resolver, Some(detail))?;
     }
     let resolution = match settled.resolution {
         Ok(Some(resolution)) => resolution,
@@ -635,7 +656,7 @@ fn settle_automatically(
         origin: &Origin::Resolver,
         detail: &detail,
     };
-    commit_resolution(tx, state, doc, &written)
+    commit_resolution(pending, state, doc, &written)
 }
 
 /// `_resolve`: the client's body becomes a child of the winner and the other leaves it names are
@@ -651,7 +672,9 @@ pub fn apply_manual_resolution(
 ) -> Result<(Result<Rev, DocError>, u64), StoreError> {
     let mut state = load_state(tx, db)?;
     let seq = state.seq;
-    let mut doc = DocWrite::load(tx, state.id, id)?;
+    let row = tx.doc_rows(state.id, &[id])?.remove(id);
+    let mut doc = DocWrite::new(id, row)?;
+    let mut pending = Pending::default();
     if doc.tree.is_empty() {
         return Ok((Err(DocError::Conflict), seq));
     }
@@ -678,6 +701,7 @@ pub fn apply_manual_resolution(
     let mut body = update.body.clone();
     match resolve_attachments(
         tx,
+        &pending,
         state.id,
         id,
         &mut body,
@@ -690,7 +714,7 @@ pub fn apply_manual_resolution(
         Err(ApplyError::Store(e)) => return Err(e),
     }
     for att in &update.new_attachments {
-        tx.put_attachment(att)?;
+        pending.put_attachment(att.clone());
     }
     let rev = hash::next_rev_of_fields(Some(&winner), false, &body);
     if doc.tree.contains(&rev) {
@@ -719,8 +743,9 @@ pub fn apply_manual_resolution(
         origin: &update.origin,
         detail: &detail,
     };
-    commit_resolution(tx, &mut state, &mut doc, &written)?;
-    doc.store(tx, &mut state, now)?;
+    commit_resolution(&mut pending, &mut state, &mut doc, &written)?;
+    doc.store(&mut pending, &mut state, now)?;
+    pending.flush(tx, state.id)?;
     tx.save_state(&state)?;
     Ok((Ok(rev), state.seq))
 }
@@ -741,7 +766,7 @@ struct Resolved<'a> {
 
 /// Adds a resolution's revisions to the document as `resolved` events.
 fn commit_resolution(
-    tx: &dyn DocTx,
+    pending: &mut Pending,
     state: &mut DbState,
     doc: &mut DocWrite,
     resolved: &Resolved<'_>,
@@ -767,7 +792,7 @@ fn commit_resolution(
             kind: "resolved",
         };
         doc.add(
-            tx,
+            pending,
             state,
             &revision,
             resolved.origin,
@@ -779,6 +804,7 @@ fn commit_resolution(
 
 fn apply_doc(
     tx: &dyn DocTx,
+    pending: &mut Pending,
     state: &mut DbState,
     doc: &mut DocWrite,
     update: &mut DocUpdate,
@@ -807,7 +833,7 @@ fn apply_doc(
             let generation = parent.as_ref().map_or(1, |p| p.generation + 1);
             let sources: Vec<Rev> = parent.iter().cloned().collect();
             resolve_attachments(
-                tx, state.id, &doc.id, &mut body, &sources, generation, false,
+                tx, pending, state.id, &doc.id, &mut body, &sources, generation, false,
             )?;
             let rev = hash::next_rev_of_fields(parent.as_ref(), update.deleted, &body);
             tree.add_edit(parent.as_ref(), rev.clone(), update.deleted)
@@ -832,6 +858,7 @@ fn apply_doc(
                 sources.extend(tree.leaves().into_iter().map(|l| l.rev));
                 resolve_attachments(
                     tx,
+                    pending,
                     state.id,
                     &doc.id,
                     &mut body,
@@ -851,8 +878,9 @@ fn apply_doc(
             (leaf, parent, Some(detail.to_string()), extends_leaf)
         }
     };
-    for att in &update.new_attachments {
-        tx.put_attachment(att)?;
+    // Taken like the body: the bytes are written once, with the step.
+    for att in std::mem::take(&mut update.new_attachments) {
+        pending.put_attachment(att);
     }
     let kind = event_kind(was_empty, was_deleted_doc, extends_leaf, update.deleted);
     let revision = NewRevision {
@@ -862,7 +890,7 @@ fn apply_doc(
         body: &body,
         kind,
     };
-    doc.add(tx, state, &revision, &update.origin, detail)?;
+    doc.add(pending, state, &revision, &update.origin, detail)?;
     Ok(rev)
 }
 
@@ -901,8 +929,10 @@ fn event_kind(
 /// Gives every attachment of `body` its stored form: stubs take their metadata from the first of
 /// `sources` (revisions, newest first) that has an attachment of that name; new attachments get
 /// `revpos` (kept from the sender when replicating) and become stubs.
+#[allow(clippy::too_many_arguments)]
 fn resolve_attachments(
     tx: &dyn DocTx,
+    pending: &Pending,
     db: i64,
     doc: &str,
     body: &mut Map<String, Value>,
@@ -923,7 +953,7 @@ fn resolve_attachments(
         };
         if obj.get("stub").and_then(Value::as_bool) == Some(true) {
             if source_atts.is_none() {
-                source_atts = Some(load_attachment_maps(tx, db, doc, sources)?);
+                source_atts = Some(load_attachment_maps(tx, pending, db, doc, sources)?);
             }
             let found = source_atts
                 .as_ref()
@@ -980,13 +1010,14 @@ fn check_encoding(name: &str, entry: &Map<String, Value>) -> Result<(), DocError
 
 fn load_attachment_maps(
     tx: &dyn DocTx,
+    pending: &Pending,
     db: i64,
     doc: &str,
     sources: &[Rev],
 ) -> Result<Vec<Map<String, Value>>, ApplyError> {
     let mut out = Vec::new();
     for rev in sources {
-        if let Some(body) = tx.rev_body(db, doc, &rev.to_string())? {
+        if let Some(body) = pending.rev_body(tx, db, doc, &rev.to_string())? {
             let value: Value =
                 serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             if let Some(Value::Object(atts)) = value.get("_attachments") {
