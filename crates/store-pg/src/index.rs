@@ -207,6 +207,28 @@ async fn index_id(r: &Reader, c: &Object, db: i64, name: &str) -> Result<i64, St
     .ok_or(StoreError::NotFound)
 }
 
+/// Appends `q`'s key bounds to `sql` as conditions on `r.k`, their bytes (`lower`, `upper`:
+/// the bounds' bytes, owned by the caller) as the next parameters.
+fn key_range<'a>(
+    sql: &mut String,
+    params: &mut Vec<&'a (dyn ToSql + Sync)>,
+    q: &IndexQuery,
+    lower: &'a Option<Vec<u8>>,
+    upper: &'a Option<Vec<u8>>,
+) {
+    let bounds = [
+        (q.lower.as_ref().map(|b| b.inclusive()), lower, ">=", ">"),
+        (q.upper.as_ref().map(|b| b.inclusive()), upper, "<=", "<"),
+    ];
+    for (inclusive, bytes, closed, open) in bounds {
+        if let (Some(inclusive), Some(bytes)) = (inclusive, bytes) {
+            params.push(bytes);
+            let op = if inclusive { closed } else { open };
+            sql.push_str(&format!(" AND r.k {op} ${}", params.len()));
+        }
+    }
+}
+
 /// Counts the rows within `q`'s bounds up to `cap`, from the `(ix, k)` index alone.
 pub async fn count(
     r: &Reader,
@@ -223,22 +245,7 @@ pub async fn count(
     let limit = i64::try_from(cap.saturating_add(1)).unwrap_or(i64::MAX);
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&ix, &limit];
     let mut sql = String::from("SELECT count(*) FROM (SELECT 1 FROM index_rows r WHERE r.ix = $1");
-    if let (Some(bound), Some(bytes)) = (&q.lower, &lower) {
-        params.push(bytes);
-        sql.push_str(&format!(
-            " AND r.k {} ${}",
-            if bound.inclusive() { ">=" } else { ">" },
-            params.len()
-        ));
-    }
-    if let (Some(bound), Some(bytes)) = (&q.upper, &upper) {
-        params.push(bytes);
-        sql.push_str(&format!(
-            " AND r.k {} ${}",
-            if bound.inclusive() { "<=" } else { "<" },
-            params.len()
-        ));
-    }
+    key_range(&mut sql, &mut params, q, &lower, &upper);
     sql.push_str(" LIMIT $2) AS counted");
     let n: i64 = r
         .query_opt(&c, &sql, &params)
@@ -268,22 +275,7 @@ pub async fn scan(
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
     let skip = i64::try_from(q.skip).unwrap_or(i64::MAX);
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&ix, &db, &q.include_docs, &limit, &skip];
-    if let (Some(bound), Some(bytes)) = (&q.lower, &lower) {
-        params.push(bytes);
-        sql.push_str(&format!(
-            " AND r.k {} ${}",
-            if bound.inclusive() { ">=" } else { ">" },
-            params.len()
-        ));
-    }
-    if let (Some(bound), Some(bytes)) = (&q.upper, &upper) {
-        params.push(bytes);
-        sql.push_str(&format!(
-            " AND r.k {} ${}",
-            if bound.inclusive() { "<=" } else { "<" },
-            params.len()
-        ));
-    }
+    key_range(&mut sql, &mut params, q, &lower, &upper);
     sql.push_str(if q.descending {
         " ORDER BY r.k DESC, r.n DESC"
     } else {

@@ -7,6 +7,7 @@
 //! with `index_rows_by_doc` to find a document's old rows when it changes.
 
 use outpost_core::collate::SORT_KEY_VERSION;
+use rusqlite::types::Null;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::index::row_key;
@@ -124,6 +125,25 @@ pub fn indexes(c: &Connection, db: &str) -> Result<Vec<(String, IndexState)>, St
     Ok(rows)
 }
 
+/// Appends `q`'s key bounds to `sql` as conditions on `r.k`, bound as `?3` (lower) and `?4`
+/// (upper).
+fn key_range(sql: &mut String, q: &IndexQuery) {
+    if let Some(lower) = &q.lower {
+        sql.push_str(if lower.inclusive() {
+            " AND r.k >= ?3"
+        } else {
+            " AND r.k > ?3"
+        });
+    }
+    if let Some(upper) = &q.upper {
+        sql.push_str(if upper.inclusive() {
+            " AND r.k <= ?4"
+        } else {
+            " AND r.k < ?4"
+        });
+    }
+}
+
 pub fn scan(
     c: &Connection,
     db: &str,
@@ -139,20 +159,7 @@ pub fn scan(
          LEFT JOIN revs b ON ?7 AND b.db = d.db AND b.doc = d.id AND b.rev = d.winner
          WHERE r.ix = ?1",
     );
-    if let Some(lower) = &q.lower {
-        sql.push_str(if lower.inclusive() {
-            " AND r.k >= ?3"
-        } else {
-            " AND r.k > ?3"
-        });
-    }
-    if let Some(upper) = &q.upper {
-        sql.push_str(if upper.inclusive() {
-            " AND r.k <= ?4"
-        } else {
-            " AND r.k < ?4"
-        });
-    }
+    key_range(&mut sql, q);
     sql.push_str(if q.descending {
         " ORDER BY r.k DESC, r.n DESC"
     } else {
@@ -203,27 +210,15 @@ pub fn count(
     let db = db_id(c, db)?;
     let (ix, _) = find(c, db, name)?.ok_or(StoreError::NotFound)?;
     let mut sql = String::from("SELECT count(*) FROM (SELECT 1 FROM index_rows r WHERE r.ix = ?1");
-    if let Some(lower) = &q.lower {
-        sql.push_str(if lower.inclusive() {
-            " AND r.k >= ?2"
-        } else {
-            " AND r.k > ?2"
-        });
-    }
-    if let Some(upper) = &q.upper {
-        sql.push_str(if upper.inclusive() {
-            " AND r.k <= ?3"
-        } else {
-            " AND r.k < ?3"
-        });
-    }
-    sql.push_str(" LIMIT ?4)");
+    key_range(&mut sql, q);
+    // The bounds keep `scan`'s numbering (?3, ?4); ?2 is bound to nothing and unused.
+    sql.push_str(" LIMIT ?5)");
     let lower = q.lower.as_ref().map(|b| b.bytes());
     let upper = q.upper.as_ref().map(|b| b.bytes());
     let limit = i64::try_from(cap.saturating_add(1)).unwrap_or(i64::MAX);
     let n: i64 = c
         .prepare_cached(&sql)?
-        .query_row(params![ix, lower, upper, limit], |r| r.get(0))?;
+        .query_row(params![ix, Null, lower, upper, limit], |r| r.get(0))?;
     let n = n.max(0) as u64;
     Ok((n <= cap).then_some(n))
 }
