@@ -496,10 +496,7 @@ mod tests {
     /// a write to a database of 20,000 access rows takes a few steps.
     #[test]
     fn a_documents_grants_are_read_from_its_own_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = Connection::open(dir.path().join("t.sqlite")).unwrap();
-        crate::sqlite::schema::configure(&c).unwrap();
-        crate::sqlite::schema::migrate(&c).unwrap();
+        let (_dir, c) = crate::sqlite::schema::fresh_for_test();
         c.execute_batch(
             "INSERT INTO dbs (id, name, created_at) VALUES (1, 'db', 0);
              WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)

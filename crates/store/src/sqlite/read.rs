@@ -504,10 +504,7 @@ mod tests {
     /// however many the database holds; the same count without a cap visits them all.
     #[test]
     fn capped_counts_visit_a_bounded_number_of_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = Connection::open(dir.path().join("t.sqlite")).unwrap();
-        crate::sqlite::schema::configure(&c).unwrap();
-        crate::sqlite::schema::migrate(&c).unwrap();
+        let (_dir, c) = crate::sqlite::schema::fresh_for_test();
         c.execute_batch(
             "INSERT INTO dbs (id, name, created_at) VALUES (1, 'db', 0);
              WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)

@@ -177,6 +177,17 @@ pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// A new store file at the current schema, in a temporary directory kept alive by the guard:
+/// for tests that look at statements' plans and costs.
+#[cfg(test)]
+pub(crate) fn fresh_for_test() -> (tempfile::TempDir, Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Connection::open(dir.path().join("t.sqlite")).unwrap();
+    configure(&c).unwrap();
+    migrate(&c).unwrap();
+    (dir, c)
+}
+
 /// Creates the schema if needed and brings an older file up to [`VERSION`].
 pub fn migrate(conn: &Connection) -> Result<(), crate::StoreError> {
     let fresh: bool = conn.query_row(
