@@ -205,7 +205,7 @@ pub fn migrate(conn: &Connection) -> Result<(), crate::StoreError> {
         )
         .optional()?
     };
-    let mut version = match found.as_deref().map(str::parse::<i64>) {
+    let version = match found.as_deref().map(str::parse::<i64>) {
         // A new file gets the current schema as a whole.
         None => {
             conn.execute_batch(SCHEMA)?;
@@ -224,32 +224,18 @@ pub fn migrate(conn: &Connection) -> Result<(), crate::StoreError> {
             )));
         }
     };
-    if version == 1 {
-        upgrade_from_1(conn)?;
-        version = 2;
-    }
-    if version == 2 {
-        upgrade_from_2(conn)?;
-        version = 3;
-    }
-    if version == 3 {
-        upgrade_from_3(conn)?;
-        version = 4;
-    }
-    if version == 4 {
-        upgrade_from_4(conn)?;
-        version = 5;
-    }
-    if version == 5 {
-        upgrade_from_5(conn)?;
-        version = 6;
-    }
-    if version == 6 {
-        upgrade_from_6(conn)?;
-        version = 7;
-    }
-    if version == 7 {
-        upgrade_from_7(conn)?;
+    // One step per version, in order, from the file's own.
+    let steps: [fn(&Connection) -> Result<(), crate::StoreError>; 7] = [
+        upgrade_from_1,
+        upgrade_from_2,
+        upgrade_from_3,
+        upgrade_from_4,
+        upgrade_from_5,
+        upgrade_from_6,
+        upgrade_from_7,
+    ];
+    for step in steps.iter().skip(usize::try_from(version - 1).unwrap_or(0)) {
+        step(conn)?;
     }
     // Tables and indexes added without a version change.
     conn.execute_batch(SCHEMA)?;
