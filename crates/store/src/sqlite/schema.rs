@@ -188,6 +188,9 @@ pub(crate) fn fresh_for_test() -> (tempfile::TempDir, Connection) {
     (dir, c)
 }
 
+/// One step of [`migrate`]: brings a file from one version to the next.
+type Upgrade = fn(&Connection) -> Result<(), crate::StoreError>;
+
 /// Creates the schema if needed and brings an older file up to [`VERSION`].
 pub fn migrate(conn: &Connection) -> Result<(), crate::StoreError> {
     let fresh: bool = conn.query_row(
@@ -225,7 +228,7 @@ pub fn migrate(conn: &Connection) -> Result<(), crate::StoreError> {
         }
     };
     // One step per version, in order, from the file's own.
-    let steps: [fn(&Connection) -> Result<(), crate::StoreError>; 7] = [
+    let steps: [Upgrade; 7] = [
         upgrade_from_1,
         upgrade_from_2,
         upgrade_from_3,
