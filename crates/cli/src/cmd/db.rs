@@ -2,10 +2,11 @@
 //! a store between SQLite and PostgreSQL.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use outpost_store::sqlite::{FILE_NAME, key, replay};
+use outpost_store::StoreError;
+use outpost_store::sqlite::{FILE_NAME, StoreKey, key, replay};
 
 use super::store::Location;
 use super::store_key;
@@ -116,19 +117,16 @@ pub async fn run(args: DbArgs) -> anyhow::Result<()> {
             key_file,
             db,
         } => {
-            let key = store_key::load(key_file.as_deref(), store_key::KEY_VAR)?;
-            let location = Location::parse(store.as_deref(), &data);
-            let described = location.describe();
-            let report = tokio::task::spawn_blocking(move || match &location {
-                Location::Sqlite(dir) => replay::verify_with_key(dir, &db, key.as_ref()),
-                Location::Postgres(url) => {
-                    refuse_key(key.as_ref())?;
-                    outpost_store_pg::replay::verify(url, None, &db)
-                }
-            })
-            .await
-            .context("the replay task failed")?
-            .with_context(|| format!("cannot replay the event log of {described}"))?;
+            let report = on_store(
+                &data,
+                store.as_deref(),
+                key_file.as_deref(),
+                db,
+                "cannot replay the event log of",
+                replay::verify_with_key,
+                |url, db| outpost_store_pg::replay::verify(url, None, db),
+            )
+            .await?;
             if report.matches() {
                 println!(
                     "ok: {} events replayed into {} documents; the tables match the event log",
@@ -153,19 +151,16 @@ pub async fn run(args: DbArgs) -> anyhow::Result<()> {
             key_file,
             db,
         } => {
-            let key = store_key::load(key_file.as_deref(), store_key::KEY_VAR)?;
-            let location = Location::parse(store.as_deref(), &data);
-            let described = location.describe();
-            let report = tokio::task::spawn_blocking(move || match &location {
-                Location::Sqlite(dir) => replay::rebuild(dir, &db, key.as_ref()),
-                Location::Postgres(url) => {
-                    refuse_key(key.as_ref())?;
-                    outpost_store_pg::replay::rebuild(url, None, &db)
-                }
-            })
-            .await
-            .context("the rebuild task failed")?
-            .with_context(|| format!("cannot rebuild from the event log of {described}"))?;
+            let report = on_store(
+                &data,
+                store.as_deref(),
+                key_file.as_deref(),
+                db,
+                "cannot rebuild from the event log of",
+                replay::rebuild,
+                |url, db| outpost_store_pg::replay::rebuild(url, None, db),
+            )
+            .await?;
             println!(
                 "ok: {} events replayed into {} documents (update_seq {}); the tables are rebuilt",
                 report.events, report.docs, report.update_seq
@@ -213,12 +208,38 @@ pub async fn run(args: DbArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Runs a replay command on the blocking pool against the store a `db` subcommand names: the
+/// SQLite file of the data directory (or of `--store PATH`), opened with its key, or the
+/// PostgreSQL database of `--store URL`, which takes no key. `failing` starts the error's
+/// context, which names the store without any password.
+async fn on_store<R: Send + 'static>(
+    data: &Path,
+    store: Option<&str>,
+    key_file: Option<&Path>,
+    db: String,
+    failing: &'static str,
+    sqlite: fn(&Path, &str, Option<&StoreKey>) -> Result<R, StoreError>,
+    postgres: fn(&str, &str) -> Result<R, StoreError>,
+) -> anyhow::Result<R> {
+    let key = store_key::load(key_file, store_key::KEY_VAR)?;
+    let location = Location::parse(store, data);
+    let described = location.describe();
+    tokio::task::spawn_blocking(move || match &location {
+        Location::Sqlite(dir) => sqlite(dir, &db, key.as_ref()),
+        Location::Postgres(url) => {
+            refuse_key(key.as_ref())?;
+            postgres(url, &db)
+        }
+    })
+    .await
+    .context("the replay task failed")?
+    .with_context(|| format!("{failing} {described}"))
+}
+
 /// A key encrypts a SQLite file only.
-fn refuse_key(
-    key: Option<&outpost_store::sqlite::StoreKey>,
-) -> Result<(), outpost_store::StoreError> {
+fn refuse_key(key: Option<&StoreKey>) -> Result<(), StoreError> {
     match key {
-        Some(_) => Err(outpost_store::StoreError::Key(
+        Some(_) => Err(StoreError::Key(
             "a store key encrypts a SQLite file; a PostgreSQL store takes none".into(),
         )),
         None => Ok(()),

@@ -3,15 +3,16 @@
 
 use outpost_store::conformance::edit;
 use outpost_store::{ChangesQuery, DbOptions, Store};
-use outpost_store_pg::quote_ident;
+use outpost_store_pg::{PgStore, SCHEMA_VERSION, quote_ident};
 use serde_json::json;
 
 use crate::support::{Schema, postgres_url};
 
 /// Runs SQL on the test schema through a blocking client of its own (on its own thread, as the
 /// blocking client runs its own runtime); returns the first column of the last row, if any.
-fn sql(schema: &Schema, statements: &'static str) -> Option<String> {
+fn sql(schema: &Schema, statements: &str) -> Option<String> {
     let (url, name) = (schema.url.clone(), schema.name.clone());
+    let statements = statements.to_owned();
     std::thread::spawn(move || {
         let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
         client
@@ -31,6 +32,23 @@ fn sql(schema: &Schema, statements: &'static str) -> Option<String> {
     .unwrap()
 }
 
+/// Turns the test schema back into what an older build left (`downgrade`, which ends by setting
+/// `schema_version`), opens it with this build, and checks that the opening brought it to this
+/// build's version.
+async fn reopen_after(schema: &Schema, downgrade: &str) -> PgStore {
+    sql(schema, downgrade);
+    let store = schema.open().await;
+    assert_eq!(
+        sql(
+            schema,
+            "SELECT value FROM meta WHERE key = 'schema_version'"
+        )
+        .as_deref(),
+        Some(SCHEMA_VERSION.to_string().as_str())
+    );
+    store
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_1_store_gains_per_document_access_and_purge_counters() {
     let Some(url) = postgres_url() else { return };
@@ -45,21 +63,13 @@ async fn a_version_1_store_gains_per_document_access_and_purge_counters() {
         store.close();
     }
     // The store as version 1 left it: no access tables, no purge counters.
-    sql(
+    let store = reopen_after(
         &schema,
         "DROP TABLE access_rows; DROP TABLE access_dbs;
          ALTER TABLE dbs DROP COLUMN purge_seq; ALTER TABLE dbs DROP COLUMN purged_infos_limit;
          UPDATE meta SET value = '1' WHERE key = 'schema_version'",
-    );
-    let store = schema.open().await;
-    assert_eq!(
-        sql(
-            &schema,
-            "SELECT value FROM meta WHERE key = 'schema_version'"
-        )
-        .as_deref(),
-        Some(outpost_store_pg::SCHEMA_VERSION.to_string().as_str())
-    );
+    )
+    .await;
     let old = store.db_info("old").await.unwrap();
     assert!(!old.access);
     assert_eq!((old.purge_seq, old.purged_infos_limit), (0, 1000));
@@ -101,20 +111,12 @@ async fn a_version_5_store_gains_the_shared_configuration() {
         store.close();
     }
     // The store as version 5 left it: no configuration table, no version counter.
-    sql(
+    let store = reopen_after(
         &schema,
         "DROP TABLE config; DELETE FROM counters WHERE name = 'config';
          UPDATE meta SET value = '5' WHERE key = 'schema_version'",
-    );
-    let store = schema.open().await;
-    assert_eq!(
-        sql(
-            &schema,
-            "SELECT value FROM meta WHERE key = 'schema_version'"
-        )
-        .as_deref(),
-        Some(outpost_store_pg::SCHEMA_VERSION.to_string().as_str())
-    );
+    )
+    .await;
     assert!(store.db_info("old").await.is_ok());
     let shared = store.shared_config().unwrap();
     assert!(shared.config_section("admins").await.unwrap().1.is_empty());
@@ -144,19 +146,11 @@ async fn a_version_4_store_keeps_its_attachments_as_they_were_stored() {
         store.close();
     }
     // Version 4 stored every attachment as it came, its stub without `encoding`.
-    sql(
+    let store = reopen_after(
         &schema,
         "UPDATE meta SET value = '4' WHERE key = 'schema_version'",
-    );
-    let store = schema.open().await;
-    assert_eq!(
-        sql(
-            &schema,
-            "SELECT value FROM meta WHERE key = 'schema_version'"
-        )
-        .as_deref(),
-        Some(outpost_store_pg::SCHEMA_VERSION.to_string().as_str())
-    );
+    )
+    .await;
     let body = store.rev_bodies("db", "d", &[rev]).await.unwrap();
     let body: serde_json::Value = serde_json::from_str(&body[0].1.json).unwrap();
     let stub = &body["_attachments"]["f"];
@@ -166,13 +160,10 @@ async fn a_version_4_store_keeps_its_attachments_as_they_were_stored() {
     assert_eq!(store.attachment(&digest).await.unwrap(), Some(bytes));
     store.close();
     // A store of a later version than this build's is refused rather than misread.
-    sql(
-        &schema,
-        "UPDATE meta SET value = '7' WHERE key = 'schema_version'",
+    let later = format!(
+        "UPDATE meta SET value = '{}' WHERE key = 'schema_version'",
+        SCHEMA_VERSION + 1
     );
-    assert!(
-        outpost_store_pg::PgStore::open(&url, Some(&schema.name))
-            .await
-            .is_err()
-    );
+    sql(&schema, &later);
+    assert!(PgStore::open(&url, Some(&schema.name)).await.is_err());
 }
