@@ -483,6 +483,24 @@ async fn one_shot_between_outpost_and_pouchdb_server() {
     assert_eq!(printed["docs_written"], json!(leaves(&original)));
     assert_same(&original, &pouch_db.dump().await);
 
+    // Outpost → Outpost over HTTP with the CLI: documents with attachment data go as
+    // `multipart/related` PUTs, their bytes unencoded, and arrive as they were.
+    let http_copy = a.db("orders-over-http");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["replicate", &copy.url, &http_copy.url, "--create-target"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same(&original, &http_copy.dump().await);
+    let (_, there) = http_copy.get("with-atts?att_encoding_info=true").await;
+    let (_, here) = copy.get("with-atts?att_encoding_info=true").await;
+    assert_eq!(here["_attachments"], there["_attachments"]);
+
     // pouchdb-server → Outpost, into a database named by the bare name (the local endpoint).
     let result = replicate(
         &a.url(),

@@ -193,6 +193,21 @@ pub trait Endpoint: fmt::Display + Send + Sync {
     /// `_bulk_docs` with `new_edits: false`; returns the documents that were refused.
     async fn bulk_docs(&self, docs: &[Value]) -> Result<Vec<WriteFailure>, ReplicationError>;
 
+    /// Writes one revision carrying attachment data (`data`, base64) with `new_edits: false`;
+    /// returns the refusal when the target refused the document. An endpoint that can move
+    /// attachment bytes without base64 does so (over HTTP, a `multipart/related` PUT, as
+    /// CouchDB's replicator writes such documents); by default it is a `_bulk_docs` of one.
+    async fn put_with_attachments(
+        &self,
+        doc: &Value,
+    ) -> Result<Option<WriteFailure>, ReplicationError> {
+        Ok(self
+            .bulk_docs(std::slice::from_ref(doc))
+            .await?
+            .into_iter()
+            .next())
+    }
+
     /// Reads a `_local/` document by its full id; `None` when it does not exist.
     async fn get_local(&self, id: &str) -> Result<Option<Value>, ReplicationError>;
 

@@ -181,13 +181,14 @@ impl HttpEndpoint {
         self.to_string()
     }
 
-    /// Sends one request; any non-2xx answer becomes the matching error.
+    /// Sends one request (a body with its content type); any non-2xx answer becomes the
+    /// matching error.
     async fn send(
         &self,
         op: &'static str,
         method: Method,
         url: Url,
-        body: Option<Vec<u8>>,
+        body: Option<(Vec<u8>, HeaderValue)>,
         accept: &'static str,
         timeout: Duration,
     ) -> Result<reqwest::Response, ReplicationError> {
@@ -197,8 +198,8 @@ impl HttpEndpoint {
             .headers(self.headers.clone())
             .header(ACCEPT, accept)
             .timeout(timeout);
-        if let Some(body) = body {
-            req = req.header(CONTENT_TYPE, "application/json").body(body);
+        if let Some((body, content_type)) = body {
+            req = req.header(CONTENT_TYPE, content_type).body(body);
         }
         let resp = req.send().await.map_err(|e| self.transport_error(op, e))?;
         let status = resp.status();
@@ -217,7 +218,12 @@ impl HttpEndpoint {
         body: Option<&Value>,
         timeout: Duration,
     ) -> Result<Value, ReplicationError> {
-        let body = body.map(|b| serde_json::to_vec(b).expect("json values serialise"));
+        let body = body.map(|b| {
+            (
+                serde_json::to_vec(b).expect("json values serialise"),
+                HeaderValue::from_static("application/json"),
+            )
+        });
         let resp = self
             .send(op, method, url, body, "application/json", timeout)
             .await?;
@@ -656,6 +662,66 @@ impl Endpoint for HttpEndpoint {
             .collect())
     }
 
+    async fn put_with_attachments(
+        &self,
+        doc: &Value,
+    ) -> Result<Option<WriteFailure>, ReplicationError> {
+        let op = "put document with attachments";
+        let id = doc.get("_id").and_then(Value::as_str).unwrap_or_default();
+        let Some((body, content_type)) = multipart_related(doc) else {
+            // Names or types a part header cannot carry as they are: base64 in JSON instead.
+            return Ok(self
+                .bulk_docs(std::slice::from_ref(doc))
+                .await?
+                .into_iter()
+                .next());
+        };
+        let url = self.url(&encode_doc_id(id), &[("new_edits", "false")]);
+        let content_type = HeaderValue::from_str(&content_type).expect("the boundary is ASCII");
+        let refused = |error: &str, reason: String| {
+            Ok(Some(WriteFailure {
+                id: id.to_owned(),
+                rev: doc.get("_rev").and_then(Value::as_str).map(str::to_owned),
+                error: error.to_owned(),
+                reason,
+            }))
+        };
+        match self
+            .send(
+                op,
+                Method::PUT,
+                url,
+                Some((body, content_type)),
+                "application/json",
+                REQUEST_TIMEOUT,
+            )
+            .await
+        {
+            Ok(resp) => {
+                // The answer is small; read it so the connection goes back to the pool.
+                let _ = resp.bytes().await;
+                Ok(None)
+            }
+            // What `_bulk_docs` reports per document, a single PUT answers with its status.
+            Err(ReplicationError::Forbidden { reason, .. }) => refused("forbidden", reason),
+            Err(ReplicationError::Unauthorized { reason, .. }) => refused("unauthorized", reason),
+            Err(ReplicationError::Http {
+                status: 400,
+                error,
+                reason,
+                ..
+            }) => refused(
+                if error.is_empty() {
+                    "bad_request"
+                } else {
+                    &error
+                },
+                reason,
+            ),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn get_local(&self, id: &str) -> Result<Option<Value>, ReplicationError> {
         let url = self.url(&encode_doc_id(id), &[]);
         match self
@@ -703,12 +769,142 @@ impl Endpoint for HttpEndpoint {
     }
 }
 
+/// A revision with inline attachments as a `multipart/related` body, as CouchDB's replicator
+/// sends it: the JSON first, each attachment's `data` replaced by `"follows": true` and its
+/// `length`, then the attachments' bytes in the same order. Returns the body and its content
+/// type; `None` when some `data` is not base64, or a name or content type is not printable
+/// ASCII (the part headers carry them, and pouchdb-server takes the name from there).
+fn multipart_related(doc: &Value) -> Option<(Vec<u8>, String)> {
+    let mut json = doc.clone();
+    let mut parts: Vec<(String, String, Vec<u8>)> = Vec::new();
+    if let Some(atts) = json.get_mut("_attachments").and_then(Value::as_object_mut) {
+        for (name, att) in atts.iter_mut() {
+            let Some(meta) = att.as_object_mut() else {
+                continue;
+            };
+            let Some(data) = meta.shift_remove("data") else {
+                continue;
+            };
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data.as_str()?)
+                .ok()?;
+            meta.insert("follows".into(), Value::Bool(true));
+            meta.insert("length".into(), json!(bytes.len()));
+            let content_type = meta
+                .get("content_type")
+                .and_then(Value::as_str)
+                .unwrap_or("application/octet-stream")
+                .to_owned();
+            let printable = |s: &str| s.bytes().all(|b| (0x20..0x7f).contains(&b));
+            if !printable(name) || !printable(&content_type) {
+                return None;
+            }
+            parts.push((name.clone(), content_type, bytes));
+        }
+    }
+    // A boundary that occurs in no part: random, and checked.
+    let json = serde_json::to_vec(&json).expect("json values serialise");
+    let boundary = loop {
+        let candidate = format!("outpost-{}", uuid::Uuid::new_v4().simple());
+        let occurs = |bytes: &[u8]| {
+            bytes
+                .windows(candidate.len())
+                .any(|w| w == candidate.as_bytes())
+        };
+        if !occurs(&json) && !parts.iter().any(|(_, _, bytes)| occurs(bytes)) {
+            break candidate;
+        }
+    };
+    let size = json.len() + parts.iter().map(|(_, _, b)| b.len() + 200).sum::<usize>() + 200;
+    let mut body = Vec::with_capacity(size);
+    body.extend_from_slice(
+        format!("--{boundary}\r\nContent-Type: application/json\r\n\r\n").as_bytes(),
+    );
+    body.extend_from_slice(&json);
+    for (name, content_type, bytes) in &parts {
+        let quoted = name.replace('\\', "\\\\").replace('"', "\\\"");
+        body.extend_from_slice(
+            format!(
+                "\r\n--{boundary}\r\nContent-Disposition: attachment; filename=\"{quoted}\"\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                bytes.len()
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+    }
+    body.extend_from_slice(format!("\r\n--{boundary}--").as_bytes());
+    Some((body, format!("multipart/related; boundary=\"{boundary}\"")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn endpoint(url: &str) -> HttpEndpoint {
         HttpEndpoint::new(http_client().unwrap(), url, &[]).unwrap()
+    }
+
+    #[test]
+    fn attachments_travel_as_multipart_related_parts() {
+        let doc = json!({
+            "_id": "d", "_rev": "2-b", "v": 1,
+            "_attachments": {
+                "a.bin": {"content_type": "application/octet-stream", "revpos": 2,
+                          "data": base64::engine::general_purpose::STANDARD.encode([0u8, 1, 2, 255])},
+                "kept.txt": {"stub": true, "revpos": 1, "digest": "md5-x", "length": 3},
+                "say \"hi\".txt": {"content_type": "text/plain", "revpos": 2, "data": "aGk="}
+            }
+        });
+        let (body, content_type) = multipart_related(&doc).unwrap();
+        let boundary = content_type
+            .strip_prefix("multipart/related; boundary=\"")
+            .and_then(|b| b.strip_suffix('"'))
+            .unwrap();
+        let text = String::from_utf8_lossy(&body);
+        let parts: Vec<&str> = text.split(&format!("--{boundary}")).collect();
+        // Preamble (empty), the JSON, two attachments, and the closing `--`.
+        assert_eq!(parts.len(), 5, "{text}");
+        assert_eq!(parts[0], "");
+        assert_eq!(parts[4], "--");
+        let (head, json) = parts[1].split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("Content-Type: application/json"));
+        let json: Value = serde_json::from_str(json.trim_end()).unwrap();
+        assert_eq!(json["v"], 1);
+        assert_eq!(
+            json["_attachments"]["a.bin"],
+            json!({"content_type": "application/octet-stream", "revpos": 2, "follows": true, "length": 4})
+        );
+        assert_eq!(json["_attachments"]["kept.txt"]["stub"], true);
+        assert_eq!(json["_attachments"]["say \"hi\".txt"]["length"], 2);
+        assert!(parts[2].contains("filename=\"a.bin\""));
+        assert!(body.windows(4).any(|w| w == [0u8, 1, 2, 255]));
+        assert!(
+            parts[3].contains(r#"filename="say \"hi\".txt""#),
+            "{}",
+            parts[3]
+        );
+        assert!(parts[3].ends_with("\r\n\r\nhi\r\n"));
+    }
+
+    #[test]
+    fn names_a_part_header_cannot_carry_stay_in_json() {
+        for (name, content_type) in [
+            ("café.txt", "text/plain"),
+            ("a\r\nX: y", "text/plain"),
+            ("a", "text/plain\r\nX: y"),
+        ] {
+            let doc = json!({"_id": "d", "_rev": "1-a", "_attachments": {
+                name: {"content_type": content_type, "revpos": 1, "data": "aGk="}
+            }});
+            assert!(
+                multipart_related(&doc).is_none(),
+                "{name:?} {content_type:?}"
+            );
+        }
+        let not_base64 = json!({"_id": "d", "_rev": "1-a", "_attachments": {
+            "a": {"content_type": "text/plain", "revpos": 1, "data": "not base64!"}
+        }});
+        assert!(multipart_related(&not_base64).is_none());
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! [`Endpoint`] directly.
 //!
 //! - [`Endpoint`]: the operations the protocol needs; [`HttpEndpoint`] implements them over HTTP.
-//! - [`Replication`]: the batch loop (changes → `_revs_diff` → `_bulk_get` → `_bulk_docs`, read
-//!   and write stages overlapping, checkpoints on an interval), retries with [`Backoff`],
+//! - [`Replication`]: the batch loop (changes → `_revs_diff` → `_bulk_get` → `_bulk_docs`, and a
+//!   `multipart/related` PUT for each revision carrying attachment bytes; read and write stages
+//!   overlapping, checkpoints on an interval), retries with [`Backoff`],
 //!   progress through [`Status`].
 //! - [`checkpoint`]: the replication logs both sides keep, and where to resume.
 //! - [`replication_id`]: the name of those logs, computed as PouchDB does.

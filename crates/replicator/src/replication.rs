@@ -805,7 +805,9 @@ impl Replication {
     }
 
     /// Writes one batch to the target with a single `_bulk_docs`: one request and, on our
-    /// own server, one durable commit per batch.
+    /// own server, one durable commit per batch. Documents carrying attachment data are written
+    /// one by one instead, as CouchDB's replicator does, so their bytes travel unencoded
+    /// ([`Endpoint::put_with_attachments`]) rather than as base64 inside the JSON.
     ///
     /// As CouchDB's replicator does, a batch the target finds too large (413) is split in
     /// halves, down to single documents; a single document still too large, and every document
@@ -814,10 +816,19 @@ impl Replication {
     /// must not hold up the documents after it.
     async fn write(&self, docs: &[Value]) -> Result<Stats, ReplicationError> {
         let mut stats = Stats::default();
-        // Each part, and whether its attachments were all inlined already (a retry after the
-        // target could not resolve a stub).
-        let mut parts: VecDeque<(Cow<'_, [Value]>, bool)> =
-            VecDeque::from([(Cow::Borrowed(docs), false)]);
+        // Documents with attachment data, and whether every attachment of each was inlined
+        // already (a retry after the target could not resolve a stub).
+        let mut with_data: VecDeque<(Value, bool)> = VecDeque::new();
+        let plain: Cow<'_, [Value]> = if docs.iter().any(has_attachment_data) {
+            let (data, plain): (Vec<Value>, Vec<Value>) =
+                docs.iter().cloned().partition(has_attachment_data);
+            with_data.extend(data.into_iter().map(|d| (d, false)));
+            Cow::Owned(plain)
+        } else {
+            Cow::Borrowed(docs)
+        };
+        // Each part, and whether its attachments were all inlined already.
+        let mut parts: VecDeque<(Cow<'_, [Value]>, bool)> = VecDeque::from([(plain, false)]);
         while let Some((part, inlined)) = parts.pop_front() {
             if part.is_empty() {
                 continue;
@@ -844,7 +855,8 @@ impl Replication {
                             })
                             .cloned()
                             .collect();
-                        parts.push_front((Cow::Owned(self.inline_all(again).await?), true));
+                        let again = self.inline_all(again).await?;
+                        with_data.extend(again.into_iter().map(|d| (d, true)));
                     }
                 }
                 Err(e) if e.is_too_large() && part.len() > 1 => {
@@ -867,7 +879,31 @@ impl Replication {
                 }
                 Err(e) if e.is_missing_stub() && !inlined => {
                     debug!(target = %self.target, "the target lacks an attachment sent as a stub; sending the data");
-                    parts.push_front((Cow::Owned(self.inline_all(part.into_owned()).await?), true));
+                    let again = self.inline_all(part.into_owned()).await?;
+                    let (data, plain): (Vec<Value>, Vec<Value>) =
+                        again.into_iter().partition(has_attachment_data);
+                    with_data.extend(data.into_iter().map(|d| (d, true)));
+                    parts.push_front((Cow::Owned(plain), true));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        while let Some((doc, inlined)) = with_data.pop_front() {
+            match self.target.put_with_attachments(&doc).await {
+                Ok(None) => stats.docs_written += 1,
+                Ok(Some(r)) => {
+                    warn!(target = %self.target, id = %r.id, error = %r.error, reason = %r.reason, "document refused by the target");
+                    stats.doc_write_failures += 1;
+                }
+                Err(e) if e.is_too_large() => {
+                    let id = doc.get("_id").and_then(Value::as_str).unwrap_or("");
+                    warn!(target = %self.target, id, error = %e, "document too large for the target");
+                    stats.doc_write_failures += 1;
+                }
+                Err(e) if e.is_missing_stub() && !inlined => {
+                    debug!(target = %self.target, "the target lacks an attachment sent as a stub; sending the data");
+                    let again = self.inline_all(vec![doc]).await?;
+                    with_data.extend(again.into_iter().map(|d| (d, true)));
                 }
                 Err(e) => return Err(e),
             }
@@ -937,6 +973,13 @@ impl Replication {
 
 /// How many ancestors of a revision [`Replication::probe_ancestors`] asks the target about.
 const ANCESTORS_PROBED: usize = 10;
+
+/// Whether any attachment of a document carries its data inline.
+fn has_attachment_data(doc: &Value) -> bool {
+    doc.get("_attachments")
+        .and_then(Value::as_object)
+        .is_some_and(|atts| atts.values().any(|att| att.get("data").is_some()))
+}
 
 /// The `revpos` of each attachment of a document.
 fn attachment_revpos(doc: &Value) -> impl Iterator<Item = u64> + '_ {
