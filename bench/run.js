@@ -33,17 +33,24 @@ const { startServer } = require(path.join(INTEROP, 'lib', 'server.js'));
 // ---------------------------------------------------------------------------------------------
 // Command line
 
+/** The PostgreSQL server on which a run with outpost-cluster and no OUTPOST_STORE makes its database. */
+const PG_SERVER = 'postgres://postgres@127.0.0.1:5432';
+
 const USAGE = `usage: node bench/run.js [options]
 
   --only KIND[,KIND]     servers to run: outpost, outpost-before, outpost-basic,
-                         outpost-cookie, pouchdb-server, couchdb (default outpost,pouchdb-server);
-                         outpost-basic and outpost-cookie run with authentication on, as a
-                         signed-in user (Basic credentials or a session cookie)
+                         outpost-cookie, outpost-cluster, outpost-sqlite, pouchdb-server,
+                         couchdb (default outpost,pouchdb-server); outpost-basic and
+                         outpost-cookie run with authentication on, as a signed-in user (Basic
+                         credentials or a session cookie); outpost-cluster is --nodes Outposts
+                         on one PostgreSQL database, requests sent to them in turn;
+                         outpost-sqlite is outpost on SQLite whatever OUTPOST_STORE says
   --workloads A[,B]      workloads to run (default all); --list shows them
   --docs N               documents in the data sets (default 10000)
   --seconds S            duration of the timed single-document workloads (default 5)
   --clients C            concurrent keep-alive clients for single-document workloads (default 16)
   --latency-samples N    live-sync latency samples (default 300)
+  --nodes N              nodes of outpost-cluster (default 3)
   --repl-docs N          documents replicated server to server by replicate (default 100000)
   --page-docs N          documents in the changes-paging data set (default 1000000)
   --conflict-revs N      conflicting revisions in the conflicts workload (default 4000)
@@ -55,13 +62,28 @@ const USAGE = `usage: node bench/run.js [options]
 
   OUTPOST_BIN            the outpost binary (default target/release/outpost)
   OUTPOST_BEFORE_BIN     an older outpost binary, run as the server kind outpost-before
+  OUTPOST_STORE          the store of every outpost kind but outpost-sqlite (default SQLite);
+                         with outpost-cluster in the run it must be a PostgreSQL URL, and
+                         without it a fresh database is created on ${PG_SERVER}
+                         for the run and dropped at its end
   COUCHDB_URL            a running CouchDB for the kind couchdb, with credentials
                          (e.g. http://admin:password@127.0.0.1:5990); its bench-* databases
                          are deleted first. COUCHDB_PID names its process for memory figures
                          (default: the newest beam.smp)`;
 
 /** The servers a run can compare; `outpost` is the one every ratio is taken against. */
-const KINDS = ['outpost', 'outpost-before', 'outpost-basic', 'outpost-cookie', 'pouchdb-server', 'couchdb'];
+const KINDS = ['outpost', 'outpost-before', 'outpost-basic', 'outpost-cookie', 'outpost-cluster', 'outpost-sqlite', 'pouchdb-server', 'couchdb'];
+
+/**
+ * Creates a database for this run on PG_SERVER (psql, trust authentication) and returns its URL
+ * and a function that drops it.
+ */
+function freshPgStore() {
+  const name = `bench_${process.pid}_${Date.now()}`;
+  const psql = (sql) => execFileSync('psql', ['-X', '-q', '-v', 'ON_ERROR_STOP=1', `${PG_SERVER}/postgres`, '-c', sql], { stdio: ['ignore', 'ignore', 'inherit'] });
+  psql(`CREATE DATABASE ${name}`);
+  return { url: `${PG_SERVER}/${name}`, drop: () => psql(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) };
+}
 
 /**
  * Outpost with authentication on: a server admin configured, `default_security = everyone`, and
@@ -109,6 +131,7 @@ function parseArgs(argv) {
     seconds: 5,
     clients: 16,
     latencySamples: 300,
+    nodes: 3,
     replDocs: 100_000,
     pageDocs: 1_000_000,
     conflictRevs: 4000,
@@ -136,6 +159,7 @@ function parseArgs(argv) {
       case '--seconds': opts.seconds = number(); break;
       case '--clients': opts.clients = number(); break;
       case '--latency-samples': opts.latencySamples = number(); break;
+      case '--nodes': opts.nodes = number(); break;
       case '--repl-docs': opts.replDocs = number(); break;
       case '--page-docs': opts.pageDocs = number(); break;
       case '--conflict-revs': opts.conflictRevs = number(); break;
@@ -254,37 +278,49 @@ function externalCouchDb() {
 
 /**
  * One server under benchmark: its process, an undici pool of keep-alive connections, and the
- * data sets the workloads share (created once, outside any timing).
+ * data sets the workloads share (created once, outside any timing). `server` may instead be
+ * the nodes of a cluster (an array): each gets a pool, and requests go to the nodes in turn.
  */
 class Target {
   constructor(server, clients, kind = server.kind) {
-    this.server = server;
+    this.servers = [].concat(server);
+    this.server = this.servers[0];
     this.kind = kind;
-    this.url = server.url;
+    this.url = this.server.url;
     // The URL PouchDB and replications use: with credentials where the server needs them.
-    this.pouchUrl = server.pouchUrl || server.url;
-    this.auth = server.auth || null;
-    this.cookie = server.cookie || null;
-    this.adminAuth = server.adminAuth || null;
+    this.pouchUrl = this.server.pouchUrl || this.server.url;
+    this.auth = this.server.auth || null;
+    this.cookie = this.server.cookie || null;
+    this.adminAuth = this.server.adminAuth || null;
     this.clients = clients;
-    this.pool = new undici.Pool(server.url, { connections: clients, keepAliveTimeout: 30_000 });
+    this.pools = this.servers.map((s) => new undici.Pool(s.url, { connections: clients, keepAliveTimeout: 30_000 }));
+    this.turn = 0;
     this.fixtures = new Map();
     this.dbCounter = 0;
   }
 
-  /** A fresh database name for a workload that must start empty. */
-  freshDb(prefix) {
-    return `bench-${prefix}-${++this.dbCounter}`;
+  /** The pool of the next node in turn (of the server, when there is one). */
+  get pool() {
+    return this.pools[this.turn++ % this.pools.length];
   }
 
-  async request(method, path, body) {
+  /**
+   * A fresh database name for a workload that must start empty. The kind is in it, since the
+   * Outposts of a run may share one PostgreSQL database.
+   */
+  freshDb(prefix) {
+    return `bench-${this.kind}-${prefix}-${++this.dbCounter}`;
+  }
+
+  /** A request to the next node in turn, or through `pool` (one of `pools`) when given. */
+  async request(method, path, body, pool = this.pool) {
     const headers = this.headers();
     // Databases are created and deleted by the admin where users cannot.
     if (this.adminAuth && (method === 'PUT' || method === 'DELETE') && /^\/[^/]+$/.test(path)) {
       delete headers.cookie;
       headers.authorization = this.adminAuth;
     }
-    const res = await this.pool.request({
+    const res = await pool.request({
       method,
       path,
       headers,
@@ -328,7 +364,7 @@ class Target {
 
   /** A database holding `n` documents made by `makeDoc`, created once per target. */
   async fixture(n) {
-    const name = `bench-fixture-${n}`;
+    const name = `bench-${this.kind}-fixture-${n}`;
     if (!this.fixtures.has(name)) {
       this.fixtures.set(name, (async () => {
         await this.request('PUT', `/${name}`);
@@ -356,14 +392,14 @@ class Target {
     return target;
   }
 
-  /** Closes the pool and ends the server. */
+  /** Closes the pools and ends the servers. */
   async destroy() {
     await this.close();
-    await this.server.destroy();
+    for (const s of this.servers) await s.destroy();
   }
 
   async close() {
-    await this.pool.close().catch(() => {});
+    await Promise.all(this.pools.map((p) => p.close().catch(() => {})));
   }
 }
 
@@ -458,6 +494,49 @@ async function serverReplicate(t, source, target, continuous) {
     return () => postReplicate(t, { source: from, target: to, create_target: true, continuous: true, cancel: true }).catch(() => {});
   }
   return postReplicate(t, { source: from, target: to, create_target: true });
+}
+
+/**
+ * The live-latency samples: a live PouchDB pull from node `reader` of `t` is running, a `PUT` is
+ * sent to node `writer` and the clock stops when the pull emits the change. Results are named
+ * `label` p50 and p99.
+ */
+async function liveLatency(t, opts, writer, reader, label) {
+  const db = t.freshDb('live');
+  await t.request('PUT', `/${db}`, undefined, t.pools[writer]);
+  const node = t.servers[reader];
+  const local = new PouchDB(`live-${t.kind}-${Date.now()}`, { adapter: 'memory' });
+  const waiting = new Map();
+  const rep = PouchDB.replicate(new PouchDB(`${node.pouchUrl || node.url}/${db}`), local, { live: true, retry: true });
+  rep.on('change', (info) => {
+    for (const doc of info.docs) {
+      const resolve = waiting.get(doc._id);
+      if (resolve) {
+        waiting.delete(doc._id);
+        resolve(performance.now());
+      }
+    }
+  });
+  // Let the live replication reach its waiting longpoll before the first sample.
+  await sleep(500);
+  const samples = [];
+  for (let i = 0; i < opts.latencySamples; i++) {
+    const id = `live-${i}`;
+    const seen = new Promise((resolve) => waiting.set(id, resolve));
+    const t0 = performance.now();
+    await t.request('PUT', `/${db}/${id}`, { i, at: Date.now() }, t.pools[writer]);
+    const t1 = await Promise.race([seen, sleep(10_000).then(() => NaN)]);
+    if (Number.isNaN(t1)) throw new Error(`${t.kind}: change ${id} not seen within 10 s`);
+    samples.push(t1 - t0);
+    await sleep(5 + Math.random() * 20); // spread writes over the longpoll cycle
+  }
+  rep.cancel();
+  await local.destroy();
+  samples.sort((a, b) => a - b);
+  return [
+    { metric: `${label} p50`, value: percentile(samples, 50), unit: 'ms', better: 'lower', detail: `${samples.length} samples` },
+    { metric: `${label} p99`, value: percentile(samples, 99), unit: 'ms', better: 'lower', detail: `max ${samples[samples.length - 1].toFixed(2)} ms` },
+  ];
 }
 
 function replicate(from, to) {
@@ -618,42 +697,11 @@ const WORKLOADS = [
   },
   {
     name: 'live-latency',
-    description: 'time from a server write (PUT sent) to the change arriving in a live PouchDB pull',
+    description: 'time from a server write (PUT sent) to the change arriving in a live PouchDB pull; on outpost-cluster also with the write on one node and the pull from another',
     async run(t, opts) {
-      const db = t.freshDb('live');
-      await t.request('PUT', `/${db}`);
-      const local = new PouchDB(`live-${t.kind}-${Date.now()}`, { adapter: 'memory' });
-      const waiting = new Map();
-      const rep = PouchDB.replicate(new PouchDB(`${t.pouchUrl}/${db}`), local, { live: true, retry: true });
-      rep.on('change', (info) => {
-        for (const doc of info.docs) {
-          const resolve = waiting.get(doc._id);
-          if (resolve) {
-            waiting.delete(doc._id);
-            resolve(performance.now());
-          }
-        }
-      });
-      // Let the live replication reach its waiting longpoll before the first sample.
-      await sleep(500);
-      const samples = [];
-      for (let i = 0; i < opts.latencySamples; i++) {
-        const id = `live-${i}`;
-        const seen = new Promise((resolve) => waiting.set(id, resolve));
-        const t0 = performance.now();
-        await t.request('PUT', `/${db}/${id}`, { i, at: Date.now() });
-        const t1 = await Promise.race([seen, sleep(10_000).then(() => NaN)]);
-        if (Number.isNaN(t1)) throw new Error(`${t.kind}: change ${id} not seen within 10 s`);
-        samples.push(t1 - t0);
-        await sleep(5 + Math.random() * 20); // spread writes over the longpoll cycle
-      }
-      rep.cancel();
-      await local.destroy();
-      samples.sort((a, b) => a - b);
-      return [
-        { metric: 'live-sync latency p50', value: percentile(samples, 50), unit: 'ms', better: 'lower', detail: `${samples.length} samples` },
-        { metric: 'live-sync latency p99', value: percentile(samples, 99), unit: 'ms', better: 'lower', detail: `max ${samples[samples.length - 1].toFixed(2)} ms` },
-      ];
+      const results = await liveLatency(t, opts, 0, 0, 'live-sync latency');
+      if (t.servers.length > 1) results.push(...(await liveLatency(t, opts, 0, 1, 'cross-node live-sync latency')));
+      return results;
     },
   },
   {
@@ -960,10 +1008,19 @@ function table(results, kinds) {
   return lines.join('\n');
 }
 
+/** Outpost's store as printed with the results: the PostgreSQL URL without its password. */
+function storeName(store) {
+  if (!store) return 'SQLite';
+  if (!/^postgres(ql)?:\/\//.test(store)) return `SQLite in ${store}`;
+  const u = new URL(store);
+  u.password = '';
+  return `PostgreSQL ${u}`;
+}
+
 function machine(opts, targets) {
   const cpus = os.cpus();
   let outpostVersion = null;
-  const outpost = targets.find((t) => t.kind === 'outpost');
+  const outpost = targets.find((t) => t.kind === 'outpost') || targets.find((t) => t.bin);
   if (outpost) {
     try {
       outpostVersion = execFileSync(outpost.bin, ['--version'], { encoding: 'utf8' }).trim();
@@ -981,7 +1038,8 @@ function machine(opts, targets) {
     'pouchdb-server': interopRequire('pouchdb-server/package.json').version,
     pouchdb: interopRequire('pouchdb/package.json').version,
     command: `node bench/run.js ${process.argv.slice(2).join(' ')}`.trim(),
-    options: { docs: opts.docs, seconds: opts.seconds, clients: opts.clients, latencySamples: opts.latencySamples },
+    store: storeName(process.env.OUTPOST_STORE),
+    options: { docs: opts.docs, seconds: opts.seconds, clients: opts.clients, latencySamples: opts.latencySamples, nodes: opts.nodes },
   };
 }
 
@@ -1007,7 +1065,20 @@ async function main() {
   };
   bins['outpost-basic'] = bins.outpost;
   bins['outpost-cookie'] = bins.outpost;
+  bins['outpost-cluster'] = bins.outpost;
+  bins['outpost-sqlite'] = bins.outpost;
   const targets = [];
+  // The nodes of a cluster share a PostgreSQL database: OUTPOST_STORE's, or one made for this run.
+  let freshStore = null;
+  if (opts.only.includes('outpost-cluster')) {
+    if (!process.env.OUTPOST_STORE) {
+      freshStore = freshPgStore();
+      process.env.OUTPOST_STORE = freshStore.url;
+      console.error(`created ${freshStore.url} for this run`);
+    } else if (!storeName(process.env.OUTPOST_STORE).startsWith('PostgreSQL')) {
+      throw new Error('outpost-cluster needs OUTPOST_STORE to be a PostgreSQL URL (or unset)');
+    }
+  }
   try {
     for (const kind of opts.only) {
       let server;
@@ -1024,17 +1095,19 @@ async function main() {
       if (kind === 'outpost-before' && !bins[kind]) throw new Error('outpost-before needs OUTPOST_BEFORE_BIN');
       const isOutpost = kind.startsWith('outpost');
       const authed = kind === 'outpost-basic' || kind === 'outpost-cookie';
-      server = await startServer({
-        kind: isOutpost ? 'outpost' : kind,
-        quiet: true,
-        bin: isOutpost ? bins[kind] : undefined,
-        env: authed ? AUTH_ENV : undefined,
-      });
-      if (authed) await signInBench(server, kind);
-      const target = new Target(server, opts.clients, kind);
+      // An undefined variable is left out of the child's environment: SQLite in its data directory.
+      const env = authed ? AUTH_ENV : kind === 'outpost-sqlite' ? { OUTPOST_STORE: undefined } : undefined;
+      const count = kind === 'outpost-cluster' ? opts.nodes : 1;
+      const servers = [];
+      while (servers.length < count) {
+        const s = await startServer({ kind: isOutpost ? 'outpost' : kind, quiet: true, bin: isOutpost ? bins[kind] : undefined, env });
+        servers.push(s);
+        console.error(`started ${kind} at ${s.url} (pid ${s.pid}, data in ${s.dir})`);
+      }
+      if (authed) await signInBench(servers[0], kind);
+      const target = new Target(servers.length > 1 ? servers : servers[0], opts.clients, kind);
       target.bin = bins[kind];
       targets.push(target);
-      console.error(`started ${kind} at ${server.url} (pid ${server.pid}, data in ${server.dir})`);
     }
 
     const rows = new Map();
@@ -1051,7 +1124,12 @@ async function main() {
     }
     const rss = { metric: 'peak RSS of the server process (VmHWM)', unit: 'MiB', better: 'lower', values: {} };
     for (const t of targets) {
-      if (t.server.pid) rss.values[t.kind] = { value: peakRssKiB(t.server.pid) / 1024, detail: `pid ${t.server.pid}` };
+      // A cluster's row is its largest node's.
+      const peaks = t.servers.filter((s) => s.pid).map((s) => ({ pid: s.pid, mib: peakRssKiB(s.pid) / 1024 }));
+      if (peaks.length === 0) continue;
+      const top = peaks.reduce((a, b) => (b.mib > a.mib ? b : a));
+      const detail = peaks.length > 1 ? `largest of ${peaks.length} nodes: ${peaks.map((p) => p.mib.toFixed(1)).join(', ')} MiB` : `pid ${top.pid}`;
+      rss.values[t.kind] = { value: top.mib, detail };
     }
     rows.set(rss.metric, rss);
 
@@ -1060,6 +1138,10 @@ async function main() {
     console.log(`\n## ${opts.only.join(' vs ')}\n`);
     console.log(`${info.date} · ${info.cpu} · ${info.memory} · ${info.os} · node ${info.node}`);
     console.log(`outpost: ${info.outpost ?? 'not run'} · pouchdb-server ${info['pouchdb-server']} (LevelDB) · PouchDB ${info.pouchdb}`);
+    console.log(`outpost store: ${info.store}${opts.only.includes('outpost-sqlite') ? ' (outpost-sqlite: SQLite)' : ''}`);
+    if (opts.only.includes('outpost-cluster')) {
+      console.log(`outpost-cluster: ${opts.nodes} nodes on that store, requests sent to them in turn, on ${os.cpus().length} cores`);
+    }
     console.log(`command: ${info.command}\n`);
     console.log(table(results, opts.only));
     console.log('\nRatios are how many times better Outpost is (higher throughput, lower latency or memory).');
@@ -1069,6 +1151,13 @@ async function main() {
     }
   } finally {
     for (const t of targets) await t.destroy();
+    if (freshStore) {
+      try {
+        freshStore.drop();
+      } catch (err) {
+        console.error(`could not drop ${freshStore.url}: ${err.message}`);
+      }
+    }
   }
 }
 
