@@ -48,8 +48,11 @@ const DELETE_DOC_ROWS: &str =
     "DELETE FROM index_rows INDEXED BY index_rows_by_doc WHERE ix = ?1 AND doc = ?2";
 
 /// Whether a document was purged after a sequence, the `upto` of a step (see [`crate::index`]).
-const PURGED_SINCE: &str =
-    "SELECT 1 FROM events WHERE db = ?1 AND doc = ?2 AND seq > ?3 AND kind = 'purged'";
+/// Without `INDEXED BY`, SQLite plans this as a scan of the primary key's range `(db, seq >
+/// ?3)`: every event after the step, read once per document of the step, which made building an
+/// index from scratch quadratic in the database's size (20,000 documents: 26 s).
+const PURGED_SINCE: &str = "SELECT 1 FROM events INDEXED BY events_by_doc
+     WHERE db = ?1 AND doc = ?2 AND seq > ?3 AND kind = 'purged'";
 
 /// Deletes a purged document's rows from every index of its database.
 pub(super) fn forget_doc(tx: &Connection, db: i64, doc: &str) -> Result<(), StoreError> {
@@ -334,7 +337,28 @@ pub(super) fn drop_all(tx: &Connection, db: i64) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use rusqlite::Connection;
+    use rusqlite::{Connection, StatementStatus, params};
+
+    /// Asking whether a document was purged after a step visits that document's events, not
+    /// every event after the step: a question about one of 20,000 documents takes a few steps.
+    #[test]
+    fn a_purge_is_looked_up_among_the_documents_own_events() {
+        let (_dir, c) = crate::sqlite::schema::fresh_for_test();
+        c.execute_batch(
+            "INSERT INTO dbs (id, name, created_at) VALUES (1, 'db', 0);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+             INSERT INTO events (db, seq, kind, doc, rev, origin, at)
+                 SELECT 1, i, 'write', printf('d%06d', i), '1-a', 'local', 0 FROM n;
+             INSERT INTO events (db, seq, kind, doc, rev, origin, at)
+                 VALUES (1, 20001, 'purged', 'd000100', '1-a', 'local', 0);",
+        )
+        .unwrap();
+        let mut stmt = c.prepare(super::PURGED_SINCE).unwrap();
+        assert!(stmt.exists(params![1, "d000100", 10]).unwrap());
+        assert!(!stmt.exists(params![1, "d000200", 10]).unwrap());
+        let steps = stmt.get_status(StatementStatus::VmStep);
+        assert!(steps < 100, "{steps} steps");
+    }
 
     #[test]
     fn a_documents_rows_are_found_through_the_by_doc_index() {
