@@ -425,6 +425,22 @@ async fn replicate(server: &str, body: Value) -> Value {
     answer
 }
 
+/// `outpost replicate SOURCE TARGET --create-target`, which must succeed; returns what it
+/// printed (the replication's result).
+async fn cli_replicate(source: &str, target: &str) -> Value {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["replicate", source, target, "--create-target"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Outpost → Outpost through `POST /_replicate` (the target's server pulls over HTTP into a
 /// local database), Outpost → pouchdb-server with `outpost replicate`, and pouchdb-server →
 /// Outpost through `POST /_replicate`; every copy identical to the original.
@@ -469,33 +485,15 @@ async fn one_shot_between_outpost_and_pouchdb_server() {
 
     // Outpost → pouchdb-server with the CLI.
     let pouch_db = Db::open(&pouch.url, &format!("orders-{}", a.port));
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(["replicate", &copy.url, &pouch_db.url, "--create-target"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let printed = cli_replicate(&copy.url, &pouch_db.url).await;
     assert_eq!(printed["docs_written"], json!(leaves(&original)));
     assert_same(&original, &pouch_db.dump().await);
 
     // Outpost → Outpost over HTTP with the CLI: documents with attachment data go as
     // `multipart/related` PUTs, their bytes unencoded, and arrive as they were.
     let http_copy = a.db("orders-over-http");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(["replicate", &copy.url, &http_copy.url, "--create-target"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let printed = cli_replicate(&copy.url, &http_copy.url).await;
+    assert_eq!(printed["docs_written"], json!(leaves(&original)));
     assert_same(&original, &http_copy.dump().await);
     let (_, there) = http_copy.get("with-atts?att_encoding_info=true").await;
     let (_, here) = copy.get("with-atts?att_encoding_info=true").await;

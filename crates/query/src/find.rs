@@ -229,6 +229,8 @@ pub struct FindCursor {
     /// documents whose winner's `_access` names one of them are candidates (before `skip`
     /// and `limit` count them). `None` reads every document.
     reader: Option<Vec<String>>,
+    /// Pages read so far.
+    pages: u32,
 }
 
 impl std::fmt::Debug for FindCursor {
@@ -300,6 +302,7 @@ impl FindCursor {
             done,
             skipped: 0,
             returned: 0,
+            pages: 0,
             last: None,
             stats: Stats::default(),
             started,
@@ -387,10 +390,27 @@ impl FindCursor {
         Ok(None)
     }
 
+    /// Rows to read for the next page. The first reads only as many as the answer still
+    /// needs, which is all when the index serves the selector exactly (a `limit: 100` query
+    /// reads 100 documents, not a page of 200); once rows were filtered out, full pages.
+    fn page_size(&self) -> u64 {
+        if self.pages > 0 {
+            return PAGE;
+        }
+        let needed = self
+            .req
+            .limit
+            .saturating_add(self.req.skip)
+            .saturating_sub(self.returned.saturating_add(self.skipped));
+        needed.clamp(1, PAGE)
+    }
+
     /// Reads one page of candidates: each live document with its conflicts and position.
     #[allow(clippy::type_complexity)]
     async fn read_page(&mut self) -> Result<Vec<(Value, Vec<String>, Cursor)>, QueryError> {
         let mut out = Vec::new();
+        let page = self.page_size();
+        self.pages += 1;
         match &mut self.source {
             Source::Json {
                 index,
@@ -402,7 +422,7 @@ impl FindCursor {
                     upper: Some(upper.clone()),
                     descending: self.descending,
                     skip: 0,
-                    limit: PAGE,
+                    limit: page,
                     include_docs: true,
                 };
                 let rows = match self
@@ -415,7 +435,7 @@ impl FindCursor {
                     Err(StoreError::NotFound) => Vec::new(),
                     Err(e) => return Err(e.into()),
                 };
-                if (rows.len() as u64) < PAGE {
+                if (rows.len() as u64) < page {
                     self.done = true;
                 }
                 for row in rows {
@@ -462,12 +482,12 @@ impl FindCursor {
                     end: last.as_ref().map(|(id, _)| id.clone()),
                     end_inclusive: last.as_ref().is_none_or(|(_, inclusive)| *inclusive),
                     descending: self.descending,
-                    limit: PAGE,
+                    limit: page,
                     skip: 0,
                     include_docs: true,
                 };
                 let rows = self.store.all_docs(&self.db, &query).await?;
-                if (rows.len() as u64) < PAGE {
+                if (rows.len() as u64) < page {
                     self.done = true;
                 }
                 for row in rows {
