@@ -251,10 +251,7 @@ mod tests {
             (EVENT_REVS_OF_DOC_UPTO, params![1, doc, 10_000].to_vec(), 2),
         ] {
             let mut stmt = c.prepare(sql).unwrap();
-            let found = stmt
-                .query_map(args.as_slice(), |_| Ok(()))
-                .unwrap()
-                .count();
+            let found = stmt.query_map(args.as_slice(), |_| Ok(())).unwrap().count();
             assert_eq!(found, rows, "{sql}");
             let steps = stmt.get_status(StatementStatus::VmStep);
             assert!(steps < 200, "{steps} steps: {sql}");
