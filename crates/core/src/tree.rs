@@ -332,15 +332,8 @@ impl RevTree {
         if keep.len() == self.nodes.len() {
             return Vec::new();
         }
-        let removed: Vec<Rev> = self
-            .nodes
-            .keys()
-            .filter(|r| !keep.contains(*r))
-            .cloned()
-            .collect();
-        for rev in &removed {
-            self.nodes.remove(rev);
-        }
+        let removed = self.nodes_outside(&keep);
+        self.remove_nodes(&removed);
         // `removed` is sorted: it was collected from the map's keys.
         for node in self.nodes.values_mut() {
             if node
@@ -373,18 +366,27 @@ impl RevTree {
         for leaf in self.leaves.iter().filter(|k| !leaves.contains(&k.rev)) {
             keep.extend(self.ancestors(&leaf.rev));
         }
-        let removed: Vec<Rev> = self
-            .nodes
+        // Every kept node's ancestors are kept, so no kept node loses its parent.
+        let removed = self.nodes_outside(&keep);
+        self.remove_nodes(&removed);
+        self.reindex();
+        Purged { leaves, removed }
+    }
+
+    /// The revisions not in `keep`, in tree order.
+    fn nodes_outside(&self, keep: &BTreeSet<&Rev>) -> Vec<Rev> {
+        self.nodes
             .keys()
             .filter(|r| !keep.contains(*r))
             .cloned()
-            .collect();
-        // Every kept node's ancestors are kept, so no kept node loses its parent.
-        for rev in &removed {
+            .collect()
+    }
+
+    /// Removes these nodes; the caller mends parents and reindexes.
+    fn remove_nodes(&mut self, revs: &[Rev]) {
+        for rev in revs {
             self.nodes.remove(rev);
         }
-        self.reindex();
-        Purged { leaves, removed }
     }
 
     /// Whether the document's winner is a deletion (or the tree is empty).
