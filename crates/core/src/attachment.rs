@@ -241,27 +241,20 @@ impl Gunzip {
 
 /// Decodes gzip bytes whole, refusing to produce more than `limit` bytes.
 pub fn gunzip(data: &[u8], limit: u64) -> Result<Vec<u8>, GzipError> {
-    let mut decoder = Gunzip::new();
     let mut out = Vec::new();
-    let mut rest = data;
-    while !rest.is_empty() {
-        let used = decoder.feed(rest)?;
-        rest = &rest[used..];
-        if decoder.decoded() > limit {
-            return Err(GzipError::TooLarge(limit));
-        }
-        out.extend_from_slice(&decoder.take());
-    }
-    out.extend_from_slice(&decoder.finish()?);
-    if out.len() as u64 > limit {
-        return Err(GzipError::TooLarge(limit));
-    }
+    decode_into(data, limit, |chunk| out.extend_from_slice(&chunk))?;
     Ok(out)
 }
 
 /// Checks that `data` is complete gzip and answers the length of what it decodes to (at most
 /// `limit`), holding none of it: how an attachment received encoded gets its identity length.
 pub fn identity_length(data: &[u8], limit: u64) -> Result<u64, GzipError> {
+    decode_into(data, limit, drop)
+}
+
+/// Decodes complete gzip `data`, handing each decoded chunk to `sink` as it comes and never
+/// more than `limit` bytes in all; answers the decoded length.
+fn decode_into(data: &[u8], limit: u64, mut sink: impl FnMut(Vec<u8>)) -> Result<u64, GzipError> {
     let mut decoder = Gunzip::new();
     let mut rest = data;
     while !rest.is_empty() {
@@ -270,14 +263,15 @@ pub fn identity_length(data: &[u8], limit: u64) -> Result<u64, GzipError> {
         if decoder.decoded() > limit {
             return Err(GzipError::TooLarge(limit));
         }
-        decoder.take();
+        sink(decoder.take());
     }
     let decoded = decoder.decoded();
-    let tail = decoder.finish()?.len() as u64;
-    let total = decoded + tail;
+    let tail = decoder.finish()?;
+    let total = decoded + tail.len() as u64;
     if total > limit {
         return Err(GzipError::TooLarge(limit));
     }
+    sink(tail);
     Ok(total)
 }
 
