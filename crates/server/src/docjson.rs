@@ -219,19 +219,7 @@ fn prepare_attachments(
             }
         };
         let digest = hash::attachment_digest(&data);
-        let content_type = match obj.get("content_type") {
-            Some(Value::String(ct)) => ct.clone(),
-            _ => "application/octet-stream".to_owned(),
-        };
-        let revpos = obj.get("revpos").cloned();
-        let mut stored = Map::new();
-        stored.insert("content_type".into(), Value::String(content_type));
-        stored.insert("digest".into(), Value::String(digest.clone()));
-        stored.insert("length".into(), Value::from(data.len()));
-        if let Some(revpos) = revpos {
-            stored.insert("revpos".into(), revpos);
-        }
-        *obj = stored;
+        *obj = stored_stub(obj, &digest, data.len() as u64, None);
         new.push(NewAttachment { digest, data });
     }
     Ok(new)
@@ -251,24 +239,38 @@ enum Part {
 /// digest of those bytes (as CouchDB's, so both sides of a replication agree on it), `length`
 /// of the identity bytes, `encoding` and `encoded_length`.
 fn encoded_entry(obj: &mut Map<String, Value>, data: Vec<u8>, length: u64) -> NewAttachment {
-    use outpost_core::attachment::{ENCODED_LENGTH, ENCODING, GZIP};
     let digest = hash::attachment_digest(&data);
-    let content_type = match obj.get("content_type") {
+    *obj = stored_stub(obj, &digest, length, Some(data.len() as u64));
+    NewAttachment { digest, data }
+}
+
+/// The stub an attachment entry is stored as: its content type (`application/octet-stream` if
+/// none), `digest`, identity `length`, with `gzip_length` the `encoding` and `encoded_length` of
+/// bytes stored gzip-encoded, and `revpos` (when given); anything else the entry held (`data`,
+/// `follows`, `stub`) is dropped.
+fn stored_stub(
+    entry: &Map<String, Value>,
+    digest: &str,
+    length: u64,
+    gzip_length: Option<u64>,
+) -> Map<String, Value> {
+    use outpost_core::attachment::{ENCODED_LENGTH, ENCODING, GZIP};
+    let content_type = match entry.get("content_type") {
         Some(Value::String(ct)) => ct.clone(),
         _ => "application/octet-stream".to_owned(),
     };
-    let revpos = obj.get("revpos").cloned();
     let mut stored = Map::new();
     stored.insert("content_type".into(), Value::String(content_type));
-    stored.insert("digest".into(), Value::String(digest.clone()));
+    stored.insert("digest".into(), Value::String(digest.to_owned()));
     stored.insert("length".into(), Value::from(length));
-    stored.insert(ENCODING.into(), Value::String(GZIP.into()));
-    stored.insert(ENCODED_LENGTH.into(), Value::from(data.len()));
-    if let Some(revpos) = revpos {
-        stored.insert("revpos".into(), revpos);
+    if let Some(encoded) = gzip_length {
+        stored.insert(ENCODING.into(), Value::String(GZIP.into()));
+        stored.insert(ENCODED_LENGTH.into(), Value::from(encoded));
     }
-    *obj = stored;
-    NewAttachment { digest, data }
+    if let Some(revpos) = entry.get("revpos") {
+        stored.insert("revpos".into(), revpos.clone());
+    }
+    stored
 }
 
 /// The bytes of an attachment that followed in a multipart body. CouchDB sends the attachments
