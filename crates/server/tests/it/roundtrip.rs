@@ -3,14 +3,9 @@
 //! CouchDB does), through the HTTP API of a real server and through replication both ways
 //! between that server's databases over HTTP.
 
-use std::sync::Arc;
-
-use outpost_server::{AppState, Config, serve};
-use outpost_store::sqlite::SqliteStore;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 /// Nesting added around a generated value, at most. A request body may nest 128 levels
 /// (serde_json's limit); a replicated document travels inside `_bulk_get`'s answer, five levels
@@ -201,43 +196,23 @@ fn document() -> impl Strategy<Value = J> {
 }
 
 struct Live {
-    base: String,
+    server: crate::support::LiveServer,
     client: reqwest::Client,
-    shutdown: CancellationToken,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
 }
 
 async fn live() -> Live {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
-    let shutdown = CancellationToken::new();
-    let state = AppState::new(store, Config::default(), shutdown.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(listener, state));
+    let server = crate::support::LiveServer::start().await;
     let client = reqwest::Client::new();
     for db in ["written", "pushed", "pulled"] {
         let status = client
-            .put(format!("{base}/{db}"))
+            .put(format!("{}/{db}", server.base))
             .send()
             .await
             .unwrap()
             .status();
         assert_eq!(status, 201);
     }
-    Live {
-        base,
-        client,
-        shutdown,
-        _dir: dir,
-    }
+    Live { server, client }
 }
 
 impl Live {
@@ -249,7 +224,7 @@ impl Live {
     ) -> (u16, String) {
         let mut request = self
             .client
-            .request(method, format!("{}{path}", self.base))
+            .request(method, format!("{}{path}", self.server.base))
             .header("content-type", "application/json");
         if let Some(body) = body {
             request = request.body(body);
@@ -303,10 +278,10 @@ async fn round_trip(server: &Live, id: &str, doc: &J) -> Result<(), TestCaseErro
     // Pushed from this server's store to a database over HTTP (`_bulk_docs`), and pulled over
     // HTTP (`_changes`, `_bulk_get`) into a database of this server.
     server
-        .replicate("written".into(), format!("{}/pushed", server.base))
+        .replicate("written".into(), format!("{}/pushed", server.server.base))
         .await?;
     server
-        .replicate(format!("{}/pushed", server.base), "pulled".into())
+        .replicate(format!("{}/pushed", server.server.base), "pulled".into())
         .await?;
     for db in ["pushed", "pulled"] {
         let (status, got) = server

@@ -1,12 +1,7 @@
 //! Sequences as CouchDB 3 shows them: opaque strings `"N-<suffix>"` whose numeric prefix grows
 //! and whose suffix names the database's incarnation; `since` in every form clients send.
 
-use std::sync::Arc;
-
-use outpost_server::{AppState, Config, serve};
-use outpost_store::sqlite::SqliteStore;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 use crate::support::{TestServer, assert_error, feed_ids, seq_n, seq_param, seq_suffix};
 
@@ -214,28 +209,6 @@ async fn a_since_from_a_deleted_database_starts_the_new_one_from_the_beginning()
     assert_eq!(feed_ids(&feed), ["new1", "new2"], "{feed}");
 }
 
-struct Live {
-    base: String,
-    _shutdown: tokio_util::sync::DropGuard,
-    _dir: tempfile::TempDir,
-}
-
-async fn live() -> Live {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
-    let shutdown = CancellationToken::new();
-    let state = AppState::new(store, Config::default(), shutdown.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(listener, state));
-    Live {
-        base,
-        _shutdown: shutdown.drop_guard(),
-        _dir: dir,
-    }
-}
-
 async fn call(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
     let mut request = reqwest::Client::new().request(method, url);
     if let Some(body) = body {
@@ -251,7 +224,7 @@ async fn call(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, 
 /// source's previous incarnation starts from the beginning.
 #[tokio::test]
 async fn replication_over_http_checkpoints_opaque_sequences() {
-    let server = live().await;
+    let server = crate::support::LiveServer::start().await;
     let base = &server.base;
     for db in ["src", "dst"] {
         assert_eq!(

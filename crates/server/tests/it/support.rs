@@ -178,3 +178,29 @@ pub fn seq_param(seq: &Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// A server listening on a loopback port (over a temporary SQLite store), for clients that need
+/// a real connection; it stops when dropped.
+pub struct LiveServer {
+    pub base: String,
+    _shutdown: tokio_util::sync::DropGuard,
+    _dir: tempfile::TempDir,
+}
+
+impl LiveServer {
+    pub async fn start() -> LiveServer {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let shutdown = CancellationToken::new();
+        let state = AppState::new(store, Config::default(), shutdown.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(outpost_server::serve(listener, state));
+        LiveServer {
+            base,
+            _shutdown: shutdown.drop_guard(),
+            _dir: dir,
+        }
+    }
+}
