@@ -133,7 +133,7 @@ async fn a_version_5_store_gains_the_shared_configuration() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_4_store_keeps_its_attachments_as_they_were_stored() {
-    use outpost_store::conformance::compaction::{with_attachment, write};
+    use outpost_store::conformance::compaction::{assert_kept_as_stored, with_attachment, write};
     let Some(url) = postgres_url() else { return };
     let schema = Schema::new(&url);
     let bytes = b"plain text stored before attachments could be encoded".repeat(50);
@@ -151,13 +151,7 @@ async fn a_version_4_store_keeps_its_attachments_as_they_were_stored() {
         "UPDATE meta SET value = '4' WHERE key = 'schema_version'",
     )
     .await;
-    let body = store.rev_bodies("db", "d", &[rev]).await.unwrap();
-    let body: serde_json::Value = serde_json::from_str(&body[0].1.json).unwrap();
-    let stub = &body["_attachments"]["f"];
-    assert_eq!(stub["digest"], json!(digest));
-    assert_eq!(stub["length"], json!(bytes.len()));
-    assert_eq!(outpost_core::attachment::encoded_length(stub), None);
-    assert_eq!(store.attachment(&digest).await.unwrap(), Some(bytes));
+    assert_kept_as_stored(&store, "db", rev, &digest, &bytes).await;
     store.close();
     // A store of a later version than this build's is refused rather than misread.
     let later = format!(

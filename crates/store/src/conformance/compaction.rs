@@ -28,6 +28,28 @@ pub fn with_attachment(id: &str, base: Option<&Rev>, bytes: &[u8]) -> (DocUpdate
     (update, digest)
 }
 
+/// Checks that revision `rev` of `d` holds attachment `f` (written by [`with_attachment`] with
+/// `bytes`) as it was stored before attachments could be encoded: the same digest and length, no
+/// `encoding`, the bytes unchanged. For the schema-upgrade tests of both engines.
+pub async fn assert_kept_as_stored(
+    store: &dyn Store,
+    db: &str,
+    rev: Rev,
+    digest: &str,
+    bytes: &[u8],
+) {
+    let body = store.rev_bodies(db, "d", &[rev]).await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&body[0].1.json).unwrap();
+    let stub = &body["_attachments"]["f"];
+    assert_eq!(stub["digest"], json!(digest));
+    assert_eq!(stub["length"], json!(bytes.len()));
+    assert_eq!(outpost_core::attachment::encoded_length(stub), None);
+    assert_eq!(
+        store.attachment(digest).await.unwrap().as_deref(),
+        Some(bytes)
+    );
+}
+
 pub async fn write(store: &dyn Store, db: &str, update: DocUpdate) -> Rev {
     store
         .write_docs(db, vec![update])

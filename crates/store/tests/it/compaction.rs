@@ -98,7 +98,7 @@ async fn a_version_1_file_is_upgraded_in_place() {
 
 #[tokio::test]
 async fn a_version_7_file_keeps_its_attachments_as_they_were_stored() {
-    use outpost_store::conformance::compaction::with_attachment;
+    use outpost_store::conformance::compaction::{assert_kept_as_stored, with_attachment};
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(outpost_store::sqlite::FILE_NAME);
     let bytes = b"plain text stored before attachments could be encoded".repeat(50);
@@ -126,13 +126,7 @@ async fn a_version_7_file_keeps_its_attachments_as_they_were_stored() {
     }
     let store = SqliteStore::open(dir.path()).unwrap();
     assert_eq!(version(&rusqlite::Connection::open(&file).unwrap()), "8");
-    let body = store.rev_bodies("db", "d", &[rev]).await.unwrap();
-    let body: serde_json::Value = serde_json::from_str(&body[0].1.json).unwrap();
-    let stub = &body["_attachments"]["f"];
-    assert_eq!(stub["digest"], json!(digest));
-    assert_eq!(stub["length"], json!(bytes.len()));
-    assert_eq!(outpost_core::attachment::encoded_length(stub), None);
-    assert_eq!(store.attachment(&digest).await.unwrap(), Some(bytes));
+    assert_kept_as_stored(&store, "db", rev, &digest, &bytes).await;
     store.close();
     // A file of a later version than this build's is refused rather than misread.
     rusqlite::Connection::open(&file)
