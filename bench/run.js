@@ -300,7 +300,7 @@ class Target {
   }
 
   /** The pool of the next node in turn (of the server, when there is one). */
-  get pool() {
+  nextPool() {
     return this.pools[this.turn++ % this.pools.length];
   }
 
@@ -313,7 +313,7 @@ class Target {
   }
 
   /** A request to the next node in turn, or through `pool` (one of `pools`) when given. */
-  async request(method, path, body, pool = this.pool) {
+  async request(method, path, body, pool = this.nextPool()) {
     const headers = this.headers();
     // Databases are created and deleted by the admin where users cannot.
     if (this.adminAuth && (method === 'PUT' || method === 'DELETE') && /^\/[^/]+$/.test(path)) {
@@ -345,7 +345,7 @@ class Target {
 
   /** Sends a request and counts the answer's bytes without keeping them. */
   async drain(method, path, body) {
-    const res = await this.pool.request({ method, path, headers: this.headers(), body: body === undefined ? undefined : JSON.stringify(body), bodyTimeout: 0, headersTimeout: 0 });
+    const res = await this.nextPool().request({ method, path, headers: this.headers(), body: body === undefined ? undefined : JSON.stringify(body), bodyTimeout: 0, headersTimeout: 0 });
     let bytes = 0;
     for await (const chunk of res.body) bytes += chunk.length;
     if (res.statusCode >= 300) throw new Error(`${this.kind}: ${method} ${path} -> ${res.statusCode}`);
@@ -589,7 +589,7 @@ const WORKLOADS = [
       }
       const t0 = performance.now();
       for (const body of batches) {
-        const res = await t.pool.request({
+        const res = await t.nextPool().request({
           method: 'POST',
           path: `/${db}/_bulk_docs`,
           headers: t.headers(),
@@ -732,7 +732,7 @@ const WORKLOADS = [
         await t.request('PUT', `/${source}/warm-up`, { warm: true });
         const deadline = performance.now() + 20_000;
         for (;;) {
-          const res = await t.pool.request({ method: 'GET', path: `/${target}/warm-up`, headers: t.headers() });
+          const res = await t.nextPool().request({ method: 'GET', path: `/${target}/warm-up`, headers: t.headers() });
           await res.body.text();
           if (res.statusCode === 200) break;
           if (performance.now() > deadline) throw new Error(`${t.kind}: continuous replication did not start`);
