@@ -15,6 +15,7 @@
 //! it). Every change the worker makes is compare-and-set on the entry's `version`, so an entry
 //! dropped or retried by an operator while it was being delivered is never overwritten.
 
+mod checkpoint;
 mod command;
 mod lock;
 mod postgres;
@@ -283,6 +284,15 @@ impl Drop for Inner {
     }
 }
 
+/// A new entry id: the time in milliseconds (12 hex digits), a dash and a random UUID's 32 hex
+/// digits. The time first makes ids of later entries sort later, so the index on ids grows at
+/// its end (a random id dirtied a random index page in every commit, which cost a third of the
+/// enqueue rate); the random part keeps the 122 random bits that make a status URL an
+/// unguessable capability.
+fn new_id() -> String {
+    format!("{:012x}-{}", now_ms(), uuid::Uuid::new_v4().simple())
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -397,7 +407,7 @@ impl Queue {
     /// Makes `entry` durable. Returns once it is committed to disk.
     pub async fn enqueue(&self, entry: NewEntry) -> Result<Enqueued> {
         let started = std::time::Instant::now();
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = new_id();
         let cipher = &self.inner.cipher;
         let scope = entry.principal.as_ref().map(|principal| {
             cipher.mac(&[

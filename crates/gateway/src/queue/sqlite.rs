@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use super::command::Command;
 use super::{
     DirLock, EntrySummary, QueueLimits, QueueStats, RawDeliverable, RawEntry, Shared, State,
-    SummaryRow, WRITER_CHANNEL, schema, writer,
+    SummaryRow, WRITER_CHANNEL, checkpoint, schema, writer,
 };
 use crate::crypto::Cipher;
 use crate::error::{Error, Result};
@@ -27,6 +27,8 @@ pub(crate) struct Sqlite {
     /// The writer thread, joined on drop (after the queue dropped its sender) so the last
     /// batch is committed before we return.
     writer: Option<std::thread::JoinHandle<()>>,
+    /// The WAL checkpoint thread ([`checkpoint`]), which ends with the writer's connection.
+    checkpointer: Option<std::thread::JoinHandle<()>>,
     /// Read connections, used on the blocking pool.
     readers: Arc<Readers>,
     /// The data directory's exclusive lock, when this queue replays; released after the
@@ -37,6 +39,9 @@ pub(crate) struct Sqlite {
 impl Drop for Sqlite {
     fn drop(&mut self) {
         if let Some(handle) = self.writer.take() {
+            let _ = handle.join();
+        }
+        if let Some(handle) = self.checkpointer.take() {
             let _ = handle.join();
         }
     }
@@ -111,6 +116,7 @@ impl Sqlite {
         restrict_files(&path)?;
         let mut conn = schema::connect(&path)?;
         schema::prepare(&mut conn, cipher)?;
+        let checkpointer = checkpoint::start(&mut conn, &path)?;
         let readers = (0..2)
             .map(|_| schema::connect(&path).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
@@ -128,6 +134,7 @@ impl Sqlite {
             Self {
                 path,
                 writer: Some(writer),
+                checkpointer: Some(checkpointer),
                 readers: Arc::new(Readers(readers)),
                 _lock: lock,
             },

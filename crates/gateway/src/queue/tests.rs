@@ -490,3 +490,56 @@ mod upgrade {
         assert_eq!(version, 3);
     }
 }
+
+/// The writer's commits no longer checkpoint the WAL themselves ([`checkpoint`]); the
+/// checkpoint thread must still copy it into the database file, or the WAL would grow forever.
+#[tokio::test]
+async fn the_wal_is_checkpointed_off_the_writer() {
+    let engine = Engine::sqlite();
+    let Engine::Sqlite(dir) = &engine else {
+        unreachable!()
+    };
+    let q = engine.open(u64::MAX).await;
+    let db_file = dir.path().join(DB_FILE);
+    let initial = std::fs::metadata(&db_file).unwrap().len();
+    static BODY: [u8; 4096] = [b'x'; 4096];
+    // About two pages per entry: several checkpoints' worth of WAL.
+    for n in 0..1500 {
+        let mut e = entry(&format!("k{n}"), "");
+        e.request.body = bytes::Bytes::from_static(&BODY);
+        q.enqueue(e).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let size = std::fs::metadata(&db_file).unwrap().len();
+        if size > initial + 4 * 1024 * 1024 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {size} bytes: nothing was checkpointed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(q);
+    // Everything committed is there after a reopen, checkpointed or not.
+    let q = engine.open(u64::MAX).await;
+    assert_eq!(q.pending_count().await.unwrap(), 1500);
+}
+
+/// Entry ids start with the enqueue time, so the id index grows at its end instead of taking a
+/// random leaf per insert, and still carry a random part that makes them unguessable.
+#[tokio::test]
+async fn entry_ids_grow_with_time_and_stay_unguessable() {
+    let engine = Engine::sqlite();
+    let q = engine.open(u64::MAX).await;
+    let a = q.enqueue(entry("a", "x")).await.unwrap().id;
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    let b = q.enqueue(entry("b", "x")).await.unwrap().id;
+    assert!(a < b, "{a} then {b}");
+    let (time, random) = b.split_once('-').unwrap();
+    assert_eq!(time.len(), 12);
+    assert_eq!(random.len(), 32);
+    assert!(random.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_ne!(a.split_once('-').unwrap().1, random);
+}
