@@ -15,7 +15,6 @@
 //! it). Every change the worker makes is compare-and-set on the entry's `version`, so an entry
 //! dropped or retried by an operator while it was being delivered is never overwritten.
 
-mod checkpoint;
 mod command;
 mod lock;
 mod postgres;

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use super::command::Command;
 use super::{
     DirLock, EntrySummary, QueueLimits, QueueStats, RawDeliverable, RawEntry, Shared, State,
-    SummaryRow, WRITER_CHANNEL, checkpoint, schema, writer,
+    SummaryRow, WRITER_CHANNEL, schema, writer,
 };
 use crate::crypto::Cipher;
 use crate::error::{Error, Result};
@@ -27,7 +27,8 @@ pub(crate) struct Sqlite {
     /// The writer thread, joined on drop (after the queue dropped its sender) so the last
     /// batch is committed before we return.
     writer: Option<std::thread::JoinHandle<()>>,
-    /// The WAL checkpoint thread ([`checkpoint`]), which ends with the writer's connection.
+    /// The WAL checkpoint thread (`outpost_sqlite_wal`), which ends with the writer's
+    /// connection.
     checkpointer: Option<std::thread::JoinHandle<()>>,
     /// Read connections, used on the blocking pool.
     readers: Arc<Readers>,
@@ -116,7 +117,12 @@ impl Sqlite {
         restrict_files(&path)?;
         let mut conn = schema::connect(&path)?;
         schema::prepare(&mut conn, cipher)?;
-        let checkpointer = checkpoint::start(&mut conn, &path)?;
+        let checkpointer =
+            outpost_sqlite_wal::start(&mut conn, schema::connect(&path)?, "outpost-queue-wal")
+                .map_err(|e| Error::File {
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
         let readers = (0..2)
             .map(|_| schema::connect(&path).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;

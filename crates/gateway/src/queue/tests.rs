@@ -491,7 +491,7 @@ mod upgrade {
     }
 }
 
-/// The writer's commits no longer checkpoint the WAL themselves ([`checkpoint`]); the
+/// The writer's commits no longer checkpoint the WAL themselves (`outpost_sqlite_wal`); the
 /// checkpoint thread must still copy it into the database file, or the WAL would grow forever.
 #[tokio::test]
 async fn the_wal_is_checkpointed_off_the_writer() {

@@ -86,9 +86,14 @@ impl SqliteStore {
             ))
         })?;
         let path = dir.join(FILE_NAME);
-        let conn = key::open(&path, OpenFlags::default(), key.as_ref())?;
+        let mut conn = key::open(&path, OpenFlags::default(), key.as_ref())?;
         schema::configure(&conn)?;
         schema::migrate(&conn)?;
+        // No commit waits for a checkpoint: a thread of its own copies the WAL into the file.
+        let checkpointer = key::open(&path, OpenFlags::default(), key.as_ref())?;
+        schema::configure(&checkpointer)?;
+        outpost_sqlite_wal::start(&mut conn, checkpointer, "outpost-wal")
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let uuid = match conn
             .query_row(
                 "SELECT value FROM meta WHERE key = 'server_uuid'",
