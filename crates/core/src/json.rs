@@ -16,6 +16,7 @@
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
 use serde_json::{Map, Number, Value};
 
 /// Parses a whole JSON text (trailing whitespace only) with CouchDB's handling of duplicate keys.
@@ -109,18 +110,32 @@ impl<'de> Visitor<'de> for Decoded {
                 .map(Value::Number)
                 .map_err(de::Error::custom);
         }
-        let mut out = Map::new();
+        // Gathered first, so that the map is made at its final size instead of growing (and
+        // rehashing every key) a few times per object.
+        let mut entries = Vec::with_capacity(8);
         let mut key = first;
         loop {
             let value = map.next_value_seed(Decoded)?;
-            // The last occurrence of a key decides both its value and its place.
-            out.shift_remove(&key);
-            out.insert(key, value);
+            entries.push((key, value));
             match map.next_key::<String>()? {
                 Some(next) => key = next,
-                None => return Ok(Value::Object(out)),
+                None => break,
             }
         }
+        let mut out = Map::with_capacity(entries.len());
+        for (key, value) in entries {
+            match out.entry(key) {
+                Entry::Vacant(slot) => {
+                    slot.insert(value);
+                }
+                // The last occurrence of a key decides both its value and its place.
+                Entry::Occupied(slot) => {
+                    let (key, _) = slot.shift_remove_entry();
+                    out.insert(key, value);
+                }
+            }
+        }
+        Ok(Value::Object(out))
     }
 }
 
