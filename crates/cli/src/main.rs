@@ -55,10 +55,15 @@ fn main() -> std::process::ExitCode {
         }
     };
     cmd::logging::init(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A replication is one pipeline of requests whose stages hand each batch to the next: on
+    // one thread it runs a fifth faster than on a pool, whose threads spent a third of the
+    // process's time waking each other (measured with `outpost replicate`, 100,000 documents).
+    let mut builder = if matches!(cli.command, Command::Replicate(_)) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("outpost: cannot start the async runtime: {e}");

@@ -218,12 +218,20 @@ impl HttpEndpoint {
         body: Option<&Value>,
         timeout: Duration,
     ) -> Result<Value, ReplicationError> {
-        let body = body.map(|b| {
-            (
-                serde_json::to_vec(b).expect("json values serialise"),
-                HeaderValue::from_static("application/json"),
-            )
-        });
+        let body = body.map(|b| serde_json::to_vec(b).expect("json values serialise"));
+        self.json_bytes(op, method, url, body, timeout).await
+    }
+
+    /// [`Self::json`] with a body already serialised.
+    async fn json_bytes(
+        &self,
+        op: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Value, ReplicationError> {
+        let body = body.map(|b| (b, HeaderValue::from_static("application/json")));
         let resp = self
             .send(op, method, url, body, "application/json", timeout)
             .await?;
@@ -313,23 +321,21 @@ impl HttpEndpoint {
             .collect();
         let url = self.url("_bulk_get", &[("revs", "true"), ("latest", "true")]);
         let body = json!({ "docs": wanted });
-        let answer = self
+        let mut answer = self
             .json("bulk_get", Method::POST, url, Some(&body), REQUEST_TIMEOUT)
             .await?;
-        let results = answer
-            .get("results")
-            .and_then(Value::as_array)
-            .ok_or_else(|| self.invalid("bulk_get", "no results array"))?;
+        // The documents are taken out of the answer, not copied.
+        let Some(Value::Array(results)) = answer.get_mut("results").map(Value::take) else {
+            return Err(self.invalid("bulk_get", "no results array"));
+        };
         let mut out = Vec::with_capacity(wanted.len());
-        for result in results {
-            for entry in result
-                .get("docs")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(doc) = entry.get("ok") {
-                    out.push(doc.clone());
+        for mut result in results {
+            let Some(Value::Array(entries)) = result.get_mut("docs").map(Value::take) else {
+                continue;
+            };
+            for mut entry in entries {
+                if let Some(doc) = entry.get_mut("ok") {
+                    out.push(doc.take());
                 } else if let Some(err) = entry.get("error") {
                     self.fetch_error("bulk_get", err)?;
                 }
@@ -646,10 +652,20 @@ impl Endpoint for HttpEndpoint {
         if docs.is_empty() {
             return Ok(Vec::new());
         }
-        let body = json!({ "docs": docs, "new_edits": false });
+        /// Serialised straight from the documents: `json!` would copy every one first.
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            docs: &'a [Value],
+            new_edits: bool,
+        }
+        let body = serde_json::to_vec(&Body {
+            docs,
+            new_edits: false,
+        })
+        .expect("json values serialise");
         let url = self.url("_bulk_docs", &[]);
         let answer = self
-            .json("bulk_docs", Method::POST, url, Some(&body), REQUEST_TIMEOUT)
+            .json_bytes("bulk_docs", Method::POST, url, Some(body), REQUEST_TIMEOUT)
             .await?;
         // With `new_edits: false` only error entries matter; CouchDB answers `[]` on success.
         let entries = answer
