@@ -758,14 +758,12 @@ async fn a_document_copied_with_its_stubs_keeps_how_they_are_stored() {
 
 #[tokio::test]
 async fn attachments_come_back_byte_for_byte_over_a_socket() {
-    use outpost_server::{AppState, serve};
+    use outpost_server::AppState;
     let dir = tempfile::tempdir().unwrap();
     let store = std::sync::Arc::new(outpost_store::sqlite::SqliteStore::open(dir.path()).unwrap());
     let shutdown = tokio_util::sync::CancellationToken::new();
     let state = AppState::new(store, Config::default(), shutdown.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(listener, state));
+    let base = format!("http://{}", crate::support::serve_on_loopback(state).await);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
     let big = letters(3 << 20, 13);

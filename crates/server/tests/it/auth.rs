@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use outpost_auth::Credentials;
 use outpost_server::auth::AuthSettings;
-use outpost_server::{AppState, Config, serve};
+use outpost_server::{AppState, Config};
 use outpost_store::sqlite::SqliteStore;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -53,9 +53,7 @@ pub(crate) async fn live_with(edit: impl FnOnce(&mut AuthSettings)) -> Live {
         ..Config::default()
     };
     let state = AppState::new(store, config, shutdown.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(listener, state));
+    let base = format!("http://{}", crate::support::serve_on_loopback(state).await);
     Live {
         base,
         client: reqwest::Client::new(),

@@ -860,9 +860,7 @@ async fn socket_server() -> (
     let store = std::sync::Arc::new(outpost_store::sqlite::SqliteStore::open(dir.path()).unwrap());
     let shutdown = tokio_util::sync::CancellationToken::new();
     let state = outpost_server::AppState::new(store, Default::default(), shutdown.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(outpost_server::serve(listener, state));
+    let addr = crate::support::serve_on_loopback(state).await;
     (addr, shutdown.drop_guard(), dir)
 }
 

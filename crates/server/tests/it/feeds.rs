@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_server::{AppState, Config, serve};
+use outpost_server::{AppState, Config};
 use outpost_store::Store;
 use outpost_store::sqlite::SqliteStore;
 use serde_json::{Value, json};
@@ -164,9 +164,7 @@ async fn live() -> Live {
     let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
     let shutdown = CancellationToken::new();
     let state = AppState::new(store, Config::default(), shutdown.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(listener, state));
+    let base = format!("http://{}", crate::support::serve_on_loopback(state).await);
     let client = reqwest::Client::new();
     client.put(format!("{base}/db")).send().await.unwrap();
     Live {
@@ -386,9 +384,7 @@ async fn a_database_deleted_and_created_again_in_one_commit_ends_its_live_feeds(
     let shutdown = CancellationToken::new();
     let state = AppState::new(store.clone(), Config::default(), shutdown.clone());
     let _stop = shutdown.clone().drop_guard();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(listener, state));
+    let base = format!("http://{}", crate::support::serve_on_loopback(state).await);
     store.create_db("db").await.unwrap();
 
     let mut feed = reqwest::get(format!("{base}/db/_changes?feed=continuous&heartbeat=50"))

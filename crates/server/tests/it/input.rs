@@ -183,9 +183,7 @@ async fn a_body_that_stops_arriving_gets_408() {
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let state = outpost_server::AppState::new(store, config, shutdown.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(outpost_server::serve(listener, state));
+    let addr = crate::support::serve_on_loopback(state).await;
 
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     // Promises 100 bytes, sends 2, then goes quiet.

@@ -10,7 +10,7 @@ use futures::{SinkExt, StreamExt};
 use outpost_auth::Credentials;
 use outpost_server::auth::{AuthSettings, DefaultSecurity};
 use outpost_server::mux::FeedLimits;
-use outpost_server::{AppState, Config, serve};
+use outpost_server::{AppState, Config};
 use outpost_store::sqlite::SqliteStore;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -43,9 +43,10 @@ async fn live(config: Config) -> Live {
     let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
     let shutdown = CancellationToken::new();
     let state = AppState::new(store, config, shutdown.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(listener, state.clone()));
+    let base = format!(
+        "http://{}",
+        crate::support::serve_on_loopback(state.clone()).await
+    );
     Live {
         base,
         state,

@@ -363,9 +363,7 @@ async fn scheduler_jobs_have_a_history_and_couchdb_urls() {
         .await
         .unwrap();
     let remote = AppState::new(remote_store, Config::default(), shutdown.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(outpost_server::serve(listener, remote));
+    let base = format!("http://{}", crate::support::serve_on_loopback(remote).await);
 
     let s = TestServer::new();
     let body = json!({"source": format!("{base}/src"), "target": "dst", "create_target": true, "continuous": true});

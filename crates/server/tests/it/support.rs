@@ -194,13 +194,19 @@ impl LiveServer {
         let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
         let shutdown = CancellationToken::new();
         let state = AppState::new(store, Config::default(), shutdown.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(outpost_server::serve(listener, state));
+        let base = format!("http://{}", serve_on_loopback(state).await);
         LiveServer {
             base,
             _shutdown: shutdown.drop_guard(),
             _dir: dir,
         }
     }
+}
+
+/// Serves `state` over HTTP on a free loopback port until its shutdown token fires; the address.
+pub async fn serve_on_loopback(state: AppState) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(outpost_server::serve(listener, state));
+    addr
 }
