@@ -8,22 +8,16 @@
 //! target's contents alone cannot show a revision sent twice.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// The replicator's tests' pouchdb-server launcher, shared rather than copied.
+#[path = "../../replicator/tests/it/pouchdb_server.rs"]
+mod pouchdb_server;
+use pouchdb_server::{free_port, pouchdb_server};
 
 fn client() -> reqwest::Client {
     outpost_replicator::http_client().unwrap()
@@ -99,83 +93,6 @@ impl Outpost {
 impl Drop for Outpost {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// A running pouchdb-server, shared by the tests of this binary.
-struct PouchServer {
-    url: String,
-    /// The wrapper shell kills the server and removes its directory when this pipe closes,
-    /// which happens when the test process exits however it exits.
-    _lifeline: Mutex<ChildStdin>,
-    _child: Mutex<Child>,
-}
-
-fn pouchdb_server() -> &'static PouchServer {
-    static SERVER: OnceLock<PouchServer> = OnceLock::new();
-    SERVER.get_or_init(start_pouchdb_server)
-}
-
-fn start_pouchdb_server() -> PouchServer {
-    let script = match std::env::var("OUTPOST_POUCHDB_SERVER") {
-        Ok(path) => PathBuf::from(path),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/interop/node_modules/pouchdb-server/bin/pouchdb-server"),
-    };
-    assert!(
-        script.exists(),
-        "pouchdb-server not found at {}: run `npm ci` in tests/interop (or set OUTPOST_POUCHDB_SERVER)",
-        script.display()
-    );
-    let dir = tempfile::Builder::new()
-        .prefix("outpost-cli-pouch-")
-        .tempdir()
-        .unwrap()
-        .keep();
-    std::fs::write(
-        dir.join("config.json"),
-        json!({"log": {"file": dir.join("log.txt")}}).to_string(),
-    )
-    .unwrap();
-    let port = free_port();
-    let wrapper = r#"node "$0" --port "$1" --host 127.0.0.1 --dir "$2/data" --config "$2/config.json" -n --no-color >"$2/out" 2>&1 &
-pid=$!
-read _ignored
-exec 2>/dev/null
-kill "$pid"
-wait "$pid"
-rm -rf "$2""#;
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(wrapper)
-        .arg(&script)
-        .arg(port.to_string())
-        .arg(&dir)
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("spawn pouchdb-server");
-    let lifeline = child.stdin.take().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
-            let mut answer = String::new();
-            let _ = s.read_to_string(&mut answer);
-            if answer.contains("Welcome") {
-                break;
-            }
-        }
-        let out = std::fs::read_to_string(dir.join("out")).unwrap_or_default();
-        assert!(
-            Instant::now() < deadline,
-            "pouchdb-server did not start:\n{out}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    PouchServer {
-        url: format!("http://127.0.0.1:{port}"),
-        _lifeline: Mutex::new(lifeline),
-        _child: Mutex::new(child),
     }
 }
 

@@ -3,5 +3,6 @@
 mod errors;
 mod faults;
 mod pouchdb;
+mod pouchdb_server;
 mod proxy;
 mod support;
