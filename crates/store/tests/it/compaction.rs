@@ -135,3 +135,36 @@ async fn a_version_7_file_keeps_its_attachments_as_they_were_stored() {
         .unwrap();
     assert!(SqliteStore::open(dir.path()).is_err());
 }
+
+/// The writer leaves WAL checkpoints to a thread of its own (`outpost_sqlite_wal`): the WAL
+/// must still reach the database file while writes go on, and `_compact`'s final TRUNCATE
+/// checkpoint, which can find that thread holding the checkpoint lock, must still empty it.
+#[tokio::test]
+async fn the_wal_reaches_the_file_and_compaction_still_truncates_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    store.create_db("db").await.unwrap();
+    let file = dir.path().join(outpost_store::sqlite::FILE_NAME);
+    let wal = dir
+        .path()
+        .join(format!("{}-wal", outpost_store::sqlite::FILE_NAME));
+    let before = std::fs::metadata(&file).unwrap().len();
+    let filler = "x".repeat(4000);
+    for batch in 0..30 {
+        let updates = (0..100)
+            .map(|i| edit(&format!("d{batch}-{i}"), None, json!({ "filler": filler })))
+            .collect();
+        store.write_docs("db", updates).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(&file).unwrap().len() < before + 8 * 1024 * 1024 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing was checkpointed into {}",
+            file.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    store.compact("db").await.unwrap();
+    assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0), 0);
+}
