@@ -20,24 +20,13 @@ use rusqlite::hooks::Wal;
 pub const CHECKPOINT_PAGES: i32 = 1000;
 
 /// Why the checkpoint thread could not start.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The thread could not be spawned.
+    #[error("cannot start the checkpoint thread: {0}")]
     Thread(std::io::Error),
-    /// The writer's WAL hook could not be installed.
+    #[error("cannot install the WAL hook: {0}")]
     Sqlite(rusqlite::Error),
 }
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StartError::Thread(e) => write!(f, "cannot start the checkpoint thread: {e}"),
-            StartError::Sqlite(e) => write!(f, "cannot install the WAL hook: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for StartError {}
 
 /// Starts a thread named `name` that checkpoints with `checkpointer` (a connection of its own
 /// to the same database, opened as the writer's) whenever a commit of `writer` leaves
