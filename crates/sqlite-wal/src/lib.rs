@@ -12,6 +12,7 @@
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use rusqlite::hooks::Wal;
@@ -68,6 +69,24 @@ fn run(conn: Connection, asked: Receiver<()>) {
             Ok((log, copied)) => tracing::debug!(log, copied, "checkpoint"),
             Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
         }
+    }
+}
+
+/// Copies the whole WAL into the database file and truncates it, on `conn` (the writer's
+/// connection, between transactions). The checkpoint thread may be running a checkpoint of its
+/// own, and then this one reports itself blocked at once (the checkpoint lock has no busy
+/// wait): it is tried again until it completes or `patience` runs out. Whether it completed.
+pub fn checkpoint_truncate(conn: &Connection, patience: Duration) -> rusqlite::Result<bool> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let blocked: bool = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if !blocked {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

@@ -305,24 +305,6 @@ fn record_db_updates(tx: &Connection, moved: &mut Moved) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Copies the whole WAL into the database file and truncates it. The checkpoint thread
-/// (`outpost_sqlite_wal`) may be running a checkpoint of its own, which makes this one report
-/// itself blocked at once (the checkpoint lock has no busy wait): it is tried again until it
-/// completes.
-fn checkpoint_truncate(conn: &Connection) -> Result<(), StoreError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let blocked: bool = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-        if !blocked || std::time::Instant::now() >= deadline {
-            if blocked {
-                tracing::warn!("the WAL could not be truncated: checkpoint blocked");
-            }
-            return Ok(());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-}
-
 /// Applies a batch in one transaction; the outer error means nothing was committed. Each job
 /// comes with the number of document updates it may apply; a job's result is `None` when it has
 /// more to apply in a later transaction.
@@ -335,7 +317,9 @@ fn apply_batch(
         .iter()
         .all(|(p, _)| matches!(p.job.op, WriteOp::Checkpoint))
     {
-        checkpoint_truncate(conn)?;
+        if !outpost_sqlite_wal::checkpoint_truncate(conn, std::time::Duration::from_secs(10))? {
+            tracing::warn!("the WAL could not be truncated: checkpoint blocked");
+        }
         return Ok(batch.iter().map(|_| Some(Ok(WriteReply::Done))).collect());
     }
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
