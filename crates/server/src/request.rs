@@ -249,6 +249,13 @@ impl Req {
     /// The body parsed as JSON (see [`outpost_core::json`]); the content type, when given, must
     /// be JSON.
     pub async fn json(&mut self) -> Result<Value, ApiError> {
+        let bytes = self.json_bytes().await?;
+        decode_json(&bytes)
+    }
+
+    /// The body, which must be a JSON document (see [`Req::json`]), not decoded yet: for a
+    /// handler that decodes parts of it on its own (`_bulk_docs`).
+    pub async fn json_bytes(&mut self) -> Result<Bytes, ApiError> {
         self.require_json_type()?;
         let bytes = self.bytes().await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -256,9 +263,7 @@ impl Req {
                 "request body must be a JSON document",
             ));
         }
-        // Numbers as written, keys in order, duplicate keys as CouchDB decodes them.
-        outpost_core::json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+        Ok(bytes)
     }
 
     /// Refuses a body sent with a content type other than JSON, as CouchDB does (a missing
@@ -277,6 +282,13 @@ impl Req {
             ))),
         }
     }
+}
+
+/// A request body decoded as JSON: numbers as written, keys in order, duplicate keys as CouchDB
+/// decodes them (see [`outpost_core::json`]).
+pub fn decode_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    outpost_core::json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
 }
 
 /// The media type of a `Content-Type` value, lowercase, without parameters.

@@ -3,13 +3,14 @@
 use axum::response::Response;
 use http::{Method, StatusCode};
 use outpost_core::Rev;
-use outpost_store::{DocRecord, Origin};
+use outpost_store::{DocRecord, DocUpdate, Origin};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::doc::{OpenRev, open_revs_batch, render_opts};
 use super::{json, not_allowed, ok};
 use crate::docjson::{ok_json, parse_doc, parse_rev};
-use crate::request::Req;
+use crate::request::{Req, decode_json};
 use crate::stream;
 use crate::{ApiError, AppState};
 
@@ -37,30 +38,133 @@ enum Slot {
     Local(String, Value),
 }
 
+/// The documents of a `_bulk_docs` body: each one's text, or decoded with the whole body.
+enum Docs<'a> {
+    Raw(Vec<&'a RawValue>),
+    Decoded(Vec<Value>),
+}
+
+impl Docs<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Docs::Raw(raw) => raw.len(),
+            Docs::Decoded(docs) => docs.len(),
+        }
+    }
+}
+
+/// A document of a `_bulk_docs` request, checked and ready for the store.
+enum Prepared {
+    Doc(DocUpdate),
+    Local(String, Value),
+}
+
+/// Why a document of a `_bulk_docs` request refuses the request.
+enum Refusal {
+    /// Its text does not decode (nested too deep): the whole body is invalid JSON.
+    Json,
+    Api(ApiError),
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Self {
+        Refusal::Api(e)
+    }
+}
+
+/// Bodies from this size on are decoded on two threads: below it a thread costs more than it
+/// saves.
+const PARALLEL_BODY_BYTES: usize = 64 * 1024;
+
+/// `prepare` of every document, in order; the second half on a thread of its own when the body
+/// is large, since decoding is most of a request's own work and nothing else runs meanwhile on
+/// the request's behalf (the writer waits for the documents).
+fn prepare_all<F>(
+    raw: &[&RawValue],
+    body_bytes: usize,
+    prepare: F,
+) -> Vec<Result<Prepared, Refusal>>
+where
+    F: Fn(&RawValue) -> Result<Prepared, Refusal> + Sync,
+{
+    if body_bytes < PARALLEL_BODY_BYTES || raw.len() < 2 {
+        return raw.iter().map(|r| prepare(r)).collect();
+    }
+    let (first, second) = raw.split_at(raw.len() / 2);
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| second.iter().map(|r| prepare(r)).collect::<Vec<_>>());
+        let mut out: Vec<_> = first.iter().map(|r| prepare(r)).collect();
+        match other.join() {
+            Ok(rest) => out.extend(rest),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        out
+    })
+}
+
+/// The id of a `_local` document, which is written without a revision tree.
+fn local_id(doc: &Value) -> Option<&str> {
+    doc.get("_id")
+        .and_then(Value::as_str)
+        .filter(|id| id.starts_with("_local/"))
+}
+
+fn no_docs() -> ApiError {
+    ApiError::bad_request("POST body must include `docs` parameter.")
+}
+
+/// The error of a body that does not decode, as decoding it whole words it.
+fn invalid_body(bytes: &[u8]) -> ApiError {
+    match decode_json(bytes) {
+        Err(e) => e,
+        Ok(_) => ApiError::bad_request("invalid JSON"),
+    }
+}
+
 /// `POST /{db}/_bulk_docs`: results in request order, one per document, errors per document.
 pub async fn bulk_docs(state: &AppState, db: &str, req: &mut Req) -> Result<Response, ApiError> {
     if req.method != Method::POST {
         return Err(not_allowed("Only POST allowed"));
     }
-    let mut body = req.json().await?;
-    // Taken out of the body, not cloned: a batch can be tens of megabytes.
-    let Some(Value::Array(docs)) = body.get_mut("docs").map(Value::take) else {
-        return Err(ApiError::bad_request(
-            "POST body must include `docs` parameter.",
-        ));
+    let bytes = req.json_bytes().await?;
+    // The documents are decoded one by one from their own text, on two threads for a large
+    // request; `_users` documents go through `users::before_write`, which awaits the store.
+    let split = if db == crate::auth::USERS_DB {
+        None
+    } else {
+        outpost_core::json::split(&bytes, "docs")
+    };
+    let (docs, members) = match split {
+        Some(split) => (Docs::Raw(split.items), split.members),
+        None => match decode_json(&bytes)? {
+            Value::Object(mut body) => match body.get_mut("docs").map(Value::take) {
+                // Taken out of the body, not cloned: a batch can be tens of megabytes.
+                Some(Value::Array(docs)) => (Docs::Decoded(docs), body),
+                _ => return Err(no_docs()),
+            },
+            _ => return Err(no_docs()),
+        },
     };
     if docs.len() > MAX_BATCH_DOCS {
         return Err(ApiError::TooLarge(format!(
             "at most {MAX_BATCH_DOCS} documents per request"
         )));
     }
-    let new_edits = match body.get("new_edits") {
+    let new_edits = match members.get("new_edits") {
         None | Some(Value::Null) => true,
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(ApiError::bad_request("new_edits must be a boolean")),
     };
-    if body.get("all_or_nothing") == Some(&Value::Bool(true)) {
+    if members.get("all_or_nothing") == Some(&Value::Bool(true)) {
         // CouchDB 3 dropped all-or-nothing commits and says so per document, with 417.
+        let docs = match docs {
+            Docs::Decoded(docs) => docs,
+            Docs::Raw(raw) => raw
+                .iter()
+                .map(|r| outpost_core::json::element(r, 2))
+                .collect::<Result<_, _>>()
+                .map_err(|_| invalid_body(&bytes))?,
+        };
         let refused: Vec<Value> = docs
             .iter()
             .map(|d| {
@@ -87,22 +191,55 @@ pub async fn bulk_docs(state: &AppState, db: &str, req: &mut Req) -> Result<Resp
     // no revision tree) and keep their place in the answer.
     let mut slots: Vec<Slot> = Vec::with_capacity(docs.len());
     let mut updates = Vec::new();
-    for doc in docs {
-        if let Some(id) = doc
-            .get("_id")
-            .and_then(Value::as_str)
-            .filter(|id| id.starts_with("_local/"))
-        {
-            outpost_core::names::classify_doc_id(id)?;
-            slots.push(Slot::Local(id.to_owned(), doc));
-            continue;
+    match docs {
+        Docs::Raw(raw) => {
+            let prepare = |raw: &RawValue| -> Result<Prepared, Refusal> {
+                let doc = outpost_core::json::element(raw, 2).map_err(|_| Refusal::Json)?;
+                let prepared = if let Some(id) = local_id(&doc) {
+                    outpost_core::names::classify_doc_id(id).map_err(ApiError::from)?;
+                    Prepared::Local(id.to_owned(), doc)
+                } else {
+                    let update = parse_doc(doc, None, new_edits, origin.clone())?;
+                    // What `users::before_write` checks outside `_users`.
+                    crate::authz::check_doc_write(req.level, &update.id)?;
+                    // As in CouchDB, one document above the limits refuses the whole request.
+                    crate::limits::check(&update, &state.config)?;
+                    Prepared::Doc(update)
+                };
+                Ok(prepared)
+            };
+            let prepared = prepare_all(&raw, bytes.len(), prepare);
+            // Decoding the whole body would have failed before any document was looked at.
+            if prepared.iter().any(|p| matches!(p, Err(Refusal::Json))) {
+                return Err(invalid_body(&bytes));
+            }
+            for item in prepared {
+                match item {
+                    Ok(Prepared::Local(id, doc)) => slots.push(Slot::Local(id, doc)),
+                    Ok(Prepared::Doc(update)) => {
+                        slots.push(Slot::Doc(updates.len()));
+                        updates.push(update);
+                    }
+                    Err(Refusal::Api(e)) => return Err(e),
+                    Err(Refusal::Json) => unreachable!("refused above"),
+                }
+            }
         }
-        let mut update = parse_doc(doc, None, new_edits, origin.clone())?;
-        crate::users::before_write(state, db, req, &mut update).await?;
-        // As in CouchDB, one document above the limits refuses the whole request.
-        crate::limits::check(&update, &state.config)?;
-        slots.push(Slot::Doc(updates.len()));
-        updates.push(update);
+        Docs::Decoded(docs) => {
+            for doc in docs {
+                if let Some(id) = local_id(&doc) {
+                    outpost_core::names::classify_doc_id(id)?;
+                    slots.push(Slot::Local(id.to_owned(), doc));
+                    continue;
+                }
+                let mut update = parse_doc(doc, None, new_edits, origin.clone())?;
+                crate::users::before_write(state, db, req, &mut update).await?;
+                // As in CouchDB, one document above the limits refuses the whole request.
+                crate::limits::check(&update, &state.config)?;
+                slots.push(Slot::Doc(updates.len()));
+                updates.push(update);
+            }
+        }
     }
     let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
     let results = if updates.is_empty() {

@@ -188,3 +188,93 @@ async fn duplicate_keys_keep_the_last_value_in_the_last_place_as_couchdb_does() 
         )
     );
 }
+
+/// A `_bulk_docs` body large enough to be decoded on two threads (over 64 KiB): `n` documents
+/// whose text has exact numbers, duplicate keys and a `_local` document in the second half.
+fn large_bulk(n: usize) -> (String, Vec<String>) {
+    let mut docs = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..n {
+        if i == n - 3 {
+            docs.push(format!(r#"{{"_id":"_local/l{i}","v":0.1000000000000000055511151231257827021181583404541015625}}"#));
+            expected.push(String::new());
+            continue;
+        }
+        docs.push(format!(
+            r#"{{"_id":"d{i:05}","n":{i}.50,"big":18446744073709551617,"k":1,"pad":"{}","k":{{"z":1,"a":2,"z":3}}}}"#,
+            "x".repeat(40)
+        ));
+        expected.push(format!(
+            r#""n":{i}.50,"big":18446744073709551617,"pad":"{}","k":{{"a":2,"z":3}}}}"#,
+            "x".repeat(40)
+        ));
+    }
+    (format!(r#"{{"docs":[{}]}}"#, docs.join(",")), expected)
+}
+
+#[tokio::test]
+async fn a_large_bulk_docs_is_decoded_on_two_threads_exactly_and_in_order() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let (body, expected) = large_bulk(1_000);
+    assert!(
+        body.len() > 64 * 1024,
+        "the body must take the two-thread path"
+    );
+    let answer = send(&s, "POST", "/db/_bulk_docs", &body, 201).await;
+    let answer: Vec<Value> = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer.len(), expected.len());
+    for (i, (entry, tail)) in answer.iter().zip(&expected).enumerate() {
+        if tail.is_empty() {
+            assert_eq!(entry["id"], format!("_local/l{i}"));
+            assert_eq!(entry["ok"], true);
+            continue;
+        }
+        let id = format!("d{i:05}");
+        assert_eq!(entry["id"], id.as_str(), "answers keep the request's order");
+        let rev = entry["rev"].as_str().unwrap();
+        assert_eq!(
+            get_text(&s, &format!("/db/{id}")).await,
+            format!(r#"{{"_id":"{id}","_rev":"{rev}",{tail}"#)
+        );
+    }
+    let local = get_text(&s, &format!("/db/_local/l{}", 1_000 - 3)).await;
+    assert!(
+        local.contains(r#""v":0.1000000000000000055511151231257827021181583404541015625"#),
+        "{local}"
+    );
+}
+
+#[tokio::test]
+async fn a_large_bulk_docs_refuses_as_a_small_one_does() {
+    let s = TestServer::new();
+    s.expect("PUT", "/db", None, 201).await;
+    let (body, _) = large_bulk(1_000);
+    // The first refusal in request order decides, whichever thread found it; nothing is written.
+    let bad = body
+        .replacen(
+            r#""_id":"d00900""#,
+            r#""_id":"d00900","_rev":"nonsense""#,
+            1,
+        )
+        .replacen(r#""_id":"d00010""#, r#""_id":"_bad""#, 1);
+    let answer = send(&s, "POST", "/db/_bulk_docs", &bad, 400).await;
+    assert!(answer.contains(r#""error":"illegal_docid""#), "{answer}");
+    let only_second_half = body.replacen(
+        r#""_id":"d00900""#,
+        r#""_id":"d00900","_rev":"nonsense""#,
+        1,
+    );
+    let answer = send(&s, "POST", "/db/_bulk_docs", &only_second_half, 400).await;
+    assert!(answer.contains("Invalid rev format"), "{answer}");
+    // Nested deeper than a whole body may be: the error of decoding the whole body.
+    let deep = format!("{}{}", "[".repeat(126), "]".repeat(126));
+    let too_deep = body.replacen(r#""k":1,"#, &format!(r#""k":{deep},"#), 1);
+    let small = format!(r#"{{"docs":[{{"_id":"x","k":{deep}}}]}}"#);
+    let large_answer = send(&s, "POST", "/db/_bulk_docs", &too_deep, 400).await;
+    let small_answer = send(&s, "POST", "/db/_bulk_docs", &small, 400).await;
+    assert!(large_answer.contains("recursion limit"), "{large_answer}");
+    assert!(small_answer.contains("recursion limit"), "{small_answer}");
+    let info: Value = serde_json::from_str(&get_text(&s, "/db").await).unwrap();
+    assert_eq!(info["doc_count"], 0, "a refused request writes nothing");
+}
