@@ -66,13 +66,40 @@ impl UpstreamUrl {
         if !target.starts_with('/') {
             return None;
         }
-        let uri: http::Uri = format!(
-            "{}://{}{}{}",
-            self.scheme, self.authority, self.base_path, target
-        )
-        .parse()
-        .ok()?;
-        (uri.authority() == Some(&self.authority)).then_some(uri)
+        let path = if self.base_path.is_empty() {
+            target.parse::<http::uri::PathAndQuery>().ok()?
+        } else {
+            let mut joined = String::with_capacity(self.base_path.len() + target.len());
+            joined.push_str(&self.base_path);
+            joined.push_str(target);
+            http::uri::PathAndQuery::try_from(joined).ok()?
+        };
+        self.with_path(path)
+    }
+
+    /// Like [`join`](Self::join) for a target already parsed, as a request's URI holds it: with
+    /// no base path it is reused as it is, without being copied or parsed again.
+    pub fn join_parsed(&self, target: Option<&http::uri::PathAndQuery>) -> Option<http::Uri> {
+        match target {
+            Some(pq) if self.base_path.is_empty() => {
+                if !pq.as_str().starts_with('/') {
+                    return None;
+                }
+                self.with_path(pq.clone())
+            }
+            Some(pq) => self.join(pq.as_str()),
+            None => self.join("/"),
+        }
+    }
+
+    /// The upstream's scheme and authority with `path`: the authority is always the upstream's
+    /// own, whatever the target holds.
+    fn with_path(&self, path: http::uri::PathAndQuery) -> Option<http::Uri> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path);
+        http::Uri::from_parts(parts).ok()
     }
 }
 

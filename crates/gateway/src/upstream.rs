@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response};
+use http::header::HOST;
+use http::uri::Authority;
+use http::{HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -56,6 +58,9 @@ impl SendError {
 pub struct Upstream {
     client: Client<HttpConnector, Body>,
     url: UpstreamUrl,
+    /// The `Host` every request carries, as the client library would write it (the port left
+    /// out when it is the scheme's default), made once instead of formatted per request.
+    host: Option<HeaderValue>,
     response_timeout: Duration,
     capture: usize,
     /// One permit per request toward the upstream, held until its answer has been read in
@@ -102,6 +107,7 @@ impl Upstream {
             .build(connector);
         Self {
             client,
+            host: host_header(&config.upstream.authority),
             url: config.upstream.clone(),
             response_timeout: config.response_timeout,
             capture: config.limits.max_response_capture,
@@ -113,12 +119,15 @@ impl Upstream {
     /// the response body holds one of the connection permits until it is dropped. Waiting for
     /// a permit counts toward the response timeout.
     pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, SendError> {
-        let target = req
-            .uri()
-            .path_and_query()
-            .map(|pq| pq.as_str().to_owned())
-            .unwrap_or_else(|| "/".to_owned());
-        *req.uri_mut() = self.url.join(&target).ok_or(SendError::BadTarget)?;
+        *req.uri_mut() = self
+            .url
+            .join_parsed(req.uri().path_and_query())
+            .ok_or(SendError::BadTarget)?;
+        if let Some(host) = &self.host {
+            req.headers_mut()
+                .entry(HOST)
+                .or_insert_with(|| host.clone());
+        }
         let started = tokio::time::Instant::now();
         let permit = match tokio::time::timeout(
             self.response_timeout,
@@ -162,6 +171,19 @@ impl Upstream {
             Ok(resp) => Err(format!("probe answered {}", resp.status())),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+/// `Host` for requests to `authority`: its host, and its port unless that is 80 (the default of
+/// `http`, the only scheme toward the upstream), exactly as the client library sets it on a
+/// request that has none.
+fn host_header(authority: &Authority) -> Option<HeaderValue> {
+    let host = authority.host();
+    match authority.port() {
+        Some(port) if port.as_u16() != 80 => {
+            HeaderValue::try_from(format!("{host}:{}", port.as_str())).ok()
+        }
+        _ => HeaderValue::from_str(host).ok(),
     }
 }
 
