@@ -145,3 +145,91 @@ impl Pool {
         Ok(sender)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use hyper::server::conn::http1 as server;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An upstream answering `ok`, counting the connections it accepted; with `keep_alive` off
+    /// it closes each connection after one answer.
+    async fn upstream(keep_alive: bool) -> (Uri, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = service_fn(|_req: Request<Incoming>| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(Body::from("ok")))
+                    });
+                    let _ = server::Builder::new()
+                        .keep_alive(keep_alive)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        (format!("http://{addr}/").parse().unwrap(), accepted)
+    }
+
+    async fn get(pool: &Arc<Pool>) -> String {
+        let req = Request::get("/x")
+            .header("host", "upstream")
+            .body(Body::empty())
+            .unwrap();
+        let (resp, conn) = pool.send(req).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        conn.give_back();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_and_closed_ones_replaced() {
+        let (address, accepted) = upstream(true).await;
+        let pool = Arc::new(Pool::new(
+            HttpConnector::new(),
+            address,
+            Duration::from_secs(30),
+        ));
+        for _ in 0..5 {
+            assert_eq!(get(&pool).await, "ok");
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one keep-alive connection"
+        );
+
+        // The upstream closes every connection after one answer: each request still succeeds,
+        // on a new connection.
+        let (address, accepted) = upstream(false).await;
+        let pool = Arc::new(Pool::new(
+            HttpConnector::new(),
+            address,
+            Duration::from_secs(30),
+        ));
+        for _ in 0..3 {
+            assert_eq!(get(&pool).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+
+        // Past the idle timeout a connection is not reused.
+        let (address, accepted) = upstream(true).await;
+        let pool = Arc::new(Pool::new(HttpConnector::new(), address, Duration::ZERO));
+        for _ in 0..2 {
+            assert_eq!(get(&pool).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+}
