@@ -63,16 +63,40 @@ impl UpstreamUrl {
     /// target is in origin form (starts with `/`), so `*` or garbage can never change the host
     /// or port the request goes to.
     pub fn join(&self, target: &str) -> Option<http::Uri> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(self.join_path(target)?);
+        http::Uri::from_parts(parts).ok()
+    }
+
+    /// The path and query to send upstream for a target as a request's URI holds it (`None`
+    /// is `/`), under the same rule as [`join`](Self::join). With no base path the target is
+    /// reused as it is, without being copied or parsed again.
+    pub fn join_target(
+        &self,
+        target: Option<&http::uri::PathAndQuery>,
+    ) -> Option<http::uri::PathAndQuery> {
+        match target {
+            Some(pq) if self.base_path.is_empty() => {
+                pq.as_str().starts_with('/').then(|| pq.clone())
+            }
+            Some(pq) => self.join_path(pq.as_str()),
+            None => self.join_path("/"),
+        }
+    }
+
+    fn join_path(&self, target: &str) -> Option<http::uri::PathAndQuery> {
         if !target.starts_with('/') {
             return None;
         }
-        let uri: http::Uri = format!(
-            "{}://{}{}{}",
-            self.scheme, self.authority, self.base_path, target
-        )
-        .parse()
-        .ok()?;
-        (uri.authority() == Some(&self.authority)).then_some(uri)
+        if self.base_path.is_empty() {
+            return target.parse().ok();
+        }
+        let mut joined = String::with_capacity(self.base_path.len() + target.len());
+        joined.push_str(&self.base_path);
+        joined.push_str(target);
+        http::uri::PathAndQuery::try_from(joined).ok()
     }
 }
 
@@ -386,6 +410,13 @@ mod tests {
         assert!(u.join("*").is_none());
         assert!(u.join("@evil:80/").is_none());
         assert!(u.join("").is_none());
+        let target: http::uri::PathAndQuery = "/x?y=1".parse().unwrap();
+        assert_eq!(u.join_target(Some(&target)).unwrap(), "/api/x?y=1");
+        assert_eq!(u.join_target(None).unwrap(), "/api/");
+        let bare = UpstreamUrl::parse("http://127.0.0.1:8080").unwrap();
+        assert_eq!(bare.join_target(Some(&target)).unwrap(), "/x?y=1");
+        let star: http::uri::PathAndQuery = "*".parse().unwrap();
+        assert!(bare.join_target(Some(&star)).is_none());
         assert!(UpstreamUrl::parse("https://x").is_err());
         assert!(UpstreamUrl::parse("nonsense").is_err());
         assert!(UpstreamUrl::parse("http://x/?q").is_err());

@@ -14,6 +14,15 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// The forwarding headers a client may send, believed only from a trusted proxy.
+static CLIENT_FORWARDING: [&HeaderName; 5] = [
+    &X_FORWARDED_FOR,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &FORWARDED,
+    &X_REAL_IP,
+];
+
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
@@ -37,6 +46,14 @@ pub fn is_write(method: &Method) -> bool {
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names present finds that out, where a
+    // removal per hop-by-hop name would hash each of the nine.
+    if !headers
+        .keys()
+        .any(|name| HOP_BY_HOP.contains(&name.as_str()))
+    {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -65,18 +82,38 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub fn prepare_request_headers(headers: &mut HeaderMap, client: IpAddr, trusted: bool) {
     strip_hop_by_hop(headers);
     let host = headers.remove(HOST);
-    if !trusted {
-        for name in [
-            &X_FORWARDED_FOR,
-            &X_FORWARDED_PROTO,
-            &X_FORWARDED_HOST,
-            &FORWARDED,
-            &X_REAL_IP,
-        ] {
+    if !trusted && headers.keys().any(|name| CLIENT_FORWARDING.contains(&name)) {
+        for name in CLIENT_FORWARDING {
             headers.remove(name);
         }
     }
     let client_text = client.to_string();
+    // RFC 7239: an IPv6 address is quoted and bracketed; the host is always sent quoted.
+    let host_text = host.as_ref().and_then(|h| h.to_str().ok());
+    let mut hop =
+        String::with_capacity(client_text.len() + host_text.map_or(0, |h| 2 * h.len() + 8) + 24);
+    match client {
+        IpAddr::V4(_) => {
+            hop.push_str("for=");
+            hop.push_str(&client_text);
+        }
+        IpAddr::V6(_) => {
+            hop.push_str("for=\"[");
+            hop.push_str(&client_text);
+            hop.push_str("]\"");
+        }
+    }
+    if let Some(host) = host_text {
+        hop.push_str(";host=\"");
+        for c in host.chars() {
+            if matches!(c, '"' | '\\') {
+                hop.push('\\');
+            }
+            hop.push(c);
+        }
+        hop.push('"');
+    }
+    hop.push_str(";proto=http");
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) => format!("{prior}, {client_text}"),
         None => client_text,
@@ -84,30 +121,15 @@ pub fn prepare_request_headers(headers: &mut HeaderMap, client: IpAddr, trusted:
     if let Ok(value) = HeaderValue::try_from(xff) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    // From an untrusted client these were all just removed: no lookup needed.
+    if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
-    if let Some(host) = &host
-        && !headers.contains_key(&X_FORWARDED_HOST)
+    if let Some(host) = host
+        && (!trusted || !headers.contains_key(&X_FORWARDED_HOST))
     {
-        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        headers.insert(X_FORWARDED_HOST.clone(), host);
     }
-    // RFC 7239: an IPv6 address is quoted and bracketed; the host is always sent quoted.
-    let mut hop = match client {
-        IpAddr::V4(ip) => format!("for={ip}"),
-        IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
-    };
-    if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
-        let quoted: String = host
-            .chars()
-            .flat_map(|c| match c {
-                '"' | '\\' => vec!['\\', c],
-                c => vec![c],
-            })
-            .collect();
-        hop.push_str(&format!(";host=\"{quoted}\""));
-    }
-    hop.push_str(";proto=http");
     let forwarded = match headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
         Some(prior) => format!("{prior}, {hop}"),
         None => hop,
@@ -220,6 +242,24 @@ mod tests {
             trusted["forwarded"],
             "for=10.0.0.1, for=\"[::1]\";host=\"public.example\";proto=http"
         );
+    }
+
+    #[test]
+    fn untouched_without_hop_by_hop_headers_and_quoted_host() {
+        let mut h = HeaderMap::new();
+        h.insert("x-custom", "kept".parse().unwrap());
+        h.insert("accept", "*/*".parse().unwrap());
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        h.insert("host", "we\\ird\"host".parse().unwrap());
+        prepare_request_headers(&mut h, "::1".parse().unwrap(), false);
+        assert_eq!(
+            h["forwarded"],
+            "for=\"[::1]\";host=\"we\\\\ird\\\"host\";proto=http"
+        );
+        assert_eq!(h["x-forwarded-host"], "we\\ird\"host");
+        assert_eq!(h["x-custom"], "kept");
     }
 
     /// Issue 15, defect 12: `Connection: idempotency-key` stripped the client's key, so a

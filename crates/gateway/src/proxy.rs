@@ -40,7 +40,12 @@ pub fn sync_headers(headers: &mut HeaderMap, up: bool, depth: Option<u64>) {
     let state = if up { "up" } else { "down" };
     headers.insert(UPSTREAM_HEADER, HeaderValue::from_static(state));
     if let Some(depth) = depth {
-        headers.insert(QUEUE_DEPTH_HEADER, HeaderValue::from(depth));
+        // The usual depth needs no allocation.
+        let value = match depth {
+            0 => HeaderValue::from_static("0"),
+            n => HeaderValue::from(n),
+        };
+        headers.insert(QUEUE_DEPTH_HEADER, value);
     }
 }
 
@@ -273,9 +278,8 @@ impl App {
 
     async fn read(&self, req: Request<Body>, client: SocketAddr) -> Response {
         let cacheable = matches!(*req.method(), Method::GET | Method::HEAD);
-        let target = target_of(req.uri());
         let key = match (&self.cache, cacheable) {
-            (Some(_), true) => Some(CacheKey::of(&target, req.headers())),
+            (Some(_), true) => Some(CacheKey::of(&target_of(req.uri()), req.headers())),
             _ => None,
         };
         // The request's headers as received, for the cache's `Vary` matching.
@@ -353,7 +357,11 @@ fn refuse(req: &Request<Body>) -> Option<ApiError> {
     if req.method() == Method::CONNECT {
         return Some(ApiError::MethodNotAllowed);
     }
-    if !target_of(req.uri()).starts_with('/') {
+    if !req
+        .uri()
+        .path_and_query()
+        .is_none_or(|pq| pq.as_str().starts_with('/'))
+    {
         return Some(ApiError::BadRequest(
             "only request targets starting with `/` are forwarded".into(),
         ));

@@ -4,19 +4,25 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response};
+use http::header::HOST;
+use http::uri::Authority;
+use http::{HeaderValue, Method, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+mod pool;
+use pool::{Lent, Pool};
 
 use crate::config::{Config, UpstreamUrl};
 use crate::forward;
 use crate::record::{StoredRequest, StoredResponse};
 use crate::worker::{Deliver, Delivery};
+
+/// Idle connections to the upstream older than this are closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a request did not get an answer from the upstream.
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +60,11 @@ impl SendError {
 /// The backend, as a client.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, Body>,
+    pool: Arc<Pool>,
     url: UpstreamUrl,
+    /// The `Host` every request carries, as the client library would write it (the port left
+    /// out when it is the scheme's default), made once instead of formatted per request.
+    host: Option<HeaderValue>,
     response_timeout: Duration,
     capture: usize,
     /// One permit per request toward the upstream, held until its answer has been read in
@@ -64,10 +73,29 @@ pub struct Upstream {
     connections: Arc<Semaphore>,
 }
 
-/// A response body holding its connection's permit until it is dropped.
+/// A response body holding its connection's permit until it is dropped, and the connection
+/// itself until the body has been read in full: then the connection goes back to the pool (a
+/// body dropped before its end closes it instead).
 struct Permitted {
     inner: Incoming,
+    conn: Option<Lent>,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Permitted {
+    fn give_back_at_end(&mut self) {
+        if hyper::body::Body::is_end_stream(&self.inner)
+            && let Some(conn) = self.conn.take()
+        {
+            conn.give_back();
+        }
+    }
+}
+
+impl Drop for Permitted {
+    fn drop(&mut self) {
+        self.give_back_at_end();
+    }
 }
 
 impl hyper::body::Body for Permitted {
@@ -78,7 +106,17 @@ impl hyper::body::Body for Permitted {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        let frame = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &frame {
+            std::task::Poll::Ready(None) => {
+                if let Some(conn) = self.conn.take() {
+                    conn.give_back();
+                }
+            }
+            std::task::Poll::Ready(Some(Ok(_))) => self.give_back_at_end(),
+            _ => {}
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -96,12 +134,17 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let address = Uri::from_parts({
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(config.upstream.scheme.clone());
+            parts.authority = Some(config.upstream.authority.clone());
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            parts
+        })
+        .expect("a scheme and an authority make a URI");
         Self {
-            client,
+            pool: Arc::new(Pool::new(connector, address, IDLE_TIMEOUT)),
+            host: host_header(&config.upstream.authority),
             url: config.upstream.clone(),
             response_timeout: config.response_timeout,
             capture: config.limits.max_response_capture,
@@ -113,12 +156,17 @@ impl Upstream {
     /// the response body holds one of the connection permits until it is dropped. Waiting for
     /// a permit counts toward the response timeout.
     pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, SendError> {
-        let target = req
-            .uri()
-            .path_and_query()
-            .map(|pq| pq.as_str().to_owned())
-            .unwrap_or_else(|| "/".to_owned());
-        *req.uri_mut() = self.url.join(&target).ok_or(SendError::BadTarget)?;
+        // Origin form on the wire; the upstream's authority goes in `Host`.
+        *req.uri_mut() = Uri::from(
+            self.url
+                .join_target(req.uri().path_and_query())
+                .ok_or(SendError::BadTarget)?,
+        );
+        if let Some(host) = &self.host {
+            req.headers_mut()
+                .entry(HOST)
+                .or_insert_with(|| host.clone());
+        }
         let started = tokio::time::Instant::now();
         let permit = match tokio::time::timeout(
             self.response_timeout,
@@ -131,19 +179,26 @@ impl Upstream {
         };
         let left = self.response_timeout.saturating_sub(started.elapsed());
         let exchange = async {
-            let resp = self.client.request(req).await?;
-            Ok::<_, hyper_util::client::legacy::Error>(resp.map(|inner| {
+            let (resp, conn) = self.pool.send(req).await?;
+            // A body that is already over (`HEAD`, 204, 304, `Content-Length: 0`) frees the
+            // connection at once.
+            let conn = if hyper::body::Body::is_end_stream(resp.body()) {
+                conn.give_back();
+                None
+            } else {
+                Some(conn)
+            };
+            Ok::<_, SendError>(resp.map(|inner| {
                 Body::new(Permitted {
                     inner,
+                    conn,
                     _permit: permit,
                 })
             }))
         };
         match tokio::time::timeout(left, exchange).await {
             Err(_) => Err(SendError::Timeout(self.response_timeout)),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => Err(SendError::Connect(error_chain(&e))),
-            Ok(Err(e)) => Err(SendError::Broken(error_chain(&e))),
+            Ok(result) => result,
         }
     }
 
@@ -162,6 +217,19 @@ impl Upstream {
             Ok(resp) => Err(format!("probe answered {}", resp.status())),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+/// `Host` for requests to `authority`: its host, and its port unless that is 80 (the default of
+/// `http`, the only scheme toward the upstream), exactly as the client library sets it on a
+/// request that has none.
+fn host_header(authority: &Authority) -> Option<HeaderValue> {
+    let host = authority.host();
+    match authority.port() {
+        Some(port) if port.as_u16() != 80 => {
+            HeaderValue::try_from(format!("{host}:{}", port.as_str())).ok()
+        }
+        _ => HeaderValue::from_str(host).ok(),
     }
 }
 
