@@ -308,9 +308,12 @@ impl WriterConn {
             }
         }
         let (new, known): (Vec<&DocRowWrite>, Vec<&DocRowWrite>) = rows.iter().partition(|d| d.new);
+        for e in &mut late.events {
+            e.seq = renumber(e.db, e.seq)?;
+        }
         // A document that had no row when read (under its lock) and has one now was created by
         // a writer that does not take the lock: see `execute_docs`.
-        self.put_docs(&new, true)?;
+        self.insert_docs_and_events(&new, &late.events)?;
         let expected: Vec<i64> = known
             .iter()
             .map(|d| {
@@ -321,14 +324,74 @@ impl WriterConn {
             })
             .collect();
         self.replace_read_docs(&known, &expected)?;
-        for e in &mut late.events {
-            e.seq = renumber(e.db, e.seq)?;
-        }
-        self.put_events(&late.events)?;
         for (db, id, seq, winner, deleted) in &late.access {
             crate::access::index_doc(self, *db, id, renumber(*db, *seq)?, winner, *deleted)?;
         }
         Ok(seqs)
+    }
+
+    /// Inserts new documents' rows and appends events in one statement: the round trips made
+    /// while the database's row is locked are what every other node's writer of it waits for.
+    fn insert_docs_and_events(
+        &self,
+        docs: &[&DocRowWrite],
+        events: &[EventWrite],
+    ) -> Result<(), StoreError> {
+        if docs.is_empty() || events.is_empty() {
+            self.put_docs(docs, true)?;
+            return self.put_events(events);
+        }
+        let dbs: Vec<i64> = docs.iter().map(|d| d.db).collect();
+        let ids: Vec<&str> = docs.iter().map(|d| d.id.as_str()).collect();
+        let seqs: Vec<i64> = docs.iter().map(|d| d.seq as i64).collect();
+        let deleted: Vec<bool> = docs.iter().map(|d| d.deleted).collect();
+        let conflicted: Vec<bool> = docs.iter().map(|d| d.conflicted).collect();
+        let winners: Vec<&str> = docs.iter().map(|d| d.winner.as_str()).collect();
+        let trees: Vec<&str> = docs.iter().map(|d| d.tree.as_str()).collect();
+        let e = events;
+        let e_dbs: Vec<i64> = e.iter().map(|e| e.db).collect();
+        let e_seqs: Vec<i64> = e.iter().map(|e| e.seq as i64).collect();
+        let pos: Vec<i64> = e.iter().map(|e| e.pos).collect();
+        let kinds: Vec<&str> = e.iter().map(|e| e.kind).collect();
+        let e_docs: Vec<&str> = e.iter().map(|e| e.doc.as_str()).collect();
+        let revs: Vec<&str> = e.iter().map(|e| e.rev.as_str()).collect();
+        let parents: Vec<Option<&str>> = e.iter().map(|e| e.parent.as_deref()).collect();
+        let origins: Vec<&str> = e.iter().map(|e| e.origin.as_str()).collect();
+        let at: Vec<i64> = e.iter().map(|e| e.at).collect();
+        let details: Vec<Option<&str>> = e.iter().map(|e| e.detail.as_deref()).collect();
+        let e_deleted: Vec<bool> = e.iter().map(|e| e.deleted).collect();
+        self.execute_docs(
+            "WITH new_docs AS (
+                 INSERT INTO docs (db, id, seq, deleted, conflicted, winner, tree)
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::bool[], $5::bool[],
+                                      $6::text[], $7::text[])
+             )
+             INSERT INTO events (db, seq, pos, kind, doc, rev, parent, origin, at, detail, deleted)
+             SELECT * FROM unnest($8::int8[], $9::int8[], $10::int8[], $11::text[], $12::text[],
+                                  $13::text[], $14::text[], $15::text[], $16::int8[], $17::text[],
+                                  $18::bool[])",
+            &[
+                &dbs,
+                &ids,
+                &seqs,
+                &deleted,
+                &conflicted,
+                &winners,
+                &trees,
+                &e_dbs,
+                &e_seqs,
+                &pos,
+                &kinds,
+                &e_docs,
+                &revs,
+                &parents,
+                &origins,
+                &at,
+                &details,
+                &e_deleted,
+            ],
+        )?;
+        Ok(())
     }
 
     /// Replaces document rows, each only if it still carries the sequence it was read with.

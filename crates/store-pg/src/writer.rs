@@ -512,8 +512,7 @@ fn apply_batch(
             *reported = seq;
         }
     }
-    record_db_updates(c, moved)?;
-    if !moved.is_empty() {
+    if !record_db_updates(c, moved)? && !moved.is_empty() {
         // One wake-up per transaction, whatever it changed: other nodes read what moved from
         // the tables. PostgreSQL delivers it only if the transaction commits.
         c.execute("SELECT pg_notify($1, '')", &[&CHANNEL])?;
@@ -524,30 +523,34 @@ fn apply_batch(
 
 /// Records the databases a transaction created, changed or deleted in `db_updates`, each under
 /// a new server-wide sequence taken from the `counters` row (locked until the commit, so these
-/// sequences too are in commit order).
-fn record_db_updates(c: &WriterConn, moved: &mut Moved) -> Result<(), StoreError> {
+/// sequences too are in commit order), and sends the transaction's wake-up to other nodes (one
+/// per transaction, whatever it changed: they read what moved from the tables; PostgreSQL
+/// delivers it only if the transaction commits), all in one statement. Answers whether it
+/// recorded anything (and so sent the wake-up).
+fn record_db_updates(c: &WriterConn, moved: &mut Moved) -> Result<bool, StoreError> {
     if moved.updates.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let n = moved.updates.len() as i64;
+    let names: Vec<&str> = moved.updates.keys().map(String::as_str).collect();
+    let kinds: Vec<&str> = moved.updates.values().copied().collect();
     let end: i64 = c
         .query_opt(
-            "UPDATE counters SET value = value + $1 WHERE name = 'db_updates' RETURNING value",
-            &[&n],
+            "WITH counter AS (
+                 UPDATE counters SET value = value + $1 WHERE name = 'db_updates' RETURNING value
+             ), recorded AS (
+                 INSERT INTO db_updates (name, seq, type)
+                 SELECT u.name, (SELECT value FROM counter) - $1 + u.i, u.type
+                 FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u (name, type, i)
+                 ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, type = excluded.type
+             )
+             SELECT value, pg_notify($4, '') FROM counter",
+            &[&n, &names, &kinds, &CHANNEL],
         )?
         .ok_or_else(|| StoreError::Corrupt("the _db_updates counter is missing".into()))?
         .get(0);
-    let mut seq = end - n;
-    for (name, kind) in &moved.updates {
-        seq += 1;
-        c.execute(
-            "INSERT INTO db_updates (name, seq, type) VALUES ($1, $2, $3)
-             ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, type = excluded.type",
-            &[name, &seq, kind],
-        )?;
-    }
     moved.db_updates_seq = Some(end as u64);
-    Ok(())
+    Ok(true)
 }
 
 fn apply(
