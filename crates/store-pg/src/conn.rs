@@ -1,12 +1,25 @@
 //! The writer's connection: a blocking client on the writer thread, with its prepared
 //! statements, and the [`DocTx`] statements the engine-neutral document writer runs on it.
+//!
+//! A transaction runs in one of two modes (see `crate::writer` for when and why):
+//!
+//! - *locked up front*: the databases' `dbs` rows are locked before anything is read
+//!   ([`DocTx::db_state`] reads the row `FOR UPDATE`) and every write is executed at once;
+//! - *late-locking* ([`WriterConn::begin_late`]), for transactions that only write documents:
+//!   every document written is already locked (an advisory lock), the `dbs` row is read without
+//!   a lock, revisions and attachments are written at once, and what depends on the database's
+//!   sequence (document rows, events, the access index) waits in the connection under
+//!   tentative sequences counted from the value read. [`WriterConn::finish_late`] then advances
+//!   each database's row by what its writes took (which locks it until the commit), numbers the
+//!   waiting rows from the sequence it finds there, and writes them.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use outpost_core::Policy;
 use outpost_store::docwrite::{DbState, DocRowWrite, DocTx, EventWrite, RevWrite, Writes};
 use outpost_store::{NewAttachment, StoreError};
+use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, Row, Statement};
 
@@ -17,15 +30,69 @@ use crate::error::pg;
 pub struct WriterConn {
     client: RefCell<Client>,
     statements: RefCell<HashMap<String, Statement>>,
+    /// The schema the tables live in, which keys the advisory locks (read on first use).
+    schema: RefCell<Option<String>>,
+    /// The late-locking transaction's state; `None` when the transaction locks up front.
+    late: RefCell<Option<Late>>,
 }
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// What a late-locking transaction has read and not written yet.
+#[derive(Default)]
+struct Late {
+    /// Each database the transaction writes to, by name (so that [`WriterConn::finish_late`]
+    /// locks their rows in name order).
+    dbs: BTreeMap<String, LateDb>,
+    /// Document rows under tentative sequences, in the order written (a document written twice
+    /// has two entries; the last is its row).
+    docs: Vec<DocRowWrite>,
+    /// Where the last entry of each (database id, document) is in `docs`.
+    latest: HashMap<(i64, String), usize>,
+    /// The sequence of each document row read from the table, by (database id, document): the
+    /// row must still carry it when it is replaced.
+    read_seqs: HashMap<(i64, String), i64>,
+    /// Events under tentative sequences.
+    events: Vec<EventWrite>,
+    /// Access-index updates under tentative sequences, in order: (database id, document,
+    /// sequence, winner, deleted).
+    access: Vec<(i64, String, u64, String, bool)>,
+}
+
+/// A database of a late-locking transaction: its row as read, and as the writes so far left it.
+struct LateDb {
+    read: DbState,
+    current: DbState,
+}
+
+/// How far a late-locking transaction had got when a savepoint was taken.
+pub struct LateMark {
+    docs: usize,
+    events: usize,
+    access: usize,
+    states: Vec<(String, DbState)>,
+}
+
+/// Stable across builds and platforms (every node must compute the same keys): FNV-1a over the
+/// parts, each followed by a byte that UTF-8 text never contains.
+fn lock_key(parts: &[&[u8]]) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in part.iter().chain(&[0xff]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h as i64
+}
 
 impl WriterConn {
     pub fn new(client: Client) -> WriterConn {
         WriterConn {
             client: RefCell::new(client),
             statements: RefCell::default(),
+            schema: RefCell::default(),
+            late: RefCell::default(),
         }
     }
 
@@ -64,20 +131,361 @@ impl WriterConn {
         let s = self.statement(sql)?;
         self.client.borrow_mut().query_opt(&s, params).map_err(pg)
     }
+
+    /// The schema the tables live in: two deployments in two schemas of one database do not
+    /// share lock keys.
+    fn schema(&self) -> Result<String, StoreError> {
+        if let Some(s) = self.schema.borrow().as_ref() {
+            return Ok(s.clone());
+        }
+        let s: String = self
+            .query_opt("SELECT coalesce(current_schema(), '')", &[])?
+            .map(|r| r.get(0))
+            .unwrap_or_default();
+        *self.schema.borrow_mut() = Some(s.clone());
+        Ok(s)
+    }
+
+    /// The advisory lock key of database `name` (held shared by late-locking writers of it,
+    /// exclusively by any other transaction that touches it).
+    pub fn db_key(&self, name: &str) -> Result<i64, StoreError> {
+        Ok(lock_key(&[
+            b"db",
+            self.schema()?.as_bytes(),
+            name.as_bytes(),
+        ]))
+    }
+
+    /// The advisory lock key of document `doc` of database `db` (by name).
+    pub fn doc_key(&self, db: &str, doc: &str) -> Result<i64, StoreError> {
+        Ok(lock_key(&[
+            b"doc",
+            self.schema()?.as_bytes(),
+            db.as_bytes(),
+            doc.as_bytes(),
+        ]))
+    }
+
+    /// The advisory lock key that keeps attachment sweeps and late-locking writers apart.
+    pub fn sweep_key(&self) -> Result<i64, StoreError> {
+        Ok(lock_key(&[b"sweep", self.schema()?.as_bytes()]))
+    }
+
+    /// Takes advisory locks, transaction-scoped, in one statement and in ascending key order:
+    /// `(key, shared)`; a key wanted both ways is taken exclusively.
+    pub fn advisory_locks(&self, mut keys: Vec<(i64, bool)>) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // Exclusive (false) before shared for equal keys, so that the first of each is kept.
+        keys.sort_unstable();
+        keys.dedup_by_key(|k| k.0);
+        let (ids, shared): (Vec<i64>, Vec<bool>) = keys.into_iter().unzip();
+        // The sorted subquery is not flattened (`OFFSET 0`), so the locks are taken row by row
+        // in its order.
+        self.query(
+            "SELECT CASE WHEN s.shared THEN pg_advisory_xact_lock_shared(s.k)
+                         ELSE pg_advisory_xact_lock(s.k) END
+             FROM (SELECT k, shared FROM unnest($1::int8[], $2::bool[]) AS t (k, shared)
+                   ORDER BY k OFFSET 0) s",
+            &[&ids, &shared],
+        )?;
+        Ok(())
+    }
+
+    /// Starts the transaction's document writes late-locking (`true`) or locked up front.
+    pub fn begin_late(&self, late: bool) {
+        *self.late.borrow_mut() = late.then(Late::default);
+    }
+
+    /// Where a late-locking transaction is, for [`WriterConn::rewind_late`] after a rollback to
+    /// a savepoint taken now.
+    pub fn mark_late(&self) -> Option<LateMark> {
+        self.late.borrow().as_ref().map(|l| LateMark {
+            docs: l.docs.len(),
+            events: l.events.len(),
+            access: l.access.len(),
+            states: l
+                .dbs
+                .iter()
+                .map(|(name, d)| (name.clone(), d.current.clone()))
+                .collect(),
+        })
+    }
+
+    /// Forgets what the transaction buffered since `mark` (its savepoint was rolled back).
+    pub fn rewind_late(&self, mark: Option<LateMark>) {
+        let mut late = self.late.borrow_mut();
+        let (Some(mark), Some(late)) = (mark, late.as_mut()) else {
+            return;
+        };
+        late.docs.truncate(mark.docs);
+        late.events.truncate(mark.events);
+        late.access.truncate(mark.access);
+        late.latest = late
+            .docs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| ((d.db, d.id.clone()), i))
+            .collect();
+        // A database first read after the mark goes back to its row as read.
+        for (name, d) in late.dbs.iter_mut() {
+            d.current = mark
+                .states
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or_else(|| d.read.clone(), |(_, state)| state.clone());
+        }
+    }
+
+    /// Ends a late-locking transaction's writes (nothing when it locks up front): advances each
+    /// of its databases' rows, in name order, by the sequences and counts its writes took
+    /// (which locks the row until the commit); numbers its document rows, events and access
+    /// rows from the sequence found there; writes them. Answers each database's new sequence.
+    ///
+    /// A database deleted, or its revision limit or conflict policy changed, since its row was
+    /// read cannot happen between writers that take their locks as `crate::writer` says; if it
+    /// did anyway (something else changed the row), or a document row changed while locked,
+    /// the transaction fails as unavailable (503, retried by the client) rather than write
+    /// what was computed from an outdated row.
+    pub fn finish_late(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let Some(mut late) = self.late.borrow_mut().take() else {
+            return Ok(BTreeMap::new());
+        };
+        let mut bases: HashMap<i64, (u64, u64)> = HashMap::new();
+        let mut seqs = BTreeMap::new();
+        for (name, d) in &late.dbs {
+            let (read, now) = (&d.read, &d.current);
+            let taken = now.seq - read.seq;
+            let row = self.query_opt(
+                "UPDATE dbs SET update_seq = update_seq + $2, doc_count = doc_count + $3,
+                     doc_del_count = doc_del_count + $4, active_size = active_size + $5
+                 WHERE id = $1
+                 RETURNING update_seq, revs_limit, policy, lww_field",
+                &[
+                    &read.id,
+                    &(taken as i64),
+                    &(now.doc_count - read.doc_count),
+                    &(now.doc_del_count - read.doc_del_count),
+                    &(now.active_size - read.active_size),
+                ],
+            )?;
+            let Some(row) = row else {
+                return Err(changed(name, "was deleted"));
+            };
+            let end = row.get::<_, i64>(0) as u64;
+            let revs_limit = row.get::<_, i64>(1).max(1) as usize;
+            let policy =
+                Policy::from_parts(&row.get::<_, String>(2), row.get(3)).unwrap_or_default();
+            if revs_limit != read.revs_limit || policy != read.policy {
+                return Err(changed(name, "had its settings changed"));
+            }
+            bases.insert(read.id, (read.seq, end - taken));
+            seqs.insert(name.clone(), end);
+        }
+        let renumber = |db: i64, seq: u64| -> Result<u64, StoreError> {
+            let (read, base) = bases.get(&db).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "a late-locking write to database {db} it did not read"
+                ))
+            })?;
+            Ok(base + (seq - read))
+        };
+        // One row per document: the last written, inserted if the first found none.
+        let mut rows: Vec<DocRowWrite> = Vec::with_capacity(late.latest.len());
+        let mut at: HashMap<(i64, String), usize> = HashMap::with_capacity(late.latest.len());
+        for mut d in late.docs.drain(..) {
+            d.seq = renumber(d.db, d.seq)?;
+            match at.get(&(d.db, d.id.clone())) {
+                Some(&i) => {
+                    d.new = rows[i].new;
+                    rows[i] = d;
+                }
+                None => {
+                    at.insert((d.db, d.id.clone()), rows.len());
+                    rows.push(d);
+                }
+            }
+        }
+        let (new, known): (Vec<&DocRowWrite>, Vec<&DocRowWrite>) = rows.iter().partition(|d| d.new);
+        for e in &mut late.events {
+            e.seq = renumber(e.db, e.seq)?;
+        }
+        // A document that had no row when read (under its lock) and has one now was created by
+        // a writer that does not take the lock: see `execute_docs`.
+        self.insert_docs_and_events(&new, &late.events)?;
+        let expected: Vec<i64> = known
+            .iter()
+            .map(|d| {
+                late.read_seqs
+                    .get(&(d.db, d.id.clone()))
+                    .copied()
+                    .unwrap_or(-1)
+            })
+            .collect();
+        self.replace_read_docs(&known, &expected)?;
+        for (db, id, seq, winner, deleted) in &late.access {
+            crate::access::index_doc(self, *db, id, renumber(*db, *seq)?, winner, *deleted)?;
+        }
+        Ok(seqs)
+    }
+
+    /// Inserts new documents' rows and appends events in one statement: the round trips made
+    /// while the database's row is locked are what every other node's writer of it waits for.
+    fn insert_docs_and_events(
+        &self,
+        docs: &[&DocRowWrite],
+        events: &[EventWrite],
+    ) -> Result<(), StoreError> {
+        if docs.is_empty() || events.is_empty() {
+            self.put_docs(docs, true)?;
+            return self.put_events(events);
+        }
+        let dbs: Vec<i64> = docs.iter().map(|d| d.db).collect();
+        let ids: Vec<&str> = docs.iter().map(|d| d.id.as_str()).collect();
+        let seqs: Vec<i64> = docs.iter().map(|d| d.seq as i64).collect();
+        let deleted: Vec<bool> = docs.iter().map(|d| d.deleted).collect();
+        let conflicted: Vec<bool> = docs.iter().map(|d| d.conflicted).collect();
+        let winners: Vec<&str> = docs.iter().map(|d| d.winner.as_str()).collect();
+        let trees: Vec<&str> = docs.iter().map(|d| d.tree.as_str()).collect();
+        let e = events;
+        let e_dbs: Vec<i64> = e.iter().map(|e| e.db).collect();
+        let e_seqs: Vec<i64> = e.iter().map(|e| e.seq as i64).collect();
+        let pos: Vec<i64> = e.iter().map(|e| e.pos).collect();
+        let kinds: Vec<&str> = e.iter().map(|e| e.kind).collect();
+        let e_docs: Vec<&str> = e.iter().map(|e| e.doc.as_str()).collect();
+        let revs: Vec<&str> = e.iter().map(|e| e.rev.as_str()).collect();
+        let parents: Vec<Option<&str>> = e.iter().map(|e| e.parent.as_deref()).collect();
+        let origins: Vec<&str> = e.iter().map(|e| e.origin.as_str()).collect();
+        let at: Vec<i64> = e.iter().map(|e| e.at).collect();
+        let details: Vec<Option<&str>> = e.iter().map(|e| e.detail.as_deref()).collect();
+        let e_deleted: Vec<bool> = e.iter().map(|e| e.deleted).collect();
+        self.execute_docs(
+            "WITH new_docs AS (
+                 INSERT INTO docs (db, id, seq, deleted, conflicted, winner, tree)
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::bool[], $5::bool[],
+                                      $6::text[], $7::text[])
+             )
+             INSERT INTO events (db, seq, pos, kind, doc, rev, parent, origin, at, detail, deleted)
+             SELECT * FROM unnest($8::int8[], $9::int8[], $10::int8[], $11::text[], $12::text[],
+                                  $13::text[], $14::text[], $15::text[], $16::int8[], $17::text[],
+                                  $18::bool[])",
+            &[
+                &dbs,
+                &ids,
+                &seqs,
+                &deleted,
+                &conflicted,
+                &winners,
+                &trees,
+                &e_dbs,
+                &e_seqs,
+                &pos,
+                &kinds,
+                &e_docs,
+                &revs,
+                &parents,
+                &origins,
+                &at,
+                &details,
+                &e_deleted,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Replaces document rows, each only if it still carries the sequence it was read with.
+    fn replace_read_docs(&self, rows: &[&DocRowWrite], expected: &[i64]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let dbs: Vec<i64> = rows.iter().map(|d| d.db).collect();
+        let ids: Vec<&str> = rows.iter().map(|d| d.id.as_str()).collect();
+        let seqs: Vec<i64> = rows.iter().map(|d| d.seq as i64).collect();
+        let deleted: Vec<bool> = rows.iter().map(|d| d.deleted).collect();
+        let conflicted: Vec<bool> = rows.iter().map(|d| d.conflicted).collect();
+        let winners: Vec<&str> = rows.iter().map(|d| d.winner.as_str()).collect();
+        let trees: Vec<&str> = rows.iter().map(|d| d.tree.as_str()).collect();
+        let n = if let [d] = rows {
+            self.execute(
+                "UPDATE docs SET seq = $3, deleted = $4, conflicted = $5, winner = $6, tree = $7
+                 WHERE db = $1 AND id = $2 AND seq = $8",
+                &[
+                    &d.db,
+                    &d.id,
+                    &seqs[0],
+                    &d.deleted,
+                    &d.conflicted,
+                    &d.winner,
+                    &d.tree,
+                    &expected[0],
+                ],
+            )?
+        } else {
+            self.execute(
+                "UPDATE docs SET seq = n.seq, deleted = n.deleted, conflicted = n.conflicted,
+                     winner = n.winner, tree = n.tree
+                 FROM unnest($1::int8[], $2::text[], $3::int8[], $4::bool[], $5::bool[],
+                             $6::text[], $7::text[], $8::int8[])
+                      AS n (db, id, seq, deleted, conflicted, winner, tree, read_seq)
+                 WHERE docs.db = n.db AND docs.id = n.id AND docs.seq = n.read_seq",
+                &[
+                    &dbs,
+                    &ids,
+                    &seqs,
+                    &deleted,
+                    &conflicted,
+                    &winners,
+                    &trees,
+                    &expected,
+                ],
+            )?
+        };
+        if n != rows.len() as u64 {
+            return Err(StoreError::Unavailable(
+                "a document changed while a write to it was applied".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A late-locking transaction found its database's row changed (see
+/// [`WriterConn::finish_late`]).
+fn changed(db: &str, what: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "database {db} {what} while a write to it was applied"
+    ))
 }
 
 impl DocTx for WriterConn {
     fn db_state(&self, name: &str) -> Result<Option<DbState>, StoreError> {
-        // The row lock, held until the transaction ends, orders the sequences of every node's
-        // writes to this database by commit: a writer reads `update_seq` only once the writer
-        // before it committed (see `writer`).
+        if let Some(late) = self.late.borrow().as_ref()
+            && let Some(d) = late.dbs.get(name)
+        {
+            // A later request of the transaction continues from the earlier ones' sequence.
+            return Ok(Some(d.current.clone()));
+        }
+        let late = self.late.borrow().is_some();
+        // Locked up front, the row lock, held until the transaction ends, orders the sequences
+        // of every node's writes to this database by commit: a writer reads `update_seq` only
+        // once the writer before it committed. Late-locking, the row is only read here: its
+        // lock is taken when the sequences are handed out (see `finish_late` and `writer`).
         let row = self.query_opt(
-            "SELECT id, update_seq, revs_limit, doc_count, doc_del_count, active_size, policy,
-                    lww_field, EXISTS (SELECT 1 FROM access_dbs a WHERE a.db = dbs.id), purge_seq
-             FROM dbs WHERE name = $1 FOR UPDATE OF dbs",
+            if late {
+                "SELECT id, update_seq, revs_limit, doc_count, doc_del_count, active_size, policy,
+                        lww_field, EXISTS (SELECT 1 FROM access_dbs a WHERE a.db = dbs.id),
+                        purge_seq
+                 FROM dbs WHERE name = $1"
+            } else {
+                "SELECT id, update_seq, revs_limit, doc_count, doc_del_count, active_size, policy,
+                        lww_field, EXISTS (SELECT 1 FROM access_dbs a WHERE a.db = dbs.id),
+                        purge_seq
+                 FROM dbs WHERE name = $1 FOR UPDATE OF dbs"
+            },
             &[&name],
         )?;
-        Ok(row.map(|r| DbState {
+        let state = row.map(|r| DbState {
             id: r.get(0),
             seq: r.get::<_, i64>(1) as u64,
             revs_limit: r.get::<_, i64>(2).max(1) as usize,
@@ -87,10 +495,31 @@ impl DocTx for WriterConn {
             policy: Policy::from_parts(&r.get::<_, String>(6), r.get(7)).unwrap_or_default(),
             access: r.get(8),
             purge_seq: r.get::<_, i64>(9).max(0) as u64,
-        }))
+        });
+        if let (Some(late), Some(state)) = (self.late.borrow_mut().as_mut(), &state) {
+            late.dbs.insert(
+                name.to_owned(),
+                LateDb {
+                    read: state.clone(),
+                    current: state.clone(),
+                },
+            );
+        }
+        Ok(state)
     }
 
     fn save_state(&self, state: &DbState) -> Result<(), StoreError> {
+        if let Some(late) = self.late.borrow_mut().as_mut() {
+            return match late.dbs.values_mut().find(|d| d.read.id == state.id) {
+                Some(d) if state.purge_seq == d.read.purge_seq => {
+                    d.current = state.clone();
+                    Ok(())
+                }
+                _ => Err(StoreError::Corrupt(
+                    "a late-locking write saved a state it did not read".into(),
+                )),
+            };
+        }
         self.execute(
             "UPDATE dbs SET update_seq = $2, doc_count = $3, doc_del_count = $4, active_size = $5,
                  purge_seq = $6
@@ -112,20 +541,43 @@ impl DocTx for WriterConn {
         db: i64,
         ids: &[&str],
     ) -> Result<HashMap<String, (bool, String)>, StoreError> {
-        let rows = match ids {
+        let mut found = HashMap::with_capacity(ids.len());
+        let mut unread: Vec<&str> = Vec::new();
+        let late = self.late.borrow().is_some();
+        if let Some(late) = self.late.borrow().as_ref() {
+            // A document an earlier request of the transaction wrote: its row is still here.
+            for id in ids {
+                match late.latest.get(&(db, (*id).to_owned())) {
+                    Some(&i) => {
+                        let d = &late.docs[i];
+                        found.insert(d.id.clone(), (d.deleted, d.tree.clone()));
+                    }
+                    None => unread.push(id),
+                }
+            }
+        } else {
+            unread.extend_from_slice(ids);
+        }
+        let rows = match unread.as_slice() {
+            [] => Vec::new(),
             [id] => self.query(
-                "SELECT id, deleted, tree FROM docs WHERE db = $1 AND id = $2",
+                "SELECT id, deleted, tree, seq FROM docs WHERE db = $1 AND id = $2",
                 &[&db, id],
             )?,
             _ => self.query(
-                "SELECT id, deleted, tree FROM docs WHERE db = $1 AND id = ANY($2)",
-                &[&db, &ids],
+                "SELECT id, deleted, tree, seq FROM docs WHERE db = $1 AND id = ANY($2)",
+                &[&db, &unread],
             )?,
         };
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2))))
-            .collect())
+        let mut late_state = self.late.borrow_mut();
+        for r in rows {
+            let id: String = r.get(0);
+            if late && let Some(l) = late_state.as_mut() {
+                l.read_seqs.insert((db, id.clone()), r.get(3));
+            }
+            found.insert(id, (r.get(1), r.get(2)));
+        }
+        Ok(found)
     }
 
     fn rev_body(&self, db: i64, doc: &str, rev: &str) -> Result<Option<String>, StoreError> {
@@ -142,13 +594,24 @@ impl DocTx for WriterConn {
     /// documents costs a few round trips instead of thousands. (`unnest` measured faster than a
     /// binary `COPY` into a temporary table and an `INSERT … SELECT` from it, which takes two
     /// statements; for one row, plain parameters cost the server less than `unnest`.)
+    ///
+    /// Late-locking, the document rows and events wait in the connection for their sequences
+    /// ([`WriterConn::finish_late`]); the revisions and attachments are written at once.
     fn write(&self, w: &Writes) -> Result<(), StoreError> {
         self.put_attachments(&w.attachments)?;
         self.put_revs(&w.revs)?;
+        if let Some(late) = self.late.borrow_mut().as_mut() {
+            for d in &w.docs {
+                late.latest.insert((d.db, d.id.clone()), late.docs.len());
+                late.docs.push(d.clone());
+            }
+            late.events.extend(w.events.iter().cloned());
+            return Ok(());
+        }
         // New documents are inserted and known ones updated, each with a plain statement: the
-        // rows were read under the database's row lock, which every writer of its documents
-        // holds, so which ones exist cannot change before the commit, and an upsert's
-        // speculative insertion would only cost more.
+        // rows were read under a lock that every writer of the document holds (the database's
+        // row, or the document's advisory lock), so which ones exist cannot change before the
+        // commit, and an upsert's speculative insertion would only cost more.
         let (new, known): (Vec<&DocRowWrite>, Vec<&DocRowWrite>) =
             w.docs.iter().partition(|d| d.new);
         self.put_docs(&new, true)?;
@@ -164,10 +627,16 @@ impl DocTx for WriterConn {
         winner: &str,
         deleted: bool,
     ) -> Result<(), StoreError> {
+        if let Some(late) = self.late.borrow_mut().as_mut() {
+            late.access
+                .push((db, id.to_owned(), seq, winner.to_owned(), deleted));
+            return Ok(());
+        }
         crate::access::index_doc(self, db, id, seq, winner, deleted)
     }
 
     fn drop_bodies(&self, db: i64, doc: &str, keep: &[String]) -> Result<(i64, bool), StoreError> {
+        self.not_late("dropping bodies")?;
         self.execute(
             "UPDATE events SET deleted = r.deleted FROM revs r
              WHERE events.db = $1 AND events.doc = $2 AND events.deleted IS NULL
@@ -188,6 +657,7 @@ impl DocTx for WriterConn {
     }
 
     fn forget_doc(&self, db: i64, doc: &str) -> Result<(), StoreError> {
+        self.not_late("forgetting a document")?;
         self.execute("DELETE FROM docs WHERE db = $1 AND id = $2", &[&db, &doc])?;
         for table in ["events", "event_baselines", "access_rows"] {
             self.execute(
@@ -201,6 +671,17 @@ impl DocTx for WriterConn {
 
 /// The multi-row statements behind [`DocTx::write`].
 impl WriterConn {
+    /// Purges run in transactions that lock up front: their removals cannot wait for a
+    /// sequence.
+    fn not_late(&self, what: &str) -> Result<(), StoreError> {
+        if self.late.borrow().is_some() {
+            return Err(StoreError::Corrupt(format!(
+                "{what} in a late-locking transaction"
+            )));
+        }
+        Ok(())
+    }
+
     fn put_attachments(&self, atts: &[NewAttachment]) -> Result<(), StoreError> {
         if atts.is_empty() {
             return Ok(());
@@ -260,7 +741,7 @@ impl WriterConn {
                  WHERE db = $1 AND id = $2"
             };
             let seq = d.seq as i64;
-            self.execute(
+            self.execute_docs(
                 sql,
                 &[
                     &d.db,
@@ -295,11 +776,29 @@ impl WriterConn {
         let conflicted: Vec<bool> = rows.iter().map(|d| d.conflicted).collect();
         let winners: Vec<&str> = rows.iter().map(|d| d.winner.as_str()).collect();
         let trees: Vec<&str> = rows.iter().map(|d| d.tree.as_str()).collect();
-        self.execute(
+        self.execute_docs(
             sql,
             &[&dbs, &ids, &seqs, &deleted, &conflicted, &winners, &trees],
         )?;
         Ok(())
+    }
+
+    /// Runs a statement on `docs`: a document inserted when it already has a row means that a
+    /// writer that does not take the document's lock (a node of an older version, or a
+    /// statement by hand) created it meanwhile; the transaction then fails as unavailable, to
+    /// be retried, rather than as a defect.
+    fn execute_docs(&self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
+        let s = self.statement(sql)?;
+        let result = self.client.borrow_mut().execute(&s, params);
+        result.map_err(|e| {
+            if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                StoreError::Unavailable(format!(
+                    "a document was created while a write to it was applied: {e}"
+                ))
+            } else {
+                pg(e)
+            }
+        })
     }
 
     fn put_events(&self, events: &[EventWrite]) -> Result<(), StoreError> {

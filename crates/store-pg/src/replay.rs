@@ -3,10 +3,11 @@
 //! one read-only snapshot; [`rebuild`] replaces the database's document rows, sequence,
 //! counters and settings by what the log rebuilds, in one transaction.
 //!
-//! Unlike SQLite's, a rebuild here may run beside live nodes: it holds the database's `dbs` row
-//! lock (`FOR UPDATE`, which every writer takes before writing to that database) from before it
-//! reads the log until it commits, so no write lands between the replay and the new rows, and
-//! readers on every node see the old rows until the commit and the new ones after it.
+//! Unlike SQLite's, a rebuild here may run beside live nodes: it holds the database's advisory
+//! lock exclusively and its `dbs` row lock (`FOR UPDATE`), as any writer's transaction that
+//! locks up front does (see `crate::writer`), from before it reads the log until it commits, so
+//! no write lands between the replay and the new rows, and readers on every node see the old
+//! rows until the commit and the new ones after it.
 
 use std::collections::BTreeMap;
 
@@ -20,8 +21,11 @@ use outpost_store::replay::{
 use crate::conn::WriterConn;
 use crate::error::corrupt;
 
-/// Locks database `name`'s row until the transaction ends; answers its id.
+/// Locks database `name` until the transaction ends, as a transaction that locks up front does
+/// (see `crate::writer`): its advisory lock exclusively (a writer's batch already holds it),
+/// then its row. Answers its id.
 pub fn lock_db(c: &WriterConn, name: &str) -> Result<i64, StoreError> {
+    c.advisory_locks(vec![(c.db_key(name)?, false)])?;
     c.query_opt("SELECT id FROM dbs WHERE name = $1 FOR UPDATE", &[&name])?
         .map(|r| r.get(0))
         .ok_or(StoreError::NoDb)

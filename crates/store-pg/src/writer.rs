@@ -2,19 +2,51 @@
 //! transaction (group commit), each request in its own savepoint, as the SQLite writer does.
 //!
 //! Several nodes write to one PostgreSQL database, so the order of sequences cannot come from a
-//! single writer as it does with SQLite. Each database's `update_seq` lives in its `dbs` row,
-//! read and advanced under a row lock (`SELECT … FOR UPDATE`) held until the transaction
-//! commits. A writer on another node that touches the same database waits for that commit and
-//! then reads the advanced counter, so the sequences of one database are handed out in commit
-//! order: once sequence N is visible, every sequence below it is too, and `_changes?since=N`
-//! read on any node misses nothing. The `_db_updates` sequence works the same way on its row in
-//! `counters`. To rule out deadlocks between nodes, a transaction locks the rows of every
-//! database it will touch up front, in name order, and the `_db_updates` counter last, just
-//! before it commits. What is left can still, rarely, deadlock two nodes' transactions (two
-//! index steps taken in opposite orders, or the same two new attachments stored by two
-//! requests of one batch in the opposite order to another batch's; a request's own attachments
-//! are stored in digest order): PostgreSQL then aborts one of them, whose requests answer 503
-//! with `Retry-After` ([`StoreError::Unavailable`]) and are retried by their clients.
+//! single writer as it does with SQLite. Each database's `update_seq` lives in its `dbs` row and
+//! is advanced under the row's lock, held until the transaction commits. A writer on another
+//! node that advances it waits for that commit and then finds the advanced counter, so the
+//! sequences of one database are handed out in commit order: once sequence N is visible, every
+//! sequence below it is too, and `_changes?since=N` read on any node misses nothing. The
+//! `_db_updates` sequence works the same way on its row in `counters`.
+//!
+//! How long the row is held depends on the transaction:
+//!
+//! - **Late-locking** (the hot path): a batch of document writes only (`Docs`, `Resolve`,
+//!   `Ping`, at most [`MAX_DOC_LOCKS`] documents). Its first statement takes a transaction-scoped
+//!   advisory lock on every document it writes (a key hashed from the schema, the database's
+//!   name and the document's id), a shared advisory lock on each of its databases and a shared
+//!   one on the attachment sweep's key. Holding its documents' locks from before it reads their
+//!   rows until it commits, no writer on any node changes those documents meanwhile, nor creates
+//!   one of the new ones. It reads the `dbs` row without locking it, stores revisions and
+//!   attachments, and numbers its documents tentatively from the sequence it read; their rows,
+//!   events and access-index rows wait in the connection. Only then does it advance each
+//!   database's row by the sequences and counts it took (`UPDATE … RETURNING`, which locks the
+//!   row until the commit), number what waited from the sequence it finds there, write it,
+//!   and commit. So two nodes writing one database read and write their documents at the same
+//!   time and take turns only to hand out sequences and commit (see `crate::conn`).
+//! - **Locked up front**, every other batch (database and `_local` changes, purges, compaction
+//!   and index steps, configuration, or more documents than [`MAX_DOC_LOCKS`]): it takes its
+//!   databases' advisory locks exclusively, then their `dbs` rows in name order
+//!   (`SELECT … FOR UPDATE`), as its first statements, and does everything under them. The
+//!   exclusive advisory lock waits for the late-locking writers of those databases in flight
+//!   and keeps new ones out, so a database deleted, its revision limit or policy changed, a
+//!   document purged or compacted never happens between a late-locking writer's read and its
+//!   commit. An attachment sweep takes the sweep key exclusively and every database's row, so
+//!   no write that refers to an attachment is in flight while unreferenced bytes are deleted.
+//!
+//! Lock order, for every transaction: advisory locks (all in one statement, in ascending key
+//! order), then `dbs` rows (name order), then the `_db_updates` counter, just before the commit.
+//! A transaction waiting for an advisory lock holds nothing but advisory locks of smaller keys,
+//! and once it has them all it never waits for one again; row locks are taken in one order by
+//! everyone. So the writers' own locks cannot deadlock. What is left can still, rarely,
+//! deadlock two nodes' transactions (two index steps taken in opposite orders, or the same two
+//! new attachments stored by two requests of one batch in the opposite order to another
+//! batch's; a request's own attachments are stored in digest order): PostgreSQL then aborts one
+//! of them, whose requests answer 503 with `Retry-After` ([`StoreError::Unavailable`]) and are
+//! retried by their clients. A late-locking transaction that finds its database's row or a
+//! document's row changed under it anyway (by something that takes none of these locks: a
+//! node of an older version during an upgrade, a statement by hand) fails the same way,
+//! writing nothing.
 //!
 //! After the commit the writer announces the new sequences to this node's live feeds directly;
 //! other nodes hear of it through one `NOTIFY` per transaction (see [`crate::feed`]).
@@ -42,6 +74,12 @@ const MAX_BATCH: usize = 256;
 /// writer, so one huge `_bulk_docs` holds neither this node's writer nor its database's row lock
 /// for long.
 const MAX_UPDATES_PER_COMMIT: usize = 2_000;
+
+/// The most documents a late-locking transaction locks one by one; a batch with more locks its
+/// databases up front. Advisory locks live in PostgreSQL's shared lock table, sized by
+/// `max_locks_per_transaction` × connections (64 × about 120 by default): a few nodes' batches
+/// of this size fit in it beside everything else.
+const MAX_DOC_LOCKS: usize = 1_024;
 
 /// The channel other nodes listen on for a wake-up after a commit.
 pub const CHANNEL: &str = "outpost_changes";
@@ -355,6 +393,43 @@ impl CloneReason for StoreError {
     }
 }
 
+/// Whether a batch's transaction locks late: only document writes (and pings), with few enough
+/// documents to lock each one.
+fn late_locking(batch: &[(Pending, usize)], docs: usize) -> bool {
+    docs <= MAX_DOC_LOCKS
+        && batch.iter().all(|(p, _)| {
+            matches!(
+                p.job.op,
+                WriteOp::Docs { .. } | WriteOp::Resolve { .. } | WriteOp::Ping
+            )
+        })
+}
+
+/// The ids of the documents each document-writing job of the batch writes in this transaction,
+/// with its database.
+fn batch_docs(batch: &[(Pending, usize)]) -> Vec<(&str, &str)> {
+    let mut out = Vec::new();
+    for (pending, allowance) in batch {
+        match (&pending.job.op, &pending.progress) {
+            (WriteOp::Docs { db, updates }, Some(progress)) => out.extend(
+                progress
+                    .step_ids(updates, *allowance)
+                    .into_iter()
+                    .map(|id| (db.as_str(), id)),
+            ),
+            (WriteOp::Docs { db, updates }, None) => out.extend(
+                DocsProgress::new(0, updates)
+                    .step_ids(updates, *allowance)
+                    .into_iter()
+                    .map(|id| (db.as_str(), id)),
+            ),
+            (WriteOp::Resolve { db, id, .. }, _) => out.push((db.as_str(), id.as_str())),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Applies a batch in one transaction; the outer error means nothing was committed. Each job
 /// comes with the number of document updates it may apply; its result is `None` when it has
 /// more to apply in a later transaction.
@@ -363,17 +438,38 @@ fn apply_batch(
     batch: &mut [(Pending, usize)],
     moved: &mut Moved,
 ) -> Result<Vec<Option<Result<WriteReply, StoreError>>>, StoreError> {
-    c.batch("BEGIN")?;
     let sweeps = batch
         .iter()
         .any(|(p, _)| matches!(p.job.op, WriteOp::SweepAttachments { .. }));
     let names: BTreeSet<&str> = batch.iter().filter_map(|(p, _)| p.job.op.db()).collect();
+    let docs = batch_docs(batch);
+    let late = late_locking(batch, docs.len());
+    // Every advisory lock first, in one statement (see the module's documentation).
+    let mut keys: Vec<(i64, bool)> = Vec::new();
+    for name in &names {
+        keys.push((c.db_key(name)?, late));
+    }
+    if late {
+        if !docs.is_empty() {
+            keys.push((c.sweep_key()?, true));
+        }
+        for (db, id) in &docs {
+            keys.push((c.doc_key(db, id)?, false));
+        }
+    } else if sweeps {
+        keys.push((c.sweep_key()?, false));
+    }
+    c.batch("BEGIN")?;
+    c.advisory_locks(keys)?;
+    c.begin_late(late);
     if sweeps {
         // Deleting attachment bytes must not race a write on another node that is about to
         // refer to them: every database's row is held (in the same order as any writer takes
-        // them) until the sweep commits, so writes in flight finish first and later ones wait.
+        // them) until the sweep commits, so writes in flight finish first and later ones wait;
+        // late-locking writers, which write revisions before they take their database's row,
+        // are kept out by the sweep's advisory lock.
         c.query("SELECT id FROM dbs ORDER BY name FOR UPDATE", &[])?;
-    } else if !names.is_empty() {
+    } else if !late && !names.is_empty() {
         let names: Vec<&str> = names.into_iter().collect();
         c.query(
             "SELECT id FROM dbs WHERE name = ANY($1) ORDER BY name FOR UPDATE",
@@ -383,6 +479,7 @@ fn apply_batch(
     let now = now_micros();
     let mut results = Vec::with_capacity(batch.len());
     for (pending, allowance) in batch.iter_mut() {
+        let mark = c.mark_late();
         c.batch("SAVEPOINT job")?;
         let result = match &mut pending.job.op {
             WriteOp::Docs { db, updates } => {
@@ -401,12 +498,21 @@ fn apply_batch(
                 // The connection or the transaction is gone: nothing of the batch commits.
                 return Err(StoreError::Unavailable(reason.clone()));
             }
-            Err(_) => c.batch("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")?,
+            Err(_) => {
+                c.batch("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")?;
+                c.rewind_late(mark);
+            }
         }
         results.push(result.transpose());
     }
-    record_db_updates(c, moved)?;
-    if !moved.is_empty() {
+    // Late-locking: the databases' rows are locked now, their sequences handed out and the
+    // documents written under them. What the jobs reported were tentative sequences.
+    for (db, seq) in c.finish_late()? {
+        if let Some(reported) = moved.seqs.get_mut(&db) {
+            *reported = seq;
+        }
+    }
+    if !record_db_updates(c, moved)? && !moved.is_empty() {
         // One wake-up per transaction, whatever it changed: other nodes read what moved from
         // the tables. PostgreSQL delivers it only if the transaction commits.
         c.execute("SELECT pg_notify($1, '')", &[&CHANNEL])?;
@@ -417,30 +523,34 @@ fn apply_batch(
 
 /// Records the databases a transaction created, changed or deleted in `db_updates`, each under
 /// a new server-wide sequence taken from the `counters` row (locked until the commit, so these
-/// sequences too are in commit order).
-fn record_db_updates(c: &WriterConn, moved: &mut Moved) -> Result<(), StoreError> {
+/// sequences too are in commit order), and sends the transaction's wake-up to other nodes (one
+/// per transaction, whatever it changed: they read what moved from the tables; PostgreSQL
+/// delivers it only if the transaction commits), all in one statement. Answers whether it
+/// recorded anything (and so sent the wake-up).
+fn record_db_updates(c: &WriterConn, moved: &mut Moved) -> Result<bool, StoreError> {
     if moved.updates.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let n = moved.updates.len() as i64;
+    let names: Vec<&str> = moved.updates.keys().map(String::as_str).collect();
+    let kinds: Vec<&str> = moved.updates.values().copied().collect();
     let end: i64 = c
         .query_opt(
-            "UPDATE counters SET value = value + $1 WHERE name = 'db_updates' RETURNING value",
-            &[&n],
+            "WITH counter AS (
+                 UPDATE counters SET value = value + $1 WHERE name = 'db_updates' RETURNING value
+             ), recorded AS (
+                 INSERT INTO db_updates (name, seq, type)
+                 SELECT u.name, (SELECT value FROM counter) - $1 + u.i, u.type
+                 FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u (name, type, i)
+                 ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, type = excluded.type
+             )
+             SELECT value, pg_notify($4, '') FROM counter",
+            &[&n, &names, &kinds, &CHANNEL],
         )?
         .ok_or_else(|| StoreError::Corrupt("the _db_updates counter is missing".into()))?
         .get(0);
-    let mut seq = end - n;
-    for (name, kind) in &moved.updates {
-        seq += 1;
-        c.execute(
-            "INSERT INTO db_updates (name, seq, type) VALUES ($1, $2, $3)
-             ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, type = excluded.type",
-            &[name, &seq, kind],
-        )?;
-    }
     moved.db_updates_seq = Some(end as u64);
-    Ok(())
+    Ok(true)
 }
 
 fn apply(

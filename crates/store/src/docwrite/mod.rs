@@ -29,8 +29,11 @@ pub use writes::{DocRowWrite, EventWrite, RevWrite, Writes};
 /// that an engine whose statements cost a round trip each can make them a few multi-row ones.
 pub trait DocTx {
     /// The state of the database named `name`, `None` when there is none. An engine whose
-    /// writers can run concurrently (several nodes on one server) must lock the row here until
-    /// the transaction ends, so that sequences are handed out in commit order.
+    /// writers can run concurrently (several nodes on one server) must make sure that sequences
+    /// are handed out in commit order: by locking the row here until the transaction ends, or by
+    /// numbering the step's documents tentatively and renumbering them under the row's lock
+    /// just before its commit (the PostgreSQL engine, with every document it writes locked
+    /// before its row is read).
     fn db_state(&self, name: &str) -> Result<Option<DbState>, StoreError>;
     /// Writes the counters and sequence of `state` back to its database's row.
     fn save_state(&self, state: &DbState) -> Result<(), StoreError>;
@@ -92,17 +95,8 @@ pub fn apply_docs_step(
         // Deleted and created again between two chunks: the rest is not for this database.
         return Err(StoreError::NoDb);
     }
-    // The documents of this step: whole groups up to the allowance (at least one).
     let first = progress.next;
-    let mut end = first;
-    let mut taken = 0;
-    while taken < allowance.max(1) {
-        let Some(group) = progress.groups.get(end) else {
-            break;
-        };
-        taken += group.len();
-        end += 1;
-    }
+    let end = progress.step_end(allowance);
     // Every document's row in one read.
     let ids: Vec<&str> = progress.groups[first..end]
         .iter()
@@ -210,6 +204,29 @@ impl DocsProgress {
             next: 0,
             results: vec![None; updates.len()],
         }
+    }
+
+    /// Where the next step ends: whole groups up to `allowance` updates (at least one group).
+    fn step_end(&self, allowance: usize) -> usize {
+        let mut end = self.next;
+        let mut taken = 0;
+        while taken < allowance.max(1) {
+            let Some(group) = self.groups.get(end) else {
+                break;
+            };
+            taken += group.len();
+            end += 1;
+        }
+        end
+    }
+
+    /// The ids of the documents the next step with `allowance` will write, each once: what an
+    /// engine locks before the step when its writers lock documents rather than databases.
+    pub fn step_ids<'u>(&self, updates: &'u [DocUpdate], allowance: usize) -> Vec<&'u str> {
+        self.groups[self.next.min(self.groups.len())..self.step_end(allowance)]
+            .iter()
+            .map(|g| updates[g[0]].id.as_str())
+            .collect()
     }
 
     /// Updates not applied yet.

@@ -39,12 +39,12 @@ pub struct RevWrite {
 }
 
 /// A document's row as the writer stores it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct DocRowWrite {
     pub db: i64,
     pub id: String,
     /// Whether the document had no row when the step read it (under the engine's write lock on
-    /// the database): the row is inserted, else the existing one is replaced.
+    /// the document): the row is inserted, else the existing one is replaced.
     pub new: bool,
     pub seq: u64,
     pub deleted: bool,
@@ -57,7 +57,7 @@ pub struct DocRowWrite {
 }
 
 /// One event as the writer appends it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct EventWrite {
     pub db: i64,
     pub seq: u64,
