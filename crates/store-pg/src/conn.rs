@@ -6,15 +6,22 @@
 //! - *locked up front*: the databases' `dbs` rows are locked before anything is read
 //!   ([`DocTx::db_state`] reads the row `FOR UPDATE`) and every write is executed at once;
 //! - *late-locking* ([`WriterConn::begin_late`]), for transactions that only write documents:
-//!   every document written is already locked (an advisory lock), the `dbs` row is read without
-//!   a lock, revisions and attachments are written at once, and what depends on the database's
-//!   sequence (document rows, events, the access index) waits in the connection under
-//!   tentative sequences counted from the value read. [`WriterConn::finish_late`] then advances
-//!   each database's row by what its writes took (which locks it until the commit), numbers the
-//!   waiting rows from the sequence it finds there, and writes them.
+//!   every document written is already locked (an advisory lock), and the rows of all of them
+//!   and of their databases are read in one statement ([`WriterConn::read_locked_docs`]; the
+//!   `dbs` rows without a lock). Everything written waits in the connection: revisions and
+//!   attachments (a later request of the transaction finds a revision an earlier one wrote
+//!   there), and what depends on the database's sequence (document rows, events, the access
+//!   index) under tentative sequences counted from the value read. [`WriterConn::finish_late`]
+//!   then stores the revisions and attachments, one statement each, advances each database's
+//!   row by what its writes took (which locks it until the commit), numbers the waiting rows
+//!   from the sequence it finds there, and writes them.
+//!
+//! [`WriterCounts`] counts the transactions and round trips, for tests and diagnostics.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use outpost_core::Policy;
 use outpost_store::docwrite::{DbState, DocRowWrite, DocTx, EventWrite, RevWrite, Writes};
@@ -34,6 +41,18 @@ pub struct WriterConn {
     schema: RefCell<Option<String>>,
     /// The late-locking transaction's state; `None` when the transaction locks up front.
     late: RefCell<Option<Late>>,
+    /// What the connection has done so far, shared with whoever watches the writer.
+    counts: Arc<WriterCounts>,
+    /// Whether a statement failed since the transaction began.
+    failed: Cell<bool>,
+}
+
+/// How many transactions the writer began and how many round trips to PostgreSQL it made
+/// (statements, preparations and command strings), for tests and diagnostics.
+#[derive(Debug, Default)]
+pub struct WriterCounts {
+    pub transactions: AtomicU64,
+    pub round_trips: AtomicU64,
 }
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -57,6 +76,17 @@ struct Late {
     /// Access-index updates under tentative sequences, in order: (database id, document,
     /// sequence, winner, deleted).
     access: Vec<(i64, String, u64, String, bool)>,
+    /// The rows of the documents the transaction locked, read in one statement right after the
+    /// locks ([`WriterConn::read_locked_docs`]), by (database id, document): `None` when the
+    /// document has no row. Locked, they cannot change before the commit.
+    rows: HashMap<(i64, String), Option<(bool, String)>>,
+    /// Revisions to store, in the order written, each (database id, document, revision) once:
+    /// they are inserted in one statement by [`WriterConn::finish_late`].
+    revs: Vec<RevWrite>,
+    /// Where each buffered revision is in `revs`.
+    rev_at: HashMap<(i64, String, String), usize>,
+    /// Attachments to store, inserted with the revisions (in digest order).
+    attachments: Vec<NewAttachment>,
 }
 
 /// A database of a late-locking transaction: its row as read, and as the writes so far left it.
@@ -70,7 +100,18 @@ pub struct LateMark {
     docs: usize,
     events: usize,
     access: usize,
+    revs: usize,
+    attachments: usize,
     states: Vec<(String, DbState)>,
+}
+
+/// Advisory lock keys in the order they are taken: ascending, each once, a key wanted both
+/// ways exclusive; as (keys, shared flags).
+fn lock_list(mut keys: Vec<(i64, bool)>) -> (Vec<i64>, Vec<bool>) {
+    // Exclusive (false) before shared for equal keys, so that the first of each is kept.
+    keys.sort_unstable();
+    keys.dedup_by_key(|k| k.0);
+    keys.into_iter().unzip()
 }
 
 /// Stable across builds and platforms (every node must compute the same keys): FNV-1a over the
@@ -87,13 +128,34 @@ fn lock_key(parts: &[&[u8]]) -> i64 {
 }
 
 impl WriterConn {
-    pub fn new(client: Client) -> WriterConn {
+    pub fn new(client: Client, counts: Arc<WriterCounts>) -> WriterConn {
         WriterConn {
             client: RefCell::new(client),
             statements: RefCell::default(),
             schema: RefCell::default(),
             late: RefCell::default(),
+            counts,
+            failed: Cell::new(false),
         }
+    }
+
+    /// A statement's result; a failure is remembered for [`WriterConn::statement_failed`].
+    fn checked<T>(&self, result: Result<T, postgres::Error>) -> Result<T, StoreError> {
+        result.map_err(|e| {
+            self.failed.set(true);
+            pg(e)
+        })
+    }
+
+    /// Whether a statement failed since the transaction began (which PostgreSQL then refuses
+    /// to go on with, but for a rollback to a savepoint).
+    pub fn statement_failed(&self) -> bool {
+        self.failed.get()
+    }
+
+    /// Counts a round trip about to be made.
+    fn trip(&self) {
+        self.counts.round_trips.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether the connection was lost (the writer then opens a new one).
@@ -105,7 +167,8 @@ impl WriterConn {
         if let Some(s) = self.statements.borrow().get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client.borrow_mut().prepare(sql).map_err(pg)?;
+        self.trip();
+        let s = self.checked(self.client.borrow_mut().prepare(sql))?;
         self.statements
             .borrow_mut()
             .insert(sql.to_owned(), s.clone());
@@ -114,22 +177,26 @@ impl WriterConn {
 
     /// Runs commands without parameters (transaction control, savepoints).
     pub fn batch(&self, sql: &str) -> Result<(), StoreError> {
-        self.client.borrow_mut().batch_execute(sql).map_err(pg)
+        self.trip();
+        self.checked(self.client.borrow_mut().batch_execute(sql))
     }
 
     pub fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
         let s = self.statement(sql)?;
-        self.client.borrow_mut().execute(&s, params).map_err(pg)
+        self.trip();
+        self.checked(self.client.borrow_mut().execute(&s, params))
     }
 
     pub fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
         let s = self.statement(sql)?;
-        self.client.borrow_mut().query(&s, params).map_err(pg)
+        self.trip();
+        self.checked(self.client.borrow_mut().query(&s, params))
     }
 
     pub fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, StoreError> {
         let s = self.statement(sql)?;
-        self.client.borrow_mut().query_opt(&s, params).map_err(pg)
+        self.trip();
+        self.checked(self.client.borrow_mut().query_opt(&s, params))
     }
 
     /// The schema the tables live in: two deployments in two schemas of one database do not
@@ -173,14 +240,11 @@ impl WriterConn {
 
     /// Takes advisory locks, transaction-scoped, in one statement and in ascending key order:
     /// `(key, shared)`; a key wanted both ways is taken exclusively.
-    pub fn advisory_locks(&self, mut keys: Vec<(i64, bool)>) -> Result<(), StoreError> {
+    pub fn advisory_locks(&self, keys: Vec<(i64, bool)>) -> Result<(), StoreError> {
         if keys.is_empty() {
             return Ok(());
         }
-        // Exclusive (false) before shared for equal keys, so that the first of each is kept.
-        keys.sort_unstable();
-        keys.dedup_by_key(|k| k.0);
-        let (ids, shared): (Vec<i64>, Vec<bool>) = keys.into_iter().unzip();
+        let (ids, shared) = lock_list(keys);
         // The sorted subquery is not flattened (`OFFSET 0`), so the locks are taken row by row
         // in its order.
         self.query(
@@ -193,18 +257,105 @@ impl WriterConn {
         Ok(())
     }
 
+    /// Begins a transaction and takes its advisory locks as [`WriterConn::advisory_locks`]
+    /// does, in one round trip: the keys are integers, written into the command as literals
+    /// (nothing in them needs quoting).
+    pub fn begin_locked(&self, keys: Vec<(i64, bool)>) -> Result<(), StoreError> {
+        self.counts.transactions.fetch_add(1, Ordering::Relaxed);
+        self.failed.set(false);
+        if keys.is_empty() {
+            return self.batch("BEGIN");
+        }
+        let (ids, shared) = lock_list(keys);
+        let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+        let shared: Vec<&str> = shared.iter().map(|&s| if s { "t" } else { "f" }).collect();
+        self.batch(&format!(
+            "BEGIN;
+             SELECT CASE WHEN s.shared THEN pg_advisory_xact_lock_shared(s.k)
+                         ELSE pg_advisory_xact_lock(s.k) END
+             FROM (SELECT k, shared FROM unnest('{{{}}}'::int8[], '{{{}}}'::bool[]) AS t (k, shared)
+                   ORDER BY k OFFSET 0) s",
+            ids.join(","),
+            shared.join(",")
+        ))
+    }
+
+    /// Reads, in one statement, the rows of the documents a late-locking transaction is about
+    /// to write (`(database name, document)`, all of them locked) and of their databases (as
+    /// [`DocTx::db_state`] reads them, without a lock): [`DocTx::db_state`] and
+    /// [`DocTx::doc_rows`] answer from them.
+    pub fn read_locked_docs(&self, docs: &[(&str, &str)]) -> Result<(), StoreError> {
+        if docs.is_empty() || self.late.borrow().is_none() {
+            return Ok(());
+        }
+        let mut names: Vec<&str> = docs.iter().map(|(db, _)| *db).collect();
+        names.sort_unstable();
+        names.dedup();
+        let ids: Vec<&str> = docs.iter().map(|(_, id)| *id).collect();
+        // One row per database with each of its documents among `ids` that has a row (a
+        // document of one database asked for in another is dropped below), or with none. Each
+        // database's documents are looked up in its primary key, or filtered by a hashed
+        // `ANY` while the planner believes the table nearly empty: never a scan per document.
+        let rows = self.query(
+            "SELECT s.*, d.id, d.deleted, d.tree, d.seq
+             FROM (SELECT id, update_seq, revs_limit, doc_count, doc_del_count, active_size,
+                          policy, lww_field,
+                          EXISTS (SELECT 1 FROM access_dbs a WHERE a.db = dbs.id) AS access,
+                          purge_seq, name
+                   FROM dbs WHERE name = ANY($1)) s
+             LEFT JOIN docs d ON d.db = s.id AND d.id = ANY($2)",
+            &[&names, &ids],
+        )?;
+        let wanted: std::collections::HashSet<(&str, &str)> = docs.iter().copied().collect();
+        let mut late = self.late.borrow_mut();
+        let Some(late) = late.as_mut() else {
+            return Ok(());
+        };
+        let mut db_ids: HashMap<String, i64> = HashMap::new();
+        for r in rows {
+            let name: String = r.get(10);
+            let db: i64 = r.get(0);
+            if !db_ids.contains_key(&name) {
+                db_ids.insert(name.clone(), db);
+                late.dbs.entry(name.clone()).or_insert_with(|| {
+                    let state = db_state_of(&r);
+                    LateDb {
+                        read: state.clone(),
+                        current: state,
+                    }
+                });
+            }
+            let Some(id) = r.get::<_, Option<String>>(11) else {
+                continue;
+            };
+            if wanted.contains(&(name.as_str(), id.as_str())) {
+                late.read_seqs.insert((db, id.clone()), r.get(14));
+                late.rows.insert((db, id), Some((r.get(12), r.get(13))));
+            }
+        }
+        // The documents of a database read that have no row.
+        for (name, id) in docs {
+            if let Some(&db) = db_ids.get(*name) {
+                late.rows.entry((db, (*id).to_owned())).or_insert(None);
+            }
+        }
+        Ok(())
+    }
+
     /// Starts the transaction's document writes late-locking (`true`) or locked up front.
     pub fn begin_late(&self, late: bool) {
         *self.late.borrow_mut() = late.then(Late::default);
     }
 
-    /// Where a late-locking transaction is, for [`WriterConn::rewind_late`] after a rollback to
-    /// a savepoint taken now.
+    /// Where a late-locking transaction is, for [`WriterConn::rewind_late`] if the job about to
+    /// run is refused.
     pub fn mark_late(&self) -> Option<LateMark> {
         self.late.borrow().as_ref().map(|l| LateMark {
             docs: l.docs.len(),
             events: l.events.len(),
             access: l.access.len(),
+            revs: l.revs.len(),
+            attachments: l.attachments.len(),
             states: l
                 .dbs
                 .iter()
@@ -213,7 +364,8 @@ impl WriterConn {
         })
     }
 
-    /// Forgets what the transaction buffered since `mark` (its savepoint was rolled back).
+    /// Forgets what the transaction buffered since `mark` (the job that followed it was
+    /// refused).
     pub fn rewind_late(&self, mark: Option<LateMark>) {
         let mut late = self.late.borrow_mut();
         let (Some(mark), Some(late)) = (mark, late.as_mut()) else {
@@ -222,6 +374,14 @@ impl WriterConn {
         late.docs.truncate(mark.docs);
         late.events.truncate(mark.events);
         late.access.truncate(mark.access);
+        late.revs.truncate(mark.revs);
+        late.attachments.truncate(mark.attachments);
+        late.rev_at = late
+            .revs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| ((r.db, r.doc.clone(), r.rev.clone()), i))
+            .collect();
         late.latest = late
             .docs
             .iter()
@@ -238,10 +398,11 @@ impl WriterConn {
         }
     }
 
-    /// Ends a late-locking transaction's writes (nothing when it locks up front): advances each
-    /// of its databases' rows, in name order, by the sequences and counts its writes took
-    /// (which locks the row until the commit); numbers its document rows, events and access
-    /// rows from the sequence found there; writes them. Answers each database's new sequence.
+    /// Ends a late-locking transaction's writes (nothing when it locks up front): stores the
+    /// attachments and revisions its jobs wrote (one statement each); advances each of its
+    /// databases' rows, in name order, by the sequences and counts its writes took (which locks
+    /// the row until the commit); numbers its document rows, events and access rows from the
+    /// sequence found there; writes them. Answers each database's new sequence.
     ///
     /// A database deleted, or its revision limit or conflict policy changed, since its row was
     /// read cannot happen between writers that take their locks as `crate::writer` says; if it
@@ -252,6 +413,10 @@ impl WriterConn {
         let Some(mut late) = self.late.borrow_mut().take() else {
             return Ok(BTreeMap::new());
         };
+        // Revisions and attachments first, before the database's row is locked (the access
+        // index, written below, reads the revisions).
+        self.put_attachments(&late.attachments)?;
+        self.put_revs(&late.revs)?;
         let mut bases: HashMap<i64, (u64, u64)> = HashMap::new();
         let mut seqs = BTreeMap::new();
         for (name, d) in &late.dbs {
@@ -458,6 +623,21 @@ fn changed(db: &str, what: &str) -> StoreError {
     ))
 }
 
+/// A database's state from a row whose first columns are those [`DocTx::db_state`] reads.
+fn db_state_of(r: &Row) -> DbState {
+    DbState {
+        id: r.get(0),
+        seq: r.get::<_, i64>(1) as u64,
+        revs_limit: r.get::<_, i64>(2).max(1) as usize,
+        doc_count: r.get(3),
+        doc_del_count: r.get(4),
+        active_size: r.get(5),
+        policy: Policy::from_parts(&r.get::<_, String>(6), r.get(7)).unwrap_or_default(),
+        access: r.get(8),
+        purge_seq: r.get::<_, i64>(9).max(0) as u64,
+    }
+}
+
 impl DocTx for WriterConn {
     fn db_state(&self, name: &str) -> Result<Option<DbState>, StoreError> {
         if let Some(late) = self.late.borrow().as_ref()
@@ -485,17 +665,7 @@ impl DocTx for WriterConn {
             },
             &[&name],
         )?;
-        let state = row.map(|r| DbState {
-            id: r.get(0),
-            seq: r.get::<_, i64>(1) as u64,
-            revs_limit: r.get::<_, i64>(2).max(1) as usize,
-            doc_count: r.get(3),
-            doc_del_count: r.get(4),
-            active_size: r.get(5),
-            policy: Policy::from_parts(&r.get::<_, String>(6), r.get(7)).unwrap_or_default(),
-            access: r.get(8),
-            purge_seq: r.get::<_, i64>(9).max(0) as u64,
-        });
+        let state = row.as_ref().map(db_state_of);
         if let (Some(late), Some(state)) = (self.late.borrow_mut().as_mut(), &state) {
             late.dbs.insert(
                 name.to_owned(),
@@ -545,14 +715,21 @@ impl DocTx for WriterConn {
         let mut unread: Vec<&str> = Vec::new();
         let late = self.late.borrow().is_some();
         if let Some(late) = self.late.borrow().as_ref() {
-            // A document an earlier request of the transaction wrote: its row is still here.
             for id in ids {
-                match late.latest.get(&(db, (*id).to_owned())) {
-                    Some(&i) => {
-                        let d = &late.docs[i];
-                        found.insert(d.id.clone(), (d.deleted, d.tree.clone()));
+                let key = (db, (*id).to_owned());
+                if let Some(&i) = late.latest.get(&key) {
+                    // A document an earlier request of the transaction wrote: its row is still
+                    // here.
+                    let d = &late.docs[i];
+                    found.insert(d.id.clone(), (d.deleted, d.tree.clone()));
+                } else if let Some(row) = late.rows.get(&key) {
+                    // Read with the others right after the locks.
+                    if let Some(row) = row {
+                        found.insert(key.1, row.clone());
                     }
-                    None => unread.push(id),
+                } else {
+                    // Not among the documents read then (its database did not exist yet).
+                    unread.push(id);
                 }
             }
         } else {
@@ -581,12 +758,23 @@ impl DocTx for WriterConn {
     }
 
     fn rev_body(&self, db: i64, doc: &str, rev: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
+        let stored = self
             .query_opt(
                 "SELECT body FROM revs WHERE db = $1 AND doc = $2 AND rev = $3",
                 &[&db, &doc, &rev],
             )?
-            .map(|r| r.get(0)))
+            .map(|r| r.get(0));
+        if stored.is_some() {
+            return Ok(stored);
+        }
+        // Late-locking, one an earlier request of the transaction wrote waits in the connection
+        // (a stored one wins: it is what the insert keeps).
+        let late = self.late.borrow();
+        Ok(late.as_ref().and_then(|l| {
+            l.rev_at
+                .get(&(db, doc.to_owned(), rev.to_owned()))
+                .map(|&i| l.revs[i].body.clone())
+        }))
     }
 
     /// One statement per table: a single row as plain parameters, several with each column
@@ -595,12 +783,25 @@ impl DocTx for WriterConn {
     /// binary `COPY` into a temporary table and an `INSERT … SELECT` from it, which takes two
     /// statements; for one row, plain parameters cost the server less than `unnest`.)
     ///
-    /// Late-locking, the document rows and events wait in the connection for their sequences
-    /// ([`WriterConn::finish_late`]); the revisions and attachments are written at once.
+    /// Late-locking, everything waits in the connection: the document rows and events for
+    /// their sequences, the revisions and attachments to be written with those of the other
+    /// requests of the transaction ([`WriterConn::finish_late`]).
     fn write(&self, w: &Writes) -> Result<(), StoreError> {
-        self.put_attachments(&w.attachments)?;
-        self.put_revs(&w.revs)?;
         if let Some(late) = self.late.borrow_mut().as_mut() {
+            late.attachments.extend(w.attachments.iter().cloned());
+            for r in &w.revs {
+                let key = (r.db, r.doc.clone(), r.rev.clone());
+                if !late.rev_at.contains_key(&key) {
+                    late.rev_at.insert(key, late.revs.len());
+                    late.revs.push(RevWrite {
+                        db: r.db,
+                        doc: r.doc.clone(),
+                        rev: r.rev.clone(),
+                        deleted: r.deleted,
+                        body: r.body.clone(),
+                    });
+                }
+            }
             for d in &w.docs {
                 late.latest.insert((d.db, d.id.clone()), late.docs.len());
                 late.docs.push(d.clone());
@@ -608,6 +809,8 @@ impl DocTx for WriterConn {
             late.events.extend(w.events.iter().cloned());
             return Ok(());
         }
+        self.put_attachments(&w.attachments)?;
+        self.put_revs(&w.revs)?;
         // New documents are inserted and known ones updated, each with a plain statement: the
         // rows were read under a lock that every writer of the document holds (the database's
         // row, or the document's advisory lock), so which ones exist cannot change before the
@@ -689,7 +892,8 @@ impl WriterConn {
         // In digest order, so that two nodes storing the same new attachments lock their rows
         // in the same order and cannot deadlock.
         let mut atts: Vec<&NewAttachment> = atts.iter().collect();
-        atts.sort_unstable_by(|a, b| a.digest.cmp(&b.digest));
+        atts.sort_by(|a, b| a.digest.cmp(&b.digest));
+        atts.dedup_by(|a, b| a.digest == b.digest);
         let digests: Vec<&str> = atts.iter().map(|a| a.digest.as_str()).collect();
         let lengths: Vec<i64> = atts.iter().map(|a| a.data.len() as i64).collect();
         let data: Vec<&[u8]> = atts.iter().map(|a| a.data.as_slice()).collect();
@@ -789,8 +993,10 @@ impl WriterConn {
     /// be retried, rather than as a defect.
     fn execute_docs(&self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
         let s = self.statement(sql)?;
+        self.trip();
         let result = self.client.borrow_mut().execute(&s, params);
         result.map_err(|e| {
+            self.failed.set(true);
             if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
                 StoreError::Unavailable(format!(
                     "a document was created while a write to it was applied: {e}"

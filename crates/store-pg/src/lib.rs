@@ -81,6 +81,8 @@ pub struct PgStore {
     database_bytes: Arc<AtomicU64>,
     /// The listener task (see [`feed`]); aborted when the store is dropped.
     listener: tokio::task::JoinHandle<()>,
+    /// What the writer has done, for [`PgStore::writer_counts`].
+    writer_counts: Arc<conn::WriterCounts>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -161,9 +163,11 @@ impl PgStore {
         });
         let (tx, rx) = mpsc::channel();
         let writer_config = postgres::Config::from(config.clone());
+        let writer_counts = Arc::new(conn::WriterCounts::default());
+        let counts = writer_counts.clone();
         std::thread::Builder::new()
             .name("outpost-pg-writer".into())
-            .spawn(move || writer::run(writer_config, rx, announce))
+            .spawn(move || writer::run(writer_config, rx, announce, counts))
             .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
         let database_bytes = Arc::new(AtomicU64::new(0));
         let listener = tokio::spawn(feed::listen(
@@ -186,6 +190,7 @@ impl PgStore {
             compactions: Compactions::default(),
             database_bytes,
             listener,
+            writer_counts,
         };
         // The current `_db_updates` sequence, so the first feed does not start from 0, and the
         // configuration's version.
@@ -209,6 +214,16 @@ impl PgStore {
     }
 
     /// The server's identity, shared by every node on the database.
+    /// How many transactions this node's writer began and how many round trips to PostgreSQL
+    /// it made so far.
+    pub fn writer_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (
+            self.writer_counts.transactions.load(Ordering::Relaxed),
+            self.writer_counts.round_trips.load(Ordering::Relaxed),
+        )
+    }
+
     pub fn server_uuid_str(&self) -> &str {
         &self.uuid
     }

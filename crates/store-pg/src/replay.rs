@@ -132,7 +132,7 @@ fn compare_db(c: &WriterConn, db: i64, replayed: &Replayed) -> Result<ReplayRepo
 /// Connects to the store at `url` (its tables in `schema` when given), refusing one whose
 /// tables an older build wrote: `outpost serve` brings them forward first.
 fn connect(url: &str, schema: Option<&str>) -> Result<WriterConn, StoreError> {
-    let c = WriterConn::new(crate::migrate::connect(url, schema)?);
+    let c = WriterConn::new(crate::migrate::connect(url, schema)?, Default::default());
     let version: Option<String> = c
         .query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])
         .ok()

@@ -1,5 +1,6 @@
 //! The node's writer: one thread owns a write connection and commits whatever is waiting as one
-//! transaction (group commit), each request in its own savepoint, as the SQLite writer does.
+//! transaction (group commit), each request in its own savepoint as the SQLite writer does, or,
+//! in a late-locking transaction, with what it writes buffered in the connection (below).
 //!
 //! Several nodes write to one PostgreSQL database, so the order of sequences cannot come from a
 //! single writer as it does with SQLite. Each database's `update_seq` lives in its `dbs` row and
@@ -12,18 +13,25 @@
 //! How long the row is held depends on the transaction:
 //!
 //! - **Late-locking** (the hot path): a batch of document writes only (`Docs`, `Resolve`,
-//!   `Ping`, at most [`MAX_DOC_LOCKS`] documents). Its first statement takes a transaction-scoped
-//!   advisory lock on every document it writes (a key hashed from the schema, the database's
-//!   name and the document's id), a shared advisory lock on each of its databases and a shared
-//!   one on the attachment sweep's key. Holding its documents' locks from before it reads their
-//!   rows until it commits, no writer on any node changes those documents meanwhile, nor creates
-//!   one of the new ones. It reads the `dbs` row without locking it, stores revisions and
-//!   attachments, and numbers its documents tentatively from the sequence it read; their rows,
-//!   events and access-index rows wait in the connection. Only then does it advance each
-//!   database's row by the sequences and counts it took (`UPDATE … RETURNING`, which locks the
-//!   row until the commit), number what waited from the sequence it finds there, write it,
-//!   and commit. So two nodes writing one database read and write their documents at the same
-//!   time and take turns only to hand out sequences and commit (see `crate::conn`).
+//!   `Ping`, at most [`MAX_DOC_LOCKS`] documents). Its first statement, sent with its `BEGIN`,
+//!   takes a transaction-scoped advisory lock on every document it writes (a key hashed from the
+//!   schema, the database's name and the document's id), a shared advisory lock on each of its
+//!   databases and a shared one on the attachment sweep's key. Holding its documents' locks
+//!   from before it reads their rows until it commits, no writer on any node changes those
+//!   documents meanwhile, nor creates one of the new ones. Its next statement reads every one of
+//!   those documents' rows and their databases' `dbs` rows (without locking them); its requests
+//!   then run on what was read, with no statement of their own but for the bodies of earlier
+//!   revisions some need, and number their documents tentatively from the sequence read. What
+//!   they write (revisions, attachments, document rows, events, access-index rows) waits in the
+//!   connection, so a request refused drops its part there and needs no savepoint (a statement
+//!   that fails there fails the whole transaction). Then it stores every request's revisions and
+//!   attachments in one statement each, advances each database's row by the sequences and counts
+//!   it took (`UPDATE … RETURNING`, which locks the row until the commit), numbers what waited
+//!   from the sequence it finds there, writes it, and commits: seven round trips for new
+//!   documents, one more each for replacing existing documents' rows, storing attachments or
+//!   another database, however many requests it holds. So two nodes writing one database read
+//!   and write their documents at the same time and take turns only to hand out sequences and
+//!   commit (see `crate::conn`).
 //! - **Locked up front**, every other batch (database and `_local` changes, purges, compaction
 //!   and index steps, configuration, or more documents than [`MAX_DOC_LOCKS`]): it takes its
 //!   databases' advisory locks exclusively, then their `dbs` rows in name order
@@ -40,8 +48,9 @@
 //! and once it has them all it never waits for one again; row locks are taken in one order by
 //! everyone. So the writers' own locks cannot deadlock. What is left can still, rarely,
 //! deadlock two nodes' transactions (two index steps taken in opposite orders, or the same two
-//! new attachments stored by two requests of one batch in the opposite order to another
-//! batch's; a request's own attachments are stored in digest order): PostgreSQL then aborts one
+//! new attachments stored by two requests of a batch that locks up front in the opposite order
+//! to another batch's; a request's own attachments, and all of a late-locking batch's, are
+//! stored in digest order): PostgreSQL then aborts one
 //! of them, whose requests answer 503 with `Retry-After` ([`StoreError::Unavailable`]) and are
 //! retried by their clients. A late-locking transaction that finds its database's row or a
 //! document's row changed under it anyway (by something that takes none of these locks: a
@@ -52,7 +61,7 @@
 //! other nodes hear of it through one `NOTIFY` per transaction (see [`crate::feed`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use outpost_core::{Policy, Rev};
@@ -63,7 +72,7 @@ use outpost_store::replay::Setting;
 use outpost_store::{DocError, DocUpdate, IndexUpdate, Retention, StoreError};
 use tokio::sync::oneshot;
 
-use crate::conn::WriterConn;
+use crate::conn::{WriterConn, WriterCounts};
 use crate::error::pg;
 
 /// The most jobs applied in one transaction; bounds the latency a single commit adds.
@@ -299,7 +308,12 @@ impl Pending {
 /// holds [`MAX_BATCH`] jobs or [`MAX_UPDATES_PER_COMMIT`] document updates. A request with more
 /// goes back behind whatever arrived meanwhile after each chunk, and is answered when its last
 /// chunk commits (like CouchDB's `_bulk_docs`, such a request is not atomic).
-pub fn run(config: postgres::Config, jobs: mpsc::Receiver<Job>, announce: Announce) {
+pub fn run(
+    config: postgres::Config,
+    jobs: mpsc::Receiver<Job>,
+    announce: Announce,
+    counts: Arc<WriterCounts>,
+) {
     let mut conn: Option<WriterConn> = None;
     let mut queue: VecDeque<Pending> = VecDeque::new();
     loop {
@@ -324,7 +338,7 @@ pub fn run(config: postgres::Config, jobs: mpsc::Receiver<Job>, announce: Announ
         }
         if conn.as_ref().is_none_or(WriterConn::is_closed) {
             conn = match config.connect(postgres::NoTls) {
-                Ok(client) => Some(WriterConn::new(client)),
+                Ok(client) => Some(WriterConn::new(client, counts.clone())),
                 Err(e) => {
                     let e = pg(e);
                     tracing::warn!(error = %e, "store writer cannot reach postgres");
@@ -459,9 +473,12 @@ fn apply_batch(
     } else if sweeps {
         keys.push((c.sweep_key()?, false));
     }
-    c.batch("BEGIN")?;
-    c.advisory_locks(keys)?;
+    c.begin_locked(keys)?;
     c.begin_late(late);
+    if late {
+        // Every document's row in one statement, under the locks just taken.
+        c.read_locked_docs(&docs)?;
+    }
     if sweeps {
         // Deleting attachment bytes must not race a write on another node that is about to
         // refer to them: every database's row is held (in the same order as any writer takes
@@ -479,8 +496,12 @@ fn apply_batch(
     let now = now_micros();
     let mut results = Vec::with_capacity(batch.len());
     for (pending, allowance) in batch.iter_mut() {
+        // Late-locking, a job only reads and buffers what it writes in the connection: a job
+        // refused drops what it buffered, and needs no savepoint.
         let mark = c.mark_late();
-        c.batch("SAVEPOINT job")?;
+        if !late {
+            c.batch("SAVEPOINT job")?;
+        }
         let result = match &mut pending.job.op {
             WriteOp::Docs { db, updates } => {
                 apply_docs_step(c, db, updates, &mut pending.progress, *allowance, now).map(
@@ -493,15 +514,17 @@ fn apply_batch(
             op => apply(c, op, now, moved).map(Some),
         };
         match &result {
+            Ok(_) if late => {}
             Ok(_) => c.batch("RELEASE SAVEPOINT job")?,
             Err(StoreError::Unavailable(reason)) => {
                 // The connection or the transaction is gone: nothing of the batch commits.
                 return Err(StoreError::Unavailable(reason.clone()));
             }
-            Err(_) => {
-                c.batch("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")?;
-                c.rewind_late(mark);
-            }
+            // A statement that failed left the transaction unusable: nothing of the batch
+            // commits.
+            Err(e) if late && c.statement_failed() => return Err(e.clone_reason()),
+            Err(_) if late => c.rewind_late(mark),
+            Err(_) => c.batch("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")?,
         }
         results.push(result.transpose());
     }

@@ -43,7 +43,8 @@ pub trait DocTx {
         db: i64,
         ids: &[&str],
     ) -> Result<HashMap<String, (bool, String)>, StoreError>;
-    /// The stored body (JSON) of one revision, `None` when there is none.
+    /// The stored body (JSON) of one revision, `None` when there is none (an engine that stores
+    /// revisions only at the end of its transaction answers one written earlier in it too).
     fn rev_body(&self, db: i64, doc: &str, rev: &str) -> Result<Option<String>, StoreError>;
     /// Stores what a step wrote, in this order: attachment bytes under their digest (one
     /// already stored is kept), revision bodies (one already stored is kept as it is), document
