@@ -506,25 +506,8 @@ impl WriterConn {
             self.put_docs(docs, true)?;
             return self.put_events(events);
         }
-        let dbs: Vec<i64> = docs.iter().map(|d| d.db).collect();
-        let ids: Vec<&str> = docs.iter().map(|d| d.id.as_str()).collect();
-        let seqs: Vec<i64> = docs.iter().map(|d| d.seq as i64).collect();
-        let deleted: Vec<bool> = docs.iter().map(|d| d.deleted).collect();
-        let conflicted: Vec<bool> = docs.iter().map(|d| d.conflicted).collect();
-        let winners: Vec<&str> = docs.iter().map(|d| d.winner.as_str()).collect();
-        let trees: Vec<&str> = docs.iter().map(|d| d.tree.as_str()).collect();
-        let e = events;
-        let e_dbs: Vec<i64> = e.iter().map(|e| e.db).collect();
-        let e_seqs: Vec<i64> = e.iter().map(|e| e.seq as i64).collect();
-        let pos: Vec<i64> = e.iter().map(|e| e.pos).collect();
-        let kinds: Vec<&str> = e.iter().map(|e| e.kind).collect();
-        let e_docs: Vec<&str> = e.iter().map(|e| e.doc.as_str()).collect();
-        let revs: Vec<&str> = e.iter().map(|e| e.rev.as_str()).collect();
-        let parents: Vec<Option<&str>> = e.iter().map(|e| e.parent.as_deref()).collect();
-        let origins: Vec<&str> = e.iter().map(|e| e.origin.as_str()).collect();
-        let at: Vec<i64> = e.iter().map(|e| e.at).collect();
-        let details: Vec<Option<&str>> = e.iter().map(|e| e.detail.as_deref()).collect();
-        let e_deleted: Vec<bool> = e.iter().map(|e| e.deleted).collect();
+        let d = DocColumns::of(docs);
+        let e = EventColumns::of(events);
         self.execute_docs(
             "WITH new_docs AS (
                  INSERT INTO docs (db, id, seq, deleted, conflicted, winner, tree)
@@ -536,24 +519,24 @@ impl WriterConn {
                                   $13::text[], $14::text[], $15::text[], $16::int8[], $17::text[],
                                   $18::bool[])",
             &[
-                &dbs,
-                &ids,
-                &seqs,
-                &deleted,
-                &conflicted,
-                &winners,
-                &trees,
-                &e_dbs,
-                &e_seqs,
-                &pos,
-                &kinds,
-                &e_docs,
-                &revs,
-                &parents,
-                &origins,
-                &at,
-                &details,
-                &e_deleted,
+                &d.dbs,
+                &d.ids,
+                &d.seqs,
+                &d.deleted,
+                &d.conflicted,
+                &d.winners,
+                &d.trees,
+                &e.dbs,
+                &e.seqs,
+                &e.pos,
+                &e.kinds,
+                &e.docs,
+                &e.revs,
+                &e.parents,
+                &e.origins,
+                &e.at,
+                &e.details,
+                &e.deleted,
             ],
         )?;
         Ok(())
@@ -973,16 +956,18 @@ impl WriterConn {
                          $7::text[]) AS n (db, id, seq, deleted, conflicted, winner, tree)
              WHERE docs.db = n.db AND docs.id = n.id"
         };
-        let dbs: Vec<i64> = rows.iter().map(|d| d.db).collect();
-        let ids: Vec<&str> = rows.iter().map(|d| d.id.as_str()).collect();
-        let seqs: Vec<i64> = rows.iter().map(|d| d.seq as i64).collect();
-        let deleted: Vec<bool> = rows.iter().map(|d| d.deleted).collect();
-        let conflicted: Vec<bool> = rows.iter().map(|d| d.conflicted).collect();
-        let winners: Vec<&str> = rows.iter().map(|d| d.winner.as_str()).collect();
-        let trees: Vec<&str> = rows.iter().map(|d| d.tree.as_str()).collect();
+        let d = DocColumns::of(rows);
         self.execute_docs(
             sql,
-            &[&dbs, &ids, &seqs, &deleted, &conflicted, &winners, &trees],
+            &[
+                &d.dbs,
+                &d.ids,
+                &d.seqs,
+                &d.deleted,
+                &d.conflicted,
+                &d.winners,
+                &d.trees,
+            ],
         )?;
         Ok(())
     }
@@ -1022,18 +1007,8 @@ impl WriterConn {
                     ],
                 )?;
             }
-            e => {
-                let dbs: Vec<i64> = e.iter().map(|e| e.db).collect();
-                let seqs: Vec<i64> = e.iter().map(|e| e.seq as i64).collect();
-                let pos: Vec<i64> = e.iter().map(|e| e.pos).collect();
-                let kinds: Vec<&str> = e.iter().map(|e| e.kind).collect();
-                let docs: Vec<&str> = e.iter().map(|e| e.doc.as_str()).collect();
-                let revs: Vec<&str> = e.iter().map(|e| e.rev.as_str()).collect();
-                let parents: Vec<Option<&str>> = e.iter().map(|e| e.parent.as_deref()).collect();
-                let origins: Vec<&str> = e.iter().map(|e| e.origin.as_str()).collect();
-                let at: Vec<i64> = e.iter().map(|e| e.at).collect();
-                let details: Vec<Option<&str>> = e.iter().map(|e| e.detail.as_deref()).collect();
-                let deleted: Vec<bool> = e.iter().map(|e| e.deleted).collect();
+            events => {
+                let e = EventColumns::of(events);
                 self.execute(
                     "INSERT INTO events (db, seq, pos, kind, doc, rev, parent, origin, at, detail,
                                          deleted)
@@ -1041,12 +1016,70 @@ impl WriterConn {
                                           $5::text[], $6::text[], $7::text[], $8::text[],
                                           $9::int8[], $10::text[], $11::bool[])",
                     &[
-                        &dbs, &seqs, &pos, &kinds, &docs, &revs, &parents, &origins, &at, &details,
-                        &deleted,
+                        &e.dbs, &e.seqs, &e.pos, &e.kinds, &e.docs, &e.revs, &e.parents,
+                        &e.origins, &e.at, &e.details, &e.deleted,
                     ],
                 )?;
             }
         }
         Ok(())
+    }
+}
+
+/// Document rows as one array per column, for the multi-row statements (`unnest`).
+struct DocColumns<'a> {
+    dbs: Vec<i64>,
+    ids: Vec<&'a str>,
+    seqs: Vec<i64>,
+    deleted: Vec<bool>,
+    conflicted: Vec<bool>,
+    winners: Vec<&'a str>,
+    trees: Vec<&'a str>,
+}
+
+impl<'a> DocColumns<'a> {
+    fn of(rows: &[&'a DocRowWrite]) -> Self {
+        DocColumns {
+            dbs: rows.iter().map(|d| d.db).collect(),
+            ids: rows.iter().map(|d| d.id.as_str()).collect(),
+            seqs: rows.iter().map(|d| d.seq as i64).collect(),
+            deleted: rows.iter().map(|d| d.deleted).collect(),
+            conflicted: rows.iter().map(|d| d.conflicted).collect(),
+            winners: rows.iter().map(|d| d.winner.as_str()).collect(),
+            trees: rows.iter().map(|d| d.tree.as_str()).collect(),
+        }
+    }
+}
+
+/// Events as one array per column, for the multi-row statements (`unnest`).
+struct EventColumns<'a> {
+    dbs: Vec<i64>,
+    seqs: Vec<i64>,
+    pos: Vec<i64>,
+    kinds: Vec<&'a str>,
+    docs: Vec<&'a str>,
+    revs: Vec<&'a str>,
+    parents: Vec<Option<&'a str>>,
+    origins: Vec<&'a str>,
+    at: Vec<i64>,
+    details: Vec<Option<&'a str>>,
+    deleted: Vec<bool>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn of(events: &'a [EventWrite]) -> Self {
+        EventColumns {
+            dbs: events.iter().map(|e| e.db).collect(),
+            seqs: events.iter().map(|e| e.seq as i64).collect(),
+            pos: events.iter().map(|e| e.pos).collect(),
+            kinds: events.iter().map(|e| e.kind).collect(),
+            docs: events.iter().map(|e| e.doc.as_str()).collect(),
+            revs: events.iter().map(|e| e.rev.as_str()).collect(),
+            parents: events.iter().map(|e| e.parent.as_deref()).collect(),
+            origins: events.iter().map(|e| e.origin.as_str()).collect(),
+            at: events.iter().map(|e| e.at).collect(),
+            details: events.iter().map(|e| e.detail.as_deref()).collect(),
+            deleted: events.iter().map(|e| e.deleted).collect(),
+        }
     }
 }
