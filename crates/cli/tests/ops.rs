@@ -325,6 +325,24 @@ async fn metrics_move_under_a_small_workload_and_pass_promtool() {
 }
 
 #[tokio::test]
+async fn the_server_runs_without_transparent_huge_pages() {
+    // The kernel shows the process-wide flag in /proc/<pid>/status (`THP_enabled`, Linux 5.0+).
+    let own = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if !own.contains("THP_enabled:") {
+        eprintln!("skipped: this kernel does not report THP_enabled");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("data"), dir.path().join("log")).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("THP_enabled:"))
+        .unwrap();
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+}
+
+#[tokio::test]
 async fn json_log_lines_parse_and_carry_the_request_id() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir.path().join("data"), dir.path().join("log")).await;
