@@ -173,6 +173,8 @@ fn config(upstream: SocketAddr, data: &std::path::Path) -> Config {
 }
 
 fn main() {
+    // As the `outpost` binary runs: no transparent huge pages for the process.
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
