@@ -114,6 +114,24 @@ fn lock_list(mut keys: Vec<(i64, bool)>) -> (Vec<i64>, Vec<bool>) {
     keys.into_iter().unzip()
 }
 
+/// The command that takes advisory locks (see [`WriterConn::advisory_locks`]). The keys are
+/// integers, written into it as literals (nothing in them needs quoting), so that it can go in
+/// one command string with the transaction's `BEGIN`. The sorted subquery is not flattened
+/// (`OFFSET 0`), so the locks are taken row by row in its order.
+fn lock_statement(keys: Vec<(i64, bool)>) -> String {
+    let (ids, shared) = lock_list(keys);
+    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let shared: Vec<&str> = shared.iter().map(|&s| if s { "t" } else { "f" }).collect();
+    format!(
+        "SELECT CASE WHEN s.shared THEN pg_advisory_xact_lock_shared(s.k)
+                     ELSE pg_advisory_xact_lock(s.k) END
+         FROM (SELECT k, shared FROM unnest('{{{}}}'::int8[], '{{{}}}'::bool[]) AS t (k, shared)
+               ORDER BY k OFFSET 0) s",
+        ids.join(","),
+        shared.join(",")
+    )
+}
+
 /// Stable across builds and platforms (every node must compute the same keys): FNV-1a over the
 /// parts, each followed by a byte that UTF-8 text never contains.
 fn lock_key(parts: &[&[u8]]) -> i64 {
@@ -244,40 +262,18 @@ impl WriterConn {
         if keys.is_empty() {
             return Ok(());
         }
-        let (ids, shared) = lock_list(keys);
-        // The sorted subquery is not flattened (`OFFSET 0`), so the locks are taken row by row
-        // in its order.
-        self.query(
-            "SELECT CASE WHEN s.shared THEN pg_advisory_xact_lock_shared(s.k)
-                         ELSE pg_advisory_xact_lock(s.k) END
-             FROM (SELECT k, shared FROM unnest($1::int8[], $2::bool[]) AS t (k, shared)
-                   ORDER BY k OFFSET 0) s",
-            &[&ids, &shared],
-        )?;
-        Ok(())
+        self.batch(&lock_statement(keys))
     }
 
     /// Begins a transaction and takes its advisory locks as [`WriterConn::advisory_locks`]
-    /// does, in one round trip: the keys are integers, written into the command as literals
-    /// (nothing in them needs quoting).
+    /// does, in one round trip.
     pub fn begin_locked(&self, keys: Vec<(i64, bool)>) -> Result<(), StoreError> {
         self.counts.transactions.fetch_add(1, Ordering::Relaxed);
         self.failed.set(false);
         if keys.is_empty() {
             return self.batch("BEGIN");
         }
-        let (ids, shared) = lock_list(keys);
-        let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
-        let shared: Vec<&str> = shared.iter().map(|&s| if s { "t" } else { "f" }).collect();
-        self.batch(&format!(
-            "BEGIN;
-             SELECT CASE WHEN s.shared THEN pg_advisory_xact_lock_shared(s.k)
-                         ELSE pg_advisory_xact_lock(s.k) END
-             FROM (SELECT k, shared FROM unnest('{{{}}}'::int8[], '{{{}}}'::bool[]) AS t (k, shared)
-                   ORDER BY k OFFSET 0) s",
-            ids.join(","),
-            shared.join(",")
-        ))
+        self.batch(&format!("BEGIN; {}", lock_statement(keys)))
     }
 
     /// Reads, in one statement, the rows of the documents a late-locking transaction is about
@@ -547,13 +543,6 @@ impl WriterConn {
         if rows.is_empty() {
             return Ok(());
         }
-        let dbs: Vec<i64> = rows.iter().map(|d| d.db).collect();
-        let ids: Vec<&str> = rows.iter().map(|d| d.id.as_str()).collect();
-        let seqs: Vec<i64> = rows.iter().map(|d| d.seq as i64).collect();
-        let deleted: Vec<bool> = rows.iter().map(|d| d.deleted).collect();
-        let conflicted: Vec<bool> = rows.iter().map(|d| d.conflicted).collect();
-        let winners: Vec<&str> = rows.iter().map(|d| d.winner.as_str()).collect();
-        let trees: Vec<&str> = rows.iter().map(|d| d.tree.as_str()).collect();
         let n = if let [d] = rows {
             self.execute(
                 "UPDATE docs SET seq = $3, deleted = $4, conflicted = $5, winner = $6, tree = $7
@@ -561,7 +550,7 @@ impl WriterConn {
                 &[
                     &d.db,
                     &d.id,
-                    &seqs[0],
+                    &(d.seq as i64),
                     &d.deleted,
                     &d.conflicted,
                     &d.winner,
@@ -570,6 +559,7 @@ impl WriterConn {
                 ],
             )?
         } else {
+            let d = DocColumns::of(rows);
             self.execute(
                 "UPDATE docs SET seq = n.seq, deleted = n.deleted, conflicted = n.conflicted,
                      winner = n.winner, tree = n.tree
@@ -578,13 +568,13 @@ impl WriterConn {
                       AS n (db, id, seq, deleted, conflicted, winner, tree, read_seq)
                  WHERE docs.db = n.db AND docs.id = n.id AND docs.seq = n.read_seq",
                 &[
-                    &dbs,
-                    &ids,
-                    &seqs,
-                    &deleted,
-                    &conflicted,
-                    &winners,
-                    &trees,
+                    &d.dbs,
+                    &d.ids,
+                    &d.seqs,
+                    &d.deleted,
+                    &d.conflicted,
+                    &d.winners,
+                    &d.trees,
                     &expected,
                 ],
             )?
@@ -604,6 +594,18 @@ fn changed(db: &str, what: &str) -> StoreError {
     StoreError::Unavailable(format!(
         "database {db} {what} while a write to it was applied"
     ))
+}
+
+/// [`DocTx::db_state`]'s statement, with `$lock` after it; [`db_state_of`] reads its row.
+macro_rules! db_state_sql {
+    ($lock:literal) => {
+        concat!(
+            "SELECT id, update_seq, revs_limit, doc_count, doc_del_count, active_size, policy,
+                    lww_field, EXISTS (SELECT 1 FROM access_dbs a WHERE a.db = dbs.id), purge_seq
+             FROM dbs WHERE name = $1",
+            $lock
+        )
+    };
 }
 
 /// A database's state from a row whose first columns are those [`DocTx::db_state`] reads.
@@ -636,15 +638,9 @@ impl DocTx for WriterConn {
         // lock is taken when the sequences are handed out (see `finish_late` and `writer`).
         let row = self.query_opt(
             if late {
-                "SELECT id, update_seq, revs_limit, doc_count, doc_del_count, active_size, policy,
-                        lww_field, EXISTS (SELECT 1 FROM access_dbs a WHERE a.db = dbs.id),
-                        purge_seq
-                 FROM dbs WHERE name = $1"
+                db_state_sql!("")
             } else {
-                "SELECT id, update_seq, revs_limit, doc_count, doc_del_count, active_size, policy,
-                        lww_field, EXISTS (SELECT 1 FROM access_dbs a WHERE a.db = dbs.id),
-                        purge_seq
-                 FROM dbs WHERE name = $1 FOR UPDATE OF dbs"
+                db_state_sql!(" FOR UPDATE OF dbs")
             },
             &[&name],
         )?;
