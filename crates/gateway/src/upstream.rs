@@ -83,11 +83,16 @@ struct Permitted {
 }
 
 impl Permitted {
-    fn give_back_at_end(&mut self) {
-        if hyper::body::Body::is_end_stream(&self.inner)
-            && let Some(conn) = self.conn.take()
-        {
+    /// Gives the connection back to the pool (once): its answer has been read in full.
+    fn give_back(&mut self) {
+        if let Some(conn) = self.conn.take() {
             conn.give_back();
+        }
+    }
+
+    fn give_back_at_end(&mut self) {
+        if hyper::body::Body::is_end_stream(&self.inner) {
+            self.give_back();
         }
     }
 }
@@ -108,11 +113,7 @@ impl hyper::body::Body for Permitted {
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
         let frame = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         match &frame {
-            std::task::Poll::Ready(None) => {
-                if let Some(conn) = self.conn.take() {
-                    conn.give_back();
-                }
-            }
+            std::task::Poll::Ready(None) => self.give_back(),
             std::task::Poll::Ready(Some(Ok(_))) => self.give_back_at_end(),
             _ => {}
         }

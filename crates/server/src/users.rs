@@ -19,6 +19,13 @@ fn forbidden(reason: &str) -> ApiError {
     ApiError::Forbidden(reason.to_owned())
 }
 
+/// All that [`before_write`] checks of a document written to a database other than `_users`;
+/// it needs nothing from the store, so it can run anywhere (`_bulk_docs` runs it on its
+/// decoding threads).
+pub fn before_write_outside_users(req: &Req, update: &DocUpdate) -> Result<(), ApiError> {
+    crate::authz::check_doc_write(req.level, &update.id)
+}
+
 /// Checks (and, for `_users`, rewrites) a document about to be written by `req`'s user.
 pub async fn before_write(
     state: &AppState,
@@ -26,7 +33,7 @@ pub async fn before_write(
     req: &Req,
     update: &mut DocUpdate,
 ) -> Result<(), ApiError> {
-    crate::authz::check_doc_write(req.level, &update.id)?;
+    before_write_outside_users(req, update)?;
     if db != USERS_DB || update.id.starts_with("_design/") {
         return Ok(());
     }

@@ -200,8 +200,7 @@ pub async fn bulk_docs(state: &AppState, db: &str, req: &mut Req) -> Result<Resp
                     Prepared::Local(id.to_owned(), doc)
                 } else {
                     let update = parse_doc(doc, None, new_edits, origin.clone())?;
-                    // What `users::before_write` checks outside `_users`.
-                    crate::authz::check_doc_write(req.level, &update.id)?;
+                    crate::users::before_write_outside_users(req, &update)?;
                     // As in CouchDB, one document above the limits refuses the whole request.
                     crate::limits::check(&update, &state.config)?;
                     Prepared::Doc(update)
